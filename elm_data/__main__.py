@@ -1,0 +1,3 @@
+from elm_data.cli import main
+
+main()

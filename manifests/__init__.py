@@ -1,0 +1,1 @@
+"""Manifests: per-shard counts and hashes, verification, the mixture audit and Croissant export."""

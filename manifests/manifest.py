@@ -1,0 +1,192 @@
+"""The manifest on disk: ``manifest.json``, ``shards.parquet`` and ``documents.parquet``.
+
+A manifest directory holds
+
+- ``manifest.json``  — format version, ``manifest_id``, Merkle root, tokenizer, filter and sequence
+  config, seed, mixture entries, tool version, creation time and totals;
+- ``shards.parquet`` — one row per shard (``SHARD_SCHEMA``), in mixture order;
+- ``documents.parquet`` — one row per input record (``DOCUMENT_SCHEMA``), one row group per shard,
+  in shard order: the per-document ledger of what was kept, filtered or rejected, and how many
+  tokens each kept document contributes. The stream plans sequences from it without re-reading.
+
+The directory is written atomically (built in a sibling temp dir, then renamed), so a manifest
+either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE = "manifest.json", "shards.parquet", "documents.parquet"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int32()),  # position in the manifest, 0-based
+        ("source", pa.string()),
+        ("subset", pa.string()),
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("licence", pa.string()),
+        ("upstream", pa.string()),  # upstream location (e.g. hf://datasets/tiiuae/falcon-refinedweb/...)
+        ("upstream_revision", pa.string()),  # commit/etag the hub published, when known
+        ("docs_read", pa.int64()),  # = docs_kept + docs_filtered + docs_rejected
+        ("docs_kept", pa.int64()),
+        ("docs_filtered", pa.int64()),
+        ("docs_rejected", pa.int64()),
+        ("filtered_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
+        ("rejected_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
+        ("chars", pa.int64()),  # characters of kept documents
+        ("tokens", pa.int64()),  # LLaMA tokens of kept documents/pieces, no BOS/EOS
+        ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
+        ("count_method", pa.string()),  # e.g. "exact:sentencepiece"
+    ]
+)
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int32()),
+        ("index", pa.int64()),  # row/line in the shard
+        ("doc_id", pa.string()),  # stable id (native or derived); "" for rejections
+        ("status", pa.string()),  # "kept" | "filtered" | "rejected"
+        ("reason", pa.string()),  # filter or rejection reason; null when kept
+        ("count", pa.int32()),  # input records this row stands for (>1 only for whole-shard rejections)
+        ("chars", pa.int64()),
+        ("tokens", pa.int32()),  # kept tokens (sum over kept pieces), no BOS/EOS; 0 unless kept
+        ("segments", pa.int32()),  # kept pieces: 1 for a kept doc in packed mode, 0 unless kept
+    ]
+)
+
+
+@dataclass
+class ShardRecord:
+    shard: int
+    source: str
+    subset: str
+    uri: str
+    size_bytes: int
+    sha256: str
+    licence: str
+    upstream: str | None = None
+    upstream_revision: str | None = None
+    docs_read: int = 0
+    docs_kept: int = 0
+    docs_filtered: int = 0
+    docs_rejected: int = 0
+    filtered_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    chars: int = 0
+    tokens: int = 0
+    segments: int = 0
+    count_method: str = "exact:sentencepiece"
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.subset}"
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["filtered_by_reason"] = json.dumps(dict(sorted(self.filtered_by_reason.items())))
+        row["rejected_by_reason"] = json.dumps(dict(sorted(self.rejected_by_reason.items())))
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ShardRecord:
+        row = dict(row)
+        row["filtered_by_reason"] = json.loads(row["filtered_by_reason"] or "{}")
+        row["rejected_by_reason"] = json.loads(row["rejected_by_reason"] or "{}")
+        return cls(**row)
+
+    def canonical_bytes(self) -> bytes:
+        """Deterministic serialisation used as this shard's Merkle leaf."""
+        return json.dumps(self.to_row(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def shards_table(records: list[ShardRecord]) -> pa.Table:
+    return pa.Table.from_pylist([r.to_row() for r in records], schema=SHARD_SCHEMA)
+
+
+class Manifest:
+    """Read access to a manifest directory; never touches the corpus itself."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_file = self.path / MANIFEST_FILE
+        if not manifest_file.exists():
+            raise FileNotFoundError(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
+        self.info: dict[str, Any] = json.loads(manifest_file.read_text())
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION}"
+            )
+
+    @property
+    def manifest_id(self) -> str:
+        return self.info["manifest_id"]
+
+    @cached_property
+    def shards(self) -> list[ShardRecord]:
+        table = pq.read_table(self.path / SHARDS_FILE, schema=SHARD_SCHEMA)
+        return [ShardRecord.from_row(r) for r in table.to_pylist()]
+
+    @cached_property
+    def _documents_file(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.path / DOCUMENTS_FILE)
+
+    def documents(self, shard: int) -> pa.Table:
+        """The per-document ledger of one shard (its own row group)."""
+        table = self._documents_file.read_row_group(shard)
+        if table.num_rows and table.column("shard")[0].as_py() != shard:
+            raise ValueError(f"{self.path}: documents row group {shard} does not belong to shard {shard}")
+        return table
+
+    def all_documents(self) -> pa.Table:
+        return self._documents_file.read()
+
+
+def write_manifest_dir(
+    out_dir: str | Path,
+    info: dict[str, Any],
+    records: list[ShardRecord],
+    document_tables: list[pa.Table],
+) -> Path:
+    """Write a complete manifest directory atomically (temp sibling + rename).
+
+    ``document_tables[i]`` holds the documents of ``records[i]``; each becomes one row group.
+    An existing manifest at ``out_dir`` is replaced only once the new one is complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if len(document_tables) != len(records):
+        raise ValueError("one documents table per shard record is required")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
+        with pq.ParquetWriter(tmp / DOCUMENTS_FILE, DOCUMENT_SCHEMA, compression="zstd") as writer:
+            for table in document_tables:
+                # an empty row group still keeps row-group index == shard index
+                writer.write_table(table.cast(DOCUMENT_SCHEMA), row_group_size=max(1, table.num_rows))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        keep = out_dir.with_name(f".{out_dir.name}.old")
+        if out_dir.exists():
+            # keep any build workspace (e.g. resume state) out of the swap; caller cleans it up
+            os.replace(out_dir, keep)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(keep, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

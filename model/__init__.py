@@ -1,0 +1,1 @@
+"""OpenELM in plain PyTorch, with layer-wise scaling and apple/OpenELM weight compatibility."""

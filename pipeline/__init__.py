@@ -1,0 +1,1 @@
+"""The per-document pass (filter, tokenize), sequence forming, mixing and the training stream."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real LLaMA tokenizer (never committed) and a generated sample corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2" / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path() -> str:
+    path = os.environ.get("ELM_DATA_TOKENIZER") or str(SHARED_TOKENIZER)
+    if not Path(path).exists():
+        pytest.fail(
+            f"LLaMA tokenizer not found at {path}: set ELM_DATA_TOKENIZER "
+            "(CI uses ../shared/tokenizers/llama2/tokenizer.model)"
+        )
+    os.environ["ELM_DATA_TOKENIZER"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_path):
+    from elm_data.pipeline.tokenizer import LlamaTokenizer
+
+    return LlamaTokenizer(tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The bundled sample corpus (every source/subset in its native format) plus mixture.yaml."""
+    from elm_data.sources.sample import write_sample_corpus
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_corpus(out, seed=0)
+    return out
