@@ -65,8 +65,8 @@ class OpenELMConfig:
     head_dim: int
     name: str = "custom"
     num_gqa_groups: int = 4
-    qkv_multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    ffn_multipliers: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    qkv_multipliers: float | list[float] = field(default_factory=lambda: [0.5, 1.0])
+    ffn_multipliers: float | list[float] = field(default_factory=lambda: [0.5, 4.0])
     ffn_dim_divisor: int = 256
     vocab_size: int = LLAMA_VOCAB_SIZE
     max_context_length: int = 2048
@@ -134,7 +134,7 @@ class OpenELMConfig:
         """Exact trainable parameter count (tied embeddings counted once)."""
         d, hd = self.model_dim, self.head_dim
         total = 0
-        for q, kv, ffn in zip(self.num_query_heads, self.num_kv_heads, self.ffn_dims):
+        for q, kv, ffn in zip(self.num_query_heads, self.num_kv_heads, self.ffn_dims, strict=True):
             total += d * (q + 2 * kv) * hd + q * hd * d  # qkv_proj, out_proj
             total += d * 2 * ffn + ffn * d  # proj_1 (gate + up), proj_2
             total += 2 * d + (2 * hd if self.normalize_qk_projections else 0)  # norms
