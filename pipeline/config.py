@@ -28,6 +28,9 @@ class FilterConfig:
     min_tokens: int = 256
     nfc_normalization: bool = False  # CoreNet's enable_nfc_normalization: ftfy.fix_text(NFC)
     quality: tuple[QualityFilterSpec, ...] = ()
+    # CoreNet counts the BOS/EOS its tokenizer appends (OpenELM's configs append both) towards
+    # min_tokens; True reproduces that (content tokens + 2 >= min_tokens). Segments never hold them.
+    min_tokens_counts_bos_eos: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -43,7 +46,7 @@ class FilterConfig:
             else QualityFilterSpec(name=str(q))
             for q in d.pop("quality", None) or ()
         )
-        unknown = set(d) - {"min_characters", "min_tokens", "nfc_normalization"}
+        unknown = set(d) - {"min_characters", "min_tokens", "nfc_normalization", "min_tokens_counts_bos_eos"}
         if unknown:
             raise ValueError(f"unknown filter setting(s): {sorted(unknown)}")
         return cls(quality=quality, **d)

@@ -1,0 +1,222 @@
+"""The one per-document pass: filter, then tokenize. The manifest builder and the stream both call it.
+
+Order per text (a whole document in ``packed`` mode, each CoreNet piece in ``corenet`` mode):
+the character rule (cheap), then the configured datatrove quality filters, then all survivors of a
+batch are tokenized in ONE ``encode_batch`` call, then the token rule. Segments never hold BOS/EOS.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from elm_data.sources.document import Document
+
+from .config import FilterConfig, SequenceConfig
+from .filters import (
+    REASON_MIN_CHARACTERS,
+    REASON_MIN_TOKENS,
+    passes_min_characters,
+    split_corenet_pieces,
+    text_for_tokenizer,
+)
+from .quality import build_quality_filters
+from .tokenizer import LlamaTokenizer
+
+PASS_VERSION = 1
+KEPT, FILTERED = "kept", "filtered"
+CHARACTER_NORMALIZATION = "slimpajama: lower(), drop string.punctuation, strip, collapse \\s+ to ' '"
+
+
+@dataclass(slots=True)
+class PassResult:
+    """The outcome for one document.
+
+    ``segments``: token ids (no BOS/EOS) of the whole document (``packed``) or of each kept piece
+    (``corenet``); empty unless kept. ``piece_reasons``: in ``corenet`` mode, each piece's reason
+    (None where kept); in ``packed`` mode a one-element tuple.
+    """
+
+    document: Document
+    status: Literal["kept", "filtered"]
+    reason: str | None
+    segments: list[list[int]]
+    piece_reasons: tuple[str | None, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.segments) if self.status == KEPT else 0
+
+    @property
+    def chars(self) -> int:
+        return len(self.document.text)
+
+    @property
+    def kept(self) -> bool:
+        return self.status == KEPT
+
+
+def subset_key(doc: Document) -> str:
+    return f"{doc.provenance.source}/{doc.provenance.subset}"
+
+
+@dataclass
+class PassStats:
+    """Counters of every decision, datatrove-style, keyed by ``"source/subset"``.
+
+    ``documents[(subset, status, reason)]`` (reason None for kept), ``pieces[...]`` likewise per
+    text the rules saw (one per document in packed mode), ``tokens[subset]`` kept tokens and
+    ``characters[subset]`` characters read.
+    """
+
+    documents: Counter = field(default_factory=Counter)
+    pieces: Counter = field(default_factory=Counter)
+    tokens: Counter = field(default_factory=Counter)
+    characters: Counter = field(default_factory=Counter)
+
+    def record(self, result: PassResult) -> None:
+        key = subset_key(result.document)
+        self.documents[(key, result.status, result.reason)] += 1
+        for reason in result.piece_reasons:
+            self.pieces[(key, KEPT if reason is None else FILTERED, reason)] += 1
+        self.tokens[key] += result.tokens
+        self.characters[key] += result.chars
+
+    def merge(self, other: PassStats) -> PassStats:
+        for mine, theirs in zip(self._counters(), other._counters(), strict=True):
+            mine.update(theirs)
+        return self
+
+    def _counters(self) -> tuple[Counter, ...]:
+        return self.documents, self.pieces, self.tokens, self.characters
+
+    def read(self, subset: str | None = None) -> int:
+        return sum(n for (key, _, _), n in self.documents.items() if subset in (None, key))
+
+    def kept(self, subset: str | None = None) -> int:
+        return sum(n for (key, status, _), n in self.documents.items() if status == KEPT and subset in (None, key))
+
+    def filtered_by_reason(self, subset: str | None = None) -> dict[str, int]:
+        out: Counter = Counter()
+        for (key, status, reason), n in self.documents.items():
+            if status == FILTERED and subset in (None, key):
+                out[reason] += n
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"source/subset": {read, kept, filtered: {reason: n}, tokens, characters, pieces: {...}}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for key in sorted({k for k, _, _ in self.documents}):
+            pieces: Counter = Counter()
+            for (k, status, reason), n in self.pieces.items():
+                if k == key:
+                    pieces[status if reason is None else f"{status}:{reason}"] += n
+            out[key] = {
+                "read": self.read(key),
+                "kept": self.kept(key),
+                "filtered": self.filtered_by_reason(key),
+                "tokens": self.tokens[key],
+                "characters": self.characters[key],
+                "pieces": dict(sorted(pieces.items())),
+            }
+        return out
+
+
+class DocumentPass:
+    """Filter and tokenize batches of documents; picklable (for worker processes and Beam).
+
+    ``dropped_sink``: optional object with ``add(PassResult)`` (e.g.
+    :class:`~elm_data.pipeline.dropped.DroppedSamples`) offered every filtered result.
+    """
+
+    def __init__(
+        self,
+        filters: FilterConfig,
+        sequences: SequenceConfig,
+        tokenizer: LlamaTokenizer,
+        num_threads: int = 1,
+        dropped_sink=None,
+    ):
+        self.filters = filters
+        self.sequences = sequences
+        self.tokenizer = tokenizer
+        self.num_threads = num_threads
+        self.dropped_sink = dropped_sink
+        self.quality_filters = build_quality_filters(filters.quality)
+        self.stats = PassStats()
+        self._min_content_tokens = filters.min_tokens - (2 if filters.min_tokens_counts_bos_eos else 0)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the pass (and hashes into its id)."""
+        filters = self.filters.to_dict()
+        filters["quality"] = [q.describe() for q in self.quality_filters]
+        described: dict[str, Any] = {
+            "pass_version": PASS_VERSION,
+            "filters": filters,
+            "character_normalization": CHARACTER_NORMALIZATION,
+            "sequence_mode": self.sequences.mode,
+            "corenet_words_per_piece": (
+                self.sequences.corenet_words_per_piece if self.sequences.mode == "corenet" else None
+            ),
+            "tokenizer": self.tokenizer.describe(),
+        }
+        if self.quality_filters:
+            import datatrove
+
+            described["datatrove_version"] = datatrove.__version__ if hasattr(datatrove, "__version__") else None
+        return described
+
+    def _texts_of(self, doc: Document) -> list[str]:
+        if self.sequences.mode == "corenet":
+            return split_corenet_pieces(doc.text, self.sequences.corenet_words_per_piece)
+        return [doc.text]
+
+    def _pre_token_reason(self, text: str, doc_id: str) -> str | None:
+        if not passes_min_characters(text, self.filters.min_characters):
+            return REASON_MIN_CHARACTERS
+        for quality_filter in self.quality_filters:
+            reason = quality_filter.check(text, doc_id)
+            if reason is not None:
+                return reason
+        return None
+
+    def process(self, docs: Sequence[Document]) -> list[PassResult]:
+        """One result per document, in order. Survivors of the cheap rules are tokenized in one batch."""
+        piece_reasons: list[list[str | None]] = []
+        to_tokenize: list[str] = []
+        slots: list[tuple[int, int]] = []  # (document, piece) of each text in to_tokenize
+        for d, doc in enumerate(docs):
+            reasons: list[str | None] = []
+            for p, text in enumerate(self._texts_of(doc)):
+                reason = self._pre_token_reason(text, doc.provenance.doc_id)
+                reasons.append(reason)
+                if reason is None:
+                    to_tokenize.append(text_for_tokenizer(text, self.filters.nfc_normalization))
+                    slots.append((d, p))
+            piece_reasons.append(reasons)
+
+        encoded = self.tokenizer.encode_batch(to_tokenize, self.num_threads) if to_tokenize else []
+        if len(encoded) != len(to_tokenize):
+            raise RuntimeError(f"tokenizer returned {len(encoded)} encodings for {len(to_tokenize)} texts")
+        piece_ids: dict[tuple[int, int], list[int]] = {}
+        for (d, p), ids in zip(slots, encoded, strict=True):
+            if len(ids) < self._min_content_tokens:
+                piece_reasons[d][p] = REASON_MIN_TOKENS
+            else:
+                piece_ids[(d, p)] = list(ids)
+
+        results = []
+        for d, doc in enumerate(docs):
+            reasons = piece_reasons[d]
+            segments = [piece_ids[(d, p)] for p, reason in enumerate(reasons) if reason is None]
+            if segments:
+                result = PassResult(doc, KEPT, None, segments, tuple(reasons))
+            else:
+                result = PassResult(doc, FILTERED, reasons[0], [], tuple(reasons))
+                if self.dropped_sink is not None:
+                    self.dropped_sink.add(result)
+            self.stats.record(result)
+            results.append(result)
+        return results

@@ -1,0 +1,92 @@
+"""A deterministic sample of filtered documents, written aside as JSONL for inspection.
+
+For each reason it keeps the first ``per_reason`` documents in corpus order, i.e. the smallest
+``(source, subset, shard_uri, index)``: the same sample whatever order workers finish in, and
+collectors from several workers merge into the sample one collector would have kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SAMPLE_CHARS = 500
+
+
+class DroppedSamples:
+    """Collector a :class:`~elm_data.pipeline.document_pass.DocumentPass` feeds (``dropped_sink``)."""
+
+    def __init__(self, per_reason: int = 20):
+        if per_reason < 0:
+            raise ValueError("per_reason must be >= 0")
+        self.per_reason = per_reason
+        # reason -> up to per_reason (key, record) pairs, sorted by key
+        self._by_reason: dict[str, list[tuple[tuple, dict[str, Any]]]] = {}
+
+    def add(self, result) -> None:
+        """Offer a PassResult; kept ones are ignored."""
+        if result.status != "filtered" or self.per_reason == 0:
+            return
+        prov = result.document.provenance
+        key = (prov.source, prov.subset, prov.shard_uri, prov.index)
+        record = {
+            "doc_id": prov.doc_id,
+            "source": prov.source,
+            "subset": prov.subset,
+            "shard": prov.shard_uri,
+            "index": prov.index,
+            "reason": result.reason,
+            "text": result.document.text[:SAMPLE_CHARS],
+        }
+        self._offer(str(result.reason), key, record)
+
+    def _offer(self, reason: str, key: tuple, record: dict[str, Any]) -> None:
+        bucket = self._by_reason.setdefault(reason, [])
+        if len(bucket) >= self.per_reason and key >= bucket[-1][0]:
+            return
+        if any(k == key for k, _ in bucket):
+            return
+        bucket.append((key, record))
+        bucket.sort(key=lambda item: item[0])
+        del bucket[self.per_reason :]
+
+    def merge(self, other: DroppedSamples) -> DroppedSamples:
+        for reason, bucket in other._by_reason.items():
+            for key, record in bucket:
+                self._offer(reason, key, record)
+        return self
+
+    def records(self) -> list[dict[str, Any]]:
+        """All samples, by reason then corpus order."""
+        return [record for reason in sorted(self._by_reason) for _, record in self._by_reason[reason]]
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the samples as JSONL, atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for record in self.records():
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def merge_all(collectors: list[DroppedSamples]) -> DroppedSamples | None:
+    """Merge per-worker collectors into one (None when there are none)."""
+    if not collectors:
+        return None
+    merged = DroppedSamples(max(c.per_reason for c in collectors))
+    for c in collectors:
+        merged.merge(c)
+    return merged
+
+
+__all__ = ["DroppedSamples", "merge_all", "SAMPLE_CHARS"]
