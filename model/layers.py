@@ -9,6 +9,13 @@ from torch import nn
 from .config import OpenELMConfig
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (parameter ``weight``) evaluated in float32 and returned in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+
+
 def rope_tables(head_dim: int, base: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 cos/sin tables [len(positions), head_dim] for RoPE in the NeoX half-rotation layout.
 
@@ -61,8 +68,8 @@ class Attention(nn.Module):
         # Output rows: all query heads, then the key heads, then the value heads (the checkpoints' layout).
         self.qkv_proj = nn.Linear(config.model_dim, total_heads * self.head_dim, bias=False)
         if config.normalize_qk_projections:
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
         else:
             self.q_norm = self.k_norm = None
         self.out_proj = nn.Linear(self.num_query_heads * self.head_dim, config.model_dim, bias=False)
@@ -122,9 +129,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: OpenELMConfig, layer_index: int) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(config.model_dim, eps=config.norm_eps)
+        self.attn_norm = RMSNorm(config.model_dim, eps=config.norm_eps)
         self.attn = Attention(config, layer_index)
-        self.ffn_norm = nn.RMSNorm(config.model_dim, eps=config.norm_eps)
+        self.ffn_norm = RMSNorm(config.model_dim, eps=config.norm_eps)
         self.ffn = FeedForward(config, layer_index)
 
     def forward(

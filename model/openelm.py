@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import OpenELMConfig
-from .layers import DecoderLayer, LayerKVCache, rope_tables
+from .layers import DecoderLayer, LayerKVCache, RMSNorm, rope_tables
 
 
 class KVCache:
@@ -35,7 +35,7 @@ class OpenELM(nn.Module):
         self.config = config
         self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_transformer_layers))
-        self.norm = nn.RMSNorm(config.model_dim, eps=config.norm_eps)
+        self.norm = RMSNorm(config.model_dim, eps=config.norm_eps)
         self.lm_head = None
         if not config.share_input_output_layers:
             self.lm_head = nn.Linear(config.model_dim, config.vocab_size, bias=False)

@@ -282,7 +282,7 @@ def _plain_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype | None) ->
         tensor = tensor.detach()
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        out[_strip_compile_prefix(name)] = tensor.contiguous().cpu()
+        out[_strip_compile_prefix(name)] = tensor if tensor.is_meta else tensor.contiguous().cpu()
     return out
 
 
