@@ -1,0 +1,158 @@
+"""DocumentPass as a whole: accounting, determinism, batching, pickling, description, dropped samples."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import pytest
+from test_filters import PROSE  # tests/ is on sys.path (pytest rootdir-relative import)
+
+from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
+from elm_data.pipeline.document_pass import DocumentPass, PassResult
+from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples, merge_all
+from elm_data.sources.document import Document, Provenance
+
+QUALITY = (QualityFilterSpec("gopher_quality"), QualityFilterSpec("gopher_repetition", {"dup_line_frac": 0.5}))
+
+
+def make_docs(n: int = 60, seed: int = 0) -> list[Document]:
+    """A mix of long prose, short snippets, repetitive junk and long multi-piece documents, two subsets."""
+    rng = random.Random(seed)
+    lines = PROSE.strip().split("\n")
+    vocabulary = PROSE.split()
+    docs = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            text = "short note " * rng.randint(1, 5)
+        elif kind == 1:
+            junk = "Buy now!!!\n" if i % 10 == 1 else "Buy the shoes and save today\n"
+            text = junk * rng.randint(30, 60)
+        elif kind == 4:  # long, many CoreNet pieces, not repetitive
+            text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(300, 1200)))
+        else:
+            text = "\n".join(rng.sample(lines, k=rng.randint(3, len(lines))))
+        subset = "a" if i % 2 else "b"
+        prov = Provenance("src", subset, f"mem://{subset}.jsonl", "f" * 64, i, f"id{i}", None, "cc-by")
+        docs.append(Document(text=text, provenance=prov))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return make_docs()
+
+
+def new_pass(tokenizer, mode="packed", quality=QUALITY, **kwargs) -> DocumentPass:
+    return DocumentPass(
+        FilterConfig(min_tokens=100, quality=quality),
+        SequenceConfig(mode=mode, corenet_words_per_piece=256),
+        tokenizer,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
+def test_every_document_is_accounted_for(tokenizer, docs, mode):
+    the_pass = new_pass(tokenizer, mode)
+    results = the_pass.process(docs)
+    assert [r.document for r in results] == docs
+    stats = the_pass.stats
+    assert stats.read() == len(docs)
+    assert stats.read() == stats.kept() + sum(stats.filtered_by_reason().values())
+    by_subset = stats.to_dict()
+    assert set(by_subset) == {"src/a", "src/b"}
+    for key, counts in by_subset.items():
+        assert counts["read"] == counts["kept"] + sum(counts["filtered"].values())
+        mine = [r for r in results if f"{r.document.provenance.source}/{r.document.provenance.subset}" == key]
+        assert counts["tokens"] == sum(r.tokens for r in mine)
+        assert counts["characters"] == sum(r.chars for r in mine)
+        assert sum(counts["pieces"].values()) == sum(len(r.piece_reasons) for r in mine)
+    reasons = set(stats.filtered_by_reason())
+    assert "min_characters" in reasons and "min_tokens" in reasons
+    assert any(r.startswith("gopher_repetition:") for r in reasons)
+    assert any(r.startswith("gopher_quality:") for r in reasons)
+    assert stats.kept() > 0
+    for r in results:
+        assert isinstance(r, PassResult)
+        assert (r.status == "kept") == (r.reason is None) == bool(r.segments)
+        assert r.tokens == (sum(map(len, r.segments)) if r.status == "kept" else 0)
+    if mode == "corenet":
+        assert any(len(r.piece_reasons) > 1 for r in results)
+
+
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
+def test_batch_equals_one_at_a_time_and_is_deterministic(tokenizer, docs, mode):
+    batched = new_pass(tokenizer, mode, num_threads=2)
+    one_by_one = new_pass(tokenizer, mode)
+    in_batch = batched.process(docs)
+    singles = [one_by_one.process([d])[0] for d in docs]
+    again = new_pass(tokenizer, mode).process(docs)
+    key = [(r.status, r.reason, r.segments, r.piece_reasons) for r in in_batch]
+    assert key == [(r.status, r.reason, r.segments, r.piece_reasons) for r in singles]
+    assert key == [(r.status, r.reason, r.segments, r.piece_reasons) for r in again]
+    assert batched.stats == one_by_one.stats
+
+
+def test_pickle_round_trip_gives_same_results(tokenizer, docs):
+    the_pass = new_pass(tokenizer, "corenet", dropped_sink=DroppedSamples(2))
+    first = the_pass.process(docs[:20])
+    clone = pickle.loads(pickle.dumps(the_pass))
+    assert clone.describe() == the_pass.describe()
+    assert [(r.status, r.reason, r.segments) for r in clone.process(docs[:20])] == [
+        (r.status, r.reason, r.segments) for r in first
+    ]
+
+
+def test_stats_merge_like_one_pass(tokenizer, docs):
+    whole = new_pass(tokenizer)
+    whole.process(docs)
+    left, right = new_pass(tokenizer), new_pass(tokenizer)
+    left.process(docs[:25])
+    right.process(docs[25:])
+    assert left.stats.merge(right.stats) == whole.stats
+
+
+def test_empty_batch(tokenizer):
+    the_pass = new_pass(tokenizer)
+    assert the_pass.process([]) == []
+    assert the_pass.stats.read() == 0
+
+
+def test_describe_records_everything_that_changes_output(tokenizer):
+    described = new_pass(tokenizer, "corenet").describe()
+    json.dumps(described)  # must be JSON-serialisable for the manifest
+    assert described["tokenizer"]["sha256"] == tokenizer.sha256
+    assert described["sequence_mode"] == "corenet" and described["corenet_words_per_piece"] == 256
+    assert described["filters"]["min_tokens"] == 100
+    gopher = described["filters"]["quality"][0]
+    assert gopher["name"] == "gopher_quality" and gopher["params"]["min_doc_words"] == 50
+    assert described["filters"]["quality"][1]["params"]["dup_line_frac"] == 0.5
+    assert new_pass(tokenizer, "packed").describe()["corenet_words_per_piece"] is None
+    assert new_pass(tokenizer, quality=()).describe() != new_pass(tokenizer).describe()
+
+
+def test_dropped_samples_first_k_per_reason_in_corpus_order(tokenizer, docs, tmp_path):
+    sink = DroppedSamples(per_reason=3)
+    results = new_pass(tokenizer, dropped_sink=sink).process(list(reversed(docs)))  # order must not matter
+    filtered = [r for r in results if r.status == "filtered"]
+    records = sink.records()
+    for reason in {r.reason for r in filtered}:
+        expected = sorted(
+            (r.document.provenance.shard_uri, r.document.provenance.index) for r in filtered if r.reason == reason
+        )[:3]
+        assert [(x["shard"], x["index"]) for x in records if x["reason"] == reason] == expected
+
+    # two workers' collectors merge into what one collector keeps
+    halves = [DroppedSamples(3), DroppedSamples(3)]
+    new_pass(tokenizer, dropped_sink=halves[0]).process(docs[::2])
+    new_pass(tokenizer, dropped_sink=halves[1]).process(docs[1::2])
+    assert merge_all(halves).records() == records
+
+    path = sink.write(tmp_path / "dropped" / "samples.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == records
+    assert set(lines[0]) == {"doc_id", "source", "subset", "shard", "index", "reason", "text"}
+    assert all(len(x["text"]) <= SAMPLE_CHARS for x in lines)
