@@ -1,0 +1,158 @@
+"""`elm-data audit-run`: what a run ate, per source/subset, against its manifest and the OpenELM targets.
+
+For each ``source/subset`` it reports the tokens consumed (the loader's ledger at the run's last logged step),
+the manifest's kept tokens and the fraction of them consumed (1.0 = one full pass; the stream's BOS/EOS make
+a full pass slightly above 1.0), the run's share of consumed tokens, the target share (OpenELM preset,
+renormalised over the subsets the manifest holds) and the deviation between the two shares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elm_data.manifests.manifest import Manifest
+
+from .runlog import effective_steps, read_log
+
+
+class AuditError(ValueError):
+    pass
+
+
+@dataclass
+class SourceRow:
+    key: str  # "source/subset"
+    consumed_tokens: int
+    kept_tokens: int
+    fraction_consumed: float | None  # consumed / kept
+    share: float  # of all consumed tokens
+    target_tokens: int | None
+    target_share: float | None
+    deviation: float | None  # share - target_share
+
+
+@dataclass
+class RunAudit:
+    run_dir: str
+    manifest_id: str
+    manifest_dir: str
+    last_step: int
+    tokens_total: int
+    consumed_total: int
+    targets: str
+    rows: list[SourceRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def format_table(self) -> str:
+        header = (
+            f"{'source/subset':<28}{'consumed':>14}{'kept':>14}{'consumed/kept':>15}{'share':>9}{'target':>9}{'dev':>9}"
+        )
+        lines = [
+            f"run {self.run_dir}  step {self.last_step}  manifest {self.manifest_id[:16]}…",
+            header,
+            "-" * len(header),
+        ]
+        for r in self.rows:
+            lines.append(
+                f"{r.key:<28}{r.consumed_tokens:>14,}{r.kept_tokens:>14,}{_num(r.fraction_consumed, '.3f'):>15}"
+                f"{_pct(r.share):>9}{_pct(r.target_share):>9}{_pct(r.deviation, signed=True):>9}"
+            )
+        lines.append("-" * len(header))
+        kept = sum(r.kept_tokens for r in self.rows)
+        lines.append(f"{'total':<28}{self.consumed_total:>14,}{kept:>14,}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
+
+
+def openelm_targets() -> dict[str, int]:
+    """OpenELM's per-subset target tokens from the source registry (empty if the registry is unavailable)."""
+    try:
+        from elm_data.sources.registry import OPENELM_TARGETS
+    except ImportError:
+        return {}
+    return {str(k): int(v) for k, v in OPENELM_TARGETS.items()}
+
+
+def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> RunAudit:
+    """Compare a run's consumed tokens per source/subset with its manifest and the OpenELM targets."""
+    run_dir = Path(run_dir)
+    records = read_log(run_dir)
+    header = next((r for r in records if r.get("event") == "header"), None)
+    if header is None:
+        raise AuditError(f"{run_dir}/log.jsonl has no header record")
+    manifest = Manifest(manifest_dir or header["manifest_dir"])
+    if manifest.manifest_id != header["manifest_id"]:
+        raise AuditError(
+            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
+        )
+    steps = effective_steps(records)
+    last = steps[-1] if steps else {"step": 0, "tokens_total": 0, "tokens_by_source": {}}
+    consumed: dict[str, int] = {k: int(v) for k, v in (last.get("tokens_by_source") or {}).items()}
+
+    kept: dict[str, int] = defaultdict(int)
+    for shard in manifest.shards:
+        kept[shard.key] += shard.tokens
+    targets = openelm_targets()
+    keys = list(dict.fromkeys([*kept, *consumed]))
+    consumed_total = sum(consumed.values())
+    target_sum = sum(targets.get(k, 0) for k in keys)
+    notes = []
+    if not targets:
+        notes.append("no OpenELM targets available (elm_data.sources.registry.OPENELM_TARGETS missing)")
+    else:
+        notes.append("target shares are OpenELM's, renormalised over the subsets this manifest holds")
+        absent = sorted(set(targets) - set(keys))
+        if absent:
+            notes.append(f"OpenELM subsets not in this manifest: {', '.join(absent)}")
+    unknown = sorted(set(consumed) - set(kept))
+    if unknown:
+        notes.append(f"consumed subsets the manifest does not list: {', '.join(unknown)}")
+
+    rows = []
+    for key in keys:
+        share = consumed.get(key, 0) / consumed_total if consumed_total else 0.0
+        target = targets.get(key)
+        target_share = target / target_sum if (target is not None and target_sum) else None
+        rows.append(
+            SourceRow(
+                key=key,
+                consumed_tokens=consumed.get(key, 0),
+                kept_tokens=kept.get(key, 0),
+                fraction_consumed=consumed.get(key, 0) / kept[key] if kept.get(key) else None,
+                share=share,
+                target_tokens=target,
+                target_share=target_share,
+                deviation=None if target_share is None else share - target_share,
+            )
+        )
+    return RunAudit(
+        run_dir=str(run_dir),
+        manifest_id=manifest.manifest_id,
+        manifest_dir=str(manifest.path),
+        last_step=int(last["step"]),
+        tokens_total=int(last.get("tokens_total", 0)),
+        consumed_total=consumed_total,
+        targets="openelm" if targets else "none",
+        rows=rows,
+        notes=notes,
+    )

@@ -1,0 +1,84 @@
+"""Click commands `elm-data train` and `elm-data audit-run` (thin wrappers over loop.train and audit.audit_run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .audit import AuditError
+from .audit import audit_run as run_audit
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig
+from .loop import TrainingError
+from .loop import train as run_training
+
+
+@click.command("train")
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Continue from a checkpoint directory, or a run directory (its newest checkpoint).",
+)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Override the config's max_steps.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (log.jsonl, checkpoints/). Default: the config's out_dir or runs/<name>.",
+)
+@click.option(
+    "--tokenizer", default=None, help="Tokenizer path/URL (else the config, the manifest, $ELM_DATA_TOKENIZER)."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(
+    config_path: Path,
+    resume: Path | None,
+    max_steps: int | None,
+    out_dir: Path | None,
+    tokenizer: str | None,
+    no_progress: bool,
+) -> None:
+    """Pretrain an OpenELM on a manifest's token stream, as CONFIG.yaml says.
+
+    Writes RUN_DIR/log.jsonl (a header naming the manifest, tokenizer and config, then per-step loss, lr,
+    tokens/s, MFU and cumulative tokens per source/subset) and RUN_DIR/checkpoints/step_N/. Run it under
+    `torchrun --nproc-per-node N` for DDP (or FSDP with `distributed: fsdp`).
+    """
+    try:
+        config = TrainConfig.from_yaml(config_path, tokenizer=tokenizer)
+        result = run_training(config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress)
+    except (ConfigError, TrainingError, CheckpointError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    if result.first_loss is not None:
+        click.echo(
+            f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} over {result.final_step} steps, "
+            f"{result.tokens:,} tokens"
+        )
+    if result.stopped_early:
+        click.echo(f"stopped early: {result.stopped_early}")
+    click.echo(f"run: {result.run_dir}")
+    if result.checkpoint:
+        click.echo(f"checkpoint: {result.checkpoint}")
+
+
+@click.command("audit-run")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--manifest",
+    "manifest_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The manifest directory, if it moved since training.",
+)
+def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None) -> None:
+    """Tokens a run consumed per source/subset vs its manifest's kept tokens and the OpenELM target shares."""
+    try:
+        report = run_audit(run_dir, manifest_dir=manifest_dir)
+    except (AuditError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(report.to_json() if fmt == "json" else report.format_table())

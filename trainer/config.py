@@ -1,0 +1,187 @@
+"""The training config: one flat dataclass, loaded from YAML, with OpenELM's recipe as defaults.
+
+Defaults follow the OpenELM pre-training configs in CoreNet (projects/openelm/pretraining_configs):
+AdamW (0.9, 0.95, eps 1e-8, weight decay 0.1 on every parameter of two or more dimensions, embeddings
+included, none on the 1-D norm weights), linear warm-up from 1e-6, cosine decay to 0.1x the peak,
+gradient clipping at 1.0, cross-entropy ignoring pad id 32000 plus z-loss 1e-4, sequence length 2048.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
+OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}
+DEFAULT_PEAK_LR = 1e-3  # for sizes without a published recipe ("tiny", "small", custom shapes)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used as written."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Paths are resolved against the YAML file's folder."""
+
+    # data
+    manifest: str = ""  # manifest directory (built by `elm-data build manifest`)
+    tokenizer: str | None = None  # tokenizer path/URL; default: the manifest's, then $ELM_DATA_TOKENIZER
+    seq_len: int = 2048
+    mode: str | None = None  # sequence mode ("packed"/"corenet"); None = the manifest's
+    weights: str | dict[str, float] | None = None  # mixing weights: None (manifest's), "natural" or a dict
+    epochs: int | None = 1  # passes over the data; None = repeat forever
+    document_masks: bool = False  # attend only within a document (needs the stream's segment_ids)
+    num_workers: int = 0  # DataLoader workers for the stream
+    pad_id: int = 32000
+
+    # model
+    model: str | dict[str, Any] = "270M"  # a named size or a dict: {name: tiny, <OpenELMConfig overrides>}
+
+    # batch
+    batch_size: int = 16  # sequences per micro-batch per process
+    tokens_per_step: int | None = None  # target tokens per optimizer step (sets gradient accumulation)
+    max_steps: int = 1000
+
+    # optimizer and schedule
+    lr: float | None = None  # peak learning rate; None = OpenELM's for the named size
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 5000
+    warmup_init_lr: float = 1e-6
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    z_loss: float = 1e-4
+
+    # execution
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32"
+    compile: bool = False
+    distributed: str = "auto"  # "auto" (ddp when torchrun starts several processes), "none", "ddp", "fsdp"
+    gradient_checkpointing: bool = False
+
+    # output
+    out_dir: str | None = None  # run directory; default: runs/<config name> beside the YAML file
+    log_every: int = 1
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int | None = None  # keep the newest N step directories; None = all
+
+    name: str = "run"
+    base_dir: str = field(default=".", repr=False)  # folder relative paths resolve against (not a YAML key)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base_dir: str | Path = ".") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config key(s): {unknown}; known keys: {sorted(known)}")
+        return cls(**raw, base_dir=str(base_dir))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings, got {type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw, base_dir=path.resolve().parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("base_dir")
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- derived values -----------------------------------------------------------------------------------
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    @property
+    def manifest_dir(self) -> Path:
+        if not self.manifest:
+            raise ConfigError("the training config names no `manifest:` directory")
+        return self.resolve_path(self.manifest)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve_path(self.out_dir) if self.out_dir else self.resolve_path(f"runs/{self.name}")
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else str(self.model.get("name", "custom"))
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else OPENELM_PEAK_LR.get(self.model_name, DEFAULT_PEAK_LR)
+
+    def model_config(self):
+        """The :class:`~elm_data.model.config.OpenELMConfig` this config names."""
+        from elm_data.model.config import NAMED_SHAPES, OpenELMConfig
+
+        if isinstance(self.model, str):
+            return OpenELMConfig.named(self.model)
+        spec = dict(self.model)
+        name = spec.pop("name", None)
+        try:
+            base = OpenELMConfig.named(name).to_dict() if name in NAMED_SHAPES else {"name": name or "custom"}
+            return OpenELMConfig.from_dict({**base, **spec})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"model: {error}") from error
+
+    def validate(self) -> None:
+        checks = [
+            (self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}"),
+            (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.tokens_per_step is None or self.tokens_per_step > 0, "tokens_per_step must be positive"),
+            (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}"),
+            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}"),
+            (self.log_every > 0, "log_every must be positive"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (isinstance(self.model, (str, dict)), "model must be a size name or a mapping"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def grad_accum_steps(self, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step so a step sees ``tokens_per_step`` tokens (at least one)."""
+        if self.tokens_per_step is None:
+            return 1
+        per_micro = self.batch_size * self.seq_len * world_size
+        accum = max(1, round(self.tokens_per_step / per_micro))
+        return accum
+
+    def fingerprint(self) -> str:
+        """Stable JSON of the settings that change what is trained (for resume checks)."""
+        keep = self.to_dict()
+        for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+            keep.pop(volatile)
+        return json.dumps(keep, sort_keys=True, default=str)

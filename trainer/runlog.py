@@ -1,0 +1,113 @@
+"""The run's JSONL log (``RUN_DIR/log.jsonl``): a header naming the data, then one record per logged step.
+
+Records (one JSON object per line, ``"event"`` says which):
+
+- ``header``  — manifest id and dir, tokenizer sha256, the full training config, the model config, parameter
+  count, code version (elm_data version + git commit), device, world size, the stream's initial state;
+- ``step``    — step, loss, ce_loss, z_loss, lr, grad_norm, tokens (this step), tokens_total, tokens_per_s,
+  mfu (null where the device's peak FLOPs are unknown, e.g. CPU), data_wait_s, step_time_s and
+  ``tokens_by_source`` (cumulative tokens consumed per ``source/subset``, from the loader's ledger);
+- ``resume``  — a run continued from a checkpoint (step records after it supersede any later ones before it);
+- ``checkpoint`` / ``end`` — a checkpoint written; the run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import elm_data
+
+LOG_FILE = "log.jsonl"
+
+
+def code_version() -> dict[str, Any]:
+    """``elm_data.__version__`` plus the git commit of the source tree, when it is a git checkout."""
+    root = Path(elm_data.__file__).resolve().parents[1]
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"elm_data": elm_data.__version__, "git_commit": commit, "git_dirty": dirty}
+
+
+class RunLog:
+    """Appends JSON records to ``log.jsonl``, flushing each so a killed run keeps what it logged."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.path = Path(run_dir) / LOG_FILE
+        self.enabled = enabled
+        self._file = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps({"event": event, **fields}, default=_jsonable) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {LOG_FILE}: not a training run directory")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # a run killed mid-write leaves at most a partial last line; anything else is corruption
+            if number != len(lines):
+                raise ValueError(f"{path}:{number} is not valid JSON") from None
+    return records
+
+
+def effective_steps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The step records of the run as it finally went: a resume from step k drops earlier records after k."""
+    steps: list[dict[str, Any]] = []
+    for record in records:
+        if record.get("event") == "resume":
+            steps = [r for r in steps if r["step"] <= record["from_step"]]
+        elif record.get("event") == "step":
+            steps.append(record)
+    return steps
