@@ -205,7 +205,7 @@ class DocumentPass:
             if len(ids) < self._min_content_tokens:
                 piece_reasons[d][p] = REASON_MIN_TOKENS
             else:
-                piece_ids[(d, p)] = list(ids)
+                piece_ids[(d, p)] = ids
 
         results = []
         for d, doc in enumerate(docs):

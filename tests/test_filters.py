@@ -240,3 +240,24 @@ def test_quality_filter_pickles_without_its_datatrove_object():
     clone = pickle.loads(pickle.dumps(quality_filter))
     assert clone._filter is None
     assert clone.check("hello world") == "gopher_quality:gopher_short_doc"
+
+
+def test_character_rule_fast_path_is_exact():
+    """The prefix shortcut in passes_min_characters must agree with measuring the whole normalised copy."""
+    import random
+
+    from elm_data.pipeline.filters import passes_min_characters
+
+    rng = random.Random(7)
+    letters = ["a", "Z", "İ", "Σ", "é", "。"]
+    junk = [" ", "  ", "\t", "\n", ".", "!!", "'", "-", "\u00a0", "\u2003"]
+    near_boundary = 0
+    for _ in range(2000):
+        density = rng.uniform(0.02, 0.5)  # share of characters that survive normalisation
+        size = rng.randint(0, 2400)
+        text = "".join(rng.choice(letters) if rng.random() < density else rng.choice(junk) for _ in range(size))
+        length = len(normalize_for_length(text))
+        near_boundary += abs(length - 200) < 20 and size > 4 * 200 + 64
+        for minimum in (0, 1, 10, 200):
+            assert passes_min_characters(text, minimum) == (length >= minimum)
+    assert near_boundary > 10  # the generator really probes long texts around the 200 boundary
