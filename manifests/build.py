@@ -1,0 +1,284 @@
+"""Build a manifest from a mixture config: plan shards, count them (locally or with Beam), assemble.
+
+Deterministic: shards are counted independently and assembled in mixture order, so the manifest id
+and the parquet bytes do not depend on ``workers`` or the runner. Resumable: every counted shard is
+committed to ``OUT.partial/`` first (see :mod:`.workspace`); a re-run after a crash reuses them.
+Nothing half-written looks complete: the manifest directory appears atomically at the very end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import posixpath
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from elm_data import __version__
+from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.sources.registry import get_subset
+
+from .identity import manifest_id, merkle_root_of, pass_config_hash
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardRecord, write_manifest_dir
+from .mixture import MixtureConfig
+from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard
+from .targets import load_targets
+from .workspace import BuildWorkspace, workspace_path_for
+
+RUNNERS = ("local", "beam")
+
+
+class BuildFailed(RuntimeError):
+    """Some shards could not be counted; ``failures`` lists (uri, message). No manifest was written."""
+
+    def __init__(self, failures: list[tuple[str, str]], workspace: str):
+        self.failures = failures
+        lines = "\n".join(f"  {uri}: {message}" for uri, message in failures)
+        super().__init__(
+            f"{len(failures)} shard(s) could not be counted; no manifest was written "
+            f"(completed shards are kept in {workspace} for the next run):\n{lines}"
+        )
+
+
+@dataclass
+class BuildResult:
+    manifest_dir: Path
+    manifest_id: str
+    merkle_root: str
+    shards: int
+    shards_reused: int
+    totals: dict[str, Any] = field(default_factory=dict)
+
+
+def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str | None]:
+    """(licence, upstream location) of a shard from the sources registry."""
+    spec = get_subset(source, subset)
+    if uri.startswith("hf://"):
+        return spec.licence, uri
+    upstream = getattr(spec, "upstream_uri", None)
+    if callable(upstream):
+        return spec.licence, upstream(uri)
+    # the upstream folder of the registry's file naming, plus the shard's own file name
+    folder = posixpath.dirname(spec.file_pattern.split(" ", 1)[0])
+    return spec.licence, posixpath.join(spec.upstream, folder, posixpath.basename(uri))
+
+
+def plan_shards(mixture: MixtureConfig) -> list[ShardTask]:
+    """Every shard of the mixture, in mixture order, numbered from 0."""
+    tasks: list[ShardTask] = []
+    for entry in mixture.entries:
+        for uri in mixture.resolve_shards(entry):
+            licence, upstream = upstream_for(entry.source, entry.subset, uri)
+            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream))
+    return tasks
+
+
+# -- the local runner: an ordered process pool, one DocumentPass per worker -------------------
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(spec: PassSpec, workspace_path: str, config_hash: str) -> None:
+    _worker_state["pass"] = spec.build()
+    _worker_state["workspace"] = BuildWorkspace(workspace_path, config_hash)
+
+
+def _work(task: ShardTask) -> ShardOutcome:
+    return process_shard(task, _worker_state["pass"], _worker_state["workspace"])
+
+
+def run_local(
+    tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace, workers: int = 1
+) -> Iterator[ShardOutcome]:
+    """Count shards in ``workers`` processes (in-process for 1), yielding outcomes in shard order."""
+    if workers <= 1 or len(tasks) <= 1:
+        document_pass = spec.build()
+        for task in tasks:
+            yield process_shard(task, document_pass, workspace)
+        return
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])
+    with ctx.Pool(min(workers, len(tasks)), _init_worker, (spec, workspace.path, workspace.config_hash)) as pool:
+        yield from pool.imap(_work, tasks, chunksize=1)
+
+
+# -- assembly ----------------------------------------------------------------------------------
+class _CommittedDocuments(Sequence):
+    """The per-shard documents tables, read lazily from the workspace while the manifest is written."""
+
+    def __init__(self, workspace: BuildWorkspace, count: int):
+        self.workspace, self.count = workspace, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, shard: int) -> pa.Table:
+        if not 0 <= shard < self.count:
+            raise IndexError(shard)
+        return self.workspace.read_documents(shard)
+
+
+def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace) -> list[ShardRecord]:
+    """The committed records of ``tasks``; raises :class:`BuildFailed` naming every shard that is not."""
+    records, failures = [], []
+    for task in tasks:
+        error = workspace.error(task.shard)
+        done = workspace.committed(task.shard)
+        if error is not None:
+            failures.append((task.uri, error["error"]))
+        elif done is None or done.config_hash != workspace.config_hash or done.record.uri != task.uri:
+            failures.append((task.uri, "not counted (the runner did not commit a result)"))
+        else:
+            records.append(done.record)
+    if failures:
+        raise BuildFailed(failures, workspace.path)
+    return records
+
+
+def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
+    filtered, rejected = Counter(), Counter()
+    for r in records:
+        filtered.update(r.filtered_by_reason)
+        rejected.update(r.rejected_by_reason)
+    sums = {
+        name: sum(getattr(r, name) for r in records)
+        for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments")
+    }
+    return sums | {
+        "shards": len(records),
+        "size_bytes": sum(r.size_bytes for r in records),
+        "filtered_by_reason": dict(sorted(filtered.items())),
+        "rejected_by_reason": dict(sorted(rejected.items())),
+    }
+
+
+def manifest_info(
+    mixture: MixtureConfig,
+    records: Sequence[ShardRecord],
+    tokenizer: LlamaTokenizer,
+    pass_description: dict[str, Any],
+    targets: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``manifest.json``: the id, Merkle root and everything the id covers, plus totals."""
+    sequences = mixture.sequences.to_dict()
+    weights = [{"source": e.source, "subset": e.subset, "weight": e.weight} for e in mixture.entries]
+    mid = manifest_id(
+        [(r.source, r.subset, r.sha256) for r in records],
+        pass_description,
+        sequences,
+        tokenizer.sha256,
+        mixture.seed,
+        weights,
+    )
+    per_entry = Counter((r.source, r.subset) for r in records)
+    return {
+        "format_version": FORMAT_VERSION,
+        "manifest_id": mid,
+        "merkle_root": merkle_root_of(records),
+        "name": mixture.name,
+        "tokenizer": {"uri": tokenizer.uri, "sha256": tokenizer.sha256},
+        "filters": mixture.filters.to_dict(),
+        "pass": pass_description,
+        "sequences": sequences,
+        "seed": mixture.seed,
+        "mixture": [
+            w | {"shards": list(e.shards), "resolved_shards": per_entry[(e.source, e.subset)]}
+            for w, e in zip(weights, mixture.entries, strict=True)
+        ],
+        "targets": targets,
+        "count_method": COUNT_METHOD,
+        "tool": {"name": "elm-data", "version": __version__},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "totals": totals_of(records),
+    }
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not (out_dir / MANIFEST_FILE).exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not a manifest directory; refusing to replace it")
+
+
+def build_manifest(
+    mixture_path: str | Path,
+    out_dir: str | Path,
+    tokenizer: str | None = None,
+    workers: int = 1,
+    runner: str = "local",
+    restart: bool = False,
+    progress: bool = False,
+    on_shard_done: Callable[[ShardOutcome], None] | None = None,
+    beam_args: Sequence[str] | None = None,
+) -> BuildResult:
+    """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
+
+    ``tokenizer``: the ``--tokenizer`` flag (else the mixture's ``tokenizer:``, else
+    ``$ELM_DATA_TOKENIZER``). ``restart`` discards an interrupted build's workspace.
+    ``on_shard_done`` is called with each shard's outcome (local runner) as it completes.
+    Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
+    """
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    out_dir = Path(out_dir)
+    _check_output_dir(out_dir)
+    mixture = MixtureConfig.load(mixture_path)
+    tok = LlamaTokenizer.resolve(tokenizer, mixture.tokenizer)
+    spec = PassSpec(mixture.filters, mixture.sequences, tok)
+    pass_description = spec.build().describe()
+    targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
+    tasks = plan_shards(mixture)
+
+    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict())
+    workspace = BuildWorkspace(workspace_path_for(str(out_dir)), config_hash)
+    if restart:
+        workspace.remove()
+    workspace.create()
+
+    reused = 0
+    if runner == "beam":
+        from .beam import run_beam
+
+        run_beam(tasks, spec, workspace, beam_args)
+    else:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tasks), unit="shard", desc="counting shards", dynamic_ncols=True)
+        try:
+            tokens = failed = 0
+            for outcome in run_local(tasks, spec, workspace, workers):
+                reused += outcome.reused
+                failed += outcome.error is not None
+                tokens += outcome.record.tokens if outcome.record is not None else 0
+                if bar is not None:
+                    bar.set_postfix(tokens=f"{tokens:,}", reused=reused, failed=failed)
+                    bar.update(1)
+                if on_shard_done is not None:
+                    on_shard_done(outcome)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    records = collect(tasks, workspace)
+    info = manifest_info(mixture, records, tok, pass_description, targets)
+    write_manifest_dir(out_dir, info, records, _CommittedDocuments(workspace, len(records)))
+    workspace.remove()
+    return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Open a manifest directory with a readable error when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such manifest directory")
+    if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
+        raise FileNotFoundError(
+            f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build"
+        )
+    return Manifest(path)

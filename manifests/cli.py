@@ -1,0 +1,126 @@
+"""Commands: ``build manifest``, ``verify``, ``audit``, ``export croissant`` (thin layers over the modules)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from elm_data.pipeline.tokenizer import TokenizerNotFound
+
+
+def _open_manifest(path: str):
+    from .build import load_manifest
+
+    try:
+        return load_manifest(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.command("manifest")
+@click.argument("mixture", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
+@click.option(
+    "--tokenizer", default=None,
+    help="LLaMA SentencePiece model (else the mixture's tokenizer:, else $ELM_DATA_TOKENIZER).",
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes (local runner)."
+)
+@click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True)
+@click.option("--restart", is_flag=True, help="Discard an interrupted build's workspace; count every shard anew.")
+@click.option(
+    "--beam-arg", "beam_args", multiple=True, metavar="ARG",
+    help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner). Default: in-process DirectRunner.",
+)
+def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args):
+    """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
+
+    Shard results are committed to OUT.partial/ as they finish; re-running after an interruption
+    reuses them. Exits non-zero, naming each shard, when a shard is missing, changed or unreadable.
+    """
+    from .build import BuildFailed
+    from .build import build_manifest as build
+
+    try:
+        result = build(
+            mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
+            progress=True, beam_args=beam_args,
+        )
+    except TokenizerNotFound as e:
+        raise click.ClickException(str(e)) from None
+    except (BuildFailed, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    t = result.totals
+    click.echo(
+        f"manifest {result.manifest_id}\n"
+        f"  written to   {result.manifest_dir}\n"
+        f"  merkle root  {result.merkle_root}\n"
+        f"  shards       {result.shards} ({result.shards_reused} reused from an interrupted build)\n"
+        f"  documents    {t['docs_read']:,} read = {t['docs_kept']:,} kept + {t['docs_filtered']:,} filtered "
+        f"+ {t['docs_rejected']:,} rejected\n"
+        f"  filtered     {json.dumps(t['filtered_by_reason'])}\n"
+        f"  rejected     {json.dumps(t['rejected_by_reason'])}\n"
+        f"  tokens       {t['tokens']:,} (exact, LLaMA-2 SentencePiece, no BOS/EOS)"
+    )
+
+
+@click.command("verify")
+@click.argument("manifest_dir", type=click.Path(file_okay=False))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Hashing threads.")
+def verify(manifest_dir, workers):
+    """Re-hash every shard of MANIFEST_DIR and check the manifest's Merkle root and id.
+
+    Exits 0 when everything matches; otherwise non-zero with the list of missing or mismatched shards.
+    """
+    from tqdm import tqdm
+
+    from .verify import verify_manifest
+
+    manifest = _open_manifest(manifest_dir)
+    with tqdm(total=len(manifest.shards), unit="shard", desc="hashing shards", dynamic_ncols=True) as bar:
+        report = verify_manifest(manifest_dir, workers=workers, on_shard=lambda _: bar.update(1))
+    if not report.ok:
+        click.echo(report.summary(), err=True)
+        raise SystemExit(1)
+    click.echo(report.summary())
+
+
+@click.command("audit")
+@click.argument("manifest_dir", type=click.Path(file_okay=False))
+@click.option("--targets", default=None, help="Target preset ('openelm') or YAML file; default: the manifest's own.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a PNG chart.")
+def audit(manifest_dir, targets, fmt, plot_path):
+    """Per source/subset: shards, documents read/kept/filtered/rejected, characters, tokens, share of the
+    mix, target tokens and share, and the deviation (percentage points and ratio)."""
+    from .audit import audit_manifest, format_table
+
+    manifest = _open_manifest(manifest_dir)
+    try:
+        result = audit_manifest(manifest, targets=targets)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_table(result))
+    if plot_path:
+        from .plot import plot_audit
+
+        written = plot_audit(result, plot_path)
+        click.echo(f"plot written to {written}", err=True)
+
+
+@click.command("croissant")
+@click.argument("manifest_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DIR/croissant.json].")
+def export_croissant(manifest_dir, out):
+    """Export MANIFEST_DIR as Croissant 1.1 JSON-LD (shards as FileObjects with sha256 and provenance)."""
+    from .croissant import export_croissant as export
+
+    _open_manifest(manifest_dir)
+    written = export(manifest_dir, out)
+    click.echo(f"croissant written to {Path(written)}")

@@ -1,0 +1,62 @@
+"""Plot an audit: token share per source/subset in the manifest next to the target share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .audit import Audit
+
+MANIFEST_COLOUR, TARGET_COLOUR = "#1f77b4", "#bbbbbb"
+
+
+def plot_audit(audit: Audit, out_path: str | Path) -> Path:
+    """Horizontal bars of shares in %, manifest vs target, one pair per source/subset; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(reversed(audit.rows))  # largest target share on top
+    labels = [r.key for r in rows]
+    manifest_pct = [100 * r.share for r in rows]
+    target_pct = [100 * r.target_share if r.target_share is not None else 0.0 for r in rows]
+    has_target = any(r.target_share is not None for r in rows)
+
+    height = 1.2 + 0.55 * len(rows)
+    fig, ax = plt.subplots(figsize=(10, max(3.5, height)), dpi=120)
+    ys = range(len(rows))
+    bar = 0.38
+    ax.barh([y + bar / 2 for y in ys], manifest_pct, height=bar, color=MANIFEST_COLOUR, label="this manifest")
+    if has_target:
+        ax.barh(
+            [y - bar / 2 for y in ys], target_pct, height=bar, color=TARGET_COLOUR,
+            label=f"target ({audit.targets_name})", edgecolor="#777777", linewidth=0.5,
+        )
+    xmax = max([*manifest_pct, *target_pct, 1.0])
+    for y, r, m, t in zip(ys, rows, manifest_pct, target_pct, strict=True):
+        ax.text(m + xmax * 0.01, y + bar / 2, f"{m:.1f}%  ({r.tokens:,} tok)", va="center", fontsize=8)
+        if has_target:
+            text = f"{t:.1f}%" if r.target_share is not None else "no target"
+            ax.text(t + xmax * 0.01, y - bar / 2, text, va="center", fontsize=8, color="#555555")
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_xlim(0, xmax * 1.35)
+    ax.set_xlabel("share of tokens (%)  —  LLaMA-2 tokens of kept documents, no BOS/EOS")
+    title = f"Token mix by source/subset: manifest {audit.manifest_id[:12]}"
+    if audit.manifest_name:
+        title += f" ({audit.manifest_name})"
+    subtitle = f"total {audit.total_tokens:,} tokens"
+    if has_target:
+        subtitle += f" vs target '{audit.targets_name}'"
+    ax.set_title(f"{title}\n{subtitle}", fontsize=11)
+    ax.grid(axis="x", linestyle=":", alpha=0.6)
+    ax.set_axisbelow(True)
+    ax.legend(loc="lower right", fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,188 @@
+"""The per-shard work, shared by the local process pool and the Beam pipeline.
+
+One shard: sha256 and size first, then ``read_shard`` pinned to that sha256, batches of documents
+through the one ``DocumentPass``, and the counts plus a per-document ledger committed to the build
+workspace. A shard the workspace already holds (same bytes, same pass) is not read again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from elm_data.pipeline.config import FilterConfig, SequenceConfig
+from elm_data.pipeline.document_pass import KEPT, DocumentPass
+from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.sources.document import Document, Rejection
+from elm_data.sources.readers import read_shard, sha256_of, size_of
+
+from .manifest import DOCUMENT_SCHEMA, ShardRecord
+from .workspace import BuildWorkspace, ShardChanged
+
+COUNT_METHOD = "exact:sentencepiece"
+BATCH_DOCUMENTS = 256
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to count, at its position in the manifest."""
+
+    shard: int
+    source: str
+    subset: str
+    uri: str
+    licence: str
+    upstream: str | None = None
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """Everything a worker needs to build its own ``DocumentPass`` once (picklable, tokenizer included)."""
+
+    filters: FilterConfig
+    sequences: SequenceConfig
+    tokenizer: LlamaTokenizer
+
+    def build(self) -> DocumentPass:
+        return DocumentPass(self.filters, self.sequences, self.tokenizer, num_threads=1)
+
+
+@dataclass
+class ShardOutcome:
+    """What a worker reports back: the shard's record, or why it failed."""
+
+    shard: int
+    uri: str
+    record: ShardRecord | None = None
+    error: str | None = None
+    reused: bool = False
+
+
+@dataclass
+class _Ledger:
+    """Rows of the documents table and the shard's running totals."""
+
+    shard: int
+    columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
+    filtered: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    kept: int = 0
+    chars: int = 0
+    tokens: int = 0
+    segments: int = 0
+
+    def _row(self, index, doc_id, status, reason, count, chars, tokens, segments) -> None:
+        for name, value in zip(
+            ("shard", "index", "doc_id", "status", "reason", "count", "chars", "tokens", "segments"),
+            (self.shard, index, doc_id, status, reason, count, chars, tokens, segments),
+            strict=True,
+        ):
+            self.columns[name].append(value)
+
+    def reject(self, item: Rejection) -> None:
+        self.rejected[item.reason] += item.count
+        self._row(item.index, "", "rejected", item.reason, item.count, 0, 0, 0)
+
+    def add(self, result) -> None:
+        prov = result.document.provenance
+        if result.status == KEPT:
+            self.kept += 1
+            self.chars += result.chars
+            self.tokens += result.tokens
+            self.segments += len(result.segments)
+            self._row(prov.index, prov.doc_id, KEPT, None, 1, result.chars, result.tokens, len(result.segments))
+        else:
+            self.filtered[result.reason] += 1
+            self._row(prov.index, prov.doc_id, result.status, result.reason, 1, result.chars, 0, 0)
+
+    def table(self) -> pa.Table:
+        return pa.table(self.columns, schema=DOCUMENT_SCHEMA)
+
+
+def hub_revision(uri: str) -> str | None:
+    """The commit a Hugging Face hub file was read at, when online (best effort, never required)."""
+    if not uri.startswith("hf://"):
+        return None
+    try:
+        from huggingface_hub import HfFileSystem
+
+        fs = HfFileSystem()
+        resolved = fs.resolve_path(uri)
+        info = fs.info(uri, expand_info=True)
+        commit = (info.get("last_commit") or {}).get("oid") if isinstance(info.get("last_commit"), dict) else None
+        return commit or resolved.revision
+    except Exception:  # offline, gated, or an older hub client: the revision stays unknown
+        return None
+
+
+def count_shard(task: ShardTask, document_pass: DocumentPass, sha256: str, size: int) -> tuple[ShardRecord, pa.Table]:
+    """Read one shard through the pass; every input record lands in exactly one ledger row."""
+    ledger = _Ledger(task.shard)
+    pending: list[Document | Rejection] = []
+
+    def flush() -> None:
+        docs = [item for item in pending if isinstance(item, Document)]
+        results = iter(document_pass.process(docs)) if docs else iter(())
+        for item in pending:
+            if isinstance(item, Rejection):
+                ledger.reject(item)
+            else:
+                ledger.add(next(results))
+        pending.clear()
+
+    n_docs = 0
+    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256):
+        pending.append(item)
+        if isinstance(item, Document):
+            n_docs += 1
+            if n_docs % BATCH_DOCUMENTS == 0:
+                flush()
+    flush()
+
+    docs_filtered, docs_rejected = sum(ledger.filtered.values()), sum(ledger.rejected.values())
+    record = ShardRecord(
+        shard=task.shard,
+        source=task.source,
+        subset=task.subset,
+        uri=task.uri,
+        size_bytes=size,
+        sha256=sha256,
+        licence=task.licence,
+        upstream=task.upstream,
+        upstream_revision=hub_revision(task.uri),
+        docs_read=ledger.kept + docs_filtered + docs_rejected,
+        docs_kept=ledger.kept,
+        docs_filtered=docs_filtered,
+        docs_rejected=docs_rejected,
+        filtered_by_reason=dict(sorted(ledger.filtered.items())),
+        rejected_by_reason=dict(sorted(ledger.rejected.items())),
+        chars=ledger.chars,
+        tokens=ledger.tokens,
+        segments=ledger.segments,
+        count_method=COUNT_METHOD,
+    )
+    return record, ledger.table()
+
+
+def process_shard(task: ShardTask, document_pass: DocumentPass, workspace: BuildWorkspace) -> ShardOutcome:
+    """Count one shard into the workspace, or reuse its committed result; errors are reported, not raised."""
+    try:
+        try:
+            sha256, size = sha256_of(task.uri), size_of(task.uri)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{task.uri}: shard not found") from None
+        done = workspace.reusable(task.shard, task.uri, sha256)
+        if done is not None:
+            workspace.clear_error(task.shard)
+            return ShardOutcome(task.shard, task.uri, done.record, reused=True)
+        record, documents = count_shard(task, document_pass, sha256, size)
+        workspace.store(record, documents)
+        return ShardOutcome(task.shard, task.uri, record)
+    except (ShardChanged, FileNotFoundError) as e:
+        message = str(e)
+    except Exception as e:  # an unreadable shard must name itself, whatever the reader raised
+        message = f"{task.uri}: {type(e).__name__}: {e}"
+    workspace.store_error(task.shard, task.uri, message)
+    return ShardOutcome(task.shard, task.uri, error=message)
