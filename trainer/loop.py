@@ -59,6 +59,7 @@ class StepStats:
     z_loss: float
     grad_norm: float
     counted_tokens: int  # label positions that count (not pad), all ranks
+    positions: int  # label positions (batch x seq_len), all ranks
     tokens_by_source: Counter
     data_wait_s: float
 
@@ -130,8 +131,8 @@ def train_step(
     all ranks), so accumulating k micro-batches equals one batch k times as large.
     """
     pairs = [split_inputs_labels(b["input_ids"], vocab_size, config.pad_id) for b in batches]
-    counted = torch.tensor(sum(int((labels != config.pad_id).sum()) for _, labels in pairs), dtype=torch.float64)
-    counted = int(D.all_reduce_sum(counted.to(device), info).item())
+    local = [sum(int((labels != config.pad_id).sum()) for _, labels in pairs), sum(lab.numel() for _, lab in pairs)]
+    counted, positions = (int(v) for v in D.all_reduce_sum(torch.tensor(local, device=device), info).tolist())
     # DDP/FSDP average gradients over ranks; scale so the result is the mean over all counted tokens.
     denominator = max(counted, 1) / info.world_size
     sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -167,6 +168,7 @@ def train_step(
         z_loss=z,
         grad_norm=float(grad_norm),
         counted_tokens=counted,
+        positions=positions,
         tokens_by_source=by_source,
         data_wait_s=0.0,
     )
@@ -261,7 +263,6 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         wrapped = torch.compile(wrapped)
     wrapped.train()
     accum = config.grad_accum_steps(info.world_size)
-    step_positions = config.batch_size * config.seq_len * accum * info.world_size
     flops_per_token = model_config.flops_per_token(config.seq_len)
     peak = peak_flops(device)
 
@@ -277,7 +278,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         "device": device_description(device),
         "world_size": info.world_size,
         "grad_accum_steps": accum,
-        "tokens_per_step": step_positions,
+        "tokens_per_step": config.batch_size * config.seq_len * accum * info.world_size,
         "flops_per_token": flops_per_token,
         "peak_flops": peak,
     }
@@ -349,6 +350,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
             step += 1
+            step_positions = stats.positions  # a finite stream's last batch may be short
             tokens_total += step_positions
             if not math.isfinite(stats.loss):
                 raise TrainingError(f"loss became {stats.loss} at step {step}")
