@@ -1,0 +1,70 @@
+"""Running accounts of what a stream handed out: tokens per source, padding and discarded tokens."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StreamStats:
+    """Counts over the batches handed out; ``fractions`` are what `stream.stats()` reports.
+
+    ``tokens``: non-pad tokens fed (BOS/EOS included); ``pad_tokens``: padding slots;
+    ``discarded_tokens``: tokens cut off by CoreNet's truncation to ``seq_len + 1`` (0 in packed mode).
+    """
+
+    mode: str
+    batches: int = 0
+    sequences: int = 0
+    token_slots: int = 0
+    tokens: int = 0
+    pad_tokens: int = 0
+    discarded_tokens: int = 0
+    tokens_by_source: Counter = field(default_factory=Counter)
+
+    def add_batch(self, sequences: int, window: int, pad: int, discarded: int, by_source: Mapping[str, int]) -> None:
+        self.batches += 1
+        self.sequences += sequences
+        self.token_slots += sequences * window
+        self.pad_tokens += pad
+        self.discarded_tokens += discarded
+        self.tokens += sum(by_source.values())
+        self.tokens_by_source.update(by_source)
+
+    def to_dict(self) -> dict[str, Any]:
+        offered = self.tokens + self.discarded_tokens
+        return {
+            "mode": self.mode,
+            "batches": self.batches,
+            "sequences": self.sequences,
+            "token_slots": self.token_slots,
+            "tokens": self.tokens,
+            "pad_tokens": self.pad_tokens,
+            "padding_fraction": self.pad_tokens / self.token_slots if self.token_slots else 0.0,
+            "discarded_tokens": self.discarded_tokens,
+            "discarded_fraction": self.discarded_tokens / offered if offered else 0.0,
+            "tokens_by_source": dict(sorted(self.tokens_by_source.items())),
+        }
+
+
+class Ledger(Counter):
+    """Cumulative non-pad tokens consumed per ``"source/subset"`` (BOS/EOS included); a plain dict to save."""
+
+    def add(self, by_source: Mapping[str, int]) -> None:
+        self.update({k: int(v) for k, v in by_source.items()})
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in sorted(self.items())}
+
+
+def expected_natural_pass(manifest_shards, mode: str = "packed") -> dict[str, int]:
+    """What one natural packed pass must feed per source: kept tokens + BOS/EOS per kept segment (invariant 2)."""
+    if mode != "packed":
+        raise ValueError("only packed mode feeds every kept token; corenet truncates pieces to seq_len + 1")
+    out: Counter = Counter()
+    for rec in manifest_shards:
+        out[rec.key] += rec.tokens + 2 * rec.segments
+    return dict(sorted(out.items()))

@@ -1,0 +1,84 @@
+"""Deterministic weighted interleaving of per-source document cursors.
+
+Each source is a function ``epoch -> iterator`` over its items. A seeded RNG picks the source of
+every next item with probability proportional to its weight among the sources still active:
+
+- ``restart=True`` (weighted mode): an exhausted source starts its next epoch, so the mix is endless
+  and the long-run proportions of draws follow the weights;
+- ``restart=False`` (natural mode): an exhausted source drops out and the mix ends when every
+  source is exhausted, so each item is yielded exactly once.
+
+Nothing depends on wall time, process or worker: same inputs and seed give the same sequence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 64-bit seed derived from ``seed`` and labels, stable across processes and Python versions."""
+    text = ":".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def permutation(n: int, seed: int, *parts: object) -> list[int]:
+    """A seeded permutation of ``range(n)``."""
+    order = list(range(n))
+    random.Random(derive_seed(seed, "perm", *parts)).shuffle(order)
+    return order
+
+
+def weighted_interleave(
+    sources: Sequence[Callable[[int], Iterator[T]]],
+    weights: Sequence[float],
+    seed: int,
+    *,
+    restart: bool,
+) -> Iterator[tuple[int, T]]:
+    """Yield ``(source_position, item)`` drawn from ``sources`` by a seeded weighted RNG.
+
+    Sources with weight 0 are never drawn. With ``restart=True`` a source that yields nothing in a
+    whole epoch raises ``ValueError`` (it could never satisfy its weight).
+    """
+    if len(sources) != len(weights):
+        raise ValueError("one weight per source is required")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"mixing weights must be >= 0, got {list(weights)}")
+    rng = random.Random(seed)
+    epochs = [0] * len(sources)
+    active = [i for i, w in enumerate(weights) if w > 0]
+    iterators: dict[int, Iterator[T]] = {i: iter(sources[i](0)) for i in active}
+
+    def cumulative() -> list[float]:
+        return list(accumulate(weights[i] for i in active))
+
+    cum = cumulative()
+    while active:
+        u = rng.random() * cum[-1]
+        pos = min(bisect.bisect_right(cum, u), len(active) - 1)
+        src = active[pos]
+        try:
+            item = next(iterators[src])
+        except StopIteration:
+            if restart:
+                epochs[src] += 1
+                iterators[src] = iter(sources[src](epochs[src]))
+                try:
+                    item = next(iterators[src])
+                except StopIteration:
+                    raise ValueError(f"source #{src} has no items to draw from (weight {weights[src]})") from None
+            else:
+                # natural mode: drop the source; the draw is repeated among the remaining ones
+                del iterators[src]
+                active.pop(pos)
+                cum = cumulative()
+                continue
+        yield src, item

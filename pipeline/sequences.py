@@ -1,0 +1,163 @@
+"""Sequence forming: frame kept segments with BOS/EOS and lay them into fixed-length rows.
+
+A document's *framed* tokens are the concatenation, over its kept segments, of ``BOS + ids + EOS``;
+span offsets (``doc_start``/``doc_end``) are positions in that framed sequence.
+
+- ``packed``: the framed documents form one continuous stream cut into windows of ``seq_len + 1``
+  tokens; a document continues into the next window, nothing is lost, only the very last window of a
+  finite stream is padded.
+- ``corenet``: each framed segment (a CoreNet piece) is one row on its own, truncated to
+  ``seq_len + 1`` tokens (the rest is discarded) and right-padded with ``pad_id``, as CoreNet does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from elm_data.pipeline.plan import BatchPlan, PlannedDoc
+from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class FramedDoc:
+    """``ids``: framed tokens; ``starts``: offset of each segment's BOS, plus the total length at the end."""
+
+    ids: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def segments(self) -> int:
+        return len(self.starts) - 1
+
+
+def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: int = EOS_ID) -> FramedDoc:
+    """``BOS + segment + EOS`` for every segment, concatenated."""
+    lengths = np.fromiter((len(s) + 2 for s in segments), dtype=np.int64, count=len(segments))
+    starts = np.zeros(len(segments) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    ids = np.empty(int(starts[-1]), dtype=np.int64)
+    for seg, begin, end in zip(segments, starts[:-1], starts[1:], strict=True):
+        ids[begin] = bos
+        ids[begin + 1 : end - 1] = seg
+        ids[end - 1] = eos
+    return FramedDoc(ids, starts)
+
+
+@dataclass
+class BatchRows:
+    """One batch laid out: token rows, provenance spans, per-source token counts and padding figures."""
+
+    input_ids: np.ndarray  # [sequences, window] int64
+    spans: list[list[dict[str, Any]]]
+    tokens_by_source: dict[str, int]
+    segment_ids: np.ndarray | None = None  # [sequences, window]: segment number within the row, -1 on padding
+    pad_tokens: int = 0
+    discarded_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SpanBase = Callable[[PlannedDoc], dict[str, Any]]  # source, subset, shard_sha256, doc_id, index of a doc
+
+
+def _count(tokens_by_source: dict[str, int], base: dict[str, Any], n: int) -> None:
+    key = f"{base['source']}/{base['subset']}"
+    tokens_by_source[key] = tokens_by_source.get(key, 0) + n
+
+
+def layout_packed(
+    plan: BatchPlan,
+    framed: Callable[[PlannedDoc], FramedDoc],
+    span_base: SpanBase,
+    window: int,
+    pad_id: int = PAD_ID,
+    document_masks: bool = False,
+) -> BatchRows:
+    """Fill ``plan.sequences`` consecutive windows of the packed stream starting at ``plan.start``."""
+    n = plan.sequences
+    flat = np.full(n * window, pad_id, dtype=np.int64)
+    marks = np.zeros(n * window, dtype=np.int64) if document_masks else None
+    spans: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    by_source: dict[str, int] = {}
+    batch_end = plan.start + n * window
+    for doc in plan.docs:
+        fd = framed(doc)
+        if len(fd.ids) != doc.units:
+            raise RuntimeError(f"document {doc.doc_id}: {len(fd.ids)} framed tokens, the plan expects {doc.units}")
+        lo, hi = max(doc.start, plan.start), min(doc.start + doc.units, batch_end)
+        if lo >= hi:
+            continue
+        flat[lo - plan.start : hi - plan.start] = fd.ids[lo - doc.start : hi - doc.start]
+        if marks is not None:
+            seg_starts = fd.starts[:-1] + doc.start
+            inside = seg_starts[(seg_starts >= lo) & (seg_starts < hi)] - plan.start
+            marks[inside] = 1
+        base = span_base(doc)
+        pos = lo
+        while pos < hi:
+            row = (pos - plan.start) // window
+            row_start = plan.start + row * window
+            end = min(hi, row_start + window)
+            spans[row].append(
+                {
+                    **base,
+                    "doc_start": pos - doc.start,
+                    "doc_end": end - doc.start,
+                    "start": pos - row_start,
+                    "end": end - row_start,
+                }
+            )
+            pos = end
+        _count(by_source, base, hi - lo)
+    rows = flat.reshape(n, window)
+    filled = sum(by_source.values())
+    segment_ids = None
+    if marks is not None:
+        marks = marks.reshape(n, window)
+        marks[:, 0] = 1  # a row starting mid-document still begins its own segment 0
+        segment_ids = np.cumsum(marks, axis=1) - 1
+        used = np.arange(n * window).reshape(n, window) < filled  # packed rows fill from the front
+        segment_ids[~used] = -1
+    return BatchRows(rows, spans, by_source, segment_ids, pad_tokens=n * window - filled)
+
+
+def layout_corenet(
+    plan: BatchPlan,
+    framed: Callable[[PlannedDoc], FramedDoc],
+    span_base: SpanBase,
+    window: int,
+    pad_id: int = PAD_ID,
+    document_masks: bool = False,
+) -> BatchRows:
+    """One row per kept piece: ``BOS + piece + EOS`` truncated to ``window`` and right-padded with ``pad_id``."""
+    n = plan.sequences
+    rows = np.full((n, window), pad_id, dtype=np.int64)
+    segment_ids = np.full((n, window), -1, dtype=np.int64) if document_masks else None
+    spans: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    by_source: dict[str, int] = {}
+    discarded = 0
+    for doc in plan.docs:
+        fd = framed(doc)
+        if fd.segments != doc.segments:
+            raise RuntimeError(f"document {doc.doc_id}: {fd.segments} pieces, the plan expects {doc.segments}")
+        base = span_base(doc)
+        for piece in range(doc.segments):
+            row = doc.start + piece - plan.start
+            if not 0 <= row < n:
+                continue
+            begin, end = int(fd.starts[piece]), int(fd.starts[piece + 1])
+            kept = min(end - begin, window)
+            rows[row, :kept] = fd.ids[begin : begin + kept]
+            if segment_ids is not None:
+                segment_ids[row, :kept] = 0
+            discarded += end - begin - kept
+            spans[row].append({**base, "doc_start": begin, "doc_end": begin + kept, "start": 0, "end": kept})
+            _count(by_source, base, kept)
+    pad = n * window - sum(by_source.values())
+    return BatchRows(rows, spans, by_source, segment_ids, pad_tokens=pad, discarded_tokens=discarded)
+
+
+LAYOUTS = {"packed": layout_packed, "corenet": layout_corenet}

@@ -1,0 +1,353 @@
+"""The resumable training stream: plan → read → per-document pass → sequences → whole batches.
+
+``TokenStream`` is an ``IterableDataset`` that yields whole batches; ``StreamLoader`` wraps it in a
+``DataLoader(batch_size=None)`` and keeps the state (batches handed out) and the per-source ledger.
+
+Ownership: global batch ``b`` belongs to rank ``b % world_size``; a rank's ``j``-th batch (counted from
+the resume point) belongs to DataLoader worker ``j % num_workers``. The DataLoader takes batches from its
+workers round-robin, so batches come out in global order whatever ``num_workers`` is, and resuming with
+a different worker count is bit-exact. Every worker walks the cheap plan (``plan.py``), reads shards
+forward, and tokenizes only the documents of its own batches, in one ``DocumentPass.process`` call per batch.
+
+Integrity: a shard's sha256 is checked against the manifest every time a worker opens it, every
+document's pass outcome must equal the manifest's (kept, same token and segment counts), and the
+tokenizer's sha256 must equal the manifest's. Any mismatch stops the stream with an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from elm_data.manifests.manifest import Manifest
+from elm_data.pipeline.config import FilterConfig, SequenceConfig
+from elm_data.pipeline.ledger import Ledger, StreamStats
+from elm_data.pipeline.plan import (
+    NATURAL,
+    BatchPlan,
+    Plan,
+    PlanConfig,
+    PlannedDoc,
+    manifest_mode,
+    manifest_weights,
+)
+from elm_data.pipeline.sequences import LAYOUTS, FramedDoc, frame_segments
+from elm_data.pipeline.tokenizer import ENV_VAR, PAD_ID, LlamaTokenizer, resolve_tokenizer_uri
+
+STATE_VERSION = 1
+
+
+class StreamIntegrityError(RuntimeError):
+    """The corpus or the pass no longer matches the manifest; nothing of it is fed."""
+
+
+class TokenizerMismatch(ValueError):
+    """The tokenizer given is not the one the manifest was counted with."""
+
+
+def _resolve_weights(weights: str | dict[str, float] | None, info: dict[str, Any]) -> dict[str, float] | None:
+    if weights is None:
+        return manifest_weights(info)
+    if isinstance(weights, str):
+        if weights != NATURAL:
+            raise ValueError(f"weights must be 'natural', a mapping or None, got {weights!r}")
+        return None
+    return {str(k): float(v) for k, v in dict(weights).items()}
+
+
+def _resolve_tokenizer(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any]) -> LlamaTokenizer:
+    expected = (info.get("tokenizer") or {}).get("sha256")
+    if not isinstance(tokenizer, LlamaTokenizer):
+        uri = resolve_tokenizer_uri(tokenizer or os.environ.get(ENV_VAR), (info.get("tokenizer") or {}).get("uri"))
+        tokenizer = LlamaTokenizer(uri)
+    if expected and tokenizer.sha256 != expected:
+        raise TokenizerMismatch(
+            f"tokenizer {tokenizer.uri} has sha256 {tokenizer.sha256}, but the manifest was counted with "
+            f"{expected}; pass the manifest's tokenizer (--tokenizer or ${ENV_VAR}) or rebuild the manifest"
+        )
+    return tokenizer
+
+
+class ShardReaders:
+    """Forward readers over the corpus, one per source, that verify each shard's sha256 on opening."""
+
+    def __init__(self, manifest: Manifest):
+        self.records = manifest.shards
+        self._open: dict[str, tuple[int, Iterator, int]] = {}  # source key -> (shard, items, next index)
+
+    def _open_shard(self, shard: int, skip: int) -> Iterator:
+        from elm_data.sources.readers import read_shard, sha256_of
+
+        rec = self.records[shard]
+        actual = sha256_of(rec.uri)
+        if actual != rec.sha256:
+            raise StreamIntegrityError(
+                f"shard {shard} ({rec.key}) {rec.uri} has changed: sha256 {actual}, manifest says {rec.sha256}; "
+                "refusing to feed it (restore the shard or rebuild the manifest)"
+            )
+        return iter(read_shard(rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=skip))
+
+    def fetch(self, doc: PlannedDoc):
+        """The ``Document`` at (doc.shard, doc.index), reading forward from the source's current position."""
+        rec = self.records[doc.shard]
+        current = self._open.get(rec.key)
+        if current is None or current[0] != doc.shard or current[2] > doc.index:
+            current = (doc.shard, self._open_shard(doc.shard, doc.index), doc.index)
+        shard, items, _ = current
+        for item in items:
+            if item.index + getattr(item, "count", 1) <= doc.index:
+                continue
+            if item.index != doc.index or not hasattr(item, "text"):
+                del self._open[rec.key]
+                raise StreamIntegrityError(
+                    f"shard {doc.shard} ({rec.uri}): record {doc.index} (doc {doc.doc_id}) is kept in the manifest "
+                    f"but the reader gave {type(item).__name__} at index {item.index}"
+                )
+            if item.provenance.doc_id != doc.doc_id:
+                raise StreamIntegrityError(
+                    f"shard {doc.shard} ({rec.uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
+                    f"manifest says {doc.doc_id}"
+                )
+            self._open[rec.key] = (shard, items, doc.index + 1)
+            return item
+        self._open.pop(rec.key, None)
+        raise StreamIntegrityError(f"shard {doc.shard} ({rec.uri}) ended before record {doc.index} (doc {doc.doc_id})")
+
+
+class TokenStream(IterableDataset):
+    """Whole batches of a manifest's kept documents: deterministic, sharded by rank and worker, resumable.
+
+    Each batch is a dict: ``input_ids`` LongTensor[B, seq_len + 1]; ``spans`` (when ``provenance``):
+    per sequence, a list of ``{source, subset, shard_sha256, doc_id, index, doc_start, doc_end, start, end}``
+    (window positions ``[start, end)`` hold the document's framed tokens ``[doc_start, doc_end)``, framed =
+    BOS + ids + EOS per kept segment); ``tokens_by_source`` non-pad tokens per ``"source/subset"``;
+    ``segment_ids`` (when ``document_masks``) LongTensor[B, seq_len + 1], -1 on padding; and
+    ``batch_index`` (global), ``pad_tokens``, ``discarded_tokens`` (ints).
+    The last batch of a finite stream may hold fewer than ``batch_size`` sequences.
+    """
+
+    def __init__(
+        self,
+        manifest_dir: str | Path,
+        *,
+        batch_size: int,
+        seq_len: int | None = None,
+        mode: str | None = None,
+        weights: str | dict[str, float] | None = None,
+        seed: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        tokenizer: str | LlamaTokenizer | None = None,
+        epochs: int | None = 1,
+        provenance: bool = True,
+        document_masks: bool = False,
+    ):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.manifest_dir = Path(manifest_dir)
+        manifest = Manifest(self.manifest_dir)
+        info = manifest.info
+        self.manifest_id = manifest.manifest_id
+        self.sequences = SequenceConfig.from_dict(info.get("sequences"))
+        self.filters = FilterConfig.from_dict(info.get("filters"))
+        self.config = PlanConfig(
+            mode=mode or manifest_mode(info),
+            seq_len=int(seq_len or self.sequences.seq_len),
+            batch_size=int(batch_size),
+            seed=int(info.get("seed", 0) if seed is None else seed),
+            weights=_resolve_weights(weights, info),
+            epochs=epochs,
+        )
+        Plan(manifest, self.config)  # validates mode and weights now, not in a worker
+        self.tokenizer = _resolve_tokenizer(tokenizer, info)
+        self.rank, self.world_size = rank, world_size
+        self.provenance, self.document_masks = provenance, document_masks
+        self.start_global_batch = 0  # first global batch to yield (set by resume); a multiple of world_size
+        self._manifest: Manifest | None = manifest
+        self._stats = StreamStats(self.config.mode)
+
+    # -- pickling for DataLoader workers: the manifest handle is reopened there
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_manifest"] = None
+        return state
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = Manifest(self.manifest_dir)
+        return self._manifest
+
+    def plan(self) -> Plan:
+        return Plan(self.manifest, self.config)
+
+    def owner(self, global_batch: int, num_workers: int = 1) -> tuple[int, int]:
+        """(rank, worker) that produces ``global_batch`` when resumed at ``start_global_batch``."""
+        local = (global_batch - self.start_global_batch) // self.world_size
+        return global_batch % self.world_size, local % max(1, num_workers)
+
+    def stats(self) -> dict[str, Any]:
+        """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches handed out."""
+        return self._stats.to_dict() | {"seq_len": self.config.seq_len, "batch_size": self.config.batch_size}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        start, world, rank = self.start_global_batch, self.world_size, self.rank
+        if start % world:
+            raise ValueError(f"start_global_batch {start} is not a multiple of world_size {world}")
+
+        def owns(b: int) -> bool:
+            return b >= start and b % world == rank and ((b - start) // world) % workers == worker
+
+        yield from self._batches(self.plan().batches(owns, start_batch=start))
+
+    def _batches(self, plans: Iterator[BatchPlan]) -> Iterator[dict[str, Any]]:
+        from elm_data.pipeline.document_pass import DocumentPass
+
+        manifest = self.manifest
+        readers = ShardReaders(manifest)
+        shards = manifest.shards
+        doc_pass = DocumentPass(self.filters, self.sequences, self.tokenizer, num_threads=1)
+        sources = self.plan().sources
+        layout = LAYOUTS[self.config.mode]
+        window = self.config.window
+        cache: dict[tuple[int, int], FramedDoc] = {}
+
+        def span_base(doc: PlannedDoc) -> dict[str, Any]:
+            src = sources[doc.src]
+            return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
+                    "doc_id": doc.doc_id, "index": doc.index}
+
+        for bp in plans:
+            missing = [d for d in bp.docs if (d.shard, d.index) not in cache]
+            results = doc_pass.process([readers.fetch(d) for d in missing]) if missing else []
+            for doc, result in zip(missing, results, strict=True):
+                if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
+                    raise StreamIntegrityError(
+                        f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
+                        f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
+                        f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
+                        "(filter or tokenizer drift: rebuild the manifest)"
+                    )
+                cache[(doc.shard, doc.index)] = frame_segments(result.segments)
+            rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, window, PAD_ID,
+                          self.document_masks)
+            # keep only documents that continue past this batch (a long document is tokenized once per worker)
+            batch_end = bp.start + bp.sequences * (window if self.config.mode == "packed" else 1)
+            cache = {(d.shard, d.index): cache[(d.shard, d.index)] for d in bp.docs if d.start + d.units > batch_end}
+            batch: dict[str, Any] = {
+                "input_ids": torch.from_numpy(rows.input_ids),
+                "tokens_by_source": rows.tokens_by_source,
+                "batch_index": bp.batch,
+                "pad_tokens": rows.pad_tokens,
+                "discarded_tokens": rows.discarded_tokens,
+            }
+            if self.provenance:
+                batch["spans"] = rows.spans
+            if rows.segment_ids is not None:
+                batch["segment_ids"] = torch.from_numpy(rows.segment_ids)
+            yield batch
+
+
+class StreamLoader:
+    """``DataLoader(stream, batch_size=None)`` that counts the batches it hands out, for exact resume.
+
+    ``state_dict()`` → ``{"version", "manifest_id", "global_batches", "batches", "rank", "world_size",
+    "plan", "ledger"}`` (plain types). ``global_batches``: global batches consumed by the whole run (all ranks
+    in lockstep), i.e. the next batch of rank ``r`` is ``global_batches + r``; ``batches``: this rank's count.
+    Iterating again after a ``break`` continues where the last handed-out batch left off.
+    """
+
+    def __init__(
+        self,
+        stream: TokenStream,
+        num_workers: int = 0,
+        prefetch_factor: int | None = None,
+        multiprocessing_context: str | None = None,
+        pin_memory: bool = False,
+    ):
+        self.stream = stream
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
+        self.pin_memory = pin_memory
+        self.global_batches = stream.start_global_batch
+        self.batches = 0
+        self.ledger = Ledger()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = self.stream
+        stream.start_global_batch = self.global_batches
+        kwargs: dict[str, Any] = {}
+        if self.num_workers:
+            kwargs["prefetch_factor"] = self.prefetch_factor or 2
+            kwargs["multiprocessing_context"] = self.multiprocessing_context
+        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            **kwargs)
+        window = stream.config.window
+        for batch in loader:
+            expected = self.global_batches + stream.rank
+            if batch["batch_index"] != expected:
+                raise RuntimeError(f"stream out of order: got global batch {batch['batch_index']}, expected {expected}")
+            self.global_batches += stream.world_size
+            self.batches += 1
+            self.ledger.add(batch["tokens_by_source"])
+            stream._stats.add_batch(len(batch["input_ids"]), window, batch["pad_tokens"], batch["discarded_tokens"],
+                                    batch["tokens_by_source"])
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.stream
+        return {
+            "version": STATE_VERSION,
+            "manifest_id": s.manifest_id,
+            "global_batches": self.global_batches,
+            "batches": self.batches,
+            "rank": s.rank,
+            "world_size": s.world_size,
+            "plan": s.config.to_dict(),
+            "ledger": self.ledger.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next batch exactly the one an uninterrupted run would hand out next."""
+        s = self.stream
+        if state.get("manifest_id") != s.manifest_id:
+            raise ValueError(
+                f"stream state is for manifest {state.get('manifest_id')}, this stream reads {s.manifest_id}"
+            )
+        mine = s.config.to_dict()
+        saved = state.get("plan") or {}
+        differ = sorted(k for k in mine if saved.get(k) != mine[k])
+        if differ:
+            detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine[k]!r}" for k in differ)
+            raise ValueError(f"stream state was saved with a different plan ({detail})")
+        global_batches = int(state["global_batches"])
+        if global_batches % s.world_size:
+            raise ValueError(
+                f"cannot resume at global batch {global_batches} with world_size {s.world_size} (not a multiple)"
+            )
+        self.global_batches = global_batches
+        s.start_global_batch = global_batches
+        self.batches = int(state.get("batches", global_batches // s.world_size))
+        self.ledger = Ledger(state.get("ledger") or {})
+
+
+def take_sequences(stream: TokenStream, n: int) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """The first ``n`` sequences (token ids, spans) of a stream, in order (single process)."""
+    count = 0
+    for batch in StreamLoader(stream):
+        spans = batch.get("spans") or [[] for _ in range(len(batch["input_ids"]))]
+        for ids, seq_spans in zip(batch["input_ids"].numpy(), spans, strict=True):
+            yield ids, seq_spans
+            count += 1
+            if count >= n:
+                return
