@@ -214,12 +214,15 @@ def build_manifest(
     progress: bool = False,
     on_shard_done: Callable[[ShardOutcome], None] | None = None,
     beam_args: Sequence[str] | None = None,
+    workspace: str | None = None,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
     ``tokenizer``: the ``--tokenizer`` flag (else the mixture's ``tokenizer:``, else
     ``$ELM_DATA_TOKENIZER``). ``restart`` discards an interrupted build's workspace.
     ``on_shard_done`` is called with each shard's outcome (local runner) as it completes.
+    ``workspace``: where per-shard results go (default ``OUT.partial``); an fsspec URL every
+    worker can reach when Beam runs on a cluster.
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
     """
     if runner not in RUNNERS:
@@ -234,16 +237,16 @@ def build_manifest(
     tasks = plan_shards(mixture)
 
     config_hash = pass_config_hash(pass_description, spec.sequences.to_dict())
-    workspace = BuildWorkspace(workspace_path_for(str(out_dir)), config_hash)
+    work = BuildWorkspace(workspace or workspace_path_for(str(out_dir)), config_hash)
     if restart:
-        workspace.remove()
-    workspace.create()
+        work.remove()
+    work.create()
 
     reused = 0
     if runner == "beam":
         from .beam import run_beam
 
-        run_beam(tasks, spec, workspace, beam_args)
+        run_beam(tasks, spec, work, beam_args)
     else:
         bar = None
         if progress:
@@ -252,7 +255,7 @@ def build_manifest(
             bar = tqdm(total=len(tasks), unit="shard", desc="counting shards", dynamic_ncols=True)
         try:
             tokens = failed = 0
-            for outcome in run_local(tasks, spec, workspace, workers):
+            for outcome in run_local(tasks, spec, work, workers):
                 reused += outcome.reused
                 failed += outcome.error is not None
                 tokens += outcome.record.tokens if outcome.record is not None else 0
@@ -265,10 +268,10 @@ def build_manifest(
             if bar is not None:
                 bar.close()
 
-    records = collect(tasks, workspace)
+    records = collect(tasks, work)
     info = manifest_info(mixture, records, tok, pass_description, targets)
-    write_manifest_dir(out_dir, info, records, _CommittedDocuments(workspace, len(records)))
-    workspace.remove()
+    write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)))
+    work.remove()
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
 
 

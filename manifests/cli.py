@@ -35,7 +35,11 @@ def _open_manifest(path: str):
     "--beam-arg", "beam_args", multiple=True, metavar="ARG",
     help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner). Default: in-process DirectRunner.",
 )
-def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args):
+@click.option(
+    "--workspace", default=None, metavar="URL",
+    help="Where per-shard results go [default: OUT.partial]; on a Beam cluster, a URL all workers reach.",
+)
+def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
     Shard results are committed to OUT.partial/ as they finish; re-running after an interruption
@@ -47,7 +51,7 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
     try:
         result = build(
             mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
-            progress=True, beam_args=beam_args,
+            progress=True, beam_args=beam_args, workspace=workspace,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None

@@ -34,24 +34,26 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
         )
     xmax = max([*manifest_pct, *target_pct, 1.0])
     for y, r, m, t in zip(ys, rows, manifest_pct, target_pct, strict=True):
-        ax.text(m + xmax * 0.01, y + bar / 2, f"{m:.1f}%  ({r.tokens:,} tok)", va="center", fontsize=8)
+        label = f"{m:.1f}%  ({r.tokens:,} tokens)" if r.shards else "not in this manifest"
+        ax.text(m + xmax * 0.01, y + bar / 2, label, va="center", fontsize=8)
         if has_target:
             text = f"{t:.1f}%" if r.target_share is not None else "no target"
             ax.text(t + xmax * 0.01, y - bar / 2, text, va="center", fontsize=8, color="#555555")
     ax.set_yticks(list(ys))
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_xlim(0, xmax * 1.35)
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= min(100.0, xmax * 1.35)])
     ax.set_xlabel("share of tokens (%)  —  LLaMA-2 tokens of kept documents, no BOS/EOS")
     title = f"Token mix by source/subset: manifest {audit.manifest_id[:12]}"
     if audit.manifest_name:
         title += f" ({audit.manifest_name})"
-    subtitle = f"total {audit.total_tokens:,} tokens"
+    subtitle = f"{audit.total_tokens:,} tokens in the manifest"
     if has_target:
-        subtitle += f" vs target '{audit.targets_name}'"
+        subtitle += f" vs target mix '{audit.targets_name}' (each side's shares sum to 100%)"
     ax.set_title(f"{title}\n{subtitle}", fontsize=11)
     ax.grid(axis="x", linestyle=":", alpha=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()

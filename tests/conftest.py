@@ -37,3 +37,13 @@ def sample_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     write_sample_corpus(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
+    """A manifest built (local runner, 1 worker) from the sample corpus' mixture.yaml with the real tokenizer."""
+    from elm_data.manifests.build import build_manifest
+
+    out = tmp_path_factory.mktemp("sample_manifest") / "manifest"
+    build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, workers=1)
+    return out
