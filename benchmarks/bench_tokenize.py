@@ -102,13 +102,15 @@ def hf_tokenizer_from_sentencepiece(sp):
     return tok
 
 
-def median_rate(fn, tokens: int, repeats: int) -> float:
-    times = []
+def median_rate(fn, tokens: int, repeats: int) -> tuple[float, float]:
+    """Median tokens per wall-clock second and per CPU second (all threads) over ``repeats`` runs."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return tokens / statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return tokens / statistics.median(walls), tokens / statistics.median(cpus)
 
 
 def first_difference(a: list[int], b: list[int], sp) -> str:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {described}: {len(docs)} documents, {sum(map(len, texts)):,} chars, {total_tokens:,} tokens")
     print(f"machine: {os.cpu_count()} CPUs (shared, loaded); median of {args.repeats} runs; input tokens/s")
 
-    rates: dict[str, float] = {}
+    rates: dict[str, tuple[float, float]] = {}
     for threads in (1, 2):
         rates[f"sentencepiece encode_batch, {threads} thread(s)"] = median_rate(
             lambda t=threads: tokenizer.encode_batch(texts, t), total_tokens, args.repeats
@@ -155,19 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         lambda: hf.encode_batch(texts, add_special_tokens=False), total_tokens, args.repeats
     )
 
-    base = rates["sentencepiece encode_batch, 1 thread(s)"]
+    base = rates["sentencepiece encode_batch, 1 thread(s)"][0]
     width = max(map(len, rates))
-    for name, rate in rates.items():
-        print(f"  {name:<{width}}  {rate:>12,.0f} tok/s   x{rate / base:.2f} vs sp 1 thread")
-    sp2 = rates["sentencepiece encode_batch, 2 thread(s)"]
-    pass2 = rates["DocumentPass.process (filter+tokenize), 2 thread(s)"]
-    print(f"DocumentPass / raw sentencepiece at 2 threads: {pass2 / sp2:.2f}")
+    for name, (rate, per_cpu) in rates.items():
+        print(
+            f"  {name:<{width}}  {rate:>11,.0f} tok/s  x{rate / base:.2f} vs sp 1 thread  {per_cpu:>11,.0f} tok/CPU-s"
+        )
+    for threads in (1, 2):
+        sp_rate = rates[f"sentencepiece encode_batch, {threads} thread(s)"][0]
+        pass_rate = rates[f"DocumentPass.process (filter+tokenize), {threads} thread(s)"][0]
+        print(f"DocumentPass / raw sentencepiece at {threads} thread(s): {pass_rate / sp_rate:.2f}")
+    sp2 = rates["sentencepiece encode_batch, 2 thread(s)"][0]
     print(f"HF ids identical to SentencePiece: {len(docs) - len(mismatched)}/{len(docs)} documents")
     for i in mismatched[:5]:
         where = first_difference(reference[i], hf_ids[i], tokenizer.sp)
         print(f"  doc {i} ({docs[i].provenance.source}/{docs[i].provenance.subset}): {where}")
     identical = not mismatched
-    faster = rates[f"HF tokenizers encode_batch, {os.environ['RAYON_NUM_THREADS']} threads"] > sp2
+    faster = rates[f"HF tokenizers encode_batch, {os.environ['RAYON_NUM_THREADS']} threads"][0] > sp2
     verdict = "switch to HF tokenizers" if identical and faster else "keep SentencePiece"
     print(f"decision: {verdict} (identical ids: {identical}; HF faster at 2 threads: {faster})")
     return 0

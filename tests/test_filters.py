@@ -261,3 +261,17 @@ def test_character_rule_fast_path_is_exact():
         for minimum in (0, 1, 10, 200):
             assert passes_min_characters(text, minimum) == (length >= minimum)
     assert near_boundary > 10  # the generator really probes long texts around the 200 boundary
+
+
+def test_corenet_quality_filters_judge_each_piece(tokenizer):
+    prose_words = PROSE.split(" ")
+    junk_words = ("Buy the shoes and save today\n" * 40).split(" ")[: len(prose_words)]
+    junk_words += ["today"] * (len(prose_words) - len(junk_words))
+    text = " ".join(prose_words + junk_words)
+    quality = (QualityFilterSpec("gopher_repetition"),)
+    result = run_one(tokenizer, text, mode="corenet", words_per_piece=len(prose_words), min_tokens=0, quality=quality)
+    assert result.status == "kept"
+    assert result.piece_reasons[0] is None and result.piece_reasons[1].startswith("gopher_repetition:")
+    assert result.segments == [tokenizer.encode(PROSE)]
+    whole = run_one(tokenizer, text, min_tokens=0, quality=quality)  # packed: one verdict for the whole text
+    assert len(whole.piece_reasons) == 1
