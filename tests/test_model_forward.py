@@ -179,3 +179,18 @@ def test_rejects_bad_input_shapes(small_vocab_model):
         small_vocab_model(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="rope_max_length"):
         small_vocab_model(torch.zeros(1, 4097, dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = OpenELM(OpenELMConfig.named("tiny", vocab_size=256)).train()
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(7))
+    segments = torch.tensor([[0] * 8 + [1] * 8, [0] * 16])
+    grads = []
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        model(ids, segment_ids=segments).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5)
