@@ -12,6 +12,7 @@ from test_filters import PROSE  # tests/ is on sys.path (pytest rootdir-relative
 from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples, merge_all
+from elm_data.pipeline.filters import split_corenet_pieces
 from elm_data.sources.document import Document, Provenance
 
 QUALITY = (QualityFilterSpec("gopher_quality"), QualityFilterSpec("gopher_repetition", {"dup_line_frac": 0.5}))
@@ -156,3 +157,44 @@ def test_dropped_samples_first_k_per_reason_in_corpus_order(tokenizer, docs, tmp
     assert lines == records
     assert set(lines[0]) == {"doc_id", "source", "subset", "shard", "index", "reason", "text"}
     assert all(len(x["text"]) <= SAMPLE_CHARS for x in lines)
+
+
+@pytest.fixture(scope="module")
+def sample_documents(sample_dir):
+    """Every readable document of the bundled sample corpus, through the project's own readers."""
+    from elm_data.manifests.mixture import MixtureConfig
+    from elm_data.sources.readers import read_shard
+
+    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
+    docs = []
+    for entry in mixture.entries:
+        for uri in mixture.resolve_shards(entry):
+            docs.extend(d for d in read_shard(uri, entry.source, entry.subset) if isinstance(d, Document))
+    assert len({f"{d.provenance.source}/{d.provenance.subset}" for d in docs}) >= 5
+    return docs
+
+
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
+def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, mode):
+    the_pass = DocumentPass(
+        FilterConfig(quality=(QualityFilterSpec("gopher_repetition"),)),
+        SequenceConfig(mode=mode, corenet_words_per_piece=512),
+        tokenizer,
+        num_threads=2,
+    )
+    results = []
+    for start in range(0, len(sample_documents), 64):  # batches, as the builder and the stream call it
+        results.extend(the_pass.process(sample_documents[start : start + 64]))
+    assert [r.document for r in results] == sample_documents
+    for key, counts in the_pass.stats.to_dict().items():
+        assert counts["read"] == counts["kept"] + sum(counts["filtered"].values()), key
+    kept = [r for r in results if r.status == "kept"]
+    assert kept and len(kept) < len(results)
+    for r in kept[:40]:
+        if mode == "packed":
+            assert r.segments == [tokenizer.encode(r.document.text)]
+        else:
+            pieces = split_corenet_pieces(r.document.text, 512)
+            kept_pieces = [p for p, reason in zip(pieces, r.piece_reasons, strict=True) if reason is None]
+            assert r.segments == tokenizer.encode_batch(kept_pieces)
+    assert sum(r.tokens for r in results) == sum(the_pass.stats.tokens.values())
