@@ -7,7 +7,6 @@ A compressed stream that ends early or is corrupt yields one Rejection at the li
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import zlib
@@ -44,14 +43,26 @@ def _plain_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 
 def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    stream = gzip.GzipFile(fileobj=raw, mode="rb")
+    """Decompress gzip members with zlib, yielding whatever is decodable before any break."""
+    member = zlib.decompressobj(wbits=31)
+    in_member = False
     try:
-        while chunk := stream.read(READ_CHUNK):
-            yield chunk
-    except EOFError as err:
-        raise StreamBroken(REJECT_TRUNCATED, f"gzip stream ended early: {err}") from err
-    except (gzip.BadGzipFile, zlib.error, OSError) as err:
+        while data := raw.read(READ_CHUNK):
+            while data:
+                in_member = True
+                out = member.decompress(data)
+                if out:
+                    yield out
+                if member.eof:  # a gzip file may hold several members back to back
+                    data = member.unused_data
+                    member = zlib.decompressobj(wbits=31)
+                    in_member = False
+                else:
+                    data = b""
+    except zlib.error as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
+    if in_member:
+        raise StreamBroken(REJECT_TRUNCATED, "gzip stream ended before its end-of-stream marker (file truncated)")
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:

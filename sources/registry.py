@@ -64,6 +64,14 @@ class SubsetSpec:
     def key(self) -> str:
         return f"{self.source}/{self.subset}"
 
+    def upstream_uri(self, uri: str) -> str:
+        """Where a shard named like ``uri`` lives upstream: the registry's folder plus the shard's file name."""
+        name = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if self.source == "pile" and name.endswith(".jsonl.zst"):
+            return f"{PILE_ORIGINAL_UPSTREAM}/{name}"
+        folder = self.file_pattern.split(" ", 1)[0].rsplit("/", 1)
+        return f"{self.upstream}/{folder[0]}/{name}" if len(folder) == 2 else f"{self.upstream}/{name}"
+
     def format_for(self, uri: str) -> str:
         """The reader format for a shard of this subset, from its file extension where ambiguous."""
         path = uri.split("?", 1)[0].lower()
@@ -73,6 +81,8 @@ class SubsetSpec:
         return self.format
 
 
+# Where the original (non-deduplicated) Pile was published; offline since 2023.
+PILE_ORIGINAL_UPSTREAM = "https://the-eye.eu/public/AI/pile/train"
 _RP_BASE = "https://data.together.xyz/redpajama-data-1T/v1.0.0"
 _RP_NOTE = "file list: hf://datasets/togethercomputer/RedPajama-Data-1T/urls/*.txt"
 _DOLMA_BASE = "https://olmo-data.org/dolma-v1_6"
