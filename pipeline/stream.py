@@ -39,6 +39,7 @@ from elm_data.pipeline.plan import (
 )
 from elm_data.pipeline.sequences import LAYOUTS, FramedDoc, frame_segments
 from elm_data.pipeline.tokenizer import ENV_VAR, PAD_ID, LlamaTokenizer, resolve_tokenizer_uri
+from elm_data.sources.document import Document
 
 STATE_VERSION = 1
 
@@ -101,15 +102,19 @@ class ShardReaders:
             current = (doc.shard, self._open_shard(doc.shard, doc.index), doc.index)
         shard, items, _ = current
         for item in items:
-            if item.index + getattr(item, "count", 1) <= doc.index:
+            is_doc = isinstance(item, Document)
+            index = item.provenance.index if is_doc else item.index
+            if index + (1 if is_doc else max(1, item.count)) <= doc.index:
                 continue
-            if item.index != doc.index or not hasattr(item, "text"):
-                del self._open[rec.key]
+            if index != doc.index or not is_doc:
+                self._open.pop(rec.key, None)
+                what = "a document" if is_doc else f"a rejection ({item.reason})"
                 raise StreamIntegrityError(
                     f"shard {doc.shard} ({rec.uri}): record {doc.index} (doc {doc.doc_id}) is kept in the manifest "
-                    f"but the reader gave {type(item).__name__} at index {item.index}"
+                    f"but the reader gave {what} at record {index}"
                 )
             if item.provenance.doc_id != doc.doc_id:
+                self._open.pop(rec.key, None)
                 raise StreamIntegrityError(
                     f"shard {doc.shard} ({rec.uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
                     f"manifest says {doc.doc_id}"

@@ -1,0 +1,125 @@
+"""``elm-data stream``: print a manifest's training sequences with their provenance, then the stream's stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+SNIPPET_CHARS = 70
+
+
+def _load_weights(value: str | None) -> str | dict[str, float] | None:
+    if value is None or value == "natural":
+        return value
+    path = Path(value)
+    if not path.exists():
+        raise click.BadParameter(f"{value}: not 'natural' and no such file", param_hint="--weights")
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
+        raise click.BadParameter(f"{value}: expected a mapping 'source/subset: weight'", param_hint="--weights")
+    return {str(k): float(v) for k, v in raw.items()}
+
+
+def _snippet(tokenizer, ids) -> str:
+    text = tokenizer.decode([int(i) for i in ids])
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
+
+
+def _print_text(k: int, ids, spans: list[dict[str, Any]], tokenizer, pad_id: int) -> None:
+    pads = int((ids == pad_id).sum())
+    click.echo(f"── sequence {k}: {len(ids)} tokens, {pads} padding, {len(spans)} span(s)")
+    for s in spans:
+        click.echo(
+            f"  [{s['start']:>5}:{s['end']:<5}) {s['source']}/{s['subset']} doc {s['doc_id']} (record {s['index']}, "
+            f"shard {s['shard_sha256'][:12]}) framed tokens [{s['doc_start']}:{s['doc_end']})"
+        )
+        click.echo(f"      «{_snippet(tokenizer, ids[s['start']:s['end']])}»")
+
+
+def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"stats": stats}))
+        return
+    click.echo(
+        f"\n{stats['mode']} mode, seq_len {stats['seq_len']}: {stats['sequences']:,} sequences, "
+        f"{stats['tokens']:,} tokens in {stats['token_slots']:,} slots"
+    )
+    click.echo(f"  padding:   {stats['pad_tokens']:,} slots ({stats['padding_fraction']:.2%})")
+    click.echo(f"  discarded: {stats['discarded_tokens']:,} tokens ({stats['discarded_fraction']:.2%}) by truncation")
+    for key, n in stats["tokens_by_source"].items():
+        click.echo(f"  {key:<28} {n:>14,} tokens")
+
+
+@click.command("stream")
+@click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["packed", "corenet"]), default=None,
+              help="Sequence mode (default: the manifest's). corenet needs a manifest built in corenet mode.")
+@click.option("--seq-len", type=int, default=None, help="Sequence length (rows are seq_len+1). Default: manifest's.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Sequences per batch.")
+@click.option("--take", type=int, default=4, show_default=True, help="Sequences to print.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
+              help="text: spans and decoded snippets; jsonl: one object per sequence with token ids and spans.")
+@click.option("--weights", default=None,
+              help="'natural' (each kept document once) or a YAML/JSON file 'source/subset: weight'. "
+                   "Default: the manifest's mixture weights, else natural.")
+@click.option("--seed", type=int, default=None, help="Mixing seed (default: the manifest's).")
+@click.option("--tokenizer", default=None,
+              help="LLaMA tokenizer.model (else $ELM_DATA_TOKENIZER, else the manifest's).")
+@click.option("--full-pass", is_flag=True,
+              help="Stream one whole natural pass (no printing) and report stats and the ledger against the manifest.")
+def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, tokenizer, full_pass) -> None:
+    """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
+
+    Every span names the source/subset, document id, record index and shard sha256 of the tokens it
+    holds. The stream checks each shard's sha256 and each document's token count against the manifest.
+    """
+    from elm_data.pipeline.plan import PlanError
+    from elm_data.pipeline.stream import (
+        StreamIntegrityError,
+        StreamLoader,
+        TokenizerMismatch,
+        TokenStream,
+        take_sequences,
+    )
+    from elm_data.pipeline.tokenizer import TokenizerNotFound
+
+    try:
+        ts = TokenStream(manifest_dir, batch_size=batch_size, seq_len=seq_len, mode=mode,
+                         weights="natural" if full_pass else _load_weights(weights), seed=seed,
+                         tokenizer=tokenizer, epochs=1, provenance=not full_pass)
+        if full_pass:
+            _full_pass(ts, StreamLoader(ts), fmt == "jsonl")
+            return
+        for k, (ids, spans) in enumerate(take_sequences(ts, take)):
+            if fmt == "jsonl":
+                click.echo(json.dumps({"sequence": k, "input_ids": ids.tolist(), "spans": spans}))
+            else:
+                _print_text(k, ids, spans, ts.tokenizer, ts.sequences.pad_id)
+        _print_stats(ts.stats(), fmt == "jsonl")
+    except (PlanError, StreamIntegrityError, TokenizerMismatch, TokenizerNotFound, FileNotFoundError,
+            ValueError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _full_pass(ts, loader, as_json: bool) -> None:
+    from tqdm import tqdm
+
+    from elm_data.pipeline.ledger import expected_natural_pass
+
+    with tqdm(unit="seq", desc="streaming one natural pass", dynamic_ncols=True, disable=None) as bar:
+        for batch in loader:
+            bar.update(len(batch["input_ids"]))
+    stats = ts.stats()
+    if ts.config.mode == "packed":
+        expected = expected_natural_pass(ts.manifest.shards)
+        stats["ledger_matches_manifest"] = dict(loader.ledger.to_dict()) == {k: v for k, v in expected.items() if v}
+    _print_stats(stats, as_json)
+    if not as_json and "ledger_matches_manifest" in stats:
+        verdict = "equals" if stats["ledger_matches_manifest"] else "DIFFERS FROM"
+        click.echo(f"  ledger {verdict} the manifest's kept tokens + BOS/EOS per source")
