@@ -278,10 +278,10 @@ def build_manifest(
 def load_manifest(path: str | Path) -> Manifest:
     """Open a manifest directory with a readable error when it is not one."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such manifest directory")
     if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
         raise FileNotFoundError(
             f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build"
         )
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such manifest directory")
     return Manifest(path)

@@ -1,0 +1,205 @@
+"""Building a manifest from the sample corpus: layout, accounting, determinism, resume, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from elm_data.manifests.build import BuildFailed, build_manifest, load_manifest
+from elm_data.manifests.cli import build_manifest as build_command
+from elm_data.manifests.identity import manifest_id_of_info, merkle_root_of
+from elm_data.manifests.manifest import DOCUMENTS_FILE, MANIFEST_FILE, SHARDS_FILE, Manifest
+from elm_data.manifests.workspace import workspace_path_for
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in (SHARDS_FILE, DOCUMENTS_FILE))
+
+
+def _edit_mixture(mixture: Path, **changes) -> None:
+    raw = yaml.safe_load(mixture.read_text())
+    raw.update(changes)
+    mixture.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture
+def corpus_copy(sample_dir, tmp_path) -> Path:
+    """A private copy of the sample corpus that a test may damage."""
+    return Path(shutil.copytree(sample_dir, tmp_path / "corpus"))
+
+
+def test_manifest_accounts_for_every_record(sample_manifest, sample_dir, tokenizer):
+    m = Manifest(sample_manifest)
+    info, shards = m.info, m.shards
+    entries = yaml.safe_load((sample_dir / "mixture.yaml").read_text())["sources"]
+    subsets = {f"{e['source']}/{e['subset']}" for e in entries}
+    assert {s.key for s in shards} == subsets
+    assert [s.shard for s in shards] == list(range(len(shards)))
+    assert info["tokenizer"]["sha256"] == tokenizer.sha256
+    assert info["count_method"] == "exact:sentencepiece"
+    for s in shards:
+        assert s.docs_read == s.docs_kept + s.docs_filtered + s.docs_rejected > 0
+        assert s.docs_filtered == sum(s.filtered_by_reason.values())
+        assert s.docs_rejected == sum(s.rejected_by_reason.values())
+        docs = m.documents(s.shard).to_pylist()
+        assert sum(d["count"] for d in docs) == s.docs_read
+        assert sum(d["tokens"] for d in docs) == s.tokens
+        assert sum(d["chars"] for d in docs if d["status"] == "kept") == s.chars
+        assert [d["index"] for d in docs] == sorted(d["index"] for d in docs)
+        assert all(d["tokens"] == 0 for d in docs if d["status"] != "kept")
+        assert all(d["tokens"] >= 256 for d in docs if d["status"] == "kept")
+    totals = info["totals"]
+    assert totals["tokens"] == sum(s.tokens for s in shards) > 0
+    assert totals["docs_read"] == totals["docs_kept"] + totals["docs_filtered"] + totals["docs_rejected"]
+    assert info["merkle_root"] == merkle_root_of(shards)
+    assert info["manifest_id"] == manifest_id_of_info(info, shards)
+    assert pq.ParquetFile(sample_manifest / DOCUMENTS_FILE).num_row_groups == len(shards)
+    assert not Path(workspace_path_for(str(sample_manifest))).exists()
+
+
+def test_two_workers_give_identical_bytes_and_id(sample_dir, tokenizer_path, sample_manifest, tmp_path):
+    out = tmp_path / "w2"
+    result = build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, workers=2)
+    assert result.manifest_id == Manifest(sample_manifest).manifest_id
+    assert _same_bytes(out, sample_manifest)
+
+
+def test_id_follows_content_and_config_not_location(corpus_copy, tokenizer_path, sample_manifest, tmp_path):
+    moved = build_manifest(corpus_copy / "mixture.yaml", tmp_path / "moved", tokenizer=tokenizer_path)
+    original = Manifest(sample_manifest)
+    assert moved.manifest_id == original.manifest_id  # a mirror elsewhere keeps the id...
+    assert moved.merkle_root != original.info["merkle_root"]  # ...while the Merkle root commits to the URIs
+
+    _edit_mixture(corpus_copy / "mixture.yaml", filters={"min_characters": 300, "min_tokens": 256})
+    stricter = build_manifest(corpus_copy / "mixture.yaml", tmp_path / "stricter", tokenizer=tokenizer_path)
+    assert stricter.manifest_id != original.manifest_id
+    assert stricter.totals["docs_kept"] <= original.info["totals"]["docs_kept"]
+
+
+def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer_path, sample_manifest, tmp_path):
+    out = tmp_path / "resumed"
+    workspace = Path(workspace_path_for(str(out)))
+
+    class Killed(Exception):
+        pass
+
+    def die_after_five(outcome):
+        if outcome.shard == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_five)
+    # nothing looks like a manifest; the workspace holds exactly the five committed shards
+    assert not out.exists()
+    assert not (workspace / MANIFEST_FILE).exists()
+    with pytest.raises(FileNotFoundError, match="interrupted build"):
+        load_manifest(out)
+    committed = sorted(workspace.glob("shard-*.json"))
+    assert [p.name for p in committed] == [f"shard-{i:05d}.json" for i in range(5)]
+    stamps = {p: p.stat().st_mtime_ns for p in workspace.glob("shard-*.*")}
+
+    seen = []
+
+    def check_untouched(outcome):
+        seen.append((outcome.shard, outcome.reused))
+        for path, stamp in stamps.items():
+            assert path.stat().st_mtime_ns == stamp, f"{path.name} was rewritten"
+
+    result = build_manifest(
+        sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, workers=2, on_shard_done=check_untouched
+    )
+    assert [reused for _, reused in seen] == [True] * 5 + [False] * (len(seen) - 5)
+    assert result.shards_reused == 5
+    assert result.manifest_id == Manifest(sample_manifest).manifest_id
+    assert _same_bytes(out, sample_manifest)
+    assert not workspace.exists()
+
+
+def test_shard_changed_since_interrupted_build_is_reported(corpus_copy, tokenizer_path, tmp_path):
+    out = tmp_path / "m"
+
+    def die_after_two(outcome):
+        if outcome.shard == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_manifest(corpus_copy / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_two)
+    first = json.loads((Path(workspace_path_for(str(out))) / "shard-00000.json").read_text())["record"]["uri"]
+    with open(first, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BuildFailed) as failed:
+        build_manifest(corpus_copy / "mixture.yaml", out, tokenizer=tokenizer_path)
+    assert [uri for uri, _ in failed.value.failures] == [first]
+    assert "changed" in failed.value.failures[0][1]
+    assert not out.exists()
+
+
+def test_missing_shard_fails_naming_it_and_keeps_the_rest(corpus_copy, tokenizer_path, tmp_path):
+    raw = yaml.safe_load((corpus_copy / "mixture.yaml").read_text())
+    raw["sources"][1]["shards"] = list(raw["sources"][1]["shards"]) + ["redpajama/arxiv/vanished.jsonl"]
+    (corpus_copy / "mixture.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "m"
+    result = CliRunner().invoke(
+        build_command, [str(corpus_copy / "mixture.yaml"), "--out", str(out), "--tokenizer", tokenizer_path]
+    )
+    assert result.exit_code != 0
+    assert "vanished.jsonl" in result.output and "not found" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    # every other shard was counted and committed for the next run
+    workspace = Path(workspace_path_for(str(out)))
+    n_shards = sum(1 for _ in workspace.glob("shard-*.parquet"))
+    assert n_shards == len(list(workspace.glob("shard-*.json"))) - 1  # minus the one .error.json
+
+
+def _complete_lines_before_break(data: bytes) -> int:
+    """Independent count: lines that a streaming gzip decoder gets out of a truncated file."""
+    out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+    return out.count(b"\n")
+
+
+def test_truncated_gzip_counts_the_break_as_a_rejection(sample_dir, tokenizer_path, tmp_path):
+    shard = sorted((sample_dir / "dolma" / "v1_6" / "pes2o").glob("*.json.gz"))[0]
+    data = shard.read_bytes()
+    assert len(gzip.decompress(data).splitlines()) > 3
+    cut = data[: len(data) * 2 // 3]
+    bad = tmp_path / "corpus" / "pes2o-truncated.json.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(cut)
+    mixture = tmp_path / "corpus" / "mixture.yaml"
+    mixture.write_text(yaml.safe_dump({"sources": [{"source": "dolma", "subset": "pes2o", "shards": [bad.name]}]}))
+
+    result = build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path)
+    (record,) = Manifest(tmp_path / "m").shards
+    assert record.rejected_by_reason == {"truncated_stream": 1}
+    assert record.docs_kept + record.docs_filtered == _complete_lines_before_break(cut)
+    assert record.docs_read == record.docs_kept + record.docs_filtered + 1
+    assert result.totals["rejected_by_reason"] == {"truncated_stream": 1}
+    rejected = [d for d in Manifest(tmp_path / "m").documents(0).to_pylist() if d["status"] == "rejected"]
+    assert [(d["reason"], d["count"]) for d in rejected] == [("truncated_stream", 1)]
+
+
+def test_no_tokenizer_is_a_clear_error(sample_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("ELM_DATA_TOKENIZER", raising=False)
+    result = CliRunner().invoke(build_command, [str(sample_dir / "mixture.yaml"), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert "No LLaMA tokenizer given" in result.output and "--tokenizer" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_manifest(sample_dir, tokenizer_path, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        build_manifest(sample_dir / "mixture.yaml", precious, tokenizer=tokenizer_path)
+    assert (precious / "notes.txt").read_text() == "keep me"
