@@ -53,12 +53,32 @@ def zstd_bytes(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
-    """Parquet with fixed writer options, several row groups, so the bytes depend only on the table."""
+def hf_features(schema: pa.Schema) -> dict[str, Any]:
+    """The ``datasets`` features a Hugging Face parquet export declares for ``schema``."""
+
+    def feature(t: pa.DataType) -> dict[str, Any]:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return {"feature": feature(t.value_type), "_type": "Sequence"}
+        dtype = "string" if pa.types.is_string(t) else str(t)
+        return {"dtype": dtype, "_type": "Value"}
+
+    return {"info": {"features": {f.name: feature(f.type) for f in schema}}}
+
+
+def write_parquet(path: Path, table: pa.Table, hf_metadata: bool = False) -> None:
+    """Parquet with fixed writer options, several row groups, so the bytes depend only on the table.
+
+    Nested lists use the legacy ``item`` naming of the pyarrow versions the hub exports were
+    written with. Parquet stores timestamp[s] as milliseconds; with ``hf_metadata`` the
+    ``huggingface`` schema metadata declares the published types (timestamp[s]), as hub exports do.
+    """
+    if hf_metadata:
+        table = table.replace_schema_metadata({"huggingface": json.dumps(hf_features(table.schema))})
     rows_per_group = max(4, -(-table.num_rows // 3))
     pq.write_table(
         table,
         path,
+        use_compliant_nested_type=False,
         row_group_size=rows_per_group,
         compression=PARQUET_COMPRESSION,
         use_dictionary=True,
@@ -68,13 +88,16 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- lengths
-def document_lengths(rng: random.Random, n: int, shard: int) -> list[int | None]:
+def document_lengths(
+    rng: random.Random, n: int, shard: int, boundary: tuple[int, int] = (140, 220)
+) -> list[int | None]:
     """Word counts for ``n`` documents (None = a sub-200-character snippet).
 
     Every shard has a short one and one near the 256-token boundary; the first shard of each
-    subset also a long one (>2048 words); the rest are mostly 300-3000 words.
+    subset also a long one (>2048 words); the rest are mostly 300-3000 words. ``boundary`` is the
+    word range that gives about 256 LLaMA tokens (fewer words for source code).
     """
-    fixed: list[int | None] = [None, rng.randint(140, 220)]
+    fixed: list[int | None] = [None, rng.randint(*boundary)]
     if shard == 0:
         fixed.append(rng.randint(2100, 2600))
     lengths = fixed[:n]
@@ -83,7 +106,7 @@ def document_lengths(rng: random.Random, n: int, shard: int) -> list[int | None]
         if roll < 0.06:
             lengths.append(None)
         elif roll < 0.12:
-            lengths.append(rng.randint(140, 220))
+            lengths.append(rng.randint(*boundary))
         elif roll < 0.15:
             lengths.append(rng.randint(2100, 2600))
         elif roll < 0.9:
@@ -95,8 +118,10 @@ def document_lengths(rng: random.Random, n: int, shard: int) -> list[int | None]
 
 
 def _texts(rng: random.Random, n: int, shard: int, make: Callable[[random.Random, int], str]) -> list[str]:
-    short = st.short_code if make is _code else st.short_snippet
-    return [short(rng) if w is None else make(rng, w) for w in document_lengths(rng, n, shard)]
+    code = make is _code
+    short = st.short_code if code else st.short_snippet
+    lengths = document_lengths(rng, n, shard, boundary=(80, 125) if code else (140, 220))
+    return [short(rng) if w is None else make(rng, w) for w in lengths]
 
 
 def _code(rng: random.Random, words: int) -> str:
@@ -399,7 +424,7 @@ def generate_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(payload, pa.Table):
-                write_parquet(path, payload)
+                write_parquet(path, payload, hf_metadata=True)
             else:
                 path.write_bytes(payload)
             corpus.files.append(rel)
