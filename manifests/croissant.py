@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,10 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
             "published files; every shard is pinned by sha256 and listed in the distribution."
         ),
         "rai:dataCollectionType": ["Secondary Data Analysis"],
-        "rai:dataCollectionRawData": sorted({r.upstream for r in records if r.upstream}),
+        "rai:dataCollectionRawData": (
+            "The published upstream files each shard derives from (prov:wasDerivedFrom on every shard), under: "
+            + ", ".join(sorted({posixpath.dirname(r.upstream) for r in records if r.upstream}))
+        ),
         "rai:dataPreprocessingProtocol": preprocessing,
         "rai:dataManipulationProtocol": (
             "Records the readers could not parse are rejected and counted by reason "
