@@ -262,6 +262,11 @@ class TokenStream(IterableDataset):
             yield batch
 
 
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """The DataLoader's collate step: batches are already whole (spans stay plain lists, no conversion pass)."""
+    return batch
+
+
 class StreamLoader:
     """``DataLoader(stream, batch_size=None)`` that counts the batches it hands out, for exact resume.
 
@@ -295,8 +300,8 @@ class StreamLoader:
         if self.num_workers:
             kwargs["prefetch_factor"] = self.prefetch_factor or 2
             kwargs["multiprocessing_context"] = self.multiprocessing_context
-        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            **kwargs)
+        loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, **kwargs)
         window = stream.config.window
         for batch in loader:
             expected = self.global_batches + stream.rank

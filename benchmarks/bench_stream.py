@@ -1,0 +1,157 @@
+"""Training-stream throughput against raw SentencePiece, and peak memory as the corpus grows.
+
+On the same kept documents of a generated sample corpus, in one run and interleaved per repeat:
+
+(a) raw ``sentencepiece`` batch encode of the kept texts (already in memory) with N threads;
+(b) the stream end to end — read + decompress + parse shards, sha256 check, filter, tokenize, pack,
+    provenance spans — as ``StreamLoader(TokenStream(...), num_workers=N)`` over one natural pass.
+
+tokens/s counts the manifest's kept tokens (no BOS/EOS) for both. Goal: (b) >= 0.9 x (a) at equal N.
+Then the peak RSS of a one-process stream pass at two corpus scales (each in a fresh subprocess).
+
+    python benchmarks/bench_stream.py [--scale 4] [--repeats 3] [--rss-scales 2,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQ_LEN, BATCH = 2048, 8
+
+
+def build(work: Path, scale: float) -> Path:
+    from elm_data.manifests.build import build_manifest
+    from elm_data.sources.sample import write_sample_corpus
+
+    corpus, manifest = work / f"corpus-{scale}", work / f"manifest-{scale}"
+    if not (manifest / "manifest.json").exists():
+        build_manifest(write_sample_corpus(corpus, seed=0, scale=scale), manifest, workers=2)
+    return manifest
+
+
+def kept_texts(manifest_dir: Path) -> tuple[list[str], int]:
+    from elm_data.manifests.manifest import Manifest
+    from elm_data.sources.document import Document
+    from elm_data.sources.readers import read_shard
+
+    m = Manifest(manifest_dir)
+    texts = []
+    for rec in m.shards:
+        kept = {d["index"] for d in m.documents(rec.shard).to_pylist() if d["status"] == "kept"}
+        texts += [d.text for d in read_shard(rec.uri, rec.source, rec.subset, rec.sha256)
+                  if isinstance(d, Document) and d.provenance.index in kept]
+    return texts, sum(r.tokens for r in m.shards)
+
+
+def time_raw(tokenizer, texts: list[str], threads: int) -> float:
+    t0 = time.perf_counter()
+    tokenizer.encode_batch(texts, num_threads=threads)
+    return time.perf_counter() - t0
+
+
+def time_stream(manifest_dir: Path, tokenizer, workers: int) -> float:
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer)
+    t0 = time.perf_counter()
+    for _ in StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None):
+        pass
+    return time.perf_counter() - t0
+
+
+def plan_walk(work: Path, shards: int = 100, docs_per_shard: int = 10_000) -> tuple[int, float]:
+    """Docs/s of walking the plan alone (what skipping to a resume point costs): synthetic manifest, no corpus."""
+    import pyarrow as pa
+
+    from elm_data.manifests.manifest import FORMAT_VERSION, ShardRecord, write_manifest_dir
+    from elm_data.pipeline.plan import Plan, PlanConfig
+
+    path = work / f"plan-{shards}x{docs_per_shard}"
+    n = docs_per_shard
+    records, tables = [], []
+    for s in range(shards):
+        tables.append(pa.table({"shard": [s] * n, "index": list(range(n)), "doc_id": [f"{s}:{i}" for i in range(n)],
+                                "status": ["kept"] * n, "reason": [None] * n, "count": [1] * n, "chars": [4000] * n,
+                                "tokens": [1000 + (i * 7919) % 2000 for i in range(n)], "segments": [1] * n}))
+        records.append(ShardRecord(s, f"src{s % 5}", "default", f"/x/{s}", 0, f"{s:064x}", "-", docs_read=n,
+                                   docs_kept=n, tokens=sum(tables[-1]["tokens"].to_pylist()), segments=n))
+    info = {"format_version": FORMAT_VERSION, "manifest_id": "bench", "seed": 0, "sequences": {"mode": "packed"}}
+    from elm_data.manifests.manifest import Manifest
+
+    manifest = Manifest(write_manifest_dir(path, info, records, tables))
+    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=SEQ_LEN, batch_size=BATCH, seed=0))
+    t0 = time.perf_counter()
+    for _ in plan.batches(lambda b: False):
+        pass
+    return shards * n, time.perf_counter() - t0
+
+
+def rss_child(manifest_dir: str) -> None:
+    """(in a subprocess) one natural pass in this process; print baseline and peak RSS in MiB."""
+    import resource
+
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = sum(len(b["input_ids"]) for b in StreamLoader(stream))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"sequences": n, "baseline_mib": base, "peak_mib": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=4.0, help="sample corpus scale for throughput")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", default="1,2", help="thread / worker counts to compare")
+    parser.add_argument("--rss-scales", default="2,8", help="two corpus scales for the memory check ('' to skip)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for generated corpora (default: temp)")
+    args = parser.parse_args()
+
+    from elm_data.pipeline.tokenizer import LlamaTokenizer
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_stream-"))
+    tokenizer = LlamaTokenizer.resolve()
+    manifest = build(work, args.scale)
+    texts, tokens = kept_texts(manifest)
+    print(f"corpus scale {args.scale}: {len(texts)} kept documents, {tokens:,} kept tokens; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    counts = [int(x) for x in args.n.split(",")]
+    raw: dict[int, list[float]] = {n: [] for n in counts}
+    streamed: dict[int, list[float]] = {n: [] for n in counts}
+    for r in range(args.repeats):
+        for n in counts:
+            raw[n].append(tokens / time_raw(tokenizer, texts, n))
+            streamed[n].append(tokens / time_stream(manifest, tokenizer, n))
+        print(f"  repeat {r + 1}: " + "  ".join(
+            f"N={n}: raw {raw[n][-1] / 1e3:,.0f}k tok/s, stream {streamed[n][-1] / 1e3:,.0f}k tok/s" for n in counts))
+    print("medians (tokens/s):")
+    for n in counts:
+        a, b = statistics.median(raw[n]), statistics.median(streamed[n])
+        print(f"  N={n}: (a) raw sentencepiece {a:,.0f}  (b) stream {b:,.0f}  ratio b/a {b / a:.2f}")
+    docs, seconds = plan_walk(work)
+    print(f"plan walk (resume skip cost): {docs:,} documents in {seconds:.1f} s = {docs / seconds:,.0f} docs/s")
+    scales = [float(s) for s in args.rss_scales.split(",") if s]
+    for scale in scales:
+        m = build(work, scale)
+        out = subprocess.run([sys.executable, __file__, "--rss-child", str(m)], capture_output=True, text=True,
+                             check=True)
+        rss = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"peak RSS, scale {scale} ({rss['sequences']:,} sequences of {SEQ_LEN + 1}): baseline "
+              f"{rss['baseline_mib']:.0f} MiB, peak {rss['peak_mib']:.0f} MiB, growth "
+              f"{rss['peak_mib'] - rss['baseline_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2])
+    else:
+        main()
