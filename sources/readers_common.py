@@ -107,7 +107,7 @@ class ShardContext:
             return self.reject(index, REJECT_MISSING_TEXT, detail)
         if not isinstance(text, str):
             return self.reject(index, REJECT_NOT_A_STRING, f"{field!r} is {type(text).__name__}, not a string")
-        if not text.strip():
+        if not text or text.isspace():  # same as `not text.strip()`, without copying the text
             return self.reject(index, REJECT_EMPTY_TEXT, f"{field!r} is empty or whitespace ({len(text)} chars)")
         return None
 

@@ -45,11 +45,23 @@ def schema_problem(schema: pa.Schema, key: str, text_field: str) -> str | None:
     return None
 
 
+def _plain_json(t: pa.DataType) -> bool:
+    """Whether to_pylist() of this type is already JSON-safe (strings, numbers, bools, lists/structs of them)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _plain_json(t.value_type)
+    if pa.types.is_struct(t):
+        return all(_plain_json(t.field(i).type) for i in range(t.num_fields))
+    return (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+        or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+    )  # fmt: skip
+
+
 def _column_values(batch: pa.RecordBatch, name: str) -> list:
+    """A column as JSON-safe Python values (timestamps as ISO strings)."""
     column = batch.column(name)
-    if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-        return [None if v is None else v.isoformat() for v in column.to_pylist()]
-    return column.to_pylist()
+    values = column.to_pylist()
+    return values if _plain_json(column.type) else [json_safe(v) for v in values]
 
 
 def read_parquet(ctx: ShardContext, skip: int = 0) -> Iterator[Document | Rejection]:
@@ -96,7 +108,7 @@ def read_parquet(ctx: ShardContext, skip: int = 0) -> Iterator[Document | Reject
                     if bad is not None:
                         yield bad
                     else:
-                        meta = {name: json_safe(values[row]) for name, values in columns.items()}
+                        meta = {name: values[row] for name, values in columns.items()}
                         yield ctx.document(index, text, meta)
                     index += 1
         except (pa.ArrowException, OSError, ValueError) as err:
