@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from elm_data.model import OpenELM, OpenELMConfig, generate
-from elm_data.model.generate import sample_next
+from elm_data.model.generate import generate_text, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,12 @@ def test_generation_stops_when_every_sequence_emitted_eos(model):
     eos = greedy[0, 5].item()  # the second generated token, used as the stop token
     stopped = generate(model, prompt, 6, eos_token_id=eos)
     assert stopped[0, -1].item() == eos and stopped.shape[1] <= 6
+
+
+def test_generate_text_with_the_llama_tokenizer(tokenizer):
+    torch.manual_seed(0)
+    model = OpenELM(OpenELMConfig.named("tiny")).eval()  # the full 32000-token LLaMA vocabulary
+    prompt_ids = [1, *tokenizer.encode("The capital of France is")]
+    text = generate_text(model, tokenizer, "The capital of France is", max_new_tokens=6)
+    expected = generate(model, torch.tensor([prompt_ids]), 6)[0, len(prompt_ids) :].tolist()
+    assert isinstance(text, str) and text == tokenizer.decode(expected)

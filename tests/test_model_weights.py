@@ -163,3 +163,10 @@ def test_cli_errors_are_readable(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_saving_a_compiled_model_writes_plain_names(tiny_model, tmp_path):
+    save_model(torch.compile(tiny_model), tmp_path / "compiled")  # wrapping only: nothing is compiled here
+    with safe_open(str(tmp_path / "compiled" / "model.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(tiny_model.state_dict())
+    torch.testing.assert_close(logits(load_model(tmp_path / "compiled")), logits(tiny_model), atol=0, rtol=0)
