@@ -7,6 +7,7 @@ batch are tokenized in ONE ``encode_batch`` call, then the token rule. Segments 
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,13 +163,16 @@ class DocumentPass:
             ),
             "tokenizer": self.tokenizer.describe(),
         }
-        if self.quality_filters:
-            import datatrove
-
-            described["datatrove_version"] = datatrove.__version__ if hasattr(datatrove, "__version__") else None
+        if self.quality_filters:  # the filters' code is part of what they decide
+            described["datatrove_version"] = importlib.metadata.version("datatrove")
         return described
 
     def _texts_of(self, doc: Document) -> list[str]:
+        if not isinstance(doc.text, str):
+            raise TypeError(
+                f"document {doc.provenance.doc_id} ({doc.provenance.shard_uri}#{doc.provenance.index}) has "
+                f"{type(doc.text).__name__} text; readers must turn such records into Rejections"
+            )
         if self.sequences.mode == "corenet":
             return split_corenet_pieces(doc.text, self.sequences.corenet_words_per_piece)
         return [doc.text]

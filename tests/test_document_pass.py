@@ -198,3 +198,16 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
             kept_pieces = [p for p, reason in zip(pieces, r.piece_reasons, strict=True) if reason is None]
             assert r.segments == tokenizer.encode_batch(kept_pieces)
     assert sum(r.tokens for r in results) == sum(the_pass.stats.tokens.values())
+
+
+def test_non_string_text_is_a_clear_error(tokenizer):
+    prov = Provenance("src", "a", "mem://a.jsonl", "f" * 64, 3, "id3", None, "cc-by")
+    with pytest.raises(TypeError, match=r"id3 .*mem://a.jsonl#3.*bytes text"):
+        new_pass(tokenizer).process([Document(text=b"raw bytes", provenance=prov)])
+
+
+def test_describe_names_the_datatrove_version_only_with_quality_filters(tokenizer):
+    import importlib.metadata
+
+    assert new_pass(tokenizer).describe()["datatrove_version"] == importlib.metadata.version("datatrove")
+    assert "datatrove_version" not in new_pass(tokenizer, quality=()).describe()
