@@ -211,3 +211,17 @@ def test_describe_names_the_datatrove_version_only_with_quality_filters(tokenize
 
     assert new_pass(tokenizer).describe()["datatrove_version"] == importlib.metadata.version("datatrove")
     assert "datatrove_version" not in new_pass(tokenizer, quality=()).describe()
+
+
+def _statuses_in_worker(the_pass: DocumentPass, docs: list[Document]) -> list[tuple]:
+    return [(r.status, r.reason, r.tokens) for r in the_pass.process(docs)]
+
+
+def test_pass_runs_in_a_worker_process(tokenizer, docs):
+    import multiprocessing
+
+    the_pass = new_pass(tokenizer)
+    here = [(r.status, r.reason, r.tokens) for r in new_pass(tokenizer).process(docs[:15])]
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # arguments still travel pickled
+        there = pool.apply(_statuses_in_worker, (the_pass, docs[:15]))
+    assert there == here
