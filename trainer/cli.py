@@ -48,10 +48,19 @@ def train(
     tokens/s, MFU and cumulative tokens per source/subset) and RUN_DIR/checkpoints/step_N/. Run it under
     `torchrun --nproc-per-node N` for DDP (or FSDP with `distributed: fsdp`).
     """
+    from elm_data.pipeline.stream import StreamIntegrityError, TokenizerMismatch
+
     try:
         config = TrainConfig.from_yaml(config_path, tokenizer=tokenizer)
         result = run_training(config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress)
-    except (ConfigError, TrainingError, CheckpointError, FileNotFoundError) as error:
+    except (
+        ConfigError,
+        TrainingError,
+        CheckpointError,
+        FileNotFoundError,
+        StreamIntegrityError,
+        TokenizerMismatch,
+    ) as error:
         raise click.ClickException(str(error)) from error
     if result.first_loss is not None:
         click.echo(

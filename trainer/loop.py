@@ -218,7 +218,10 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
     if checkpoint_dir is not None and config.out_dir is None:
         run_dir = checkpoint_dir.parent.parent  # RUN_DIR/checkpoints/step_N
     if checkpoint_dir is None and info.is_main and (run_dir / LOG_FILE).exists():
-        raise TrainingError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --out")
+        raise TrainingError(
+            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it (from its newest checkpoint), "
+            "or choose another --out"
+        )
 
     manifest_dir = config.manifest_dir
     try:
