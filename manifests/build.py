@@ -12,6 +12,8 @@ import multiprocessing as mp
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +45,10 @@ class BuildFailed(RuntimeError):
             f"{len(failures)} shard(s) could not be counted; no manifest was written "
             f"(completed shards are kept in {workspace} for the next run):\n{lines}"
         )
+
+
+class WorkerDied(RuntimeError):
+    """A local worker process died (e.g. killed for memory); the committed shards survive."""
 
 
 @dataclass
@@ -104,8 +110,19 @@ def run_local(
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])
-    with ctx.Pool(min(workers, len(tasks)), _init_worker, (spec, workspace.path, workspace.config_hash)) as pool:
-        yield from pool.imap(_work, tasks, chunksize=1)
+    pool = ProcessPoolExecutor(
+        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
+        initargs=(spec, workspace.path, workspace.config_hash),
+    )
+    try:
+        yield from pool.map(_work, tasks)
+    except BrokenProcessPool as e:
+        raise WorkerDied(
+            f"a worker process died while counting shards (out of memory?); committed shards are kept in "
+            f"{workspace.path} and a re-run resumes from them"
+        ) from e
+    finally:  # on error or interruption: drop queued shards; running ones finish and commit atomically
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -- assembly ----------------------------------------------------------------------------------

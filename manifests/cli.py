@@ -45,7 +45,7 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
     Shard results are committed to OUT.partial/ as they finish; re-running after an interruption
     reuses them. Exits non-zero, naming each shard, when a shard is missing, changed or unreadable.
     """
-    from .build import BuildFailed
+    from .build import BuildFailed, WorkerDied
     from .build import build_manifest as build
 
     try:
@@ -55,7 +55,7 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None
-    except (BuildFailed, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+    except (BuildFailed, WorkerDied, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     t = result.totals
     click.echo(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -203,3 +205,36 @@ def test_refuses_to_replace_a_directory_that_is_not_a_manifest(sample_dir, token
     with pytest.raises(FileExistsError):
         build_manifest(sample_dir / "mixture.yaml", precious, tokenizer=tokenizer_path)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+_KILLABLE_BUILD = """
+import sys, time
+from elm_data.manifests.build import build_manifest
+
+def stall(outcome):
+    if outcome.shard == 2:
+        print("stalled", flush=True)
+        time.sleep(600)
+
+build_manifest(sys.argv[1], sys.argv[2], tokenizer=sys.argv[3], on_shard_done=stall)
+"""
+
+
+def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path, sample_manifest, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE_BUILD, str(sample_dir / "mixture.yaml"), str(out), tokenizer_path],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "stalled"
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code runs
+        proc.wait(timeout=60)
+    workspace = Path(workspace_path_for(str(out)))
+    assert sorted(p.name for p in workspace.glob("shard-*.json")) == [f"shard-{i:05d}.json" for i in range(3)]
+    assert not out.exists()
+
+    result = build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path)
+    assert result.shards_reused == 3
+    assert _same_bytes(out, sample_manifest)
