@@ -9,7 +9,8 @@ For a generated sample corpus (every source/subset in its native format), measur
   atomic write), 1 and 2 worker processes, fresh output each time.
 
 Reports documents/s and tokens/s (kept tokens for the build, all tokens for encode) and the ratio of
-the build's wall time to encode's, as medians over ``--repeats`` runs.
+the build's wall time to encode's: medians over ``--repeats`` interleaved runs, the ratio taken
+within each run first (so load drift on a shared machine hits both sides alike).
 
     python benchmarks/bench_manifest.py [--scale 4] [--repeats 3]
 """
@@ -84,13 +85,13 @@ def main() -> None:
                 runs[f"build w={workers}"].append(seconds)
             print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in runs.items()))
 
-        base = statistics.median(runs["encode"])
         print(f"\n{'':12} {'median s':>9} {'docs/s':>10} {'tokens/s':>12} {'time / encode':>14}")
         for name, seconds in runs.items():
             med = statistics.median(seconds)
             docs = len(texts) if name == "encode" else totals["docs_read"]
             tokens = encode_tokens if name == "encode" else totals["tokens"]
-            print(f"{name:12} {med:9.2f} {docs / med:10,.0f} {tokens / med:12,.0f} {med / base:13.2f}x")
+            ratio = statistics.median(s / e for s, e in zip(seconds, runs["encode"], strict=True))
+            print(f"{name:12} {med:9.2f} {docs / med:10,.0f} {tokens / med:12,.0f} {ratio:13.2f}x")
         print(f"\nbuild kept {totals['docs_kept']:,} of {totals['docs_read']:,} records, {totals['tokens']:,} tokens; "
               f"encode saw {encode_tokens:,} tokens (all texts)")
 
