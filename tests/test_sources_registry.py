@@ -114,3 +114,14 @@ def test_upstream_uri_joins_the_registry_folder_and_the_file_name():
 def test_pile_has_its_22_set_names():
     assert len(PILE_SET_NAMES) == len(set(PILE_SET_NAMES)) == 22
     assert {"Pile-CC", "Books3", "Enron Emails", "Gutenberg (PG-19)", "Wikipedia (en)"} <= set(PILE_SET_NAMES)
+
+
+def test_package_exports_the_entry_points():
+    import elm_data.sources as sources
+    from elm_data.sources import readers, registry, sample
+
+    assert sources.read_shard is readers.read_shard and sources.sha256_of is readers.sha256_of
+    assert sources.get_subset is registry.get_subset and sources.OPENELM_TARGETS is registry.OPENELM_TARGETS
+    assert sources.write_sample_corpus is sample.write_sample_corpus
+    with pytest.raises(AttributeError):
+        sources.no_such_thing  # noqa: B018
