@@ -51,20 +51,30 @@ def kept_texts(manifest_dir: Path) -> tuple[list[str], int]:
     return texts, sum(r.tokens for r in m.shards)
 
 
-def time_raw(tokenizer, texts: list[str], threads: int) -> float:
-    t0 = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its finished children (DataLoader workers)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def time_raw(tokenizer, texts: list[str], threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one sentencepiece batch encode."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     tokenizer.encode_batch(texts, num_threads=threads)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def time_stream(manifest_dir: Path, tokenizer, workers: int) -> float:
+def time_stream(manifest_dir: Path, tokenizer, workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one natural pass, worker start-up included."""
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
     stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     for _ in StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None):
         pass
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def plan_walk(work: Path, shards: int = 100, docs_per_shard: int = 10_000) -> tuple[int, float]:
@@ -125,18 +135,21 @@ def main() -> None:
     print(f"corpus scale {args.scale}: {len(texts)} kept documents, {tokens:,} kept tokens; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     counts = [int(x) for x in args.n.split(",")]
-    raw: dict[int, list[float]] = {n: [] for n in counts}
-    streamed: dict[int, list[float]] = {n: [] for n in counts}
+    raw: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
+    streamed: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
     for r in range(args.repeats):
         for n in counts:
-            raw[n].append(tokens / time_raw(tokenizer, texts, n))
-            streamed[n].append(tokens / time_stream(manifest, tokenizer, n))
+            raw[n].append(time_raw(tokenizer, texts, n))
+            streamed[n].append(time_stream(manifest, tokenizer, n))
         print(f"  repeat {r + 1}: " + "  ".join(
-            f"N={n}: raw {raw[n][-1] / 1e3:,.0f}k tok/s, stream {streamed[n][-1] / 1e3:,.0f}k tok/s" for n in counts))
-    print("medians (tokens/s):")
+            f"N={n}: raw {tokens / raw[n][-1][0] / 1e3:,.0f}k tok/s, stream {tokens / streamed[n][-1][0] / 1e3:,.0f}k"
+            f" tok/s" for n in counts))
+    print("medians: tokens per wall second, and per CPU second (robust to other load on the machine):")
     for n in counts:
-        a, b = statistics.median(raw[n]), statistics.median(streamed[n])
-        print(f"  N={n}: (a) raw sentencepiece {a:,.0f}  (b) stream {b:,.0f}  ratio b/a {b / a:.2f}")
+        a, ac = (statistics.median(tokens / t[i] for t in raw[n]) for i in (0, 1))
+        b, bc = (statistics.median(tokens / t[i] for t in streamed[n]) for i in (0, 1))
+        print(f"  N={n}: wall (a) raw sentencepiece {a:,.0f}  (b) stream {b:,.0f}  ratio b/a {b / a:.2f}   |   "
+              f"CPU (a) {ac:,.0f}  (b) {bc:,.0f}  ratio {bc / ac:.2f}")
     docs, seconds = plan_walk(work)
     print(f"plan walk (resume skip cost): {docs:,} documents in {seconds:.1f} s = {docs / seconds:,.0f} docs/s")
     scales = [float(s) for s in args.rss_scales.split(",") if s]

@@ -50,7 +50,7 @@ class PlanConfig:
     seq_len: int
     batch_size: int
     seed: int
-    weights: dict[str, float] | None = None  # None: natural proportions (each document once per epoch)
+    weights: dict[str, float] | None = None  # token shares per "source/subset"; None: natural (each doc once/epoch)
     epochs: int | None = 1  # natural mode only; None = endless. Weighted mode is always endless.
 
     def __post_init__(self) -> None:
@@ -156,7 +156,9 @@ class Plan:
         self.sources = manifest_sources(manifest)
         keys = [s.key for s in self.sources]
         if config.weights is None:
+            # natural: token shares as they are; draws ∝ kept documents, so all sources run out together
             self.weights = [float(s.kept_tokens) for s in self.sources]
+            self.draw_weights = [float(s.kept_docs) for s in self.sources]
         else:
             unknown = sorted(set(config.weights) - set(keys))
             if unknown:
@@ -167,6 +169,11 @@ class Plan:
                 raise PlanError(f"source/subsets with a weight but no kept documents: {empty}")
             if not any(w > 0 for w in self.weights):
                 raise PlanError("all mixing weights are zero")
+            # weights are token shares: draw a source ∝ weight / its mean framed tokens per document
+            self.draw_weights = [
+                w * s.kept_docs / (s.kept_tokens + 2 * s.kept_segments) if w > 0 else 0.0
+                for s, w in zip(self.sources, self.weights, strict=True)
+            ]
 
     @property
     def units_per_batch(self) -> int:
@@ -199,14 +206,15 @@ class Plan:
             (lambda e, s=s: self._source_docs(s, e)) for s in range(len(self.sources))
         ]
         if not c.natural:
-            yield from weighted_interleave(cursors, self.weights, derive_seed(c.seed, "mix"), restart=True)
+            yield from weighted_interleave(cursors, self.draw_weights, derive_seed(c.seed, "mix"), restart=True)
             return
         epoch = 0
         while c.epochs is None or epoch < c.epochs:
             # natural mode: all sources share the global epoch; each epoch has its own draw order
             per_epoch = [(lambda _e, s=s, ep=epoch: self._source_docs(s, ep)) for s in range(len(self.sources))]
             produced = False
-            for item in weighted_interleave(per_epoch, self.weights, derive_seed(c.seed, "mix", epoch), restart=False):
+            mix_seed = derive_seed(c.seed, "mix", epoch)
+            for item in weighted_interleave(per_epoch, self.draw_weights, mix_seed, restart=False):
                 produced = True
                 yield item
             if not produced:

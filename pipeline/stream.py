@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
+from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.ledger import Ledger, StreamStats
 from elm_data.pipeline.plan import (
     NATURAL,
@@ -193,11 +194,6 @@ class TokenStream(IterableDataset):
     def plan(self) -> Plan:
         return Plan(self.manifest, self.config)
 
-    def owner(self, global_batch: int, num_workers: int = 1) -> tuple[int, int]:
-        """(rank, worker) that produces ``global_batch`` when resumed at ``start_global_batch``."""
-        local = (global_batch - self.start_global_batch) // self.world_size
-        return global_batch % self.world_size, local % max(1, num_workers)
-
     def stats(self) -> dict[str, Any]:
         """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches handed out."""
         return self._stats.to_dict() | {"seq_len": self.config.seq_len, "batch_size": self.config.batch_size}
@@ -215,8 +211,6 @@ class TokenStream(IterableDataset):
         yield from self._batches(self.plan().batches(owns, start_batch=start))
 
     def _batches(self, plans: Iterator[BatchPlan]) -> Iterator[dict[str, Any]]:
-        from elm_data.pipeline.document_pass import DocumentPass
-
         manifest = self.manifest
         readers = ShardReaders(manifest)
         shards = manifest.shards

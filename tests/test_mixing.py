@@ -127,18 +127,28 @@ def test_natural_plan_epochs_repeat_with_new_order(manifest):
     assert plan.shard_order(0, 0) == [0, 1, 2] and len(orders) > 1
 
 
-def test_weighted_plan_proportions_over_a_long_run(manifest):
+def test_weighted_plan_token_shares_over_a_long_run(manifest):
     weights = {"a/x": 0.2, "b/y": 0.5, "c/z": 0.3}
     plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=7, weights=weights))
     keys = [s.key for s in plan.sources]
     n = 3000  # far beyond one epoch of b/y (~20 kept) and c/z (~18 kept): they restart
     docs = list(islice(plan.docs(), n))
-    counts = Counter(keys[d.src] for d in docs)
-    for key, weight in weights.items():
-        assert counts[key] / n == pytest.approx(weight, abs=0.03), (key, counts)
+    tokens = Counter()
+    for d in docs:
+        tokens[keys[d.src]] += d.units
+    for key, weight in weights.items():  # weights are shares of the tokens fed
+        assert tokens[key] / sum(tokens.values()) == pytest.approx(weight, abs=0.03), (key, tokens)
     by = [(d.shard, d.index) for d in docs if keys[d.src] == "b/y"]
     kept_b = sum(1 for (s, _) in kept_keys(manifest) if s == 3)
     assert by[:kept_b] == by[kept_b: 2 * kept_b]  # a one-shard source repeats in shard order
+
+
+def test_natural_plan_spreads_every_source_over_the_whole_epoch(manifest):
+    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0))
+    docs = list(plan.docs())
+    last_tenth = {d.src for d in docs[-len(docs) // 10:]}
+    first_tenth = {d.src for d in docs[: len(docs) // 10]}
+    assert first_tenth == last_tenth == set(range(len(plan.sources)))
 
 
 def test_manifest_weights_are_the_default(tmp_path):
