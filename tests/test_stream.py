@@ -237,7 +237,7 @@ def test_packed_mode_over_a_corenet_manifest_frames_every_piece(corenet_manifest
     assert ((seg[:, 1:] - seg[:, :-1] == 1) == (ids[:, 1:] == BOS_ID)).all()
 
 
-def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path):
+def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, tmp_path):
     from elm_data.pipeline.cli import stream
 
     runner = CliRunner()
@@ -249,5 +249,10 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path):
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert [len(line["input_ids"]) for line in lines[:3]] == [65] * 3 and "stats" in lines[3]
     assert lines[0]["spans"][0]["doc_start"] == 0 and lines[0]["input_ids"][0] == BOS_ID
+    weights = tmp_path / "weights.yaml"
+    weights.write_text("redpajama/arxiv: 1\n")
+    args = [str(sample_manifest), "--take", "4", "--format", "jsonl", "--weights", str(weights)]
+    result = runner.invoke(stream, args)
+    assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {"arxiv"}
     result = runner.invoke(stream, [str(sample_manifest), "--mode", "corenet"])
     assert result.exit_code == 1 and "rebuild" in result.output and "Traceback" not in result.output
