@@ -4,6 +4,8 @@ Reads only ``manifest.json`` and ``shards.parquet``. A source/subset the targets
 manifest lacks appears with zero counts, so a missing part of the mix shows as a deviation rather
 than disappearing. Shares are fractions of the manifest's (resp. the targets') total tokens over
 all rows; ``share_deviation`` is ``share - target_share`` and ``ratio`` is ``share / target_share``.
+``weight_share`` is the share of training tokens the stream draws from a subset when the mixture sets
+weights (weights are token shares), so it shows how the weights re-balance the natural ``share``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class AuditRow:
     tokens: int = 0
     segments: int = 0
     weight: float | None = None
+    weight_share: float | None = None  # share of training tokens the stream draws under the mixing weights
     share: float = 0.0
     target_tokens: int | None = None
     target_share: float | None = None
@@ -87,6 +90,11 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             source, subset = key.split("/", 1)
             rows[key] = AuditRow(source, subset)
 
+    weights = {k: r.weight for k, r in rows.items() if r.weight is not None}
+    weight_total = sum(weights.values())
+    for key, row in rows.items():
+        if weights and weight_total:
+            row.weight_share = weights.get(key, 0.0) / weight_total
     total = sum(r.tokens for r in rows.values())
     target_total = sum(target_tokens.values())
     for key, row in rows.items():
@@ -119,7 +127,7 @@ def format_table(audit: Audit) -> str:
     """A fixed-width text table, one line per source/subset plus a total."""
     headers = [
         "source/subset", "shards", "read", "kept", "filtered", "rejected", "chars", "tokens",
-        "share %", "target", "target %", "dev pp", "ratio",
+        "share %", "target", "target %", "dev pp", "ratio", "weighted %",
     ]
     lines = []
     for r in audit.rows:
@@ -127,13 +135,14 @@ def format_table(audit: Audit) -> str:
             r.key, str(r.shards), f"{r.docs_read:,}", f"{r.docs_kept:,}", f"{r.docs_filtered:,}",
             f"{r.docs_rejected:,}", f"{r.chars:,}", f"{r.tokens:,}", _pct(r.share), _human(r.target_tokens),
             _pct(r.target_share), _pct(r.share_deviation, signed=True), "-" if r.ratio is None else f"{r.ratio:.2f}x",
+            _pct(r.weight_share),
         ])
     rows = audit.rows
     lines.append([
         "TOTAL", str(sum(r.shards for r in rows)), f"{sum(r.docs_read for r in rows):,}",
         f"{sum(r.docs_kept for r in rows):,}", f"{sum(r.docs_filtered for r in rows):,}",
         f"{sum(r.docs_rejected for r in rows):,}", f"{sum(r.chars for r in rows):,}", f"{audit.total_tokens:,}",
-        "100.00", _human(sum(r.target_tokens or 0 for r in rows) or None), "", "", "",
+        "100.00", _human(sum(r.target_tokens or 0 for r in rows) or None), "", "", "", "",
     ])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
 
@@ -147,7 +156,8 @@ def format_table(audit: Audit) -> str:
     rule = "-" * len(fmt(headers))
     notes = (
         "tokens: LLaMA-2 tokens of kept documents, no BOS/EOS. share: of the manifest's tokens; target %: of the "
-        "target's tokens; dev pp: share minus target share in percentage points; ratio: share / target share."
+        "target's tokens; dev pp: share minus target share in percentage points; ratio: share / target share;\n"
+        "weighted %: share of training tokens the stream draws under the mixture's weights ('-' when unweighted)."
     )
     body = [fmt(line) for line in lines[:-1]]
     return "\n".join([title, rule, fmt(headers), rule, *body, rule, fmt(lines[-1]), notes])

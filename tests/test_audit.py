@@ -88,11 +88,15 @@ def test_audit_equals_an_independent_count(sample_manifest, expected):
         assert rows[key].share == pytest.approx(want["tokens"] / total)
 
 
-def test_audit_json_is_one_object_keyed_by_subset(sample_manifest, expected):
+def test_audit_json_is_one_object_keyed_by_subset(sample_manifest, sample_dir, expected):
     result = CliRunner().invoke(audit, [str(sample_manifest), "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(expected) <= set(data)
+    weights = {f"{e['source']}/{e['subset']}": e["weight"]
+               for e in yaml.safe_load((sample_dir / "mixture.yaml").read_text())["sources"]}
+    for key, weight in weights.items():
+        assert data[key]["weight_share"] == pytest.approx(weight / sum(weights.values()))
     target_total = sum(OPENELM_TARGETS.values())
     for key, want in expected.items():
         row = data[key]
