@@ -54,15 +54,10 @@ def zstd_bytes(data: bytes) -> bytes:
 
 
 def hf_features(schema: pa.Schema) -> dict[str, Any]:
-    """The ``datasets`` features a Hugging Face parquet export declares for ``schema``."""
+    """The ``huggingface`` schema metadata a Hub parquet export carries: the ``datasets`` features of ``schema``."""
+    import datasets
 
-    def feature(t: pa.DataType) -> dict[str, Any]:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return {"feature": feature(t.value_type), "_type": "Sequence"}
-        dtype = "string" if pa.types.is_string(t) else str(t)
-        return {"dtype": dtype, "_type": "Value"}
-
-    return {"info": {"features": {f.name: feature(f.type) for f in schema}}}
+    return {"info": {"features": datasets.Features.from_arrow_schema(schema).to_dict()}}
 
 
 def write_parquet(path: Path, table: pa.Table, hf_metadata: bool = False) -> None:

@@ -1,0 +1,107 @@
+"""`elm-data demo`: the whole product on the bundled sample corpus, in a few minutes on a CPU.
+
+sample shards (every source in its native format) → manifest → verify → audit (+ plot)
+→ Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from elm_data.pipeline.tokenizer import TokenizerNotFound, resolve_tokenizer_uri
+
+
+def _step(title: str) -> float:
+    click.secho(f"\n== {title}", bold=True)
+    return time.perf_counter()
+
+
+def _done(start: float, what: str) -> None:
+    click.echo(f"   {what} ({time.perf_counter() - start:.1f} s)")
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("elm_data.trainer") / "configs" / "demo.yaml"))
+
+
+def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 2) -> dict[str, Path]:
+    """Run every stage on the sample corpus under ``out``; return where each output is."""
+    from elm_data.manifests.audit import audit_manifest, format_table
+    from elm_data.manifests.build import build_manifest
+    from elm_data.manifests.croissant import export_croissant
+    from elm_data.manifests.plot import plot_audit
+    from elm_data.manifests.verify import verify_manifest
+    from elm_data.model.weights import export_hf
+    from elm_data.sources.sample import write_sample_corpus
+    from elm_data.trainer.audit import audit_run
+    from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.loop import train
+
+    tokenizer_uri = resolve_tokenizer_uri(tokenizer)
+    out = out.resolve()
+    paths = {
+        "sample corpus": out / "sample",
+        "manifest": out / "manifest",
+        "audit plot": out / "audit.png",
+        "croissant": out / "croissant.json",
+        "training run": out / "run",
+        "hf export": out / "hf",
+    }
+
+    t = _step("1/6 sample corpus: every source and subset in its native on-disk format")
+    mixture = write_sample_corpus(paths["sample corpus"], seed=0)
+    _done(t, f"wrote {mixture}")
+
+    t = _step("2/6 build manifest: hash, read, filter (OpenELM rule), count LLaMA tokens per shard")
+    built = build_manifest(mixture, paths["manifest"], tokenizer=tokenizer_uri, workers=workers, progress=True)
+    totals = built.totals
+    _done(
+        t,
+        f"manifest {built.manifest_id[:16]}…: {built.shards} shards, {totals['docs_read']:,} documents read, "
+        f"{totals['docs_kept']:,} kept, {totals['tokens']:,} tokens",
+    )
+
+    t = _step("3/6 verify and audit against the OpenELM target mix")
+    report = verify_manifest(paths["manifest"])
+    if not report.ok:
+        raise click.ClickException(report.summary())
+    audit = audit_manifest(paths["manifest"], targets="openelm")
+    click.echo(format_table(audit))
+    plot_audit(audit, paths["audit plot"])
+    export_croissant(paths["manifest"], paths["croissant"])
+    _done(t, f"{report.shards_checked} shards verified; plot and Croissant written")
+
+    t = _step("4/6 train a tiny OpenELM on the packed, mixed stream")
+    config = TrainConfig.from_yaml(demo_config_path(), manifest=str(paths["manifest"]), tokenizer=tokenizer_uri)
+    result = train(config, out_dir=paths["training run"], max_steps=steps)
+    _done(t, f"{result.final_step} steps, loss {result.first_loss:.3f} → {result.last_loss:.3f}")
+
+    t = _step("5/6 which data did the run eat?")
+    click.echo(audit_run(paths["training run"]).format_table())
+    _done(t, "run audited against its manifest")
+
+    t = _step("6/6 export the checkpoint in the apple/OpenELM Hugging Face layout")
+    export_hf(result.checkpoint, paths["hf export"])
+    _done(t, f"exported {result.checkpoint}")
+    return paths
+
+
+@click.command("demo")
+@click.argument("out_dir", default="elm-data-demo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: demo.yaml's).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Manifest build processes.")
+def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int) -> None:
+    """Run the whole product on the bundled sample corpus and say where every output is."""
+    try:
+        paths = run_demo(out_dir, tokenizer=tokenizer, steps=steps, workers=workers)
+    except TokenizerNotFound as e:
+        raise click.ClickException(str(e)) from None
+    click.secho("\nOutputs", bold=True)
+    for what, path in paths.items():
+        click.echo(f"  {what:<14} {path}")
+    click.echo(f"\nNext: elm-data audit {paths['manifest']}   |   elm-data stream {paths['manifest']} --take 2")
