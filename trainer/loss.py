@@ -53,10 +53,12 @@ def loss_sums(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = PAD_ID) 
     """Cross-entropy and z-loss sums in float32 over ``labels != pad_id`` (logits ``[B, T, V]``)."""
     logits = logits.float()
     counted = labels != pad_id
-    lse = torch.logsumexp(logits, dim=-1)
-    target = logits.gather(-1, labels.masked_fill(~counted, 0).unsqueeze(-1)).squeeze(-1)
+    # one fused log-softmax serves both terms: -log p(label), and logsumexp = logit - log p at any index
+    log_probs = torch.log_softmax(logits, dim=-1)
+    lse = logits[..., 0] - log_probs[..., 0]
+    target = log_probs.gather(-1, labels.masked_fill(~counted, 0).unsqueeze(-1)).squeeze(-1)
     zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
-    ce = torch.where(counted, lse - target, zero).sum()
+    ce = torch.where(counted, -target, zero).sum()
     z = torch.where(counted, lse * lse, zero).sum()
     return LossSums(ce=ce, z=z, count=counted.sum())
 
