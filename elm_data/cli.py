@@ -21,22 +21,55 @@ import click
 
 from elm_data import __version__
 
-# (group, module, attribute): the command object each area exports.
-COMMANDS: list[tuple[str, str, str]] = [
-    ("", "elm_data.sources.cli", "sample"),
-    ("build", "elm_data.manifests.cli", "build_manifest"),
-    ("", "elm_data.manifests.cli", "verify"),
-    ("", "elm_data.manifests.cli", "audit"),
-    ("export", "elm_data.manifests.cli", "export_croissant"),
-    ("", "elm_data.pipeline.cli", "stream"),
-    ("export", "elm_data.model.cli", "export_hf"),
-    ("", "elm_data.trainer.cli", "train"),
-    ("", "elm_data.trainer.cli", "audit_run"),
-    ("", "elm_data.demo", "demo"),
-]
+# group -> {command name: (module, attribute, one-line help)}. Modules are imported only when their
+# command runs, so `elm-data --help` and the data commands never pay for importing torch.
+COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "": {
+        "sample": ("elm_data.sources.cli", "sample", "Write small shards of every corpus in its native format."),
+        "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; non-zero exit on mismatch."),
+        "audit": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
+        "stream": ("elm_data.pipeline.cli", "stream", "Print training sequences with the provenance of every span."),
+        "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
+        "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
+        "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
+    },
+    "build": {
+        "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),
+    },
+    "export": {
+        "croissant": ("elm_data.manifests.cli", "export_croissant", "Write a manifest as Croissant 1.1 JSON-LD."),
+        "hf": ("elm_data.model.cli", "export_hf", "Write a checkpoint in the apple/OpenELM Hugging Face layout."),
+    },
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands live in other modules, imported when a command is looked up to run."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, attr, _ = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy[name][2] if name in self.lazy else self.commands[name].get_short_help_str(limit=80))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings=SETTINGS)
 @click.version_option(__version__, prog_name="elm-data")
 def cli() -> None:
     """elm-data: which bytes of which public corpus became which training tokens, and proof of it.
@@ -46,26 +79,14 @@ def cli() -> None:
     """
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy=COMMANDS["build"])
 def build() -> None:
     """Build artefacts from a mixture config."""
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy=COMMANDS["export"])
 def export() -> None:
     """Export a manifest (Croissant) or a checkpoint (Hugging Face)."""
-
-
-GROUPS = {"": cli, "build": build, "export": export}
-
-
-def _register() -> None:
-    for group, module_name, attr in COMMANDS:
-        module = importlib.import_module(module_name)
-        GROUPS[group].add_command(getattr(module, attr))
-
-
-_register()
 
 
 def main() -> None:
