@@ -6,10 +6,10 @@ All I/O goes through fsspec, so local paths, ``file://``, ``memory://``, ``hf://
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from elm_data.sources.document import Document, Rejection
-from elm_data.sources.readers_common import ShardContext, open_binary, sha256_of, size_of
+from elm_data.sources.readers_common import Select, ShardContext, open_binary, sha256_of, size_of
 from elm_data.sources.readers_jsonl import read_jsonl
 from elm_data.sources.readers_parquet import read_parquet
 from elm_data.sources.registry import FORMAT_PARQUET, get_subset
@@ -28,6 +28,8 @@ def read_shard(
     subset: str,
     shard_sha256: str | None = None,
     skip: int = 0,
+    *,
+    select: Callable[[int], bool] | Collection[int] | None = None,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
@@ -35,13 +37,25 @@ def read_shard(
     computed (streamed) when not given. ``skip`` drops the first N records cheaply; indices
     stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
     input becomes a Rejection with its location and reason.
+
+    ``select`` (a predicate on the record index, or a collection of indices) reads only some
+    records: an unselected JSONL line is counted but never decoded or parsed, an unselected
+    parquet row is never converted, and a row group none of whose rows is selected is never
+    read. A predicate is called lazily, once per index from ``skip`` on, in increasing order,
+    when the reader reaches that record (so it may depend on what the caller has consumed).
+    Selected records give exactly the items of a full read; failures of the shard itself
+    (unreadable, wrong schema, truncated stream) are yielded whatever the selection. A
+    selection accounts only for what it reads: use a full read to account for every record.
     """
     spec = get_subset(source, subset)
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
+    chosen: Select | None = None
+    if select is not None:
+        chosen = select if callable(select) else frozenset(select).__contains__
     fmt = spec.format_for(uri)
     open_binary(uri).close()  # fail early and clearly when the file is missing
     ctx = ShardContext(spec=spec, uri=uri, sha256=shard_sha256 or sha256_of(uri))
     if fmt == FORMAT_PARQUET:
-        return read_parquet(ctx, skip)
-    return read_jsonl(ctx, fmt, skip)
+        return read_parquet(ctx, skip, chosen)
+    return read_jsonl(ctx, fmt, skip, chosen)

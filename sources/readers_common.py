@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -22,6 +23,8 @@ from elm_data.sources.document import (
 from elm_data.sources.registry import SubsetSpec
 
 HASH_CHUNK = 8 * 1024 * 1024  # 8 MiB
+
+Select = Callable[[int], bool]  # which record indices a reader decodes (see read_shard's ``select``)
 
 
 def open_binary(uri: str) -> BinaryIO:

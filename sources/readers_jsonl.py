@@ -23,7 +23,7 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import ShardContext, open_binary
+from elm_data.sources.readers_common import Select, ShardContext, open_binary
 
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
 
@@ -125,8 +125,13 @@ def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejecti
     return ctx.document(index, text, record)
 
 
-def read_jsonl(ctx: ShardContext, fmt: str, skip: int = 0) -> Iterator[Document | Rejection]:
-    """Yield one item per line of a (compressed) JSONL shard, from line ``skip`` on."""
+def read_jsonl(
+    ctx: ShardContext, fmt: str, skip: int = 0, select: Select | None = None
+) -> Iterator[Document | Rejection]:
+    """Yield one item per line of a (compressed) JSONL shard, from line ``skip`` on.
+
+    With ``select``, a line whose index it rejects is only counted (never decoded or parsed).
+    """
     with open_binary(ctx.uri) as raw:
         chunks = _CHUNKERS[fmt](raw)
         index = 0
@@ -144,12 +149,11 @@ def read_jsonl(ctx: ShardContext, fmt: str, skip: int = 0) -> Iterator[Document 
                 chunks = itertools.chain([chunk[cut + 1 :]], chunks)
                 break
             for line, terminated in _lines(chunks):
-                if line.endswith(b"\r"):
-                    line = line[:-1]
                 if not terminated:
-                    pending = line
+                    pending = line[:-1] if line.endswith(b"\r") else line
                     continue
-                yield parse_line(ctx, index, line)
+                if select is None or select(index):
+                    yield parse_line(ctx, index, line[:-1] if line.endswith(b"\r") else line)
                 index += 1
         except StreamBroken as broken:
             lost = "the partial line here and any records after it" if pending else "any records after this line"
@@ -159,5 +163,5 @@ def read_jsonl(ctx: ShardContext, fmt: str, skip: int = 0) -> Iterator[Document 
                 f"{broken.detail}; {index} lines read before the break; {lost} cannot be read (count unknowable)",
             )
             return
-        if pending is not None:
+        if pending is not None and (select is None or select(index)):
             yield parse_line(ctx, index, pending)

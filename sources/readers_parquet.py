@@ -2,7 +2,8 @@
 
 The footer is checked against the subset's expected columns first: a shard with the wrong schema
 becomes one Rejection counting all its rows (from the metadata). ``skip`` drops whole row groups
-through the metadata and slices the first batch read.
+through the metadata and slices the first batch read. A ``select`` predicate reads only the row
+groups (and batches) holding selected rows and converts only those rows to Python.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
-from elm_data.sources.readers_common import ShardContext, json_safe, open_binary
+from elm_data.sources.readers_common import Select, ShardContext, json_safe, open_binary
 
 BATCH_ROWS = 1024
 
@@ -64,8 +65,54 @@ def _column_values(batch: pa.RecordBatch, name: str) -> list:
     return values if _plain_json(column.type) else [json_safe(v) for v in values]
 
 
-def read_parquet(ctx: ShardContext, skip: int = 0) -> Iterator[Document | Rejection]:
-    """Yield one item per row of a parquet shard, from row ``skip`` on."""
+class _RowUnreadable(Exception):
+    def __init__(self, index: int, err: Exception) -> None:
+        super().__init__(str(err))
+        self.index = index
+
+
+def _selected_rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, groups: list[int], first_row: int, skip: int, select: Select
+) -> Iterator[Document | Rejection]:
+    """The rows ``select`` accepts, from row ``skip`` on; a row group with none of them is never read."""
+    spec = ctx.spec
+    schema = parquet.schema_arrow
+    plain = {n: _plain_json(schema.field(n).type) for n in schema.names if n != spec.text_field}
+    group_start = first_row
+    for g in groups:
+        group_end = group_start + parquet.metadata.row_group(g).num_rows
+        batches: Iterator[pa.RecordBatch] | None = None
+        batch: pa.RecordBatch | None = None
+        batch_start = batch_end = group_start
+        for index in range(max(group_start, skip), group_end):
+            if not select(index):
+                continue
+            try:
+                if batches is None:
+                    batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False)
+                while index >= batch_end:
+                    batch = next(batches, None)
+                    if batch is None:
+                        raise ValueError(f"row group {g} holds fewer rows than its metadata says")
+                    batch_start, batch_end = batch_end, batch_end + batch.num_rows
+            except (pa.ArrowException, OSError, ValueError) as err:
+                raise _RowUnreadable(index, err) from err
+            row = index - batch_start
+            text = batch.column(spec.text_field)[row].as_py()
+            bad = ctx.check_text(index, text)
+            if bad is not None:
+                yield bad
+                continue
+            meta = {}
+            for name, is_plain in plain.items():
+                value = batch.column(name)[row].as_py()
+                meta[name] = value if is_plain else json_safe(value)
+            yield ctx.document(index, text, meta)
+        group_start = group_end
+
+
+def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None) -> Iterator[Document | Rejection]:
+    """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts)."""
     spec = ctx.spec
     with open_binary(ctx.uri) as raw:
         try:
@@ -92,6 +139,17 @@ def read_parquet(ctx: ShardContext, skip: int = 0) -> Iterator[Document | Reject
                 groups = list(range(g, metadata.num_row_groups))
                 break
         if not groups:
+            return
+        if select is not None:
+            try:
+                yield from _selected_rows(ctx, parquet, groups, first_row, skip, select)
+            except _RowUnreadable as broken:
+                yield ctx.reject(
+                    broken.index,
+                    REJECT_UNREADABLE,
+                    f"parquet data unreadable from row {broken.index}: {broken}",
+                    count=num_rows - broken.index,
+                )
             return
         to_slice = skip - first_row
         index = first_row
