@@ -5,8 +5,11 @@ every next item with probability proportional to its weight among the sources st
 
 - ``restart=True`` (weighted mode): an exhausted source starts its next epoch, so the mix is endless
   and the long-run proportions of draws follow the weights;
-- ``restart=False`` (natural mode): an exhausted source drops out and the mix ends when every
-  source is exhausted, so each item is yielded exactly once.
+- ``restart=False``: an exhausted source drops out and the mix ends when every source is exhausted,
+  so each item is yielded exactly once.
+
+Natural proportion uses :func:`proportional_interleave` instead: no sampling noise at all, every
+source is spread evenly over the whole pass and all sources end together.
 
 Nothing depends on wall time, process or worker: same inputs and seed give the same sequence.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import random
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
@@ -82,3 +86,36 @@ def weighted_interleave(
                 cum = cumulative()
                 continue
         yield src, item
+
+
+def proportional_interleave(
+    sources: Sequence[Iterator[T]], counts: Sequence[int], seed: int
+) -> Iterator[tuple[int, T]]:
+    """Yield every item of every source once, each source spread evenly over the whole sequence.
+
+    Source ``i``'s ``k``-th item is placed at time ``(k + phase_i) / counts[i]`` on a shared [0, 1)
+    timeline (``phase_i`` seeded) and items come out in time order. Any stretch covering a fraction
+    ``f`` of the pass holds ``f · counts[i]`` items of source ``i``, give or take one, so the mix has
+    natural proportions at every point and all sources end together. ``counts`` must be exact.
+    """
+    if len(sources) != len(counts):
+        raise ValueError("one count per source is required")
+    rng = random.Random(seed)
+    phases = [rng.random() for _ in sources]
+    iterators = [iter(s) for s in sources]
+    drawn = [0] * len(sources)
+    heap = [(phases[i] / n, i) for i, n in enumerate(counts) if n > 0]
+    heapq.heapify(heap)
+    while heap:
+        _, i = heapq.heappop(heap)
+        try:
+            item = next(iterators[i])
+        except StopIteration:
+            raise ValueError(f"source #{i} ended after {drawn[i]} of its {counts[i]} items") from None
+        drawn[i] += 1
+        if drawn[i] < counts[i]:
+            heapq.heappush(heap, ((drawn[i] + phases[i]) / counts[i], i))
+        yield i, item
+    for i, it in enumerate(iterators):
+        if next(it, None) is not None:
+            raise ValueError(f"source #{i} has more than its {counts[i]} items")

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import SEQUENCE_MODES
-from elm_data.pipeline.mixing import derive_seed, permutation, weighted_interleave
+from elm_data.pipeline.mixing import derive_seed, permutation, proportional_interleave, weighted_interleave
 
 NATURAL = "natural"
 
@@ -156,7 +156,8 @@ class Plan:
         self.sources = manifest_sources(manifest)
         keys = [s.key for s in self.sources]
         if config.weights is None:
-            # natural: token shares as they are; draws ∝ kept documents, so all sources run out together
+            # natural: token shares as they are; each source's kept documents are spread evenly over the pass
+            # (proportional_interleave), so all sources run out together
             self.weights = [float(s.kept_tokens) for s in self.sources]
             self.draw_weights = [float(s.kept_docs) for s in self.sources]
         else:
@@ -211,10 +212,11 @@ class Plan:
         epoch = 0
         while c.epochs is None or epoch < c.epochs:
             # natural mode: all sources share the global epoch; each epoch has its own draw order
-            per_epoch = [(lambda _e, s=s, ep=epoch: self._source_docs(s, ep)) for s in range(len(self.sources))]
+            per_epoch = [self._source_docs(s, epoch) for s in range(len(self.sources))]
+            counts = [s.kept_docs for s in self.sources]
             produced = False
             mix_seed = derive_seed(c.seed, "mix", epoch)
-            for item in weighted_interleave(per_epoch, self.draw_weights, mix_seed, restart=False):
+            for item in proportional_interleave(per_epoch, counts, mix_seed):
                 produced = True
                 yield item
             if not produced:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from elm_data.manifests.manifest import FORMAT_VERSION, Manifest, ShardRecord, write_manifest_dir
-from elm_data.pipeline.mixing import permutation, weighted_interleave
+from elm_data.pipeline.mixing import permutation, proportional_interleave, weighted_interleave
 from elm_data.pipeline.plan import Plan, PlanConfig, PlanError
 
 
@@ -19,7 +19,7 @@ def synthetic_manifest(path, layout: dict[str, list[int]], *, mode="packed", see
 
     Kept documents get 50-400 tokens (1-3 segments in corenet mode). Written with the real schema.
     """
-    rng = random.Random(f"{path}")
+    rng = random.Random(path.name)  # the data depend on the name given, not on the temp folder
     records, tables, shard = [], [], 0
     for key, sizes in layout.items():
         source, subset = key.split("/")
@@ -188,3 +188,29 @@ def test_batches_partition_over_ranks_and_workers(tmp_path, mode):
     assert sorted(owned) == [(b.batch, [d[:4] for d in b.docs]) for b in everything]
     resumed = list(plan.batches(start_batch=5))
     assert [(b.batch, b.docs) for b in resumed] == [(b.batch, b.docs) for b in everything[5:]]
+
+
+@pytest.mark.parametrize("counts", [[40, 7, 1], [120, 120, 3, 55], [1], [0, 5]])
+def test_proportional_interleave_yields_everything_once_spread_evenly(counts):
+    sources = [[(i, k) for k in range(n)] for i, n in enumerate(counts)]
+    out = list(proportional_interleave([iter(s) for s in sources], counts, seed=7))
+    assert sorted(item for _, item in out) == sorted(item for s in sources for item in s)
+    for i, s in enumerate(sources):
+        assert [item for src, item in out if src == i] == s  # each source keeps its own order
+    total, drawn = sum(counts), [0] * len(counts)
+    for m, (src, _) in enumerate(out, start=1):
+        drawn[src] += 1
+        for i, n in enumerate(counts):  # any prefix holds its natural share, give or take the bound
+            assert abs(drawn[i] - m * n / total) <= 1 + len(counts) * n / total
+    again = list(proportional_interleave([iter(s) for s in sources], counts, seed=7))
+    assert again == out
+
+
+def test_proportional_interleave_depends_on_the_seed_and_checks_counts():
+    make = lambda: [iter(range(30)), iter(range(20)), iter(range(10))]  # noqa: E731
+    one, two = (list(proportional_interleave(make(), [30, 20, 10], seed)) for seed in (1, 2))
+    assert one != two
+    with pytest.raises(ValueError, match="ended after 20 of its 21"):
+        list(proportional_interleave(make(), [30, 21, 10], 1))
+    with pytest.raises(ValueError, match="more than its 9"):
+        list(proportional_interleave(make(), [30, 20, 9], 1))
