@@ -16,8 +16,10 @@ tokenizer's sha256 must equal the manifest's. Any mismatch stops the stream with
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +78,31 @@ def _resolve_tokenizer(tokenizer: str | LlamaTokenizer | None, info: dict[str, A
     return tokenizer
 
 
+class _OpenShard:
+    """A shard being read forward; the reader decodes only the record ``target`` (the one being fetched)."""
+
+    __slots__ = ("shard", "items", "next_index", "target")
+
+    def __init__(self, shard: int, target: int):
+        self.shard, self.next_index, self.target = shard, target, target
+        self.items: Iterator = iter(())
+
+    def selected(self, index: int) -> bool:
+        return index == self.target
+
+
 class ShardReaders:
-    """Forward readers over the corpus, one per source, that verify each shard's sha256 on opening."""
+    """Forward readers over the corpus, one per source, that verify each shard's sha256 on opening.
+
+    Only the records fetched are decoded: the readers skip every other record (``read_shard(select=)``),
+    so a worker pays the parsing only for the documents of its own batches.
+    """
 
     def __init__(self, manifest: Manifest):
         self.records = manifest.shards
-        self._open: dict[str, tuple[int, Iterator, int]] = {}  # source key -> (shard, items, next index)
+        self._open: dict[str, _OpenShard] = {}  # source key -> its open shard
 
-    def _open_shard(self, shard: int, skip: int) -> Iterator:
+    def _open_shard(self, shard: int, skip: int) -> _OpenShard:
         from elm_data.sources.readers import read_shard, sha256_of
 
         rec = self.records[shard]
@@ -93,16 +112,20 @@ class ShardReaders:
                 f"shard {shard} ({rec.key}) {rec.uri} has changed: sha256 {actual}, manifest says {rec.sha256}; "
                 "refusing to feed it (restore the shard or rebuild the manifest)"
             )
-        return iter(read_shard(rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=skip))
+        opened = _OpenShard(shard, skip)
+        opened.items = iter(
+            read_shard(rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=skip, select=opened.selected)
+        )
+        return opened
 
     def fetch(self, doc: PlannedDoc):
         """The ``Document`` at (doc.shard, doc.index), reading forward from the source's current position."""
         rec = self.records[doc.shard]
         current = self._open.get(rec.key)
-        if current is None or current[0] != doc.shard or current[2] > doc.index:
-            current = (doc.shard, self._open_shard(doc.shard, doc.index), doc.index)
-        shard, items, _ = current
-        for item in items:
+        if current is None or current.shard != doc.shard or current.next_index > doc.index:
+            current = self._open_shard(doc.shard, doc.index)
+        current.target = doc.index
+        for item in current.items:
             is_doc = isinstance(item, Document)
             index = item.provenance.index if is_doc else item.index
             if index + (1 if is_doc else max(1, item.count)) <= doc.index:
@@ -120,7 +143,8 @@ class ShardReaders:
                     f"shard {doc.shard} ({rec.uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
                     f"manifest says {doc.doc_id}"
                 )
-            self._open[rec.key] = (shard, items, doc.index + 1)
+            current.next_index = doc.index + 1
+            self._open[rec.key] = current
             return item
         self._open.pop(rec.key, None)
         raise StreamIntegrityError(f"shard {doc.shard} ({rec.uri}) ended before record {doc.index} (doc {doc.doc_id})")
@@ -178,6 +202,9 @@ class TokenStream(IterableDataset):
         self.start_global_batch = 0  # first global batch to yield (set by resume); a multiple of world_size
         self._manifest: Manifest | None = manifest
         self._stats = StreamStats(self.config.mode)
+        # set by StreamLoader on its worker copy: batches per DataLoader item, and numpy (not tensor) arrays
+        self._item_batches = 1
+        self._numpy = False
 
     # -- pickling for DataLoader workers: the manifest handle is reopened there
     def __getstate__(self) -> dict[str, Any]:
@@ -198,19 +225,34 @@ class TokenStream(IterableDataset):
         """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches handed out."""
         return self._stats.to_dict() | {"seq_len": self.config.seq_len, "batch_size": self.config.batch_size}
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        start, world, rank = self.start_global_batch, self.world_size, self.rank
+        start, world, rank, group = self.start_global_batch, self.world_size, self.rank, self._item_batches
         if start % world:
             raise ValueError(f"start_global_batch {start} is not a multiple of world_size {world}")
 
+        def item_of(b: int) -> int:  # this rank's batches since the resume point, `group` per item
+            return (b - start) // world // group
+
         def owns(b: int) -> bool:
-            return b >= start and b % world == rank and ((b - start) // world) % workers == worker
+            return b >= start and b % world == rank and item_of(b) % workers == worker
 
-        yield from self._batches(self.plan().batches(owns, start_batch=start))
+        batches = self._batches(self.plan().batches(owns, start_batch=start), item_of)
+        if group == 1:
+            yield from batches
+            return
+        item: list[dict[str, Any]] = []
+        for batch in batches:
+            if item and item_of(batch["batch_index"]) != item_of(item[0]["batch_index"]):
+                yield item
+                item = []
+            item.append(batch)
+        if item:
+            yield item
 
-    def _batches(self, plans: Iterator[BatchPlan]) -> Iterator[dict[str, Any]]:
+    def _batches(self, plans: Iterator[BatchPlan], item_of: Callable[[int], int]) -> Iterator[dict[str, Any]]:
+        """Lay out the planned batches; the documents of one item's batches are tokenized in one pass call."""
         manifest = self.manifest
         readers = ShardReaders(manifest)
         shards = manifest.shards
@@ -218,6 +260,8 @@ class TokenStream(IterableDataset):
         sources = self.plan().sources
         layout = LAYOUTS[self.config.mode]
         window = self.config.window
+        units_per_sequence = window if self.config.mode == "packed" else 1
+        as_array = (lambda a: a) if self._numpy else torch.from_numpy
         cache: dict[tuple[int, int], FramedDoc] = {}
 
         def span_base(doc: PlannedDoc) -> dict[str, Any]:
@@ -225,8 +269,10 @@ class TokenStream(IterableDataset):
             return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
                     "doc_id": doc.doc_id, "index": doc.index}
 
-        for bp in plans:
-            missing = [d for d in bp.docs if (d.shard, d.index) not in cache]
+        for _, group in itertools.groupby(plans, key=lambda bp: item_of(bp.batch)):
+            group = list(group)
+            missing = list({(d.shard, d.index): d for bp in group for d in bp.docs
+                            if (d.shard, d.index) not in cache}.values())
             results = doc_pass.process([readers.fetch(d) for d in missing]) if missing else []
             for doc, result in zip(missing, results, strict=True):
                 if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
@@ -237,23 +283,25 @@ class TokenStream(IterableDataset):
                         "(filter or tokenizer drift: rebuild the manifest)"
                     )
                 cache[(doc.shard, doc.index)] = frame_segments(result.segments)
-            rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, window, PAD_ID,
-                          self.document_masks)
-            # keep only documents that continue past this batch (a long document is tokenized once per worker)
-            batch_end = bp.start + bp.sequences * (window if self.config.mode == "packed" else 1)
-            cache = {(d.shard, d.index): cache[(d.shard, d.index)] for d in bp.docs if d.start + d.units > batch_end}
-            batch: dict[str, Any] = {
-                "input_ids": torch.from_numpy(rows.input_ids),
-                "tokens_by_source": rows.tokens_by_source,
-                "batch_index": bp.batch,
-                "pad_tokens": rows.pad_tokens,
-                "discarded_tokens": rows.discarded_tokens,
-            }
-            if self.provenance:
-                batch["spans"] = rows.spans
-            if rows.segment_ids is not None:
-                batch["segment_ids"] = torch.from_numpy(rows.segment_ids)
-            yield batch
+            for bp in group:
+                rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, window, PAD_ID,
+                              self.document_masks)
+                batch: dict[str, Any] = {
+                    "input_ids": as_array(rows.input_ids),
+                    "tokens_by_source": rows.tokens_by_source,
+                    "batch_index": bp.batch,
+                    "pad_tokens": rows.pad_tokens,
+                    "discarded_tokens": rows.discarded_tokens,
+                }
+                if self.provenance:
+                    batch["spans"] = rows.spans
+                if rows.segment_ids is not None:
+                    batch["segment_ids"] = as_array(rows.segment_ids)
+                yield batch
+            # keep only documents that continue past this item (a long document is tokenized once per worker)
+            last = group[-1]
+            item_end = last.start + last.sequences * units_per_sequence
+            cache = {(d.shard, d.index): cache[(d.shard, d.index)] for d in last.docs if d.start + d.units > item_end}
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +316,14 @@ class StreamLoader:
     "plan", "ledger"}`` (plain types). ``global_batches``: global batches consumed by the whole run (all ranks
     in lockstep), i.e. the next batch of rank ``r`` is ``global_batches + r``; ``batches``: this rank's count.
     Iterating again after a ``break`` continues where the last handed-out batch left off.
+
+    With two or more workers each worker makes ``batches_per_item`` consecutive batches of this rank at a time
+    (default: enough for about ``ITEM_TOKENS`` token slots), so a document that straddles two batches is
+    tokenized by two workers only at item edges. Workers send numpy arrays (a pipe copy, cheaper than
+    shared-memory tensors); the loader hands out tensors either way.
     """
+
+    ITEM_TOKENS = 1 << 17
 
     def __init__(
         self,
@@ -277,15 +332,30 @@ class StreamLoader:
         prefetch_factor: int | None = None,
         multiprocessing_context: str | None = None,
         pin_memory: bool = False,
+        batches_per_item: int | None = None,
     ):
+        if batches_per_item is not None and batches_per_item < 1:
+            raise ValueError(f"batches_per_item must be >= 1, got {batches_per_item}")
         self.stream = stream
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
         self.pin_memory = pin_memory
+        if batches_per_item is None:
+            slots = stream.config.batch_size * stream.config.window
+            batches_per_item = max(1, math.ceil(self.ITEM_TOKENS / slots)) if num_workers > 1 else 1
+        self.batches_per_item = batches_per_item
         self.global_batches = stream.start_global_batch
         self.batches = 0
         self.ledger = Ledger()
+
+    def _worker_stream(self) -> TokenStream:
+        """The stream as the DataLoader's workers see it: a copy, so the caller's stream keeps its defaults."""
+        dataset = TokenStream.__new__(TokenStream)
+        dataset.__dict__.update(self.stream.__dict__)
+        dataset._item_batches = self.batches_per_item
+        dataset._numpy = self.num_workers > 0
+        return dataset
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.stream
@@ -294,19 +364,28 @@ class StreamLoader:
         if self.num_workers:
             kwargs["prefetch_factor"] = self.prefetch_factor or 2
             kwargs["multiprocessing_context"] = self.multiprocessing_context
-        loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, **kwargs)
+        loader = DataLoader(self._worker_stream(), batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                            **kwargs)
         window = stream.config.window
-        for batch in loader:
-            expected = self.global_batches + stream.rank
-            if batch["batch_index"] != expected:
-                raise RuntimeError(f"stream out of order: got global batch {batch['batch_index']}, expected {expected}")
-            self.global_batches += stream.world_size
-            self.batches += 1
-            self.ledger.add(batch["tokens_by_source"])
-            stream._stats.add_batch(len(batch["input_ids"]), window, batch["pad_tokens"], batch["discarded_tokens"],
-                                    batch["tokens_by_source"])
-            yield batch
+        pin = self.pin_memory and torch.cuda.is_available()  # as DataLoader(pin_memory=True): a no-op without a GPU
+        for item in loader:
+            for batch in item if isinstance(item, list) else (item,):
+                expected = self.global_batches + stream.rank
+                if batch["batch_index"] != expected:
+                    raise RuntimeError(
+                        f"stream out of order: got global batch {batch['batch_index']}, expected {expected}"
+                    )
+                for key in ("input_ids", "segment_ids"):
+                    if isinstance(batch.get(key), np.ndarray):
+                        batch[key] = torch.from_numpy(batch[key])
+                    if pin and key in batch:
+                        batch[key] = batch[key].pin_memory()
+                self.global_batches += stream.world_size
+                self.batches += 1
+                self.ledger.add(batch["tokens_by_source"])
+                stream._stats.add_batch(len(batch["input_ids"]), window, batch["pad_tokens"],
+                                        batch["discarded_tokens"], batch["tokens_by_source"])
+                yield batch
 
     def state_dict(self) -> dict[str, Any]:
         s = self.stream
