@@ -144,9 +144,11 @@ class Manifest:
     def _documents_file(self) -> pq.ParquetFile:
         return pq.ParquetFile(self.path / DOCUMENTS_FILE)
 
-    def documents(self, shard: int) -> pa.Table:
-        """The per-document ledger of one shard (its own row group)."""
-        table = self._documents_file.read_row_group(shard)
+    def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:
+        """The per-document ledger of one shard (its own row group); ``columns``: only these (plus ``shard``)."""
+        if columns is not None and "shard" not in columns:
+            columns = ["shard", *columns]
+        table = self._documents_file.read_row_group(shard, columns=columns)
         if table.num_rows and table.column("shard")[0].as_py() != shard:
             raise ValueError(f"{self.path}: documents row group {shard} does not belong to shard {shard}")
         return table

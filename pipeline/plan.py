@@ -194,7 +194,7 @@ class Plan:
     def _source_docs(self, src: int, epoch: int) -> Iterator[tuple]:
         """Kept documents of one source in one epoch: (shard, index, doc_id, tokens, segments)."""
         for shard in self.shard_order(src, epoch):
-            table = self.manifest.documents(shard)
+            table = self.manifest.documents(shard, columns=["status", "index", "doc_id", "tokens", "segments"])
             table = table.filter(pc.equal(table["status"], "kept"))
             cols = table.select(["index", "doc_id", "tokens", "segments"]).to_pydict()
             columns = (cols["index"], cols["doc_id"], cols["tokens"], cols["segments"])
