@@ -1,6 +1,7 @@
 """The mixture audit: per source/subset counts of a manifest against target token counts.
 
-Reads only ``manifest.json`` and ``shards.parquet``. A source/subset the targets name but the
+Reads only ``manifest.json`` and ``shards.parquet`` (and, when present, counts the lines of
+``dropped_samples.jsonl`` for a one-line mention). A source/subset the targets name but the
 manifest lacks appears with zero counts, so a missing part of the mix shows as a deviation rather
 than disappearing. Shares are fractions of the manifest's (resp. the targets') total tokens over
 all rows; ``share_deviation`` is ``share - target_share`` and ``ratio`` is ``share / target_share``.
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import Manifest
+from .manifest import DROPPED_SAMPLES_FILE, Manifest
 from .targets import load_targets
 
 
@@ -52,6 +53,7 @@ class Audit:
     manifest_name: str
     targets_name: str | None
     rows: list[AuditRow]
+    dropped_samples: str | None = None  # one line about dropped_samples.jsonl when the manifest has it
 
     @property
     def total_tokens(self) -> int:
@@ -105,7 +107,17 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             row.share_deviation = row.share - row.target_share
             row.ratio = row.share / row.target_share if row.target_share else None
     ordered = sorted(rows.values(), key=lambda r: (-(r.target_share or 0.0), -r.tokens, r.key))
-    return Audit(manifest.manifest_id, manifest.info.get("name", ""), (resolved or {}).get("name"), ordered)
+    audit = Audit(manifest.manifest_id, manifest.info.get("name", ""), (resolved or {}).get("name"), ordered)
+    audit.dropped_samples = _dropped_samples_note(manifest.path / DROPPED_SAMPLES_FILE)
+    return audit
+
+
+def _dropped_samples_note(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        lines = sum(1 for _ in f)
+    return f"dropped samples: {lines:,} filtered/rejected documents for inspection in {path}"
 
 
 def _human(n: float | None) -> str:
@@ -160,4 +172,5 @@ def format_table(audit: Audit) -> str:
         "weighted %: share of training tokens the stream draws under the mixture's weights ('-' when unweighted)."
     )
     body = [fmt(line) for line in lines[:-1]]
-    return "\n".join([title, rule, fmt(headers), rule, *body, rule, fmt(lines[-1]), notes])
+    extra = [audit.dropped_samples] if audit.dropped_samples else []
+    return "\n".join([title, rule, fmt(headers), rule, *body, rule, fmt(lines[-1]), notes, *extra])

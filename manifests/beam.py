@@ -28,8 +28,9 @@ METRICS_NAMESPACE = "elm_data.manifest"
 class CountShardFn(beam.DoFn):
     """Count one shard into the shared workspace; emits ``(shard, ok, reused)``."""
 
-    def __init__(self, spec: PassSpec, workspace_path: str, config_hash: str):
+    def __init__(self, spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0):
         self.spec, self.workspace_path, self.config_hash = spec, workspace_path, config_hash
+        self.dropped_per_reason = dropped_per_reason
         self.counted = Metrics.counter(METRICS_NAMESPACE, "shards_counted")
         self.reused = Metrics.counter(METRICS_NAMESPACE, "shards_reused")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "shards_failed")
@@ -40,7 +41,7 @@ class CountShardFn(beam.DoFn):
         self._workspace = BuildWorkspace(self.workspace_path, self.config_hash)
 
     def process(self, task: ShardTask):
-        outcome = process_shard(task, self._pass, self._workspace)
+        outcome = process_shard(task, self._pass, self._workspace, self.dropped_per_reason)
         if outcome.error is not None:
             self.failed.inc()
         elif outcome.reused:
@@ -51,13 +52,22 @@ class CountShardFn(beam.DoFn):
         yield task.shard, outcome.error is None, outcome.reused
 
 
-def count_shards(pipeline: beam.Pipeline, tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace):
-    """Add the counting stages to ``pipeline``; returns the PCollection of ``(shard, ok, reused)``."""
+def count_shards(
+    pipeline: beam.Pipeline,
+    tasks: Sequence[ShardTask],
+    spec: PassSpec,
+    workspace: BuildWorkspace,
+    dropped_per_reason: int = 0,
+):
+    """Add the counting stages to ``pipeline``; returns the PCollection of ``(shard, ok, reused)``.
+
+    ``dropped_per_reason``: K > 0 also commits each shard's first K dropped records per reason.
+    """
     return (
         pipeline
         | "ShardTasks" >> beam.Create(list(tasks))
         | "SpreadShards" >> beam.Reshuffle()
-        | "CountShards" >> beam.ParDo(CountShardFn(spec, workspace.path, workspace.config_hash))
+        | "CountShards" >> beam.ParDo(CountShardFn(spec, workspace.path, workspace.config_hash, dropped_per_reason))
     )
 
 
@@ -75,8 +85,12 @@ def pipeline_options(beam_args: Sequence[str] | None = None) -> PipelineOptions:
 
 
 def run_beam(
-    tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace, beam_args: Sequence[str] | None = None
+    tasks: Sequence[ShardTask],
+    spec: PassSpec,
+    workspace: BuildWorkspace,
+    beam_args: Sequence[str] | None = None,
+    dropped_per_reason: int = 0,
 ) -> None:
     """Run the counting pipeline to completion; results land in ``workspace``."""
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        count_shards(pipeline, tasks, spec, workspace)
+        count_shards(pipeline, tasks, spec, workspace, dropped_per_reason)

@@ -4,6 +4,8 @@ Deterministic: shards are counted independently and assembled in mixture order, 
 and the parquet bytes do not depend on ``workers`` or the runner. Resumable: every counted shard is
 committed to ``OUT.partial/`` first (see :mod:`.workspace`); a re-run after a crash reuses them.
 Nothing half-written looks complete: the manifest directory appears atomically at the very end.
+With ``dropped_samples=K`` each shard also commits its first K dropped records per reason, merged
+at assembly into ``dropped_samples.jsonl`` (an inspection aid outside the manifest's identity).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any
 import pyarrow as pa
 
 from elm_data import __version__
+from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
 from elm_data.sources.registry import get_subset
 
 from .identity import manifest_id, merkle_root_of, pass_config_hash
-from .manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardRecord, write_manifest_dir
+from .manifest import DROPPED_SAMPLES_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardRecord, write_manifest_dir
 from .mixture import MixtureConfig
 from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard
 from .targets import load_targets
@@ -88,23 +91,24 @@ def plan_shards(mixture: MixtureConfig) -> list[ShardTask]:
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(spec: PassSpec, workspace_path: str, config_hash: str) -> None:
+def _init_worker(spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0) -> None:
     _worker_state["pass"] = spec.build()
     _worker_state["workspace"] = BuildWorkspace(workspace_path, config_hash)
+    _worker_state["dropped_per_reason"] = dropped_per_reason
 
 
 def _work(task: ShardTask) -> ShardOutcome:
-    return process_shard(task, _worker_state["pass"], _worker_state["workspace"])
+    return process_shard(task, _worker_state["pass"], _worker_state["workspace"], _worker_state["dropped_per_reason"])
 
 
 def run_local(
-    tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace, workers: int = 1
+    tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace, workers: int = 1, dropped_per_reason: int = 0
 ) -> Iterator[ShardOutcome]:
     """Count shards in ``workers`` processes (in-process for 1), yielding outcomes in shard order."""
     if workers <= 1 or len(tasks) <= 1:
         document_pass = spec.build()
         for task in tasks:
-            yield process_shard(task, document_pass, workspace)
+            yield process_shard(task, document_pass, workspace, dropped_per_reason)
         return
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
@@ -112,7 +116,7 @@ def run_local(
         ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])
     pool = ProcessPoolExecutor(
         min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
-        initargs=(spec, workspace.path, workspace.config_hash),
+        initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason),
     )
     try:
         yield from pool.map(_work, tasks)
@@ -156,6 +160,18 @@ def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace) -> list[Shard
     if failures:
         raise BuildFailed(failures, workspace.path)
     return records
+
+
+def collect_dropped(records: Sequence[ShardRecord], workspace: BuildWorkspace, per_reason: int) -> bytes:
+    """``dropped_samples.jsonl``: the first ``per_reason`` dropped records per reason in manifest order.
+
+    Reads the shards' committed samples one at a time, so memory stays at ``per_reason`` per reason.
+    """
+    merged = DroppedSamples(per_reason)
+    for record in records:
+        if record.docs_filtered or record.docs_rejected:
+            workspace.offer_dropped(record.shard, merged)
+    return merged.to_jsonl()
 
 
 def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
@@ -232,6 +248,7 @@ def build_manifest(
     on_shard_done: Callable[[ShardOutcome], None] | None = None,
     beam_args: Sequence[str] | None = None,
     workspace: str | None = None,
+    dropped_samples: int = 0,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
@@ -240,10 +257,15 @@ def build_manifest(
     ``on_shard_done`` is called with each shard's outcome (local runner) as it completes.
     ``workspace``: where per-shard results go (default ``OUT.partial``); an fsspec URL every
     worker can reach when Beam runs on a cluster.
+    ``dropped_samples``: K > 0 also writes ``dropped_samples.jsonl``, the first K filtered documents and
+    K rejected records per reason in manifest order (shard, then index); it changes neither the
+    manifest id nor the parquet files.
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
     """
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if dropped_samples < 0:
+        raise ValueError(f"dropped_samples must be >= 0, got {dropped_samples}")
     out_dir = Path(out_dir)
     _check_output_dir(out_dir)
     mixture = MixtureConfig.load(mixture_path)
@@ -263,7 +285,7 @@ def build_manifest(
     if runner == "beam":
         from .beam import run_beam
 
-        run_beam(tasks, spec, work, beam_args)
+        run_beam(tasks, spec, work, beam_args, dropped_per_reason=dropped_samples)
     else:
         bar = None
         if progress:
@@ -272,7 +294,7 @@ def build_manifest(
             bar = tqdm(total=len(tasks), unit="shard", desc="counting shards", dynamic_ncols=True)
         try:
             tokens = failed = 0
-            for outcome in run_local(tasks, spec, work, workers):
+            for outcome in run_local(tasks, spec, work, workers, dropped_samples):
                 reused += outcome.reused
                 failed += outcome.error is not None
                 tokens += outcome.record.tokens if outcome.record is not None else 0
@@ -287,7 +309,8 @@ def build_manifest(
 
     records = collect(tasks, work)
     info = manifest_info(mixture, records, tok, pass_description, targets)
-    write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)))
+    extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
+    write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
 

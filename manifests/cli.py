@@ -39,7 +39,12 @@ def _open_manifest(path: str):
     "--workspace", default=None, metavar="URL",
     help="Where per-shard results go [default: OUT.partial]; on a Beam cluster, a URL all workers reach.",
 )
-def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace):
+@click.option(
+    "--dropped-samples", "dropped_samples", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+    help="Also write OUT/dropped_samples.jsonl: the first K filtered documents and K rejected records per reason, "
+    "in manifest order (0: off). Does not change the manifest id.",
+)
+def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
     Shard results are committed to OUT.partial/ as they finish; re-running after an interruption
@@ -51,7 +56,7 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
     try:
         result = build(
             mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
-            progress=True, beam_args=beam_args, workspace=workspace,
+            progress=True, beam_args=beam_args, workspace=workspace, dropped_samples=dropped_samples,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None
@@ -69,6 +74,10 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
         f"  rejected     {json.dumps(t['rejected_by_reason'])}\n"
         f"  tokens       {t['tokens']:,} (exact, LLaMA-2 SentencePiece, no BOS/EOS)"
     )
+    if dropped_samples:
+        from .manifest import DROPPED_SAMPLES_FILE
+
+        click.echo(f"  dropped      first {dropped_samples} per reason in {Path(out_dir) / DROPPED_SAMPLES_FILE}")
 
 
 @click.command("verify")

@@ -9,6 +9,9 @@ A manifest directory holds
   in shard order: the per-document ledger of what was kept, filtered or rejected, and how many
   tokens each kept document contributes. The stream plans sequences from it without re-reading.
 
+Optionally ``dropped_samples.jsonl`` (``build manifest --dropped-samples K``): the first K dropped
+records per reason, for inspection; it is not covered by ``manifest_id`` or the Merkle root.
+
 The directory is written atomically (built in a sibling temp dir, then renamed), so a manifest
 either exists whole or not at all.
 """
@@ -19,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +33,8 @@ import pyarrow.parquet as pq
 
 FORMAT_VERSION = 1
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE = "manifest.json", "shards.parquet", "documents.parquet"
+CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE)
+DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -162,18 +168,27 @@ def write_manifest_dir(
     info: dict[str, Any],
     records: list[ShardRecord],
     document_tables: list[pa.Table],
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a complete manifest directory atomically (temp sibling + rename).
 
     ``document_tables[i]`` holds the documents of ``records[i]``; each becomes one row group.
+    ``extra_files``: further files (plain name -> bytes, e.g. ``dropped_samples.jsonl``) written
+    inside the same atomic swap; they are not part of the manifest's identity.
     An existing manifest at ``out_dir`` is replaced only once the new one is complete.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if len(document_tables) != len(records):
         raise ValueError("one documents table per shard record is required")
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if name in CORE_FILES or not name or name.startswith(".") or Path(name).name != name:
+            raise ValueError(f"extra manifest file {name!r} must be a plain file name other than {CORE_FILES}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        for name, data in sorted(extra_files.items()):
+            (tmp / name).write_bytes(data)
         pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
         with pq.ParquetWriter(tmp / DOCUMENTS_FILE, DOCUMENT_SCHEMA, compression="zstd") as writer:
             for table in document_tables:

@@ -3,6 +3,10 @@
 One shard: sha256 and size first, then ``read_shard`` pinned to that sha256, batches of documents
 through the one ``DocumentPass``, and the counts plus a per-document ledger committed to the build
 workspace. A shard the workspace already holds (same bytes, same pass) is not read again.
+
+With ``dropped_per_reason = K > 0`` the shard also keeps, per ``status:reason``, its first K filtered
+or rejected records (a :class:`~elm_data.pipeline.dropped.DroppedSamples` keyed by manifest order),
+committed next to its ledger; the builder merges them into ``dropped_samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
-from elm_data.pipeline.document_pass import KEPT, DocumentPass
+from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
+from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
 from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import read_shard, sha256_of, size_of
@@ -117,19 +122,51 @@ def hub_revision(uri: str) -> str | None:
         return None
 
 
-def count_shard(task: ShardTask, document_pass: DocumentPass, sha256: str, size: int) -> tuple[ShardRecord, pa.Table]:
-    """Read one shard through the pass; every input record lands in exactly one ledger row."""
+def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -> tuple[str, dict]:
+    """``(bucket, record)`` of one filtered document or rejection for ``dropped_samples.jsonl``.
+
+    The bucket is ``"filtered:<reason>"`` or ``"rejected:<reason>"``, so a filter reason and a
+    reader's rejection reason never share a sample. Fields mirror the ledger row (``shard`` is the
+    manifest position, ``chars``/``count`` as in ``documents.parquet``) plus where the bytes are.
+    """
+    record = {"shard": task.shard, "source": task.source, "subset": task.subset, "shard_uri": task.uri,
+              "shard_sha256": sha256}
+    if isinstance(item, Rejection):
+        record |= {"index": item.index, "doc_id": "", "status": "rejected", "reason": item.reason,
+                   "count": item.count, "chars": 0, "detail": item.detail[:SAMPLE_CHARS]}
+    else:
+        prov = item.document.provenance
+        record |= {"index": prov.index, "doc_id": prov.doc_id, "status": item.status, "reason": item.reason,
+                   "count": 1, "chars": item.chars, "text": item.document.text[:SAMPLE_CHARS]}
+    return f"{record['status']}:{record['reason']}", record
+
+
+def count_shard(
+    task: ShardTask, document_pass: DocumentPass, sha256: str, size: int, dropped: DroppedSamples | None = None
+) -> tuple[ShardRecord, pa.Table]:
+    """Read one shard through the pass; every input record lands in exactly one ledger row.
+
+    ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
+    """
     ledger = _Ledger(task.shard)
     pending: list[Document | Rejection] = []
+
+    def sample(item: PassResult | Rejection) -> None:
+        if dropped is not None and (isinstance(item, Rejection) or item.status != KEPT):
+            bucket, record = dropped_sample(task, sha256, item)
+            dropped.offer(bucket, (task.shard, record["index"], len(ledger.columns["index"])), record)
 
     def flush() -> None:
         docs = [item for item in pending if isinstance(item, Document)]
         results = iter(document_pass.process(docs)) if docs else iter(())
         for item in pending:
             if isinstance(item, Rejection):
+                sample(item)
                 ledger.reject(item)
             else:
-                ledger.add(next(results))
+                result = next(results)
+                sample(result)
+                ledger.add(result)
         pending.clear()
 
     n_docs = 0
@@ -166,19 +203,26 @@ def count_shard(task: ShardTask, document_pass: DocumentPass, sha256: str, size:
     return record, ledger.table()
 
 
-def process_shard(task: ShardTask, document_pass: DocumentPass, workspace: BuildWorkspace) -> ShardOutcome:
-    """Count one shard into the workspace, or reuse its committed result; errors are reported, not raised."""
+def process_shard(
+    task: ShardTask, document_pass: DocumentPass, workspace: BuildWorkspace, dropped_per_reason: int = 0
+) -> ShardOutcome:
+    """Count one shard into the workspace, or reuse its committed result; errors are reported, not raised.
+
+    ``dropped_per_reason``: K > 0 also commits the shard's first K dropped records per reason; a
+    committed result with fewer samples per reason than asked for is counted again.
+    """
     try:
         try:
             sha256, size = sha256_of(task.uri), size_of(task.uri)
         except FileNotFoundError:
             raise FileNotFoundError(f"{task.uri}: shard not found") from None
-        done = workspace.reusable(task.shard, task.uri, sha256)
+        done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason=dropped_per_reason)
         if done is not None:
             workspace.clear_error(task.shard)
             return ShardOutcome(task.shard, task.uri, done.record, reused=True)
-        record, documents = count_shard(task, document_pass, sha256, size)
-        workspace.store(record, documents)
+        dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
+        record, documents = count_shard(task, document_pass, sha256, size, dropped)
+        workspace.store(record, documents, dropped)
         return ShardOutcome(task.shard, task.uri, record)
     except (ShardChanged, FileNotFoundError) as e:
         message = str(e)

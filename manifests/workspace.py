@@ -4,8 +4,11 @@
 holds, per shard position ``N``:
 
 - ``shard-0000N.parquet`` — the shard's documents ledger (``DOCUMENT_SCHEMA``);
+- ``shard-0000N.dropped.jsonl`` — with ``--dropped-samples K``: the shard's first K dropped records
+  per reason, one ``[bucket, key, record]`` JSON array a line;
 - ``shard-0000N.json``    — its ``ShardRecord`` plus the keys it is valid for (shard sha256, URI,
-  pass-config hash) and the sha256 of the parquet file. Written last: it is the commit marker;
+  pass-config hash), the sha256 of the parquet (and samples) file and the samples' K. Written last:
+  it is the commit marker;
 - ``shard-0000N.error.json`` — why the shard could not be counted (missing, changed, unreadable).
 
 A killed build leaves only whole files behind (temp name + rename), so a re-run reuses every
@@ -26,6 +29,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from elm_data.pipeline.dropped import DroppedSamples
+
 from .manifest import DOCUMENT_SCHEMA, ShardRecord
 
 WORKSPACE_MARKER = "WORKSPACE.json"
@@ -40,6 +45,8 @@ class CommittedShard:
     record: ShardRecord
     config_hash: str
     documents_sha256: str
+    dropped_per_reason: int = 0  # K of the committed dropped samples (0: none were kept)
+    dropped_sha256: str | None = None
 
 
 def workspace_path_for(out_dir: str) -> str:
@@ -58,6 +65,9 @@ class BuildWorkspace:
 
     def documents_file(self, shard: int) -> str:
         return self._file(shard, ".parquet")
+
+    def dropped_file(self, shard: int) -> str:
+        return self._file(shard, ".dropped.jsonl")
 
     def create(self) -> None:
         self.fs.makedirs(self._root, exist_ok=True)
@@ -94,10 +104,23 @@ class BuildWorkspace:
         meta = self._read_json(self._file(shard, ".json"))
         if meta is None:
             return None
-        return CommittedShard(ShardRecord(**meta["record"]), meta["config_hash"], meta["documents_sha256"])
+        return CommittedShard(
+            ShardRecord(**meta["record"]), meta["config_hash"], meta["documents_sha256"],
+            meta.get("dropped_per_reason", 0), meta.get("dropped_sha256"),
+        )
 
-    def reusable(self, shard: int, uri: str, sha256: str) -> CommittedShard | None:
-        """The committed result if it was made from these bytes with this pass; raises if the bytes changed."""
+    def _intact(self, path: str, sha256: str | None) -> bool:
+        try:
+            with self.fs.open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest() == sha256
+        except FileNotFoundError:
+            return False
+
+    def reusable(self, shard: int, uri: str, sha256: str, dropped_per_reason: int = 0) -> CommittedShard | None:
+        """The committed result if it was made from these bytes with this pass; raises if the bytes changed.
+
+        With ``dropped_per_reason`` K > 0 it must also hold at least K dropped samples per reason.
+        """
         done = self.committed(shard)
         if done is None or done.config_hash != self.config_hash or done.record.uri != uri:
             return None
@@ -106,32 +129,44 @@ class BuildWorkspace:
                 f"{uri}: sha256 is now {sha256}, but the interrupted build counted it as {done.record.sha256}. "
                 f"The shard changed; restore it, or discard the workspace {self.path} (--restart) to count it anew."
             )
-        try:
-            with self.fs.open(self.documents_file(shard), "rb") as f:
-                intact = hashlib.sha256(f.read()).hexdigest() == done.documents_sha256
-        except FileNotFoundError:
-            intact = False
-        return done if intact else None
+        if dropped_per_reason > 0 and (
+            done.dropped_per_reason < dropped_per_reason
+            or not self._intact(self.dropped_file(shard), done.dropped_sha256)
+        ):
+            return None
+        return done if self._intact(self.documents_file(shard), done.documents_sha256) else None
 
-    def store(self, record: ShardRecord, documents: pa.Table) -> None:
-        """Commit one shard: documents parquet first, then the JSON marker; clears an old error."""
+    def store(self, record: ShardRecord, documents: pa.Table, dropped: DroppedSamples | None = None) -> None:
+        """Commit one shard: documents parquet and dropped samples first, then the JSON marker; clears an old error."""
         buf = io.BytesIO()
         pq.write_table(documents.cast(DOCUMENT_SCHEMA), buf, compression="zstd")
         data = buf.getvalue()
         self._write_atomic(self.documents_file(record.shard), data)
-        self._write_json(
-            self._file(record.shard, ".json"),
-            {
-                "record": asdict(record),
-                "config_hash": self.config_hash,
-                "documents_sha256": hashlib.sha256(data).hexdigest(),
-            },
-        )
+        marker = {
+            "record": asdict(record),
+            "config_hash": self.config_hash,
+            "documents_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        if dropped is not None and dropped.per_reason > 0:
+            samples = "".join(
+                json.dumps([bucket, list(key), sample], ensure_ascii=False) + "\n"
+                for bucket, key, sample in dropped.items()
+            ).encode("utf-8")
+            self._write_atomic(self.dropped_file(record.shard), samples)
+            marker |= {"dropped_per_reason": dropped.per_reason, "dropped_sha256": hashlib.sha256(samples).hexdigest()}
+        self._write_json(self._file(record.shard, ".json"), marker)
         self.clear_error(record.shard)
 
     def read_documents(self, shard: int) -> pa.Table:
         with self.fs.open(self.documents_file(shard), "rb") as f:
             return pq.read_table(io.BytesIO(f.read()), schema=DOCUMENT_SCHEMA)
+
+    def offer_dropped(self, shard: int, into: DroppedSamples) -> None:
+        """Offer the shard's committed dropped samples to ``into`` (its keys keep manifest order)."""
+        with self.fs.open(self.dropped_file(shard), "rb") as f:
+            for line in f.read().decode("utf-8").splitlines():
+                bucket, key, record = json.loads(line)
+                into.offer(bucket, tuple(key), record)
 
     def store_error(self, shard: int, uri: str, message: str) -> None:
         self._write_json(self._file(shard, ".error.json"), {"uri": uri, "error": message})

@@ -41,9 +41,16 @@ class DroppedSamples:
             "reason": result.reason,
             "text": result.document.text[:SAMPLE_CHARS],
         }
-        self._offer(str(result.reason), key, record)
+        self.offer(str(result.reason), key, record)
 
-    def _offer(self, reason: str, key: tuple, record: dict[str, Any]) -> None:
+    def offer(self, reason: str, key: tuple, record: dict[str, Any]) -> None:
+        """Keep ``record`` under ``reason`` if its ``key`` is among the ``per_reason`` smallest seen.
+
+        Callers that know a better order than :meth:`add`'s (e.g. the manifest builder's
+        ``(shard position, index)``) feed records with their own comparable keys.
+        """
+        if self.per_reason == 0:
+            return
         bucket = self._by_reason.setdefault(reason, [])
         if len(bucket) >= self.per_reason and key >= bucket[-1][0]:
             return
@@ -53,15 +60,25 @@ class DroppedSamples:
         bucket.sort(key=lambda item: item[0])
         del bucket[self.per_reason :]
 
+    _offer = offer  # the former private name
+
     def merge(self, other: DroppedSamples) -> DroppedSamples:
         for reason, bucket in other._by_reason.items():
             for key, record in bucket:
-                self._offer(reason, key, record)
+                self.offer(reason, key, record)
         return self
+
+    def items(self) -> list[tuple[str, tuple, dict[str, Any]]]:
+        """``(reason, key, record)`` of every sample, by reason then key (to store and re-offer them)."""
+        return [(reason, key, record) for reason in sorted(self._by_reason) for key, record in self._by_reason[reason]]
 
     def records(self) -> list[dict[str, Any]]:
         """All samples, by reason then corpus order."""
         return [record for reason in sorted(self._by_reason) for _, record in self._by_reason[reason]]
+
+    def to_jsonl(self) -> bytes:
+        """The samples as UTF-8 JSONL, one record per line, in :meth:`records` order."""
+        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.records()).encode("utf-8")
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the samples as JSONL, atomically (temporary file, then rename)."""
@@ -69,9 +86,8 @@ class DroppedSamples:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for record in self.records():
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_jsonl())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
