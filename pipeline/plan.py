@@ -181,9 +181,6 @@ class Plan:
         c = self.config
         return c.batch_size * c.window if c.mode == "packed" else c.batch_size
 
-    def _units(self, tokens: int, segments: int) -> int:
-        return tokens + 2 * segments if self.config.mode == "packed" else segments
-
     def shard_order(self, src: int, epoch: int) -> list[int]:
         """A source's shards: manifest order in epoch 0, a seeded permutation in later epochs."""
         shards = list(self.sources[src].shards)
@@ -214,20 +211,17 @@ class Plan:
             # natural mode: all sources share the global epoch; each epoch has its own draw order
             per_epoch = [self._source_docs(s, epoch) for s in range(len(self.sources))]
             counts = [s.kept_docs for s in self.sources]
-            produced = False
-            mix_seed = derive_seed(c.seed, "mix", epoch)
-            for item in proportional_interleave(per_epoch, counts, mix_seed):
-                produced = True
-                yield item
-            if not produced:
+            if not any(counts):
                 return  # nothing kept at all: an endless stream would spin forever
+            yield from proportional_interleave(per_epoch, counts, derive_seed(c.seed, "mix", epoch))
             epoch += 1
 
     def docs(self) -> Iterator[PlannedDoc]:
         """Every kept document in stream order with its first unit (lazy; flat memory)."""
         start = 0
+        packed = self.config.mode == "packed"
         for src, (shard, index, doc_id, tokens, segments) in self._mixed():
-            units = self._units(tokens, segments)
+            units = tokens + 2 * segments if packed else segments
             if units == 0:
                 continue
             yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units)
@@ -239,22 +233,24 @@ class Plan:
         Batches not owned cost only the plan walk: no document is read or tokenized for them.
         """
         span = self.units_per_batch
+        batch_size = self.config.batch_size
         open_batches: list[BatchPlan] = []  # owned batches still receiving documents, in order
         next_batch = start_batch  # first batch index not yet considered for opening
         end = 0
         for doc in self.docs():
-            first, last = doc.start // span, (doc.start + doc.units - 1) // span
-            # batches entirely before this document are complete
-            while open_batches and open_batches[0].batch < first:
-                yield open_batches.pop(0)
-            for b in range(max(first, next_batch), last + 1):
-                if owns(b):
-                    open_batches.append(BatchPlan(b, b * span, self.config.batch_size))
-            next_batch = max(next_batch, last + 1)
-            for bp in open_batches:
-                if bp.batch <= last:
-                    bp.docs.append(doc)
             end = doc.start + doc.units
+            last = (end - 1) // span
+            if open_batches:  # batches entirely before this document are complete
+                first = doc.start // span
+                while open_batches and open_batches[0].batch < first:
+                    yield open_batches.pop(0)
+            if last >= next_batch:
+                for b in range(max(doc.start // span, next_batch), last + 1):
+                    if owns(b):
+                        open_batches.append(BatchPlan(b, b * span, batch_size))
+                next_batch = last + 1
+            for bp in open_batches:  # every open batch overlaps this document (documents are contiguous)
+                bp.docs.append(doc)
         # finite stream: the last batch may hold fewer sequences
         for bp in open_batches:
             bp.sequences = self._sequences_in(end - bp.start)
