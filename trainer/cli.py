@@ -62,6 +62,8 @@ def train(
         TokenizerMismatch,
     ) as error:
         raise click.ClickException(str(error)) from error
+    if result.rank != 0:  # under torchrun only rank 0 reports (and writes the log and checkpoints)
+        return
     if result.first_loss is not None:
         click.echo(
             f"loss {result.first_loss:.4f} -> {result.last_loss:.4f} over {result.final_step} steps, "

@@ -50,6 +50,7 @@ class RunResult:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     stopped_early: str | None = None  # why the run ended before max_steps (data exhausted, stop_after)
+    rank: int = 0  # this process's rank under torchrun (only rank 0 writes the log and checkpoints)
 
 
 @dataclass
@@ -141,21 +142,18 @@ def train_step(
         segment_ids = batch.get("segment_ids")
         kwargs = {"segment_ids": segment_ids[:, :-1].to(device)} if segment_ids is not None else {}
         last = i == len(pairs) - 1
-        sync = model.no_sync() if (info.enabled and not last and hasattr(model, "no_sync")) else _null()
-        with sync:
+        with D.gradient_sync(model, enabled=last):  # reduce gradients across ranks once, on the last one
             with autocast(device, amp_dtype):
                 logits = model(inputs, **kwargs)
             parts = loss_sums(logits, labels, config.pad_id)
             (parts.total(config.z_loss) / denominator).backward()
         sums += torch.stack([parts.ce.detach(), parts.z.detach()]).double()
     D.all_reduce_sum(sums, info)
-    clip = getattr(model, "clip_grad_norm_", None)  # FSDP clips over shards itself
-    if clip is not None:
-        grad_norm = clip(config.grad_clip if config.grad_clip > 0 else math.inf)
-    else:
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
-        )
+    # Under FSDP the gradients are sharded DTensors: the norm is reduced over ranks (a DTensor itself).
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     ce, z = (sums / max(counted, 1)).tolist()
@@ -172,14 +170,6 @@ def train_step(
         tokens_by_source=by_source,
         data_wait_s=0.0,
     )
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -231,12 +221,11 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
     tokenizer = load_tokenizer(config, manifest)
     model = build_model(config, device)
     model_config = model.config
-    optimizer = build_optimizer(model, config, fused=device.type == "cuda" or None)
-    scheduler = build_scheduler(optimizer, config)
     loader = build_loader(config, manifest_dir, tokenizer, info)
 
     step, tokens_total = 0, 0
-    if checkpoint_dir is not None:
+    state = None
+    if checkpoint_dir is not None:  # full weights into every rank's model before DDP/FSDP takes it over
         state = load_checkpoint(checkpoint_dir, model, map_location=device)
         saved = state["trainer"]
         if saved.get("manifest_id") != manifest.manifest_id:
@@ -246,8 +235,6 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
             )
         if saved.get("fingerprint") and saved["fingerprint"] != config.fingerprint():
             raise CheckpointError(f"checkpoint {checkpoint_dir} was written under different training settings")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         stream_state = state["stream"]
         if isinstance(stream_state, dict) and "ranks" in stream_state:  # saved by a multi-process run
             if len(stream_state["ranks"]) != info.world_size:
@@ -258,10 +245,16 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
             stream_state = stream_state["ranks"][info.rank]
         loader.load_state_dict(stream_state)
         step, tokens_total = int(saved["step"]), int(saved["tokens"])
-        set_rng_state(state["rng"])
 
     amp_dtype = autocast_dtype(device, config.precision)
     wrapped = D.wrap_model(model, config.distributed, info, device)
+    # After wrapping: FSDP2 has made the parameters sharded DTensors (DDP and one process leave them as is).
+    optimizer = build_optimizer(model, config, fused=device.type == "cuda" or None)
+    scheduler = build_scheduler(optimizer, config)
+    if state is not None:
+        _load_optimizer_state(wrapped, optimizer, state["optimizer"], checkpoint_dir)
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
     if config.compile:
         wrapped = torch.compile(wrapped)
     wrapped.train()
@@ -292,7 +285,9 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
             log.write("header", **common, stream_state=state["stream"], resumed_from=str(checkpoint_dir))
         log.write("resume", from_step=step, checkpoint=str(checkpoint_dir), **common)
 
-    result = RunResult(run_dir=run_dir, final_step=step, first_loss=None, last_loss=None, checkpoint=checkpoint_dir)
+    result = RunResult(
+        run_dir=run_dir, final_step=step, first_loss=None, last_loss=None, checkpoint=checkpoint_dir, rank=info.rank
+    )
     iterator = iter(loader)
     target = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
     bar = tqdm(
@@ -376,7 +371,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
                     mfu=mfu(tokens_per_s, flops_per_token, peak, info.world_size),
                     data_wait_s=waited,
                     step_time_s=elapsed,
-                    step_tokens_by_source=dict(stats.tokens_by_source) if info.world_size == 1 else None,
+                    step_tokens_by_source=_global_sum(stats.tokens_by_source, info),
                     tokens_by_source=_global_ledger(loader, info),
                 )
             bar.update(1)
@@ -409,19 +404,24 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
     return result
 
 
-def _global_ledger(loader, info: D.DistInfo) -> dict[str, int]:
-    """Tokens consumed per source/subset so far, summed over ranks."""
+def _global_sum(counts: dict[str, int], info: D.DistInfo) -> dict[str, int]:
+    """Per-source token counts summed over ranks (every rank gets the sum)."""
     total: Counter = Counter()
-    for ledger in D.gather_objects(dict(loader.ledger), info):
-        total.update(ledger)
+    for part in D.gather_objects(dict(counts), info):
+        total.update(part)
     return dict(sorted(total.items()))
 
 
-def _full_states(wrapped, model, optimizer, info: D.DistInfo):
-    """(model to save, optimizer state) — gathered to full tensors on rank 0 under FSDP."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
+def _global_ledger(loader, info: D.DistInfo) -> dict[str, int]:
+    """Tokens consumed per source/subset so far, summed over ranks."""
+    return _global_sum(loader.ledger, info)
 
-    if not isinstance(wrapped, FullyShardedDataParallel):
+
+def _full_states(wrapped, model, optimizer, info: D.DistInfo):
+    """(model to save, optimizer state): under FSDP both are gathered to full tensors on rank 0 (every rank
+    must call this); the optimizer state is then keyed by parameter name (torch.distributed.checkpoint's
+    full state dict) rather than by parameter index."""
+    if not D.is_fsdp(wrapped):
         return model, optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -430,10 +430,29 @@ def _full_states(wrapped, model, optimizer, info: D.DistInfo):
     )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(wrapped, options=options)
-    optim_state = get_optimizer_state_dict(wrapped, optimizer, options=options)
+    full = get_model_state_dict(model, options=options)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
     with torch.device("meta"):
         cpu_model = OpenELM(model.config)
     if info.is_main:
         cpu_model.load_state_dict(full, assign=True)
     return cpu_model, optim_state
+
+
+def _load_optimizer_state(wrapped, optimizer, saved: dict[str, Any], checkpoint_dir: Path) -> None:
+    """Restore the optimizer: a plain ``state_dict`` (one process, DDP) or, under FSDP, the full
+    name-keyed state that :func:`_full_states` saved, re-sharded onto this rank's parameters."""
+    if not D.is_fsdp(wrapped):
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    inner = getattr(wrapped, "_orig_mod", wrapped)
+    try:
+        set_optimizer_state_dict(
+            inner, optimizer, optim_state_dict=saved, options=StateDictOptions(full_state_dict=True)
+        )
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir}: its optimizer state cannot be loaded into this FSDP run ({error})"
+        ) from error
