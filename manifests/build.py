@@ -26,6 +26,7 @@ import pyarrow as pa
 from elm_data import __version__
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
 from .identity import manifest_id, merkle_root_of, pass_config_hash
@@ -145,8 +146,17 @@ class _CommittedDocuments(Sequence):
         return self.workspace.read_documents(shard)
 
 
-def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace) -> list[ShardRecord]:
-    """The committed records of ``tasks``; raises :class:`BuildFailed` naming every shard that is not."""
+# Rejections that stand for a damaged shard rather than a bad record: part or all of the shard could
+# not be read, so how many documents it held is unknown. They fail the build unless accepted.
+DAMAGE_REASONS = (REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE)
+
+
+def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damaged: bool = False) -> list[ShardRecord]:
+    """The committed records of ``tasks``; raises :class:`BuildFailed` naming every shard that is not.
+
+    A shard whose reader reported it damaged (truncated, unreadable, wrong schema) counts as failed
+    too, unless ``accept_damaged``: then its damage stays in the manifest as counted rejections.
+    """
     records, failures = [], []
     for task in tasks:
         error = workspace.error(task.shard)
@@ -157,6 +167,11 @@ def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace) -> list[Shard
             failures.append((task.uri, "not counted (the runner did not commit a result)"))
         else:
             records.append(done.record)
+            damage = {r: n for r, n in done.record.rejected_by_reason.items() if r in DAMAGE_REASONS}
+            if damage and not accept_damaged:
+                failures.append((task.uri, f"damaged shard ({', '.join(f'{r}: {n}' for r, n in damage.items())}); "
+                                           "fix or replace it, or accept the damage as counted rejections "
+                                           "(--accept-damaged)"))
     if failures:
         raise BuildFailed(failures, workspace.path)
     return records
@@ -249,6 +264,7 @@ def build_manifest(
     beam_args: Sequence[str] | None = None,
     workspace: str | None = None,
     dropped_samples: int = 0,
+    accept_damaged: bool = False,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
@@ -257,6 +273,8 @@ def build_manifest(
     ``on_shard_done`` is called with each shard's outcome (local runner) as it completes.
     ``workspace``: where per-shard results go (default ``OUT.partial``); an fsspec URL every
     worker can reach when Beam runs on a cluster.
+    ``accept_damaged``: record damaged shards (truncated, unreadable, wrong schema) as counted
+    rejections instead of failing the build.
     ``dropped_samples``: K > 0 also writes ``dropped_samples.jsonl``, the first K filtered documents and
     K rejected records per reason in manifest order (shard, then index); it changes neither the
     manifest id nor the parquet files.
@@ -307,7 +325,7 @@ def build_manifest(
             if bar is not None:
                 bar.close()
 
-    records = collect(tasks, work)
+    records = collect(tasks, work, accept_damaged)
     info = manifest_info(mixture, records, tok, pass_description, targets)
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)

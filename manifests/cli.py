@@ -44,11 +44,21 @@ def _open_manifest(path: str):
     help="Also write OUT/dropped_samples.jsonl: the first K filtered documents and K rejected records per reason, "
     "in manifest order (0: off). Does not change the manifest id.",
 )
-def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples):
+@click.option(
+    "--accept-damaged", is_flag=True,
+    help="Record damaged shards (truncated archive, unreadable file, wrong parquet schema) as counted rejections "
+    "instead of failing the build.",
+)
+def build_manifest(
+    mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples, accept_damaged
+):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
     Shard results are committed to OUT.partial/ as they finish; re-running after an interruption
-    reuses them. Exits non-zero, naming each shard, when a shard is missing, changed or unreadable.
+    reuses them. Exits non-zero, naming each shard, when a shard is missing, changed or damaged (truncated,
+    unreadable, wrong schema: how many documents it held is unknown); --accept-damaged records the damage
+    as counted rejections instead. Bad records (malformed JSON, invalid UTF-8, missing or empty text) are
+    always counted as rejections by reason.
     """
     from .build import BuildFailed, WorkerDied
     from .build import build_manifest as build
@@ -57,6 +67,7 @@ def build_manifest(mixture, out_dir, tokenizer, workers, runner, restart, beam_a
         result = build(
             mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
             progress=True, beam_args=beam_args, workspace=workspace, dropped_samples=dropped_samples,
+            accept_damaged=accept_damaged,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None

@@ -198,8 +198,8 @@ def write_manifest_dir(
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         keep = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(keep, ignore_errors=True)  # left behind by a crash between the two renames
         if out_dir.exists():
-            # keep any build workspace (e.g. resume state) out of the swap; caller cleans it up
             os.replace(out_dir, keep)
         os.replace(tmp, out_dir)
         shutil.rmtree(keep, ignore_errors=True)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from elm_data.manifests.build import BuildFailed, build_manifest, load_manifest
+from elm_data.manifests.build import DAMAGE_REASONS, BuildFailed, build_manifest, load_manifest
 from elm_data.manifests.cli import build_manifest as build_command
 from elm_data.manifests.identity import manifest_id_of_info, merkle_root_of
 from elm_data.manifests.manifest import DOCUMENTS_FILE, MANIFEST_FILE, SHARDS_FILE, Manifest
@@ -168,7 +169,7 @@ def _complete_lines_before_break(data: bytes) -> int:
     return out.count(b"\n")
 
 
-def test_truncated_gzip_counts_the_break_as_a_rejection(sample_dir, tokenizer_path, tmp_path):
+def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(sample_dir, tokenizer_path, tmp_path):
     shard = sorted((sample_dir / "dolma" / "v1_6" / "pes2o").glob("*.json.gz"))[0]
     data = shard.read_bytes()
     assert len(gzip.decompress(data).splitlines()) > 3
@@ -179,7 +180,12 @@ def test_truncated_gzip_counts_the_break_as_a_rejection(sample_dir, tokenizer_pa
     mixture = tmp_path / "corpus" / "mixture.yaml"
     mixture.write_text(yaml.safe_dump({"sources": [{"source": "dolma", "subset": "pes2o", "shards": [bad.name]}]}))
 
-    result = build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path)
+    with pytest.raises(BuildFailed, match=r"pes2o-truncated\.json\.gz: damaged shard \(truncated_stream: 1\)"):
+        build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path)
+    assert not (tmp_path / "m").exists()  # nothing that looks like a manifest
+
+    result = build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, accept_damaged=True)
+    assert result.shards_reused == 1  # the damaged shard's count was committed; accepting it needs no recount
     (record,) = Manifest(tmp_path / "m").shards
     assert record.rejected_by_reason == {"truncated_stream": 1}
     assert record.docs_kept + record.docs_filtered == _complete_lines_before_break(cut)
@@ -238,3 +244,26 @@ def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path,
     result = build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path)
     assert result.shards_reused == 3
     assert _same_bytes(out, sample_manifest)
+
+
+def test_unreadable_shards_exit_non_zero_naming_each_path(tokenizer_path, tmp_path):
+    from elm_data.sources.corrupt import write_corrupt_examples
+
+    examples = write_corrupt_examples(tmp_path / "bad")
+    damaged = [e for e in examples.values() if any(r in DAMAGE_REASONS for _, r, _ in e.rejections)]
+    assert damaged, "the corrupt examples must include damaged shards"
+    sources = [{"source": e.source, "subset": e.subset, "shards": [str(e.path)]} for e in damaged]
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text(yaml.safe_dump({"sources": sources}))
+    args = [str(mixture), "--out", str(tmp_path / "m"), "--tokenizer", tokenizer_path]
+    result = CliRunner().invoke(build_command, args)
+    assert result.exit_code != 0
+    for e in damaged:
+        assert str(e.path) in result.output
+    assert not (tmp_path / "m").exists()
+    accepted = CliRunner().invoke(build_command, [*args, "--accept-damaged"])
+    assert accepted.exit_code == 0, accepted.output
+    rejected = Counter()
+    for record in Manifest(tmp_path / "m").shards:
+        rejected.update(record.rejected_by_reason)
+    assert set(rejected) & set(DAMAGE_REASONS)
