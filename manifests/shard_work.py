@@ -106,20 +106,37 @@ class _Ledger:
         return pa.table(self.columns, schema=DOCUMENT_SCHEMA)
 
 
-def hub_revision(uri: str) -> str | None:
-    """The commit a Hugging Face hub file was read at, when online (best effort, never required)."""
+class HubHashMismatch(ValueError):
+    """The bytes read from a hub shard are not the bytes the hub publishes for it."""
+
+
+def hub_file_info(uri: str) -> tuple[str | None, str | None]:
+    """``(commit, lfs_sha256)`` the Hugging Face hub publishes for an ``hf://`` file, when online.
+
+    Best effort and never required: offline, gated, or a non-LFS file gives ``None`` parts.
+    """
     if not uri.startswith("hf://"):
-        return None
+        return None, None
     try:
         from huggingface_hub import HfFileSystem
 
         fs = HfFileSystem()
-        resolved = fs.resolve_path(uri)
         info = fs.info(uri, expand_info=True)
-        commit = (info.get("last_commit") or {}).get("oid") if isinstance(info.get("last_commit"), dict) else None
-        return commit or resolved.revision
-    except Exception:  # offline, gated, or an older hub client: the revision stays unknown
-        return None
+        last_commit = info.get("last_commit")
+        commit = last_commit.get("oid") if isinstance(last_commit, dict) else None
+        lfs = info.get("lfs")
+        lfs_sha = lfs.get("sha256") if isinstance(lfs, dict) else None
+        return commit or fs.resolve_path(uri).revision, lfs_sha
+    except Exception:  # offline, gated, or an older hub client: the upstream facts stay unknown
+        return None, None
+
+
+def hub_revision(uri: str, sha256: str) -> str | None:
+    """The hub commit of ``uri``, after checking that the hub publishes the very bytes we hashed."""
+    commit, lfs_sha = hub_file_info(uri)
+    if lfs_sha is not None and lfs_sha != sha256:
+        raise HubHashMismatch(f"{uri}: read bytes have sha256 {sha256}, the hub publishes {lfs_sha}")
+    return commit
 
 
 def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -> tuple[str, dict]:
@@ -188,7 +205,7 @@ def count_shard(
         sha256=sha256,
         licence=task.licence,
         upstream=task.upstream,
-        upstream_revision=hub_revision(task.uri),
+        upstream_revision=hub_revision(task.uri, sha256),
         docs_read=ledger.kept + docs_filtered + docs_rejected,
         docs_kept=ledger.kept,
         docs_filtered=docs_filtered,
