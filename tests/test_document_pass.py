@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+from collections import Counter
 
 import pytest
 from test_filters import PROSE  # tests/ is on sys.path (pytest rootdir-relative import)
@@ -186,8 +187,13 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
     for start in range(0, len(sample_documents), 64):  # batches, as the builder and the stream call it
         results.extend(the_pass.process(sample_documents[start : start + 64]))
     assert [r.document for r in results] == sample_documents
-    for key, counts in the_pass.stats.to_dict().items():
+    given = Counter(f"{d.provenance.source}/{d.provenance.subset}" for d in sample_documents)
+    stats = the_pass.stats.to_dict()
+    assert {key: counts["read"] for key, counts in stats.items()} == dict(given)  # every document counted once
+    for key, counts in stats.items():
         assert counts["read"] == counts["kept"] + sum(counts["filtered"].values()), key
+        assert counts["kept"] == sum(1 for r in results if r.status == "kept" and r.document.provenance.source
+                                     + "/" + r.document.provenance.subset == key), key
     kept = [r for r in results if r.status == "kept"]
     assert kept and len(kept) < len(results)
     for r in kept[:40]:

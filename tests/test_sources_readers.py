@@ -220,9 +220,22 @@ def test_multi_member_gzip_multi_frame_zstd_and_crlf(tmp_path):
         assert [d.provenance.index for d in items] == list(range(6))
 
 
-def test_reading_is_lazy(sample_shards):
-    uri, source, subset = next(s for s in sample_shards if s[0].endswith(".json.gz"))
-    items = read_shard(uri, source, subset, shard_sha256="0" * 64)
-    first = next(iter(items))
+def _bytes_read_by_this_process() -> int:
+    counters = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(counters["rchar"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io to count bytes read")
+def test_reading_is_lazy(tmp_path):
+    """The first document of a 32 MB shard costs a chunk of reading, not the shard (constant memory)."""
+    line = json.dumps({"text": "word " * 400, "meta": {"url": "https://example.com", "language": "en"}}) + "\n"
+    path = tmp_path / "c4-train.00000-of-01024.jsonl"
+    path.write_text(line * (32_000_000 // len(line)))
+    items = read_shard(str(path), "redpajama", "c4", shard_sha256="0" * 64)
+    before = _bytes_read_by_this_process()
+    first = next(items)
+    read = _bytes_read_by_this_process() - before
     assert first.provenance.index == 0
-    items.close()  # a generator: nothing beyond what was asked for was parsed
+    size = path.stat().st_size
+    assert read < size // 8, f"read {read:,} bytes of a {size:,}-byte shard for one document"
+    items.close()
