@@ -13,6 +13,8 @@ head counts and FFN multipliers.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +40,37 @@ class WeightsError(ValueError):
 
 
 # ---- our own checkpoint files ------------------------------------------------------------------------------
+def _write_files(directory: Path, files: dict[str, Callable[[Path], object]]) -> None:
+    """Write every file to a temporary name first, then rename them all into place.
+
+    A failure while writing leaves ``directory`` as it was (no weights without their config).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in files.items():
+            tmp = directory / f".{name}.tmp-{os.getpid()}"
+            staged.append((tmp, directory / name))
+            write(tmp)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+
+
 def save_model(model: OpenELM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``model.safetensors`` and ``model_config.json`` into ``directory``; returns the weights path."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(model.config.to_dict(), indent=2)
     tensors = _plain_tensors(_unwrap(model).state_dict(), dtype)
-    weights_path = directory / WEIGHTS_FILE
-    save_file(tensors, str(weights_path), metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
-    (directory / CONFIG_FILE).write_text(config_json + "\n")
-    return weights_path
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: config_json}
+    _write_files(directory, {
+        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata=metadata),
+        CONFIG_FILE: lambda path: path.write_text(config_json + "\n"),
+    })
+    return directory / WEIGHTS_FILE
 
 
 def load_model(
@@ -171,14 +194,16 @@ def export_hf(
     model = model_or_checkpoint if isinstance(model_or_checkpoint, torch.nn.Module) else load_model(model_or_checkpoint)
     model = _unwrap(model)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = hf_state_dict(model, dtype)
     stored_dtype = next(iter(tensors.values())).dtype
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = hf_config(model.config, torch_dtype=str(stored_dtype).removeprefix("torch."))
-    (out_dir / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    _write_files(out_dir, {
+        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"}),
+        HF_CONFIG_FILE: lambda path: path.write_text(
+            json.dumps(hf_config(model.config, torch_dtype=str(stored_dtype).removeprefix("torch.")), indent=2) + "\n"
+        ),
+        "generation_config.json": lambda path: path.write_text(json.dumps(generation, indent=2) + "\n"),
+    })
     return out_dir
 
 

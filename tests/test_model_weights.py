@@ -170,3 +170,21 @@ def test_saving_a_compiled_model_writes_plain_names(tiny_model, tmp_path):
     with safe_open(str(tmp_path / "compiled" / "model.safetensors"), framework="pt") as handle:
         assert set(handle.keys()) == set(tiny_model.state_dict())
     torch.testing.assert_close(logits(load_model(tmp_path / "compiled")), logits(tiny_model), atol=0, rtol=0)
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    import elm_data.model.weights as weights
+
+    model = OpenELM(OpenELMConfig.named("tiny"))
+    out = tmp_path / "hf"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(weights, "hf_config", broken)  # fails after the weights were written to their temp file
+    with pytest.raises(RuntimeError, match="disk full"):
+        weights.export_hf(model, out)
+    assert list(out.iterdir()) == []  # no weights without a config, no temp files
+    monkeypatch.undo()
+    weights.export_hf(model, out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
