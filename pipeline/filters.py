@@ -41,9 +41,9 @@ def passes_min_characters(text: str, min_characters: int) -> bool:
     """
     if min_characters <= 0:
         return True
-    probe = 4 * min_characters + 64
-    if len(text) > probe and len(normalize_for_length(text[:probe])) >= min_characters:
-        return True
+    for probe in (2 * min_characters + 16, 4 * min_characters + 64):  # most texts are decided by the short one
+        if len(text) > probe and len(normalize_for_length(text[:probe])) >= min_characters:
+            return True
     return len(normalize_for_length(text)) >= min_characters
 
 
