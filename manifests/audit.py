@@ -31,6 +31,7 @@ class AuditRow:
     docs_rejected: int = 0
     filtered_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    pieces_filtered_by_reason: dict[str, int] = field(default_factory=dict)  # corenet: pieces dropped per reason
     chars: int = 0
     tokens: int = 0
     segments: int = 0
@@ -73,6 +74,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
     rows: dict[str, AuditRow] = {}
     filtered: dict[str, Counter] = {}
     rejected: dict[str, Counter] = {}
+    pieces: dict[str, Counter] = {}
     for r in manifest.shards:
         row = rows.setdefault(r.key, AuditRow(r.source, r.subset))
         row.shards += 1
@@ -80,9 +82,11 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             setattr(row, name, getattr(row, name) + getattr(r, name))
         filtered.setdefault(r.key, Counter()).update(r.filtered_by_reason)
         rejected.setdefault(r.key, Counter()).update(r.rejected_by_reason)
+        pieces.setdefault(r.key, Counter()).update(r.pieces_filtered_by_reason)
     for key, row in rows.items():
         row.filtered_by_reason = dict(sorted(filtered[key].items()))
         row.rejected_by_reason = dict(sorted(rejected[key].items()))
+        row.pieces_filtered_by_reason = dict(sorted(pieces[key].items()))
     for entry in manifest.info.get("mixture", []):
         key = f"{entry['source']}/{entry['subset']}"
         if key in rows:

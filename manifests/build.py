@@ -190,10 +190,11 @@ def collect_dropped(records: Sequence[ShardRecord], workspace: BuildWorkspace, p
 
 
 def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
-    filtered, rejected = Counter(), Counter()
+    filtered, rejected, pieces = Counter(), Counter(), Counter()
     for r in records:
         filtered.update(r.filtered_by_reason)
         rejected.update(r.rejected_by_reason)
+        pieces.update(r.pieces_filtered_by_reason)
     sums = {
         name: sum(getattr(r, name) for r in records)
         for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments")
@@ -203,6 +204,7 @@ def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
         "size_bytes": sum(r.size_bytes for r in records),
         "filtered_by_reason": dict(sorted(filtered.items())),
         "rejected_by_reason": dict(sorted(rejected.items())),
+        "pieces_filtered_by_reason": dict(sorted(pieces.items())),
     }
 
 

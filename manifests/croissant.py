@@ -82,6 +82,7 @@ _FIELD_DESCRIPTIONS = {
         "docs_read": "Input records read (= kept + filtered + rejected).",
         "filtered_by_reason": "JSON object: filtered documents per filter reason.",
         "rejected_by_reason": "JSON object: rejected records per rejection reason.",
+        "pieces_filtered_by_reason": "JSON object: CoreNet pieces dropped per filter reason (corenet mode).",
         "chars": "Characters of kept documents.",
         "tokens": "LLaMA-2 tokens of kept documents (no BOS/EOS).",
     },

@@ -53,6 +53,7 @@ SHARD_SCHEMA = pa.schema(
         ("docs_rejected", pa.int64()),
         ("filtered_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
         ("rejected_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
+        ("pieces_filtered_by_reason", pa.string()),  # corenet mode: JSON {reason: dropped pieces}; "{}" in packed
         ("chars", pa.int64()),  # characters of kept documents
         ("tokens", pa.int64()),  # LLaMA tokens of kept documents/pieces, no BOS/EOS
         ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
@@ -92,6 +93,7 @@ class ShardRecord:
     docs_rejected: int = 0
     filtered_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    pieces_filtered_by_reason: dict[str, int] = field(default_factory=dict)
     chars: int = 0
     tokens: int = 0
     segments: int = 0
@@ -105,6 +107,7 @@ class ShardRecord:
         row = asdict(self)
         row["filtered_by_reason"] = json.dumps(dict(sorted(self.filtered_by_reason.items())))
         row["rejected_by_reason"] = json.dumps(dict(sorted(self.rejected_by_reason.items())))
+        row["pieces_filtered_by_reason"] = json.dumps(dict(sorted(self.pieces_filtered_by_reason.items())))
         return row
 
     @classmethod
@@ -112,6 +115,7 @@ class ShardRecord:
         row = dict(row)
         row["filtered_by_reason"] = json.loads(row["filtered_by_reason"] or "{}")
         row["rejected_by_reason"] = json.loads(row["rejected_by_reason"] or "{}")
+        row["pieces_filtered_by_reason"] = json.loads(row.get("pieces_filtered_by_reason") or "{}")
         return cls(**row)
 
     def canonical_bytes(self) -> bytes:

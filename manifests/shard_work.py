@@ -70,8 +70,10 @@ class _Ledger:
     """Rows of the documents table and the shard's running totals."""
 
     shard: int
+    corenet: bool = False  # count CoreNet pieces dropped by the per-piece rules
     columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
     filtered: Counter = field(default_factory=Counter)
+    pieces_filtered: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
     kept: int = 0
     chars: int = 0
@@ -92,6 +94,8 @@ class _Ledger:
 
     def add(self, result) -> None:
         prov = result.document.provenance
+        if self.corenet:
+            self.pieces_filtered.update(reason for reason in result.piece_reasons if reason is not None)
         if result.status == KEPT:
             self.kept += 1
             self.chars += result.chars
@@ -165,7 +169,7 @@ def count_shard(
 
     ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
     """
-    ledger = _Ledger(task.shard)
+    ledger = _Ledger(task.shard, corenet=document_pass.sequences.mode == "corenet")
     pending: list[Document | Rejection] = []
 
     def sample(item: PassResult | Rejection) -> None:
@@ -212,6 +216,7 @@ def count_shard(
         docs_rejected=docs_rejected,
         filtered_by_reason=dict(sorted(ledger.filtered.items())),
         rejected_by_reason=dict(sorted(ledger.rejected.items())),
+        pieces_filtered_by_reason=dict(sorted(ledger.pieces_filtered.items())),
         chars=ledger.chars,
         tokens=ledger.tokens,
         segments=ledger.segments,
