@@ -228,6 +228,6 @@ def test_pass_runs_in_a_worker_process(tokenizer, docs):
 
     the_pass = new_pass(tokenizer)
     here = [(r.status, r.reason, r.tokens) for r in new_pass(tokenizer).process(docs[:15])]
-    with multiprocessing.get_context("fork").Pool(1) as pool:  # arguments still travel pickled
+    with multiprocessing.get_context("forkserver").Pool(1) as pool:  # arguments still travel pickled
         there = pool.apply(_statuses_in_worker, (the_pass, docs[:15]))
     assert there == here

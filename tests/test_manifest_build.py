@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -232,9 +233,12 @@ def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path,
         [sys.executable, "-c", _KILLABLE_BUILD, str(sample_dir / "mixture.yaml"), str(out), tokenizer_path],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
+    watchdog = threading.Timer(180, proc.kill)  # a child that never stalls must not hang the suite
+    watchdog.start()
     try:
         assert proc.stdout.readline().strip() == "stalled"
     finally:
+        watchdog.cancel()
         proc.kill()  # SIGKILL: no cleanup code runs
         proc.wait(timeout=60)
     workspace = Path(workspace_path_for(str(out)))
