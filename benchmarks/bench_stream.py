@@ -7,7 +7,9 @@ On the same kept documents of a generated sample corpus, in one run and interlea
     provenance spans — as ``StreamLoader(TokenStream(...), num_workers=N)`` over one natural pass.
 
 tokens/s counts the manifest's kept tokens (no BOS/EOS) for both. Goal: (b) >= 0.9 x (a) at equal N.
-Then the peak RSS of a one-process stream pass at two corpus scales (each in a fresh subprocess).
+Then the stream's own cost beyond SentencePiece (in-process, the tokenizer swapped for a lookup of its
+own earlier output, so machine load barely moves it), the plan walk, and the peak RSS of a one-process
+stream pass at two corpus scales (each in a fresh subprocess).
 
     python benchmarks/bench_stream.py [--scale 4] [--repeats 3] [--rss-scales 2,8]
 """
@@ -75,6 +77,41 @@ def time_stream(manifest_dir: Path, tokenizer, workers: int) -> tuple[float, flo
     for _ in StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None):
         pass
     return time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def stream_overhead(manifest_dir: Path, tokenizer, repeats: int = 3) -> tuple[float, float]:
+    """(stream CPU seconds without SentencePiece, SentencePiece CPU seconds) for one in-process natural pass.
+
+    The tokenizer's encode_batch is replaced by a lookup of the ids it returned in a first pass, so what
+    remains is reading, hashing, filtering, framing, packing and provenance (the minimum of ``repeats``).
+    """
+    import pickle
+
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    memo: dict[str, list[int]] = {}
+    lookup = pickle.loads(pickle.dumps(tokenizer))
+    encode = lookup.encode_batch
+
+    def remembered(texts, num_threads=None):
+        new = [t for t in texts if t not in memo]
+        memo.update(zip(new, encode(new, num_threads), strict=True))
+        return [memo[t] for t in texts]
+
+    lookup.encode_batch = remembered
+
+    def one_pass() -> float:
+        stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=lookup)
+        c0 = time.process_time()
+        for _ in StreamLoader(stream):
+            pass
+        return time.process_time() - c0
+
+    one_pass()
+    c0 = time.process_time()
+    encode(list(memo), 1)
+    sp_seconds = time.process_time() - c0
+    return min(one_pass() for _ in range(repeats)), sp_seconds
 
 
 def plan_walk(work: Path, shards: int = 100, docs_per_shard: int = 10_000) -> tuple[int, float]:
@@ -150,6 +187,15 @@ def main() -> None:
         b, bc = (statistics.median(tokens / t[i] for t in streamed[n]) for i in (0, 1))
         print(f"  N={n}: wall (a) raw sentencepiece {a:,.0f}  (b) stream {b:,.0f}  ratio b/a {b / a:.2f}   |   "
               f"CPU (a) {ac:,.0f}  (b) {bc:,.0f}  ratio {bc / ac:.2f}")
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    probe = TokenStream(manifest, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer)
+    items = ", ".join(f"N={n}: {StreamLoader(probe, num_workers=n).batches_per_item}" for n in counts)
+    print(f"  (batches per DataLoader item: {items})")
+    rest, sp_seconds = stream_overhead(manifest, tokenizer)
+    print(f"stream cost beyond SentencePiece (in-process, 1 worker's work): {rest:.2f} CPU-s vs SentencePiece "
+          f"{sp_seconds:.2f} CPU-s = {rest / sp_seconds:.0%} on top (ceiling for the CPU ratio at N=1: "
+          f"{sp_seconds / (sp_seconds + rest):.2f})")
     docs, seconds = plan_walk(work)
     print(f"plan walk (resume skip cost): {docs:,} documents in {seconds:.1f} s = {docs / seconds:,.0f} docs/s")
     scales = [float(s) for s in args.rss_scales.split(",") if s]

@@ -31,8 +31,10 @@ class StreamStats:
         self.token_slots += sequences * window
         self.pad_tokens += pad
         self.discarded_tokens += discarded
-        self.tokens += sum(by_source.values())
-        self.tokens_by_source.update(by_source)
+        counts = self.tokens_by_source
+        for key, n in by_source.items():
+            self.tokens += n
+            counts[key] += n
 
     def to_dict(self) -> dict[str, Any]:
         offered = self.tokens + self.discarded_tokens
@@ -54,7 +56,8 @@ class Ledger(Counter):
     """Cumulative non-pad tokens consumed per ``"source/subset"`` (BOS/EOS included); a plain dict to save."""
 
     def add(self, by_source: Mapping[str, int]) -> None:
-        self.update({k: int(v) for k, v in by_source.items()})
+        for key, n in by_source.items():
+            self[key] += int(n)
 
     def to_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in sorted(self.items())}

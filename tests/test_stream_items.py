@@ -54,7 +54,7 @@ def test_resume_in_the_middle_of_an_item_with_another_worker_count(sample_manife
 def test_item_size_defaults_and_the_callers_stream_is_left_as_it_was(sample_manifest, tokenizer):
     stream = make_stream(sample_manifest, tokenizer)
     assert StreamLoader(stream, num_workers=0).batches_per_item == 1
-    assert StreamLoader(stream, num_workers=1).batches_per_item == 1
+    assert StreamLoader(stream, num_workers=1).batches_per_item == StreamLoader(stream, num_workers=2).batches_per_item
     two = StreamLoader(stream, num_workers=2)
     assert two.batches_per_item * BATCH * (SEQ_LEN + 1) >= StreamLoader.ITEM_TOKENS
     assert (two.batches_per_item - 1) * BATCH * (SEQ_LEN + 1) < StreamLoader.ITEM_TOKENS
