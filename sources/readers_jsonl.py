@@ -7,6 +7,7 @@ A compressed stream that ends early or is corrupt yields one Rejection at the li
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import zlib
@@ -43,26 +44,16 @@ def _plain_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 
 def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    """Decompress gzip members with zlib, yielding whatever is decodable before any break."""
-    member = zlib.decompressobj(wbits=31)
-    in_member = False
+    """Decompress through :mod:`gzip` (members back to back included), yielding all that precedes a break."""
     try:
-        while data := raw.read(READ_CHUNK):
-            while data:
-                in_member = True
-                out = member.decompress(data)
-                if out:
-                    yield out
-                if member.eof:  # a gzip file may hold several members back to back
-                    data = member.unused_data
-                    member = zlib.decompressobj(wbits=31)
-                    in_member = False
-                else:
-                    data = b""
-    except zlib.error as err:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            while chunk := stream.read1(READ_CHUNK):
+                yield chunk
+    except EOFError as err:
+        detail = "gzip stream ended before its end-of-stream marker (file truncated)"
+        raise StreamBroken(REJECT_TRUNCATED, detail) from err
+    except (gzip.BadGzipFile, zlib.error) as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
-    if in_member:
-        raise StreamBroken(REJECT_TRUNCATED, "gzip stream ended before its end-of-stream marker (file truncated)")
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
@@ -92,15 +83,25 @@ _CHUNKERS = {"jsonl": _plain_chunks, "jsonl.gz": _gzip_chunks, "jsonl.zst": _zst
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
-    """Raw lines without their b"\\n", each with whether it was newline-terminated."""
-    carry = b""
+    """Raw lines without their b"\\n", each with whether it was newline-terminated.
+
+    A line longer than a chunk is gathered piecewise and joined once (linear in its length).
+    """
+    carry: list[bytes] = []
     for chunk in chunks:
-        parts = (carry + chunk).split(b"\n")
-        carry = parts.pop()
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            carry.append(chunk)
+            continue
+        if carry:
+            carry.append(parts[0])
+            parts[0] = b"".join(carry)
+        last = parts.pop()
+        carry = [last] if last else []
         for part in parts:
             yield part, True
-    if carry:
-        yield carry, False
+    if tail := b"".join(carry):
+        yield tail, False
 
 
 def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejection:
