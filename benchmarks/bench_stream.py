@@ -141,16 +141,26 @@ def plan_walk(work: Path, shards: int = 100, docs_per_shard: int = 10_000) -> tu
     return shards * n, time.perf_counter() - t0
 
 
+def _memory_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MiB, from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries that high-water mark across exec, so a child started by a large
+    parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def rss_child(manifest_dir: str) -> None:
     """(in a subprocess) one natural pass in this process; print baseline and peak RSS in MiB."""
-    import resource
-
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
     stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _memory_mib("VmHWM")
     n = sum(len(b["input_ids"]) for b in StreamLoader(stream))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _memory_mib("VmHWM")
     print(json.dumps({"sequences": n, "baseline_mib": base, "peak_mib": peak}))
 
 
