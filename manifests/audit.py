@@ -11,12 +11,11 @@ weights (weights are token shares), so it shows how the weights re-balance the n
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import DROPPED_SAMPLES_FILE, Manifest
+from .manifest import DROPPED_SAMPLES_FILE, Manifest, ShardRecord, totals_of
 from .targets import load_targets
 
 
@@ -71,22 +70,14 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
     resolved = load_targets(targets) if targets is not None else manifest.info.get("targets")
     target_tokens: dict[str, int] = dict((resolved or {}).get("tokens", {}))
 
-    rows: dict[str, AuditRow] = {}
-    filtered: dict[str, Counter] = {}
-    rejected: dict[str, Counter] = {}
-    pieces: dict[str, Counter] = {}
+    groups: dict[str, list[ShardRecord]] = {}
     for r in manifest.shards:
-        row = rows.setdefault(r.key, AuditRow(r.source, r.subset))
-        row.shards += 1
-        for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments"):
-            setattr(row, name, getattr(row, name) + getattr(r, name))
-        filtered.setdefault(r.key, Counter()).update(r.filtered_by_reason)
-        rejected.setdefault(r.key, Counter()).update(r.rejected_by_reason)
-        pieces.setdefault(r.key, Counter()).update(r.pieces_filtered_by_reason)
-    for key, row in rows.items():
-        row.filtered_by_reason = dict(sorted(filtered[key].items()))
-        row.rejected_by_reason = dict(sorted(rejected[key].items()))
-        row.pieces_filtered_by_reason = dict(sorted(pieces[key].items()))
+        groups.setdefault(r.key, []).append(r)
+    rows: dict[str, AuditRow] = {}
+    for key, records in groups.items():
+        counts = totals_of(records)
+        del counts["size_bytes"]
+        rows[key] = AuditRow(records[0].source, records[0].subset, **counts)
     for entry in manifest.info.get("mixture", []):
         key = f"{entry['source']}/{entry['subset']}"
         if key in rows:

@@ -30,7 +30,15 @@ from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UN
 from elm_data.sources.registry import get_subset
 
 from .identity import manifest_id, merkle_root_of, pass_config_hash
-from .manifest import DROPPED_SAMPLES_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardRecord, write_manifest_dir
+from .manifest import (
+    DROPPED_SAMPLES_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    ShardRecord,
+    totals_of,
+    write_manifest_dir,
+)
 from .mixture import MixtureConfig
 from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard
 from .targets import load_targets
@@ -187,25 +195,6 @@ def collect_dropped(records: Sequence[ShardRecord], workspace: BuildWorkspace, p
         if record.docs_filtered or record.docs_rejected:
             workspace.offer_dropped(record.shard, merged)
     return merged.to_jsonl()
-
-
-def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
-    filtered, rejected, pieces = Counter(), Counter(), Counter()
-    for r in records:
-        filtered.update(r.filtered_by_reason)
-        rejected.update(r.rejected_by_reason)
-        pieces.update(r.pieces_filtered_by_reason)
-    sums = {
-        name: sum(getattr(r, name) for r in records)
-        for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments")
-    }
-    return sums | {
-        "shards": len(records),
-        "size_bytes": sum(r.size_bytes for r in records),
-        "filtered_by_reason": dict(sorted(filtered.items())),
-        "rejected_by_reason": dict(sorted(rejected.items())),
-        "pieces_filtered_by_reason": dict(sorted(pieces.items())),
-    }
 
 
 def manifest_info(

@@ -22,7 +22,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -125,6 +126,26 @@ class ShardRecord:
 
 def shards_table(records: list[ShardRecord]) -> pa.Table:
     return pa.Table.from_pylist([r.to_row() for r in records], schema=SHARD_SCHEMA)
+
+
+def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
+    """Summed counts of ``records``: documents, characters, tokens, bytes and the per-reason counters."""
+    filtered, rejected, pieces = Counter(), Counter(), Counter()
+    for r in records:
+        filtered.update(r.filtered_by_reason)
+        rejected.update(r.rejected_by_reason)
+        pieces.update(r.pieces_filtered_by_reason)
+    sums = {
+        name: sum(getattr(r, name) for r in records)
+        for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments")
+    }
+    return sums | {
+        "shards": len(records),
+        "size_bytes": sum(r.size_bytes for r in records),
+        "filtered_by_reason": dict(sorted(filtered.items())),
+        "rejected_by_reason": dict(sorted(rejected.items())),
+        "pieces_filtered_by_reason": dict(sorted(pieces.items())),
+    }
 
 
 class Manifest:
