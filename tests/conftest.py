@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,20 @@ def sample_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample_manifest") / "manifest"
     build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_dir: Path) -> list[tuple[str, str, str]]:
+    """(uri, source, subset) for every shard of the sample mixture."""
+    from elm_data.manifests.mixture import MixtureConfig
+
+    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
+    return [(uri, e.source, e.subset) for e in mixture.entries for uri in mixture.resolve_shards(e)]
+
+
+@pytest.fixture(scope="session")
+def corrupt(tmp_path_factory) -> dict[str, Any]:
+    """The damaged-input examples of ``sources.corrupt``, written once per session."""
+    from elm_data.sources.corrupt import write_corrupt_examples
+
+    return write_corrupt_examples(tmp_path_factory.mktemp("corrupt"))

@@ -13,22 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from elm_data.manifests.mixture import MixtureConfig
-from elm_data.sources.corrupt import write_corrupt_examples
 from elm_data.sources.document import Document, Rejection, derived_doc_id
 from elm_data.sources.readers import read_shard, sha256_of, shard_format, size_of
-
-
-@pytest.fixture(scope="session")
-def sample_shards(sample_dir: Path) -> list[tuple[str, str, str]]:
-    """(uri, source, subset) for every shard of the sample mixture."""
-    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
-    return [(uri, e.source, e.subset) for e in mixture.entries for uri in mixture.resolve_shards(e)]
-
-
-@pytest.fixture(scope="session")
-def corrupt(tmp_path_factory):
-    return write_corrupt_examples(tmp_path_factory.mktemp("corrupt"))
 
 
 def _native_records(uri: str) -> list[dict]:

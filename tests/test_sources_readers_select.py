@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
-from elm_data.manifests.mixture import MixtureConfig
 from elm_data.sources import readers_jsonl, readers_parquet
-from elm_data.sources.corrupt import write_corrupt_examples
 from elm_data.sources.document import (
     REJECT_SCHEMA,
     REJECT_TRUNCATED,
@@ -20,17 +17,6 @@ from elm_data.sources.document import (
 from elm_data.sources.readers import read_shard
 
 SHARD_LEVEL = {REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE}  # yielded whatever the selection
-
-
-@pytest.fixture(scope="module")
-def sample_shards(sample_dir: Path) -> list[tuple[str, str, str]]:
-    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
-    return [(uri, e.source, e.subset) for e in mixture.entries for uri in mixture.resolve_shards(e)]
-
-
-@pytest.fixture(scope="module")
-def corrupt(tmp_path_factory):
-    return write_corrupt_examples(tmp_path_factory.mktemp("corrupt_select"))
 
 
 def _index(item: Document | Rejection) -> int:
