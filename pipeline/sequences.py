@@ -35,16 +35,15 @@ class FramedDoc:
 
 
 def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: int = EOS_ID) -> FramedDoc:
-    """``BOS + segment + EOS`` for every segment, concatenated."""
-    lengths = np.fromiter((len(s) + 2 for s in segments), dtype=np.int64, count=len(segments))
-    starts = np.zeros(len(segments) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    ids = np.empty(int(starts[-1]), dtype=np.int64)
-    for seg, begin, end in zip(segments, starts[:-1], starts[1:], strict=True):
-        ids[begin] = bos
-        ids[begin + 1 : end - 1] = seg
-        ids[end - 1] = eos
-    return FramedDoc(ids, starts)
+    """``BOS + segment + EOS`` for every segment, concatenated (one list, one array conversion)."""
+    framed: list[int] = []
+    starts = [0]
+    for seg in segments:
+        framed.append(bos)
+        framed.extend(seg)
+        framed.append(eos)
+        starts.append(len(framed))
+    return FramedDoc(np.array(framed, dtype=np.int64), np.array(starts, dtype=np.int64))
 
 
 @dataclass
