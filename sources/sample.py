@@ -402,10 +402,17 @@ class SampleCorpus:
     documents: dict[str, int] = field(default_factory=dict)
 
 
-def generate_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> SampleCorpus:
-    """Write the sample corpus and ``mixture.yaml`` under ``out_dir``; return what was written."""
+def generate_sample_corpus(
+    out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1
+) -> SampleCorpus:
+    """Write the sample corpus and ``mixture.yaml`` under ``out_dir``; return what was written.
+
+    ``scale`` multiplies the documents per shard, ``shard_factor`` the shards per subset.
+    """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    if shard_factor < 1:
+        raise ValueError(f"shard_factor must be at least 1, got {shard_factor}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     per_shard = max(4, round(DOCS_PER_SHARD * scale))
@@ -413,7 +420,7 @@ def generate_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.
     entries = []
     for source, subset, shards, writer, globs in _PLAN:
         key = f"{source}/{subset}"
-        for shard in range(shards):
+        for shard in range(shards * shard_factor):
             rng = random.Random(f"{seed}:{key}:{writer.__name__}:{shard}")
             rel, payload = writer(rng, per_shard, shard, seed)
             path = root / rel
@@ -446,6 +453,6 @@ def generate_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.
     return corpus
 
 
-def write_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> Path:
+def write_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1) -> Path:
     """Write a small corpus for every source/subset in its native format; return the path of ``mixture.yaml``."""
-    return generate_sample_corpus(out_dir, seed=seed, scale=scale).mixture
+    return generate_sample_corpus(out_dir, seed=seed, scale=scale, shard_factor=shard_factor).mixture

@@ -183,6 +183,21 @@ def test_scale_changes_the_document_count(tmp_path: Path):
         generate_sample_corpus(tmp_path / "none", scale=0)
 
 
+def test_shard_factor_multiplies_the_shards_each_named_like_upstream(tmp_path: Path):
+    base = generate_sample_corpus(tmp_path / "base", scale=0.5)
+    more = generate_sample_corpus(tmp_path / "more", scale=0.5, shard_factor=3)
+    assert len(more.files) == 3 * len(base.files) == len(set(more.files))
+    assert set(base.files) < set(more.files)  # the first shards are the same files, the rest are new
+    for key, n in base.documents.items():
+        assert more.documents[key] == 3 * n
+    mixture = MixtureConfig.load(more.mixture)  # the globs of mixture.yaml take in every new shard
+    uris = [uri for e in mixture.entries for uri in mixture.resolve_shards(e)]
+    listed = {Path(uri).relative_to(more.root.resolve()).as_posix() for uri in uris}
+    assert listed == set(more.files)
+    with pytest.raises(ValueError, match="shard_factor"):
+        generate_sample_corpus(tmp_path / "none", shard_factor=0)
+
+
 def test_lengths_cover_the_filter_boundaries_and_corpus_size(sample_dir: Path, tokenizer):
     from elm_data.sources.document import Document
     from elm_data.sources.readers import read_shard
