@@ -9,9 +9,10 @@ On the same kept documents of a generated sample corpus, in one run and interlea
 tokens/s counts the manifest's kept tokens (no BOS/EOS) for both. Goal: (b) >= 0.9 x (a) at equal N.
 Then the stream's own cost beyond SentencePiece (in-process, the tokenizer swapped for a lookup of its
 own earlier output, so machine load barely moves it), the plan walk, and the peak RSS of a one-process
-stream pass at two corpus scales (each in a fresh subprocess).
+stream pass (each in a fresh subprocess) as the corpus grows two ways: longer shards (``--rss-scales``)
+and more shards of the same length (``--rss-shard-factors``).
 
-    python benchmarks/bench_stream.py [--scale 4] [--repeats 3] [--rss-scales 2,8]
+    python benchmarks/bench_stream.py [--scale 4] [--repeats 3] [--rss-scales 2,8] [--rss-shard-factors 1,16]
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from pathlib import Path
 SEQ_LEN, BATCH = 2048, 8
 
 
-def build(work: Path, scale: float) -> Path:
+def build(work: Path, scale: float, shard_factor: int = 1) -> Path:
+    """A manifest of the sample corpus at ``scale`` (documents per shard) x ``shard_factor`` (shards per subset)."""
     from elm_data.manifests.build import build_manifest
     from elm_data.sources.sample import write_sample_corpus
 
-    corpus, manifest = work / f"corpus-{scale}", work / f"manifest-{scale}"
+    name = f"{scale}" if shard_factor == 1 else f"{scale}x{shard_factor}"
+    corpus, manifest = work / f"corpus-{name}", work / f"manifest-{name}"
     if not (manifest / "manifest.json").exists():
-        build_manifest(write_sample_corpus(corpus, seed=0, scale=scale), manifest, workers=2)
+        build_manifest(write_sample_corpus(corpus, seed=0, scale=scale, shard_factor=shard_factor), manifest, workers=2)
     return manifest
 
 
@@ -169,10 +172,14 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=4.0, help="sample corpus scale for throughput")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", default="1,2", help="thread / worker counts to compare")
-    parser.add_argument("--rss-scales", default="2,8", help="two corpus scales for the memory check ('' to skip)")
+    parser.add_argument("--rss-scales", default="2,8",
+                        help="corpus scales (longer shards) for the memory check ('' to skip)")
+    parser.add_argument("--rss-shard-factors", default="1,16",
+                        help="shards-per-subset multipliers at --scale (more shards) for the memory check ('' to skip)")
     parser.add_argument("--work", type=Path, default=None, help="folder for generated corpora (default: temp)")
     args = parser.parse_args()
 
+    from elm_data.manifests.manifest import Manifest
     from elm_data.pipeline.tokenizer import LlamaTokenizer
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_stream-"))
@@ -208,16 +215,17 @@ def main() -> None:
           f"{sp_seconds / (sp_seconds + rest):.2f})")
     docs, seconds = plan_walk(work)
     print(f"plan walk (resume skip cost): {docs:,} documents in {seconds:.1f} s = {docs / seconds:,.0f} docs/s")
-    scales = [float(s) for s in args.rss_scales.split(",") if s]
-    for scale in scales:
-        m = build(work, scale)
+    corpora = [(float(s), 1) for s in args.rss_scales.split(",") if s]
+    corpora += [(args.scale, int(f)) for f in args.rss_shard_factors.split(",") if f]
+    for scale, factor in corpora:
+        m = build(work, scale, factor)
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(m)], capture_output=True, text=True,
                              check=True)
         rss = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"peak RSS, scale {scale} ({rss['sequences']:,} sequences of {SEQ_LEN + 1}): baseline "
-              f"{rss['baseline_mib']:.0f} MiB, peak {rss['peak_mib']:.0f} MiB, growth "
+        shards = len(Manifest(m).shards)
+        print(f"peak RSS, scale {scale} x {factor} ({shards} shards, {rss['sequences']:,} sequences of {SEQ_LEN + 1}): "
+              f"baseline {rss['baseline_mib']:.0f} MiB, peak {rss['peak_mib']:.0f} MiB, growth "
               f"{rss['peak_mib'] - rss['baseline_mib']:.0f} MiB")
-
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--rss-child":

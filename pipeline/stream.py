@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +79,24 @@ def _resolve_tokenizer(tokenizer: str | LlamaTokenizer | None, info: dict[str, A
 
 
 class _OpenShard:
-    """A shard being read forward; the reader decodes only the record ``target`` (the one being fetched)."""
+    """A shard being read forward; the reader decodes only the record ``target`` (the one being fetched).
+
+    The reader generator holds ``selected`` (so this object): a reference cycle that only the cyclic
+    garbage collector would free, with the shard's file, decompressor and buffers in it. ``close()``
+    ends the generator at once; every shard is closed when it is left.
+    """
 
     __slots__ = ("shard", "items", "next_index", "target")
 
     def __init__(self, shard: int, target: int):
         self.shard, self.next_index, self.target = shard, target, target
-        self.items: Iterator = iter(())
+        self.items: Generator = (x for x in ())
 
     def selected(self, index: int) -> bool:
         return index == self.target
+
+    def close(self) -> None:
+        self.items.close()
 
 
 class ShardReaders:
@@ -101,6 +109,16 @@ class ShardReaders:
     def __init__(self, manifest: Manifest):
         self.records = manifest.shards
         self._open: dict[str, _OpenShard] = {}  # source key -> its open shard
+
+    def _leave(self, key: str) -> None:
+        """Close the shard open for source ``key``, if any."""
+        current = self._open.pop(key, None)
+        if current is not None:
+            current.close()
+
+    def close(self) -> None:
+        for key in list(self._open):
+            self._leave(key)
 
     def _open_shard(self, shard: int, skip: int) -> _OpenShard:
         from elm_data.sources.readers import read_shard, sha256_of
@@ -123,6 +141,7 @@ class ShardReaders:
         rec = self.records[doc.shard]
         current = self._open.get(rec.key)
         if current is None or current.shard != doc.shard or current.next_index > doc.index:
+            self._leave(rec.key)
             current = self._open_shard(doc.shard, doc.index)
         current.target = doc.index
         for item in current.items:
@@ -131,14 +150,14 @@ class ShardReaders:
             if index + (1 if is_doc else max(1, item.count)) <= doc.index:
                 continue
             if index != doc.index or not is_doc:
-                self._open.pop(rec.key, None)
+                self._leave(rec.key)
                 what = "a document" if is_doc else f"a rejection ({item.reason})"
                 raise StreamIntegrityError(
                     f"shard {doc.shard} ({rec.uri}): record {doc.index} (doc {doc.doc_id}) is kept in the manifest "
                     f"but the reader gave {what} at record {index}"
                 )
             if item.provenance.doc_id != doc.doc_id:
-                self._open.pop(rec.key, None)
+                self._leave(rec.key)
                 raise StreamIntegrityError(
                     f"shard {doc.shard} ({rec.uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
                     f"manifest says {doc.doc_id}"
@@ -146,7 +165,7 @@ class ShardReaders:
             current.next_index = doc.index + 1
             self._open[rec.key] = current
             return item
-        self._open.pop(rec.key, None)
+        self._leave(rec.key)
         raise StreamIntegrityError(f"shard {doc.shard} ({rec.uri}) ended before record {doc.index} (doc {doc.doc_id})")
 
 
@@ -269,39 +288,44 @@ class TokenStream(IterableDataset):
             return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
                     "doc_id": doc.doc_id, "index": doc.index}
 
-        for _, group in itertools.groupby(plans, key=lambda bp: item_of(bp.batch)):
-            group = list(group)
-            missing = list({(d.shard, d.index): d for bp in group for d in bp.docs
-                            if (d.shard, d.index) not in cache}.values())
-            results = doc_pass.process([readers.fetch(d) for d in missing]) if missing else []
-            for doc, result in zip(missing, results, strict=True):
-                if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
-                    raise StreamIntegrityError(
-                        f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
-                        f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
-                        f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
-                        "(filter or tokenizer drift: rebuild the manifest)"
-                    )
-                cache[(doc.shard, doc.index)] = frame_segments(result.segments)
-            for bp in group:
-                rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, window, PAD_ID,
-                              self.document_masks)
-                batch: dict[str, Any] = {
-                    "input_ids": as_array(rows.input_ids),
-                    "tokens_by_source": rows.tokens_by_source,
-                    "batch_index": bp.batch,
-                    "pad_tokens": rows.pad_tokens,
-                    "discarded_tokens": rows.discarded_tokens,
+        try:
+            for _, group in itertools.groupby(plans, key=lambda bp: item_of(bp.batch)):
+                group = list(group)
+                missing = list({(d.shard, d.index): d for bp in group for d in bp.docs
+                                if (d.shard, d.index) not in cache}.values())
+                results = doc_pass.process([readers.fetch(d) for d in missing]) if missing else []
+                for doc, result in zip(missing, results, strict=True):
+                    if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
+                        raise StreamIntegrityError(
+                            f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
+                            f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
+                            f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
+                            "(filter or tokenizer drift: rebuild the manifest)"
+                        )
+                    cache[(doc.shard, doc.index)] = frame_segments(result.segments)
+                for bp in group:
+                    rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, window, PAD_ID,
+                                  self.document_masks)
+                    batch: dict[str, Any] = {
+                        "input_ids": as_array(rows.input_ids),
+                        "tokens_by_source": rows.tokens_by_source,
+                        "batch_index": bp.batch,
+                        "pad_tokens": rows.pad_tokens,
+                        "discarded_tokens": rows.discarded_tokens,
+                    }
+                    if self.provenance:
+                        batch["spans"] = rows.spans
+                    if rows.segment_ids is not None:
+                        batch["segment_ids"] = as_array(rows.segment_ids)
+                    yield batch
+                # keep only documents that continue past this item (a long document is tokenized once per worker)
+                last = group[-1]
+                item_end = last.start + last.sequences * units_per_sequence
+                cache = {
+                    (d.shard, d.index): cache[(d.shard, d.index)] for d in last.docs if d.start + d.units > item_end
                 }
-                if self.provenance:
-                    batch["spans"] = rows.spans
-                if rows.segment_ids is not None:
-                    batch["segment_ids"] = as_array(rows.segment_ids)
-                yield batch
-            # keep only documents that continue past this item (a long document is tokenized once per worker)
-            last = group[-1]
-            item_end = last.start + last.sequences * units_per_sequence
-            cache = {(d.shard, d.index): cache[(d.shard, d.index)] for d in last.docs if d.start + d.units > item_end}
+        finally:
+            readers.close()  # a stream stopped early (or failing) leaves no shard open
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:

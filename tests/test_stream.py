@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import shutil
+import weakref
 from collections import defaultdict
 from itertools import islice
 from pathlib import Path
@@ -19,6 +21,7 @@ from elm_data.manifests.manifest import Manifest, write_manifest_dir
 from elm_data.pipeline.ledger import expected_natural_pass
 from elm_data.pipeline.plan import Plan, PlanError
 from elm_data.pipeline.stream import (
+    ShardReaders,
     StreamIntegrityError,
     StreamLoader,
     TokenizerMismatch,
@@ -149,6 +152,33 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
     assert resumed.ledger == uninterrupted_loader.ledger and resumed.batches == 12
     # and iterating the same loader again continues where it stopped
     assert next(iter(resumed))["batch_index"] == 12
+
+
+def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, tokenizer, monkeypatch):
+    """Leaving a shard frees its reader (file, decompressor, buffers) at once, not at the next gc run."""
+    readers: list[tuple[int, weakref.ref]] = []
+    open_shard = ShardReaders._open_shard
+
+    def recording(self, shard, skip):
+        opened = open_shard(self, shard, skip)
+        readers.append((shard, weakref.ref(opened.items)))
+        return opened
+
+    monkeypatch.setattr(ShardReaders, "_open_shard", recording)
+    stream = make_stream(sample_manifest, tokenizer)
+    sources = len({r.key for r in stream.manifest.shards})
+    gc.collect()
+    gc.disable()
+    try:
+        most_alive = 0
+        for _ in StreamLoader(stream):
+            most_alive = max(most_alive, sum(ref() is not None for _, ref in readers))
+        alive_after = [shard for shard, ref in readers if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(readers) > sources  # the pass moved on from shards mid-stream
+    assert most_alive <= sources  # at most one open shard per source at any time
+    assert alive_after == []  # and none once the pass is over
 
 
 def test_state_from_another_plan_is_refused(sample_manifest, tokenizer):
