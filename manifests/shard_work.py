@@ -1,8 +1,9 @@
 """The per-shard work, shared by the local process pool and the Beam pipeline.
 
-One shard: sha256 and size first, then ``read_shard`` pinned to that sha256, batches of documents
-through the one ``DocumentPass``, and the counts plus a per-document ledger committed to the build
-workspace. A shard the workspace already holds (same bytes, same pass) is not read again.
+One shard: fetched once when remote (``fetched``), sha256 and size of those bytes, then ``read_shard``
+of the same bytes pinned to that sha256, batches of documents through the one ``DocumentPass``, and
+the counts plus a per-document ledger committed to the build workspace. A shard the workspace already
+holds (same bytes, same pass) is not read again.
 
 With ``dropped_per_reason = K > 0`` the shard also keeps, per ``status:reason``, its first K filtered
 or rejected records (a :class:`~elm_data.pipeline.dropped.DroppedSamples` keyed by manifest order),
@@ -21,7 +22,7 @@ from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
 from elm_data.sources.document import Document, Rejection
-from elm_data.sources.readers import read_shard, sha256_of, size_of
+from elm_data.sources.readers import fetched, read_shard, sha256_of, size_of
 
 from .manifest import DOCUMENT_SCHEMA, ShardRecord
 from .workspace import BuildWorkspace, ShardChanged
@@ -163,11 +164,17 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
 
 
 def count_shard(
-    task: ShardTask, document_pass: DocumentPass, sha256: str, size: int, dropped: DroppedSamples | None = None
+    task: ShardTask,
+    document_pass: DocumentPass,
+    sha256: str,
+    size: int,
+    dropped: DroppedSamples | None = None,
+    local_path: str | None = None,
 ) -> tuple[ShardRecord, pa.Table]:
     """Read one shard through the pass; every input record lands in exactly one ledger row.
 
     ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
+    ``local_path``: the local copy of ``task.uri`` that was hashed (see ``fetched``).
     """
     ledger = _Ledger(task.shard, corenet=document_pass.sequences.mode == "corenet")
     pending: list[Document | Rejection] = []
@@ -191,7 +198,7 @@ def count_shard(
         pending.clear()
 
     n_docs = 0
-    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256):
+    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path):
         pending.append(item)
         if isinstance(item, Document):
             n_docs += 1
@@ -234,16 +241,14 @@ def process_shard(
     committed result with fewer samples per reason than asked for is counted again.
     """
     try:
-        try:
-            sha256, size = sha256_of(task.uri), size_of(task.uri)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{task.uri}: shard not found") from None
-        done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason=dropped_per_reason)
-        if done is not None:
-            workspace.clear_error(task.shard)
-            return ShardOutcome(task.shard, task.uri, done.record, reused=True)
-        dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
-        record, documents = count_shard(task, document_pass, sha256, size, dropped)
+        with fetched(task.uri) as local:  # hashed and read from the same bytes, fetched once
+            sha256, size = sha256_of(local), size_of(local)
+            done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason=dropped_per_reason)
+            if done is not None:
+                workspace.clear_error(task.shard)
+                return ShardOutcome(task.shard, task.uri, done.record, reused=True)
+            dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
+            record, documents = count_shard(task, document_pass, sha256, size, dropped, local)
         workspace.store(record, documents, dropped)
         return ShardOutcome(task.shard, task.uri, record)
     except (ShardChanged, FileNotFoundError) as e:

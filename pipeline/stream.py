@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +84,23 @@ class _OpenShard:
 
     The reader generator holds ``selected`` (so this object): a reference cycle that only the cyclic
     garbage collector would free, with the shard's file, decompressor and buffers in it. ``close()``
-    ends the generator at once; every shard is closed when it is left.
+    ends the generator at once (and drops a remote shard's local copy); every shard is closed when it
+    is left.
     """
 
-    __slots__ = ("shard", "items", "next_index", "target")
+    __slots__ = ("shard", "items", "next_index", "target", "resources")
 
     def __init__(self, shard: int, target: int):
         self.shard, self.next_index, self.target = shard, target, target
         self.items: Generator = (x for x in ())
+        self.resources = ExitStack()
 
     def selected(self, index: int) -> bool:
         return index == self.target
 
     def close(self) -> None:
         self.items.close()
+        self.resources.close()
 
 
 class ShardReaders:
@@ -121,19 +125,25 @@ class ShardReaders:
             self._leave(key)
 
     def _open_shard(self, shard: int, skip: int) -> _OpenShard:
-        from elm_data.sources.readers import read_shard, sha256_of
+        from elm_data.sources.readers import fetched, read_shard, sha256_of
 
         rec = self.records[shard]
-        actual = sha256_of(rec.uri)
-        if actual != rec.sha256:
-            raise StreamIntegrityError(
-                f"shard {shard} ({rec.key}) {rec.uri} has changed: sha256 {actual}, manifest says {rec.sha256}; "
-                "refusing to feed it (restore the shard or rebuild the manifest)"
-            )
         opened = _OpenShard(shard, skip)
-        opened.items = iter(
-            read_shard(rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=skip, select=opened.selected)
-        )
+        try:
+            local = opened.resources.enter_context(fetched(rec.uri))  # the bytes hashed are the bytes read
+            actual = sha256_of(local)
+            if actual != rec.sha256:
+                raise StreamIntegrityError(
+                    f"shard {shard} ({rec.key}) {rec.uri} has changed: sha256 {actual}, manifest says {rec.sha256}; "
+                    "refusing to feed it (restore the shard or rebuild the manifest)"
+                )
+            opened.items = read_shard(
+                rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=skip, select=opened.selected,
+                local_path=local,
+            )
+        except BaseException:
+            opened.close()
+            raise
         return opened
 
     def fetch(self, doc: PlannedDoc):

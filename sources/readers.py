@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 
 from elm_data.sources.document import Document, Rejection
-from elm_data.sources.readers_common import Select, ShardContext, open_binary, sha256_of, size_of
+from elm_data.sources.readers_common import Select, ShardContext, fetched, sha256_of, size_of
 from elm_data.sources.readers_jsonl import read_jsonl
 from elm_data.sources.readers_parquet import read_parquet
 from elm_data.sources.registry import FORMAT_PARQUET, get_subset
 
-__all__ = ["read_shard", "sha256_of", "size_of", "shard_format"]
+__all__ = ["read_shard", "fetched", "sha256_of", "size_of", "shard_format"]
 
 
 def shard_format(uri: str, source: str, subset: str) -> str:
@@ -30,6 +30,7 @@ def read_shard(
     skip: int = 0,
     *,
     select: Callable[[int], bool] | Collection[int] | None = None,
+    local_path: str | None = None,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
@@ -46,6 +47,9 @@ def read_shard(
     Selected records give exactly the items of a full read; failures of the shard itself
     (unreadable, wrong schema, truncated stream) are yielded whatever the selection. A
     selection accounts only for what it reads: use a full read to account for every record.
+
+    ``local_path``: read the bytes from this local copy of ``uri`` (see :func:`fetched`); documents
+    and rejections still name ``uri``.
     """
     spec = get_subset(source, subset)
     if skip < 0:
@@ -54,8 +58,8 @@ def read_shard(
     if select is not None:
         chosen = select if callable(select) else frozenset(select).__contains__
     fmt = spec.format_for(uri)
-    open_binary(uri).close()  # fail early and clearly when the file is missing
-    ctx = ShardContext(spec=spec, uri=uri, sha256=shard_sha256 or sha256_of(uri))
+    ctx = ShardContext(spec=spec, uri=uri, sha256=shard_sha256 or sha256_of(local_path or uri), local_path=local_path)
+    ctx.open().close()  # fail early and clearly when the file is missing
     if fmt == FORMAT_PARQUET:
         return read_parquet(ctx, skip, chosen)
     return read_jsonl(ctx, fmt, skip, chosen)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from elm_data.sources.document import (
     REJECT_EMPTY_TEXT,
@@ -37,6 +41,30 @@ def open_binary(uri: str) -> BinaryIO:
         return fs.open(path, "rb")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"shard not found: {uri}") from err
+
+
+@contextmanager
+def fetched(uri: str) -> Iterator[str]:
+    """A local path holding the bytes of ``uri``, for hashing and reading the very same bytes.
+
+    A local file is used in place. Anything else (hf://, s3://, https://, memory://) is downloaded once
+    to a temporary file, removed on exit: the shard crosses the network once instead of once to hash
+    and again to read, and a file replaced upstream between the two cannot slip in.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        yield path
+        return
+    fd, local = tempfile.mkstemp(prefix="elm-data-shard-", suffix=os.path.basename(path)[-64:])
+    os.close(fd)
+    try:
+        try:
+            fs.get_file(path, local)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"shard not found: {uri}") from err
+        yield local
+    finally:
+        os.unlink(local)
 
 
 def sha256_of(uri: str) -> str:
@@ -85,11 +113,19 @@ def _lookup(record: dict[str, Any], dotted: str) -> Any:
 
 @dataclass(frozen=True)
 class ShardContext:
-    """One shard being read: its spec, URI and hash; builds the items a reader yields."""
+    """One shard being read: its spec, URI and hash; builds the items a reader yields.
+
+    ``local_path``: where the bytes are read from when not ``uri`` itself (a :func:`fetched` copy);
+    provenance and rejections always name ``uri``.
+    """
 
     spec: SubsetSpec
     uri: str
     sha256: str
+    local_path: str | None = None
+
+    def open(self) -> BinaryIO:
+        return open_binary(self.local_path or self.uri)
 
     def reject(self, index: int, reason: str, detail: str = "", count: int = 1) -> Rejection:
         return Rejection(

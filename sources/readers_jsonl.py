@@ -24,7 +24,7 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import Select, ShardContext, open_binary
+from elm_data.sources.readers_common import Select, ShardContext
 
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
 
@@ -133,7 +133,7 @@ def read_jsonl(
 
     With ``select``, a line whose index it rejects is only counted (never decoded or parsed).
     """
-    with open_binary(ctx.uri) as raw:
+    with ctx.open() as raw:
         chunks = _CHUNKERS[fmt](raw)
         index = 0
         pending: bytes | None = None  # a final line without newline, held until the stream ends cleanly

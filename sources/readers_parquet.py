@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
-from elm_data.sources.readers_common import Select, ShardContext, json_safe, open_binary
+from elm_data.sources.readers_common import Select, ShardContext, json_safe
 
 BATCH_ROWS = 1024
 
@@ -114,7 +114,7 @@ def _selected_rows(
 def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None) -> Iterator[Document | Rejection]:
     """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts)."""
     spec = ctx.spec
-    with open_binary(ctx.uri) as raw:
+    with ctx.open() as raw:
         try:
             parquet = pq.ParquetFile(raw)
             metadata = parquet.metadata

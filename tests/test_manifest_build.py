@@ -127,6 +127,45 @@ def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer
     assert not workspace.exists()
 
 
+def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
+    sample_dir, tokenizer_path, tokenizer, sample_manifest, tmp_path, monkeypatch
+):
+    """memory:// stands in for hf:// / s3://: one transfer per shard serves its hash and its read."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
+    root = "memory://elm-data-tests/remote"
+    for path in sample_dir.rglob("*"):
+        if path.is_file() and path.name != "mixture.yaml":
+            with fsspec.open(f"{root}/{path.relative_to(sample_dir).as_posix()}", "wb") as f:
+                f.write(path.read_bytes())
+    for entry in mixture["sources"]:
+        entry["shards"] = [f"{root}/{s}" for s in entry["shards"]]
+    (tmp_path / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
+
+    opens: Counter = Counter()
+    real_open = MemoryFileSystem._open
+    monkeypatch.setattr(MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.update([path]) or real_open(
+        self, path, *a, **kw))
+    remote = build_manifest(tmp_path / "mixture.yaml", tmp_path / "remote", tokenizer=tokenizer_path, workers=1)
+    records = Manifest(tmp_path / "remote").shards
+    assert remote.manifest_id == Manifest(sample_manifest).manifest_id  # same bytes, same id
+    assert all(r.uri.startswith("memory://") for r in records)
+    assert sorted(opens) == sorted(fsspec.core.url_to_fs(r.uri)[1] for r in records)
+    assert set(opens.values()) == {1}  # fetched once per shard: not once to hash and again to read
+
+    opens.clear()
+    kw = {"batch_size": 4, "seq_len": 128, "weights": "natural", "tokenizer": tokenizer}
+    streamed = list(StreamLoader(TokenStream(tmp_path / "remote", **kw)))
+    local = list(StreamLoader(TokenStream(sample_manifest, **kw)))
+    assert [b["input_ids"].tolist() for b in streamed] == [b["input_ids"].tolist() for b in local]
+    assert [b["spans"] for b in streamed] == [b["spans"] for b in local]
+    assert set(opens.values()) == {1} and len(opens) == len(records)
+
+
 def test_shard_changed_since_interrupted_build_is_reported(corpus_copy, tokenizer_path, tmp_path):
     out = tmp_path / "m"
 

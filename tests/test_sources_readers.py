@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from elm_data.sources.document import Document, Rejection, derived_doc_id
-from elm_data.sources.readers import read_shard, sha256_of, shard_format, size_of
+from elm_data.sources.readers import fetched, read_shard, sha256_of, shard_format, size_of
 
 
 def _native_records(uri: str) -> list[dict]:
@@ -189,6 +189,31 @@ def test_file_and_memory_urls_read_like_local_paths(sample_shards):
             assert {d.provenance.shard_uri for d in items} == {other}
         seen_formats.add(shard_format(uri, source, subset))
     assert seen_formats == {"parquet", "jsonl", "jsonl.gz", "jsonl.zst"}
+
+
+def test_fetched_reads_a_remote_shard_once_and_keeps_its_uri(sample_shards, monkeypatch):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    uri, source, subset = next(s for s in sample_shards if s[0].endswith(".json.gz"))
+    memory_uri = f"memory://elm-data-tests/fetched/{Path(uri).name}"
+    with fsspec.open(memory_uri, "wb") as f:
+        f.write(Path(uri).read_bytes())
+    opens: list[str] = []
+    real_open = MemoryFileSystem._open
+    monkeypatch.setattr(MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.append(path) or real_open(
+        self, path, *a, **kw))
+    with fetched(memory_uri) as local:
+        assert Path(local).read_bytes() == Path(uri).read_bytes()
+        items = list(read_shard(memory_uri, source, subset, shard_sha256=sha256_of(local), local_path=local))
+    assert len(opens) == 1  # one download serves the hash and the read
+    assert not Path(local).exists()  # the copy is gone afterwards
+    assert [d.text for d in items] == [d.text for d in read_shard(uri, source, subset)]
+    assert {d.provenance.shard_uri for d in items} == {memory_uri}  # provenance names the shard, not the copy
+    with fetched(uri) as same:  # a local file is used in place
+        assert same == uri
+    missing = fetched("memory://elm-data-tests/fetched/missing.json.gz")
+    with pytest.raises(FileNotFoundError, match="memory://elm-data-tests/fetched/missing"), missing:
+        pass
 
 
 def test_multi_member_gzip_multi_frame_zstd_and_crlf(tmp_path):
