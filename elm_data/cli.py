@@ -11,6 +11,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data train CONFIG.yaml                trainer/cli.py
     elm-data audit-run RUN_DIR                trainer/cli.py
     elm-data demo [OUT_DIR]                   elm_data/demo.py
+    elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "build": {
         "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),
+    },
+    "tokenizer": {
+        "fetch": ("elm_data.pipeline.tokenizer_cli", "fetch", "Cache the LLaMA tokenizer by sha256."),
+        "show": ("elm_data.pipeline.tokenizer_cli", "show", "Say which tokenizer the commands resolve, and the cache."),
     },
     "export": {
         "croissant": ("elm_data.manifests.cli", "export_croissant", "Write a manifest as Croissant 1.1 JSON-LD."),
@@ -87,6 +92,11 @@ def build() -> None:
 @cli.group(cls=LazyGroup, lazy=COMMANDS["export"])
 def export() -> None:
     """Export a manifest (Croissant) or a checkpoint (Hugging Face)."""
+
+
+@cli.group(cls=LazyGroup, lazy=COMMANDS["tokenizer"])
+def tokenizer() -> None:
+    """Fetch and pin the LLaMA tokenizer (cached by sha256)."""
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from elm_data import __version__
 from elm_data.pipeline.dropped import DroppedSamples
-from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
@@ -278,7 +278,7 @@ def build_manifest(
     out_dir = Path(out_dir)
     _check_output_dir(out_dir)
     mixture = MixtureConfig.load(mixture_path)
-    tok = LlamaTokenizer.resolve(tokenizer, mixture.tokenizer)
+    tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None

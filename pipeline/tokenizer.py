@@ -1,68 +1,173 @@
-"""The pinned LLaMA SentencePiece tokenizer: resolution, hashing and batch encoding.
+"""The pinned LLaMA SentencePiece tokenizer: one resolver, a cache by sha256, batch encoding.
 
-The model file is Meta-licensed and never committed; it is found, in order, from an explicit
-flag, the mixture/training config, or the ``ELM_DATA_TOKENIZER`` environment variable. Paths
-and fsspec URLs (``hf://``, ``s3://``, ``https://``) are accepted.
+Every command finds the tokenizer through :func:`resolve_tokenizer`, in one order:
+
+1. the ``--tokenizer`` flag;
+2. the config's ``tokenizer:`` (mixture or training config);
+3. ``$ELM_DATA_TOKENIZER``;
+4. the location a manifest recorded when it was built;
+5. the cache, by sha256 (the manifest's, else the pinned Llama-2 model's).
+
+Paths and fsspec URLs (``hf://``, ``s3://``, ``https://``) are accepted. Every model loaded is kept
+in the cache as ``<cache>/tokenizers/<sha256>.model`` (the cache is ``$ELM_DATA_CACHE``, else
+``$XDG_CACHE_HOME/elm-data``, else ``~/.cache/elm-data``), and a URL is remembered there too, so a
+later command finds it offline and with the variable unset. Where a manifest is given, the sha256
+loaded must equal the manifest's. The model file is Meta-licensed and never committed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import fsspec
 import sentencepiece as spm
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
+CACHE_ENV_VAR = "ELM_DATA_CACHE"
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+LLAMA2_HUB_URI = "hf://meta-llama/Llama-2-7b-hf/tokenizer.model"
+LLAMA2_LICENCE_PAGE = "https://huggingface.co/meta-llama/Llama-2-7b-hf"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 32000  # LLaMA has no pad piece; CoreNet pads with id 32000
+PRECEDENCE = "--tokenizer > config `tokenizer:` > $ELM_DATA_TOKENIZER > the manifest's recorded location > cache"
+_SHORT = f"sha256 {LLAMA2_SHA256[:8]}…{LLAMA2_SHA256[-4:]}"
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|key|secret|password|signature|sig|x-amz-[a-z-]+)=)[^&]*")
 
 
-class TokenizerNotFound(RuntimeError):
-    pass
+class TokenizerError(ValueError):
+    """A user-facing tokenizer problem; ``str()`` is one line saying what to do."""
 
 
-def resolve_tokenizer_uri(flag: str | None = None, config_value: str | None = None) -> str:
-    """Pick the tokenizer location: ``--tokenizer`` flag, then config, then ``$ELM_DATA_TOKENIZER``."""
-    for candidate in (flag, config_value, os.environ.get(ENV_VAR)):
-        if candidate:
-            return str(candidate)
-    raise TokenizerNotFound(
-        "No LLaMA tokenizer given. Pass --tokenizer PATH, set `tokenizer:` in the config, "
-        f"or export {ENV_VAR}=/path/to/tokenizer.model (the Llama-2 SentencePiece model, "
-        f"sha256 {LLAMA2_SHA256[:8]}…{LLAMA2_SHA256[-4:]}; gated upstream, so it is never bundled)."
+class TokenizerNotFound(TokenizerError, RuntimeError):
+    """No tokenizer given, or nothing where one was named."""
+
+
+class TokenizerMismatch(TokenizerError):
+    """The tokenizer loaded is not the one pinned (by a manifest or ``--sha256``)."""
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without credentials: URL userinfo and secret query parameters removed."""
+    uri = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", uri)
+    return _SECRET_QUERY.sub(r"\1REDACTED", uri)
+
+
+def cache_dir() -> Path:
+    """``$ELM_DATA_CACHE``, else ``$XDG_CACHE_HOME/elm-data``, else ``~/.cache/elm-data``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "elm-data"
+
+
+def cached_path(sha256: str) -> Path:
+    return cache_dir() / "tokenizers" / f"{sha256}.model"
+
+
+def _index_path() -> Path:
+    return cache_dir() / "tokenizers" / "index.json"
+
+
+def _read_index() -> dict[str, str]:
+    try:
+        return json.loads(_index_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cache_model(proto: bytes, uri: str | None = None) -> Path | None:
+    """Keep ``proto`` in the cache under its sha256 (and remember ``uri``); None if the cache is not writable."""
+    sha = hashlib.sha256(proto).hexdigest()
+    path = cached_path(sha)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp.write_bytes(proto)
+            os.replace(tmp, path)
+        if uri and "://" in uri and not uri.startswith("file://"):
+            index = _read_index() | {public_uri(uri): sha}
+            tmp = _index_path().with_name(f".index.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+            os.replace(tmp, _index_path())
+    except OSError:
+        return None
+    return path
+
+
+def _absolute(uri: str) -> str:
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def _offline_hint(uri: str, error: BaseException) -> str:
+    why = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
+    return (
+        f"cannot fetch the tokenizer from {public_uri(uri)} ({why}). Online: accept the licence at "
+        f"{LLAMA2_LICENCE_PAGE}, run `huggingface-cli login`, then `elm-data tokenizer fetch`; "
+        f"offline: pass --tokenizer /path/to/tokenizer.model or export {ENV_VAR}=/path/to/tokenizer.model"
     )
+
+
+def _read_model(uri: str) -> bytes:
+    """The bytes at ``uri``; a remote URL falls back to the cache's copy of it when it cannot be reached."""
+    remote = "://" in uri and not uri.startswith(("file://", "memory://"))
+    try:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        if not remote:
+            raise TokenizerNotFound(f"tokenizer model not found at {public_uri(uri)!r}") from e
+        error: BaseException = e
+    except Exception as e:  # offline, gated, not logged in, no such protocol: one line, not a traceback
+        error = e
+    sha = _read_index().get(public_uri(uri))
+    if sha and cached_path(sha).exists():
+        return cached_path(sha).read_bytes()
+    raise TokenizerNotFound(_offline_hint(uri, error)) from error
+
+
+def _processor(proto: bytes, uri: str) -> spm.SentencePieceProcessor:
+    try:
+        return spm.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError as e:
+        raise TokenizerError(
+            f"{public_uri(uri)} is not a SentencePiece model ({len(proto):,} bytes that do not parse as one); "
+            f"point --tokenizer at the Llama-2 tokenizer.model ({_SHORT})"
+        ) from e
 
 
 class LlamaTokenizer:
     """SentencePiece LLaMA tokenizer with its provenance (uri, sha256).
 
+    ``uri`` is stored as it resolves: an absolute path or a URL without credentials.
     Encoding never adds BOS/EOS; sequence forming adds them.
     """
 
-    def __init__(self, uri: str, expected_sha256: str | None = None, num_threads: int = 1):
-        try:
-            with fsspec.open(uri, "rb") as f:
-                proto = f.read()
-        except FileNotFoundError as e:
-            raise TokenizerNotFound(f"tokenizer model not found at {uri!r}") from e
-        self.uri = uri
+    def __init__(self, uri: str, expected_sha256: str | None = None, num_threads: int = 1, proto: bytes | None = None):
+        uri = _absolute(str(uri))
+        proto = _read_model(uri) if proto is None else proto
+        self.uri = public_uri(uri)
         self.sha256 = hashlib.sha256(proto).hexdigest()
         if expected_sha256 and self.sha256 != expected_sha256:
-            raise ValueError(
-                f"tokenizer at {uri} has sha256 {self.sha256}, but {expected_sha256} was pinned"
+            raise TokenizerMismatch(
+                f"tokenizer at {self.uri} has sha256 {self.sha256}, but {expected_sha256} was pinned"
             )
+        self.sp = _processor(proto, uri)
         self._proto = proto
         self.num_threads = num_threads
-        self.sp = spm.SentencePieceProcessor(model_proto=proto)
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID
+        cache_model(proto, uri)
 
     @classmethod
-    def resolve(
-        cls, flag: str | None = None, config_value: str | None = None, **kwargs
-    ) -> LlamaTokenizer:
+    def resolve(cls, flag: str | None = None, config_value: str | None = None, **kwargs) -> LlamaTokenizer:
         return cls(resolve_tokenizer_uri(flag, config_value), **kwargs)
 
     def encode(self, text: str) -> list[int]:
@@ -90,3 +195,79 @@ class LlamaTokenizer:
         self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID
+
+
+def resolve_tokenizer_uri(flag: str | None = None, config_value: str | None = None) -> str:
+    """The first location given: ``--tokenizer`` flag, then config, then ``$ELM_DATA_TOKENIZER``."""
+    for candidate in (flag, config_value, os.environ.get(ENV_VAR)):
+        if candidate:
+            return str(candidate)
+    raise TokenizerNotFound(
+        "No LLaMA tokenizer given. Pass --tokenizer PATH, set `tokenizer:` in the config, "
+        f"or export {ENV_VAR}=/path/to/tokenizer.model (the Llama-2 SentencePiece model, {_SHORT}; "
+        "gated upstream, so it is never bundled: `elm-data tokenizer fetch` caches it once)."
+    )
+
+
+def _pinned(manifest_info: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    recorded = (manifest_info or {}).get("tokenizer") or {}
+    if isinstance(recorded, str):
+        recorded = {"uri": recorded}
+    return recorded.get("uri"), recorded.get("sha256")
+
+
+def resolve_tokenizer(
+    flag: str | None = None,
+    config: str | None = None,
+    manifest_info: dict[str, Any] | None = None,
+    *,
+    expected_sha256: str | None = None,
+    num_threads: int = 1,
+) -> LlamaTokenizer:
+    """The tokenizer every command uses: flag > config > ``$ELM_DATA_TOKENIZER`` > manifest's location > cache.
+
+    ``manifest_info`` is a manifest's ``manifest.json`` (``{"tokenizer": {"uri", "sha256"}}``): its sha256 is
+    the one the tokenizer loaded must have (:class:`TokenizerMismatch` otherwise), and when its recorded
+    location is gone the cache's copy with that sha256 is used. With nothing given, the cache's copy of the
+    pinned Llama-2 model is used. Raises :class:`TokenizerError` (one line) on any failure.
+    """
+    recorded_uri, recorded_sha = _pinned(manifest_info)
+    want = expected_sha256 or recorded_sha
+    explicit = flag or config or os.environ.get(ENV_VAR)
+    if explicit:
+        tok = LlamaTokenizer(str(explicit), num_threads=num_threads)
+        _check(tok, want, "the manifest" if recorded_sha and not expected_sha256 else "--sha256")
+        return tok
+    if recorded_uri:
+        try:
+            return LlamaTokenizer(recorded_uri, expected_sha256=want, num_threads=num_threads)
+        except TokenizerNotFound:
+            pass  # moved or offline: the cache may hold it by sha256
+    sha = want or LLAMA2_SHA256
+    if cached_path(sha).exists():
+        return LlamaTokenizer(str(cached_path(sha)), expected_sha256=sha, num_threads=num_threads)
+    if recorded_uri:
+        raise TokenizerNotFound(
+            f"the manifest's tokenizer {public_uri(recorded_uri)} is gone and no model with sha256 {sha[:12]}… is "
+            f"in {cached_path(sha).parent}; pass --tokenizer PATH or export {ENV_VAR}=PATH"
+        )
+    return LlamaTokenizer(resolve_tokenizer_uri(None, None), num_threads=num_threads)  # raises the one-line help
+
+
+def _check(tok: LlamaTokenizer, want: str | None, by: str) -> None:
+    if want and tok.sha256 != want:
+        raise TokenizerMismatch(
+            f"tokenizer {tok.uri} has sha256 {tok.sha256}, but {by} pins {want}; pass the tokenizer it was "
+            f"counted with (--tokenizer or ${ENV_VAR}) or rebuild the manifest"
+        )
+
+
+def fetch_tokenizer(uri: str = LLAMA2_HUB_URI, sha256: str | None = LLAMA2_SHA256) -> LlamaTokenizer:
+    """Download ``uri`` (default: the Llama-2 model on the hub) into the cache; a wrong sha256 is refused."""
+    if sha256 and cached_path(sha256).exists() and _read_index().get(public_uri(_absolute(uri))) == sha256:
+        return LlamaTokenizer(str(cached_path(sha256)), expected_sha256=sha256)
+    proto = _read_model(_absolute(uri))
+    got = hashlib.sha256(proto).hexdigest()
+    if sha256 and got != sha256:
+        raise TokenizerMismatch(f"{public_uri(uri)} has sha256 {got}, not the pinned {sha256}; refused (not cached)")
+    return LlamaTokenizer(uri, expected_sha256=sha256, proto=proto)

@@ -38,6 +38,7 @@ def test_missing_tokenizer_is_a_readable_error(tmp_path, monkeypatch):
     from elm_data.sources.sample import write_sample_corpus
 
     monkeypatch.delenv("ELM_DATA_TOKENIZER", raising=False)
+    monkeypatch.setenv("ELM_DATA_CACHE", str(tmp_path / "empty-cache"))  # nor a cached model by sha256
     mixture = write_sample_corpus(tmp_path / "s", scale=0.1)
     result = CliRunner().invoke(cli, ["build", "manifest", str(mixture), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0

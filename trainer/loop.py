@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint, set_rng_state
@@ -74,11 +74,8 @@ def seed_everything(seed: int) -> None:
 # ---- set-up pieces (also used by benchmarks/bench_trainer.py) ----------------------------------------------
 def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
     """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it."""
-    pinned = manifest.info.get("tokenizer") or {}
-    if isinstance(pinned, str):
-        pinned = {"uri": pinned}
-    try:
-        return LlamaTokenizer.resolve(config.tokenizer, pinned.get("uri"), expected_sha256=pinned.get("sha256"))
+    try:  # flag/config > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256
+        return resolve_tokenizer(None, config.tokenizer, manifest.info)
     except (ValueError, RuntimeError) as error:
         raise TrainingError(str(error)) from error
 
