@@ -78,7 +78,7 @@ class DroppedSamples:
 
     def to_jsonl(self) -> bytes:
         """The samples as UTF-8 JSONL, one record per line, in :meth:`records` order."""
-        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.records()).encode("utf-8")
+        return b"".join(_jsonl_line(record) for record in self.records())
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the samples as JSONL, atomically (temporary file, then rename)."""
@@ -93,6 +93,14 @@ class DroppedSamples:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+def _jsonl_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line in raw UTF-8; a record holding a lone surrogate is written with ASCII escapes (exact, valid)."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
 
 
 def merge_all(collectors: list[DroppedSamples]) -> DroppedSamples | None:

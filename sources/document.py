@@ -36,6 +36,7 @@ class Document:
 # Rejection reasons a reader may report (the bucket names used in manifests and logs).
 REJECT_MALFORMED_JSON = "malformed_json"
 REJECT_INVALID_UTF8 = "invalid_utf8"
+REJECT_INVALID_UNICODE = "invalid_unicode"  # valid JSON whose strings hold lone surrogate escapes ("\ud800")
 REJECT_MISSING_TEXT = "missing_text"
 REJECT_EMPTY_TEXT = "empty_text"
 REJECT_NOT_A_STRING = "text_not_string"

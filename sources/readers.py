@@ -8,18 +8,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 
-from elm_data.sources.document import Document, Rejection
-from elm_data.sources.readers_common import Select, ShardContext, fetched, sha256_of, size_of
+from elm_data.sources.document import REJECT_UNREADABLE, Document, Rejection
+from elm_data.sources.readers_common import (
+    HEAD_BYTES,
+    Select,
+    ShardContext,
+    UnsupportedFormat,
+    detect_format,
+    fetched,
+    open_binary,
+    sha256_of,
+    size_of,
+)
 from elm_data.sources.readers_jsonl import read_jsonl
 from elm_data.sources.readers_parquet import read_parquet
 from elm_data.sources.registry import FORMAT_PARQUET, get_subset
 
-__all__ = ["read_shard", "fetched", "sha256_of", "size_of", "shard_format"]
+__all__ = ["read_shard", "fetched", "sha256_of", "size_of", "shard_format", "shard_format_of", "detect_format"]
 
 
 def shard_format(uri: str, source: str, subset: str) -> str:
     """The reader format for ``uri``: the subset's registered format, or by extension where it has several."""
     return get_subset(source, subset).format_for(uri)
+
+
+def shard_format_of(uri: str, source: str, subset: str, name: str | None = None) -> str:
+    """The reader format of the file at ``uri`` from its first bytes (else its name, else the registry).
+
+    Raises FileNotFoundError when nothing is there, :class:`UnsupportedFormat` for foreign compressions.
+    """
+    with open_binary(uri) as f:
+        head = f.read(HEAD_BYTES)
+    return detect_format(head, name or uri, default=get_subset(source, subset).format_for(name or uri))
 
 
 def read_shard(
@@ -31,10 +51,14 @@ def read_shard(
     *,
     select: Callable[[int], bool] | Collection[int] | None = None,
     local_path: str | None = None,
+    first_index: int = 0,
+    fmt: str | None = None,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
-    The format comes from the registry (by file extension for the Pile). ``shard_sha256`` is
+    The format comes from the file's first bytes (:func:`detect_format`: gzip, zstd and parquet
+    magic, or JSON text, whatever the name says), else from the registry (by file extension for
+    the Pile). ``shard_sha256`` is
     computed (streamed) when not given. ``skip`` drops the first N records cheaply; indices
     stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
     input becomes a Rejection with its location and reason.
@@ -49,7 +73,9 @@ def read_shard(
     selection accounts only for what it reads: use a full read to account for every record.
 
     ``local_path``: read the bytes from this local copy of ``uri`` (see :func:`fetched`); documents
-    and rejections still name ``uri``.
+    and rejections still name ``uri``. ``first_index``: a plain-JSONL ``local_path`` that starts at a
+    record boundary inside the shard (a block, see ``sources.blocks``) holds records from this index on.
+    ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
     """
     spec = get_subset(source, subset)
     if skip < 0:
@@ -57,9 +83,13 @@ def read_shard(
     chosen: Select | None = None
     if select is not None:
         chosen = select if callable(select) else frozenset(select).__contains__
-    fmt = spec.format_for(uri)
-    ctx = ShardContext(spec=spec, uri=uri, sha256=shard_sha256 or sha256_of(local_path or uri), local_path=local_path)
-    ctx.open().close()  # fail early and clearly when the file is missing
+    sha256 = shard_sha256 or sha256_of(local_path or uri)
+    ctx = ShardContext(spec=spec, uri=uri, sha256=sha256, local_path=local_path, first_index=first_index)
+    if fmt is None:
+        try:
+            fmt = shard_format_of(local_path or uri, source, subset, name=uri)
+        except UnsupportedFormat as err:
+            return iter([ctx.reject(-1, REJECT_UNREADABLE, f"{err} (row count unknowable)")])
     if fmt == FORMAT_PARQUET:
         return read_parquet(ctx, skip, chosen)
     return read_jsonl(ctx, fmt, skip, chosen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,6 +30,51 @@ from elm_data.sources.registry import SubsetSpec
 HASH_CHUNK = 8 * 1024 * 1024  # 8 MiB
 
 Select = Callable[[int], bool]  # which record indices a reader decodes (see read_shard's ``select``)
+
+HEAD_BYTES = 64  # bytes of a file's start that :func:`detect_format` looks at
+UTF8_BOM = b"\xef\xbb\xbf"
+_MAGIC = ((b"\x1f\x8b", "jsonl.gz"), (b"\x28\xb5\x2f\xfd", "jsonl.zst"), (b"PAR1", "parquet"))
+_FOREIGN = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"), (b"\x04\x22\x4d\x18", "lz4"))
+_BY_SUFFIX = ((".parquet", "parquet"), (".gz", "jsonl.gz"), (".gzip", "jsonl.gz"), (".zst", "jsonl.zst"),
+              (".zstd", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"))  # fmt: skip
+
+
+class UnsupportedFormat(ValueError):
+    """The bytes are in a format no reader handles (e.g. xz or bzip2 compressed), whatever the name says."""
+
+
+def format_by_name(name: str) -> str | None:
+    """The reader format a file name claims by its extension, or None when it names none."""
+    lower = name.lower()
+    return next((fmt for suffix, fmt in _BY_SUFFIX if lower.endswith(suffix)), None)
+
+
+def _zstd_skippable(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
+
+
+def detect_format(head: bytes, name: str, default: str | None = None) -> str:
+    """The reader format of a file from its first bytes: ``"parquet" | "jsonl" | "jsonl.gz" | "jsonl.zst"``.
+
+    Magic bytes win over the name (gzip ``1f8b``, zstd ``28b52ffd`` or a skippable frame, parquet
+    ``PAR1``); bytes that start like a JSON object (after an optional UTF-8 BOM and whitespace) are
+    plain JSON Lines whatever the name says; anything else is what the name's extension claims
+    (:func:`format_by_name`), else ``default`` (e.g. the registry's format), else ``"jsonl"``, so the
+    reader of that format reports the damage. Raises :class:`UnsupportedFormat` for xz, bzip2, zip
+    or lz4 bytes.
+    """
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if _zstd_skippable(head):
+        return "jsonl.zst"
+    for magic, kind in _FOREIGN:
+        if head.startswith(magic):
+            raise UnsupportedFormat(f"{kind}-compressed bytes (magic {magic.hex()}), not a supported shard format")
+    text = head[len(UTF8_BOM) :] if head.startswith(UTF8_BOM) else head
+    if text.lstrip(b" \t\r\n").startswith(b"{"):
+        return "jsonl"
+    return format_by_name(name) or default or "jsonl"
 
 
 def open_binary(uri: str) -> BinaryIO:
@@ -102,9 +148,21 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+def _as_object(value: Any) -> Any:
+    """``value``, or the object it encodes when it is a JSON object serialized as a string."""
+    if isinstance(value, str) and value[:1] == "{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _lookup(record: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path; a level stored as a JSON string (``"meta": "{...}"``) is parsed."""
     value: Any = record
     for part in dotted.split("."):
+        value = _as_object(value)
         if not isinstance(value, dict):
             return None
         value = value.get(part)
@@ -123,6 +181,7 @@ class ShardContext:
     uri: str
     sha256: str
     local_path: str | None = None
+    first_index: int = 0  # records that precede the bytes of ``local_path`` (a JSONL block view starts mid-shard)
 
     def open(self) -> BinaryIO:
         return open_binary(self.local_path or self.uri)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
 from elm_data.sources.document import (
+    REJECT_INVALID_UNICODE,
     REJECT_INVALID_UTF8,
     REJECT_MALFORMED_JSON,
     REJECT_TRUNCATED,
@@ -24,18 +26,36 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import Select, ShardContext
+from elm_data.sources.readers_common import UTF8_BOM, Select, ShardContext
 
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class StreamBroken(Exception):
-    """The byte stream could not be read to its end; ``reason`` is a rejection reason."""
+    """The byte stream could not be read to its end; ``reason`` is a rejection reason.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    ``count`` is how many records the rejection stands for: 1 when records may be lost (count
+    unknowable), 0 when every record was read (trailing garbage, an empty file).
+    """
+
+    def __init__(self, reason: str, detail: str, count: int = 1) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.count = count
+
+
+def _empty(kind: str) -> StreamBroken:
+    detail = f"empty file (0 bytes): a {kind} shard holds at least a header (a failed download?)"
+    return StreamBroken(REJECT_UNREADABLE, detail, count=0)
+
+
+def _trailing(kind: str, start: str) -> StreamBroken:
+    detail = f"trailing garbage after the last complete {kind} ({start}); every record before it was read"
+    return StreamBroken(REJECT_UNREADABLE, detail, count=0)
 
 
 def _plain_chunks(raw: BinaryIO) -> Iterator[bytes]:
@@ -45,6 +65,12 @@ def _plain_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decompress through :mod:`gzip` (members back to back included), yielding all that precedes a break."""
+    head = raw.read(2)
+    if not head:
+        raise _empty("gzip")
+    if head != GZIP_MAGIC:
+        raise StreamBroken(REJECT_UNREADABLE, f"not gzip data (starts {head.hex()})")
+    raw.seek(0)
     try:
         with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
             while chunk := stream.read1(READ_CHUNK):
@@ -52,31 +78,47 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
     except EOFError as err:
         detail = "gzip stream ended before its end-of-stream marker (file truncated)"
         raise StreamBroken(REJECT_TRUNCATED, detail) from err
-    except (gzip.BadGzipFile, zlib.error) as err:
+    except gzip.BadGzipFile as err:  # "Not a gzipped file (b'..')" is only raised where a member would start
+        if str(err).startswith("Not a gzipped file"):
+            raise _trailing(
+                "gzip member", "starts " + str(err).removeprefix("Not a gzipped file").strip(" ()")
+            ) from err
+        raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
+    except zlib.error as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
 
 
+def _zstd_frame_start(data: bytes) -> bool:
+    """Whether ``data`` starts a zstd frame (a data frame or a skippable one)."""
+    return data.startswith(ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18")
+
+
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    """Decompress zstd frames back to back; bytes after the last frame that start no frame are trailing garbage."""
     dctx = zstandard.ZstdDecompressor()
-    dobj = dctx.decompressobj()
-    in_frame = False
+    data = raw.read(READ_CHUNK)
+    if not data:
+        raise _empty("zstd")
+    frames = 0
     try:
-        while data := raw.read(READ_CHUNK):
-            while data:
-                in_frame = True
-                out = dobj.decompress(data)
-                if out:
+        while data:
+            while len(data) < 4 and (more := raw.read(READ_CHUNK)):
+                data += more
+            if not _zstd_frame_start(data):
+                if frames:
+                    raise _trailing("zstd frame", f"starts {data[:8].hex()}")
+                raise StreamBroken(REJECT_UNREADABLE, f"not zstd data (starts {data[:8].hex()})")
+            dobj = dctx.decompressobj()
+            while not dobj.eof:
+                if not data:
+                    raise StreamBroken(REJECT_TRUNCATED, "zstd stream ended inside a frame (file truncated)")
+                if out := dobj.decompress(data):
                     yield out
-                if dobj.eof:  # frame complete: the rest of `data` starts the next frame
-                    data = dobj.unused_data
-                    dobj = dctx.decompressobj()
-                    in_frame = False
-                else:
-                    data = b""
+                data = b"" if dobj.eof else raw.read(READ_CHUNK)
+            frames += 1
+            data = dobj.unused_data or raw.read(READ_CHUNK)
     except zstandard.ZstdError as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt zstd stream: {err}") from err
-    if in_frame:
-        raise StreamBroken(REJECT_TRUNCATED, "zstd stream ended inside a frame (file truncated)")
 
 
 _CHUNKERS = {"jsonl": _plain_chunks, "jsonl.gz": _gzip_chunks, "jsonl.zst": _zstd_chunks}
@@ -88,24 +130,52 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
     A line longer than a chunk is gathered piecewise and joined once (linear in its length).
     """
     carry: list[bytes] = []
-    for chunk in chunks:
-        parts = chunk.split(b"\n")
-        if len(parts) == 1:
-            carry.append(chunk)
-            continue
-        if carry:
-            carry.append(parts[0])
-            parts[0] = b"".join(carry)
-        last = parts.pop()
-        carry = [last] if last else []
-        for part in parts:
-            yield part, True
+    try:
+        for chunk in chunks:
+            parts = chunk.split(b"\n")
+            if len(parts) == 1:
+                carry.append(chunk)
+                continue
+            if carry:
+                carry.append(parts[0])
+                parts[0] = b"".join(carry)
+            last = parts.pop()
+            carry = [last] if last else []
+            for part in parts:
+                yield part, True
+    except StreamBroken as broken:
+        if broken.count == 0 and (tail := b"".join(carry)):  # the stream is complete: so is its last line
+            yield tail, False
+        raise
     if tail := b"".join(carry):
         yield tail, False
 
 
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """Where in a parsed JSON value a string holds a lone surrogate (not encodable as UTF-8), or None."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found is None:
+            return None
+        where = path.encode("utf-8", "backslashreplace").decode("ascii")  # a key may hold one too
+        return f"U+{ord(found.group()):04X} in {where or 'the record'} at character {found.start()}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if found := _lone_surrogate(key, f"a key of {path or 'the record'}"):
+                return found
+            if found := _lone_surrogate(item, f"{path}.{key}" if path else str(key)):
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _lone_surrogate(item, f"{path}[{i}]"):
+                return found
+    return None
+
+
 def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejection:
     """One raw JSONL line into a Document or a Rejection."""
+    if line.startswith(UTF8_BOM):  # a BOM opening the file (or a file concatenated into it)
+        line = line[len(UTF8_BOM) :]
     try:
         decoded = line.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -117,6 +187,8 @@ def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejecti
         return ctx.reject(index, REJECT_MALFORMED_JSON, detail)
     if not isinstance(record, dict):
         return ctx.reject(index, REJECT_MALFORMED_JSON, f"a JSON {type(record).__name__}, not an object")
+    if (b"\\ud" in line or b"\\uD" in line) and (where := _lone_surrogate(record, "")):  # only \uD800-\uDFFF can
+        return ctx.reject(index, REJECT_INVALID_UNICODE, f"lone surrogate escape: {where}")
     field = ctx.spec.text_field
     present = field in record
     text = record.pop(field, None)
@@ -135,7 +207,7 @@ def read_jsonl(
     """
     with ctx.open() as raw:
         chunks = _CHUNKERS[fmt](raw)
-        index = 0
+        index = ctx.first_index
         pending: bytes | None = None  # a final line without newline, held until the stream ends cleanly
         try:
             for chunk in chunks if skip > 0 else ():  # drop `skip` raw lines by counting newlines
@@ -157,6 +229,12 @@ def read_jsonl(
                     yield parse_line(ctx, index, line[:-1] if line.endswith(b"\r") else line)
                 index += 1
         except StreamBroken as broken:
+            if broken.count == 0:  # the records are all there (trailing garbage, empty file): the last one too
+                if pending is not None and (select is None or select(index)):
+                    yield parse_line(ctx, index, pending)
+                index += pending is not None
+                yield ctx.reject(index, broken.reason, f"{broken.detail}; {index} lines read", count=0)
+                return
             lost = "the partial line here and any records after it" if pending else "any records after this line"
             yield ctx.reject(
                 index,

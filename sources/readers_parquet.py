@@ -34,6 +34,13 @@ EXPECTED_COLUMNS: dict[str, pa.Schema] = {
 }
 
 
+def _is_text(t: pa.DataType) -> bool:
+    """Whether values of ``t`` are Python strings: string, large_string, string_view, or a dictionary of them."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def schema_problem(schema: pa.Schema, key: str, text_field: str) -> str | None:
     """Why ``schema`` cannot be read as subset ``key``, or None when it can."""
     expected = EXPECTED_COLUMNS.get(key, pa.schema([(text_field, pa.string())]))
@@ -41,19 +48,21 @@ def schema_problem(schema: pa.Schema, key: str, text_field: str) -> str | None:
     if missing:
         return f"missing column(s) {missing}; file has {schema.names}"
     text_type = schema.field(text_field).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+    if not _is_text(text_type):
         return f"text column {text_field!r} is {text_type}, expected string"
     return None
 
 
 def _plain_json(t: pa.DataType) -> bool:
     """Whether to_pylist() of this type is already JSON-safe (strings, numbers, bools, lists/structs of them)."""
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if pa.types.is_dictionary(t):
+        return _plain_json(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
         return _plain_json(t.value_type)
     if pa.types.is_struct(t):
         return all(_plain_json(t.field(i).type) for i in range(t.num_fields))
     return (
-        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+        _is_text(t) or pa.types.is_integer(t)
         or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
     )  # fmt: skip
 
@@ -65,61 +74,99 @@ def _column_values(batch: pa.RecordBatch, name: str) -> list:
     return values if _plain_json(column.type) else [json_safe(v) for v in values]
 
 
-class _RowUnreadable(Exception):
-    def __init__(self, index: int, err: Exception) -> None:
-        super().__init__(str(err))
-        self.index = index
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)  # ValueError includes UnicodeDecodeError
 
 
-def _selected_rows(
-    ctx: ShardContext, parquet: pq.ParquetFile, groups: list[int], first_row: int, skip: int, select: Select
+def _groups_from(metadata: pq.FileMetaData, skip: int) -> list[tuple[int, int, int]]:
+    """``(row group, first row, end row)`` of every row group holding a row at or after ``skip``."""
+    groups, start = [], 0
+    for g in range(metadata.num_row_groups):
+        end = start + metadata.row_group(g).num_rows
+        if end > skip:
+            groups.append((g, start, end))
+        start = end
+    return groups
+
+
+def _group_unreadable(ctx: ShardContext, g: int, index: int, end: int, err: object) -> Rejection:
+    """One rejection for the rows of row group ``g`` from ``index`` on; the other row groups are still read."""
+    reason = " ".join(str(err).split())
+    detail = f"parquet row group {g} unreadable from row {index} (its rows {index}..{end - 1}): {reason}"
+    return ctx.reject(index, REJECT_UNREADABLE, detail, count=end - index)
+
+
+def _group_rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, group: tuple[int, int, int], skip: int, at: list[int]
 ) -> Iterator[Document | Rejection]:
-    """The rows ``select`` accepts, from row ``skip`` on; a row group with none of them is never read."""
+    """Every row of one row group from row ``skip`` on; ``at[0]`` follows the next row's index."""
+    g, start, end = group
+    text_field = ctx.spec.text_field
+    other_columns = [n for n in parquet.schema_arrow.names if n != text_field]
+    to_slice = max(0, skip - start)
+    at[0] = start + to_slice
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False):
+        if to_slice:
+            cut = min(to_slice, batch.num_rows)
+            batch, to_slice = batch.slice(cut), to_slice - cut
+        texts = batch.column(text_field).to_pylist()
+        columns = {name: _column_values(batch, name) for name in other_columns}
+        for row, text in enumerate(texts):
+            index = at[0]
+            bad = ctx.check_text(index, text)
+            yield bad if bad is not None else ctx.document(index, text, {n: v[row] for n, v in columns.items()})
+            at[0] = index + 1
+    if at[0] < end:
+        raise ValueError(f"row group {g} holds fewer rows than its metadata says ({end - start})")
+
+
+def _selected_group_rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, group: tuple[int, int, int], skip: int, select: Select, at: list[int]
+) -> Iterator[Document | Rejection]:
+    """The rows of one row group that ``select`` accepts, from row ``skip`` on; unread when it accepts none."""
+    g, start, end = group
     spec = ctx.spec
     schema = parquet.schema_arrow
     plain = {n: _plain_json(schema.field(n).type) for n in schema.names if n != spec.text_field}
-    group_start = first_row
-    for g in groups:
-        group_end = group_start + parquet.metadata.row_group(g).num_rows
-        batches: Iterator[pa.RecordBatch] | None = None
-        batch: pa.RecordBatch | None = None
-        batch_start = batch_end = group_start
-        for index in range(max(group_start, skip), group_end):
-            if not select(index):
-                continue
-            try:
-                if batches is None:
-                    batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False)
-                while index >= batch_end:
-                    batch = next(batches, None)
-                    if batch is None:
-                        raise ValueError(f"row group {g} holds fewer rows than its metadata says")
-                    batch_start, batch_end = batch_end, batch_end + batch.num_rows
-            except (pa.ArrowException, OSError, ValueError) as err:
-                raise _RowUnreadable(index, err) from err
-            row = index - batch_start
-            text = batch.column(spec.text_field)[row].as_py()
-            bad = ctx.check_text(index, text)
-            if bad is not None:
-                yield bad
-                continue
-            meta = {}
-            for name, is_plain in plain.items():
-                value = batch.column(name)[row].as_py()
-                meta[name] = value if is_plain else json_safe(value)
-            yield ctx.document(index, text, meta)
-        group_start = group_end
+    batches: Iterator[pa.RecordBatch] | None = None
+    batch: pa.RecordBatch | None = None
+    batch_start = batch_end = start
+    for index in range(max(start, skip), end):
+        if not select(index):
+            continue
+        at[0] = index
+        if batches is None:
+            batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False)
+        while index >= batch_end:
+            batch = next(batches, None)
+            if batch is None:
+                raise ValueError(f"row group {g} holds fewer rows than its metadata says ({end - start})")
+            batch_start, batch_end = batch_end, batch_end + batch.num_rows
+        row = index - batch_start
+        text = batch.column(spec.text_field)[row].as_py()
+        bad = ctx.check_text(index, text)
+        if bad is not None:
+            yield bad
+            continue
+        meta = {}
+        for name, is_plain in plain.items():
+            value = batch.column(name)[row].as_py()
+            meta[name] = value if is_plain else json_safe(value)
+        yield ctx.document(index, text, meta)
 
 
 def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None) -> Iterator[Document | Rejection]:
-    """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts)."""
+    """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts).
+
+    A row group that cannot be read costs one rejection counting its rows from where it broke;
+    the other row groups are read as usual.
+    """
     spec = ctx.spec
     with ctx.open() as raw:
         try:
             parquet = pq.ParquetFile(raw)
             metadata = parquet.metadata
             schema = parquet.schema_arrow
-        except (pa.ArrowException, OSError, ValueError) as err:
+        except _READ_ERRORS as err:
             yield ctx.reject(-1, REJECT_UNREADABLE, f"not a readable parquet file: {err} (row count unknowable)")
             return
         num_rows = metadata.num_rows
@@ -128,51 +175,13 @@ def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None)
             if num_rows > skip:
                 yield ctx.reject(max(skip, 0), REJECT_SCHEMA, problem, count=num_rows - max(skip, 0))
             return
-
-        # Drop whole row groups covered by `skip`, then slice inside the first group read.
-        groups, first_row = [], 0
-        for g in range(metadata.num_row_groups):
-            rows = metadata.row_group(g).num_rows
-            if first_row + rows <= skip:
-                first_row += rows
+        for group in _groups_from(metadata, skip):
+            at = [max(group[1], skip)]
+            if select is None:
+                rows = _group_rows(ctx, parquet, group, skip, at)
             else:
-                groups = list(range(g, metadata.num_row_groups))
-                break
-        if not groups:
-            return
-        if select is not None:
+                rows = _selected_group_rows(ctx, parquet, group, skip, select, at)
             try:
-                yield from _selected_rows(ctx, parquet, groups, first_row, skip, select)
-            except _RowUnreadable as broken:
-                yield ctx.reject(
-                    broken.index,
-                    REJECT_UNREADABLE,
-                    f"parquet data unreadable from row {broken.index}: {broken}",
-                    count=num_rows - broken.index,
-                )
-            return
-        to_slice = skip - first_row
-        index = first_row
-        other_columns = [n for n in schema.names if n != spec.text_field]
-        try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, use_threads=False):
-                if to_slice:
-                    cut = min(to_slice, batch.num_rows)
-                    batch, to_slice, index = batch.slice(cut), to_slice - cut, index + cut
-                texts = batch.column(spec.text_field).to_pylist()
-                columns = {name: _column_values(batch, name) for name in other_columns}
-                for row, text in enumerate(texts):
-                    bad = ctx.check_text(index, text)
-                    if bad is not None:
-                        yield bad
-                    else:
-                        meta = {name: values[row] for name, values in columns.items()}
-                        yield ctx.document(index, text, meta)
-                    index += 1
-        except (pa.ArrowException, OSError, ValueError) as err:
-            yield ctx.reject(
-                index,
-                REJECT_UNREADABLE,
-                f"parquet data unreadable from row {index}: {err}",
-                count=num_rows - index,
-            )
+                yield from rows
+            except _READ_ERRORS as err:
+                yield _group_unreadable(ctx, group[0], at[0], group[2], err)

@@ -1,0 +1,153 @@
+"""Files that lie or are odd (issue 11, section 2), through the real readers and through a manifest build.
+
+Each class ends as data read exactly, as counted rejections with location and reason, or as a build
+failure naming the file; never a crash, a phantom record or a silent loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import yaml
+from odd_files import REJECT_INVALID_UNICODE, write_odd_files
+
+from elm_data.sources.document import Document, Rejection
+from elm_data.sources.readers import read_shard
+
+CLASSES = {
+    "lone_surrogate", "gzip_named_jsonl", "zstd_named_jsonl", "plain_named_gz", "parquet_named_zst",
+    "xz_named_jsonl", "empty_gzip", "empty_zstd", "empty_jsonl", "parquet_dictionary_text",
+    "parquet_string_view_text", "parquet_dictionary_columns", "meta_as_json_string", "parquet_corrupt_row_group",
+    "gzip_trailing_garbage", "gzip_trailing_garbage_no_newline", "zstd_trailing_garbage",
+    "zstd_trailing_short_garbage", "bom_jsonl", "bom_gzip",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    return write_odd_files(tmp_path_factory.mktemp("odd"))
+
+
+def _split(items):
+    docs = [i for i in items if isinstance(i, Document)]
+    return docs, [i for i in items if isinstance(i, Rejection)]
+
+
+def test_the_corpus_has_every_class(odd):
+    from elm_data.sources import document
+
+    assert set(odd) == CLASSES
+    assert document.REJECT_INVALID_UNICODE == REJECT_INVALID_UNICODE
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_each_odd_file_reads_exactly_or_is_rejected_with_its_location(odd, name):
+    f = odd[name]
+    docs, rejections = _split(list(read_shard(str(f.path), f.source, f.subset)))
+    assert [d.text for d in docs] == list(f.texts)
+    assert [(r.index, r.reason, r.count) for r in rejections] == list(f.rejections)
+    assert len(docs) + sum(r.count for r in rejections) == f.records  # nothing lost, nothing invented
+    for r in rejections:
+        assert r.shard_uri == str(f.path) and r.detail
+        r.detail.encode("utf-8")  # a detail never carries the bad characters on
+    for d in docs:
+        d.text.encode("utf-8")
+        json.dumps(d.metadata, ensure_ascii=False).encode("utf-8")
+    if f.native_ids is not None:
+        assert [d.provenance.native_id for d in docs] == list(f.native_ids)
+        assert [d.provenance.doc_id for d in docs] == list(f.native_ids)
+    if f.licences is not None:
+        assert [d.provenance.licence for d in docs] == list(f.licences)
+
+
+def test_rejection_details_name_what_is_wrong(odd):
+    def details(name):
+        f = odd[name]
+        return [r.detail for r in read_shard(str(f.path), f.source, f.subset) if isinstance(r, Rejection)]
+
+    assert all("surrogate" in d for d in details("lone_surrogate"))
+    assert "U+D800 in text" in details("lone_surrogate")[0] and "meta.title" in details("lone_surrogate")[1]
+    assert "xz" in details("xz_named_jsonl")[0]
+    for name in ("empty_gzip", "empty_zstd"):
+        assert "empty file (0 bytes)" in details(name)[0]
+    assert "row group 1" in details("parquet_corrupt_row_group")[0]
+    for name in ("gzip_trailing_garbage", "zstd_trailing_garbage", "zstd_trailing_short_garbage"):
+        assert "trailing garbage" in details(name)[0]
+
+
+def test_selected_reads_give_the_items_of_a_full_read(odd):
+    for name in ("parquet_corrupt_row_group", "gzip_trailing_garbage_no_newline", "lone_surrogate", "bom_jsonl"):
+        f = odd[name]
+        full = list(read_shard(str(f.path), f.source, f.subset))
+        docs = [d.provenance.index for d in full if isinstance(d, Document)]
+        chosen = set(docs[-2:])
+        picked, _ = _split(read_shard(str(f.path), f.source, f.subset, select=chosen))
+        assert [d.provenance.index for d in picked] == sorted(chosen), name
+        tail, _ = _split(read_shard(str(f.path), f.source, f.subset, skip=docs[-1]))
+        assert [d.text for d in tail] == [f.texts[-1]], name
+
+
+def test_detect_format_by_magic_then_json_then_name():
+    from elm_data.sources.readers_common import UnsupportedFormat, detect_format
+
+    assert detect_format(b"\x1f\x8b\x08\x00", "a.jsonl") == "jsonl.gz"
+    assert detect_format(b"\x28\xb5\x2f\xfd", "a.parquet") == "jsonl.zst"
+    assert detect_format(b"\x50\x2a\x4d\x18\x04\x00", "a.jsonl") == "jsonl.zst"  # a zstd skippable frame
+    assert detect_format(b"PAR1\x15\x04", "a.jsonl.zst") == "parquet"
+    assert detect_format(b'\xef\xbb\xbf  {"text"', "a.json.gz") == "jsonl"
+    assert detect_format(b"not gzip", "a.json.gz") == "jsonl.gz"  # the gzip reader reports it unreadable
+    assert detect_format(b"", "a.jsonl.zst") == "jsonl.zst"
+    assert detect_format(b"", "shard-0001", default="parquet") == "parquet"
+    assert detect_format(b"garbage", "shard-0001") == "jsonl"
+    with pytest.raises(UnsupportedFormat, match="bzip2"):
+        detect_format(b"BZh91AY", "a.jsonl")
+
+
+def test_dropped_samples_write_lone_surrogates_safely(tmp_path):
+    from elm_data.pipeline.dropped import DroppedSamples
+
+    samples = DroppedSamples(2)
+    samples.offer("filtered:short", ("s", 0), {"text": "bad \ud800 text", "index": 0})
+    samples.offer("filtered:short", ("s", 1), {"text": "caf\u00e9", "index": 1})
+    lines = samples.write(tmp_path / "dropped.jsonl").read_bytes().decode("utf-8").splitlines()
+    assert [json.loads(line)["text"] for line in lines] == ["bad \ud800 text", "caf\u00e9"]  # exact, escaped
+    assert "café" in lines[1]  # records without a surrogate keep their raw UTF-8
+
+
+def _mixture(odd, path):
+    sources = [{"source": f.source, "subset": f.subset, "shards": [str(f.path)]} for f in odd.values()]
+    path.write_text(yaml.safe_dump({"sources": sources}))
+    return path
+
+
+def test_manifest_build_fails_naming_each_damaged_file_then_accounts_for_every_record(odd, tokenizer_path, tmp_path):
+    from elm_data.manifests.build import BuildFailed, build_manifest
+    from elm_data.manifests.manifest import Manifest
+
+    mixture = _mixture(odd, tmp_path / "mixture.yaml")
+    with pytest.raises(BuildFailed) as failed:
+        build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, workers=1, dropped_samples=5)
+    assert {uri for uri, _ in failed.value.failures} == {str(f.path) for f in odd.values() if f.damaged}
+    assert all("damaged shard" in message for _, message in failed.value.failures)
+    assert not (tmp_path / "m").exists()
+
+    build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, workers=1, accept_damaged=True,
+                   dropped_samples=5)  # fmt: skip
+    manifest = Manifest(tmp_path / "m")
+    by_uri = {f"{f.path}": f for f in odd.values()}
+    for record in manifest.shards:
+        f = by_uri[record.uri]
+        expected = Counter()
+        for _, reason, count in f.rejections:
+            expected[reason] += count
+        assert record.rejected_by_reason == dict(sorted(expected.items())), f.name
+        assert record.docs_kept + record.docs_filtered == len(f.texts), f.name
+        assert record.docs_read == record.docs_kept + record.docs_filtered + record.docs_rejected == f.records, f.name
+        ledger = manifest.documents(record.shard).to_pylist()
+        assert sum(row["count"] for row in ledger) == f.records, f.name
+        rejected = [(row["index"], row["reason"], row["count"]) for row in ledger if row["status"] == "rejected"]
+        assert rejected == list(f.rejections), f.name
+    dropped = (tmp_path / "m" / "dropped_samples.jsonl").read_bytes().decode("utf-8")
+    assert "rejected" in dropped and "invalid_unicode" in dropped and "lone surrogate escape" in dropped
