@@ -93,3 +93,39 @@ def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None) -> None:
     except (AuditError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(report.to_json() if fmt == "json" else report.format_table())
+
+
+@click.command("train")
+@click.argument("matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for results.csv, results.json, cells.jsonl and the plots (must not hold a matrix).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Manifest directory feeding every cell (else the matrix's `manifest:`).",
+)
+@click.option("--device", default=None, help="Override the matrix's device (auto, cpu, cuda).")
+@click.option(
+    "--tokenizer", default=None, help="Tokenizer path/URL (else the matrix, the manifest, $ELM_DATA_TOKENIZER)."
+)
+def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device: str | None, tokenizer: str | None):
+    """Sweep a training-efficiency matrix: tokens/s, MFU, memory, loader stall, loss per dollar per cell.
+
+    Cells that cannot run here (no kernel, OOM, too few processes, no CUDA) are recorded with their reason.
+    See trainer/configs/bench_matrix.yaml and docs/trainer.md.
+    """
+    from .efficiency import Matrix, MatrixError, run_matrix
+
+    try:
+        matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
+        result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo)
+    except (MatrixError, ConfigError, TrainingError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
+    click.echo(f"{len(result.rows)} cells ({counts}): {result.out_dir}")
