@@ -10,6 +10,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data export hf CHECKPOINT OUT_DIR     model/cli.py
     elm-data train CONFIG.yaml                trainer/cli.py
     elm-data audit-run RUN_DIR                trainer/cli.py
+    elm-data bench train MATRIX.yaml          trainer/cli.py (trainer/efficiency.py)
     elm-data demo [OUT_DIR]                   elm_data/demo.py
     elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
 """
@@ -41,6 +42,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "fetch": ("elm_data.pipeline.tokenizer_cli", "fetch", "Cache the LLaMA tokenizer by sha256."),
         "show": ("elm_data.pipeline.tokenizer_cli", "show", "Say which tokenizer the commands resolve, and the cache."),
     },
+    "bench": {"train": ("elm_data.trainer.cli", "bench_train", "Sweep a training-efficiency matrix (tokens/s, MFU).")},
     "export": {
         "croissant": ("elm_data.manifests.cli", "export_croissant", "Write a manifest as Croissant 1.1 JSON-LD."),
         "hf": ("elm_data.model.cli", "export_hf", "Write a checkpoint in the apple/OpenELM Hugging Face layout."),
@@ -92,6 +94,11 @@ def build() -> None:
 @cli.group(cls=LazyGroup, lazy=COMMANDS["export"])
 def export() -> None:
     """Export a manifest (Croissant) or a checkpoint (Hugging Face)."""
+
+
+@cli.group(cls=LazyGroup, lazy=COMMANDS["bench"])
+def bench() -> None:
+    """Measure: training efficiency across a matrix of settings."""
 
 
 @cli.group(cls=LazyGroup, lazy=COMMANDS["tokenizer"])
