@@ -13,6 +13,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data bench train MATRIX.yaml          trainer/cli.py (trainer/efficiency.py)
     elm-data demo [OUT_DIR]                   elm_data/demo.py
     elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
+    elm-data init openelm DIR                 manifests/openelm_cli.py
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
         "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
         "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
+        "init": ("elm_data.manifests.openelm_cli", "init", "Write OpenELM's mixture naming the real upstream shards."),
     },
     "build": {
         "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),

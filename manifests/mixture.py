@@ -13,9 +13,16 @@ Example::
         subset: arxiv
         weight: 28                  # optional mixing weight; omitted = natural proportion
         shards: ["redpajama/arxiv/arxiv_*.jsonl"]   # paths relative to this file, globs or URLs
+      - source: dolma
+        subset: wiki
+        shards_from: hf://datasets/allenai/dolma/urls/v1_6.txt   # a URL-list file, local or remote
+        match: "*/wiki/*"           # keep the listed URLs matching this fnmatch pattern
+        revision: main              # the hub commit every hf:// path of the entry is read at
+        fraction: 0.01              # optional: 1% of the entry's shards, evenly spaced
 
 Relative shard paths resolve against the YAML file's folder; globs expand through fsspec
-and are sorted, so a mixture always names the same shards in the same order.
+and are sorted, so a mixture always names the same shards in the same order
+(``manifests/shard_lists.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import yaml
 
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 
+from .shard_lists import entry_shards
+
 
 @dataclass(frozen=True)
 class MixtureEntry:
@@ -37,6 +46,24 @@ class MixtureEntry:
     subset: str
     shards: tuple[str, ...]
     weight: float | None = None
+    shards_from: tuple[str, ...] = ()  # URL-list files
+    revision: str | None = None  # hub commit for the entry's hf:// paths
+    match: str | None = None  # fnmatch filter on the listed URLs
+    fraction: float | None = None  # keep this share of the shards, evenly spaced
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _fraction(i: int, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"sources[{i}].fraction: expected a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -64,17 +91,21 @@ class MixtureConfig:
             raise ValueError("mixture config has no `sources:` list")
         entries = []
         for i, item in enumerate(raw["sources"]):
-            missing = {"source", "shards"} - set(item)
+            missing = {"source"} - set(item)
+            if not missing and not (item.get("shards") or item.get("shards_from")):
+                missing = {"shards (or shards_from)"}
             if missing:
                 raise ValueError(f"sources[{i}] lacks {sorted(missing)}")
-            shards = item["shards"]
-            shards = [shards] if isinstance(shards, str) else list(shards)
             entries.append(
                 MixtureEntry(
                     source=str(item["source"]),
                     subset=str(item.get("subset") or "default"),
-                    shards=tuple(shards),
+                    shards=_strings(item.get("shards")),
                     weight=None if item.get("weight") is None else float(item["weight"]),
+                    shards_from=_strings(item.get("shards_from")),
+                    revision=None if item.get("revision") is None else str(item["revision"]),
+                    match=None if item.get("match") is None else str(item["match"]),
+                    fraction=_fraction(i, item.get("fraction")),
                 )
             )
         tok = raw.get("tokenizer")
@@ -92,17 +123,13 @@ class MixtureConfig:
         )
 
     def resolve_shards(self, entry: MixtureEntry) -> list[str]:
-        """Expand an entry's shard patterns into a sorted, de-duplicated list of URIs."""
-        uris: list[str] = []
-        for pattern in entry.shards:
-            full = pattern if "://" in pattern or pattern.startswith("/") else f"{self.base_dir}/{pattern}"
-            if any(ch in full for ch in "*?["):
-                fs, _, paths = fsspec.get_fs_token_paths(full)
-                protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-                found = sorted(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
-                if not found:
-                    raise FileNotFoundError(f"{entry.source}/{entry.subset}: no shard matches {pattern!r}")
-                uris.extend(found)
-            else:
-                uris.append(full)
-        return sorted(dict.fromkeys(uris))
+        """Every shard URI of an entry (globs expanded, URL lists read, revision pinned), sorted and de-duplicated."""
+        return entry_shards(
+            entry.shards,
+            entry.shards_from,
+            self.base_dir,
+            f"{entry.source}/{entry.subset}",
+            revision=entry.revision,
+            match=entry.match,
+            fraction=entry.fraction,
+        )

@@ -59,6 +59,19 @@ class SubsetSpec:
     alt_formats: tuple[tuple[str, str], ...] = ()  # (file suffix, format)
     licence_field: str | None = None
     notes: str = ""
+    shard_glob: str | None = None  # where the upstream is a hub repo: its shards, relative to ``upstream``
+    shard_list: str | None = None  # where the upstream publishes a URL list instead: that list's URL
+
+    @property
+    def list_match(self) -> str:
+        """The fnmatch pattern that picks this subset's URLs out of the upstream URL list."""
+        return f"{self.upstream}/{self.file_pattern.split('/', 1)[0]}/*"
+
+    def upstream_shards(self) -> dict[str, str | list[str]]:
+        """Mixture-entry keys naming every upstream shard: ``shards`` (a hub glob) or ``shards_from`` + ``match``."""
+        if self.shard_list:
+            return {"shards_from": self.shard_list, "match": self.list_match}
+        return {"shards": [f"{self.upstream}/{self.shard_glob}"]}
 
     @property
     def key(self) -> str:
@@ -84,9 +97,11 @@ class SubsetSpec:
 # Where the original (non-deduplicated) Pile was published; offline since 2023.
 PILE_ORIGINAL_UPSTREAM = "https://the-eye.eu/public/AI/pile/train"
 _RP_BASE = "https://data.together.xyz/redpajama-data-1T/v1.0.0"
-_RP_NOTE = "file list: hf://datasets/togethercomputer/RedPajama-Data-1T/urls/*.txt"
+RP_URL_LIST = f"{_RP_BASE}/urls.txt"  # every subset's files, one URL a line (common_crawl included)
+_RP_NOTE = f"file list: {RP_URL_LIST}"
 _DOLMA_BASE = "https://olmo-data.org/dolma-v1_6"
-_DOLMA_NOTE = "file list: hf://datasets/allenai/dolma/urls/v1_6.txt"
+DOLMA_URL_LIST = "hf://datasets/allenai/dolma/urls/v1_6.txt"  # every v1.6 file, one URL a line
+_DOLMA_NOTE = f"file list: {DOLMA_URL_LIST}"
 _DOLMA_LICENCE = "ODC-By-1.0 (released under AI2 ImpACT licence (MR-agreement) at the time of v1.6)"
 _DOLMA_SCHEMA = "one JSON object per line, sorted keys: added, created, id, metadata{...}, source, text, version"
 
@@ -104,6 +119,7 @@ def _redpajama(subset: str, pattern: str, licence: str, id_field: str | None, me
         record_schema=f'{{"text": str, "meta": {{{meta_keys}}}}} (json.dumps defaults)',
         target_tokens=OPENELM_TARGETS[f"redpajama/{subset}"],
         notes=_RP_NOTE,
+        shard_list=RP_URL_LIST,
         **kw,
     )
 
@@ -121,6 +137,7 @@ def _dolma(subset: str, pattern: str, licence: str = _DOLMA_LICENCE) -> SubsetSp
         record_schema=_DOLMA_SCHEMA,
         target_tokens=OPENELM_TARGETS[f"dolma/{subset}"],
         notes=_DOLMA_NOTE,
+        shard_list=DOLMA_URL_LIST,
     )
 
 
@@ -139,6 +156,7 @@ _SPECS: tuple[SubsetSpec, ...] = (
             "image_urls: list<list<string>>"
         ),
         target_tokens=OPENELM_TARGETS["refinedweb/default"],
+        shard_glob="data/train-*-of-05534-*.parquet",
     ),
     _redpajama(
         "arxiv",
@@ -200,6 +218,7 @@ _SPECS: tuple[SubsetSpec, ...] = (
         target_tokens=OPENELM_TARGETS["pile/default"],
         alt_formats=((".jsonl.zst", FORMAT_JSONL_ZST), (".parquet", FORMAT_PARQUET)),
         notes="the original Pile (NN.jsonl.zst) is read as the same subset; format chosen by file extension",
+        shard_glob="data/train-*-of-01650-*.parquet",
     ),
     _dolma("stack", "stack/stack-NNNN.json.gz"),
     _dolma("reddit", "reddit/reddit-NNNN.json.gz"),

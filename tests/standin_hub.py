@@ -71,3 +71,41 @@ def offline(*protocols: str) -> Iterator[None]:
                 registry.pop(p, None)
             else:
                 registry[p] = impl
+
+
+def mirror_upstream(sample_dir: Path, root: Path, revision: str = "main") -> dict[str, list[str]]:
+    """A local mirror, under ``root/<protocol>/``, of the upstream layout of the sample corpus' shards.
+
+    Each sample shard is placed where its subset publishes it upstream (the registry's ``upstream_uri``;
+    hub paths at ``@revision``), and the URL lists RedPajama-1T and Dolma v1.6 publish are written with
+    every mirrored shard plus one line of a subset OpenELM does not use. Returns the upstream URLs per
+    ``source/subset``. Serve it with ``serve(root / "hf", "hf")`` and ``serve(root / "https", "https")``.
+    """
+    import shutil
+
+    from elm_data.manifests.mixture import MixtureConfig
+    from elm_data.manifests.shard_lists import pin_revision
+    from elm_data.sources.registry import DOLMA_URL_LIST, RP_URL_LIST, get_subset
+
+    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
+    urls: dict[str, list[str]] = {}
+    for entry in mixture.entries:
+        spec = get_subset(entry.source, entry.subset)
+        for shard in mixture.resolve_shards(entry):
+            url = pin_revision(spec.upstream_uri(shard), revision)
+            if not url.startswith(("hf://", "https://data.together", "https://olmo-data")):
+                continue  # the original Pile (offline upstream) is not in OpenELM's mix
+            protocol, path = url.split("://", 1)
+            (root / protocol / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shard, root / protocol / path)
+            urls.setdefault(spec.key, []).append(url)
+    lists = {RP_URL_LIST: "redpajama/", DOLMA_URL_LIST: "dolma/"}
+    others = {RP_URL_LIST: "common_crawl/2023-06/en_head_0000.json.gz.dedup.classifier.jsonl.zst",
+              DOLMA_URL_LIST: "cc_en_head/cc_en_head-0000.json.gz"}  # fmt: skip
+    for listing, prefix in lists.items():
+        lines = [u for key, us in urls.items() if key.startswith(prefix) for u in us]
+        lines.append(lines[0].rsplit("/", 2)[0] + "/" + others[listing])
+        protocol, path = pin_revision(listing, revision).split("://", 1)
+        (root / protocol / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / protocol / path).write_text("\n".join(sorted(lines)) + "\n")
+    return urls

@@ -1,0 +1,95 @@
+"""How a mixture entry names its shards: globs, URL-list files, a pinned hub revision, a share of them.
+
+- ``shards:`` paths, globs or URLs (relative ones against the mixture's folder);
+- ``shards_from:`` one or more URL-list files (local or remote: one shard URL a line, ``#`` comments;
+  relative lines against the list's folder), as RedPajama-1T and Dolma publish their shards;
+- ``match:`` an fnmatch pattern the listed URLs must match (Dolma's single list holds every subset);
+- ``revision:`` the hub commit (or tag) every ``hf://`` path of the entry is read at;
+- ``fraction:`` keep that share of the entry's sorted shards, evenly spaced (at least one).
+
+Globs expand through fsspec and everything is sorted and de-duplicated, so an entry always names the
+same shards in the same order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import posixpath
+from collections.abc import Iterable, Sequence
+
+import fsspec
+
+GLOB_CHARS = "*?["
+
+
+def pin_revision(uri: str, revision: str | None) -> str:
+    """``hf://datasets/org/name/path`` read at ``revision``: ``hf://datasets/org/name@revision/path``."""
+    if not revision or not uri.startswith("hf://"):
+        return uri
+    parts = uri[len("hf://") :].split("/")
+    n = 3 if parts[0] in ("datasets", "spaces") else 2  # the repo id's components
+    if len(parts) <= n - 1 or "@" in parts[n - 1]:
+        return uri
+    parts[n - 1] = f"{parts[n - 1]}@{revision}"
+    return "hf://" + "/".join(parts)
+
+
+def absolute(pattern: str, base_dir: str) -> str:
+    """``pattern`` as a URL or absolute path, relative ones against ``base_dir``."""
+    if "://" in pattern or pattern.startswith("/"):
+        return pattern
+    return posixpath.join(base_dir, pattern) if "://" in base_dir else f"{base_dir}/{pattern}"
+
+
+def expand(pattern: str, what: str) -> list[str]:
+    """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself."""
+    if not any(ch in pattern for ch in GLOB_CHARS):
+        return [pattern]
+    fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = sorted(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
+    if not found:
+        raise FileNotFoundError(f"{what}: no shard matches {pattern!r}")
+    return found
+
+
+def read_url_list(uri: str) -> list[str]:
+    """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped)."""
+    try:
+        with fsspec.open(uri, "rt", encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"shard list not found: {uri}") from e
+    base = posixpath.dirname(uri)
+    return [absolute(line, base) for line in lines if line and not line.startswith("#")]
+
+
+def every_nth(uris: Sequence[str], fraction: float) -> list[str]:
+    """``fraction`` of ``uris`` (at least one), evenly spaced, in order."""
+    k = max(1, math.ceil(len(uris) * fraction))
+    return [uris[(i * len(uris)) // k] for i in range(k)] if uris else []
+
+
+def entry_shards(
+    shards: Iterable[str],
+    shards_from: Iterable[str],
+    base_dir: str,
+    what: str,
+    revision: str | None = None,
+    match: str | None = None,
+    fraction: float | None = None,
+) -> list[str]:
+    """Every shard URI an entry names, sorted and de-duplicated (see the module docstring)."""
+    uris: list[str] = []
+    for pattern in shards:
+        uris.extend(expand(pin_revision(absolute(pattern, base_dir), revision), what))
+    for listing in shards_from:
+        listed = read_url_list(pin_revision(absolute(listing, base_dir), revision))
+        if match:
+            listed = [u for u in listed if fnmatch.fnmatchcase(u, match)]
+        if not listed:
+            raise FileNotFoundError(f"{what}: {listing} lists no shard" + (f" matching {match!r}" if match else ""))
+        uris.extend(pin_revision(u, revision) for u in listed)
+    uris = sorted(dict.fromkeys(uris))
+    return every_nth(uris, fraction) if fraction is not None else uris
