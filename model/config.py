@@ -77,10 +77,13 @@ class OpenELMConfig:
     norm_eps: float = 1e-6
     bos_token_id: int = 1
     eos_token_id: int = 2
+    attention: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention) or "eager" (explicit matmuls, benchmarks)
 
     def __post_init__(self) -> None:
         self.qkv_multipliers = _as_list(self.qkv_multipliers)
         self.ffn_multipliers = _as_list(self.ffn_multipliers)
+        if self.attention not in ("sdpa", "eager"):
+            raise ValueError(f"attention must be 'sdpa' or 'eager', got {self.attention!r}")
         if self.model_dim % self.head_dim:
             raise ValueError(f"model_dim {self.model_dim} is not a multiple of head_dim {self.head_dim}")
         for i, heads in enumerate(self.num_query_heads):

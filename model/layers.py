@@ -62,6 +62,7 @@ class Attention(nn.Module):
     def __init__(self, config: OpenELMConfig, layer_index: int) -> None:
         super().__init__()
         self.head_dim = config.head_dim
+        self.eager = config.attention == "eager"
         self.num_query_heads = config.num_query_heads[layer_index]
         self.num_kv_heads = config.num_kv_heads[layer_index]
         total_heads = self.num_query_heads + 2 * self.num_kv_heads
@@ -99,8 +100,32 @@ class Attention(nn.Module):
             attn_kwargs = {}  # one new query sees every cached position
         else:
             attn_kwargs = {"attn_mask": causal_mask(length, offset, x.device)}
-        out = F.scaled_dot_product_attention(queries, keys, values, enable_gqa=True, **attn_kwargs)
+        attend = eager_attention if self.eager else F.scaled_dot_product_attention
+        out = attend(queries, keys, values, enable_gqa=True, **attn_kwargs)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+def eager_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as explicit matmuls and a float32 softmax (``attention: eager``).
+
+    Same arguments and result (GQA: query head h reads key/value head h // (query heads / kv heads)).
+    """
+    if enable_gqa and keys.shape[1] != queries.shape[1]:
+        repeat = queries.shape[1] // keys.shape[1]
+        keys, values = keys.repeat_interleave(repeat, dim=1), values.repeat_interleave(repeat, dim=1)
+    scores = (queries @ keys.transpose(-2, -1)).float() * queries.shape[-1] ** -0.5
+    if is_causal:
+        attn_mask = causal_mask(queries.shape[-2], keys.shape[-2] - queries.shape[-2], queries.device)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(values.dtype) @ values
 
 
 def causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor:
