@@ -6,11 +6,12 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
 from elm_data.trainer.cli import bench_train
-from elm_data.trainer.efficiency import AXES, COLUMNS, NUMERIC
+from elm_data.trainer.efficiency import AXES, COLUMNS, NUMERIC, Matrix, run_matrix
 
 SMALL_MODEL = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
 
@@ -82,6 +83,18 @@ def test_a_second_run_refuses_to_overwrite(matrix_run):
     _, _, args, _ = matrix_run
     result = CliRunner().invoke(bench_train, args)
     assert result.exit_code != 0 and "already holds a matrix" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
+def test_a_gpu_matrix_without_cuda_records_every_cell(sample_manifest, tmp_path):
+    path = tmp_path / "gpu.yaml"
+    axes = {"model": ["270M"], "batch_size": [8, 16], "seq_len": [2048], "attention": ["flash", "math"]}
+    path.write_text(yaml.safe_dump({"device": "cuda", "axes": axes}))
+    matrix = Matrix.from_yaml(path, manifest=str(sample_manifest))
+    result = run_matrix(matrix, tmp_path / "out", echo=lambda line: None)
+    assert result.counts()["unsupported"] == 4
+    assert all("CUDA" in row["reason"] for row in result.rows)
+    assert (tmp_path / "out" / "throughput.png").exists() and (tmp_path / "out" / "frontier.png").exists()
 
 
 def test_bench_group_is_on_the_command_line():

@@ -49,6 +49,7 @@ AXES = (
 )
 ATTENTION = ("sdpa", "flash", "efficient", "math", "cudnn", "eager")
 PRECISION = ("fp32", "bf16", "fp8")
+DISTRIBUTED = ("none", "ddp", "fsdp")
 STATUSES = ("ok", "unsupported", "oom", "failed")
 COLUMNS = (
     "cell", *AXES, "status", "reason", "device", "parameters", "steps", "timed_steps", "tokens", "tokens_per_s",
@@ -142,10 +143,14 @@ class Matrix:
         unknown = sorted(set(self.axes) - set(AXES))
         if unknown:
             raise MatrixError(f"unknown axes {unknown}; axes are {list(AXES)}")
+        self.axes = {axis: _as_list(values) for axis, values in self.axes.items()}
+        unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise MatrixError(f"train: unknown TrainConfig key(s) {unknown}")
         for axis in ("model", "batch_size", "seq_len"):
             if not self.axes.get(axis):
                 raise MatrixError(f"axes.{axis} must list at least one value")
-        for axis, allowed in (("attention", ATTENTION), ("precision", PRECISION)):
+        for axis, allowed in (("attention", ATTENTION), ("precision", PRECISION), ("distributed", DISTRIBUTED)):
             bad = [v for v in self.axes.get(axis, []) if v not in allowed]
             if bad:
                 raise MatrixError(f"axes.{axis}: {bad} not among {list(allowed)}")
@@ -162,7 +167,7 @@ class Matrix:
         names = [axis for axis in AXES if axis in self.axes]
         return [
             Cell(**dict(zip(names, values, strict=True)))
-            for values in itertools.product(*(_as_list(self.axes[n]) for n in names))
+            for values in itertools.product(*(self.axes[n] for n in names))
         ]
 
     def manifest_dir(self) -> Path:
@@ -189,7 +194,7 @@ class Matrix:
             gradient_checkpointing=cell.gradient_checkpointing, distributed=cell.distributed, max_steps=steps,
             tokens_per_step=None, device=self.device,
         )  # fmt: skip
-        return TrainConfig(**settings, base_dir=self.base_dir)
+        return TrainConfig.from_dict(settings, base_dir=self.base_dir)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -236,6 +241,8 @@ def precheck(cell: Cell, device: torch.device, world_size: int) -> str | None:
         )
     if cell.distributed in ("ddp", "fsdp") and world_size == 1:
         return f"{cell.distributed} with 1 process is the unwrapped model (the trainer wraps only under torchrun)"
+    if cell.distributed == "none" and world_size > 1:
+        return f"distributed=none with {world_size} processes trains {world_size} unsynchronised models"
     if cell.precision == "fp8":
         return fp8_unsupported(device)
     return None
@@ -378,7 +385,7 @@ def run_cell(matrix: Matrix, index: int, cell: Cell, env: dict[str, Any]) -> dic
     """One output row: the cell's settings, then its measurements or why it has none."""
     device = env["device"]
     row: dict[str, Any] = {"cell": index, **cell.settings(), "device": env["device_name"], "memory_kind": None}
-    reason = precheck(cell, device, env["info"].world_size)
+    reason = env["unavailable"] or precheck(cell, device, env["info"].world_size)
     if reason:
         return row | {"status": "unsupported", "reason": reason}
     started = time.perf_counter()
@@ -429,7 +436,11 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
 
     from .loop import load_tokenizer
 
-    device = pick_device(matrix.device)
+    unavailable = None
+    try:
+        device = pick_device(matrix.device)
+    except RuntimeError as error:  # e.g. a GPU matrix on a machine without CUDA: every cell says so
+        device, unavailable = torch.device("cpu"), str(error)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -438,12 +449,13 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
     tokenizer = load_tokenizer(probe, Manifest(manifest_dir))
     return {
         "device": device,
-        "device_name": device_description(device),
+        "device_name": f"{matrix.device} (unavailable)" if unavailable else device_description(device),
         "info": info,
         "tokenizer": tokenizer,
         "manifest_dir": manifest_dir,
         "peak": resolve_peak(matrix, device),
         "price": resolve_price(matrix, device),
+        "unavailable": unavailable,
     }
 
 
