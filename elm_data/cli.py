@@ -14,6 +14,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data demo [OUT_DIR]                   elm_data/demo.py
     elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
     elm-data init openelm DIR                 manifests/openelm_cli.py
+    elm-data estimate MIXTURE.yaml            manifests/openelm_cli.py
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
         "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
         "init": ("elm_data.manifests.openelm_cli", "init", "Write OpenELM's mixture naming the real upstream shards."),
+        "estimate": ("elm_data.manifests.openelm_cli", "estimate", "Estimate a mixture's tokens and build cost."),
     },
     "build": {
         "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from elm_data.pipeline.tokenizer import TokenizerError
+
 
 @click.command("init")
 @click.argument("preset", type=click.Choice(["openelm", "openelm-1pct"]))
@@ -31,3 +33,29 @@ def init(preset: str, out_dir: Path, pin: bool, force: bool) -> None:
             f"cannot ask the hub for commits ({type(e).__name__}); run without --pin or after `huggingface-cli login`"
         ) from None
     click.echo(f"wrote {path}\nnext: elm-data estimate {path}   then   elm-data build manifest {path} --out MANIFEST")
+
+
+@click.command("estimate")
+@click.argument("mixture", type=str)
+@click.option("--sample-docs", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Records sampled per source/subset.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--tokenizer", default=None, help="LLaMA tokenizer (else the mixture's, $ELM_DATA_TOKENIZER, the cache).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Build workers to plan for (wall time and temporary disk).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def estimate(mixture: str, sample_docs: int, seed: int, tokenizer: str | None, workers: int, fmt: str) -> None:
+    """Estimate documents, kept documents and LLaMA tokens per source/subset of MIXTURE (95% intervals).
+
+    Reads a random sample of records per subset (parquet row groups, byte ranges of JSONL, the first window
+    of gzip/zstd files; sizes from listings) and projects the exact build's core-hours, network and disk.
+    """
+    import json
+
+    from .estimate import estimate_mixture, format_estimate
+
+    try:
+        est = estimate_mixture(mixture, sample_docs=sample_docs, seed=seed, tokenizer=tokenizer, workers=workers)
+    except (TokenizerError, FileNotFoundError, KeyError, ValueError) as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    click.echo(json.dumps(est.to_dict(), indent=1) if fmt == "json" else format_estimate(est))

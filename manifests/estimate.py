@@ -1,0 +1,527 @@
+"""``elm-data estimate MIXTURE``: what a mixture holds and what counting it exactly will cost, from a sample.
+
+Per source/subset, the shards are listed with their sizes (fsspec listings, nothing read), then ``draws``
+shards are drawn with probability proportional to size (with replacement) and a few records read from each:
+
+- **parquet**: one row group, drawn in proportion to its compressed size (footer), and random rows of it;
+  only that row group is read;
+- **plain JSON Lines**: random byte offsets; the line holding each offset (byte-range reads);
+- **gzip / zstd JSON Lines**: the stream allows no random access, so random lines of its first window
+  (``WINDOW_BYTES`` compressed; the whole shard when smaller) are taken.
+
+The records go through the readers and the manifest's own per-document pass (filters, LLaMA tokenizer).
+Each draw gives an unbiased estimate of the subset's total (Hansen-Hurwitz: the shard's estimated total
+divided by its probability of being drawn); the estimate is their mean and the 95% interval is
+``t(0.975, draws-1) * sd / sqrt(draws)``. For compressed shards larger than the window the within-shard
+part is a ratio from the window, so drift along a file is not covered by the interval.
+
+Cost: the build's CPU time is projected from the CPU seconds this run spent per sampled record (reading,
+filtering, tokenizing) plus the measured sha256 and decompression rates per byte; network is the bytes
+listed (each shard is transferred once); temporary disk is one fetched shard per worker plus the manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from elm_data.pipeline.document_pass import DocumentPass
+from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.sources.document import Document
+from elm_data.sources.readers import read_shard, shard_format_of
+
+from .mixture import MixtureConfig, MixtureEntry
+
+WINDOW_BYTES = 8 << 20  # compressed bytes read from the start of a gzip/zstd shard
+LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
+LEDGER_ROW_BYTES = 16  # documents ledger bytes per record in a manifest (measured on sample manifests)
+NO_SHA = "0" * 64  # records are read without hashing their shard
+FIGURES = ("documents", "kept", "tokens")
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, draws: Sequence[float]) -> Interval:
+        """Mean of independent unbiased draws, ``t * sd / sqrt(n)`` either side."""
+        mean = statistics.fmean(draws)
+        half = t975(len(draws) - 1) * statistics.stdev(draws) / math.sqrt(len(draws)) if len(draws) > 1 else mean
+        return cls(mean, max(0.0, mean - half), mean + half)
+
+    @classmethod
+    def around(cls, value: float, variance: float, df: int) -> Interval:
+        half = t975(max(1, df)) * math.sqrt(max(0.0, variance))
+        return cls(value, max(0.0, value - half), value + half)
+
+    def __contains__(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+@dataclass
+class SubsetEstimate:
+    key: str
+    shards: int
+    bytes: int
+    largest_shard: int
+    draws: int
+    records_sampled: int
+    documents: Interval
+    kept: Interval
+    tokens: Interval
+    cpu_s_per_record: float
+    decompress_s_per_byte: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("shards", "bytes", "largest_shard", "draws", "records_sampled")}
+        return out | {f: getattr(self, f).to_dict() for f in FIGURES}
+
+
+@dataclass
+class Estimate:
+    mixture: str
+    subsets: list[SubsetEstimate]
+    sample_docs: int
+    seed: int
+    sha256_s_per_byte: float
+    elapsed_s: float
+    workers: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    def total(self, figure: str) -> Interval:
+        parts = [getattr(s, figure) for s in self.subsets]
+        # independent subsets: variances add (half-widths in quadrature)
+        value = sum(p.value for p in parts)
+        half = math.sqrt(sum(((p.high - p.low) / 2) ** 2 for p in parts))
+        return Interval(value, max(0.0, value - half), value + half)
+
+    @property
+    def core_hours(self) -> float:
+        seconds = sum(
+            s.documents.value * s.cpu_s_per_record + s.bytes * (self.sha256_s_per_byte + s.decompress_s_per_byte)
+            for s in self.subsets
+        )
+        return seconds / 3600
+
+    @property
+    def network_bytes(self) -> int:
+        return sum(s.bytes for s in self.subsets)
+
+    def temp_disk_bytes(self, workers: int | None = None) -> int:
+        """One fetched shard per worker, plus the manifest (ledger) twice: workspace and final copy."""
+        largest = max((s.largest_shard for s in self.subsets), default=0)
+        return (workers or self.workers) * largest + 2 * self.manifest_bytes
+
+    @property
+    def manifest_bytes(self) -> int:
+        return int(self.total("documents").high * LEDGER_ROW_BYTES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mixture": self.mixture,
+            "sample_docs": self.sample_docs,
+            "seed": self.seed,
+            "subsets": {s.key: s.to_dict() for s in self.subsets},
+            "total": {f: self.total(f).to_dict() for f in FIGURES},
+            "cost": {
+                "core_hours": self.core_hours,
+                "network_bytes": self.network_bytes,
+                "temp_disk_bytes": self.temp_disk_bytes(),
+                "manifest_bytes": self.manifest_bytes,
+                "workers": self.workers,
+            },
+            "elapsed_s": self.elapsed_s,
+            "notes": self.notes,
+        }
+
+
+# -- listing ----------------------------------------------------------------------------------------------------
+def _size(uri: str) -> int:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return int(fs.size(path))
+
+
+def list_sizes(uris: Sequence[str], threads: int = 16) -> list[int]:
+    """Each shard's size in bytes from its filesystem listing (no bytes read)."""
+    with ThreadPoolExecutor(max(1, min(threads, len(uris)))) as pool:
+        return list(pool.map(_size, uris))
+
+
+# -- stage 2: a few records of one drawn shard -----------------------------------------------------------------
+@dataclass
+class Draw:
+    """Records read from one drawn shard; the shard's total of y is estimated as ``sum(weight * y)``."""
+
+    documents: list[Document | None]  # one per sampled record (None: rejected by the reader)
+    weights: list[float]  # how many of the shard's records each sampled record stands for
+    decompress_s: float = 0.0
+    compressed_bytes: int = 0
+    exact: int | None = None  # the shard's record count, when known (parquet footer, a whole file read)
+
+
+def _mini_shard(lines: Sequence[bytes], entry: MixtureEntry, uri: str) -> list[Document | None]:
+    """The sampled raw lines read by the real JSONL reader (one item per line, in order)."""
+    name = f"memory://elm-data-estimate/{hashlib.sha1(uri.encode()).hexdigest()}.jsonl"
+    with fsspec.open(name, "wb") as f:
+        f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
+    out: list[Document | None] = [None] * len(lines)
+    try:
+        for item in read_shard(name, entry.source, entry.subset, NO_SHA, fmt="jsonl"):
+            if isinstance(item, Document):
+                out[item.provenance.index] = item
+    finally:
+        fsspec.filesystem("memory").rm(name)
+    return out
+
+
+def _line_from(f, start: int, size: int) -> bytes:
+    """The line starting at byte ``start`` of an open file, newline included."""
+    f.seek(start)
+    line = b""
+    while start + len(line) < size:
+        chunk = f.read(LINE_CHUNK)
+        if not chunk:
+            break
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            return line + chunk[: cut + 1]
+        line += chunk
+    return line
+
+
+def _starts_in(f, a: int, b: int) -> list[int]:
+    """Offsets in ``[a, b)`` where a line starts (the file's first byte, or one after a newline)."""
+    f.seek(max(0, a - 1))
+    data = f.read(b - max(0, a - 1))
+    first = [a] if a == 0 or data[:1] == b"\n" else []
+    body = data if a == 0 else data[1:]
+    return first + [a + k + 1 for k in range(len(body)) if body[k] == 10 and a + k + 1 < b]
+
+
+def draw_plain_jsonl(uri: str, size: int, n: int, bytes_per_line: float, entry: MixtureEntry, rng) -> Draw:
+    """The lines starting in a random (circular) window of ~n lines: each has probability window/size."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    window = max(1, int(n * bytes_per_line))
+    window = size if 2 * window >= size else window  # about the whole shard: read it all
+    offset = 0 if window >= size else rng.randrange(size)
+    with fs.open(path, "rb", block_size=LINE_CHUNK) as f:
+        spans = [(offset, min(size, offset + window))]
+        if offset + window > size:
+            spans.append((0, offset + window - size))
+        starts = [s for a, b in spans for s in _starts_in(f, a, b)]
+        lines = [_line_from(f, s, size) for s in starts]
+    return Draw(
+        _mini_shard(lines, entry, uri), [size / window] * len(lines), exact=len(lines) if window >= size else None
+    )
+
+
+def bytes_per_line(uris: Sequence[str], sizes: Sequence[int], rng, probes: int = 4, chunk: int = 256 << 10) -> float:
+    """Mean bytes per line of plain JSONL shards, from newline counts in a few random chunks (sets window sizes)."""
+    read = lines = 0
+    for i in rng.choices(range(len(uris)), weights=[max(1, s) for s in sizes], k=probes):
+        fs, path = fsspec.core.url_to_fs(uris[i])
+        offset = rng.randrange(max(1, sizes[i] - chunk)) if sizes[i] > chunk else 0
+        with fs.open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(chunk)
+        read, lines = read + len(data), lines + data.count(b"\n")
+    return read / max(1, lines)
+
+
+class _Counting(io.RawIOBase):
+    """A read-only file wrapper counting the bytes read through it."""
+
+    def __init__(self, f):
+        self.f, self.count = f, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.f.read(len(buffer))
+        buffer[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
+def _decompressed(raw: _Counting, fmt: str):
+    if fmt == "jsonl.gz":
+        return gzip.GzipFile(fileobj=raw)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
+def draw_compressed(uri: str, size: int, n: int, fmt: str, entry: MixtureEntry, rng: random.Random) -> Draw:
+    """``n`` random lines of the shard's first window; scaled by compressed bytes when the window ends early."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    lines: list[bytes] = []
+    start = time.process_time()
+    with fs.open(path, "rb") as f:
+        raw = _Counting(f)
+        stream, tail, eof = _decompressed(raw, fmt), b"", False
+        while raw.count < WINDOW_BYTES:
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                eof = True
+                break
+            parts = (tail + chunk).split(b"\n")
+            lines.extend(parts[:-1])
+            tail = parts[-1]
+        if eof and tail:
+            lines.append(tail)
+    spent = time.process_time() - start
+    picked = rng.sample(range(len(lines)), min(n, len(lines))) if lines else []
+    docs = _mini_shard([lines[i] for i in picked], entry, uri)
+    records = len(lines) if eof else len(lines) * size / max(1, raw.count)
+    weights = [records / len(picked)] * len(picked) if picked else []
+    return Draw(docs, weights, spent, raw.count, exact=len(lines) if eof else None)
+
+
+def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> Draw:
+    """Random rows of one row group drawn in proportion to its compressed size."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    sizes = [sum(rg.column(c).total_compressed_size for c in range(rg.num_columns)) for rg in groups]
+    if not meta.num_rows:
+        return Draw([], [])
+    if n >= meta.num_rows:  # the whole shard
+        chosen = {r: r for r in range(meta.num_rows)}
+        docs = [None] * meta.num_rows
+        for item in read_shard(uri, entry.source, entry.subset, NO_SHA, fmt="parquet"):
+            if isinstance(item, Document):
+                docs[item.provenance.index] = item
+        return Draw(docs, [1.0] * meta.num_rows, exact=meta.num_rows)
+    g = rng.choices(range(len(groups)), weights=[max(1, s) for s in sizes])[0]
+    first = sum(rg.num_rows for rg in groups[:g])
+    rows = sorted(rng.sample(range(groups[g].num_rows), min(n, groups[g].num_rows)))
+    chosen = {first + r: k for k, r in enumerate(rows)}
+    docs: list[Document | None] = [None] * len(rows)
+    for item in read_shard(uri, entry.source, entry.subset, NO_SHA, select=chosen, fmt="parquet"):
+        if isinstance(item, Document) and item.provenance.index in chosen:
+            docs[chosen[item.provenance.index]] = item
+    records = groups[g].num_rows * sum(max(1, s) for s in sizes) / max(1, sizes[g])  # the shard's, from this group
+    return Draw(docs, [records / len(rows)] * len(rows), exact=meta.num_rows)
+
+
+# -- per subset -------------------------------------------------------------------------------------------------
+@dataclass
+class DrawResult:
+    """One draw's sampled records (kept flag, kept tokens) and the shard's record count it implies."""
+
+    records: float  # the shard's records: exact when known, else estimated from the sample
+    exact: bool
+    full: bool  # every record of the shard was sampled exactly once
+    kept: list[int]
+    tokens: list[int]
+    weights: list[float]
+
+    def totals(self) -> tuple[float, float, float]:
+        """(records, kept, kept tokens) of the shard, estimated from this draw alone."""
+        kept = sum(w * k for w, k in zip(self.weights, self.kept, strict=True))
+        return self.records, kept, sum(w * t for w, t in zip(self.weights, self.tokens, strict=True))
+
+
+def _result_of(draw: Draw, results: dict[int, Any]) -> DrawResult:
+    kept = [int(k in results and results[k].kept) for k in range(len(draw.weights))]
+    tokens = [results[k].tokens if kept[k] else 0 for k in range(len(draw.weights))]
+    records = sum(draw.weights) if draw.exact is None else draw.exact
+    full = draw.exact is not None and len(draw.weights) == draw.exact and all(w == 1 for w in draw.weights)
+    return DrawResult(records, draw.exact is not None, full, kept, tokens, list(draw.weights))
+
+
+def census_interval(draws: Sequence[DrawResult]) -> list[tuple[float, float]]:
+    """(estimate, variance) of (records, kept, tokens) of one shard read by several draws (pooled records).
+
+    Records sampled are pooled: kept = records x the kept share, tokens = records x mean kept tokens; the
+    kept share's variance uses (x+1)/(m+2), so an all-kept sample still leaves room for a filtered record.
+    """
+    if any(d.full for d in draws):
+        return [(v, 0.0) for v in next(d for d in draws if d.full).totals()]
+    counts = [d.records for d in draws]
+    records = statistics.fmean(counts)
+    # a count from a window of lines: at least Poisson's variance (count x weight^2), whatever the draws agree on
+    poisson = statistics.fmean(len(d.kept) * max(d.weights, default=0) ** 2 for d in draws)
+    spread = statistics.variance(counts) if len(counts) > 1 else 0.0
+    var_records = 0.0 if draws[0].exact else max(spread, poisson) / len(counts)
+    kept = [k for d in draws for k in d.kept]
+    tokens = [t for d in draws for t in d.tokens]
+    m = max(1, len(kept))
+    share = sum(kept) / m
+    smooth = (sum(kept) + 1) / (m + 2)
+    mean_tokens = statistics.fmean(tokens) if tokens else 0.0
+    var_tokens = statistics.variance(tokens) if len(tokens) > 1 else mean_tokens**2
+    return [
+        (records, var_records),
+        (records * share, records**2 * smooth * (1 - smooth) / m + share**2 * var_records),
+        (records * mean_tokens, records**2 * var_tokens / m + mean_tokens**2 * var_records),
+    ]
+
+
+def estimate_entry(
+    mixture: MixtureConfig, entry: MixtureEntry, doc_pass: DocumentPass, sample_docs: int, rng: random.Random
+) -> SubsetEstimate:
+    uris = mixture.resolve_shards(entry)
+    sizes = list_sizes(uris)
+    total = sum(sizes)
+    draws = min(64, max(4, round(math.sqrt(sample_docs))))
+    per = math.ceil(sample_docs / draws)
+    census = len(uris) <= draws  # few shards: every shard is read, the draws split among them
+    if census:
+        picks = [k % len(uris) for k in range(draws)]
+    else:
+        picks = rng.choices(range(len(uris)), weights=[max(1, s) for s in sizes], k=draws)
+    formats: dict[str, str] = {}
+    line_bytes: list[float] = []
+    shard_totals: list[tuple[int, tuple[float, float, float]]] = []
+    cpu = decompress_s = 0.0
+    sampled = compressed = 0
+    for i in picks:
+        uri = uris[i]
+        fmt = formats.setdefault(uri, shard_format_of(uri, entry.source, entry.subset))
+        start = time.process_time()
+        if fmt == "parquet":
+            draw = draw_parquet(uri, per, entry, rng)
+        elif fmt == "jsonl":
+            if not line_bytes:
+                line_bytes.append(bytes_per_line(uris, sizes, rng))
+            draw = draw_plain_jsonl(uri, sizes[i], per, line_bytes[0], entry, rng)
+        else:
+            draw = draw_compressed(uri, sizes[i], per, fmt, entry, rng)
+        docs = [d for d in draw.documents if d is not None]
+        results = dict(zip([k for k, d in enumerate(draw.documents) if d is not None], doc_pass.process(docs),
+                           strict=True))  # fmt: skip
+        cpu += time.process_time() - start - draw.decompress_s
+        decompress_s += draw.decompress_s
+        compressed += draw.compressed_bytes
+        sampled += len(draw.documents)
+        shard_totals.append((i, _result_of(draw, results)))
+    if census:
+        parts = [census_interval([t for j, t in shard_totals if j == i]) for i in range(len(uris))]
+        figures = [Interval.around(sum(p[f][0] for p in parts), sum(p[f][1] for p in parts), sampled - 1)
+                   for f in range(3)]  # fmt: skip
+    else:  # Hansen-Hurwitz: each draw's shard total over its probability of being drawn
+        z = [(j, t.totals()) for j, t in shard_totals]
+        figures = [Interval.of([t[f] * max(1, total) / max(1, sizes[j]) for j, t in z]) for f in range(3)]
+    return SubsetEstimate(
+        key=f"{entry.source}/{entry.subset}",
+        shards=len(uris),
+        bytes=total,
+        largest_shard=max(sizes, default=0),
+        draws=draws,
+        records_sampled=sampled,
+        documents=figures[0],
+        kept=figures[1],
+        tokens=figures[2],
+        cpu_s_per_record=cpu / max(1, sampled),
+        decompress_s_per_byte=decompress_s / compressed if compressed else 0.0,
+    )
+
+
+def _sha256_s_per_byte() -> float:
+    data = bytes(8 << 20)
+    start = time.perf_counter()
+    hashlib.sha256(data).digest()
+    return (time.perf_counter() - start) / len(data)
+
+
+def estimate_mixture(
+    mixture_path: str | Path,
+    sample_docs: int = 1000,
+    seed: int = 0,
+    tokenizer: str | LlamaTokenizer | None = None,
+    workers: int = 1,
+) -> Estimate:
+    """Estimate every subset of the mixture at ``mixture_path`` from about ``sample_docs`` records each."""
+    if sample_docs < 1:
+        raise ValueError(f"sample_docs must be >= 1, got {sample_docs}")
+    started = time.perf_counter()
+    mixture = MixtureConfig.load(mixture_path)
+    tok = tokenizer if isinstance(tokenizer, LlamaTokenizer) else resolve_tokenizer(tokenizer, mixture.tokenizer)
+    doc_pass = DocumentPass(mixture.filters, mixture.sequences, tok, num_threads=1)
+    subsets = []
+    for entry in mixture.entries:
+        rng = random.Random(f"{seed}:{entry.source}/{entry.subset}")
+        subsets.append(estimate_entry(mixture, entry, doc_pass, sample_docs, rng))
+    return Estimate(
+        mixture=mixture.name,
+        subsets=subsets,
+        sample_docs=sample_docs,
+        seed=seed,
+        sha256_s_per_byte=_sha256_s_per_byte(),
+        elapsed_s=time.perf_counter() - started,
+        workers=workers,
+    )
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+def _n(x: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _bytes(x: float) -> str:
+    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= div:
+            return f"{x / div:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
+def _cell(i: Interval) -> str:
+    return f"{_n(i.value)} [{_n(i.low)}, {_n(i.high)}]"
+
+
+def format_estimate(est: Estimate) -> str:
+    """A table per source/subset (value [95% interval]) and the projected cost of the exact build."""
+    head = ("source/subset", "shards", "bytes", "documents", "kept", "LLaMA tokens")
+    rows = [(s.key, str(s.shards), _bytes(s.bytes), _cell(s.documents), _cell(s.kept), _cell(s.tokens))
+            for s in est.subsets]  # fmt: skip
+    rows.append(("TOTAL", str(sum(s.shards for s in est.subsets)), _bytes(est.network_bytes),
+                 *(_cell(est.total(f)) for f in FIGURES)))  # fmt: skip
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [head, *rows]]  # fmt: skip
+    hours = est.core_hours
+    lines += [
+        "",
+        f"95% intervals from {sum(s.records_sampled for s in est.subsets):,} sampled records "
+        f"(--sample-docs {est.sample_docs} per subset, seed {est.seed}) in {est.elapsed_s:.1f} s.",
+        f"Exact build: ~{hours:,.1f} core-hours (measured here: read + filter + tokenize per record, sha256 and "
+        f"decompression per byte); on {est.workers} worker(s) ~{hours / est.workers:,.1f} h.",
+        f"Network: {_bytes(est.network_bytes)} (every shard once). Temporary disk: "
+        f"{_bytes(est.temp_disk_bytes())} ({est.workers} fetched shard(s) of up to "
+        f"{_bytes(max((s.largest_shard for s in est.subsets), default=0))} + the manifest, "
+        f"~{_bytes(est.manifest_bytes)}, twice while it is assembled).",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""`elm-data estimate`: sampled figures per source/subset whose 95% intervals hold the exact build's figures."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+from click.testing import CliRunner
+
+from elm_data.cli import cli
+from elm_data.manifests.estimate import FIGURES, Interval, _line_from, _starts_in, estimate_mixture, format_estimate
+from elm_data.manifests.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def exact(sample_manifest) -> dict[str, list[int]]:
+    """The oracle: documents read, kept and kept tokens per source/subset from the exact build."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for s in Manifest(sample_manifest).shards:
+        fig = out[f"{s.source}/{s.subset}"]
+        fig[0], fig[1], fig[2] = fig[0] + s.docs_read, fig[1] + s.docs_kept, fig[2] + s.tokens
+    return dict(out)
+
+
+def _checks(est, exact):
+    for sub in est.subsets:
+        for figure, truth in zip(FIGURES, exact[sub.key], strict=True):
+            yield sub.key, figure, truth, getattr(sub, figure)
+    for k, figure in enumerate(FIGURES):
+        yield "TOTAL", figure, sum(v[k] for v in exact.values()), est.total(figure)
+
+
+def test_intervals_hold_the_exact_figures_across_seeds(sample_dir, tokenizer, exact):
+    inside, misses = 0, []
+    for seed in range(5):
+        est = estimate_mixture(sample_dir / "mixture.yaml", sample_docs=16, seed=seed, tokenizer=tokenizer)
+        assert est.subsets and all(s.records_sampled < 4 * 16 for s in est.subsets)
+        for key, figure, truth, interval in _checks(est, exact):
+            if truth in interval:
+                inside += 1
+            else:
+                misses.append((seed, key, figure, truth, interval))
+    total = inside + len(misses)
+    assert total == 5 * (13 + 1) * 3
+    assert inside / total >= 0.93, misses  # nominal 95%; measured 98-100% on this corpus
+    assert all(m[1] != "TOTAL" for m in misses), misses
+
+
+@pytest.mark.slow
+def test_reading_everything_gives_the_exact_figures_with_no_width(sample_dir, tokenizer, exact):
+    est = estimate_mixture(sample_dir / "mixture.yaml", sample_docs=150, seed=3, tokenizer=tokenizer)
+    for _key, _figure, truth, interval in _checks(est, exact):
+        assert interval.value == pytest.approx(truth) and interval.high - interval.low == pytest.approx(0, abs=1e-6)
+
+
+def test_report_names_cost_disk_and_network(sample_dir, tokenizer):
+    est = estimate_mixture(sample_dir / "mixture.yaml", sample_docs=8, tokenizer=tokenizer, workers=4)
+    text = format_estimate(est)
+    assert "core-hours" in text and "Network" in text and "Temporary disk" in text
+    assert est.network_bytes == sum(p.stat().st_size for p in sample_dir.rglob("*") if p.suffix in
+                                    {".parquet", ".jsonl", ".gz", ".zst"})  # fmt: skip
+    assert est.core_hours > 0 and est.temp_disk_bytes(4) > est.temp_disk_bytes(1)
+    assert set(est.to_dict()["subsets"]) == {s.key for s in est.subsets}
+
+
+def test_lines_in_a_circular_window(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"aaaa\nbb\ncccccc\nd")
+    with open(path, "rb") as f:
+        assert _starts_in(f, 0, 5) == [0]
+        assert _starts_in(f, 3, 9) == [5, 8]
+        assert _starts_in(f, 5, 6) == [5]
+        assert _line_from(f, 8, 16) == b"cccccc\n" and _line_from(f, 15, 16) == b"d"
+
+
+def test_interval_of_draws():
+    assert Interval.of([10.0, 10.0, 10.0]) == Interval(10.0, 10.0, 10.0)
+    wide = Interval.of([5.0, 15.0])
+    assert wide.low == 0.0 and wide.value == 10.0 and wide.high > 60
+
+
+def test_cli_estimate_json_and_one_line_errors(sample_dir, tokenizer_path, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["estimate", str(sample_dir / "mixture.yaml"), "--sample-docs", "4", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["total"]["tokens"]["value"] > 0
+    missing = runner.invoke(cli, ["estimate", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_estimates_the_openelm_mixture_through_the_stand_in_hub(sample_dir, tokenizer, tmp_path):
+    from standin_hub import mirror_upstream, serve
+
+    from elm_data.manifests.openelm_mix import write_openelm_mixture
+
+    mirror_upstream(sample_dir, tmp_path / "mirror")
+    mixture = write_openelm_mixture(tmp_path, "openelm")
+    with serve(tmp_path / "mirror" / "hf", "hf"), serve(tmp_path / "mirror" / "https", "https"):
+        est = estimate_mixture(mixture, sample_docs=8, tokenizer=tokenizer)
+    assert len(est.subsets) == 13 and est.total("tokens").value > 0
