@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from elm_data.manifests.manifest import Manifest
+from elm_data.pipeline.tokenizer import PAD_ID
 from elm_data.trainer.config import TrainConfig
 from elm_data.trainer.distributed import DistInfo
 from elm_data.trainer.hardware import autocast, autocast_dtype, device_description, mfu, peak_flops
@@ -72,7 +73,7 @@ def overhead(config: TrainConfig, batches, device, steps: int, repeats: int) -> 
     times = {"ours": [], "bare": []}
     for _ in range(2):  # warm-up both
         train_step(ours_model, ours_opt, [batches[0]], config, device, amp_dtype, info, vocab)
-        bare_step(bare_model, bare_opt, batches[0]["input_ids"], device, amp_dtype, config.pad_id, vocab)
+        bare_step(bare_model, bare_opt, batches[0]["input_ids"], device, amp_dtype, PAD_ID, vocab)
     for _ in range(repeats):
         for name in ("ours", "bare"):
             sync(device)
@@ -82,7 +83,7 @@ def overhead(config: TrainConfig, batches, device, steps: int, repeats: int) -> 
                 if name == "ours":
                     train_step(ours_model, ours_opt, [batch], config, device, amp_dtype, info, vocab)
                 else:
-                    bare_step(bare_model, bare_opt, batch["input_ids"], device, amp_dtype, config.pad_id, vocab)
+                    bare_step(bare_model, bare_opt, batch["input_ids"], device, amp_dtype, PAD_ID, vocab)
             sync(device)
             times[name].append((time.perf_counter() - start) / steps)
     tokens = config.batch_size * config.seq_len

@@ -15,15 +15,26 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
     elm-data init openelm DIR                 manifests/openelm_cli.py
     elm-data estimate MIXTURE.yaml            manifests/openelm_cli.py
+
+Errors: :func:`run` is the one handler. A user error (:class:`~elm_data.errors.ElmDataError`, a click usage
+error, an ``OSError`` such as a full disk) prints ``error: <message>`` (URIs redacted) and exits 2; Ctrl-C or
+SIGTERM prints ``interrupted`` and exits 130/143; anything else is a bug: its traceback and a hint to report
+it, exit 1. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows the traceback of user errors.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import traceback
 
 import click
 
 from elm_data import __version__
+from elm_data.errors import EXIT_USER_ERROR, ElmDataError
+from elm_data.procs import Terminated, stop_on_sigterm
+from elm_data.redact import redact_text
 
 # group -> {command name: (module, attribute, one-line help)}. Modules are imported only when their
 # command runs, so `elm-data --help` and the data commands never pay for importing torch.
@@ -80,8 +91,17 @@ class LazyGroup(click.Group):
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+_debug = {"on": bool(os.environ.get("ELM_DATA_DEBUG"))}
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    _debug["on"] = _debug["on"] or value
+
+
 @click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings=SETTINGS)
 @click.version_option(__version__, prog_name="elm-data")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+              help="Show the traceback of errors (also ELM_DATA_DEBUG=1).")
 def cli() -> None:
     """elm-data: which bytes of which public corpus became which training tokens, and proof of it.
 
@@ -110,5 +130,51 @@ def tokenizer() -> None:
     """Fetch and pin the LLaMA tokenizer (cached by sha256)."""
 
 
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
+    if _debug["on"]:
+        traceback.print_exc()
+    click.echo(f"error: {redact_text(message)}", err=True)
+    return code
+
+
+def _os_error_message(error: OSError) -> str:
+    if error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return str(error) or type(error).__name__
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the command line; return its exit code (the one error handler: see the module docstring)."""
+    stop_on_sigterm()
+    try:
+        code = cli.main(args=args, prog_name="elm-data", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.Abort as abort:  # Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
+        term = isinstance(abort.__cause__, Terminated) or isinstance(abort, Terminated)
+        click.echo(f"interrupted ({'SIGTERM' if term else 'SIGINT'}): stopped; completed work is kept", err=True)
+        return 143 if term else 130
+    except Terminated:
+        click.echo("interrupted (SIGTERM): stopped; completed work is kept", err=True)
+        return 143
+    except KeyboardInterrupt:
+        click.echo("interrupted (SIGINT): stopped; completed work is kept", err=True)
+        return 130
+    except click.ClickException as error:  # usage errors and the commands' own one-line errors
+        return _fail(error.format_message())
+    except ElmDataError as error:
+        return _fail(str(error))
+    except OSError as error:  # a full disk, a permission, a missing file: the environment, not a bug
+        return _fail(_os_error_message(error))
+    except Exception as error:  # a bug: show everything, ask for a report
+        traceback.print_exc()
+        first = (redact_text(str(error)).splitlines() or [""])[0]
+        click.echo(
+            f"error: internal error ({type(error).__name__}: {first}) — this is a bug in elm-data {__version__}; "
+            "please report it with the traceback above",
+            err=True,
+        )
+        return 1
+
+
 def main() -> None:
-    cli(prog_name="elm-data")
+    sys.exit(run())

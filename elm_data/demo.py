@@ -1,4 +1,4 @@
-"""`elm-data demo`: the whole product on the bundled sample corpus, in a few minutes on a CPU.
+"""`elm-data demo`: the whole product on the bundled sample corpus, in about a minute on two CPU cores.
 
 sample shards (every source in its native format) → manifest → verify → audit (+ plot)
 → Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export.
@@ -6,13 +6,19 @@ sample shards (every source in its native format) → manifest → verify → au
 
 from __future__ import annotations
 
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
 import click
 
-from elm_data.pipeline.tokenizer import TokenizerNotFound, resolve_tokenizer_uri
+from elm_data.errors import OutputExists
+from elm_data.pipeline.tokenizer import TokenizerError, resolve_tokenizer
+
+# The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained model.
+# 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it longer.
+DEMO_TRAINING = {"max_steps": 20, "seq_len": 128, "warmup_steps": 2, "checkpoint_every": 10}
 
 
 def _step(title: str) -> float:
@@ -28,8 +34,27 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("elm_data.trainer") / "configs" / "demo.yaml"))
 
 
-def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 2) -> dict[str, Path]:
-    """Run every stage on the sample corpus under ``out``; return where each output is."""
+def _clear_previous(paths: dict[str, Path], overwrite: bool) -> None:
+    """Refuse to run over an earlier demo's outputs unless ``overwrite`` (then they are removed first)."""
+    present = [p for p in paths.values() if p.exists()]
+    if present and not overwrite:
+        raise OutputExists(
+            f"{present[0].parent} already holds a demo run ({', '.join(p.name for p in present)}); "
+            "pass --overwrite to replace it, or choose another OUT_DIR"
+        )
+    for path in present:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def run_demo(
+    out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 1, overwrite: bool = False
+) -> dict[str, Path]:
+    """Run every stage on the sample corpus under ``out``; return where each output is.
+
+    An earlier demo's outputs in ``out`` are refused (:class:`OutputExists`) unless ``overwrite``."""
     from elm_data.manifests.audit import audit_manifest, format_table
     from elm_data.manifests.build import build_manifest
     from elm_data.manifests.croissant import export_croissant
@@ -41,7 +66,7 @@ def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, 
     from elm_data.trainer.config import TrainConfig
     from elm_data.trainer.loop import train
 
-    tokenizer_uri = resolve_tokenizer_uri(tokenizer)
+    tokenizer_uri = resolve_tokenizer(tokenizer).uri  # flag > $ELM_DATA_TOKENIZER > the cache, by sha256
     out = out.resolve()
     paths = {
         "sample corpus": out / "sample",
@@ -51,6 +76,7 @@ def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, 
         "training run": out / "run",
         "hf export": out / "hf",
     }
+    _clear_previous(paths, overwrite)
 
     t = _step("1/6 sample corpus: every source and subset in its native on-disk format")
     mixture = write_sample_corpus(paths["sample corpus"], seed=0)
@@ -75,9 +101,12 @@ def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, 
     export_croissant(paths["manifest"], paths["croissant"])
     _done(t, f"{report.shards_checked} shards verified; plot and Croissant written")
 
-    t = _step("4/6 train a tiny OpenELM on the packed, mixed stream")
-    config = TrainConfig.from_yaml(demo_config_path(), manifest=str(paths["manifest"]), tokenizer=tokenizer_uri)
-    result = train(config, out_dir=paths["training run"], max_steps=steps)
+    t = _step(f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)")
+    overrides = DEMO_TRAINING | ({"max_steps": steps} if steps else {})
+    config = TrainConfig.from_yaml(
+        demo_config_path(), manifest=str(paths["manifest"]), tokenizer=tokenizer_uri, **overrides
+    )
+    result = train(config, out_dir=paths["training run"])
     _done(t, f"{result.final_step} steps, loss {result.first_loss:.3f} → {result.last_loss:.3f}")
 
     t = _step("5/6 which data did the run eat?")
@@ -92,14 +121,15 @@ def run_demo(out: Path, tokenizer: str | None = None, steps: int | None = None, 
 
 @click.command("demo")
 @click.argument("out_dir", default="elm-data-demo", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: demo.yaml's).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Manifest build processes.")
-def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int) -> None:
+@click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 20].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Manifest build processes.")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in OUT_DIR.")
+def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int, overwrite: bool) -> None:
     """Run the whole product on the bundled sample corpus and say where every output is."""
     try:
-        paths = run_demo(out_dir, tokenizer=tokenizer, steps=steps, workers=workers)
-    except TokenizerNotFound as e:
+        paths = run_demo(out_dir, tokenizer=tokenizer, steps=steps, workers=workers, overwrite=overwrite)
+    except TokenizerError as e:
         raise click.ClickException(str(e)) from None
     click.secho("\nOutputs", bold=True)
     for what, path in paths.items():

@@ -10,6 +10,7 @@ at assembly into ``dropped_samples.jsonl`` (an inspection aid outside the manife
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import posixpath
 from collections import Counter
@@ -24,8 +25,12 @@ from typing import Any
 import pyarrow as pa
 
 from elm_data import __version__
+from elm_data.errors import ElmDataError, OutputExists
+from elm_data.outputs import output_lock, recover_dir
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.procs import die_with_parent
+from elm_data.redact import redact_text, redact_uri
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
@@ -47,11 +52,11 @@ from .workspace import BuildWorkspace, workspace_path_for
 RUNNERS = ("local", "beam")
 
 
-class BuildFailed(RuntimeError):
+class BuildFailed(ElmDataError, RuntimeError):
     """Some shards could not be counted; ``failures`` lists (uri, message). No manifest was written."""
 
     def __init__(self, failures: list[tuple[str, str]], workspace: str):
-        self.failures = failures
+        self.failures = failures = [(redact_uri(uri), redact_text(message)) for uri, message in failures]
         lines = "\n".join(f"  {uri}: {message}" for uri, message in failures)
         super().__init__(
             f"{len(failures)} shard(s) could not be counted; no manifest was written "
@@ -59,7 +64,7 @@ class BuildFailed(RuntimeError):
         )
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(ElmDataError, RuntimeError):
     """A local worker process died (e.g. killed for memory); the committed shards survive."""
 
 
@@ -101,6 +106,7 @@ _worker_state: dict[str, Any] = {}
 
 
 def _init_worker(spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0) -> None:
+    die_with_parent()  # a killed build leaves no worker still counting and committing shards
     _worker_state["pass"] = spec.build()
     _worker_state["workspace"] = BuildWorkspace(workspace_path, config_hash)
     _worker_state["dropped_per_reason"] = dropped_per_reason
@@ -171,7 +177,7 @@ def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damage
         done = workspace.committed(task.shard)
         if error is not None:
             failures.append((task.uri, error["error"]))
-        elif done is None or done.config_hash != workspace.config_hash or done.record.uri != task.uri:
+        elif done is None or done.config_hash != workspace.config_hash or done.record.uri != redact_uri(task.uri):
             failures.append((task.uri, "not counted (the runner did not commit a result)"))
         else:
             records.append(done.record)
@@ -221,13 +227,13 @@ def manifest_info(
         "manifest_id": mid,
         "merkle_root": merkle_root_of(records),
         "name": mixture.name,
-        "tokenizer": {"uri": tokenizer.uri, "sha256": tokenizer.sha256},
+        "tokenizer": {"uri": redact_uri(tokenizer.uri), "sha256": tokenizer.sha256},
         "filters": mixture.filters.to_dict(),
         "pass": pass_description,
         "sequences": sequences,
         "seed": mixture.seed,
         "mixture": [
-            w | {"shards": list(e.shards), "resolved_shards": per_entry[(e.source, e.subset)]}
+            w | {"shards": [redact_uri(p) for p in e.shards], "resolved_shards": per_entry[(e.source, e.subset)]}
             for w, e in zip(weights, mixture.entries, strict=True)
         ],
         "targets": targets,
@@ -238,11 +244,29 @@ def manifest_info(
     }
 
 
-def _check_output_dir(out_dir: Path) -> None:
+def _check_output_dir(out_dir: Path, overwrite: bool = False) -> None:
     if out_dir.exists() and not (out_dir / MANIFEST_FILE).exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not a manifest directory; refusing to replace it")
+        raise OutputExists(f"{out_dir} exists and is not a manifest directory; refusing to replace it")
+    if (out_dir / MANIFEST_FILE).exists() and not overwrite:
+        raise OutputExists(
+            f"{out_dir} already holds a manifest; pass --overwrite (overwrite=True) to replace it and everything "
+            "in it, or choose another --out"
+        )
 
 
+def _one_build_per_output(build: Callable[..., BuildResult]) -> Callable[..., BuildResult]:
+    """Run ``build`` holding the lock of its output directory, after undoing what a killed build left there."""
+
+    @functools.wraps(build)
+    def locked(mixture_path: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> BuildResult:
+        with output_lock(Path(out_dir), "manifest build"):
+            recover_dir(Path(out_dir))
+            return build(mixture_path, out_dir, *args, **kwargs)
+
+    return locked
+
+
+@_one_build_per_output
 def build_manifest(
     mixture_path: str | Path,
     out_dir: str | Path,
@@ -256,6 +280,7 @@ def build_manifest(
     workspace: str | None = None,
     dropped_samples: int = 0,
     accept_damaged: bool = False,
+    overwrite: bool = False,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
@@ -269,6 +294,8 @@ def build_manifest(
     ``dropped_samples``: K > 0 also writes ``dropped_samples.jsonl``, the first K filtered documents and
     K rejected records per reason in manifest order (shard, then index); it changes neither the
     manifest id nor the parquet files.
+    ``overwrite``: replace a manifest already at ``out_dir`` (else :class:`OutputExists`). One build per
+    ``out_dir`` at a time (:class:`~elm_data.errors.OutputLocked` names the holder).
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
     """
     if runner not in RUNNERS:
@@ -276,7 +303,7 @@ def build_manifest(
     if dropped_samples < 0:
         raise ValueError(f"dropped_samples must be >= 0, got {dropped_samples}")
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir)
+    _check_output_dir(out_dir, overwrite)
     mixture = MixtureConfig.load(mixture_path)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)

@@ -49,8 +49,10 @@ def _open_manifest(path: str):
     help="Record damaged shards (truncated archive, unreadable file, wrong parquet schema) as counted rejections "
     "instead of failing the build.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace a manifest already at --out (and every file in it).")
 def build_manifest(
-    mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples, accept_damaged
+    mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples, accept_damaged,
+    overwrite,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -67,7 +69,7 @@ def build_manifest(
         result = build(
             mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
             progress=True, beam_args=beam_args, workspace=workspace, dropped_samples=dropped_samples,
-            accept_damaged=accept_damaged,
+            accept_damaged=accept_damaged, overwrite=overwrite,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None

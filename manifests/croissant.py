@@ -17,6 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from elm_data.redact import redact_uri
+
 from .manifest import DOCUMENT_SCHEMA, DOCUMENTS_FILE, MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
@@ -168,14 +170,14 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
             "@id": f"shard-{r.shard:05d}",
             "name": f"shard-{r.shard:05d}",
             "description": f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept, {r.tokens:,} tokens.",
-            "contentUrl": r.uri,
+            "contentUrl": redact_uri(r.uri),
             "contentSize": f"{r.size_bytes} B",
             "encodingFormat": _encoding_of(r.uri),
             "sha256": r.sha256,
             "license": r.licence,
         }
         if r.upstream:
-            derived: dict[str, Any] = {"@id": r.upstream}
+            derived: dict[str, Any] = {"@id": redact_uri(r.upstream)}
             if r.upstream_revision:
                 derived["version"] = r.upstream_revision
             shard_object["prov:wasDerivedFrom"] = derived
@@ -220,7 +222,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "rai:dataCollectionType": ["Secondary Data Analysis"],
         "rai:dataCollectionRawData": (
             "The published upstream files each shard derives from (prov:wasDerivedFrom on every shard), under: "
-            + ", ".join(sorted({posixpath.dirname(r.upstream) for r in records if r.upstream}))
+            + ", ".join(sorted({posixpath.dirname(redact_uri(r.upstream)) for r in records if r.upstream}))
         ),
         "rai:dataPreprocessingProtocol": preprocessing,
         "rai:dataManipulationProtocol": (
@@ -255,7 +257,11 @@ def export_croissant(manifest_dir: str | Path, out: str | Path | None = None) ->
     out = Path(out) if out else manifest_dir / "croissant.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = croissant_metadata(manifest_dir, relative_to=out.resolve().parent)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")  # umask's modes, like any tool
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out

@@ -19,7 +19,6 @@ either exists whole or not at all.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -31,6 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from elm_data.outputs import publish_modes, replace_dir
 
 FORMAT_VERSION = 1
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE = "manifest.json", "shards.parquet", "documents.parquet"
@@ -220,14 +221,8 @@ def write_manifest_dir(
                 # an empty row group still keeps row-group index == shard index
                 writer.write_table(table.cast(DOCUMENT_SCHEMA), row_group_size=max(1, table.num_rows))
         (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        keep = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(keep, ignore_errors=True)  # left behind by a crash between the two renames
-        if out_dir.exists():
-            os.replace(out_dir, keep)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(keep, ignore_errors=True)
+        publish_modes(tmp)  # mkdtemp made it 0700: give it the umask's modes, like any other tool
+        replace_dir(tmp, out_dir)  # out_dir holds the old manifest or the new one, never nothing
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

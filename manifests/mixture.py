@@ -35,6 +35,7 @@ from typing import Any
 import fsspec
 import yaml
 
+from elm_data.errors import InvalidValue
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 
 from .shard_lists import entry_shards
@@ -52,6 +53,15 @@ class MixtureEntry:
     fraction: float | None = None  # keep this share of the shards, evenly spaced
 
 
+def _weight(i: int, value: Any) -> float | None:
+    """A mixing weight: omitted (natural proportion) or a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InvalidValue(f"sources[{i}].weight: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -62,8 +72,14 @@ def _fraction(i: int, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"sources[{i}].fraction: expected a number in (0, 1], got {value!r}")
+        raise InvalidValue(f"sources[{i}].fraction: expected a number in (0, 1], got {value!r}")
     return float(value)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(f"seed: expected an integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -87,21 +103,21 @@ class MixtureConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str = ".") -> MixtureConfig:
-        if not raw.get("sources"):
-            raise ValueError("mixture config has no `sources:` list")
+        if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list) or not raw["sources"]:
+            raise InvalidValue("sources: the mixture config needs a non-empty `sources:` list")
         entries = []
         for i, item in enumerate(raw["sources"]):
             missing = {"source"} - set(item)
             if not missing and not (item.get("shards") or item.get("shards_from")):
                 missing = {"shards (or shards_from)"}
             if missing:
-                raise ValueError(f"sources[{i}] lacks {sorted(missing)}")
+                raise InvalidValue(f"sources[{i}]: lacks {sorted(missing)}")
             entries.append(
                 MixtureEntry(
                     source=str(item["source"]),
                     subset=str(item.get("subset") or "default"),
                     shards=_strings(item.get("shards")),
-                    weight=None if item.get("weight") is None else float(item["weight"]),
+                    weight=_weight(i, item.get("weight")),
                     shards_from=_strings(item.get("shards_from")),
                     revision=None if item.get("revision") is None else str(item["revision"]),
                     match=None if item.get("match") is None else str(item["match"]),
@@ -116,7 +132,7 @@ class MixtureConfig:
             entries=tuple(entries),
             filters=FilterConfig.from_dict(raw.get("filters")),
             sequences=SequenceConfig.from_dict(raw.get("sequences")),
-            seed=int(raw.get("seed", 0)),
+            seed=_seed(raw.get("seed", 0)),
             tokenizer=tok,
             targets=raw.get("targets", "openelm"),
             base_dir=base_dir,

@@ -21,6 +21,7 @@ from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.redact import redact_uri
 from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import fetched, read_shard, sha256_of, size_of
 
@@ -151,7 +152,7 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
     reader's rejection reason never share a sample. Fields mirror the ledger row (``shard`` is the
     manifest position, ``chars``/``count`` as in ``documents.parquet``) plus where the bytes are.
     """
-    record = {"shard": task.shard, "source": task.source, "subset": task.subset, "shard_uri": task.uri,
+    record = {"shard": task.shard, "source": task.source, "subset": task.subset, "shard_uri": redact_uri(task.uri),
               "shard_sha256": sha256}
     if isinstance(item, Rejection):
         record |= {"index": item.index, "doc_id": "", "status": "rejected", "reason": item.reason,
@@ -211,11 +212,11 @@ def count_shard(
         shard=task.shard,
         source=task.source,
         subset=task.subset,
-        uri=task.uri,
+        uri=redact_uri(task.uri),  # no credentials in any record (the read above used the full URI)
         size_bytes=size,
         sha256=sha256,
         licence=task.licence,
-        upstream=task.upstream,
+        upstream=redact_uri(task.upstream) if task.upstream else task.upstream,
         upstream_revision=hub_revision(task.uri, sha256),
         docs_read=ledger.kept + docs_filtered + docs_rejected,
         docs_kept=ledger.kept,

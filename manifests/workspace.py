@@ -29,14 +29,16 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from elm_data.errors import ElmDataError
 from elm_data.pipeline.dropped import DroppedSamples
+from elm_data.redact import redact_text, redact_uri
 
 from .manifest import DOCUMENT_SCHEMA, ShardRecord
 
 WORKSPACE_MARKER = "WORKSPACE.json"
 
 
-class ShardChanged(RuntimeError):
+class ShardChanged(ElmDataError, RuntimeError):
     """A shard's bytes differ from those an interrupted build already counted."""
 
 
@@ -70,7 +72,10 @@ class BuildWorkspace:
         return self._file(shard, ".dropped.jsonl")
 
     def create(self) -> None:
+        """Make the workspace (or reuse it), dropping temp files a killed writer left half-written."""
         self.fs.makedirs(self._root, exist_ok=True)
+        for stale in self.fs.glob(f"{self._root}/*.tmp-*"):
+            self.fs.rm(stale)
         marker = {
             "what": "elm-data manifest build workspace: per-shard partial results, NOT a manifest",
             "pass_config_hash": self.config_hash,
@@ -122,7 +127,7 @@ class BuildWorkspace:
         With ``dropped_per_reason`` K > 0 it must also hold at least K dropped samples per reason.
         """
         done = self.committed(shard)
-        if done is None or done.config_hash != self.config_hash or done.record.uri != uri:
+        if done is None or done.config_hash != self.config_hash or done.record.uri != redact_uri(uri):
             return None
         if done.record.sha256 != sha256:
             raise ShardChanged(
@@ -169,7 +174,7 @@ class BuildWorkspace:
                 into.offer(bucket, tuple(key), record)
 
     def store_error(self, shard: int, uri: str, message: str) -> None:
-        self._write_json(self._file(shard, ".error.json"), {"uri": uri, "error": message})
+        self._write_json(self._file(shard, ".error.json"), {"uri": redact_uri(uri), "error": redact_text(message)})
 
     def error(self, shard: int) -> dict[str, str] | None:
         return self._read_json(self._file(shard, ".error.json"))

@@ -60,27 +60,32 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 @click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(["packed", "corenet"]), default=None,
               help="Sequence mode (default: the manifest's). corenet needs a manifest built in corenet mode.")
-@click.option("--seq-len", type=int, default=None, help="Sequence length (rows are seq_len+1). Default: manifest's.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Sequences per batch.")
-@click.option("--take", type=int, default=4, show_default=True, help="Sequences to print.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="Sequence length (rows are seq_len+1). Default: manifest's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per batch.")
+@click.option("--take", type=click.IntRange(min=0), default=4, show_default=True, help="Sequences to print.")
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
               help="text: spans and decoded snippets; jsonl: one object per sequence with token ids and spans.")
 @click.option("--weights", default=None,
               help="'natural' (each kept document once) or a YAML/JSON file 'source/subset: weight'. "
                    "Default: the manifest's mixture weights, else natural.")
 @click.option("--seed", type=int, default=None, help="Mixing seed (default: the manifest's).")
+@click.option("--partitions", type=click.IntRange(min=1), default=None,
+              help="Stream partitions P (default: the largest power of two <= 64 with >= 4 blocks each); "
+                   "ranks x workers must divide it.")
 @click.option("--tokenizer", default=None,
               help="LLaMA tokenizer.model (else $ELM_DATA_TOKENIZER, else the manifest's).")
 @click.option("--full-pass", is_flag=True,
               help="Stream one whole natural pass (no printing) and report stats and the ledger against the manifest.")
-def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, tokenizer, full_pass) -> None:
+def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer,
+           full_pass) -> None:
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
-    holds. The stream checks each shard's sha256 and each document's token count against the manifest.
+    holds. The stream checks each block's sha256 and each document's token count against the manifest.
     """
-    from elm_data.pipeline.plan import PlanError
     from elm_data.pipeline.stream import (
+        PlanError,
         StreamIntegrityError,
         StreamLoader,
         TokenizerMismatch,
@@ -92,7 +97,7 @@ def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, se
     try:
         ts = TokenStream(manifest_dir, batch_size=batch_size, seq_len=seq_len, mode=mode,
                          weights="natural" if full_pass else _load_weights(weights), seed=seed,
-                         tokenizer=tokenizer, epochs=1, provenance=not full_pass)
+                         tokenizer=tokenizer, epochs=1, provenance=not full_pass, partitions=partitions)
         if full_pass:
             _full_pass(ts, StreamLoader(ts), fmt == "jsonl")
             return
@@ -110,7 +115,7 @@ def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, se
 def _full_pass(ts, loader, as_json: bool) -> None:
     from tqdm import tqdm
 
-    from elm_data.pipeline.ledger import expected_natural_pass
+    from elm_data.pipeline.stream.ledger import expected_natural_pass
 
     with tqdm(unit="seq", desc="streaming one natural pass", dynamic_ncols=True, disable=None) as bar:
         for batch in loader:

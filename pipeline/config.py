@@ -6,10 +6,29 @@ its id, so every field must be JSON-serialisable and deterministic.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from elm_data.errors import InvalidValue
+from elm_data.pipeline.tokenizer import PAD_ID
+
 SEQUENCE_MODES = ("packed", "corenet")
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """Refuse ``value`` of config ``key`` in one line unless ``ok``."""
+    if not ok:
+        raise InvalidValue(f"{key}: expected {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _known(section: str, raw: dict[str, Any], cls: type) -> None:
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+    if unknown:
+        raise InvalidValue(f"{section}: unknown setting(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,13 @@ class FilterConfig:
     # min_tokens; True reproduces that (content tokens + 2 >= min_tokens). Segments never hold them.
     min_tokens_counts_bos_eos: bool = False
 
+    def __post_init__(self) -> None:
+        for key in ("min_characters", "min_tokens"):
+            value = getattr(self, key)
+            _require(_is_int(value) and value >= 0, f"filters.{key}", "an integer >= 0", value)
+        for key in ("nfc_normalization", "min_tokens_counts_bos_eos"):
+            _require(isinstance(getattr(self, key), bool), f"filters.{key}", "true or false", getattr(self, key))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["quality"] = [{"name": q.name, "params": dict(sorted(q.params.items()))} for q in self.quality]
@@ -46,9 +72,7 @@ class FilterConfig:
             else QualityFilterSpec(name=str(q))
             for q in d.pop("quality", None) or ()
         )
-        unknown = set(d) - {"min_characters", "min_tokens", "nfc_normalization", "min_tokens_counts_bos_eos"}
-        if unknown:
-            raise ValueError(f"unknown filter setting(s): {sorted(unknown)}")
+        _known("filters", d, cls)
         return cls(quality=quality, **d)
 
 
@@ -59,16 +83,23 @@ class SequenceConfig:
     mode: str = "packed"  # "packed" or "corenet"
     seq_len: int = 2048  # sequences are seq_len + 1 tokens (inputs and shifted labels)
     corenet_words_per_piece: int = 2048
-    pad_id: int = 32000
+    pad_id: int = PAD_ID  # must be PAD_ID: the one pad id the stream, the loss and the model agree on
     document_masks: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in SEQUENCE_MODES:
-            raise ValueError(f"sequence mode must be one of {SEQUENCE_MODES}, got {self.mode!r}")
+        _require(self.mode in SEQUENCE_MODES, "sequences.mode", f"one of {SEQUENCE_MODES}", self.mode)
+        for key in ("seq_len", "corenet_words_per_piece"):
+            value = getattr(self, key)
+            _require(_is_int(value) and value > 0, f"sequences.{key}", "an integer > 0", value)
+        _require(self.pad_id == PAD_ID and _is_int(self.pad_id), "sequences.pad_id", f"{PAD_ID} (PAD_ID)", self.pad_id)
+        masks = self.document_masks
+        _require(isinstance(masks, bool), "sequences.document_masks", "true or false", masks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SequenceConfig:
-        return cls(**dict(d or {}))
+        d = dict(d or {})
+        _known("sequences", d, cls)
+        return cls(**d)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import pyarrow.compute as pc
 
+from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import SEQUENCE_MODES
 from elm_data.pipeline.mixing import derive_seed, permutation, proportional_interleave, weighted_interleave
@@ -25,7 +26,7 @@ from elm_data.pipeline.mixing import derive_seed, permutation, proportional_inte
 NATURAL = "natural"
 
 
-class PlanError(ValueError):
+class PlanError(ElmDataError, ValueError):
     """The requested plan cannot be made from this manifest."""
 
 

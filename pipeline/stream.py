@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
@@ -48,11 +49,11 @@ from elm_data.sources.document import Document
 STATE_VERSION = 1
 
 
-class StreamIntegrityError(RuntimeError):
+class StreamIntegrityError(ElmDataError, RuntimeError):
     """The corpus or the pass no longer matches the manifest; nothing of it is fed."""
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(ElmDataError, ValueError):
     """The tokenizer given is not the one the manifest was counted with."""
 
 

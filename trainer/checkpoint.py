@@ -15,7 +15,6 @@ write are hidden ``.step_*.tmp-*`` folders, removed by the next save.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -26,14 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from elm_data.errors import ElmDataError
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from elm_data.outputs import publish_modes, replace_dir
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE, STREAM_STATE, TRAINER_STATE = "training_state.pt", "stream_state.pt", "trainer_state.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ElmDataError, ValueError):
     """A checkpoint that is missing, incomplete or does not belong to this run."""
 
 
@@ -98,17 +99,8 @@ def save_checkpoint(
         )
         torch.save(stream_state, tmp / STREAM_STATE)
         (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        publish_modes(tmp)  # mkdtemp made it 0700: the umask's modes, like any other tool
+        replace_dir(tmp, final)  # re-saving a step (after a resume) swaps the old one out atomically
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -146,17 +138,36 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str 
     missing = [name for name in expected if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
-    saved = load_model(path)
+    saved = _read(path, WEIGHTS_FILE, lambda: load_model(path))
     target = getattr(model, "_orig_mod", model)
     if saved.config.to_dict() != target.config.to_dict():
         raise CheckpointError(f"checkpoint {path} holds a different model config than this run's")
     target.load_state_dict(saved.state_dict(), strict=True)
-    training = torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
+    training = _read(
+        path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
+    )
+    stream = _read(path, STREAM_STATE, lambda: torch.load(path / STREAM_STATE, weights_only=True))
+    trainer = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
+    if not isinstance(training, dict) or not {"optimizer", "scheduler", "rng"} <= set(training):
+        raise CheckpointError(f"checkpoint {path}: {TRAINING_STATE} does not hold a training state")
     return {
         "path": path,
-        "trainer": json.loads((path / TRAINER_STATE).read_text()),
+        "trainer": trainer,
         "optimizer": training["optimizer"],
         "scheduler": training["scheduler"],
         "rng": training["rng"],
-        "stream": torch.load(path / STREAM_STATE, weights_only=True),
+        "stream": stream,
     }
+
+
+def _read(path: Path, name: str, read):
+    """``read()``, or one line naming the damaged file. Never suggests loading it unsafely."""
+    try:
+        return read()
+    except CheckpointError:
+        raise
+    except Exception as error:  # corrupt zip, truncated safetensors, a pickle that is not plain data, bad JSON
+        raise CheckpointError(
+            f"checkpoint {path}: {name} is damaged or not a checkpoint file ({type(error).__name__}); "
+            "resume from another checkpoint"
+        ) from error

@@ -3,18 +3,26 @@
 Defaults follow the OpenELM pre-training configs in CoreNet (projects/openelm/pretraining_configs):
 AdamW (0.9, 0.95, eps 1e-8, weight decay 0.1 on every parameter of two or more dimensions, embeddings
 included, none on the 1-D norm weights), linear warm-up from 1e-6, cosine decay to 0.1x the peak,
-gradient clipping at 1.0, cross-entropy ignoring pad id 32000 plus z-loss 1e-4, sequence length 2048.
+gradient clipping at 1.0, cross-entropy ignoring the pad id plus z-loss 1e-4, sequence length 2048.
+
+Seeds: ``seed`` seeds the model's initialisation and the trainer's RNGs; ``data_seed`` is the stream's mixing
+seed and defaults to the manifest's ``seed`` (so ``train`` and ``stream`` read the same order). The pad id is
+not a setting: it is ``pipeline.tokenizer.PAD_ID``, which every manifest's ``sequences.pad_id`` must equal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from elm_data.errors import InvalidValue
 
 # Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
 OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}
@@ -24,8 +32,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 
 
-class ConfigError(ValueError):
-    """A training config that cannot be used as written."""
+class ConfigError(InvalidValue):
+    """A training config that cannot be used as written; the message names the key."""
 
 
 @dataclass
@@ -41,7 +49,7 @@ class TrainConfig:
     epochs: int | None = 1  # passes over the data; None = repeat forever
     document_masks: bool = False  # attend only within a document (needs the stream's segment_ids)
     num_workers: int = 0  # DataLoader workers for the stream
-    pad_id: int = 32000
+    data_seed: int | None = None  # the stream's mixing seed; None = the manifest's seed (as `elm-data stream`)
 
     # model
     model: str | dict[str, Any] = "270M"  # a named size or a dict: {name: tiny, <OpenELMConfig overrides>}
@@ -64,7 +72,7 @@ class TrainConfig:
     z_loss: float = 1e-4
 
     # execution
-    seed: int = 0
+    seed: int = 0  # model initialisation and trainer RNGs (not the data order: see data_seed)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp32"
     compile: bool = False
@@ -87,6 +95,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str | Path = ".") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
+        if "pad_id" in raw:
+            raise ConfigError("pad_id: not a training setting; the pad id is the manifest's (sequences.pad_id)")
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown training config key(s): {unknown}; known keys: {sorted(known)}")
@@ -105,7 +115,10 @@ class TrainConfig:
             raise ConfigError(f"{path} must hold a mapping of settings, got {type(raw).__name__}")
         raw.setdefault("name", path.stem)
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw, base_dir=path.resolve().parent)
+        try:
+            return cls.from_dict(raw, base_dir=path.resolve().parent)
+        except ConfigError as error:
+            raise ConfigError(f"training config {path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -153,6 +166,8 @@ class TrainConfig:
             raise ConfigError(f"model: {error}") from error
 
     def validate(self) -> None:
+        """Refuse a value of the wrong type or out of range, naming its key (one line)."""
+        _check_types(self)
         checks = [
             (self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
@@ -165,11 +180,16 @@ class TrainConfig:
             (self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}"),
             (self.log_every > 0, "log_every must be positive"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (isinstance(self.model, (str, dict)), "model must be a size name or a mapping"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.epochs is None or self.epochs > 0, f"epochs must be positive or null, got {self.epochs}"),
+            (self.mode in (None, "packed", "corenet"), f"mode must be packed, corenet or null, got {self.mode!r}"),
+            (self.keep_checkpoints is None or self.keep_checkpoints > 0, "keep_checkpoints must be positive or null"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        _check_model(self.model)
+        _check_weights(self.weights)
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step so a step sees ``tokens_per_step`` tokens (at least one)."""
@@ -185,3 +205,49 @@ class TrainConfig:
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
             keep.pop(volatile)
         return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (bool is not a number; an int is a float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join("null" if a is type(None) else names.get(typing.get_origin(a) or a, str(a)) for a in args)
+
+
+def _check_types(config: TrainConfig) -> None:
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{f.name}: expected {_type_name(hints[f.name])}, got {value!r}")
+
+
+def _check_model(model: str | dict[str, Any]) -> None:
+    from elm_data.model.config import NAMED_SHAPES
+
+    name = model if isinstance(model, str) else model.get("name")
+    if isinstance(model, str) and name not in NAMED_SHAPES:
+        raise ConfigError(f"model: unknown size {name!r}; choose one of {', '.join(NAMED_SHAPES)} or a mapping")
+
+
+def _check_weights(weights: str | dict[str, float] | None) -> None:
+    if isinstance(weights, str) and weights != "natural":
+        raise ConfigError(f"weights: expected 'natural', a mapping 'source/subset: weight' or null, got {weights!r}")
+    for key, value in (weights if isinstance(weights, dict) else {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"weights: {key}: expected a number >= 0, got {value!r}")

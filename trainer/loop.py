@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint, set_rng_state
@@ -32,7 +33,7 @@ from .optim import build_optimizer, build_scheduler
 from .runlog import LOG_FILE, RunLog, code_version, effective_steps, read_log
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ElmDataError, RuntimeError):
     """A run that cannot start or continue (bad config, missing data, mismatched checkpoint)."""
 
 
@@ -90,7 +91,7 @@ def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokeni
         seq_len=config.seq_len,
         mode=config.mode,
         weights=config.weights,
-        seed=config.seed,
+        seed=config.data_seed,  # None: the manifest's seed, exactly as `elm-data stream` (config.seed is the model's)
         rank=info.rank,
         world_size=info.world_size,
         tokenizer=tokenizer,
@@ -128,8 +129,8 @@ def train_step(
     Each micro-batch contributes its *summed* loss divided by the step's counted tokens (all micro-batches,
     all ranks), so accumulating k micro-batches equals one batch k times as large.
     """
-    pairs = [split_inputs_labels(b["input_ids"], vocab_size, config.pad_id) for b in batches]
-    local = [sum(int((labels != config.pad_id).sum()) for _, labels in pairs), sum(lab.numel() for _, lab in pairs)]
+    pairs = [split_inputs_labels(b["input_ids"], vocab_size, PAD_ID) for b in batches]
+    local = [sum(int((labels != PAD_ID).sum()) for _, labels in pairs), sum(lab.numel() for _, lab in pairs)]
     counted, positions = (int(v) for v in D.all_reduce_sum(torch.tensor(local, device=device), info).tolist())
     # DDP/FSDP average gradients over ranks; scale so the result is the mean over all counted tokens.
     denominator = max(counted, 1) / info.world_size
@@ -142,7 +143,7 @@ def train_step(
         with D.gradient_sync(model, enabled=last):  # reduce gradients across ranks once, on the last one
             with autocast(device, amp_dtype):
                 logits = model(inputs, **kwargs)
-            parts = loss_sums(logits, labels, config.pad_id)
+            parts = loss_sums(logits, labels, PAD_ID)
             (parts.total(config.z_loss) / denominator).backward()
         sums += torch.stack([parts.ce.detach(), parts.z.detach()]).double()
     D.all_reduce_sum(sums, info)

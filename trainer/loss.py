@@ -1,7 +1,7 @@
 """Next-token cross-entropy with z-loss, ignoring padding, as sums so gradient accumulation stays exact.
 
 Inputs and labels. A stream sequence ``x`` holds ``seq_len + 1`` ids; the model reads ``x[:, :-1]`` and
-is scored on ``x[:, 1:]``. Labels equal to the pad id (32000) are ignored by both terms.
+is scored on ``x[:, 1:]``. Labels equal to the pad id (``PAD_ID``, 32000) are ignored by both terms.
 
 Padding in the inputs. CoreNet pads with id 32000 and gives the model a 32128-row vocabulary, so the pad
 id has its own (never-trained-towards) embedding row. A model with LLaMA's 32000 rows has no row 32000, so
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-PAD_ID = 32000
+from elm_data.pipeline.tokenizer import PAD_ID  # the one pad id (re-exported here for the loss's callers)
+
 INPUT_PAD_REPLACEMENT = 0
 
 
