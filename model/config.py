@@ -78,6 +78,9 @@ class OpenELMConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     attention: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention) or "eager" (explicit matmuls, benchmarks)
+    # CoreNet's `padding_index` (32000 with its 32128-row vocabulary): that embedding row gets no gradient
+    # from the input side (nn.Embedding padding_idx); it is still the output logit of the pad id.
+    padding_index: int | None = None
 
     def __post_init__(self) -> None:
         self.qkv_multipliers = _as_list(self.qkv_multipliers)
@@ -86,6 +89,8 @@ class OpenELMConfig:
             raise ValueError(f"attention must be 'sdpa' or 'eager', got {self.attention!r}")
         if self.model_dim % self.head_dim:
             raise ValueError(f"model_dim {self.model_dim} is not a multiple of head_dim {self.head_dim}")
+        if self.padding_index is not None and not 0 <= self.padding_index < self.vocab_size:
+            raise ValueError(f"padding_index {self.padding_index} lies outside the vocabulary [0, {self.vocab_size})")
         for i, heads in enumerate(self.num_query_heads):
             if heads % self.num_gqa_groups:
                 raise ValueError(f"layer {i}: {heads} query heads not divisible by {self.num_gqa_groups} groups")

@@ -10,10 +10,15 @@ from .config import OpenELMConfig
 
 
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (parameter ``weight``) evaluated in float32 and returned in the input's dtype."""
+    """``nn.RMSNorm`` (parameter ``weight``) in CoreNet's/Hugging Face's order: normalise in float32, cast the
+    normalised value to the input's dtype, then multiply by the weight (result in the input's dtype).
+
+    The order matters in bf16 once the weights are not all ones: multiplying in float32 before the cast differs.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+        normed = F.rms_norm(x.float(), self.normalized_shape, None, self.eps).to(x.dtype)
+        return (normed * self.weight).to(x.dtype)
 
 
 def rope_tables(head_dim: int, base: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ class OpenELM(nn.Module):
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim)
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim, padding_idx=config.padding_index)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_transformer_layers))
         self.norm = RMSNorm(config.model_dim, eps=config.norm_eps)
         self.lm_head = None

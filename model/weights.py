@@ -12,6 +12,8 @@ head counts and FFN multipliers.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -22,7 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import HF_REPO_SUFFIX, NAMED_SHAPES, OpenELMConfig, expand_multipliers
+from .config import NAMED_SHAPES, OpenELMConfig, expand_multipliers
+from .hf_tokenizer import tokenizer_json
 from .openelm import OpenELM
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +36,31 @@ HF_PREFIX = "transformer."
 CONFIG_METADATA_KEY = "elm_data.model_config"
 TRANSFORMERS_VERSION = "4.39.3"  # the version the published OpenELM configs were written with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The project's own Hugging Face code (model/hf_*.py), copied into every export under the same names.
+HF_CODE_FILES = ("hf_configuration.py", "hf_modeling.py")
+LOCAL_AUTO_MAP = {
+    "AutoConfig": "hf_configuration.OpenELMConfig",
+    "AutoModelForCausalLM": "hf_modeling.OpenELMForCausalLM",
+}
+TOKENIZER_FILE = "tokenizer.model"
+# What transformers' LlamaTokenizer (slow or fast) needs beside tokenizer.model, as meta-llama/Llama-2-7b-hf has it.
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": None,
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "legacy": False,
+    "clean_up_tokenization_spaces": False,
+}
+TOKENIZER_LICENCE = """\
+tokenizer.model is the Llama 2 SentencePiece tokenizer (sha256 {sha256}).
+It is licensed by Meta under the Llama 2 Community License Agreement
+(https://ai.meta.com/llama/license/), not under this model's licence, and is gated upstream
+(meta-llama/Llama-2-7b-hf). Redistribute it only as that licence allows.
+"""
 
 
 class WeightsError(ValueError):
@@ -52,6 +80,7 @@ def _write_files(directory: Path, files: dict[str, Callable[[Path], object]]) ->
             tmp = directory / f".{name}.tmp-{os.getpid()}"
             staged.append((tmp, directory / name))
             write(tmp)
+            os.chmod(tmp, 0o644)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -66,10 +95,13 @@ def save_model(model: OpenELM, directory: str | Path, dtype: torch.dtype | None 
     config_json = json.dumps(model.config.to_dict(), indent=2)
     tensors = _plain_tensors(_unwrap(model).state_dict(), dtype)
     metadata = {"format": "pt", CONFIG_METADATA_KEY: config_json}
-    _write_files(directory, {
-        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata=metadata),
-        CONFIG_FILE: lambda path: path.write_text(config_json + "\n"),
-    })
+    _write_files(
+        directory,
+        {
+            WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata=metadata),
+            CONFIG_FILE: lambda path: path.write_text(config_json + "\n"),
+        },
+    )
     return directory / WEIGHTS_FILE
 
 
@@ -97,16 +129,13 @@ def hf_config(config: OpenELMConfig, torch_dtype: str = "float32") -> dict[str, 
 
     As in the published configs, ``qkv_multipliers`` is the (first, last) pair that the remote code expands
     itself (so a custom per-layer qkv list cannot be loaded by that code), while ``ffn_multipliers``,
-    ``num_query_heads`` and ``num_kv_heads`` are per-layer lists.
+    ``num_query_heads`` and ``num_kv_heads`` are per-layer lists. ``auto_map`` names the code files that
+    :func:`export_hf` writes beside the weights (:data:`HF_CODE_FILES`), so loading needs no network.
     """
-    repo = f"apple/OpenELM-{HF_REPO_SUFFIX.get(config.name, '270M')}"
     return {
         "activation_fn_name": "swish",
         "architectures": ["OpenELMForCausalLM"],
-        "auto_map": {
-            "AutoConfig": f"{repo}--configuration_openelm.OpenELMConfig",
-            "AutoModelForCausalLM": f"{repo}--modeling_openelm.OpenELMForCausalLM",
-        },
+        "auto_map": dict(LOCAL_AUTO_MAP),
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
         "ffn_dim_divisor": config.ffn_dim_divisor,
@@ -185,26 +214,54 @@ def export_hf(
     model_or_checkpoint: OpenELM | str | Path,
     out_dir: str | Path,
     dtype: torch.dtype | None = None,
+    tokenizer_model: bytes | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` loadable as an apple/OpenELM-* repository.
+    """Write an apple/OpenELM-* style repository that loads offline: weights, ``config.json`` (local
+    ``auto_map``), ``generation_config.json`` and the project's Hugging Face code.
 
     ``model_or_checkpoint`` is a model, or a path :func:`load_model` accepts. ``dtype`` casts floating weights
-    (default: keep). Returns ``out_dir``.
+    (default: keep). ``tokenizer_model`` (the SentencePiece model's bytes) adds ``tokenizer.model``,
+    ``tokenizer_config.json``, ``TOKENIZER_LICENCE.txt`` and (with ``tokenizers`` installed) ``tokenizer.json``;
+    ``extra_files`` (name -> text, e.g. the model card ``README.md``) are written too. All files appear together
+    or not at all. Returns ``out_dir``.
     """
     model = model_or_checkpoint if isinstance(model_or_checkpoint, torch.nn.Module) else load_model(model_or_checkpoint)
     model = _unwrap(model)
     out_dir = Path(out_dir)
     tensors = hf_state_dict(model, dtype)
     stored_dtype = next(iter(tensors.values())).dtype
+    config = hf_config(model.config, torch_dtype=str(stored_dtype).removeprefix("torch."))
     generation = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}
-    _write_files(out_dir, {
-        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"}),
-        HF_CONFIG_FILE: lambda path: path.write_text(
-            json.dumps(hf_config(model.config, torch_dtype=str(stored_dtype).removeprefix("torch.")), indent=2) + "\n"
-        ),
-        "generation_config.json": lambda path: path.write_text(json.dumps(generation, indent=2) + "\n"),
-    })
+    texts = {
+        HF_CONFIG_FILE: _json(config),
+        "generation_config.json": _json(generation),
+        **{name: (Path(__file__).parent / name).read_text() for name in HF_CODE_FILES},
+    }
+    if tokenizer_model is not None:
+        tokenizer_config = {**TOKENIZER_CONFIG, "model_max_length": model.config.max_context_length}
+        texts["tokenizer_config.json"] = _json(tokenizer_config)
+        texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=hashlib.sha256(tokenizer_model).hexdigest())
+        fast = tokenizer_json(tokenizer_model)
+        if fast is not None:
+            texts["tokenizer.json"] = fast
+    texts.update(extra_files or {})
+    files: dict[str, Callable[[Path], object]] = {
+        WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"})
+    }
+    files.update({name: functools.partial(_write_text, text=text) for name, text in texts.items()})
+    if tokenizer_model is not None:
+        files[TOKENIZER_FILE] = functools.partial(Path.write_bytes, data=tokenizer_model)
+    _write_files(out_dir, files)
     return out_dir
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def import_hf(

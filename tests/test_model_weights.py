@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from elm_data.model import OpenELM, OpenELMConfig, export_hf, import_hf, load_model, save_model
-from elm_data.model.cli import export_hf as export_hf_command
+from elm_data.trainer.export_cli import export_hf as export_hf_command
 from elm_data.model.weights import WeightsError, config_from_hf, hf_config, hf_state_dict
 
 HF_CONFIG_KEYS = {
@@ -67,7 +67,11 @@ def test_hf_config_has_the_published_keys_and_per_layer_lists():
     assert data["model_type"] == "openelm" and data["architectures"] == ["OpenELMForCausalLM"]
     assert data["num_query_heads"] == config.num_query_heads and len(data["num_kv_heads"]) == 28
     assert data["ffn_multipliers"] == config.layer_ffn_multipliers and data["qkv_multipliers"] == [0.5, 1.0]
-    assert data["auto_map"]["AutoModelForCausalLM"].startswith("apple/OpenELM-1_1B--modeling_openelm.")
+    # local code (written beside the weights): loading needs no hub
+    assert data["auto_map"] == {
+        "AutoConfig": "hf_configuration.OpenELMConfig",
+        "AutoModelForCausalLM": "hf_modeling.OpenELMForCausalLM",
+    }
     assert config_from_hf(json.loads(json.dumps(data))) == config
 
 
@@ -82,7 +86,9 @@ def test_hf_config_disagreeing_with_the_scaling_rule_is_rejected():
 
 def test_export_import_round_trip_gives_identical_logits(tiny_model, tmp_path):
     out = export_hf(tiny_model, tmp_path / "hf")
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors", "config.json", "generation_config.json", "hf_configuration.py", "hf_modeling.py"
+    }  # fmt: skip
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         names = set(handle.keys())
         assert handle.metadata()["format"] == "pt"
@@ -153,7 +159,7 @@ def test_cli_export_from_trainer_checkpoint(tiny_model, tmp_path):
     ("args", "message"),
     [
         (["{tmp}/missing_dir", "{tmp}/out"], "no weights at"),
-        (["{tmp}/only_out"], "give CHECKPOINT and OUT_DIR"),
+        (["{tmp}/only_out"], "give CHECKPOINT (or RUN) and OUT_DIR"),
         (["--init", "tiny", "{tmp}/a", "{tmp}/b"], "with --init give only OUT_DIR"),
         (["--init", "5B", "{tmp}/out"], "Invalid value for '--init'"),
     ],
@@ -181,10 +187,12 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(weights, "hf_config", broken)  # fails after the weights were written to their temp file
+    monkeypatch.setattr(weights, "_write_text", broken)  # fails after the weights were written to their temp file
     with pytest.raises(RuntimeError, match="disk full"):
         weights.export_hf(model, out)
     assert list(out.iterdir()) == []  # no weights without a config, no temp files
     monkeypatch.undo()
     weights.export_hf(model, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "hf_configuration.py", "hf_modeling.py", "model.safetensors"
+    ]  # fmt: skip

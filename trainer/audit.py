@@ -93,8 +93,11 @@ def openelm_targets() -> dict[str, int]:
     return {str(k): int(v) for k, v in OPENELM_TARGETS.items()}
 
 
-def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> RunAudit:
-    """Compare a run's consumed tokens per source/subset with its manifest and the OpenELM targets."""
+def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_step: int | None = None) -> RunAudit:
+    """Compare a run's consumed tokens per source/subset with its manifest and the OpenELM targets.
+
+    ``at_step``: audit the run as it stood at that step (the last logged step not after it; e.g. a checkpoint's).
+    """
     run_dir = Path(run_dir)
     records = read_log(run_dir)
     header = next((r for r in records if r.get("event") == "header"), None)
@@ -105,7 +108,7 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Ru
         raise AuditError(
             f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
         )
-    steps = effective_steps(records)
+    steps = [s for s in effective_steps(records) if at_step is None or s["step"] <= at_step]
     last = steps[-1] if steps else {"step": 0, "tokens_total": 0, "tokens_by_source": {}}
     consumed: dict[str, int] = {k: int(v) for k, v in (last.get("tokens_by_source") or {}).items()}
 
@@ -145,6 +148,7 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Ru
                 deviation=None if target_share is None else share - target_share,
             )
         )
+    notes += zero_token_notes(rows, header, manifest, int(last["step"]))
     return RunAudit(
         run_dir=str(run_dir),
         manifest_id=manifest.manifest_id,
@@ -156,3 +160,45 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Ru
         rows=rows,
         notes=notes,
     )
+
+
+def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, int]) -> dict[str, float]:
+    """Each subset's share of the training mix: the run's weights, else the manifest's, else kept tokens."""
+    weights = (header.get("config") or {}).get("weights")
+    if not isinstance(weights, dict) and weights != "natural":
+        entries = manifest.info.get("mixture") or []
+        weights = {f"{e['source']}/{e['subset']}": e["weight"] for e in entries if e.get("weight") is not None}
+    if not isinstance(weights, dict) or not weights:
+        weights = dict(kept)
+    total = sum(float(w) for w in weights.values())
+    return {k: float(w) / total for k, w in weights.items()} if total else {}
+
+
+def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Manifest, last_step: int) -> list[str]:
+    """Why a subset the manifest holds got no tokens: its weighted share of so few steps is under one document."""
+    zero = [r for r in rows if r.consumed_tokens == 0 and r.kept_tokens > 0]
+    consumed = sum(r.consumed_tokens for r in rows)
+    if not zero or not consumed or not last_step:
+        return []
+    kept_docs: dict[str, int] = defaultdict(int)
+    for shard in manifest.shards:
+        kept_docs[shard.key] += shard.docs_kept
+    shares = _weight_shares(header, manifest, {r.key: r.kept_tokens for r in rows})
+    notes = []
+    for r in zero:
+        share = shares.get(r.key, 0.0)
+        if not share:
+            notes.append(f"{r.key}: 0 tokens consumed: its mixing weight is 0")
+            continue
+        expected = share * consumed
+        per_doc = r.kept_tokens / max(1, kept_docs[r.key])
+        steps = per_doc / (share * consumed / last_step)
+        notes.append(
+            f"{r.key}: 0 tokens consumed: its weight is {share:.1%} of the mix, ~{expected:,.0f} of the run's "
+            f"{consumed:,} tokens in {last_step} steps, under one of its documents (~{per_doc:,.0f} tokens); the "
+            f"mix takes whole documents, so expect its first tokens after ~{steps:,.0f} steps at this rate"
+            if expected < per_doc
+            else f"{r.key}: 0 tokens consumed although its weight ({share:.1%}) predicts ~{expected:,.0f}: "
+            "check the run's weights"
+        )
+    return notes

@@ -1,0 +1,222 @@
+"""Exports of trained checkpoints that carry their data: `elm-data export hf` for a checkpoint, a run, or ``--init``.
+
+A checkpoint inside a run directory (``RUN/checkpoints/step_N``) is exported with a model card (``README.md``,
+Hugging Face front matter) naming the manifest (id, Merkle root), the tokens consumed per source/subset at that
+step against the manifest and the OpenELM targets (:func:`elm_data.trainer.audit.audit_run`), the training
+config, the step, its loss and the tool versions; and with the run's tokenizer (the sha256 the run logged)
+when it can be found (``--tokenizer``, ``$ELM_DATA_TOKENIZER``, the logged location, the cache).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import elm_data
+from elm_data.manifests.manifest import Manifest
+from elm_data.model.config import OpenELMConfig
+from elm_data.model.openelm import OpenELM
+from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf, load_model
+
+from .audit import RunAudit, audit_run
+from .checkpoint import TRAINER_STATE, list_checkpoints
+from .runlog import LOG_FILE, effective_steps, read_log
+
+HF_DATASETS = "hf://datasets/"
+
+
+@dataclass
+class CheckpointRun:
+    """A checkpoint and what its run logged about it."""
+
+    checkpoint: Path
+    run_dir: Path
+    header: dict[str, Any]
+    step: int
+    step_record: dict[str, Any] | None  # the logged step record at the checkpoint's step (loss, tokens)
+
+
+def run_of(checkpoint: str | Path) -> CheckpointRun | None:
+    """The run around ``checkpoint`` (``RUN/checkpoints/step_N`` with ``RUN/log.jsonl``), or None."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    if not ((checkpoint / TRAINER_STATE).is_file() and (run_dir / LOG_FILE).is_file()):
+        return None
+    records = read_log(run_dir)
+    header = next((r for r in records if r.get("event") == "header"), None)
+    if header is None:
+        return None
+    step = int(json.loads((checkpoint / TRAINER_STATE).read_text())["step"])
+    record = next((r for r in effective_steps(records) if r["step"] == step), None)
+    return CheckpointRun(checkpoint, run_dir, header, step, record)
+
+
+def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenizer_sha256: str | None) -> str:
+    """``README.md`` for an export of ``run.checkpoint``: HF metadata front matter, then what data made it."""
+    origins = data_origins(manifest)
+    hub = sorted({u.removeprefix(HF_DATASETS) for u, _ in origins.values() if u.startswith(HF_DATASETS)})
+    config = run.header.get("config", {})
+    front = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "license": "other",
+        "tags": ["openelm", "elm-data", "pretraining-provenance"],
+        "datasets": hub,
+        "elm_data": {
+            "manifest_id": manifest.manifest_id,
+            "merkle_root": manifest.info.get("merkle_root"),
+            "step": run.step,
+            "tokens_by_source": {r.key: r.consumed_tokens for r in audit.rows if r.consumed_tokens},
+        },
+    }
+    loss = run.step_record.get("loss") if run.step_record else None
+    rows = [
+        f"| {r.key} | {r.consumed_tokens:,} | {r.kept_tokens:,} | {_fmt(r.fraction_consumed, '.4f')} "
+        f"| {_pct(r.share)} | {_pct(r.target_share)} |"
+        for r in audit.rows
+    ]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {config.get('name', 'OpenELM')} step {run.step} (OpenELM, trained with elm-data)",
+        "",
+        "Model: OpenELM (arXiv 2404.14619) with layer-wise scaling, "
+        f"{run.header.get('parameters', 0):,} parameters. Load offline with "
+        "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
+        "",
+        "## Training data",
+        "",
+        f"- manifest id: `{manifest.manifest_id}`",
+        f"- Merkle root of its shard records: `{manifest.info.get('merkle_root')}`",
+        f"- tokenizer sha256: `{tokenizer_sha256 or run.header.get('tokenizer', {}).get('sha256')}`",
+        "",
+        "| source/subset | upstream | licence |",
+        "|---|---|---|",
+        *[f"| {key} | {upstream} | {licence} |" for key, (upstream, licence) in origins.items()],
+        "",
+        f"Tokens consumed up to step {audit.last_step} per source/subset (`elm-data audit-run`): consumed, the "
+        "manifest's kept tokens, consumed/kept, the share of consumed tokens and OpenELM's target share.",
+        "",
+        "| source/subset | consumed | kept | consumed/kept | share | target share |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        f"| total | {audit.consumed_total:,} | {sum(r.kept_tokens for r in audit.rows):,} | | | |",
+        "",
+        *[f"Note: {note}." for note in audit.notes],
+        "",
+        "## Training",
+        "",
+        f"- step {run.step} of {config.get('max_steps')}; loss at this step: {_fmt(loss, '.4f')}",
+        f"- tokens seen (all positions): {run.step_record.get('tokens_total', 0) if run.step_record else 0:,}",
+        f"- code: elm-data {run.header.get('code_version', {}).get('elm_data')} "
+        f"(git {run.header.get('code_version', {}).get('git_commit')}); exported by elm-data {elm_data.__version__}",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=True).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def data_origins(manifest: Manifest) -> dict[str, tuple[str, str]]:
+    """source/subset -> (upstream repository or URL, licence), from the source registry and the shard records."""
+    from elm_data.sources.registry import get_subset
+
+    origins = {}
+    for shard in manifest.shards:
+        if shard.key not in origins:
+            try:
+                upstream = get_subset(shard.source, shard.subset).upstream
+            except (KeyError, ValueError):
+                upstream = shard.upstream or shard.uri
+            origins[shard.key] = (upstream, shard.licence)
+    return origins
+
+
+def checkpoint_card(run: CheckpointRun) -> dict[str, str]:
+    """``{"README.md": card}`` for a checkpoint of a run, audited at the checkpoint's step."""
+    audit = audit_run(run.run_dir, at_step=run.step)
+    card = model_card(run, audit, Manifest(audit.manifest_dir), (run.header.get("tokenizer") or {}).get("sha256"))
+    return {"README.md": card}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def tokenizer_bytes(flag: str | None, pinned: dict[str, Any] | None, required: bool) -> bytes | None:
+    """The SentencePiece model to ship: ``flag`` > ``$ELM_DATA_TOKENIZER`` > the pinned location > the cache.
+
+    ``pinned`` (``{"uri", "sha256"}``, as a run logs it) fixes the sha256 it must have. None when nothing is
+    found and ``required`` is false.
+    """
+    from elm_data.pipeline.tokenizer import TokenizerError, TokenizerNotFound, resolve_tokenizer
+
+    try:
+        tokenizer = resolve_tokenizer(flag, None, {"tokenizer": pinned} if pinned else None)
+    except TokenizerNotFound:
+        if required:
+            raise
+        return None
+    except TokenizerError as error:
+        raise ValueError(str(error)) from error
+    return tokenizer.__getstate__()["proto"]  # the model file's own bytes (its sha256 is the pinned one)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    dtype: str | None = None,
+    tokenizer: str | None = None,
+    echo=print,
+) -> Path:
+    """Export one checkpoint (with its card and tokenizer when it lies in a run directory)."""
+    run = run_of(checkpoint)
+    model = load_model(checkpoint)
+    extra, proto = {}, None
+    if run is not None:
+        proto = tokenizer_bytes(tokenizer, run.header.get("tokenizer"), required=tokenizer is not None)
+        extra = checkpoint_card(run)
+    elif tokenizer is not None:
+        proto = tokenizer_bytes(tokenizer, None, required=True)
+    if proto is None:
+        echo("no tokenizer found: the export has none (pass --tokenizer or set $ELM_DATA_TOKENIZER)")
+    export_hf(model, out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto, extra_files=extra)
+    what = ["weights", "HF code"] + (["tokenizer"] if proto else []) + (["model card"] if extra else [])
+    echo(f"{checkpoint} -> {out_dir} ({', '.join(what)}; {model.config.num_parameters():,} parameters)")
+    return Path(out_dir)
+
+
+def export_init(name: str, out_dir: str | Path, seed: int = 0, dtype: str | None = None, tokenizer=None, echo=print):
+    """Export a freshly initialised published-size model (no card: it saw no data)."""
+    config = OpenELMConfig.named(name)
+    echo(f"initialising OpenELM-{name} ({config.num_parameters():,} parameters, seed {seed}) ...")
+    torch.manual_seed(seed)
+    proto = tokenizer_bytes(tokenizer, None, required=False) if tokenizer else None
+    export_hf(OpenELM(config), out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto)
+    return Path(out_dir)
+
+
+def export_run(run_dir: str | Path, out_root: str | Path, dtype=None, tokenizer=None, echo=print) -> list[Path]:
+    """Every checkpoint of a run into ``out_root/step_N``, each with its card."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise ValueError(f"{run_dir} holds no checkpoints (expected {run_dir}/checkpoints/step_*)")
+    return [export_checkpoint(c, Path(out_root) / c.name, dtype, tokenizer, echo) for c in checkpoints]
+
+
+def refuse_overwrite(out_dir: str | Path, overwrite: bool) -> None:
+    if (Path(out_dir) / WEIGHTS_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {WEIGHTS_FILE} (pass --overwrite)")
