@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from elm_data.model import OpenELM, OpenELMConfig, export_hf, import_hf, load_model, save_model
-from elm_data.trainer.export_cli import export_hf as export_hf_command
 from elm_data.model.weights import WeightsError, config_from_hf, hf_config, hf_state_dict
+from elm_data.trainer.export_cli import export_hf as export_hf_command
 
 HF_CONFIG_KEYS = {
     "activation_fn_name", "architectures", "auto_map", "bos_token_id", "eos_token_id", "ffn_dim_divisor",
