@@ -31,7 +31,8 @@ from elm_data.sources.readers_common import UTF8_BOM, Select, ShardContext
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Strict UTF-8 decoding refuses encoded surrogates, so a lone one can only come from a \uD800-\uDFFF escape.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class StreamBroken(Exception):
@@ -63,6 +64,22 @@ def _plain_chunks(raw: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+class _Prefixed:
+    """``head`` (bytes already read from ``raw``) followed by the rest of ``raw``; no seek needed."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self.head, self.raw = head, raw
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.raw.read(size)
+        if size < 0:
+            head, self.head = self.head, b""
+            return head + self.raw.read()
+        out, self.head = self.head[:size], self.head[size:]  # a short read, as raw streams may give
+        return out
+
+
 def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decompress through :mod:`gzip` (members back to back included), yielding all that precedes a break."""
     head = raw.read(2)
@@ -70,9 +87,8 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
         raise _empty("gzip")
     if head != GZIP_MAGIC:
         raise StreamBroken(REJECT_UNREADABLE, f"not gzip data (starts {head.hex()})")
-    raw.seek(0)
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        with gzip.GzipFile(fileobj=_Prefixed(head, raw), mode="rb") as stream:
             while chunk := stream.read1(READ_CHUNK):
                 yield chunk
     except EOFError as err:
@@ -154,11 +170,14 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
 def _lone_surrogate(value: Any, path: str) -> str | None:
     """Where in a parsed JSON value a string holds a lone surrogate (not encodable as UTF-8), or None."""
     if isinstance(value, str):
-        found = _SURROGATE.search(value)
-        if found is None:
+        if value.isascii():
             return None
-        where = path.encode("utf-8", "backslashreplace").decode("ascii")  # a key may hold one too
-        return f"U+{ord(found.group()):04X} in {where or 'the record'} at character {found.start()}"
+        try:
+            value.encode("utf-8")  # fast in C; fails exactly on a surrogate
+            return None
+        except UnicodeEncodeError as err:
+            where = path.encode("utf-8", "backslashreplace").decode("ascii")  # a key may hold one too
+            return f"U+{ord(value[err.start]):04X} in {where or 'the record'} at character {err.start}"
     if isinstance(value, dict):
         for key, item in value.items():
             if found := _lone_surrogate(key, f"a key of {path or 'the record'}"):
@@ -187,7 +206,7 @@ def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejecti
         return ctx.reject(index, REJECT_MALFORMED_JSON, detail)
     if not isinstance(record, dict):
         return ctx.reject(index, REJECT_MALFORMED_JSON, f"a JSON {type(record).__name__}, not an object")
-    if (b"\\ud" in line or b"\\uD" in line) and (where := _lone_surrogate(record, "")):  # only \uD800-\uDFFF can
+    if _SURROGATE_ESCAPE.search(line) and (where := _lone_surrogate(record, "")):
         return ctx.reject(index, REJECT_INVALID_UNICODE, f"lone surrogate escape: {where}")
     field = ctx.spec.text_field
     present = field in record

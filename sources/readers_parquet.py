@@ -95,16 +95,16 @@ def _group_unreadable(ctx: ShardContext, g: int, index: int, end: int, err: obje
     return ctx.reject(index, REJECT_UNREADABLE, detail, count=end - index)
 
 
-def _group_rows(
-    ctx: ShardContext, parquet: pq.ParquetFile, group: tuple[int, int, int], skip: int, at: list[int]
+def _rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int, at: list[int]
 ) -> Iterator[Document | Rejection]:
-    """Every row of one row group from row ``skip`` on; ``at[0]`` follows the next row's index."""
-    g, start, end = group
+    """Every row of ``groups`` (consecutive) from row ``skip`` on, in one pass; ``at[0]`` is the next row's index."""
     text_field = ctx.spec.text_field
     other_columns = [n for n in parquet.schema_arrow.names if n != text_field]
-    to_slice = max(0, skip - start)
-    at[0] = start + to_slice
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False):
+    to_slice = max(0, skip - groups[0][1])
+    at[0] = groups[0][1] + to_slice
+    row_groups = [g for g, _, _ in groups]
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups, use_threads=False):
         if to_slice:
             cut = min(to_slice, batch.num_rows)
             batch, to_slice = batch.slice(cut), to_slice - cut
@@ -115,8 +115,8 @@ def _group_rows(
             bad = ctx.check_text(index, text)
             yield bad if bad is not None else ctx.document(index, text, {n: v[row] for n, v in columns.items()})
             at[0] = index + 1
-    if at[0] < end:
-        raise ValueError(f"row group {g} holds fewer rows than its metadata says ({end - start})")
+    if at[0] < groups[-1][2]:
+        raise ValueError(f"the row groups hold fewer rows than the metadata says ({groups[-1][2]})")
 
 
 def _selected_group_rows(
@@ -154,6 +154,38 @@ def _selected_group_rows(
         yield ctx.document(index, text, meta)
 
 
+def _all_rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int
+) -> Iterator[Document | Rejection]:
+    """Every row from ``skip`` on in one pass; after a break, group by group, a broken group costing its rows."""
+    at = [skip]
+    try:  # one pass over every row group (a batch may span row groups)
+        yield from _rows(ctx, parquet, groups, skip, at) if groups else ()
+        return
+    except _READ_ERRORS:
+        pass
+    resume = at[0]  # the first row not yet yielded
+    for group in groups:
+        if group[2] <= resume:
+            continue
+        try:
+            yield from _rows(ctx, parquet, [group], max(group[1], resume), at)
+        except _READ_ERRORS as err:
+            yield _group_unreadable(ctx, group[0], at[0], group[2], err)
+
+
+def _selected_rows(
+    ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int, select: Select
+) -> Iterator[Document | Rejection]:
+    """The rows ``select`` accepts, row group by row group; a broken group costs its rows from where it broke."""
+    for group in groups:
+        at = [max(group[1], skip)]
+        try:
+            yield from _selected_group_rows(ctx, parquet, group, skip, select, at)
+        except _READ_ERRORS as err:
+            yield _group_unreadable(ctx, group[0], at[0], group[2], err)
+
+
 def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None) -> Iterator[Document | Rejection]:
     """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts).
 
@@ -175,13 +207,8 @@ def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None)
             if num_rows > skip:
                 yield ctx.reject(max(skip, 0), REJECT_SCHEMA, problem, count=num_rows - max(skip, 0))
             return
-        for group in _groups_from(metadata, skip):
-            at = [max(group[1], skip)]
-            if select is None:
-                rows = _group_rows(ctx, parquet, group, skip, at)
-            else:
-                rows = _selected_group_rows(ctx, parquet, group, skip, select, at)
-            try:
-                yield from rows
-            except _READ_ERRORS as err:
-                yield _group_unreadable(ctx, group[0], at[0], group[2], err)
+        groups = _groups_from(metadata, skip)
+        if select is None:
+            yield from _all_rows(ctx, parquet, groups, skip)
+        else:
+            yield from _selected_rows(ctx, parquet, groups, skip, select)

@@ -31,6 +31,7 @@ def odd(tmp_path_factory):
 
 
 def _split(items):
+    items = list(items)
     docs = [i for i in items if isinstance(i, Document)]
     return docs, [i for i in items if isinstance(i, Rejection)]
 
@@ -87,6 +88,24 @@ def test_selected_reads_give_the_items_of_a_full_read(odd):
         assert [d.provenance.index for d in picked] == sorted(chosen), name
         tail, _ = _split(read_shard(str(f.path), f.source, f.subset, skip=docs[-1]))
         assert [d.text for d in tail] == [f.texts[-1]], name
+
+
+@pytest.mark.parametrize("group", [0, 1, 2])
+@pytest.mark.parametrize("selected", [False, True])
+def test_a_corrupt_row_group_costs_only_its_rows(tmp_path, group, selected):
+    import pyarrow as pa
+    from odd_files import _corrupt_row_group, _parquet_bytes
+
+    texts = [f"row {i} " * 40 for i in range(12)]
+    path = tmp_path / "train-00000-of-01650-odd.parquet"
+    path.write_bytes(_corrupt_row_group(_parquet_bytes(pa.table({"text": texts}), row_group_size=4), group))
+    select = set(range(12)) if selected else None
+    docs, rejections = _split(read_shard(str(path), "pile", "default", select=select))
+    broken = range(4 * group, 4 * group + 4)
+    assert [d.provenance.index for d in docs] == [i for i in range(12) if i not in broken]
+    assert [d.text for d in docs] == [texts[i] for i in range(12) if i not in broken]
+    assert [(r.index, r.count) for r in rejections] == [(4 * group, 4)]
+    assert f"row group {group}" in rejections[0].detail
 
 
 def test_detect_format_by_magic_then_json_then_name():
