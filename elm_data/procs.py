@@ -1,8 +1,8 @@
 """Process hygiene: workers die with their parent, SIGTERM stops the main process like Ctrl-C.
 
 - :func:`die_with_parent` — call first thing in a child process (a process-pool initializer, a DataLoader
-  ``worker_init_fn``): on Linux the kernel kills the child when its parent dies (``PR_SET_PDEATHSIG``), and on
-  every platform a daemon thread exits the child once its parent is gone (the parent pid changes). So a
+  ``worker_init_fn``): a daemon thread exits the child as soon as the process that started it has exited
+  (a pidfd, else polling), and for a direct child the kernel kills it too (Linux ``PR_SET_PDEATHSIG``). So a
   SIGKILLed build or trainer leaves no worker counting shards or reading data.
 - :func:`dataloader_worker_init` — the ``worker_init_fn`` for torch DataLoaders (the stream's workers).
 - :func:`stop_on_sigterm` — the main process turns SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``),
@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 WATCH_INTERVAL_S = 1.0
@@ -38,23 +41,58 @@ def _set_pdeathsig(sig: int) -> bool:
         return False
 
 
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(WATCH_INTERVAL_S)
+def _parent_pid() -> int:
+    """The process that started this one: the main process even for forkserver/spawn children (whose OS
+    parent is the fork server, which outlives the main process while its children hold its pipe)."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid else os.getppid()
+
+
+def _exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+
+def _watch(pid: int) -> None:
+    """Block until process ``pid`` exits (pidfd where the kernel has it, else polling), then exit at once."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll(WATCH_INTERVAL_S * 1000) and not _exited(pid):
+            pass
+    else:
+        while not _exited(pid):
+            time.sleep(WATCH_INTERVAL_S)
     os._exit(1)  # the parent is gone: stop at once, committing nothing more
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
-    """Make this (child) process end when its parent does. Idempotent; safe to call in any child.
+    """Make this (child) process end when its parent does. Call once, first thing in the child.
 
-    ``parent_pid``: the parent the caller expects; if it is already gone the child exits now (the race
-    between the fork and this call). Default: the current parent.
+    ``parent_pid``: the process to outlive not; default the one that started this child (see
+    :func:`_parent_pid`). If it is already gone the child exits now (the race between start and this call).
     """
-    parent = os.getppid() if parent_pid is None else parent_pid
-    _set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != parent:
+    parent = _parent_pid() if parent_pid is None else parent_pid
+    if os.getppid() == parent:
+        _set_pdeathsig(signal.SIGKILL)  # the kernel's guarantee, for a direct child
+    if _exited(parent):
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="die-with-parent", daemon=True).start()
+    threading.Thread(target=_watch, args=(parent,), name="die-with-parent", daemon=True).start()
 
 
 def dataloader_worker_init(worker_id: int | None = None) -> None:
