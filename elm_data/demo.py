@@ -21,13 +21,15 @@ from elm_data.pipeline.tokenizer import TokenizerError, resolve_tokenizer
 DEMO_TRAINING = {"max_steps": 20, "seq_len": 128, "warmup_steps": 2, "checkpoint_every": 10}
 
 
-def _step(title: str) -> float:
+def _step(title: str) -> tuple[float, float]:
     click.secho(f"\n== {title}", bold=True)
-    return time.perf_counter()
+    return time.perf_counter(), time.process_time()
 
 
-def _done(start: float, what: str) -> None:
-    click.echo(f"   {what} ({time.perf_counter() - start:.1f} s)")
+def _done(start: tuple[float, float], what: str) -> None:
+    """``what`` with the stage's wall time and this process's CPU time (on a loaded machine the two differ)."""
+    wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+    click.echo(f"   {what} ({wall:.1f} s, {cpu:.1f} CPU-s)")
 
 
 def demo_config_path() -> Path:

@@ -188,17 +188,15 @@ def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Ma
     for r in zero:
         share = shares.get(r.key, 0.0)
         if not share:
-            notes.append(f"{r.key}: 0 tokens consumed: its mixing weight is 0")
+            notes.append(f"{r.key}: 0 tokens: its mixing weight is 0")
             continue
         expected = share * consumed
         per_doc = r.kept_tokens / max(1, kept_docs[r.key])
         steps = per_doc / (share * consumed / last_step)
         notes.append(
-            f"{r.key}: 0 tokens consumed: its weight is {share:.1%} of the mix, ~{expected:,.0f} of the run's "
-            f"{consumed:,} tokens in {last_step} steps, under one of its documents (~{per_doc:,.0f} tokens); the "
-            f"mix takes whole documents, so expect its first tokens after ~{steps:,.0f} steps at this rate"
+            f"{r.key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {last_step} steps = ~{expected:,.0f}, "
+            f"under one of its documents (~{per_doc:,.0f} tokens); expect its first after ~{steps:,.0f} steps"
             if expected < per_doc
-            else f"{r.key}: 0 tokens consumed although its weight ({share:.1%}) predicts ~{expected:,.0f}: "
-            "check the run's weights"
+            else f"{r.key}: 0 tokens although weight {share:.1%} predicts ~{expected:,.0f}: check the run's weights"
         )
     return notes
