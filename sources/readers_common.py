@@ -158,6 +158,13 @@ def _as_object(value: Any) -> Any:
     return value
 
 
+def _encodable(value: str) -> str:
+    """``value`` with any lone surrogate written as its ``\\udXXX`` escape (one parsed from a JSON-string level)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _lookup(record: dict[str, Any], dotted: str) -> Any:
     """The value at a dotted path; a level stored as a JSON string (``"meta": "{...}"``) is parsed."""
     value: Any = record
@@ -213,12 +220,12 @@ class ShardContext:
         """A Document for an already-checked ``text``; ``metadata`` is the record without its text field."""
         spec = self.spec
         native = _lookup(metadata, spec.id_field) if spec.id_field else None
-        native_id = None if native is None or native == "" else str(native)
+        native_id = None if native is None or native == "" else _encodable(str(native))
         licence = spec.licence
         if spec.licence_field:
             per_record = _lookup(metadata, spec.licence_field)
             if isinstance(per_record, str) and per_record:
-                licence = per_record
+                licence = _encodable(per_record)
         provenance = Provenance(
             source=spec.source,
             subset=spec.subset,

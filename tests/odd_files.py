@@ -131,14 +131,16 @@ def write_odd_files(out_dir: str | Path, seed: int = 0) -> dict[str, OddFile]:
     add("parquet_dictionary_columns", "refinedweb", "default", "refinedweb/data/train-09990-of-05534-odd.parquet",
         _parquet_bytes(refinedweb), t[:n])  # fmt: skip
 
-    # `meta` stored as a JSON string: native ids and per-record licences are still found
-    licences = ("MIT", "Apache-2.0", "BSD-3-Clause")
+    # `meta` stored as a JSON string: native ids and per-record licences are still found (an id holding a
+    # lone surrogate escape inside that string keeps the escape as text)
+    licences = ("MIT", "Apache-2.0", "BSD-3-Clause", "MIT")
+    ids = ("gh-0", "gh-1", "gh-2", "gh-\ud800")
     github = [
-        redpajama_line({"text": x, "meta": json.dumps({"id": f"gh-{i}", "license": licences[i], "language": "Python"})})
-        for i, x in enumerate(t[:3])
+        redpajama_line({"text": x, "meta": json.dumps({"id": ids[i], "license": licences[i], "language": "Python"})})
+        for i, x in enumerate(t[:4])
     ]  # fmt: skip
     add("meta_as_json_string", "redpajama", "github", "redpajama/github/filtered_" + "0" * 31 + "1.sampled.jsonl",
-        b"".join(github), t[:3], native_ids=("gh-0", "gh-1", "gh-2"), licences=licences)  # fmt: skip
+        b"".join(github), t[:4], native_ids=ids[:3] + ("gh-\\ud800",), licences=licences)  # fmt: skip
 
     # one corrupt parquet row group among readable ones: only its rows are rejected
     grouped = _parquet_bytes(pa.table({"text": t[:12]}), row_group_size=4)

@@ -90,6 +90,20 @@ def test_selected_reads_give_the_items_of_a_full_read(odd):
         assert [d.text for d in tail] == [f.texts[-1]], name
 
 
+def test_detection_reads_the_local_copy_and_names_the_shard(odd):
+    import fsspec
+
+    for name in ("gzip_named_jsonl", "plain_named_gz", "parquet_named_zst", "empty_gzip"):
+        f = odd[name]
+        copy = f"memory://elm-data-tests/odd-copy/{name}.bin"  # no telling extension: the bytes decide
+        with fsspec.open(copy, "wb") as out:
+            out.write(f.path.read_bytes())
+        docs, rejections = _split(read_shard(str(f.path), f.source, f.subset, shard_sha256="0" * 64, local_path=copy))
+        assert [d.text for d in docs] == list(f.texts), name
+        assert [(r.index, r.reason, r.count) for r in rejections] == list(f.rejections), name
+        assert {d.provenance.shard_uri for d in docs} <= {str(f.path)}
+
+
 @pytest.mark.parametrize("group", [0, 1, 2])
 @pytest.mark.parametrize("selected", [False, True])
 def test_a_corrupt_row_group_costs_only_its_rows(tmp_path, group, selected):
