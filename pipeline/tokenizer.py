@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import sentencepiece as spm
+
+from elm_data.errors import ElmDataError
+from elm_data.redact import redact_text, redact_uri
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
 CACHE_ENV_VAR = "ELM_DATA_CACHE"
@@ -36,10 +38,9 @@ LLAMA2_LICENCE_PAGE = "https://huggingface.co/meta-llama/Llama-2-7b-hf"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 32000  # LLaMA has no pad piece; CoreNet pads with id 32000
 PRECEDENCE = "--tokenizer > config `tokenizer:` > $ELM_DATA_TOKENIZER > the manifest's recorded location > cache"
 _SHORT = f"sha256 {LLAMA2_SHA256[:8]}…{LLAMA2_SHA256[-4:]}"
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|key|secret|password|signature|sig|x-amz-[a-z-]+)=)[^&]*")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ElmDataError, ValueError):
     """A user-facing tokenizer problem; ``str()`` is one line saying what to do."""
 
 
@@ -52,9 +53,8 @@ class TokenizerMismatch(TokenizerError):
 
 
 def public_uri(uri: str) -> str:
-    """``uri`` without credentials: URL userinfo and secret query parameters removed."""
-    uri = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", uri)
-    return _SECRET_QUERY.sub(r"\1REDACTED", uri)
+    """``uri`` without credentials (:func:`elm_data.redact.redact_uri`): what is recorded and printed."""
+    return redact_uri(uri)
 
 
 def cache_dir() -> Path:
@@ -107,7 +107,8 @@ def _absolute(uri: str) -> str:
 
 
 def _offline_hint(uri: str, error: BaseException) -> str:
-    why = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
+    text = redact_text(str(error).splitlines()[0][:160]) if str(error) else ""
+    why = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return (
         f"cannot fetch the tokenizer from {public_uri(uri)} ({why}). Online: accept the licence at "
         f"{LLAMA2_LICENCE_PAGE}, run `huggingface-cli login`, then `elm-data tokenizer fetch`; "

@@ -108,7 +108,11 @@ def test_not_a_sentencepiece_model_is_one_clear_line(cache, tmp_path):
 
 def test_credentials_never_recorded(cache, tokenizer_path, tmp_path):
     assert public_uri("s3://KEY:SECRET@bucket/t.model") == "s3://bucket/t.model"
-    assert public_uri("https://u:p@host/t.model?token=abc&x=1") == "https://host/t.model?token=REDACTED&x=1"
+    assert public_uri("https://u:p@host/t.model?token=abc&x=1") == "https://host/t.model?x=1"
+    url = "https://KEY:SECRET@host/tokenizer.model"
+    with pytest.raises(TokenizerNotFound) as err:
+        resolve_tokenizer(url)
+    assert "SECRET" not in str(err.value) and "KEY" not in str(err.value)
 
 
 def test_hub_uri_is_fetched_cached_and_found_offline(cache, hub, monkeypatch):
