@@ -43,7 +43,10 @@ LOCAL_AUTO_MAP = {
     "AutoModelForCausalLM": "hf_modeling.OpenELMForCausalLM",
 }
 TOKENIZER_FILE = "tokenizer.model"
-# What transformers' LlamaTokenizer (slow or fast) needs beside tokenizer.model, as meta-llama/Llama-2-7b-hf has it.
+# tokenizer_config.json. With tokenizer.json beside it the class is the generic fast one, which runs that file as
+# written (SentencePiece's ids exactly); transformers 5's LlamaTokenizer rebuilds its own pre-tokenizer and drops
+# the dummy prefix before leading spaces. Without tokenizer.json (no `tokenizers` package) LlamaTokenizer converts
+# tokenizer.model itself.
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
     "bos_token": "<s>",
@@ -52,9 +55,10 @@ TOKENIZER_CONFIG = {
     "pad_token": None,
     "add_bos_token": True,
     "add_eos_token": False,
-    "legacy": False,
+    "legacy": True,
     "clean_up_tokenization_spaces": False,
 }
+FAST_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 TOKENIZER_LICENCE = """\
 tokenizer.model is the Llama 2 SentencePiece tokenizer (sha256 {sha256}).
 It is licensed by Meta under the Llama 2 Community License Agreement
@@ -240,11 +244,12 @@ def export_hf(
     }
     if tokenizer_model is not None:
         tokenizer_config = {**TOKENIZER_CONFIG, "model_max_length": model.config.max_context_length}
-        texts["tokenizer_config.json"] = _json(tokenizer_config)
-        texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=hashlib.sha256(tokenizer_model).hexdigest())
         fast = tokenizer_json(tokenizer_model)
         if fast is not None:
             texts["tokenizer.json"] = fast
+            tokenizer_config["tokenizer_class"] = FAST_TOKENIZER_CLASS
+        texts["tokenizer_config.json"] = _json(tokenizer_config)
+        texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=hashlib.sha256(tokenizer_model).hexdigest())
     texts.update(extra_files or {})
     files: dict[str, Callable[[Path], object]] = {
         WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"})
