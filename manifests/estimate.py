@@ -40,10 +40,12 @@ import pyarrow.parquet as pq
 
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.redact import redact_uri
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard, shard_format_of
 
 from .mixture import MixtureConfig, MixtureEntry
+from .shard_lists import Unreachable, unreachable
 
 WINDOW_BYTES = 8 << 20  # compressed bytes read from the start of a gzip/zstd shard
 LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
@@ -164,8 +166,13 @@ class Estimate:
 
 # -- listing ----------------------------------------------------------------------------------------------------
 def _size(uri: str) -> int:
-    fs, path = fsspec.core.url_to_fs(uri)
-    return int(fs.size(path))
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+        return int(fs.size(path))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"shard not found: {redact_uri(uri)}") from e
+    except Exception as e:
+        raise unreachable(uri, e) from e
 
 
 def list_sizes(uris: Sequence[str], threads: int = 16) -> list[int]:
@@ -222,7 +229,11 @@ def _starts_in(f, a: int, b: int) -> list[int]:
     data = f.read(b - max(0, a - 1))
     first = [a] if a == 0 or data[:1] == b"\n" else []
     body = data if a == 0 else data[1:]
-    return first + [a + k + 1 for k in range(len(body)) if body[k] == 10 and a + k + 1 < b]
+    starts, k = first, body.find(b"\n")
+    while k >= 0 and a + k + 1 < b:
+        starts.append(a + k + 1)
+        k = body.find(b"\n", k + 1)
+    return starts
 
 
 def draw_plain_jsonl(uri: str, size: int, n: int, bytes_per_line: float, entry: MixtureEntry, rng) -> Draw:
@@ -387,6 +398,16 @@ def census_interval(draws: Sequence[DrawResult]) -> list[tuple[float, float]]:
     ]
 
 
+def _draw(fmt, uri, sizes, i, per, entry, rng, line_bytes: list[float], uris) -> Draw:
+    if fmt == "parquet":
+        return draw_parquet(uri, per, entry, rng)
+    if fmt == "jsonl":
+        if not line_bytes:
+            line_bytes.append(bytes_per_line(uris, sizes, rng))
+        return draw_plain_jsonl(uri, sizes[i], per, line_bytes[0], entry, rng)
+    return draw_compressed(uri, sizes[i], per, fmt, entry, rng)
+
+
 def estimate_entry(
     mixture: MixtureConfig, entry: MixtureEntry, doc_pass: DocumentPass, sample_docs: int, rng: random.Random
 ) -> SubsetEstimate:
@@ -407,16 +428,16 @@ def estimate_entry(
     sampled = compressed = 0
     for i in picks:
         uri = uris[i]
-        fmt = formats.setdefault(uri, shard_format_of(uri, entry.source, entry.subset))
         start = time.process_time()
-        if fmt == "parquet":
-            draw = draw_parquet(uri, per, entry, rng)
-        elif fmt == "jsonl":
-            if not line_bytes:
-                line_bytes.append(bytes_per_line(uris, sizes, rng))
-            draw = draw_plain_jsonl(uri, sizes[i], per, line_bytes[0], entry, rng)
-        else:
-            draw = draw_compressed(uri, sizes[i], per, fmt, entry, rng)
+        try:
+            fmt = formats.setdefault(uri, shard_format_of(uri, entry.source, entry.subset))
+            draw = _draw(fmt, uri, sizes, i, per, entry, rng, line_bytes, uris)
+        except (FileNotFoundError, Unreachable):
+            raise
+        except Exception as e:
+            if "://" in uri and not uri.startswith(("file://", "memory://")):
+                raise unreachable(uri, e) from e
+            raise
         docs = [d for d in draw.documents if d is not None]
         results = dict(zip([k for k, d in enumerate(draw.documents) if d is not None], doc_pass.process(docs),
                            strict=True))  # fmt: skip

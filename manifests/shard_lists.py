@@ -20,7 +20,27 @@ from collections.abc import Iterable, Sequence
 
 import fsspec
 
+from elm_data.errors import ElmDataError
+from elm_data.redact import redact_text, redact_uri
+
 GLOB_CHARS = "*?["
+
+
+class Unreachable(ElmDataError):
+    """A remote location that cannot be listed or read (offline, not logged in, no access)."""
+
+
+def unreachable(uri: str, error: BaseException) -> Unreachable:
+    """One line naming ``uri`` and saying what to check."""
+    why = redact_text(str(error).splitlines()[0][:200]) if str(error) else ""
+    return Unreachable(
+        f"cannot reach {redact_uri(uri)} ({type(error).__name__}{': ' + why if why else ''}); check the network, "
+        "your hub login (`huggingface-cli login`, or HF_TOKEN) and that you accepted the dataset's terms"
+    )
+
+
+def _remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith(("file://", "memory://"))
 
 
 def pin_revision(uri: str, revision: str | None) -> str:
@@ -46,7 +66,12 @@ def expand(pattern: str, what: str) -> list[str]:
     """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself."""
     if not any(ch in pattern for ch in GLOB_CHARS):
         return [pattern]
-    fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    except Exception as e:
+        if _remote(pattern) and not isinstance(e, FileNotFoundError):
+            raise unreachable(pattern, e) from e
+        raise
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found = sorted(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
     if not found:
@@ -60,7 +85,11 @@ def read_url_list(uri: str) -> list[str]:
         with fsspec.open(uri, "rt", encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"shard list not found: {uri}") from e
+        raise FileNotFoundError(f"shard list not found: {redact_uri(uri)}") from e
+    except Exception as e:
+        if _remote(uri):
+            raise unreachable(uri, e) from e
+        raise
     base = posixpath.dirname(uri)
     return [absolute(line, base) for line in lines if line and not line.startswith("#")]
 

@@ -93,3 +93,18 @@ def test_cli_init_writes_and_refuses_to_overwrite(tmp_path):
     assert len(yaml.safe_load((tmp_path / "openelm.yaml").read_text())["sources"]) == 13
     again = runner.invoke(cli, ["init", "openelm", str(tmp_path)])
     assert again.exit_code != 0 and "--force" in again.output
+
+
+def test_an_unreachable_url_list_is_one_line_naming_it(tmp_path):
+    import pytest
+    from standin_hub import offline
+
+    from elm_data.manifests.shard_lists import Unreachable
+
+    mixture = MixtureConfig.load(write_openelm_mixture(tmp_path, "openelm"))
+    c4 = next(e for e in mixture.entries if e.subset == "c4")
+    with offline("https"), pytest.raises(Unreachable) as err:
+        mixture.resolve_shards(c4)
+    message = str(err.value)
+    assert "\n" not in message and "data.together.xyz/redpajama-data-1T/v1.0.0/urls.txt" in message
+    assert "huggingface-cli login" in message
