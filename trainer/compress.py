@@ -1,0 +1,342 @@
+"""`elm-data compress`: fine-tune a trained OpenELM under weight clustering (DKM / eDKM), on the manifest's stream.
+
+The clustering is coremltools' ``DKMPalettizer`` (``coremltools.optimize.torch.palettization``); this module
+only arranges it: which layers, the YAML config, the training stream and its ledger (the same step function,
+log and loader as ``elm-data train``), and the outputs. A run directory holds::
+
+    log.jsonl                        header (source weights, manifest, config), step records with the ledger, end
+    model/                           dequantized weights in the model package's layout (load_model, export hf)
+    model.palettized.safetensors     the compact form (palette + packed indices per tensor), see palette.py
+    compression.json                 bits, sizes on disk, bits per weight, distinct values per tensor, ledger
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from elm_data.manifests.manifest import Manifest
+from elm_data.model.openelm import OpenELM
+from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, load_model, save_model
+
+from .checkpoint import TRAINER_STATE, resolve_checkpoint
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo
+from .hardware import device_description, pick_device
+from .loop import TrainingError, build_loader, load_tokenizer, seed_everything, train_step
+from .palette import COMPACT_FILE, distinct_per_group, ensure_process_group, install_edkm_cpu_adapter, save_compact
+from .runlog import LOG_FILE, RunLog, code_version
+
+GRANULARITIES = ("per_tensor", "per_grouped_channel")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# eDKM (arXiv 2309.00964) in coremltools: any palett_max_mem < 1 turns on the saved-tensor hook, which
+# de-duplicates the attention maps across k-means iterations, uniquifies them (fp16/bf16 weights) and shards
+# them over ranks. (On CUDA the hook also offloads to CPU when memory use passes palett_max_mem.)
+EDKM_OPTIONS = {"palett_max_mem": 0.5, "palett_unique": True, "palett_shard": True}
+
+
+@dataclass
+class PaletteSpec:
+    """The ``palettization:`` section of a compress config."""
+
+    bits: int = 4  # 3 or 4: 2**bits palette entries per group
+    embeddings: bool = False  # palettize the (tied) token embedding too; norms never are
+    exclude: list[str] = field(default_factory=list)  # regexes of module names left alone
+    granularity: str = "per_tensor"  # or "per_grouped_channel" (group_size output rows share a palette)
+    group_size: int | None = None
+    weight_threshold: int = 2048  # tensors with fewer elements stay unpalettized
+    kmeans_init: str = "kmeans++"  # warm start of the palette: "kmeans++", "opt1d", "cpu.kmeans++", "auto"
+    kmeans_n_init: int = 1  # k-means restarts of the warm start
+    dkm_iterations: int = 3  # differentiable k-means iterations per forward (coremltools kmeans_max_iter)
+    milestone: int = 0  # step at which clustering starts (plain fine-tuning before it)
+    edkm: bool = False  # eDKM memory options (EDKM_OPTIONS)
+    dtype: str = "float32"  # weight dtype while tuning; eDKM's uniquification needs bfloat16/float16
+    rest_dtype: str = "float16"  # unpalettized tensors in the compact file
+    options: dict[str, Any] = field(default_factory=dict)  # any other ModuleDKMPalettizerConfig field
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.bits in (2, 3, 4, 6, 8), f"bits must be 2, 3, 4, 6 or 8, got {self.bits}"),
+            (self.granularity in GRANULARITIES, f"granularity must be one of {GRANULARITIES}"),
+            (
+                (self.group_size is not None) == (self.granularity == "per_grouped_channel"),
+                "group_size goes with granularity per_grouped_channel (and only with it)",
+            ),
+            (self.dtype in DTYPES and self.rest_dtype in DTYPES, f"dtypes must be among {sorted(DTYPES)}"),
+            (
+                "enable_per_channel_scale" not in self.options,
+                "per-channel scales are not written to the compact form yet; use granularity per_grouped_channel",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"palettization: {message}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PaletteSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown palettization key(s): {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def module_config(self):
+        """coremltools' ``ModuleDKMPalettizerConfig`` for every palettized module."""
+        from coremltools.optimize.torch.palettization import ModuleDKMPalettizerConfig
+
+        settings = {
+            "n_bits": self.bits,
+            "weight_threshold": self.weight_threshold,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+            "kmeans_init": self.kmeans_init,
+            "kmeans_n_init": self.kmeans_n_init,
+            "kmeans_max_iter": self.dkm_iterations,
+            "milestone": self.milestone,
+            **(EDKM_OPTIONS if self.edkm else {}),
+            **self.options,
+        }
+        try:
+            return ModuleDKMPalettizerConfig(**settings)
+        except (TypeError, ValueError, AssertionError) as error:
+            raise ConfigError(f"palettization: {error}") from error
+
+
+@dataclass
+class CompressConfig:
+    """A compress YAML: training keys (data, optimizer, steps; see TrainConfig) plus ``palettization:``."""
+
+    train: TrainConfig
+    palette: PaletteSpec
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, palette: dict[str, Any] | None = None, **train: Any) -> CompressConfig:
+        """Load ``path``; ``palette`` and ``train`` override its settings (None values are ignored)."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read compress config {path}: {error}") from error
+        section = {
+            **(raw.pop("palettization", None) or {}),
+            **{k: v for k, v in (palette or {}).items() if v is not None},
+        }
+        raw.setdefault("name", path.stem)
+        raw.update({k: v for k, v in train.items() if v is not None})
+        if "model" in raw:
+            raise ConfigError("a compress config names no model: the source checkpoint decides it")
+        config = cls(TrainConfig.from_dict(raw, base_dir=path.resolve().parent), PaletteSpec.from_dict(section))
+        if config.train.lr is None:
+            raise ConfigError("a compress config needs an explicit lr (fine-tuning, not the pretraining peak)")
+        return config
+
+
+@dataclass
+class CompressResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    ledger: dict[str, int]
+    losses: list[float]
+    report: dict[str, Any]
+
+
+# ---- the model under clustering ----------------------------------------------------------------------------
+class PalettizedLM(nn.Module):
+    """A prepared OpenELM whose tied output head uses the same palettized embedding as the input lookup
+    (one clustering of the embedding per forward, shared by both uses)."""
+
+    def __init__(self, model: OpenELM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.model.token_embeddings
+        fake = getattr(emb, "weight_fake_quant", None)
+        if fake is None or self.model.lm_head is not None:
+            return self.model(input_ids, segment_ids=segment_ids)
+        weight = fake(emb.weight)
+        emb.forward = lambda ids: F.embedding(ids, weight)
+        try:
+            hidden = self.model.hidden_states(input_ids, segment_ids)
+        finally:
+            del emb.forward
+        return F.linear(hidden, weight)
+
+
+def palettizer_config(model: nn.Module, spec: PaletteSpec):
+    """``DKMPalettizerConfig``: linears (and the embedding if asked), minus ``exclude``; nothing else."""
+    from coremltools.optimize.torch.palettization import DKMPalettizerConfig
+
+    module = spec.module_config()
+    excluded = {name for name, _ in model.named_modules() if name and any(re.search(p, name) for p in spec.exclude)}
+    return DKMPalettizerConfig(
+        module_type_configs={nn.Linear: module, nn.Embedding: module if spec.embeddings else None},
+        module_name_configs=dict.fromkeys(sorted(excluded)),
+    )
+
+
+def prepare(model: nn.Module, spec: PaletteSpec, store_dir: Path | None = None):
+    """``(palettizer, prepared model, names of palettized parameters)``; ``model`` is changed in place."""
+    from coremltools.optimize.torch.palettization import DKMPalettizer
+
+    if spec.edkm:
+        install_edkm_cpu_adapter()
+        ensure_process_group((store_dir or Path(".")) / ".edkm-gloo-store")
+    palettizer = DKMPalettizer(model, palettizer_config(model, spec))
+    prepared = palettizer.prepare(inplace=True)
+    names = [f"{name}.weight" for name, m in prepared.named_modules() if hasattr(m, "weight_fake_quant")]
+    return palettizer, prepared, names
+
+
+# ---- source weights ----------------------------------------------------------------------------------------
+def load_source(path: str | Path) -> tuple[OpenELM, dict[str, Any]]:
+    """An OpenELM from a checkpoint, a run directory (its newest checkpoint) or an HF export directory."""
+    path = Path(path)
+    if (path / HF_CONFIG_FILE).is_file():
+        model, kind, weights = import_hf(path), "hf-export", path / WEIGHTS_FILE
+        info: dict[str, Any] = {}
+    else:
+        checkpoint = resolve_checkpoint(path) if not (path / WEIGHTS_FILE).is_file() else path
+        model, kind, weights = load_model(checkpoint), "checkpoint", checkpoint / WEIGHTS_FILE
+        state_file = checkpoint / TRAINER_STATE
+        trainer = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        info = {"trained_on_manifest": trainer.get("manifest_id"), "trained_tokens": trainer.get("tokens")}
+        path = checkpoint
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    return model.float(), {"path": str(path.resolve()), "kind": kind, "weights_sha256": digest, **info}
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+def compress(
+    source: str | Path, config: CompressConfig, out_dir: str | Path | None = None, progress: bool = True
+) -> CompressResult:
+    """Fine-tune ``source`` under DKM clustering per ``config``, finalize, and write the run directory."""
+    from tqdm.auto import tqdm
+
+    train, spec = config.train, config.palette
+    run_dir = Path(out_dir).resolve() if out_dir else train.run_dir
+    if (run_dir / LOG_FILE).exists():
+        raise TrainingError(f"{run_dir} already holds a run; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(train.device)
+    seed_everything(train.seed)
+    manifest = Manifest(train.manifest_dir)
+    tokenizer = load_tokenizer(train, manifest)
+    model, source_info = load_source(source)
+    train = train.replace(model=model.config.to_dict(), out_dir=str(run_dir))
+    loader = build_loader(train, train.manifest_dir, tokenizer, DistInfo())
+    model = model.to(device=device, dtype=DTYPES[spec.dtype])
+    palettizer, prepared, names = prepare(model, spec, run_dir)
+    lm = PalettizedLM(prepared).train()
+    from .optim import build_optimizer, build_scheduler
+
+    optimizer, accum = build_optimizer(prepared, train), train.grad_accum_steps(1)
+    scheduler = build_scheduler(optimizer, train)
+    log = RunLog(run_dir)
+    log.write(
+        "header",
+        task="compress",
+        manifest_id=manifest.manifest_id,
+        manifest_dir=str(train.manifest_dir),
+        tokenizer=tokenizer.describe(),
+        config=train.to_dict(),
+        palettization=dataclasses.asdict(spec),
+        source=source_info,
+        model_config=model.config.to_dict(),
+        parameters=sum(p.numel() for p in prepared.parameters()),
+        palettized=names,
+        code_version=code_version(),
+        device=device_description(device),
+        world_size=1,
+        grad_accum_steps=accum,
+        tokens_per_step=train.batch_size * train.seq_len * accum,
+        stream_state=loader.state_dict(),
+    )
+    steps, tokens, losses = 0, 0, []
+    iterator = iter(loader)
+    bar = tqdm(total=train.max_steps, disable=not progress, unit="step", desc="compress")
+    while steps < train.max_steps:
+        started = time.perf_counter()
+        batches = [b for _, b in zip(range(accum), iterator, strict=False)]
+        waited = time.perf_counter() - started
+        if len(batches) < accum:
+            break
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_step(lm, optimizer, batches, train, device, None, DistInfo(), model.config.vocab_size)
+        scheduler.step()
+        palettizer.step()
+        elapsed = time.perf_counter() - started
+        steps, tokens = steps + 1, tokens + stats.positions
+        losses.append(stats.loss)
+        if steps % train.log_every == 0 or steps == train.max_steps:
+            log.write(
+                "step",
+                step=steps,
+                loss=stats.loss,
+                ce_loss=stats.ce_loss,
+                z_loss=stats.z_loss,
+                lr=lr,
+                grad_norm=stats.grad_norm,
+                tokens=stats.positions,
+                counted_tokens=stats.counted_tokens,
+                tokens_total=tokens,
+                tokens_per_s=stats.positions / elapsed,
+                data_wait_s=waited,
+                step_time_s=elapsed,
+                step_tokens_by_source=dict(sorted(stats.tokens_by_source.items())),
+                tokens_by_source=dict(sorted(loader.ledger.items())),
+            )
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
+    bar.close()
+    report = finalize(palettizer, prepared, names, spec, run_dir)
+    ledger = dict(sorted(loader.ledger.items()))
+    report.update(steps=steps, tokens=tokens, tokens_by_source=ledger, source=source_info)
+    (run_dir / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    log.write("end", step=steps, tokens_total=tokens, tokens_by_source=ledger, compression=report)
+    log.close()
+    return CompressResult(run_dir, steps, tokens, ledger, losses, report)
+
+
+def finalize(palettizer, prepared: nn.Module, names: list[str], spec: PaletteSpec, run_dir: Path) -> dict:
+    """Fold palettes and indices into the weights; write the dequantized export and the compact form."""
+    finalized = palettizer.finalize(prepared, inplace=True)
+    model = dequantized_model(finalized)
+    distinct = {n: distinct_per_group(model.get_parameter(n).detach(), spec.group_size) for n in names}
+    too_many = {n: d for n, d in distinct.items() if d > 1 << spec.bits}
+    if too_many:
+        raise TrainingError(f"finalized tensors hold more than 2**{spec.bits} values per group: {too_many}")
+    save_model(model, run_dir / "model")
+    layout = {n: {"bits": spec.bits, "group_size": spec.group_size} for n in names}
+    compact = save_compact(model, run_dir / COMPACT_FILE, layout, DTYPES[spec.rest_dtype])
+    export_bytes = (run_dir / "model" / WEIGHTS_FILE).stat().st_size
+    return {
+        "bits": spec.bits,
+        "group_size": spec.group_size,
+        "palettized_tensors": len(names),
+        "max_distinct_values_per_group": max(distinct.values(), default=0),
+        "distinct_values": distinct,
+        "export": {"path": str(run_dir / "model"), "bytes": export_bytes},
+        "compact": compact,
+    }
+
+
+def dequantized_model(finalized: nn.Module) -> OpenELM:
+    """A plain float32 OpenELM holding a finalized model's (palettized) weights."""
+    from .palette import plain_state
+
+    model = OpenELM(finalized.config)
+    model.load_state_dict({k: v.float() for k, v in plain_state(finalized).items()}, strict=True)
+    return model.eval()
