@@ -128,13 +128,19 @@ def test_debug_shows_the_traceback_of_a_user_error(capsys, tmp_path):
 
 
 def test_user_error_types_share_one_root():
+    import importlib
+
     from elm_data.manifests.build import BuildFailed, WorkerDied
     from elm_data.manifests.workspace import ShardChanged
-    from elm_data.pipeline.plan import PlanError
     from elm_data.trainer.checkpoint import CheckpointError
+    from elm_data.trainer.config import ConfigError
     from elm_data.trainer.loop import TrainingError
 
-    for error in (BuildFailed, WorkerDied, ShardChanged, PlanError, CheckpointError, TrainingError):
+    try:  # the stream's planner: a module of the stream package, or (before it) of pipeline/
+        plan = importlib.import_module("elm_data.pipeline.stream.plan")
+    except ImportError:
+        plan = importlib.import_module("elm_data.pipeline.plan")
+    for error in (BuildFailed, WorkerDied, ShardChanged, plan.PlanError, CheckpointError, ConfigError, TrainingError):
         assert issubclass(error, ElmDataError), error
 
 
