@@ -24,7 +24,7 @@ def _open_manifest(path: str):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
 @click.option(
     "--tokenizer", default=None,
-    help="LLaMA SentencePiece model (else the mixture's tokenizer:, else $ELM_DATA_TOKENIZER).",
+    help="LLaMA SentencePiece model (else the mixture's tokenizer:, $ELM_DATA_TOKENIZER, the sha256 cache).",
 )
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes (local runner)."

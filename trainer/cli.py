@@ -31,7 +31,7 @@ from .loop import train as run_training
     help="Run directory (log.jsonl, checkpoints/). Default: the config's out_dir or runs/<name>.",
 )
 @click.option(
-    "--tokenizer", default=None, help="Tokenizer path/URL (else the config, the manifest, $ELM_DATA_TOKENIZER)."
+    "--tokenizer", default=None, help="Tokenizer (else the config, $ELM_DATA_TOKENIZER, the manifest's, the cache)."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(

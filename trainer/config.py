@@ -42,7 +42,7 @@ class TrainConfig:
 
     # data
     manifest: str = ""  # manifest directory (built by `elm-data build manifest`)
-    tokenizer: str | None = None  # tokenizer path/URL; default: the manifest's, then $ELM_DATA_TOKENIZER
+    tokenizer: str | None = None  # path/URL; else $ELM_DATA_TOKENIZER, the manifest's, the cache (resolve_tokenizer)
     seq_len: int = 2048
     mode: str | None = None  # sequence mode ("packed"/"corenet"); None = the manifest's
     weights: str | dict[str, float] | None = None  # mixing weights: None (manifest's), "natural" or a dict
