@@ -7,7 +7,9 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data verify | audit DIR               manifests/cli.py
     elm-data export croissant DIR             manifests/cli.py
     elm-data stream MANIFEST_DIR              pipeline/cli.py
-    elm-data export hf CHECKPOINT OUT_DIR     model/cli.py
+    elm-data export hf CHECKPOINT|RUN OUT     trainer/export_cli.py
+    elm-data export mlx CHECKPOINT OUT        trainer/export_cli.py
+    elm-data eval CHECKPOINT|EXPORT           trainer/export_cli.py
     elm-data train CONFIG.yaml                trainer/cli.py
     elm-data audit-run RUN_DIR                trainer/cli.py
     elm-data bench train MATRIX.yaml          trainer/cli.py (trainer/efficiency.py)
@@ -50,6 +52,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
         "init": ("elm_data.manifests.openelm_cli", "init", "Write OpenELM's mixture naming the real upstream shards."),
         "estimate": ("elm_data.manifests.openelm_cli", "estimate", "Estimate a mixture's tokens and build cost."),
+        "eval": ("elm_data.trainer.export_cli", "eval_command", "Benchmarks (lm-eval) and held-out perplexity."),
     },
     "build": {
         "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),
@@ -61,7 +64,8 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "bench": {"train": ("elm_data.trainer.cli", "bench_train", "Sweep a training-efficiency matrix (tokens/s, MFU).")},
     "export": {
         "croissant": ("elm_data.manifests.cli", "export_croissant", "Write a manifest as Croissant 1.1 JSON-LD."),
-        "hf": ("elm_data.model.cli", "export_hf", "Write a checkpoint in the apple/OpenELM Hugging Face layout."),
+        "hf": ("elm_data.trainer.export_cli", "export_hf", "A checkpoint as an offline-loadable HF folder + card."),
+        "mlx": ("elm_data.trainer.export_cli", "export_mlx", "A checkpoint as an MLX folder (mlx-lm; quantized)."),
     },
 }
 
