@@ -31,6 +31,7 @@ from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 from elm_data.procs import die_with_parent
 from elm_data.redact import redact_text, redact_uri
+from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
@@ -91,13 +92,13 @@ def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str | None]:
     return spec.licence, posixpath.join(spec.upstream, folder, posixpath.basename(uri))
 
 
-def plan_shards(mixture: MixtureConfig) -> list[ShardTask]:
+def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES) -> list[ShardTask]:
     """Every shard of the mixture, in mixture order, numbered from 0."""
     tasks: list[ShardTask] = []
     for entry in mixture.entries:
         for uri in mixture.resolve_shards(entry):
             licence, upstream = upstream_for(entry.source, entry.subset, uri)
-            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream))
+            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes))
     return tasks
 
 
@@ -213,14 +214,8 @@ def manifest_info(
     """``manifest.json``: the id, Merkle root and everything the id covers, plus totals."""
     sequences = mixture.sequences.to_dict()
     weights = [{"source": e.source, "subset": e.subset, "weight": e.weight} for e in mixture.entries]
-    mid = manifest_id(
-        [(r.source, r.subset, r.sha256) for r in records],
-        pass_description,
-        sequences,
-        tokenizer.sha256,
-        mixture.seed,
-        weights,
-    )
+    mid = manifest_id(records, pass_description, sequences, tokenizer.sha256, mixture.seed, weights, targets,
+                      mixture.name)
     per_entry = Counter((r.source, r.subset) for r in records)
     return {
         "format_version": FORMAT_VERSION,
@@ -280,6 +275,7 @@ def build_manifest(
     workspace: str | None = None,
     dropped_samples: int = 0,
     accept_damaged: bool = False,
+    block_bytes: int = BLOCK_BYTES,
     overwrite: bool = False,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
@@ -291,6 +287,8 @@ def build_manifest(
     worker can reach when Beam runs on a cluster.
     ``accept_damaged``: record damaged shards (truncated, unreadable, wrong schema) as counted
     rejections instead of failing the build.
+    ``block_bytes``: target size of a plain-JSONL block in the block index (the unit the stream verifies,
+    resumes from and spreads over partitions).
     ``dropped_samples``: K > 0 also writes ``dropped_samples.jsonl``, the first K filtered documents and
     K rejected records per reason in manifest order (shard, then index); it changes neither the
     manifest id nor the parquet files.
@@ -309,9 +307,11 @@ def build_manifest(
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
-    tasks = plan_shards(mixture)
+    if block_bytes < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+    tasks = plan_shards(mixture, block_bytes)
 
-    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict())
+    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
     work = BuildWorkspace(workspace or workspace_path_for(str(out_dir)), config_hash)
     if restart:
         work.remove()
@@ -351,8 +351,8 @@ def build_manifest(
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Open a manifest directory with a readable error when it is not one."""
+def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
+    """Open a manifest directory with a readable error when it is not one (``verify``: see ``Manifest``)."""
     path = Path(path)
     if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
         raise FileNotFoundError(
@@ -360,4 +360,4 @@ def load_manifest(path: str | Path) -> Manifest:
         )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such manifest directory")
-    return Manifest(path)
+    return Manifest(path, verify=verify)

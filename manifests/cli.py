@@ -10,11 +10,11 @@ import click
 from elm_data.pipeline.tokenizer import TokenizerNotFound
 
 
-def _open_manifest(path: str):
+def _open_manifest(path: str, verify: bool = True):
     from .build import load_manifest
 
     try:
-        return load_manifest(path)
+        return load_manifest(path, verify=verify)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -105,7 +105,7 @@ def verify(manifest_dir, workers):
 
     from .verify import verify_manifest
 
-    manifest = _open_manifest(manifest_dir)
+    manifest = _open_manifest(manifest_dir, verify=False)  # verify reports every problem instead of refusing
     with tqdm(total=len(manifest.shards), unit="shard", desc="hashing shards", dynamic_ncols=True) as bar:
         report = verify_manifest(manifest_dir, workers=workers, on_shard=lambda _: bar.update(1))
     if not report.ok:

@@ -1,9 +1,9 @@
 """Export a manifest as Croissant 1.1 JSON-LD (with the Responsible-AI fields that apply).
 
 The distribution lists the manifest's own files and every corpus shard as a ``cr:FileObject`` with
-its sha256, size and licence, ``prov:wasDerivedFrom`` its upstream location. Two record sets
-describe ``shards.parquet`` and ``documents.parquet`` column by column, so Croissant tools can
-load the ledger. Reads only the manifest directory.
+its sha256, size and licence, ``prov:wasDerivedFrom`` its upstream location, and each shard's documents
+ledger (``documents/NNNNNN.parquet``) with its sha256. A record set describes ``shards.parquet`` column by
+column, so Croissant tools can load the shard ledger. Reads only the manifest directory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from elm_data.redact import redact_uri
 
-from .manifest import DOCUMENT_SCHEMA, DOCUMENTS_FILE, MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest
+from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ledger_path
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
 PROV_NS = "http://www.w3.org/ns/prov#"
@@ -87,14 +87,8 @@ _FIELD_DESCRIPTIONS = {
         "pieces_filtered_by_reason": "JSON object: CoreNet pieces dropped per filter reason (corenet mode).",
         "chars": "Characters of kept documents.",
         "tokens": "LLaMA-2 tokens of kept documents (no BOS/EOS).",
-    },
-    "documents": {
-        "index": "Row or line of the record in its shard.",
-        "doc_id": "Stable document id (native, or derived from shard hash and index).",
-        "status": "kept, filtered or rejected.",
-        "reason": "Filter or rejection reason (null when kept).",
-        "count": "Input records this row stands for.",
-        "tokens": "Kept LLaMA-2 tokens (no BOS/EOS).",
+        "format": "Reader format found from the shard's bytes (parquet, jsonl, jsonl.gz, jsonl.zst).",
+        "blocks": "JSON list: the block index (byte range, sha256, first record, records, kept totals, ledger digest).",
     },
 }
 
@@ -151,19 +145,32 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     for file_name, fmt, what in (
         (MANIFEST_FILE, "application/json", "Manifest: id, Merkle root, tokenizer, pass config, totals."),
         (SHARDS_FILE, "application/x-parquet", "One row per corpus shard: hash, licence, counts."),
-        (DOCUMENTS_FILE, "application/x-parquet", "One row per input record: status, reason, tokens."),
     ):
         path = manifest.path / file_name
+        distribution.append(
+            {
+                "@type": "cr:FileObject",
+                "@id": file_name,
+                "name": file_name,
+                "description": what,
+                "contentUrl": Path(os.path.relpath(path, base)).as_posix(),
+                "contentSize": f"{path.stat().st_size} B",
+                "encodingFormat": fmt,
+                "sha256": _sha256_file(path),
+            }
+        )
+    for r in records:  # the documents ledger, one parquet file per shard (DOCUMENT_SCHEMA)
+        path = ledger_path(manifest.path, r.shard)
         distribution.append({
             "@type": "cr:FileObject",
-            "@id": file_name,
-            "name": file_name,
-            "description": what,
+            "@id": f"documents-{r.shard:06d}",
+            "name": f"documents-{r.shard:06d}",
+            "description": f"Documents ledger of shard {r.shard}: one row per input record (status, reason, tokens).",
             "contentUrl": Path(os.path.relpath(path, base)).as_posix(),
             "contentSize": f"{path.stat().st_size} B",
-            "encodingFormat": fmt,
+            "encodingFormat": "application/x-parquet",
             "sha256": _sha256_file(path),
-        })
+        })  # fmt: skip
     for r in records:
         shard_object: dict[str, Any] = {
             "@type": "cr:FileObject",
@@ -246,7 +253,6 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "distribution": distribution,
         "recordSet": [
             _record_set("shards", SHARDS_FILE, SHARD_SCHEMA, "Per-shard provenance and counts."),
-            _record_set("documents", DOCUMENTS_FILE, DOCUMENT_SCHEMA, "Per-record ledger: kept, filtered, rejected."),
         ],
     }
 

@@ -1,11 +1,12 @@
 """What identifies a mixture: the manifest id, the pass-config hash and the Merkle root.
 
-The manifest id hashes everything that decides which tokens a mixture yields, and nothing that
-merely says where bytes were found: per shard (source, subset, sha256) — not the URI, so a local
-mirror of hub data keeps the id —, the per-document pass as ``DocumentPass.describe()`` records it
-(filters with resolved quality-filter parameters, minus the tokenizer's URI), the sequence config,
-the tokenizer's sha256, the seed and the mixture weights. ``created_at`` and the tool version are
-not part of it. :func:`manifest_id_of_info` recomputes it from a manifest on disk.
+The manifest id hashes everything a consumer of the manifest reads, and nothing that merely says where
+bytes were found: every shard record (source, subset, sha256, counts, the block index with each block's
+ledger digest) without its URI and upstream location — so a local mirror of hub data keeps the id —,
+the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
+sequence config, the tokenizer's sha256, the seed, the mixture weights, the targets and the name.
+``created_at``, the tool version and the shard globs are not part of it. ``totals`` are checked
+against the shard records. :func:`tampering` recomputes all of it from a manifest on disk.
 """
 
 from __future__ import annotations
@@ -37,33 +38,52 @@ def pass_identity(pass_description: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
-def pass_config_hash(pass_description: dict[str, Any], sequences: dict[str, Any]) -> str:
-    """Key of per-shard results in a build workspace: same pass and sequences => same shard result."""
-    payload = {"format_version": FORMAT_VERSION, "pass": pass_identity(pass_description), "sequences": sequences}
+def pass_config_hash(pass_description: dict[str, Any], sequences: dict[str, Any], block_bytes: int) -> str:
+    """Key of per-shard results in a build workspace: same pass, sequences and blocks => same shard result."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "pass": pass_identity(pass_description),
+        "sequences": sequences,
+        "block_bytes": block_bytes,
+    }
     return sha256_hex(canonical_json(payload))
 
 
+LOCATION_FIELDS = ("uri", "upstream", "upstream_revision")  # where bytes were found: not part of the id
+
+
+def shard_identity(record: ShardRecord) -> dict[str, Any]:
+    """A shard record without its location fields."""
+    row = record.to_row()
+    for name in LOCATION_FIELDS:
+        row.pop(name)
+    return row
+
+
 def manifest_id(
-    shards: Sequence[tuple[str, str, str]],
+    records: Sequence[ShardRecord],
     pass_description: dict[str, Any],
     sequences: dict[str, Any],
     tokenizer_sha256: str,
     seed: int,
     weights: Sequence[dict[str, Any]],
+    targets: Any = None,
+    name: str | None = None,
 ) -> str:
-    """sha256 over the canonical JSON of what defines the mixture.
+    """sha256 over the canonical JSON of what defines the mixture and what its consumers read.
 
-    ``shards``: (source, subset, sha256) in manifest order; ``weights``: mixture entries as
-    ``{"source", "subset", "weight"}`` in mixture order.
+    ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order.
     """
     payload = {
         "format_version": FORMAT_VERSION,
-        "shards": [{"source": s, "subset": sub, "sha256": h} for s, sub, h in shards],
+        "shards": [shard_identity(r) for r in records],
         "pass": pass_identity(pass_description),
         "sequences": sequences,
         "tokenizer_sha256": tokenizer_sha256,
         "seed": seed,
         "weights": [{"source": w["source"], "subset": w["subset"], "weight": w.get("weight")} for w in weights],
+        "targets": targets,
+        "name": name,
     }
     return sha256_hex(canonical_json(payload))
 
@@ -71,13 +91,41 @@ def manifest_id(
 def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) -> str:
     """Recompute a manifest's id from its ``manifest.json`` fields and shard records."""
     return manifest_id(
-        [(r.source, r.subset, r.sha256) for r in records],
+        records,
         info["pass"],
         info["sequences"],
         info["tokenizer"]["sha256"],
         info["seed"],
         info["mixture"],
+        info.get("targets"),
+        info.get("name"),
     )
+
+
+def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]:
+    """What no longer matches in a manifest: id, Merkle root, totals, per-entry shard counts (empty when sound)."""
+    from .manifest import totals_of
+
+    problems = []
+    try:
+        if manifest_id_of_info(info, records) != info.get("manifest_id"):
+            problems.append("manifest_id does not recompute from the shard records and config it covers")
+    except (KeyError, TypeError) as e:
+        problems.append(f"manifest.json lacks or mangles {e}")
+    if merkle_root_of(records) != info.get("merkle_root"):
+        problems.append("the Merkle root of shards.parquet does not match manifest.json")
+    if info.get("totals") != totals_of(records):
+        problems.append("totals in manifest.json differ from the sum of the shard records")
+    per_entry: dict[tuple[str, str], int] = {}
+    for r in records:
+        per_entry[(r.source, r.subset)] = per_entry.get((r.source, r.subset), 0) + 1
+    for entry in info.get("mixture") or []:
+        if isinstance(entry, dict) and entry.get("resolved_shards") != per_entry.get(
+            (entry.get("source"), entry.get("subset")), 0
+        ):
+            problems.append(f"mixture entry {entry.get('source')}/{entry.get('subset')}: resolved_shards differs")
+            break
+    return problems
 
 
 def merkle_root_of(records: Sequence[ShardRecord]) -> str:

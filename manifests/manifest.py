@@ -4,10 +4,17 @@ A manifest directory holds
 
 - ``manifest.json``  — format version, ``manifest_id``, Merkle root, tokenizer, filter and sequence
   config, seed, mixture entries, tool version, creation time and totals;
-- ``shards.parquet`` — one row per shard (``SHARD_SCHEMA``), in mixture order;
-- ``documents.parquet`` — one row per input record (``DOCUMENT_SCHEMA``), one row group per shard,
-  in shard order: the per-document ledger of what was kept, filtered or rejected, and how many
-  tokens each kept document contributes. The stream plans sequences from it without re-reading.
+- ``shards.parquet`` — one row per shard (``SHARD_SCHEMA``), in mixture order, each with its block
+  index: record-aligned byte ranges with a sha256 each, their first record and kept totals, and the
+  digest of their documents-ledger rows;
+- ``documents/NNNNNN.parquet`` — the per-document ledger of shard NNNNNN (``DOCUMENT_SCHEMA``), one row
+  per input record, one row group per block: what was kept, filtered or rejected, and how many tokens
+  each kept document contributes. The stream plans from it without re-reading the corpus, and a
+  reader touches only the ledgers of the blocks it owns.
+
+Every consumer opens a manifest through :class:`Manifest`, which recomputes the manifest id, the
+Merkle root and the totals from the files and refuses a manifest that does not match
+(:class:`ManifestTampered`); each ledger row group is checked against its block's digest when read.
 
 Optionally ``dropped_samples.jsonl`` (``build manifest --dropped-samples K``): the first K dropped
 records per reason, for inspection; it is not covered by ``manifest_id`` or the Merkle root.
@@ -18,6 +25,8 @@ either exists whole or not at all.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import shutil
 import tempfile
@@ -31,11 +40,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from elm_data.errors import ElmDataError
+
 from elm_data.outputs import publish_modes, replace_dir
 
-FORMAT_VERSION = 1
-MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE = "manifest.json", "shards.parquet", "documents.parquet"
-CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_FILE)
+FORMAT_VERSION = 2
+MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
+CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR)
 DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity
 
 SHARD_SCHEMA = pa.schema(
@@ -60,7 +71,23 @@ SHARD_SCHEMA = pa.schema(
         ("tokens", pa.int64()),  # LLaMA tokens of kept documents/pieces, no BOS/EOS
         ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
         ("count_method", pa.string()),  # e.g. "exact:sentencepiece"
+        ("format", pa.string()),  # reader format found from the bytes ("parquet", "jsonl", ...); "" if none
+        ("blocks", pa.string()),  # JSON list of BLOCK_FIELDS objects: the shard's block index, in byte order
     ]
+)
+
+# One block of a shard: bytes [start, end) with their sha256, records [first_record, first_record + records),
+# the kept documents / tokens / segments among them, and the sha256 of their documents-ledger rows.
+BLOCK_FIELDS = (
+    "start",
+    "end",
+    "sha256",
+    "first_record",
+    "records",
+    "kept_docs",
+    "kept_tokens",
+    "kept_segments",
+    "ledger_sha256",
 )
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -100,6 +127,8 @@ class ShardRecord:
     tokens: int = 0
     segments: int = 0
     count_method: str = "exact:sentencepiece"
+    format: str = ""
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -110,6 +139,7 @@ class ShardRecord:
         row["filtered_by_reason"] = json.dumps(dict(sorted(self.filtered_by_reason.items())))
         row["rejected_by_reason"] = json.dumps(dict(sorted(self.rejected_by_reason.items())))
         row["pieces_filtered_by_reason"] = json.dumps(dict(sorted(self.pieces_filtered_by_reason.items())))
+        row["blocks"] = json.dumps(self.blocks, sort_keys=True, separators=(",", ":"))
         return row
 
     @classmethod
@@ -118,6 +148,7 @@ class ShardRecord:
         row["filtered_by_reason"] = json.loads(row["filtered_by_reason"] or "{}")
         row["rejected_by_reason"] = json.loads(row["rejected_by_reason"] or "{}")
         row["pieces_filtered_by_reason"] = json.loads(row.get("pieces_filtered_by_reason") or "{}")
+        row["blocks"] = json.loads(row.get("blocks") or "[]")
         return cls(**row)
 
     def canonical_bytes(self) -> bytes:
@@ -149,10 +180,43 @@ def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
     }
 
 
-class Manifest:
-    """Read access to a manifest directory; never touches the corpus itself."""
+class ManifestTampered(ElmDataError, ValueError):
+    """A manifest's files no longer compute its own id, Merkle root, totals or ledger digests."""
 
-    def __init__(self, path: str | Path):
+
+def ledger_digest(table: pa.Table) -> str:
+    """sha256 of a documents-ledger slice's content (column values in schema order), independent of encoding."""
+    values = table.select(list(DOCUMENT_SCHEMA.names)).cast(DOCUMENT_SCHEMA).to_pydict()
+    return hashlib.sha256(json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def split_by_block(blocks: Sequence[Mapping[str, Any]], table: pa.Table) -> list[pa.Table]:
+    """The shard's ledger rows per block (rows are in record order; a row belongs to the block holding its index)."""
+    firsts = [b["first_record"] for b in blocks]
+    indices = table.column("index").to_pylist()
+    cuts = [bisect.bisect_left(indices, f) for f in firsts[1:]]
+    bounds = [0, *cuts, table.num_rows]
+    return [table.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+
+
+def ledger_path(manifest_dir: str | Path, shard: int) -> Path:
+    return Path(manifest_dir) / DOCUMENTS_DIR / f"{shard:06d}.parquet"
+
+
+def data_files(manifest_dir: str | Path) -> list[str]:
+    """The manifest's parquet files (shards, then every ledger), relative to its directory, in order."""
+    ledgers = sorted(p.name for p in (Path(manifest_dir) / DOCUMENTS_DIR).glob("*.parquet"))
+    return [SHARDS_FILE, *(f"{DOCUMENTS_DIR}/{name}" for name in ledgers)]
+
+
+class Manifest:
+    """Read access to a manifest directory; never touches the corpus itself.
+
+    Opening checks the manifest against itself (id, Merkle root, totals: see ``identity.tampering``) unless
+    ``verify=False``; every ledger row group read is checked against its block's ``ledger_sha256``.
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
         manifest_file = self.path / MANIFEST_FILE
         if not manifest_file.exists():
@@ -160,8 +224,15 @@ class Manifest:
         self.info: dict[str, Any] = json.loads(manifest_file.read_text())
         if self.info.get("format_version") != FORMAT_VERSION:
             raise ValueError(
-                f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION}"
+                f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION} "
+                "(rebuild the manifest with this version of elm-data)"
             )
+        if verify:
+            from .identity import tampering
+
+            problems = tampering(self.info, self.shards)
+            if problems:
+                raise ManifestTampered(f"{self.path}: refusing an altered manifest: {'; '.join(problems)}")
 
     @property
     def manifest_id(self) -> str:
@@ -172,21 +243,38 @@ class Manifest:
         table = pq.read_table(self.path / SHARDS_FILE, schema=SHARD_SCHEMA)
         return [ShardRecord.from_row(r) for r in table.to_pylist()]
 
-    @cached_property
-    def _documents_file(self) -> pq.ParquetFile:
-        return pq.ParquetFile(self.path / DOCUMENTS_FILE)
-
-    def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:
-        """The per-document ledger of one shard (its own row group); ``columns``: only these (plus ``shard``)."""
-        if columns is not None and "shard" not in columns:
-            columns = ["shard", *columns]
-        table = self._documents_file.read_row_group(shard, columns=columns)
-        if table.num_rows and table.column("shard")[0].as_py() != shard:
-            raise ValueError(f"{self.path}: documents row group {shard} does not belong to shard {shard}")
+    def block_documents(self, shard: int, block: int, parquet: pq.ParquetFile | None = None) -> pa.Table:
+        """The ledger rows of one block of one shard, checked against the block's ``ledger_sha256``."""
+        parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
+        expected = self.shards[shard].blocks[block]["ledger_sha256"]
+        table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
+        if ledger_digest(table) != expected:
+            raise ManifestTampered(
+                f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its block "
+                "records (documents ledger altered or reordered)"
+            )
         return table
 
+    def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:
+        """The per-document ledger of one shard (all its blocks, checked); ``columns``: only these."""
+        parquet = pq.ParquetFile(ledger_path(self.path, shard))
+        blocks = self.shards[shard].blocks
+        if parquet.num_row_groups != len(blocks):
+            raise ManifestTampered(
+                f"{ledger_path(self.path, shard)}: {parquet.num_row_groups} row groups for {len(blocks)} blocks"
+            )
+        table = pa.concat_tables([self.block_documents(shard, b, parquet) for b in range(len(blocks))])
+        return table if columns is None else table.select(columns)
+
     def all_documents(self) -> pa.Table:
-        return self._documents_file.read()
+        return pa.concat_tables([self.documents(r.shard) for r in self.shards])
+
+
+def write_ledger(path: Path, blocks: Sequence[Mapping[str, Any]], table: pa.Table) -> None:
+    """One shard's ledger: one row group per block (an empty block keeps an empty row group)."""
+    with pq.ParquetWriter(path, DOCUMENT_SCHEMA, compression="zstd") as writer:
+        for part in split_by_block(blocks, table.cast(DOCUMENT_SCHEMA)):
+            writer.write_table(part, row_group_size=max(1, part.num_rows))
 
 
 def write_manifest_dir(
@@ -216,10 +304,9 @@ def write_manifest_dir(
         for name, data in sorted(extra_files.items()):
             (tmp / name).write_bytes(data)
         pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
-        with pq.ParquetWriter(tmp / DOCUMENTS_FILE, DOCUMENT_SCHEMA, compression="zstd") as writer:
-            for table in document_tables:
-                # an empty row group still keeps row-group index == shard index
-                writer.write_table(table.cast(DOCUMENT_SCHEMA), row_group_size=max(1, table.num_rows))
+        (tmp / DOCUMENTS_DIR).mkdir()
+        for record, table in zip(records, document_tables, strict=True):
+            write_ledger(ledger_path(tmp, record.shard), record.blocks, table)
         (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         publish_modes(tmp)  # mkdtemp made it 0700: give it the umask's modes, like any other tool
         replace_dir(tmp, out_dir)  # out_dir holds the old manifest or the new one, never nothing

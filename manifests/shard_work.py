@@ -16,16 +16,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
 from elm_data.redact import redact_uri
+from elm_data.sources.blocks import BLOCK_BYTES, Block, index_blocks
 from elm_data.sources.document import Document, Rejection
-from elm_data.sources.readers import fetched, read_shard, sha256_of, size_of
+from elm_data.sources.readers import fetched, read_shard, shard_format_of
+from elm_data.sources.readers_common import UnsupportedFormat
 
-from .manifest import DOCUMENT_SCHEMA, ShardRecord
+from .manifest import DOCUMENT_SCHEMA, ShardRecord, ledger_digest, split_by_block
 from .workspace import BuildWorkspace, ShardChanged
 
 COUNT_METHOD = "exact:sentencepiece"
@@ -42,6 +45,7 @@ class ShardTask:
     uri: str
     licence: str
     upstream: str | None = None
+    block_bytes: int = BLOCK_BYTES  # target size of a plain-JSONL block
 
 
 @dataclass(frozen=True)
@@ -152,16 +156,55 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
     reader's rejection reason never share a sample. Fields mirror the ledger row (``shard`` is the
     manifest position, ``chars``/``count`` as in ``documents.parquet``) plus where the bytes are.
     """
-    record = {"shard": task.shard, "source": task.source, "subset": task.subset, "shard_uri": redact_uri(task.uri),
-              "shard_sha256": sha256}
+    record = {
+        "shard": task.shard,
+        "source": task.source,
+        "subset": task.subset,
+        "shard_uri": redact_uri(task.uri),
+        "shard_sha256": sha256,
+    }
     if isinstance(item, Rejection):
-        record |= {"index": item.index, "doc_id": "", "status": "rejected", "reason": item.reason,
-                   "count": item.count, "chars": 0, "detail": item.detail[:SAMPLE_CHARS]}
+        record |= {
+            "index": item.index,
+            "doc_id": "",
+            "status": "rejected",
+            "reason": item.reason,
+            "count": item.count,
+            "chars": 0,
+            "detail": item.detail[:SAMPLE_CHARS],
+        }
     else:
         prov = item.document.provenance
-        record |= {"index": prov.index, "doc_id": prov.doc_id, "status": item.status, "reason": item.reason,
-                   "count": 1, "chars": item.chars, "text": item.document.text[:SAMPLE_CHARS]}
+        record |= {
+            "index": prov.index,
+            "doc_id": prov.doc_id,
+            "status": item.status,
+            "reason": item.reason,
+            "count": 1,
+            "chars": item.chars,
+            "text": item.document.text[:SAMPLE_CHARS],
+        }
     return f"{record['status']}:{record['reason']}", record
+
+
+def block_index(blocks: list[Block], ledger: pa.Table) -> list[dict]:
+    """The shard's block index for the manifest: each block with its kept totals and its ledger rows' digest."""
+    if blocks and blocks[-1].records is None:  # one opaque (compressed) block: it holds every record read
+        counts = ledger.column("count").to_pylist()
+        blocks = [Block(b.start, b.end, b.sha256, 0, sum(counts)) for b in blocks]
+    out = []
+    for block, rows in zip(
+        blocks, split_by_block([{"first_record": b.first_record} for b in blocks], ledger), strict=True
+    ):
+        kept = rows.filter(pa.compute.equal(rows.column("status"), KEPT))
+        out.append({
+            "start": block.start, "end": block.end, "sha256": block.sha256, "first_record": block.first_record,
+            "records": block.records, "kept_docs": kept.num_rows,
+            "kept_tokens": int(pa.compute.sum(kept.column("tokens")).as_py() or 0),
+            "kept_segments": int(pa.compute.sum(kept.column("segments")).as_py() or 0),
+            "ledger_sha256": ledger_digest(rows),
+        })  # fmt: skip
+    return out
 
 
 def count_shard(
@@ -171,6 +214,8 @@ def count_shard(
     size: int,
     dropped: DroppedSamples | None = None,
     local_path: str | None = None,
+    blocks: list[Block] | None = None,
+    fmt: str | None = None,
 ) -> tuple[ShardRecord, pa.Table]:
     """Read one shard through the pass; every input record lands in exactly one ledger row.
 
@@ -199,7 +244,8 @@ def count_shard(
         pending.clear()
 
     n_docs = 0
-    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path):
+    items = read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt)
+    for item in items:
         pending.append(item)
         if isinstance(item, Document):
             n_docs += 1
@@ -229,8 +275,11 @@ def count_shard(
         tokens=ledger.tokens,
         segments=ledger.segments,
         count_method=COUNT_METHOD,
+        format=fmt or "",
     )
-    return record, ledger.table()
+    table = ledger.table()
+    record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
+    return record, table
 
 
 def process_shard(
@@ -243,13 +292,17 @@ def process_shard(
     """
     try:
         with fetched(task.uri) as local:  # hashed and read from the same bytes, fetched once
-            sha256, size = sha256_of(local), size_of(local)
+            try:
+                fmt = shard_format_of(local, task.source, task.subset, name=task.uri)
+            except UnsupportedFormat:
+                fmt = None  # the reader turns it into a counted rejection naming the format
+            sha256, size, blocks = index_blocks(local, fmt or "opaque", task.block_bytes)
             done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason=dropped_per_reason)
             if done is not None:
                 workspace.clear_error(task.shard)
                 return ShardOutcome(task.shard, task.uri, done.record, reused=True)
             dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
-            record, documents = count_shard(task, document_pass, sha256, size, dropped, local)
+            record, documents = count_shard(task, document_pass, sha256, size, dropped, local, blocks, fmt)
         workspace.store(record, documents, dropped)
         return ShardOutcome(task.shard, task.uri, record)
     except (ShardChanged, FileNotFoundError) as e:

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from elm_data.manifests.beam import pipeline_options
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.cli import build_manifest as build_command
-from elm_data.manifests.manifest import DOCUMENTS_FILE, SHARDS_FILE, Manifest
+from elm_data.manifests.manifest import Manifest, data_files
 
 
 def test_default_options_pick_the_in_process_direct_runner():
@@ -24,7 +24,7 @@ def test_beam_build_equals_local_build(sample_dir, tokenizer_path, sample_manife
     local = Manifest(sample_manifest)
     assert result.manifest_id == local.manifest_id
     assert Manifest(out).info["merkle_root"] == local.info["merkle_root"]
-    for name in (SHARDS_FILE, DOCUMENTS_FILE):
+    for name in data_files(out):
         assert (out / name).read_bytes() == (sample_manifest / name).read_bytes(), name
 
 

@@ -23,11 +23,11 @@ from elm_data.manifests.build import build_manifest
 from elm_data.manifests.cli import audit as audit_command
 from elm_data.manifests.cli import build_manifest as build_command
 from elm_data.manifests.manifest import (
-    DOCUMENTS_FILE,
     DROPPED_SAMPLES_FILE,
     MANIFEST_FILE,
     SHARDS_FILE,
     Manifest,
+    data_files,
     write_manifest_dir,
 )
 from elm_data.manifests.workspace import workspace_path_for
@@ -79,7 +79,7 @@ def _samples(manifest_dir: Path) -> list[dict]:
 
 def _dropped_ledger(manifest_dir: Path) -> dict[tuple[str, str], list[dict]]:
     """(status, reason) -> dropped ledger rows in manifest order (shard, then index)."""
-    rows = pq.read_table(manifest_dir / DOCUMENTS_FILE).to_pylist()
+    rows = Manifest(manifest_dir).all_documents().to_pylist()
     by_reason: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r["shard"], r["index"])):
         if row["status"] != "kept":
@@ -165,7 +165,7 @@ def test_workers_and_beam_write_identical_bytes(corpus, sampled, tokenizer_path,
     beam = tmp_path / "beam"
     _build(corpus, beam, tokenizer_path, runner="beam", dropped_samples=K)
     for other in (two, beam):
-        for name in (DROPPED_SAMPLES_FILE, SHARDS_FILE, DOCUMENTS_FILE):
+        for name in (DROPPED_SAMPLES_FILE, *data_files(sampled)):
             assert (other / name).read_bytes() == (sampled / name).read_bytes(), (other.name, name)
 
 
@@ -174,7 +174,7 @@ def test_samples_change_neither_id_nor_parquet(corpus, sampled, sampled_all, tok
     result = _build(corpus, plain, tokenizer_path)
     assert not (plain / DROPPED_SAMPLES_FILE).exists()
     assert result.manifest_id == Manifest(sampled).manifest_id == Manifest(sampled_all).manifest_id
-    for name in (SHARDS_FILE, DOCUMENTS_FILE):
+    for name in data_files(plain):
         assert (plain / name).read_bytes() == (sampled / name).read_bytes() == (sampled_all / name).read_bytes()
     assert audit_manifest(plain).dropped_samples is None
     assert DROPPED_SAMPLES_FILE not in format_table(audit_manifest(plain))

@@ -50,6 +50,7 @@ class TrainConfig:
     document_masks: bool = False  # attend only within a document (needs the stream's segment_ids)
     num_workers: int = 0  # DataLoader workers for the stream
     data_seed: int | None = None  # the stream's mixing seed; None = the manifest's seed (as `elm-data stream`)
+    partitions: int | None = None  # stream partitions P (None: the stream's default); ranks × num_workers must divide P
 
     # model
     model: str | dict[str, Any] = "270M"  # a named size or a dict: {name: tiny, <OpenELMConfig overrides>}
@@ -181,6 +182,7 @@ class TrainConfig:
             (self.log_every > 0, "log_every must be positive"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.partitions is None or self.partitions >= 1, f"partitions must be >= 1, got {self.partitions}"),
             (self.epochs is None or self.epochs > 0, f"epochs must be positive or null, got {self.epochs}"),
             (self.mode in (None, "packed", "corenet"), f"mode must be packed, corenet or null, got {self.mode!r}"),
             (self.keep_checkpoints is None or self.keep_checkpoints > 0, "keep_checkpoints must be positive or null"),

@@ -22,6 +22,7 @@ from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
+from elm_data.pipeline.stream import StreamLoader, TokenStream, merge_states
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
@@ -83,8 +84,6 @@ def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
 
 def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokenizer, info: D.DistInfo):
     """The stream loader for this rank: ``TokenStream`` over the manifest, wrapped in ``StreamLoader``."""
-    from elm_data.pipeline.stream import StreamLoader, TokenStream
-
     stream = TokenStream(
         manifest_dir,
         batch_size=config.batch_size,
@@ -98,6 +97,7 @@ def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokeni
         epochs=config.epochs,
         provenance=True,
         document_masks=config.document_masks,
+        partitions=config.partitions,
     )
     return StreamLoader(stream, num_workers=config.num_workers)
 
@@ -233,15 +233,9 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
             )
         if saved.get("fingerprint") and saved["fingerprint"] != config.fingerprint():
             raise CheckpointError(f"checkpoint {checkpoint_dir} was written under different training settings")
-        stream_state = state["stream"]
-        if isinstance(stream_state, dict) and "ranks" in stream_state:  # saved by a multi-process run
-            if len(stream_state["ranks"]) != info.world_size:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint_dir} was written by {len(stream_state['ranks'])} "
-                    f"processes; resume it with the same number (now {info.world_size})"
-                )
-            stream_state = stream_state["ranks"][info.rank]
-        loader.load_state_dict(stream_state)
+        # one state for the whole run (every rank's partition cursors): resumable on any ranks × workers
+        # that divide the stream's partitions
+        loader.load_state_dict(state["stream"])
         step, tokens_total = int(saved["step"]), int(saved["tokens"])
 
     amp_dtype = autocast_dtype(device, config.precision)
@@ -311,7 +305,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         path = None
         stream_states = D.gather_objects(loader.state_dict(), info)
         if info.is_main:
-            stream_state = stream_states[0] if len(stream_states) == 1 else {"ranks": stream_states}
+            stream_state = merge_states(stream_states)
             path = save_checkpoint(
                 run_dir,
                 step,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from elm_data.pipeline.plan import BatchPlan, PlannedDoc
+from elm_data.pipeline.stream.plan import BatchPlan, PlannedDoc
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -1,0 +1,144 @@
+"""One partition's stream: its units mixed by source, packed into batches, resumable from a small cursor.
+
+A partition's documents come from its own units only. Natural mode spreads each source's kept documents
+evenly over the partition's epoch (:func:`~.mixing.proportional_draws`, phases seeded per partition and
+epoch; epoch ``e > 0`` visits the units in a seeded permutation); weighted mode draws each next source by
+its weight (:class:`~.mixing.WeightedDraws`, seeded per partition) and restarts an exhausted source.
+
+A *cursor* is the state at a batch boundary, in plain types (it is saved in checkpoints):
+``{"batch": t, "head_start": u, "mixer": m}`` — the partition's next batch ``t``, the first unit ``u`` of
+the document that holds the batch's first unit, and the mixer's state just before that document was
+drawn (natural: ``{"epoch", "drawn"}``; weighted: ``{"draws", "drawn"}``; ``drawn``: documents taken
+per source). ``{"batch": t, "done": True}`` marks a partition whose data has ended. Resuming from a
+cursor reads the ledger of the units it needs and nothing before: its cost does not grow with ``t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.compute as pc
+
+from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
+from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Unit
+
+Cursor = dict[str, Any]
+LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
+
+
+class PartitionWalk:
+    """The batches of partition ``p`` from any cursor, with the cursor after each."""
+
+    def __init__(self, plan: Plan, p: int):
+        self.plan, self.p = plan, p
+        self.config = plan.config
+        self.runs: list[list[Unit]] = plan.units[p]
+        self.kept = [sum(u.kept_docs for u in run) for run in self.runs]
+        self.weighted: WeightedDraws | None = None
+        if not self.config.natural:
+            weights = [w if n else 0.0 for w, n in zip(plan.draw_weights, self.kept, strict=True)]
+            if any(weights):
+                self.weighted = WeightedDraws(weights, derive_seed(self.config.seed, "mix", p))
+            elif any(self.kept):
+                raise PlanError(f"partition {p} holds no documents of any source with a weight; use fewer partitions")
+
+    def start(self) -> Cursor:
+        zero = [0] * len(self.runs)
+        mixer = {"epoch": 0, "drawn": zero} if self.config.natural else {"draws": 0, "drawn": zero}
+        return {"batch": 0, "head_start": 0, "mixer": mixer}
+
+    # -- documents ---------------------------------------------------------------------------------
+    def _draws(self, mixer: dict[str, Any]) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+        """``(source, epoch, position in that epoch, mixer state before this draw)`` for every next document."""
+        c = self.config
+        drawn = list(mixer["drawn"])
+        if c.natural:
+            epoch = mixer["epoch"]
+            while (c.epochs is None or epoch < c.epochs) and any(self.kept):
+                for i in proportional_draws(self.kept, derive_seed(c.seed, "mix", self.p, epoch), drawn):
+                    yield i, epoch, drawn[i], {"epoch": epoch, "drawn": list(drawn)}
+                    drawn[i] += 1
+                epoch, drawn = epoch + 1, [0] * len(drawn)
+            return
+        if self.weighted is None:
+            return
+        n = mixer["draws"]
+        while True:
+            i = self.weighted.source_at(n)
+            epoch, k = divmod(drawn[i], self.kept[i])
+            yield i, epoch, k, {"draws": n, "drawn": list(drawn)}
+            drawn[i] += 1
+            n += 1
+
+    def _source_docs(self, src: int, epoch: int, k: int) -> Iterator[tuple]:
+        """Kept documents of source ``src`` in this partition's ``epoch``, from its ``k``-th on."""
+        run = self.runs[src]
+        if epoch:
+            run = [run[j] for j in permutation(len(run), self.config.seed, self.plan.sources[src].key, self.p, epoch)]
+        for unit in run:
+            if k >= unit.kept_docs:
+                k -= unit.kept_docs
+                continue
+            table = self.plan.manifest.block_documents(unit.shard, unit.block)
+            table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
+            k = 0
+            cols = table.to_pydict()
+            for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
+                yield unit.shard, *row
+
+    def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, dict[str, Any]]]:
+        """Documents from the cursor's head document on, each with the mixer state before it was drawn."""
+        packed = self.config.mode == "packed"
+        start = cursor["head_start"]
+        sources: dict[int, list] = {}  # src -> [epoch, next position, iterator]
+        for src, epoch, k, before in self._draws(cursor["mixer"]):
+            current = sources.get(src)
+            if current is None or current[0] != epoch or current[1] != k:
+                current = sources[src] = [epoch, k, self._source_docs(src, epoch, k)]
+            shard, index, doc_id, tokens, segments = next(current[2])
+            current[1] += 1
+            units = tokens + 2 * segments if packed else segments
+            yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units), before
+            start += units
+
+    # -- batches -----------------------------------------------------------------------------------
+    def batches(self, cursor: Cursor) -> Iterator[tuple[BatchPlan, Cursor]]:
+        """``(batch, cursor after it)`` from the cursor on, until the partition's data ends."""
+        if cursor.get("done"):
+            return
+        span, t = self.config.units_per_batch, cursor["batch"]
+        pending: list[tuple[PlannedDoc, dict[str, Any]]] = []  # documents overlapping batch t
+        for doc, before in self.docs(cursor):
+            while doc.start >= (t + 1) * span:
+                yield self._batch(t, pending), self._cursor(t + 1, pending, (doc, before))
+                t += 1
+                pending = [x for x in pending if x[0].start + x[0].units > t * span]
+            pending.append((doc, before))
+        while pending:  # the data ended: what is left, in batches of which the last may be short
+            end = max(d.start + d.units for d, _ in pending)
+            batch = self._batch(t, pending, end)
+            t += 1
+            pending = [x for x in pending if x[0].start + x[0].units > t * span]
+            yield batch, self._cursor(t, pending, None)
+
+    def _batch(self, t: int, pending: list, end: int | None = None) -> BatchPlan:
+        c = self.config
+        span = c.units_per_batch
+        sequences = c.batch_size
+        if end is not None:
+            units = min(end - t * span, span)
+            sequences = -(-units // c.window) if c.mode == "packed" else units
+        return BatchPlan(t * self.plan.partitions + self.p, t * span, sequences, [d for d, _ in pending])
+
+    def _cursor(self, t: int, pending: list, following: tuple | None) -> Cursor:
+        """The cursor of batch ``t``: its head document is the first still open, else the one that follows."""
+        span = self.config.units_per_batch
+        head = next((x for x in pending if x[0].start + x[0].units > t * span), following)
+        if head is None:
+            return {"batch": t, "done": True}
+        return {"batch": t, "head_start": head[0].start, "mixer": head[1]}
+
+    def empty(self, t: int) -> BatchPlan:
+        """Batch ``t`` of a partition whose data has ended: no sequences (keeps every reader in step)."""
+        return BatchPlan(t * self.plan.partitions + self.p, t * self.config.units_per_batch, 0, [])

@@ -1,0 +1,338 @@
+"""Record-aligned blocks of a shard, each with its own sha256: indexed in one read, verified as read.
+
+A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each starts at a record boundary:
+
+- parquet: one block per row group (the first includes the leading magic), then a footer block of 0 records;
+- plain JSONL: line-aligned runs of about ``block_bytes`` (a block ends just after a newline);
+- gzip / zstd: the whole shard is one block (record boundaries inside a compressed stream are not
+  byte ranges of the file).
+
+:class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
+storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
+two blocks (a parquet footer plus the row group being read). ``open_verified`` hands it to the readers
+through the ``elm-blocks://`` fsspec protocol, so every format reader reads verified bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import os
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
+SPILL_BYTES = 64 << 20  # a block larger than this is verified into a temp file instead of memory
+HASH_CHUNK = 8 << 20
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
+
+
+class BlockChanged(ValueError):
+    """A block's bytes do not match the sha256 the manifest records for it."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Bytes ``[start, end)`` of a shard holding records ``[first_record, first_record + records)``."""
+
+    start: int
+    end: int
+    sha256: str
+    first_record: int
+    records: int | None  # None: known only once the shard's records are counted (compressed shards)
+
+
+def _parquet_cuts(f: BinaryIO, size: int) -> list[tuple[int, int]] | None:
+    """``(byte offset, rows)`` where each row group starts, and the footer's offset with 0 rows; None if unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        if size < 12:
+            return None
+        f.seek(size - 8)
+        footer_len, magic = struct.unpack("<I4s", f.read(8))
+        if magic != b"PAR1":
+            return None
+        f.seek(0)
+        meta = pq.ParquetFile(f).metadata
+    except Exception:  # a damaged file: the reader reports it; here it is one opaque block
+        return None
+    cuts = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        starts = [
+            min(o for o in (c.dictionary_page_offset, c.data_page_offset) if o is not None and o > 0)
+            for c in (rg.column(i) for i in range(rg.num_columns))
+        ]
+        cuts.append((0 if g == 0 else min(starts), rg.num_rows))
+    cuts.append((size - 8 - footer_len, 0))
+    if any(b[0] >= a[0] for a, b in itertools.pairwise(reversed(cuts))):
+        return None  # row groups not laid out in order: keep the file as one block
+    return cuts
+
+
+def _hash_ranges(f: BinaryIO, cuts: Sequence[int], size: int) -> tuple[str, list[str]]:
+    """sha256 of the whole file and of each range between consecutive ``cuts`` (first cut 0), in one read."""
+    whole, digests = hashlib.sha256(), []
+    bounds = [*cuts[1:], size]
+    f.seek(0)
+    for lo, hi in zip(cuts, bounds, strict=True):
+        part, left = hashlib.sha256(), hi - lo
+        while left:
+            chunk = f.read(min(HASH_CHUNK, left))
+            if not chunk:
+                raise OSError("shard shorter than its recorded layout")
+            whole.update(chunk)
+            part.update(chunk)
+            left -= len(chunk)
+        digests.append(part.hexdigest())
+    return whole.hexdigest(), digests
+
+
+def _jsonl_blocks(f: BinaryIO, size: int, block_bytes: int) -> tuple[str, list[Block]]:
+    """Line-aligned blocks of a plain JSONL file, hashed in the same read."""
+    whole = hashlib.sha256()
+    blocks: list[Block] = []
+    start, part, lines, record = 0, hashlib.sha256(), 0, 0
+    pos = 0
+    while chunk := f.read(HASH_CHUNK):
+        whole.update(chunk)
+        offset = 0
+        while offset < len(chunk):
+            want = start + block_bytes - pos - offset  # bytes still wanted in this block before cutting
+            cut = chunk.find(b"\n", offset + max(want - 1, 0)) if want <= len(chunk) - offset else -1
+            piece = chunk[offset : cut + 1] if cut >= 0 else chunk[offset:]
+            part.update(piece)
+            lines += piece.count(b"\n")
+            offset += len(piece)
+            if cut >= 0:
+                end = pos + offset
+                blocks.append(Block(start, end, part.hexdigest(), record, lines))
+                start, part, record, lines = end, hashlib.sha256(), record + lines, 0
+        pos += len(chunk)
+    if pos > start or not blocks:
+        f.seek(start)
+        tail = f.read(pos - start)
+        trailing = 1 if tail and not tail.endswith(b"\n") and tail.rsplit(b"\n", 1)[-1].strip(b"\r") else 0
+        blocks.append(Block(start, pos, part.hexdigest(), record, lines + trailing))
+    return whole.hexdigest(), blocks
+
+
+def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[str, int, list[Block]]:
+    """``(sha256, size, blocks)`` of the local file ``path`` in ``fmt`` ("parquet", "jsonl", ...), in one read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if fmt == "parquet":
+            cuts = _parquet_cuts(f, size)
+            if cuts is not None:
+                sha, digests = _hash_ranges(f, [c for c, _ in cuts], size)
+                ends = [c for c, _ in cuts[1:]] + [size]
+                first = list(itertools.accumulate((r for _, r in cuts), initial=0))
+                blocks = [
+                    Block(lo, hi, d, first[i], rows)
+                    for i, ((lo, rows), hi, d) in enumerate(zip(cuts, ends, digests, strict=True))
+                ]
+                return sha, size, blocks
+        elif fmt == "jsonl" and not head.startswith(COMPRESSED_MAGIC):
+            f.seek(0)
+            sha, blocks = _jsonl_blocks(f, size, block_bytes)
+            return sha, size, blocks
+        sha, _ = _hash_ranges(f, [0], size)
+    return sha, size, [Block(0, size, sha, 0, None)]
+
+
+def hash_blocks(uri: str, starts: Sequence[int], size: int) -> tuple[str, list[str]]:
+    """sha256 of the whole shard at ``uri`` and of each block starting at ``starts``, in one streamed read."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        return _hash_ranges(f, list(starts) or [0], size)
+
+
+# -- reading verified bytes ---------------------------------------------------------------------------
+class VerifiedView(io.RawIOBase):
+    """Bytes ``[lo, hi)`` of a shard as a seekable file (position 0 = byte ``lo``); every block is checked first.
+
+    ``bytes_loaded`` counts the bytes read from storage. A block that fails its sha256 raises
+    :class:`BlockChanged` before any of its bytes is returned.
+    """
+
+    KEEP = 2
+
+    def __init__(self, uri: str, blocks: Sequence[Block], lo: int, hi: int):
+        super().__init__()
+        self.uri, self.blocks, self.lo, self.hi = uri, list(blocks), lo, hi
+        self._starts = [b.start for b in self.blocks]
+        self._pos = 0
+        self._cache: OrderedDict[int, bytes | BinaryIO] = OrderedDict()
+        self._raw: BinaryIO | None = None
+        self.bytes_loaded = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.hi - self.lo}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _storage(self) -> BinaryIO:
+        if self._raw is None:
+            fs, path = fsspec.core.url_to_fs(self.uri)
+            # no read-ahead cache: exactly the bytes of the blocks asked for cross from storage
+            self._raw = fs.open(path, "rb") if _is_local(fs) else fs.open(path, "rb", cache_type="none")
+        return self._raw
+
+    def _load(self, i: int) -> bytes | BinaryIO:
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        block = self.blocks[i]
+        raw = self._storage()
+        raw.seek(block.start)
+        digest, left = hashlib.sha256(), block.end - block.start
+        spill = tempfile.TemporaryFile(prefix="elm-data-block-") if left > SPILL_BYTES else None  # noqa: SIM115
+        parts: list[bytes] = []
+        while left:
+            chunk = raw.read(min(HASH_CHUNK, left))
+            if not chunk:
+                raise BlockChanged(f"{self.uri}: block {i} ends early (the shard is shorter than the manifest says)")
+            digest.update(chunk)
+            spill.write(chunk) if spill is not None else parts.append(chunk)
+            left -= len(chunk)
+        self.bytes_loaded += block.end - block.start
+        if digest.hexdigest() != block.sha256:
+            raise BlockChanged(
+                f"{self.uri}: bytes {block.start}-{block.end} (block {i}) have sha256 {digest.hexdigest()}, "
+                f"the manifest says {block.sha256}; refusing to read them (restore the shard or rebuild the manifest)"
+            )
+        data: bytes | BinaryIO = spill if spill is not None else b"".join(parts)
+        self._cache[i] = data
+        while len(self._cache) > self.KEEP:
+            _, old = self._cache.popitem(last=False)
+            if not isinstance(old, bytes):
+                old.close()
+        return data
+
+    def readinto(self, buffer) -> int:
+        pos = self.lo + self._pos
+        if pos >= self.hi:
+            return 0
+        i = _block_at(self._starts, pos)
+        block = self.blocks[i]
+        data = self._load(i)
+        n = min(len(buffer), block.end - pos, self.hi - pos)
+        if isinstance(data, bytes):
+            buffer[:n] = data[pos - block.start : pos - block.start + n]
+        else:
+            data.seek(pos - block.start)
+            n = data.readinto(memoryview(buffer)[:n])
+        self._pos += n
+        return n
+
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    def close(self) -> None:
+        for data in self._cache.values():
+            if not isinstance(data, bytes):
+                data.close()
+        self._cache.clear()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        super().close()
+
+
+def _block_at(starts: Sequence[int], pos: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(starts, pos) - 1
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+# -- handing a view to the format readers: the elm-blocks:// protocol ---------------------------------
+_VIEWS: dict[str, VerifiedView] = {}
+_LOCK = threading.Lock()
+_COUNTER = itertools.count()
+
+
+class _ViewFileSystem(AbstractFileSystem):
+    """Serves registered :class:`VerifiedView` objects by name (``elm-blocks://<name>``); never closes them."""
+
+    protocol = "elm-blocks"
+
+    def _open(self, path, mode="rb", **kwargs):
+        view = _VIEWS.get(self._strip_protocol(path).strip("/"))
+        if view is None:
+            raise FileNotFoundError(path)
+        view.seek(0)
+        return io.BufferedReader(_Unclosable(view), buffer_size=1 << 20)
+
+    def size(self, path):
+        return _VIEWS[self._strip_protocol(path).strip("/")].size()
+
+
+class _Unclosable(io.RawIOBase):
+    """The view as the reader sees it: closing the reader's file leaves the view (and its cache) open."""
+
+    def __init__(self, view: VerifiedView):
+        super().__init__()
+        self.view = view
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.view.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.view.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.view.tell()
+
+
+fsspec.register_implementation("elm-blocks", _ViewFileSystem, clobber=True)
+
+
+@contextmanager
+def open_verified(
+    uri: str, blocks: Sequence[Block], lo: int = 0, hi: int | None = None
+) -> Iterator[tuple[str, VerifiedView]]:
+    """``(url, view)``: an ``elm-blocks://`` URL the readers open, serving verified bytes ``[lo, hi)`` of ``uri``."""
+    hi = blocks[-1].end if hi is None else hi
+    view = VerifiedView(uri, blocks, lo, hi)
+    with _LOCK:
+        name = f"{os.getpid()}-{next(_COUNTER)}"
+        _VIEWS[name] = view
+    try:
+        yield f"elm-blocks://{name}", view
+    finally:
+        with _LOCK:
+            _VIEWS.pop(name, None)
+        view.close()
