@@ -67,7 +67,8 @@ def test_steps_cover_the_budget():
 
 def test_cells_that_cannot_run_say_why():
     cpu = torch.device("cpu")
-    assert "needs 2 processes" in precheck(Cell("tiny", 1, 64, processes=2), cpu, 1)
+    assert "needs 2 process(es)" in precheck(Cell("tiny", 1, 64, processes=2), cpu, 1)
+    assert "without torchrun" in precheck(Cell("tiny", 1, 64, distributed="ddp"), cpu, 2)
     assert "1 process" in precheck(Cell("tiny", 1, 64, distributed="fsdp"), cpu, 1)
     assert "unsynchronised" in precheck(Cell("tiny", 1, 64, processes=2), cpu, 2)
     assert precheck(Cell("tiny", 1, 64, distributed="ddp", processes=2), cpu, 2) is None

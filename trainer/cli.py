@@ -127,5 +127,7 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
         result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo)
     except (MatrixError, ConfigError, TrainingError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
+    if not result.main:  # under torchrun only rank 0 reports
+        return
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
     click.echo(f"{len(result.rows)} cells ({counts}): {result.out_dir}")

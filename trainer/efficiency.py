@@ -217,7 +217,7 @@ def resolve_peak(matrix: Matrix, device: torch.device) -> tuple[float | None, st
         return (
             (float(value), f"peak from the matrix ({value:.3g} FLOP/s)")
             if value
-            else (None, f"peak for {name} set to null")
+            else (None, f"no peak FLOP/s for {name} (set to null in the matrix): MFU n/a")
         )
     peak = peak_flops(device)
     if peak is None:
@@ -235,10 +235,8 @@ def resolve_price(matrix: Matrix, device: torch.device) -> float | None:
 def precheck(cell: Cell, device: torch.device, world_size: int) -> str | None:
     """The reason this cell cannot run in this process, or None."""
     if cell.processes != world_size:
-        return (
-            f"needs {cell.processes} processes, this run has {world_size}: run the matrix under "
-            f"`torchrun --nproc-per-node {cell.processes} -m elm_data bench train ...`"
-        )
+        launch = "without torchrun" if cell.processes == 1 else f"under torchrun --nproc-per-node {cell.processes}"
+        return f"needs {cell.processes} process(es), this run has {world_size}: run the matrix {launch}"
     if cell.distributed in ("ddp", "fsdp") and world_size == 1:
         return f"{cell.distributed} with 1 process is the unwrapped model (the trainer wraps only under torchrun)"
     if cell.distributed == "none" and world_size > 1:
@@ -397,7 +395,7 @@ def run_cell(matrix: Matrix, index: int, cell: Cell, env: dict[str, Any]) -> dic
         row |= {"status": "ok", "reason": "", "parameters": parameters} | measure(matrix, cell, timings, env)
         row["peak_memory_mib"], row["memory_kind"] = peak_memory(device)
         row["losses"] = timings.losses
-    except (Exception, torch.OutOfMemoryError) as error:  # recorded, never dropped
+    except Exception as error:  # OOM included: recorded, never dropped
         row["status"], row["reason"] = classify(error)
     finally:
         release(device)
@@ -417,6 +415,7 @@ def release(device: torch.device) -> None:
 class MatrixResult:
     out_dir: Path
     rows: list[dict[str, Any]]
+    main: bool = True  # rank 0 (the one that writes the files and reports)
 
     def counts(self) -> dict[str, int]:
         return {status: sum(r["status"] == status for r in self.rows) for status in STATUSES}
@@ -480,7 +479,7 @@ def run_matrix(matrix: Matrix, out_dir: str | Path, tokenizer: str | None = None
     mark_frontier(rows)
     if main:
         write_outputs(out_dir, matrix, rows, env)
-    return MatrixResult(out_dir, rows)
+    return MatrixResult(out_dir, rows, main)
 
 
 def summary_line(row: dict[str, Any]) -> str:

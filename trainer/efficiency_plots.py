@@ -32,6 +32,8 @@ def _bars(ax, rows: list[dict[str, Any]], key: str, title: str, scale: float = 1
     ax.barh(range(len(rows)), values, color=colours)
     ax.set_yticks(range(len(rows)), names, fontsize=7)
     ax.set_title(title, fontsize=9)
+    if not any(values):
+        ax.set_xlim(0, 1)  # notes only: start them at the left edge
     for i, row in enumerate(rows):
         note = None
         if row["status"] != "ok":
@@ -39,7 +41,7 @@ def _bars(ax, rows: list[dict[str, Any]], key: str, title: str, scale: float = 1
         elif row.get(key) is None:
             note = row.get("mfu_note") or "n/a"
         if note:
-            ax.text(0, i, " " + note[:90], va="center", fontsize=6, color="dimgray")
+            ax.text(0, i, " " + note[:80], va="center", fontsize=6, color="dimgray")
 
 
 def plot_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -63,8 +65,9 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> Path:
     if priced:
         names = dict(zip((r["cell"] for r in rows), labels(rows), strict=True))
         ax.scatter([r["usd_for_budget"] for r in priced], [r["loss_at_budget"] for r in priced], color="tab:blue")
-        for r in priced:
-            ax.annotate(names[r["cell"]], (r["usd_for_budget"], r["loss_at_budget"]), fontsize=6)
+        for r in priced:  # full labels on the frontier, cell numbers elsewhere (see results.csv)
+            text = names[r["cell"]] if r.get("on_frontier") else f"#{r['cell']}"
+            ax.annotate(text, (r["usd_for_budget"], r["loss_at_budget"]), fontsize=6)
         front = sorted((r for r in priced if r.get("on_frontier")), key=lambda r: r["usd_for_budget"])
         ax.plot(
             [r["usd_for_budget"] for r in front],
