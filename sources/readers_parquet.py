@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elm_data.sources.document import REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
+from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import Select, ShardContext, json_safe
 
 BATCH_ROWS = 1024
@@ -95,12 +95,51 @@ def _group_unreadable(ctx: ShardContext, g: int, index: int, end: int, err: obje
     return ctx.reject(index, REJECT_UNREADABLE, detail, count=end - index)
 
 
+def _row_item(
+    ctx: ShardContext, batch: pa.RecordBatch, row: int, index: int, plain: dict[str, bool]
+) -> Document | Rejection:
+    """One row of ``batch`` as a Document or Rejection; a string that is not UTF-8 rejects the row."""
+    name = ctx.spec.text_field
+    try:
+        text = batch.column(name)[row].as_py()
+        bad = ctx.check_text(index, text)
+        if bad is not None:
+            return bad
+        meta = {}
+        for name, is_plain in plain.items():
+            value = batch.column(name)[row].as_py()
+            meta[name] = value if is_plain else json_safe(value)
+    except UnicodeDecodeError as err:
+        return ctx.reject(index, REJECT_INVALID_UTF8, f"column {name!r}, byte {err.start}: {err.reason}")
+    return ctx.document(index, text, meta)
+
+
+def _batch_rows(
+    ctx: ShardContext, batch: pa.RecordBatch, plain: dict[str, bool], at: list[int]
+) -> Iterator[Document | Rejection]:
+    """The rows of one batch, converted column-wise (fast), or row by row when a string is not UTF-8."""
+    text_field = ctx.spec.text_field
+    try:
+        texts = batch.column(text_field).to_pylist()
+        columns = {name: _column_values(batch, name) for name in plain}
+    except UnicodeDecodeError:
+        for row in range(batch.num_rows):
+            yield _row_item(ctx, batch, row, at[0], plain)
+            at[0] += 1
+        return
+    for row, text in enumerate(texts):
+        index = at[0]
+        bad = ctx.check_text(index, text)
+        yield bad if bad is not None else ctx.document(index, text, {n: v[row] for n, v in columns.items()})
+        at[0] = index + 1
+
+
 def _rows(
     ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int, at: list[int]
 ) -> Iterator[Document | Rejection]:
     """Every row of ``groups`` (consecutive) from row ``skip`` on, in one pass; ``at[0]`` is the next row's index."""
-    text_field = ctx.spec.text_field
-    other_columns = [n for n in parquet.schema_arrow.names if n != text_field]
+    schema = parquet.schema_arrow
+    plain = {n: _plain_json(schema.field(n).type) for n in schema.names if n != ctx.spec.text_field}
     to_slice = max(0, skip - groups[0][1])
     at[0] = groups[0][1] + to_slice
     row_groups = [g for g, _, _ in groups]
@@ -108,13 +147,7 @@ def _rows(
         if to_slice:
             cut = min(to_slice, batch.num_rows)
             batch, to_slice = batch.slice(cut), to_slice - cut
-        texts = batch.column(text_field).to_pylist()
-        columns = {name: _column_values(batch, name) for name in other_columns}
-        for row, text in enumerate(texts):
-            index = at[0]
-            bad = ctx.check_text(index, text)
-            yield bad if bad is not None else ctx.document(index, text, {n: v[row] for n, v in columns.items()})
-            at[0] = index + 1
+        yield from _batch_rows(ctx, batch, plain, at)
     if at[0] < groups[-1][2]:
         raise ValueError(f"the row groups hold fewer rows than the metadata says ({groups[-1][2]})")
 
@@ -141,17 +174,7 @@ def _selected_group_rows(
             if batch is None:
                 raise ValueError(f"row group {g} holds fewer rows than its metadata says ({end - start})")
             batch_start, batch_end = batch_end, batch_end + batch.num_rows
-        row = index - batch_start
-        text = batch.column(spec.text_field)[row].as_py()
-        bad = ctx.check_text(index, text)
-        if bad is not None:
-            yield bad
-            continue
-        meta = {}
-        for name, is_plain in plain.items():
-            value = batch.column(name)[row].as_py()
-            meta[name] = value if is_plain else json_safe(value)
-        yield ctx.document(index, text, meta)
+        yield _row_item(ctx, batch, index - batch_start, index, plain)
 
 
 def _all_rows(

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.sources import sample_text as st
-from elm_data.sources.document import REJECT_UNREADABLE
+from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_UNREADABLE
 from elm_data.sources.sample import dolma_line, gzip_bytes, redpajama_line, zstd_bytes
 
 BOM = b"\xef\xbb\xbf"
@@ -141,6 +141,15 @@ def write_odd_files(out_dir: str | Path, seed: int = 0) -> dict[str, OddFile]:
     ]  # fmt: skip
     add("meta_as_json_string", "redpajama", "github", "redpajama/github/filtered_" + "0" * 31 + "1.sampled.jsonl",
         b"".join(github), t[:4], native_ids=ids[:3] + ("gh-\\ud800",), licences=licences)  # fmt: skip
+
+    # a parquet string that is not UTF-8 (pyarrow does not validate on read): that row only
+    raw = [x.encode() for x in t[:5]]
+    raw[2] = b"caf\xe9 \xff\xfe latin-1 bytes " * 20
+    binary = pa.array(raw, pa.binary())
+    not_utf8 = pa.table({"text": pa.Array.from_buffers(pa.string(), len(raw), binary.buffers()[:3])})
+    add("parquet_invalid_utf8", "pile", "default",
+        "pile/the_pile_deduplicated/data/train-09993-of-01650-odd.parquet", _parquet_bytes(not_utf8),
+        t[:2] + t[3:5], [(2, REJECT_INVALID_UTF8, 1)])  # fmt: skip
 
     # one corrupt parquet row group among readable ones: only its rows are rejected
     grouped = _parquet_bytes(pa.table({"text": t[:12]}), row_group_size=4)

@@ -21,7 +21,7 @@ CLASSES = {
     "xz_named_jsonl", "empty_gzip", "empty_zstd", "empty_jsonl", "parquet_dictionary_text",
     "parquet_string_view_text", "parquet_dictionary_columns", "meta_as_json_string", "parquet_corrupt_row_group",
     "gzip_trailing_garbage", "gzip_trailing_garbage_no_newline", "zstd_trailing_garbage",
-    "zstd_trailing_short_garbage", "bom_jsonl", "bom_gzip",
+    "zstd_trailing_short_garbage", "bom_jsonl", "bom_gzip", "parquet_invalid_utf8",
 }  # fmt: skip
 
 
@@ -79,7 +79,9 @@ def test_rejection_details_name_what_is_wrong(odd):
 
 
 def test_selected_reads_give_the_items_of_a_full_read(odd):
-    for name in ("parquet_corrupt_row_group", "gzip_trailing_garbage_no_newline", "lone_surrogate", "bom_jsonl"):
+    names = ("parquet_corrupt_row_group", "parquet_invalid_utf8", "gzip_trailing_garbage_no_newline", "lone_surrogate",
+             "bom_jsonl")  # fmt: skip
+    for name in names:
         f = odd[name]
         full = list(read_shard(str(f.path), f.source, f.subset))
         docs = [d.provenance.index for d in full if isinstance(d, Document)]
@@ -88,6 +90,14 @@ def test_selected_reads_give_the_items_of_a_full_read(odd):
         assert [d.provenance.index for d in picked] == sorted(chosen), name
         tail, _ = _split(read_shard(str(f.path), f.source, f.subset, skip=docs[-1]))
         assert [d.text for d in tail] == [f.texts[-1]], name
+        everything = list(read_shard(str(f.path), f.source, f.subset, select=range(f.records)))
+        assert [_key(i) for i in everything] == [_key(i) for i in full], name
+
+
+def _key(item):
+    if isinstance(item, Document):
+        return ("doc", item.provenance.index, item.text)
+    return ("rejection", item.index, item.reason, item.count)
 
 
 def test_detection_reads_the_local_copy_and_names_the_shard(odd):
