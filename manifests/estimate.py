@@ -49,7 +49,7 @@ from .shard_lists import Unreachable, unreachable
 
 WINDOW_BYTES = 8 << 20  # compressed bytes read from the start of a gzip/zstd shard
 LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
-LEDGER_ROW_BYTES = 16  # documents ledger bytes per record in a manifest (measured on sample manifests)
+LEDGER_ROW_BYTES = 64  # documents ledger bytes per record (64.2 measured: benchmarks/bench_estimate.py)
 NO_SHA = "0" * 64  # records are read without hashing their shard
 FIGURES = ("documents", "kept", "tokens")
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
