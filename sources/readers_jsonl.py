@@ -31,6 +31,7 @@ from elm_data.sources.readers_common import UTF8_BOM, Select, ShardContext
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_NOT_GZIP = "Not a gzipped file"  # gzip's message for bytes that start no member
 # Strict UTF-8 decoding refuses encoded surrogates, so a lone one can only come from a \uD800-\uDFFF escape.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -95,10 +96,8 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
         detail = "gzip stream ended before its end-of-stream marker (file truncated)"
         raise StreamBroken(REJECT_TRUNCATED, detail) from err
     except gzip.BadGzipFile as err:  # "Not a gzipped file (b'..')" is only raised where a member would start
-        if str(err).startswith("Not a gzipped file"):
-            raise _trailing(
-                "gzip member", "starts " + str(err).removeprefix("Not a gzipped file").strip(" ()")
-            ) from err
+        if (message := str(err)).startswith(_NOT_GZIP):
+            raise _trailing("gzip member", "starts " + message.removeprefix(_NOT_GZIP).strip(" ()")) from err
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
     except zlib.error as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
