@@ -165,21 +165,33 @@ def _mixture(odd, path):
     return path
 
 
-def test_manifest_build_fails_naming_each_damaged_file_then_accounts_for_every_record(odd, tokenizer_path, tmp_path):
+@pytest.fixture(scope="module")
+def built(odd, tokenizer_path, tmp_path_factory):
+    """The odd files' manifest: first refused (``BuildFailed``), then built with ``accept_damaged``."""
     from elm_data.manifests.build import BuildFailed, build_manifest
+
+    tmp = tmp_path_factory.mktemp("odd_manifest")
+    mixture = _mixture(odd, tmp / "mixture.yaml")
+    with pytest.raises(BuildFailed) as failed:
+        build_manifest(mixture, tmp / "m", tokenizer=tokenizer_path, workers=1, dropped_samples=5)
+    assert not (tmp / "m").exists()
+    build_manifest(mixture, tmp / "m", tokenizer=tokenizer_path, workers=1, accept_damaged=True,
+                   dropped_samples=5)  # fmt: skip
+    return failed.value, tmp / "m"
+
+
+def test_manifest_build_fails_naming_each_damaged_file(odd, built):
+    failed, _ = built
+    assert {uri for uri, _ in failed.failures} == {str(f.path) for f in odd.values() if f.damaged}
+    assert all("damaged shard" in message for _, message in failed.failures)
+
+
+def test_accepted_manifest_accounts_for_every_record(odd, built):
     from elm_data.manifests.manifest import Manifest
 
-    mixture = _mixture(odd, tmp_path / "mixture.yaml")
-    with pytest.raises(BuildFailed) as failed:
-        build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, workers=1, dropped_samples=5)
-    assert {uri for uri, _ in failed.value.failures} == {str(f.path) for f in odd.values() if f.damaged}
-    assert all("damaged shard" in message for _, message in failed.value.failures)
-    assert not (tmp_path / "m").exists()
-
-    build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, workers=1, accept_damaged=True,
-                   dropped_samples=5)  # fmt: skip
-    manifest = Manifest(tmp_path / "m")
+    manifest = Manifest(built[1])
     by_uri = {f"{f.path}": f for f in odd.values()}
+    assert sorted(r.uri for r in manifest.shards) == sorted(by_uri)
     for record in manifest.shards:
         f = by_uri[record.uri]
         expected = Counter()
@@ -192,5 +204,18 @@ def test_manifest_build_fails_naming_each_damaged_file_then_accounts_for_every_r
         assert sum(row["count"] for row in ledger) == f.records, f.name
         rejected = [(row["index"], row["reason"], row["count"]) for row in ledger if row["status"] == "rejected"]
         assert rejected == list(f.rejections), f.name
-    dropped = (tmp_path / "m" / "dropped_samples.jsonl").read_bytes().decode("utf-8")
+    dropped = (built[1] / "dropped_samples.jsonl").read_bytes().decode("utf-8")
     assert "rejected" in dropped and "invalid_unicode" in dropped and "lone surrogate escape" in dropped
+
+
+def test_a_natural_pass_of_the_stream_equals_the_accepted_manifest(built, tokenizer):
+    from elm_data.manifests.manifest import Manifest
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+    from elm_data.pipeline.stream.ledger import expected_natural_pass
+
+    stream = TokenStream(built[1], batch_size=4, seq_len=256, weights="natural", tokenizer=tokenizer)
+    loader = StreamLoader(stream)
+    for _ in loader:
+        pass
+    expected = {k: v for k, v in expected_natural_pass(Manifest(built[1]).shards).items() if v}
+    assert loader.ledger.to_dict() == expected  # invariant 2 holds on odd files: no phantom, no lost record
