@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from elm_data import __version__
 from elm_data.errors import ElmDataError, OutputExists
-from elm_data.outputs import output_lock, recover_dir
+from elm_data.outputs import old_path, output_lock, recover_dir
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 from elm_data.procs import die_with_parent
@@ -354,6 +354,9 @@ def build_manifest(
 def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
     """Open a manifest directory with a readable error when it is not one (``verify``: see ``Manifest``)."""
     path = Path(path)
+    if not path.exists() and old_path(path).is_dir():  # a replace killed between its renames: undo it
+        with output_lock(path, "manifest build"):
+            recover_dir(path)
     if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
         raise FileNotFoundError(
             f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build"

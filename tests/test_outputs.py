@@ -244,3 +244,13 @@ def test_credentials_never_reach_error_files_or_stderr(tokenizer_path, tmp_path,
     code = run(["build", "manifest", str(mixture), "--out", str(out), "--tokenizer", tokenizer_path])
     captured = capsys.readouterr()
     assert code == 2 and SECRET not in captured.err + captured.out and "memory://bucket/missing" in captured.err
+
+
+def test_opening_a_manifest_whose_replace_was_killed_restores_it(arxiv_mixture, tokenizer_path, tmp_path):
+    from elm_data.manifests.build import load_manifest
+
+    out = tmp_path / "m"
+    first = build_manifest(arxiv_mixture, out, tokenizer=tokenizer_path)
+    os.replace(out, outputs.old_path(out))  # a kill between the two renames of a replace
+    assert load_manifest(out).manifest_id == first.manifest_id
+    assert not outputs.old_path(out).exists()
