@@ -254,3 +254,11 @@ def test_opening_a_manifest_whose_replace_was_killed_restores_it(arxiv_mixture, 
     os.replace(out, outputs.old_path(out))  # a kill between the two renames of a replace
     assert load_manifest(out).manifest_id == first.manifest_id
     assert not outputs.old_path(out).exists()
+
+
+def test_a_training_config_records_its_tokenizer_url_without_credentials():
+    from elm_data.trainer.config import TrainConfig
+
+    config = TrainConfig(tokenizer=f"https://user:{SECRET}@host/tokenizer.model?token={SECRET}")
+    assert SECRET not in json.dumps(config.to_dict()) and SECRET not in config.fingerprint()
+    assert config.to_dict()["tokenizer"] == "https://host/tokenizer.model"

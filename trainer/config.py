@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from elm_data.errors import InvalidValue
+from elm_data.redact import redact_uri
 
 # Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
 OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}
@@ -122,8 +123,11 @@ class TrainConfig:
             raise ConfigError(f"training config {path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as recorded (run log, checkpoints): a tokenizer URL without its credentials."""
         d = dataclasses.asdict(self)
         d.pop("base_dir")
+        if d["tokenizer"]:
+            d["tokenizer"] = redact_uri(d["tokenizer"])
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
