@@ -35,12 +35,21 @@ for folder in request["folders"]:
     with torch.no_grad():
         logits = model(ids).logits
     generated = model.generate(ids[:, :7], max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0)
+    a, b = request["padded"]  # a left-padded batch generates as each prompt alone
+    batch = torch.tensor([a, [0] * (len(a) - len(b)) + b])
+    mask = torch.tensor([[1] * len(a), [0] * (len(a) - len(b)) + [1] * len(b)])
+    padded = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False, min_new_tokens=8,
+                            pad_token_id=0)[:, len(a):]
+    bf16 = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        bf16_logits = bf16(ids).logits.float()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     text = pipeline("text-generation", model=folder, trust_remote_code=True)(
         request["prompt"], max_new_tokens=6, do_sample=False)[0]["generated_text"]
     out[folder] = {
         "class": type(model).__module__, "logits": logits.tolist(), "generated": generated.tolist(),
         "encoded": [tokenizer(t).input_ids for t in request["texts"]], "pipeline": text,
+        "padded": padded.tolist(), "bf16": bf16_logits.tolist(),
     }
 json.dump(out, open(sys.argv[2], "w"))
 """
@@ -73,7 +82,8 @@ def test_export_loads_offline_with_its_own_code_and_tokenizer(tmp_path, tokenize
         config = json.loads((Path(folder) / "config.json").read_text())
         assert all(not v.startswith("apple/") and "--" not in v for v in config["auto_map"].values())
     ids = torch.randint(0, 32000, (2, 24), generator=torch.Generator().manual_seed(5))
-    request = {"folders": list(models), "ids": ids.tolist(), "texts": TEXTS, "prompt": "The river"}
+    padded = [[1, 450, 3303, 310, 278], [1, 5228, 29892]]
+    request = {"folders": list(models), "ids": ids.tolist(), "texts": TEXTS, "prompt": "The river", "padded": padded}
     (tmp_path / "request.json").write_text(json.dumps(request))
     run_python(LOAD_SCRIPT, str(tmp_path / "request.json"), str(tmp_path / "out.json"))
     results = json.loads((tmp_path / "out.json").read_text())
@@ -84,6 +94,10 @@ def test_export_loads_offline_with_its_own_code_and_tokenizer(tmp_path, tokenize
         with torch.no_grad():
             torch.testing.assert_close(torch.tensor(got["logits"]), model(ids), atol=1e-5, rtol=0)
         assert got["generated"] == generate(model, ids[:, :7], 12).tolist()  # KV-cache greedy == HF generate
+        assert got["padded"] == [generate(model, torch.tensor([p]), 8)[0, len(p) :].tolist() for p in padded]
+        with torch.no_grad():  # bf16: the same RMSNorm order and casts as elm-data's bf16 forward
+            assert torch.equal(torch.tensor(got["bf16"]), model.to(torch.bfloat16)(ids).float())
+        model.float()
         assert got["encoded"] == [[1, *sp.encode(t)] for t in TEXTS]
         prompt = [1, *sp.encode("The river")]
         continuation = generate(model, torch.tensor([prompt]), 6)[0, len(prompt) :].tolist()
