@@ -107,7 +107,7 @@ class MixtureConfig:
             raise InvalidValue("sources: the mixture config needs a non-empty `sources:` list")
         entries = []
         for i, item in enumerate(raw["sources"]):
-            missing = {"source"} - set(item)
+            missing = {"source"} - set(item) if isinstance(item, dict) else {"source", "shards"}
             if not missing and not (item.get("shards") or item.get("shards_from")):
                 missing = {"shards (or shards_from)"}
             if missing:

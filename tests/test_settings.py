@@ -99,6 +99,7 @@ def test_a_manifest_or_mixture_with_another_pad_id_is_refused(sample_dir, tmp_pa
         ({"sequences": {"sequence_length": 5}}, r"sequences: unknown"),
         ({"filters": {"min_tokens": -1}}, r"filters\.min_tokens"),
         ({"seed": "seven"}, r"seed"),
+        ({"sources": ["redpajama/arxiv"]}, r"sources\[0\]: lacks"),
     ],
 )
 def test_mixture_values_are_refused_naming_the_key(sample_dir, tmp_path, changes, key):
