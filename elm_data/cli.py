@@ -135,6 +135,9 @@ def tokenizer() -> None:
     """Fetch and pin the LLaMA tokenizer (cached by sha256)."""
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
     if _debug["on"]:
         traceback.print_exc()
@@ -164,7 +167,13 @@ def run(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted (SIGINT): stopped; completed work is kept", err=True)
         return 130
-    except click.ClickException as error:  # usage errors and the commands' own one-line errors
+    except _NO_ARGS_IS_HELP as error:  # `elm-data` or a group without a command: its help, as click shows it
+        click.echo(error.format_message(), err=True)
+        return EXIT_USER_ERROR
+    except click.UsageError as error:  # a bad flag or argument: one line, and where the usage is
+        hint = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+        return _fail(error.format_message() + hint)
+    except click.ClickException as error:  # the commands' own one-line errors
         return _fail(error.format_message())
     except ElmDataError as error:
         return _fail(str(error))
