@@ -62,10 +62,10 @@ def run_demo(
     from elm_data.manifests.croissant import export_croissant
     from elm_data.manifests.plot import plot_audit
     from elm_data.manifests.verify import verify_manifest
-    from elm_data.model.weights import export_hf
     from elm_data.sources.sample import write_sample_corpus
     from elm_data.trainer.audit import audit_run
     from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.export import export_checkpoint
     from elm_data.trainer.loop import train
 
     tokenizer_uri = resolve_tokenizer(tokenizer).uri  # flag > $ELM_DATA_TOKENIZER > the cache, by sha256
@@ -115,8 +115,8 @@ def run_demo(
     click.echo(audit_run(paths["training run"]).format_table())
     _done(t, "run audited against its manifest")
 
-    t = _step("6/6 export the checkpoint in the apple/OpenELM Hugging Face layout")
-    export_hf(result.checkpoint, paths["hf export"])
+    t = _step("6/6 export the checkpoint: Hugging Face folder (loads offline) with tokenizer and model card")
+    export_checkpoint(result.checkpoint, paths["hf export"], tokenizer=tokenizer_uri, echo=click.echo)
     _done(t, f"exported {result.checkpoint}")
     return paths
 
