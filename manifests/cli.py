@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from elm_data.pipeline.tokenizer import TokenizerNotFound
+from elm_data.sources.blocks import BLOCK_BYTES
 
 
 def _open_manifest(path: str, verify: bool = True):
@@ -50,9 +51,14 @@ def _open_manifest(path: str, verify: bool = True):
     "instead of failing the build.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a manifest already at --out (and every file in it).")
+@click.option(
+    "--block-bytes", type=click.IntRange(min=1), default=BLOCK_BYTES, show_default=True,
+    help="Target size of a plain-JSONL block in the block index: the unit the stream verifies, resumes from and "
+    "deals to partitions (parquet blocks are row groups; a compressed shard is one block).",
+)
 def build_manifest(
     mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples, accept_damaged,
-    overwrite,
+    overwrite, block_bytes,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -69,7 +75,7 @@ def build_manifest(
         result = build(
             mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
             progress=True, beam_args=beam_args, workspace=workspace, dropped_samples=dropped_samples,
-            accept_damaged=accept_damaged, overwrite=overwrite,
+            accept_damaged=accept_damaged, overwrite=overwrite, block_bytes=block_bytes,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None

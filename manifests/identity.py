@@ -102,6 +102,18 @@ def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) ->
     )
 
 
+def seal(info: dict[str, Any], records: Sequence[ShardRecord]) -> dict[str, Any]:
+    """``info`` with the id, Merkle root, totals and per-entry shard counts recomputed from ``records``."""
+    from .manifest import totals_of
+
+    per_entry: dict[tuple[str, str], int] = {}
+    for r in records:
+        per_entry[(r.source, r.subset)] = per_entry.get((r.source, r.subset), 0) + 1
+    mixture = [e | {"resolved_shards": per_entry.get((e["source"], e["subset"]), 0)} for e in info["mixture"]]
+    sealed = info | {"mixture": mixture, "totals": totals_of(records), "merkle_root": merkle_root_of(records)}
+    return sealed | {"manifest_id": manifest_id_of_info(sealed, records)}
+
+
 def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]:
     """What no longer matches in a manifest: id, Merkle root, totals, per-entry shard counts (empty when sound)."""
     from .manifest import totals_of

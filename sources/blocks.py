@@ -32,7 +32,7 @@ import fsspec
 from fsspec.spec import AbstractFileSystem
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
-SPILL_BYTES = 64 << 20  # a block larger than this is verified into a temp file instead of memory
+SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
 HASH_CHUNK = 8 << 20
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
 

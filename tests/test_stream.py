@@ -17,17 +17,21 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from elm_data.manifests.identity import seal
 from elm_data.manifests.manifest import Manifest, write_manifest_dir
-from elm_data.pipeline.ledger import expected_natural_pass
-from elm_data.pipeline.plan import Plan, PlanError
+from elm_data.manifests.shard_work import block_index
 from elm_data.pipeline.stream import (
-    ShardReaders,
+    PlanError,
     StreamIntegrityError,
     StreamLoader,
     TokenizerMismatch,
     TokenStream,
 )
+from elm_data.pipeline.stream.ledger import expected_natural_pass
+from elm_data.pipeline.stream.partition import PartitionWalk
+from elm_data.pipeline.stream.reading import DocumentFetcher
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from elm_data.sources.blocks import Block
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard
 
@@ -49,14 +53,24 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
 
 
 def rewrite_manifest(src: Path, dst: Path, *, info=None, records=None, documents=None) -> Path:
-    """A copy of a manifest with edited info / shard records / per-shard document tables."""
+    """A self-consistent copy of a manifest with edited info / shard records / per-shard document tables
+    (block index, id, Merkle root and totals recomputed, as a builder that counted differently would write)."""
     m = Manifest(src)
     new_info = info(dict(m.info)) if info else m.info
     new_records = records(list(m.shards)) if records else m.shards
     tables = [m.documents(r.shard) for r in m.shards]
     if documents:
         tables = documents(tables)
-    return write_manifest_dir(dst, new_info, new_records, tables)
+    for rec, table in zip(new_records, tables, strict=True):
+        blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in rec.blocks]
+        rec.blocks = block_index(blocks, table)
+    return write_manifest_dir(dst, seal(new_info, new_records), new_records, tables)
+
+
+def first_planned_doc(stream: TokenStream):
+    """The first document of the stream's global batch 0 (partition 0's first)."""
+    walk = PartitionWalk(stream.plan(), 0)
+    return next(walk.docs(walk.start()))[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +101,17 @@ def test_natural_pass_ledger_equals_the_manifest(natural_run, sample_manifest):
     assert loader.ledger.to_dict() == expected  # invariant 2: kept tokens + BOS/EOS per kept document
     stats = stream.stats()
     assert stats["tokens"] == sum(expected.values()) and stats["discarded_tokens"] == 0
-    assert 0 <= stats["pad_tokens"] < SEQ_LEN + 1  # only the final window is padded
+    partitions = stream.config.partitions
+    assert 0 <= stats["pad_tokens"] < partitions * (SEQ_LEN + 1)  # only each partition's final window is padded
     assert stats["sequences"] == sum(len(b["input_ids"]) for b in batches)
     assert [b["batch_index"] for b in batches] == list(range(len(batches)))
+    assert [b["partition"] for b in batches] == [i % partitions for i in range(len(batches))]
     assert all(b["input_ids"].shape[1] == SEQ_LEN + 1 and b["input_ids"].dtype == torch.long for b in batches)
-    assert all(len(b["input_ids"]) == BATCH for b in batches[:-1])
+    for p in range(partitions):  # per partition: full batches, at most one short one, then empty ones
+        sizes = [len(b["input_ids"]) for b in batches if b["partition"] == p]
+        full = sizes.count(BATCH)
+        tail = sizes[full:]
+        assert sizes[:full] == [BATCH] * full and all(n < BATCH for n in tail) and set(tail[1:]) <= {0}
 
 
 def test_packed_rows_hold_each_kept_document_once_as_bos_ids_eos(natural_run, sample_manifest, tokenizer):
@@ -101,11 +121,17 @@ def test_packed_rows_hold_each_kept_document_once_as_bos_ids_eos(natural_run, sa
     for batch in batches:
         for row, spans in zip(batch["input_ids"].tolist(), batch["spans"], strict=True):
             if PAD_ID in row:  # padding only at the end (of the last row)
-                assert set(row[row.index(PAD_ID):]) == {PAD_ID}
+                assert set(row[row.index(PAD_ID) :]) == {PAD_ID}
             for s in spans:
-                framed[(s["shard_sha256"], s["index"])].append((s["doc_start"], s["doc_end"], row[s["start"]:s["end"]]))
-    kept = {(r.sha256, d["index"]): d for r in manifest.shards for d in manifest.documents(r.shard).to_pylist()
-            if d["status"] == "kept"}
+                framed[(s["shard_sha256"], s["index"])].append(
+                    (s["doc_start"], s["doc_end"], row[s["start"] : s["end"]])
+                )
+    kept = {
+        (r.sha256, d["index"]): d
+        for r in manifest.shards
+        for d in manifest.documents(r.shard).to_pylist()
+        if d["status"] == "kept"
+    }
     assert set(framed) == set(kept)  # no missing, no extra documents
     by_sha = {r.sha256: r for r in manifest.shards}
     checked = 0
@@ -138,8 +164,11 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
     # weighted mode (the manifest's OpenELM weights): endless, sources restart
     uninterrupted_loader = StreamLoader(make_stream(sample_manifest, tokenizer, weights=None, epochs=None))
     uninterrupted = list(islice(uninterrupted_loader, 12))
-    first = StreamLoader(make_stream(sample_manifest, tokenizer, weights=None, epochs=None), num_workers=2,
-                         multiprocessing_context="fork")
+    first = StreamLoader(
+        make_stream(sample_manifest, tokenizer, weights=None, epochs=None),
+        num_workers=2,
+        multiprocessing_context="fork",
+    )
     head = list(islice(first, 5))
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
@@ -157,16 +186,16 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
 def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, tokenizer, monkeypatch):
     """Leaving a shard frees its reader (file, decompressor, buffers) at once, not at the next gc run."""
     readers: list[tuple[int, weakref.ref]] = []
-    open_shard = ShardReaders._open_shard
+    open_reader = DocumentFetcher._open_reader
 
-    def recording(self, shard, skip):
-        opened = open_shard(self, shard, skip)
-        readers.append((shard, weakref.ref(opened.items)))
+    def recording(self, doc):
+        opened = open_reader(self, doc)
+        readers.append((doc.shard, weakref.ref(opened.items)))
         return opened
 
-    monkeypatch.setattr(ShardReaders, "_open_shard", recording)
-    stream = make_stream(sample_manifest, tokenizer)
-    sources = len({r.key for r in stream.manifest.shards})
+    monkeypatch.setattr(DocumentFetcher, "_open_reader", recording)
+    stream = make_stream(sample_manifest, tokenizer, partitions=2)
+    sources = len({r.key for r in stream.manifest.shards}) * 2  # one open reader per source per partition
     gc.collect()
     gc.disable()
     try:
@@ -191,22 +220,30 @@ def test_state_from_another_plan_is_refused(sample_manifest, tokenizer):
 def test_tampered_shard_stops_the_stream(sample_manifest, sample_dir, tokenizer, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(sample_dir, corpus)
-    copy = rewrite_manifest(sample_manifest, tmp_path / "manifest", records=lambda recs: [
-        type(r)(**{**r.__dict__, "uri": r.uri.replace(str(sample_dir), str(corpus))}) for r in recs])
+    copy = rewrite_manifest(
+        sample_manifest,
+        tmp_path / "manifest",
+        records=lambda recs: [
+            type(r)(**{**r.__dict__, "uri": r.uri.replace(str(sample_dir), str(corpus))}) for r in recs
+        ],
+    )
     stream = make_stream(copy, tokenizer)
-    first = next(Plan(stream.manifest, stream.config).docs())
+    first = first_planned_doc(stream)
     assert next(iter(StreamLoader(stream)))["batch_index"] == 0  # the faithful copy streams
-    target = Path(stream.manifest.shards[first.shard].uri)
+    record = stream.manifest.shards[first.shard]
+    block = next(b for i, b in enumerate(record.blocks) if b["first_record"] <= first.index < b["first_record"]
+                 + b["records"])  # fmt: skip
+    target = Path(record.uri)
     data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[(block["start"] + block["end"]) // 2] ^= 0x01
     target.write_bytes(bytes(data))
-    with pytest.raises(StreamIntegrityError, match=rf"shard {first.shard} .*{target.name}.*has changed"):
+    with pytest.raises(StreamIntegrityError, match=rf"shard {first.shard} .*{target.name}.*refusing"):
         next(iter(StreamLoader(make_stream(copy, tokenizer))))
 
 
 def test_token_count_drift_stops_the_stream(sample_manifest, tokenizer, tmp_path):
     stream = make_stream(sample_manifest, tokenizer)
-    first = next(Plan(stream.manifest, stream.config).docs())
+    first = first_planned_doc(stream)
 
     def bump(tables):
         t = tables[first.shard]
@@ -220,8 +257,11 @@ def test_token_count_drift_stops_the_stream(sample_manifest, tokenizer, tmp_path
 
 
 def test_wrong_tokenizer_is_refused(sample_manifest, tokenizer, tmp_path):
-    other = rewrite_manifest(sample_manifest, tmp_path / "m", info=lambda i: i | {
-        "tokenizer": {"uri": i["tokenizer"]["uri"], "sha256": "0" * 64}})
+    other = rewrite_manifest(
+        sample_manifest,
+        tmp_path / "m",
+        info=lambda i: i | {"tokenizer": {"uri": i["tokenizer"]["uri"], "sha256": "0" * 64}},
+    )
     with pytest.raises(TokenizerMismatch, match="0000000000"):
         make_stream(other, tokenizer)
     with pytest.raises(TokenizerMismatch):
@@ -251,8 +291,12 @@ def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, t
     framed = sum(r.tokens + 2 * r.segments for r in manifest.shards)
     assert sum(loader.ledger.values()) + stats["discarded_tokens"] == framed
     assert stats["pad_tokens"] == rows.numel() - sum(loader.ledger.values())
-    segment_ids = torch.cat([b["segment_ids"] for b in StreamLoader(make_stream(
-        corenet_manifest, tokenizer, seq_len=400, document_masks=True))])
+    segment_ids = torch.cat(
+        [
+            b["segment_ids"]
+            for b in StreamLoader(make_stream(corenet_manifest, tokenizer, seq_len=400, document_masks=True))
+        ]
+    )
     assert torch.equal(segment_ids == -1, rows == PAD_ID) and set(segment_ids.unique().tolist()) == {-1, 0}
 
 
@@ -271,8 +315,10 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, t
     from elm_data.pipeline.cli import stream
 
     runner = CliRunner()
-    result = runner.invoke(stream, [str(sample_manifest), "--take", "2", "--seq-len", "64", "--weights", "natural",
-                                    "--tokenizer", tokenizer_path])
+    result = runner.invoke(
+        stream,
+        [str(sample_manifest), "--take", "2", "--seq-len", "64", "--weights", "natural", "--tokenizer", tokenizer_path],
+    )
     assert result.exit_code == 0, result.output
     assert "sequence 1" in result.output and "padding" in result.output and "«" in result.output
     result = runner.invoke(stream, [str(sample_manifest), "--take", "3", "--format", "jsonl", "--seq-len", "64"])
@@ -281,7 +327,7 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, t
     assert lines[0]["spans"][0]["doc_start"] == 0 and lines[0]["input_ids"][0] == BOS_ID
     weights = tmp_path / "weights.yaml"
     weights.write_text("redpajama/arxiv: 1\n")
-    args = [str(sample_manifest), "--take", "4", "--format", "jsonl", "--weights", str(weights)]
+    args = [str(sample_manifest), "--take", "4", "--format", "jsonl", "--weights", str(weights), "--partitions", "2"]
     result = runner.invoke(stream, args)
     assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {"arxiv"}
     result = runner.invoke(stream, [str(sample_manifest), "--mode", "corenet"])

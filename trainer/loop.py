@@ -132,6 +132,8 @@ def train_step(
     pairs = [split_inputs_labels(b["input_ids"], vocab_size, PAD_ID) for b in batches]
     local = [sum(int((labels != PAD_ID).sum()) for _, labels in pairs), sum(lab.numel() for _, lab in pairs)]
     counted, positions = (int(v) for v in D.all_reduce_sum(torch.tensor(local, device=device), info).tolist())
+    if counted == 0:  # every rank's batches are empty (the end of a finite stream): no update at all
+        return StepStats(0.0, 0.0, 0.0, 0.0, 0, positions, Counter(), 0.0)
     # DDP/FSDP average gradients over ranks; scale so the result is the mean over all counted tokens.
     denominator = max(counted, 1) / info.world_size
     sums = torch.zeros(2, dtype=torch.float64, device=device)

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import SEQUENCE_MODES
@@ -189,7 +191,7 @@ def default_partitions(manifest: Manifest) -> int:
     return p
 
 
-def deal_units(units: tuple[Unit, ...], partitions: int) -> list[list[Unit]]:
+def source_runs(units: tuple[Unit, ...], partitions: int) -> list[list[Unit]]:
     """Cut one source's units (in order) into ``partitions`` contiguous runs of about equal stream units."""
     total = sum(u.units for u in units)
     runs: list[list[Unit]] = [[] for _ in range(partitions)]
@@ -199,6 +201,28 @@ def deal_units(units: tuple[Unit, ...], partitions: int) -> list[list[Unit]]:
         runs[min(partitions - 1, int(middle * partitions / total))].append(u)
         before += u.units
     return runs
+
+
+def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[list[Unit]]]:
+    """``[p][s]``: the units of source ``s`` that partition ``p`` owns.
+
+    Each source is cut into contiguous runs (:func:`source_runs`); run ``k`` goes to partition
+    ``(k + shift_s) % P``, where ``shift_s`` is chosen, largest source first, to keep the partitions'
+    loads as even as possible (least sum of squared loads): sources with fewer units than partitions would
+    otherwise pile up in the same partitions. A pure function of the manifest and ``P``.
+    """
+    runs = [source_runs(s.units, partitions) for s in sources]
+    sizes = np.array([[sum(u.units for u in run) for run in per] for per in runs], dtype=np.float64).reshape(
+        len(sources), partitions
+    )
+    rotate = (np.arange(partitions)[None, :] - np.arange(partitions)[:, None]) % partitions  # [shift, partition]
+    loads = np.zeros(partitions)
+    shifts = [0] * len(sources)
+    for s in sorted(range(len(sources)), key=lambda i: (-sizes[i].sum(), i)):
+        candidates = loads[None, :] + sizes[s][rotate]
+        shifts[s] = int(np.argmin((candidates**2).sum(axis=1)))  # the most even loads (least sum of squares)
+        loads = candidates[shifts[s]]
+    return [[runs[s][(p - shifts[s]) % partitions] for s in range(len(sources))] for p in range(partitions)]
 
 
 class Plan:
@@ -228,9 +252,7 @@ class Plan:
                 w * s.kept_docs / (s.kept_tokens + 2 * s.kept_segments) if w > 0 else 0.0
                 for s, w in zip(self.sources, self.weights, strict=True)
             ]
-        # units[p][s]: the units of source s that partition p owns, in manifest order
-        per_source = [deal_units(s.units, config.partitions) for s in self.sources]
-        self.units = [[per_source[s][p] for s in range(len(self.sources))] for p in range(config.partitions)]
+        self.units = deal_units(self.sources, config.partitions)  # [p][s]: units of source s in partition p
 
     @property
     def partitions(self) -> int:
