@@ -49,19 +49,21 @@ def _parent_pid() -> int:
 
 
 def _exited(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):  # no /proc: ask the kernel
+    """Whether ``pid`` has exited (gone, or a zombie not yet reaped)."""
+    if Path("/proc/self/stat").exists():
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
             return True
-        except PermissionError:
+        except (OSError, IndexError):
             pass
-        return False
+    try:  # no /proc (macOS): ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
 
 
 def _watch(pid: int) -> None:
