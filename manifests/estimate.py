@@ -100,6 +100,7 @@ class SubsetEstimate:
     tokens: Interval
     cpu_s_per_record: float
     decompress_s_per_byte: float
+    windowed: int = 0  # draws of a gzip/zstd shard larger than the window (a ratio from the file's start)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("shards", "bytes", "largest_shard", "draws", "records_sampled")}
@@ -119,9 +120,9 @@ class Estimate:
 
     def total(self, figure: str) -> Interval:
         parts = [getattr(s, figure) for s in self.subsets]
-        # independent subsets: variances add (half-widths in quadrature)
+        # independent subsets: variances add (half-widths in quadrature; the upper side is never clipped at 0)
         value = sum(p.value for p in parts)
-        half = math.sqrt(sum(((p.high - p.low) / 2) ** 2 for p in parts))
+        half = math.sqrt(sum((p.high - p.value) ** 2 for p in parts))
         return Interval(value, max(0.0, value - half), value + half)
 
     @property
@@ -425,7 +426,7 @@ def estimate_entry(
     line_bytes: list[float] = []
     shard_totals: list[tuple[int, tuple[float, float, float]]] = []
     cpu = decompress_s = 0.0
-    sampled = compressed = 0
+    sampled = compressed = windowed = 0
     for i in picks:
         uri = uris[i]
         start = time.process_time()
@@ -446,6 +447,7 @@ def estimate_entry(
         compressed += draw.compressed_bytes
         sampled += len(draw.documents)
         shard_totals.append((i, _result_of(draw, results)))
+        windowed += draw.compressed_bytes > 0 and draw.exact is None
     if census:
         parts = [census_interval([t for j, t in shard_totals if j == i]) for i in range(len(uris))]
         figures = [Interval.around(sum(p[f][0] for p in parts), sum(p[f][1] for p in parts), sampled - 1)
@@ -465,6 +467,7 @@ def estimate_entry(
         tokens=figures[2],
         cpu_s_per_record=cpu / max(1, sampled),
         decompress_s_per_byte=decompress_s / compressed if compressed else 0.0,
+        windowed=windowed,
     )
 
 
@@ -493,6 +496,11 @@ def estimate_mixture(
     for entry in mixture.entries:
         rng = random.Random(f"{seed}:{entry.source}/{entry.subset}")
         subsets.append(estimate_entry(mixture, entry, doc_pass, sample_docs, rng))
+    windowed = [s.key for s in subsets if s.windowed]
+    notes = [
+        f"{', '.join(windowed)}: gzip/zstd shards larger than the {WINDOW_BYTES >> 20} MiB window were sampled from "
+        "their start (no random access); drift along a file is not in the interval"
+    ] if windowed else []  # fmt: skip
     return Estimate(
         mixture=mixture.name,
         subsets=subsets,
@@ -501,6 +509,7 @@ def estimate_mixture(
         sha256_s_per_byte=_sha256_s_per_byte(),
         elapsed_s=time.perf_counter() - started,
         workers=workers,
+        notes=notes,
     )
 
 
@@ -544,5 +553,6 @@ def format_estimate(est: Estimate) -> str:
         f"{_bytes(est.temp_disk_bytes())} ({est.workers} fetched shard(s) of up to "
         f"{_bytes(max((s.largest_shard for s in est.subsets), default=0))} + the manifest, "
         f"~{_bytes(est.manifest_bytes)}, twice while it is assembled).",
+        *(f"Note: {n}" for n in est.notes),
     ]
     return "\n".join(lines)

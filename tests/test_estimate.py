@@ -101,3 +101,16 @@ def test_estimates_the_openelm_mixture_through_the_stand_in_hub(sample_dir, toke
     with serve(tmp_path / "mirror" / "hf", "hf"), serve(tmp_path / "mirror" / "https", "https"):
         est = estimate_mixture(mixture, sample_docs=8, tokenizer=tokenizer)
     assert len(est.subsets) == 13 and est.total("tokens").value > 0
+
+
+def test_compressed_shards_larger_than_the_window_are_scaled_and_noted(sample_dir, tokenizer, exact, monkeypatch):
+    from elm_data.manifests import estimate as E
+
+    monkeypatch.setattr(E, "WINDOW_BYTES", 4096)  # smaller than every Dolma (gzip) and original-Pile (zstd) shard
+    est = estimate_mixture(sample_dir / "mixture.yaml", sample_docs=16, seed=1, tokenizer=tokenizer)
+    dolma = [s for s in est.subsets if s.key.startswith("dolma/")]
+    compressed = [*dolma, *(s for s in est.subsets if s.key == "pile/default")]
+    assert all(s.windowed for s in compressed) and not any(s.windowed for s in est.subsets if s not in compressed)
+    assert est.notes and "dolma/stack" in est.notes[0] and "Note:" in format_estimate(est)
+    for s in dolma:  # a ratio from the first 4 KiB of each file: within a factor of 2 of the exact count
+        assert 0.5 < s.documents.value / exact[s.key][0] < 2
