@@ -15,9 +15,10 @@ divided by its probability of being drawn); the estimate is their mean and the 9
 ``t(0.975, draws-1) * sd / sqrt(draws)``. For compressed shards larger than the window the within-shard
 part is a ratio from the window, so drift along a file is not covered by the interval.
 
-Cost: the build's CPU time is projected from the CPU seconds this run spent per sampled record (reading,
-filtering, tokenizing) plus the measured sha256 and decompression rates per byte; network is the bytes
-listed (each shard is transferred once); temporary disk is one fetched shard per worker plus the manifest.
+Cost: the build's CPU time is projected from the CPU seconds this run spent per sampled record (parsing,
+filtering, tokenizing) plus the measured sha256, decompression and parquet row-group decoding rates per byte
+(a row group is decoded whole whatever few rows are sampled; the build pays it once per byte); network is the
+bytes listed (each shard is transferred once); temporary disk is one fetched shard per worker plus the manifest.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class SubsetEstimate:
     tokens: Interval
     cpu_s_per_record: float
     decompress_s_per_byte: float
+    decode_s_per_byte: float = 0.0  # parquet row-group decoding
     windowed: int = 0  # draws of a gzip/zstd shard larger than the window (a ratio from the file's start)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +130,8 @@ class Estimate:
     @property
     def core_hours(self) -> float:
         seconds = sum(
-            s.documents.value * s.cpu_s_per_record + s.bytes * (self.sha256_s_per_byte + s.decompress_s_per_byte)
+            s.documents.value * s.cpu_s_per_record
+            + s.bytes * (self.sha256_s_per_byte + s.decompress_s_per_byte + s.decode_s_per_byte)
             for s in self.subsets
         )
         return seconds / 3600
@@ -192,6 +195,7 @@ class Draw:
     decompress_s: float = 0.0
     compressed_bytes: int = 0
     exact: int | None = None  # the shard's record count, when known (parquet footer, a whole file read)
+    decoded_bytes: int = 0  # parquet: compressed bytes of the row groups decoded (their cost is per byte)
 
 
 def _mini_shard(lines: Sequence[bytes], entry: MixtureEntry, uri: str) -> list[Document | None]:
@@ -332,7 +336,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
         for item in read_shard(uri, entry.source, entry.subset, NO_SHA, fmt="parquet"):
             if isinstance(item, Document):
                 docs[item.provenance.index] = item
-        return Draw(docs, [1.0] * meta.num_rows, exact=meta.num_rows)
+        return Draw(docs, [1.0] * meta.num_rows, exact=meta.num_rows, decoded_bytes=sum(sizes))
     g = rng.choices(range(len(groups)), weights=[max(1, s) for s in sizes])[0]
     first = sum(rg.num_rows for rg in groups[:g])
     rows = sorted(rng.sample(range(groups[g].num_rows), min(n, groups[g].num_rows)))
@@ -342,7 +346,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
         if isinstance(item, Document) and item.provenance.index in chosen:
             docs[chosen[item.provenance.index]] = item
     records = groups[g].num_rows * sum(max(1, s) for s in sizes) / max(1, sizes[g])  # the shard's, from this group
-    return Draw(docs, [records / len(rows)] * len(rows), exact=meta.num_rows)
+    return Draw(docs, [records / len(rows)] * len(rows), exact=meta.num_rows, decoded_bytes=max(1, sizes[g]))
 
 
 # -- per subset -------------------------------------------------------------------------------------------------
@@ -425,8 +429,8 @@ def estimate_entry(
     formats: dict[str, str] = {}
     line_bytes: list[float] = []
     shard_totals: list[tuple[int, tuple[float, float, float]]] = []
-    cpu = decompress_s = 0.0
-    sampled = compressed = windowed = 0
+    record_s = decompress_s = decode_s = 0.0  # CPU per record (read + pass), per compressed / parquet byte
+    sampled = compressed = decoded = windowed = 0
     for i in picks:
         uri = uris[i]
         start = time.process_time()
@@ -439,10 +443,16 @@ def estimate_entry(
             if "://" in uri and not uri.startswith(("file://", "memory://")):
                 raise unreachable(uri, e) from e
             raise
+        read = time.process_time() - start - draw.decompress_s
+        if draw.decoded_bytes:  # a parquet row group is decoded whole: the build pays that per byte, not per row
+            decode_s, decoded = decode_s + read, decoded + draw.decoded_bytes
+        else:
+            record_s += read
+        start = time.process_time()
         docs = [d for d in draw.documents if d is not None]
         results = dict(zip([k for k, d in enumerate(draw.documents) if d is not None], doc_pass.process(docs),
                            strict=True))  # fmt: skip
-        cpu += time.process_time() - start - draw.decompress_s
+        record_s += time.process_time() - start
         decompress_s += draw.decompress_s
         compressed += draw.compressed_bytes
         sampled += len(draw.documents)
@@ -465,8 +475,9 @@ def estimate_entry(
         documents=figures[0],
         kept=figures[1],
         tokens=figures[2],
-        cpu_s_per_record=cpu / max(1, sampled),
+        cpu_s_per_record=record_s / max(1, sampled),
         decompress_s_per_byte=decompress_s / compressed if compressed else 0.0,
+        decode_s_per_byte=decode_s / decoded if decoded else 0.0,
         windowed=windowed,
     )
 
