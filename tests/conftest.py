@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 
 # Tests never read or fill the user's tokenizer cache (~/.cache/elm-data): one fresh cache per session.
 os.environ["ELM_DATA_CACHE"] = tempfile.mkdtemp(prefix="elm-data-test-cache-")
+atexit.register(shutil.rmtree, os.environ["ELM_DATA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
