@@ -34,7 +34,7 @@ def seed7_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
     return root / "m"
 
 
-def _first_batches(loader, n: int = 3) -> list[torch.Tensor]:
+def _first_batches(loader, n: int = 8) -> list[torch.Tensor]:
     batches = []
     for batch in loader:
         batches.append(batch["input_ids"])
@@ -129,3 +129,21 @@ def test_training_config_values_are_refused_naming_the_key(raw, key):
 def test_config_errors_are_user_errors():
     assert issubclass(ConfigError, ElmDataError) and issubclass(InvalidValue, ValueError)
     assert FilterConfig.from_dict({"min_tokens": 0}).min_tokens == 0
+
+
+def test_the_stream_command_prints_what_train_reads(seed7_manifest, tokenizer, tokenizer_path, capsys):
+    import json
+    import signal
+
+    from elm_data.cli import run
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        args = ["stream", str(seed7_manifest), "--seq-len", "64", "--batch-size", "2", "--take", "4"]
+        assert run([*args, "--format", "jsonl", "--tokenizer", tokenizer_path]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = [line["input_ids"] for line in lines if "input_ids" in line]
+    trained = [row.tolist() for batch in _train_batches(seed7_manifest, tokenizer, seed=5) for row in batch][:4]
+    assert printed == trained
