@@ -1,56 +1,29 @@
-"""Weighted deterministic mixing and the plan (global order of documents and batches), from manifests alone."""
+"""Deterministic, resumable mixing and the plan (partitions, their documents and batches), from manifests alone."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from itertools import islice
 
-import pyarrow as pa
 import pytest
+from synthetic_manifest import synthetic_manifest
 
-from elm_data.manifests.manifest import FORMAT_VERSION, Manifest, ShardRecord, write_manifest_dir
-from elm_data.pipeline.mixing import permutation, proportional_interleave, weighted_interleave
-from elm_data.pipeline.plan import Plan, PlanConfig, PlanError
+from elm_data.manifests.manifest import Manifest
+from elm_data.pipeline.stream.mixing import WeightedDraws, permutation, proportional_draws
+from elm_data.pipeline.stream.partition import PartitionWalk
+from elm_data.pipeline.stream.plan import Plan, PlanConfig, PlanError, manifest_weights
 
-
-def synthetic_manifest(path, layout: dict[str, list[int]], *, mode="packed", seed=0, weights=None):
-    """A manifest with ``layout[key][i]`` records in shard i of source ``key``; about 1 in 5 is filtered.
-
-    Kept documents get 50-400 tokens (1-3 segments in corenet mode). Written with the real schema.
-    """
-    rng = random.Random(path.name)  # the data depend on the name given, not on the temp folder
-    records, tables, shard = [], [], 0
-    for key, sizes in layout.items():
-        source, subset = key.split("/")
-        for n in sizes:
-            rows = []
-            for i in range(n):
-                kept = rng.random() > 0.2
-                tokens = rng.randint(50, 400) if kept else 0
-                segments = (rng.randint(1, 3) if mode == "corenet" else 1) if kept else 0
-                rows.append({"shard": shard, "index": i, "doc_id": f"{key}:{shard}:{i}",
-                             "status": "kept" if kept else "filtered", "reason": None if kept else "min_tokens",
-                             "count": 1, "chars": 1000, "tokens": tokens, "segments": segments})
-            tables.append(pa.Table.from_pylist(rows))
-            records.append(ShardRecord(
-                shard=shard, source=source, subset=subset, uri=f"/nowhere/{shard}.jsonl", size_bytes=0,
-                sha256=f"{shard:064x}", licence="test", docs_read=n,
-                docs_kept=sum(r["status"] == "kept" for r in rows),
-                docs_filtered=sum(r["status"] != "kept" for r in rows),
-                tokens=sum(r["tokens"] for r in rows), segments=sum(r["segments"] for r in rows)))
-            shard += 1
-    mixture = [{"source": k.split("/")[0], "subset": k.split("/")[1], "weight": (weights or {}).get(k)} for k in layout]
-    info = {"format_version": FORMAT_VERSION, "manifest_id": f"test-{path.name}", "seed": seed,
-            "sequences": {"mode": mode, "seq_len": 2048}, "filters": {}, "mixture": mixture,
-            "tokenizer": {"uri": "unused", "sha256": "unused"}}
-    return Manifest(write_manifest_dir(path, info, records, tables))
+P = 2  # partitions of the shared manifest: each holds about half of every source
+LAYOUT = {"a/x": [80, 70, 60], "b/y": [50], "c/z": [20, 24]}
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return synthetic_manifest(tmp_path_factory.mktemp("m") / "manifest",
-                              {"a/x": [40, 35, 30], "b/y": [25], "c/z": [10, 12]})
+def manifest(tmp_path_factory) -> Manifest:
+    return synthetic_manifest(tmp_path_factory.mktemp("m") / "manifest", LAYOUT)
+
+
+def config(**kw) -> PlanConfig:
+    return PlanConfig(**({"mode": "packed", "seq_len": 128, "batch_size": 4, "seed": 0, "partitions": P} | kw))
 
 
 def kept_keys(manifest: Manifest) -> Counter:
@@ -58,40 +31,94 @@ def kept_keys(manifest: Manifest) -> Counter:
     return Counter((d["shard"], d["index"]) for d in docs if d["status"] == "kept")
 
 
-def test_natural_interleave_yields_each_item_once_and_is_seeded():
-    sources = [lambda e, n=n: iter(range(n)) for n in (50, 20, 5)]
-    first = list(weighted_interleave(sources, [5, 2, 1], seed=1, restart=False))
-    assert Counter(first) == Counter((s, i) for s, n in enumerate((50, 20, 5)) for i in range(n))
-    assert first == list(weighted_interleave(sources, [5, 2, 1], seed=1, restart=False))
-    assert first != list(weighted_interleave(sources, [5, 2, 1], seed=2, restart=False))
-    # within a source, items keep their order
-    assert [i for s, i in first if s == 0] == list(range(50))
+def owned_keys(plan: Plan, p: int) -> set[tuple[int, int]]:
+    """Kept documents of the blocks partition ``p`` owns, read from the ledger."""
+    out = set()
+    for run in plan.units[p]:
+        for u in run:
+            rows = plan.manifest.block_documents(u.shard, u.block).to_pylist()
+            out |= {(r["shard"], r["index"]) for r in rows if r["status"] == "kept"}
+    return out
 
 
-def test_weighted_interleave_restarts_sources_and_follows_weights():
-    epochs_seen = Counter()
+def partition_docs(plan: Plan, p: int, limit: int | None = None) -> list:
+    walk = PartitionWalk(plan, p)
+    return [d for d, _ in islice(walk.docs(walk.start()), limit)]
 
-    def source(epoch, n):
-        epochs_seen[(n, epoch)] += 1
-        return iter(range(n))
 
-    sources = [lambda e, n=n: source(e, n) for n in (7, 3, 11)]
-    draws = [s for s, _ in islice(weighted_interleave(sources, [0.5, 0.3, 0.2], seed=3, restart=True), 6000)]
-    counts = Counter(draws)
-    for src, weight in enumerate((0.5, 0.3, 0.2)):
+def partition_batches(plan: Plan, p: int, cursor=None, limit: int | None = None) -> list:
+    walk = PartitionWalk(plan, p)
+    return list(islice(walk.batches(walk.start() if cursor is None else cursor), limit))
+
+
+def key(d) -> tuple[int, int]:
+    return d.shard, d.index
+
+
+# -- proportional_draws ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counts", [[40, 7, 1], [120, 120, 3, 55], [1], [0, 5]])
+def test_proportional_draws_yield_everything_once_spread_evenly(counts):
+    out = list(proportional_draws(counts, seed=7))
+    assert Counter(out) == Counter({i: n for i, n in enumerate(counts) if n})
+    total, drawn = sum(counts), [0] * len(counts)
+    for m, src in enumerate(out, start=1):
+        drawn[src] += 1
+        for i, n in enumerate(counts):  # any prefix holds its natural share, give or take the bound
+            assert abs(drawn[i] - m * n / total) <= 1 + len(counts) * n / total
+    assert list(proportional_draws(counts, seed=7)) == out
+
+
+def test_proportional_draws_depend_on_the_seed_and_check_the_state():
+    one, two = (list(proportional_draws([30, 20, 10], seed)) for seed in (1, 2))
+    assert one != two and Counter(one) == Counter(two)
+    for bad in ([0, 21, 0], [0, 0], [-1, 0, 0]):
+        with pytest.raises(ValueError, match="does not fit"):
+            next(proportional_draws([30, 20, 10], 1, bad))
+    assert list(proportional_draws([30, 20, 10], 1, [30, 20, 10])) == []
+
+
+@pytest.mark.parametrize("counts", [[40, 7, 1], [120, 120, 3, 55], [0, 5], [13, 13]])
+def test_proportional_draws_resume_from_any_prefix_exactly(counts):
+    full = list(proportional_draws(counts, seed=11))
+    drawn = [0] * len(counts)
+    for m in range(len(full) + 1):
+        assert list(proportional_draws(counts, 11, drawn)) == full[m:], m
+        if m < len(full):
+            drawn[full[m]] += 1
+
+
+# -- WeightedDraws -----------------------------------------------------------------------------------
+
+
+def test_weighted_draws_are_a_pure_function_of_weights_seed_and_position():
+    weights = [0.5, 0.3, 0.2]
+    n = 3000  # several seeded blocks of uniforms
+    shared = WeightedDraws(weights, 3)
+    forward = [shared.source_at(i) for i in range(n)]
+    assert all(WeightedDraws(weights, 3).source_at(i) == forward[i] for i in range(0, n, 97))  # fresh instances
+    jumps = WeightedDraws(weights, 3)  # random access (backwards, across blocks) gives the same draws
+    for i in [2999, 0, 2048, 1023, 1024, 3, 2500, 17]:
+        assert jumps.source_at(i) == forward[i]
+    assert [WeightedDraws(weights, 4).source_at(i) for i in range(n)] != forward
+
+
+def test_weighted_draws_follow_the_weights():
+    weights = [0.5, 0.3, 0.2]
+    draws = WeightedDraws([w * 10 for w in weights], seed=3)  # only the ratios matter
+    counts = Counter(draws.source_at(i) for i in range(6000))
+    for src, weight in enumerate(weights):
         assert counts[src] / 6000 == pytest.approx(weight, abs=0.025)
-    assert epochs_seen[(3, 500)] == 1  # the 3-item source went through hundreds of epochs
+    for zeros in ([0, 1], [1, 0], [1, 0, 1], [0, 0, 2]):
+        draws = WeightedDraws(zeros, seed=0)
+        assert {draws.source_at(i) for i in range(3000)} == {i for i, w in enumerate(zeros) if w}
 
 
-def test_weighted_interleave_rejects_bad_weights():
-    with pytest.raises(ValueError, match="no items"):
-        list(islice(weighted_interleave([lambda e: iter(()), lambda e: iter(range(3))], [1, 1], seed=0, restart=True),
-                    100))
-    drawn = islice(weighted_interleave([lambda e: iter(range(5)), lambda e: iter(range(5))], [0, 1], seed=0,
-                                       restart=True), 100)
-    assert {s for s, _ in drawn} == {1}
-    with pytest.raises(ValueError):
-        next(weighted_interleave([lambda e: iter(())], [-1], seed=0, restart=True))
+def test_weighted_draws_reject_bad_weights():
+    for bad in ([0, 0], [-1, 2], []):
+        with pytest.raises(ValueError, match="mixing weight"):
+            WeightedDraws(bad, seed=0)
 
 
 def test_permutation_is_seeded():
@@ -100,117 +127,221 @@ def test_permutation_is_seeded():
     assert permutation(10, 0, "a", 1) != permutation(10, 0, "a", 2)
 
 
-def test_natural_plan_covers_every_kept_document_once_in_shard_order(manifest):
-    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0))
-    docs = list(plan.docs())
-    assert Counter((d.shard, d.index) for d in docs) == kept_keys(manifest)
-    assert docs[0].start == 0
-    assert all(b.start == a.start + a.units for a, b in zip(docs, docs[1:], strict=False))
-    assert all(d.units == d.tokens + 2 for d in docs)
-    for src in range(len(plan.sources)):
-        mine = [(d.shard, d.index) for d in docs if d.src == src]
-        assert mine == sorted(mine)
-    # deterministic, and sources are interleaved rather than concatenated
-    assert docs == list(Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0)).docs())
-    assert docs[:20] != sorted(docs[:20], key=lambda d: d.shard)
+# -- the plan: natural mode --------------------------------------------------------------------------
 
 
-def test_natural_plan_epochs_repeat_with_new_order(manifest):
-    one = list(Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0)).docs())
-    two = list(Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0, epochs=2)).docs())
-    assert len(two) == 2 * len(one)
-    assert Counter((d.shard, d.index) for d in two[len(one):]) == kept_keys(manifest)
-    assert [(d.shard, d.index) for d in two[len(one):]] != [(d.shard, d.index) for d in one]
-    # source a's shards are permuted in epoch 1
-    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0))
-    orders = {tuple(plan.shard_order(0, e)) for e in range(1, 6)}
-    assert plan.shard_order(0, 0) == [0, 1, 2] and len(orders) > 1
+def test_natural_partitions_hold_every_kept_document_once_in_manifest_order(manifest):
+    plan = Plan(manifest, config())
+    seen: Counter = Counter()
+    for p in range(P):
+        docs = partition_docs(plan, p)
+        keys = [key(d) for d in docs]
+        assert len(set(keys)) == len(keys) and set(keys) == owned_keys(plan, p)  # each of its docs once
+        seen.update(keys)
+        assert docs[0].start == 0
+        assert all(b.start == a.start + a.units for a, b in zip(docs, docs[1:], strict=False))
+        assert all(d.units == d.tokens + 2 for d in docs)
+        for src in range(len(plan.sources)):
+            mine = [key(d) for d in docs if d.src == src]
+            assert mine == sorted(mine)  # epoch 0 reads each source's blocks in manifest order
+        # deterministic, and sources are interleaved rather than concatenated
+        assert docs == partition_docs(Plan(manifest, config()), p)
+        assert keys[:20] != sorted(keys[:20])
+    assert seen == kept_keys(manifest)  # all partitions together: every kept document once
+
+
+def test_partitions_hold_about_an_equal_part_of_every_source(manifest):
+    for partitions in (1, 2, 4):
+        plan = Plan(manifest, config(partitions=partitions))
+        for s, source in enumerate(plan.sources):
+            units = [sum(u.units for u in plan.units[p][s]) for p in range(partitions)]
+            biggest = max(u.units for u in source.units)
+            assert sum(units) == source.kept_tokens + 2 * source.kept_segments
+            assert all(abs(n - sum(units) / partitions) <= biggest for n in units), (source.key, units)
+            owners = Counter((u.shard, u.block) for p in range(partitions) for u in plan.units[p][s])
+            assert set(owners.values()) == {1} and len(owners) == len(source.units)  # each block: one owner
+
+
+def test_natural_epochs_repeat_each_partition_in_a_new_order(manifest):
+    plan = Plan(manifest, config(epochs=2))
+    one_plan = Plan(manifest, config())
+    for p in range(P):
+        one = partition_docs(one_plan, p)
+        two = partition_docs(plan, p)
+        assert len(two) == 2 * len(one) and [key(d) for d in two[: len(one)]] == [key(d) for d in one]
+        again = two[len(one) :]
+        assert Counter(key(d) for d in again) == Counter(key(d) for d in one)
+        assert [key(d) for d in again] != [key(d) for d in one]
+        assert again[0].start == one[-1].start + one[-1].units  # one continuous stream over the epochs
+        # epoch 1 visits source a's blocks in another order, each block still read in record order
+        a = [key(d) for d in again if d.src == 0]
+        assert a != sorted(a)
+        blocks = [b for i, b in enumerate(block_of(plan, a)) if i == 0 or b != block_of(plan, a)[i - 1]]
+        assert sorted(blocks) == sorted({(u.shard, u.block) for u in plan.units[p][0]}) == sorted(set(blocks))
+        assert plan.partition_batches(p) == len(partition_batches(plan, p))
+
+
+def block_of(plan: Plan, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    firsts = {r.shard: [b["first_record"] for b in r.blocks] for r in plan.manifest.shards}
+    return [(s, max(b for b, f in enumerate(firsts[s]) if f <= i)) for s, i in keys]
+
+
+def test_natural_plan_spreads_every_source_over_each_partitions_epoch(manifest):
+    plan = Plan(manifest, config())
+    for p in range(P):
+        docs = partition_docs(plan, p)
+        last_tenth = {d.src for d in docs[-len(docs) // 10 :]}
+        first_tenth = {d.src for d in docs[: len(docs) // 10]}
+        assert first_tenth == last_tenth == set(range(len(plan.sources)))
+
+
+# -- the plan: weighted mode -------------------------------------------------------------------------
 
 
 def test_weighted_plan_token_shares_over_a_long_run(manifest):
     weights = {"a/x": 0.2, "b/y": 0.5, "c/z": 0.3}
-    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=7, weights=weights))
+    plan = Plan(manifest, config(seed=7, weights=weights))
     keys = [s.key for s in plan.sources]
-    n = 3000  # far beyond one epoch of b/y (~20 kept) and c/z (~18 kept): they restart
-    docs = list(islice(plan.docs(), n))
-    tokens = Counter()
-    for d in docs:
-        tokens[keys[d.src]] += d.units
-    for key, weight in weights.items():  # weights are shares of the tokens fed
-        assert tokens[key] / sum(tokens.values()) == pytest.approx(weight, abs=0.03), (key, tokens)
-    by = [(d.shard, d.index) for d in docs if keys[d.src] == "b/y"]
-    kept_b = sum(1 for (s, _) in kept_keys(manifest) if s == 3)
-    assert by[:kept_b] == by[kept_b: 2 * kept_b]  # a one-shard source repeats in shard order
+    n = 2000  # far beyond one epoch of b/y (~20 kept per partition) and c/z (~18): they restart
+    everywhere: Counter = Counter()
+    for p in range(P):
+        docs = partition_docs(plan, p, n)
+        tokens: Counter = Counter()
+        for d in docs:
+            tokens[keys[d.src]] += d.units
+        everywhere += tokens
+        for k, weight in weights.items():  # weights are shares of the tokens fed (per partition: its own means)
+            assert tokens[k] / sum(tokens.values()) == pytest.approx(weight, abs=0.06), (p, k, tokens)
+        b = [key(d) for d in docs if keys[d.src] == "b/y"]
+        kept_b = sum(u.kept_docs for u in plan.units[p][keys.index("b/y")])
+        assert b[:kept_b] == sorted(b[:kept_b])  # the first pass over a source is in manifest order
+        for rep in range(len(b) // kept_b):  # each restart goes over the partition's documents of b/y once
+            assert set(b[rep * kept_b : (rep + 1) * kept_b]) == set(b[:kept_b]), rep
+    for k, weight in weights.items():
+        assert everywhere[k] / sum(everywhere.values()) == pytest.approx(weight, abs=0.025), (k, everywhere)
+    assert partition_docs(plan, 1, 200) == partition_docs(Plan(manifest, config(seed=7, weights=weights)), 1, 200)
+    assert partition_docs(plan, 1, 200) != partition_docs(Plan(manifest, config(seed=8, weights=weights)), 1, 200)
 
 
-def test_natural_plan_spreads_every_source_over_the_whole_epoch(manifest):
-    plan = Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0))
-    docs = list(plan.docs())
-    last_tenth = {d.src for d in docs[-len(docs) // 10:]}
-    first_tenth = {d.src for d in docs[: len(docs) // 10]}
-    assert first_tenth == last_tenth == set(range(len(plan.sources)))
+@pytest.mark.xfail(
+    strict=True,
+    reason="plan.py deal_units/PartitionWalk: a source with fewer blocks than partitions lives in only some "
+    "partitions, and each partition renormalises the draw weights over the sources it holds, so the interleaved "
+    "global stream feeds that source about (its partitions / P) of its weight",
+)
+def test_weighted_token_shares_hold_for_the_global_stream_when_a_source_has_fewer_blocks_than_partitions(tmp_path):
+    m = synthetic_manifest(tmp_path / "few", {"a/x": [80, 70, 60], "b/y": [8]})  # b/y: one block
+    weights = {"a/x": 0.5, "b/y": 0.5}
+    plan = Plan(m, config(seed=3, weights=weights))
+    keys = [s.key for s in plan.sources]
+    rounds = 150  # every partition feeds the same tokens per round of P global batches
+    end = rounds * plan.config.units_per_batch
+    tokens: Counter = Counter()
+    for p in range(P):
+        walk = PartitionWalk(plan, p)
+        for d, _ in walk.docs(walk.start()):
+            if d.start >= end:
+                break
+            tokens[keys[d.src]] += min(d.start + d.units, end) - d.start
+    for k, weight in weights.items():
+        assert tokens[k] / sum(tokens.values()) == pytest.approx(weight, abs=0.05), (k, tokens)
+
+
+def test_zero_weight_sources_are_never_drawn(manifest):
+    plan = Plan(manifest, config(weights={"a/x": 1, "c/z": 2}))
+    assert plan.weights == [1.0, 0.0, 2.0]
+    for p in range(P):
+        assert {d.src for d in partition_docs(plan, p, 500)} == {0, 2}
 
 
 def test_manifest_weights_are_the_default(tmp_path):
     m = synthetic_manifest(tmp_path / "w", {"a/x": [30], "b/y": [30]}, weights={"a/x": 3, "b/y": 1})
-    from elm_data.pipeline.plan import manifest_weights
-
     assert manifest_weights(m.info) == {"a/x": 3.0, "b/y": 1.0}
+    plan = Plan(m, config(weights=manifest_weights(m.info), partitions=1))
+    assert plan.weights == [3.0, 1.0] and plan.partition_batches(0) is None  # weighted: endless
+    unweighted = synthetic_manifest(tmp_path / "n", {"a/x": [30], "b/y": [30]})
+    assert manifest_weights(unweighted.info) is None
 
 
 def test_plan_rejects_unknown_weights_and_missing_corenet_counts(manifest):
     with pytest.raises(PlanError, match="not in the manifest"):
-        Plan(manifest, PlanConfig(mode="packed", seq_len=128, batch_size=4, seed=0, weights={"nope/x": 1}))
+        Plan(manifest, config(weights={"nope/x": 1}))
     with pytest.raises(PlanError, match=r"sequences: \{mode: corenet\}"):
-        Plan(manifest, PlanConfig(mode="corenet", seq_len=128, batch_size=4, seed=0))
+        Plan(manifest, config(mode="corenet"))
+    with pytest.raises(PlanError, match="all mixing weights are zero"):
+        Plan(manifest, config(weights={"a/x": 0}))
+    with pytest.raises(PlanError, match="must be >= 0"):
+        config(weights={"a/x": -1})
+
+
+# -- batches, readers and resume ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
-def test_batches_partition_over_ranks_and_workers(tmp_path, mode):
-    m = synthetic_manifest(tmp_path / mode, {"a/x": [30, 20], "b/y": [25]}, mode=mode)
-    config = PlanConfig(mode=mode, seq_len=127, batch_size=3, seed=0)
-    plan = Plan(m, config)
-    everything = list(plan.batches())
-    total = sum(d.units for d in plan.docs())
-    span = plan.units_per_batch
-    assert [b.batch for b in everything] == list(range(-(-total // span)))
-    assert all(b.sequences == config.batch_size for b in everything[:-1])
-    for bp in everything:  # the documents of a batch cover its units exactly
-        covered = sum(min(d.start + d.units, bp.start + span) - max(d.start, bp.start) for d in bp.docs)
-        assert covered == min(span, total - bp.start)
-    owned = []
-    world, workers = 2, 2
-    for rank in range(world):
-        for worker in range(workers):
-            def owns(b, rank=rank, worker=worker):
-                return b % world == rank and (b // world) % workers == worker
-            owned += [(b.batch, [d[:4] for d in b.docs]) for b in plan.batches(owns)]
-    assert sorted(owned) == [(b.batch, [d[:4] for d in b.docs]) for b in everything]
-    resumed = list(plan.batches(start_batch=5))
-    assert [(b.batch, b.docs) for b in resumed] == [(b.batch, b.docs) for b in everything[5:]]
+def test_batches_cover_each_partition_and_are_the_same_for_every_reader_layout(tmp_path, mode):
+    m = synthetic_manifest(tmp_path / mode, {"a/x": [30, 20], "b/y": [25]}, mode=mode, records_per_block=5)
+    partitions = 4
+    plan = Plan(m, config(mode=mode, seq_len=127, batch_size=3, partitions=partitions))
+    span = plan.config.units_per_batch
+    per_partition = {}
+    for p in range(partitions):
+        docs = partition_docs(plan, p)
+        total = sum(d.units for d in docs)
+        batches = [bp for bp, _ in partition_batches(plan, p)]
+        assert [b.batch for b in batches] == [t * partitions + p for t in range(-(-total // span))]
+        assert len(batches) == plan.partition_batches(p)
+        assert all(b.sequences == 3 for b in batches[:-1])
+        for bp in batches:  # the documents of a batch cover its units exactly
+            covered = sum(min(d.start + d.units, bp.start + span) - max(d.start, bp.start) for d in bp.docs)
+            assert covered == min(span, total - bp.start)
+            assert bp.sequences == (-(-covered // plan.config.window) if mode == "packed" else covered)
+        per_partition[p] = batches
+    rounds = plan.rounds()
+    assert rounds == max(len(b) for b in per_partition.values())
+
+    def global_batches(world_size: int, workers: int) -> dict[int, tuple]:
+        """Every reader's batches (its partitions round by round, empty once its data ended), by global index."""
+        out: dict[int, tuple] = {}
+        for rank in range(world_size):
+            layout = plan.readers_layout(rank, world_size, workers)
+            assert len(layout) == workers
+            for mine in layout:
+                assert all(p % world_size == rank for p in mine)
+                for t in range(rounds):
+                    for p in mine:
+                        bp = per_partition[p][t] if t < len(per_partition[p]) else PartitionWalk(plan, p).empty(t)
+                        assert bp.batch not in out
+                        out[bp.batch] = (bp.start, bp.sequences, [key(d) for d in bp.docs])
+        return out
+
+    single = global_batches(1, 1)
+    assert sorted(single) == list(range(rounds * partitions))
+    for world_size, workers in [(1, 2), (1, 4), (2, 1), (2, 2), (4, 1)]:
+        assert global_batches(world_size, workers) == single
+    for world_size, workers in [(3, 1), (1, 3), (2, 4), (8, 1)]:
+        with pytest.raises(PlanError, match="do not divide"):
+            plan.readers_layout(0, world_size, workers)
 
 
-@pytest.mark.parametrize("counts", [[40, 7, 1], [120, 120, 3, 55], [1], [0, 5]])
-def test_proportional_interleave_yields_everything_once_spread_evenly(counts):
-    sources = [[(i, k) for k in range(n)] for i, n in enumerate(counts)]
-    out = list(proportional_interleave([iter(s) for s in sources], counts, seed=7))
-    assert sorted(item for _, item in out) == sorted(item for s in sources for item in s)
-    for i, s in enumerate(sources):
-        assert [item for src, item in out if src == i] == s  # each source keeps its own order
-    total, drawn = sum(counts), [0] * len(counts)
-    for m, (src, _) in enumerate(out, start=1):
-        drawn[src] += 1
-        for i, n in enumerate(counts):  # any prefix holds its natural share, give or take the bound
-            assert abs(drawn[i] - m * n / total) <= 1 + len(counts) * n / total
-    again = list(proportional_interleave([iter(s) for s in sources], counts, seed=7))
-    assert again == out
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_natural_batches_resume_from_every_cursor(tmp_path, mode, epochs):
+    m = synthetic_manifest(tmp_path / mode, {"a/x": [30, 20], "b/y": [25]}, mode=mode, records_per_block=5)
+    plan = Plan(m, config(mode=mode, seq_len=127, batch_size=3, epochs=epochs))
+    for p in range(P):
+        everything = partition_batches(plan, p)
+        assert everything[-1][1] == {"batch": len(everything), "done": True}
+        for t, (_, cursor) in enumerate(everything):
+            resumed = partition_batches(plan, p, cursor)
+            assert [bp for bp, _ in resumed] == [bp for bp, _ in everything[t + 1 :]], t
+            assert [c for _, c in resumed] == [c for _, c in everything[t + 1 :]], t
 
 
-def test_proportional_interleave_depends_on_the_seed_and_checks_counts():
-    make = lambda: [iter(range(30)), iter(range(20)), iter(range(10))]  # noqa: E731
-    one, two = (list(proportional_interleave(make(), [30, 20, 10], seed)) for seed in (1, 2))
-    assert one != two
-    with pytest.raises(ValueError, match="ended after 20 of its 21"):
-        list(proportional_interleave(make(), [30, 21, 10], 1))
-    with pytest.raises(ValueError, match="more than its 9"):
-        list(proportional_interleave(make(), [30, 20, 9], 1))
+def test_weighted_batches_resume_from_every_cursor(manifest):
+    plan = Plan(manifest, config(seq_len=127, batch_size=3, weights={"a/x": 1, "b/y": 2, "c/z": 1}))
+    n = 60  # batches; b/y and c/z restart several times
+    for p in range(P):
+        everything = partition_batches(plan, p, limit=n)
+        for t in range(0, n - 1, 3):
+            resumed = partition_batches(plan, p, everything[t][1], limit=n - t - 1)
+            assert [bp for bp, _ in resumed] == [bp for bp, _ in everything[t + 1 :]], t

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_mixing import synthetic_manifest
+from synthetic_manifest import synthetic_manifest
 
-from elm_data.pipeline.plan import BatchPlan, Plan, PlanConfig, PlannedDoc
-from elm_data.pipeline.sequences import frame_segments, layout_corenet, layout_packed
+from elm_data.pipeline.stream.partition import PartitionWalk
+from elm_data.pipeline.stream.plan import BatchPlan, Plan, PlanConfig, PlannedDoc
+from elm_data.pipeline.stream.sequences import frame_segments, layout_corenet, layout_packed
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -31,40 +32,42 @@ def test_frame_segments_places_bos_and_eos():
 
 
 @pytest.mark.parametrize("masks", [False, True])
-def test_packed_windows_form_one_continuous_stream(tmp_path, masks):
+def test_packed_windows_form_one_continuous_stream_per_partition(tmp_path, masks):
     m = synthetic_manifest(tmp_path / "p", {"a/x": [30, 20], "b/y": [25]})
     window = 128
-    plan = Plan(m, PlanConfig(mode="packed", seq_len=window - 1, batch_size=3, seed=0))
-    docs = list(plan.docs())
-    expected = np.concatenate([frame_segments(fake_segments(d)).ids for d in docs])
+    plan = Plan(m, PlanConfig(mode="packed", seq_len=window - 1, batch_size=3, seed=0, partitions=2))
     framed = {}
-    rows, pads, by_source = [], 0, {}
-    for bp in plan.batches():
-        out = layout_packed(bp, lambda d: framed.setdefault(d, frame_segments(fake_segments(d))), base, window,
-                            document_masks=masks)
-        assert out.input_ids.shape == (bp.sequences, window)
-        for row, spans in zip(out.input_ids, out.spans, strict=True):
-            covered = 0
-            for span in spans:
-                fd = framed[next(d for d in bp.docs if d.doc_id == span["doc_id"])]
-                assert (row[span["start"]:span["end"]] == fd.ids[span["doc_start"]:span["doc_end"]]).all()
-                assert span["start"] == covered  # spans tile the row from its start, in order
-                covered = span["end"]
-        if masks:
-            seg = out.segment_ids
-            assert (seg[:, 0] == 0).all()
-            assert ((seg == -1) == (out.input_ids == PAD_ID)).all()
-            # a new segment starts exactly at every BOS after position 0
-            starts = np.diff(seg, axis=1) == 1
-            assert (starts == (out.input_ids[:, 1:] == BOS_ID)).all()
-        rows.append(out.input_ids)
-        pads += out.pad_tokens
-        for k, v in out.tokens_by_source.items():
-            by_source[k] = by_source.get(k, 0) + v
-    flat = np.concatenate(rows).reshape(-1)
-    assert (flat[: len(expected)] == expected).all()  # nothing lost at document ends, no padding inside
-    assert (flat[len(expected):] == PAD_ID).all() and pads == len(flat) - len(expected) < window
-    assert sum(by_source.values()) == sum(d.tokens + 2 for d in docs)
+    for p in range(plan.partitions):
+        walk = PartitionWalk(plan, p)
+        docs = [d for d, _ in walk.docs(walk.start())]
+        expected = np.concatenate([frame_segments(fake_segments(d)).ids for d in docs])
+        rows, pads, by_source = [], 0, {}
+        for bp, _ in walk.batches(walk.start()):
+            out = layout_packed(bp, lambda d: framed.setdefault(d, frame_segments(fake_segments(d))), base, window,
+                                document_masks=masks)  # fmt: skip
+            assert out.input_ids.shape == (bp.sequences, window)
+            for row, spans in zip(out.input_ids, out.spans, strict=True):
+                covered = 0
+                for span in spans:
+                    fd = framed[next(d for d in bp.docs if d.doc_id == span["doc_id"])]
+                    assert (row[span["start"] : span["end"]] == fd.ids[span["doc_start"] : span["doc_end"]]).all()
+                    assert span["start"] == covered  # spans tile the row from its start, in order
+                    covered = span["end"]
+            if masks:
+                seg = out.segment_ids
+                assert (seg[:, 0] == 0).all()
+                assert ((seg == -1) == (out.input_ids == PAD_ID)).all()
+                # a new segment starts exactly at every BOS after position 0
+                starts = np.diff(seg, axis=1) == 1
+                assert (starts == (out.input_ids[:, 1:] == BOS_ID)).all()
+            rows.append(out.input_ids)
+            pads += out.pad_tokens
+            for k, v in out.tokens_by_source.items():
+                by_source[k] = by_source.get(k, 0) + v
+        flat = np.concatenate(rows).reshape(-1)
+        assert (flat[: len(expected)] == expected).all()  # nothing lost at document ends, no padding inside
+        assert (flat[len(expected) :] == PAD_ID).all() and pads == len(flat) - len(expected) < window
+        assert sum(by_source.values()) == sum(d.tokens + 2 for d in docs)
 
 
 def test_corenet_rows_truncate_and_pad(tmp_path):

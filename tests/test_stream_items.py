@@ -10,10 +10,12 @@ import torch
 from elm_data.pipeline.stream import StreamLoader, TokenStream
 
 SEQ_LEN, BATCH = 128, 4
+PARTITIONS = 4  # 1, 2 or 4 readers (ranks × workers) divide it
 
 
 def make_stream(manifest_dir, tokenizer, **kw) -> TokenStream:
-    kw = {"batch_size": BATCH, "seq_len": SEQ_LEN, "weights": None, "epochs": None, "tokenizer": tokenizer} | kw
+    kw = {"batch_size": BATCH, "seq_len": SEQ_LEN, "weights": None, "epochs": None, "tokenizer": tokenizer,
+          "partitions": PARTITIONS} | kw  # fmt: skip
     return TokenStream(manifest_dir, **kw)
 
 
@@ -35,18 +37,32 @@ def test_items_of_several_batches_from_two_workers_give_the_single_process_strea
     sample_manifest, tokenizer, reference
 ):
     for per_item in (1, 3):
-        loader = StreamLoader(make_stream(sample_manifest, tokenizer, document_masks=True), num_workers=2,
-                              multiprocessing_context="fork", batches_per_item=per_item)
+        loader = StreamLoader(
+            make_stream(sample_manifest, tokenizer, document_masks=True),
+            num_workers=2,
+            multiprocessing_context="fork",
+            batches_per_item=per_item,
+        )
         assert_same(list(islice(loader, 15)), reference)
         assert loader.batches == 15 and loader.global_batches == 15
+    assert [b["batch_index"] for b in reference] == list(range(15))  # global order: batch t*P + p of partition p
+    assert [b["partition"] for b in reference] == [i % PARTITIONS for i in range(15)]
 
 
 def test_resume_in_the_middle_of_an_item_with_another_worker_count(sample_manifest, tokenizer, reference):
-    first = StreamLoader(make_stream(sample_manifest, tokenizer, document_masks=True), num_workers=2,
-                         multiprocessing_context="fork", batches_per_item=3)
+    first = StreamLoader(
+        make_stream(sample_manifest, tokenizer, document_masks=True),
+        num_workers=2,
+        multiprocessing_context="fork",
+        batches_per_item=3,
+    )
     head = list(islice(first, 4))  # stops inside the second item
-    resumed = StreamLoader(make_stream(sample_manifest, tokenizer, document_masks=True), num_workers=2,
-                           multiprocessing_context="fork", batches_per_item=2)
+    resumed = StreamLoader(  # one worker now reads all four partitions
+        make_stream(sample_manifest, tokenizer, document_masks=True),
+        num_workers=1,
+        multiprocessing_context="fork",
+        batches_per_item=2,
+    )
     resumed.load_state_dict(first.state_dict())
     assert_same(head + list(islice(resumed, 11)), reference)
 
@@ -58,8 +74,12 @@ def test_item_size_defaults_and_the_callers_stream_is_left_as_it_was(sample_mani
     two = StreamLoader(stream, num_workers=2)
     assert two.batches_per_item * BATCH * (SEQ_LEN + 1) >= StreamLoader.ITEM_TOKENS
     assert (two.batches_per_item - 1) * BATCH * (SEQ_LEN + 1) < StreamLoader.ITEM_TOKENS
+    readers = stream.for_readers(two.batches_per_item, numpy=True)
+    assert readers is not stream and readers.batches_per_item == two.batches_per_item and readers.numpy
     next(iter(two))
-    assert stream._item_batches == 1 and not stream._numpy
+    assert stream.batches_per_item == 1 and not stream.numpy  # the loader's readers were a copy
     assert isinstance(next(iter(stream))["input_ids"], torch.Tensor)
+    with pytest.raises(ValueError, match="do not divide"):
+        StreamLoader(stream, num_workers=3)
     with pytest.raises(ValueError, match="batches_per_item"):
         StreamLoader(stream, num_workers=2, batches_per_item=0)
