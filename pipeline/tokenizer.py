@@ -218,7 +218,7 @@ def _pinned(manifest_info: dict[str, Any] | None) -> tuple[str | None, str | Non
 
 
 def resolve_tokenizer(
-    flag: str | None = None,
+    flag: str | LlamaTokenizer | None = None,
     config: str | None = None,
     manifest_info: dict[str, Any] | None = None,
     *,
@@ -230,14 +230,19 @@ def resolve_tokenizer(
     ``manifest_info`` is a manifest's ``manifest.json`` (``{"tokenizer": {"uri", "sha256"}}``): its sha256 is
     the one the tokenizer loaded must have (:class:`TokenizerMismatch` otherwise), and when its recorded
     location is gone the cache's copy with that sha256 is used. With nothing given, the cache's copy of the
-    pinned Llama-2 model is used. Raises :class:`TokenizerError` (one line) on any failure.
+    pinned Llama-2 model is used. ``flag`` may be a loaded :class:`LlamaTokenizer` (only its sha256 is checked).
+    Raises :class:`TokenizerError` (one line) on any failure.
     """
     recorded_uri, recorded_sha = _pinned(manifest_info)
     want = expected_sha256 or recorded_sha
+    by = "the manifest" if recorded_sha and not expected_sha256 else "--sha256"
+    if isinstance(flag, LlamaTokenizer):  # already loaded (e.g. the trainer's): only its sha256 is checked
+        _check(flag, want, by)
+        return flag
     explicit = flag or config or os.environ.get(ENV_VAR)
     if explicit:
         tok = LlamaTokenizer(str(explicit), num_threads=num_threads)
-        _check(tok, want, "the manifest" if recorded_sha and not expected_sha256 else "--sha256")
+        _check(tok, want, by)
         return tok
     if recorded_uri:
         try:

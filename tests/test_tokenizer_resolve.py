@@ -92,10 +92,13 @@ def test_nothing_anywhere_is_one_line_naming_every_way(cache, monkeypatch):
         resolve_tokenizer(None, None, info)
 
 
-def test_the_manifests_sha_is_enforced(cache, tokenizer_path):
+def test_the_manifests_sha_is_enforced(cache, tokenizer_path, tokenizer):
     info = {"tokenizer": {"uri": tokenizer_path, "sha256": "0" * 64}}
     with pytest.raises(TokenizerMismatch, match="the manifest pins 0000"):
         resolve_tokenizer(tokenizer_path, None, info)
+    with pytest.raises(TokenizerMismatch, match="the manifest pins 0000"):
+        resolve_tokenizer(tokenizer, None, info)  # an already loaded tokenizer too
+    assert resolve_tokenizer(tokenizer, None, {"tokenizer": {"sha256": LLAMA2_SHA256}}) is tokenizer
 
 
 def test_not_a_sentencepiece_model_is_one_clear_line(cache, tmp_path):
