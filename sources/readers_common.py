@@ -33,7 +33,9 @@ Select = Callable[[int], bool]  # which record indices a reader decodes (see rea
 
 HEAD_BYTES = 64  # bytes of a file's start that :func:`detect_format` looks at
 UTF8_BOM = b"\xef\xbb\xbf"
-_MAGIC = ((b"\x1f\x8b", "jsonl.gz"), (b"\x28\xb5\x2f\xfd", "jsonl.zst"), (b"PAR1", "parquet"))
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_MAGIC = ((GZIP_MAGIC, "jsonl.gz"), (ZSTD_MAGIC, "jsonl.zst"), (b"PAR1", "parquet"))
 _FOREIGN = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"), (b"\x04\x22\x4d\x18", "lz4"))
 _BY_SUFFIX = ((".parquet", "parquet"), (".gz", "jsonl.gz"), (".gzip", "jsonl.gz"), (".zst", "jsonl.zst"),
               (".zstd", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"))  # fmt: skip
@@ -49,8 +51,9 @@ def format_by_name(name: str) -> str | None:
     return next((fmt for suffix, fmt in _BY_SUFFIX if lower.endswith(suffix)), None)
 
 
-def _zstd_skippable(head: bytes) -> bool:
-    return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"
+def zstd_frame_start(data: bytes) -> bool:
+    """Whether ``data`` starts a zstd frame: a data frame or a skippable one (magic ``184d2a5X``)."""
+    return data.startswith(ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18")
 
 
 def detect_format(head: bytes, name: str, default: str | None = None) -> str:
@@ -66,7 +69,7 @@ def detect_format(head: bytes, name: str, default: str | None = None) -> str:
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt
-    if _zstd_skippable(head):
+    if zstd_frame_start(head):
         return "jsonl.zst"
     for magic, kind in _FOREIGN:
         if head.startswith(magic):

@@ -26,11 +26,9 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import UTF8_BOM, Select, ShardContext
+from elm_data.sources.readers_common import GZIP_MAGIC, UTF8_BOM, Select, ShardContext, zstd_frame_start
 
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NOT_GZIP = "Not a gzipped file"  # gzip's message for bytes that start no member
 # Strict UTF-8 decoding refuses encoded surrogates, so a lone one can only come from a \uD800-\uDFFF escape.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -103,11 +101,6 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt gzip stream: {err}") from err
 
 
-def _zstd_frame_start(data: bytes) -> bool:
-    """Whether ``data`` starts a zstd frame (a data frame or a skippable one)."""
-    return data.startswith(ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18")
-
-
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decompress zstd frames back to back; bytes after the last frame that start no frame are trailing garbage."""
     dctx = zstandard.ZstdDecompressor()
@@ -119,7 +112,7 @@ def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
         while data:
             while len(data) < 4 and (more := raw.read(READ_CHUNK)):
                 data += more
-            if not _zstd_frame_start(data):
+            if not zstd_frame_start(data):
                 if frames:
                     raise _trailing("zstd frame", f"starts {data[:8].hex()}")
                 raise StreamBroken(REJECT_UNREADABLE, f"not zstd data (starts {data[:8].hex()})")
