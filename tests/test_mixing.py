@@ -225,9 +225,10 @@ def test_weighted_plan_token_shares_over_a_long_run(manifest):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="plan.py deal_units/PartitionWalk: a source with fewer blocks than partitions lives in only some "
-    "partitions, and each partition renormalises the draw weights over the sources it holds, so the interleaved "
-    "global stream feeds that source about (its partitions / P) of its weight",
+    reason="pipeline/stream/partition.py PartitionWalk.__init__ (weights = draw_weights zeroed where the partition "
+    "holds none): a source with fewer blocks than partitions lives in only some partitions (plan.deal_units), and "
+    "each partition renormalises the weights over the sources it holds, so the global stream feeds that source "
+    "about (its partitions / P) of its weight",
 )
 def test_weighted_token_shares_hold_for_the_global_stream_when_a_source_has_fewer_blocks_than_partitions(tmp_path):
     m = synthetic_manifest(tmp_path / "few", {"a/x": [80, 70, 60], "b/y": [8]})  # b/y: one block
