@@ -48,7 +48,12 @@ def main() -> None:
         build_manifest(mixture, Path(tmp) / "m", tokenizer=tok.uri, workers=1)
         build_wall, build_cpu = time.perf_counter() - t0, time.process_time() - c0
         exact = exact_figures(Path(tmp) / "m")
-        ledger = sum(p.stat().st_size for p in (Path(tmp) / "m").rglob("documents*") if p.is_file())
+        ledger = sum(  # documents.parquet, or a documents/ folder of parquet parts
+            f.stat().st_size
+            for p in (Path(tmp) / "m").glob("documents*")
+            for f in ([p] if p.is_file() else p.rglob("*"))
+            if f.is_file()
+        )
         totals = [sum(v[k] for v in exact.values()) for k in range(3)]
         print(
             f"corpus: scale {args.scale} x shard_factor {args.shard_factor}: {len(Manifest(Path(tmp) / 'm').shards)} "
