@@ -153,6 +153,7 @@ def _os_error_message(error: OSError) -> str:
 
 def run(args: list[str] | None = None) -> int:
     """Run the command line; return its exit code (the one error handler: see the module docstring)."""
+    _debug["on"] = bool(os.environ.get("ELM_DATA_DEBUG"))  # --debug sets it for this run only
     stop_on_sigterm()
     try:
         code = cli.main(args=args, prog_name="elm-data", standalone_mode=False)
