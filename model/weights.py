@@ -164,6 +164,8 @@ def hf_config(config: OpenELMConfig, torch_dtype: str = "float32") -> dict[str, 
         "transformers_version": TRANSFORMERS_VERSION,
         "use_cache": True,
         "vocab_size": config.vocab_size,
+        **({"norm_eps": config.norm_eps} if config.norm_eps != 1e-6 else {}),  # Apple's code fixes 1e-6
+        **({"padding_index": config.padding_index} if config.padding_index is not None else {}),  # training only
     }
 
 
@@ -193,6 +195,8 @@ def config_from_hf(data: dict[str, Any]) -> OpenELMConfig:
             max_context_length=data.get("max_context_length", 2048),
             rope_freq_constant=float(data.get("rope_freq_constant", 10000)),
             rope_max_length=data.get("rope_max_length", 4096),
+            norm_eps=data.get("norm_eps", 1e-6),
+            padding_index=data.get("padding_index"),
             normalize_qk_projections=data.get("normalize_qk_projections", True),
             share_input_output_layers=data.get("share_input_output_layers", True),
             bos_token_id=data.get("bos_token_id", 1),

@@ -160,3 +160,16 @@ def test_a_run_exports_its_newest_checkpoint_with_the_logged_tokenizer(trained_r
     result = CliRunner().invoke(export_hf_command, [str(trained_run), str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
     assert f"step_{STEPS:08d}" in result.output and "tokenizer, model card" in result.output
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"vocab_size": 32128, "padding_index": 32000}, {"norm_eps": 1e-5}, {"share_input_output_layers": False}],
+)
+def test_settings_beyond_the_published_keys_survive_config_json(overrides):
+    from elm_data.model.weights import config_from_hf, hf_config
+
+    config = OpenELMConfig.named("270M", **overrides)
+    data = json.loads(json.dumps(hf_config(config)))
+    assert config_from_hf(data) == config
+    assert all(data[key] == value for key, value in overrides.items())

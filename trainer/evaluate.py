@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .checkpoint import STREAM_STATE
-from .export import export_checkpoint, run_of
+from .export import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
 
@@ -93,7 +93,7 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     from elm_data.pipeline.tokenizer import PAD_ID
 
     from .audit import audit_run
-    from .config import TrainConfig
+    from .config import ConfigError, TrainConfig
     from .distributed import DistInfo
     from .loop import build_loader, load_tokenizer
     from .loss import loss_sums, split_inputs_labels
@@ -105,7 +105,10 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     passed = [r.key for r in audit.rows if r.fraction_consumed is not None and r.fraction_consumed >= 1.0]
     if passed:
         return {"skipped": f"the run consumed every kept token of {', '.join(passed)}: nothing there is held out"}
-    config = TrainConfig.from_dict(run.header["config"], base_dir=run.run_dir)
+    try:
+        config = TrainConfig.from_dict(run.header["config"], base_dir=run.run_dir)
+    except ConfigError as error:  # a run logged by another version of the trainer
+        return {"skipped": f"cannot rebuild the run's stream from its logged config: {error}"}
     manifest = Manifest(run.header["manifest_dir"])
     state = torch.load(Path(run.checkpoint) / STREAM_STATE, weights_only=True)
     world = len(state["ranks"]) if isinstance(state, dict) and "ranks" in state else 1
@@ -138,7 +141,7 @@ def evaluate(
     echo=print,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a checkpoint or an export; write the results JSON (default: beside the run) and return it."""
-    target = Path(target)
+    target = newest_checkpoint(target)
     tasks = list(OPENELM_TASKS if tasks is None else tasks)
     run = run_of(target)
     report: dict[str, Any] = {"target": str(target), "tasks": tasks, "limit": limit}

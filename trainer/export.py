@@ -41,6 +41,12 @@ class CheckpointRun:
     step_record: dict[str, Any] | None  # the logged step record at the checkpoint's step (loss, tokens)
 
 
+def newest_checkpoint(path: str | Path) -> Path:
+    """A run directory's newest checkpoint; any other path as given."""
+    checkpoints = list_checkpoints(path)
+    return checkpoints[-1] if checkpoints else Path(path)
+
+
 def run_of(checkpoint: str | Path) -> CheckpointRun | None:
     """The run around ``checkpoint`` (``RUN/checkpoints/step_N`` with ``RUN/log.jsonl``), or None."""
     checkpoint = Path(checkpoint)

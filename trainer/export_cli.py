@@ -58,15 +58,9 @@ def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -
             E.export_run(source, out, dtype, tokenizer, echo=click.echo)
             return
         E.refuse_overwrite(out, overwrite)
-        E.export_checkpoint(_checkpoint_of(source), out, dtype, tokenizer, echo=click.echo)
+        E.export_checkpoint(E.newest_checkpoint(source), out, dtype, tokenizer, echo=click.echo)
     except ERRORS as error:
         raise click.ClickException(str(error)) from error
-
-
-def _checkpoint_of(path: Path) -> Path:
-    """A run directory's newest checkpoint; any other path as given."""
-    checkpoints = list_checkpoints(path)
-    return checkpoints[-1] if checkpoints else path
 
 
 @click.command("mlx")
@@ -88,7 +82,7 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
     try:
         if out_dir.exists():
             raise FileExistsError(f"{out_dir} exists: mlx-lm writes a new folder")
-        checkpoint = _checkpoint_of(checkpoint)
+        checkpoint = E.newest_checkpoint(checkpoint)
         run = E.run_of(checkpoint)
         pinned = run.header.get("tokenizer") if run else None
         proto = E.tokenizer_bytes(tokenizer, pinned, required=True)
@@ -126,7 +120,14 @@ def eval_command(target, tasks, limit, include_path, heldout_batches, out, token
     task_list = None if tasks is None else [t for t in tasks.split(",") if t.strip() and t.strip() != "none"]
     try:
         report, path = evaluate(
-            _checkpoint_of(target), task_list, limit, include_path, out, heldout_batches, tokenizer, echo=click.echo
+            E.newest_checkpoint(target),
+            task_list,
+            limit,
+            include_path,
+            out,
+            heldout_batches,
+            tokenizer,
+            echo=click.echo,
         )
     except (EvalError, *ERRORS) as error:
         raise click.ClickException(str(error)) from error
