@@ -2,14 +2,14 @@
 
 A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each starts at a record boundary:
 
-- parquet: one block per row group (the first includes the leading magic), then a footer block of 0 records;
+- parquet: the leading magic (0 records), one block per row group, then the footer (0 records);
 - plain JSONL: line-aligned runs of about ``block_bytes`` (a block ends just after a newline);
 - gzip / zstd: the whole shard is one block (record boundaries inside a compressed stream are not
   byte ranges of the file).
 
 :class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
 storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
-two blocks (a parquet footer plus the row group being read). ``open_verified`` hands it to the readers
+two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` hands it to the readers
 through the ``elm-blocks://`` fsspec protocol, so every format reader reads verified bytes unchanged.
 """
 
@@ -67,16 +67,16 @@ def _parquet_cuts(f: BinaryIO, size: int) -> list[tuple[int, int]] | None:
         meta = pq.ParquetFile(f).metadata
     except Exception:  # a damaged file: the reader reports it; here it is one opaque block
         return None
-    cuts = []
+    cuts = [(0, 0)]  # the leading magic: a block of its own, so that checking it costs 4 bytes
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
         starts = [
             min(o for o in (c.dictionary_page_offset, c.data_page_offset) if o is not None and o > 0)
             for c in (rg.column(i) for i in range(rg.num_columns))
         ]
-        cuts.append((0 if g == 0 else min(starts), rg.num_rows))
+        cuts.append((min(starts), rg.num_rows))
     cuts.append((size - 8 - footer_len, 0))
-    if any(b[0] >= a[0] for a, b in itertools.pairwise(reversed(cuts))):
+    if any(b[0] >= a[0] for a, b in itertools.pairwise(reversed(cuts))) or cuts[1][0] != 4:
         return None  # row groups not laid out in order: keep the file as one block
     return cuts
 
@@ -224,8 +224,9 @@ class VerifiedView(io.RawIOBase):
             )
         data: bytes | BinaryIO = spill if spill is not None else b"".join(parts)
         self._cache[i] = data
-        while len(self._cache) > self.KEEP:
-            _, old = self._cache.popitem(last=False)
+        records = [j for j in self._cache if self.blocks[j].records != 0]  # 0-record blocks (magic, footer) stay
+        for j in records[: max(0, len(records) - self.KEEP)]:
+            old = self._cache.pop(j)
             if not isinstance(old, bytes):
                 old.close()
         return data
@@ -249,6 +250,16 @@ class VerifiedView(io.RawIOBase):
     def size(self) -> int:
         return self.hi - self.lo
 
+    def parquet_metadata(self):
+        """The parquet footer of a whole-file view, from its verified last block (so a reader never re-reads it:
+        pyarrow would otherwise fetch the file's last 64 KiB, most of a row group in a large file)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        footer = self._load(len(self.blocks) - 1)
+        footer = footer if isinstance(footer, bytes) else _read_all(footer)
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+
     def close(self) -> None:
         for data in self._cache.values():
             if not isinstance(data, bytes):
@@ -258,6 +269,11 @@ class VerifiedView(io.RawIOBase):
             self._raw.close()
             self._raw = None
         super().close()
+
+
+def _read_all(f: BinaryIO) -> bytes:
+    f.seek(0)
+    return f.read()
 
 
 def _block_at(starts: Sequence[int], pos: int) -> int:

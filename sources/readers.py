@@ -7,6 +7,7 @@ All I/O goes through fsspec, so local paths, ``file://``, ``memory://``, ``hf://
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
+from typing import Any
 
 from elm_data.sources.document import REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import (
@@ -53,6 +54,7 @@ def read_shard(
     local_path: str | None = None,
     first_index: int = 0,
     fmt: str | None = None,
+    parquet_metadata: Any = None,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
@@ -76,6 +78,7 @@ def read_shard(
     and rejections still name ``uri``. ``first_index``: a plain-JSONL ``local_path`` that starts at a
     record boundary inside the shard (a block, see ``sources.blocks``) holds records from this index on.
     ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
+    ``parquet_metadata``: the shard's parquet footer, already read (``pyarrow.parquet.FileMetaData``).
     """
     spec = get_subset(source, subset)
     if skip < 0:
@@ -84,7 +87,14 @@ def read_shard(
     if select is not None:
         chosen = select if callable(select) else frozenset(select).__contains__
     sha256 = shard_sha256 or sha256_of(local_path or uri)
-    ctx = ShardContext(spec=spec, uri=uri, sha256=sha256, local_path=local_path, first_index=first_index)
+    ctx = ShardContext(
+        spec=spec,
+        uri=uri,
+        sha256=sha256,
+        local_path=local_path,
+        first_index=first_index,
+        parquet_metadata=parquet_metadata,
+    )
     if fmt is None:
         try:
             fmt = shard_format_of(local_path or uri, source, subset, name=uri)

@@ -192,6 +192,7 @@ class ShardContext:
     sha256: str
     local_path: str | None = None
     first_index: int = 0  # records that precede the bytes of ``local_path`` (a JSONL block view starts mid-shard)
+    parquet_metadata: Any = None  # a parquet file's footer, already read and verified (then it is not re-read)
 
     def open(self) -> BinaryIO:
         return open_binary(self.local_path or self.uri)

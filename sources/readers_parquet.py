@@ -218,7 +218,7 @@ def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None)
     spec = ctx.spec
     with ctx.open() as raw:
         try:
-            parquet = pq.ParquetFile(raw)
+            parquet = pq.ParquetFile(raw, metadata=ctx.parquet_metadata)
             metadata = parquet.metadata
             schema = parquet.schema_arrow
         except _READ_ERRORS as err:

@@ -40,6 +40,11 @@ class CountingFileSystem(MemoryFileSystem):
     pseudo_dirs = [""]
     log_path: str = os.devnull
 
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = path[len("counting://") :] if path.startswith("counting://") else path
+        return super()._strip_protocol(path)
+
     def _open(self, path, mode="rb", **kwargs):
         if "r" not in mode:
             return super()._open(path, mode, **kwargs)

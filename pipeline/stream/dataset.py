@@ -102,7 +102,7 @@ class TokenStream(IterableDataset):
         self.filters = FilterConfig.from_dict(info.get("filters"))
         self.config = PlanConfig(
             mode=mode or manifest_mode(info),
-            seq_len=int(seq_len or self.sequences.seq_len),
+            seq_len=int(self.sequences.seq_len if seq_len is None else seq_len),
             batch_size=int(batch_size),
             seed=int(info.get("seed", 0) if seed is None else seed),
             weights=_resolve_weights(weights, info),

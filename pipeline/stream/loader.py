@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from elm_data.procs import dataloader_worker_init
+
 from .dataset import STATE_VERSION, TokenStream, _as_is
 from .ledger import Ledger
 from .plan import PlanError
@@ -42,7 +44,7 @@ class StreamLoader:
         multiprocessing_context: str | None = None,
         pin_memory: bool = False,
         batches_per_item: int | None = None,
-        worker_init_fn=None,
+        worker_init_fn=dataloader_worker_init,
     ):
         if batches_per_item is not None and batches_per_item < 1:
             raise PlanError(f"batches_per_item must be >= 1, got {batches_per_item}")

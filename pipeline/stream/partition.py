@@ -76,16 +76,18 @@ class PartitionWalk:
         run = self.runs[src]
         if epoch:
             run = [run[j] for j in permutation(len(run), self.config.seed, self.plan.sources[src].key, self.p, epoch)]
-        for unit in run:
-            if k >= unit.kept_docs:
-                k -= unit.kept_docs
+        blocks = [(unit.shard, b) for unit in run for b in unit.blocks]
+        for shard, block in blocks:
+            kept_docs = self.plan.manifest.shards[shard].blocks[block]["kept_docs"]
+            if k >= kept_docs:
+                k -= kept_docs
                 continue
-            table = self.plan.manifest.block_documents(unit.shard, unit.block)
+            table = self.plan.manifest.block_documents(shard, block)
             table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
             k = 0
             cols = table.to_pydict()
             for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
-                yield unit.shard, *row
+                yield shard, *row
 
     def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, dict[str, Any]]]:
         """Documents from the cursor's head document on, each with the mixer state before it was drawn."""

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from elm_data.errors import ElmDataError
-from elm_data.manifests.manifest import Manifest
+from elm_data.manifests.manifest import Manifest, ShardRecord
 from elm_data.pipeline.config import SEQUENCE_MODES
 
 NATURAL = "natural"
@@ -84,10 +84,10 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class Unit:
-    """One block of a shard with kept documents: what a partition owns and a reader reads."""
+    """Blocks of one shard with kept documents, dealt to one partition and read by one reader."""
 
     shard: int
-    block: int
+    blocks: tuple[int, ...]
     kept_docs: int
     units: int  # stream units of its kept documents (token slots in packed mode, sequences in corenet mode)
 
@@ -133,6 +133,22 @@ def _units_of(block: dict[str, Any], packed: bool) -> int:
     return block["kept_tokens"] + 2 * block["kept_segments"] if packed else block["kept_segments"]
 
 
+SHARED_READ_LIMIT = 0.01  # a shard is dealt as one unit when every reader of a part would re-read more than this
+
+
+def shard_units(record: ShardRecord, packed: bool) -> list[Unit]:
+    """A shard's units: one per block with kept documents, or the whole shard as one unit when reading a part
+    costs blocks every reader must load (parquet magic and footer) above ``SHARED_READ_LIMIT`` of its bytes."""
+    kept = [b for b, blk in enumerate(record.blocks) if blk["kept_docs"] and _units_of(blk, packed)]
+    shared = sum(blk["end"] - blk["start"] for blk in record.blocks if not blk["records"])
+    parts = [(b,) for b in kept] if shared <= SHARED_READ_LIMIT * record.size_bytes else [tuple(kept)] * bool(kept)
+    return [
+        Unit(record.shard, part, sum(record.blocks[b]["kept_docs"] for b in part),
+             sum(_units_of(record.blocks[b], packed) for b in part))
+        for part in parts
+    ]  # fmt: skip
+
+
 def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePlan]:
     """The manifest's source/subsets in order of first appearance, with their shards, units and kept totals."""
     grouped: dict[str, list] = {}
@@ -145,12 +161,7 @@ def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePla
             source=recs[0].source,
             subset=recs[0].subset,
             shards=tuple(r.shard for r in recs),
-            units=tuple(
-                Unit(r.shard, b, blk["kept_docs"], _units_of(blk, packed))
-                for r in recs
-                for b, blk in enumerate(r.blocks)
-                if blk["kept_docs"] and _units_of(blk, packed)
-            ),
+            units=tuple(u for r in recs for u in shard_units(r, packed)),
             kept_docs=sum(r.docs_kept for r in recs),
             kept_tokens=sum(r.tokens for r in recs),
             kept_segments=sum(r.segments for r in recs),

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 from elm_data.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, ShardRecord
+from elm_data.redact import redact_text
 from elm_data.sources.blocks import Block, BlockChanged, VerifiedView, open_verified
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard
@@ -78,9 +79,10 @@ class DocumentFetcher:
         opened = _OpenReader(doc.shard, doc.index, end)
         try:
             url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi))
+            footer = opened.view.parquet_metadata() if rec.format == "parquet" and len(blocks) > 1 else None
             opened.items = read_shard(
                 rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=doc.index, select=opened.selected,
-                local_path=url, first_index=first, fmt=rec.format or None,
+                local_path=url, first_index=first, fmt=rec.format or None, parquet_metadata=footer,
             )  # fmt: skip
         except BaseException:
             opened.close()
@@ -116,7 +118,7 @@ class DocumentFetcher:
                 return item
         except BlockChanged as changed:
             self._leave(rec.key)
-            raise StreamIntegrityError(f"shard {doc.shard} ({rec.key}): {changed}") from None
+            raise StreamIntegrityError(redact_text(f"shard {doc.shard} ({rec.key}): {changed}")) from None
         except StreamIntegrityError:
             self._leave(rec.key)
             raise
