@@ -68,7 +68,11 @@ def layer_peak(
         module(x, rope)  # k-means warm start of every palette (not measured)
     base = reset_peak()
     started = time.perf_counter()
-    module(x, rope).float().square().mean().backward()
+    loss = module(x, rope).float().square().mean()
+    gc.collect()
+    held = _status_mib("VmRSS") - base  # what the forward keeps for the backward (saved tensors, output)
+    forward_peak = _status_mib("VmHWM") - base
+    loss.backward()
     seconds = time.perf_counter() - started
     weights = sum(p.numel() for n, p in module.named_parameters() if n in names)
     return {
@@ -80,6 +84,8 @@ def layer_peak(
         "batch": batch,
         "seq_len": seq_len,
         "palettized_weights": weights,
+        "held_after_forward_mib": held,
+        "forward_peak_mib": forward_peak,
         "peak_mib": _status_mib("VmHWM") - base,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
