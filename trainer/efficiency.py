@@ -119,6 +119,7 @@ class Matrix:
     timing_skip_steps: int = 2
     min_timed_steps: int = 3
     warmup_fraction: float = 0.1
+    threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
     train: dict[str, Any] = field(default_factory=dict)
     peak_flops: dict[str, float | None] = field(default_factory=dict)
     usd_per_device_hour: dict[str, float] = field(default_factory=dict)
@@ -435,6 +436,8 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
 
     from .loop import load_tokenizer
 
+    if matrix.threads:
+        torch.set_num_threads(matrix.threads)
     unavailable = None
     try:
         device = pick_device(matrix.device)
