@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,18 @@ def test_costs_and_frontier():
     ]
     mark_frontier(rows)
     assert [r["on_frontier"] for r in rows] == [True, True, False, None]
+
+
+def test_shipped_matrices_parse():
+    root = Path(__file__).resolve().parents[1]
+    sizes = {
+        root / "trainer" / "configs" / "bench_matrix.yaml": 16,
+        root / "benchmarks" / "matrices" / "gpu_eager.yaml": 12,
+        root / "benchmarks" / "matrices" / "gpu_compile.yaml": 2,
+    }
+    for path, cells in sizes.items():
+        matrix = Matrix.from_yaml(path)
+        assert len(matrix.cells()) == cells, path
+    gpu = Matrix.from_yaml(root / "benchmarks" / "matrices" / "gpu_eager.yaml")
+    assert {c.model for c in gpu.cells()} == {"270M", "450M"} and {c.seq_len for c in gpu.cells()} == {2048}
+    assert lookup(gpu.usd_per_device_hour, "NVIDIA H200") == (True, 3.5)
