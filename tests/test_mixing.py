@@ -36,8 +36,9 @@ def owned_keys(plan: Plan, p: int) -> set[tuple[int, int]]:
     out = set()
     for run in plan.units[p]:
         for u in run:
-            rows = plan.manifest.block_documents(u.shard, u.block).to_pylist()
-            out |= {(r["shard"], r["index"]) for r in rows if r["status"] == "kept"}
+            for b in u.blocks:
+                rows = plan.manifest.block_documents(u.shard, b).to_pylist()
+                out |= {(r["shard"], r["index"]) for r in rows if r["status"] == "kept"}
     return out
 
 
@@ -158,7 +159,7 @@ def test_partitions_hold_about_an_equal_part_of_every_source(manifest):
             biggest = max(u.units for u in source.units)
             assert sum(units) == source.kept_tokens + 2 * source.kept_segments
             assert all(abs(n - sum(units) / partitions) <= biggest for n in units), (source.key, units)
-            owners = Counter((u.shard, u.block) for p in range(partitions) for u in plan.units[p][s])
+            owners = Counter((u.shard, b) for p in range(partitions) for u in plan.units[p][s] for b in u.blocks)
             assert set(owners.values()) == {1} and len(owners) == len(source.units)  # each block: one owner
 
 
@@ -177,7 +178,9 @@ def test_natural_epochs_repeat_each_partition_in_a_new_order(manifest):
         a = [key(d) for d in again if d.src == 0]
         assert a != sorted(a)
         blocks = [b for i, b in enumerate(block_of(plan, a)) if i == 0 or b != block_of(plan, a)[i - 1]]
-        assert sorted(blocks) == sorted({(u.shard, u.block) for u in plan.units[p][0]}) == sorted(set(blocks))
+        assert (
+            sorted(blocks) == sorted({(u.shard, b) for u in plan.units[p][0] for b in u.blocks}) == sorted(set(blocks))
+        )
         assert plan.partition_batches(p) == len(partition_batches(plan, p))
 
 
@@ -223,13 +226,6 @@ def test_weighted_plan_token_shares_over_a_long_run(manifest):
     assert partition_docs(plan, 1, 200) != partition_docs(Plan(manifest, config(seed=8, weights=weights)), 1, 200)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/stream/partition.py PartitionWalk.__init__ (weights = draw_weights zeroed where the partition "
-    "holds none): a source with fewer blocks than partitions lives in only some partitions (plan.deal_units), and "
-    "each partition renormalises the weights over the sources it holds, so the global stream feeds that source "
-    "about (its partitions / P) of its weight",
-)
 def test_weighted_token_shares_hold_for_the_global_stream_when_a_source_has_fewer_blocks_than_partitions(tmp_path):
     m = synthetic_manifest(tmp_path / "few", {"a/x": [80, 70, 60], "b/y": [8]})  # b/y: one block
     weights = {"a/x": 0.5, "b/y": 0.5}

@@ -14,7 +14,7 @@ PARTITIONS = 4  # 1, 2 or 4 readers (ranks × workers) divide it
 
 
 def make_stream(manifest_dir, tokenizer, **kw) -> TokenStream:
-    kw = {"batch_size": BATCH, "seq_len": SEQ_LEN, "weights": None, "epochs": None, "tokenizer": tokenizer,
+    kw = {"batch_size": BATCH, "seq_len": SEQ_LEN, "weights": "natural", "epochs": None, "tokenizer": tokenizer,
           "partitions": PARTITIONS} | kw  # fmt: skip
     return TokenStream(manifest_dir, **kw)
 

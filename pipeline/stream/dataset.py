@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,10 @@ class TokenStream(IterableDataset):
             seed=int(info.get("seed", 0) if seed is None else seed),
             weights=_resolve_weights(weights, info),
             epochs=epochs,
-            partitions=int(partitions or default_partitions(manifest)),
         )
+        if partitions is None:
+            partitions = default_partitions(manifest, self.config)
+        self.config = replace(self.config, partitions=int(partitions))
         self._manifest: Manifest | None = manifest
         self.plan().readers_layout(rank, world_size, 1)  # validates mode, weights and the layout now
         self.tokenizer = _tokenizer_for(tokenizer, info)

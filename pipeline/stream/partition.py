@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
-from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Unit
+from .plan import BatchPlan, Plan, PlannedDoc, Unit
 
 Cursor = dict[str, Any]
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
@@ -36,12 +36,8 @@ class PartitionWalk:
         self.runs: list[list[Unit]] = plan.units[p]
         self.kept = [sum(u.kept_docs for u in run) for run in self.runs]
         self.weighted: WeightedDraws | None = None
-        if not self.config.natural:
-            weights = [w if n else 0.0 for w, n in zip(plan.draw_weights, self.kept, strict=True)]
-            if any(weights):
-                self.weighted = WeightedDraws(weights, derive_seed(self.config.seed, "mix", p))
-            elif any(self.kept):
-                raise PlanError(f"partition {p} holds no documents of any source with a weight; use fewer partitions")
+        if plan.draw_weights is not None:
+            self.weighted = WeightedDraws(plan.draw_weights[p], derive_seed(self.config.seed, "mix", p))
 
     def start(self) -> Cursor:
         zero = [0] * len(self.runs)

@@ -21,7 +21,7 @@ of ``seq_len + 1``; in ``corenet`` mode each kept segment (piece) is one sequenc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -90,6 +90,7 @@ class Unit:
     blocks: tuple[int, ...]
     kept_docs: int
     units: int  # stream units of its kept documents (token slots in packed mode, sequences in corenet mode)
+    tokens: int  # framed tokens of its kept documents (kept tokens + BOS/EOS per segment)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def shard_units(record: ShardRecord, packed: bool) -> list[Unit]:
     parts = [(b,) for b in kept] if shared <= SHARED_READ_LIMIT * record.size_bytes else [tuple(kept)] * bool(kept)
     return [
         Unit(record.shard, part, sum(record.blocks[b]["kept_docs"] for b in part),
-             sum(_units_of(record.blocks[b], packed) for b in part))
+             sum(_units_of(record.blocks[b], packed) for b in part),
+             sum(_units_of(record.blocks[b], True) for b in part))
         for part in parts
     ]  # fmt: skip
 
@@ -193,12 +195,19 @@ def check_mode_available(info: dict[str, Any], mode: str) -> None:
         )
 
 
-def default_partitions(manifest: Manifest) -> int:
-    """The largest power of two <= 64 that leaves at least ``UNITS_PER_PARTITION`` units per partition."""
-    units = sum(1 for r in manifest.shards for b in r.blocks if b["kept_docs"])
+def default_partitions(manifest: Manifest, config: PlanConfig) -> int:
+    """The largest power of two <= 64 that leaves at least ``UNITS_PER_PARTITION`` units per partition and
+    with which weighted mode can meet its weights (``config.partitions`` is ignored)."""
+    units = sum(len(shard_units(r, config.mode == "packed")) for r in manifest.shards)
     p = 1
     while p * 2 <= MAX_DEFAULT_PARTITIONS and p * 2 * UNITS_PER_PARTITION <= units:
         p *= 2
+    while p > 1:
+        try:
+            Plan(manifest, replace(config, partitions=p))
+            return p
+        except PlanError:
+            p //= 2
     return p
 
 
@@ -236,6 +245,30 @@ def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[list[Uni
     return [[runs[s][(p - shifts[s]) % partitions] for s in range(len(sources))] for p in range(partitions)]
 
 
+SHARE_TOLERANCE = 1e-4  # how far the stream's long-run token share of a source may be from its weight share
+
+
+def partition_shares(held: np.ndarray, weights: np.ndarray, keys: list[str]) -> np.ndarray:
+    """Token shares ``[P, S]``: each partition's sum to 1 over the sources it holds, and their mean over the
+    partitions is the target mix to within ``SHARE_TOLERANCE`` (iterative proportional fitting; every partition
+    makes the same tokens per round, so the stream as a whole then follows the weights). Raises
+    :class:`PlanError` when no such shares exist."""
+    target = weights / weights.sum()
+    shares = held * target[None, :]
+    for _ in range(20_000):
+        shares /= shares.sum(axis=1, keepdims=True)
+        mean = shares.mean(axis=0)
+        if np.abs(mean - target).max() <= SHARE_TOLERANCE:
+            return shares
+        shares *= np.divide(target, mean, out=np.zeros_like(target), where=mean > 0)[None, :]
+    short = [f"{k} (weight share {t:.3f}, in {int(h.sum())} of {len(held)} partitions)"
+             for k, t, h in zip(keys, target, held.T, strict=True) if t > h.sum() / len(held)]  # fmt: skip
+    raise PlanError(
+        f"the mixing weights cannot be met with {len(held)} partitions: {short or 'sources held too unevenly'}; "
+        "stream with fewer partitions (--partitions) or rebuild the manifest with smaller blocks (--block-bytes)"
+    )
+
+
 class Plan:
     """The partitions of a manifest's units, the mixing weights, and the global batch order."""
 
@@ -247,7 +280,6 @@ class Plan:
         keys = [s.key for s in self.sources]
         if config.weights is None:
             self.weights = [float(s.kept_tokens) for s in self.sources]
-            self.draw_weights = [float(s.kept_docs) for s in self.sources]
         else:
             unknown = sorted(set(config.weights) - set(keys))
             if unknown:
@@ -258,12 +290,26 @@ class Plan:
                 raise PlanError(f"source/subsets with a weight but no kept documents: {empty}")
             if not any(w > 0 for w in self.weights):
                 raise PlanError("all mixing weights are zero")
-            # weights are token shares: draw a source ∝ weight / its mean framed tokens per document
-            self.draw_weights = [
-                w * s.kept_docs / (s.kept_tokens + 2 * s.kept_segments) if w > 0 else 0.0
-                for s, w in zip(self.sources, self.weights, strict=True)
-            ]
         self.units = deal_units(self.sources, config.partitions)  # [p][s]: units of source s in partition p
+        self.draw_weights = None if config.weights is None else self._draw_weights()
+
+    def _draw_weights(self) -> list[list[float]]:
+        """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean framed
+        tokens per document there; the shares (:func:`partition_shares`) average to the mix over all partitions."""
+        tokens = np.array([[sum(u.tokens for u in run) for run in runs] for runs in self.units], dtype=np.float64)
+        docs = np.array([[sum(u.kept_docs for u in run) for run in runs] for runs in self.units], dtype=np.float64)
+        weights = np.array(self.weights)
+        held = (docs > 0) & (weights[None, :] > 0)
+        lacking = [p for p in range(self.partitions) if not held[p].any()]
+        if lacking:
+            named = [s.key for s, w in zip(self.sources, self.weights, strict=True) if w > 0]
+            raise PlanError(
+                f"stream partitions {lacking[:8]} of {self.partitions} hold no documents of the weighted sources "
+                f"{named} (they have fewer blocks than partitions): stream with fewer partitions (--partitions) or "
+                "rebuild the manifest with smaller blocks (--block-bytes)"
+            )
+        shares = partition_shares(held, weights, [s.key for s in self.sources])
+        return (shares * np.divide(docs, tokens, out=np.zeros_like(docs), where=tokens > 0)).tolist()
 
     @property
     def partitions(self) -> int:
