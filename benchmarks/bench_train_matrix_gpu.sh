@@ -6,6 +6,7 @@
 # Goal checked (OUT/goal.json): MFU >= 50% for 270M at seq 2048 with no loader stall (< 1% of step time).
 #
 #   OUT=/path/to/out bash benchmarks/bench_train_matrix_gpu.sh          # from the repository root
+#   OUT=/tmp/x DEVICE=cpu SCALE=1 MATRICES=my.yaml bash benchmarks/bench_train_matrix_gpu.sh   # a CPU dry run
 #
 # Needs torch with CUDA plus this repository's dependencies, and the LLaMA tokenizer: $ELM_DATA_TOKENIZER, or
 # shared/tokenizers/llama2/tokenizer.model inside or beside the checkout. Everything is written under $OUT:
@@ -28,8 +29,10 @@ if ! python -c "import elm_data.trainer.efficiency" 2>/dev/null; then
   export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1 || true
-python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" \
-  | tee "$OUT/torch.txt"
-python "$here/benchmarks/bench_train_matrix.py" --device cuda --scale 4 --work "${TMPDIR:-/tmp}/bench_matrix_work" \
-  --matrix "$here/benchmarks/matrices/gpu_eager.yaml" --matrix "$here/benchmarks/matrices/gpu_compile.yaml" \
-  --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and
+torch.cuda.get_device_name())" | tee "$OUT/torch.txt"
+matrices=${MATRICES:-"$here/benchmarks/matrices/gpu_eager.yaml $here/benchmarks/matrices/gpu_compile.yaml"}
+args=()
+for m in $matrices; do args+=(--matrix "$m"); done
+python "$here/benchmarks/bench_train_matrix.py" --device "${DEVICE:-cuda}" --scale "${SCALE:-4}" \
+  --work "$(mktemp -d)" "${args[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log"
