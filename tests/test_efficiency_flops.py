@@ -10,7 +10,7 @@ from torch import nn
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.trainer.efficiency import Cell, Matrix, MatrixError, costs, lookup, mark_frontier, precheck
+from elm_data.trainer.efficiency import Cell, Matrix, MatrixError, classify, costs, lookup, mark_frontier, precheck
 from elm_data.trainer.flops import breakdown, flops_per_token, layer_flops
 
 
@@ -113,3 +113,10 @@ def test_shipped_matrices_parse():
     gpu = Matrix.from_yaml(root / "benchmarks" / "matrices" / "gpu_eager.yaml")
     assert {c.model for c in gpu.cells()} == {"270M", "450M"} and {c.seq_len for c in gpu.cells()} == {2048}
     assert lookup(gpu.usd_per_device_hour, "NVIDIA H200") == (True, 3.5)
+
+
+def test_failures_are_classified():
+    assert classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
+    assert classify(RuntimeError("No viable backend for scaled_dot_product_attention was found."))[0] == "unsupported"
+    status, reason = classify(RuntimeError("the stream ran out after 3 steps (epochs=1)\nmore"))
+    assert status == "failed" and reason == "RuntimeError: the stream ran out after 3 steps (epochs=1)"

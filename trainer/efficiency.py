@@ -310,7 +310,10 @@ def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Ti
     if cell.precision == "fp8":
         from torchao.float8 import convert_to_float8_training
 
-        convert_to_float8_training(model, module_filter_fn=lambda m, _: min(m.in_features, m.out_features) % 16 == 0)
+        def float8_ok(module, _name) -> bool:  # float8 matmuls need both dimensions divisible by 16
+            return isinstance(module, torch.nn.Linear) and module.in_features % 16 == module.out_features % 16 == 0
+
+        convert_to_float8_training(model, module_filter_fn=float8_ok)
     wrapped = D.wrap_model(model, config.distributed, info, device)
     optimizer = build_optimizer(model, config, fused=device.type == "cuda" or None)
     scheduler = build_scheduler(optimizer, config)
@@ -324,7 +327,9 @@ def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Ti
         with attention_context(cell.attention):
             for _ in range(config.max_steps):
                 started = time.perf_counter()
-                batch = next(iterator)
+                batch = next(iterator, None)
+                if batch is None:
+                    raise RuntimeError(f"the stream ran out after {len(timings.times)} steps (epochs={config.epochs})")
                 waited = time.perf_counter() - started
                 stats = train_step(
                     wrapped, optimizer, [batch], config, device, amp_dtype, info, model.config.vocab_size
@@ -341,12 +346,12 @@ def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Ti
     return timings, sum(p.numel() for p in model.parameters())
 
 
-def measure(matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any]) -> dict[str, Any]:
+def measure(matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any], model_config) -> dict[str, Any]:
     """Throughput, MFU, stall, loss and cost figures of a finished cell from its timed steps."""
     skip = matrix.timing_skip_steps
     timed_time, timed_tokens = sum(timings.times[skip:]), sum(timings.tokens[skip:])
     tokens_per_s = timed_tokens / timed_time
-    fpt = flops_per_token(env["model_config"], cell.seq_len)
+    fpt = flops_per_token(model_config, cell.seq_len)
     peak, note = env["peak"]
     row = {
         "steps": len(timings.times), "timed_steps": len(timings.times) - skip, "tokens": sum(timings.tokens),
@@ -390,10 +395,10 @@ def run_cell(matrix: Matrix, index: int, cell: Cell, env: dict[str, Any]) -> dic
     started = time.perf_counter()
     try:
         config = matrix.train_config(cell, env["manifest_dir"])
-        env["model_config"] = config.model_config()
         reset_peak_memory(device)
         timings, parameters = train_cell(config, cell, env)
-        row |= {"status": "ok", "reason": "", "parameters": parameters} | measure(matrix, cell, timings, env)
+        figures = measure(matrix, cell, timings, env, config.model_config())
+        row |= {"status": "ok", "reason": "", "parameters": parameters} | figures
         row["peak_memory_mib"], row["memory_kind"] = peak_memory(device)
         row["losses"] = timings.losses
     except Exception as error:  # OOM included: recorded, never dropped
