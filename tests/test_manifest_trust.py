@@ -1,0 +1,120 @@
+"""A manifest proves itself wherever it is used: edited copies are refused by the stream, training, audit and
+Croissant export; verify sees every edit; a worker refuses a manifest rebuilt under it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from elm_data.errors import ElmDataError
+from elm_data.manifests.audit import audit_manifest
+from elm_data.manifests.croissant import croissant_metadata
+from elm_data.manifests.identity import merkle_root_of
+from elm_data.manifests.manifest import SHARDS_FILE, Manifest, ManifestTampered, ShardRecord, ledger_path, shards_table
+from elm_data.manifests.verify import verify_manifest
+from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream
+
+
+def copy_of(manifest: Path, tmp_path: Path, name: str = "m") -> Path:
+    return Path(shutil.copytree(manifest, tmp_path / name))
+
+
+def edit_info(path: Path, change) -> None:
+    info = json.loads((path / "manifest.json").read_text())
+    change(info)
+    (path / "manifest.json").write_text(json.dumps(info))
+
+
+def edit_records(path: Path, change, reseal_root: bool = False) -> None:
+    records = [ShardRecord.from_row(r) for r in pq.read_table(path / SHARDS_FILE).to_pylist()]
+    change(records)
+    pq.write_table(shards_table(records), path / SHARDS_FILE)
+    if reseal_root:  # a careful forger also updates the Merkle root (the id is left stale)
+        edit_info(path, lambda info: info.update(merkle_root=merkle_root_of(records)))
+
+
+def users(path: Path, tokenizer):
+    """Every consumer of a manifest, each as a call that opens it."""
+    from test_trainer_run import small_config
+
+    from elm_data.trainer.loop import train
+
+    return {
+        "stream": lambda: TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer),
+        "train": lambda: train(small_config(path, out_dir=str(path.parent / "run"), max_steps=1)),
+        "audit": lambda: audit_manifest(path),
+        "croissant": lambda: croissant_metadata(path),
+    }
+
+
+EDITS = {
+    "mixture weight": lambda p: edit_info(
+        p, lambda i: i["mixture"][0].update(weight=(i["mixture"][0]["weight"] or 0) + 1)
+    ),
+    "seed": lambda p: edit_info(p, lambda i: i.update(seed=i["seed"] + 1)),
+    "totals x10": lambda p: edit_info(p, lambda i: i["totals"].update(tokens=i["totals"]["tokens"] * 10)),
+    "token count": lambda p: edit_records(p, lambda rs: setattr(rs[0], "tokens", rs[0].tokens + 1)),
+    "swapped shard, root resealed": lambda p: edit_records(
+        p, lambda rs: setattr(rs[1], "sha256", "ab" * 32), reseal_root=True
+    ),
+    "block index": lambda p: edit_records(p, lambda rs: rs[0].blocks[0].update(kept_tokens=1), reseal_root=True),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_every_consumer_refuses_an_edited_manifest(edit, sample_manifest, tokenizer, tmp_path):
+    path = copy_of(sample_manifest, tmp_path)
+    EDITS[edit](path)
+    for use in users(path, tokenizer).values():
+        with pytest.raises(ElmDataError, match="refusing an altered manifest"):  # one line, a user error
+            use()
+
+
+def test_verify_reports_totals_and_reordered_ledger_rows(sample_manifest, tmp_path):
+    totals = copy_of(sample_manifest, tmp_path, "totals")
+    EDITS["totals x10"](totals)
+    report = verify_manifest(totals)
+    assert not report.ok and any("totals" in p for p in report.manifest_problems)
+
+    reordered = copy_of(sample_manifest, tmp_path, "reordered")
+    shard = next(r for r in Manifest(sample_manifest).shards if len(r.blocks) > 2)
+    path = ledger_path(reordered, shard.shard)
+    parquet = pq.ParquetFile(path)
+    groups = [parquet.read_row_group(g) for g in range(parquet.num_row_groups)]
+    groups[1], groups[2] = groups[2], groups[1]  # the same rows, another order: another token stream
+    with pq.ParquetWriter(path, parquet.schema_arrow) as writer:
+        for table in groups:
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+    report = verify_manifest(reordered)
+    assert not report.ok and any(f"shard {shard.shard} ledger" in p for p in report.manifest_problems)
+    with pytest.raises(ManifestTampered, match="reordered"):  # and a consumer reading that ledger refuses it
+        Manifest(reordered).documents(shard.shard)
+
+
+def test_a_faithful_copy_is_accepted_and_verify_passes(sample_manifest, tmp_path, tokenizer):
+    path = copy_of(sample_manifest, tmp_path)
+    assert Manifest(path).manifest_id == Manifest(sample_manifest).manifest_id
+    consumers = users(path, tokenizer)
+    assert consumers["stream"]().manifest_id == Manifest(sample_manifest).manifest_id
+    assert sum(row.tokens for row in consumers["audit"]().rows) == Manifest(sample_manifest).info["totals"]["tokens"]
+    assert consumers["croissant"]()["distribution"]
+    assert verify_manifest(path).ok
+
+
+def test_a_worker_refuses_a_manifest_rebuilt_under_a_running_stream(sample_manifest, tokenizer, tmp_path):
+    path = copy_of(sample_manifest, tmp_path)
+    stream = TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")
+    other = copy_of(sample_manifest, tmp_path, "other")
+    edit_info(other, lambda i: i.update(seed=i["seed"] + 1))
+    from elm_data.manifests.identity import seal
+
+    info = seal(json.loads((other / "manifest.json").read_text()), Manifest(other, verify=False).shards)
+    (other / "manifest.json").write_text(json.dumps(info))
+    shutil.rmtree(path)
+    shutil.copytree(other, path)  # rebuilt at the same path (a valid manifest with another id)
+    with pytest.raises(StreamIntegrityError, match="rebuilt while running"):
+        next(iter(StreamLoader(stream, num_workers=1, multiprocessing_context="fork")))
