@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.errors import ElmDataError
-
 from elm_data.outputs import publish_modes, replace_dir
 
 FORMAT_VERSION = 2

@@ -9,8 +9,8 @@ A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each start
 
 :class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
 storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
-two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` hands it to the readers
-through the ``elm-blocks://`` fsspec protocol, so every format reader reads verified bytes unchanged.
+two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` hands
+it to the readers through the ``elm-blocks://`` fsspec protocol, so every reader reads verified bytes unchanged.
 """
 
 from __future__ import annotations
