@@ -68,6 +68,48 @@ def _count(tokens_by_source: dict[str, int], base: dict[str, Any], n: int) -> No
     tokens_by_source[key] = tokens_by_source.get(key, 0) + n
 
 
+def packed_doc_spans(
+    doc: PlannedDoc, base: dict[str, Any], batch_start: int, lo: int, hi: int, window: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(row, span)`` for the stream units ``[lo, hi)`` of ``doc`` in the packed batch starting at ``batch_start``
+    (one span per row the range touches). Needs the plan only: used by :func:`layout_packed` and by
+    :func:`plan_spans` (the consumption receipt), so both make the same spans."""
+    out = []
+    pos = lo
+    while pos < hi:
+        row = (pos - batch_start) // window
+        row_start = batch_start + row * window
+        end = min(hi, row_start + window)
+        span = {**base, "doc_start": pos - doc.start, "doc_end": end - doc.start}
+        out.append((row, span | {"start": pos - row_start, "end": end - row_start}))
+        pos = end
+    return out
+
+
+def corenet_doc_rows(doc: PlannedDoc, plan: BatchPlan) -> list[tuple[int, int]]:
+    """``(piece, row)`` of each of ``doc``'s kept pieces that falls in the corenet batch ``plan``."""
+    return [(piece, doc.start + piece - plan.start) for piece in range(doc.segments)
+            if 0 <= doc.start + piece - plan.start < plan.sequences]  # fmt: skip
+
+
+def plan_spans(plan: BatchPlan, span_base: SpanBase, window: int, mode: str) -> list[list[dict[str, Any]]]:
+    """The spans of a batch from its plan alone (no corpus, no tokenizer): in packed mode exactly the stream's
+    ``batch["spans"]``; in corenet mode each piece's span without its token range (``doc_start``, ``doc_end`` and
+    ``end`` need the piece's length, which the manifest does not record): ``start`` = 0 and the identity fields."""
+    spans: list[list[dict[str, Any]]] = [[] for _ in range(plan.sequences)]
+    batch_end = plan.start + plan.sequences * window
+    for doc in plan.docs:
+        base = span_base(doc)
+        if mode == "packed":
+            lo, hi = max(doc.start, plan.start), min(doc.start + doc.units, batch_end)
+            for row, span in packed_doc_spans(doc, base, plan.start, lo, hi, window):
+                spans[row].append(span)
+        else:
+            for _piece, row in corenet_doc_rows(doc, plan):
+                spans[row].append({**base, "start": 0})
+    return spans
+
+
 def layout_packed(
     plan: BatchPlan,
     framed: Callable[[PlannedDoc], FramedDoc],
@@ -96,21 +138,8 @@ def layout_packed(
             inside = seg_starts[(seg_starts >= lo) & (seg_starts < hi)] - plan.start
             marks[inside] = 1
         base = span_base(doc)
-        pos = lo
-        while pos < hi:
-            row = (pos - plan.start) // window
-            row_start = plan.start + row * window
-            end = min(hi, row_start + window)
-            spans[row].append(
-                {
-                    **base,
-                    "doc_start": pos - doc.start,
-                    "doc_end": end - doc.start,
-                    "start": pos - row_start,
-                    "end": end - row_start,
-                }
-            )
-            pos = end
+        for row, span in packed_doc_spans(doc, base, plan.start, lo, hi, window):
+            spans[row].append(span)
         _count(by_source, base, hi - lo)
     rows = flat.reshape(n, window)
     filled = sum(by_source.values())
@@ -144,10 +173,7 @@ def layout_corenet(
         if fd.segments != doc.segments:
             raise RuntimeError(f"document {doc.doc_id}: {fd.segments} pieces, the plan expects {doc.segments}")
         base = span_base(doc)
-        for piece in range(doc.segments):
-            row = doc.start + piece - plan.start
-            if not 0 <= row < n:
-                continue
+        for piece, row in corenet_doc_rows(doc, plan):
             begin, end = int(fd.starts[piece]), int(fd.starts[piece + 1])
             kept = min(end - begin, window)
             rows[row, :kept] = fd.ids[begin : begin + kept]

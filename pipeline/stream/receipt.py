@@ -1,0 +1,103 @@
+"""The consumption receipt: a hash chain over the spans of every batch a run consumed, from the plan alone.
+
+A batch's digest is a sha256 over its global index and, row by row, the provenance fields of its spans
+(``source, subset, shard_sha256, doc_id, index, doc_start, doc_end, start, end``; in corenet mode the piece's
+token range needs piece lengths the manifest does not record, so a corenet row is bound by the identity fields
+and ``start`` only). The stream's ``batch["spans"]`` and :func:`plan_batch_digest` (the plan, no corpus, no
+tokenizer) give the same digest: both make their spans with ``sequences.plan_spans``' code.
+
+The chain: ``head_0 = sha256("elm-data receipt v1" | manifest_id | plan)``, then for each training step ``k``
+``head_k = sha256(head_{k-1} || step_digest_k)`` where ``step_digest_k`` is the sha256 of the concatenated digests
+of the step's batches (all ranks, all accumulation micro-batches) in global batch order. Invariant 8: from a
+run's log and its manifest anyone can recompute what the run ate, in order (``trainer/audit.py``'s
+``verify_run``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .partition import PartitionWalk
+from .plan import BatchPlan, Plan, PlannedDoc
+from .sequences import plan_spans
+
+RECEIPT_VERSION = "elm-data receipt v1"
+PACKED_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "doc_start", "doc_end", "start", "end")
+CORENET_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "start")
+
+
+def span_fields(mode: str) -> tuple[str, ...]:
+    return PACKED_FIELDS if mode == "packed" else CORENET_FIELDS
+
+
+def digest_spans(batch_index: int, spans: list[list[dict[str, Any]]], mode: str) -> bytes:
+    """The digest of one batch: its global index and the receipt fields of every span, row by row."""
+    fields = span_fields(mode)
+    rows = [[[span[f] for f in fields] for span in row] for row in spans]
+    payload = json.dumps([int(batch_index), rows], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).digest()
+
+
+def span_base_of(plan: Plan):
+    """``doc -> {source, subset, shard_sha256, doc_id, index}``: the identity fields of a planned document."""
+    sources, shards = plan.sources, plan.manifest.shards
+
+    def base(doc: PlannedDoc) -> dict[str, Any]:
+        src = sources[doc.src]
+        return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
+                "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
+
+    return base
+
+
+def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[dict[str, Any]]]:
+    """The spans of a planned batch (packed: exactly the stream's ``batch["spans"]``)."""
+    return plan_spans(batch, span_base_of(plan), plan.config.window, plan.config.mode)
+
+
+def plan_batch_digest(batch: BatchPlan, plan: Plan) -> bytes:
+    """A batch's digest from the plan alone (equal to :func:`stream_batch_digest` of the batch the stream made)."""
+    return digest_spans(batch.batch, batch_spans(batch, plan), plan.config.mode)
+
+
+def stream_batch_digest(batch: dict[str, Any], mode: str) -> bytes:
+    """A batch's digest from the stream's batch (needs ``provenance=True``)."""
+    return digest_spans(batch["batch_index"], batch["spans"], mode)
+
+
+def genesis(manifest_id: str, plan_config: dict[str, Any]) -> str:
+    """``head_0``: binds the chain to the manifest and the stream's plan parameters."""
+    text = json.dumps([RECEIPT_VERSION, manifest_id, plan_config], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def step_digest(batch_digests: Iterable[bytes]) -> bytes:
+    """One step's digest: its batches' digests (in global batch order) concatenated, hashed."""
+    h = hashlib.sha256()
+    for d in batch_digests:
+        h.update(d)
+    return h.digest()
+
+
+def chain(head: str, step: bytes) -> str:
+    """``head_k = sha256(head_{k-1} || step_digest_k)`` (hex)."""
+    return hashlib.sha256(bytes.fromhex(head) + step).hexdigest()
+
+
+def global_batches(plan: Plan) -> Iterator[BatchPlan]:
+    """Every global batch of the plan in global order, from the start, as the stream makes them
+    (a partition whose data ended gives empty batches until the last round of a finite stream)."""
+    P, rounds = plan.partitions, plan.rounds()
+    if not any(s.kept_docs for s in plan.sources):
+        return
+    walks = [PartitionWalk(plan, p) for p in range(P)]
+    iters = [w.batches(w.start()) for w in walks]
+    t = 0
+    while rounds is None or t < rounds:
+        for p in range(P):
+            bp, _ = next(iters[p], (None, None))
+            yield walks[p].empty(t) if bp is None else bp
+        t += 1
