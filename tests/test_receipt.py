@@ -4,11 +4,15 @@ recomputed by `audit-run --verify` from the manifest and plan (no corpus, no mod
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import islice
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
+from test_stream import rewrite_manifest
+from test_trainer_run import small_config
 
 from elm_data.pipeline.stream import StreamLoader, TokenStream
 from elm_data.pipeline.stream.receipt import (
@@ -17,6 +21,10 @@ from elm_data.pipeline.stream.receipt import (
     plan_batch_digest,
     stream_batch_digest,
 )
+from elm_data.trainer.audit import verify_run
+from elm_data.trainer.cli import audit_run as audit_run_command
+from elm_data.trainer.loop import train
+from elm_data.trainer.runlog import LOG_FILE, read_log
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +86,113 @@ def test_digest_changes_with_any_span_field(sample_manifest, tokenizer):
         edited[0][0][field] = value + 1 if isinstance(value, int) else value + "x"
         assert stream_batch_digest(batch | {"spans": edited}, "packed") != base, field
     assert stream_batch_digest(batch | {"batch_index": batch["batch_index"] + 1}, "packed") != base
+
+
+# ---- the chain in a training run, recomputed by audit-run --verify ---------------------------------------------
+STEPS = 6
+
+
+def receipt_config(manifest: Path, **overrides):
+    return small_config(manifest, max_steps=STEPS, tokens_per_step=2 * 2 * 32, log_every=2, **overrides)
+
+
+@pytest.fixture(scope="module")
+def receipt_run(sample_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("receipt") / "run"
+    return train(receipt_config(sample_manifest), out_dir=out, progress=False).run_dir
+
+
+def _edit(run_dir: Path, tmp_path: Path, change) -> Path:
+    """A copy of the run whose log records were passed through ``change(records) -> records``."""
+    copy = tmp_path / "edited"
+    shutil.copytree(run_dir, copy)
+    records = change(read_log(copy))
+    (copy / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return copy
+
+
+def _at(records, step, events=("step", "receipt")):
+    return next(i for i, r in enumerate(records) if r.get("event") in events and r.get("step") == step)
+
+
+def test_every_step_logs_its_chain_head_and_the_end_record_the_receipt(receipt_run, sample_manifest):
+    records = read_log(receipt_run)
+    heads = [r for r in records if r.get("event") in ("step", "receipt")]
+    assert [r["step"] for r in heads] == list(range(1, STEPS + 1))  # log_every=2: receipt records in between
+    assert [r["event"] for r in heads] == ["receipt", "step"] * 3
+    assert len({r["receipt"] for r in heads}) == STEPS
+    end = records[-1]
+    assert end["event"] == "end" and end["receipt"] == heads[-1]["receipt"] and end["steps"] == STEPS
+    assert end["plan"] == records[0]["stream_state"]["plan"] and end["batches_per_step"] == 2
+    checkpoint = json.loads((receipt_run / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert checkpoint["receipt"] == end["receipt"]
+
+
+def test_verify_recomputes_the_chain_of_a_clean_run(receipt_run):
+    outcome = verify_run(receipt_run)
+    assert outcome.ok, outcome.format()
+    assert outcome.checked["steps"] == STEPS and outcome.checked["checkpoints"] >= 1
+    assert outcome.head == read_log(receipt_run)[-1]["receipt"]
+    result = CliRunner().invoke(audit_run_command, [str(receipt_run), "--verify"])
+    assert result.exit_code == 0 and "receipt verified" in result.output, result.output
+
+
+def test_a_run_resumed_with_other_workers_continues_the_chain(receipt_run, sample_manifest, tmp_path):
+    config = receipt_config(sample_manifest)
+    first = train(config, out_dir=tmp_path / "resumed", stop_after=3, progress=False)
+    second = train(config.replace(num_workers=2), resume=first.run_dir, progress=False)
+    assert second.final_step == STEPS
+    outcome = verify_run(first.run_dir)
+    assert outcome.ok, outcome.format()
+    assert outcome.head == read_log(receipt_run)[-1]["receipt"]  # the same tokens in the same order
+    assert len([r for r in read_log(first.run_dir) if r.get("event") == "end"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name, step, change",
+    [
+        ("edited head", 3, lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 3) else r for i, r in enumerate(rs)]),
+        (
+            "edited tokens",
+            4,
+            lambda rs: [
+                r | {"step_tokens_by_source": {k: v + 1 for k, v in r["step_tokens_by_source"].items()}}
+                if i == _at(rs, 4)
+                else r
+                for i, r in enumerate(rs)
+            ],
+        ),
+        ("skipped step", 3, lambda rs: [r for i, r in enumerate(rs) if i != _at(rs, 3)]),
+        ("duplicated step", 4, lambda rs: rs[: _at(rs, 4) + 1] + rs[_at(rs, 4) :]),
+    ],
+)
+def test_verify_names_the_first_edited_step(receipt_run, tmp_path, name, step, change):
+    edited = _edit(receipt_run, tmp_path, change)
+    outcome = verify_run(edited)
+    assert not outcome.ok and outcome.first_bad_step == step, (name, outcome.format())
+    result = CliRunner().invoke(audit_run_command, [str(edited), "--verify"])
+    assert result.exit_code == 1 and f"FAILS at step {step}" in result.output, result.output
+
+
+def test_a_resume_that_restarted_the_stream_is_caught(sample_manifest, tmp_path, monkeypatch):
+    from elm_data.pipeline.stream.loader import StreamLoader as Loader
+
+    config = receipt_config(sample_manifest)
+    first = train(config, out_dir=tmp_path / "restarted", stop_after=3, progress=False)
+    monkeypatch.setattr(Loader, "load_state_dict", lambda self, state: None)  # the silent-restart bug
+    train(config, resume=first.run_dir, progress=False)
+    outcome = verify_run(first.run_dir)
+    assert not outcome.ok and outcome.first_bad_step == 4, outcome.format()
+
+
+def test_another_manifest_is_caught_at_step_one(receipt_run, sample_manifest, tmp_path):
+    other = rewrite_manifest(sample_manifest, tmp_path / "other", info=lambda i: i | {"seed": i.get("seed", 0) + 1})
+    outcome = verify_run(receipt_run, manifest_dir=other)
+    assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()
+    result = CliRunner().invoke(audit_run_command, [str(receipt_run), "--verify", "--manifest", str(other)])
+    assert result.exit_code == 1 and "FAILS at step 1" in result.output
+    # another plan (here: its seed) recorded in the log: also step 1
+    edited = _edit(receipt_run, tmp_path, lambda rs: [rs[0] | {"stream_state": rs[0]["stream_state"] | {
+        "plan": rs[0]["stream_state"]["plan"] | {"seed": 99}}}] + rs[1:])  # fmt: skip
+    outcome = verify_run(edited)
+    assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()

@@ -200,3 +200,176 @@ def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Ma
             else f"{r.key}: 0 tokens although weight {share:.1%} predicts ~{expected:,.0f}: check the run's weights"
         )
     return notes
+
+
+# ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone ----------------
+@dataclass
+class Verification:
+    """The outcome of :func:`verify_run`: ``ok``, else the first step whose record or chain head differs."""
+
+    run_dir: str
+    manifest_id: str
+    steps: int  # steps the log records (effective, after resumes)
+    head: str | None  # the recomputed chain head at the last step
+    ok: bool = True
+    first_bad_step: int | None = None
+    reason: str | None = None
+    checked: dict[str, int] = field(default_factory=dict)  # what was compared: steps, ends, checkpoints, deep
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, step: int, reason: str) -> None:
+        if self.ok or step < (self.first_bad_step or step + 1):
+            self.ok, self.first_bad_step, self.reason = False, step, reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"run {self.run_dir}  manifest {self.manifest_id[:16]}…  {self.steps} steps"]
+        lines.append(", ".join(f"{k}: {v}" for k, v in self.checked.items()) + " checked")
+        if self.ok:
+            lines.append(f"receipt verified: chain head {self.head}")
+        else:
+            lines.append(f"receipt FAILS at step {self.first_bad_step}: {self.reason}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class LoggedChain:
+    """The chain heads a log records, per step, as the run finally went (a resume supersedes later records)."""
+
+    heads: dict[int, str] = field(default_factory=dict)
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # the step's record (step or receipt)
+    batches_per_step: dict[int, int] = field(default_factory=dict)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    ends: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
+    """Read every step's chain head from the log (``step`` and ``receipt`` records), checking that steps follow
+    one another: a step missing or repeated (without a resume that explains it) is a problem at that step."""
+    out = LoggedChain()
+    last, per_step = 0, None
+    for number, r in enumerate(records, 1):
+        event = r.get("event")
+        if event in ("header", "resume"):
+            per_step = int(r.get("grad_accum_steps") or 1) * int(r.get("world_size") or 1)
+        if event == "resume":
+            k = int(r["from_step"])
+            if k > last:
+                out.problems.append((last + 1, f"log record {number}: resume from step {k}, but step {last} was last"))
+            for table in (out.heads, out.records, out.batches_per_step):
+                for s in [s for s in table if s > k]:
+                    del table[s]
+            out.ends = [e for e in out.ends if int(e.get("step", 0)) <= k]
+            out.resumes.append(r)
+            last = k
+        elif event in ("step", "receipt") and "receipt" in r:
+            s = int(r["step"])
+            if s != last + 1:
+                what = f"step {s} logged after step {last}"
+                out.problems.append((min(s, last + 1), f"log record {number}: {what} (a step skipped or repeated)"))
+            out.heads[s], out.records[s], out.batches_per_step[s] = r["receipt"], r, per_step or 1
+            last = max(last, s)
+        elif event == "end":
+            out.ends.append(r)
+    return out
+
+
+def expected_heads(plan, manifest_id: str, batches_per_step: list[int]):
+    """``(step, head, tokens by source this step or None)`` recomputed from the plan: step ``k`` consumes the next
+    ``batches_per_step[k - 1]`` global batches. Token counts need the framed lengths: packed mode only."""
+    from elm_data.pipeline.stream.receipt import batch_spans, chain, digest_spans, genesis, global_batches, step_digest
+
+    mode = plan.config.mode
+    head = genesis(manifest_id, plan.config.to_dict())
+    planned = global_batches(plan)
+    for k, n in enumerate(batches_per_step, 1):
+        digests, counts = [], defaultdict(int)
+        for _ in range(n):
+            bp = next(planned, None)
+            if bp is None:
+                return  # the stream ended: a run cannot have logged this step
+            spans = batch_spans(bp, plan)
+            digests.append(digest_spans(bp.batch, spans, mode))
+            for row in spans:
+                for span in row:
+                    counts[f"{span['source']}/{span['subset']}"] += span.get("end", 0) - span["start"]
+        head = chain(head, step_digest(digests))
+        yield k, head, (dict(sorted(counts.items())) if mode == "packed" else None)
+
+
+def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Verification:
+    """Recompute a run's consumption receipt from its manifest and plan alone (no corpus, no model) and compare it
+    with every step's logged chain head, the per-step and cumulative tokens per source (packed mode), the ``end``
+    records and the checkpoints' heads. The first step that differs is reported."""
+    import json as _json
+
+    from elm_data.pipeline.stream.plan import Plan, PlanConfig
+
+    from .checkpoint import TRAINER_STATE, list_checkpoints
+
+    run_dir = Path(run_dir)
+    records = read_log(run_dir)
+    header = next((r for r in records if r.get("event") == "header"), None)
+    if header is None:
+        raise AuditError(f"{run_dir}/log.jsonl has no header record")
+    manifest = Manifest(manifest_dir or header["manifest_dir"])  # refuses a manifest whose files were edited
+    plan_config = dict((header.get("stream_state") or {}).get("plan") or {})
+    if not plan_config:
+        raise AuditError(f"{run_dir}/log.jsonl: the header records no stream plan")
+    logged = logged_chain(records)
+    steps = max(logged.heads, default=0)
+    result = Verification(str(run_dir), manifest.manifest_id, steps, None)
+    if not logged.heads:
+        raise AuditError(f"{run_dir}/log.jsonl records no consumption receipt (a run from before receipts?)")
+    if header.get("manifest_id") != manifest.manifest_id:
+        result.notes.append(f"the run names manifest {header.get('manifest_id')}, this one is {manifest.manifest_id}")
+    for step, reason in logged.problems:
+        result.fail(step, reason)
+    plan = Plan(manifest, PlanConfig(**plan_config))
+    per_step = [logged.batches_per_step.get(k, 1) for k in range(1, steps + 1)]
+    ledger: dict[str, int] = defaultdict(int)
+    heads: dict[int, str] = {}
+    for k, head, counts in expected_heads(plan, manifest.manifest_id, per_step):
+        heads[k] = head
+        record = logged.records.get(k)
+        if record is None:
+            result.fail(k, f"no chain head logged for step {k}")
+            continue
+        if logged.heads[k] != head:
+            result.fail(k, f"the logged chain head {logged.heads[k]} is not the recomputed {head}")
+        if counts is not None:
+            for key, n in counts.items():
+                ledger[key] += n
+            if "step_tokens_by_source" in record and record["step_tokens_by_source"] != counts:
+                result.fail(k, f"step_tokens_by_source {record['step_tokens_by_source']} != the plan's {counts}")
+            cumulative = {key: n for key, n in sorted(ledger.items()) if n}
+            if "tokens_by_source" in record and record["tokens_by_source"] != cumulative:
+                result.fail(k, f"tokens_by_source {record['tokens_by_source']} != the plan's {cumulative}")
+    if len(heads) < steps:
+        result.fail(len(heads) + 1, f"the log records {steps} steps, the plan's stream ends after {len(heads)}")
+    result.head = heads.get(steps)
+    for end in logged.ends:
+        k = int(end.get("step", 0))
+        if "receipt" not in end:
+            continue
+        expected = {"receipt": heads.get(k), "manifest_id": manifest.manifest_id,
+                    "merkle_root": manifest.info.get("merkle_root"), "plan": plan_config, "steps": k}  # fmt: skip
+        wrong = [f for f, v in expected.items() if end.get(f) != v]
+        if wrong:
+            result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")
+    checkpoints = 0
+    for path in list_checkpoints(run_dir):
+        state = _json.loads((path / TRAINER_STATE).read_text())
+        k = int(state.get("step", 0))
+        if k in heads and state.get("receipt") is not None:
+            checkpoints += 1
+            if state["receipt"] != heads[k]:
+                result.fail(k, f"checkpoint {path.name} carries chain head {state['receipt']}, not {heads[k]}")
+    result.checked = {"steps": len(heads), "end records": len(logged.ends), "checkpoints": checkpoints}
+    if plan.config.mode != "packed":
+        result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
+    return result

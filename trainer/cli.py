@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from .audit import AuditError
+from .audit import AuditError, verify_run
 from .audit import audit_run as run_audit
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
@@ -86,8 +87,29 @@ def train(
     default=None,
     help="The manifest directory, if it moved since training.",
 )
-def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None) -> None:
-    """Tokens a run consumed per source/subset vs its manifest's kept tokens and the OpenELM target shares."""
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Recompute the run's consumption receipt (hash chain of every step's spans) from the manifest and plan "
+    "alone; non-zero exit naming the first step that differs.",
+)
+def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None, verify: bool) -> None:
+    """Tokens a run consumed per source/subset vs its manifest's kept tokens and the OpenELM target shares.
+
+    With --verify: recompute the consumption receipt from the manifest and the stream's plan (no corpus, no
+    model) and check every step's logged chain head, tokens per source, end records and checkpoints.
+    """
+    if verify:
+        from elm_data.pipeline.stream import PlanError
+
+        try:
+            outcome = verify_run(run_dir, manifest_dir=manifest_dir)
+        except (AuditError, PlanError, FileNotFoundError, ValueError) as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(json.dumps(outcome.to_dict(), indent=2) if fmt == "json" else outcome.format())
+        if not outcome.ok:
+            raise SystemExit(1)
+        return
     try:
         report = run_audit(run_dir, manifest_dir=manifest_dir)
     except (AuditError, FileNotFoundError, ValueError) as error:

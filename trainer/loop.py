@@ -23,6 +23,7 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.pipeline.stream import StreamLoader, TokenStream, merge_states
+from elm_data.pipeline.stream.receipt import chain, genesis, step_digest, stream_batch_digest
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
@@ -224,6 +225,8 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
     loader = build_loader(config, manifest_dir, tokenizer, info)
 
     step, tokens_total = 0, 0
+    plan_config = loader.stream.config.to_dict()
+    receipt: str | None = genesis(manifest.manifest_id, plan_config)  # the consumption receipt's chain head
     state = None
     if checkpoint_dir is not None:  # full weights into every rank's model before DDP/FSDP takes it over
         state = load_checkpoint(checkpoint_dir, model, map_location=device)
@@ -239,6 +242,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         # that divide the stream's partitions
         loader.load_state_dict(state["stream"])
         step, tokens_total = int(saved["step"]), int(saved["tokens"])
+        receipt = saved.get("receipt")  # None: a checkpoint from before receipts (the chain is not continued)
 
     amp_dtype = autocast_dtype(device, config.precision)
     wrapped = D.wrap_model(model, config.distributed, info, device)
@@ -273,11 +277,11 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         "peak_flops": peak,
     }
     if checkpoint_dir is None:
-        log.write("header", **common, stream_state=loader.state_dict())
+        log.write("header", **common, stream_state=loader.state_dict(), receipt=receipt)
     else:
         if not (run_dir / LOG_FILE).exists() or (run_dir / LOG_FILE).stat().st_size == 0:
             log.write("header", **common, stream_state=state["stream"], resumed_from=str(checkpoint_dir))
-        log.write("resume", from_step=step, checkpoint=str(checkpoint_dir), **common)
+        log.write("resume", from_step=step, checkpoint=str(checkpoint_dir), receipt=receipt, **common)
 
     result = RunResult(
         run_dir=run_dir, final_step=step, first_loss=None, last_loss=None, checkpoint=checkpoint_dir, rank=info.rank
@@ -302,6 +306,7 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
             "manifest_id": manifest.manifest_id,
             "fingerprint": config.fingerprint(),
             "config": config.to_dict(),
+            "receipt": receipt,
         }
         model_to_save, optim_state = _full_states(wrapped, model, optimizer, info)
         path = None
@@ -342,6 +347,8 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
             step += 1
+            if receipt is not None:
+                receipt = chain(receipt, _step_digest(batches, loader.stream.config.mode, info))
             step_positions = stats.positions  # a finite stream's last batch may be short
             tokens_total += step_positions
             if not math.isfinite(stats.loss):
@@ -367,7 +374,10 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
                     step_time_s=elapsed,
                     step_tokens_by_source=_global_sum(stats.tokens_by_source, info),
                     tokens_by_source=_global_ledger(loader, info),
+                    receipt=receipt,
                 )
+            elif receipt is not None:  # every step's chain head is logged, even between logged steps
+                log.write("receipt", step=step, receipt=receipt)
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < target:
@@ -385,6 +395,12 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         tokens_total=tokens_total,
         stopped_early=result.stopped_early,
         checkpoint=str(result.checkpoint) if result.checkpoint else None,
+        receipt=receipt,
+        manifest_id=manifest.manifest_id,
+        merkle_root=manifest.info.get("merkle_root"),
+        plan=plan_config,
+        batches_per_step=accum * info.world_size,
+        steps=step,
     )
     log.close()
 
@@ -396,6 +412,13 @@ def _run(config, resume, device, info, stop_after, progress) -> RunResult:
         if logged:
             result.first_loss, result.last_loss = logged[0]["loss"], logged[-1]["loss"]
     return result
+
+
+def _step_digest(batches: list[dict[str, Any]], mode: str, info: D.DistInfo) -> bytes:
+    """The step's digest for the consumption receipt: every rank's batch digests, in global batch order."""
+    mine = [(int(b["batch_index"]), stream_batch_digest(b, mode)) for b in batches]
+    every = sorted(d for part in D.gather_objects(mine, info) for d in part)
+    return step_digest(d for _, d in every)
 
 
 def _global_sum(counts: dict[str, int], info: D.DistInfo) -> dict[str, int]:
