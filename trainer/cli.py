@@ -117,6 +117,44 @@ def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None, verify: bool) 
     click.echo(report.to_json() if fmt == "json" else report.format_table())
 
 
+@click.command("trace")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--doc", "doc_ref", default=None, metavar="SOURCE/SUBSET:DOC_ID", help="The document to trace.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--manifest",
+    "manifest_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The manifest directory, if it moved since training.",
+)
+def trace(run_dir: Path, doc_ref: str | None, fmt: str, manifest_dir: Path | None) -> None:
+    """The steps (rank, micro-batch, row, token span) at which a run consumed a document's tokens.
+
+    Computed from the run's log and the stream's plan alone: no corpus, no tokenizer, no model.
+    """
+    from elm_data.pipeline.stream import PlanError
+
+    from .trace import trace_doc
+
+    if not doc_ref:
+        raise click.UsageError("give --doc SOURCE/SUBSET:DOC_ID")
+    try:
+        hits = trace_doc(run_dir, doc_ref, manifest_dir=manifest_dir)
+    except (AuditError, PlanError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    if fmt == "json":
+        click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    steps = sorted({h.step for h in hits})
+    click.echo(f"{doc_ref}: {len(hits)} row(s) in {len(steps)} step(s)")
+    click.echo(f"{'step':>8}{'batch':>8}{'rank':>6}{'micro':>7}{'row':>6}{'row span':>14}{'doc span':>16}")
+    for h in hits:
+        doc_span = "-" if h.doc_start is None else f"{h.doc_start}:{h.doc_end}"
+        row_span = f"{h.start}:{'' if h.end is None else h.end}"
+        click.echo(f"{h.step:>8}{h.batch_index:>8}{h.rank:>6}{h.micro_batch:>7}{h.row:>6}{row_span:>14}{doc_span:>16}")
+
+
 @click.command("train")
 @click.argument("matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
