@@ -236,6 +236,7 @@ def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(sa
 
 def test_no_tokenizer_is_a_clear_error(sample_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("ELM_DATA_TOKENIZER", raising=False)
+    monkeypatch.setenv("ELM_DATA_CACHE", str(tmp_path / "empty-cache"))  # nothing cached by earlier tests either
     result = CliRunner().invoke(build_command, [str(sample_dir / "mixture.yaml"), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0
     assert "No LLaMA tokenizer given" in result.output and "--tokenizer" in result.output
