@@ -19,9 +19,10 @@ from elm_data.pipeline.stream.receipt import (
     batch_spans,
     global_batches,
     plan_batch_digest,
+    state_at,
     stream_batch_digest,
 )
-from elm_data.trainer.audit import verify_run
+from elm_data.trainer.audit import verify_deep, verify_run
 from elm_data.trainer.cli import audit_run as audit_run_command
 from elm_data.trainer.loop import train
 from elm_data.trainer.runlog import LOG_FILE, read_log
@@ -196,3 +197,30 @@ def test_another_manifest_is_caught_at_step_one(receipt_run, sample_manifest, tm
         "plan": rs[0]["stream_state"]["plan"] | {"seed": 99}}}] + rs[1:])  # fmt: skip
     outcome = verify_run(edited)
     assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()
+
+
+def test_deep_verify_rereads_and_retokenizes_sampled_steps(receipt_run, sample_manifest, tmp_path, monkeypatch):
+    outcome = verify_deep(receipt_run, verify_run(receipt_run), steps=3)
+    assert outcome.ok and outcome.checked["deep steps"] == 3, outcome.format()
+    result = CliRunner().invoke(audit_run_command, [str(receipt_run), "--verify", "--deep", "--deep-steps", "0"])
+    assert result.exit_code == 0 and "deep steps: 6" in result.output, result.output
+    # a log whose step 5 head was recomputed by a forger over other batches: the plan check and the corpus both
+    # refuse it; the corpus check alone (given a plan check that passed) names the step too
+    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 5) else r
+                                                      for i, r in enumerate(rs)])  # fmt: skip
+    outcome = verify_deep(edited, verify_run(receipt_run), steps=None)
+    assert not outcome.ok and outcome.first_bad_step == 5, outcome.format()
+
+
+def test_state_at_resumes_the_stream_at_any_global_batch(sample_manifest, tokenizer):
+    stream = TokenStream(
+        sample_manifest, batch_size=8, seq_len=128, tokenizer=tokenizer, weights="natural", partitions=4
+    )
+    straight = [stream_batch_digest(b, "packed") for b in StreamLoader(stream)]
+    n = len(straight)
+    assert n > 8
+    plan = stream.plan()
+    for g in (0, 3, n // 2, n - 5, n - 1):  # the last rounds hold partitions whose data has ended
+        loader = StreamLoader(stream)
+        loader.load_state_dict(state_at(plan, stream.manifest_id, g))
+        assert [stream_batch_digest(b, "packed") for b in loader] == straight[g:], g

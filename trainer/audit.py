@@ -373,3 +373,54 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
     if plan.config.mode != "packed":
         result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
     return result
+
+
+def verify_deep(
+    run_dir: str | Path,
+    outcome: Verification,
+    steps: int | None = 4,
+    manifest_dir: str | Path | None = None,
+    tokenizer: str | None = None,
+) -> Verification:
+    """``--deep``: re-read the shards (every block's sha256 checked as read) and re-tokenize the batches of a sample
+    of steps (``steps`` spread over the run, the first and last included; None: all), resuming the stream at each
+    from the plan, and check that the spans the corpus yields chain the logged head of the step before into the
+    logged head of the step. A failing step is recorded in ``outcome`` (first failure wins)."""
+    from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream
+    from elm_data.pipeline.stream.receipt import chain, genesis, state_at, step_digest, stream_batch_digest
+
+    from .trace import RunPlan
+
+    run = RunPlan(run_dir, manifest_dir)
+    n = run.steps
+    chosen = list(range(1, n + 1)) if not steps or steps >= n else sorted(
+        {1, n, *(1 + round(i * (n - 1) / (steps - 1)) for i in range(steps))} if steps > 1 else {n})  # fmt: skip
+    c = run.plan.config
+    stream = TokenStream(run.manifest.path, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
+                         weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
+                         partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
+    first_batch = {}
+    g = 0
+    for k in range(1, n + 1):
+        first_batch[k] = g
+        g += run.logged.batches_per_step.get(k, 1)
+    checked = 0
+    for k in chosen:
+        loader = StreamLoader(stream)
+        loader.load_state_dict(state_at(run.plan, run.manifest.manifest_id, first_batch[k]))
+        batches = iter(loader)
+        per_step = run.logged.batches_per_step.get(k, 1)
+        try:
+            digests = [stream_batch_digest(next(batches), c.mode) for _ in range(per_step)]
+        except (StreamIntegrityError, StopIteration) as error:
+            outcome.fail(k, f"--deep: the corpus cannot give the batches of step {k}: {error or 'the stream ended'}")
+            checked += 1
+            continue
+        finally:
+            batches.close()
+        before = genesis(run.manifest.manifest_id, c.to_dict()) if k == 1 else run.logged.heads.get(k - 1)
+        if before is None or chain(before, step_digest(digests)) != run.logged.heads.get(k):
+            outcome.fail(k, f"--deep: the corpus's batches of step {k} do not chain to its logged head")
+        checked += 1
+    outcome.checked["deep steps"] = checked
+    return outcome

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .audit import AuditError, verify_run
+from .audit import AuditError, verify_deep, verify_run
 from .audit import audit_run as run_audit
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
@@ -93,17 +93,42 @@ def train(
     help="Recompute the run's consumption receipt (hash chain of every step's spans) from the manifest and plan "
     "alone; non-zero exit naming the first step that differs.",
 )
-def audit_run(run_dir: Path, fmt: str, manifest_dir: Path | None, verify: bool) -> None:
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="With --verify: also re-read the shards and re-tokenize the batches of a sample of steps.",
+)
+@click.option(
+    "--deep-steps",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Steps --deep re-reads, spread over the run (first and last included); 0: all.",
+)
+@click.option("--tokenizer", default=None, help="Tokenizer for --deep (else $ELM_DATA_TOKENIZER, the manifest's).")
+def audit_run(
+    run_dir: Path,
+    fmt: str,
+    manifest_dir: Path | None,
+    verify: bool,
+    deep: bool,
+    deep_steps: int,
+    tokenizer: str | None,
+) -> None:
     """Tokens a run consumed per source/subset vs its manifest's kept tokens and the OpenELM target shares.
 
     With --verify: recompute the consumption receipt from the manifest and the stream's plan (no corpus, no
     model) and check every step's logged chain head, tokens per source, end records and checkpoints.
     """
+    if deep and not verify:
+        raise click.UsageError("--deep goes with --verify")
     if verify:
         from elm_data.pipeline.stream import PlanError
 
         try:
             outcome = verify_run(run_dir, manifest_dir=manifest_dir)
+            if deep and outcome.ok:
+                verify_deep(run_dir, outcome, steps=deep_steps or None, manifest_dir=manifest_dir, tokenizer=tokenizer)
         except (AuditError, PlanError, FileNotFoundError, ValueError) as error:
             raise click.ClickException(str(error)) from error
         click.echo(json.dumps(outcome.to_dict(), indent=2) if fmt == "json" else outcome.format())

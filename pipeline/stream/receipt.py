@@ -101,3 +101,24 @@ def global_batches(plan: Plan) -> Iterator[BatchPlan]:
             bp, _ = next(iters[p], (None, None))
             yield walks[p].empty(t) if bp is None else bp
         t += 1
+
+
+def state_at(plan: Plan, manifest_id: str, global_batch: int) -> dict[str, Any]:
+    """A merged stream state (``StreamLoader.load_state_dict``) standing at ``global_batch``, from the plan alone:
+    each partition's cursor before its first batch at or after ``global_batch``."""
+    from .dataset import STATE_VERSION, first_batch_of
+
+    cursors = {}
+    for p in range(plan.partitions):
+        first = first_batch_of(p, global_batch, plan.partitions)
+        walk = PartitionWalk(plan, p)
+        cursor = walk.start()
+        if first:
+            cursor = {"batch": first, "done": True}
+            for bp, after in walk.batches(walk.start()):
+                if bp.batch // plan.partitions == first - 1:
+                    cursor = after if after["batch"] == first else cursor
+                    break
+        cursors[str(p)] = cursor
+    return {"version": STATE_VERSION, "manifest_id": manifest_id, "plan": plan.config.to_dict(),
+            "global_batches": global_batch, "cursors": cursors, "ledger": {}}  # fmt: skip
