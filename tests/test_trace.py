@@ -66,3 +66,36 @@ def test_trace_doc_of_an_unconsumed_or_unknown_document(sample_manifest, tmp_pat
         trace_doc(run, "nowhere/none:doc")
     result = CliRunner().invoke(trace_command, [str(run), "--doc", "bad-ref"])
     assert result.exit_code == 1 and "SOURCE/SUBSET:DOC_ID" in result.output
+
+
+def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(sample_manifest, tokenizer, tmp_path):
+    import numpy as np
+
+    pytest.importorskip("pydivsufsort")  # the suffix-array library (pip install pydivsufsort)
+    from elm_data.trainer.trace import open_text_index, trace_text
+
+    config = small_config(sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, weights="natural", epochs=1)
+    run = train(config, out_dir=tmp_path / "run", progress=False).run_dir
+    index = open_text_index(run, tokenizer=tokenizer)
+    assert (run / "trace_index" / "sa.npy").is_file() and index.bytes_per_token == 6.0
+    assert np.array_equal(np.sort(index.sa), np.arange(len(index.tokens)))  # a permutation: a suffix array
+    # the document the run consumed most of, and a stretch of its middle decoded back to text
+    doc = max(index.docs, key=lambda d: d["length"])
+    ids = index.tokens[doc["offset"] : doc["offset"] + doc["length"]].astype(int).tolist()
+    at = doc["length"] // 3
+    planted = tokenizer.decode(ids[at : at + 24])
+    query = tokenizer.encode(f"Completely unrelated words first, then: {planted}")
+    spans = trace_text(index, query, min_tokens=8, top=3)
+    assert spans and spans[0]["length"] >= 20, spans
+    best = spans[0]["occurrences"]
+    hit = next(o for o in best if o["ref"] == doc["ref"] and o["index"] == doc["index"])
+    assert abs(hit["doc_offset"] - at) <= 2
+    # the steps are those whose rows held that stretch, as trace --doc says
+    rows = [h for h in trace_doc(run, doc["ref"]) if h.doc_start < hit["doc_offset"] + spans[0]["length"]
+            and h.doc_end > hit["doc_offset"]]  # fmt: skip
+    assert hit["steps"] == sorted({h.step for h in rows}) and hit["steps"]
+    # unrelated text: nothing long
+    assert trace_text(index, tokenizer.encode("zqxj vvkw pqqq"), min_tokens=8) == []
+    result = CliRunner().invoke(trace_command, [str(run), "--text", planted, "--min-tokens", "8", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert any(o["ref"] == doc["ref"] for o in json.loads(result.output)[0]["occurrences"])

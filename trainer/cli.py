@@ -153,17 +153,59 @@ def audit_run(
     default=None,
     help="The manifest directory, if it moved since training.",
 )
-def trace(run_dir: Path, doc_ref: str | None, fmt: str, manifest_dir: Path | None) -> None:
-    """The steps (rank, micro-batch, row, token span) at which a run consumed a document's tokens.
+@click.option("--text", default=None, help="Find the consumed documents holding the longest spans of this text.")
+@click.option("--min-tokens", type=click.IntRange(min=1), default=4, show_default=True, help="--text: shortest span.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="--text: spans to report.")
+@click.option("--rebuild-index", is_flag=True, help="--text: rebuild RUN_DIR/trace_index/ even if present.")
+@click.option("--tokenizer", default=None, help="--text: tokenizer (else $ELM_DATA_TOKENIZER, the manifest's).")
+def trace(
+    run_dir: Path,
+    doc_ref: str | None,
+    fmt: str,
+    manifest_dir: Path | None,
+    text: str | None,
+    min_tokens: int,
+    top: int,
+    rebuild_index: bool,
+    tokenizer: str | None,
+) -> None:
+    """The steps (rank, micro-batch, row, token span) at which a run consumed a document's tokens (--doc), or the
+    consumed documents and steps holding the longest spans of a text (--text).
 
-    Computed from the run's log and the stream's plan alone: no corpus, no tokenizer, no model.
+    --doc is computed from the run's log and the stream's plan alone: no corpus, no tokenizer, no model. --text
+    builds RUN_DIR/trace_index/ on first use (a suffix array over the framed tokens of every document the run
+    consumed, each once; the stream is replayed over the run's batches) and tokenizes the text.
     """
-    from elm_data.pipeline.stream import PlanError
+    from elm_data.pipeline.stream import PlanError, StreamIntegrityError, TokenizerMismatch
 
     from .trace import trace_doc
 
-    if not doc_ref:
-        raise click.UsageError("give --doc SOURCE/SUBSET:DOC_ID")
+    if bool(doc_ref) == bool(text):
+        raise click.UsageError("give either --doc SOURCE/SUBSET:DOC_ID or --text TEXT")
+    if text:
+        from elm_data.pipeline.tokenizer import resolve_tokenizer
+
+        from .trace import RunPlan, open_text_index, trace_text
+
+        try:
+            run = RunPlan(run_dir, manifest_dir)
+            tok = resolve_tokenizer(tokenizer, None, run.manifest.info)
+            index = open_text_index(run_dir, manifest_dir, tok, rebuild=rebuild_index)
+            query = tok.encode(text)
+            spans = trace_text(index, query, min_tokens=min_tokens, top=top)
+        except (AuditError, PlanError, StreamIntegrityError, TokenizerMismatch, FileNotFoundError, ValueError) as e:
+            raise click.ClickException(str(e)) from e
+        if fmt == "json":
+            click.echo(json.dumps(spans, indent=2))
+            return
+        click.echo(f"{len(query)} query tokens; {len(spans)} span(s) of >= {min_tokens} tokens found")
+        for span in spans:
+            i, j = span["query_tokens"]
+            click.echo(f"\n{span['length']} tokens, {span['count']} occurrence(s): {tok.decode(query[i:j])!r}")
+            for o in span["occurrences"]:
+                click.echo(f"  {o['ref']}  shard {o['shard_sha256'][:12]}… record {o['index']}  "
+                           f"offset {o['doc_offset']}  steps {o['steps']}")  # fmt: skip
+        return
     try:
         hits = trace_doc(run_dir, doc_ref, manifest_dir=manifest_dir)
     except (AuditError, PlanError, FileNotFoundError, ValueError) as error:

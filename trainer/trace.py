@@ -10,6 +10,7 @@ rows carry no token range, see ``pipeline/stream/receipt.py``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,172 @@ def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = N
                     hits.append(DocHit(step, bp.batch, rank, micro, row, s["shard_sha256"], s["index"],
                                        s["start"], s.get("end"), s.get("doc_start"), s.get("doc_end")))  # fmt: skip
     return hits
+
+
+# ---- `trace --text`: the consumed documents holding the longest spans of a text (a suffix array) ------------
+INDEX_DIR = "trace_index"
+SEPARATOR = 0xFFFF  # never a token id (vocab 32 000): matches stop at document ends and unconsumed positions
+
+
+@dataclass
+class TextIndex:
+    """A suffix array (``pydivsufsort``) over the framed tokens of every document the run consumed, each document
+    once (the positions it consumed; the rest and its end are ``SEPARATOR``), with where each document sits and the
+    rows that consumed it."""
+
+    tokens: Any  # np.uint16 [n]
+    sa: Any  # np.int32/np.int64 [n]: suffix array of tokens
+    docs: list[dict[str, Any]]  # ref, shard_sha256, index, offset (into tokens), length, rows: [[step, row, lo, hi]]
+    build_s: float = 0.0
+
+    @property
+    def bytes_per_token(self) -> float:
+        return (self.tokens.nbytes + self.sa.nbytes) / max(1, len(self.tokens))
+
+    def save(self, path: Path) -> None:
+        import json
+
+        import numpy as np
+
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "tokens.npy", self.tokens)
+        np.save(path / "sa.npy", self.sa)
+        (path / "docs.json").write_text(json.dumps({"docs": self.docs, "build_s": self.build_s}))
+
+    @classmethod
+    def load(cls, path: Path) -> TextIndex:
+        import json
+
+        import numpy as np
+
+        meta = json.loads((path / "docs.json").read_text())
+        return cls(np.load(path / "tokens.npy"), np.load(path / "sa.npy"), meta["docs"], meta.get("build_s", 0.0))
+
+    # -- search ----------------------------------------------------------------------------------------------
+    def _narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
+        """Within the SA range ``[lo, hi)`` of suffixes sharing ``depth`` tokens, those whose next token is
+        ``token`` (the next tokens are sorted within the range; a suffix that ends sorts first)."""
+        t, sa, n = self.tokens, self.sa, len(self.tokens)
+
+        def key(k: int) -> int:
+            pos = int(sa[k]) + depth
+            return int(t[pos]) if pos < n else -1
+
+        a, b = lo, hi
+        while a < b:  # first with key >= token
+            m = (a + b) // 2
+            if key(m) < token:
+                a = m + 1
+            else:
+                b = m
+        start, b = a, hi
+        while a < b:  # first with key > token
+            m = (a + b) // 2
+            if key(m) <= token:
+                a = m + 1
+            else:
+                b = m
+        return start, a
+
+    def longest_from(self, query: list[int], i: int) -> tuple[int, int, int]:
+        """The longest prefix of ``query[i:]`` found in the index: ``(length, lo, hi)`` (its SA range)."""
+        lo, hi, depth = 0, len(self.sa), 0
+        while i + depth < len(query):
+            a, b = self._narrow(lo, hi, depth, query[i + depth])
+            if a == b:
+                break
+            lo, hi, depth = a, b, depth + 1
+        return depth, lo, hi
+
+    @cached_property
+    def offsets(self):
+        import numpy as np
+
+        return np.fromiter((d["offset"] for d in self.docs), dtype=np.int64, count=len(self.docs))
+
+    def locate(self, position: int) -> tuple[dict[str, Any], int]:
+        """The document holding index position ``position`` and the position's offset in its framed tokens."""
+        import numpy as np
+
+        k = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        return self.docs[k], position - self.docs[k]["offset"]
+
+
+def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None, tokenizer=None) -> TextIndex:
+    """Replay the run's stream (verified blocks, re-tokenized) over the batches it consumed and index each
+    consumed document's framed tokens once."""
+    import time
+
+    import numpy as np
+    import pydivsufsort
+
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    started = time.perf_counter()
+    run = RunPlan(run_dir, manifest_dir)
+    c = run.plan.config
+    stream = TokenStream(run.manifest.path, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
+                         weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
+                         partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
+    total = sum(run.logged.batches_per_step.get(k, 1) for k in range(1, run.steps + 1))
+    docs: dict[tuple[str, int], dict[str, Any]] = {}  # (shard sha256, record) -> doc
+    framed: dict[tuple[str, int], list] = {}  # the consumed pieces of each document's framed tokens
+    steps = [k for k in range(1, run.steps + 1) for _ in range(run.logged.batches_per_step.get(k, 1))]
+    loader = iter(StreamLoader(stream))
+    for n in range(total):
+        batch = next(loader)
+        ids = batch["input_ids"].numpy()
+        for row, spans in enumerate(batch["spans"]):
+            for s in spans:
+                key = (s["shard_sha256"], s["index"])
+                ref = f"{s['source']}/{s['subset']}:{s['doc_id']}"
+                doc = docs.setdefault(key, {"ref": ref, "shard_sha256": key[0], "index": key[1], "rows": []})
+                doc["rows"].append([steps[n], batch["batch_index"], row, s["doc_start"], s["doc_end"]])
+                framed.setdefault(key, []).append((s["doc_start"], ids[row, s["start"] : s["end"]].copy()))
+    loader.close()
+    parts, offset, out_docs = [], 0, []
+    for key, doc in docs.items():
+        pieces = framed[key]
+        length = max(at + len(ids) for at, ids in pieces)
+        arr = np.full(length + 1, SEPARATOR, dtype=np.uint16)
+        for at, ids in pieces:
+            arr[at : at + len(ids)] = ids
+        parts.append(arr)
+        out_docs.append(doc | {"offset": offset, "length": length})
+        offset += length + 1
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+    sa = pydivsufsort.divsufsort(tokens)
+    return TextIndex(tokens, sa, out_docs, time.perf_counter() - started)
+
+
+def open_text_index(run_dir: str | Path, manifest_dir=None, tokenizer=None, rebuild: bool = False) -> TextIndex:
+    """The run's index (``RUN_DIR/trace_index/``), built on first use."""
+    path = Path(run_dir) / INDEX_DIR
+    if (path / "docs.json").is_file() and not rebuild:
+        return TextIndex.load(path)
+    index = build_text_index(run_dir, manifest_dir, tokenizer)
+    index.save(path)
+    return index
+
+
+def trace_text(index: TextIndex, query_ids: list[int], min_tokens: int = 4, top: int = 5, limit: int = 20):
+    """The longest spans of the query found in the run's consumed documents (maximal: not inside a longer one),
+    longest first: ``{"query_tokens": [i, j], "length", "count", "occurrences": [{ref, shard_sha256, index,
+    doc_offset, steps, rows}]}``; ``rows``: ``[step, global batch, row, doc_start, doc_end]`` that held the span."""
+    found, reach = [], 0
+    for i in range(len(query_ids)):
+        length, lo, hi = index.longest_from(query_ids, i)
+        if length >= min_tokens and i + length > reach:  # not contained in the previous span
+            found.append((length, i, lo, hi))
+            reach = i + length
+    found.sort(key=lambda f: (-f[0], f[1]))
+    spans = []
+    for length, i, lo, hi in found[:top]:
+        occurrences = []
+        for k in sorted(int(p) for p in index.sa[lo : min(hi, lo + limit)]):
+            doc, at = index.locate(k)
+            rows = [r for r in doc["rows"] if r[3] < at + length and r[4] > at]
+            occurrences.append({"ref": doc["ref"], "shard_sha256": doc["shard_sha256"], "index": doc["index"],
+                                "doc_offset": at, "steps": sorted({r[0] for r in rows}), "rows": rows})  # fmt: skip
+        spans.append({"query_tokens": [i, i + length], "length": length, "count": hi - lo, "occurrences": occurrences})
+    return spans
