@@ -202,9 +202,6 @@ def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None
     consumed document's framed tokens once."""
     import time
 
-    import numpy as np
-    import pydivsufsort
-
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
     started = time.perf_counter()
@@ -214,21 +211,35 @@ def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None
                          weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
                          partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
     total = sum(run.logged.batches_per_step.get(k, 1) for k in range(1, run.steps + 1))
-    docs: dict[tuple[str, int], dict[str, Any]] = {}  # (shard sha256, record) -> doc
-    framed: dict[tuple[str, int], list] = {}  # the consumed pieces of each document's framed tokens
     steps = [k for k in range(1, run.steps + 1) for _ in range(run.logged.batches_per_step.get(k, 1))]
     loader = iter(StreamLoader(stream))
-    for n in range(total):
-        batch = next(loader)
-        ids = batch["input_ids"].numpy()
+    try:
+        index = index_batches((steps[n], next(loader)) for n in range(total))
+    finally:
+        loader.close()
+    index.build_s = time.perf_counter() - started
+    return index
+
+
+def index_batches(batches) -> TextIndex:
+    """A :class:`TextIndex` over ``(step, stream batch)`` pairs: each document's consumed framed tokens, once."""
+    import time
+
+    import numpy as np
+    import pydivsufsort
+
+    started = time.perf_counter()
+    docs: dict[tuple[str, int], dict[str, Any]] = {}  # (shard sha256, record) -> doc
+    framed: dict[tuple[str, int], list] = {}  # the consumed pieces of each document's framed tokens
+    for step, batch in batches:
+        ids = batch["input_ids"].numpy() if hasattr(batch["input_ids"], "numpy") else batch["input_ids"]
         for row, spans in enumerate(batch["spans"]):
             for s in spans:
                 key = (s["shard_sha256"], s["index"])
                 ref = f"{s['source']}/{s['subset']}:{s['doc_id']}"
                 doc = docs.setdefault(key, {"ref": ref, "shard_sha256": key[0], "index": key[1], "rows": []})
-                doc["rows"].append([steps[n], batch["batch_index"], row, s["doc_start"], s["doc_end"]])
+                doc["rows"].append([step, batch["batch_index"], row, s["doc_start"], s["doc_end"]])
                 framed.setdefault(key, []).append((s["doc_start"], ids[row, s["start"] : s["end"]].copy()))
-    loader.close()
     parts, offset, out_docs = [], 0, []
     for key, doc in docs.items():
         pieces = framed[key]
