@@ -50,7 +50,7 @@ from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process
 from .targets import load_targets
 from .workspace import BuildWorkspace, workspace_path_for
 
-RUNNERS = ("local", "beam")
+RUNNERS = ("local", "beam", "beam-portable")
 
 
 class BuildFailed(ElmDataError, RuntimeError):
@@ -318,10 +318,10 @@ def build_manifest(
     work.create()
 
     reused = 0
-    if runner == "beam":
+    if runner in ("beam", "beam-portable"):
         from .beam import run_beam
 
-        run_beam(tasks, spec, work, beam_args, dropped_per_reason=dropped_samples)
+        run_beam(tasks, spec, work, beam_args, dropped_per_reason=dropped_samples, portable=runner == "beam-portable")
     else:
         bar = None
         if progress:

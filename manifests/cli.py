@@ -30,7 +30,11 @@ def _open_manifest(path: str, verify: bool = True):
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes (local runner)."
 )
-@click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True)
+@click.option(
+    "--runner", type=click.Choice(["local", "beam", "beam-portable"]), default="local", show_default=True,
+    help="local: worker processes; beam: a Beam pipeline (--beam-arg); beam-portable: the Beam pipeline through "
+    "Beam's portability layer on this machine (PortableRunner; job service, worker pool, SDK worker: processes).",
+)
 @click.option("--restart", is_flag=True, help="Discard an interrupted build's workspace; count every shard anew.")
 @click.option(
     "--beam-arg", "beam_args", multiple=True, metavar="ARG",
