@@ -308,6 +308,7 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
     import json as _json
 
     from elm_data.pipeline.stream.plan import Plan, PlanConfig
+    from elm_data.pipeline.stream.receipt import genesis
 
     from .checkpoint import TRAINER_STATE, list_checkpoints
 
@@ -361,6 +362,11 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
         wrong = [f for f, v in expected.items() if end.get(f) != v]
         if wrong:
             result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")
+    for resume in logged.resumes:  # a resumed run continues the chain from its checkpoint's head
+        k = int(resume["from_step"])
+        expected_head = genesis(manifest.manifest_id, plan.config.to_dict()) if k == 0 else heads.get(k)
+        if resume.get("receipt") is not None and resume["receipt"] != expected_head:
+            result.fail(k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}")
     checkpoints = 0
     for path in list_checkpoints(run_dir):
         state = _json.loads((path / TRAINER_STATE).read_text())
