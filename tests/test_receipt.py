@@ -224,3 +224,24 @@ def test_state_at_resumes_the_stream_at_any_global_batch(sample_manifest, tokeni
         loader = StreamLoader(stream)
         loader.load_state_dict(state_at(plan, stream.manifest_id, g))
         assert [stream_batch_digest(b, "packed") for b in loader] == straight[g:], g
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, tokenizer_path, tmp_path):
+    """Under torchrun (DDP, 2 ranks, gloo) the step digest gathers both ranks' batches in global order: the heads
+    equal those of one process accumulating the same two batches per step."""
+    from test_trainer_distributed import settings, torchrun
+
+    from elm_data.trainer.config import TrainConfig
+
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(settings(sample_manifest, tokenizer_path, distributed="ddp")))
+    torchrun(config_path, tmp_path / "ddp")
+    outcome = verify_run(tmp_path / "ddp")
+    assert outcome.ok and outcome.checked["checkpoints"] >= 1, outcome.format()
+    single = TrainConfig(**settings(sample_manifest, tokenizer_path, distributed="none", tokens_per_step=2 * 2 * 64))
+    run = train(single, out_dir=tmp_path / "single", progress=False).run_dir
+    heads = [
+        [r["receipt"] for r in read_log(d) if r.get("event") in ("step", "receipt")] for d in (tmp_path / "ddp", run)
+    ]
+    assert heads[0] == heads[1] and len(heads[0]) == 4
