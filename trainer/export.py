@@ -80,6 +80,8 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
             "tokens_by_source": {r.key: r.consumed_tokens for r in audit.rows if r.consumed_tokens},
         },
     }
+    receipt = json.loads((run.checkpoint / TRAINER_STATE).read_text()).get("receipt")
+    front["elm_data"]["consumption_receipt"] = receipt
     loss = run.step_record.get("loss") if run.step_record else None
     rows = [
         f"| {r.key} | {r.consumed_tokens:,} | {r.kept_tokens:,} | {_fmt(r.fraction_consumed, '.4f')} "
@@ -102,6 +104,8 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         f"- manifest id: `{manifest.manifest_id}`",
         f"- Merkle root of its shard records: `{manifest.info.get('merkle_root')}`",
         f"- tokenizer sha256: `{tokenizer_sha256 or run.header.get('tokenizer', {}).get('sha256')}`",
+        f"- consumption receipt at step {run.step} (hash chain over every step's token spans, in order): "
+        f"`{receipt}`; `elm-data audit-run RUN --verify` recomputes it from the manifest and the plan alone",
         "",
         "| source/subset | upstream | licence |",
         "|---|---|---|",
