@@ -15,6 +15,7 @@ it to the readers through the ``elm-blocks://`` fsspec protocol, so every reader
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import itertools
@@ -31,10 +32,10 @@ from typing import BinaryIO
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
+from elm_data.sources.readers_common import HASH_CHUNK
+
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
-HASH_CHUNK = 8 << 20
-COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
 
 
 class BlockChanged(ValueError):
@@ -123,7 +124,7 @@ def _jsonl_blocks(f: BinaryIO, size: int, block_bytes: int) -> tuple[str, list[B
     if pos > start or not blocks:
         f.seek(start)
         tail = f.read(pos - start)
-        trailing = 1 if tail and not tail.endswith(b"\n") and tail.rsplit(b"\n", 1)[-1].strip(b"\r") else 0
+        trailing = 1 if tail and not tail.endswith(b"\n") else 0  # a last line without newline is a record too
         blocks.append(Block(start, pos, part.hexdigest(), record, lines + trailing))
     return whole.hexdigest(), blocks
 
@@ -132,7 +133,6 @@ def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[s
     """``(sha256, size, blocks)`` of the local file ``path`` in ``fmt`` ("parquet", "jsonl", ...), in one read."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(4)
         if fmt == "parquet":
             cuts = _parquet_cuts(f, size)
             if cuts is not None:
@@ -144,7 +144,7 @@ def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[s
                     for i, ((lo, rows), hi, d) in enumerate(zip(cuts, ends, digests, strict=True))
                 ]
                 return sha, size, blocks
-        elif fmt == "jsonl" and not head.startswith(COMPRESSED_MAGIC):
+        elif fmt == "jsonl":  # the format found from the bytes (readers.shard_format_of), not the name
             f.seek(0)
             sha, blocks = _jsonl_blocks(f, size, block_bytes)
             return sha, size, blocks
@@ -277,8 +277,6 @@ def _read_all(f: BinaryIO) -> bytes:
 
 
 def _block_at(starts: Sequence[int], pos: int) -> int:
-    import bisect
-
     return bisect.bisect_right(starts, pos) - 1
 
 
