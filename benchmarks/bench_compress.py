@@ -40,7 +40,7 @@ from elm_data.trainer.config import TrainConfig
 from elm_data.trainer.distributed import DistInfo
 from elm_data.trainer.loop import build_loader, load_tokenizer, train, train_step
 from elm_data.trainer.loss import loss_sums, split_inputs_labels
-from elm_data.trainer.optim import build_optimizer
+from elm_data.trainer.optim import build_optimizer, build_scheduler
 from elm_data.trainer.palette import save_compact
 
 CACHE = Path(os.environ.get("ELM_BENCH_CACHE", Path(tempfile.gettempdir()) / "elm-bench-compress"))
@@ -171,13 +171,20 @@ def bench_quality(args) -> list[dict]:
         {"model": "tiny fp32 (pretrained)", "tokens": 0, "ppl": perplexity(load_model(_latest(source)), evaluation)}
     ]
     print(json.dumps(rows[-1]), flush=True)
+    rows.append({"model": "tiny fp32, plain fine-tuning", "tokens": args.steps * 4 * 128,
+                 "ppl": perplexity(plain_finetune(manifest, source, args), evaluation)})  # fmt: skip
+    print(json.dumps(rows[-1]), flush=True)
     for bits in args.bit_widths:
         spec = PaletteSpec(bits=bits)
         model = load_model(_latest(source))
         palettizer, prepared, _ = prepare(model, spec)
+        with torch.no_grad():  # creates the partitions and runs the k-means warm start; weights unchanged
+            prepared(split_inputs_labels(evaluation[0]["input_ids"], model.config.vocab_size)[0])
         kmeans_only = palettizer.finalize(prepared, inplace=True)
         rows.append({"model": f"{bits}-bit k-means palettes", "tokens": 0, "ppl": perplexity(kmeans_only, evaluation)})
         print(json.dumps(rows[-1]), flush=True)
+        if args.skip_dkm:
+            continue
         path = CACHE / f"c{bits}.yaml"
         raw = base_config(manifest, max_steps=args.steps, warmup_steps=2, lr=args.lr, weight_decay=0.0)
         path.write_text(yaml.safe_dump({**raw, "palettization": {"bits": bits}}))
@@ -189,6 +196,21 @@ def bench_quality(args) -> list[dict]:
                      "compact_bytes": result.report["compact"]["bytes"]})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def plain_finetune(manifest: Path, source: Path, args) -> OpenELM:
+    """The same budget, batches and schedule as the compression runs, without clustering (the baseline)."""
+    raw = base_config(manifest, max_steps=args.steps, warmup_steps=2, lr=args.lr, weight_decay=0.0)
+    cfg = TrainConfig(**raw)
+    model = load_model(_latest(source))
+    loader = build_loader(cfg, manifest, load_tokenizer(cfg, Manifest(manifest)), DistInfo())
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    model.train()
+    for _, batch in zip(range(args.steps), loader, strict=False):
+        train_step(model, optimizer, [batch], cfg, torch.device("cpu"), None, DistInfo(), model.config.vocab_size)
+        scheduler.step()
+    return model
 
 
 def _latest(run: Path) -> Path:
@@ -238,6 +260,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--eval-batches", type=int, default=16)
     parser.add_argument("--bit-widths", type=int, nargs="+", default=[4, 3])
+    parser.add_argument("--skip-dkm", action="store_true", help="quality: baselines and k-means rows only")
     parser.add_argument("--speed-model", default="tiny")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="append the rows as JSON lines here")
