@@ -141,7 +141,7 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
         meta = front["elm_data"]
         assert meta["manifest_id"] == manifest.manifest_id and meta["merkle_root"] == manifest.info["merkle_root"]
         assert meta["step"] == step and meta["tokens_by_source"] == steps[step]["tokens_by_source"]
-        assert meta["consumption_receipt"] == steps[step]["receipt"] and steps[step]["receipt"] in card  # the log's head
+        assert meta["consumption_receipt"] == steps[step]["receipt"] and steps[step]["receipt"] in card
         for key, tokens in steps[step]["tokens_by_source"].items():
             assert f"| {key} | {tokens:,} |" in card
         assert f"loss at this step: {steps[step]['loss']:.4f}" in card and f"step {step} of {STEPS}" in card
