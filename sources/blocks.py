@@ -4,8 +4,8 @@ A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each start
 
 - parquet: the leading magic (0 records), one block per row group, then the footer (0 records);
 - plain JSONL: line-aligned runs of about ``block_bytes`` (a block ends just after a newline);
-- gzip / zstd: the whole shard is one block (record boundaries inside a compressed stream are not
-  byte ranges of the file).
+- gzip / zstd: runs of whole members / frames of about ``block_bytes`` compressed, cut only where the text
+  so far ends with a newline; a single-member (or damaged) file is one block.
 
 :class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
 storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
@@ -23,6 +23,7 @@ import os
 import struct
 import tempfile
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import fsspec
+import zstandard
 from fsspec.spec import AbstractFileSystem
 
 from elm_data.sources.readers_common import HASH_CHUNK
@@ -129,6 +131,39 @@ def _jsonl_blocks(f: BinaryIO, size: int, block_bytes: int) -> tuple[str, list[B
     return whole.hexdigest(), blocks
 
 
+def _decompressor(fmt: str):
+    if fmt == "jsonl.gz":
+        return zlib.decompressobj(31)
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _member_cuts(f: BinaryIO, fmt: str, block_bytes: int) -> list[tuple[int, int]] | None:
+    """``(offset, records)`` of blocks made of whole gzip members / zstd frames, cut after about ``block_bytes``
+    where the text so far ends with a newline; None for a single member or a damaged stream (one opaque block)."""
+    f.seek(0)
+    cuts, start, lines, pos, last, inside = [], 0, 0, 0, b"", False
+    d, data = _decompressor(fmt), b""
+    try:
+        while data or (data := f.read(HASH_CHUNK)):
+            out = d.decompress(data)
+            lines, last, inside = lines + out.count(b"\n"), out[-1:] or last, True
+            if not d.eof:
+                pos, data = pos + len(data), b""
+                continue
+            pos, inside = pos + len(data) - len(d.unused_data), False
+            data, d = d.unused_data, _decompressor(fmt)
+            if pos - start >= block_bytes and last == b"\n":
+                cuts.append((start, lines))
+                start, lines = pos, 0
+    except (zlib.error, zstandard.ZstdError):
+        return None
+    if inside or pos == 0:  # truncated inside a member, or empty: the reader reports it
+        return None
+    if pos > start:
+        cuts.append((start, lines + (1 if last and last != b"\n" else 0)))
+    return cuts if len(cuts) > 1 else None
+
+
 def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[str, int, list[Block]]:
     """``(sha256, size, blocks)`` of the local file ``path`` in ``fmt`` ("parquet", "jsonl", ...), in one read."""
     size = os.path.getsize(path)
@@ -147,6 +182,14 @@ def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[s
         elif fmt == "jsonl":  # the format found from the bytes (readers.shard_format_of), not the name
             f.seek(0)
             sha, blocks = _jsonl_blocks(f, size, block_bytes)
+            return sha, size, blocks
+        elif fmt in ("jsonl.gz", "jsonl.zst") and (cuts := _member_cuts(f, fmt, block_bytes)):
+            sha, digests = _hash_ranges(f, [c for c, _ in cuts], size)
+            ends = [c for c, _ in cuts[1:]] + [size]
+            first = list(itertools.accumulate((r for _, r in cuts), initial=0))
+            blocks = [
+                Block(c, e, d, first[i], r) for i, ((c, r), e, d) in enumerate(zip(cuts, ends, digests, strict=True))
+            ]
             return sha, size, blocks
         sha, _ = _hash_ranges(f, [0], size)
     return sha, size, [Block(0, size, sha, 0, None)]

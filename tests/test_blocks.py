@@ -71,3 +71,38 @@ def test_a_view_serves_verified_bytes_and_refuses_a_changed_block_before_any_byt
     view = VerifiedView(str(path), blocks, blocks[2].start, blocks[2].end)
     with pytest.raises(BlockChanged, match=r"\(block 2\)"):
         view.read(1)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_members_and_frames_make_blocks_that_read_alone(tmp_path, fmt):
+    import zstandard
+
+    from elm_data.sources.blocks import open_verified
+    from elm_data.sources.document import Document
+    from elm_data.sources.readers import read_shard
+
+    rng = random.Random(2)
+    docs = [{"text": " ".join(["word"] * rng.randint(5, 400)), "id": str(i)} for i in range(120)]
+    members, i = [], 0
+    while i < len(docs):  # members of 1-9 whole lines; one member ends mid-line, so no cut may fall there
+        n = rng.randint(1, 9)
+        text = "".join(json.dumps(d) + "\n" for d in docs[i : i + n]).encode()
+        members.append(text)
+        i += n
+    members[3], members[4] = members[3][:-10], members[3][-10:] + members[4]
+    pack = gzip.compress if fmt == "jsonl.gz" else zstandard.ZstdCompressor().compress
+    data = b"".join(pack(m) for m in members)
+    path = tmp_path / f"a.{fmt.split('.')[1]}"
+    path.write_bytes(data)
+    _, _, blocks = index_blocks(str(path), fmt, block_bytes=300)
+    check_tiling(data, blocks)
+    assert len(blocks) > 3 and sum(b.records for b in blocks) == len(docs)
+    whole = [d for d in read_shard(str(path), "dolma", "gutenberg", fmt=fmt) if isinstance(d, Document)]
+    assert len(whole) == len(docs)
+    for b in blocks:  # each block decompresses on its own into exactly its records, numbered from its first
+        with open_verified(str(path), blocks, b.start, b.end) as (url, _):
+            part = list(read_shard(str(path), "dolma", "gutenberg", local_path=url, first_index=b.first_record, fmt=fmt,
+                                   skip=b.first_record))  # fmt: skip
+        assert [(d.provenance.index, d.text) for d in part] == [
+            (d.provenance.index, d.text) for d in whole[b.first_record : b.first_record + b.records]
+        ]

@@ -73,7 +73,7 @@ class DocumentFetcher:
         rec = self.records[doc.shard]
         blocks = self._blocks[doc.shard]
         lo, hi, first, end = 0, blocks[-1].end, 0, rec.docs_read
-        if rec.format == "jsonl" and len(blocks) > 1:  # a view of just this block, numbered from its first record
+        if rec.format.startswith("jsonl") and len(blocks) > 1:  # a view of this block only, numbered from its first
             b = blocks[bisect.bisect_right([x.first_record for x in blocks], doc.index) - 1]
             lo, hi, first, end = b.start, b.end, b.first_record, b.first_record + (b.records or 0)
         opened = _OpenReader(doc.shard, doc.index, end)
