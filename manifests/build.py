@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import posixpath
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,7 +34,7 @@ from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
-from .identity import manifest_id, merkle_root_of, pass_config_hash
+from .identity import manifest_id, merkle_root_of, pass_config_hash, shards_per_entry
 from .manifest import (
     DROPPED_SAMPLES_FILE,
     FORMAT_VERSION,
@@ -216,7 +215,7 @@ def manifest_info(
     weights = [{"source": e.source, "subset": e.subset, "weight": e.weight} for e in mixture.entries]
     mid = manifest_id(records, pass_description, sequences, tokenizer.sha256, mixture.seed, weights, targets,
                       mixture.name)
-    per_entry = Counter((r.source, r.subset) for r in records)
+    per_entry = shards_per_entry(records)
     return {
         "format_version": FORMAT_VERSION,
         "manifest_id": mid,

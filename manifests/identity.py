@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,14 +103,17 @@ def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) ->
     )
 
 
+def shards_per_entry(records: Sequence[ShardRecord]) -> Counter:
+    """Shards per ``(source, subset)``: what each mixture entry records as ``resolved_shards``."""
+    return Counter((r.source, r.subset) for r in records)
+
+
 def seal(info: dict[str, Any], records: Sequence[ShardRecord]) -> dict[str, Any]:
     """``info`` with the id, Merkle root, totals and per-entry shard counts recomputed from ``records``."""
     from .manifest import totals_of
 
-    per_entry: dict[tuple[str, str], int] = {}
-    for r in records:
-        per_entry[(r.source, r.subset)] = per_entry.get((r.source, r.subset), 0) + 1
-    mixture = [e | {"resolved_shards": per_entry.get((e["source"], e["subset"]), 0)} for e in info["mixture"]]
+    per_entry = shards_per_entry(records)
+    mixture = [e | {"resolved_shards": per_entry[(e["source"], e["subset"])]} for e in info["mixture"]]
     sealed = info | {"mixture": mixture, "totals": totals_of(records), "merkle_root": merkle_root_of(records)}
     return sealed | {"manifest_id": manifest_id_of_info(sealed, records)}
 
@@ -128,12 +132,11 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
         problems.append("the Merkle root of shards.parquet does not match manifest.json")
     if info.get("totals") != totals_of(records):
         problems.append("totals in manifest.json differ from the sum of the shard records")
-    per_entry: dict[tuple[str, str], int] = {}
-    for r in records:
-        per_entry[(r.source, r.subset)] = per_entry.get((r.source, r.subset), 0) + 1
+    per_entry = shards_per_entry(records)
     for entry in info.get("mixture") or []:
-        if isinstance(entry, dict) and entry.get("resolved_shards") != per_entry.get(
-            (entry.get("source"), entry.get("subset")), 0
+        if (
+            isinstance(entry, dict)
+            and entry.get("resolved_shards") != per_entry[(entry.get("source"), entry.get("subset"))]
         ):
             problems.append(f"mixture entry {entry.get('source')}/{entry.get('subset')}: resolved_shards differs")
             break
