@@ -58,6 +58,23 @@ def sample_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def corenet_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
+    """The sample mixture rebuilt in corenet mode (absolute shard paths, written outside the sample dir)."""
+    import yaml
+
+    from elm_data.manifests.build import build_manifest
+
+    mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
+    for entry in mixture["sources"]:
+        entry["shards"] = [str(sample_dir / s) for s in entry["shards"]]
+    mixture["sequences"] = {"mode": "corenet", "seq_len": 2048, "corenet_words_per_piece": 300}
+    out = tmp_path_factory.mktemp("corenet")
+    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
+    build_manifest(out / "mixture.yaml", out / "manifest", tokenizer=tokenizer_path, workers=1)
+    return out / "manifest"
+
+
+@pytest.fixture(scope="session")
 def sample_shards(sample_dir: Path) -> list[tuple[str, str, str]]:
     """(uri, source, subset) for every shard of the sample mixture."""
     from elm_data.manifests.mixture import MixtureConfig

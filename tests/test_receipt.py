@@ -28,20 +28,6 @@ from elm_data.trainer.loop import train
 from elm_data.trainer.runlog import LOG_FILE, read_log
 
 
-@pytest.fixture(scope="module")
-def corenet_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
-    from elm_data.manifests.build import build_manifest
-
-    mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
-    for entry in mixture["sources"]:
-        entry["shards"] = [str(sample_dir / s) for s in entry["shards"]]
-    mixture["sequences"] = {"mode": "corenet", "seq_len": 2048, "corenet_words_per_piece": 300}
-    out = tmp_path_factory.mktemp("corenet_receipt")
-    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
-    build_manifest(out / "mixture.yaml", out / "manifest", tokenizer=tokenizer_path, workers=1)
-    return out / "manifest"
-
-
 def _compare(stream: TokenStream, limit: int | None = None) -> int:
     plan = stream.plan()
     planned = global_batches(plan)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 from elm_data.manifests.identity import seal
@@ -78,21 +77,6 @@ def natural_run(sample_manifest, tokenizer):
     stream = make_stream(sample_manifest, tokenizer)
     loader = StreamLoader(stream)
     return stream, loader, list(loader)
-
-
-@pytest.fixture(scope="module")
-def corenet_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
-    """The sample mixture rebuilt in corenet mode (absolute shard paths, written outside the sample dir)."""
-    from elm_data.manifests.build import build_manifest
-
-    mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
-    for entry in mixture["sources"]:
-        entry["shards"] = [str(sample_dir / s) for s in entry["shards"]]
-    mixture["sequences"] = {"mode": "corenet", "seq_len": 2048, "corenet_words_per_piece": 300}
-    out = tmp_path_factory.mktemp("corenet")
-    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
-    build_manifest(out / "mixture.yaml", out / "manifest", tokenizer=tokenizer_path, workers=1)
-    return out / "manifest"
 
 
 def test_natural_pass_ledger_equals_the_manifest(natural_run, sample_manifest):
