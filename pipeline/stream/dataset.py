@@ -113,6 +113,7 @@ class TokenStream(IterableDataset):
             partitions = default_partitions(manifest, self.config)
         self.config = replace(self.config, partitions=int(partitions))
         self._manifest: Manifest | None = manifest
+        self._plan: Plan | None = None
         self.plan().readers_layout(rank, world_size, 1)  # validates mode, weights and the layout now
         self.tokenizer = _tokenizer_for(tokenizer, info)
         self.rank, self.world_size = rank, world_size
@@ -127,11 +128,11 @@ class TokenStream(IterableDataset):
     def for_readers(self, batches_per_item: int, numpy: bool) -> TokenStream:
         """A copy for the DataLoader's readers (the caller's stream keeps its settings)."""
         reader = copy.copy(self)
-        reader.batches_per_item, reader.numpy, reader._manifest = batches_per_item, numpy, None
+        reader.batches_per_item, reader.numpy = batches_per_item, numpy
         return reader
 
-    def __getstate__(self) -> dict[str, Any]:  # the manifest handle is reopened (and re-checked) in each worker
-        return dict(self.__dict__, _manifest=None)
+    def __getstate__(self) -> dict[str, Any]:  # the manifest is reopened (and re-checked) in each worker
+        return dict(self.__dict__, _manifest=None, _plan=None)
 
     @property
     def manifest(self) -> Manifest:
@@ -146,7 +147,10 @@ class TokenStream(IterableDataset):
         return self._manifest
 
     def plan(self) -> Plan:
-        return Plan(self.manifest, self.config)
+        """The plan of this stream's manifest and config, made once per process."""
+        if self._plan is None:
+            self._plan = Plan(self.manifest, self.config)
+        return self._plan
 
     def stats(self) -> dict[str, Any]:
         """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches handed out."""
