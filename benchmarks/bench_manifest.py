@@ -72,8 +72,10 @@ def main() -> None:
         work = Path(tmp)
         mixture_path = write_sample_corpus(work / "corpus", seed=0, scale=args.scale)
         texts = corpus_texts(mixture_path)
-        print(f"corpus: {len(texts):,} documents, {sum(map(len, texts)):,} characters, scale {args.scale}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"corpus: {len(texts):,} documents, {sum(map(len, texts)):,} characters, scale {args.scale}, "
+            f"{os.cpu_count()} CPUs"
+        )
         runs: dict[str, list[float]] = {"encode": [], "build w=1": [], "build w=2": []}
         totals = {}
         encode_tokens = 0
@@ -92,8 +94,10 @@ def main() -> None:
             tokens = encode_tokens if name == "encode" else totals["tokens"]
             ratio = statistics.median(s / e for s, e in zip(seconds, runs["encode"], strict=True))
             print(f"{name:12} {med:9.2f} {docs / med:10,.0f} {tokens / med:12,.0f} {ratio:13.2f}x")
-        print(f"\nbuild kept {totals['docs_kept']:,} of {totals['docs_read']:,} records, {totals['tokens']:,} tokens; "
-              f"encode saw {encode_tokens:,} tokens (all texts)")
+        print(
+            f"\nbuild kept {totals['docs_kept']:,} of {totals['docs_read']:,} records, {totals['tokens']:,} tokens; "
+            f"encode saw {encode_tokens:,} tokens (all texts)"
+        )
 
 
 if __name__ == "__main__":

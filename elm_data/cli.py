@@ -18,7 +18,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data init openelm DIR                 manifests/openelm_cli.py
     elm-data estimate MIXTURE.yaml            manifests/openelm_cli.py
 
-Errors: :func:`run` is the one handler. A user error (:class:`~elm_data.errors.ElmDataError`, a click usage
+Errors: :func:`run` is the one handler. A user error (:class:`~elm_data.core.errors.ElmDataError`, a click usage
 error, an ``OSError`` such as a full disk) prints ``error: <message>`` (URIs redacted) and exits 2; Ctrl-C or
 SIGTERM prints ``interrupted`` and exits 130/143; anything else is a bug: its traceback and a hint to report
 it, exit 1. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows the traceback of user errors.
@@ -33,10 +33,10 @@ import traceback
 
 import click
 
-from elm_data import __version__
-from elm_data.errors import EXIT_USER_ERROR, ElmDataError
-from elm_data.procs import Terminated, stop_on_sigterm
-from elm_data.redact import redact_text
+from elm_data.core import __version__
+from elm_data.core.errors import EXIT_USER_ERROR, ElmDataError
+from elm_data.core.procs import Terminated, stop_on_sigterm
+from elm_data.core.redact import redact_text
 
 # group -> {command name: (module, attribute, one-line help)}. Modules are imported only when their
 # command runs, so `elm-data --help` and the data commands never pay for importing torch.
@@ -88,8 +88,10 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, self.lazy[name][2] if name in self.lazy else self.commands[name].get_short_help_str(limit=80))
-                for name in self.list_commands(ctx)]
+        rows = [
+            (name, self.lazy[name][2] if name in self.lazy else self.commands[name].get_short_help_str(limit=80))
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -106,8 +108,14 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 @click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings=SETTINGS)
 @click.version_option(__version__, prog_name="elm-data")
-@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
-              help="Show the traceback of errors (also ELM_DATA_DEBUG=1).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show the traceback of errors (also ELM_DATA_DEBUG=1).",
+)
 def cli() -> None:
     """elm-data: which bytes of which public corpus became which training tokens, and proof of it.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from elm_data.errors import OutputExists
+from elm_data.core.errors import OutputExists
 from elm_data.pipeline.tokenizer import TokenizerError, resolve_tokenizer
 
 # The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained model.

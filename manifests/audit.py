@@ -133,24 +133,60 @@ def _pct(x: float | None, signed: bool = False) -> str:
 def format_table(audit: Audit) -> str:
     """A fixed-width text table, one line per source/subset plus a total."""
     headers = [
-        "source/subset", "shards", "read", "kept", "filtered", "rejected", "chars", "tokens",
-        "share %", "target", "target %", "dev pp", "ratio", "weighted %",
+        "source/subset",
+        "shards",
+        "read",
+        "kept",
+        "filtered",
+        "rejected",
+        "chars",
+        "tokens",
+        "share %",
+        "target",
+        "target %",
+        "dev pp",
+        "ratio",
+        "weighted %",
     ]
     lines = []
     for r in audit.rows:
-        lines.append([
-            r.key, str(r.shards), f"{r.docs_read:,}", f"{r.docs_kept:,}", f"{r.docs_filtered:,}",
-            f"{r.docs_rejected:,}", f"{r.chars:,}", f"{r.tokens:,}", _pct(r.share), _human(r.target_tokens),
-            _pct(r.target_share), _pct(r.share_deviation, signed=True), "-" if r.ratio is None else f"{r.ratio:.2f}x",
-            _pct(r.weight_share),
-        ])
+        lines.append(
+            [
+                r.key,
+                str(r.shards),
+                f"{r.docs_read:,}",
+                f"{r.docs_kept:,}",
+                f"{r.docs_filtered:,}",
+                f"{r.docs_rejected:,}",
+                f"{r.chars:,}",
+                f"{r.tokens:,}",
+                _pct(r.share),
+                _human(r.target_tokens),
+                _pct(r.target_share),
+                _pct(r.share_deviation, signed=True),
+                "-" if r.ratio is None else f"{r.ratio:.2f}x",
+                _pct(r.weight_share),
+            ]
+        )
     rows = audit.rows
-    lines.append([
-        "TOTAL", str(sum(r.shards for r in rows)), f"{sum(r.docs_read for r in rows):,}",
-        f"{sum(r.docs_kept for r in rows):,}", f"{sum(r.docs_filtered for r in rows):,}",
-        f"{sum(r.docs_rejected for r in rows):,}", f"{sum(r.chars for r in rows):,}", f"{audit.total_tokens:,}",
-        "100.00", _human(sum(r.target_tokens or 0 for r in rows) or None), "", "", "", "",
-    ])
+    lines.append(
+        [
+            "TOTAL",
+            str(sum(r.shards for r in rows)),
+            f"{sum(r.docs_read for r in rows):,}",
+            f"{sum(r.docs_kept for r in rows):,}",
+            f"{sum(r.docs_filtered for r in rows):,}",
+            f"{sum(r.docs_rejected for r in rows):,}",
+            f"{sum(r.chars for r in rows):,}",
+            f"{audit.total_tokens:,}",
+            "100.00",
+            _human(sum(r.target_tokens or 0 for r in rows) or None),
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
 
     def fmt(cells: list[str]) -> str:

@@ -263,7 +263,7 @@ def _stop(proc: subprocess.Popen) -> None:
 # Run by each SDK worker process (argv: control endpoint, worker id, the pool's pid): it dies with the pool
 # (at once if the pool is already gone), then serves the job service's control endpoint.
 _SDK_WORKER = (
-    "import sys; from elm_data.procs import die_with_parent; die_with_parent(int(sys.argv[3])); "
+    "import sys; from elm_data.core.procs import die_with_parent; die_with_parent(int(sys.argv[3])); "
     "from apache_beam.runners.worker.sdk_worker import SdkHarness; "
     "SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=0, data_buffer_time_limit_ms=-1).run()"
 )
@@ -305,7 +305,7 @@ def _serve(start, port: int, parent_pid: int | None, max_seconds: float | None) 
     """Run a service process: ``start(port) -> (bound port, stop callable)``; print the bound port as the first
     line of stdout; serve until SIGTERM/SIGINT, ``max_seconds`` or the exit of ``parent_pid``; then stop and
     leave at once (a job still running in a thread of Beam's job service would otherwise keep it alive)."""
-    from elm_data.procs import die_with_parent
+    from elm_data.core.procs import die_with_parent
 
     if parent_pid is not None:
         die_with_parent(parent_pid)  # the workers of a pool die with it in turn (they watch the pool)

@@ -23,13 +23,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from elm_data import __version__
-from elm_data.errors import ElmDataError, OutputExists
-from elm_data.outputs import old_path, output_lock, recover_dir
+from elm_data.core import __version__
+from elm_data.core.errors import ElmDataError, OutputExists
+from elm_data.core.outputs import old_path, output_lock, recover_dir
+from elm_data.core.procs import die_with_parent
+from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
-from elm_data.procs import die_with_parent
-from elm_data.redact import redact_text, redact_uri
 from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
@@ -130,7 +130,9 @@ def run_local(
     if method == "forkserver":
         ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])
     pool = ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker,
+        min(workers, len(tasks)),
+        mp_context=ctx,
+        initializer=_init_worker,
         initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason),
     )
     try:
@@ -183,9 +185,14 @@ def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damage
             records.append(done.record)
             damage = {r: n for r, n in done.record.rejected_by_reason.items() if r in DAMAGE_REASONS}
             if damage and not accept_damaged:
-                failures.append((task.uri, f"damaged shard ({', '.join(f'{r}: {n}' for r, n in damage.items())}); "
-                                           "fix or replace it, or accept the damage as counted rejections "
-                                           "(--accept-damaged)"))
+                failures.append(
+                    (
+                        task.uri,
+                        f"damaged shard ({', '.join(f'{r}: {n}' for r, n in damage.items())}); "
+                        "fix or replace it, or accept the damage as counted rejections "
+                        "(--accept-damaged)",
+                    )
+                )
     if failures:
         raise BuildFailed(failures, workspace.path)
     return records
@@ -213,8 +220,9 @@ def manifest_info(
     """``manifest.json``: the id, Merkle root and everything the id covers, plus totals."""
     sequences = mixture.sequences.to_dict()
     weights = [{"source": e.source, "subset": e.subset, "weight": e.weight} for e in mixture.entries]
-    mid = manifest_id(records, pass_description, sequences, tokenizer.sha256, mixture.seed, weights, targets,
-                      mixture.name)
+    mid = manifest_id(
+        records, pass_description, sequences, tokenizer.sha256, mixture.seed, weights, targets, mixture.name
+    )
     per_entry = shards_per_entry(records)
     return {
         "format_version": FORMAT_VERSION,
@@ -292,7 +300,7 @@ def build_manifest(
     K rejected records per reason in manifest order (shard, then index); it changes neither the
     manifest id nor the parquet files.
     ``overwrite``: replace a manifest already at ``out_dir`` (else :class:`OutputExists`). One build per
-    ``out_dir`` at a time (:class:`~elm_data.errors.OutputLocked` names the holder).
+    ``out_dir`` at a time (:class:`~elm_data.core.errors.OutputLocked` names the holder).
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
     """
     if runner not in RUNNERS:

@@ -24,45 +24,73 @@ def _open_manifest(path: str, verify: bool = True):
 @click.argument("mixture", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
 @click.option(
-    "--tokenizer", default=None,
+    "--tokenizer",
+    default=None,
     help="LLaMA SentencePiece model (else the mixture's tokenizer:, $ELM_DATA_TOKENIZER, the sha256 cache).",
 )
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes (local runner)."
 )
 @click.option(
-    "--runner", type=click.Choice(["local", "beam", "beam-portable"]), default="local", show_default=True,
+    "--runner",
+    type=click.Choice(["local", "beam", "beam-portable"]),
+    default="local",
+    show_default=True,
     help="local: worker processes; beam: a Beam pipeline (--beam-arg); beam-portable: the Beam pipeline through "
     "Beam's portability layer on this machine (PortableRunner; job service, worker pool, SDK worker: processes).",
 )
 @click.option("--restart", is_flag=True, help="Discard an interrupted build's workspace; count every shard anew.")
 @click.option(
-    "--beam-arg", "beam_args", multiple=True, metavar="ARG",
+    "--beam-arg",
+    "beam_args",
+    multiple=True,
+    metavar="ARG",
     help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner). Default: in-process DirectRunner.",
 )
 @click.option(
-    "--workspace", default=None, metavar="URL",
+    "--workspace",
+    default=None,
+    metavar="URL",
     help="Where per-shard results go [default: OUT.partial]; on a Beam cluster, a URL all workers reach.",
 )
 @click.option(
-    "--dropped-samples", "dropped_samples", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+    "--dropped-samples",
+    "dropped_samples",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="K",
     help="Also write OUT/dropped_samples.jsonl: the first K filtered documents and K rejected records per reason, "
     "in manifest order (0: off). Does not change the manifest id.",
 )
 @click.option(
-    "--accept-damaged", is_flag=True,
+    "--accept-damaged",
+    is_flag=True,
     help="Record damaged shards (truncated archive, unreadable file, wrong parquet schema) as counted rejections "
     "instead of failing the build.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a manifest already at --out (and every file in it).")
 @click.option(
-    "--block-bytes", type=click.IntRange(min=1), default=BLOCK_BYTES, show_default=True,
+    "--block-bytes",
+    type=click.IntRange(min=1),
+    default=BLOCK_BYTES,
+    show_default=True,
     help="Target size of a plain-JSONL block in the block index: the unit the stream verifies, resumes from and "
     "deals to partitions (parquet blocks are row groups; a compressed shard is one block).",
 )
 def build_manifest(
-    mixture, out_dir, tokenizer, workers, runner, restart, beam_args, workspace, dropped_samples, accept_damaged,
-    overwrite, block_bytes,
+    mixture,
+    out_dir,
+    tokenizer,
+    workers,
+    runner,
+    restart,
+    beam_args,
+    workspace,
+    dropped_samples,
+    accept_damaged,
+    overwrite,
+    block_bytes,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -77,9 +105,19 @@ def build_manifest(
 
     try:
         result = build(
-            mixture, out_dir, tokenizer=tokenizer, workers=workers, runner=runner, restart=restart,
-            progress=True, beam_args=beam_args, workspace=workspace, dropped_samples=dropped_samples,
-            accept_damaged=accept_damaged, overwrite=overwrite, block_bytes=block_bytes,
+            mixture,
+            out_dir,
+            tokenizer=tokenizer,
+            workers=workers,
+            runner=runner,
+            restart=restart,
+            progress=True,
+            beam_args=beam_args,
+            workspace=workspace,
+            dropped_samples=dropped_samples,
+            accept_damaged=accept_damaged,
+            overwrite=overwrite,
+            block_bytes=block_bytes,
         )
     except TokenizerNotFound as e:
         raise click.ClickException(str(e)) from None

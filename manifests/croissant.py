@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from elm_data.redact import redact_uri
+from elm_data.core.redact import redact_uri
 
 from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ledger_path
 

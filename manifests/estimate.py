@@ -39,9 +39,9 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from elm_data.core.redact import redact_uri
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
-from elm_data.redact import redact_uri
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard, shard_format_of
 

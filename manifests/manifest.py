@@ -40,8 +40,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elm_data.errors import ElmDataError
-from elm_data.outputs import publish_modes, replace_dir
+from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import publish_modes, replace_dir
 
 FORMAT_VERSION = 2
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"

@@ -35,7 +35,7 @@ from typing import Any
 import fsspec
 import yaml
 
-from elm_data.errors import InvalidValue
+from elm_data.core.errors import InvalidValue
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 
 from .shard_lists import entry_shards

@@ -29,8 +29,13 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
     ax.barh([y + bar / 2 for y in ys], manifest_pct, height=bar, color=MANIFEST_COLOUR, label="this manifest")
     if has_target:
         ax.barh(
-            [y - bar / 2 for y in ys], target_pct, height=bar, color=TARGET_COLOUR,
-            label=f"target ({audit.targets_name})", edgecolor="#777777", linewidth=0.5,
+            [y - bar / 2 for y in ys],
+            target_pct,
+            height=bar,
+            color=TARGET_COLOUR,
+            label=f"target ({audit.targets_name})",
+            edgecolor="#777777",
+            linewidth=0.5,
         )
     xmax = max([*manifest_pct, *target_pct, 1.0])
     for y, r, m, t in zip(ys, rows, manifest_pct, target_pct, strict=True):

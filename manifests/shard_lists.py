@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import fsspec
 
-from elm_data.errors import ElmDataError
-from elm_data.redact import redact_text, redact_uri
+from elm_data.core.errors import ElmDataError
+from elm_data.core.redact import redact_text, redact_uri
 
 GLOB_CHARS = "*?["
 

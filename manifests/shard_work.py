@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from elm_data.core.redact import redact_uri
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
-from elm_data.redact import redact_uri
 from elm_data.sources.blocks import BLOCK_BYTES, Block, index_blocks
 from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import fetched, read_shard, shard_format_of

@@ -29,9 +29,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
+from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.dropped import DroppedSamples
-from elm_data.redact import redact_text, redact_uri
 
 from .manifest import DOCUMENT_SCHEMA, ShardRecord
 
@@ -110,8 +110,11 @@ class BuildWorkspace:
         if meta is None:
             return None
         return CommittedShard(
-            ShardRecord(**meta["record"]), meta["config_hash"], meta["documents_sha256"],
-            meta.get("dropped_per_reason", 0), meta.get("dropped_sha256"),
+            ShardRecord(**meta["record"]),
+            meta["config_hash"],
+            meta["documents_sha256"],
+            meta.get("dropped_per_reason", 0),
+            meta.get("dropped_sha256"),
         )
 
     def _intact(self, path: str, sha256: str | None) -> bool:

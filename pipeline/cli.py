@@ -39,7 +39,7 @@ def _print_text(k: int, ids, spans: list[dict[str, Any]], tokenizer, pad_id: int
             f"  [{s['start']:>5}:{s['end']:<5}) {s['source']}/{s['subset']} doc {s['doc_id']} (record {s['index']}, "
             f"shard {s['shard_sha256'][:12]}) framed tokens [{s['doc_start']}:{s['doc_end']})"
         )
-        click.echo(f"      «{_snippet(tokenizer, ids[s['start']:s['end']])}»")
+        click.echo(f"      «{_snippet(tokenizer, ids[s['start'] : s['end']])}»")
 
 
 def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
@@ -58,27 +58,53 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 
 @click.command("stream")
 @click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--mode", type=click.Choice(["packed", "corenet"]), default=None,
-              help="Sequence mode (default: the manifest's). corenet needs a manifest built in corenet mode.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None,
-              help="Sequence length (rows are seq_len+1). Default: manifest's.")
+@click.option(
+    "--mode",
+    type=click.Choice(["packed", "corenet"]),
+    default=None,
+    help="Sequence mode (default: the manifest's). corenet needs a manifest built in corenet mode.",
+)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequence length (rows are seq_len+1). Default: manifest's.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per batch.")
 @click.option("--take", type=click.IntRange(min=0), default=4, show_default=True, help="Sequences to print.")
-@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
-              help="text: spans and decoded snippets; jsonl: one object per sequence with token ids and spans.")
-@click.option("--weights", default=None,
-              help="'natural' (each kept document once) or a YAML/JSON file 'source/subset: weight'. "
-                   "Default: the manifest's mixture weights, else natural.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="text: spans and decoded snippets; jsonl: one object per sequence with token ids and spans.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="'natural' (each kept document once) or a YAML/JSON file 'source/subset: weight'. "
+    "Default: the manifest's mixture weights, else natural.",
+)
 @click.option("--seed", type=int, default=None, help="Mixing seed (default: the manifest's).")
-@click.option("--partitions", type=click.IntRange(min=1), default=None,
-              help="Stream partitions P (default: the largest power of two <= 64 with >= 4 blocks each); "
-                   "ranks x workers must divide it.")
-@click.option("--tokenizer", default=None,
-              help="LLaMA tokenizer.model (else $ELM_DATA_TOKENIZER, else the manifest's).")
-@click.option("--full-pass", is_flag=True,
-              help="Stream one whole natural pass (no printing) and report stats and the ledger against the manifest.")
-def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer,
-           full_pass) -> None:
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stream partitions P (default: the largest power of two <= 64 with >= 4 blocks each); "
+    "ranks x workers must divide it.",
+)
+@click.option(
+    "--tokenizer", default=None, help="LLaMA tokenizer.model (else $ELM_DATA_TOKENIZER, else the manifest's)."
+)
+@click.option(
+    "--full-pass",
+    is_flag=True,
+    help="Stream one whole natural pass (no printing) and report stats and the ledger against the manifest.",
+)
+def stream(
+    manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass
+) -> None:
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
@@ -95,9 +121,18 @@ def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, se
     from elm_data.pipeline.tokenizer import TokenizerNotFound
 
     try:
-        ts = TokenStream(manifest_dir, batch_size=batch_size, seq_len=seq_len, mode=mode,
-                         weights="natural" if full_pass else _load_weights(weights), seed=seed,
-                         tokenizer=tokenizer, epochs=1, provenance=not full_pass, partitions=partitions)
+        ts = TokenStream(
+            manifest_dir,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mode=mode,
+            weights="natural" if full_pass else _load_weights(weights),
+            seed=seed,
+            tokenizer=tokenizer,
+            epochs=1,
+            provenance=not full_pass,
+            partitions=partitions,
+        )
         if full_pass:
             _full_pass(ts, StreamLoader(ts), fmt == "jsonl")
             return
@@ -107,8 +142,14 @@ def stream(manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, se
             else:
                 _print_text(k, ids, spans, ts.tokenizer, ts.sequences.pad_id)
         _print_stats(ts.stats(), fmt == "jsonl")
-    except (PlanError, StreamIntegrityError, TokenizerMismatch, TokenizerNotFound, FileNotFoundError,
-            ValueError) as error:
+    except (
+        PlanError,
+        StreamIntegrityError,
+        TokenizerMismatch,
+        TokenizerNotFound,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         raise click.ClickException(str(error)) from error
 
 

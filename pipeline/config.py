@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from elm_data.errors import InvalidValue
+from elm_data.core.errors import InvalidValue
 from elm_data.pipeline.tokenizer import PAD_ID
 
 SEQUENCE_MODES = ("packed", "corenet")

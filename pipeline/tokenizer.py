@@ -27,8 +27,8 @@ from typing import Any
 import fsspec
 import sentencepiece as spm
 
-from elm_data.errors import ElmDataError
-from elm_data.redact import redact_text, redact_uri
+from elm_data.core.errors import ElmDataError
+from elm_data.core.redact import redact_text, redact_uri
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
 CACHE_ENV_VAR = "ELM_DATA_CACHE"
@@ -53,7 +53,7 @@ class TokenizerMismatch(TokenizerError):
 
 
 def public_uri(uri: str) -> str:
-    """``uri`` without credentials (:func:`elm_data.redact.redact_uri`): what is recorded and printed."""
+    """``uri`` without credentials (:func:`elm_data.core.redact.redact_uri`): what is recorded and printed."""
     return redact_uri(uri)
 
 

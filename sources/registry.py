@@ -212,8 +212,7 @@ _SPECS: tuple[SubsetSpec, ...] = (
         text_field="text",
         id_field=None,
         record_schema=(
-            'deduplicated: text: string | original: {"text": str, "meta": {"pile_set_name": str}} '
-            "(zstd JSON Lines)"
+            'deduplicated: text: string | original: {"text": str, "meta": {"pile_set_name": str}} (zstd JSON Lines)'
         ),
         target_tokens=OPENELM_TARGETS["pile/default"],
         alt_formats=((".jsonl.zst", FORMAT_JSONL_ZST), (".parquet", FORMAT_PARQUET)),

@@ -77,8 +77,12 @@ def test_audit_equals_an_independent_count(sample_manifest, expected):
     for key, want in expected.items():
         row = rows[key]
         got = {
-            "shards": row.shards, "docs_read": row.docs_read, "docs_kept": row.docs_kept,
-            "docs_rejected": row.docs_rejected, "tokens": row.tokens, "chars": row.chars,
+            "shards": row.shards,
+            "docs_read": row.docs_read,
+            "docs_kept": row.docs_kept,
+            "docs_rejected": row.docs_rejected,
+            "tokens": row.tokens,
+            "chars": row.chars,
             "min_characters": row.filtered_by_reason.get("min_characters", 0),
             "min_tokens": row.filtered_by_reason.get("min_tokens", 0),
         }
@@ -93,8 +97,10 @@ def test_audit_json_is_one_object_keyed_by_subset(sample_manifest, sample_dir, e
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(expected) <= set(data)
-    weights = {f"{e['source']}/{e['subset']}": e["weight"]
-               for e in yaml.safe_load((sample_dir / "mixture.yaml").read_text())["sources"]}
+    weights = {
+        f"{e['source']}/{e['subset']}": e["weight"]
+        for e in yaml.safe_load((sample_dir / "mixture.yaml").read_text())["sources"]
+    }
     for key, weight in weights.items():
         assert data[key]["weight_share"] == pytest.approx(weight / sum(weights.values()))
     target_total = sum(OPENELM_TARGETS.values())

@@ -192,8 +192,11 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
     assert {key: counts["read"] for key, counts in stats.items()} == dict(given)  # every document counted once
     for key, counts in stats.items():
         assert counts["read"] == counts["kept"] + sum(counts["filtered"].values()), key
-        assert counts["kept"] == sum(1 for r in results if r.status == "kept" and r.document.provenance.source
-                                     + "/" + r.document.provenance.subset == key), key
+        assert counts["kept"] == sum(
+            1
+            for r in results
+            if r.status == "kept" and r.document.provenance.source + "/" + r.document.provenance.subset == key
+        ), key
     kept = [r for r in results if r.status == "kept"]
     assert kept and len(kept) < len(results)
     for r in kept[:40]:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from elm_data.cli import run
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
 
 
 @pytest.fixture(autouse=True)

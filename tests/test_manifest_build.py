@@ -149,8 +149,9 @@ def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
 
     opens: Counter = Counter()
     real_open = MemoryFileSystem._open
-    monkeypatch.setattr(MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.update([path]) or real_open(
-        self, path, *a, **kw))
+    monkeypatch.setattr(
+        MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.update([path]) or real_open(self, path, *a, **kw)
+    )
     remote = build_manifest(tmp_path / "mixture.yaml", tmp_path / "remote", tokenizer=tokenizer_path, workers=1)
     records = Manifest(tmp_path / "remote").shards
     assert remote.manifest_id == Manifest(sample_manifest).manifest_id  # same bytes, same id
@@ -270,7 +271,9 @@ def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path,
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLABLE_BUILD, str(sample_dir / "mixture.yaml"), str(out), tokenizer_path],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     watchdog = threading.Timer(180, proc.kill)  # a child that never stalls must not hang the suite
     watchdog.start()

@@ -125,7 +125,10 @@ def test_first_k_per_reason_in_manifest_order_match_the_ledger(sampled):
             assert (s["doc_id"], s["chars"], s["count"]) == (row["doc_id"], row["chars"], row["count"])
             shard = shards[s["shard"]]
             assert (s["source"], s["subset"], s["shard_uri"], s["shard_sha256"]) == (
-                shard.source, shard.subset, shard.uri, shard.sha256,
+                shard.source,
+                shard.subset,
+                shard.uri,
+                shard.sha256,
             )
     # filtered reasons first, then rejections; each reason in manifest order
     assert [(s["status"], s["reason"]) for s in samples] == sorted((s["status"], s["reason"]) for s in samples)
@@ -158,8 +161,17 @@ def test_workers_and_beam_write_identical_bytes(corpus, sampled, tokenizer_path,
     two = tmp_path / "two"
     result = CliRunner().invoke(
         build_command,
-        [str(corpus / "mixture.yaml"), "--out", str(two), "--tokenizer", tokenizer_path, "--workers", "2",
-         "--dropped-samples", str(K)],
+        [
+            str(corpus / "mixture.yaml"),
+            "--out",
+            str(two),
+            "--tokenizer",
+            tokenizer_path,
+            "--workers",
+            "2",
+            "--dropped-samples",
+            str(K),
+        ],
     )
     assert result.exit_code == 0, result.output
     beam = tmp_path / "beam"

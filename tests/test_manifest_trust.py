@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
 from elm_data.manifests.audit import audit_manifest
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.identity import merkle_root_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elm_data.errors import InvalidValue
+from elm_data.core.errors import InvalidValue
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.manifests.shard_lists import entry_shards, read_url_list
 

@@ -15,11 +15,11 @@ import yaml
 
 from elm_data import outputs
 from elm_data.cli import run
-from elm_data.errors import OutputExists, OutputLocked
+from elm_data.core.errors import OutputExists, OutputLocked
+from elm_data.core.redact import redact_text, redact_uri
 from elm_data.manifests.build import BuildFailed, build_manifest
 from elm_data.manifests.manifest import MANIFEST_FILE, SHARDS_FILE
 from elm_data.manifests.workspace import workspace_path_for
-from elm_data.redact import redact_text, redact_uri
 
 
 @pytest.fixture(autouse=True)

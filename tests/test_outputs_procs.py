@@ -73,7 +73,7 @@ _POOL = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing as mp
-from elm_data.procs import die_with_parent
+from elm_data.core.procs import die_with_parent
 
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver"), initializer=die_with_parent)
@@ -87,7 +87,7 @@ _LOADER = """
 import os, time
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from elm_data.procs import dataloader_worker_init
+from elm_data.core.procs import dataloader_worker_init
 
 class Forever(IterableDataset):
     def __iter__(self):
@@ -143,7 +143,7 @@ def test_a_sigkilled_build_leaves_no_worker(sample_dir, tokenizer_path, tmp_path
 
 
 def test_exited_tells_a_live_process_from_a_gone_one():
-    from elm_data.procs import _exited
+    from elm_data.core.procs import _exited
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert not _exited(os.getpid()) and _exited(int(done.stdout))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from elm_data.errors import ElmDataError, InvalidValue
+from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.tokenizer import PAD_ID

@@ -200,8 +200,9 @@ def test_fetched_reads_a_remote_shard_once_and_keeps_its_uri(sample_shards, monk
         f.write(Path(uri).read_bytes())
     opens: list[str] = []
     real_open = MemoryFileSystem._open
-    monkeypatch.setattr(MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.append(path) or real_open(
-        self, path, *a, **kw))
+    monkeypatch.setattr(
+        MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.append(path) or real_open(self, path, *a, **kw)
+    )
     with fetched(memory_uri) as local:
         assert Path(local).read_bytes() == Path(uri).read_bytes()
         items = list(read_shard(memory_uri, source, subset, shard_sha256=sha256_of(local), local_path=local))

@@ -105,8 +105,10 @@ def test_upstream_uri_joins_the_registry_folder_and_the_file_name():
     rw = get_subset("refinedweb", "default")
     name = "train-00007-of-05534-0123456789abcdef.parquet"
     assert rw.upstream_uri(f"/tmp/x/{name}") == f"hf://datasets/tiiuae/falcon-refinedweb/data/{name}"
-    assert get_subset("dolma", "reddit").upstream_uri("memory://r/reddit-0003.json.gz").endswith(
-        "dolma-v1_6/reddit/reddit-0003.json.gz"
+    assert (
+        get_subset("dolma", "reddit")
+        .upstream_uri("memory://r/reddit-0003.json.gz")
+        .endswith("dolma-v1_6/reddit/reddit-0003.json.gz")
     )
     assert get_subset("pile", "default").upstream_uri("/p/00.jsonl.zst").endswith("/pile/train/00.jsonl.zst")
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import publish_modes, replace_dir
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
-from elm_data.outputs import publish_modes, replace_dir
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE, STREAM_STATE, TRAINER_STATE = "training_state.pt", "stream_state.pt", "trainer_state.json"

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from elm_data.errors import InvalidValue
-from elm_data.redact import redact_uri
+from elm_data.core.errors import InvalidValue
+from elm_data.core.redact import redact_uri
 
 # Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
 OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-import elm_data
+from elm_data.core import __version__
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
@@ -126,7 +126,7 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         f"- step {run.step} of {config.get('max_steps')}; loss at this step: {_fmt(loss, '.4f')}",
         f"- tokens seen (all positions): {run.step_record.get('tokens_total', 0) if run.step_record else 0:,}",
         f"- code: elm-data {run.header.get('code_version', {}).get('elm_data')} "
-        f"(git {run.header.get('code_version', {}).get('git_commit')}); exported by elm-data {elm_data.__version__}",
+        f"(git {run.header.get('code_version', {}).get('git_commit')}); exported by elm-data {__version__}",
         "",
         "```yaml",
         yaml.safe_dump(config, sort_keys=True).rstrip(),

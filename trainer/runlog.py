@@ -18,14 +18,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import elm_data
+import elm_data.core
 
 LOG_FILE = "log.jsonl"
 
 
 def code_version() -> dict[str, Any]:
-    """``elm_data.__version__`` plus the git commit of the source tree, when it is a git checkout."""
-    root = Path(elm_data.__file__).resolve().parents[1]
+    """``elm_data.core.__version__`` plus the git commit of the source tree, when it is a git checkout."""
+    root = Path(elm_data.core.__file__).resolve().parents[2]
     commit, dirty = None, None
     try:
         commit = subprocess.run(
@@ -42,7 +42,7 @@ def code_version() -> dict[str, Any]:
         dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"elm_data": elm_data.__version__, "git_commit": commit, "git_dirty": dirty}
+    return {"elm_data": elm_data.core.__version__, "git_commit": commit, "git_dirty": dirty}
 
 
 class RunLog:

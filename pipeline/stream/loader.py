@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from elm_data.procs import dataloader_worker_init
+from elm_data.core.procs import dataloader_worker_init
 
 from .dataset import STATE_VERSION, TokenStream, _as_is
 from .ledger import Ledger

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, ShardRecord
 from elm_data.pipeline.config import SEQUENCE_MODES
 

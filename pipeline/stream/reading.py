@@ -13,9 +13,9 @@ import bisect
 from collections.abc import Generator
 from contextlib import ExitStack
 
-from elm_data.errors import ElmDataError
+from elm_data.core.errors import ElmDataError
+from elm_data.core.redact import redact_text
 from elm_data.manifests.manifest import Manifest, ShardRecord
-from elm_data.redact import redact_text
 from elm_data.sources.blocks import Block, BlockChanged, VerifiedView, open_verified
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from elm_data.errors import OutputLocked
+from elm_data.core.errors import OutputLocked
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
