@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from elm_data import outputs
+from elm_data.core import outputs
 from elm_data.cli import run
 from elm_data.core.errors import OutputExists, OutputLocked
 from elm_data.core.redact import redact_text, redact_uri

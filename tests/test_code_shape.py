@@ -1,0 +1,132 @@
+"""The shape of the code itself: imports point down the layers, and production functions fit on a screen.
+
+The layer order is the one in docs/ARCHITECTURE.md; a folder may import its own modules and any folder of a
+lower layer, never one of the same or a higher layer. Both checks read the source with ``ast`` (lazy imports
+inside functions count too), so they hold whatever is installed.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# folder -> layer; imports go from a higher number to a lower one only (equal numbers may not import each other)
+LAYERS = {
+    "elm_data/core": 0,
+    "sources": 1,
+    "model": 1,
+    "pipeline": 2,
+    "manifests": 3,
+    "pipeline/stream": 4,
+    "trainer": 5,
+    "elm_data": 6,
+}
+PACKAGE_OF = {"core": "elm_data/core", "sources": "sources", "model": "model", "pipeline": "pipeline"}
+PACKAGE_OF |= {"manifests": "manifests", "trainer": "trainer"}
+MAX_FUNCTION_LINES = 60
+
+
+def production_files(root: Path = ROOT) -> list[Path]:
+    return sorted(p for folder in LAYERS for p in (root / folder).glob("*.py"))
+
+
+def folder_of_module(module: str) -> str | None:
+    """The repository folder of an ``elm_data`` module name; None for third-party modules."""
+    parts = module.split(".")
+    if parts[0] != "elm_data":
+        return None
+    if len(parts) == 1 or parts[1] not in PACKAGE_OF:
+        return "elm_data"
+    if parts[1] == "pipeline" and len(parts) > 2 and parts[2] == "stream":
+        return "pipeline/stream"
+    return PACKAGE_OF[parts[1]]
+
+
+def imported_folders(path: Path, root: Path = ROOT) -> set[tuple[str, int]]:
+    """``(folder, line)`` of every elm_data import in ``path`` (absolute and relative)."""
+    folder = path.parent.relative_to(root).as_posix()
+    package = "elm_data" if folder == "elm_data" else "elm_data." + folder.replace("/", ".")
+    package = package.replace("elm_data.elm_data.", "elm_data.")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            submodule = base == "elm_data" or base.endswith(".pipeline")  # `from elm_data.pipeline import stream`
+            names = [f"{base}.{a.name}" if submodule else base for a in node.names]
+        for name in names:
+            target = folder_of_module(name)
+            if target is not None:
+                found.add((target, node.lineno))
+    return found
+
+
+def layer_violations(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in production_files(root):
+        folder = path.parent.relative_to(root).as_posix()
+        for target, line in sorted(imported_folders(path, root)):
+            if target != folder and LAYERS[target] >= LAYERS[folder]:
+                layers = f"layer {LAYERS[target]} >= {LAYERS[folder]}"
+                out.append(f"{path.relative_to(root)}:{line} imports {target} ({layers})")
+    return out
+
+
+def long_functions(root: Path = ROOT, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    out = []
+    for path in production_files(root):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name} is {lines} lines")
+    return out
+
+
+def test_imports_point_down_the_layers():
+    assert layer_violations() == []
+
+
+def test_every_production_folder_has_a_layer():
+    folders = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("*/**/*.py")}
+    production = {f for f in folders if f.split("/")[0] in {"elm_data", *PACKAGE_OF}}
+    assert production <= set(LAYERS)
+
+
+def test_no_production_function_over_the_limit():
+    assert long_functions() == []
+
+
+@pytest.fixture
+def toy_tree(tmp_path: Path) -> Path:
+    for folder, text in {
+        "elm_data/core": "import os\n",
+        "sources": "from elm_data.core.errors import ElmDataError\n",
+        "pipeline": "from elm_data.sources import readers\nfrom .stream.plan import Plan\n",
+        "pipeline/stream": "from ..config import X\nfrom elm_data.manifests.manifest import Manifest\n",
+        "manifests": "from elm_data.pipeline import document_pass\n",
+        "model": "def f():\n    from elm_data.sources import sample\n" + "    x = 1\n" * 70,
+        "trainer": "from elm_data.pipeline.stream import TokenStream\n",
+        "elm_data": "from elm_data.trainer import loop\n",
+    }.items():
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "m.py").write_text(text)
+    return tmp_path
+
+
+def test_the_checks_catch_what_they_should(toy_tree: Path):
+    """An independent oracle: a hand-made tree with exactly two upward imports and one long function."""
+    assert layer_violations(toy_tree) == [
+        "model/m.py:2 imports sources (layer 1 >= 1)",
+        "pipeline/m.py:2 imports pipeline/stream (layer 4 >= 2)",
+    ]
+    assert long_functions(toy_tree) == ["model/m.py:1 f is 72 lines"]
