@@ -19,10 +19,14 @@ import pyarrow as pa
 
 from elm_data.core.redact import redact_uri
 
-from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ledger_path
+from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
 PROV_NS = "http://www.w3.org/ns/prov#"
+OPENELM_CITATION = (
+    "@misc{mehta2024openelm, title={OpenELM: An Efficient Language Model Family with Open Training "
+    "and Inference Framework}, author={Mehta, Sachin and others}, year={2024}, eprint={2404.14619}}"
+)
 
 # JSON-LD @context of Croissant 1.1 (as mlcroissant writes it), plus the RAI and PROV namespaces.
 CONTEXT: dict[str, Any] = {
@@ -135,63 +139,115 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     manifest = Manifest(manifest_dir)
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
-    totals = info.get("totals", {})
-    filters = info.get("filters", {})
-    licences = sorted({r.licence for r in records if r.licence})
-    sources = sorted({r.key for r in records})
     created = info.get("created_at")
+    return {
+        "@context": CONTEXT,
+        "@type": "sc:Dataset",
+        "conformsTo": CROISSANT_1_1,
+        "name": info.get("name") or "elm-data-manifest",
+        "description": _dataset_description(manifest),
+        "identifier": f"elm-data:manifest:{manifest.manifest_id}",
+        "version": "1.0.0",
+        "datePublished": created,
+        "dateCreated": created,
+        "license": sorted({r.licence for r in records if r.licence}),
+        "keywords": ["language modeling", "pretraining", "OpenELM", "data provenance", *_source_keys(records)],
+        "citeAs": OPENELM_CITATION,
+        "creator": {"@type": "sc:Organization", "name": f"elm-data {_tool_version(info)}".strip()},
+        **_responsible_ai(info, records),
+        "prov:wasGeneratedBy": {"@type": "prov:Activity", "name": f"elm-data build manifest ({_tool_version(info)})"},
+        "distribution": [
+            *_manifest_file_objects(manifest, base),
+            *_ledger_file_objects(manifest, base),
+            *(_shard_file_object(r) for r in records),
+        ],
+        "recordSet": [
+            _record_set("shards", SHARDS_FILE, SHARD_SCHEMA, "Per-shard provenance and counts."),
+        ],
+    }
 
-    distribution: list[dict[str, Any]] = []
-    for file_name, fmt, what in (
-        (MANIFEST_FILE, "application/json", "Manifest: id, Merkle root, tokenizer, pass config, totals."),
-        (SHARDS_FILE, "application/x-parquet", "One row per corpus shard: hash, licence, counts."),
-    ):
-        path = manifest.path / file_name
-        distribution.append(
-            {
-                "@type": "cr:FileObject",
-                "@id": file_name,
-                "name": file_name,
-                "description": what,
-                "contentUrl": Path(os.path.relpath(path, base)).as_posix(),
-                "contentSize": f"{path.stat().st_size} B",
-                "encodingFormat": fmt,
-                "sha256": _sha256_file(path),
-            }
+
+def _tool_version(info: dict[str, Any]) -> str:
+    return info.get("tool", {}).get("version", "")
+
+
+def _source_keys(records: list[ShardRecord]) -> list[str]:
+    return sorted({r.key for r in records})
+
+
+def _dataset_description(manifest: Manifest) -> str:
+    info, records = manifest.info, manifest.shards
+    totals = info.get("totals", {})
+    return (
+        f"elm-data manifest {manifest.manifest_id}: {len(records)} shards of {', '.join(_source_keys(records))}; "
+        f"{totals.get('docs_kept', 0):,} of {totals.get('docs_read', 0):,} records kept, "
+        f"{totals.get('tokens', 0):,} LLaMA-2 tokens. Merkle root (RFC 6962) over shard records: "
+        f"{info.get('merkle_root')}."
+    )
+
+
+def _local_file_object(path: Path, base: Path, file_id: str, description: str, encoding: str) -> dict[str, Any]:
+    """A ``cr:FileObject`` for a file of the manifest directory, its URL relative to ``base``."""
+    return {
+        "@type": "cr:FileObject",
+        "@id": file_id,
+        "name": file_id,
+        "description": description,
+        "contentUrl": Path(os.path.relpath(path, base)).as_posix(),
+        "contentSize": f"{path.stat().st_size} B",
+        "encodingFormat": encoding,
+        "sha256": _sha256_file(path),
+    }
+
+
+def _manifest_file_objects(manifest: Manifest, base: Path) -> list[dict[str, Any]]:
+    return [
+        _local_file_object(manifest.path / MANIFEST_FILE, base, MANIFEST_FILE,
+                           "Manifest: id, Merkle root, tokenizer, pass config, totals.", "application/json"),
+        _local_file_object(manifest.path / SHARDS_FILE, base, SHARDS_FILE,
+                           "One row per corpus shard: hash, licence, counts.", "application/x-parquet"),
+    ]  # fmt: skip
+
+
+def _ledger_file_objects(manifest: Manifest, base: Path) -> list[dict[str, Any]]:
+    """The documents ledger, one parquet file per shard (DOCUMENT_SCHEMA)."""
+    return [
+        _local_file_object(
+            ledger_path(manifest.path, r.shard),
+            base,
+            f"documents-{r.shard:06d}",
+            f"Documents ledger of shard {r.shard}: one row per input record (status, reason, tokens).",
+            "application/x-parquet",
         )
-    for r in records:  # the documents ledger, one parquet file per shard (DOCUMENT_SCHEMA)
-        path = ledger_path(manifest.path, r.shard)
-        distribution.append({
-            "@type": "cr:FileObject",
-            "@id": f"documents-{r.shard:06d}",
-            "name": f"documents-{r.shard:06d}",
-            "description": f"Documents ledger of shard {r.shard}: one row per input record (status, reason, tokens).",
-            "contentUrl": Path(os.path.relpath(path, base)).as_posix(),
-            "contentSize": f"{path.stat().st_size} B",
-            "encodingFormat": "application/x-parquet",
-            "sha256": _sha256_file(path),
-        })  # fmt: skip
-    for r in records:
-        shard_object: dict[str, Any] = {
-            "@type": "cr:FileObject",
-            "@id": f"shard-{r.shard:05d}",
-            "name": f"shard-{r.shard:05d}",
-            "description": f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept, {r.tokens:,} tokens.",
-            "contentUrl": redact_uri(r.uri),
-            "contentSize": f"{r.size_bytes} B",
-            "encodingFormat": _encoding_of(r.uri),
-            "sha256": r.sha256,
-            "license": r.licence,
-        }
-        if r.upstream:
-            derived: dict[str, Any] = {"@id": redact_uri(r.upstream)}
-            if r.upstream_revision:
-                derived["version"] = r.upstream_revision
-            shard_object["prov:wasDerivedFrom"] = derived
-        distribution.append(shard_object)
+        for r in manifest.shards
+    ]
 
+
+def _shard_file_object(r: ShardRecord) -> dict[str, Any]:
+    """A corpus shard at its (redacted) location, derived from its upstream file when known."""
+    shard_object: dict[str, Any] = {
+        "@type": "cr:FileObject",
+        "@id": f"shard-{r.shard:05d}",
+        "name": f"shard-{r.shard:05d}",
+        "description": f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept, {r.tokens:,} tokens.",
+        "contentUrl": redact_uri(r.uri),
+        "contentSize": f"{r.size_bytes} B",
+        "encodingFormat": _encoding_of(r.uri),
+        "sha256": r.sha256,
+        "license": r.licence,
+    }
+    if r.upstream:
+        derived: dict[str, Any] = {"@id": redact_uri(r.upstream)}
+        if r.upstream_revision:
+            derived["version"] = r.upstream_revision
+        shard_object["prov:wasDerivedFrom"] = derived
+    return shard_object
+
+
+def _preprocessing(info: dict[str, Any]) -> list[str]:
+    filters = info.get("filters", {})
     quality = info.get("pass", {}).get("filters", {}).get("quality", [])
-    preprocessing = [
+    return [
         "Documents read from the listed public shards with their provenance (shard sha256, row/line, id).",
         f"OpenELM/CoreNet rule: drop texts under {filters.get('min_characters')} characters "
         "(of a SlimPajama-normalised copy) or under "
@@ -200,28 +256,13 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         f"Sequence forming: {json.dumps(info.get('sequences', {}), sort_keys=True)}.",
         f"Tokenizer: SentencePiece sha256 {info.get('tokenizer', {}).get('sha256')}.",
     ]
+
+
+def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[str, Any]:
+    """The Croissant RAI fields that apply to a selection of existing public corpora."""
+    totals = info.get("totals", {})
+    upstream_dirs = sorted({posixpath.dirname(redact_uri(r.upstream)) for r in records if r.upstream})
     return {
-        "@context": CONTEXT,
-        "@type": "sc:Dataset",
-        "conformsTo": CROISSANT_1_1,
-        "name": info.get("name") or "elm-data-manifest",
-        "description": (
-            f"elm-data manifest {manifest.manifest_id}: {len(records)} shards of {', '.join(sources)}; "
-            f"{totals.get('docs_kept', 0):,} of {totals.get('docs_read', 0):,} records kept, "
-            f"{totals.get('tokens', 0):,} LLaMA-2 tokens. Merkle root (RFC 6962) over shard records: "
-            f"{info.get('merkle_root')}."
-        ),
-        "identifier": f"elm-data:manifest:{manifest.manifest_id}",
-        "version": "1.0.0",
-        "datePublished": created,
-        "dateCreated": created,
-        "license": licences,
-        "keywords": ["language modeling", "pretraining", "OpenELM", "data provenance", *sources],
-        "citeAs": (
-            "@misc{mehta2024openelm, title={OpenELM: An Efficient Language Model Family with Open Training "
-            "and Inference Framework}, author={Mehta, Sachin and others}, year={2024}, eprint={2404.14619}}"
-        ),
-        "creator": {"@type": "sc:Organization", "name": f"elm-data {info.get('tool', {}).get('version', '')}".strip()},
         "rai:dataCollection": (
             "No new collection: a selection of existing public corpora, read shard by shard from their "
             "published files; every shard is pinned by sha256 and listed in the distribution."
@@ -229,9 +270,9 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "rai:dataCollectionType": ["Secondary Data Analysis"],
         "rai:dataCollectionRawData": (
             "The published upstream files each shard derives from (prov:wasDerivedFrom on every shard), under: "
-            + ", ".join(sorted({posixpath.dirname(redact_uri(r.upstream)) for r in records if r.upstream}))
+            + ", ".join(upstream_dirs)
         ),
-        "rai:dataPreprocessingProtocol": preprocessing,
+        "rai:dataPreprocessingProtocol": _preprocessing(info),
         "rai:dataManipulationProtocol": (
             "Records the readers could not parse are rejected and counted by reason "
             f"({json.dumps(totals.get('rejected_by_reason', {}))}); filtered documents are counted by "
@@ -246,14 +287,6 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "rai:personalSensitiveInformation": (
             "Web and code corpora may contain personal information; this tool applies no PII removal."
         ),
-        "prov:wasGeneratedBy": {
-            "@type": "prov:Activity",
-            "name": f"elm-data build manifest ({info.get('tool', {}).get('version', '')})",
-        },
-        "distribution": distribution,
-        "recordSet": [
-            _record_set("shards", SHARDS_FILE, SHARD_SCHEMA, "Per-shard provenance and counts."),
-        ],
     }
 
 
