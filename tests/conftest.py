@@ -85,7 +85,7 @@ def sample_shards(sample_dir: Path) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="session")
 def corrupt(tmp_path_factory) -> dict[str, Any]:
-    """The damaged-input examples of ``sources.corrupt``, written once per session."""
-    from elm_data.sources.corrupt import write_corrupt_examples
+    """The damaged-input examples of ``corrupt_files``, written once per session."""
+    from corrupt_files import write_corrupt_examples
 
     return write_corrupt_examples(tmp_path_factory.mktemp("corrupt"))

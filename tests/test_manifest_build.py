@@ -293,7 +293,7 @@ def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path,
 
 
 def test_unreadable_shards_exit_non_zero_naming_each_path(tokenizer_path, tmp_path):
-    from elm_data.sources.corrupt import write_corrupt_examples
+    from corrupt_files import write_corrupt_examples
 
     examples = write_corrupt_examples(tmp_path / "bad")
     damaged = [e for e in examples.values() if any(r in DAMAGE_REASONS for _, r, _ in e.rejections)]

@@ -1,4 +1,4 @@
-"""Bad inputs in each native format, for tests of every area: one file per kind of damage.
+"""Bad inputs in each native format, for the reader and build tests: one file per kind of damage (test-only).
 
 ``write_corrupt_examples(out_dir)`` writes them and says, for each, what a reader must yield:
 how many good documents and which rejections (line/row, reason, count), in order.
