@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -78,17 +77,10 @@ class BuildResult:
     totals: dict[str, Any] = field(default_factory=dict)
 
 
-def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str | None]:
-    """(licence, upstream location) of a shard from the sources registry."""
+def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str]:
+    """(licence, upstream location) of a shard: both from the sources registry."""
     spec = get_subset(source, subset)
-    if uri.startswith("hf://"):
-        return spec.licence, uri
-    upstream = getattr(spec, "upstream_uri", None)
-    if callable(upstream):
-        return spec.licence, upstream(uri)
-    # the upstream folder of the registry's file naming, plus the shard's own file name
-    folder = posixpath.dirname(spec.file_pattern.split(" ", 1)[0])
-    return spec.licence, posixpath.join(spec.upstream, folder, posixpath.basename(uri))
+    return spec.licence, spec.upstream_uri(uri)
 
 
 def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES) -> list[ShardTask]:
@@ -303,10 +295,7 @@ def build_manifest(
     ``out_dir`` at a time (:class:`~elm_data.core.errors.OutputLocked` names the holder).
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
     """
-    if runner not in RUNNERS:
-        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
-    if dropped_samples < 0:
-        raise ValueError(f"dropped_samples must be >= 0, got {dropped_samples}")
+    _check_build_args(runner, dropped_samples, block_bytes)
     out_dir = Path(out_dir)
     _check_output_dir(out_dir, overwrite)
     mixture = MixtureConfig.load(mixture_path)
@@ -314,48 +303,72 @@ def build_manifest(
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
-    if block_bytes < 1:
-        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
     tasks = plan_shards(mixture, block_bytes)
-
     config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
-    work = BuildWorkspace(workspace or workspace_path_for(str(out_dir)), config_hash)
-    if restart:
-        work.remove()
-    work.create()
-
-    reused = 0
-    if runner in ("beam", "beam-portable"):
+    work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
+    if runner == "local":
+        reused = _count_locally(tasks, spec, work, workers, dropped_samples, progress, on_shard_done)
+    else:
         from .beam import run_beam
 
         run_beam(tasks, spec, work, beam_args, dropped_per_reason=dropped_samples, portable=runner == "beam-portable")
-    else:
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(tasks), unit="shard", desc="counting shards", dynamic_ncols=True)
-        try:
-            tokens = failed = 0
-            for outcome in run_local(tasks, spec, work, workers, dropped_samples):
-                reused += outcome.reused
-                failed += outcome.error is not None
-                tokens += outcome.record.tokens if outcome.record is not None else 0
-                if bar is not None:
-                    bar.set_postfix(tokens=f"{tokens:,}", reused=reused, failed=failed)
-                    bar.update(1)
-                if on_shard_done is not None:
-                    on_shard_done(outcome)
-        finally:
-            if bar is not None:
-                bar.close()
-
+        reused = 0
     records = collect(tasks, work, accept_damaged)
     info = manifest_info(mixture, records, tok, pass_description, targets)
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
+
+
+def _check_build_args(runner: str, dropped_samples: int, block_bytes: int) -> None:
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if dropped_samples < 0:
+        raise ValueError(f"dropped_samples must be >= 0, got {dropped_samples}")
+    if block_bytes < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+
+
+def _open_workspace(path: str, config_hash: str, restart: bool) -> BuildWorkspace:
+    """The build's workspace, created if absent; ``restart`` discards what an interrupted build committed."""
+    work = BuildWorkspace(path, config_hash)
+    if restart:
+        work.remove()
+    work.create()
+    return work
+
+
+def _count_locally(
+    tasks: Sequence[ShardTask],
+    spec: PassSpec,
+    work: BuildWorkspace,
+    workers: int,
+    dropped_samples: int,
+    progress: bool,
+    on_shard_done: Callable[[ShardOutcome], None] | None,
+) -> int:
+    """Count ``tasks`` with the local runner, reporting each outcome; returns how many shards were reused."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), unit="shard", desc="counting shards", dynamic_ncols=True)
+    reused = tokens = failed = 0
+    try:
+        for outcome in run_local(tasks, spec, work, workers, dropped_samples):
+            reused += outcome.reused
+            failed += outcome.error is not None
+            tokens += outcome.record.tokens if outcome.record is not None else 0
+            if bar is not None:
+                bar.set_postfix(tokens=f"{tokens:,}", reused=reused, failed=failed)
+                bar.update(1)
+            if on_shard_done is not None:
+                on_shard_done(outcome)
+    finally:
+        if bar is not None:
+            bar.close()
+    return reused
 
 
 def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
