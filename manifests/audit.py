@@ -11,29 +11,24 @@ weights (weights are token shares), so it shows how the weights re-balance the n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .manifest import DROPPED_SAMPLES_FILE, Manifest, ShardRecord, totals_of
+from elm_data.pipeline.counts import Counts
+
+from .manifest import DROPPED_SAMPLES_FILE, Manifest
 from .targets import load_targets
 
 
 @dataclass
 class AuditRow:
+    """One source/subset: its shards' summed ``counts`` and its shares of the manifest and the targets."""
+
     source: str
     subset: str
     shards: int = 0
-    docs_read: int = 0
-    docs_kept: int = 0
-    docs_filtered: int = 0
-    docs_rejected: int = 0
-    filtered_by_reason: dict[str, int] = field(default_factory=dict)
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    pieces_filtered_by_reason: dict[str, int] = field(default_factory=dict)  # corenet: pieces dropped per reason
-    chars: int = 0
-    tokens: int = 0
-    segments: int = 0
+    counts: Counts = field(default_factory=Counts)
     weight: float | None = None
     weight_share: float | None = None  # share of training tokens the stream draws under the mixing weights
     share: float = 0.0
@@ -46,6 +41,11 @@ class AuditRow:
     def key(self) -> str:
         return f"{self.source}/{self.subset}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The row's fields with its counts flattened in (``Counts.to_dict``)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "counts"}
+        return row | self.counts.to_dict()
+
 
 @dataclass
 class Audit:
@@ -56,12 +56,16 @@ class Audit:
     dropped_samples: str | None = None  # one line about dropped_samples.jsonl when the manifest has it
 
     @property
+    def totals(self) -> Counts:
+        return Counts.sum(r.counts for r in self.rows)
+
+    @property
     def total_tokens(self) -> int:
-        return sum(r.tokens for r in self.rows)
+        return self.totals.tokens
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """One object keyed by ``"source/subset"``."""
-        return {r.key: asdict(r) for r in self.rows}
+        return {r.key: r.to_dict() for r in self.rows}
 
 
 def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | None = None) -> Audit:
@@ -70,14 +74,11 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
     resolved = load_targets(targets) if targets is not None else manifest.info.get("targets")
     target_tokens: dict[str, int] = dict((resolved or {}).get("tokens", {}))
 
-    groups: dict[str, list[ShardRecord]] = {}
-    for r in manifest.shards:
-        groups.setdefault(r.key, []).append(r)
     rows: dict[str, AuditRow] = {}
-    for key, records in groups.items():
-        counts = totals_of(records)
-        del counts["size_bytes"]
-        rows[key] = AuditRow(records[0].source, records[0].subset, **counts)
+    for r in manifest.shards:
+        row = rows.setdefault(r.key, AuditRow(r.source, r.subset))
+        row.shards += 1
+        row.counts.merge(r.counts)
     for entry in manifest.info.get("mixture", []):
         key = f"{entry['source']}/{entry['subset']}"
         if key in rows:
@@ -92,16 +93,16 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
     for key, row in rows.items():
         if weights and weight_total:
             row.weight_share = weights.get(key, 0.0) / weight_total
-    total = sum(r.tokens for r in rows.values())
+    total = sum(r.counts.tokens for r in rows.values())
     target_total = sum(target_tokens.values())
     for key, row in rows.items():
-        row.share = row.tokens / total if total else 0.0
+        row.share = row.counts.tokens / total if total else 0.0
         if key in target_tokens and target_total:
             row.target_tokens = target_tokens[key]
             row.target_share = target_tokens[key] / target_total
             row.share_deviation = row.share - row.target_share
             row.ratio = row.share / row.target_share if row.target_share else None
-    ordered = sorted(rows.values(), key=lambda r: (-(r.target_share or 0.0), -r.tokens, r.key))
+    ordered = sorted(rows.values(), key=lambda r: (-(r.target_share or 0.0), -r.counts.tokens, r.key))
     audit = Audit(manifest.manifest_id, manifest.info.get("name", ""), (resolved or {}).get("name"), ordered)
     audit.dropped_samples = _dropped_samples_note(manifest.path / DROPPED_SAMPLES_FILE)
     return audit
@@ -130,63 +131,53 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
+TABLE_HEADERS = (
+    "source/subset",
+    "shards",
+    "read",
+    "kept",
+    "filtered",
+    "rejected",
+    "chars",
+    "tokens",
+    "share %",
+    "target",
+    "target %",
+    "dev pp",
+    "ratio",
+    "weighted %",
+)
+
+
+def _count_cells(counts: Counts) -> list[str]:
+    """The read, kept, filtered, rejected, chars and tokens columns."""
+    c = counts
+    return [f"{n:,}" for n in (c.docs_read, c.docs_kept, c.docs_filtered, c.docs_rejected, c.chars, c.tokens)]
+
+
+def _row_cells(r: AuditRow) -> list[str]:
+    return [
+        r.key,
+        str(r.shards),
+        *_count_cells(r.counts),
+        _pct(r.share),
+        _human(r.target_tokens),
+        _pct(r.target_share),
+        _pct(r.share_deviation, signed=True),
+        "-" if r.ratio is None else f"{r.ratio:.2f}x",
+        _pct(r.weight_share),
+    ]
+
+
+def _total_cells(audit: Audit) -> list[str]:
+    target = _human(sum(r.target_tokens or 0 for r in audit.rows) or None)
+    return ["TOTAL", str(sum(r.shards for r in audit.rows)), *_count_cells(audit.totals), "100.00", target, *[""] * 4]
+
+
 def format_table(audit: Audit) -> str:
     """A fixed-width text table, one line per source/subset plus a total."""
-    headers = [
-        "source/subset",
-        "shards",
-        "read",
-        "kept",
-        "filtered",
-        "rejected",
-        "chars",
-        "tokens",
-        "share %",
-        "target",
-        "target %",
-        "dev pp",
-        "ratio",
-        "weighted %",
-    ]
-    lines = []
-    for r in audit.rows:
-        lines.append(
-            [
-                r.key,
-                str(r.shards),
-                f"{r.docs_read:,}",
-                f"{r.docs_kept:,}",
-                f"{r.docs_filtered:,}",
-                f"{r.docs_rejected:,}",
-                f"{r.chars:,}",
-                f"{r.tokens:,}",
-                _pct(r.share),
-                _human(r.target_tokens),
-                _pct(r.target_share),
-                _pct(r.share_deviation, signed=True),
-                "-" if r.ratio is None else f"{r.ratio:.2f}x",
-                _pct(r.weight_share),
-            ]
-        )
-    rows = audit.rows
-    lines.append(
-        [
-            "TOTAL",
-            str(sum(r.shards for r in rows)),
-            f"{sum(r.docs_read for r in rows):,}",
-            f"{sum(r.docs_kept for r in rows):,}",
-            f"{sum(r.docs_filtered for r in rows):,}",
-            f"{sum(r.docs_rejected for r in rows):,}",
-            f"{sum(r.chars for r in rows):,}",
-            f"{audit.total_tokens:,}",
-            "100.00",
-            _human(sum(r.target_tokens or 0 for r in rows) or None),
-            "",
-            "",
-            "",
-            "",
-        ]
-    )
+    headers = list(TABLE_HEADERS)
+    lines = [_row_cells(r) for r in audit.rows] + [_total_cells(audit)]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
 
     def fmt(cells: list[str]) -> str:

@@ -6,7 +6,8 @@ ledger digest) without its URI and upstream location — so a local mirror of hu
 the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
 sequence config, the tokenizer's sha256, the seed, the mixture weights, the targets and the name.
 ``created_at``, the tool version and the shard globs are not part of it. ``totals`` are checked
-against the shard records. :func:`tampering` recomputes all of it from a manifest on disk.
+against the shard records, and each record's read/filtered/rejected sums against its per-reason buckets
+(invariant 1). :func:`tampering` recomputes all of it from a manifest on disk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .manifest import FORMAT_VERSION, ShardRecord
+from .manifest import FORMAT_VERSION, ShardRecord, totals_of
 from .merkle import merkle_root
 
 
@@ -110,8 +111,6 @@ def shards_per_entry(records: Sequence[ShardRecord]) -> Counter:
 
 def seal(info: dict[str, Any], records: Sequence[ShardRecord]) -> dict[str, Any]:
     """``info`` with the id, Merkle root, totals and per-entry shard counts recomputed from ``records``."""
-    from .manifest import totals_of
-
     per_entry = shards_per_entry(records)
     mixture = [e | {"resolved_shards": per_entry[(e["source"], e["subset"])]} for e in info["mixture"]]
     sealed = info | {"mixture": mixture, "totals": totals_of(records), "merkle_root": merkle_root_of(records)}
@@ -119,9 +118,8 @@ def seal(info: dict[str, Any], records: Sequence[ShardRecord]) -> dict[str, Any]
 
 
 def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]:
-    """What no longer matches in a manifest: id, Merkle root, totals, per-entry shard counts (empty when sound)."""
-    from .manifest import totals_of
-
+    """What no longer matches in a manifest: id, Merkle root, totals, per-entry shard counts, and shards whose
+    document counts do not add up (empty when sound)."""
     problems = []
     try:
         if manifest_id_of_info(info, records) != info.get("manifest_id"):
@@ -130,6 +128,9 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
         problems.append(f"manifest.json lacks or mangles {e}")
     if merkle_root_of(records) != info.get("merkle_root"):
         problems.append("the Merkle root of shards.parquet does not match manifest.json")
+    unbalanced = [r.shard for r in records if not r.counts_add_up()]
+    if unbalanced:
+        problems.append(f"shards {unbalanced[:5]}: docs_read, docs_filtered or docs_rejected differ from the buckets")
     if info.get("totals") != totals_of(records):
         problems.append("totals in manifest.json differ from the sum of the shard records")
     per_entry = shards_per_entry(records)

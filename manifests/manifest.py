@@ -30,7 +30,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -42,6 +41,7 @@ import pyarrow.parquet as pq
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import publish_modes, replace_dir
+from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 
 FORMAT_VERSION = 2
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
@@ -106,6 +106,8 @@ DOCUMENT_SCHEMA = pa.schema(
 
 @dataclass
 class ShardRecord:
+    """One row of ``shards.parquet`` (the field names are its columns); its count fields are ``counts``."""
+
     shard: int
     source: str
     subset: str
@@ -132,6 +134,15 @@ class ShardRecord:
     @property
     def key(self) -> str:
         return f"{self.source}/{self.subset}"
+
+    @property
+    def counts(self) -> Counts:
+        """This shard's counts (a copy: changing it does not change the record)."""
+        return Counts.from_record(self)
+
+    def counts_add_up(self) -> bool:
+        """Whether ``docs_read``/``docs_filtered``/``docs_rejected`` are the sums of the buckets (invariant 1)."""
+        return self.counts.to_dict() == {name: getattr(self, name) for name in RECORD_FIELDS}
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -160,23 +171,19 @@ def shards_table(records: list[ShardRecord]) -> pa.Table:
 
 
 def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
-    """Summed counts of ``records``: documents, characters, tokens, bytes and the per-reason counters."""
-    filtered, rejected, pieces = Counter(), Counter(), Counter()
-    for r in records:
-        filtered.update(r.filtered_by_reason)
-        rejected.update(r.rejected_by_reason)
-        pieces.update(r.pieces_filtered_by_reason)
-    sums = {
-        name: sum(getattr(r, name) for r in records)
-        for name in ("docs_read", "docs_kept", "docs_filtered", "docs_rejected", "chars", "tokens", "segments")
-    }
-    return sums | {
+    """``manifest.json``'s totals: the records' summed :class:`Counts` (``to_dict``), shards and bytes."""
+    return Counts.sum(r.counts for r in records).to_dict() | {
         "shards": len(records),
         "size_bytes": sum(r.size_bytes for r in records),
-        "filtered_by_reason": dict(sorted(filtered.items())),
-        "rejected_by_reason": dict(sorted(rejected.items())),
-        "pieces_filtered_by_reason": dict(sorted(pieces.items())),
     }
+
+
+def counts_by_subset(records: Sequence[ShardRecord]) -> dict[str, Counts]:
+    """Summed counts per ``"source/subset"``, in order of first appearance."""
+    out: dict[str, Counts] = {}
+    for r in records:
+        out.setdefault(r.key, Counts()).merge(r.counts)
+    return out
 
 
 class ManifestTampered(ElmDataError, ValueError):

@@ -39,7 +39,7 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
         )
     xmax = max([*manifest_pct, *target_pct, 1.0])
     for y, r, m, t in zip(ys, rows, manifest_pct, target_pct, strict=True):
-        label = f"{m:.1f}%  ({r.tokens:,} tokens)" if r.shards else "not in this manifest"
+        label = f"{m:.1f}%  ({r.counts.tokens:,} tokens)" if r.shards else "not in this manifest"
         ax.text(m + xmax * 0.01, y + bar / 2, label, va="center", fontsize=8)
         if has_target:
             text = f"{t:.1f}%" if r.target_share is not None else "no target"

@@ -2,7 +2,8 @@
 
 One shard: fetched once when remote (``fetched``), sha256 and size of those bytes, then ``read_shard``
 of the same bytes pinned to that sha256, batches of documents through the one ``DocumentPass``, and
-the counts plus a per-document ledger committed to the build workspace. A shard the workspace already
+its ``ShardTally`` (the shard's ``Counts`` plus one documents-ledger row per record) turned into the
+shard's record and ledger, committed to the build workspace. A shard the workspace already
 holds (same bytes, same pass) is not read again.
 
 With ``dropped_per_reason = K > 0`` the shard also keeps, per ``status:reason``, its first K filtered
@@ -12,7 +13,6 @@ committed next to its ledger; the builder merges them into ``dropped_samples.jso
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -20,6 +20,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from elm_data.core.redact import redact_uri
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
+from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
@@ -72,19 +73,21 @@ class ShardOutcome:
 
 
 @dataclass
-class _Ledger:
-    """Rows of the documents table and the shard's running totals."""
+class ShardTally:
+    """One shard as it is counted: its documents-ledger rows (``DOCUMENT_SCHEMA`` columns) and its ``Counts``.
+
+    Each record read adds one ledger row and lands in one bucket of ``counts``; a whole-shard rejection
+    is one row standing for ``count`` records.
+    """
 
     shard: int
-    corenet: bool = False  # count CoreNet pieces dropped by the per-piece rules
+    count_pieces: bool = False  # corenet mode: count the pieces the per-piece rules dropped
     columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
-    filtered: Counter = field(default_factory=Counter)
-    pieces_filtered: Counter = field(default_factory=Counter)
-    rejected: Counter = field(default_factory=Counter)
-    kept: int = 0
-    chars: int = 0
-    tokens: int = 0
-    segments: int = 0
+    counts: Counts = field(default_factory=Counts)
+
+    @property
+    def rows(self) -> int:
+        return len(self.columns["index"])
 
     def _row(self, index, doc_id, status, reason, count, chars, tokens, segments) -> None:
         for name, value in zip(
@@ -95,21 +98,15 @@ class _Ledger:
             self.columns[name].append(value)
 
     def reject(self, item: Rejection) -> None:
-        self.rejected[item.reason] += item.count
+        self.counts.add_rejection(item)
         self._row(item.index, "", "rejected", item.reason, item.count, 0, 0, 0)
 
-    def add(self, result) -> None:
+    def add(self, result: PassResult) -> None:
         prov = result.document.provenance
-        if self.corenet:
-            self.pieces_filtered.update(reason for reason in result.piece_reasons if reason is not None)
-        if result.status == KEPT:
-            self.kept += 1
-            self.chars += result.chars
-            self.tokens += result.tokens
-            self.segments += len(result.segments)
+        self.counts.add_result(result, count_pieces=self.count_pieces)
+        if result.kept:
             self._row(prov.index, prov.doc_id, KEPT, None, 1, result.chars, result.tokens, len(result.segments))
         else:
-            self.filtered[result.reason] += 1
             self._row(prov.index, prov.doc_id, result.status, result.reason, 1, result.chars, 0, 0)
 
     def table(self) -> pa.Table:
@@ -217,18 +214,35 @@ def count_shard(
     blocks: list[Block] | None = None,
     fmt: str | None = None,
 ) -> tuple[ShardRecord, pa.Table]:
-    """Read one shard through the pass; every input record lands in exactly one ledger row.
+    """Read one shard through the pass into its record and its documents ledger (one row per input record).
 
     ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
     ``local_path``: the local copy of ``task.uri`` that was hashed (see ``fetched``).
     """
-    ledger = _Ledger(task.shard, corenet=document_pass.sequences.mode == "corenet")
+    tally = tally_shard(task, document_pass, sha256, dropped, local_path, fmt)
+    record = shard_record(task, sha256, size, tally.counts, fmt)
+    table = tally.table()
+    record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
+    return record, table
+
+
+def tally_shard(
+    task: ShardTask,
+    document_pass: DocumentPass,
+    sha256: str,
+    dropped: DroppedSamples | None = None,
+    local_path: str | None = None,
+    fmt: str | None = None,
+) -> ShardTally:
+    """Every record of the shard (read pinned to ``sha256``) in the tally, in order; documents go through the
+    pass in batches of ``BATCH_DOCUMENTS``, rejections straight to their bucket."""
+    tally = ShardTally(task.shard, count_pieces=document_pass.sequences.mode == "corenet")
     pending: list[Document | Rejection] = []
 
     def sample(item: PassResult | Rejection) -> None:
-        if dropped is not None and (isinstance(item, Rejection) or item.status != KEPT):
+        if dropped is not None and (isinstance(item, Rejection) or not item.kept):
             bucket, record = dropped_sample(task, sha256, item)
-            dropped.offer(bucket, (task.shard, record["index"], len(ledger.columns["index"])), record)
+            dropped.offer(bucket, (task.shard, record["index"], tally.rows), record)
 
     def flush() -> None:
         docs = [item for item in pending if isinstance(item, Document)]
@@ -236,50 +250,40 @@ def count_shard(
         for item in pending:
             if isinstance(item, Rejection):
                 sample(item)
-                ledger.reject(item)
+                tally.reject(item)
             else:
                 result = next(results)
                 sample(result)
-                ledger.add(result)
+                tally.add(result)
         pending.clear()
 
     n_docs = 0
-    items = read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt)
-    for item in items:
+    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt):
         pending.append(item)
         if isinstance(item, Document):
             n_docs += 1
             if n_docs % BATCH_DOCUMENTS == 0:
                 flush()
     flush()
+    return tally
 
-    docs_filtered, docs_rejected = sum(ledger.filtered.values()), sum(ledger.rejected.values())
-    record = ShardRecord(
+
+def shard_record(task: ShardTask, sha256: str, size: int, counts: Counts, fmt: str | None) -> ShardRecord:
+    """The shard's manifest record (without its block index); no credentials in any URI it holds."""
+    return ShardRecord(
         shard=task.shard,
         source=task.source,
         subset=task.subset,
-        uri=redact_uri(task.uri),  # no credentials in any record (the read above used the full URI)
+        uri=redact_uri(task.uri),  # the read used the full URI
         size_bytes=size,
         sha256=sha256,
         licence=task.licence,
         upstream=redact_uri(task.upstream) if task.upstream else task.upstream,
         upstream_revision=hub_revision(task.uri, sha256),
-        docs_read=ledger.kept + docs_filtered + docs_rejected,
-        docs_kept=ledger.kept,
-        docs_filtered=docs_filtered,
-        docs_rejected=docs_rejected,
-        filtered_by_reason=dict(sorted(ledger.filtered.items())),
-        rejected_by_reason=dict(sorted(ledger.rejected.items())),
-        pieces_filtered_by_reason=dict(sorted(ledger.pieces_filtered.items())),
-        chars=ledger.chars,
-        tokens=ledger.tokens,
-        segments=ledger.segments,
+        **counts.to_dict(),
         count_method=COUNT_METHOD,
         format=fmt or "",
     )
-    table = ledger.table()
-    record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
-    return record, table
 
 
 def process_shard(

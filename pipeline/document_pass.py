@@ -8,9 +8,8 @@ batch are tokenized in ONE ``encode_batch`` call, then the token rule. Segments 
 from __future__ import annotations
 
 import importlib.metadata
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from elm_data.sources.document import Document
@@ -59,74 +58,10 @@ class PassResult:
         return self.status == KEPT
 
 
-def subset_key(doc: Document) -> str:
-    return f"{doc.provenance.source}/{doc.provenance.subset}"
-
-
-@dataclass
-class PassStats:
-    """Counters of every decision, datatrove-style, keyed by ``"source/subset"``.
-
-    ``documents[(subset, status, reason)]`` (reason None for kept), ``pieces[...]`` likewise per
-    text the rules saw (one per document in packed mode), ``tokens[subset]`` kept tokens and
-    ``characters[subset]`` characters read.
-    """
-
-    documents: Counter = field(default_factory=Counter)
-    pieces: Counter = field(default_factory=Counter)
-    tokens: Counter = field(default_factory=Counter)
-    characters: Counter = field(default_factory=Counter)
-
-    def record(self, result: PassResult) -> None:
-        key = subset_key(result.document)
-        self.documents[(key, result.status, result.reason)] += 1
-        for reason in result.piece_reasons:
-            self.pieces[(key, KEPT if reason is None else FILTERED, reason)] += 1
-        self.tokens[key] += result.tokens
-        self.characters[key] += result.chars
-
-    def merge(self, other: PassStats) -> PassStats:
-        for mine, theirs in zip(self._counters(), other._counters(), strict=True):
-            mine.update(theirs)
-        return self
-
-    def _counters(self) -> tuple[Counter, ...]:
-        return self.documents, self.pieces, self.tokens, self.characters
-
-    def read(self, subset: str | None = None) -> int:
-        return sum(n for (key, _, _), n in self.documents.items() if subset in (None, key))
-
-    def kept(self, subset: str | None = None) -> int:
-        return sum(n for (key, status, _), n in self.documents.items() if status == KEPT and subset in (None, key))
-
-    def filtered_by_reason(self, subset: str | None = None) -> dict[str, int]:
-        out: Counter = Counter()
-        for (key, status, reason), n in self.documents.items():
-            if status == FILTERED and subset in (None, key):
-                out[reason] += n
-        return dict(sorted(out.items()))
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """``{"source/subset": {read, kept, filtered: {reason: n}, tokens, characters, pieces: {...}}}``."""
-        out: dict[str, dict[str, Any]] = {}
-        for key in sorted({k for k, _, _ in self.documents}):
-            pieces: Counter = Counter()
-            for (k, status, reason), n in self.pieces.items():
-                if k == key:
-                    pieces[status if reason is None else f"{status}:{reason}"] += n
-            out[key] = {
-                "read": self.read(key),
-                "kept": self.kept(key),
-                "filtered": self.filtered_by_reason(key),
-                "tokens": self.tokens[key],
-                "characters": self.characters[key],
-                "pieces": dict(sorted(pieces.items())),
-            }
-        return out
-
-
 class DocumentPass:
     """Filter and tokenize batches of documents; picklable (for worker processes and Beam).
+
+    It keeps no counts: callers add its results up in a :class:`~elm_data.pipeline.counts.Counts`.
 
     ``dropped_sink``: optional object with ``add(PassResult)`` (e.g.
     :class:`~elm_data.pipeline.dropped.DroppedSamples`) offered every filtered result.
@@ -146,7 +81,6 @@ class DocumentPass:
         self.num_threads = num_threads
         self.dropped_sink = dropped_sink
         self.quality_filters = build_quality_filters(filters.quality)
-        self.stats = PassStats()
         self._min_content_tokens = filters.min_tokens - (2 if filters.min_tokens_counts_bos_eos else 0)
 
     def describe(self) -> dict[str, Any]:
@@ -221,6 +155,5 @@ class DocumentPass:
                 result = PassResult(doc, FILTERED, reasons[0], [], tuple(reasons))
                 if self.dropped_sink is not None:
                     self.dropped_sink.add(result)
-            self.stats.record(result)
             results.append(result)
         return results

@@ -78,13 +78,13 @@ def test_audit_equals_an_independent_count(sample_manifest, expected):
         row = rows[key]
         got = {
             "shards": row.shards,
-            "docs_read": row.docs_read,
-            "docs_kept": row.docs_kept,
-            "docs_rejected": row.docs_rejected,
-            "tokens": row.tokens,
-            "chars": row.chars,
-            "min_characters": row.filtered_by_reason.get("min_characters", 0),
-            "min_tokens": row.filtered_by_reason.get("min_tokens", 0),
+            "docs_read": row.counts.docs_read,
+            "docs_kept": row.counts.docs_kept,
+            "docs_rejected": row.counts.docs_rejected,
+            "tokens": row.counts.tokens,
+            "chars": row.counts.chars,
+            "min_characters": row.counts.filtered_by_reason.get("min_characters", 0),
+            "min_tokens": row.counts.filtered_by_reason.get("min_tokens", 0),
         }
         assert got == {k: want.get(k, 0) for k in got}, key
     total = sum(w["tokens"] for w in expected.values())

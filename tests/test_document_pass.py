@@ -11,6 +11,7 @@ import pytest
 from test_filters import PROSE  # tests/ is on sys.path (pytest rootdir-relative import)
 
 from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
+from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples, merge_all
 from elm_data.pipeline.filters import split_corenet_pieces
@@ -42,6 +43,18 @@ def make_docs(n: int = 60, seed: int = 0) -> list[Document]:
     return docs
 
 
+def subset_of(result: PassResult) -> str:
+    return f"{result.document.provenance.source}/{result.document.provenance.subset}"
+
+
+def counts_by_subset(results: list[PassResult]) -> dict[str, Counts]:
+    """The results' counts per source/subset, CoreNet pieces included."""
+    out: dict[str, Counts] = {}
+    for r in results:
+        out.setdefault(subset_of(r), Counts()).add_result(r, count_pieces=True)
+    return out
+
+
 @pytest.fixture(scope="module")
 def docs():
     return make_docs()
@@ -61,22 +74,21 @@ def test_every_document_is_accounted_for(tokenizer, docs, mode):
     the_pass = new_pass(tokenizer, mode)
     results = the_pass.process(docs)
     assert [r.document for r in results] == docs
-    stats = the_pass.stats
-    assert stats.read() == len(docs)
-    assert stats.read() == stats.kept() + sum(stats.filtered_by_reason().values())
-    by_subset = stats.to_dict()
+    by_subset = counts_by_subset(results)
     assert set(by_subset) == {"src/a", "src/b"}
     for key, counts in by_subset.items():
-        assert counts["read"] == counts["kept"] + sum(counts["filtered"].values())
-        mine = [r for r in results if f"{r.document.provenance.source}/{r.document.provenance.subset}" == key]
-        assert counts["tokens"] == sum(r.tokens for r in mine)
-        assert counts["characters"] == sum(r.chars for r in mine)
-        assert sum(counts["pieces"].values()) == sum(len(r.piece_reasons) for r in mine)
-    reasons = set(stats.filtered_by_reason())
+        mine = [r for r in results if subset_of(r) == key]
+        assert counts.docs_read == len(mine) == counts.docs_kept + counts.docs_filtered
+        assert counts.tokens == sum(r.tokens for r in mine)
+        assert counts.chars == sum(r.chars for r in mine if r.kept)
+        pieces = counts.segments + sum(counts.pieces_filtered_by_reason.values())
+        assert pieces == sum(len(r.piece_reasons) for r in mine)
+    total = Counts.sum(by_subset.values())
+    reasons = set(total.filtered_by_reason)
     assert "min_characters" in reasons and "min_tokens" in reasons
     assert any(r.startswith("gopher_repetition:") for r in reasons)
     assert any(r.startswith("gopher_quality:") for r in reasons)
-    assert stats.kept() > 0
+    assert total.docs_kept > 0
     for r in results:
         assert isinstance(r, PassResult)
         assert (r.status == "kept") == (r.reason is None) == bool(r.segments)
@@ -95,7 +107,7 @@ def test_batch_equals_one_at_a_time_and_is_deterministic(tokenizer, docs, mode):
     key = [(r.status, r.reason, r.segments, r.piece_reasons) for r in in_batch]
     assert key == [(r.status, r.reason, r.segments, r.piece_reasons) for r in singles]
     assert key == [(r.status, r.reason, r.segments, r.piece_reasons) for r in again]
-    assert batched.stats == one_by_one.stats
+    assert counts_by_subset(in_batch) == counts_by_subset(singles)
 
 
 def test_pickle_round_trip_gives_same_results(tokenizer, docs):
@@ -108,19 +120,15 @@ def test_pickle_round_trip_gives_same_results(tokenizer, docs):
     ]
 
 
-def test_stats_merge_like_one_pass(tokenizer, docs):
-    whole = new_pass(tokenizer)
-    whole.process(docs)
-    left, right = new_pass(tokenizer), new_pass(tokenizer)
-    left.process(docs[:25])
-    right.process(docs[25:])
-    assert left.stats.merge(right.stats) == whole.stats
+def test_counts_of_two_passes_merge_like_one_pass(tokenizer, docs):
+    whole = counts_by_subset(new_pass(tokenizer).process(docs))
+    left = counts_by_subset(new_pass(tokenizer).process(docs[:25]))
+    right = counts_by_subset(new_pass(tokenizer).process(docs[25:]))
+    assert {key: left[key] + right[key] for key in whole} == whole
 
 
 def test_empty_batch(tokenizer):
-    the_pass = new_pass(tokenizer)
-    assert the_pass.process([]) == []
-    assert the_pass.stats.read() == 0
+    assert new_pass(tokenizer).process([]) == []
 
 
 def test_describe_records_everything_that_changes_output(tokenizer):
@@ -188,15 +196,11 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
         results.extend(the_pass.process(sample_documents[start : start + 64]))
     assert [r.document for r in results] == sample_documents
     given = Counter(f"{d.provenance.source}/{d.provenance.subset}" for d in sample_documents)
-    stats = the_pass.stats.to_dict()
-    assert {key: counts["read"] for key, counts in stats.items()} == dict(given)  # every document counted once
-    for key, counts in stats.items():
-        assert counts["read"] == counts["kept"] + sum(counts["filtered"].values()), key
-        assert counts["kept"] == sum(
-            1
-            for r in results
-            if r.status == "kept" and r.document.provenance.source + "/" + r.document.provenance.subset == key
-        ), key
+    by_subset = counts_by_subset(results)
+    assert {key: counts.docs_read for key, counts in by_subset.items()} == dict(given)  # every document counted once
+    for key, counts in by_subset.items():
+        assert counts.docs_read == counts.docs_kept + counts.docs_filtered, key
+        assert counts.docs_kept == sum(1 for r in results if r.status == "kept" and subset_of(r) == key), key
     kept = [r for r in results if r.status == "kept"]
     assert kept and len(kept) < len(results)
     for r in kept[:40]:
@@ -206,7 +210,7 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
             pieces = split_corenet_pieces(r.document.text, 512)
             kept_pieces = [p for p, reason in zip(pieces, r.piece_reasons, strict=True) if reason is None]
             assert r.segments == tokenizer.encode_batch(kept_pieces)
-    assert sum(r.tokens for r in results) == sum(the_pass.stats.tokens.values())
+    assert sum(r.tokens for r in results) == Counts.sum(by_subset.values()).tokens
 
 
 def test_non_string_text_is_a_clear_error(tokenizer):

@@ -8,6 +8,7 @@ import unicodedata
 import pytest
 
 from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
+from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.filters import normalize_for_length, split_corenet_pieces
 from elm_data.pipeline.quality import QualityFilter, resolve_quality_params
@@ -187,9 +188,11 @@ def test_corenet_document_filtered_with_first_piece_reason(tokenizer):
     the_pass = DocumentPass(FilterConfig(), SequenceConfig(mode="corenet", corenet_words_per_piece=300), tokenizer)
     words = PROSE.replace("\n", " ").split(" ")
     long_doc = " ".join(words[i % len(words)] for i in range(603))
-    the_pass.process([doc(text), doc(long_doc, 1)])
-    pieces = the_pass.stats.to_dict()["test/unit"]["pieces"]
-    assert pieces == {"filtered:min_characters": 1 + 1, "kept": 2}  # the short doc is one piece here
+    counts = Counts()
+    for r in the_pass.process([doc(text), doc(long_doc, 1)]):
+        counts.add_result(r, count_pieces=True)
+    assert counts.pieces_filtered_by_reason == {"min_characters": 1 + 1}  # the short doc is one piece here
+    assert counts.segments == 2  # the long document's two kept pieces
 
 
 # --- datatrove quality filters ------------------------------------------------------------------

@@ -59,8 +59,8 @@ def test_dropped_pieces_are_counted_by_reason(corenet_build, tokenizer_path):
     audit = {row.key: row for row in audit_manifest(manifest).rows if row.shards}
     assert sum(sum(c.values()) for c in expected.values()) > 0, "the sample must split into some dropped pieces"
     for key, row in audit.items():
-        assert row.pieces_filtered_by_reason == dict(sorted(expected[key].items())), key
-        assert row.segments == kept_pieces[key], key
+        assert row.counts.pieces_filtered_by_reason == dict(sorted(expected[key].items())), key
+        assert row.counts.segments == kept_pieces[key], key
     totals = manifest.info["totals"]["pieces_filtered_by_reason"]
     assert totals == dict(sorted(sum(expected.values(), Counter()).items()))
 

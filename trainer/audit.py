@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elm_data.manifests.manifest import Manifest
+from elm_data.core.errors import ElmDataError
+from elm_data.manifests.manifest import Manifest, counts_by_subset
 
 from .runlog import effective_steps, read_log
 
 
-class AuditError(ValueError):
+class AuditError(ElmDataError, ValueError):
     pass
 
 
@@ -112,9 +113,7 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_st
     last = steps[-1] if steps else {"step": 0, "tokens_total": 0, "tokens_by_source": {}}
     consumed: dict[str, int] = {k: int(v) for k, v in (last.get("tokens_by_source") or {}).items()}
 
-    kept: dict[str, int] = defaultdict(int)
-    for shard in manifest.shards:
-        kept[shard.key] += shard.tokens
+    kept = {key: counts.tokens for key, counts in counts_by_subset(manifest.shards).items()}
     targets = openelm_targets()
     keys = list(dict.fromkeys([*kept, *consumed]))
     consumed_total = sum(consumed.values())
@@ -180,9 +179,7 @@ def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Ma
     consumed = sum(r.consumed_tokens for r in rows)
     if not zero or not consumed or not last_step:
         return []
-    kept_docs: dict[str, int] = defaultdict(int)
-    for shard in manifest.shards:
-        kept_docs[shard.key] += shard.docs_kept
+    kept_docs = {key: counts.docs_kept for key, counts in counts_by_subset(manifest.shards).items()}
     shares = _weight_shares(header, manifest, {r.key: r.kept_tokens for r in rows})
     notes = []
     for r in zero:
@@ -191,7 +188,7 @@ def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Ma
             notes.append(f"{r.key}: 0 tokens: its mixing weight is 0")
             continue
         expected = share * consumed
-        per_doc = r.kept_tokens / max(1, kept_docs[r.key])
+        per_doc = r.kept_tokens / max(1, kept_docs.get(r.key, 0))
         steps = per_doc / (share * consumed / last_step)
         notes.append(
             f"{r.key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {last_step} steps = ~{expected:,.0f}, "
