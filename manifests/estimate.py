@@ -403,82 +403,131 @@ def census_interval(draws: Sequence[DrawResult]) -> list[tuple[float, float]]:
     ]
 
 
-def _draw(fmt, uri, sizes, i, per, entry, rng, line_bytes: list[float], uris) -> Draw:
-    if fmt == "parquet":
-        return draw_parquet(uri, per, entry, rng)
-    if fmt == "jsonl":
-        if not line_bytes:
-            line_bytes.append(bytes_per_line(uris, sizes, rng))
-        return draw_plain_jsonl(uri, sizes[i], per, line_bytes[0], entry, rng)
-    return draw_compressed(uri, sizes[i], per, fmt, entry, rng)
+@dataclass
+class _SampleCosts:
+    """What sampling one subset cost: CPU per record (read + pass) and per compressed / parquet byte."""
+
+    record_s: float = 0.0
+    decompress_s: float = 0.0
+    decode_s: float = 0.0
+    sampled: int = 0  # records sampled
+    compressed: int = 0  # compressed bytes decompressed
+    decoded: int = 0  # parquet row-group bytes decoded
+    windowed: int = 0  # draws of a compressed shard larger than the window
+
+    def add_read(self, draw: Draw, read_s: float) -> None:
+        """``read_s``: CPU seconds the draw took to read, its decompression excluded."""
+        if draw.decoded_bytes:  # a parquet row group is decoded whole: the build pays that per byte, not per row
+            self.decode_s, self.decoded = self.decode_s + read_s, self.decoded + draw.decoded_bytes
+        else:
+            self.record_s += read_s
+        self.decompress_s += draw.decompress_s
+        self.compressed += draw.compressed_bytes
+        self.sampled += len(draw.documents)
+        self.windowed += draw.compressed_bytes > 0 and draw.exact is None
 
 
-def estimate_entry(
-    mixture: MixtureConfig, entry: MixtureEntry, doc_pass: DocumentPass, sample_docs: int, rng: random.Random
-) -> SubsetEstimate:
-    uris = mixture.resolve_shards(entry)
-    sizes = list_sizes(uris)
-    total = sum(sizes)
-    draws = min(64, max(4, round(math.sqrt(sample_docs))))
-    per = math.ceil(sample_docs / draws)
-    census = len(uris) <= draws  # few shards: every shard is read, the draws split among them
-    if census:
-        picks = [k % len(uris) for k in range(draws)]
-    else:
-        picks = rng.choices(range(len(uris)), weights=[max(1, s) for s in sizes], k=draws)
-    formats: dict[str, str] = {}
-    line_bytes: list[float] = []
-    shard_totals: list[tuple[int, tuple[float, float, float]]] = []
-    record_s = decompress_s = decode_s = 0.0  # CPU per record (read + pass), per compressed / parquet byte
-    sampled = compressed = decoded = windowed = 0
-    for i in picks:
-        uri = uris[i]
-        start = time.process_time()
+@dataclass
+class _SubsetSampler:
+    """Draws records from the shards of one subset; knows each shard's format and the subset's bytes per line."""
+
+    uris: list[str]
+    sizes: list[int]
+    entry: MixtureEntry
+    per_draw: int  # records read per draw
+    rng: random.Random
+    formats: dict[str, str] = field(default_factory=dict)
+    line_bytes: float | None = None  # plain JSONL: mean bytes per line, probed at the first such draw
+
+    def draw(self, i: int) -> Draw:
+        """Records of shard ``i``; a remote shard that cannot be read raises :class:`Unreachable`."""
+        uri = self.uris[i]
         try:
-            fmt = formats.setdefault(uri, shard_format_of(uri, entry.source, entry.subset))
-            draw = _draw(fmt, uri, sizes, i, per, entry, rng, line_bytes, uris)
+            if uri not in self.formats:
+                self.formats[uri] = shard_format_of(uri, self.entry.source, self.entry.subset)
+            return self._draw(self.formats[uri], i)
         except (FileNotFoundError, Unreachable):
             raise
         except Exception as e:
             if "://" in uri and not uri.startswith(("file://", "memory://")):
                 raise unreachable(uri, e) from e
             raise
-        read = time.process_time() - start - draw.decompress_s
-        if draw.decoded_bytes:  # a parquet row group is decoded whole: the build pays that per byte, not per row
-            decode_s, decoded = decode_s + read, decoded + draw.decoded_bytes
-        else:
-            record_s += read
-        start = time.process_time()
-        docs = [d for d in draw.documents if d is not None]
-        results = dict(zip([k for k, d in enumerate(draw.documents) if d is not None], doc_pass.process(docs),
-                           strict=True))  # fmt: skip
-        record_s += time.process_time() - start
-        decompress_s += draw.decompress_s
-        compressed += draw.compressed_bytes
-        sampled += len(draw.documents)
-        shard_totals.append((i, _result_of(draw, results)))
-        windowed += draw.compressed_bytes > 0 and draw.exact is None
+
+    def _draw(self, fmt: str, i: int) -> Draw:
+        uri, size = self.uris[i], self.sizes[i]
+        if fmt == "parquet":
+            return draw_parquet(uri, self.per_draw, self.entry, self.rng)
+        if fmt == "jsonl":
+            if self.line_bytes is None:
+                self.line_bytes = bytes_per_line(self.uris, self.sizes, self.rng)
+            return draw_plain_jsonl(uri, size, self.per_draw, self.line_bytes, self.entry, self.rng)
+        return draw_compressed(uri, size, self.per_draw, fmt, self.entry, self.rng)
+
+
+def _pass_results(draw: Draw, doc_pass: DocumentPass) -> dict[int, Any]:
+    """The document pass's result per sampled record the reader did not reject, by its place in the draw."""
+    read = [k for k, d in enumerate(draw.documents) if d is not None]
+    return dict(zip(read, doc_pass.process([draw.documents[k] for k in read]), strict=True))
+
+
+def _draw_plan(n_shards: int, sizes: list[int], sample_docs: int, rng: random.Random) -> tuple[list[int], int, bool]:
+    """(shard of each draw, records per draw, census): few shards are all read, the draws split among them;
+    else shards are drawn with probability proportional to size, with replacement."""
+    draws = min(64, max(4, round(math.sqrt(sample_docs))))
+    census = n_shards <= draws
     if census:
-        parts = [census_interval([t for j, t in shard_totals if j == i]) for i in range(len(uris))]
-        figures = [Interval.around(sum(p[f][0] for p in parts), sum(p[f][1] for p in parts), sampled - 1)
-                   for f in range(3)]  # fmt: skip
-    else:  # Hansen-Hurwitz: each draw's shard total over its probability of being drawn
-        z = [(j, t.totals()) for j, t in shard_totals]
-        figures = [Interval.of([t[f] * max(1, total) / max(1, sizes[j]) for j, t in z]) for f in range(3)]
+        return [k % n_shards for k in range(draws)], math.ceil(sample_docs / draws), True
+    picks = rng.choices(range(n_shards), weights=[max(1, s) for s in sizes], k=draws)
+    return picks, math.ceil(sample_docs / draws), False
+
+
+def _subset_figures(
+    shard_totals: list[tuple[int, DrawResult]], sizes: list[int], census: bool, sampled: int
+) -> list[Interval]:
+    """(documents, kept, tokens) of the subset from each draw's shard totals."""
+    if census:
+        parts = [census_interval([t for j, t in shard_totals if j == i]) for i in range(len(sizes))]
+        return [Interval.around(sum(p[f][0] for p in parts), sum(p[f][1] for p in parts), sampled - 1)
+                for f in range(3)]  # fmt: skip
+    # Hansen-Hurwitz: each draw's shard total over its probability of being drawn
+    total = sum(sizes)
+    z = [(j, t.totals()) for j, t in shard_totals]
+    return [Interval.of([t[f] * max(1, total) / max(1, sizes[j]) for j, t in z]) for f in range(3)]
+
+
+def estimate_entry(
+    mixture: MixtureConfig, entry: MixtureEntry, doc_pass: DocumentPass, sample_docs: int, rng: random.Random
+) -> SubsetEstimate:
+    """The estimate of one source/subset from ``sample_docs`` records read from its shards."""
+    uris = mixture.resolve_shards(entry)
+    sizes = list_sizes(uris)
+    picks, per_draw, census = _draw_plan(len(uris), sizes, sample_docs, rng)
+    sampler = _SubsetSampler(uris, sizes, entry, per_draw, rng)
+    costs = _SampleCosts()
+    shard_totals: list[tuple[int, DrawResult]] = []
+    for i in picks:
+        start = time.process_time()
+        draw = sampler.draw(i)
+        costs.add_read(draw, time.process_time() - start - draw.decompress_s)
+        start = time.process_time()
+        results = _pass_results(draw, doc_pass)
+        costs.record_s += time.process_time() - start
+        shard_totals.append((i, _result_of(draw, results)))
+    documents, kept, tokens = _subset_figures(shard_totals, sizes, census, costs.sampled)
     return SubsetEstimate(
         key=f"{entry.source}/{entry.subset}",
         shards=len(uris),
-        bytes=total,
+        bytes=sum(sizes),
         largest_shard=max(sizes, default=0),
-        draws=draws,
-        records_sampled=sampled,
-        documents=figures[0],
-        kept=figures[1],
-        tokens=figures[2],
-        cpu_s_per_record=record_s / max(1, sampled),
-        decompress_s_per_byte=decompress_s / compressed if compressed else 0.0,
-        decode_s_per_byte=decode_s / decoded if decoded else 0.0,
-        windowed=windowed,
+        draws=len(picks),
+        records_sampled=costs.sampled,
+        documents=documents,
+        kept=kept,
+        tokens=tokens,
+        cpu_s_per_record=costs.record_s / max(1, costs.sampled),
+        decompress_s_per_byte=costs.decompress_s / costs.compressed if costs.compressed else 0.0,
+        decode_s_per_byte=costs.decode_s / costs.decoded if costs.decoded else 0.0,
+        windowed=costs.windowed,
     )
 
 
