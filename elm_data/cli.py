@@ -6,7 +6,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data build manifest MIXTURE.yaml      manifests/cli.py
     elm-data verify | audit DIR               manifests/cli.py
     elm-data export croissant DIR             manifests/cli.py
-    elm-data stream MANIFEST_DIR              pipeline/cli.py
+    elm-data stream MANIFEST_DIR              pipeline/stream/cli.py
     elm-data export hf CHECKPOINT|RUN OUT     trainer/export_cli.py
     elm-data export mlx CHECKPOINT OUT        trainer/export_cli.py
     elm-data eval CHECKPOINT|EXPORT           trainer/export_cli.py
@@ -18,10 +18,13 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data init openelm DIR                 manifests/openelm_cli.py
     elm-data estimate MIXTURE.yaml            manifests/openelm_cli.py
 
-Errors: :func:`run` is the one handler. A user error (:class:`~elm_data.core.errors.ElmDataError`, a click usage
-error, an ``OSError`` such as a full disk) prints ``error: <message>`` (URIs redacted) and exits 2; Ctrl-C or
-SIGTERM prints ``interrupted`` and exits 130/143; anything else is a bug: its traceback and a hint to report
-it, exit 1. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows the traceback of user errors.
+Errors: the commands catch nothing (they are made with :func:`elm_data.core.commands.command`, which turns an
+escaping :class:`~elm_data.core.errors.ElmDataError` or ``OSError`` into a one-line click error), and :func:`run`
+is the one handler that prints: a user error (those, a click usage error) prints ``error: <message>`` (URIs
+redacted) and exits 2; Ctrl-C or SIGTERM prints ``interrupted`` and exits 130/143; anything else is a bug: its
+traceback and a hint to report it, exit 1. A check that runs and finds a difference (``verify``,
+``audit-run --verify``) exits 1 after printing it. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows the
+traceback of user errors.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import traceback
 import click
 
 from elm_data.core import __version__
-from elm_data.core.errors import EXIT_USER_ERROR, ElmDataError
+from elm_data.core.commands import EXIT_CODES_HELP, user_error_message
+from elm_data.core.errors import EXIT_USER_ERROR
 from elm_data.core.procs import Terminated, stop_on_sigterm
 from elm_data.core.redact import redact_text
 
@@ -45,7 +49,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "sample": ("elm_data.sources.cli", "sample", "Write small shards of every corpus in its native format."),
         "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; non-zero exit on mismatch."),
         "audit": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
-        "stream": ("elm_data.pipeline.cli", "stream", "Print training sequences with the provenance of every span."),
+        "stream": ("elm_data.pipeline.stream.cli", "stream", "Training sequences with the provenance of every span."),
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
         "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
         "trace": ("elm_data.trainer.cli", "trace", "Steps and rows at which a run consumed a document or text."),
@@ -106,7 +110,7 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     _debug["on"] = _debug["on"] or value
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings=SETTINGS)
+@click.group(cls=LazyGroup, lazy=COMMANDS[""], context_settings=SETTINGS, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="elm-data")
 @click.option(
     "--debug",
@@ -154,12 +158,6 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
     return code
 
 
-def _os_error_message(error: OSError) -> str:
-    if error.strerror and error.filename:
-        return f"{error.strerror}: {error.filename}"
-    return str(error) or type(error).__name__
-
-
 def run(args: list[str] | None = None) -> int:
     """Run the command line; return its exit code (the one error handler: see the module docstring)."""
     _debug["on"] = bool(os.environ.get("ELM_DATA_DEBUG"))  # --debug sets it for this run only
@@ -185,11 +183,10 @@ def run(args: list[str] | None = None) -> int:
         return _fail(error.format_message() + hint)
     except click.ClickException as error:  # the commands' own one-line errors
         return _fail(error.format_message())
-    except ElmDataError as error:
-        return _fail(str(error))
-    except OSError as error:  # a full disk, a permission, a missing file: the environment, not a bug
-        return _fail(_os_error_message(error))
-    except Exception as error:  # a bug: show everything, ask for a report
+    except Exception as error:  # a user error outside a command (e.g. a group), or a bug: show it, ask for a report
+        message = user_error_message(error)
+        if message is not None:
+            return _fail(message)
         traceback.print_exc()
         first = (redact_text(str(error)).splitlines() or [""])[0]
         click.echo(

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 
-from elm_data.core.errors import OutputExists
-from elm_data.pipeline.tokenizer import TokenizerError, resolve_tokenizer
+from elm_data.core.commands import command
+from elm_data.core.errors import ElmDataError, OutputExists
+from elm_data.pipeline.tokenizer import resolve_tokenizer
 
 # The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained model.
 # 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it longer.
@@ -51,26 +52,10 @@ def _clear_previous(paths: dict[str, Path], overwrite: bool) -> None:
             path.unlink()
 
 
-def run_demo(
-    out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 1, overwrite: bool = False
-) -> dict[str, Path]:
-    """Run every stage on the sample corpus under ``out``; return where each output is.
-
-    An earlier demo's outputs in ``out`` are refused (:class:`OutputExists`) unless ``overwrite``."""
-    from elm_data.manifests.audit import audit_manifest, format_table
-    from elm_data.manifests.build import build_manifest
-    from elm_data.manifests.croissant import export_croissant
-    from elm_data.manifests.plot import plot_audit
-    from elm_data.manifests.verify import verify_manifest
-    from elm_data.sources.sample import write_sample_corpus
-    from elm_data.trainer.audit import audit_run
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.export import export_checkpoint
-    from elm_data.trainer.loop import train
-
-    tokenizer_uri = resolve_tokenizer(tokenizer).uri  # flag > $ELM_DATA_TOKENIZER > the cache, by sha256
+def demo_paths(out: Path) -> dict[str, Path]:
+    """Where each of the demo's outputs goes under ``out``."""
     out = out.resolve()
-    paths = {
+    return {
         "sample corpus": out / "sample",
         "manifest": out / "manifest",
         "audit plot": out / "audit.png",
@@ -78,7 +63,30 @@ def run_demo(
         "training run": out / "run",
         "hf export": out / "hf",
     }
+
+
+def run_demo(
+    out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 1, overwrite: bool = False
+) -> dict[str, Path]:
+    """Run every stage on the sample corpus under ``out``; return where each output is.
+
+    An earlier demo's outputs in ``out`` are refused (:class:`OutputExists`) unless ``overwrite``."""
+    tokenizer_uri = resolve_tokenizer(tokenizer).uri  # flag > $ELM_DATA_TOKENIZER > the cache, by sha256
+    paths = demo_paths(out)
     _clear_previous(paths, overwrite)
+    _data_stages(paths, tokenizer_uri, workers)
+    _model_stages(paths, tokenizer_uri, steps)
+    return paths
+
+
+def _data_stages(paths: dict[str, Path], tokenizer_uri: str, workers: int) -> None:
+    """Stages 1-3: the sample corpus, its manifest, verify, audit (+ plot) and Croissant."""
+    from elm_data.manifests.audit import audit_manifest, format_table
+    from elm_data.manifests.build import build_manifest
+    from elm_data.manifests.croissant import export_croissant
+    from elm_data.manifests.plot import plot_audit
+    from elm_data.manifests.verify import verify_manifest
+    from elm_data.sources.sample import write_sample_corpus
 
     t = _step("1/6 sample corpus: every source and subset in its native on-disk format")
     mixture = write_sample_corpus(paths["sample corpus"], seed=0)
@@ -96,12 +104,20 @@ def run_demo(
     t = _step("3/6 verify and audit against the OpenELM target mix")
     report = verify_manifest(paths["manifest"])
     if not report.ok:
-        raise click.ClickException(report.summary())
+        raise ElmDataError(report.summary())
     audit = audit_manifest(paths["manifest"], targets="openelm")
     click.echo(format_table(audit))
     plot_audit(audit, paths["audit plot"])
     export_croissant(paths["manifest"], paths["croissant"])
     _done(t, f"{report.shards_checked} shards verified; plot and Croissant written")
+
+
+def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None) -> None:
+    """Stages 4-6: a tiny OpenELM trained on the stream, the run's audit, the Hugging Face export."""
+    from elm_data.trainer.audit import audit_run
+    from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.export import export_checkpoint
+    from elm_data.trainer.loop import train
 
     t = _step(f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)")
     overrides = DEMO_TRAINING | ({"max_steps": steps} if steps else {})
@@ -118,10 +134,9 @@ def run_demo(
     t = _step("6/6 export the checkpoint: Hugging Face folder (loads offline) with tokenizer and model card")
     export_checkpoint(result.checkpoint, paths["hf export"], tokenizer=tokenizer_uri, echo=click.echo)
     _done(t, f"exported {result.checkpoint}")
-    return paths
 
 
-@click.command("demo")
+@command("demo")
 @click.argument("out_dir", default="elm-data-demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 20].")
@@ -129,10 +144,7 @@ def run_demo(
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in OUT_DIR.")
 def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int, overwrite: bool) -> None:
     """Run the whole product on the bundled sample corpus and say where every output is."""
-    try:
-        paths = run_demo(out_dir, tokenizer=tokenizer, steps=steps, workers=workers, overwrite=overwrite)
-    except TokenizerError as e:
-        raise click.ClickException(str(e)) from None
+    paths = run_demo(out_dir, tokenizer=tokenizer, steps=steps, workers=workers, overwrite=overwrite)
     click.secho("\nOutputs", bold=True)
     for what, path in paths.items():
         click.echo(f"  {what:<14} {path}")

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import click
 
-from elm_data.pipeline.tokenizer import TokenizerNotFound
+from elm_data.core.commands import check_failed, command
 from elm_data.sources.blocks import BLOCK_BYTES
 
 
-def _open_manifest(path: str, verify: bool = True):
-    from .build import load_manifest
-
-    try:
-        return load_manifest(path, verify=verify)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-
-
-@click.command("manifest")
+@command("manifest")
 @click.argument("mixture", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
 @click.option(
@@ -100,29 +91,27 @@ def build_manifest(
     as counted rejections instead. Bad records (malformed JSON, invalid UTF-8, missing or empty text) are
     always counted as rejections by reason.
     """
-    from .build import BuildFailed, WorkerDied
     from .build import build_manifest as build
 
-    try:
-        result = build(
-            mixture,
-            out_dir,
-            tokenizer=tokenizer,
-            workers=workers,
-            runner=runner,
-            restart=restart,
-            progress=True,
-            beam_args=beam_args,
-            workspace=workspace,
-            dropped_samples=dropped_samples,
-            accept_damaged=accept_damaged,
-            overwrite=overwrite,
-            block_bytes=block_bytes,
-        )
-    except TokenizerNotFound as e:
-        raise click.ClickException(str(e)) from None
-    except (BuildFailed, WorkerDied, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    result = build(
+        mixture,
+        out_dir,
+        tokenizer=tokenizer,
+        workers=workers,
+        runner=runner,
+        restart=restart,
+        progress=True,
+        beam_args=beam_args,
+        workspace=workspace,
+        dropped_samples=dropped_samples,
+        accept_damaged=accept_damaged,
+        overwrite=overwrite,
+        block_bytes=block_bytes,
+    )
+    _print_build(result, out_dir, dropped_samples)
+
+
+def _print_build(result, out_dir: str, dropped_samples: int) -> None:
     t = result.totals
     click.echo(
         f"manifest {result.manifest_id}\n"
@@ -141,28 +130,29 @@ def build_manifest(
         click.echo(f"  dropped      first {dropped_samples} per reason in {Path(out_dir) / DROPPED_SAMPLES_FILE}")
 
 
-@click.command("verify")
+@command("verify")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Hashing threads.")
 def verify(manifest_dir, workers):
     """Re-hash every shard of MANIFEST_DIR and check the manifest's Merkle root and id.
 
-    Exits 0 when everything matches; otherwise non-zero with the list of missing or mismatched shards.
+    Exits 0 when everything matches; otherwise 1 with the list of missing or mismatched shards.
     """
     from tqdm import tqdm
 
+    from .build import load_manifest
     from .verify import verify_manifest
 
-    manifest = _open_manifest(manifest_dir, verify=False)  # verify reports every problem instead of refusing
+    manifest = load_manifest(manifest_dir, verify=False)  # verify reports every problem instead of refusing
     with tqdm(total=len(manifest.shards), unit="shard", desc="hashing shards", dynamic_ncols=True) as bar:
         report = verify_manifest(manifest_dir, workers=workers, on_shard=lambda _: bar.update(1))
     if not report.ok:
         click.echo(report.summary(), err=True)
-        raise SystemExit(1)
+        check_failed()
     click.echo(report.summary())
 
 
-@click.command("audit")
+@command("audit")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--targets", default=None, help="Target preset ('openelm') or YAML file; default: the manifest's own.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -171,12 +161,9 @@ def audit(manifest_dir, targets, fmt, plot_path):
     """Per source/subset: shards, documents read/kept/filtered/rejected, characters, tokens, share of the
     mix, target tokens and share, and the deviation (percentage points and ratio)."""
     from .audit import audit_manifest, format_table
+    from .build import load_manifest
 
-    manifest = _open_manifest(manifest_dir)
-    try:
-        result = audit_manifest(manifest, targets=targets)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    result = audit_manifest(load_manifest(manifest_dir), targets=targets)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
@@ -188,13 +175,14 @@ def audit(manifest_dir, targets, fmt, plot_path):
         click.echo(f"plot written to {written}", err=True)
 
 
-@click.command("croissant")
+@command("croissant")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DIR/croissant.json].")
 def export_croissant(manifest_dir, out):
     """Export MANIFEST_DIR as Croissant 1.1 JSON-LD (shards as FileObjects with sha256 and provenance)."""
+    from .build import load_manifest
     from .croissant import export_croissant as export
 
-    _open_manifest(manifest_dir)
+    load_manifest(manifest_dir)
     written = export(manifest_dir, out)
     click.echo(f"croissant written to {Path(written)}")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from elm_data.pipeline.tokenizer import TokenizerError
+from elm_data.core.commands import command
+from elm_data.core.errors import ElmDataError, OutputExists
 
 
-@click.command("init")
+@command("init")
 @click.argument("preset", type=click.Choice(["openelm", "openelm-1pct"]))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--pin", is_flag=True, help="Ask the hub for each repo's current commit and write it as `revision:`.")
@@ -23,19 +24,19 @@ def init(preset: str, out_dir: Path, pin: bool, force: bool) -> None:
 
     target = out_dir / f"{preset}.yaml"
     if target.exists() and not force:
-        raise click.ClickException(f"{target} exists; pass --force to replace it")
+        raise OutputExists(f"{target} exists; pass --force to replace it")
     try:
         path = write_openelm_mixture(out_dir, preset, pin=pin)
     except Exception as e:  # --pin offline or not logged in: say so in one line
-        if not pin:
+        if not pin or isinstance(e, ElmDataError):
             raise
-        raise click.ClickException(
+        raise ElmDataError(
             f"cannot ask the hub for commits ({type(e).__name__}); run without --pin or after `huggingface-cli login`"
-        ) from None
+        ) from e
     click.echo(f"wrote {path}\nnext: elm-data estimate {path}   then   elm-data build manifest {path} --out MANIFEST")
 
 
-@click.command("estimate")
+@command("estimate")
 @click.argument("mixture", type=str)
 @click.option("--sample-docs", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Records sampled per source/subset.")  # fmt: skip
@@ -54,8 +55,5 @@ def estimate(mixture: str, sample_docs: int, seed: int, tokenizer: str | None, w
 
     from .estimate import estimate_mixture, format_estimate
 
-    try:
-        est = estimate_mixture(mixture, sample_docs=sample_docs, seed=seed, tokenizer=tokenizer, workers=workers)
-    except (TokenizerError, FileNotFoundError, KeyError, ValueError) as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    est = estimate_mixture(mixture, sample_docs=sample_docs, seed=seed, tokenizer=tokenizer, workers=workers)
     click.echo(json.dumps(est.to_dict(), indent=1) if fmt == "json" else format_estimate(est))

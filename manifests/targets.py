@@ -13,6 +13,8 @@ from typing import Any
 import fsspec
 import yaml
 
+from elm_data.core.errors import InvalidValue
+
 PRESETS = ("openelm",)
 
 
@@ -31,7 +33,7 @@ def load_targets(spec: str | dict[str, Any], base_dir: str | Path = ".") -> dict
     except FileNotFoundError:
         raise FileNotFoundError(f"targets {spec!r}: neither a preset {PRESETS} nor a readable YAML file") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: targets must be a mapping of 'source/subset' to tokens")
+        raise InvalidValue(f"{path}: targets must be a mapping of 'source/subset' to tokens")
     return _normalise(raw.get("name", Path(path).stem), raw.get("targets", raw))
 
 
@@ -41,8 +43,8 @@ def _normalise(name: str, tokens: dict[str, Any]) -> dict[str, Any]:
         if key == "name":
             continue
         if "/" not in str(key):
-            raise ValueError(f"target key {key!r} must be 'source/subset'")
+            raise InvalidValue(f"target key {key!r} must be 'source/subset'")
         out[str(key)] = int(value)
     if not out:
-        raise ValueError(f"targets {name!r} name no source/subset")
+        raise InvalidValue(f"targets {name!r} name no source/subset")
     return {"name": str(name), "tokens": dict(sorted(out.items()))}

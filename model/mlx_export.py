@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from elm_data.core.errors import ElmDataError
+
 MLX_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -27,7 +29,7 @@ def export_mlx(
     try:
         from mlx_lm import convert
     except ImportError as error:
-        raise RuntimeError("export mlx needs mlx-lm: pip install 'elm-data[mlx]'") from error
+        raise ElmDataError("export mlx needs mlx-lm: pip install 'elm-data[mlx]'") from error
     from .weights import export_hf
 
     if dtype not in MLX_DTYPES:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from elm_data.pipeline.tokenizer import LLAMA2_HUB_URI, LLAMA2_SHA256, PRECEDENCE, TokenizerError
+from elm_data.core.commands import command
+from elm_data.pipeline.tokenizer import LLAMA2_HUB_URI, LLAMA2_SHA256, PRECEDENCE
 
 
-@click.command("fetch")
+@command("fetch")
 @click.argument("uri", default=LLAMA2_HUB_URI)
 @click.option("--sha256", default=LLAMA2_SHA256, show_default=True, help="The sha256 the file must have.")
 @click.option("--any-sha", is_flag=True, help="Accept whatever the file's sha256 is (another SentencePiece model).")
@@ -19,22 +20,16 @@ def fetch(uri: str, sha256: str, any_sha: bool) -> None:
     """
     from elm_data.pipeline.tokenizer import cached_path, fetch_tokenizer
 
-    try:
-        tok = fetch_tokenizer(uri, None if any_sha else sha256)
-    except TokenizerError as e:
-        raise click.ClickException(str(e)) from None
+    tok = fetch_tokenizer(uri, None if any_sha else sha256)
     click.echo(f"cached {tok.uri} (sha256 {tok.sha256}, vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}")
 
 
-@click.command("show")
+@command("show")
 @click.option("--tokenizer", default=None, help="As the other commands take it.")
 def show(tokenizer: str | None) -> None:
     """Say which tokenizer the commands resolve here, and where the cache is."""
     from elm_data.pipeline.tokenizer import cache_dir, resolve_tokenizer
 
     click.echo(f"order: {PRECEDENCE}\ncache: {cache_dir() / 'tokenizers'}")
-    try:
-        tok = resolve_tokenizer(tokenizer)
-    except TokenizerError as e:
-        raise click.ClickException(str(e)) from None
+    tok = resolve_tokenizer(tokenizer)
     click.echo(f"resolves to {tok.uri} (sha256 {tok.sha256})")

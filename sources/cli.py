@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from elm_data.core.commands import command
 
-@click.command("sample")
+
+@command("sample")
 @click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same bytes.")
 @click.option(
@@ -21,10 +23,7 @@ def sample(out_dir: str, seed: int, scale: float) -> None:
 
     if scale <= 0:
         raise click.BadParameter("must be positive", param_hint="--scale")
-    try:
-        corpus = generate_sample_corpus(out_dir, seed=seed, scale=scale)
-    except OSError as err:
-        raise click.ClickException(f"cannot write the sample corpus to {out_dir}: {err}") from err
+    corpus = generate_sample_corpus(out_dir, seed=seed, scale=scale)
     for rel in corpus.files:
         click.echo(f"  wrote {rel}")
     for key, count in corpus.documents.items():

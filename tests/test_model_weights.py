@@ -145,7 +145,7 @@ def test_cli_export_init_tiny_matches_a_seeded_model(tmp_path):
     assert all(torch.equal(restored.state_dict()[k], v) for k, v in expected.state_dict().items())
 
     again = CliRunner().invoke(export_hf_command, ["--init", "tiny", str(tmp_path / "out")])
-    assert again.exit_code == 1 and "already holds model.safetensors" in again.output
+    assert again.exit_code == 2 and "already holds model.safetensors" in again.output
 
 
 def test_cli_export_from_trainer_checkpoint(tiny_model, tmp_path):

@@ -153,10 +153,10 @@ def test_cli_tokenizer_fetch_then_show_without_the_variable(cache, hub, monkeypa
     assert shown.exit_code == 0 and str(cached_path(LLAMA2_SHA256)) in shown.output
 
 
-def test_cli_offline_fetch_is_one_line_exit_1(cache):
+def test_cli_offline_fetch_is_one_line_exit_2(cache):
     with offline("hf"):
         result = CliRunner().invoke(cli, ["tokenizer", "fetch"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "huggingface-cli login" in result.output
 
 

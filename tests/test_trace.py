@@ -65,7 +65,7 @@ def test_trace_doc_of_an_unconsumed_or_unknown_document(sample_manifest, tmp_pat
     with pytest.raises(AuditError, match="not in the run's manifest"):
         trace_doc(run, "nowhere/none:doc")
     result = CliRunner().invoke(trace_command, [str(run), "--doc", "bad-ref"])
-    assert result.exit_code == 1 and "SOURCE/SUBSET:DOC_ID" in result.output
+    assert result.exit_code == 2 and "SOURCE/SUBSET:DOC_ID" in result.output
 
 
 def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(sample_manifest, tokenizer, tmp_path):

@@ -165,11 +165,11 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("manifest: nowhere\nlearnin_rate: 3\n")
     result = CliRunner().invoke(train_command, [str(bad)])
-    assert result.exit_code == 1 and "learnin_rate" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "learnin_rate" in result.output and "Traceback" not in result.output
     missing = tmp_path / "missing.yaml"
     missing.write_text("manifest: nowhere\nmodel: tiny\n")
     result = CliRunner().invoke(train_command, [str(missing), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "not a manifest directory" in result.output
+    assert result.exit_code == 2 and "not a manifest directory" in result.output
 
 
 def test_shipped_configs_load():

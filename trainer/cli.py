@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from .audit import AuditError, verify_deep, verify_run
+from elm_data.core.commands import check_failed, command
+
 from .audit import audit_run as run_audit
-from .checkpoint import CheckpointError
-from .config import ConfigError, TrainConfig
-from .loop import TrainingError
+from .audit import verify_deep, verify_run
+from .config import TrainConfig
 from .loop import train as run_training
 
 
-@click.command("train")
+@command("train")
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--resume",
@@ -49,20 +49,8 @@ def train(
     tokens/s, MFU and cumulative tokens per source/subset) and RUN_DIR/checkpoints/step_N/. Run it under
     `torchrun --nproc-per-node N` for DDP (or FSDP with `distributed: fsdp`).
     """
-    from elm_data.pipeline.stream import StreamIntegrityError, TokenizerMismatch
-
-    try:
-        config = TrainConfig.from_yaml(config_path, tokenizer=tokenizer)
-        result = run_training(config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress)
-    except (
-        ConfigError,
-        TrainingError,
-        CheckpointError,
-        FileNotFoundError,
-        StreamIntegrityError,
-        TokenizerMismatch,
-    ) as error:
-        raise click.ClickException(str(error)) from error
+    config = TrainConfig.from_yaml(config_path, tokenizer=tokenizer)
+    result = run_training(config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress)
     if result.rank != 0:  # under torchrun only rank 0 reports (and writes the log and checkpoints)
         return
     if result.first_loss is not None:
@@ -77,7 +65,7 @@ def train(
         click.echo(f"checkpoint: {result.checkpoint}")
 
 
-@click.command("audit-run")
+@command("audit-run")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option(
@@ -91,7 +79,7 @@ def train(
     "--verify",
     is_flag=True,
     help="Recompute the run's consumption receipt (hash chain of every step's spans) from the manifest and plan "
-    "alone; non-zero exit naming the first step that differs.",
+    "alone; exit 1 naming the first step that differs.",
 )
 @click.option(
     "--deep",
@@ -123,26 +111,18 @@ def audit_run(
     if deep and not verify:
         raise click.UsageError("--deep goes with --verify")
     if verify:
-        from elm_data.pipeline.stream import PlanError
-
-        try:
-            outcome = verify_run(run_dir, manifest_dir=manifest_dir)
-            if deep and outcome.ok:
-                verify_deep(run_dir, outcome, steps=deep_steps or None, manifest_dir=manifest_dir, tokenizer=tokenizer)
-        except (AuditError, PlanError, FileNotFoundError, ValueError) as error:
-            raise click.ClickException(str(error)) from error
+        outcome = verify_run(run_dir, manifest_dir=manifest_dir)
+        if deep and outcome.ok:
+            verify_deep(run_dir, outcome, steps=deep_steps or None, manifest_dir=manifest_dir, tokenizer=tokenizer)
         click.echo(json.dumps(outcome.to_dict(), indent=2) if fmt == "json" else outcome.format())
         if not outcome.ok:
-            raise SystemExit(1)
+            check_failed()
         return
-    try:
-        report = run_audit(run_dir, manifest_dir=manifest_dir)
-    except (AuditError, FileNotFoundError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
+    report = run_audit(run_dir, manifest_dir=manifest_dir)
     click.echo(report.to_json() if fmt == "json" else report.format_table())
 
 
-@click.command("trace")
+@command("trace")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--doc", "doc_ref", default=None, metavar="SOURCE/SUBSET:DOC_ID", help="The document to trace.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -176,41 +156,43 @@ def trace(
     builds RUN_DIR/trace_index/ on first use (a suffix array over the framed tokens of every document the run
     consumed, each once; the stream is replayed over the run's batches) and tokenizes the text.
     """
-    from elm_data.pipeline.stream import PlanError, StreamIntegrityError, TokenizerMismatch
-
-    from .trace import trace_doc
-
     if bool(doc_ref) == bool(text):
         raise click.UsageError("give either --doc SOURCE/SUBSET:DOC_ID or --text TEXT")
     if text:
-        from elm_data.pipeline.tokenizer import resolve_tokenizer
+        _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_tokens, top, fmt == "json")
+    else:
+        _trace_doc(run_dir, manifest_dir, doc_ref, fmt == "json")
 
-        from .trace import RunPlan, open_text_index, trace_text
 
-        try:
-            run = RunPlan(run_dir, manifest_dir)
-            tok = resolve_tokenizer(tokenizer, None, run.manifest.info)
-            index = open_text_index(run_dir, manifest_dir, tok, rebuild=rebuild_index)
-            query = tok.encode(text)
-            spans = trace_text(index, query, min_tokens=min_tokens, top=top)
-        except (AuditError, PlanError, StreamIntegrityError, TokenizerMismatch, FileNotFoundError, ValueError) as e:
-            raise click.ClickException(str(e)) from e
-        if fmt == "json":
-            click.echo(json.dumps(spans, indent=2))
-            return
-        click.echo(f"{len(query)} query tokens; {len(spans)} span(s) of >= {min_tokens} tokens found")
-        for span in spans:
-            i, j = span["query_tokens"]
-            click.echo(f"\n{span['length']} tokens, {span['count']} occurrence(s): {tok.decode(query[i:j])!r}")
-            for o in span["occurrences"]:
-                click.echo(f"  {o['ref']}  shard {o['shard_sha256'][:12]}… record {o['index']}  "
-                           f"offset {o['doc_offset']}  steps {o['steps']}")  # fmt: skip
+def _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_tokens, top, as_json) -> None:
+    """Print the consumed documents (and steps) holding the longest spans of ``text``."""
+    from elm_data.pipeline.tokenizer import resolve_tokenizer
+
+    from .trace import RunPlan, open_text_index, trace_text
+
+    run = RunPlan(run_dir, manifest_dir)
+    tok = resolve_tokenizer(tokenizer, None, run.manifest.info)
+    index = open_text_index(run_dir, manifest_dir, tok, rebuild=rebuild_index)
+    query = tok.encode(text)
+    spans = trace_text(index, query, min_tokens=min_tokens, top=top)
+    if as_json:
+        click.echo(json.dumps(spans, indent=2))
         return
-    try:
-        hits = trace_doc(run_dir, doc_ref, manifest_dir=manifest_dir)
-    except (AuditError, PlanError, FileNotFoundError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
-    if fmt == "json":
+    click.echo(f"{len(query)} query tokens; {len(spans)} span(s) of >= {min_tokens} tokens found")
+    for span in spans:
+        i, j = span["query_tokens"]
+        click.echo(f"\n{span['length']} tokens, {span['count']} occurrence(s): {tok.decode(query[i:j])!r}")
+        for o in span["occurrences"]:
+            click.echo(f"  {o['ref']}  shard {o['shard_sha256'][:12]}… record {o['index']}  "
+                       f"offset {o['doc_offset']}  steps {o['steps']}")  # fmt: skip
+
+
+def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
+    """Print every row (step, rank, micro-batch, spans) at which the run consumed ``doc_ref``."""
+    from .trace import trace_doc
+
+    hits = trace_doc(run_dir, doc_ref, manifest_dir=manifest_dir)
+    if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
     steps = sorted({h.step for h in hits})
@@ -222,7 +204,7 @@ def trace(
         click.echo(f"{h.step:>8}{h.batch_index:>8}{h.rank:>6}{h.micro_batch:>7}{h.row:>6}{row_span:>14}{doc_span:>16}")
 
 
-@click.command("train")
+@command("train")
 @click.argument("matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--out",
@@ -247,13 +229,10 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
     Cells that cannot run here (no kernel, OOM, too few processes, no CUDA) are recorded with their reason.
     See trainer/configs/bench_matrix.yaml and docs/trainer.md.
     """
-    from .efficiency import Matrix, MatrixError, run_matrix
+    from .efficiency import Matrix, run_matrix
 
-    try:
-        matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
-        result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo)
-    except (MatrixError, ConfigError, TrainingError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from error
+    matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
+    result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo)
     if not result.main:  # under torchrun only rank 0 reports
         return
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import yaml
 
+from elm_data.core.errors import ElmDataError
+
 from . import distributed as D
 from .config import TrainConfig
 from .flops import flops_per_token
@@ -82,7 +84,7 @@ NUMERIC = (
 OUTPUT_FILES = ("results.csv", "results.json", "cells.jsonl", "throughput.png", "frontier.png")
 
 
-class MatrixError(ValueError):
+class MatrixError(ElmDataError, ValueError):
     """A matrix YAML that cannot be used as written."""
 
 

@@ -21,13 +21,15 @@ from typing import Any
 
 import torch
 
+from elm_data.core.errors import ElmDataError
+
 from .checkpoint import STREAM_STATE
 from .export import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
 
 
-class EvalError(RuntimeError):
+class EvalError(ElmDataError, RuntimeError):
     """An evaluation that cannot run (missing extra, unreachable hub, unknown task)."""
 
 

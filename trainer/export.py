@@ -18,13 +18,14 @@ import torch
 import yaml
 
 from elm_data.core import __version__
+from elm_data.core.errors import OutputExists
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf, load_model
 
 from .audit import RunAudit, audit_run
-from .checkpoint import TRAINER_STATE, list_checkpoints
+from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints
 from .runlog import LOG_FILE, effective_steps, read_log
 
 HF_DATASETS = "hf://datasets/"
@@ -63,11 +64,35 @@ def run_of(checkpoint: str | Path) -> CheckpointRun | None:
 
 
 def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenizer_sha256: str | None) -> str:
-    """``README.md`` for an export of ``run.checkpoint``: HF metadata front matter, then what data made it."""
+    """``README.md`` for an export of ``run.checkpoint``: HF metadata front matter, then what data made it.
+
+    The front matter and the "Training data" section carry the same facts (manifest id, Merkle root, tokens
+    per source/subset, the consumption receipt at the checkpoint's step), for machines and for readers.
+    """
     origins = data_origins(manifest)
-    hub = sorted({u.removeprefix(HF_DATASETS) for u, _ in origins.values() if u.startswith(HF_DATASETS)})
+    receipt = json.loads((run.checkpoint / TRAINER_STATE).read_text()).get("receipt")
     config = run.header.get("config", {})
-    front = {
+    lines = [
+        "---",
+        yaml.safe_dump(_front_matter(run, audit, manifest, origins, receipt), sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {config.get('name', 'OpenELM')} step {run.step} (OpenELM, trained with elm-data)",
+        "",
+        "Model: OpenELM (arXiv 2404.14619) with layer-wise scaling, "
+        f"{run.header.get('parameters', 0):,} parameters. Load offline with "
+        "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
+        "",
+        *_data_section(run, audit, manifest, origins, receipt, tokenizer_sha256),
+        *_training_section(run, config),
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(run, audit: RunAudit, manifest: Manifest, origins, receipt: str | None) -> dict[str, Any]:
+    """The card's Hugging Face metadata, with an ``elm_data`` block naming the data."""
+    hub = sorted({u.removeprefix(HF_DATASETS) for u, _ in origins.values() if u.startswith(HF_DATASETS)})
+    return {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "license": "other",
@@ -78,27 +103,19 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
             "merkle_root": manifest.info.get("merkle_root"),
             "step": run.step,
             "tokens_by_source": {r.key: r.consumed_tokens for r in audit.rows if r.consumed_tokens},
+            "consumption_receipt": receipt,
         },
     }
-    receipt = json.loads((run.checkpoint / TRAINER_STATE).read_text()).get("receipt")
-    front["elm_data"]["consumption_receipt"] = receipt
-    loss = run.step_record.get("loss") if run.step_record else None
+
+
+def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, tokenizer_sha256) -> list[str]:
+    """The "Training data" lines: manifest, tokenizer, receipt, where each source comes from, tokens consumed."""
     rows = [
         f"| {r.key} | {r.consumed_tokens:,} | {r.kept_tokens:,} | {_fmt(r.fraction_consumed, '.4f')} "
         f"| {_pct(r.share)} | {_pct(r.target_share)} |"
         for r in audit.rows
     ]
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {config.get('name', 'OpenELM')} step {run.step} (OpenELM, trained with elm-data)",
-        "",
-        "Model: OpenELM (arXiv 2404.14619) with layer-wise scaling, "
-        f"{run.header.get('parameters', 0):,} parameters. Load offline with "
-        "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
-        "",
+    return [
         "## Training data",
         "",
         f"- manifest id: `{manifest.manifest_id}`",
@@ -121,19 +138,25 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         "",
         *[f"Note: {note}." for note in audit.notes],
         "",
+    ]
+
+
+def _training_section(run: CheckpointRun, config: dict[str, Any]) -> list[str]:
+    """The "Training" lines: step, loss, tokens seen, code version and the full training config."""
+    loss = run.step_record.get("loss") if run.step_record else None
+    code = run.header.get("code_version", {})
+    return [
         "## Training",
         "",
         f"- step {run.step} of {config.get('max_steps')}; loss at this step: {_fmt(loss, '.4f')}",
         f"- tokens seen (all positions): {run.step_record.get('tokens_total', 0) if run.step_record else 0:,}",
-        f"- code: elm-data {run.header.get('code_version', {}).get('elm_data')} "
-        f"(git {run.header.get('code_version', {}).get('git_commit')}); exported by elm-data {__version__}",
+        f"- code: elm-data {code.get('elm_data')} (git {code.get('git_commit')}); exported by elm-data {__version__}",
         "",
         "```yaml",
         yaml.safe_dump(config, sort_keys=True).rstrip(),
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def data_origins(manifest: Manifest) -> dict[str, tuple[str, str]]:
@@ -170,9 +193,9 @@ def tokenizer_bytes(flag: str | None, pinned: dict[str, Any] | None, required: b
     """The SentencePiece model to ship: ``flag`` > ``$ELM_DATA_TOKENIZER`` > the pinned location > the cache.
 
     ``pinned`` (``{"uri", "sha256"}``, as a run logs it) fixes the sha256 it must have. None when nothing is
-    found and ``required`` is false.
+    found and ``required`` is false; any other tokenizer problem raises its ``TokenizerError``.
     """
-    from elm_data.pipeline.tokenizer import TokenizerError, TokenizerNotFound, resolve_tokenizer
+    from elm_data.pipeline.tokenizer import TokenizerNotFound, resolve_tokenizer
 
     try:
         tokenizer = resolve_tokenizer(flag, None, {"tokenizer": pinned} if pinned else None)
@@ -180,9 +203,7 @@ def tokenizer_bytes(flag: str | None, pinned: dict[str, Any] | None, required: b
         if required:
             raise
         return None
-    except TokenizerError as error:
-        raise ValueError(str(error)) from error
-    return tokenizer.__getstate__()["proto"]  # the model file's own bytes (its sha256 is the pinned one)
+    return tokenizer.model_bytes  # its sha256 is the pinned one
 
 
 def export_checkpoint(
@@ -223,10 +244,11 @@ def export_run(run_dir: str | Path, out_root: str | Path, dtype=None, tokenizer=
     """Every checkpoint of a run into ``out_root/step_N``, each with its card."""
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
-        raise ValueError(f"{run_dir} holds no checkpoints (expected {run_dir}/checkpoints/step_*)")
+        raise CheckpointError(f"{run_dir} holds no checkpoints (expected {run_dir}/checkpoints/step_*)")
     return [export_checkpoint(c, Path(out_root) / c.name, dtype, tokenizer, echo) for c in checkpoints]
 
 
 def refuse_overwrite(out_dir: str | Path, overwrite: bool) -> None:
+    """Raise :class:`OutputExists` when ``out_dir`` already holds an export and ``overwrite`` is not given."""
     if (Path(out_dir) / WEIGHTS_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {WEIGHTS_FILE} (pass --overwrite)")
+        raise OutputExists(f"{out_dir} already holds {WEIGHTS_FILE} (pass --overwrite)")

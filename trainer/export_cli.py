@@ -10,17 +10,18 @@ from pathlib import Path
 
 import click
 
+from elm_data.core.commands import command
+from elm_data.core.errors import OutputExists
 from elm_data.model.config import NAMED_SHAPES
-from elm_data.model.weights import DTYPES, WeightsError
+from elm_data.model.weights import DTYPES
 
 from . import export as E
-from .checkpoint import CheckpointError, list_checkpoints
+from .checkpoint import list_checkpoints
 
 TOKENIZER_HELP = "Tokenizer to ship (else $ELM_DATA_TOKENIZER, else the run's logged one / the cache)."
-ERRORS = (WeightsError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, TypeError, RuntimeError)
 
 
-@click.command("hf")
+@command("hf")
 @click.argument("paths", nargs=-1, required=True, metavar="[CHECKPOINT|RUN] OUT_DIR")
 @click.option("--init", type=click.Choice(list(NAMED_SHAPES)), default=None, help="Export a fresh model of this size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --init.")
@@ -42,28 +43,25 @@ def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -
       elm-data export hf runs/demo hf_all/ --all-checkpoints
       elm-data export hf --init 270M --seed 0 hf_270m/
     """
-    try:
-        if init is not None:
-            if len(paths) != 1:
-                raise click.UsageError("with --init give only OUT_DIR")
-            E.refuse_overwrite(paths[0], overwrite)
-            E.export_init(init, paths[0], seed, dtype, tokenizer, echo=click.echo)
-            return
-        if len(paths) != 2:
-            raise click.UsageError("give CHECKPOINT (or RUN) and OUT_DIR, or --init NAME OUT_DIR")
-        source, out = Path(paths[0]), Path(paths[1])
-        if all_checkpoints:
-            for checkpoint in list_checkpoints(source):
-                E.refuse_overwrite(out / checkpoint.name, overwrite)
-            E.export_run(source, out, dtype, tokenizer, echo=click.echo)
-            return
-        E.refuse_overwrite(out, overwrite)
-        E.export_checkpoint(E.newest_checkpoint(source), out, dtype, tokenizer, echo=click.echo)
-    except ERRORS as error:
-        raise click.ClickException(str(error)) from error
+    if init is not None:
+        if len(paths) != 1:
+            raise click.UsageError("with --init give only OUT_DIR")
+        E.refuse_overwrite(paths[0], overwrite)
+        E.export_init(init, paths[0], seed, dtype, tokenizer, echo=click.echo)
+        return
+    if len(paths) != 2:
+        raise click.UsageError("give CHECKPOINT (or RUN) and OUT_DIR, or --init NAME OUT_DIR")
+    source, out = Path(paths[0]), Path(paths[1])
+    if all_checkpoints:
+        for checkpoint in list_checkpoints(source):
+            E.refuse_overwrite(out / checkpoint.name, overwrite)
+        E.export_run(source, out, dtype, tokenizer, echo=click.echo)
+        return
+    E.refuse_overwrite(out, overwrite)
+    E.export_checkpoint(E.newest_checkpoint(source), out, dtype, tokenizer, echo=click.echo)
 
 
-@click.command("mlx")
+@command("mlx")
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
@@ -79,22 +77,19 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
     from elm_data.model.mlx_export import folder_bytes
     from elm_data.model.weights import load_model
 
-    try:
-        if out_dir.exists():
-            raise FileExistsError(f"{out_dir} exists: mlx-lm writes a new folder")
-        checkpoint = E.newest_checkpoint(checkpoint)
-        run = E.run_of(checkpoint)
-        pinned = run.header.get("tokenizer") if run else None
-        proto = E.tokenizer_bytes(tokenizer, pinned, required=True)
-        card = E.checkpoint_card(run) if run else {}
-        write_mlx(load_model(checkpoint), out_dir, proto, dtype, int(quantize) if quantize else None, group_size, card)
-    except ERRORS as error:
-        raise click.ClickException(str(error)) from error
+    if out_dir.exists():
+        raise OutputExists(f"{out_dir} exists: mlx-lm writes a new folder")
+    checkpoint = E.newest_checkpoint(checkpoint)
+    run = E.run_of(checkpoint)
+    pinned = run.header.get("tokenizer") if run else None
+    proto = E.tokenizer_bytes(tokenizer, pinned, required=True)
+    card = E.checkpoint_card(run) if run else {}
+    write_mlx(load_model(checkpoint), out_dir, proto, dtype, int(quantize) if quantize else None, group_size, card)
     bits = f"{quantize}-bit, group {group_size}" if quantize else dtype
     click.echo(f"{checkpoint} -> {out_dir} (MLX, {bits}): {folder_bytes(out_dir) / 2**20:.1f} MiB")
 
 
-@click.command("eval")
+@command("eval")
 @click.argument("target", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tasks", default=None, help="Comma-separated lm-eval tasks (default: OpenELM's zero-shot suite).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N examples per task.")
@@ -115,21 +110,11 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
 def eval_command(target, tasks, limit, include_path, heldout_batches, out, tokenizer) -> None:
     """Zero-shot benchmarks through lm-evaluation-harness, plus perplexity on data the run did not consume."""
-    from .evaluate import EvalError, evaluate, format_report
+    from .evaluate import evaluate, format_report
 
     task_list = None if tasks is None else [t for t in tasks.split(",") if t.strip() and t.strip() != "none"]
-    try:
-        report, path = evaluate(
-            E.newest_checkpoint(target),
-            task_list,
-            limit,
-            include_path,
-            out,
-            heldout_batches,
-            tokenizer,
-            echo=click.echo,
-        )
-    except (EvalError, *ERRORS) as error:
-        raise click.ClickException(str(error)) from error
+    report, path = evaluate(
+        E.newest_checkpoint(target), task_list, limit, include_path, out, heldout_batches, tokenizer, echo=click.echo
+    )
     click.echo(format_report(report))
     click.echo(f"results: {path}")

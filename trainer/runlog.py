@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import elm_data.core
+from elm_data.core.errors import ElmDataError
 
 LOG_FILE = "log.jsonl"
+
+
+class RunLogError(ElmDataError, ValueError):
+    """A run log that is not as the trainer writes it (a line that is not JSON, other than a cut last one)."""
 
 
 def code_version() -> dict[str, Any]:
@@ -98,7 +103,7 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             # a run killed mid-write leaves at most a partial last line; anything else is corruption
             if number != len(lines):
-                raise ValueError(f"{path}:{number} is not valid JSON") from None
+                raise RunLogError(f"{path}:{number} is not valid JSON") from None
     return records
 
 

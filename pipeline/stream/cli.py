@@ -1,4 +1,7 @@
-"""``elm-data stream``: print a manifest's training sequences with their provenance, then the stream's stats."""
+"""``elm-data stream``: print a manifest's training sequences with their provenance, then the stream's stats.
+
+It lives with the stream (it reads manifests, so it sits above ``manifests/``, not in the per-document pass).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from elm_data.core.commands import command
 
 SNIPPET_CHARS = 70
 
@@ -56,7 +61,7 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  {key:<28} {n:>14,} tokens")
 
 
-@click.command("stream")
+@command("stream")
 @click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--mode",
@@ -100,7 +105,7 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--full-pass",
     is_flag=True,
-    help="Stream one whole natural pass (no printing) and report stats and the ledger against the manifest.",
+    help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the manifest.",
 )
 def stream(
     manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass
@@ -110,62 +115,45 @@ def stream(
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
     holds. The stream checks each block's sha256 and each document's token count against the manifest.
     """
-    from elm_data.pipeline.stream import (
-        PlanError,
-        StreamIntegrityError,
-        StreamLoader,
-        TokenizerMismatch,
-        TokenStream,
-        take_sequences,
-    )
-    from elm_data.pipeline.tokenizer import TokenizerNotFound
+    from . import StreamLoader, TokenStream, take_sequences
 
-    try:
-        ts = TokenStream(
-            manifest_dir,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            mode=mode,
-            weights="natural" if full_pass else _load_weights(weights),
-            seed=seed,
-            tokenizer=tokenizer,
-            epochs=1,
-            provenance=not full_pass,
-            partitions=partitions,
-        )
-        if full_pass:
-            _full_pass(ts, StreamLoader(ts), fmt == "jsonl")
-            return
-        for k, (ids, spans) in enumerate(take_sequences(ts, take)):
-            if fmt == "jsonl":
-                click.echo(json.dumps({"sequence": k, "input_ids": ids.tolist(), "spans": spans}))
-            else:
-                _print_text(k, ids, spans, ts.tokenizer, ts.sequences.pad_id)
-        _print_stats(ts.stats(), fmt == "jsonl")
-    except (
-        PlanError,
-        StreamIntegrityError,
-        TokenizerMismatch,
-        TokenizerNotFound,
-        FileNotFoundError,
-        ValueError,
-    ) as error:
-        raise click.ClickException(str(error)) from error
+    ts = TokenStream(
+        manifest_dir,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=mode,
+        weights="natural" if full_pass else _load_weights(weights),
+        seed=seed,
+        tokenizer=tokenizer,
+        epochs=1,
+        provenance=not full_pass,
+        partitions=partitions,
+    )
+    loader = StreamLoader(ts)
+    if full_pass:
+        _full_pass(ts, loader, fmt == "jsonl")
+        return
+    for k, (ids, spans) in enumerate(take_sequences(loader, take)):
+        if fmt == "jsonl":
+            click.echo(json.dumps({"sequence": k, "input_ids": ids.tolist(), "spans": spans}))
+        else:
+            _print_text(k, ids, spans, ts.tokenizer, ts.sequences.pad_id)
+    _print_stats(loader.stats(), fmt == "jsonl")
 
 
 def _full_pass(ts, loader, as_json: bool) -> None:
     from tqdm import tqdm
 
-    from elm_data.pipeline.stream.ledger import expected_natural_pass
+    from .consumed import expected_natural_pass
 
     with tqdm(unit="seq", desc="streaming one natural pass", dynamic_ncols=True, disable=None) as bar:
         for batch in loader:
             bar.update(len(batch["input_ids"]))
-    stats = ts.stats()
+    stats = loader.stats()
     if ts.config.mode == "packed":
         expected = expected_natural_pass(ts.manifest.shards)
-        stats["ledger_matches_manifest"] = dict(loader.ledger.to_dict()) == {k: v for k, v in expected.items() if v}
+        stats["consumed_matches_manifest"] = loader.consumed.to_dict() == {k: v for k, v in expected.items() if v}
     _print_stats(stats, as_json)
-    if not as_json and "ledger_matches_manifest" in stats:
-        verdict = "equals" if stats["ledger_matches_manifest"] else "DIFFERS FROM"
-        click.echo(f"  ledger {verdict} the manifest's kept tokens + BOS/EOS per source")
+    if not as_json and "consumed_matches_manifest" in stats:
+        verdict = "equal" if stats["consumed_matches_manifest"] else "DIFFER FROM"
+        click.echo(f"  tokens consumed per source {verdict} the manifest's kept tokens + BOS/EOS")
