@@ -83,9 +83,7 @@ def read_shard(
     spec = get_subset(source, subset)
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
-    chosen: Select | None = None
-    if select is not None:
-        chosen = select if callable(select) else frozenset(select).__contains__
+    chosen = _as_predicate(select)
     sha256 = shard_sha256 or sha256_of(local_path or uri)
     ctx = ShardContext(
         spec=spec,
@@ -103,3 +101,10 @@ def read_shard(
     if fmt == FORMAT_PARQUET:
         return read_parquet(ctx, skip, chosen)
     return read_jsonl(ctx, fmt, skip, chosen)
+
+
+def _as_predicate(select: Callable[[int], bool] | Collection[int] | None) -> Select | None:
+    """``read_shard``'s ``select`` as a predicate on the record index (None: every record)."""
+    if select is None or callable(select):
+        return select
+    return frozenset(select).__contains__
