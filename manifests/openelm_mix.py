@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from elm_data.sources.registry import OPENELM_TARGETS, all_subsets
+from elm_data.sources.registry import SubsetSpec, all_subsets
 
 PRESETS = {"openelm": None, "openelm-1pct": 0.01}  # name -> fraction of each subset's shards
 HEADER = """\
@@ -34,11 +34,11 @@ def _hub_repo(uri: str) -> str | None:
     return "/".join(parts[1:3]).split("@")[0] if uri.startswith("hf://datasets/") and len(parts) > 3 else None
 
 
-def _entry(spec, fraction: float | None, revision: str) -> dict[str, Any]:
+def _entry(spec: SubsetSpec, fraction: float | None, revision: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "source": spec.source,
         "subset": spec.subset,
-        "weight": OPENELM_TARGETS[spec.key] / 1e9,
+        "weight": spec.target_tokens / 1e9,
         **spec.upstream_shards(),
     }
     located = entry.get("shards_from") or entry["shards"][0]

@@ -14,6 +14,7 @@ import fsspec
 import yaml
 
 from elm_data.core.errors import InvalidValue
+from elm_data.sources.registry import OPENELM_TARGETS
 
 PRESETS = ("openelm",)
 
@@ -23,8 +24,6 @@ def load_targets(spec: str | dict[str, Any], base_dir: str | Path = ".") -> dict
     if isinstance(spec, dict):
         return _normalise(spec.get("name", "custom"), spec.get("tokens", spec))
     if spec in PRESETS:
-        from elm_data.sources.registry import OPENELM_TARGETS
-
         return _normalise("openelm", OPENELM_TARGETS)
     path = spec if "://" in spec or Path(spec).is_absolute() else str(Path(base_dir) / spec)
     try:
