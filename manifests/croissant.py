@@ -18,10 +18,12 @@ from typing import Any
 import pyarrow as pa
 
 from elm_data.core.redact import redact_uri
+from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
 
 from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
+CROISSANT_FILE = "croissant.json"  # where `elm-data export croissant DIR` writes by default, inside DIR
 PROV_NS = "http://www.w3.org/ns/prov#"
 OPENELM_CITATION = (
     "@misc{mehta2024openelm, title={OpenELM: An Efficient Language Model Family with Open Training "
@@ -105,13 +107,13 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _encoding_of(uri: str) -> str:
-    name = uri.lower()
-    if name.endswith(".parquet"):
-        return "application/x-parquet"
-    if ".jsonl" in name or ".json." in name or name.endswith(".json"):
-        return "application/jsonlines"
-    return "application/octet-stream"
+# The media type of each reader format (the format the build found from the shard's bytes).
+_ENCODINGS = {
+    FORMAT_PARQUET: "application/x-parquet",
+    FORMAT_JSONL: "application/jsonlines",
+    FORMAT_JSONL_GZ: "application/jsonlines",
+    FORMAT_JSONL_ZST: "application/jsonlines",
+}
 
 
 def _record_set(name: str, file_id: str, schema: pa.Schema, description: str) -> dict[str, Any]:
@@ -232,7 +234,7 @@ def _shard_file_object(r: ShardRecord) -> dict[str, Any]:
         "description": f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept, {r.tokens:,} tokens.",
         "contentUrl": redact_uri(r.uri),
         "contentSize": f"{r.size_bytes} B",
-        "encodingFormat": _encoding_of(r.uri),
+        "encodingFormat": _ENCODINGS.get(r.format, "application/octet-stream"),
         "sha256": r.sha256,
         "license": r.licence,
     }
@@ -293,7 +295,7 @@ def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[st
 def export_croissant(manifest_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the Croissant JSON-LD to ``out`` (default: ``DIR/croissant.json``); returns its path."""
     manifest_dir = Path(manifest_dir)
-    out = Path(out) if out else manifest_dir / "croissant.json"
+    out = Path(out) if out else manifest_dir / CROISSANT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = croissant_metadata(manifest_dir, relative_to=out.resolve().parent)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
