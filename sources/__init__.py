@@ -1,18 +1,17 @@
 """Readers for the public corpora OpenELM was pretrained on, in their native on-disk formats.
 
-``read_shard``, ``sha256_of``, ``size_of`` (readers.py), ``get_subset``/``all_subsets``/``OPENELM_TARGETS``
-(registry.py) and ``write_sample_corpus`` (sample.py) are also importable from here; they load lazily so
-that importing the package stays cheap.
+Entry points: ``read_shard(uri, source, subset)`` yields a :class:`Document` or a counted :class:`Rejection`
+for every record of a shard; ``get_subset``/``all_subsets``/``OPENELM_TARGETS`` are the registry;
+``write_sample_corpus(out_dir)`` writes small shards of every source plus their ``mixture.yaml``. They load on
+first use, so importing the package stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from elm_data.core.lazy import lazy_attributes
 from elm_data.sources.document import Document, Provenance, Rejection
 
-_LAZY = {
+_ENTRY_POINTS = {
     "read_shard": "readers",
     "sha256_of": "readers",
     "size_of": "readers",
@@ -22,10 +21,5 @@ _LAZY = {
     "write_sample_corpus": "sample",
 }
 
-__all__ = ["Document", "Provenance", "Rejection", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"elm_data.sources.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'elm_data.sources' has no attribute {name!r}")
+__all__ = ["Document", "Provenance", "Rejection", *_ENTRY_POINTS]
+__getattr__, __dir__ = lazy_attributes(__name__, _ENTRY_POINTS)
