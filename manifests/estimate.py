@@ -44,6 +44,7 @@ from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard, shard_format_of
+from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_PARQUET
 
 from .mixture import MixtureConfig, MixtureEntry
 from .shard_lists import Unreachable, unreachable
@@ -205,7 +206,7 @@ def _mini_shard(lines: Sequence[bytes], entry: MixtureEntry, uri: str) -> list[D
         f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
     out: list[Document | None] = [None] * len(lines)
     try:
-        for item in read_shard(name, entry.source, entry.subset, NO_SHA, fmt="jsonl"):
+        for item in read_shard(name, entry.source, entry.subset, NO_SHA, fmt=FORMAT_JSONL):
             if isinstance(item, Document):
                 out[item.provenance.index] = item
     finally:
@@ -288,7 +289,7 @@ class _Counting(io.RawIOBase):
 
 
 def _decompressed(raw: _Counting, fmt: str):
-    if fmt == "jsonl.gz":
+    if fmt == FORMAT_JSONL_GZ:
         return gzip.GzipFile(fileobj=raw)
     import zstandard
 
@@ -333,7 +334,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
     if n >= meta.num_rows:  # the whole shard
         chosen = {r: r for r in range(meta.num_rows)}
         docs = [None] * meta.num_rows
-        for item in read_shard(uri, entry.source, entry.subset, NO_SHA, fmt="parquet"):
+        for item in read_shard(uri, entry.source, entry.subset, NO_SHA, fmt=FORMAT_PARQUET):
             if isinstance(item, Document):
                 docs[item.provenance.index] = item
         return Draw(docs, [1.0] * meta.num_rows, exact=meta.num_rows, decoded_bytes=sum(sizes))
@@ -342,7 +343,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
     rows = sorted(rng.sample(range(groups[g].num_rows), min(n, groups[g].num_rows)))
     chosen = {first + r: k for k, r in enumerate(rows)}
     docs: list[Document | None] = [None] * len(rows)
-    for item in read_shard(uri, entry.source, entry.subset, NO_SHA, select=chosen, fmt="parquet"):
+    for item in read_shard(uri, entry.source, entry.subset, NO_SHA, select=chosen, fmt=FORMAT_PARQUET):
         if isinstance(item, Document) and item.provenance.index in chosen:
             docs[chosen[item.provenance.index]] = item
     records = groups[g].num_rows * sum(max(1, s) for s in sizes) / max(1, sizes[g])  # the shard's, from this group
@@ -455,9 +456,9 @@ class _SubsetSampler:
 
     def _draw(self, fmt: str, i: int) -> Draw:
         uri, size = self.uris[i], self.sizes[i]
-        if fmt == "parquet":
+        if fmt == FORMAT_PARQUET:
             return draw_parquet(uri, self.per_draw, self.entry, self.rng)
-        if fmt == "jsonl":
+        if fmt == FORMAT_JSONL:
             if self.line_bytes is None:
                 self.line_bytes = bytes_per_line(self.uris, self.sizes, self.rng)
             return draw_plain_jsonl(uri, size, self.per_draw, self.line_bytes, self.entry, self.rng)
