@@ -47,7 +47,7 @@ from elm_data.core.redact import redact_text
 COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "": {
         "sample": ("elm_data.sources.cli", "sample", "Write small shards of every corpus in its native format."),
-        "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; non-zero exit on mismatch."),
+        "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; exit 1 on a mismatch."),
         "audit": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
         "stream": ("elm_data.pipeline.stream.cli", "stream", "Training sequences with the provenance of every span."),
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
