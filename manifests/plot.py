@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .audit import Audit
+from .audit import Audit, AuditRow
 
 MANIFEST_COLOUR, TARGET_COLOUR = "#1f77b4", "#bbbbbb"
 
@@ -38,24 +38,13 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
             linewidth=0.5,
         )
     xmax = max([*manifest_pct, *target_pct, 1.0])
-    for y, r, m, t in zip(ys, rows, manifest_pct, target_pct, strict=True):
-        label = f"{m:.1f}%  ({r.counts.tokens:,} tokens)" if r.shards else "not in this manifest"
-        ax.text(m + xmax * 0.01, y + bar / 2, label, va="center", fontsize=8)
-        if has_target:
-            text = f"{t:.1f}%" if r.target_share is not None else "no target"
-            ax.text(t + xmax * 0.01, y - bar / 2, text, va="center", fontsize=8, color="#555555")
+    _label_bars(ax, rows, manifest_pct, target_pct if has_target else None, xmax, bar)
     ax.set_yticks(list(ys))
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_xlim(0, xmax * 1.35)
     ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= min(100.0, xmax * 1.35)])
     ax.set_xlabel("share of tokens (%)  —  LLaMA-2 tokens of kept documents, no BOS/EOS")
-    title = f"Token mix by source/subset: manifest {audit.manifest_id[:12]}"
-    if audit.manifest_name:
-        title += f" ({audit.manifest_name})"
-    subtitle = f"{audit.total_tokens:,} tokens in the manifest"
-    if has_target:
-        subtitle += f" vs target mix '{audit.targets_name}' (each side's shares sum to 100%)"
-    ax.set_title(f"{title}\n{subtitle}", fontsize=11)
+    ax.set_title(_title(audit, has_target), fontsize=11)
     ax.grid(axis="x", linestyle=":", alpha=0.6)
     ax.set_axisbelow(True)
     ax.legend(loc="best", fontsize=9)
@@ -67,3 +56,25 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
     fig.savefig(out_path)
     plt.close(fig)
     return out_path
+
+
+def _label_bars(ax, rows: list[AuditRow], manifest_pct, target_pct, xmax: float, bar: float) -> None:
+    """Each bar's value at its end: the manifest's share with its tokens, and the target's (None: no targets)."""
+    for y, r in enumerate(rows):
+        m = manifest_pct[y]
+        label = f"{m:.1f}%  ({r.counts.tokens:,} tokens)" if r.shards else "not in this manifest"
+        ax.text(m + xmax * 0.01, y + bar / 2, label, va="center", fontsize=8)
+        if target_pct is not None:
+            t = target_pct[y]
+            text = f"{t:.1f}%" if r.target_share is not None else "no target"
+            ax.text(t + xmax * 0.01, y - bar / 2, text, va="center", fontsize=8, color="#555555")
+
+
+def _title(audit: Audit, has_target: bool) -> str:
+    title = f"Token mix by source/subset: manifest {audit.manifest_id[:12]}"
+    if audit.manifest_name:
+        title += f" ({audit.manifest_name})"
+    subtitle = f"{audit.total_tokens:,} tokens in the manifest"
+    if has_target:
+        subtitle += f" vs target mix '{audit.targets_name}' (each side's shares sum to 100%)"
+    return f"{title}\n{subtitle}"
