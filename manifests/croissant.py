@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_uri
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
 
@@ -298,11 +299,5 @@ def export_croissant(manifest_dir: str | Path, out: str | Path | None = None) ->
     out = Path(out) if out else manifest_dir / CROISSANT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = croissant_metadata(manifest_dir, relative_to=out.resolve().parent)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")  # umask's modes, like any tool
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(out, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return out

@@ -28,8 +28,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -40,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.core.errors import ElmDataError
-from elm_data.core.outputs import publish_modes, replace_dir
+from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 
 FORMAT_VERSION = 2
@@ -305,8 +303,7 @@ def write_manifest_dir(
     for name in extra_files:
         if name in CORE_FILES or not name or name.startswith(".") or Path(name).name != name:
             raise ValueError(f"extra manifest file {name!r} must be a plain file name other than {CORE_FILES}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:  # out_dir holds the old manifest or the new one, never nothing
         for name, data in sorted(extra_files.items()):
             (tmp / name).write_bytes(data)
         pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
@@ -314,9 +311,4 @@ def write_manifest_dir(
         for record, table in zip(records, document_tables, strict=True):
             write_ledger(ledger_path(tmp, record.shard), record.blocks, table)
         (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        publish_modes(tmp)  # mkdtemp made it 0700: give it the umask's modes, like any other tool
-        replace_dir(tmp, out_dir)  # out_dir holds the old manifest or the new one, never nothing
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

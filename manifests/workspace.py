@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.dropped import DroppedSamples
 
@@ -80,21 +80,15 @@ class BuildWorkspace:
             "what": "elm-data manifest build workspace: per-shard partial results, NOT a manifest",
             "pass_config_hash": self.config_hash,
         }
-        self._write_atomic(f"{self._root}/{WORKSPACE_MARKER}", json.dumps(marker, indent=2).encode())
+        write_atomic(f"{self._root}/{WORKSPACE_MARKER}", json.dumps(marker, indent=2).encode(), fs=self.fs)
 
     def remove(self) -> None:
         if self.fs.exists(self._root):
             self.fs.rm(self._root, recursive=True)
 
-    # -- atomic writes -------------------------------------------------------------------------
-    def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
-
+    # -- whole files: each written under a temp name beside it, then renamed (write_atomic) --------------
     def _write_json(self, path: str, value: dict[str, Any]) -> None:
-        self._write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n", fs=self.fs)
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
         try:
@@ -149,7 +143,7 @@ class BuildWorkspace:
         buf = io.BytesIO()
         pq.write_table(documents.cast(DOCUMENT_SCHEMA), buf, compression="zstd")
         data = buf.getvalue()
-        self._write_atomic(self.documents_file(record.shard), data)
+        write_atomic(self.documents_file(record.shard), data, fs=self.fs)
         marker = {
             "record": asdict(record),
             "config_hash": self.config_hash,
@@ -160,7 +154,7 @@ class BuildWorkspace:
                 json.dumps([bucket, list(key), sample], ensure_ascii=False) + "\n"
                 for bucket, key, sample in dropped.items()
             ).encode("utf-8")
-            self._write_atomic(self.dropped_file(record.shard), samples)
+            write_atomic(self.dropped_file(record.shard), samples, fs=self.fs)
             marker |= {"dropped_per_reason": dropped.per_reason, "dropped_sha256": hashlib.sha256(samples).hexdigest()}
         self._write_json(self._file(record.shard, ".json"), marker)
         self.clear_error(record.shard)

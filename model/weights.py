@@ -15,14 +15,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import atomic_path
 
 from .config import NAMED_SHAPES, OpenELMConfig, expand_multipliers
 from .hf_tokenizer import tokenizer_json
@@ -67,30 +70,20 @@ It is licensed by Meta under the Llama 2 Community License Agreement
 """
 
 
-class WeightsError(ValueError):
+class WeightsError(ElmDataError, ValueError):
     """A checkpoint or Hugging Face directory that cannot be read as OpenELM weights."""
 
 
 # ---- our own checkpoint files ------------------------------------------------------------------------------
 def _write_files(directory: Path, files: dict[str, Callable[[Path], object]]) -> None:
-    """Write every file to a temporary name first, then rename them all into place.
+    """Write every file under its temporary name first; only when all are written are they renamed into place.
 
     A failure while writing leaves ``directory`` as it was (no weights without their config).
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
+    with ExitStack() as staged:
+        temps = {name: staged.enter_context(atomic_path(directory / name)) for name in files}
         for name, write in files.items():
-            tmp = directory / f".{name}.tmp-{os.getpid()}"
-            staged.append((tmp, directory / name))
-            write(tmp)
-            os.chmod(tmp, 0o644)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
+            write(temps[name])
 
 
 def save_model(model: OpenELM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:

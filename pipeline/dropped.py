@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from elm_data.core.outputs import write_atomic
 
 SAMPLE_CHARS = 500
 
@@ -60,8 +61,6 @@ class DroppedSamples:
         bucket.sort(key=lambda item: item[0])
         del bucket[self.per_reason :]
 
-    _offer = offer  # the former private name
-
     def merge(self, other: DroppedSamples) -> DroppedSamples:
         for reason, bucket in other._by_reason.items():
             for key, record in bucket:
@@ -81,17 +80,9 @@ class DroppedSamples:
         return b"".join(_jsonl_line(record) for record in self.records())
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the samples as JSONL, atomically (temporary file, then rename)."""
+        """Write the samples as JSONL, in whole (:func:`~elm_data.core.outputs.write_atomic`)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.to_jsonl())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, self.to_jsonl())
         return path
 
 

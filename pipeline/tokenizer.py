@@ -28,6 +28,7 @@ import fsspec
 import sentencepiece as spm
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_text, redact_uri
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
@@ -85,16 +86,11 @@ def cache_model(proto: bytes, uri: str | None = None) -> Path | None:
     sha = hashlib.sha256(proto).hexdigest()
     path = cached_path(sha)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
-            tmp.write_bytes(proto)
-            os.replace(tmp, path)
+            write_atomic(path, proto)
         if uri and "://" in uri and not uri.startswith("file://"):
             index = _read_index() | {public_uri(uri): sha}
-            tmp = _index_path().with_name(f".index.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-            os.replace(tmp, _index_path())
+            write_atomic(_index_path(), json.dumps(index, indent=1, sort_keys=True))
     except OSError:
         return None
     return path
@@ -212,8 +208,6 @@ def resolve_tokenizer_uri(flag: str | None = None, config_value: str | None = No
 
 def _pinned(manifest_info: dict[str, Any] | None) -> tuple[str | None, str | None]:
     recorded = (manifest_info or {}).get("tokenizer") or {}
-    if isinstance(recorded, str):
-        recorded = {"uri": recorded}
     return recorded.get("uri"), recorded.get("sha256")
 
 

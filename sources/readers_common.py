@@ -104,6 +104,7 @@ def fetched(uri: str) -> Iterator[str]:
     if isinstance(fs, LocalFileSystem):
         yield path
         return
+    # a scratch copy to read, not an output: outputs are written only through elm_data.core.outputs
     fd, local = tempfile.mkstemp(prefix="elm-data-shard-", suffix=os.path.basename(path)[-64:])
     os.close(fd)
     try:

@@ -78,7 +78,13 @@ class SubsetSpec:
         return f"{self.source}/{self.subset}"
 
     def upstream_uri(self, uri: str) -> str:
-        """Where a shard named like ``uri`` lives upstream: the registry's folder plus the shard's file name."""
+        """Where a shard named like ``uri`` lives upstream (the one place this is worked out).
+
+        A shard read from the hub (``hf://``) is its own upstream; any other copy is placed by its file name
+        in the registry's folder (the original Pile's ``NN.jsonl.zst`` in its own former home).
+        """
+        if uri.startswith("hf://"):
+            return uri
         name = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         if self.source == "pile" and name.endswith(".jsonl.zst"):
             return f"{PILE_ORIGINAL_UPSTREAM}/{name}"

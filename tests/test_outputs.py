@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from elm_data.core import outputs
 from elm_data.cli import run
+from elm_data.core import outputs
 from elm_data.core.errors import OutputExists, OutputLocked
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.manifests.build import BuildFailed, build_manifest
@@ -71,11 +71,10 @@ def test_a_replace_killed_between_its_renames_is_undone_on_the_next_start(
 ):
     out = tmp_path / "m"
     first = build_manifest(arxiv_mixture, out, tokenizer=tokenizer_path)
-    real_replace, calls = os.replace, []
+    real_replace = os.replace
 
     def killed_after_first_rename(src, dst):
-        calls.append((src, dst))
-        if len(calls) == 2:
+        if Path(dst) == out and Path(src).name.startswith(".m.tmp-"):
             raise KeyboardInterrupt  # the process dies between moving the old one aside and moving the new one in
         real_replace(src, dst)
 
@@ -89,7 +88,7 @@ def test_a_replace_killed_between_its_renames_is_undone_on_the_next_start(
     (tmp_path / ".m.tmp-empty").touch()
     workspace = Path(workspace_path_for(str(out)))
     workspace.mkdir(exist_ok=True)
-    (workspace / "shard-00000.json.tmp-0123").touch()
+    (workspace / ".shard-00000.json.tmp-0123").touch()
 
     with pytest.raises(OutputExists):  # the next start restored the old manifest, so it is there to refuse
         build_manifest(arxiv_mixture, out, tokenizer=tokenizer_path)
@@ -109,6 +108,78 @@ def test_replace_dir_swaps_a_directory_in_whole(tmp_path):
     outputs.replace_dir(new, old)
     assert sorted(p.name for p in old.iterdir()) == ["b"] and not new.exists()
     assert not outputs.old_path(old).exists()
+
+
+# -- one file in whole -------------------------------------------------------------------------------------
+def test_write_atomic_replaces_a_file_in_whole(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    outputs.write_atomic(target, "first\n")
+    outputs.write_atomic(target, b"second\n")
+    assert target.read_text() == "second\n" and [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_a_failure_mid_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk gone"), outputs.atomic_file(target) as handle:
+        handle.write(b"half of the new")
+        raise RuntimeError("disk gone")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_several_files_appear_together_or_not_at_all(tmp_path):
+    from contextlib import ExitStack
+
+    with pytest.raises(KeyboardInterrupt), ExitStack() as stack:
+        a = stack.enter_context(outputs.atomic_path(tmp_path / "a"))
+        a.write_text("a")
+        stack.enter_context(outputs.atomic_path(tmp_path / "b"))
+        raise KeyboardInterrupt  # killed before b was written
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "file_mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_an_atomic_file_takes_the_umask_mode(tmp_path, umask, file_mode):
+    previous = os.umask(umask)
+    try:
+        with outputs.atomic_path(tmp_path / "weights") as tmp:
+            tmp.write_bytes(b"x")
+            os.chmod(tmp, 0o600 if umask == 0o022 else 0o644)  # whatever mode the writer gave it
+        outputs.write_atomic(tmp_path / "text", "y")
+    finally:
+        os.umask(previous)
+    assert _mode(tmp_path / "weights") == file_mode and _mode(tmp_path / "text") == file_mode
+
+
+def test_a_stale_temp_file_is_swept_by_recover_dir(tmp_path):
+    target = tmp_path / "out.json"
+    stale = outputs.temp_path(target)
+    stale.write_text("half")  # what a killed writer leaves
+    assert stale.name.startswith(".out.json.tmp-")
+    assert outputs.recover_dir(target) == [stale] and not stale.exists()
+
+
+def test_write_atomic_on_an_fsspec_filesystem(tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    outputs.write_atomic("/atomic-test/out.json", "remote", fs=memory)
+    assert memory.cat("/atomic-test/out.json") == b"remote" and memory.ls("/atomic-test", detail=False) == [
+        "/atomic-test/out.json"
+    ]
+    memory.rm("/atomic-test", recursive=True)
+    outputs.write_atomic(tmp_path / "local.json", "local", fs=fsspec.filesystem("file"))
+    assert (tmp_path / "local.json").read_text() == "local"
+
+
+def test_staged_dir_replaces_in_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    with outputs.staged_dir(target) as tmp:
+        (tmp / "a").write_text("first")
+    with pytest.raises(ValueError), outputs.staged_dir(target) as tmp:
+        (tmp / "b").write_text("half")
+        raise ValueError("failed while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "a").read_text() == "first"
 
 
 # -- one writer per output -----------------------------------------------------------------------------------

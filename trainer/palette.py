@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from elm_data.core.outputs import atomic_path
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 
@@ -111,9 +111,8 @@ def save_compact(
         "palettized": json.dumps(layout),
         "rest_dtype": str(rest_dtype).removeprefix("torch."),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return compact_report(path, model, layout)
 
 

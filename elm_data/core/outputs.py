@@ -5,10 +5,18 @@
 - :func:`replace_dir` — put a complete directory at ``target``, replacing what is there with no moment
   where ``target`` is missing: an atomic exchange (Linux ``renameat2(RENAME_EXCHANGE)``), else two renames
   whose interruption :func:`recover_dir` undoes on the next start.
+- :func:`staged_dir` — fill a fresh temp directory beside ``target``; on success it gets the umask's modes
+  and replaces ``target`` (:func:`replace_dir`), on failure it is removed.
+- :func:`atomic_path`, :func:`atomic_file`, :func:`write_atomic` — one file, the same way: written under a
+  temp name beside it, fsynced, given the umask's mode, renamed over it; removed on failure.
 - :func:`recover_dir` — after a killed writer: the old ``target`` back from ``.NAME.old`` if ``target`` is
   gone, stale ``.NAME.tmp-*`` temp directories and files removed.
 - :func:`output_lock` — one writer per output: an exclusive ``flock`` on ``.NAME.lock`` beside it; a second
   writer is refused with who holds it (pid, host, start time, command).
+
+Every temp name is ``.NAME.tmp-*`` beside its target (:func:`temp_path`), so one glob finds what a killed
+writer left. This module is the project's one writer of whole files and directories: nothing else renames
+into place.
 """
 
 from __future__ import annotations
@@ -18,13 +26,17 @@ import ctypes.util
 import fcntl
 import json
 import os
+import posixpath
 import shutil
 import socket
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO, Any
 
 from elm_data.core.errors import OutputLocked
 
@@ -113,6 +125,95 @@ def recover_dir(target: str | Path) -> list[Path]:
             stale.unlink(missing_ok=True)
         touched.append(stale)
     return touched
+
+
+def temp_path(target: str | Path) -> Path:
+    """A fresh temporary name beside ``target``: ``.NAME.tmp-<pid>-<random>`` (what :func:`recover_dir` sweeps)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+@contextmanager
+def staged_dir(target: str | Path) -> Iterator[Path]:
+    """A fresh empty directory beside ``target`` to fill; it becomes ``target`` in whole when the block ends.
+
+    On success it gets the umask's modes (:func:`publish_modes`) and replaces ``target`` (:func:`replace_dir`);
+    on any failure it is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        publish_modes(tmp)  # mkdtemp made it 0700: the umask's modes, like any other tool
+        replace_dir(tmp, target)  # target holds the old directory or the new one, never nothing
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` for a writer that takes a file name; it becomes ``target`` in whole.
+
+    When the block ends the file is flushed to disk (fsync), given the umask's mode (``0666 & ~umask``) and
+    renamed over ``target``, so ``target`` always holds the old complete file or the new one. On any failure
+    the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """``target`` opened for writing (``"wb"``, or ``"w"`` for UTF-8 text) through :func:`atomic_path`."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_file writes a whole file: mode 'wb' or 'w', not {mode!r}")
+    with atomic_path(target) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+        yield handle
+
+
+def write_atomic(target: str | Path, data: bytes | str, fs: Any = None) -> None:
+    """Write ``data`` (a str as UTF-8) to ``target`` in whole (:func:`atomic_file`).
+
+    ``fs``: an fsspec filesystem when ``target`` is a path on it (e.g. a bucket shared by remote workers):
+    written under the same temp name, then moved into place; a local one takes the local route.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if fs is not None:
+        from fsspec.implementations.local import LocalFileSystem  # here: importing fsspec takes 0.2 s
+
+        if not isinstance(fs, LocalFileSystem):
+            _write_remote(fs, str(target), payload)
+            return
+    with atomic_file(target) as handle:
+        handle.write(payload)
+
+
+def _write_remote(fs: Any, target: str, payload: bytes) -> None:
+    head, name = posixpath.split(target)
+    tmp = posixpath.join(head, temp_path(name).name)
+    try:
+        with fs.open(tmp, "wb") as handle:
+            handle.write(payload)
+        fs.mv(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            fs.rm(tmp)
+        raise
 
 
 def lock_path(target: str | Path) -> Path:
