@@ -115,9 +115,7 @@ def load_model(
     weights_path = _find_weights(Path(path))
     if config is None:
         config = _read_config(weights_path)
-    state = _read_tensors([weights_path], device)
-    state = {_strip_compile_prefix(name): tensor for name, tensor in state.items()}
-    return _build(config, state, device, dtype)
+    return _build(config, _read_tensors([weights_path], device), device, dtype)
 
 
 # ---- Hugging Face -------------------------------------------------------------------------------------------
@@ -366,7 +364,7 @@ def _plain_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype | None) ->
         tensor = tensor.detach()
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        out[_strip_compile_prefix(name)] = tensor if tensor.is_meta else tensor.contiguous().cpu()
+        out[name] = tensor if tensor.is_meta else tensor.contiguous().cpu()
     return out
 
 
@@ -376,10 +374,6 @@ def _unwrap(model: torch.nn.Module) -> OpenELM:
     if not isinstance(inner, OpenELM):
         raise TypeError(f"expected an OpenELM model, got {type(inner).__name__}")
     return inner
-
-
-def _strip_compile_prefix(name: str) -> str:
-    return name.removeprefix("_orig_mod.")
 
 
 def _compact(multipliers: Any, num_layers: int) -> Any:
