@@ -12,12 +12,16 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, counts_by_subset
+from elm_data.manifests.targets import load_targets
 
 from .runlog import effective_steps, read_log
+
+if TYPE_CHECKING:
+    from elm_data.pipeline.stream.plan import Plan
 
 
 class AuditError(ElmDataError, ValueError):
@@ -85,13 +89,22 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
 
 
-def openelm_targets() -> dict[str, int]:
-    """OpenELM's per-subset target tokens from the source registry (empty if the registry is unavailable)."""
-    try:
-        from elm_data.sources.registry import OPENELM_TARGETS
-    except ImportError:
-        return {}
-    return {str(k): int(v) for k, v in OPENELM_TARGETS.items()}
+def run_header(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The log's ``header`` record (the run's manifest, plan and config); :class:`AuditError` when it has none."""
+    header = next((r for r in records if r.get("event") == "header"), None)
+    if header is None:
+        raise AuditError(f"{run_dir}/log.jsonl has no header record")
+    return header
+
+
+def trained_manifest(header: dict[str, Any], manifest_dir: str | Path | None = None) -> Manifest:
+    """The manifest the run trained on (at ``manifest_dir`` when given); refused when its id is not the run's."""
+    manifest = Manifest(manifest_dir or header["manifest_dir"])
+    if manifest.manifest_id != header["manifest_id"]:
+        raise AuditError(
+            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
+        )
+    return manifest
 
 
 def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_step: int | None = None) -> RunAudit:
@@ -101,35 +114,32 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_st
     """
     run_dir = Path(run_dir)
     records = read_log(run_dir)
-    header = next((r for r in records if r.get("event") == "header"), None)
-    if header is None:
-        raise AuditError(f"{run_dir}/log.jsonl has no header record")
-    manifest = Manifest(manifest_dir or header["manifest_dir"])
-    if manifest.manifest_id != header["manifest_id"]:
-        raise AuditError(
-            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
-        )
+    header = run_header(run_dir, records)
+    manifest = trained_manifest(header, manifest_dir)
     steps = [s for s in effective_steps(records) if at_step is None or s["step"] <= at_step]
     last = steps[-1] if steps else {"step": 0, "tokens_total": 0, "tokens_by_source": {}}
     consumed: dict[str, int] = {k: int(v) for k, v in (last.get("tokens_by_source") or {}).items()}
-
     kept = {key: counts.tokens for key, counts in counts_by_subset(manifest.shards).items()}
-    targets = openelm_targets()
+    targets = load_targets("openelm")["tokens"]
+    rows = source_rows(consumed, kept, targets)
+    return RunAudit(
+        run_dir=str(run_dir),
+        manifest_id=manifest.manifest_id,
+        manifest_dir=str(manifest.path),
+        last_step=int(last["step"]),
+        tokens_total=int(last.get("tokens_total", 0)),
+        consumed_total=sum(consumed.values()),
+        targets="openelm",
+        rows=rows,
+        notes=[*coverage_notes(consumed, kept, targets), *zero_token_notes(rows, header, manifest, int(last["step"]))],
+    )
+
+
+def source_rows(consumed: dict[str, int], kept: dict[str, int], targets: dict[str, int]) -> list[SourceRow]:
+    """One row per subset the manifest holds or the run consumed; target shares are renormalised over them."""
     keys = list(dict.fromkeys([*kept, *consumed]))
     consumed_total = sum(consumed.values())
     target_sum = sum(targets.get(k, 0) for k in keys)
-    notes = []
-    if not targets:
-        notes.append("no OpenELM targets available (elm_data.sources.registry.OPENELM_TARGETS missing)")
-    else:
-        notes.append("target shares are OpenELM's, renormalised over the subsets this manifest holds")
-        absent = sorted(set(targets) - set(keys))
-        if absent:
-            notes.append(f"OpenELM subsets not in this manifest: {', '.join(absent)}")
-    unknown = sorted(set(consumed) - set(kept))
-    if unknown:
-        notes.append(f"consumed subsets the manifest does not list: {', '.join(unknown)}")
-
     rows = []
     for key in keys:
         share = consumed.get(key, 0) / consumed_total if consumed_total else 0.0
@@ -147,18 +157,19 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_st
                 deviation=None if target_share is None else share - target_share,
             )
         )
-    notes += zero_token_notes(rows, header, manifest, int(last["step"]))
-    return RunAudit(
-        run_dir=str(run_dir),
-        manifest_id=manifest.manifest_id,
-        manifest_dir=str(manifest.path),
-        last_step=int(last["step"]),
-        tokens_total=int(last.get("tokens_total", 0)),
-        consumed_total=consumed_total,
-        targets="openelm" if targets else "none",
-        rows=rows,
-        notes=notes,
-    )
+    return rows
+
+
+def coverage_notes(consumed: dict[str, int], kept: dict[str, int], targets: dict[str, int]) -> list[str]:
+    """The OpenELM subsets the manifest lacks, and any subset the run consumed that the manifest does not list."""
+    notes = ["target shares are OpenELM's, renormalised over the subsets this manifest holds"]
+    absent = sorted(set(targets) - {*kept, *consumed})
+    if absent:
+        notes.append(f"OpenELM subsets not in this manifest: {', '.join(absent)}")
+    unknown = sorted(set(consumed) - set(kept))
+    if unknown:
+        notes.append(f"consumed subsets the manifest does not list: {', '.join(unknown)}")
+    return notes
 
 
 def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, int]) -> dict[str, float]:
@@ -275,7 +286,7 @@ def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
     return out
 
 
-def expected_heads(plan, manifest_id: str, batches_per_step: list[int]):
+def expected_heads(plan: Plan, manifest_id: str, batches_per_step: list[int]):
     """``(step, head, tokens by source this step or None)`` recomputed from the plan: step ``k`` consumes the next
     ``batches_per_step[k - 1]`` global batches. Token counts need the framed lengths: packed mode only."""
     from elm_data.pipeline.stream.receipt import batch_spans, chain, digest_spans, genesis, global_batches, step_digest
@@ -302,36 +313,42 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
     """Recompute a run's consumption receipt from its manifest and plan alone (no corpus, no model) and compare it
     with every step's logged chain head, the per-step and cumulative tokens per source (packed mode), the ``end``
     records and the checkpoints' heads. The first step that differs is reported."""
-    import json as _json
-
     from elm_data.pipeline.stream.plan import Plan, PlanConfig
-    from elm_data.pipeline.stream.receipt import genesis
-
-    from .checkpoint import TRAINER_STATE, list_checkpoints
 
     run_dir = Path(run_dir)
     records = read_log(run_dir)
-    header = next((r for r in records if r.get("event") == "header"), None)
-    if header is None:
-        raise AuditError(f"{run_dir}/log.jsonl has no header record")
+    header = run_header(run_dir, records)
     manifest = Manifest(manifest_dir or header["manifest_dir"])  # refuses a manifest whose files were edited
     plan_config = dict((header.get("stream_state") or {}).get("plan") or {})
     if not plan_config:
         raise AuditError(f"{run_dir}/log.jsonl: the header records no stream plan")
     logged = logged_chain(records)
-    steps = max(logged.heads, default=0)
-    result = Verification(str(run_dir), manifest.manifest_id, steps, None)
     if not logged.heads:
         raise AuditError(f"{run_dir}/log.jsonl records no consumption receipt (a run from before receipts?)")
+    result = Verification(str(run_dir), manifest.manifest_id, max(logged.heads), None)
     if header.get("manifest_id") != manifest.manifest_id:
         result.notes.append(f"the run names manifest {header.get('manifest_id')}, this one is {manifest.manifest_id}")
     for step, reason in logged.problems:
         result.fail(step, reason)
     plan = Plan(manifest, PlanConfig(**plan_config))
-    per_step = [logged.batches_per_step.get(k, 1) for k in range(1, steps + 1)]
-    ledger: dict[str, int] = defaultdict(int)
+    heads = _check_steps(result, logged, plan)
+    result.head = heads.get(result.steps)
+    _check_end_records(result, logged.ends, heads, manifest, plan_config)
+    _check_resumes(result, logged.resumes, heads, plan)
+    checkpoints = _check_checkpoints(result, run_dir, heads)
+    result.checked = {"steps": len(heads), "end records": len(logged.ends), "checkpoints": checkpoints}
+    if plan.config.mode != "packed":
+        result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
+    return result
+
+
+def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[int, str]:
+    """Compare each logged step with the plan's: its chain head and (packed mode) its tokens per source, for the
+    step and cumulative. Returns the recomputed head of every step the plan's stream reaches."""
+    per_step = [logged.batches_per_step.get(k, 1) for k in range(1, result.steps + 1)]
+    cumulative: dict[str, int] = defaultdict(int)
     heads: dict[int, str] = {}
-    for k, head, counts in expected_heads(plan, manifest.manifest_id, per_step):
+    for k, head, counts in expected_heads(plan, result.manifest_id, per_step):
         heads[k] = head
         record = logged.records.get(k)
         if record is None:
@@ -339,18 +356,29 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
             continue
         if logged.heads[k] != head:
             result.fail(k, f"the logged chain head {logged.heads[k]} is not the recomputed {head}")
-        if counts is not None:
-            for key, n in counts.items():
-                ledger[key] += n
-            if "step_tokens_by_source" in record and record["step_tokens_by_source"] != counts:
-                result.fail(k, f"step_tokens_by_source {record['step_tokens_by_source']} != the plan's {counts}")
-            cumulative = {key: n for key, n in sorted(ledger.items()) if n}
-            if "tokens_by_source" in record and record["tokens_by_source"] != cumulative:
-                result.fail(k, f"tokens_by_source {record['tokens_by_source']} != the plan's {cumulative}")
-    if len(heads) < steps:
-        result.fail(len(heads) + 1, f"the log records {steps} steps, the plan's stream ends after {len(heads)}")
-    result.head = heads.get(steps)
-    for end in logged.ends:
+        if counts is None:
+            continue
+        for key, n in counts.items():
+            cumulative[key] += n
+        if "step_tokens_by_source" in record and record["step_tokens_by_source"] != counts:
+            result.fail(k, f"step_tokens_by_source {record['step_tokens_by_source']} != the plan's {counts}")
+        so_far = {key: n for key, n in sorted(cumulative.items()) if n}
+        if "tokens_by_source" in record and record["tokens_by_source"] != so_far:
+            result.fail(k, f"tokens_by_source {record['tokens_by_source']} != the plan's {so_far}")
+    if len(heads) < result.steps:
+        result.fail(len(heads) + 1, f"the log records {result.steps} steps, the plan's stream ends after {len(heads)}")
+    return heads
+
+
+def _check_end_records(
+    result: Verification,
+    ends: list[dict[str, Any]],
+    heads: dict[int, str],
+    manifest: Manifest,
+    plan_config: dict[str, Any],
+) -> None:
+    """An ``end`` record names the chain head of its step, the manifest (id and Merkle root) and the plan."""
+    for end in ends:
         k = int(end.get("step", 0))
         if "receipt" not in end:
             continue
@@ -359,23 +387,32 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
         wrong = [f for f, v in expected.items() if end.get(f) != v]
         if wrong:
             result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")
-    for resume in logged.resumes:  # a resumed run continues the chain from its checkpoint's head
+
+
+def _check_resumes(result: Verification, resumes: list[dict[str, Any]], heads: dict[int, str], plan: Plan) -> None:
+    """A resumed run continues the chain from its checkpoint's head (the genesis head at step 0)."""
+    from elm_data.pipeline.stream.receipt import genesis
+
+    for resume in resumes:
         k = int(resume["from_step"])
-        expected_head = genesis(manifest.manifest_id, plan.config.to_dict()) if k == 0 else heads.get(k)
+        expected_head = genesis(result.manifest_id, plan.config.to_dict()) if k == 0 else heads.get(k)
         if resume.get("receipt") is not None and resume["receipt"] != expected_head:
             result.fail(k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}")
-    checkpoints = 0
+
+
+def _check_checkpoints(result: Verification, run_dir: Path, heads: dict[int, str]) -> int:
+    """Each checkpoint of a verified step carries that step's chain head; returns how many were compared."""
+    from .checkpoint import TRAINER_STATE, list_checkpoints
+
+    compared = 0
     for path in list_checkpoints(run_dir):
-        state = _json.loads((path / TRAINER_STATE).read_text())
+        state = json.loads((path / TRAINER_STATE).read_text())
         k = int(state.get("step", 0))
         if k in heads and state.get("receipt") is not None:
-            checkpoints += 1
+            compared += 1
             if state["receipt"] != heads[k]:
                 result.fail(k, f"checkpoint {path.name} carries chain head {state['receipt']}, not {heads[k]}")
-    result.checked = {"steps": len(heads), "end records": len(logged.ends), "checkpoints": checkpoints}
-    if plan.config.mode != "packed":
-        result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
-    return result
+    return compared
 
 
 def verify_deep(
