@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from elm_data.core.outputs import write_atomic
 from elm_data.sources.registry import SubsetSpec, all_subsets
 
 PRESETS = {"openelm": None, "openelm-1pct": 0.01}  # name -> fraction of each subset's shards
@@ -89,7 +90,6 @@ def write_openelm_mixture(out_dir: str | Path, preset: str = "openelm", pin: boo
     if pin:
         mixture = pin_revisions(mixture)
     out = Path(out_dir) / f"{preset}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = HEADER.format(name=preset, file=out.name)
-    out.write_text(header + yaml.safe_dump(mixture, sort_keys=False, width=120))
+    write_atomic(out, header + yaml.safe_dump(mixture, sort_keys=False, width=120))
     return out

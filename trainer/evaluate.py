@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import write_atomic
 
 from .checkpoint import STREAM_STATE
 from .export import export_checkpoint, newest_checkpoint, run_of
@@ -159,8 +160,7 @@ def evaluate(
         report["held_out"] = held_out_perplexity(target, heldout_batches)
     if out is None:
         out = run.run_dir / "eval" / f"{target.name}.json" if run is not None else target / "eval_results.json"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
     return report, Path(out)
 
 
