@@ -14,11 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.stream.plan import Plan, PlanConfig
 from elm_data.pipeline.stream.receipt import batch_spans, global_batches
 
-from .audit import AuditError, logged_chain
+from .audit import AuditError, logged_chain, run_header, trained_manifest
 from .runlog import read_log
 
 
@@ -56,15 +55,8 @@ class RunPlan:
     def __init__(self, run_dir: str | Path, manifest_dir: str | Path | None = None):
         self.run_dir = Path(run_dir)
         records = read_log(self.run_dir)
-        header = next((r for r in records if r.get("event") == "header"), None)
-        if header is None:
-            raise AuditError(f"{self.run_dir}/log.jsonl has no header record")
-        self.manifest = Manifest(manifest_dir or header["manifest_dir"])
-        if self.manifest.manifest_id != header["manifest_id"]:
-            raise AuditError(
-                f"manifest at {self.manifest.path} has id {self.manifest.manifest_id}, "
-                f"but the run trained on {header['manifest_id']}"
-            )
+        header = run_header(self.run_dir, records)
+        self.manifest = trained_manifest(header, manifest_dir)
         self.plan = Plan(self.manifest, PlanConfig(**header["stream_state"]["plan"]))
         self.logged = logged_chain(records)
         self.steps = max(self.logged.heads, default=0)
