@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elm_data.core.errors import ElmDataError
+from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 
@@ -227,7 +227,7 @@ class Manifest:
             raise FileNotFoundError(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
         self.info: dict[str, Any] = json.loads(manifest_file.read_text())
         if self.info.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise InvalidValue(
                 f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION} "
                 "(rebuild the manifest with this version of elm-data)"
             )

@@ -180,6 +180,11 @@ class LlamaTokenizer:
         """The record pinned in manifests and training logs."""
         return {"uri": self.uri, "sha256": self.sha256, "kind": "sentencepiece"}
 
+    @property
+    def model_bytes(self) -> bytes:
+        """The SentencePiece model file's own bytes (their sha256 is :attr:`sha256`): what an export ships."""
+        return self._proto
+
     # Picklable for multiprocessing and DataLoader workers: ship the proto, rebuild the processor.
     def __getstate__(self):
         return {"uri": self.uri, "proto": self._proto, "num_threads": self.num_threads}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from elm_data.core.errors import ElmDataError
+
 # Format names understood by elm_data.sources.readers.
 FORMAT_PARQUET = "parquet"
 FORMAT_JSONL = "jsonl"  # plain JSON Lines
@@ -243,13 +245,20 @@ PILE_SET_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class UnknownSubset(ElmDataError, KeyError):
+    """A source/subset the registry does not know (a mixture's or a flag's); the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get_subset(source: str, subset: str = "default") -> SubsetSpec:
-    """The spec of ``source/subset``; a KeyError names every known pair when it is unknown."""
+    """The spec of ``source/subset``; :class:`UnknownSubset` (a KeyError) names every known pair when unknown."""
     try:
         return _BY_KEY[(source, subset)]
     except KeyError:
         known = ", ".join(s.key for s in _SPECS)
-        raise KeyError(f"unknown source/subset {source}/{subset!s}; known: {known}") from None
+        raise UnknownSubset(f"unknown source/subset {source}/{subset!s}; known: {known}") from None
 
 
 def all_subsets() -> list[SubsetSpec]:
