@@ -1,15 +1,20 @@
-"""Checkpoints: one directory per step, written whole into a temp sibling and renamed into place.
+"""Checkpoints: every stateful part of a run in one directory per step, which appears whole or not at all.
 
 Layout of ``RUN_DIR/checkpoints/step_00000100/``::
 
     model.safetensors      weights (elm_data.model.weights.save_model; `elm-data export hf` reads it)
     model_config.json      OpenELMConfig.to_dict()
     training_state.pt      optimizer + scheduler state and RNG states (plain tensors/dicts, weights_only)
-    stream_state.pt        the stream loader's state_dict (resumes the exact batch sequence)
-    trainer_state.json     step, tokens, per-source ledger, manifest id, config fingerprint
+    stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact batches)
+    trainer_state.json     step, tokens, per-source ledger, receipt chain head, manifest id, config + fingerprint
 
-A directory named ``step_*`` therefore exists only once complete (invariant 5); leftovers of an interrupted
-write are hidden ``.step_*.tmp-*`` folders, removed by the next save.
+Invariant 5: a directory named ``step_*`` exists only once complete. It is filled as a hidden temp sibling and
+published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a
+step); leftovers of an interrupted write are ``.step_*.tmp-*`` folders, removed by the next save.
+
+:class:`Checkpointer` is the trainer's one way in and out: ``save`` and ``load`` cover every part (model,
+optimizer, scheduler, stream, RNGs, :class:`TrainState`), and ``load`` refuses a checkpoint of another run. The
+file-level functions below serve it and the tools that read checkpoints (export, eval, audit-run, tests).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import random
 import re
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,13 @@ import numpy as np
 import torch
 
 from elm_data.core.errors import ElmDataError
-from elm_data.core.outputs import publish_modes, replace_dir
+from elm_data.core.outputs import staged_dir
+from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from elm_data.pipeline.stream import merge_states
+
+from . import distributed as D
+from .config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE, STREAM_STATE, TRAINER_STATE = "training_state.pt", "stream_state.pt", "trainer_state.json"
@@ -39,9 +49,11 @@ class CheckpointError(ElmDataError, ValueError):
 
 
 def step_dir_name(step: int) -> str:
+    """``step_00000100``: zero-padded, so names sort as steps do."""
     return f"step_{step:08d}"
 
 
+# ---- RNG states ---------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop may touch, as tensors and plain values (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()
@@ -62,19 +74,22 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` saved (its tensors may have been loaded onto a GPU: RNG states live on CPU)."""
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _as_tuple(value):
+    """Python's RNG state with its nested lists (as saved) turned back into tuples."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+# ---- checkpoint directories ---------------------------------------------------------------------------------
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -87,23 +102,15 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` atomically; returns its directory. ``keep`` prunes older step directories."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step_*.tmp-*"):
+    for stale in root.glob(".step_*.tmp-*"):  # what a killed save left (staged_dir's temp names)
         shutil.rmtree(stale, ignore_errors=True)
     final = root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    try:
+    with staged_dir(final) as tmp:  # re-saving a step (after a resume) swaps the old one out atomically
         save_model(model, tmp)
-        torch.save(
-            {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state()}, tmp / TRAINING_STATE
-        )
+        training = {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state()}
+        torch.save(training, tmp / TRAINING_STATE)
         torch.save(stream_state, tmp / STREAM_STATE)
         (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2, sort_keys=True) + "\n")
-        publish_modes(tmp)  # mkdtemp made it 0700: the umask's modes, like any other tool
-        replace_dir(tmp, final)  # re-saving a step (after a resume) swaps the old one out atomically
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep:
         for old_dir in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old_dir, ignore_errors=True)
@@ -130,19 +137,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return checkpoints[-1]
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict:
-    """Load weights into ``model`` (in place) and return the rest: ``trainer``, ``optimizer``, ``scheduler``,
-    ``rng`` and ``stream`` states. Every file is read with ``weights_only=True``."""
+@dataclass
+class SavedCheckpoint:
+    """A checkpoint as read from disk: the saved model (on CPU) and the other parts' states."""
+
+    path: Path
+    model: OpenELM
+    trainer: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    stream: dict[str, Any]
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SavedCheckpoint:
+    """Read every file of a checkpoint (or of a run's newest), each with ``weights_only=True``; a missing or
+    damaged file is a :class:`CheckpointError` naming it."""
     path = resolve_checkpoint(path)
     expected = (WEIGHTS_FILE, CONFIG_FILE, TRAINING_STATE, STREAM_STATE, TRAINER_STATE)
     missing = [name for name in expected if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
-    saved = _read(path, WEIGHTS_FILE, lambda: load_model(path))
-    target = getattr(model, "_orig_mod", model)
-    if saved.config.to_dict() != target.config.to_dict():
-        raise CheckpointError(f"checkpoint {path} holds a different model config than this run's")
-    target.load_state_dict(saved.state_dict(), strict=True)
+    model = _read(path, WEIGHTS_FILE, lambda: load_model(path))
     training = _read(
         path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
     )
@@ -150,14 +166,30 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str 
     trainer = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
     if not isinstance(training, dict) or not {"optimizer", "scheduler", "rng"} <= set(training):
         raise CheckpointError(f"checkpoint {path}: {TRAINING_STATE} does not hold a training state")
+    return SavedCheckpoint(path, model, trainer, training["optimizer"], training["scheduler"], training["rng"], stream)
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict:
+    """Load weights into ``model`` (in place; one process) and return the rest: ``path``, ``trainer``,
+    ``optimizer``, ``scheduler``, ``rng`` and ``stream`` states."""
+    saved = read_checkpoint(path, map_location)
+    target = getattr(model, "_orig_mod", model)
+    _check_model_config(saved, target)
+    target.load_state_dict(saved.model.state_dict(), strict=True)
     return {
-        "path": path,
-        "trainer": trainer,
-        "optimizer": training["optimizer"],
-        "scheduler": training["scheduler"],
-        "rng": training["rng"],
-        "stream": stream,
+        "path": saved.path,
+        "trainer": saved.trainer,
+        "optimizer": saved.optimizer,
+        "scheduler": saved.scheduler,
+        "rng": saved.rng,
+        "stream": saved.stream,
     }
+
+
+def _check_model_config(saved: SavedCheckpoint, model: torch.nn.Module) -> None:
+    """The saved weights must be of this run's model shape (a CheckpointError otherwise)."""
+    if saved.model.config.to_dict() != model.config.to_dict():
+        raise CheckpointError(f"checkpoint {saved.path} holds a different model config than this run's")
 
 
 def _read(path: Path, name: str, read):
@@ -170,4 +202,152 @@ def _read(path: Path, name: str, read):
         raise CheckpointError(
             f"checkpoint {path}: {name} is damaged or not a checkpoint file ({type(error).__name__}); "
             "resume from another checkpoint"
+        ) from error
+
+
+# ---- the trainer's checkpointer -----------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """The trainer's own counters: optimizer steps taken, label positions consumed, and the consumption receipt's
+    chain head (None only when resuming a checkpoint written before receipts: the chain is then not continued)."""
+
+    step: int = 0
+    tokens: int = 0
+    receipt: str | None = None
+
+
+class Checkpointer:
+    """Saves and restores every stateful part of one run as a checkpoint directory (see the module docstring).
+
+    Parts: ``model`` (the OpenELM; under FSDP2 the same module, sharded in place), ``optimizer``, ``scheduler``,
+    ``loader`` (the stream), the process RNGs and a :class:`TrainState`. A checkpoint is bound to its run by the
+    manifest id and the config fingerprint, and ``load`` refuses any other. Both methods are collective under
+    torchrun (every rank calls them); only rank 0 writes, so the files are those of a one-process run: full weights,
+    full optimizer state (keyed by parameter name under FSDP) and one stream state merged over ranks, resumable on
+    any ranks x workers that divide the stream's partitions.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader,
+        manifest_id: str,
+        config: TrainConfig,
+        info: D.DistInfo,
+        device: torch.device,
+    ) -> None:
+        self.run_dir, self.manifest_id, self.config, self.info, self.device = run_dir, manifest_id, config, info, device
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+
+    def save(self, state: TrainState, consumed: dict[str, int]) -> Path | None:
+        """Write checkpoint ``state.step``; returns its directory on rank 0, None on the other ranks.
+
+        ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's ledger.
+        """
+        trainer_state = {
+            "tokens": state.tokens,
+            "ledger": consumed,
+            "manifest_id": self.manifest_id,
+            "fingerprint": self.config.fingerprint(),
+            "config": self.config.to_dict(),
+            "receipt": state.receipt,
+        }
+        model, optimizer_state = _full_states(self.model, self.optimizer, self.info)
+        stream_states = D.gather_objects(self.loader.state_dict(), self.info)
+        path = None
+        if self.info.is_main:
+            path = save_checkpoint(
+                self.run_dir,
+                state.step,
+                model,
+                optimizer_state,
+                self.scheduler.state_dict(),
+                merge_states(stream_states),
+                trainer_state,
+                keep=self.config.keep_checkpoints,
+            )
+        D.barrier(self.info)
+        return path
+
+    def load(self, path: str | Path) -> tuple[TrainState, dict[str, Any]]:
+        """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as saved.
+
+        Refuses (:class:`CheckpointError`) a checkpoint of another manifest, other training settings or another
+        model, before anything is changed. The RNGs are set last, so nothing after this call draws before training.
+        """
+        saved = read_checkpoint(path, map_location=self.device)
+        self._check_belongs(saved)
+        _load_model_state(self.model, saved.model.state_dict())
+        _load_optimizer_state(self.model, self.optimizer, saved.optimizer, saved.path)
+        self.scheduler.load_state_dict(saved.scheduler)
+        self.loader.load_state_dict(saved.stream)
+        set_rng_state(saved.rng)
+        trainer = saved.trainer
+        state = TrainState(step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer.get("receipt"))
+        return state, saved.stream
+
+    def _check_belongs(self, saved: SavedCheckpoint) -> None:
+        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), same model."""
+        manifest_id = saved.trainer.get("manifest_id")
+        if manifest_id != self.manifest_id:
+            raise CheckpointError(
+                f"checkpoint {saved.path} was trained on manifest {manifest_id}, this config names {self.manifest_id}"
+            )
+        if saved.trainer.get("fingerprint") != self.config.fingerprint():
+            raise CheckpointError(f"checkpoint {saved.path} was written under different training settings")
+        _check_model_config(saved, self.model)
+
+
+def _full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: D.DistInfo):
+    """(model to save, optimizer state): under FSDP both are gathered to full tensors on rank 0 (every rank must
+    call this); the optimizer state is then keyed by parameter name (torch.distributed.checkpoint's full state
+    dict) rather than by parameter index."""
+    if not D.is_fsdp(model):
+        return model, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    with torch.device("meta"):
+        cpu_model = OpenELM(model.config)
+    if info.is_main:
+        cpu_model.load_state_dict(full, assign=True)
+    return cpu_model, optim_state
+
+
+def _load_model_state(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Full weights into ``model``: copied in place (one process, DDP: every rank reads the same file), or, under
+    FSDP, each rank keeping its own shard of every tensor."""
+    if not D.is_fsdp(model):
+        model.load_state_dict(full, strict=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
+
+
+def _load_optimizer_state(model, optimizer, saved: dict[str, Any], checkpoint_dir: Path) -> None:
+    """Restore the optimizer: a plain ``state_dict`` (one process, DDP) or, under FSDP, the full name-keyed
+    state that :func:`_full_states` saved, re-sharded onto this rank's parameters."""
+    if not D.is_fsdp(model):
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    try:
+        set_optimizer_state_dict(
+            model, optimizer, optim_state_dict=saved, options=StateDictOptions(full_state_dict=True)
+        )
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir}: its optimizer state cannot be loaded into this FSDP run ({error})"
         ) from error

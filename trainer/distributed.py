@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +21,20 @@ from torch import nn
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place under torchrun (rank 0 of 1 when single-process)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the one process that writes logs and checkpoints."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process: collectives go through ``torch.distributed``."""
         return self.world_size > 1
 
 
@@ -106,12 +112,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``tensor`` summed over ranks, in place (returned for chaining); unchanged in one process."""
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size
@@ -119,11 +127,21 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def sum_counts(counts: Mapping[str, int], info: DistInfo) -> dict[str, int]:
+    """Per-key counts summed over ranks, sorted by key; every rank gets the sum (a collective under torchrun)."""
+    total: Counter = Counter()
+    for part in gather_objects(dict(counts), info):
+        total.update(part)
+    return dict(sorted(total.items()))
+
+
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (e.g. until rank 0 has published a checkpoint)."""
     if info.enabled:
         dist.barrier()
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group that :func:`init_distributed` joined."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

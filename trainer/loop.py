@@ -1,11 +1,16 @@
-"""The training loop: a manifest's token stream into an OpenELM, with checkpoints and a data-transparent log.
+"""The training loop as components: a manifest's token stream into an OpenELM, with checkpoints and a receipt log.
 
-Read top to bottom: :func:`train` sets up (seed, data, model, optimizer, resume), then runs
-:func:`train_step` ``max_steps`` times, logging and checkpointing as it goes.
+:func:`train` (``elm-data train``, the demo) drives a :class:`Trainer`: ``setup`` (seed, data, model, optimizer,
+schedule), ``restore`` when resuming, ``run`` (``step`` until done, ``save`` on the way), ``finish``. One
+:class:`~.checkpoint.Checkpointer` saves and restores every stateful part, so a run killed and resumed from a
+checkpoint trains bit-identically to one that never stopped. Under torchrun every rank runs every method (the
+collectives are inside); only rank 0 writes the log and the checkpoints. ``elm-data compress`` is the same
+Trainer with a palettization hook (compress.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -22,12 +27,12 @@ from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.pipeline.stream import StreamLoader, TokenStream, merge_states
+from elm_data.pipeline.stream import StreamLoader, TokenStream
 from elm_data.pipeline.stream.receipt import chain, genesis, step_digest, stream_batch_digest
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import Checkpointer, TrainState, resolve_checkpoint
 from .config import ConfigError, TrainConfig
 from .hardware import autocast, autocast_dtype, device_description, mfu, peak_flops, pick_device
 from .loss import loss_sums, split_inputs_labels
@@ -58,6 +63,8 @@ class RunResult:
 
 @dataclass
 class StepStats:
+    """One optimizer step's numbers; the losses are means over the step's counted label positions, all ranks."""
+
     loss: float
     ce_loss: float
     z_loss: float
@@ -66,15 +73,31 @@ class StepStats:
     positions: int  # label positions (batch x seq_len), all ranks
     tokens_by_source: Counter
     data_wait_s: float
+    step_time_s: float = 0.0  # the whole step, data wait included (set by Trainer.step)
+    lr: float = 0.0  # the learning rate the step used (set by Trainer.step)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Label positions per second of the whole step (0 before the step is timed)."""
+        return self.positions / self.step_time_s if self.step_time_s else 0.0
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (model initialisation; never the data order)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-# ---- set-up pieces (also used by benchmarks/bench_trainer.py) ----------------------------------------------
+# ---- set-up pieces (also used by efficiency.py, evaluate.py and benchmarks/bench_trainer.py) -----------------
+def open_manifest(manifest_dir: Path) -> Manifest:
+    """The manifest, verified on open (invariant 6); a missing or damaged one is a :class:`TrainingError`."""
+    try:
+        return Manifest(manifest_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise TrainingError(str(error)) from error
+
+
 def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
     """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it."""
     try:  # flag/config > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256
@@ -104,6 +127,7 @@ def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokeni
 
 
 def build_model(config: TrainConfig, device: torch.device) -> OpenELM:
+    """A freshly initialised OpenELM (draws from torch's RNG) of the config's shape, on ``device``."""
     model_config: OpenELMConfig = config.model_config()
     if config.seq_len > model_config.rope_max_length:
         raise ConfigError(
@@ -112,6 +136,12 @@ def build_model(config: TrainConfig, device: torch.device) -> OpenELM:
     model = OpenELM(model_config).to(device)
     model.gradient_checkpointing = config.gradient_checkpointing
     return model
+
+
+def refuse_used_run_dir(run_dir: Path, info: D.DistInfo, hint: str) -> None:
+    """A fresh run never appends to another run's log (invariant 5: nothing is clobbered unasked)."""
+    if info.is_main and (run_dir / LOG_FILE).exists():
+        raise TrainingError(f"{run_dir} already holds a run: {hint}")
 
 
 # ---- one optimizer step ------------------------------------------------------------------------------------
@@ -142,8 +172,7 @@ def train_step(
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         segment_ids = batch.get("segment_ids")
         kwargs = {"segment_ids": segment_ids[:, :-1].to(device)} if segment_ids is not None else {}
-        last = i == len(pairs) - 1
-        with D.gradient_sync(model, enabled=last):  # reduce gradients across ranks once, on the last one
+        with D.gradient_sync(model, enabled=i == len(pairs) - 1):  # reduce across ranks once, on the last one
             with autocast(device, amp_dtype):
                 logits = model(inputs, **kwargs)
             parts = loss_sums(logits, labels, PAD_ID)
@@ -151,8 +180,9 @@ def train_step(
         sums += torch.stack([parts.ce.detach(), parts.z.detach()]).double()
     D.all_reduce_sum(sums, info)
     # Under FSDP the gradients are sharded DTensors: the norm is reduced over ranks (a DTensor itself).
-    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf
+    )
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
@@ -173,7 +203,275 @@ def train_step(
     )
 
 
-# ---- the run -----------------------------------------------------------------------------------------------
+# ---- the trainer -------------------------------------------------------------------------------------------
+class Trainer:
+    """One run: :meth:`setup`, optionally :meth:`restore`, then :meth:`run` (:meth:`step` after :meth:`step`,
+    :meth:`save` on the way) and :meth:`finish`.
+
+    Owns the parts — the stream loader, the model (``model``: the OpenELM; ``module``: what a step calls, DDP/FSDP-
+    wrapped, maybe compiled), the optimizer and LR schedule, the log — and a :class:`TrainState` (step, tokens,
+    receipt head). Subclasses change a run through the hooks :meth:`build_model`, :meth:`training_module`,
+    :meth:`autocast_dtype`, :meth:`after_step`, :meth:`header_fields` and :meth:`make_checkpointer`.
+    """
+
+    task = "train"
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        info: D.DistInfo,
+        *,
+        run_dir: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config, self.device, self.info, self.progress = config, device, info, progress
+        self.run_dir = run_dir or config.run_dir
+        self.state = TrainState()
+        self.resumed_from: Path | None = None  # the checkpoint this invocation continues
+        self.until = config.max_steps  # the step this invocation stops at (run's stop_after)
+
+    # ---- setup and restore
+    def setup(self) -> None:
+        """Seed, data, model, optimizer, schedule, checkpointer — in this order, which fixes a fresh run's RNG draws."""
+        config = self.config
+        seed_everything(config.seed)
+        self.manifest = open_manifest(config.manifest_dir)
+        self.tokenizer = load_tokenizer(config, self.manifest)
+        self.model = self.build_model()
+        self.loader = build_loader(config, config.manifest_dir, self.tokenizer, self.info)
+        self.module = self.training_module()  # FSDP2 shards ``model`` in place: build the optimizer after this
+        self.optimizer = build_optimizer(self.model, config, fused=self.device.type == "cuda" or None)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.amp_dtype = self.autocast_dtype()
+        self.accum = config.grad_accum_steps(self.info.world_size)
+        self.plan = self.loader.stream.config.to_dict()
+        self.flops_per_token = self.model.config.flops_per_token(config.seq_len)
+        self.peak_flops = peak_flops(self.device)
+        self.state = TrainState(receipt=genesis(self.manifest.manifest_id, self.plan))  # the receipt's chain head
+        self.stream_start = self.loader.state_dict()
+        self.checkpointer = self.make_checkpointer()
+
+    def restore(self, checkpoint_dir: Path) -> None:
+        """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this run's)."""
+        self.state, self.stream_start = self.checkpointer.load(checkpoint_dir)
+        self.resumed_from = checkpoint_dir
+
+    # ---- hooks
+    def build_model(self) -> torch.nn.Module:
+        """The OpenELM to train, freshly initialised."""
+        return build_model(self.config, self.device)
+
+    def training_module(self) -> torch.nn.Module:
+        """What a step calls: ``model`` wrapped for DDP/FSDP (one process: as is), compiled if asked, in train mode."""
+        module = D.wrap_model(self.model, self.config.distributed, self.info, self.device)
+        if self.config.compile:
+            module = torch.compile(module)
+        return module.train()
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The mixed-precision compute dtype of a forward (None: as the weights)."""
+        return autocast_dtype(self.device, self.config.precision)
+
+    def after_step(self) -> None:
+        """Called after each optimizer and schedule step (compress: the palettizer's step)."""
+
+    def make_checkpointer(self) -> Checkpointer | None:
+        """The run's checkpointer over every stateful part (None: the run keeps no checkpoints)."""
+        return Checkpointer(
+            self.run_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            loader=self.loader,
+            manifest_id=self.manifest.manifest_id,
+            config=self.config,
+            info=self.info,
+            device=self.device,
+        )
+
+    def header_fields(self) -> dict[str, Any]:
+        """The log header: what data, tokenizer, settings, model, code and hardware this run uses."""
+        config, info = self.config, self.info
+        return {
+            "manifest_id": self.manifest.manifest_id,
+            "manifest_dir": str(config.manifest_dir),
+            "tokenizer": self.tokenizer.describe(),
+            "config": config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "code_version": code_version(),
+            "device": device_description(self.device),
+            "world_size": info.world_size,
+            "grad_accum_steps": self.accum,
+            "tokens_per_step": config.batch_size * config.seq_len * self.accum * info.world_size,
+            "flops_per_token": self.flops_per_token,
+            "peak_flops": self.peak_flops,
+        }
+
+    # ---- the run
+    def run(self, stop_after: int | None = None) -> RunResult:
+        """Step until ``max_steps`` (or ``stop_after`` steps in all: an interruption that keeps the schedule) or
+        until the data runs out; checkpoint every ``checkpoint_every`` steps and once at the end."""
+        config = self.config
+        self.until = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
+        self.open_log()
+        self.batches = iter(self.loader)
+        result = RunResult(self.run_dir, self.state.step, None, None, self.resumed_from, rank=self.info.rank)
+        saved_at = self.state.step if self.resumed_from is not None else None
+        with self.progress_bar() as bar:
+            while self.state.step < self.until:
+                stats = self.step()
+                if stats is None:
+                    result.stopped_early = f"data exhausted after {self.state.step} steps (epochs={config.epochs})"
+                    break
+                result.steps.append(self.state.step)
+                result.losses.append(stats.loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{stats.tokens_per_s:,.0f}", refresh=False)
+                every = config.checkpoint_every
+                if every and self.state.step % every == 0 and self.state.step < self.until:
+                    result.checkpoint, saved_at = self.save(), self.state.step
+        if self.state.step != saved_at:
+            result.checkpoint = self.save()
+        if stop_after is not None and self.state.step == stop_after < config.max_steps:
+            result.stopped_early = f"stopped after step {self.state.step} (stop_after)"
+        return result
+
+    def step(self) -> StepStats | None:
+        """One optimizer step over ``accum`` micro-batches, then the counters and the step's log record.
+
+        Returns None, having trained nothing, when the data runs out before the step's last micro-batch.
+        """
+        started = time.perf_counter()
+        batches = list(itertools.islice(self.batches, self.accum))
+        waited = time.perf_counter() - started
+        if len(batches) < self.accum:
+            return None
+        lr = self.optimizer.param_groups[0]["lr"]
+        stats = train_step(
+            self.module, self.optimizer, batches, self.config, self.device, self.amp_dtype, self.info, self.vocab_size
+        )
+        self.scheduler.step()
+        self.after_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.lr, stats.data_wait_s, stats.step_time_s = lr, waited, time.perf_counter() - started
+        self.state.step += 1
+        self.state.tokens += stats.positions  # a finite stream's last batch may be short
+        if self.state.receipt is not None:
+            self.state.receipt = chain(self.state.receipt, self.step_digest(batches))
+        if not math.isfinite(stats.loss):
+            raise TrainingError(f"loss became {stats.loss} at step {self.state.step}")
+        self.log_step(stats)
+        return stats
+
+    def save(self) -> Path | None:
+        """Checkpoint every part at the current step (collective) and log it; None without a checkpointer, and on
+        ranks other than 0."""
+        if self.checkpointer is None:
+            return None
+        path = self.checkpointer.save(self.state, self.consumed())
+        if path is not None:
+            self.log.write("checkpoint", step=self.state.step, path=str(path))
+        return path
+
+    def finish(self, result: RunResult, **end_fields: Any) -> RunResult:
+        """Write the log's end record (with what ``audit-run --verify`` needs) and close the log; fill the result."""
+        state = self.state
+        self.log.write(
+            "end",
+            step=state.step,
+            tokens_total=state.tokens,
+            stopped_early=result.stopped_early,
+            checkpoint=str(result.checkpoint) if result.checkpoint else None,
+            receipt=state.receipt,
+            manifest_id=self.manifest.manifest_id,
+            merkle_root=self.manifest.info.get("merkle_root"),
+            plan=self.plan,
+            batches_per_step=self.accum * self.info.world_size,
+            steps=state.step,
+            **end_fields,
+        )
+        self.log.close()
+        result.final_step, result.tokens, result.ledger = state.step, state.tokens, self.consumed()
+        if self.info.is_main:
+            logged = effective_steps(read_log(self.run_dir))
+            if logged:
+                result.first_loss, result.last_loss = logged[0]["loss"], logged[-1]["loss"]
+        return result
+
+    # ---- pieces of the run
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's embedding: stream ids at or above it (the pad id) are mapped by the loss's split."""
+        return self.model.config.vocab_size
+
+    def consumed(self) -> dict[str, int]:
+        """Tokens consumed per source/subset by the whole run so far, summed over ranks (collective)."""
+        return D.sum_counts(self.loader.ledger, self.info)
+
+    def step_digest(self, batches: list[dict[str, Any]]) -> bytes:
+        """The step's digest for the consumption receipt: every rank's batch digests, in global batch order."""
+        mine = [(int(b["batch_index"]), stream_batch_digest(b, self.plan["mode"])) for b in batches]
+        every = sorted(d for part in D.gather_objects(mine, self.info) for d in part)
+        return step_digest(d for _, d in every)
+
+    def open_log(self) -> None:
+        """Open the log: a header for a fresh run (or a resume into an empty directory), a resume record after
+        a restore (step records after it supersede those the interrupted run logged past its checkpoint)."""
+        path = self.run_dir / LOG_FILE
+        needs_header = self.resumed_from is None or not path.exists() or path.stat().st_size == 0
+        self.log = RunLog(self.run_dir, enabled=self.info.is_main)
+        fields = self.header_fields()
+        if self.resumed_from is None:
+            self.log.write("header", **fields, stream_state=self.stream_start, receipt=self.state.receipt)
+            return
+        if needs_header:
+            self.log.write("header", **fields, stream_state=self.stream_start, resumed_from=str(self.resumed_from))
+        resumed = {"from_step": self.state.step, "checkpoint": str(self.resumed_from), "receipt": self.state.receipt}
+        self.log.write("resume", **resumed, **fields)
+
+    def log_step(self, stats: StepStats) -> None:
+        """The step's record every ``log_every`` steps and at the last, else its receipt head alone (collective)."""
+        step, info = self.state.step, self.info
+        if step % self.config.log_every and step != self.until:
+            if self.state.receipt is not None:  # every step's chain head is logged, even between logged steps
+                self.log.write("receipt", step=step, receipt=self.state.receipt)
+            return
+        self.log.write(
+            "step",
+            step=step,
+            loss=stats.loss,
+            ce_loss=stats.ce_loss,
+            z_loss=stats.z_loss,
+            lr=stats.lr,
+            grad_norm=stats.grad_norm,
+            tokens=stats.positions,
+            counted_tokens=stats.counted_tokens,
+            tokens_total=self.state.tokens,
+            tokens_per_s=stats.tokens_per_s,
+            mfu=mfu(stats.tokens_per_s, self.flops_per_token, self.peak_flops, info.world_size),
+            data_wait_s=stats.data_wait_s,
+            step_time_s=stats.step_time_s,
+            step_tokens_by_source=D.sum_counts(stats.tokens_by_source, info),
+            tokens_by_source=self.consumed(),
+            receipt=self.state.receipt,
+        )
+
+    def progress_bar(self) -> tqdm:
+        """A tqdm bar over the run's ``max_steps`` on rank 0 (disabled elsewhere, or without ``progress``)."""
+        return tqdm(
+            total=self.config.max_steps,
+            initial=self.state.step,
+            disable=not (self.progress and self.info.is_main),
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.task,
+        )
+
+
+# ---- the entry point ---------------------------------------------------------------------------------------
 def train(
     config: TrainConfig,
     resume: str | Path | None = None,
@@ -187,6 +485,7 @@ def train(
 
     ``max_steps``/``out_dir`` override the config. ``stop_after`` ends the run (with a checkpoint) after
     that many total steps without changing the schedule: an interruption, as used by the resume test.
+    Without ``out_dir`` a resumed run continues in the checkpoint's run directory.
     """
     if max_steps is not None:
         config = config.replace(max_steps=max_steps)
@@ -197,279 +496,17 @@ def train(
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     try:
-        return _run(config, resume, device, info, stop_after, progress)
+        checkpoint_dir = resolve_checkpoint(resume) if resume is not None else None
+        run_dir = config.run_dir
+        if checkpoint_dir is not None and config.out_dir is None:
+            run_dir = checkpoint_dir.parent.parent  # RUN_DIR/checkpoints/step_N
+        if checkpoint_dir is None:
+            hint = f"pass --resume {run_dir} to continue it (from its newest checkpoint), or choose another --out"
+            refuse_used_run_dir(run_dir, info, hint)
+        trainer = Trainer(config, device, info, run_dir=run_dir, progress=progress)
+        trainer.setup()
+        if checkpoint_dir is not None:
+            trainer.restore(checkpoint_dir)
+        return trainer.finish(trainer.run(stop_after))
     finally:
         D.shutdown(info)
-
-
-def _run(config, resume, device, info, stop_after, progress) -> RunResult:
-    seed_everything(config.seed)
-    checkpoint_dir = resolve_checkpoint(resume) if resume is not None else None
-    run_dir = config.run_dir
-    if checkpoint_dir is not None and config.out_dir is None:
-        run_dir = checkpoint_dir.parent.parent  # RUN_DIR/checkpoints/step_N
-    if checkpoint_dir is None and info.is_main and (run_dir / LOG_FILE).exists():
-        raise TrainingError(
-            f"{run_dir} already holds a run: pass --resume {run_dir} to continue it (from its newest checkpoint), "
-            "or choose another --out"
-        )
-
-    manifest_dir = config.manifest_dir
-    try:
-        manifest = Manifest(manifest_dir)
-    except (FileNotFoundError, ValueError) as error:
-        raise TrainingError(str(error)) from error
-    tokenizer = load_tokenizer(config, manifest)
-    model = build_model(config, device)
-    model_config = model.config
-    loader = build_loader(config, manifest_dir, tokenizer, info)
-
-    step, tokens_total = 0, 0
-    plan_config = loader.stream.config.to_dict()
-    receipt: str | None = genesis(manifest.manifest_id, plan_config)  # the consumption receipt's chain head
-    state = None
-    if checkpoint_dir is not None:  # full weights into every rank's model before DDP/FSDP takes it over
-        state = load_checkpoint(checkpoint_dir, model, map_location=device)
-        saved = state["trainer"]
-        if saved.get("manifest_id") != manifest.manifest_id:
-            raise CheckpointError(
-                f"checkpoint {checkpoint_dir} was trained on manifest {saved.get('manifest_id')}, "
-                f"this config names {manifest.manifest_id}"
-            )
-        if saved.get("fingerprint") and saved["fingerprint"] != config.fingerprint():
-            raise CheckpointError(f"checkpoint {checkpoint_dir} was written under different training settings")
-        # one state for the whole run (every rank's partition cursors): resumable on any ranks × workers
-        # that divide the stream's partitions
-        loader.load_state_dict(state["stream"])
-        step, tokens_total = int(saved["step"]), int(saved["tokens"])
-        receipt = saved.get("receipt")  # None: a checkpoint from before receipts (the chain is not continued)
-
-    amp_dtype = autocast_dtype(device, config.precision)
-    wrapped = D.wrap_model(model, config.distributed, info, device)
-    # After wrapping: FSDP2 has made the parameters sharded DTensors (DDP and one process leave them as is).
-    optimizer = build_optimizer(model, config, fused=device.type == "cuda" or None)
-    scheduler = build_scheduler(optimizer, config)
-    if state is not None:
-        _load_optimizer_state(wrapped, optimizer, state["optimizer"], checkpoint_dir)
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-    if config.compile:
-        wrapped = torch.compile(wrapped)
-    wrapped.train()
-    accum = config.grad_accum_steps(info.world_size)
-    flops_per_token = model_config.flops_per_token(config.seq_len)
-    peak = peak_flops(device)
-
-    log = RunLog(run_dir, enabled=info.is_main)
-    common = {
-        "manifest_id": manifest.manifest_id,
-        "manifest_dir": str(manifest_dir),
-        "tokenizer": tokenizer.describe(),
-        "config": config.to_dict(),
-        "model_config": model_config.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "code_version": code_version(),
-        "device": device_description(device),
-        "world_size": info.world_size,
-        "grad_accum_steps": accum,
-        "tokens_per_step": config.batch_size * config.seq_len * accum * info.world_size,
-        "flops_per_token": flops_per_token,
-        "peak_flops": peak,
-    }
-    if checkpoint_dir is None:
-        log.write("header", **common, stream_state=loader.state_dict(), receipt=receipt)
-    else:
-        if not (run_dir / LOG_FILE).exists() or (run_dir / LOG_FILE).stat().st_size == 0:
-            log.write("header", **common, stream_state=state["stream"], resumed_from=str(checkpoint_dir))
-        log.write("resume", from_step=step, checkpoint=str(checkpoint_dir), receipt=receipt, **common)
-
-    result = RunResult(
-        run_dir=run_dir, final_step=step, first_loss=None, last_loss=None, checkpoint=checkpoint_dir, rank=info.rank
-    )
-    iterator = iter(loader)
-    target = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
-    bar = tqdm(
-        total=config.max_steps,
-        initial=step,
-        disable=not (progress and info.is_main),
-        unit="step",
-        dynamic_ncols=True,
-        desc="train",
-    )
-    last_checkpoint_step = step if checkpoint_dir is not None else None
-
-    def checkpoint_now() -> Path | None:
-        ledger = _global_ledger(loader, info)
-        trainer_state = {
-            "tokens": tokens_total,
-            "ledger": ledger,
-            "manifest_id": manifest.manifest_id,
-            "fingerprint": config.fingerprint(),
-            "config": config.to_dict(),
-            "receipt": receipt,
-        }
-        model_to_save, optim_state = _full_states(wrapped, model, optimizer, info)
-        path = None
-        stream_states = D.gather_objects(loader.state_dict(), info)
-        if info.is_main:
-            stream_state = merge_states(stream_states)
-            path = save_checkpoint(
-                run_dir,
-                step,
-                model_to_save,
-                optim_state,
-                scheduler.state_dict(),
-                stream_state,
-                trainer_state,
-                keep=config.keep_checkpoints,
-            )
-            log.write("checkpoint", step=step, path=str(path))
-        D.barrier(info)
-        return path
-
-    try:
-        while step < target:
-            started = time.perf_counter()
-            batches = []
-            for _ in range(accum):
-                try:
-                    batches.append(next(iterator))
-                except StopIteration:
-                    break
-            waited = time.perf_counter() - started
-            if len(batches) < accum:
-                result.stopped_early = f"data exhausted after {step} steps (epochs={config.epochs})"
-                break
-            lr = optimizer.param_groups[0]["lr"]
-            stats = train_step(wrapped, optimizer, batches, config, device, amp_dtype, info, model_config.vocab_size)
-            scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - started
-            step += 1
-            if receipt is not None:
-                receipt = chain(receipt, _step_digest(batches, loader.stream.config.mode, info))
-            step_positions = stats.positions  # a finite stream's last batch may be short
-            tokens_total += step_positions
-            if not math.isfinite(stats.loss):
-                raise TrainingError(f"loss became {stats.loss} at step {step}")
-            result.steps.append(step)
-            result.losses.append(stats.loss)
-            tokens_per_s = step_positions / elapsed
-            if step % config.log_every == 0 or step == target:
-                log.write(
-                    "step",
-                    step=step,
-                    loss=stats.loss,
-                    ce_loss=stats.ce_loss,
-                    z_loss=stats.z_loss,
-                    lr=lr,
-                    grad_norm=stats.grad_norm,
-                    tokens=step_positions,
-                    counted_tokens=stats.counted_tokens,
-                    tokens_total=tokens_total,
-                    tokens_per_s=tokens_per_s,
-                    mfu=mfu(tokens_per_s, flops_per_token, peak, info.world_size),
-                    data_wait_s=waited,
-                    step_time_s=elapsed,
-                    step_tokens_by_source=_global_sum(stats.tokens_by_source, info),
-                    tokens_by_source=_global_ledger(loader, info),
-                    receipt=receipt,
-                )
-            elif receipt is not None:  # every step's chain head is logged, even between logged steps
-                log.write("receipt", step=step, receipt=receipt)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < target:
-                result.checkpoint = checkpoint_now()
-                last_checkpoint_step = step
-    finally:
-        bar.close()
-    if step != last_checkpoint_step:
-        result.checkpoint = checkpoint_now()
-    if stop_after is not None and step == stop_after and step < config.max_steps:
-        result.stopped_early = f"stopped after step {step} (stop_after)"
-    log.write(
-        "end",
-        step=step,
-        tokens_total=tokens_total,
-        stopped_early=result.stopped_early,
-        checkpoint=str(result.checkpoint) if result.checkpoint else None,
-        receipt=receipt,
-        manifest_id=manifest.manifest_id,
-        merkle_root=manifest.info.get("merkle_root"),
-        plan=plan_config,
-        batches_per_step=accum * info.world_size,
-        steps=step,
-    )
-    log.close()
-
-    result.final_step = step
-    result.tokens = tokens_total
-    result.ledger = _global_ledger(loader, info)
-    if info.is_main:
-        logged = effective_steps(read_log(run_dir))
-        if logged:
-            result.first_loss, result.last_loss = logged[0]["loss"], logged[-1]["loss"]
-    return result
-
-
-def _step_digest(batches: list[dict[str, Any]], mode: str, info: D.DistInfo) -> bytes:
-    """The step's digest for the consumption receipt: every rank's batch digests, in global batch order."""
-    mine = [(int(b["batch_index"]), stream_batch_digest(b, mode)) for b in batches]
-    every = sorted(d for part in D.gather_objects(mine, info) for d in part)
-    return step_digest(d for _, d in every)
-
-
-def _global_sum(counts: dict[str, int], info: D.DistInfo) -> dict[str, int]:
-    """Per-source token counts summed over ranks (every rank gets the sum)."""
-    total: Counter = Counter()
-    for part in D.gather_objects(dict(counts), info):
-        total.update(part)
-    return dict(sorted(total.items()))
-
-
-def _global_ledger(loader, info: D.DistInfo) -> dict[str, int]:
-    """Tokens consumed per source/subset so far, summed over ranks."""
-    return _global_sum(loader.ledger, info)
-
-
-def _full_states(wrapped, model, optimizer, info: D.DistInfo):
-    """(model to save, optimizer state): under FSDP both are gathered to full tensors on rank 0 (every rank
-    must call this); the optimizer state is then keyed by parameter name (torch.distributed.checkpoint's
-    full state dict) rather than by parameter index."""
-    if not D.is_fsdp(wrapped):
-        return model, optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(model, options=options)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-    with torch.device("meta"):
-        cpu_model = OpenELM(model.config)
-    if info.is_main:
-        cpu_model.load_state_dict(full, assign=True)
-    return cpu_model, optim_state
-
-
-def _load_optimizer_state(wrapped, optimizer, saved: dict[str, Any], checkpoint_dir: Path) -> None:
-    """Restore the optimizer: a plain ``state_dict`` (one process, DDP) or, under FSDP, the full
-    name-keyed state that :func:`_full_states` saved, re-sharded onto this rank's parameters."""
-    if not D.is_fsdp(wrapped):
-        optimizer.load_state_dict(saved)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    inner = getattr(wrapped, "_orig_mod", wrapped)
-    try:
-        set_optimizer_state_dict(
-            inner, optimizer, optim_state_dict=saved, options=StateDictOptions(full_state_dict=True)
-        )
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {checkpoint_dir}: its optimizer state cannot be loaded into this FSDP run ({error})"
-        ) from error
