@@ -1,8 +1,9 @@
 """`elm-data compress`: fine-tune a trained OpenELM under weight clustering (DKM / eDKM), on the manifest's stream.
 
 The clustering is coremltools' ``DKMPalettizer`` (``coremltools.optimize.torch.palettization``); this module
-only arranges it: which layers, the YAML config, the training stream and its ledger (the same step function,
-log and loader as ``elm-data train``), and the outputs. A run directory holds::
+only arranges it: which layers, the YAML config and the outputs. The run is ``elm-data train``'s
+:class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log, ledger
+and consumption receipt. A run directory holds::
 
     log.jsonl                        header (source weights, manifest, config), step records with the ledger, end
     model/                           dequantized weights in the model package's layout (load_model, export hf)
@@ -16,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,16 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from elm_data.manifests.manifest import Manifest
+from elm_data.core.outputs import write_atomic
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, load_model, save_model
 
 from .checkpoint import TRAINER_STATE, resolve_checkpoint
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
-from .hardware import device_description, pick_device
-from .loop import TrainingError, build_loader, load_tokenizer, seed_everything, train_step
+from .hardware import pick_device
+from .loop import Trainer, TrainingError, refuse_used_run_dir
 from .palette import COMPACT_FILE, distinct_per_group, ensure_process_group, install_edkm_cpu_adapter, save_compact
-from .runlog import LOG_FILE, RunLog, code_version
 
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -144,6 +143,8 @@ class CompressConfig:
 
 @dataclass
 class CompressResult:
+    """What :func:`compress` did: steps and label positions trained, tokens per source, losses, the report."""
+
     run_dir: Path
     steps: int
     tokens: int
@@ -219,95 +220,69 @@ def load_source(path: str | Path) -> tuple[OpenELM, dict[str, Any]]:
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
+class CompressTrainer(Trainer):
+    """The :class:`~.loop.Trainer` fine-tuning source weights under DKM clustering; always one process.
+
+    It differs from training only through the Trainer's hooks: the model is the source's weights prepared for
+    palettization (:meth:`build_model`), a step calls :class:`PalettizedLM` without autocast, the palettizer
+    steps after each optimizer step, the header names the source and the palettization, and there are no
+    checkpoints: the run's output is what :meth:`write_outputs` writes from the finalized palettes. The stream,
+    the step, the log with its ledger and receipt are the Trainer's, so ``audit-run`` reads a compress run too.
+    """
+
+    task = "compress"
+
+    def __init__(self, source: str | Path, config: CompressConfig, run_dir: Path, *, progress: bool = True) -> None:
+        self.source_model, self.source_info = load_source(source)  # built on the meta device: draws no randomness
+        train = config.train.replace(model=self.source_model.config.to_dict(), out_dir=str(run_dir))
+        super().__init__(train, pick_device(train.device), DistInfo(), run_dir=run_dir, progress=progress)
+        self.spec = config.palette
+
+    def build_model(self) -> nn.Module:
+        """The source weights in the palettization dtype, prepared in place (``palettizer``, ``palettized``)."""
+        model = self.source_model.to(device=self.device, dtype=DTYPES[self.spec.dtype])
+        self.palettizer, prepared, self.palettized = prepare(model, self.spec, self.run_dir)
+        return prepared
+
+    def training_module(self) -> nn.Module:
+        return PalettizedLM(self.model).train()
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None  # the weights' own dtype (PaletteSpec.dtype) is the compute dtype
+
+    def after_step(self) -> None:
+        self.palettizer.step()
+
+    def make_checkpointer(self) -> None:
+        return None
+
+    def header_fields(self) -> dict[str, Any]:
+        extra = {"palettization": dataclasses.asdict(self.spec), "source": self.source_info}
+        return {"task": self.task, **super().header_fields(), **extra, "palettized": self.palettized}
+
+    def write_outputs(self) -> dict[str, Any]:
+        """Finalize the palettes into the weights; write ``model/``, the compact file and ``compression.json``."""
+        report = finalize(self.palettizer, self.model, self.palettized, self.spec, self.run_dir)
+        report.update(
+            steps=self.state.step, tokens=self.state.tokens, tokens_by_source=self.consumed(), source=self.source_info
+        )
+        write_atomic(self.run_dir / "compression.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return report
+
+
 def compress(
     source: str | Path, config: CompressConfig, out_dir: str | Path | None = None, progress: bool = True
 ) -> CompressResult:
     """Fine-tune ``source`` under DKM clustering per ``config``, finalize, and write the run directory."""
-    from tqdm.auto import tqdm
-
-    train, spec = config.train, config.palette
-    run_dir = Path(out_dir).resolve() if out_dir else train.run_dir
-    if (run_dir / LOG_FILE).exists():
-        raise TrainingError(f"{run_dir} already holds a run; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(train.device)
-    seed_everything(train.seed)
-    manifest = Manifest(train.manifest_dir)
-    tokenizer = load_tokenizer(train, manifest)
-    model, source_info = load_source(source)
-    train = train.replace(model=model.config.to_dict(), out_dir=str(run_dir))
-    loader = build_loader(train, train.manifest_dir, tokenizer, DistInfo())
-    model = model.to(device=device, dtype=DTYPES[spec.dtype])
-    palettizer, prepared, names = prepare(model, spec, run_dir)
-    lm = PalettizedLM(prepared).train()
-    from .optim import build_optimizer, build_scheduler
-
-    optimizer, accum = build_optimizer(prepared, train), train.grad_accum_steps(1)
-    scheduler = build_scheduler(optimizer, train)
-    log = RunLog(run_dir)
-    log.write(
-        "header",
-        task="compress",
-        manifest_id=manifest.manifest_id,
-        manifest_dir=str(train.manifest_dir),
-        tokenizer=tokenizer.describe(),
-        config=train.to_dict(),
-        palettization=dataclasses.asdict(spec),
-        source=source_info,
-        model_config=model.config.to_dict(),
-        parameters=sum(p.numel() for p in prepared.parameters()),
-        palettized=names,
-        code_version=code_version(),
-        device=device_description(device),
-        world_size=1,
-        grad_accum_steps=accum,
-        tokens_per_step=train.batch_size * train.seq_len * accum,
-        stream_state=loader.state_dict(),
-    )
-    steps, tokens, losses = 0, 0, []
-    iterator = iter(loader)
-    bar = tqdm(total=train.max_steps, disable=not progress, unit="step", desc="compress")
-    while steps < train.max_steps:
-        started = time.perf_counter()
-        batches = [b for _, b in zip(range(accum), iterator, strict=False)]
-        waited = time.perf_counter() - started
-        if len(batches) < accum:
-            break
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_step(lm, optimizer, batches, train, device, None, DistInfo(), model.config.vocab_size)
-        scheduler.step()
-        palettizer.step()
-        elapsed = time.perf_counter() - started
-        steps, tokens = steps + 1, tokens + stats.positions
-        losses.append(stats.loss)
-        if steps % train.log_every == 0 or steps == train.max_steps:
-            log.write(
-                "step",
-                step=steps,
-                loss=stats.loss,
-                ce_loss=stats.ce_loss,
-                z_loss=stats.z_loss,
-                lr=lr,
-                grad_norm=stats.grad_norm,
-                tokens=stats.positions,
-                counted_tokens=stats.counted_tokens,
-                tokens_total=tokens,
-                tokens_per_s=stats.positions / elapsed,
-                data_wait_s=waited,
-                step_time_s=elapsed,
-                step_tokens_by_source=dict(sorted(stats.tokens_by_source.items())),
-                tokens_by_source=dict(sorted(loader.ledger.items())),
-            )
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
-    bar.close()
-    report = finalize(palettizer, prepared, names, spec, run_dir)
-    ledger = dict(sorted(loader.ledger.items()))
-    report.update(steps=steps, tokens=tokens, tokens_by_source=ledger, source=source_info)
-    (run_dir / "compression.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    log.write("end", step=steps, tokens_total=tokens, tokens_by_source=ledger, compression=report)
-    log.close()
-    return CompressResult(run_dir, steps, tokens, ledger, losses, report)
+    run_dir = Path(out_dir).resolve() if out_dir else config.train.run_dir
+    refuse_used_run_dir(run_dir, DistInfo(), "choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)  # eDKM's one-process group keeps its store file here
+    trainer = CompressTrainer(source, config, run_dir, progress=progress)
+    trainer.setup()
+    result = trainer.run()
+    report = trainer.write_outputs()
+    result = trainer.finish(result, tokens_by_source=report["tokens_by_source"], compression=report)
+    return CompressResult(run_dir, result.final_step, result.tokens, result.ledger, result.losses, report)
 
 
 def finalize(palettizer, prepared: nn.Module, names: list[str], spec: PaletteSpec, run_dir: Path) -> dict:

@@ -1,4 +1,8 @@
-"""Click command `elm-data compress` (a thin wrapper over compress.compress)."""
+"""Click command `elm-data compress` (a thin wrapper over compress.compress).
+
+It catches nothing: a user's error (an ``ElmDataError`` such as ConfigError, TrainingError, CheckpointError, a
+damaged stream, or an ``OSError``) leaves through ``elm_data.core.commands`` as one line with exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,12 @@ from pathlib import Path
 
 import click
 
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .loop import TrainingError
+from elm_data.core.commands import command
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "compress.yaml"
 
 
-@click.command("compress")
+@command("compress")
 @click.argument("source", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--config",
@@ -57,32 +59,20 @@ def compress(
     writes dequantized weights (RUN/model, loadable and exportable like any checkpoint) and the compact
     palette + packed-indices file with its size and bits per weight (RUN/compression.json).
     """
-    from elm_data.pipeline.stream import StreamIntegrityError, TokenizerMismatch
-
     from .compress import CompressConfig
     from .compress import compress as run_compress
 
     palette = {"bits": int(bits) if bits else None, "embeddings": embeddings, "edkm": edkm}
     if group_size:
         palette.update(granularity="per_grouped_channel", group_size=group_size)
-    try:
-        config = CompressConfig.from_yaml(
-            config_path,
-            palette=palette,
-            manifest=str(manifest.resolve()) if manifest else None,
-            max_steps=max_steps,
-            tokenizer=tokenizer,
-        )
-        result = run_compress(source, config, out_dir=out_dir, progress=not no_progress)
-    except (
-        ConfigError,
-        TrainingError,
-        CheckpointError,
-        FileNotFoundError,
-        StreamIntegrityError,
-        TokenizerMismatch,
-    ) as error:
-        raise click.ClickException(str(error)) from error
+    config = CompressConfig.from_yaml(
+        config_path,
+        palette=palette,
+        manifest=str(manifest.resolve()) if manifest else None,
+        max_steps=max_steps,
+        tokenizer=tokenizer,
+    )
+    result = run_compress(source, config, out_dir=out_dir, progress=not no_progress)
     compact = result.report["compact"]
     click.echo(
         f"{result.steps} steps, {result.tokens:,} tokens; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
