@@ -62,12 +62,14 @@ class RunLog:
             self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, event: str, **fields: Any) -> None:
+        """Append one record (``{"event": event, **fields}``) as a JSON line and flush it; a no-op when disabled."""
         if self._file is None:
             return
         self._file.write(json.dumps({"event": event, **fields}, default=_jsonable) + "\n")
         self._file.flush()
 
     def close(self) -> None:
+        """Close the file (idempotent)."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -80,6 +82,7 @@ class RunLog:
 
 
 def _jsonable(value: Any) -> Any:
+    """``json.dumps``'s fallback: tensors and arrays as lists, sets and tuples as lists, anything else as text."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, (set, tuple)):
@@ -90,6 +93,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of ``RUN_DIR/log.jsonl`` in order; a cut last line (a killed run) is skipped, any other bad
+    line is a :class:`RunLogError`."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {LOG_FILE}: not a training run directory")
