@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +15,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-pytest.importorskip("coremltools")
+# DKM clustering is coremltools (the compress extra): looked up, not imported, so that collecting stays quick.
+needs_coremltools = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs coremltools")
 
 from elm_data.model.config import OpenELMConfig  # noqa: E402
 from elm_data.model.openelm import OpenELM  # noqa: E402
@@ -82,6 +84,8 @@ def tuned_3bit(tmp_path_factory):
     return run_dir, names, report, finalized, reference
 
 
+@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@needs_coremltools
 def test_every_palettized_tensor_has_at_most_2_pow_bits_values(tuned_3bit):
     run_dir, names, report, _, _ = tuned_3bit
     exported = load_model(run_dir / "model")
@@ -93,6 +97,8 @@ def test_every_palettized_tensor_has_at_most_2_pow_bits_values(tuned_3bit):
     assert report["max_distinct_values_per_group"] <= 8
 
 
+@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@needs_coremltools
 def test_compact_file_round_trips_and_is_small(tuned_3bit):
     run_dir, names, report, _, _ = tuned_3bit
     exported = load_model(run_dir / "model")
@@ -106,6 +112,8 @@ def test_compact_file_round_trips_and_is_small(tuned_3bit):
     assert compact["bytes"] < report["export"]["bytes"] - palettized_fp32 * 0.85
 
 
+@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@needs_coremltools
 def test_export_logits_equal_the_finalized_models(tuned_3bit):
     run_dir, _, _, finalized, reference = tuned_3bit
     exported = load_model(run_dir / "model").eval()
@@ -115,6 +123,8 @@ def test_export_logits_equal_the_finalized_models(tuned_3bit):
         assert not torch.equal(exported(ids), reference.eval()(ids))  # the weights did change
 
 
+@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@needs_coremltools
 def test_embeddings_and_grouped_palettes(tmp_path):
     model = small_model(vocab_size=512)
     spec = PaletteSpec(
@@ -154,6 +164,7 @@ def layer_peak(mode: str) -> dict:
 
 
 @pytest.mark.slow
+@needs_coremltools
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak-RSS reset needs Linux /proc")
 def test_edkm_options_lower_the_memory_a_layer_holds_for_backward():
     dkm, edkm = layer_peak("dkm"), layer_peak("edkm")
@@ -164,6 +175,7 @@ def test_edkm_options_lower_the_memory_a_layer_holds_for_backward():
 
 
 @pytest.mark.slow
+@needs_coremltools
 def test_compress_run_logs_the_ledger(sample_manifest, tmp_path):
     from elm_data.trainer.audit import audit_run
     from elm_data.trainer.compress_cli import compress as compress_command
