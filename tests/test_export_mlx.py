@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,18 @@ from export_fixtures import STEPS, trained_run  # noqa: F401 (a fixture)
 from elm_data.model import generate, load_model
 from elm_data.trainer.export_cli import export_mlx as export_mlx_command
 
-mlx_lm = pytest.importorskip("mlx_lm")
-mx = pytest.importorskip("mlx.core")
-pytestmark = pytest.mark.slow
+# mlx-lm (the mlx extra) is looked up here and imported in the tests: importing it costs seconds at collection.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("mlx_lm") is None or importlib.util.find_spec("mlx.core") is None,
+        reason="needs mlx-lm and mlx (the mlx extra)",
+    ),
+]
 
 
 def mlx_greedy(model, prompt: list[int], count: int) -> list[int]:
+    import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
 
@@ -25,6 +33,9 @@ def mlx_greedy(model, prompt: list[int], count: int) -> list[int]:
 
 
 def test_float32_mlx_export_matches_pytorch(trained_run, tmp_path):  # noqa: F811
+    import mlx.core as mx
+    import mlx_lm
+
     checkpoint = trained_run / "checkpoints" / f"step_{STEPS:08d}"
     out = tmp_path / "mlx"
     result = CliRunner().invoke(export_mlx_command, [str(checkpoint), str(out), "--dtype", "float32"])
@@ -44,6 +55,9 @@ def test_float32_mlx_export_matches_pytorch(trained_run, tmp_path):  # noqa: F81
 
 
 def test_quantized_mlx_export_loads_and_reports_its_size(trained_run, tmp_path):  # noqa: F811
+    import mlx.core as mx
+    import mlx_lm
+
     sizes = {}
     for name, args in (("f16", []), ("q4", ["--quantize", "4", "--group-size", "64"])):
         out = tmp_path / name
