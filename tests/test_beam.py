@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from elm_data.manifests.beam import pipeline_options
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.cli import build_manifest as build_command
 from elm_data.manifests.manifest import Manifest, data_files
+
+pytestmark = pytest.mark.slow  # Beam: importing it and running a pipeline take seconds each
 
 
 def test_default_options_pick_the_in_process_direct_runner():

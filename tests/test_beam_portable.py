@@ -29,6 +29,8 @@ from elm_data.manifests.beam import (
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.manifest import Manifest, data_files
 
+pytestmark = pytest.mark.slow  # Beam: importing it, its services and a portable run take seconds
+
 PORTABLE_TIMEOUT_S = 600  # a generous bound: the run takes well under a minute on two busy cores
 LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1 in /proc/net/tcp*
 HAS_PROC = Path("/proc/net/tcp").exists()
@@ -160,7 +162,6 @@ def test_job_service_servers_bind_loopback_only():
     assert grpc.server is real
 
 
-@pytest.mark.slow
 def test_services_serve_on_loopback_and_stop():
     with local_services("worker-pool", "job-service", max_seconds=PORTABLE_TIMEOUT_S) as addresses:
         for address in addresses:
@@ -176,7 +177,6 @@ def test_services_serve_on_loopback_and_stop():
             socket.create_connection((host, int(port)), timeout=5).close()
 
 
-@pytest.mark.slow
 def test_portable_build_equals_local_build(sample_dir, tokenizer_path, sample_manifest, tmp_path, monkeypatch):
     # The counting must happen in the SDK worker process: in this (driver) process it would fail.
     def not_here(*args, **kwargs):
@@ -198,7 +198,6 @@ def test_portable_build_equals_local_build(sample_dir, tokenizer_path, sample_ma
         assert watch.still_running() == set() and _services_of(os.getpid()) == []  # nothing left running
 
 
-@pytest.mark.slow
 def test_portable_runner_from_the_cli(sample_dir, tokenizer_path, sample_manifest, tmp_path):
     out = tmp_path / "portable-cli"
     command = [sys.executable, "-m", "elm_data", "build", "manifest", str(sample_dir / "mixture.yaml")]

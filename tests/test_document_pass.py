@@ -183,6 +183,7 @@ def sample_documents(sample_dir):
     return docs
 
 
+@pytest.mark.slow  # the whole sample corpus through the pass (test_every_document_is_accounted_for is the quick one)
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
 def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, mode):
     the_pass = DocumentPass(
@@ -230,6 +231,7 @@ def _statuses_in_worker(the_pass: DocumentPass, docs: list[Document]) -> list[tu
     return [(r.status, r.reason, r.tokens) for r in the_pass.process(docs)]
 
 
+@pytest.mark.slow  # a forkserver worker imports the pipeline anew (test_pickle_round_trip... is the quick one)
 def test_pass_runs_in_a_worker_process(tokenizer, docs):
     import multiprocessing
 

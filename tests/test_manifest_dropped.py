@@ -157,6 +157,7 @@ def test_snippets_are_the_start_of_the_native_documents(sampled_all):
     assert formats == {"parquet", "jsonl", "gz", "zst"}  # every native format the sample has
 
 
+@pytest.mark.slow  # a Beam build (seconds; Beam's own tests are slow too)
 def test_workers_and_beam_write_identical_bytes(corpus, sampled, tokenizer_path, tmp_path):
     two = tmp_path / "two"
     result = CliRunner().invoke(
