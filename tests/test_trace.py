@@ -18,6 +18,8 @@ from elm_data.trainer.distributed import DistInfo
 from elm_data.trainer.loop import build_loader, load_tokenizer, train
 from elm_data.trainer.trace import trace_doc
 
+pytestmark = pytest.mark.slow  # each test trains a run end to end first
+
 STEPS, ACCUM = 12, 2
 
 
