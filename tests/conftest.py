@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import os
 import shutil
@@ -16,6 +17,22 @@ SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 # Tests never read or fill the user's tokenizer cache (~/.cache/elm-data): one fresh cache per session.
 os.environ["ELM_DATA_CACHE"] = tempfile.mkdtemp(prefix="elm-data-test-cache-")
 atexit.register(shutil.rmtree, os.environ["ELM_DATA_CACHE"], ignore_errors=True)
+
+
+def _slow_as_a_whole(path: Path) -> bool:
+    """Whether the module's ``pytestmark`` holds ``pytest.mark.slow`` (alone or in a list); read, not imported."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            return "pytest.mark.slow" in ast.unparse(node.value)
+    return False
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m "not slow"`` a module that is slow as a whole is not even imported (Beam, MLX, lm-eval: seconds)."""
+    fast_tier = config.getoption("markexpr").strip() == "not slow"
+    if fast_tier and collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return _slow_as_a_whole(collection_path) or None
+    return None
 
 
 @pytest.fixture(scope="session")
