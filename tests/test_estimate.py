@@ -31,6 +31,7 @@ def _checks(est, exact):
         yield "TOTAL", figure, sum(v[k] for v in exact.values()), est.total(figure)
 
 
+@pytest.mark.slow  # an estimate per seed over the sample corpus
 def test_intervals_hold_the_exact_figures_across_seeds(sample_dir, tokenizer, exact):
     inside, misses = 0, []
     for seed in range(5):

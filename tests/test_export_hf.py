@@ -105,6 +105,7 @@ def test_export_loads_offline_with_its_own_code_and_tokenizer(tmp_path, tokenize
         assert got["pipeline"] == "The river" + sp.decode(prompt[1:] + continuation)[len("The river") :]
 
 
+@pytest.mark.slow  # the whole sample corpus through both tokenizers
 def test_tokenizer_json_encodes_like_sentencepiece_on_the_sample_corpus(tokenizer_path, sample_shards):
     tokenizers = pytest.importorskip("tokenizers")
     from elm_data.sources.document import Document

@@ -245,6 +245,7 @@ def test_quality_filter_pickles_without_its_datatrove_object():
     assert clone.check("hello world") == "gopher_quality:gopher_short_doc"
 
 
+@pytest.mark.slow  # 2000 random texts against the reference
 def test_character_rule_fast_path_is_exact():
     """The prefix shortcut in passes_min_characters must agree with measuring the whole normalised copy."""
     import random

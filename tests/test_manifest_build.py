@@ -128,6 +128,7 @@ def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer
     assert not workspace.exists()
 
 
+@pytest.mark.slow  # a second build and two whole streams (test_sources_readers reads a remote shard once quickly)
 def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
     sample_dir, tokenizer_path, tokenizer, sample_manifest, tmp_path, monkeypatch
 ):
@@ -267,6 +268,7 @@ build_manifest(sys.argv[1], sys.argv[2], tokenizer=sys.argv[3], on_shard_done=st
 """
 
 
+@pytest.mark.slow  # a build in a child process, killed, then a resumed build
 def test_sigkilled_build_resumes_to_the_clean_result(sample_dir, tokenizer_path, sample_manifest, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(

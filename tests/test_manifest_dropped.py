@@ -200,6 +200,7 @@ def test_audit_mentions_the_file(sampled):
     assert len(mention) == 1 and f"{len(_samples(sampled))} " in mention[0]
 
 
+@pytest.mark.slow  # an interrupted build and its resume
 def test_resume_gives_the_same_file(corpus, sampled, tokenizer_path, tmp_path):
     out = tmp_path / "resumed"
     workspace = Path(workspace_path_for(str(out)))

@@ -171,6 +171,7 @@ def test_cli_errors_are_readable(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # torch.compile wrapping imports dynamo and inductor
 def test_saving_a_compiled_model_writes_plain_names(tiny_model, tmp_path):
     save_model(torch.compile(tiny_model), tmp_path / "compiled")  # wrapping only: nothing is compiled here
     with safe_open(str(tmp_path / "compiled" / "model.safetensors"), framework="pt") as handle:

@@ -102,6 +102,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # starts a parent and its worker processes per case
 @pytest.mark.parametrize("script", [_POOL, _LOADER], ids=["process-pool", "dataloader"])
 def test_workers_die_when_their_parent_is_sigkilled(script):
     proc, workers = _start(script)

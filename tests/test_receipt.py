@@ -124,6 +124,7 @@ def test_verify_recomputes_the_chain_of_a_clean_run(receipt_run):
     assert result.exit_code == 0 and "receipt verified" in result.output, result.output
 
 
+@pytest.mark.slow  # trains, stops and resumes a run with two DataLoader worker processes
 def test_a_run_resumed_with_other_workers_continues_the_chain(receipt_run, sample_manifest, tmp_path):
     config = receipt_config(sample_manifest)
     first = train(config, out_dir=tmp_path / "resumed", stop_after=3, progress=False)
@@ -161,6 +162,7 @@ def test_verify_names_the_first_edited_step(receipt_run, tmp_path, name, step, c
     assert result.exit_code == 1 and f"FAILS at step {step}" in result.output, result.output
 
 
+@pytest.mark.slow  # trains, stops and resumes a run
 def test_a_resume_that_restarted_the_stream_is_caught(sample_manifest, tmp_path, monkeypatch):
     from elm_data.pipeline.stream.loader import StreamLoader as Loader
 
@@ -198,6 +200,7 @@ def test_deep_verify_rereads_and_retokenizes_sampled_steps(receipt_run, sample_m
     assert not outcome.ok and outcome.first_bad_step == 5, outcome.format()
 
 
+@pytest.mark.slow  # the whole stream six times (test_mixing resumes from every cursor quickly)
 def test_state_at_resumes_the_stream_at_any_global_batch(sample_manifest, tokenizer):
     stream = TokenStream(
         sample_manifest, batch_size=8, seq_len=128, tokenizer=tokenizer, weights="natural", partitions=4

@@ -59,6 +59,7 @@ def learning_run(sample_manifest, tmp_path_factory):
     return out, TrainConfig.from_yaml(path)
 
 
+@pytest.mark.slow  # trains end to end (the learning_run fixture: 20 steps through the CLI)
 def test_loss_falls_on_the_sample_manifest(learning_run):
     run_dir, _ = learning_run
     steps = effective_steps(read_log(run_dir))
@@ -69,6 +70,7 @@ def test_loss_falls_on_the_sample_manifest(learning_run):
     assert last < first - 2.0, losses
 
 
+@pytest.mark.slow  # uses the learning_run fixture
 def test_log_names_the_data_and_counts_every_batch(learning_run, sample_manifest):
     run_dir, config = learning_run
     records = read_log(run_dir)
@@ -101,6 +103,7 @@ def test_log_names_the_data_and_counts_every_batch(learning_run, sample_manifest
     assert records[-1]["event"] == "end"
 
 
+@pytest.mark.slow  # uses the learning_run fixture
 def test_audit_run_compares_consumption_with_manifest_and_targets(learning_run, sample_manifest):
     run_dir, _ = learning_run
     report = audit_run(run_dir)
@@ -130,6 +133,7 @@ def test_audit_run_compares_consumption_with_manifest_and_targets(learning_run, 
     assert json.loads(as_json.output)["consumed_total"] == report.consumed_total
 
 
+@pytest.mark.slow  # trains three runs end to end
 def test_resume_reproduces_the_uninterrupted_run_bitwise(sample_manifest, tmp_path):
     config = small_config(sample_manifest, max_steps=6, tokens_per_step=2 * 2 * 32)
     straight = train(config, out_dir=tmp_path / "straight", progress=False)
@@ -152,6 +156,7 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(sample_manifest, tmp_pa
     assert json.loads((second.checkpoint / "model_config.json").read_text())["num_transformer_layers"] == 2
 
 
+@pytest.mark.slow  # trains end to end
 def test_run_refuses_mismatched_resume_and_reused_run_dir(sample_manifest, tmp_path):
     config = small_config(sample_manifest, max_steps=2)
     done = train(config, out_dir=tmp_path / "run", progress=False)
