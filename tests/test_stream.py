@@ -167,6 +167,7 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
     assert next(iter(resumed))["batch_index"] == 12
 
 
+@pytest.mark.slow  # reads the whole stream, watching every reader it opens
 def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, tokenizer, monkeypatch):
     """Leaving a shard frees its reader (file, decompressor, buffers) at once, not at the next gc run."""
     readers: list[tuple[int, weakref.ref]] = []

@@ -123,6 +123,7 @@ def test_each_shard_byte_is_read_once_from_remote_storage_at_2x2(remote, tokeniz
     assert read >= 0.5 * corpus  # and the count is real: most of the corpus holds kept documents
 
 
+@pytest.mark.slow  # builds the corpus again behind counting:// (test_stream checks the natural pass quickly)
 def test_natural_pass_over_remote_blocks_equals_the_manifest(remote, tokenizer):
     manifest_dir, _ = remote
     loader = StreamLoader(stream(manifest_dir, tokenizer))
