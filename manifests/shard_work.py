@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_uri
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.counts import Counts
@@ -113,7 +114,7 @@ class ShardTally:
         return pa.table(self.columns, schema=DOCUMENT_SCHEMA)
 
 
-class HubHashMismatch(ValueError):
+class HubHashMismatch(ElmDataError, ValueError):
     """The bytes read from a hub shard are not the bytes the hub publishes for it."""
 
 

@@ -34,13 +34,14 @@ import fsspec
 import zstandard
 from fsspec.spec import AbstractFileSystem
 
+from elm_data.core.errors import ElmDataError
 from elm_data.sources.readers_common import HASH_CHUNK
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
 
 
-class BlockChanged(ValueError):
+class BlockChanged(ElmDataError, ValueError):
     """A block's bytes do not match the sha256 the manifest records for it."""
 
 

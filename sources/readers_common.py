@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from elm_data.core.errors import ElmDataError
 from elm_data.sources.document import (
     REJECT_EMPTY_TEXT,
     REJECT_MISSING_TEXT,
@@ -41,7 +42,7 @@ _BY_SUFFIX = ((".parquet", "parquet"), (".gz", "jsonl.gz"), (".gzip", "jsonl.gz"
               (".zstd", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"))  # fmt: skip
 
 
-class UnsupportedFormat(ValueError):
+class UnsupportedFormat(ElmDataError, ValueError):
     """The bytes are in a format no reader handles (e.g. xz or bzip2 compressed), whatever the name says."""
 
 

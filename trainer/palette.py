@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import atomic_path
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
@@ -32,7 +33,7 @@ COMPACT_FORMAT = "elm-data-palettized/1"
 COREML_PREFIX = "_COREML_"
 
 
-class PaletteError(ValueError):
+class PaletteError(ElmDataError, ValueError):
     """A tensor that is not palettized as claimed, or a compact file that does not decode."""
 
 
