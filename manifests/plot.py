@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elm_data.core.outputs import atomic_file
+
 from .audit import Audit, AuditRow
 
 MANIFEST_COLOUR, TARGET_COLOUR = "#1f77b4", "#bbbbbb"
@@ -52,8 +54,8 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
         ax.spines[side].set_visible(False)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
+    with atomic_file(out_path) as handle:  # the format from the name's suffix, as savefig(out_path) would
+        fig.savefig(handle, format=out_path.suffix[1:] or None)
     plt.close(fig)
     return out_path
 

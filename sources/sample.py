@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 import zstandard
 
+from elm_data.core.outputs import atomic_path, write_atomic
 from elm_data.sources import sample_text as st
 from elm_data.sources.readers_parquet import EXPECTED_COLUMNS
 from elm_data.sources.registry import OPENELM_TARGETS, PILE_SET_NAMES
@@ -407,7 +408,9 @@ def generate_sample_corpus(
 ) -> SampleCorpus:
     """Write the sample corpus and ``mixture.yaml`` under ``out_dir``; return what was written.
 
-    ``scale`` multiplies the documents per shard, ``shard_factor`` the shards per subset.
+    ``scale`` multiplies the documents per shard, ``shard_factor`` the shards per subset. Each file is written
+    whole (``core.outputs``), ``mixture.yaml`` last: a corpus whose writer was killed has no mixture. Other
+    files in ``out_dir`` stay (it may be any folder, so it is added to, never replaced).
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -423,12 +426,11 @@ def generate_sample_corpus(
         for shard in range(shards * shard_factor):
             rng = random.Random(f"{seed}:{key}:{writer.__name__}:{shard}")
             rel, payload = writer(rng, per_shard, shard, seed)
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(payload, pa.Table):
-                write_parquet(path, payload, hf_metadata=True)
+                with atomic_path(root / rel) as tmp:
+                    write_parquet(tmp, payload, hf_metadata=True)
             else:
-                path.write_bytes(payload)
+                write_atomic(root / rel, payload)
             corpus.files.append(rel)
             corpus.documents[key] = corpus.documents.get(key, 0) + per_shard
         if globs:
@@ -449,7 +451,7 @@ def generate_sample_corpus(
         "# weight = OpenELM's target tokens for the subset, in billions (arXiv 2404.14619).\n"
         "# pile/default lists both the deduplicated parquet shards and an original-Pile .jsonl.zst shard.\n"
     )
-    corpus.mixture.write_text(header + yaml.safe_dump(mixture, sort_keys=False, width=120))
+    write_atomic(corpus.mixture, header + yaml.safe_dump(mixture, sort_keys=False, width=120))
     return corpus
 
 

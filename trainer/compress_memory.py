@@ -17,9 +17,12 @@ import gc
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.layers import DecoderLayer, rope_tables
@@ -41,6 +44,29 @@ def reset_peak() -> float:
     return _status_mib("VmRSS")
 
 
+@contextmanager
+def clustered(module: nn.Module, mode: str, bits: int, dtype: str) -> Iterator[tuple[nn.Module, list[str]]]:
+    """``(module prepared for DKM, names of its palettized weights)``; ``module`` itself for "plain".
+
+    eDKM's one-process group keeps its store file in an ``edkm-`` temp directory: the group (when this made
+    it) and the directory are gone when the block ends.
+    """
+    if mode == "plain":
+        yield module, []
+        return
+    import torch.distributed as dist
+
+    had_group = dist.is_initialized()
+    with tempfile.TemporaryDirectory(prefix="edkm-") as store:
+        try:
+            spec = PaletteSpec(bits=bits, edkm=mode == "edkm", dtype=dtype)
+            _, prepared, names = prepare(module, spec, Path(store))
+            yield prepared, names
+        finally:
+            if not had_group and dist.is_initialized():
+                dist.destroy_process_group()
+
+
 def layer_peak(
     model: str = "tiny",
     layer: int = 0,
@@ -57,24 +83,22 @@ def layer_peak(
     """
     torch.manual_seed(seed)
     config = OpenELMConfig.named(model)
-    module = DecoderLayer(config, layer).to(DTYPES[dtype]).train()
-    names: list[str] = []
-    if mode != "plain":
-        spec = PaletteSpec(bits=bits, edkm=mode == "edkm", dtype=dtype)
-        _, module, names = prepare(module, spec, Path(tempfile.mkdtemp(prefix="edkm-")))
-    x = torch.randn(batch, seq_len, config.model_dim, dtype=DTYPES[dtype], requires_grad=True)
-    rope = rope_tables(config.head_dim, config.rope_freq_constant, torch.arange(seq_len))
-    with torch.no_grad():
-        module(x, rope)  # k-means warm start of every palette (not measured)
-    base = reset_peak()
-    started = time.perf_counter()
-    loss = module(x, rope).float().square().mean()
-    gc.collect()
-    held = _status_mib("VmRSS") - base  # what the forward keeps for the backward (saved tensors, output)
-    forward_peak = _status_mib("VmHWM") - base
-    loss.backward()
-    seconds = time.perf_counter() - started
-    weights = sum(p.numel() for n, p in module.named_parameters() if n in names)
+    layer_module = DecoderLayer(config, layer).to(DTYPES[dtype]).train()
+    with clustered(layer_module, mode, bits, dtype) as (module, names):
+        x = torch.randn(batch, seq_len, config.model_dim, dtype=DTYPES[dtype], requires_grad=True)
+        rope = rope_tables(config.head_dim, config.rope_freq_constant, torch.arange(seq_len))
+        with torch.no_grad():
+            module(x, rope)  # k-means warm start of every palette (not measured)
+        base = reset_peak()
+        started = time.perf_counter()
+        loss = module(x, rope).float().square().mean()
+        gc.collect()
+        held = _status_mib("VmRSS") - base  # what the forward keeps for the backward (saved tensors, output)
+        forward_peak = _status_mib("VmHWM") - base
+        loss.backward()
+        seconds = time.perf_counter() - started
+        weights = sum(p.numel() for n, p in module.named_parameters() if n in names)
+        peak = _status_mib("VmHWM") - base  # before the group and its store go
     return {
         "model": model,
         "layer": layer,
@@ -86,7 +110,7 @@ def layer_peak(
         "palettized_weights": weights,
         "held_after_forward_mib": held,
         "forward_peak_mib": forward_peak,
-        "peak_mib": _status_mib("VmHWM") - base,
+        "peak_mib": peak,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
     }

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import dataclasses
 import gc
+import io
 import itertools
 import json
 import math
@@ -32,6 +33,7 @@ import torch
 import yaml
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import write_atomic
 
 from . import distributed as D
 from .config import TrainConfig
@@ -519,19 +521,20 @@ def mark_frontier(rows: list[dict[str, Any]]) -> None:
 
 
 def write_outputs(out_dir: Path, matrix: Matrix, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
-    """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots."""
+    """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots, each whole."""
     from .efficiency_plots import plot_frontier, plot_throughput
     from .runlog import code_version
 
-    with (out_dir / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
+    write_atomic(out_dir / "results.csv", table.getvalue())
     header = {"device": env["device_name"], "torch": torch.__version__, "threads": torch.get_num_threads(),
               "code_version": code_version(), "manifest_dir": str(env["manifest_dir"]),
               "peak_flops": env["peak"][0], "peak_note": env["peak"][1], "usd_per_device_hour": env["price"],
               "matrix": {k: v for k, v in dataclasses.asdict(matrix).items() if k != "base_dir"}}  # fmt: skip
-    (out_dir / "results.json").write_text(json.dumps({"environment": header, "cells": rows}, indent=2, default=str))
+    write_atomic(out_dir / "results.json", json.dumps({"environment": header, "cells": rows}, indent=2, default=str))
     plot_throughput(rows, out_dir / "throughput.png")
     plot_frontier(rows, out_dir / "frontier.png")

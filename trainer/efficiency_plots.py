@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from elm_data.core.outputs import atomic_file  # noqa: E402
+
 from .efficiency import AXES  # noqa: E402
 
 STATUS_COLOURS = {"ok": "tab:blue", "unsupported": "tab:gray", "oom": "tab:red", "failed": "tab:orange"}
@@ -53,7 +55,8 @@ def plot_throughput(rows: list[dict[str, Any]], path: Path) -> Path:
     left.invert_yaxis()  # the first cell on top (the axes are shared: invert once)
     fig.suptitle(f"training efficiency on {rows[0]['device'] if rows else '?'}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -83,6 +86,7 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("loss after the token budget")
     ax.set_title("loss per dollar", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
     return path

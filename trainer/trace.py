@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.stream.plan import Plan, PlanConfig
 from elm_data.pipeline.stream.receipt import batch_spans, global_batches
 
@@ -121,14 +122,15 @@ class TextIndex:
         return (self.tokens.nbytes + self.sa.nbytes) / max(1, len(self.tokens))
 
     def save(self, path: Path) -> None:
+        """The index as the directory ``path`` (tokens.npy, sa.npy, docs.json), in whole or not at all."""
         import json
 
         import numpy as np
 
-        path.mkdir(parents=True, exist_ok=True)
-        np.save(path / "tokens.npy", self.tokens)
-        np.save(path / "sa.npy", self.sa)
-        (path / "docs.json").write_text(json.dumps({"docs": self.docs, "build_s": self.build_s}))
+        with staged_dir(path) as tmp:
+            np.save(tmp / "tokens.npy", self.tokens)
+            np.save(tmp / "sa.npy", self.sa)
+            (tmp / "docs.json").write_text(json.dumps({"docs": self.docs, "build_s": self.build_s}))
 
     @classmethod
     def load(cls, path: Path) -> TextIndex:
@@ -137,7 +139,7 @@ class TextIndex:
         import numpy as np
 
         meta = json.loads((path / "docs.json").read_text())
-        return cls(np.load(path / "tokens.npy"), np.load(path / "sa.npy"), meta["docs"], meta.get("build_s", 0.0))
+        return cls(np.load(path / "tokens.npy"), np.load(path / "sa.npy"), meta["docs"], meta["build_s"])
 
     # -- search ----------------------------------------------------------------------------------------------
     def _narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
