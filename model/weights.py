@@ -90,7 +90,7 @@ def save_model(model: OpenELM, directory: str | Path, dtype: torch.dtype | None 
     """Write ``model.safetensors`` and ``model_config.json`` into ``directory``; returns the weights path."""
     directory = Path(directory)
     config_json = json.dumps(model.config.to_dict(), indent=2)
-    tensors = _plain_tensors(_unwrap(model).state_dict(), dtype)
+    tensors = _plain_tensors(unwrap_model(model).state_dict(), dtype)
     metadata = {"format": "pt", CONFIG_METADATA_KEY: config_json}
     _write_files(
         directory,
@@ -204,7 +204,7 @@ def config_from_hf(data: dict[str, Any]) -> OpenELMConfig:
 def hf_state_dict(model: OpenELM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Our state dict renamed to the Hugging Face layout (``transformer.`` prefix, ``lm_head`` only if untied)."""
     renamed = {}
-    for name, tensor in _unwrap(model).state_dict().items():
+    for name, tensor in unwrap_model(model).state_dict().items():
         renamed[name if name.startswith("lm_head.") else HF_PREFIX + name] = tensor
     return _plain_tensors(renamed, dtype)
 
@@ -226,7 +226,7 @@ def export_hf(
     or not at all. Returns ``out_dir``.
     """
     model = model_or_checkpoint if isinstance(model_or_checkpoint, torch.nn.Module) else load_model(model_or_checkpoint)
-    model = _unwrap(model)
+    model = unwrap_model(model)
     out_dir = Path(out_dir)
     tensors = hf_state_dict(model, dtype)
     stored_dtype = next(iter(tensors.values())).dtype
@@ -368,11 +368,25 @@ def _plain_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype | None) ->
     return out
 
 
-def _unwrap(model: torch.nn.Module) -> OpenELM:
-    """The OpenELM inside a ``torch.compile`` wrapper (``_orig_mod``), or the model itself."""
-    inner = getattr(model, "_orig_mod", model)
-    if not isinstance(inner, OpenELM):
-        raise TypeError(f"expected an OpenELM model, got {type(inner).__name__}")
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` without its ``torch.compile`` wrapper (the module it compiled), else ``model`` itself.
+
+    A DDP wrapper stays (its ``no_sync`` is what a step needs); :func:`unwrap_model` goes through it too.
+    """
+    return getattr(model, "_orig_mod", model)
+
+
+def unwrap_model(model: torch.nn.Module) -> OpenELM:
+    """The OpenELM inside ``torch.compile`` and DDP (``.module``) wrappers, in any nesting; FSDP2 shards the
+    model in place, so a sharded OpenELM is its own answer. A TypeError when no OpenELM is inside."""
+    inner = model
+    while not isinstance(inner, OpenELM):
+        wrapped = uncompiled(inner)
+        if wrapped is inner:
+            wrapped = getattr(inner, "module", None)
+        if not isinstance(wrapped, torch.nn.Module):
+            raise TypeError(f"expected an OpenELM model, got {type(model).__name__}")
+        inner = wrapped
     return inner
 
 

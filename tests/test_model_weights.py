@@ -197,3 +197,18 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "generation_config.json", "hf_configuration.py", "hf_modeling.py", "model.safetensors"
     ]  # fmt: skip
+
+
+def test_unwrap_model_finds_the_openelm_inside_wrappers(tiny_model):
+    from elm_data.model.weights import uncompiled, unwrap_model
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like from outside: the wrapped model as ``.module``
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    assert unwrap_model(tiny_model) is tiny_model
+    assert unwrap_model(Wrapper(Wrapper(tiny_model))) is tiny_model
+    assert uncompiled(Wrapper(tiny_model)).module is tiny_model  # only a compile wrapper comes off
+    with pytest.raises(TypeError, match="expected an OpenELM model, got Linear"):
+        unwrap_model(torch.nn.Linear(2, 2))

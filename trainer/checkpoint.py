@@ -33,7 +33,7 @@ import torch
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, unwrap_model
 from elm_data.pipeline.stream import merge_states
 
 from . import distributed as D
@@ -173,7 +173,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str 
     """Load weights into ``model`` (in place; one process) and return the rest: ``path``, ``trainer``,
     ``optimizer``, ``scheduler``, ``rng`` and ``stream`` states."""
     saved = read_checkpoint(path, map_location)
-    target = getattr(model, "_orig_mod", model)
+    target = unwrap_model(model)
     _check_model_config(saved, target)
     target.load_state_dict(saved.model.state_dict(), strict=True)
     return {

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from elm_data.model.weights import uncompiled
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -82,7 +84,7 @@ def is_fsdp(model: nn.Module) -> bool:
     """Whether ``model`` (or what torch.compile wraps) is sharded by FSDP2's ``fully_shard``."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+    return isinstance(uncompiled(model), FSDPModule)
 
 
 def gradient_sync(model: nn.Module, enabled: bool):
@@ -90,7 +92,7 @@ def gradient_sync(model: nn.Module, enabled: bool):
 
     DDP: ``no_sync()``; FSDP2: ``set_requires_gradient_sync``; single process: nothing to do.
     """
-    inner = getattr(model, "_orig_mod", model)
+    inner = uncompiled(model)
     if enabled:
         if hasattr(inner, "set_requires_gradient_sync"):
             inner.set_requires_gradient_sync(True)
@@ -100,15 +102,6 @@ def gradient_sync(model: nn.Module, enabled: bool):
     if hasattr(inner, "set_requires_gradient_sync"):
         inner.set_requires_gradient_sync(False)
     return contextlib.nullcontext()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The OpenELM inside DDP/FSDP/torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
