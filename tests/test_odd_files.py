@@ -211,11 +211,11 @@ def test_accepted_manifest_accounts_for_every_record(odd, built):
 def test_a_natural_pass_of_the_stream_equals_the_accepted_manifest(built, tokenizer):
     from elm_data.manifests.manifest import Manifest
     from elm_data.pipeline.stream import StreamLoader, TokenStream
-    from elm_data.pipeline.stream.ledger import expected_natural_pass
+    from elm_data.pipeline.stream.consumed import expected_natural_pass
 
     stream = TokenStream(built[1], batch_size=4, seq_len=256, weights="natural", tokenizer=tokenizer)
     loader = StreamLoader(stream)
     for _ in loader:
         pass
     expected = {k: v for k, v in expected_natural_pass(Manifest(built[1]).shards).items() if v}
-    assert loader.ledger.to_dict() == expected  # invariant 2 holds on odd files: no phantom, no lost record
+    assert loader.consumed.to_dict() == expected  # invariant 2 holds on odd files: no phantom, no lost record

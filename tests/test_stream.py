@@ -26,9 +26,9 @@ from elm_data.pipeline.stream import (
     TokenizerMismatch,
     TokenStream,
 )
-from elm_data.pipeline.stream.ledger import expected_natural_pass
+from elm_data.pipeline.stream.consumed import expected_natural_pass
 from elm_data.pipeline.stream.partition import PartitionWalk
-from elm_data.pipeline.stream.reading import DocumentFetcher
+from elm_data.pipeline.stream.reading import DocumentFetcher, _OpenReader
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from elm_data.sources.blocks import Block
 from elm_data.sources.document import Document
@@ -79,11 +79,11 @@ def natural_run(sample_manifest, tokenizer):
     return stream, loader, list(loader)
 
 
-def test_natural_pass_ledger_equals_the_manifest(natural_run, sample_manifest):
+def test_natural_pass_consumes_what_the_manifest_kept(natural_run, sample_manifest):
     stream, loader, batches = natural_run
     expected = {k: v for k, v in expected_natural_pass(Manifest(sample_manifest).shards).items() if v}
-    assert loader.ledger.to_dict() == expected  # invariant 2: kept tokens + BOS/EOS per kept document
-    stats = stream.stats()
+    assert loader.consumed.to_dict() == expected  # invariant 2: kept tokens + BOS/EOS per kept document
+    stats = loader.stats()
     assert stats["tokens"] == sum(expected.values()) and stats["discarded_tokens"] == 0
     partitions = stream.config.partitions
     assert 0 <= stats["pad_tokens"] < partitions * (SEQ_LEN + 1)  # only each partition's final window is padded
@@ -162,23 +162,28 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
     resumed.load_state_dict(state)
     tail = list(islice(resumed, 7))
     assert same_batches(head + tail, uninterrupted)
-    assert resumed.ledger == uninterrupted_loader.ledger and resumed.batches == 12
+    assert resumed.consumed == uninterrupted_loader.consumed and resumed.batches == 12
     # and iterating the same loader again continues where it stopped
     assert next(iter(resumed))["batch_index"] == 12
 
 
 @pytest.mark.slow  # reads the whole stream, watching every reader it opens
 def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, tokenizer, monkeypatch):
-    """Leaving a shard frees its reader (file, decompressor, buffers) at once, not at the next gc run."""
-    readers: list[tuple[int, weakref.ref]] = []
-    open_reader = DocumentFetcher._open_reader
+    """Leaving a shard frees its view and reader (file, decompressor, buffers) at once, not at the next gc run."""
+    readers: list[tuple[int, weakref.ref]] = []  # the verified view of each shard opened, and each block reader
+    open_view, read = DocumentFetcher._open_view, _OpenReader.read
 
-    def recording(self, doc):
-        opened = open_reader(self, doc)
-        readers.append((doc.shard, weakref.ref(opened.items)))
+    def recording_view(self, doc):
+        opened = open_view(self, doc)
+        readers.append((doc.shard, weakref.ref(opened.view)))
         return opened
 
-    monkeypatch.setattr(DocumentFetcher, "_open_reader", recording)
+    def recording_read(self, block, items):
+        read(self, block, items)
+        readers.append((self.shard, weakref.ref(items)))
+
+    monkeypatch.setattr(DocumentFetcher, "_open_view", recording_view)
+    monkeypatch.setattr(_OpenReader, "read", recording_read)
     stream = make_stream(sample_manifest, tokenizer, partitions=2)
     sources = len({r.key for r in stream.manifest.shards}) * 2  # one open reader per source per partition
     gc.collect()
@@ -191,7 +196,7 @@ def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, t
     finally:
         gc.enable()
     assert len(readers) > sources  # the pass moved on from shards mid-stream
-    assert most_alive <= sources  # at most one open shard per source at any time
+    assert most_alive <= 2 * sources  # at most one open shard (a view and a block reader) per source at any time
     assert alive_after == []  # and none once the pass is over
 
 
@@ -264,7 +269,7 @@ def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, t
     assert stream.config.mode == "corenet"
     loader = StreamLoader(stream)
     rows = torch.cat([b["input_ids"] for b in loader])
-    stats = stream.stats()
+    stats = loader.stats()
     assert len(rows) == sum(r.segments for r in manifest.shards)  # one row per kept piece
     assert (rows[:, 0] == BOS_ID).all()
     for row in rows.tolist():
@@ -274,8 +279,8 @@ def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, t
     truncated = int((~(rows == PAD_ID).any(dim=1)).sum())
     assert truncated > 0 and stats["discarded_tokens"] > 0 and stats["pad_tokens"] > 0
     framed = sum(r.tokens + 2 * r.segments for r in manifest.shards)
-    assert sum(loader.ledger.values()) + stats["discarded_tokens"] == framed
-    assert stats["pad_tokens"] == rows.numel() - sum(loader.ledger.values())
+    assert sum(loader.consumed.values()) + stats["discarded_tokens"] == framed
+    assert stats["pad_tokens"] == rows.numel() - sum(loader.consumed.values())
     segment_ids = torch.cat(
         [
             b["segment_ids"]
@@ -289,7 +294,7 @@ def test_packed_mode_over_a_corenet_manifest_frames_every_piece(corenet_manifest
     loader = StreamLoader(make_stream(corenet_manifest, tokenizer, mode="packed", document_masks=True))
     batches = list(loader)
     expected = {k: v for k, v in expected_natural_pass(Manifest(corenet_manifest).shards).items() if v}
-    assert loader.ledger.to_dict() == expected
+    assert loader.consumed.to_dict() == expected
     seg = batches[0]["segment_ids"]
     ids = batches[0]["input_ids"]
     assert seg.shape == ids.shape and (seg[:, 0] == 0).all()
@@ -297,7 +302,7 @@ def test_packed_mode_over_a_corenet_manifest_frames_every_piece(corenet_manifest
 
 
 def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, tmp_path):
-    from elm_data.pipeline.cli import stream
+    from elm_data.pipeline.stream.cli import stream
 
     runner = CliRunner()
     result = runner.invoke(

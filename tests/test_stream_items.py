@@ -67,18 +67,21 @@ def test_resume_in_the_middle_of_an_item_with_another_worker_count(sample_manife
     assert_same(head + list(islice(resumed, 11)), reference)
 
 
-def test_item_size_defaults_and_the_callers_stream_is_left_as_it_was(sample_manifest, tokenizer):
+def test_item_size_defaults_and_the_stream_is_never_changed(sample_manifest, tokenizer):
     stream = make_stream(sample_manifest, tokenizer)
     assert StreamLoader(stream, num_workers=0).batches_per_item == 1
     assert StreamLoader(stream, num_workers=1).batches_per_item == StreamLoader(stream, num_workers=2).batches_per_item
     two = StreamLoader(stream, num_workers=2)
     assert two.batches_per_item * BATCH * (SEQ_LEN + 1) >= StreamLoader.ITEM_TOKENS
     assert (two.batches_per_item - 1) * BATCH * (SEQ_LEN + 1) < StreamLoader.ITEM_TOKENS
-    readers = stream.for_readers(two.batches_per_item, numpy=True)
-    assert readers is not stream and readers.batches_per_item == two.batches_per_item and readers.numpy
+    readers = stream.readers(8, {}, batches_per_item=two.batches_per_item, numpy=True)
+    assert readers.batches_per_item == two.batches_per_item and readers.numpy and readers.global_batch == 8
+    state = vars(stream).copy()
     next(iter(two))
-    assert stream.batches_per_item == 1 and not stream.numpy  # the loader's readers were a copy
+    assert vars(stream) == state  # the loader's readers stand where it does; the stream holds no position
     assert isinstance(next(iter(stream))["input_ids"], torch.Tensor)
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        make_stream(sample_manifest, tokenizer, rank=1, world_size=2).readers(3)
     with pytest.raises(ValueError, match="do not divide"):
         StreamLoader(stream, num_workers=3)
     with pytest.raises(ValueError, match="batches_per_item"):

@@ -15,7 +15,7 @@ import yaml
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream, merge_states
-from elm_data.pipeline.stream.ledger import expected_natural_pass
+from elm_data.pipeline.stream.consumed import expected_natural_pass
 from elm_data.pipeline.stream.partition import PartitionWalk
 
 P, SEQ_LEN, BATCH = 4, 128, 4
@@ -130,7 +130,7 @@ def test_natural_pass_over_remote_blocks_equals_the_manifest(remote, tokenizer):
     for _ in loader:
         pass
     expected = {k: v for k, v in expected_natural_pass(Manifest(manifest_dir).shards).items() if v}
-    assert loader.ledger.to_dict() == expected
+    assert loader.consumed.to_dict() == expected
 
 
 def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(small_blocks, tokenizer, tmp_path):

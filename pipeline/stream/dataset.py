@@ -1,10 +1,12 @@
 """The resumable training stream: partitions → verified blocks → per-document pass → sequences → whole batches.
 
-``TokenStream`` is an ``IterableDataset`` that yields whole batches; ``StreamLoader`` wraps it in a
-``DataLoader(batch_size=None)``, hands batches out in global order and keeps the state (one cursor per
-partition) and the per-source ledger. Which reader makes which batch is fixed by the plan (``plan.py``):
-rank ``r`` of ``R`` and worker ``w`` of ``W`` read only their own partitions, so each block is read once
-by one reader, and every ``R × W`` dividing the partition count yields the same global batches.
+``TokenStream`` is what to stream (a manifest, a plan config, this rank's place) and never changes once
+made; ``TokenStream.readers(position)`` is the ``IterableDataset`` a DataLoader iterates, and
+``StreamLoader`` (``loader.py``) wraps it in a ``DataLoader(batch_size=None)``, hands batches out in global
+order and keeps the position (one cursor per partition) and the tokens consumed. Which reader makes which
+batch is fixed by the plan (``plan.py``): rank ``r`` of ``R`` and worker ``w`` of ``W`` read only their own
+partitions, so each block is read once by one reader, and every ``R × W`` dividing the partition count
+yields the same global batches.
 
 Integrity: every block's sha256 is checked before any of its records is fed (``reading.py``), every
 document's pass outcome must equal the manifest's (kept, same token and segment counts), the manifest must
@@ -14,8 +16,7 @@ and the tokenizer's sha256 must equal the manifest's. Any mismatch stops the str
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,20 @@ from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, TokenizerMismatch, resolve_tokenizer
 
-from .ledger import StreamStats
-from .partition import Cursor, PartitionWalk
-from .plan import NATURAL, BatchPlan, Plan, PlanConfig, PlanError, default_partitions, manifest_mode, manifest_weights
+from .partition import Cursor, planned_batches
+from .plan import (
+    NATURAL,
+    BatchPlan,
+    Plan,
+    PlanConfig,
+    PlanError,
+    PlannedDoc,
+    default_partitions,
+    manifest_mode,
+    manifest_weights,
+)
 from .reading import DocumentFetcher, StreamIntegrityError
-from .sequences import LAYOUTS, FramedDoc, frame_segments
-
-STATE_VERSION = 2
+from .sequences import LAYOUTS, FramedDoc, frame_segments, span_base_of
 
 
 def _resolve_weights(weights: str | dict[str, float] | None, info: dict[str, Any]) -> dict[str, float] | None:
@@ -58,11 +66,6 @@ def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any])
     return tokenizer
 
 
-def first_batch_of(p: int, global_batch: int, partitions: int) -> int:
-    """Partition ``p``'s next batch when the stream stands at ``global_batch``: its batches before it."""
-    return max(0, -(-(global_batch - p) // partitions))
-
-
 class TokenStream(IterableDataset):
     """Whole batches of a manifest's kept documents: deterministic, partitioned over ranks and workers, resumable.
 
@@ -71,8 +74,12 @@ class TokenStream(IterableDataset):
     (window positions ``[start, end)`` hold the document's framed tokens ``[doc_start, doc_end)``, framed =
     BOS + ids + EOS per kept segment); ``tokens_by_source`` non-pad tokens per ``"source/subset"``;
     ``segment_ids`` (when ``document_masks``) LongTensor[B, seq_len + 1], -1 on padding; ``batch_index``
-    (global), ``partition``, ``pad_tokens``, ``discarded_tokens`` (ints). At the end of a finite stream a
-    partition's last batch may be short and a partition whose data ended gives empty batches (B = 0).
+    (global), ``partition``, ``cursor`` (the partition's cursor after this batch), ``pad_tokens``,
+    ``discarded_tokens`` (ints). At the end of a finite stream a partition's last batch may be short and a
+    partition whose data ended gives empty batches (B = 0).
+
+    The stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
+    gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
     """
 
     def __init__(
@@ -101,7 +108,7 @@ class TokenStream(IterableDataset):
         self.manifest_id = manifest.manifest_id
         self.sequences = SequenceConfig.from_dict(info.get("sequences"))
         self.filters = FilterConfig.from_dict(info.get("filters"))
-        self.config = PlanConfig(
+        config = PlanConfig(
             mode=mode or manifest_mode(info),
             seq_len=int(self.sequences.seq_len if seq_len is None else seq_len),
             batch_size=int(batch_size),
@@ -109,9 +116,8 @@ class TokenStream(IterableDataset):
             weights=_resolve_weights(weights, info),
             epochs=epochs,
         )
-        if partitions is None:
-            partitions = default_partitions(manifest, self.config)
-        self.config = replace(self.config, partitions=int(partitions))
+        partitions = default_partitions(manifest, config) if partitions is None else partitions
+        self.config = replace(config, partitions=int(partitions))
         self._manifest: Manifest | None = manifest
         self._plan: Plan | None = None
         self.plan().readers_layout(rank, world_size, 1)  # validates mode, weights and the layout now
@@ -119,17 +125,6 @@ class TokenStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.provenance = provenance
         self.document_masks = self.sequences.document_masks if document_masks is None else document_masks
-        self.start_global_batch = 0  # the next global batch of rank 0 (set by resume); a multiple of world_size
-        self.cursors: dict[int, Cursor] = {}  # partition -> cursor at start_global_batch (absent: its start)
-        self.batches_per_item = 1  # batches a reader sends per DataLoader item
-        self.numpy = False  # send numpy arrays (workers) instead of tensors
-        self._stats = StreamStats(self.config.mode)
-
-    def for_readers(self, batches_per_item: int, numpy: bool) -> TokenStream:
-        """A copy for the DataLoader's readers (the caller's stream keeps its settings)."""
-        reader = copy.copy(self)
-        reader.batches_per_item, reader.numpy = batches_per_item, numpy
-        return reader
 
     def __getstate__(self) -> dict[str, Any]:  # the manifest is reopened (and re-checked) in each worker
         return dict(self.__dict__, _manifest=None, _plan=None)
@@ -152,51 +147,77 @@ class TokenStream(IterableDataset):
             self._plan = Plan(self.manifest, self.config)
         return self._plan
 
-    def stats(self) -> dict[str, Any]:
-        """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches handed out."""
-        return self._stats.to_dict() | {"seq_len": self.config.seq_len, "batch_size": self.config.batch_size}
+    def readers(
+        self,
+        global_batch: int = 0,
+        cursors: Mapping[int, Cursor] | None = None,
+        *,
+        batches_per_item: int = 1,
+        numpy: bool = False,
+    ) -> StreamReaders:
+        """This rank's batches from ``global_batch`` on, as the dataset a DataLoader's readers iterate.
 
-    def _cursor(self, walk: PartitionWalk, first: int) -> Cursor:
-        cursor = self.cursors.get(walk.p)
-        if cursor is None and first == 0:
-            return walk.start()
-        if cursor is None or cursor["batch"] != first:
-            raise PlanError(
-                f"stream state has no cursor for partition {walk.p} at its batch {first} "
-                f"(global batch {self.start_global_batch}); it was saved at another position"
-            )
-        return cursor
+        ``global_batch``: the next global batch of rank 0, a multiple of ``world_size`` (ranks move in
+        lockstep); ``cursors``: each partition's cursor there (see :func:`~.partition.planned_batches`). The
+        stream itself is left as it is: any number of readers may stand at different positions.
+        """
+        if global_batch % self.world_size:
+            raise PlanError(f"global batch {global_batch} is not a multiple of world_size {self.world_size}")
+        if batches_per_item < 1:
+            raise PlanError(f"batches_per_item must be >= 1, got {batches_per_item}")
+        return StreamReaders(self, global_batch, dict(cursors or {}), batches_per_item, numpy)
 
-    def _planned(self, plan: Plan, partitions: list[int]) -> Iterator[tuple[int, BatchPlan, Cursor]]:
-        """``(partition, batch, cursor after it)`` for this reader's partitions, in global batch order."""
-        P, start, rounds = plan.partitions, self.start_global_batch, plan.rounds()
-        walks = {p: PartitionWalk(plan, p) for p in partitions}
-        firsts = {p: first_batch_of(p, start, P) for p in partitions}
-        batches = {p: walks[p].batches(self._cursor(walks[p], firsts[p])) for p in partitions}
-        if not partitions or not any(s.kept_docs for s in plan.sources):
-            return
-        t = min(firsts.values())
-        while rounds is None or t < rounds:
-            for p in partitions:
-                if t >= firsts[p]:
-                    bp, cursor = next(batches[p], (None, None))
-                    if bp is None:
-                        bp, cursor = walks[p].empty(t), {"batch": t + 1, "done": True}
-                    yield p, bp, cursor
-            t += 1
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.readers())
+
+    def batches(
+        self,
+        partitions: Iterable[int],
+        global_batch: int = 0,
+        cursors: Mapping[int, Cursor] | None = None,
+        *,
+        numpy: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """The batches of ``partitions`` in global order from ``global_batch`` on, read, checked and laid out
+        (numpy arrays instead of tensors with ``numpy``). Every shard opened is closed when the iterator ends,
+        fails or is closed early."""
+        plan = self.plan()
+        maker = _BatchMaker(self, plan, numpy)
+        try:
+            for p, planned, cursor in planned_batches(plan, partitions, global_batch, cursors):
+                yield maker.make(p, planned, cursor)
+        finally:
+            maker.close()
+
+
+class StreamReaders(IterableDataset):
+    """One rank's batches of a stream from a position, for ``DataLoader(batch_size=None, collate_fn=collate_as_is)``.
+
+    DataLoader worker ``w`` of ``W`` reads the partitions ``plan.readers_layout(rank, world_size, W)[w]`` and
+    yields their batches in global order, ``batches_per_item`` consecutive ones per item (a list when > 1, the
+    last one possibly shorter), as numpy arrays with ``numpy`` (cheaper through a worker's pipe); the caller
+    puts the workers' batches back in global order by ``batch_index`` (``StreamLoader``). It keeps no
+    position: iterating it again starts again where it was made to stand.
+    """
+
+    def __init__(
+        self, stream: TokenStream, global_batch: int, cursors: dict[int, Cursor], batches_per_item: int, numpy: bool
+    ):
+        super().__init__()
+        self.stream, self.global_batch, self.cursors = stream, global_batch, cursors
+        self.batches_per_item, self.numpy = batches_per_item, numpy
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        if self.start_global_batch % self.world_size:
-            raise PlanError(f"start_global_batch {self.start_global_batch} is not a multiple of {self.world_size}")
-        plan = self.plan()
-        mine = plan.readers_layout(self.rank, self.world_size, workers)[worker]
+        stream = self.stream
+        mine = stream.plan().readers_layout(stream.rank, stream.world_size, workers)[worker]
+        batches = stream.batches(mine, self.global_batch, self.cursors, numpy=self.numpy)
+        if self.batches_per_item == 1:
+            yield from batches
+            return
         item: list[dict[str, Any]] = []
-        for batch in self._batches(plan, self._planned(plan, mine)):
-            if self.batches_per_item == 1:
-                yield batch
-                continue
+        for batch in batches:
             item.append(batch)
             if len(item) == self.batches_per_item:
                 yield item
@@ -204,64 +225,77 @@ class TokenStream(IterableDataset):
         if item:
             yield item
 
-    def _batches(self, plan: Plan, planned: Iterator[tuple[int, BatchPlan, Cursor]]) -> Iterator[dict[str, Any]]:
-        """Read, tokenize and lay out each planned batch; a document spanning batches is tokenized once."""
-        manifest = self.manifest
-        fetchers: dict[int, DocumentFetcher] = {}
-        caches: dict[int, dict[tuple[int, int], FramedDoc]] = {}
-        doc_pass = DocumentPass(self.filters, self.sequences, self.tokenizer, num_threads=1)
-        layout = LAYOUTS[self.config.mode]
-        span = self.config.units_per_batch
-        as_array = (lambda a: a) if self.numpy else torch.from_numpy
-        shards, sources = manifest.shards, plan.sources
 
-        def span_base(doc) -> dict[str, Any]:
-            src = sources[doc.src]
-            return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
-                    "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
-
-        try:
-            for p, bp, cursor in planned:
-                fetcher = fetchers.setdefault(p, DocumentFetcher(manifest))
-                cache = caches.setdefault(p, {})
-                missing = [d for d in bp.docs if (d.shard, d.index) not in cache]
-                results = doc_pass.process([fetcher.fetch(d) for d in missing]) if missing else []
-                for doc, result in zip(missing, results, strict=True):
-                    self._check(doc, result, shards)
-                    cache[(doc.shard, doc.index)] = frame_segments(result.segments)
-                rows = layout(bp, lambda d, c=cache: c[(d.shard, d.index)], span_base, self.config.window,
-                              self.sequences.pad_id, self.document_masks)  # fmt: skip
-                caches[p] = {(d.shard, d.index): cache[(d.shard, d.index)] for d in bp.docs
-                             if d.start + d.units > bp.start + span}  # fmt: skip
-                batch: dict[str, Any] = {
-                    "input_ids": as_array(rows.input_ids),
-                    "tokens_by_source": rows.tokens_by_source,
-                    "batch_index": bp.batch,
-                    "partition": p,
-                    "cursor": cursor,
-                    "pad_tokens": rows.pad_tokens,
-                    "discarded_tokens": rows.discarded_tokens,
-                }
-                if self.provenance:
-                    batch["spans"] = rows.spans
-                if rows.segment_ids is not None:
-                    batch["segment_ids"] = as_array(rows.segment_ids)
-                yield batch
-        finally:
-            for fetcher in fetchers.values():
-                fetcher.close()  # a stream stopped early (or failing) leaves no shard open
-
-    @staticmethod
-    def _check(doc, result, shards) -> None:
-        if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
-            raise StreamIntegrityError(
-                f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
-                f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
-                f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
-                "(filter or tokenizer drift: rebuild the manifest)"
-            )
-
-
-def _as_is(batch: Any) -> Any:
-    """The DataLoader's collate step: batches are already whole (spans stay plain lists, no conversion pass)."""
+def collate_as_is(batch: Any) -> Any:
+    """The DataLoader's ``collate_fn`` for :class:`StreamReaders`: batches arrive whole and stay as they are
+    (the default would walk every span dict and convert arrays; ``StreamLoader`` makes the tensors)."""
     return batch
+
+
+class _BatchMaker:
+    """Reads, checks and lays out planned batches. Per partition: one ``DocumentFetcher`` (one open reader per
+    source) and the framed documents that continue into its next batch, so a document spanning batches is
+    read and tokenized once. Every document's pass outcome must be the manifest's (else
+    :class:`StreamIntegrityError`)."""
+
+    def __init__(self, stream: TokenStream, plan: Plan, numpy: bool):
+        self.stream, self.plan, self.config = stream, plan, plan.config
+        self.doc_pass = DocumentPass(stream.filters, stream.sequences, stream.tokenizer, num_threads=1)
+        self.layout = LAYOUTS[plan.config.mode]
+        self.span_base = span_base_of(plan)
+        self.as_array = (lambda a: a) if numpy else torch.from_numpy
+        self.fetchers: dict[int, DocumentFetcher] = {}
+        self.carried: dict[int, dict[tuple[int, int], FramedDoc]] = {}  # partition -> (shard, index) -> framed
+
+    def close(self) -> None:
+        for fetcher in self.fetchers.values():
+            fetcher.close()  # a stream stopped early (or failing) leaves no shard open
+
+    def _framed(self, p: int, planned: BatchPlan) -> dict[tuple[int, int], FramedDoc]:
+        """The framed tokens of every document of the batch: carried over, or fetched and passed now."""
+        framed = self.carried.get(p, {})
+        missing = [d for d in planned.docs if (d.shard, d.index) not in framed]
+        if not missing:
+            return framed
+        if p not in self.fetchers:
+            self.fetchers[p] = DocumentFetcher(self.plan.manifest)
+        fetcher = self.fetchers[p]
+        results = self.doc_pass.process([fetcher.fetch(d) for d in missing])
+        for doc, result in zip(missing, results, strict=True):
+            _check(doc, result, self.plan.manifest.shards)
+            framed[(doc.shard, doc.index)] = frame_segments(result.segments)
+        return framed
+
+    def make(self, p: int, planned: BatchPlan, cursor: Cursor) -> dict[str, Any]:
+        """One stream batch (see :class:`TokenStream`) of partition ``p``."""
+        framed = self._framed(p, planned)
+        config, stream = self.config, self.stream
+        rows = self.layout(planned, lambda d: framed[(d.shard, d.index)], self.span_base, config.window,
+                           stream.sequences.pad_id, stream.document_masks)  # fmt: skip
+        batch_end = planned.start + config.units_per_batch
+        self.carried[p] = {(d.shard, d.index): framed[(d.shard, d.index)] for d in planned.docs
+                           if d.start + d.units > batch_end}  # fmt: skip
+        batch: dict[str, Any] = {
+            "input_ids": self.as_array(rows.input_ids),
+            "tokens_by_source": rows.tokens_by_source,
+            "batch_index": planned.batch,
+            "partition": p,
+            "cursor": cursor,
+            "pad_tokens": rows.pad_tokens,
+            "discarded_tokens": rows.discarded_tokens,
+        }
+        if stream.provenance:
+            batch["spans"] = rows.spans
+        if rows.segment_ids is not None:
+            batch["segment_ids"] = self.as_array(rows.segment_ids)
+        return batch
+
+
+def _check(doc: PlannedDoc, result, shards) -> None:
+    if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
+        raise StreamIntegrityError(
+            f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
+            f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
+            f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
+            "(filter or tokenizer drift: rebuild the manifest)"
+        )

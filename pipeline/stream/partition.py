@@ -15,13 +15,13 @@ cursor reads the ledger of the units it needs and nothing before: its cost does 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow.compute as pc
 
 from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
-from .plan import BatchPlan, Plan, PlannedDoc, Unit
+from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Unit
 
 Cursor = dict[str, Any]
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
@@ -140,3 +140,48 @@ class PartitionWalk:
     def empty(self, t: int) -> BatchPlan:
         """Batch ``t`` of a partition whose data has ended: no sequences (keeps every reader in step)."""
         return BatchPlan(t * self.plan.partitions + self.p, t * self.config.units_per_batch, 0, [])
+
+
+def first_batch_of(p: int, global_batch: int, partitions: int) -> int:
+    """Partition ``p``'s next batch when the stream stands at ``global_batch``: its batches before it."""
+    return max(0, -(-(global_batch - p) // partitions))
+
+
+def planned_batches(
+    plan: Plan, partitions: Iterable[int], global_batch: int = 0, cursors: Mapping[int, Cursor] | None = None
+) -> Iterator[tuple[int, BatchPlan, Cursor]]:
+    """``(partition, batch, cursor after it)`` for ``partitions``, in global batch order from ``global_batch`` on.
+
+    ``cursors[p]``: partition ``p``'s cursor at its first batch at or after ``global_batch``
+    (:func:`first_batch_of`); absent means the partition's start, which is only right when that first
+    batch is 0. A partition whose data ended gives empty batches until the last round of a finite stream, so
+    every reader yields the same number of batches per round. A pure function of its arguments.
+    """
+    partitions, cursors = list(partitions), cursors or {}
+    P, rounds = plan.partitions, plan.rounds()
+    walks = {p: PartitionWalk(plan, p) for p in partitions}
+    firsts = {p: first_batch_of(p, global_batch, P) for p in partitions}
+    batches = {p: walks[p].batches(_cursor_at(walks[p], firsts[p], cursors.get(p), global_batch)) for p in partitions}
+    if not partitions or not any(s.kept_docs for s in plan.sources):
+        return
+    t = min(firsts.values())
+    while rounds is None or t < rounds:
+        for p in partitions:
+            if t >= firsts[p]:
+                bp, cursor = next(batches[p], (None, None))
+                if bp is None:
+                    bp, cursor = walks[p].empty(t), {"batch": t + 1, "done": True}
+                yield p, bp, cursor
+        t += 1
+
+
+def _cursor_at(walk: PartitionWalk, first: int, cursor: Cursor | None, global_batch: int) -> Cursor:
+    """The cursor partition ``walk.p`` resumes from at its batch ``first``; an error when it stands elsewhere."""
+    if cursor is None and first == 0:
+        return walk.start()
+    if cursor is None or cursor["batch"] != first:
+        raise PlanError(
+            f"stream state has no cursor for partition {walk.p} at its batch {first} "
+            f"(global batch {global_batch}); it was saved at another position"
+        )
+    return cursor

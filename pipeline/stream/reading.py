@@ -1,17 +1,22 @@
 """Read a partition's documents from verified blocks: each block's sha256 is checked before any of its records.
 
-A partition keeps at most one open reader per source. A plain-JSONL shard is read one block at a time
-(a view of exactly that block's bytes, numbered from its first record), any other shard through a view
-of the whole file in which only the blocks touched are loaded: a parquet reader loads the footer and
-the row groups it reads, a compressed shard is one block. Only the records asked for are decoded
-(``read_shard(select=)``), and every record must be the kept document the manifest says.
+A partition keeps at most one open reader per source. A JSONL shard with several blocks is read one block
+at a time (a view of exactly that block's bytes, numbered from its first record), any other shard through
+a view of the whole file in which only the blocks touched are loaded: a parquet reader loads the footer and
+the row groups it reads, a single-block shard is one block. Within a view, ``read_shard`` runs over one
+block at a time and decodes only that block's kept records from the first one asked for on, a set read
+from the manifest's documents ledger before reading starts (``read_shard(select=)``): the plan asks a
+source for its kept documents block by block, in record order, so these are exactly the records it will
+ask for next. Every record returned must be the kept document the manifest says.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Generator
+from collections.abc import Iterator
 from contextlib import ExitStack
+
+import pyarrow.compute as pc
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text
@@ -32,30 +37,45 @@ def _blocks(record: ShardRecord) -> list[Block]:
 
 
 class _OpenReader:
-    """A reader over part of one shard: records ``[first, end)``; decodes only the record ``target``."""
+    """One source's open shard: a verified view holding records ``[first, end)`` (the whole file, or one block
+    of a JSONL shard), and ``items``, ``read_shard`` over block ``block`` of it; ``next_index`` is the first
+    record it can still give (records are only read forward)."""
 
-    __slots__ = ("shard", "end", "items", "next_index", "target", "resources", "view")
+    __slots__ = ("shard", "first", "end", "resources", "url", "view", "footer", "block", "items", "next_index")
 
-    def __init__(self, shard: int, target: int, end: int):
-        self.shard, self.next_index, self.target, self.end = shard, target, target, end
-        self.items: Generator = (x for x in ())
+    def __init__(self, shard: int, first: int, end: int, next_index: int):
+        self.shard, self.first, self.end, self.next_index = shard, first, end, next_index
         self.resources = ExitStack()
+        self.url = ""
         self.view: VerifiedView | None = None
+        self.footer = None  # the parquet footer of a whole-file parquet view, read once
+        self.block = -1
+        self.items: Iterator = iter(())
 
-    def selected(self, index: int) -> bool:
-        return index == self.target
+    def read(self, block: int, items: Iterator) -> None:
+        """Read ``block`` through ``items`` from now on (the previous block's reader is closed)."""
+        _close(self.items)
+        self.block, self.items = block, items
 
     def close(self) -> None:
-        self.items.close()
+        _close(self.items)
         self.resources.close()
+
+
+def _close(items: Iterator) -> None:
+    close = getattr(items, "close", None)  # a generator; read_shard may also return a plain iterator
+    if close is not None:
+        close()
 
 
 class DocumentFetcher:
     """Fetches planned documents forward, one open reader per source; ``bytes_loaded`` counts storage reads."""
 
     def __init__(self, manifest: Manifest):
+        self.manifest = manifest
         self.records = manifest.shards
         self._blocks = {r.shard: _blocks(r) for r in self.records}
+        self._firsts = {shard: [b.first_record for b in blocks] for shard, blocks in self._blocks.items()}
         self._open: dict[str, _OpenReader] = {}
         self.bytes_loaded = 0
 
@@ -69,25 +89,43 @@ class DocumentFetcher:
             self.bytes_loaded += current.view.bytes_loaded if current.view is not None else 0
             current.close()
 
-    def _open_reader(self, doc: PlannedDoc) -> _OpenReader:
+    def _open_view(self, doc: PlannedDoc) -> _OpenReader:
+        """A verified view from ``doc``'s record on: of its block (JSONL with several blocks) or the whole shard."""
         rec = self.records[doc.shard]
         blocks = self._blocks[doc.shard]
         lo, hi, first, end = 0, blocks[-1].end, 0, rec.docs_read
         if rec.format.startswith("jsonl") and len(blocks) > 1:  # a view of this block only, numbered from its first
-            b = blocks[bisect.bisect_right([x.first_record for x in blocks], doc.index) - 1]
+            b = blocks[self._block_of(doc)]
             lo, hi, first, end = b.start, b.end, b.first_record, b.first_record + (b.records or 0)
-        opened = _OpenReader(doc.shard, doc.index, end)
+        opened = _OpenReader(doc.shard, first, end, doc.index)
         try:
-            url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi))
-            footer = opened.view.parquet_metadata() if rec.format == "parquet" and len(blocks) > 1 else None
-            opened.items = read_shard(
-                rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=doc.index, select=opened.selected,
-                local_path=url, first_index=first, fmt=rec.format or None, parquet_metadata=footer,
-            )  # fmt: skip
+            opened.url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi))
+            if rec.format == "parquet" and len(blocks) > 1:
+                opened.footer = opened.view.parquet_metadata()
         except BaseException:
             opened.close()
             raise
         return opened
+
+    def _block_of(self, doc: PlannedDoc) -> int:
+        """The block of ``doc``'s shard that holds its record."""
+        return bisect.bisect_right(self._firsts[doc.shard], doc.index) - 1
+
+    def wanted_records(self, shard: int, block: int, start: int) -> frozenset[int]:
+        """The records of a block a reader decodes from ``start`` on: its kept documents (the documents ledger)."""
+        table = self.manifest.block_documents(shard, block)
+        indices = table.filter(pc.equal(table["status"], "kept"))["index"].to_pylist()
+        return frozenset(i for i in indices if i >= start)
+
+    def _read_block(self, current: _OpenReader, doc: PlannedDoc) -> None:
+        """Point ``current`` at ``doc``'s block: ``read_shard`` over the view from ``doc``'s record on."""
+        rec = self.records[doc.shard]
+        block = self._block_of(doc)
+        current.read(block, read_shard(
+            rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=doc.index, local_path=current.url,
+            select=self.wanted_records(doc.shard, block, doc.index), first_index=current.first,
+            fmt=rec.format or None, parquet_metadata=current.footer,
+        ))  # fmt: skip
 
     def fetch(self, doc: PlannedDoc) -> Document:
         """The ``Document`` at (doc.shard, doc.index), reading forward from its source's current position."""
@@ -95,35 +133,41 @@ class DocumentFetcher:
         current = self._open.get(rec.key)
         if current is None or current.shard != doc.shard or not current.next_index <= doc.index < current.end:
             self._leave(rec.key)
-            current = self._open[rec.key] = self._open_reader(doc)
-        current.target = doc.index
+            current = self._open[rec.key] = self._open_view(doc)
         try:
-            for item in current.items:
-                is_doc = isinstance(item, Document)
-                index = item.provenance.index if is_doc else item.index
-                if index + (1 if is_doc else max(1, item.count)) <= doc.index:
-                    continue
-                if index != doc.index or not is_doc:
-                    what = "a document" if is_doc else f"a rejection ({item.reason})"
-                    raise StreamIntegrityError(
-                        f"shard {doc.shard} ({rec.uri}): record {doc.index} (doc {doc.doc_id}) is kept in the "
-                        f"manifest but the reader gave {what} at record {index}"
-                    )
-                if item.provenance.doc_id != doc.doc_id:
-                    raise StreamIntegrityError(
-                        f"shard {doc.shard} ({rec.uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
-                        f"manifest says {doc.doc_id}"
-                    )
-                current.next_index = doc.index + 1
-                return item
+            if current.block != self._block_of(doc):
+                self._read_block(current, doc)
+            item = self._next_at(current, doc)
         except BlockChanged as changed:
             self._leave(rec.key)
             raise StreamIntegrityError(redact_text(f"shard {doc.shard} ({rec.key}): {changed}")) from None
-        except StreamIntegrityError:
+        except BaseException:
             self._leave(rec.key)
             raise
-        self._leave(rec.key)
-        raise StreamIntegrityError(f"shard {doc.shard} ({rec.uri}) ended before record {doc.index} (doc {doc.doc_id})")
+        current.next_index = doc.index + 1
+        return item
+
+    def _next_at(self, current: _OpenReader, doc: PlannedDoc) -> Document:
+        """The reader's item for ``doc``'s record, which must be the kept document the manifest names."""
+        uri = self.records[doc.shard].uri
+        for item in current.items:
+            is_doc = isinstance(item, Document)
+            index = item.provenance.index if is_doc else item.index
+            if index + (1 if is_doc else max(1, item.count)) <= doc.index:
+                continue
+            if index != doc.index or not is_doc:
+                what = "a document" if is_doc else f"a rejection ({item.reason})"
+                raise StreamIntegrityError(
+                    f"shard {doc.shard} ({uri}): record {doc.index} (doc {doc.doc_id}) is kept in the "
+                    f"manifest but the reader gave {what} at record {index}"
+                )
+            if item.provenance.doc_id != doc.doc_id:
+                raise StreamIntegrityError(
+                    f"shard {doc.shard} ({uri}) record {doc.index}: doc id {item.provenance.doc_id}, "
+                    f"manifest says {doc.doc_id}"
+                )
+            return item
+        raise StreamIntegrityError(f"shard {doc.shard} ({uri}) ended before record {doc.index} (doc {doc.doc_id})")
 
     def loaded(self) -> int:
         """Bytes read from shard storage so far (closed and open readers)."""

@@ -20,9 +20,10 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .partition import PartitionWalk
-from .plan import BatchPlan, Plan, PlannedDoc
-from .sequences import plan_spans
+from .partition import PartitionWalk, first_batch_of, planned_batches
+from .plan import BatchPlan, Plan
+from .sequences import plan_spans, span_base_of
+from .state import STATE_VERSION
 
 RECEIPT_VERSION = "elm-data receipt v1"
 PACKED_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "doc_start", "doc_end", "start", "end")
@@ -39,18 +40,6 @@ def digest_spans(batch_index: int, spans: list[list[dict[str, Any]]], mode: str)
     rows = [[[span[f] for f in fields] for span in row] for row in spans]
     payload = json.dumps([int(batch_index), rows], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).digest()
-
-
-def span_base_of(plan: Plan):
-    """``doc -> {source, subset, shard_sha256, doc_id, index}``: the identity fields of a planned document."""
-    sources, shards = plan.sources, plan.manifest.shards
-
-    def base(doc: PlannedDoc) -> dict[str, Any]:
-        src = sources[doc.src]
-        return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
-                "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
-
-    return base
 
 
 def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[dict[str, Any]]]:
@@ -90,24 +79,12 @@ def chain(head: str, step: bytes) -> str:
 def global_batches(plan: Plan) -> Iterator[BatchPlan]:
     """Every global batch of the plan in global order, from the start, as the stream makes them
     (a partition whose data ended gives empty batches until the last round of a finite stream)."""
-    P, rounds = plan.partitions, plan.rounds()
-    if not any(s.kept_docs for s in plan.sources):
-        return
-    walks = [PartitionWalk(plan, p) for p in range(P)]
-    iters = [w.batches(w.start()) for w in walks]
-    t = 0
-    while rounds is None or t < rounds:
-        for p in range(P):
-            bp, _ = next(iters[p], (None, None))
-            yield walks[p].empty(t) if bp is None else bp
-        t += 1
+    return (batch for _, batch, _ in planned_batches(plan, range(plan.partitions)))
 
 
 def state_at(plan: Plan, manifest_id: str, global_batch: int) -> dict[str, Any]:
     """A merged stream state (``StreamLoader.load_state_dict``) standing at ``global_batch``, from the plan alone:
     each partition's cursor before its first batch at or after ``global_batch``."""
-    from .dataset import STATE_VERSION, first_batch_of
-
     cursors = {}
     for p in range(plan.partitions):
         first = first_batch_of(p, global_batch, plan.partitions)
@@ -121,4 +98,4 @@ def state_at(plan: Plan, manifest_id: str, global_batch: int) -> dict[str, Any]:
                     break
         cursors[str(p)] = cursor
     return {"version": STATE_VERSION, "manifest_id": manifest_id, "plan": plan.config.to_dict(),
-            "global_batches": global_batch, "cursors": cursors, "ledger": {}}  # fmt: skip
+            "global_batches": global_batch, "cursors": cursors, "consumed": {}}  # fmt: skip

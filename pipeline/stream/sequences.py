@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from elm_data.pipeline.stream.plan import BatchPlan, PlannedDoc
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+from .plan import BatchPlan, Plan, PlannedDoc
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ class BatchRows:
 
 
 SpanBase = Callable[[PlannedDoc], dict[str, Any]]  # source, subset, shard_sha256, doc_id, index of a doc
+
+
+def span_base_of(plan: Plan) -> SpanBase:
+    """``doc -> {source, subset, shard_sha256, doc_id, index}``: the identity fields of a planned document
+    (the one definition the stream's batches and the receipt's plan spans share)."""
+    sources, shards = plan.sources, plan.manifest.shards
+
+    def base(doc: PlannedDoc) -> dict[str, Any]:
+        src = sources[doc.src]
+        return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
+                "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
+
+    return base
 
 
 def _count(tokens_by_source: dict[str, int], base: dict[str, Any], n: int) -> None:
