@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from elm_data.pipeline.counts import Counts
+from elm_data.sources.registry import subset_key
 
 from .manifest import DROPPED_SAMPLES_FILE, Manifest
 from .targets import load_targets
@@ -39,7 +40,7 @@ class AuditRow:
 
     @property
     def key(self) -> str:
-        return f"{self.source}/{self.subset}"
+        return subset_key(self.source, self.subset)
 
     def to_dict(self) -> dict[str, Any]:
         """The row's fields with its counts flattened in (``Counts.to_dict``)."""
@@ -80,7 +81,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
         row.shards += 1
         row.counts.merge(r.counts)
     for entry in manifest.info.get("mixture", []):
-        key = f"{entry['source']}/{entry['subset']}"
+        key = subset_key(entry["source"], entry["subset"])
         if key in rows:
             rows[key].weight = entry.get("weight")
     for key in target_tokens:

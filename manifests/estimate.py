@@ -516,7 +516,7 @@ def estimate_entry(
         shard_totals.append((i, _result_of(draw, results)))
     documents, kept, tokens = _subset_figures(shard_totals, sizes, census, costs.sampled)
     return SubsetEstimate(
-        key=f"{entry.source}/{entry.subset}",
+        key=entry.key,
         shards=len(uris),
         bytes=sum(sizes),
         largest_shard=max(sizes, default=0),
@@ -555,7 +555,7 @@ def estimate_mixture(
     doc_pass = DocumentPass(mixture.filters, mixture.sequences, tok, num_threads=1)
     subsets = []
     for entry in mixture.entries:
-        rng = random.Random(f"{seed}:{entry.source}/{entry.subset}")
+        rng = random.Random(f"{seed}:{entry.key}")
         subsets.append(estimate_entry(mixture, entry, doc_pass, sample_docs, rng))
     windowed = [s.key for s in subsets if s.windowed]
     notes = [

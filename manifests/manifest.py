@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
+from elm_data.sources.registry import subset_key
 
 FORMAT_VERSION = 2
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
@@ -131,7 +132,7 @@ class ShardRecord:
 
     @property
     def key(self) -> str:
-        return f"{self.source}/{self.subset}"
+        return subset_key(self.source, self.subset)
 
     @property
     def counts(self) -> Counts:

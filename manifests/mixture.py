@@ -37,6 +37,7 @@ import yaml
 
 from elm_data.core.errors import InvalidValue
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
+from elm_data.sources.registry import subset_key
 
 from .shard_lists import entry_shards
 
@@ -51,6 +52,10 @@ class MixtureEntry:
     revision: str | None = None  # hub commit for the entry's hf:// paths
     match: str | None = None  # fnmatch filter on the listed URLs
     fraction: float | None = None  # keep this share of the shards, evenly spaced
+
+    @property
+    def key(self) -> str:
+        return subset_key(self.source, self.subset)
 
 
 def _weight(i: int, value: Any) -> float | None:
@@ -144,7 +149,7 @@ class MixtureConfig:
             entry.shards,
             entry.shards_from,
             self.base_dir,
-            f"{entry.source}/{entry.subset}",
+            entry.key,
             revision=entry.revision,
             match=entry.match,
             fraction=entry.fraction,

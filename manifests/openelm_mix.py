@@ -39,7 +39,7 @@ def _entry(spec: SubsetSpec, fraction: float | None, revision: str) -> dict[str,
     entry: dict[str, Any] = {
         "source": spec.source,
         "subset": spec.subset,
-        "weight": spec.target_tokens / 1e9,
+        "weight": spec.openelm_weight,
         **spec.upstream_shards(),
     }
     located = entry.get("shards_from") or entry["shards"][0]

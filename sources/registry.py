@@ -20,6 +20,12 @@ FORMATS = (FORMAT_PARQUET, FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST)
 
 _B = 1_000_000_000
 
+
+def subset_key(source: str, subset: str) -> str:
+    """``"source/subset"``: how a subset is named in targets, mixtures, manifests, audits and logs (formed here)."""
+    return f"{source}/{subset}"
+
+
 # OpenELM's pretraining data (arXiv 2404.14619, Table 2), in tokens, keyed "source/subset".
 OPENELM_TARGETS: dict[str, int] = {
     "refinedweb/default": 665 * _B,
@@ -77,7 +83,12 @@ class SubsetSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.source}/{self.subset}"
+        return subset_key(self.source, self.subset)
+
+    @property
+    def openelm_weight(self) -> float:
+        """The subset's mixing weight in OpenELM's mix: its target tokens in billions (sample and `init` mixtures)."""
+        return self.target_tokens / 1e9
 
     def upstream_uri(self, uri: str) -> str:
         """Where a shard named like ``uri`` lives upstream (the one place this is worked out).
@@ -125,7 +136,7 @@ def _redpajama(subset: str, pattern: str, licence: str, id_field: str | None, me
         text_field="text",
         id_field=id_field,
         record_schema=f'{{"text": str, "meta": {{{meta_keys}}}}} (json.dumps defaults)',
-        target_tokens=OPENELM_TARGETS[f"redpajama/{subset}"],
+        target_tokens=OPENELM_TARGETS[subset_key("redpajama", subset)],
         notes=_RP_NOTE,
         shard_list=RP_URL_LIST,
         **kw,
@@ -143,7 +154,7 @@ def _dolma(subset: str, pattern: str, licence: str = _DOLMA_LICENCE) -> SubsetSp
         text_field="text",
         id_field="id",
         record_schema=_DOLMA_SCHEMA,
-        target_tokens=OPENELM_TARGETS[f"dolma/{subset}"],
+        target_tokens=OPENELM_TARGETS[subset_key("dolma", subset)],
         notes=_DOLMA_NOTE,
         shard_list=DOLMA_URL_LIST,
     )

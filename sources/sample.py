@@ -26,7 +26,7 @@ import zstandard
 from elm_data.core.outputs import atomic_path, write_atomic
 from elm_data.sources import sample_text as st
 from elm_data.sources.readers_parquet import EXPECTED_COLUMNS
-from elm_data.sources.registry import OPENELM_TARGETS, PILE_SET_NAMES
+from elm_data.sources.registry import PILE_SET_NAMES, get_subset, subset_key
 
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -422,7 +422,7 @@ def generate_sample_corpus(
     corpus = SampleCorpus(root=root, mixture=root / "mixture.yaml")
     entries = []
     for source, subset, shards, writer, globs in _PLAN:
-        key = f"{source}/{subset}"
+        key = subset_key(source, subset)
         for shard in range(shards * shard_factor):
             rng = random.Random(f"{seed}:{key}:{writer.__name__}:{shard}")
             rel, payload = writer(rng, per_shard, shard, seed)
@@ -434,9 +434,8 @@ def generate_sample_corpus(
             corpus.files.append(rel)
             corpus.documents[key] = corpus.documents.get(key, 0) + per_shard
         if globs:
-            entries.append(
-                {"source": source, "subset": subset, "weight": OPENELM_TARGETS[key] / 1e9, "shards": list(globs)}
-            )
+            weight = get_subset(source, subset).openelm_weight
+            entries.append({"source": source, "subset": subset, "weight": weight, "shards": list(globs)})
     mixture = {
         "name": "openelm-sample",
         "seed": seed,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, counts_by_subset
 from elm_data.manifests.targets import load_targets
+from elm_data.sources.registry import subset_key
 
 from .runlog import effective_steps, read_log
 
@@ -177,7 +178,7 @@ def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, i
     weights = (header.get("config") or {}).get("weights")
     if not isinstance(weights, dict) and weights != "natural":
         entries = manifest.info.get("mixture") or []
-        weights = {f"{e['source']}/{e['subset']}": e["weight"] for e in entries if e.get("weight") is not None}
+        weights = {subset_key(e["source"], e["subset"]): e["weight"] for e in entries if e.get("weight") is not None}
     if not isinstance(weights, dict) or not weights:
         weights = dict(kept)
     total = sum(float(w) for w in weights.values())
@@ -304,7 +305,7 @@ def expected_heads(plan: Plan, manifest_id: str, batches_per_step: list[int]):
             digests.append(digest_spans(bp.batch, spans, mode))
             for row in spans:
                 for span in row:
-                    counts[f"{span['source']}/{span['subset']}"] += span.get("end", 0) - span["start"]
+                    counts[subset_key(span["source"], span["subset"])] += span.get("end", 0) - span["start"]
         head = chain(head, step_digest(digests))
         yield k, head, (dict(sorted(counts.items())) if mode == "packed" else None)
 

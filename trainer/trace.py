@@ -17,6 +17,7 @@ from typing import Any
 from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.stream.plan import Plan, PlanConfig
 from elm_data.pipeline.stream.receipt import batch_spans, global_batches
+from elm_data.sources.registry import subset_key
 
 from .audit import AuditError, logged_chain, run_header, trained_manifest
 from .runlog import read_log
@@ -95,7 +96,7 @@ def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = N
             continue
         for row, spans in enumerate(batch_spans(bp, run.plan)):
             for s in spans:
-                if s["doc_id"] == doc_id and f"{s['source']}/{s['subset']}" == key:
+                if s["doc_id"] == doc_id and subset_key(s["source"], s["subset"]) == key:
                     hits.append(DocHit(step, bp.batch, rank, micro, row, s["shard_sha256"], s["index"],
                                        s["start"], s.get("end"), s.get("doc_start"), s.get("doc_end")))  # fmt: skip
     return hits
@@ -230,7 +231,7 @@ def index_batches(batches) -> TextIndex:
         for row, spans in enumerate(batch["spans"]):
             for s in spans:
                 key = (s["shard_sha256"], s["index"])
-                ref = f"{s['source']}/{s['subset']}:{s['doc_id']}"
+                ref = f"{subset_key(s['source'], s['subset'])}:{s['doc_id']}"
                 doc = docs.setdefault(key, {"ref": ref, "shard_sha256": key[0], "index": key[1], "rows": []})
                 doc["rows"].append([step, batch["batch_index"], row, s["doc_start"], s["doc_end"]])
                 framed.setdefault(key, []).append((s["doc_start"], ids[row, s["start"] : s["end"]].copy()))
