@@ -115,6 +115,7 @@ def test_audit_json_is_one_object_keyed_by_subset(sample_manifest, sample_dir, e
     assert sum(row["share"] for row in data.values()) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # draws the plot (matplotlib)
 def test_audit_table_and_plot(sample_manifest, tmp_path):
     png = tmp_path / "mix.png"
     result = CliRunner().invoke(audit, [str(sample_manifest), "--plot", str(png)])

@@ -14,6 +14,8 @@ from elm_data.manifests.cli import export_croissant
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.manifest import Manifest
 
+pytestmark = pytest.mark.slow  # an export; importing mlcroissant alone takes a second
+
 
 @pytest.fixture(scope="module")
 def exported(sample_manifest, tmp_path_factory):

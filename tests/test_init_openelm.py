@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from standin_hub import mirror_upstream, serve
@@ -46,6 +47,7 @@ def test_pin_revision_and_every_nth():
     assert every_nth(["only"], 0.01) == ["only"]
 
 
+@pytest.mark.slow  # resolves all 13 subsets and builds a manifest
 def test_every_entry_resolves_against_a_stand_in_hub_and_builds_a_manifest(
     sample_dir, tokenizer_path, tmp_path, monkeypatch
 ):

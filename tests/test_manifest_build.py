@@ -167,6 +167,7 @@ def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
     assert [b["spans"] for b in streamed] == [b["spans"] for b in local]
 
 
+@pytest.mark.slow  # an interrupted build, a changed shard and a second build
 def test_shard_changed_since_interrupted_build_is_reported(corpus_copy, tokenizer_path, tmp_path):
     out = tmp_path / "m"
 

@@ -134,6 +134,7 @@ def test_first_k_per_reason_in_manifest_order_match_the_ledger(sampled):
     assert [(s["status"], s["reason"]) for s in samples] == sorted((s["status"], s["reason"]) for s in samples)
 
 
+@pytest.mark.slow  # a build keeping every dropped sample
 def test_snippets_are_the_start_of_the_native_documents(sampled_all):
     samples = _samples(sampled_all)
     ledger = _dropped_ledger(sampled_all)
@@ -182,6 +183,7 @@ def test_workers_and_beam_write_identical_bytes(corpus, sampled, tokenizer_path,
             assert (other / name).read_bytes() == (sampled / name).read_bytes(), (other.name, name)
 
 
+@pytest.mark.slow  # a build without samples and one keeping every dropped sample
 def test_samples_change_neither_id_nor_parquet(corpus, sampled, sampled_all, tokenizer_path, tmp_path):
     plain = tmp_path / "plain"
     result = _build(corpus, plain, tokenizer_path)

@@ -105,6 +105,7 @@ def test_a_faithful_copy_is_accepted_and_verify_passes(sample_manifest, tmp_path
     assert verify_manifest(path).ok
 
 
+@pytest.mark.slow  # a forked DataLoader worker (test_every_consumer_refuses_an_edited_manifest is the quick one)
 def test_a_worker_refuses_a_manifest_rebuilt_under_a_running_stream(sample_manifest, tokenizer, tmp_path):
     path = copy_of(sample_manifest, tmp_path)
     stream = TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")

@@ -201,6 +201,7 @@ def test_natural_plan_spreads_every_source_over_each_partitions_epoch(manifest):
 # -- the plan: weighted mode -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a long weighted run, for its statistics
 def test_weighted_plan_token_shares_over_a_long_run(manifest):
     weights = {"a/x": 0.2, "b/y": 0.5, "c/z": 0.3}
     plan = Plan(manifest, config(seed=7, weights=weights))
@@ -320,6 +321,7 @@ def test_batches_cover_each_partition_and_are_the_same_for_every_reader_layout(t
             plan.readers_layout(0, world_size, workers)
 
 
+@pytest.mark.slow  # every cursor of four streams (test_weighted_batches_resume_from_every_cursor is the quick one)
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_natural_batches_resume_from_every_cursor(tmp_path, mode, epochs):

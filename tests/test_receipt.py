@@ -55,6 +55,7 @@ def test_plan_digests_equal_the_stream_weighted_packed(sample_manifest, tokenize
     assert _compare(stream, limit=40) == 40
 
 
+@pytest.mark.slow  # the CoreNet stream twice (natural and weighted); the packed one stays quick
 def test_plan_digests_equal_the_stream_corenet(corenet_manifest, tokenizer):
     natural = TokenStream(corenet_manifest, batch_size=3, seq_len=200, weights="natural", tokenizer=tokenizer)
     assert natural.config.mode == "corenet"

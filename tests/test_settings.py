@@ -62,6 +62,7 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow  # two trainer loaders and two streams (test_data_seed_is_the_streams_seed is the quick one)
 def test_train_streams_the_manifests_order_whatever_the_model_seed(seed7_manifest, tokenizer):
     stream = _stream_batches(seed7_manifest, tokenizer, seed=None)  # `elm-data stream`: the manifest's seed 7
     assert _same(_train_batches(seed7_manifest, tokenizer, seed=0), stream)

@@ -290,6 +290,7 @@ def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, t
     assert torch.equal(segment_ids == -1, rows == PAD_ID) and set(segment_ids.unique().tolist()) == {-1, 0}
 
 
+@pytest.mark.slow  # another whole stream over the CoreNet manifest (test_corenet_rows_... is the quick one)
 def test_packed_mode_over_a_corenet_manifest_frames_every_piece(corenet_manifest, tokenizer):
     loader = StreamLoader(make_stream(corenet_manifest, tokenizer, mode="packed", document_masks=True))
     batches = list(loader)
