@@ -322,4 +322,4 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, t
     result = runner.invoke(stream, args)
     assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {"arxiv"}
     result = runner.invoke(stream, [str(sample_manifest), "--mode", "corenet"])
-    assert result.exit_code == 1 and "rebuild" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "rebuild" in result.output and "Traceback" not in result.output

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from elm_data.core.errors import ElmDataError
-from elm_data.manifests.manifest import Manifest, ShardRecord
+from elm_data.manifests.manifest import Manifest, ShardRecord, counts_by_subset
 from elm_data.pipeline.config import SEQUENCE_MODES
 
 NATURAL = "natural"
@@ -156,6 +156,7 @@ def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePla
     grouped: dict[str, list] = {}
     for rec in manifest.shards:
         grouped.setdefault(rec.key, []).append(rec)
+    counts = counts_by_subset(manifest.shards)
     packed = mode == "packed"
     return [
         SourcePlan(
@@ -164,9 +165,9 @@ def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePla
             subset=recs[0].subset,
             shards=tuple(r.shard for r in recs),
             units=tuple(u for r in recs for u in shard_units(r, packed)),
-            kept_docs=sum(r.docs_kept for r in recs),
-            kept_tokens=sum(r.tokens for r in recs),
-            kept_segments=sum(r.segments for r in recs),
+            kept_docs=counts[key].docs_kept,
+            kept_tokens=counts[key].tokens,
+            kept_segments=counts[key].segments,
         )
         for key, recs in grouped.items()
     ]
