@@ -72,7 +72,7 @@ class Audit:
 def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | None = None) -> Audit:
     """Audit a manifest against ``targets`` (preset name, YAML file or dict); default: the manifest's own."""
     manifest = path if isinstance(path, Manifest) else Manifest(path)
-    resolved = load_targets(targets) if targets is not None else manifest.info.get("targets")
+    resolved = load_targets(targets) if targets is not None else manifest.info["targets"]
     target_tokens: dict[str, int] = dict((resolved or {}).get("tokens", {}))
 
     rows: dict[str, AuditRow] = {}
@@ -80,7 +80,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
         row = rows.setdefault(r.key, AuditRow(r.source, r.subset))
         row.shards += 1
         row.counts.merge(r.counts)
-    for entry in manifest.info.get("mixture", []):
+    for entry in manifest.info["mixture"]:
         key = subset_key(entry["source"], entry["subset"])
         if key in rows:
             rows[key].weight = entry.get("weight")
@@ -104,7 +104,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             row.share_deviation = row.share - row.target_share
             row.ratio = row.share / row.target_share if row.target_share else None
     ordered = sorted(rows.values(), key=lambda r: (-(r.target_share or 0.0), -r.counts.tokens, r.key))
-    audit = Audit(manifest.manifest_id, manifest.info.get("name", ""), (resolved or {}).get("name"), ordered)
+    audit = Audit(manifest.manifest_id, manifest.info["name"], (resolved or {}).get("name"), ordered)
     audit.dropped_samples = _dropped_samples_note(manifest.path / DROPPED_SAMPLES_FILE)
     return audit
 

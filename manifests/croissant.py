@@ -142,12 +142,12 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     manifest = Manifest(manifest_dir)
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
-    created = info.get("created_at")
+    created = info["created_at"]
     return {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
         "conformsTo": CROISSANT_1_1,
-        "name": info.get("name") or "elm-data-manifest",
+        "name": info["name"],
         "description": _dataset_description(manifest),
         "identifier": f"elm-data:manifest:{manifest.manifest_id}",
         "version": "1.0.0",
@@ -156,7 +156,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "license": sorted({r.licence for r in records if r.licence}),
         "keywords": ["language modeling", "pretraining", "OpenELM", "data provenance", *_source_keys(records)],
         "citeAs": OPENELM_CITATION,
-        "creator": {"@type": "sc:Organization", "name": f"elm-data {_tool_version(info)}".strip()},
+        "creator": {"@type": "sc:Organization", "name": f"elm-data {_tool_version(info)}"},
         **_responsible_ai(info, records),
         "prov:wasGeneratedBy": {"@type": "prov:Activity", "name": f"elm-data build manifest ({_tool_version(info)})"},
         "distribution": [
@@ -171,7 +171,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
 
 
 def _tool_version(info: dict[str, Any]) -> str:
-    return info.get("tool", {}).get("version", "")
+    return info["tool"]["version"]
 
 
 def _source_keys(records: list[ShardRecord]) -> list[str]:
@@ -180,12 +180,12 @@ def _source_keys(records: list[ShardRecord]) -> list[str]:
 
 def _dataset_description(manifest: Manifest) -> str:
     info, records = manifest.info, manifest.shards
-    totals = info.get("totals", {})
+    totals = info["totals"]
     return (
         f"elm-data manifest {manifest.manifest_id}: {len(records)} shards of {', '.join(_source_keys(records))}; "
-        f"{totals.get('docs_kept', 0):,} of {totals.get('docs_read', 0):,} records kept, "
-        f"{totals.get('tokens', 0):,} LLaMA-2 tokens. Merkle root (RFC 6962) over shard records: "
-        f"{info.get('merkle_root')}."
+        f"{totals['docs_kept']:,} of {totals['docs_read']:,} records kept, "
+        f"{totals['tokens']:,} LLaMA-2 tokens. Merkle root (RFC 6962) over shard records: "
+        f"{info['merkle_root']}."
     )
 
 
@@ -248,22 +248,23 @@ def _shard_file_object(r: ShardRecord) -> dict[str, Any]:
 
 
 def _preprocessing(info: dict[str, Any]) -> list[str]:
-    filters = info.get("filters", {})
-    quality = info.get("pass", {}).get("filters", {}).get("quality", [])
+    """The pass as the manifest id covers it (``pass``, ``sequences``, the tokenizer's sha256)."""
+    filters = info["pass"]["filters"]
+    quality = filters["quality"]
     return [
         "Documents read from the listed public shards with their provenance (shard sha256, row/line, id).",
-        f"OpenELM/CoreNet rule: drop texts under {filters.get('min_characters')} characters "
+        f"OpenELM/CoreNet rule: drop texts under {filters['min_characters']} characters "
         "(of a SlimPajama-normalised copy) or under "
-        f"{filters.get('min_tokens')} LLaMA-2 tokens; NFC normalisation: {filters.get('nfc_normalization')}.",
+        f"{filters['min_tokens']} LLaMA-2 tokens; NFC normalisation: {filters['nfc_normalization']}.",
         "Quality filters (datatrove): " + (json.dumps(quality) if quality else "none"),
-        f"Sequence forming: {json.dumps(info.get('sequences', {}), sort_keys=True)}.",
-        f"Tokenizer: SentencePiece sha256 {info.get('tokenizer', {}).get('sha256')}.",
+        f"Sequence forming: {json.dumps(info['sequences'], sort_keys=True)}.",
+        f"Tokenizer: SentencePiece sha256 {info['tokenizer']['sha256']}.",
     ]
 
 
 def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[str, Any]:
     """The Croissant RAI fields that apply to a selection of existing public corpora."""
-    totals = info.get("totals", {})
+    totals = info["totals"]
     upstream_dirs = sorted({posixpath.dirname(redact_uri(r.upstream)) for r in records if r.upstream})
     return {
         "rai:dataCollection": (
@@ -278,8 +279,8 @@ def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[st
         "rai:dataPreprocessingProtocol": _preprocessing(info),
         "rai:dataManipulationProtocol": (
             "Records the readers could not parse are rejected and counted by reason "
-            f"({json.dumps(totals.get('rejected_by_reason', {}))}); filtered documents are counted by "
-            f"reason ({json.dumps(totals.get('filtered_by_reason', {}))}). Texts are not altered."
+            f"({json.dumps(totals['rejected_by_reason'])}); filtered documents are counted by "
+            f"reason ({json.dumps(totals['filtered_by_reason'])}). Texts are not altered."
         ),
         "rai:dataUseCases": ["Pre-training OpenELM-style decoder-only language models; auditing a training mix."],
         "rai:dataLimitations": (

@@ -99,8 +99,8 @@ def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) ->
         info["tokenizer"]["sha256"],
         info["seed"],
         info["mixture"],
-        info.get("targets"),
-        info.get("name"),
+        info["targets"],
+        info["name"],
     )
 
 

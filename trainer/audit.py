@@ -1,6 +1,6 @@
 """`elm-data audit-run`: what a run ate, per source/subset, against its manifest and the OpenELM targets.
 
-For each ``source/subset`` it reports the tokens consumed (the loader's ledger at the run's last logged step),
+For each ``source/subset`` it reports the tokens consumed (the loader's consumed tokens at the run's last logged step),
 the manifest's kept tokens and the fraction of them consumed (1.0 = one full pass; the stream's BOS/EOS make
 a full pass slightly above 1.0), the run's share of consumed tokens, the target share (OpenELM preset,
 renormalised over the subsets the manifest holds) and the deviation between the two shares.
@@ -177,7 +177,7 @@ def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, i
     """Each subset's share of the training mix: the run's weights, else the manifest's, else kept tokens."""
     weights = (header.get("config") or {}).get("weights")
     if not isinstance(weights, dict) and weights != "natural":
-        entries = manifest.info.get("mixture") or []
+        entries = manifest.info["mixture"]
         weights = {subset_key(e["source"], e["subset"]): e["weight"] for e in entries if e.get("weight") is not None}
     if not isinstance(weights, dict) or not weights:
         weights = dict(kept)
@@ -384,7 +384,7 @@ def _check_end_records(
         if "receipt" not in end:
             continue
         expected = {"receipt": heads.get(k), "manifest_id": manifest.manifest_id,
-                    "merkle_root": manifest.info.get("merkle_root"), "plan": plan_config, "steps": k}  # fmt: skip
+                    "merkle_root": manifest.info["merkle_root"], "plan": plan_config, "steps": k}  # fmt: skip
         wrong = [f for f, v in expected.items() if end.get(f) != v]
         if wrong:
             result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")

@@ -100,7 +100,7 @@ def _front_matter(run, audit: RunAudit, manifest: Manifest, origins, receipt: st
         "datasets": hub,
         "elm_data": {
             "manifest_id": manifest.manifest_id,
-            "merkle_root": manifest.info.get("merkle_root"),
+            "merkle_root": manifest.info["merkle_root"],
             "step": run.step,
             "tokens_by_source": {r.key: r.consumed_tokens for r in audit.rows if r.consumed_tokens},
             "consumption_receipt": receipt,
@@ -119,7 +119,7 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
         "## Training data",
         "",
         f"- manifest id: `{manifest.manifest_id}`",
-        f"- Merkle root of its shard records: `{manifest.info.get('merkle_root')}`",
+        f"- Merkle root of its shard records: `{manifest.info['merkle_root']}`",
         f"- tokenizer sha256: `{tokenizer_sha256 or run.header.get('tokenizer', {}).get('sha256')}`",
         f"- consumption receipt at step {run.step} (hash chain over every step's token spans, in order): "
         f"`{receipt}`; `elm-data audit-run RUN --verify` recomputes it from the manifest and the plan alone",
