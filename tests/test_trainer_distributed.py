@@ -164,7 +164,7 @@ def test_ddp_log_counts_tokens_of_both_ranks(ddp_run, single_runs):
         assert step["tokens"] == WORLD * BATCH * SEQ_LEN
         assert step["tokens_by_source"] == ref["tokens_by_source"]  # cumulative ledger, summed over ranks
         assert step["step_tokens_by_source"] == ref["step_tokens_by_source"]
-    ledger = json.loads((list_checkpoints(run_dir)[-1] / "trainer_state.json").read_text())["ledger"]
+    ledger = json.loads((list_checkpoints(run_dir)[-1] / "trainer_state.json").read_text())["consumed"]
     assert ledger == mine[-1]["tokens_by_source"] and sum(ledger.values()) > 0
 
 

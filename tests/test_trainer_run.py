@@ -152,7 +152,7 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(sample_manifest, tmp_pa
     a = load_file(straight.checkpoint / "model.safetensors")
     b = load_file(second.checkpoint / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert second.ledger == straight.ledger and second.tokens == straight.tokens
+    assert second.consumed == straight.consumed and second.tokens == straight.tokens
     assert json.loads((second.checkpoint / "model_config.json").read_text())["num_transformer_layers"] == 2
 
 

@@ -6,7 +6,7 @@ Layout of ``RUN_DIR/checkpoints/step_00000100/``::
     model_config.json      OpenELMConfig.to_dict()
     training_state.pt      optimizer + scheduler state and RNG states (plain tensors/dicts, weights_only)
     stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact batches)
-    trainer_state.json     step, tokens, per-source ledger, receipt chain head, manifest id, config + fingerprint
+    trainer_state.json     step, tokens, tokens consumed per source, receipt chain head, manifest id, config + fingerprint
 
 Invariant 5: a directory named ``step_*`` exists only once complete. It is filled as a hidden temp sibling and
 published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a
@@ -246,11 +246,11 @@ class Checkpointer:
     def save(self, state: TrainState, consumed: dict[str, int]) -> Path | None:
         """Write checkpoint ``state.step``; returns its directory on rank 0, None on the other ranks.
 
-        ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's ledger.
+        ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's ``consumed``.
         """
         trainer_state = {
             "tokens": state.tokens,
-            "ledger": consumed,
+            "consumed": consumed,
             "manifest_id": self.manifest_id,
             "fingerprint": self.config.fingerprint(),
             "config": self.config.to_dict(),

@@ -2,13 +2,13 @@
 
 The clustering is coremltools' ``DKMPalettizer`` (``coremltools.optimize.torch.palettization``); this module
 only arranges it: which layers, the YAML config and the outputs. The run is ``elm-data train``'s
-:class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log, ledger
+:class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log, consumed tokens
 and consumption receipt. A run directory holds::
 
-    log.jsonl                        header (source weights, manifest, config), step records with the ledger, end
+    log.jsonl                        header (source weights, manifest, config), step records with tokens per source, end
     model/                           dequantized weights in the model package's layout (load_model, export hf)
     model.palettized.safetensors     the compact form (palette + packed indices per tensor), see palette.py
-    compression.json                 bits, sizes on disk, bits per weight, distinct values per tensor, ledger
+    compression.json                 bits, sizes on disk, bits per weight, distinct values per tensor, tokens per source
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class CompressResult:
     run_dir: Path
     steps: int
     tokens: int
-    ledger: dict[str, int]
+    consumed: dict[str, int]
     losses: list[float]
     report: dict[str, Any]
 
@@ -227,7 +227,7 @@ class CompressTrainer(Trainer):
     palettization (:meth:`build_model`), a step calls :class:`PalettizedLM` without autocast, the palettizer
     steps after each optimizer step, the header names the source and the palettization, and there are no
     checkpoints: the run's output is what :meth:`write_outputs` writes from the finalized palettes. The stream,
-    the step, the log with its ledger and receipt are the Trainer's, so ``audit-run`` reads a compress run too.
+    the step, the log with its tokens per source and receipt are the Trainer's, so ``audit-run`` reads a compress run too.
     """
 
     task = "compress"
@@ -282,7 +282,7 @@ def compress(
     result = trainer.run()
     report = trainer.write_outputs()
     result = trainer.finish(result, tokens_by_source=report["tokens_by_source"], compression=report)
-    return CompressResult(run_dir, result.final_step, result.tokens, result.ledger, result.losses, report)
+    return CompressResult(run_dir, result.final_step, result.tokens, result.consumed, result.losses, report)
 
 
 def finalize(palettizer, prepared: nn.Module, names: list[str], spec: PaletteSpec, run_dir: Path) -> dict:

@@ -6,7 +6,7 @@ Records (one JSON object per line, ``"event"`` says which):
   count, code version (elm_data version + git commit), device, world size, the stream's initial state;
 - ``step``    — step, loss, ce_loss, z_loss, lr, grad_norm, tokens (this step), tokens_total, tokens_per_s,
   mfu (null where the device's peak FLOPs are unknown, e.g. CPU), data_wait_s, step_time_s and
-  ``tokens_by_source`` (cumulative tokens consumed per ``source/subset``, from the loader's ledger);
+  ``tokens_by_source`` (cumulative tokens consumed per ``source/subset``, from the loader's consumed tokens);
 - ``resume``  — a run continued from a checkpoint (step records after it supersede any later ones before it);
 - ``checkpoint`` / ``end`` — a checkpoint written; the run finished.
 """
