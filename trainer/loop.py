@@ -54,7 +54,7 @@ class RunResult:
     last_loss: float | None
     checkpoint: Path | None
     tokens: int = 0
-    ledger: dict[str, int] = field(default_factory=dict)
+    consumed: dict[str, int] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     stopped_early: str | None = None  # why the run ended before max_steps (data exhausted, stop_after)
@@ -394,7 +394,7 @@ class Trainer:
             **end_fields,
         )
         self.log.close()
-        result.final_step, result.tokens, result.ledger = state.step, state.tokens, self.consumed()
+        result.final_step, result.tokens, result.consumed = state.step, state.tokens, self.consumed()
         if self.info.is_main:
             logged = effective_steps(read_log(self.run_dir))
             if logged:
@@ -409,7 +409,7 @@ class Trainer:
 
     def consumed(self) -> dict[str, int]:
         """Tokens consumed per source/subset by the whole run so far, summed over ranks (collective)."""
-        return D.sum_counts(self.loader.ledger, self.info)
+        return D.sum_counts(self.loader.consumed, self.info)
 
     def step_digest(self, batches: list[dict[str, Any]]) -> bytes:
         """The step's digest for the consumption receipt: every rank's batch digests, in global batch order."""
