@@ -209,8 +209,6 @@ def test_every_command_is_made_with_the_one_error_path():
             command = cli.get_command(ctx, name) if not group else cli.get_command(ctx, group).get_command(ctx, name)
             if not isinstance(command, Command):
                 plain.append(f"{group} {name}".strip())
-    if plain == ["compress"]:
-        pytest.xfail("trainer/compress_cli.py still catches its own errors (issue 15: its owner converts it)")
     assert plain == []
 
 
