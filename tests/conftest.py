@@ -17,6 +17,9 @@ SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 # Tests never read or fill the user's tokenizer cache (~/.cache/elm-data): one fresh cache per session.
 os.environ["ELM_DATA_CACHE"] = tempfile.mkdtemp(prefix="elm-data-test-cache-")
 atexit.register(shutil.rmtree, os.environ["ELM_DATA_CACHE"], ignore_errors=True)
+# One OpenMP thread for torch (set before anything imports it; inherited by child processes): the tests' tensors
+# are tiny, and on a shared two-core machine a second spinning thread made the model tests 3-4x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _slow_as_a_whole(path: Path) -> bool:

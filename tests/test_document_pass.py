@@ -121,6 +121,7 @@ def test_pickle_round_trip_gives_same_results(tokenizer, docs):
     ]
 
 
+@pytest.mark.slow  # the quality filters over every document again (test_counts merges counts quickly)
 def test_counts_of_two_passes_merge_like_one_pass(tokenizer, docs):
     whole = counts_by_subset(new_pass(tokenizer).process(docs))
     left = counts_by_subset(new_pass(tokenizer).process(docs[:25]))

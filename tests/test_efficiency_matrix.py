@@ -85,6 +85,7 @@ def test_a_second_run_refuses_to_overwrite(matrix_run):
     assert result.exit_code != 0 and "already holds a matrix" in result.output
 
 
+@pytest.mark.slow  # runs a (CPU-refused) matrix end to end
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
 def test_a_gpu_matrix_without_cuda_records_every_cell(sample_manifest, tmp_path):
     path = tmp_path / "gpu.yaml"

@@ -77,6 +77,7 @@ def test_two_workers_give_identical_bytes_and_id(sample_dir, tokenizer_path, sam
     assert _same_bytes(out, sample_manifest)
 
 
+@pytest.mark.slow  # two more builds (test_two_workers_give_identical_bytes_and_id is the quick id check)
 def test_id_follows_content_and_config_not_location(corpus_copy, tokenizer_path, sample_manifest, tmp_path):
     moved = build_manifest(corpus_copy / "mixture.yaml", tmp_path / "moved", tokenizer=tokenizer_path)
     original = Manifest(sample_manifest)

@@ -132,6 +132,7 @@ def test_config_errors_are_user_errors():
     assert FilterConfig.from_dict({"min_tokens": 0}).min_tokens == 0
 
 
+@pytest.mark.slow  # the CLI and the trainer's loader (test_data_seed_is_the_streams_seed is the quick one)
 def test_the_stream_command_prints_what_train_reads(seed7_manifest, tokenizer, tokenizer_path, capsys):
     import json
     import signal

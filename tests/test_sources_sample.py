@@ -174,6 +174,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(sample_dir: Path, tmp_path:
     assert not set(first.values()) & set(second.values()), "a file did not change with the seed"
 
 
+@pytest.mark.slow  # writes another corpus
 def test_scale_changes_the_document_count(tmp_path: Path):
     small = generate_sample_corpus(tmp_path / "small", scale=0.5)
     big = generate_sample_corpus(tmp_path / "big", scale=1.5)
@@ -183,6 +184,7 @@ def test_scale_changes_the_document_count(tmp_path: Path):
         generate_sample_corpus(tmp_path / "none", scale=0)
 
 
+@pytest.mark.slow  # writes another corpus
 def test_shard_factor_multiplies_the_shards_each_named_like_upstream(tmp_path: Path):
     base = generate_sample_corpus(tmp_path / "base", scale=0.5)
     more = generate_sample_corpus(tmp_path / "more", scale=0.5, shard_factor=3)

@@ -144,6 +144,7 @@ def test_two_ranks_two_workers_reproduce_the_single_process_stream(natural_run, 
     assert same_batches(merged, single)  # so no duplicate or missing document either
 
 
+@pytest.mark.slow  # three loaders, one with two workers (test_stream_items resumes with another worker count quickly)
 def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, tokenizer):
     # weighted mode (the manifest's OpenELM weights): endless, sources restart
     uninterrupted_loader = StreamLoader(make_stream(sample_manifest, tokenizer, weights=None, epochs=None))
@@ -263,6 +264,7 @@ def test_corenet_mode_needs_a_corenet_manifest(sample_manifest, tokenizer):
         make_stream(sample_manifest, tokenizer, mode="corenet")
 
 
+@pytest.mark.slow  # the CoreNet manifest and two whole streams over it (test_sequences forms CoreNet rows quickly)
 def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, tokenizer):
     manifest = Manifest(corenet_manifest)
     stream = make_stream(corenet_manifest, tokenizer, seq_len=400, document_masks=True)  # pieces: ~250-600 tokens
