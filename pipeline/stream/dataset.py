@@ -16,6 +16,7 @@ and the tokenizer's sha256 must equal the manifest's. Any mismatch stops the str
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -129,6 +130,10 @@ class TokenStream(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:  # the manifest is reopened (and re-checked) in each worker
         return dict(self.__dict__, _manifest=None, _plan=None)
 
+    def reopened(self) -> TokenStream:
+        """A copy that reopens and re-checks its manifest on first use (a forked worker inherits the parent's)."""
+        return copy.copy(self)
+
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
@@ -210,7 +215,7 @@ class StreamReaders(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        stream = self.stream
+        stream = self.stream if info is None else self.stream.reopened()
         mine = stream.plan().readers_layout(stream.rank, stream.world_size, workers)[worker]
         batches = stream.batches(mine, self.global_batch, self.cursors, numpy=self.numpy)
         if self.batches_per_item == 1:
