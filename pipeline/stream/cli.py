@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from elm_data.core.commands import command
+from elm_data.sources.registry import subset_key
 
 SNIPPET_CHARS = 70
 
@@ -40,8 +41,9 @@ def _print_text(k: int, ids, spans: list[dict[str, Any]], tokenizer, pad_id: int
     pads = int((ids == pad_id).sum())
     click.echo(f"── sequence {k}: {len(ids)} tokens, {pads} padding, {len(spans)} span(s)")
     for s in spans:
+        key = subset_key(s["source"], s["subset"])
         click.echo(
-            f"  [{s['start']:>5}:{s['end']:<5}) {s['source']}/{s['subset']} doc {s['doc_id']} (record {s['index']}, "
+            f"  [{s['start']:>5}:{s['end']:<5}) {key} doc {s['doc_id']} (record {s['index']}, "
             f"shard {s['shard_sha256'][:12]}) framed tokens [{s['doc_start']}:{s['doc_end']})"
         )
         click.echo(f"      «{_snippet(tokenizer, ids[s['start'] : s['end']])}»")

@@ -59,8 +59,8 @@ def _resolve_weights(weights: str | dict[str, float] | None, info: dict[str, Any
 def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any]) -> LlamaTokenizer:
     if not isinstance(tokenizer, LlamaTokenizer):
         return resolve_tokenizer(tokenizer, None, info)
-    expected = (info.get("tokenizer") or {}).get("sha256")
-    if expected and tokenizer.sha256 != expected:
+    expected = info["tokenizer"]["sha256"]
+    if tokenizer.sha256 != expected:
         raise TokenizerMismatch(
             f"tokenizer {tokenizer.uri} has sha256 {tokenizer.sha256}, but the manifest was counted with {expected}"
         )
@@ -107,13 +107,13 @@ class TokenStream(IterableDataset):
         manifest = Manifest(self.manifest_dir)
         info = manifest.info
         self.manifest_id = manifest.manifest_id
-        self.sequences = SequenceConfig.from_dict(info.get("sequences"))
-        self.filters = FilterConfig.from_dict(info.get("filters"))
+        self.sequences = SequenceConfig.from_dict(info["sequences"])
+        self.filters = FilterConfig.from_dict(info["filters"])
         config = PlanConfig(
             mode=mode or manifest_mode(info),
             seq_len=int(self.sequences.seq_len if seq_len is None else seq_len),
             batch_size=int(batch_size),
-            seed=int(info.get("seed", 0) if seed is None else seed),
+            seed=int(info["seed"] if seed is None else seed),
             weights=_resolve_weights(weights, info),
             epochs=epochs,
         )

@@ -29,6 +29,7 @@ import numpy as np
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, ShardRecord, counts_by_subset
 from elm_data.pipeline.config import SEQUENCE_MODES
+from elm_data.sources.registry import subset_key
 
 NATURAL = "natural"
 MAX_DEFAULT_PARTITIONS = 64  # divisible by every power-of-two ranks × workers up to 64
@@ -176,15 +177,15 @@ def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePla
 def manifest_weights(info: dict[str, Any]) -> dict[str, float] | None:
     """Mixing weights recorded in the manifest's mixture entries, or None when none is set."""
     weights: dict[str, float] = {}
-    for e in info.get("mixture") or []:
-        if isinstance(e, dict) and e.get("weight") is not None:
-            key = f"{e['source']}/{e.get('subset') or 'default'}"
+    for e in info["mixture"]:
+        if e["weight"] is not None:
+            key = subset_key(e["source"], e["subset"])
             weights[key] = weights.get(key, 0.0) + float(e["weight"])
     return weights or None
 
 
 def manifest_mode(info: dict[str, Any]) -> str:
-    return (info.get("sequences") or {}).get("mode", "packed")
+    return info["sequences"]["mode"]
 
 
 def check_mode_available(info: dict[str, Any], mode: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from elm_data.sources.registry import subset_key
 
 from .plan import BatchPlan, Plan, PlannedDoc
 
@@ -78,7 +79,7 @@ def span_base_of(plan: Plan) -> SpanBase:
 
 
 def _count(tokens_by_source: dict[str, int], base: dict[str, Any], n: int) -> None:
-    key = f"{base['source']}/{base['subset']}"
+    key = subset_key(base["source"], base["subset"])
     tokens_by_source[key] = tokens_by_source.get(key, 0) + n
 
 
