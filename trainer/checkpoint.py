@@ -6,7 +6,7 @@ Layout of ``RUN_DIR/checkpoints/step_00000100/``::
     model_config.json      OpenELMConfig.to_dict()
     training_state.pt      optimizer + scheduler state and RNG states (plain tensors/dicts, weights_only)
     stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact batches)
-    trainer_state.json     step, tokens, tokens consumed per source, receipt chain head, manifest id, config + fingerprint
+    trainer_state.json     step, tokens, consumed per source, receipt chain head, manifest id, config + fingerprint
 
 Invariant 5: a directory named ``step_*`` exists only once complete. It is filled as a hidden temp sibling and
 published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a

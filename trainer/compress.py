@@ -2,8 +2,8 @@
 
 The clustering is coremltools' ``DKMPalettizer`` (``coremltools.optimize.torch.palettization``); this module
 only arranges it: which layers, the YAML config and the outputs. The run is ``elm-data train``'s
-:class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log, consumed tokens
-and consumption receipt. A run directory holds::
+:class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log,
+consumed tokens and consumption receipt. A run directory holds::
 
     log.jsonl                        header (source weights, manifest, config), step records with tokens per source, end
     model/                           dequantized weights in the model package's layout (load_model, export hf)
@@ -227,7 +227,8 @@ class CompressTrainer(Trainer):
     palettization (:meth:`build_model`), a step calls :class:`PalettizedLM` without autocast, the palettizer
     steps after each optimizer step, the header names the source and the palettization, and there are no
     checkpoints: the run's output is what :meth:`write_outputs` writes from the finalized palettes. The stream,
-    the step, the log with its tokens per source and receipt are the Trainer's, so ``audit-run`` reads a compress run too.
+    the step, the log with its tokens per source and receipt are the Trainer's, so ``audit-run`` reads a
+    compress run too.
     """
 
     task = "compress"
