@@ -84,7 +84,7 @@ def tuned_3bit(tmp_path_factory):
     return run_dir, names, report, finalized, reference
 
 
-@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@pytest.mark.slow  # DKM fine-tuning through coremltools: seconds each, and seconds to import it
 @needs_coremltools
 def test_every_palettized_tensor_has_at_most_2_pow_bits_values(tuned_3bit):
     run_dir, names, report, _, _ = tuned_3bit
@@ -97,7 +97,7 @@ def test_every_palettized_tensor_has_at_most_2_pow_bits_values(tuned_3bit):
     assert report["max_distinct_values_per_group"] <= 8
 
 
-@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@pytest.mark.slow  # DKM fine-tuning through coremltools: seconds each, and seconds to import it
 @needs_coremltools
 def test_compact_file_round_trips_and_is_small(tuned_3bit):
     run_dir, names, report, _, _ = tuned_3bit
@@ -112,7 +112,7 @@ def test_compact_file_round_trips_and_is_small(tuned_3bit):
     assert compact["bytes"] < report["export"]["bytes"] - palettized_fp32 * 0.85
 
 
-@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@pytest.mark.slow  # DKM fine-tuning through coremltools: seconds each, and seconds to import it
 @needs_coremltools
 def test_export_logits_equal_the_finalized_models(tuned_3bit):
     run_dir, _, _, finalized, reference = tuned_3bit
@@ -123,7 +123,7 @@ def test_export_logits_equal_the_finalized_models(tuned_3bit):
         assert not torch.equal(exported(ids), reference.eval()(ids))  # the weights did change
 
 
-@pytest.mark.slow  # DKM fine-tuning through coremltools: tens of seconds
+@pytest.mark.slow  # DKM fine-tuning through coremltools: seconds each, and seconds to import it
 @needs_coremltools
 def test_embeddings_and_grouped_palettes(tmp_path):
     model = small_model(vocab_size=512)
