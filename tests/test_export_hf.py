@@ -73,7 +73,7 @@ def small_model(tied: bool) -> OpenELM:
     return model.eval()
 
 
-@pytest.mark.slow  # two exports loaded by transformers in a fresh interpreter: tens of seconds
+@pytest.mark.slow  # two exports, each loaded by transformers in a fresh interpreter
 def test_export_loads_offline_with_its_own_code_and_tokenizer(tmp_path, tokenizer_path):
     pytest.importorskip("transformers")
     proto = Path(tokenizer_path).read_bytes()
