@@ -97,8 +97,8 @@ def test_every_document_is_accounted_for(tokenizer, docs, mode):
         assert any(len(r.piece_reasons) > 1 for r in results)
 
 
-# the quality filters make each case over a second; CoreNet mode runs with the slow tests
-@pytest.mark.parametrize("mode", ["packed", pytest.param("corenet", marks=pytest.mark.slow)])
+@pytest.mark.slow  # three passes with the quality filters per mode (test_pickle_round_trip... is the quick one)
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
 def test_batch_equals_one_at_a_time_and_is_deterministic(tokenizer, docs, mode):
     batched = new_pass(tokenizer, mode, num_threads=2)
     one_by_one = new_pass(tokenizer, mode)
@@ -146,6 +146,7 @@ def test_describe_records_everything_that_changes_output(tokenizer):
     assert new_pass(tokenizer, quality=()).describe() != new_pass(tokenizer).describe()
 
 
+@pytest.mark.slow  # a pass with the quality filters (test_manifest_dropped checks the first k quickly)
 def test_dropped_samples_first_k_per_reason_in_corpus_order(tokenizer, docs, tmp_path):
     sink = DroppedSamples(per_reason=3)
     results = new_pass(tokenizer, dropped_sink=sink).process(list(reversed(docs)))  # order must not matter

@@ -25,6 +25,7 @@ def independent_count(config: OpenELMConfig, seq_len: int) -> tuple[int, int]:
     return 6 * matmul + attention, 6 * norms
 
 
+@pytest.mark.slow  # counts a 270M model's FLOPs independently
 def test_270m_flops_match_six_n_plus_attention():
     config = OpenELMConfig.named("270M")
     ours = flops_per_token(config, 2048)

@@ -92,6 +92,7 @@ def test_cli_estimate_json_and_one_line_errors(sample_dir, tokenizer_path, tmp_p
     assert missing.exit_code != 0 and "Traceback" not in missing.output
 
 
+@pytest.mark.slow  # resolves all 13 subsets through the stand-in hub and estimates them
 def test_estimates_the_openelm_mixture_through_the_stand_in_hub(sample_dir, tokenizer, tmp_path):
     from standin_hub import mirror_upstream, serve
 
@@ -104,6 +105,7 @@ def test_estimates_the_openelm_mixture_through_the_stand_in_hub(sample_dir, toke
     assert len(est.subsets) == 13 and est.total("tokens").value > 0
 
 
+@pytest.mark.slow  # another estimate of the sample mixture
 def test_compressed_shards_larger_than_the_window_are_scaled_and_noted(sample_dir, tokenizer, exact, monkeypatch):
     from elm_data.manifests import estimate as E
 

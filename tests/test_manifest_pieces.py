@@ -33,6 +33,7 @@ def corenet_build(sample_dir, tokenizer_path, tmp_path_factory):
     return mixture, Manifest(out / "manifest")
 
 
+@pytest.mark.slow  # a CoreNet build (test_document_pass accounts for every piece quickly)
 def test_dropped_pieces_are_counted_by_reason(corenet_build, tokenizer_path):
     mixture, manifest = corenet_build
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)

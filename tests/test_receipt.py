@@ -44,6 +44,7 @@ def _compare(stream: TokenStream, limit: int | None = None) -> int:
     return n
 
 
+@pytest.mark.slow  # the whole natural stream in 3x64 batches (the weighted one stops after 40)
 def test_plan_digests_equal_the_stream_natural_packed(sample_manifest, tokenizer):
     stream = TokenStream(sample_manifest, batch_size=3, seq_len=64, weights="natural", tokenizer=tokenizer)
     assert _compare(stream) > 20
@@ -188,6 +189,7 @@ def test_another_manifest_is_caught_at_step_one(receipt_run, sample_manifest, tm
     assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()
 
 
+@pytest.mark.slow  # rereads and retokenizes sampled steps' documents
 def test_deep_verify_rereads_and_retokenizes_sampled_steps(receipt_run, sample_manifest, tmp_path, monkeypatch):
     outcome = verify_deep(receipt_run, verify_run(receipt_run), steps=3)
     assert outcome.ok and outcome.checked["deep steps"] == 3, outcome.format()

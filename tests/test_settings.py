@@ -70,6 +70,7 @@ def test_train_streams_the_manifests_order_whatever_the_model_seed(seed7_manifes
     assert not _same(_stream_batches(seed7_manifest, tokenizer, seed=0), stream)  # the seed matters here
 
 
+@pytest.mark.slow  # builds the seed-7 manifest and reads it twice
 def test_data_seed_is_the_streams_seed(seed7_manifest, tokenizer):
     assert _same(_train_batches(seed7_manifest, tokenizer, data_seed=3), _stream_batches(seed7_manifest, tokenizer, 3))
 
