@@ -2,7 +2,8 @@
 
 mlx-lm ships an OpenELM implementation that reads the Hugging Face layout, so the export is: write the
 Hugging Face folder (:func:`elm_data.model.weights.export_hf`, with the tokenizer) into a temporary directory,
-then ``mlx_lm.convert`` it (cast to ``dtype``; ``quantize`` bits with ``group_size``). Needs the ``mlx`` extra.
+then ``mlx_lm.convert`` it (cast to ``dtype``; ``quantize`` bits with ``group_size``) into a staged folder that
+becomes ``out_dir`` whole (:func:`elm_data.core.outputs.staged_dir`). Needs the ``mlx`` extra.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from elm_data.core.errors import ElmDataError
+from elm_data.core.errors import ElmDataError, InvalidValue
+from elm_data.core.outputs import staged_dir
 
 MLX_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -33,14 +35,15 @@ def export_mlx(
     from .weights import export_hf
 
     if dtype not in MLX_DTYPES:
-        raise ValueError(f"dtype must be one of {MLX_DTYPES}, got {dtype!r}")
+        raise InvalidValue(f"dtype must be one of {MLX_DTYPES}, got {dtype!r}")
     if quantize not in (None, 4, 8):
-        raise ValueError(f"quantize must be 4 or 8 bits, got {quantize}")
-    with tempfile.TemporaryDirectory(prefix="elm-data-mlx-") as tmp:
+        raise InvalidValue(f"quantize must be 4 or 8 bits, got {quantize}")
+    with tempfile.TemporaryDirectory(prefix="elm-data-mlx-") as tmp, staged_dir(out_dir) as staged:
         export_hf(model, tmp, tokenizer_model=tokenizer_model, extra_files=extra_files)
+        staged.rmdir()  # mlx-lm makes the folder itself (it refuses an existing one)
         convert(
             tmp,
-            str(out_dir),
+            str(staged),
             quantize=quantize is not None,
             q_bits=quantize,
             q_group_size=group_size if quantize else None,
@@ -49,7 +52,7 @@ def export_mlx(
         )
         for name in ("tokenizer.model", "TOKENIZER_LICENCE.txt", *(extra_files or {})):  # card, licence travel too
             if (Path(tmp) / name).is_file():
-                shutil.copyfile(Path(tmp) / name, Path(out_dir) / name)
+                shutil.copyfile(Path(tmp) / name, staged / name)
     return Path(out_dir)
 
 

@@ -241,5 +241,5 @@ def test_pass_runs_in_a_worker_process(tokenizer, docs):
     the_pass = new_pass(tokenizer)
     here = [(r.status, r.reason, r.tokens) for r in new_pass(tokenizer).process(docs[:15])]
     with multiprocessing.get_context("forkserver").Pool(1) as pool:  # arguments still travel pickled
-        there = pool.apply(_statuses_in_worker, (the_pass, docs[:15]))
+        there = pool.apply_async(_statuses_in_worker, (the_pass, docs[:15])).get(timeout=120)
     assert there == here

@@ -65,16 +65,19 @@ def train(
         click.echo(f"checkpoint: {result.checkpoint}")
 
 
-@command("audit-run")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option(
+moved_manifest_option = click.option(
     "--manifest",
     "manifest_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="The manifest directory, if it moved since training.",
 )
+
+
+@command("audit-run")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@moved_manifest_option
 @click.option(
     "--verify",
     is_flag=True,
@@ -126,13 +129,7 @@ def audit_run(
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--doc", "doc_ref", default=None, metavar="SOURCE/SUBSET:DOC_ID", help="The document to trace.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option(
-    "--manifest",
-    "manifest_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="The manifest directory, if it moved since training.",
-)
+@moved_manifest_option
 @click.option("--text", default=None, help="Find the consumed documents holding the longest spans of this text.")
 @click.option("--min-tokens", type=click.IntRange(min=1), default=4, show_default=True, help="--text: shortest span.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="--text: spans to report.")
