@@ -3,7 +3,7 @@
 The distribution lists the manifest's own files and every corpus shard as a ``cr:FileObject`` with
 its sha256, size and licence, ``prov:wasDerivedFrom`` its upstream location, and each shard's documents
 ledger (``documents/NNNNNN.parquet``) with its sha256. A record set describes ``shards.parquet`` column by
-column, so Croissant tools can load the shard ledger. Reads only the manifest directory.
+column, so Croissant tools can load the shard table. Reads only the manifest directory.
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ class _BatchMaker:
         fetcher = self.fetchers[p]
         results = self.doc_pass.process([fetcher.fetch(d) for d in missing])
         for doc, result in zip(missing, results, strict=True):
-            _check(doc, result, self.plan.manifest.shards)
+            check_against_ledger(doc, result, self.plan.manifest.shards)
             framed[(doc.shard, doc.index)] = frame_segments(result.segments)
         return framed
 
@@ -296,7 +296,8 @@ class _BatchMaker:
         return batch
 
 
-def _check(doc: PlannedDoc, result, shards) -> None:
+def check_against_ledger(doc: PlannedDoc, result, shards) -> None:
+    """Invariant 2, document by document: what the pass gives now is the kept document the ledger recorded."""
     if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
         raise StreamIntegrityError(
             f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "

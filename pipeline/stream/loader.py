@@ -136,9 +136,9 @@ class StreamLoader:
         check_state(state, s.manifest_id, s.config, s.rank, s.world_size)
         merged = state.get("rank") is None
         self.global_batches = int(state["global_batches"])
-        self.cursors = {int(p): c for p, c in state.get("cursors", {}).items()}
+        self.cursors = {int(p): c for p, c in state["cursors"].items()}
         self.batches = self.global_batches // s.world_size
-        self.consumed = ConsumedTokens(state.get("consumed") or {} if not merged or s.rank == 0 else {})
+        self.consumed = ConsumedTokens(state["consumed"] if not merged or s.rank == 0 else {})
 
 
 def take_sequences(loader: StreamLoader, n: int) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:

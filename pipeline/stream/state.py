@@ -27,8 +27,8 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     consumed = ConsumedTokens()
     cursors: dict[str, Any] = {}
     for s in states:
-        consumed.add(s.get("consumed") or {})
-        cursors.update(s.get("cursors") or {})
+        consumed.add(s["consumed"])
+        cursors.update(s["cursors"])
     merged = {k: v for k, v in first.items() if k not in ("rank", "world_size", "batches")}
     ordered = dict(sorted(cursors.items(), key=lambda kv: int(kv[0])))
     return merged | {"cursors": ordered, "consumed": consumed.to_dict()}
