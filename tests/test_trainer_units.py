@@ -239,15 +239,30 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     expected_next = torch.rand(3)
 
     other = small_model(seed=99)
-    state = ckpt.load_checkpoint(tmp_path, other)
+    saved = ckpt.read_checkpoint(tmp_path)
+    other.load_state_dict(saved.model.state_dict())
     for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert state["path"] == path and state["stream"] == {"pos": [1, 2]} and state["trainer"]["t"] == 5
+    assert saved.path == path and saved.stream == {"pos": [1, 2]} and saved.trainer["t"] == 5
     fresh = build_optimizer(other, TrainConfig(lr=1e-3))
-    fresh.load_state_dict(state["optimizer"])
+    fresh.load_state_dict(saved.optimizer)
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
-    ckpt.set_rng_state(state["rng"])
+    ckpt.set_rng_state(saved.rng)
     assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_damaged_state_files_are_one_checkpoint_error(tmp_path):
+    step = tmp_path / "checkpoints" / ckpt.step_dir_name(1)
+    step.mkdir(parents=True)
+    (step / ckpt.TRAINER_STATE).write_text("{not json")
+    (step / ckpt.STREAM_STATE).write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match=ckpt.TRAINER_STATE):
+        ckpt.read_trainer_state(step)
+    with pytest.raises(ckpt.CheckpointError, match=ckpt.STREAM_STATE):
+        ckpt.read_stream_state(step)
+    (step / ckpt.TRAINER_STATE).write_text("[]")
+    with pytest.raises(ckpt.CheckpointError, match="does not hold a trainer state"):
+        ckpt.read_trainer_state(step)
 
 
 def test_effective_steps_drop_records_superseded_by_resume(tmp_path: Path):

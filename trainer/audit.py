@@ -403,13 +403,13 @@ def _check_resumes(result: Verification, resumes: list[dict[str, Any]], heads: d
 
 def _check_checkpoints(result: Verification, run_dir: Path, heads: dict[int, str]) -> int:
     """Each checkpoint of a verified step carries that step's chain head; returns how many were compared."""
-    from .checkpoint import TRAINER_STATE, list_checkpoints
+    from .checkpoint import list_checkpoints, read_trainer_state
 
     compared = 0
     for path in list_checkpoints(run_dir):
-        state = json.loads((path / TRAINER_STATE).read_text())
-        k = int(state.get("step", 0))
-        if k in heads and state.get("receipt") is not None:
+        state = read_trainer_state(path)
+        k = int(state["step"])
+        if k in heads:
             compared += 1
             if state["receipt"] != heads[k]:
                 result.fail(k, f"checkpoint {path.name} carries chain head {state['receipt']}, not {heads[k]}")

@@ -33,7 +33,7 @@ import torch
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model, unwrap_model
+from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from elm_data.pipeline.stream import merge_states
 
 from . import distributed as D
@@ -162,28 +162,30 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     training = _read(
         path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
     )
-    stream = _read(path, STREAM_STATE, lambda: torch.load(path / STREAM_STATE, weights_only=True))
-    trainer = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
+    stream = read_stream_state(path)
+    trainer = read_trainer_state(path)
     if not isinstance(training, dict) or not {"optimizer", "scheduler", "rng"} <= set(training):
         raise CheckpointError(f"checkpoint {path}: {TRAINING_STATE} does not hold a training state")
     return SavedCheckpoint(path, model, trainer, training["optimizer"], training["scheduler"], training["rng"], stream)
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict:
-    """Load weights into ``model`` (in place; one process) and return the rest: ``path``, ``trainer``,
-    ``optimizer``, ``scheduler``, ``rng`` and ``stream`` states."""
-    saved = read_checkpoint(path, map_location)
-    target = unwrap_model(model)
-    _check_model_config(saved, target)
-    target.load_state_dict(saved.model.state_dict(), strict=True)
-    return {
-        "path": saved.path,
-        "trainer": saved.trainer,
-        "optimizer": saved.optimizer,
-        "scheduler": saved.scheduler,
-        "rng": saved.rng,
-        "stream": saved.stream,
-    }
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """``trainer_state.json`` of checkpoint directory ``path``; missing or damaged: a :class:`CheckpointError`."""
+    path = Path(path)
+    state = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} does not hold a trainer state")
+    return state
+
+
+def read_stream_state(path: str | Path) -> dict[str, Any]:
+    """The merged stream state of checkpoint directory ``path`` (``weights_only``); missing or damaged: a
+    :class:`CheckpointError`."""
+    path = Path(path)
+    state = _read(path, STREAM_STATE, lambda: torch.load(path / STREAM_STATE, weights_only=True))
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: {STREAM_STATE} does not hold a stream state")
+    return state
 
 
 def _check_model_config(saved: SavedCheckpoint, model: torch.nn.Module) -> None:

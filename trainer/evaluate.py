@@ -24,7 +24,7 @@ import torch
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 
-from .checkpoint import STREAM_STATE
+from .checkpoint import read_stream_state
 from .export import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
@@ -113,10 +113,8 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     except ConfigError as error:  # a run logged by another version of the trainer
         return {"skipped": f"cannot rebuild the run's stream from its logged config: {error}"}
     manifest = Manifest(run.header["manifest_dir"])
-    state = torch.load(Path(run.checkpoint) / STREAM_STATE, weights_only=True)
-    world = len(state["ranks"]) if isinstance(state, dict) and "ranks" in state else 1
-    loader = build_loader(config, manifest.path, load_tokenizer(config, manifest), DistInfo(0, world))
-    loader.load_state_dict(state["ranks"][0] if world > 1 else state)
+    loader = build_loader(config, manifest.path, load_tokenizer(config, manifest), DistInfo(0, 1))
+    loader.load_state_dict(read_stream_state(run.checkpoint))
     model = load_model(checkpoint).eval()
     total, count, sources = 0.0, 0, {}
     for index, batch in enumerate(loader):

@@ -9,7 +9,6 @@ when it can be found (``--tokenizer``, ``$ELM_DATA_TOKENIZER``, the logged locat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf, load_model
 
 from .audit import RunAudit, audit_run
-from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints
+from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints, read_trainer_state
 from .runlog import LOG_FILE, effective_steps, read_log
 
 HF_DATASETS = "hf://datasets/"
@@ -58,7 +57,7 @@ def run_of(checkpoint: str | Path) -> CheckpointRun | None:
     header = next((r for r in records if r.get("event") == "header"), None)
     if header is None:
         return None
-    step = int(json.loads((checkpoint / TRAINER_STATE).read_text())["step"])
+    step = int(read_trainer_state(checkpoint)["step"])
     record = next((r for r in effective_steps(records) if r["step"] == step), None)
     return CheckpointRun(checkpoint, run_dir, header, step, record)
 
@@ -70,7 +69,7 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
     per source/subset, the consumption receipt at the checkpoint's step), for machines and for readers.
     """
     origins = data_origins(manifest)
-    receipt = json.loads((run.checkpoint / TRAINER_STATE).read_text()).get("receipt")
+    receipt = read_trainer_state(run.checkpoint)["receipt"]
     config = run.header.get("config", {})
     lines = [
         "---",
