@@ -265,6 +265,30 @@ def test_damaged_state_files_are_one_checkpoint_error(tmp_path):
         ckpt.read_trainer_state(step)
 
 
+def test_device_without_cuda_is_a_config_error(monkeypatch):
+    from elm_data.trainer.hardware import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="device"):
+        pick_device("nonsense")
+
+
+def test_model_vocabulary_smaller_than_the_tokenizers_is_refused():
+    from types import SimpleNamespace
+
+    from elm_data.trainer.loop import Trainer
+
+    trainer = Trainer(TrainConfig(), torch.device("cpu"), DistInfo(0, 1), progress=False)
+    trainer.model = SimpleNamespace(config=SimpleNamespace(vocab_size=512))
+    trainer.tokenizer = SimpleNamespace(vocab_size=32000)
+    with pytest.raises(ConfigError, match="512.*32000"):
+        trainer.check_vocabulary()
+    trainer.model.config.vocab_size = 32000
+    trainer.check_vocabulary()
+
+
 def test_effective_steps_drop_records_superseded_by_resume(tmp_path: Path):
     with RunLog(tmp_path) as log:
         log.write("header", manifest_id="m")

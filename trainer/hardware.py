@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .config import ConfigError
+
 # Dense bf16 tensor-core peak FLOP/s by device-name fragment (vendor datasheets, no sparsity).
 # The first fragment found in torch.cuda.get_device_name() wins, so more specific names come first.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -24,11 +26,15 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The config's ``device``: ``auto`` picks CUDA when present; ``cuda`` without CUDA is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:  # torch's message for a name it does not know
+        raise ConfigError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine (use auto or cpu)")
     return device
 
 

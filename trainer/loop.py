@@ -239,6 +239,7 @@ class Trainer:
         self.manifest = open_manifest(config.manifest_dir)
         self.tokenizer = load_tokenizer(config, self.manifest)
         self.model = self.build_model()
+        self.check_vocabulary()
         self.loader = build_loader(config, config.manifest_dir, self.tokenizer, self.info)
         self.module = self.training_module()  # FSDP2 shards ``model`` in place: build the optimizer after this
         self.optimizer = build_optimizer(self.model, config, fused=self.device.type == "cuda" or None)
@@ -256,6 +257,13 @@ class Trainer:
         """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this run's)."""
         self.state, self.stream_start = self.checkpointer.load(checkpoint_dir)
         self.resumed_from = checkpoint_dir
+
+    def check_vocabulary(self) -> None:
+        """Every token id the tokenizer can emit must have an embedding row (checked once, before any step)."""
+        if self.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"the model's vocab_size {self.vocab_size} is smaller than the tokenizer's {self.tokenizer.vocab_size}"
+            )
 
     # ---- hooks
     def build_model(self) -> torch.nn.Module:
