@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from elm_data.core import __version__
-from elm_data.core.errors import ElmDataError, OutputExists
+from elm_data.core.errors import ElmDataError, InvalidValue, NotFound, OutputExists
 from elm_data.core.outputs import old_path, output_lock, recover_dir
 from elm_data.core.procs import die_with_parent
 from elm_data.core.redact import redact_text, redact_uri
@@ -323,11 +323,11 @@ def build_manifest(
 
 def _check_build_args(runner: str, dropped_samples: int, block_bytes: int) -> None:
     if runner not in RUNNERS:
-        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+        raise InvalidValue(f"runner must be one of {RUNNERS}, got {runner!r}")
     if dropped_samples < 0:
-        raise ValueError(f"dropped_samples must be >= 0, got {dropped_samples}")
+        raise InvalidValue(f"dropped_samples must be >= 0, got {dropped_samples}")
     if block_bytes < 1:
-        raise ValueError(f"block_bytes must be >= 1, got {block_bytes}")
+        raise InvalidValue(f"block_bytes must be >= 1, got {block_bytes}")
 
 
 def _open_workspace(path: str, config_hash: str, restart: bool) -> BuildWorkspace:
@@ -378,9 +378,7 @@ def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
         with output_lock(path, "manifest build"):
             recover_dir(path)
     if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
-        raise FileNotFoundError(
-            f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build"
-        )
+        raise NotFound(f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such manifest directory")
+        raise NotFound(f"{path}: no such manifest directory")
     return Manifest(path, verify=verify)

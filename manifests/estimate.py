@@ -39,6 +39,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.core.redact import redact_uri
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
@@ -142,7 +143,7 @@ class Estimate:
         return sum(s.bytes for s in self.subsets)
 
     def temp_disk_bytes(self, workers: int | None = None) -> int:
-        """One fetched shard per worker, plus the manifest (ledger) twice: workspace and final copy."""
+        """One fetched shard per worker, plus the manifest with its documents ledger twice (workspace, final copy)."""
         largest = max((s.largest_shard for s in self.subsets), default=0)
         return (workers or self.workers) * largest + 2 * self.manifest_bytes
 
@@ -175,7 +176,7 @@ def _size(uri: str) -> int:
         fs, path = fsspec.core.url_to_fs(uri)
         return int(fs.size(path))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"shard not found: {redact_uri(uri)}") from e
+        raise NotFound(f"shard not found: {redact_uri(uri)}") from e
     except Exception as e:
         raise unreachable(uri, e) from e
 
@@ -548,7 +549,7 @@ def estimate_mixture(
 ) -> Estimate:
     """Estimate every subset of the mixture at ``mixture_path`` from about ``sample_docs`` records each."""
     if sample_docs < 1:
-        raise ValueError(f"sample_docs must be >= 1, got {sample_docs}")
+        raise InvalidValue(f"sample_docs must be >= 1, got {sample_docs}")
     started = time.perf_counter()
     mixture = MixtureConfig.load(mixture_path)
     tok = tokenizer if isinstance(tokenizer, LlamaTokenizer) else resolve_tokenizer(tokenizer, mixture.tokenizer)

@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elm_data.core.errors import ElmDataError, InvalidValue
+from elm_data.core.errors import ElmDataError, InvalidValue, NotFound
 from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 from elm_data.sources.registry import subset_key
@@ -214,6 +214,17 @@ def data_files(manifest_dir: str | Path) -> list[str]:
     return [SHARDS_FILE, *(f"{DOCUMENTS_DIR}/{name}" for name in ledgers)]
 
 
+def _read_manifest_info(manifest_file: Path) -> dict[str, Any]:
+    """The parsed ``manifest.json``; a file that is not a JSON object is a damaged manifest."""
+    try:
+        info = json.loads(manifest_file.read_text())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise ManifestTampered(f"{manifest_file}: damaged manifest, not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ManifestTampered(f"{manifest_file}: damaged manifest, expected a JSON object")
+    return info
+
+
 class Manifest:
     """Read access to a manifest directory; never touches the corpus itself.
 
@@ -225,8 +236,8 @@ class Manifest:
         self.path = Path(path)
         manifest_file = self.path / MANIFEST_FILE
         if not manifest_file.exists():
-            raise FileNotFoundError(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
-        self.info: dict[str, Any] = json.loads(manifest_file.read_text())
+            raise NotFound(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
+        self.info: dict[str, Any] = _read_manifest_info(manifest_file)
         if self.info.get("format_version") != FORMAT_VERSION:
             raise InvalidValue(
                 f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION} "

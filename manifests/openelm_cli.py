@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import command
-from elm_data.core.errors import ElmDataError, OutputExists
 
 
 @command("init")
@@ -22,17 +21,7 @@ def init(preset: str, out_dir: Path, pin: bool, force: bool) -> None:
     """
     from .openelm_mix import write_openelm_mixture
 
-    target = out_dir / f"{preset}.yaml"
-    if target.exists() and not force:
-        raise OutputExists(f"{target} exists; pass --force to replace it")
-    try:
-        path = write_openelm_mixture(out_dir, preset, pin=pin)
-    except Exception as e:  # --pin offline or not logged in: say so in one line
-        if not pin or isinstance(e, ElmDataError):
-            raise
-        raise ElmDataError(
-            f"cannot ask the hub for commits ({type(e).__name__}); run without --pin or after `huggingface-cli login`"
-        ) from e
+    path = write_openelm_mixture(out_dir, preset, pin=pin, overwrite=force)
     click.echo(f"wrote {path}\nnext: elm-data estimate {path}   then   elm-data build manifest {path} --out MANIFEST")
 
 

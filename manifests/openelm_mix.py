@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from elm_data.core.errors import ElmDataError, InvalidValue, OutputExists
 from elm_data.core.outputs import write_atomic
 from elm_data.sources.registry import SubsetSpec, all_subsets
 
@@ -53,7 +54,7 @@ def _entry(spec: SubsetSpec, fraction: float | None, revision: str) -> dict[str,
 def openelm_mixture(preset: str = "openelm", revision: str = "main") -> dict[str, Any]:
     """The mixture (as a dict) of ``preset``; ``revision`` is the hub commit for every hf:// location."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise InvalidValue(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     return {
         "name": preset,
         "seed": 0,
@@ -66,10 +67,24 @@ def openelm_mixture(preset: str = "openelm", revision: str = "main") -> dict[str
 
 
 def hub_commit(repo: str) -> str:
-    """The current commit of a hub dataset repo (network; your hub login)."""
-    from huggingface_hub import HfApi
+    """The current commit of a hub dataset repo (network; your hub login).
 
-    return HfApi().dataset_info(repo).sha
+    Offline, not logged in, or the hub refusing: an :class:`ElmDataError` in one line naming the repo.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
+    # OSError covers requests' errors, the hub's own and a missing login; the transport's HTTPError (the
+    # base HfHubHTTPError extends) covers httpx's connection errors, which are not OSErrors
+    hub_errors = (OSError, *HfHubHTTPError.__bases__)
+    try:
+        return HfApi().dataset_info(repo).sha
+    except hub_errors as e:
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ElmDataError(
+            f"cannot ask the hub for the commit of {repo} ({type(e).__name__}: {reason}); "
+            "run without --pin or after `huggingface-cli login`"
+        ) from e
 
 
 def pin_revisions(mixture: dict[str, Any], commit_of: Callable[[str], str] = hub_commit) -> dict[str, Any]:
@@ -84,12 +99,19 @@ def pin_revisions(mixture: dict[str, Any], commit_of: Callable[[str], str] = hub
     return mixture
 
 
-def write_openelm_mixture(out_dir: str | Path, preset: str = "openelm", pin: bool = False) -> Path:
-    """Write ``out_dir/<preset>.yaml``; return its path. ``pin`` asks the hub for each repo's commit."""
+def write_openelm_mixture(
+    out_dir: str | Path, preset: str = "openelm", pin: bool = False, overwrite: bool = False
+) -> Path:
+    """Write ``out_dir/<preset>.yaml``; return its path. ``pin`` asks the hub for each repo's commit.
+
+    An existing file is replaced only with ``overwrite`` (else :class:`OutputExists`, before any hub call).
+    """
     mixture = openelm_mixture(preset)
+    out = Path(out_dir) / f"{preset}.yaml"
+    if out.exists() and not overwrite:
+        raise OutputExists(f"{out} exists; pass --force (overwrite=True) to replace it")
     if pin:
         mixture = pin_revisions(mixture)
-    out = Path(out_dir) / f"{preset}.yaml"
     header = HEADER.format(name=preset, file=out.name)
     write_atomic(out, header + yaml.safe_dump(mixture, sort_keys=False, width=120))
     return out

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import fsspec
 
-from elm_data.core.errors import ElmDataError
+from elm_data.core.errors import ElmDataError, NotFound
 from elm_data.core.redact import redact_text, redact_uri
 
 GLOB_CHARS = "*?["
@@ -75,7 +75,7 @@ def expand(pattern: str, what: str) -> list[str]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found = sorted(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
     if not found:
-        raise FileNotFoundError(f"{what}: no shard matches {pattern!r}")
+        raise NotFound(f"{what}: no shard matches {pattern!r}")
     return found
 
 
@@ -85,7 +85,7 @@ def read_url_list(uri: str) -> list[str]:
         with fsspec.open(uri, "rt", encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"shard list not found: {redact_uri(uri)}") from e
+        raise NotFound(f"shard list not found: {redact_uri(uri)}") from e
     except Exception as e:
         if _remote(uri):
             raise unreachable(uri, e) from e
@@ -118,7 +118,7 @@ def entry_shards(
         if match:
             listed = [u for u in listed if fnmatch.fnmatchcase(u, match)]
         if not listed:
-            raise FileNotFoundError(f"{what}: {listing} lists no shard" + (f" matching {match!r}" if match else ""))
+            raise NotFound(f"{what}: {listing} lists no shard" + (f" matching {match!r}" if match else ""))
         uris.extend(pin_revision(u, revision) for u in listed)
     uris = sorted(dict.fromkeys(uris))
     return every_nth(uris, fraction) if fraction is not None else uris

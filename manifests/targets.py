@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 import yaml
 
-from elm_data.core.errors import InvalidValue
+from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.sources.registry import OPENELM_TARGETS
 
 PRESETS = ("openelm",)
@@ -30,7 +30,7 @@ def load_targets(spec: str | dict[str, Any], base_dir: str | Path = ".") -> dict
         with fsspec.open(path, "rt") as f:
             raw = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise FileNotFoundError(f"targets {spec!r}: neither a preset {PRESETS} nor a readable YAML file") from None
+        raise NotFound(f"targets {spec!r}: neither a preset {PRESETS} nor a readable YAML file") from None
     if not isinstance(raw, dict):
         raise InvalidValue(f"{path}: targets must be a mapping of 'source/subset' to tokens")
     return _normalise(raw.get("name", Path(path).stem), raw.get("targets", raw))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from elm_data.core.errors import InvalidValue
+
 from .openelm import OpenELM
 
 
@@ -16,7 +18,7 @@ def sample_next(
     """Next token ids [B] from last-position logits [B, V]: argmax when ``temperature`` is 0, else sampling
     from softmax(logits / temperature) restricted to the ``top_k`` most likely tokens."""
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise InvalidValue(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1)
     scaled = logits.float() / temperature
@@ -45,10 +47,10 @@ def generate(
     per-step last-position logits [B, V] are returned too (for checking the cache against a full forward).
     """
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must be a non-empty [batch, seq_len] tensor")
+        raise InvalidValue("input_ids must be a non-empty [batch, seq_len] tensor")
     total = input_ids.shape[1] + max_new_tokens
     if total > model.config.rope_max_length:
-        raise ValueError(f"prompt + new tokens ({total}) exceed rope_max_length {model.config.rope_max_length}")
+        raise InvalidValue(f"prompt + new tokens ({total}) exceed rope_max_length {model.config.rope_max_length}")
     was_training = model.training
     model.eval()
     cache = model.new_cache(input_ids.shape[0], max_length=total, device=input_ids.device)

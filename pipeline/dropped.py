@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from elm_data.core.errors import InvalidValue
 from elm_data.core.outputs import write_atomic
 
 SAMPLE_CHARS = 500
@@ -22,7 +23,7 @@ class DroppedSamples:
 
     def __init__(self, per_reason: int = 20):
         if per_reason < 0:
-            raise ValueError("per_reason must be >= 0")
+            raise InvalidValue("per_reason must be >= 0")
         self.per_reason = per_reason
         # reason -> up to per_reason (key, record) pairs, sorted by key
         self._by_reason: dict[str, list[tuple[tuple, dict[str, Any]]]] = {}

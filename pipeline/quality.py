@@ -11,6 +11,8 @@ import importlib
 import inspect
 from typing import Any
 
+from elm_data.core.errors import InvalidValue
+
 from .config import QualityFilterSpec
 
 # name in the mixture YAML -> (datatrove module, class)
@@ -26,7 +28,7 @@ _NOT_PARAMETERS = {"self", "exclusion_writer"}
 
 def _filter_class(name: str) -> type:
     if name not in QUALITY_FILTERS:
-        raise ValueError(f"unknown quality filter {name!r}; known: {sorted(QUALITY_FILTERS)}")
+        raise InvalidValue(f"unknown quality filter {name!r}; known: {sorted(QUALITY_FILTERS)}")
     module, cls = QUALITY_FILTERS[name]
     return getattr(importlib.import_module(module), cls)
 
@@ -51,7 +53,7 @@ def resolve_quality_params(spec: QualityFilterSpec) -> dict[str, Any]:
     }
     unknown = set(spec.params) - set(accepted)
     if unknown:
-        raise ValueError(
+        raise InvalidValue(
             f"quality filter {spec.name!r} has no parameter(s) {sorted(unknown)}; known: {sorted(accepted)}"
         )
     resolved = {k: (None if v is inspect.Parameter.empty else v) for k, v in accepted.items()}

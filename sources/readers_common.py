@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from elm_data.core.errors import ElmDataError
+from elm_data.core.errors import ElmDataError, NotFound
 from elm_data.sources.document import (
     REJECT_EMPTY_TEXT,
     REJECT_MISSING_TEXT,
@@ -84,13 +84,13 @@ def detect_format(head: bytes, name: str, default: str | None = None) -> str:
 def open_binary(uri: str) -> BinaryIO:
     """Open ``uri`` (local path, file://, memory://, hf://, s3://, https://...) for streamed binary reads.
 
-    Raises FileNotFoundError naming the URI when nothing is there.
+    Raises ``NotFound`` (a FileNotFoundError) naming the URI when nothing is there.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     try:
         return fs.open(path, "rb")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"shard not found: {uri}") from err
+        raise NotFound(f"shard not found: {uri}") from err
 
 
 @contextmanager
@@ -112,7 +112,7 @@ def fetched(uri: str) -> Iterator[str]:
         try:
             fs.get_file(path, local)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"shard not found: {uri}") from err
+            raise NotFound(f"shard not found: {uri}") from err
         yield local
     finally:
         os.unlink(local)
@@ -133,7 +133,7 @@ def size_of(uri: str) -> int:
     try:
         return int(fs.size(path))
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"shard not found: {uri}") from err
+        raise NotFound(f"shard not found: {uri}") from err
 
 
 def json_safe(value: Any) -> Any:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 import zstandard
 
+from elm_data.core.errors import InvalidValue
 from elm_data.core.outputs import atomic_path, write_atomic
 from elm_data.sources import sample_text as st
 from elm_data.sources.readers_parquet import EXPECTED_COLUMNS
@@ -413,9 +414,9 @@ def generate_sample_corpus(
     files in ``out_dir`` stay (it may be any folder, so it is added to, never replaced).
     """
     if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise InvalidValue(f"scale must be positive, got {scale}")
     if shard_factor < 1:
-        raise ValueError(f"shard_factor must be at least 1, got {shard_factor}")
+        raise InvalidValue(f"shard_factor must be at least 1, got {shard_factor}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     per_shard = max(4, round(DOCS_PER_SHARD * scale))

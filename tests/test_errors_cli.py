@@ -253,3 +253,31 @@ def test_sigterm_stops_a_build_cleanly_with_a_message(sample_dir, tokenizer_path
     assert proc.returncode == 143, err
     assert "interrupted (SIGTERM)" in err and "Traceback" not in err
     assert (Path(str(out) + ".partial") / "shard-00000.json").exists()  # the committed shard is kept
+
+
+@pytest.mark.parametrize(
+    ("quality", "needle"),
+    [
+        ({"name": "nope"}, "unknown quality filter 'nope'"),
+        ({"name": "c4_quality", "params": {"nope": 1}}, "no parameter(s) ['nope']"),
+    ],
+)
+def test_an_unknown_quality_filter_or_parameter_is_one_line(
+    capsys, sample_dir, tokenizer_path, tmp_path, quality, needle
+):
+    mixture = _mixture(sample_dir, tmp_path / "mix.yaml")
+    raw = yaml.safe_load(mixture.read_text())
+    raw.setdefault("filters", {})["quality"] = [quality]
+    mixture.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, err = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    _one_line_error(code, err, needle)
+
+
+def test_a_damaged_manifest_json_is_one_line(capsys, sample_manifest, tmp_path):
+    import shutil
+
+    damaged = Path(shutil.copytree(sample_manifest, tmp_path / "m"))
+    (damaged / "manifest.json").write_text('{"manifest_id": ')
+    for command in ("verify", "stream"):
+        code, err = _cli(capsys, command, damaged)
+        _one_line_error(code, err, "manifest.json", "not valid JSON")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from elm_data.cli import cli
+from elm_data.core.errors import InvalidValue
 from elm_data.manifests.estimate import FIGURES, Interval, _line_from, _starts_in, estimate_mixture, format_estimate
 from elm_data.manifests.manifest import Manifest
 
@@ -117,3 +118,8 @@ def test_compressed_shards_larger_than_the_window_are_scaled_and_noted(sample_di
     assert est.notes and "dolma/stack" in est.notes[0] and "Note:" in format_estimate(est)
     for s in dolma:  # a ratio from the first 4 KiB of each file: within a factor of 2 of the exact count
         assert 0.5 < s.documents.value / exact[s.key][0] < 2
+
+
+def test_a_sample_of_no_documents_is_a_user_error(sample_dir):
+    with pytest.raises(InvalidValue, match="sample_docs"):
+        estimate_mixture(sample_dir / "mixture.yaml", sample_docs=0)

@@ -7,6 +7,7 @@ import unicodedata
 
 import pytest
 
+from elm_data.core.errors import InvalidValue
 from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
 from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import DocumentPass
@@ -222,9 +223,9 @@ def test_quality_parameters_are_resolved_and_validated():
     params = resolve_quality_params(QualityFilterSpec("gopher_quality", {"min_stop_words": 3}))
     assert params["min_stop_words"] == 3 and params["min_doc_words"] == 50  # datatrove default recorded
     assert "exclusion_writer" not in params
-    with pytest.raises(ValueError, match="no parameter"):
+    with pytest.raises(InvalidValue, match="no parameter"):
         resolve_quality_params(QualityFilterSpec("gopher_quality", {"min_stopwords": 3}))
-    with pytest.raises(ValueError, match="unknown quality filter"):
+    with pytest.raises(InvalidValue, match="unknown quality filter"):
         resolve_quality_params(QualityFilterSpec("bogus"))
 
 

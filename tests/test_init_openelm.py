@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from standin_hub import mirror_upstream, serve
 
 from elm_data.cli import cli
+from elm_data.core.errors import InvalidValue, OutputExists
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.manifests.openelm_mix import openelm_mixture, pin_revisions, write_openelm_mixture
 from elm_data.manifests.shard_lists import every_nth, pin_revision
@@ -110,3 +111,26 @@ def test_an_unreachable_url_list_is_one_line_naming_it(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "data.together.xyz/redpajama-data-1T/v1.0.0/urls.txt" in message
     assert "huggingface-cli login" in message
+
+
+def test_unknown_preset_and_an_existing_file_are_user_errors(tmp_path):
+    with pytest.raises(InvalidValue, match="unknown preset 'nope'"):
+        openelm_mixture("nope")
+    first = write_openelm_mixture(tmp_path, "openelm")
+    with pytest.raises(OutputExists, match="overwrite=True"):  # the writer refuses, not only the CLI
+        write_openelm_mixture(tmp_path, "openelm")
+    assert write_openelm_mixture(tmp_path, "openelm", overwrite=True) == first
+
+
+def test_pin_without_the_hub_is_one_line(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(self, repo, **kwargs):
+        raise huggingface_hub.errors.OfflineModeIsEnabled("offline mode is enabled\nsecond line")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
+    result = CliRunner().invoke(cli, ["init", "openelm", str(tmp_path), "--pin"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "cannot ask the hub for the commit of" in line and "OfflineModeIsEnabled" in line
+    assert not (tmp_path / "openelm.yaml").exists()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.manifests.build import DAMAGE_REASONS, BuildFailed, build_manifest, load_manifest
 from elm_data.manifests.cli import build_manifest as build_command
 from elm_data.manifests.identity import manifest_id_of_info, merkle_root_of
@@ -106,7 +107,7 @@ def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer
     # nothing looks like a manifest; the workspace holds exactly the five committed shards
     assert not out.exists()
     assert not (workspace / MANIFEST_FILE).exists()
-    with pytest.raises(FileNotFoundError, match="interrupted build"):
+    with pytest.raises(NotFound, match="interrupted build"):
         load_manifest(out)
     committed = sorted(workspace.glob("shard-*.json"))
     assert [p.name for p in committed] == [f"shard-{i:05d}.json" for i in range(5)]
@@ -318,3 +319,13 @@ def test_unreadable_shards_exit_non_zero_naming_each_path(tokenizer_path, tmp_pa
     for record in Manifest(tmp_path / "m").shards:
         rejected.update(record.rejected_by_reason)
     assert set(rejected) & set(DAMAGE_REASONS)
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"), [({"runner": "nope"}, "runner"), ({"dropped_samples": -1}, "dropped_samples")]
+)
+def test_bad_build_arguments_and_a_missing_manifest_are_user_errors(setting, needle, tmp_path):
+    with pytest.raises(InvalidValue, match=needle):
+        build_manifest(tmp_path / "mixture.yaml", tmp_path / "out", **setting)
+    with pytest.raises(NotFound, match="no such manifest directory"):
+        load_manifest(tmp_path / "nowhere")

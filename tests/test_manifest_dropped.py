@@ -18,6 +18,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
+from elm_data.core.errors import InvalidValue
 from elm_data.manifests.audit import audit_manifest, format_table
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.cli import audit as audit_command
@@ -31,7 +32,7 @@ from elm_data.manifests.manifest import (
     write_manifest_dir,
 )
 from elm_data.manifests.workspace import workspace_path_for
-from elm_data.pipeline.dropped import SAMPLE_CHARS
+from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.sources.registry import get_subset
 
 K = 2
@@ -252,3 +253,8 @@ def test_extra_files_are_written_atomically_and_names_are_checked(sampled, tmp_p
             write_manifest_dir(tmp_path / "bad", m.info, m.shards, tables, extra_files={bad: b"x"})
     assert not (tmp_path / "bad").exists()
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_negative_sample_size_is_a_user_error():
+    with pytest.raises(InvalidValue, match="per_reason"):
+        DroppedSamples(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elm_data.core.errors import InvalidValue
+from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.manifests.shard_lists import entry_shards, read_url_list
 
@@ -40,8 +40,15 @@ def test_revision_pins_listed_hub_urls_and_fraction_keeps_a_spread(tmp_path):
 
 
 def test_a_missing_list_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="shard list not found: .*nope.txt"):
+    with pytest.raises(NotFound, match="shard list not found: .*nope.txt"):
         entry_shards([], ["nope.txt"], str(tmp_path), "x/y")
     (tmp_path / "urls.txt").write_text("https://h/a/1.jsonl\n")
-    with pytest.raises(FileNotFoundError, match="lists no shard matching"):
+    with pytest.raises(NotFound, match="lists no shard matching"):
         entry_shards([], ["urls.txt"], str(tmp_path), "x/y", match="*/b/*")
+
+
+def test_a_missing_targets_file_is_not_found(tmp_path):
+    from elm_data.manifests.targets import load_targets
+
+    with pytest.raises(NotFound, match="targets 'nope.yaml'"):
+        load_targets("nope.yaml", tmp_path)

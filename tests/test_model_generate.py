@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from elm_data.core.errors import InvalidValue
 from elm_data.model import OpenELM, OpenELMConfig, generate
 from elm_data.model.generate import generate_text, sample_next
 
@@ -60,7 +61,7 @@ def test_sample_next_top_k_one_is_greedy_and_temperature_validated():
     logits = torch.tensor([[0.1, 2.0, -1.0, 1.9]])
     assert sample_next(logits, temperature=5.0, top_k=1).item() == 1
     assert sample_next(logits).item() == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidValue, match="temperature"):
         sample_next(logits, temperature=-1.0)
 
 
@@ -79,3 +80,8 @@ def test_generate_text_with_the_llama_tokenizer(tokenizer):
     text = generate_text(model, tokenizer, "The capital of France is", max_new_tokens=6)
     expected = generate(model, torch.tensor([prompt_ids]), 6)[0, len(prompt_ids) :].tolist()
     assert isinstance(text, str) and text == tokenizer.decode(expected)
+
+
+def test_an_empty_prompt_is_a_user_error(model):
+    with pytest.raises(InvalidValue, match="input_ids"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), max_new_tokens=1)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from elm_data.core.errors import NotFound
 from elm_data.sources.document import Document, Rejection, derived_doc_id
 from elm_data.sources.readers import fetched, read_shard, sha256_of, shard_format, size_of
 
@@ -154,11 +155,11 @@ def test_wrong_schema_with_skip_counts_only_the_rest(corrupt):
 
 def test_missing_file_is_an_error_naming_the_path(tmp_path):
     missing = tmp_path / "nope" / "c4-train.00000-of-01024.jsonl"
-    with pytest.raises(FileNotFoundError, match="c4-train.00000"):
+    with pytest.raises(NotFound, match="c4-train.00000"):
         read_shard(str(missing), "redpajama", "c4")
     with pytest.raises(FileNotFoundError, match="memory://"):
         read_shard("memory://elm-data-tests/missing.parquet", "refinedweb", "default")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(NotFound):
         sha256_of(str(missing))
     with pytest.raises(KeyError, match="known"):
         read_shard(str(missing), "redpajama", "common_crawl")
@@ -213,7 +214,7 @@ def test_fetched_reads_a_remote_shard_once_and_keeps_its_uri(sample_shards, monk
     with fetched(uri) as same:  # a local file is used in place
         assert same == uri
     missing = fetched("memory://elm-data-tests/fetched/missing.json.gz")
-    with pytest.raises(FileNotFoundError, match="memory://elm-data-tests/fetched/missing"), missing:
+    with pytest.raises(NotFound, match="memory://elm-data-tests/fetched/missing"), missing:
         pass
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from elm_data.core.errors import InvalidValue
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.sources.registry import OPENELM_TARGETS, PILE_SET_NAMES, all_subsets, get_subset
 from elm_data.sources.sample import generate_sample_corpus, write_sample_corpus
@@ -180,7 +181,7 @@ def test_scale_changes_the_document_count(tmp_path: Path):
     big = generate_sample_corpus(tmp_path / "big", scale=1.5)
     assert small.documents["redpajama/c4"] == 2 * 5 and big.documents["redpajama/c4"] == 2 * 15
     assert small.files == big.files  # same shards, more or fewer documents in each
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidValue, match="scale"):
         generate_sample_corpus(tmp_path / "none", scale=0)
 
 

@@ -21,6 +21,10 @@ class InvalidValue(ElmDataError, ValueError):
     """A setting (config key or flag) whose value cannot be used; the message names the key."""
 
 
+class NotFound(ElmDataError, FileNotFoundError):
+    """An input path or URI that does not exist; the message names it."""
+
+
 class OutputExists(ElmDataError, FileExistsError):
     """An output that already exists and would be replaced without ``--overwrite``."""
 
