@@ -289,6 +289,13 @@ def test_model_vocabulary_smaller_than_the_tokenizers_is_refused():
     trainer.check_vocabulary()
 
 
+def test_missing_run_log_is_not_found(tmp_path):
+    from elm_data.core.errors import NotFound
+
+    with pytest.raises(NotFound, match="log.jsonl"):
+        read_log(tmp_path)
+
+
 def test_effective_steps_drop_records_superseded_by_resume(tmp_path: Path):
     with RunLog(tmp_path) as log:
         log.write("header", manifest_id="m")

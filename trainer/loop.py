@@ -90,20 +90,11 @@ def seed_everything(seed: int) -> None:
 
 
 # ---- set-up pieces (also used by efficiency.py, evaluate.py and benchmarks/bench_trainer.py) -----------------
-def open_manifest(manifest_dir: Path) -> Manifest:
-    """The manifest, verified on open (invariant 6); a missing or damaged one is a :class:`TrainingError`."""
-    try:
-        return Manifest(manifest_dir)
-    except (FileNotFoundError, ValueError) as error:
-        raise TrainingError(str(error)) from error
-
-
 def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
-    """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it."""
-    try:  # flag/config > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256
-        return resolve_tokenizer(None, config.tokenizer, manifest.info)
-    except (ValueError, RuntimeError) as error:
-        raise TrainingError(str(error)) from error
+    """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it: flag/config
+    > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256. A missing or mismatched
+    one is the tokenizer's own ``ElmDataError``."""
+    return resolve_tokenizer(None, config.tokenizer, manifest.info)
 
 
 def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokenizer, info: D.DistInfo):
@@ -236,7 +227,7 @@ class Trainer:
         """Seed, data, model, optimizer, schedule, checkpointer — in this order, which fixes a fresh run's RNG draws."""
         config = self.config
         seed_everything(config.seed)
-        self.manifest = open_manifest(config.manifest_dir)
+        self.manifest = Manifest(config.manifest_dir)  # verified on open (invariant 6)
         self.tokenizer = load_tokenizer(config, self.manifest)
         self.model = self.build_model()
         self.check_vocabulary()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import elm_data.core
-from elm_data.core.errors import ElmDataError
+from elm_data.core.errors import ElmDataError, NotFound
 
 LOG_FILE = "log.jsonl"
 
@@ -97,7 +97,7 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     line is a :class:`RunLogError`."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {LOG_FILE}: not a training run directory")
+        raise NotFound(f"{run_dir} has no {LOG_FILE}: not a training run directory")
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
