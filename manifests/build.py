@@ -33,14 +33,13 @@ from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
-from .identity import manifest_id, merkle_root_of, pass_config_hash, shards_per_entry
+from .identity import pass_config_hash, seal
 from .manifest import (
     DROPPED_SAMPLES_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
     ShardRecord,
-    totals_of,
     write_manifest_dir,
 )
 from .mixture import MixtureConfig
@@ -209,33 +208,30 @@ def manifest_info(
     pass_description: dict[str, Any],
     targets: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """``manifest.json``: the id, Merkle root and everything the id covers, plus totals."""
-    sequences = mixture.sequences.to_dict()
+    """``manifest.json``: everything the id covers, sealed by :func:`~.identity.seal` (the one place that
+    computes the id, Merkle root, totals and per-entry shard counts; ``None`` marks what it fills in)."""
     weights = [{"source": e.source, "subset": e.subset, "weight": e.weight} for e in mixture.entries]
-    mid = manifest_id(
-        records, pass_description, sequences, tokenizer.sha256, mixture.seed, weights, targets, mixture.name
-    )
-    per_entry = shards_per_entry(records)
-    return {
+    info = {
         "format_version": FORMAT_VERSION,
-        "manifest_id": mid,
-        "merkle_root": merkle_root_of(records),
+        "manifest_id": None,
+        "merkle_root": None,
         "name": mixture.name,
         "tokenizer": {"uri": redact_uri(tokenizer.uri), "sha256": tokenizer.sha256},
         "filters": mixture.filters.to_dict(),
         "pass": pass_description,
-        "sequences": sequences,
+        "sequences": mixture.sequences.to_dict(),
         "seed": mixture.seed,
         "mixture": [
-            w | {"shards": [redact_uri(p) for p in e.shards], "resolved_shards": per_entry[(e.source, e.subset)]}
+            w | {"shards": [redact_uri(p) for p in e.shards], "resolved_shards": None}
             for w, e in zip(weights, mixture.entries, strict=True)
         ],
         "targets": targets,
         "count_method": COUNT_METHOD,
         "tool": {"name": "elm-data", "version": __version__},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "totals": totals_of(records),
+        "totals": None,
     }
+    return seal(info, records)
 
 
 def _check_output_dir(out_dir: Path, overwrite: bool = False) -> None:
