@@ -185,3 +185,22 @@ def test_shipped_configs_load():
         assert config.peak_lr == lr and config.seq_len == 2048 and config.warmup_steps == 5000
         assert config.grad_accum_steps(world_size=128) == 1 and config.grad_accum_steps(world_size=8) == 16
         assert config.model_config().num_parameters() > 2e8
+
+
+@pytest.mark.slow  # trains a step end to end
+def test_restore_refuses_a_bad_stream_state_before_changing_anything(sample_manifest, tmp_path):
+    from elm_data.pipeline.stream.plan import PlanError
+    from elm_data.trainer.checkpoint import STREAM_STATE
+    from elm_data.trainer.loop import Trainer
+
+    config = small_config(sample_manifest, max_steps=1)
+    done = train(config, out_dir=tmp_path / "run", progress=False)
+    stream_state = torch.load(done.checkpoint / STREAM_STATE, weights_only=True)
+    torch.save({**stream_state, "version": 2}, done.checkpoint / STREAM_STATE)
+    trainer = Trainer(config, torch.device("cpu"), DistInfo(), run_dir=tmp_path / "other", progress=False)
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(PlanError, match="version 2"):
+        trainer.restore(done.checkpoint)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and trainer.state.step == 0

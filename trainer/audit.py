@@ -397,7 +397,7 @@ def _check_resumes(result: Verification, resumes: list[dict[str, Any]], heads: d
     for resume in resumes:
         k = int(resume["from_step"])
         expected_head = genesis(result.manifest_id, plan.config.to_dict()) if k == 0 else heads.get(k)
-        if resume.get("receipt") is not None and resume["receipt"] != expected_head:
+        if resume["receipt"] != expected_head:
             result.fail(k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}")
 
 

@@ -35,6 +35,7 @@ from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from elm_data.pipeline.stream import merge_states
+from elm_data.pipeline.stream.state import check_state
 
 from . import distributed as D
 from .config import TrainConfig
@@ -210,12 +211,12 @@ def _read(path: Path, name: str, read):
 # ---- the trainer's checkpointer -----------------------------------------------------------------------------
 @dataclass
 class TrainState:
-    """The trainer's own counters: optimizer steps taken, label positions consumed, and the consumption receipt's
-    chain head (None only when resuming a checkpoint written before receipts: the chain is then not continued)."""
+    """The trainer's own counters: the consumption receipt's chain head (a fresh run's: the genesis head of its
+    manifest and plan), optimizer steps taken and label positions consumed."""
 
+    receipt: str
     step: int = 0
     tokens: int = 0
-    receipt: str | None = None
 
 
 class Checkpointer:
@@ -278,8 +279,9 @@ class Checkpointer:
     def load(self, path: str | Path) -> tuple[TrainState, dict[str, Any]]:
         """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as saved.
 
-        Refuses (:class:`CheckpointError`) a checkpoint of another manifest, other training settings or another
-        model, before anything is changed. The RNGs are set last, so nothing after this call draws before training.
+        Refuses a checkpoint of another manifest, other training settings or another model (:class:`CheckpointError`)
+        or a stream state this stream cannot resume (``PlanError``), before anything is changed. The RNGs are set
+        last, so nothing after this call draws before training.
         """
         saved = read_checkpoint(path, map_location=self.device)
         self._check_belongs(saved)
@@ -289,11 +291,12 @@ class Checkpointer:
         self.loader.load_state_dict(saved.stream)
         set_rng_state(saved.rng)
         trainer = saved.trainer
-        state = TrainState(step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer.get("receipt"))
+        state = TrainState(step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer["receipt"])
         return state, saved.stream
 
     def _check_belongs(self, saved: SavedCheckpoint) -> None:
-        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), same model."""
+        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), same model, and a
+        stream state this rank's stream can resume."""
         manifest_id = saved.trainer.get("manifest_id")
         if manifest_id != self.manifest_id:
             raise CheckpointError(
@@ -302,6 +305,8 @@ class Checkpointer:
         if saved.trainer.get("fingerprint") != self.config.fingerprint():
             raise CheckpointError(f"checkpoint {saved.path} was written under different training settings")
         _check_model_config(saved, self.model)
+        stream = self.loader.stream
+        check_state(saved.stream, stream.manifest_id, stream.config, stream.rank, stream.world_size)
 
 
 def _full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: D.DistInfo):

@@ -218,7 +218,6 @@ class Trainer:
     ) -> None:
         self.config, self.device, self.info, self.progress = config, device, info, progress
         self.run_dir = run_dir or config.run_dir
-        self.state = TrainState()
         self.resumed_from: Path | None = None  # the checkpoint this invocation continues
         self.until = config.max_steps  # the step this invocation stops at (run's stop_after)
 
@@ -358,8 +357,7 @@ class Trainer:
         stats.lr, stats.data_wait_s, stats.step_time_s = lr, waited, time.perf_counter() - started
         self.state.step += 1
         self.state.tokens += stats.positions  # a finite stream's last batch may be short
-        if self.state.receipt is not None:
-            self.state.receipt = chain(self.state.receipt, self.step_digest(batches))
+        self.state.receipt = chain(self.state.receipt, self.step_digest(batches))
         if not math.isfinite(stats.loss):
             raise TrainingError(f"loss became {stats.loss} at step {self.state.step}")
         self.log_step(stats)
@@ -435,8 +433,7 @@ class Trainer:
         """The step's record every ``log_every`` steps and at the last, else its receipt head alone (collective)."""
         step, info = self.state.step, self.info
         if step % self.config.log_every and step != self.until:
-            if self.state.receipt is not None:  # every step's chain head is logged, even between logged steps
-                self.log.write("receipt", step=step, receipt=self.state.receipt)
+            self.log.write("receipt", step=step, receipt=self.state.receipt)  # every step's head, even between
             return
         self.log.write(
             "step",
