@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from elm_data.model.weights import uncompiled
+from elm_data.pipeline.stream.consumed import ConsumedTokens
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,10 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 def sum_counts(counts: Mapping[str, int], info: DistInfo) -> dict[str, int]:
     """Per-key counts summed over ranks, sorted by key; every rank gets the sum (a collective under torchrun)."""
-    total: Counter = Counter()
+    total = ConsumedTokens()
     for part in gather_objects(dict(counts), info):
-        total.update(part)
-    return dict(sorted(total.items()))
+        total.add(part)
+    return total.to_dict()
 
 
 def barrier(info: DistInfo) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
+from elm_data.pipeline.stream.consumed import ConsumedTokens
 
 from .checkpoint import read_stream_state
 from .export import export_checkpoint, newest_checkpoint, run_of
@@ -116,19 +117,19 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     loader = build_loader(config, manifest.path, load_tokenizer(config, manifest), DistInfo(0, 1))
     loader.load_state_dict(read_stream_state(run.checkpoint))
     model = load_model(checkpoint).eval()
-    total, count, sources = 0.0, 0, {}
+    total, count, sources = 0.0, 0, ConsumedTokens()
     for index, batch in enumerate(loader):
         if index == batches:
             break
         inputs, labels = split_inputs_labels(batch["input_ids"], model.config.vocab_size, PAD_ID)
         sums = loss_sums(model(inputs), labels, PAD_ID)
         total, count = total + float(sums.ce), count + int(sums.count)
-        for key, value in batch["tokens_by_source"].items():
-            sources[key] = sources.get(key, 0) + int(value)
+        sources.add(batch["tokens_by_source"])
     if not count:
         return {"skipped": "the stream has no unseen tokens left after this checkpoint"}
     loss = total / count
-    return {"step": run.step, "tokens": count, "loss": loss, "perplexity": math.exp(loss), "tokens_by_source": sources}
+    result = {"step": run.step, "tokens": count, "loss": loss, "perplexity": math.exp(loss)}
+    return result | {"tokens_by_source": sources.to_dict()}
 
 
 def evaluate(

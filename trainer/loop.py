@@ -14,7 +14,6 @@ import itertools
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.pipeline.stream import StreamLoader, TokenStream
+from elm_data.pipeline.stream.consumed import ConsumedTokens
 from elm_data.pipeline.stream.receipt import chain, genesis, step_digest, stream_batch_digest
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
@@ -71,7 +71,7 @@ class StepStats:
     grad_norm: float
     counted_tokens: int  # label positions that count (not pad), all ranks
     positions: int  # label positions (batch x seq_len), all ranks
-    tokens_by_source: Counter
+    tokens_by_source: ConsumedTokens  # this rank's tokens of the step per source
     data_wait_s: float
     step_time_s: float = 0.0  # the whole step, data wait included (set by Trainer.step)
     lr: float = 0.0  # the learning rate the step used (set by Trainer.step)
@@ -155,7 +155,7 @@ def train_step(
     local = [sum(int((labels != PAD_ID).sum()) for _, labels in pairs), sum(lab.numel() for _, lab in pairs)]
     counted, positions = (int(v) for v in D.all_reduce_sum(torch.tensor(local, device=device), info).tolist())
     if counted == 0:  # every rank's batches are empty (the end of a finite stream): no update at all
-        return StepStats(0.0, 0.0, 0.0, 0.0, 0, positions, Counter(), 0.0)
+        return StepStats(0.0, 0.0, 0.0, 0.0, 0, positions, ConsumedTokens(), 0.0)
     # DDP/FSDP average gradients over ranks; scale so the result is the mean over all counted tokens.
     denominator = max(counted, 1) / info.world_size
     sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -179,9 +179,9 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     ce, z = (sums / max(counted, 1)).tolist()
-    by_source: Counter = Counter()
+    by_source = ConsumedTokens()
     for batch in batches:
-        by_source.update(batch.get("tokens_by_source") or {})
+        by_source.add(batch.get("tokens_by_source", {}))  # a stream batch always has it; a synthetic one may not
     return StepStats(
         loss=ce + config.z_loss * z,
         ce_loss=ce,
