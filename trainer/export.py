@@ -70,16 +70,16 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
     """
     origins = data_origins(manifest)
     receipt = read_trainer_state(run.checkpoint)["receipt"]
-    config = run.header.get("config", {})
+    config = run.header["config"]
     lines = [
         "---",
         yaml.safe_dump(_front_matter(run, audit, manifest, origins, receipt), sort_keys=False).rstrip(),
         "---",
         "",
-        f"# {config.get('name', 'OpenELM')} step {run.step} (OpenELM, trained with elm-data)",
+        f"# {config['name']} step {run.step} (OpenELM, trained with elm-data)",
         "",
         "Model: OpenELM (arXiv 2404.14619) with layer-wise scaling, "
-        f"{run.header.get('parameters', 0):,} parameters. Load offline with "
+        f"{run.header['parameters']:,} parameters. Load offline with "
         "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
         "",
         *_data_section(run, audit, manifest, origins, receipt, tokenizer_sha256),
@@ -119,7 +119,7 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
         "",
         f"- manifest id: `{manifest.manifest_id}`",
         f"- Merkle root of its shard records: `{manifest.info['merkle_root']}`",
-        f"- tokenizer sha256: `{tokenizer_sha256 or run.header.get('tokenizer', {}).get('sha256')}`",
+        f"- tokenizer sha256: `{tokenizer_sha256 or run.header['tokenizer']['sha256']}`",
         f"- consumption receipt at step {run.step} (hash chain over every step's token spans, in order): "
         f"`{receipt}`; `elm-data audit-run RUN --verify` recomputes it from the manifest and the plan alone",
         "",
@@ -143,13 +143,13 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
 def _training_section(run: CheckpointRun, config: dict[str, Any]) -> list[str]:
     """The "Training" lines: step, loss, tokens seen, code version and the full training config."""
     loss = run.step_record.get("loss") if run.step_record else None
-    code = run.header.get("code_version", {})
+    code = run.header["code_version"]
     return [
         "## Training",
         "",
-        f"- step {run.step} of {config.get('max_steps')}; loss at this step: {_fmt(loss, '.4f')}",
+        f"- step {run.step} of {config['max_steps']}; loss at this step: {_fmt(loss, '.4f')}",
         f"- tokens seen (all positions): {run.step_record.get('tokens_total', 0) if run.step_record else 0:,}",
-        f"- code: elm-data {code.get('elm_data')} (git {code.get('git_commit')}); exported by elm-data {__version__}",
+        f"- code: elm-data {code['elm_data']} (git {code['git_commit']}); exported by elm-data {__version__}",
         "",
         "```yaml",
         yaml.safe_dump(config, sort_keys=True).rstrip(),
@@ -165,18 +165,14 @@ def data_origins(manifest: Manifest) -> dict[str, tuple[str, str]]:
     origins = {}
     for shard in manifest.shards:
         if shard.key not in origins:
-            try:
-                upstream = get_subset(shard.source, shard.subset).upstream
-            except (KeyError, ValueError):
-                upstream = shard.upstream or shard.uri
-            origins[shard.key] = (upstream, shard.licence)
+            origins[shard.key] = (get_subset(shard.source, shard.subset).upstream, shard.licence)
     return origins
 
 
 def checkpoint_card(run: CheckpointRun) -> dict[str, str]:
     """``{"README.md": card}`` for a checkpoint of a run, audited at the checkpoint's step."""
     audit = audit_run(run.run_dir, at_step=run.step)
-    card = model_card(run, audit, Manifest(audit.manifest_dir), (run.header.get("tokenizer") or {}).get("sha256"))
+    card = model_card(run, audit, Manifest(audit.manifest_dir), run.header["tokenizer"]["sha256"])
     return {"README.md": card}
 
 
@@ -217,7 +213,7 @@ def export_checkpoint(
     model = load_model(checkpoint)
     extra, proto = {}, None
     if run is not None:
-        proto = tokenizer_bytes(tokenizer, run.header.get("tokenizer"), required=tokenizer is not None)
+        proto = tokenizer_bytes(tokenizer, run.header["tokenizer"], required=tokenizer is not None)
         extra = checkpoint_card(run)
     elif tokenizer is not None:
         proto = tokenizer_bytes(tokenizer, None, required=True)

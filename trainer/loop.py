@@ -61,27 +61,6 @@ class RunResult:
     rank: int = 0  # this process's rank under torchrun (only rank 0 writes the log and checkpoints)
 
 
-@dataclass
-class StepStats:
-    """One optimizer step's numbers; the losses are means over the step's counted label positions, all ranks."""
-
-    loss: float
-    ce_loss: float
-    z_loss: float
-    grad_norm: float
-    counted_tokens: int  # label positions that count (not pad), all ranks
-    positions: int  # label positions (batch x seq_len), all ranks
-    tokens_by_source: ConsumedTokens  # this rank's tokens of the step per source
-    data_wait_s: float
-    step_time_s: float = 0.0  # the whole step, data wait included (set by Trainer.step)
-    lr: float = 0.0  # the learning rate the step used (set by Trainer.step)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Label positions per second of the whole step (0 before the step is timed)."""
-        return self.positions / self.step_time_s if self.step_time_s else 0.0
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global RNGs (model initialisation; never the data order)."""
     random.seed(seed)
@@ -136,6 +115,27 @@ def refuse_used_run_dir(run_dir: Path, info: D.DistInfo, hint: str) -> None:
 
 
 # ---- one optimizer step ------------------------------------------------------------------------------------
+@dataclass
+class StepStats:
+    """One optimizer step's numbers; the losses are means over the step's counted label positions, all ranks."""
+
+    loss: float
+    ce_loss: float
+    z_loss: float
+    grad_norm: float
+    counted_tokens: int  # label positions that count (not pad), all ranks
+    positions: int  # label positions (batch x seq_len), all ranks
+    tokens_by_source: ConsumedTokens  # this rank's tokens of the step per source
+    data_wait_s: float
+    step_time_s: float = 0.0  # the whole step, data wait included (set by Trainer.step)
+    lr: float = 0.0  # the learning rate the step used (set by Trainer.step)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Label positions per second of the whole step (0 before the step is timed)."""
+        return self.positions / self.step_time_s if self.step_time_s else 0.0
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -63,10 +63,10 @@ class RunPlan:
         self.logged = logged_chain(records)
         self.steps = max(self.logged.heads, default=0)
         self.world_sizes: dict[int, int] = {}  # step -> world size (a resume may change it)
-        size = int(header.get("world_size") or 1)
+        size = int(header["world_size"])
         for r in records:
             if r.get("event") == "resume":
-                size = int(r.get("world_size") or 1)
+                size = int(r["world_size"])
             elif r.get("event") in ("step", "receipt"):
                 self.world_sizes[int(r["step"])] = size
 
