@@ -36,7 +36,7 @@ from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 
 from . import distributed as D
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .flops import flops_per_token
 from .hardware import autocast_dtype, device_description, mfu, peak_flops, pick_device
 
@@ -450,7 +450,7 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
     unavailable = None
     try:
         device = pick_device(matrix.device)
-    except RuntimeError as error:  # e.g. a GPU matrix on a machine without CUDA: every cell says so
+    except ConfigError as error:  # e.g. a GPU matrix on a machine without CUDA: every cell says so
         device, unavailable = torch.device("cpu"), str(error)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
