@@ -86,6 +86,7 @@ def test_unknown_subset_in_training_weights(capsys, sample_manifest, tmp_path):
     _one_line_error(code, err, "nope/none")
 
 
+@pytest.mark.slow  # builds a run first (test_trainer_units' damaged-state test is the quick one)
 def test_corrupt_checkpoint(capsys, sample_manifest, tmp_path):
     from elm_data.trainer.checkpoint import CHECKPOINTS, STREAM_STATE, TRAINER_STATE, TRAINING_STATE
 

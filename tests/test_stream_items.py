@@ -77,7 +77,7 @@ def test_item_size_defaults_and_the_stream_is_never_changed(sample_manifest, tok
     readers = stream.readers(8, {}, batches_per_item=two.batches_per_item, numpy=True)
     assert readers.batches_per_item == two.batches_per_item and readers.numpy and readers.global_batch == 8
     state = vars(stream).copy()
-    next(iter(two))
+    next(iter(StreamLoader(stream, batches_per_item=2)))  # in process: the workers' readers are the same object
     assert vars(stream) == state  # the loader's readers stand where it does; the stream holds no position
     assert isinstance(next(iter(stream))["input_ids"], torch.Tensor)
     with pytest.raises(ValueError, match="multiple of world_size"):
