@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -232,8 +233,11 @@ class Manifest:
     ``verify=False``; every ledger row group read is checked against its block's ``ledger_sha256``.
     """
 
+    BLOCKS_KEPT = 64  # checked ledger row groups kept: the stream's plan and its reader both ask for each block
+
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
+        self._checked_blocks: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         manifest_file = self.path / MANIFEST_FILE
         if not manifest_file.exists():
             raise NotFound(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
@@ -260,7 +264,15 @@ class Manifest:
         return [ShardRecord.from_row(r) for r in table.to_pylist()]
 
     def block_documents(self, shard: int, block: int, parquet: pq.ParquetFile | None = None) -> pa.Table:
-        """The ledger rows of one block of one shard, checked against the block's ``ledger_sha256``."""
+        """The ledger rows of one block of one shard, checked against the block's ``ledger_sha256``.
+
+        The last :attr:`BLOCKS_KEPT` blocks read are kept as checked, so a block the plan walked is not read and
+        hashed again when the reader asks which of its records to decode.
+        """
+        kept = self._checked_blocks.get((shard, block))
+        if kept is not None:
+            self._checked_blocks.move_to_end((shard, block))
+            return kept
         parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
         expected = self.shards[shard].blocks[block]["ledger_sha256"]
         table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
@@ -269,6 +281,9 @@ class Manifest:
                 f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its block "
                 "records (documents ledger altered or reordered)"
             )
+        self._checked_blocks[(shard, block)] = table
+        if len(self._checked_blocks) > self.BLOCKS_KEPT:
+            self._checked_blocks.popitem(last=False)
         return table
 
     def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:
