@@ -28,6 +28,8 @@ LAYERS = {
 PACKAGE_OF = {"core": "elm_data/core", "sources": "sources", "model": "model", "pipeline": "pipeline"}
 PACKAGE_OF |= {"manifests": "manifests", "trainer": "trainer"}
 MAX_FUNCTION_LINES = 60
+ATOMIC_WRITER = "elm_data/core/outputs.py"  # the one module that moves a finished file or directory into place
+RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("shutil", "move")}
 
 
 def production_files(root: Path = ROOT) -> list[Path]:
@@ -92,6 +94,21 @@ def long_functions(root: Path = ROOT, limit: int = MAX_FUNCTION_LINES) -> list[s
     return out
 
 
+def renames_outside_the_writer(root: Path = ROOT, writer: str = ATOMIC_WRITER) -> list[str]:
+    """``os.replace``/``os.rename``/``shutil.move`` calls and ``.rename()`` methods outside :data:`ATOMIC_WRITER`."""
+    out = []
+    for path in production_files(root):
+        if path.relative_to(root).as_posix() == writer:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            if (owner, node.func.attr) in RENAMES or node.func.attr == "rename":
+                out.append(f"{path.relative_to(root)}:{node.lineno} {owner or '…'}.{node.func.attr}")
+    return out
+
+
 def test_imports_point_down_the_layers():
     assert layer_violations() == []
 
@@ -106,11 +123,15 @@ def test_no_production_function_over_the_limit():
     assert long_functions() == []
 
 
+def test_only_the_atomic_writer_moves_files_into_place():
+    assert renames_outside_the_writer() == []
+
+
 @pytest.fixture
 def toy_tree(tmp_path: Path) -> Path:
     for folder, text in {
-        "elm_data/core": "import os\n",
-        "sources": "from elm_data.core.errors import ElmDataError\n",
+        "elm_data/core": "import os\n\nos.replace('a', 'b')\n",
+        "sources": "import os\nfrom elm_data.core.errors import ElmDataError\n\nos.replace('a', 'b')\n",
         "pipeline": "from elm_data.sources import readers\nfrom .stream.plan import Plan\n",
         "pipeline/stream": "from ..config import X\nfrom elm_data.manifests.manifest import Manifest\n",
         "manifests": "from elm_data.pipeline import document_pass\n",
@@ -124,9 +145,11 @@ def toy_tree(tmp_path: Path) -> Path:
 
 
 def test_the_checks_catch_what_they_should(toy_tree: Path):
-    """An independent oracle: a hand-made tree with exactly two upward imports and one long function."""
+    """An independent oracle: a hand-made tree with exactly two upward imports, one long function and one rename
+    outside the atomic writer (core/m.py stands in for it)."""
     assert layer_violations(toy_tree) == [
         "model/m.py:2 imports sources (layer 1 >= 1)",
         "pipeline/m.py:2 imports pipeline/stream (layer 4 >= 2)",
     ]
     assert long_functions(toy_tree) == ["model/m.py:1 f is 72 lines"]
+    assert renames_outside_the_writer(toy_tree, writer="elm_data/core/m.py") == ["sources/m.py:4 os.replace"]
