@@ -3,9 +3,10 @@
 ``AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)`` runs this file: no network, no elm-data.
 Parameter names are those of the published ``apple/OpenELM-*`` checkpoints (``transformer.*``; with tied
 embeddings the head is the embedding matrix and no ``lm_head.weight`` is stored). The arithmetic is elm-data's
-OpenELM (``elm_data.model``): RMSNorm in float32 cast to the input dtype before the weight, q/k RMSNorm per head,
-RoPE (half rotation) in float32 at absolute positions, grouped-query SDPA, SwiGLU. Tests hold its logits and
-greedy ``generate`` equal to elm-data's forward and KV-cache generation.
+OpenELM (``elm_data.model``): RMSNorm in float32 cast to the input dtype before the (promoting) weight product,
+q/k RMSNorm per head, RoPE (half rotation) in float32 at absolute positions, grouped-query SDPA, SwiGLU. Tests hold
+its logits and greedy ``generate`` equal to elm-data's forward and KV-cache generation (and, under bf16 autocast,
+to CoreNet's order of operations).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class OpenELMRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # times the weight with type promotion: under bf16 autocast a bf16 q/k times float32 weights is float32
         normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
-        return (normed * self.weight).to(x.dtype)
+        return normed * self.weight
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:

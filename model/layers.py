@@ -11,14 +11,17 @@ from .config import OpenELMConfig
 
 class RMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` (parameter ``weight``) in CoreNet's/Hugging Face's order: normalise in float32, cast the
-    normalised value to the input's dtype, then multiply by the weight (result in the input's dtype).
+    normalised value to the input's dtype, then multiply by the weight with ordinary type promotion.
 
     The order matters in bf16 once the weights are not all ones: multiplying in float32 before the cast differs.
+    The result's dtype is the promotion of the input's and the weight's: equal dtypes (float32, whole-model bf16)
+    keep it; under bf16 autocast with float32 weights a bf16 input (the q/k projections) comes out float32, as in
+    CoreNet's ``general_gpt.py`` (``tests/test_model_autocast.py`` holds the logits to that order).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(x.float(), self.normalized_shape, None, self.eps).to(x.dtype)
-        return (normed * self.weight).to(x.dtype)
+        return normed * self.weight
 
 
 def rope_tables(head_dim: int, base: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
