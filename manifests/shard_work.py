@@ -259,7 +259,10 @@ def tally_shard(
         pending.clear()
 
     n_docs = 0
-    for item in read_shard(task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt):
+    limit = document_pass.filters.max_record_bytes
+    for item in read_shard(
+        task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt, max_record_bytes=limit
+    ):
         pending.append(item)
         if isinstance(item, Document):
             n_docs += 1

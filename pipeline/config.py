@@ -11,6 +11,7 @@ from typing import Any
 
 from elm_data.core.errors import InvalidValue
 from elm_data.pipeline.tokenizer import PAD_ID
+from elm_data.sources.document import MAX_RECORD_BYTES
 
 SEQUENCE_MODES = ("packed", "corenet")
 
@@ -50,17 +51,24 @@ class FilterConfig:
     # CoreNet counts the BOS/EOS its tokenizer appends (OpenELM's configs append both) towards
     # min_tokens; True reproduces that (content tokens + 2 >= min_tokens). Segments never hold them.
     min_tokens_counts_bos_eos: bool = False
+    # A JSONL record (line) longer than this many bytes is a counted rejection ``record_too_large``, read in
+    # bounded memory. In ``to_dict`` only when not the default, so manifests built before it keep their id.
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         for key in ("min_characters", "min_tokens"):
             value = getattr(self, key)
             _require(_is_int(value) and value >= 0, f"filters.{key}", "an integer >= 0", value)
+        limit = self.max_record_bytes
+        _require(_is_int(limit) and limit > 0, "filters.max_record_bytes", "an integer > 0 (bytes)", limit)
         for key in ("nfc_normalization", "min_tokens_counts_bos_eos"):
             _require(isinstance(getattr(self, key), bool), f"filters.{key}", "true or false", getattr(self, key))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["quality"] = [{"name": q.name, "params": dict(sorted(q.params.items()))} for q in self.quality]
+        if self.max_record_bytes == MAX_RECORD_BYTES:
+            del d["max_record_bytes"]
         return d
 
     @classmethod

@@ -35,6 +35,7 @@ import zstandard
 from fsspec.spec import AbstractFileSystem
 
 from elm_data.core.errors import ElmDataError
+from elm_data.sources.decompress import MemberEnd, NotAMember, Truncated, gzip_members, zstd_frames
 from elm_data.sources.readers_common import HASH_CHUNK
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
@@ -125,42 +126,31 @@ def _jsonl_blocks(f: BinaryIO, size: int, block_bytes: int) -> tuple[str, list[B
                 start, part, record, lines = end, hashlib.sha256(), record + lines, 0
         pos += len(chunk)
     if pos > start or not blocks:
-        f.seek(start)
-        tail = f.read(pos - start)
-        trailing = 1 if tail and not tail.endswith(b"\n") else 0  # a last line without newline is a record too
+        f.seek(max(pos - 1, 0))  # only the last byte: the tail may be one huge line
+        trailing = 1 if pos > start and f.read(1) != b"\n" else 0  # a last line without newline is a record too
         blocks.append(Block(start, pos, part.hexdigest(), record, lines + trailing))
     return whole.hexdigest(), blocks
 
 
-def _decompressor(fmt: str):
-    if fmt == "jsonl.gz":
-        return zlib.decompressobj(31)
-    return zstandard.ZstdDecompressor().decompressobj()
-
-
 def _member_cuts(f: BinaryIO, fmt: str, block_bytes: int) -> list[tuple[int, int]] | None:
     """``(offset, records)`` of blocks made of whole gzip members / zstd frames, cut after about ``block_bytes``
-    where the text so far ends with a newline; None for a single member or a damaged stream (one opaque block)."""
+    where the text so far ends with a newline; None for a single member or a damaged stream (one opaque block).
+    Decompressed in bounded pieces (``sources.decompress``), so a bomb costs time, not memory."""
     f.seek(0)
-    cuts, start, lines, pos, last, inside = [], 0, 0, 0, b"", False
-    d, data = _decompressor(fmt), b""
+    cuts, start, end, lines, last = [], 0, 0, 0, b""
+    members = gzip_members(f, HASH_CHUNK) if fmt == "jsonl.gz" else zstd_frames(f, HASH_CHUNK)
     try:
-        while data or (data := f.read(HASH_CHUNK)):
-            out = d.decompress(data)
-            lines, last, inside = lines + out.count(b"\n"), out[-1:] or last, True
-            if not d.eof:
-                pos, data = pos + len(data), b""
-                continue
-            pos, inside = pos + len(data) - len(d.unused_data), False
-            data, d = d.unused_data, _decompressor(fmt)
-            if pos - start >= block_bytes and last == b"\n":
-                cuts.append((start, lines))
-                start, lines = pos, 0
-    except (zlib.error, zstandard.ZstdError):
-        return None
-    if inside or pos == 0:  # truncated inside a member, or empty: the reader reports it
-        return None
-    if pos > start:
+        for piece in members:
+            if isinstance(piece, MemberEnd):
+                if piece.offset - start >= block_bytes and last == b"\n":
+                    cuts.append((start, lines))
+                    start, lines = piece.offset, 0
+                end = piece.offset
+            else:
+                lines, last = lines + piece.count(b"\n"), piece[-1:] or last
+    except (zlib.error, zstandard.ZstdError, Truncated, NotAMember):
+        return None  # truncated, trailing garbage or corrupt: the reader reports it
+    if end > start:
         cuts.append((start, lines + (1 if last and last != b"\n" else 0)))
     return cuts if len(cuts) > 1 else None
 

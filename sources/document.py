@@ -43,6 +43,9 @@ REJECT_NOT_A_STRING = "text_not_string"
 REJECT_TRUNCATED = "truncated_stream"
 REJECT_SCHEMA = "schema_mismatch"
 REJECT_UNREADABLE = "unreadable_shard"
+REJECT_TOO_LARGE = "record_too_large"  # a JSONL line longer than the record limit (read in bounded memory)
+
+MAX_RECORD_BYTES = 64 << 20  # the default record limit (filters.max_record_bytes): 64 MiB of JSON per line
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from elm_data.sources.document import REJECT_UNREADABLE, Document, Rejection
+from elm_data.sources.document import MAX_RECORD_BYTES, REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import (
     HEAD_BYTES,
     Select,
@@ -55,6 +55,7 @@ def read_shard(
     first_index: int = 0,
     fmt: str | None = None,
     parquet_metadata: Any = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
@@ -79,6 +80,8 @@ def read_shard(
     record boundary inside the shard (a block, see ``sources.blocks``) holds records from this index on.
     ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
     ``parquet_metadata``: the shard's parquet footer, already read (``pyarrow.parquet.FileMetaData``).
+    ``max_record_bytes``: a JSONL line longer than this is a ``record_too_large`` rejection, read in bounded memory
+    (the build and the stream pass the manifest's ``filters.max_record_bytes``, so both see the same records).
     """
     spec = get_subset(source, subset)
     if skip < 0:
@@ -100,7 +103,7 @@ def read_shard(
             return iter([ctx.reject(-1, REJECT_UNREADABLE, f"{err} (row count unknowable)")])
     if fmt == FORMAT_PARQUET:
         return read_parquet(ctx, skip, chosen)
-    return read_jsonl(ctx, fmt, skip, chosen)
+    return read_jsonl(ctx, fmt, skip, chosen, max_record_bytes)
 
 
 def _as_predicate(select: Callable[[int], bool] | Collection[int] | None) -> Select | None:

@@ -1,7 +1,9 @@
 """JSON Lines shards, plain, gzip (Dolma's ``*.json.gz``) or zstd (the original Pile's ``*.jsonl.zst``).
 
-The stream is decompressed in chunks and split into raw byte lines; each line is decoded as
-strict UTF-8 and parsed on its own, so one bad line costs one Rejection and nothing else.
+The stream is decompressed in bounded pieces (``sources.decompress``: about 1 MiB of text per call, whatever
+the compression ratio) and split into raw byte lines; each line is decoded as strict UTF-8 and parsed on its
+own, so one bad line costs one Rejection and nothing else. A line longer than the record limit
+(``max_record_bytes``) is counted while it is dropped, never held: one ``record_too_large`` Rejection.
 A compressed stream that ends early or is corrupt yields one Rejection at the line where it broke.
 """
 
@@ -13,20 +15,24 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import zstandard
 
+from elm_data.sources.decompress import MemberEnd, NotAMember, Truncated, zstd_frames
 from elm_data.sources.document import (
+    MAX_RECORD_BYTES,
     REJECT_INVALID_UNICODE,
     REJECT_INVALID_UTF8,
     REJECT_MALFORMED_JSON,
+    REJECT_TOO_LARGE,
     REJECT_TRUNCATED,
     REJECT_UNREADABLE,
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import GZIP_MAGIC, UTF8_BOM, Select, ShardContext, zstd_frame_start
+from elm_data.sources.readers_common import GZIP_MAGIC, UTF8_BOM, Select, ShardContext
 
 READ_CHUNK = 1024 * 1024  # compressed bytes read per step
 _NOT_GZIP = "Not a gzipped file"  # gzip's message for bytes that start no member
@@ -102,61 +108,82 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    """Decompress zstd frames back to back; bytes after the last frame that start no frame are trailing garbage."""
-    dctx = zstandard.ZstdDecompressor()
-    data = raw.read(READ_CHUNK)
-    if not data:
-        raise _empty("zstd")
+    """Decompress zstd frames back to back, in bounded pieces; bytes after the last frame that start no frame are
+    trailing garbage."""
     frames = 0
     try:
-        while data:
-            while len(data) < 4 and (more := raw.read(READ_CHUNK)):
-                data += more
-            if not zstd_frame_start(data):
-                if frames:
-                    raise _trailing("zstd frame", f"starts {data[:8].hex()}")
-                raise StreamBroken(REJECT_UNREADABLE, f"not zstd data (starts {data[:8].hex()})")
-            dobj = dctx.decompressobj()
-            while not dobj.eof:
-                if not data:
-                    raise StreamBroken(REJECT_TRUNCATED, "zstd stream ended inside a frame (file truncated)")
-                if out := dobj.decompress(data):
-                    yield out
-                data = b"" if dobj.eof else raw.read(READ_CHUNK)
-            frames += 1
-            data = dobj.unused_data or raw.read(READ_CHUNK)
+        for piece in zstd_frames(raw, READ_CHUNK):
+            if isinstance(piece, MemberEnd):
+                frames += 1
+            else:
+                yield piece
+    except Truncated as err:
+        raise StreamBroken(REJECT_TRUNCATED, "zstd stream ended inside a frame (file truncated)") from err
+    except NotAMember as err:
+        if frames:
+            raise _trailing("zstd frame", f"starts {err.head.hex()}") from err
+        raise StreamBroken(REJECT_UNREADABLE, f"not zstd data (starts {err.head.hex()})") from err
     except zstandard.ZstdError as err:
         raise StreamBroken(REJECT_UNREADABLE, f"corrupt zstd stream: {err}") from err
+    if not frames:
+        raise _empty("zstd")
 
 
 _CHUNKERS = {"jsonl": _plain_chunks, "jsonl.gz": _gzip_chunks, "jsonl.zst": _zstd_chunks}
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
-    """Raw lines without their b"\\n", each with whether it was newline-terminated.
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A line longer than the record limit, dropped as it was read: only its length (without newline) is kept."""
+
+    size: int
+
+
+class _LineInProgress:
+    """The pieces of the line being gathered, up to ``limit`` bytes; past it only its length is counted."""
+
+    __slots__ = ("limit", "parts", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.parts, self.size = limit, [], 0
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size <= self.limit:
+            self.parts.append(piece)
+        elif self.parts:
+            self.parts = []  # over the limit: the bytes go, the count goes on
+
+    def take(self) -> bytes | TooLarge:
+        line = b"".join(self.parts) if self.size <= self.limit else TooLarge(self.size)
+        self.parts, self.size = [], 0
+        return line
+
+
+def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | TooLarge, bool]]:
+    """Raw lines without their b"\\n", each with whether it was newline-terminated; a line over ``limit`` bytes
+    is a :class:`TooLarge`, never held: memory stays within ``limit`` plus one chunk.
 
     A line longer than a chunk is gathered piecewise and joined once (linear in its length).
     """
-    carry: list[bytes] = []
+    line = _LineInProgress(limit)
     try:
         for chunk in chunks:
             parts = chunk.split(b"\n")
-            if len(parts) == 1:
-                carry.append(chunk)
-                continue
-            if carry:
-                carry.append(parts[0])
-                parts[0] = b"".join(carry)
             last = parts.pop()
-            carry = [last] if last else []
-            for part in parts:
-                yield part, True
+            if parts:
+                line.add(parts[0])
+                yield line.take(), True
+                short = len(chunk) <= limit  # then so is every line inside the chunk
+                for part in itertools.islice(parts, 1, None):
+                    yield (part if short or len(part) <= limit else TooLarge(len(part))), True
+            line.add(last)
     except StreamBroken as broken:
-        if broken.count == 0 and (tail := b"".join(carry)):  # the stream is complete: so is its last line
-            yield tail, False
+        if broken.count == 0 and line.size:  # the stream is complete: so is its last line
+            yield line.take(), False
         raise
-    if tail := b"".join(carry):
-        yield tail, False
+    if line.size:
+        yield line.take(), False
 
 
 def _lone_surrogate(value: Any, path: str) -> str | None:
@@ -209,17 +236,31 @@ def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejecti
     return ctx.document(index, text, record)
 
 
+def _item(ctx: ShardContext, index: int, line: bytes | TooLarge, limit: int) -> Document | Rejection:
+    """One line (``\\r\\n`` endings allowed) into a Document or a Rejection."""
+    if isinstance(line, TooLarge):
+        detail = f"a line of {line.size:,} bytes; a record may hold {limit:,} (filters.max_record_bytes)"
+        return ctx.reject(index, REJECT_TOO_LARGE, detail)
+    return parse_line(ctx, index, line[:-1] if line.endswith(b"\r") else line)
+
+
 def read_jsonl(
-    ctx: ShardContext, fmt: str, skip: int = 0, select: Select | None = None
+    ctx: ShardContext,
+    fmt: str,
+    skip: int = 0,
+    select: Select | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Iterator[Document | Rejection]:
     """Yield one item per line of a (compressed) JSONL shard, from line ``skip`` on.
 
-    With ``select``, a line whose index it rejects is only counted (never decoded or parsed).
+    With ``select``, a line whose index it rejects is only counted (never decoded or parsed). A line of more
+    than ``max_record_bytes`` bytes (without its newline) is a ``record_too_large`` rejection, read in bounded
+    memory whether selected or not.
     """
     with ctx.open() as raw:
         chunks = _CHUNKERS[fmt](raw)
         index = ctx.first_index
-        pending: bytes | None = None  # a final line without newline, held until the stream ends cleanly
+        pending: bytes | TooLarge | None = None  # a final line without newline, held until the stream ends cleanly
         try:
             for chunk in chunks if skip > 0 else ():  # drop `skip` raw lines by counting newlines
                 newlines = chunk.count(b"\n")
@@ -232,17 +273,17 @@ def read_jsonl(
                 index = skip
                 chunks = itertools.chain([chunk[cut + 1 :]], chunks)
                 break
-            for line, terminated in _lines(chunks):
+            for line, terminated in _lines(chunks, max_record_bytes):
                 if not terminated:
-                    pending = line[:-1] if line.endswith(b"\r") else line
+                    pending = line
                     continue
                 if select is None or select(index):
-                    yield parse_line(ctx, index, line[:-1] if line.endswith(b"\r") else line)
+                    yield _item(ctx, index, line, max_record_bytes)
                 index += 1
         except StreamBroken as broken:
             if broken.count == 0:  # the records are all there (trailing garbage, empty file): the last one too
                 if pending is not None and (select is None or select(index)):
-                    yield parse_line(ctx, index, pending)
+                    yield _item(ctx, index, pending, max_record_bytes)
                 index += pending is not None
                 yield ctx.reject(index, broken.reason, f"{broken.detail}; {index} lines read", count=0)
                 return
@@ -254,4 +295,4 @@ def read_jsonl(
             )
             return
         if pending is not None and (select is None or select(index)):
-            yield parse_line(ctx, index, pending)
+            yield _item(ctx, index, pending, max_record_bytes)

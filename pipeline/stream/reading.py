@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text
 from elm_data.manifests.manifest import Manifest, ShardRecord
+from elm_data.pipeline.config import FilterConfig
 from elm_data.sources.blocks import Block, BlockChanged, VerifiedView, open_verified
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard
@@ -78,6 +79,7 @@ class DocumentFetcher:
         self._firsts = {shard: [b.first_record for b in blocks] for shard, blocks in self._blocks.items()}
         self._open: dict[str, _OpenReader] = {}
         self.bytes_loaded = 0
+        self.max_record_bytes = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes  # the build's
 
     def close(self) -> None:
         for key in list(self._open):
@@ -124,7 +126,7 @@ class DocumentFetcher:
         current.read(block, read_shard(
             rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=doc.index, local_path=current.url,
             select=self.wanted_records(doc.shard, block, doc.index), first_index=current.first,
-            fmt=rec.format or None, parquet_metadata=current.footer,
+            fmt=rec.format or None, parquet_metadata=current.footer, max_record_bytes=self.max_record_bytes,
         ))  # fmt: skip
 
     def fetch(self, doc: PlannedDoc) -> Document:
