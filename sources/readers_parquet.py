@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from elm_data.sources.blocks import BlockChanged
 from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import Select, ShardContext, json_safe
 
@@ -74,7 +75,8 @@ def _column_values(batch: pa.RecordBatch, name: str) -> list:
     return values if _plain_json(column.type) else [json_safe(v) for v in values]
 
 
-_READ_ERRORS = (pa.ArrowException, OSError, ValueError)  # ValueError includes UnicodeDecodeError
+# ValueError includes UnicodeDecodeError, and BlockChanged: every handler lets that one through first
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 
 
 def _groups_from(metadata: pq.FileMetaData, skip: int) -> list[tuple[int, int, int]]:
@@ -185,6 +187,8 @@ def _all_rows(
     try:  # one pass over every row group (a batch may span row groups)
         yield from _rows(ctx, parquet, groups, skip, at) if groups else ()
         return
+    except BlockChanged:  # verified bytes that changed: the stream stops (invariant 4)
+        raise
     except _READ_ERRORS:
         pass
     resume = at[0]  # the first row not yet yielded
@@ -193,6 +197,8 @@ def _all_rows(
             continue
         try:
             yield from _rows(ctx, parquet, [group], max(group[1], resume), at)
+        except BlockChanged:  # verified bytes that changed: the stream stops (invariant 4)
+            raise
         except _READ_ERRORS as err:
             yield _group_unreadable(ctx, group[0], at[0], group[2], err)
 
@@ -205,6 +211,8 @@ def _selected_rows(
         at = [max(group[1], skip)]
         try:
             yield from _selected_group_rows(ctx, parquet, group, skip, select, at)
+        except BlockChanged:  # verified bytes that changed: the stream stops (invariant 4)
+            raise
         except _READ_ERRORS as err:
             yield _group_unreadable(ctx, group[0], at[0], group[2], err)
 
@@ -221,6 +229,8 @@ def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None)
             parquet = pq.ParquetFile(raw, metadata=ctx.parquet_metadata)
             metadata = parquet.metadata
             schema = parquet.schema_arrow
+        except BlockChanged:  # verified bytes that changed: the stream stops (invariant 4)
+            raise
         except _READ_ERRORS as err:
             yield ctx.reject(-1, REJECT_UNREADABLE, f"not a readable parquet file: {err} (row count unknowable)")
             return
