@@ -82,11 +82,11 @@ def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str]:
     return spec.licence, spec.upstream_uri(uri)
 
 
-def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES) -> list[ShardTask]:
+def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_local: bool = False) -> list[ShardTask]:
     """Every shard of the mixture, in mixture order, numbered from 0."""
     tasks: list[ShardTask] = []
     for entry in mixture.entries:
-        for uri in mixture.resolve_shards(entry):
+        for uri in mixture.resolve_shards(entry, allow_local):
             licence, upstream = upstream_for(entry.source, entry.subset, uri)
             tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes))
     return tasks
@@ -272,12 +272,14 @@ def build_manifest(
     accept_damaged: bool = False,
     block_bytes: int = BLOCK_BYTES,
     overwrite: bool = False,
+    allow_local_shards: bool = False,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
-    ``tokenizer``: the ``--tokenizer`` flag (else the mixture's ``tokenizer:``, else
-    ``$ELM_DATA_TOKENIZER``). ``restart`` discards an interrupted build's workspace.
-    ``on_shard_done`` is called with each shard's outcome (local runner) as it completes.
+    ``tokenizer``: the ``--tokenizer`` flag (else the mixture's ``tokenizer:``, else ``$ELM_DATA_TOKENIZER``).
+    ``restart`` discards an interrupted build's workspace. ``allow_local_shards``: a shard list that is not a
+    local file may name local paths (``shard_lists.confine``). ``on_shard_done`` is called with each shard's
+    outcome (local runner) as it completes.
     ``workspace``: where per-shard results go (default ``OUT.partial``); an fsspec URL every
     worker can reach when Beam runs on a cluster.
     ``accept_damaged``: record damaged shards (truncated, unreadable, wrong schema) as counted
@@ -299,7 +301,7 @@ def build_manifest(
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
-    tasks = plan_shards(mixture, block_bytes)
+    tasks = plan_shards(mixture, block_bytes, allow_local_shards)
     config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
     work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
     if runner == "local":

@@ -69,6 +69,11 @@ from elm_data.sources.blocks import BLOCK_BYTES
     help="Target size of a plain-JSONL block in the block index: the unit the stream verifies, resumes from and "
     "deals to partitions (parquet blocks are row groups; a compressed shard is one block).",
 )
+@click.option(
+    "--allow-local-shards",
+    is_flag=True,
+    help="Let a shards_from list that is not a local file (remote, or inside a zip) name local paths.",
+)
 def build_manifest(
     mixture,
     out_dir,
@@ -82,6 +87,7 @@ def build_manifest(
     accept_damaged,
     overwrite,
     block_bytes,
+    allow_local_shards,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -107,6 +113,7 @@ def build_manifest(
         accept_damaged=accept_damaged,
         overwrite=overwrite,
         block_bytes=block_bytes,
+        allow_local_shards=allow_local_shards,
     )
     _print_build(result, out_dir, dropped_samples)
 

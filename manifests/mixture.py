@@ -19,6 +19,7 @@ Example::
         match: "*/wiki/*"           # keep the listed URLs matching this fnmatch pattern
         revision: main              # the hub commit every hf:// path of the entry is read at
         fraction: 0.01              # optional: 1% of the entry's shards, evenly spaced
+        allow_local_shards: false   # true: the (remote / zipped) list may name local paths (trusted lists only)
 
 Relative shard paths resolve against the YAML file's folder; globs expand through fsspec
 and are sorted, so a mixture always names the same shards in the same order
@@ -52,6 +53,7 @@ class MixtureEntry:
     revision: str | None = None  # hub commit for the entry's hf:// paths
     match: str | None = None  # fnmatch filter on the listed URLs
     fraction: float | None = None  # keep this share of the shards, evenly spaced
+    allow_local_shards: bool = False  # a shards_from list that is not a local file may name local paths
 
     @property
     def key(self) -> str:
@@ -79,6 +81,12 @@ def _fraction(i: int, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise InvalidValue(f"sources[{i}].fraction: expected a number in (0, 1], got {value!r}")
     return float(value)
+
+
+def _flag(i: int, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"sources[{i}].{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _seed(value: Any) -> int:
@@ -127,6 +135,7 @@ class MixtureConfig:
                     revision=None if item.get("revision") is None else str(item["revision"]),
                     match=None if item.get("match") is None else str(item["match"]),
                     fraction=_fraction(i, item.get("fraction")),
+                    allow_local_shards=_flag(i, "allow_local_shards", item.get("allow_local_shards", False)),
                 )
             )
         tok = raw.get("tokenizer")
@@ -143,8 +152,10 @@ class MixtureConfig:
             base_dir=base_dir,
         )
 
-    def resolve_shards(self, entry: MixtureEntry) -> list[str]:
-        """Every shard URI of an entry (globs expanded, URL lists read, revision pinned), sorted and de-duplicated."""
+    def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:
+        """Every shard URI of an entry (globs expanded, URL lists read, revision pinned), sorted and de-duplicated;
+        ``allow_local`` (``--allow-local-shards``) or the entry's ``allow_local_shards`` lifts the confinement of
+        shard lists that are not local files."""
         return entry_shards(
             entry.shards,
             entry.shards_from,
@@ -153,4 +164,5 @@ class MixtureConfig:
             revision=entry.revision,
             match=entry.match,
             fraction=entry.fraction,
+            allow_local=allow_local or entry.allow_local_shards,
         )

@@ -2,7 +2,11 @@
 
 - ``shards:`` paths, globs or URLs (relative ones against the mixture's folder);
 - ``shards_from:`` one or more URL-list files (local or remote: one shard URL a line, ``#`` comments;
-  relative lines against the list's folder), as RedPajama-1T and Dolma publish their shards;
+  relative lines against the list's folder), as RedPajama-1T and Dolma publish their shards. Confined: a
+  list that is not a plain local file (a remote one, or one inside an archive, ``zip://…::…``) may name
+  remote URLs and relative paths (under its own folder, on its own storage) only; a local path, ``file://``
+  or a chain through a local file is refused unless the entry says ``allow_local_shards: true`` or the
+  build is given ``--allow-local-shards`` (:func:`confine`);
 - ``match:`` an fnmatch pattern the listed URLs must match (Dolma's single list holds every subset);
 - ``revision:`` the hub commit (or tag) every ``hf://`` path of the entry is read at;
 - ``fraction:`` keep that share of the entry's sorted shards, evenly spaced (at least one).
@@ -79,8 +83,50 @@ def expand(pattern: str, what: str) -> list[str]:
     return found
 
 
-def read_url_list(uri: str) -> list[str]:
-    """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped)."""
+_LOCAL_PROTOCOLS = frozenset({None, "file", "local", "memory"})  # this machine's files (memory: this process')
+
+
+class LocalShardRefused(ElmDataError):
+    """A shard list that is not a local file names a local path (``/etc/…``, ``file://…``)."""
+
+
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` reads this machine's files: a path, ``file://``/``local://``/``memory://``, or a chain
+    (``zip://x::/path/a.zip``, ``simplecache::file://…``) through any of them."""
+    return any(fsspec.core.split_protocol(part)[0] in _LOCAL_PROTOCOLS for part in uri.split("::"))
+
+
+def local_list(uri: str) -> bool:
+    """Whether a shard list at ``uri`` is a plain local file (the user's own), not remote nor inside an archive."""
+    return "::" not in uri and is_local(uri)
+
+
+def confine(listing: str, line: str, allow_local: bool = False) -> None:
+    """Refuse a ``line`` of the list at ``listing`` that would read this machine's files when the list is not a
+    local file (see the module docstring); a relative line stays under the list's own folder, on its storage."""
+    relative = "://" not in line and "::" not in line and not line.startswith("/")
+    if allow_local or relative or local_list(listing) or not is_local(line):
+        return
+    raise LocalShardRefused(
+        f"shard list {redact_uri(listing)} names the local path {redact_uri(line)!r}: a list that is not a local "
+        "file may name only remote URLs or paths under its own folder; if you trust it, set "
+        "`allow_local_shards: true` on the entry or pass --allow-local-shards"
+    )
+
+
+def listed_uri(listing: str, line: str) -> str:
+    """``line`` of the list at ``listing`` as a URL: a relative one against the list's folder, inside a chained
+    list's archive too (``zip://dir/urls.txt::a.zip`` + ``x.jsonl`` → ``zip://dir/x.jsonl::a.zip``)."""
+    if "://" in line or "::" in line or line.startswith("/"):
+        return line
+    head, sep, chain = listing.partition("::")
+    protocol, path = fsspec.core.split_protocol(head)
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), line))
+    return (f"{protocol}://{joined}" if protocol else joined) + sep + chain
+
+
+def read_url_list(uri: str, allow_local: bool = False) -> list[str]:
+    """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped), confined (:func:`confine`)."""
     try:
         with fsspec.open(uri, "rt", encoding="utf-8") as f:
             lines = [line.strip() for line in f]
@@ -90,8 +136,10 @@ def read_url_list(uri: str) -> list[str]:
         if _remote(uri):
             raise unreachable(uri, e) from e
         raise
-    base = posixpath.dirname(uri)
-    return [absolute(line, base) for line in lines if line and not line.startswith("#")]
+    listed = [line for line in lines if line and not line.startswith("#")]
+    for line in listed:
+        confine(uri, line, allow_local)
+    return [listed_uri(uri, line) for line in listed]
 
 
 def every_nth(uris: Sequence[str], fraction: float) -> list[str]:
@@ -108,13 +156,15 @@ def entry_shards(
     revision: str | None = None,
     match: str | None = None,
     fraction: float | None = None,
+    allow_local: bool = False,
 ) -> list[str]:
-    """Every shard URI an entry names, sorted and de-duplicated (see the module docstring)."""
+    """Every shard URI an entry names, sorted and de-duplicated (see the module docstring); ``allow_local`` lets
+    a list that is not a local file name local paths."""
     uris: list[str] = []
     for pattern in shards:
         uris.extend(expand(pin_revision(absolute(pattern, base_dir), revision), what))
     for listing in shards_from:
-        listed = read_url_list(pin_revision(absolute(listing, base_dir), revision))
+        listed = read_url_list(pin_revision(absolute(listing, base_dir), revision), allow_local)
         if match:
             listed = [u for u in listed if fnmatch.fnmatchcase(u, match)]
         if not listed:
