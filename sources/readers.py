@@ -66,8 +66,8 @@ def read_shard(
     stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
     input becomes a Rejection with its location and reason.
 
-    ``select`` (a predicate on the record index, or a collection of indices) reads only some
-    records: an unselected JSONL line is counted but never decoded or parsed, an unselected
+    ``select`` (a predicate on the record index, or a collection of indices) reads only some records: an
+    unselected JSONL line is counted but never decoded or parsed, an unselected
     parquet row is never converted, and a row group none of whose rows is selected is never
     read. A predicate is called lazily, once per index from ``skip`` on, in increasing order,
     when the reader reaches that record (so it may depend on what the caller has consumed).
@@ -80,8 +80,8 @@ def read_shard(
     record boundary inside the shard (a block, see ``sources.blocks``) holds records from this index on.
     ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
     ``parquet_metadata``: the shard's parquet footer, already read (``pyarrow.parquet.FileMetaData``).
-    ``max_record_bytes``: a JSONL line longer than this is a ``record_too_large`` rejection, read in bounded memory
-    (the build and the stream pass the manifest's ``filters.max_record_bytes``, so both see the same records).
+    ``max_record_bytes``: a longer JSONL line is a ``record_too_large`` rejection, read in bounded memory (build
+    and stream pass the manifest's ``filters.max_record_bytes``).
     """
     spec = get_subset(source, subset)
     if skip < 0:
