@@ -61,9 +61,8 @@ def read_shard(
 
     The format comes from the file's first bytes (:func:`detect_format`: gzip, zstd and parquet
     magic, or JSON text, whatever the name says), else from the registry (by file extension for
-    the Pile). ``shard_sha256`` is
-    computed (streamed) when not given. ``skip`` drops the first N records cheaply; indices
-    stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
+    the Pile). ``shard_sha256`` is computed (streamed) when not given. ``skip`` drops the first N records cheaply;
+    indices stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
     input becomes a Rejection with its location and reason.
 
     ``select`` (a predicate on the record index, or a collection of indices) reads only some records: an
