@@ -72,6 +72,39 @@ def test_eval_runs_a_local_task_and_matches_an_independent_scorer(trained_run, l
     assert results["results"][TASK]["acc,none"] == pytest.approx(correct / len(docs))
 
 
+def test_rolling_perplexity_task_scores_each_document_after_one_bos(trained_run, tmp_path, tokenizer_path):  # noqa: F811
+    """A local loglikelihood_rolling task (bits per byte, as lm-eval's wikitext): every document's score and the
+    aggregate equal log p(text | BOS) computed directly with elm-data's forward and SentencePiece."""
+    from elm_data.trainer.evaluate import lm_eval_results
+    from elm_data.trainer.export import export_checkpoint
+
+    texts = ["The river ran past the old stone mill, and the engine hummed.", "émoji 😀 and 中文 in one line.",
+             "def f(x):\n    return x + 1\n", "Winter came early; the silver garden slept under snow."]  # fmt: skip
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (tmp_path / "tasks" / "rolling.yaml").write_text(
+        f"task: elm_data_tiny_rolling\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'tasks' / 'docs.jsonl'}\ntest_split: test\noutput_type: loglikelihood_rolling\n"
+        "doc_to_text: ''\ndoc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
+        "  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+    )
+    checkpoint = trained_run / "checkpoints" / f"step_{STEPS:08d}"
+    export = export_checkpoint(checkpoint, tmp_path / "hf", echo=lambda *_: None)
+    results = lm_eval_results(export, ["elm_data_tiny_rolling"], include_path=tmp_path / "tasks", log_samples=True)
+    model, sp = load_model(checkpoint).eval(), spm.SentencePieceProcessor(model_file=tokenizer_path)
+    expected = []
+    for text in texts:
+        ids = [1, *sp.encode(text)]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].double(), -1)
+        expected.append(sum(float(logp[i - 1, ids[i]]) for i in range(1, len(ids))))
+    samples = sorted(results["samples"]["elm_data_tiny_rolling"], key=lambda s: s["doc_id"])
+    assert [float(s["resps"][0][0]) for s in samples] == pytest.approx(expected, abs=1e-3)
+    bits_per_byte = -sum(expected) / sum(len(t.encode()) for t in texts) / math.log(2)
+    got = results["results"]["elm_data_tiny_rolling"]["bits_per_byte,none"]
+    assert got == pytest.approx(bits_per_byte, rel=1e-5)
+
+
 def test_eval_command_writes_results_beside_the_run_with_held_out_perplexity(trained_run, local_task):  # noqa: F811
     from elm_data.trainer.config import TrainConfig
     from elm_data.trainer.distributed import DistInfo

@@ -1,8 +1,9 @@
 """`elm-data eval`: OpenELM's zero-shot suite through lm-evaluation-harness, plus held-out perplexity.
 
 Benchmarks: ``lm_eval.simple_evaluate`` with its ``hf`` model on a Hugging Face export (a checkpoint is exported to
-a temporary folder first), ``add_bos_token=True`` as Apple evaluates OpenELM. The default tasks are OpenELM's
-zero-shot suite; they download their data from the Hugging Face hub, so without it the command stops with one line.
+a temporary folder first), ``add_bos_token=True`` as Apple evaluates OpenELM (rolling-perplexity documents are
+scored after one BOS, not lm-eval's two: :func:`one_bos_hf_lm`). The default tasks are OpenELM's zero-shot suite;
+they download their data from the Hugging Face hub, so without it the command stops with one line.
 ``--include-path`` adds local task YAMLs (e.g. ``dataset_path: json`` over a local file).
 
 Held-out perplexity (a checkpoint inside a run): the stream resumed from the checkpoint's own stream state yields
@@ -60,17 +61,41 @@ def lm_eval_results(
             f"the tasks' data could not be loaded ({str(error).splitlines()[0][:200]}): the default tasks need the "
             "Hugging Face hub (or its cache); offline, pass --tasks with --include-path to local task YAMLs"
         ) from error
-    model_args = f"pretrained={model_dir},trust_remote_code=True,add_bos_token=True,dtype=float32"
-    return lm_eval.simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=tasks,
-        task_manager=manager,
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        log_samples=log_samples,
-    )
+    model = one_bos_hf_lm(
+        pretrained=str(model_dir), trust_remote_code=True, add_bos_token=True, dtype="float32",
+        batch_size=batch_size, device=device,
+    )  # fmt: skip
+    return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples)
+
+
+def one_bos_hf_lm(**model_args: Any):
+    """lm-eval's ``hf`` model (``HFLM(**model_args)``) whose rolling log-likelihoods condition on one BOS.
+
+    With ``add_bos_token=True`` (as Apple evaluates OpenELM) lm-eval's ``loglikelihood_rolling`` encodes each
+    document with the tokenizer's BOS and then prefixes the first window with ``prefix_token_id`` (BOS) again,
+    so perplexity tasks scored ``log p(BOS | BOS)`` and every token after a doubled BOS (bits per byte 5.727
+    instead of 5.594 on one run). Here the rolling encoding adds no special token: the document is scored as
+    ``log p(t_1 .. t_n | BOS)``, the model's training frame. Multiple-choice and generation keep the tokenizer's
+    BOS (``_encode_pair`` has no prefix of its own).
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    class OneBosHFLM(HFLM):
+        rolling = False
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            self.rolling = True
+            try:
+                return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            finally:
+                self.rolling = False
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+            if self.rolling and add_special_tokens is None:
+                add_special_tokens = False  # lm-eval puts prefix_token_id (BOS) before the first window itself
+            return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+
+    return OneBosHFLM(**model_args)
 
 
 def task_manager(tasks: list[str], include_path: str | Path | None):
