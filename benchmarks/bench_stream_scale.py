@@ -270,7 +270,7 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from elm_data.manifests.identity import manifest_id, merkle_root_of
+    from elm_data.manifests.identity import seal
     from elm_data.manifests.manifest import (
         DOCUMENT_SCHEMA,
         DOCUMENTS_DIR,
@@ -281,7 +281,6 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
         ledger_digest,
         ledger_path,
         shards_table,
-        totals_of,
     )
 
     assert docs_per_block % TOKEN_PERIOD == 0
@@ -351,15 +350,11 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     sequences = {"mode": "packed", "seq_len": SEQ_LEN}
     tok = "0" * 64
     pass_description = {"filters": {}, "tokenizer": {"sha256": tok}}
-    info = {
-        "format_version": FORMAT_VERSION,
-        "manifest_id": manifest_id(records, pass_description, sequences, tok, seed, entries, None, path.name),
-        "merkle_root": merkle_root_of(records), "name": path.name, "tokenizer": {"uri": "unused", "sha256": tok},
+    info = seal({
+        "format_version": FORMAT_VERSION, "name": path.name, "tokenizer": {"uri": "unused", "sha256": tok},
         "filters": {}, "pass": pass_description, "sequences": sequences, "seed": seed,
-        "mixture": [e | {"shards": [], "resolved_shards": sum(r.key == f"{e['source']}/{e['subset']}"
-                                                               for r in records)} for e in entries],
-        "targets": None, "totals": totals_of(records),
-    }  # fmt: skip
+        "mixture": [e | {"shards": []} for e in entries], "targets": None,
+    }, records)  # fmt: skip
     pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
     (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     tmp.rename(path)

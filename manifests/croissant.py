@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import posixpath
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,6 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     manifest = Manifest(manifest_dir)
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
-    created = info["created_at"]
     return {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
@@ -151,14 +151,16 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "description": _dataset_description(manifest),
         "identifier": f"elm-data:manifest:{manifest.manifest_id}",
         "version": "1.0.0",
-        "datePublished": created,
-        "dateCreated": created,
+        "datePublished": _export_date(),
         "license": sorted({r.licence for r in records if r.licence}),
         "keywords": ["language modeling", "pretraining", "OpenELM", "data provenance", *_source_keys(records)],
         "citeAs": OPENELM_CITATION,
-        "creator": {"@type": "sc:Organization", "name": f"elm-data {_tool_version(info)}"},
+        "creator": {"@type": "sc:Organization", "name": "elm-data"},
         **_responsible_ai(info, records),
-        "prov:wasGeneratedBy": {"@type": "prov:Activity", "name": f"elm-data build manifest ({_tool_version(info)})"},
+        "prov:wasGeneratedBy": {
+            "@type": "prov:Activity",
+            "name": f"elm-data build manifest (per-document pass version {info['pass']['pass_version']})",
+        },
         "distribution": [
             *_manifest_file_objects(manifest, base),
             *_ledger_file_objects(manifest, base),
@@ -170,8 +172,14 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     }
 
 
-def _tool_version(info: dict[str, Any]) -> str:
-    return info["tool"]["version"]
+def _export_date() -> str:
+    """Today (UTC), or the day of ``$SOURCE_DATE_EPOCH`` for reproducible exports.
+
+    Not the manifest's ``created_at``: that is outside the manifest id, so a consumer may not publish it.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return moment.date().isoformat()
 
 
 def _source_keys(records: list[ShardRecord]) -> list[str]:

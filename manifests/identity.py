@@ -4,10 +4,12 @@ The manifest id hashes everything a consumer of the manifest reads, and nothing 
 bytes were found: every shard record (source, subset, sha256, counts, the block index with each block's
 ledger digest) without its URI and upstream location — so a local mirror of hub data keeps the id —,
 the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
-sequence config, the tokenizer's sha256, the seed, the mixture weights, the targets and the name.
-``created_at``, the tool version and the shard globs are not part of it. ``totals`` are checked
-against the shard records, and each record's read/filtered/rejected sums against its per-reason buckets
-(invariant 1). :func:`tampering` recomputes all of it from a manifest on disk.
+``filters`` the stream rebuilds its pass from, the sequence config, the tokenizer record (sha256 and what
+is derived from it, minus its URI), the seed, the mixture weights, the targets and the name.
+What stays outside (:data:`OUTSIDE_THE_ID`) is location or build-time annotation; a consumer reads such a
+field only where another check covers it (``docs/ARCHITECTURE.md``, "Every field a consumer reads", lists
+each). ``totals`` are checked against the shard records, and each record's read/filtered/rejected sums
+against its per-reason buckets (invariant 1). :func:`tampering` recomputes all of it from a manifest on disk.
 """
 
 from __future__ import annotations
@@ -62,26 +64,35 @@ def shard_identity(record: ShardRecord) -> dict[str, Any]:
     return row
 
 
+def tokenizer_identity(tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's tokenizer record without its location (the sha256 and what is derived from it)."""
+    return {key: value for key, value in tokenizer.items() if key != "uri"}
+
+
 def manifest_id(
     records: Sequence[ShardRecord],
     pass_description: dict[str, Any],
     sequences: dict[str, Any],
-    tokenizer_sha256: str,
+    tokenizer: dict[str, Any],
     seed: int,
     weights: Sequence[dict[str, Any]],
-    targets: Any = None,
-    name: str | None = None,
+    targets: Any,
+    name: str | None,
+    filters: dict[str, Any],
 ) -> str:
     """sha256 over the canonical JSON of what defines the mixture and what its consumers read.
 
-    ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order.
+    ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order; ``tokenizer``: the
+    manifest's tokenizer record (its ``uri`` is left out); ``filters``: the filter config the stream rebuilds
+    its pass from (``manifest.json``'s ``filters``).
     """
     payload = {
         "format_version": FORMAT_VERSION,
         "shards": [shard_identity(r) for r in records],
         "pass": pass_identity(pass_description),
+        "filters": filters,
         "sequences": sequences,
-        "tokenizer_sha256": tokenizer_sha256,
+        "tokenizer": tokenizer_identity(tokenizer),
         "seed": seed,
         "weights": [{"source": w["source"], "subset": w["subset"], "weight": w.get("weight")} for w in weights],
         "targets": targets,
@@ -90,17 +101,30 @@ def manifest_id(
     return sha256_hex(canonical_json(payload))
 
 
+# Fields of manifest.json the id does not cover, and why: where things were found, or when and by what the
+# build ran. A consumer that reads one relies on the check named here (the enumerating test holds it to this).
+OUTSIDE_THE_ID = {
+    "tokenizer.uri": "where the model was found; the file loaded must hash to tokenizer.sha256 (covered)",
+    "pass.tokenizer.uri": "the same location, as the pass describes itself",
+    "mixture[].shards": "the globs as written; what they resolved to is the shard records (covered)",
+    "created_at": "the build's clock; says nothing about the data",
+    "tool": "the build's elm-data version; the pass it ran is pass.pass_version (covered)",
+    "count_method": "a label; each shard record's count_method is covered",
+}
+
+
 def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) -> str:
     """Recompute a manifest's id from its ``manifest.json`` fields and shard records."""
     return manifest_id(
         records,
         info["pass"],
         info["sequences"],
-        info["tokenizer"]["sha256"],
+        info["tokenizer"],
         info["seed"],
         info["mixture"],
         info["targets"],
         info["name"],
+        info["filters"],
     )
 
 
@@ -124,7 +148,7 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
     try:
         if manifest_id_of_info(info, records) != info.get("manifest_id"):
             problems.append("manifest_id does not recompute from the shard records and config it covers")
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         problems.append(f"manifest.json lacks or mangles {e}")
     if merkle_root_of(records) != info.get("merkle_root"):
         problems.append("the Merkle root of shards.parquet does not match manifest.json")

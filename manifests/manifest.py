@@ -43,7 +43,7 @@ from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 from elm_data.sources.registry import subset_key
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
 CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR)
 DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity

@@ -1,4 +1,4 @@
-"""Synthetic manifests for plan/mixing tests: real format-2 files (block index, per-shard ledgers, id, Merkle root).
+"""Synthetic manifests for plan/mixing tests: real manifest files (block index, per-shard ledgers, id, Merkle root).
 
 No corpus exists behind them (shard URIs point nowhere): they serve everything the plan reads from a
 manifest alone, and ``Manifest()`` accepts them because their id, Merkle root and totals recompute.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from elm_data.manifests.identity import manifest_id, merkle_root_of
+from elm_data.manifests.identity import seal
 from elm_data.manifests.manifest import (
     BLOCK_FIELDS,
     DOCUMENT_SCHEMA,
@@ -21,7 +21,6 @@ from elm_data.manifests.manifest import (
     ShardRecord,
     ledger_digest,
     split_by_block,
-    totals_of,
     write_manifest_dir,
 )
 
@@ -93,18 +92,14 @@ def synthetic_manifest(
     name = path.name
     info = {
         "format_version": FORMAT_VERSION,
-        "manifest_id": manifest_id(records, pass_description, sequences, TOKENIZER_SHA256, seed, entries, None, name),
-        "merkle_root": merkle_root_of(records),
         "name": name,
         "tokenizer": {"uri": "unused", "sha256": TOKENIZER_SHA256},
         "filters": {},
         "pass": pass_description,
         "sequences": sequences,
         "seed": seed,
-        "mixture": [
-            e | {"shards": [], "resolved_shards": len(layout[f"{e['source']}/{e['subset']}"])} for e in entries
-        ],
+        "mixture": [e | {"shards": []} for e in entries],
         "targets": None,
-        "totals": totals_of(records),
     }
+    info = seal(info, records)
     return Manifest(write_manifest_dir(path, info, records, tables))
