@@ -67,8 +67,10 @@ def absolute(pattern: str, base_dir: str) -> str:
 
 
 def expand(pattern: str, what: str) -> list[str]:
-    """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself."""
-    if not any(ch in pattern for ch in GLOB_CHARS):
+    """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself (an http(s) URL's ``?`` starts
+    its query, not a glob)."""
+    searched = pattern.partition("?")[0] if pattern.lower().startswith(("http://", "https://")) else pattern
+    if not any(ch in searched for ch in GLOB_CHARS):
         return [pattern]
     try:
         fs, _, paths = fsspec.get_fs_token_paths(pattern)
@@ -77,7 +79,7 @@ def expand(pattern: str, what: str) -> list[str]:
             raise unreachable(pattern, e) from e
         raise
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found = sorted(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
+    found = sorted(p if protocol == "file" or "://" in p else f"{protocol}://{p}" for p in paths)
     if not found:
         raise NotFound(f"{what}: no shard matches {pattern!r}")
     return found

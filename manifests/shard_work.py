@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from elm_data.core.errors import ElmDataError
-from elm_data.core.redact import redact_uri
+from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
@@ -169,7 +169,7 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
             "reason": item.reason,
             "count": item.count,
             "chars": 0,
-            "detail": item.detail[:SAMPLE_CHARS],
+            "detail": redact_text(item.detail, task.uri)[:SAMPLE_CHARS],  # a library's message may echo the URI
         }
     else:
         prov = item.document.provenance

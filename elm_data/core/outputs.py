@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from elm_data.core.errors import OutputLocked
+from elm_data.core.redact import redact_text
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -235,13 +236,16 @@ def _holder(path: Path) -> str:
 def output_lock(target: str | Path, what: str = "output") -> Iterator[Path]:
     """Hold an exclusive lock on ``target`` (a local path) for the block; refuse at once if another has it.
 
-    The lock file ``.NAME.lock`` beside ``target`` says who holds it; it is removed on release. A lock
-    taken on a file that a releasing holder just removed is retried, so two writers never both hold it.
+    The lock file ``.NAME.lock`` beside ``target`` (mode 0600) says who holds it: pid, host, start time and the
+    command line, redacted (:func:`~elm_data.core.redact.redact_text`); it is removed on release. A lock
+    taken on a file that a releasing holder just removed is retried, so two writers never both hold it. The
+    lock is the ``flock``, not the file: a holder killed with ``kill -9`` leaves the file, but the kernel
+    releases its lock, so the next writer takes it and rewrites the file.
     """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -260,9 +264,10 @@ def output_lock(target: str | Path, what: str = "output") -> Iterator[Path]:
         who = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "command": " ".join(sys.argv)[:200],
+            "command": redact_text(" ".join(sys.argv))[:200],  # redacted whole, then cut: no half-URI escapes
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        os.fchmod(fd, 0o600)  # who holds it is the owner's business (a lock left by an older version too)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(who).encode())
         yield path
