@@ -111,7 +111,7 @@ def test_not_a_sentencepiece_model_is_one_clear_line(cache, tmp_path):
 
 def test_credentials_never_recorded(cache, tokenizer_path, tmp_path):
     assert public_uri("s3://KEY:SECRET@bucket/t.model") == "s3://bucket/t.model"
-    assert public_uri("https://u:p@host/t.model?token=abc&x=1") == "https://host/t.model?x=1"
+    assert public_uri("https://u:p@host/t.model?token=abc&x=1&revision=r") == "https://host/t.model?revision=r"
     url = "https://KEY:SECRET@host/tokenizer.model"
     with pytest.raises(TokenizerNotFound) as err:
         resolve_tokenizer(url)
