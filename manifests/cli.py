@@ -170,6 +170,10 @@ def audit(manifest_dir, targets, fmt, plot_path):
     from .audit import audit_manifest, format_table
     from .build import load_manifest
 
+    if plot_path:  # refused before the work, as a bad flag is
+        from .plot import check_plot_path
+
+        check_plot_path(plot_path)
     result = audit_manifest(load_manifest(manifest_dir), targets=targets)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))

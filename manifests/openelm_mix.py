@@ -69,7 +69,8 @@ def openelm_mixture(preset: str = "openelm", revision: str = "main") -> dict[str
 def hub_commit(repo: str) -> str:
     """The current commit of a hub dataset repo (network; your hub login).
 
-    Offline, not logged in, or the hub refusing: an :class:`ElmDataError` in one line naming the repo.
+    Offline, not logged in, or the hub refusing: an :class:`ElmDataError` in one line naming the repo and what
+    to do about that cause (:func:`hub_failure_hint`).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
@@ -82,9 +83,37 @@ def hub_commit(repo: str) -> str:
     except hub_errors as e:
         reason = (str(e).strip().splitlines() or [""])[0]
         raise ElmDataError(
-            f"cannot ask the hub for the commit of {repo} ({type(e).__name__}: {reason}); "
-            "run without --pin or after `huggingface-cli login`"
+            f"cannot ask the hub for the commit of {repo} ({type(e).__name__}: {reason}); {hub_failure_hint(e)}"
         ) from e
+
+
+def hub_failure_hint(error: BaseException) -> str:
+    """What to do about a failed hub call, by its cause: the network (no connection, a timeout, offline mode),
+    the login (401/403, a gated or unseen repo), or anything else (both)."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if _is_network_error(error) or _is_network_error(error.__cause__):
+        return "the hub is unreachable (network): connect, or run without --pin"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, GatedRepoError | RepositoryNotFoundError) or status in (401, 403):
+        return "the hub refused this login: run `huggingface-cli login` with a token that may read it"
+    if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
+        return "the hub failed; try again later, or run without --pin"
+    return "run without --pin, or check the network and `huggingface-cli login`"
+
+
+# the transports' connection and timeout errors, by class: huggingface_hub 2.x uses httpx2, 1.x httpx, older
+# ones requests (each transport is looked up by name, so none of them is imported or required here)
+_NETWORK_CLASSES = {("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
+                    ("requests", "Timeout")}  # fmt: skip
+
+
+def _is_network_error(error: BaseException | None) -> bool:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if isinstance(error, ConnectionError | TimeoutError | OfflineModeIsEnabled):
+        return True
+    return any((c.__module__.split(".")[0], c.__name__) in _NETWORK_CLASSES for c in type(error).__mro__)
 
 
 def pin_revisions(mixture: dict[str, Any], commit_of: Callable[[str], str] = hub_commit) -> dict[str, Any]:

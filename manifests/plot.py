@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elm_data.core.errors import InvalidValue
 from elm_data.core.outputs import atomic_file
 
 from .audit import Audit, AuditRow
@@ -11,8 +12,24 @@ from .audit import Audit, AuditRow
 MANIFEST_COLOUR, TARGET_COLOUR = "#1f77b4", "#bbbbbb"
 
 
+def check_plot_path(out_path: str | Path) -> Path:
+    """``out_path`` when matplotlib writes its suffix (``.png``, ``.pdf``, ``.svg``, …), else :class:`InvalidValue`."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out_path = Path(out_path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out_path.suffix[1:].lower() not in formats:
+        raise InvalidValue(
+            f"--plot {out_path}: cannot write a {out_path.suffix or 'suffix-less'} file; "
+            f"name it with one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    return out_path
+
+
 def plot_audit(audit: Audit, out_path: str | Path) -> Path:
-    """Horizontal bars of shares in %, manifest vs target, one pair per source/subset; writes a PNG."""
+    """Horizontal bars of shares in %, manifest vs target, one pair per source/subset; writes the chart in the
+    format its suffix names (:func:`check_plot_path` refuses one matplotlib cannot write)."""
+    out_path = check_plot_path(out_path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,9 +70,8 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    out_path = Path(out_path)
     with atomic_file(out_path) as handle:  # the format from the name's suffix, as savefig(out_path) would
-        fig.savefig(handle, format=out_path.suffix[1:] or None)
+        fig.savefig(handle, format=out_path.suffix[1:].lower())
     plt.close(fig)
     return out_path
 

@@ -268,8 +268,14 @@ def _check(tok: LlamaTokenizer, want: str | None, by: str) -> None:
 
 
 def fetch_tokenizer(uri: str = LLAMA2_HUB_URI, sha256: str | None = LLAMA2_SHA256) -> LlamaTokenizer:
-    """Download ``uri`` (default: the Llama-2 model on the hub) into the cache; a wrong sha256 is refused."""
-    if sha256 and cached_path(sha256).exists() and _read_index().get(public_uri(_absolute(uri))) == sha256:
+    """Download ``uri`` (default: the Llama-2 model on the hub) into the cache; a wrong sha256 is refused.
+
+    The default hub model, or a ``uri`` fetched before, whose pinned ``sha256`` is already in the cache (from any
+    location: the cache is keyed by content) is that model, re-hashed as it loads: nothing is downloaded, so it
+    works offline and without a hub login. Another ``uri`` is read, so that a wrong one still fails.
+    """
+    known = uri == LLAMA2_HUB_URI or _read_index().get(public_uri(_absolute(uri))) == sha256
+    if sha256 and known and cached_path(sha256).exists():
         return LlamaTokenizer(str(cached_path(sha256)), expected_sha256=sha256)
     proto = _read_model(_absolute(uri))
     got = hashlib.sha256(proto).hexdigest()

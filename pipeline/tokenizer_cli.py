@@ -20,7 +20,12 @@ def fetch(uri: str, sha256: str, any_sha: bool) -> None:
     """
     from elm_data.pipeline.tokenizer import cached_path, fetch_tokenizer
 
-    tok = fetch_tokenizer(uri, None if any_sha else sha256)
+    pinned = None if any_sha else sha256
+    if pinned and uri == LLAMA2_HUB_URI and cached_path(pinned).exists():
+        tok = fetch_tokenizer(uri, pinned)  # the cached copy, re-hashed; nothing downloaded
+        click.echo(f"already cached: sha256 {tok.sha256} (vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}")
+        return
+    tok = fetch_tokenizer(uri, pinned)
     click.echo(f"cached {tok.uri} (sha256 {tok.sha256}, vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}")
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from elm_data.manifests.manifest import Manifest
+from elm_data.manifests.manifest import Manifest, counts_by_subset
 from elm_data.trainer.audit import audit_run
 
 
@@ -25,10 +25,40 @@ def test_audit_run_explains_a_subset_with_zero_tokens(sample_manifest, tmp_path)
     audit = audit_run(tmp_path / "run")
     notes = [n for n in audit.notes if n.startswith("dolma/wiki:")]
     assert len(notes) == 1, audit.notes
-    assert "weight 0.2% x 14,000 tokens in 20 steps = ~34" in notes[0], notes[0]
-    assert "under one of its documents" in notes[0] and "expect its first after ~" in notes[0]
+    assert "weight 0.2% x 14,000 tokens in 20 steps = ~34 expected" in notes[0], notes[0]
+    assert "a likely draw at this scale" in notes[0] and "expect its first document after ~" in notes[0]
     assert not [n for n in audit.notes if n.startswith("refinedweb/default:")]
     assert "dolma/wiki: 0 tokens" in audit.format_table()
+
+
+def _zero_note(audit, key: str) -> str:
+    (note,) = [n for n in audit.notes if n.startswith(f"{key}:")]
+    return note
+
+
+@pytest.mark.parametrize("scale", [2, 20])  # ~20 documents drawn; ~200 documents drawn
+def test_zero_tokens_warn_only_when_improbable(sample_manifest, tmp_path, scale):
+    """pile/default's weight share is 207/1784 = 11.6%: with ~20 documents drawn none of them is pile's with
+    probability 0.884**20 ~ 0.08 (a likely draw, not a warning, although its expected tokens exceed one of its
+    documents); with ~200, 0.884**200 ~ 2e-11 (the weights are suspect)."""
+    per_doc = {"refinedweb/default": 19276 / 15, "redpajama/c4": 27518 / 17, "dolma/stack": 31480 / 16}
+    consumed = {"refinedweb/default": 9000 * scale, "redpajama/c4": 2600 * scale, "dolma/stack": 3400 * scale}
+    _fake_run(tmp_path / "run", sample_manifest, consumed, step=10 * scale)
+    audit = audit_run(tmp_path / "run")
+    kept = {k: c.tokens for k, c in counts_by_subset(Manifest(sample_manifest).shards).items()}
+    assert kept["pile/default"] == 51137 and {k: round(kept[k] / v) for k, v in per_doc.items()} == {
+        "refinedweb/default": 15, "redpajama/c4": 17, "dolma/stack": 16}  # fmt: skip
+    share = 207 / sum(e["weight"] for e in Manifest(sample_manifest).info["mixture"])
+    draws = sum(consumed[k] / v for k, v in per_doc.items())
+    expected_tokens = share * sum(consumed.values())
+    note = _zero_note(audit, "pile/default")
+    assert f"= ~{expected_tokens:,.0f} expected" in note and f"~{share * draws:.1f} of ~{draws:,.0f}" in note, note
+    assert f"P(none drawn) = {(1 - share) ** draws:.2g}" in note, note
+    assert expected_tokens > kept["pile/default"] / 25  # more than one of its documents expected, both times
+    if scale == 2:
+        assert "check the run's weights" not in note and "a likely draw" in note, note
+    else:
+        assert note.endswith("improbable: check the run's weights"), note
 
 
 def test_a_zero_weight_is_named_as_such(sample_manifest, tmp_path):

@@ -23,6 +23,13 @@ pytestmark = pytest.mark.slow  # each test trains a run end to end first
 STEPS, ACCUM = 12, 2
 
 
+def brute_batches(config, manifest: Path, steps: int) -> list[dict]:
+    """The batches the run consumed in its first ``steps`` steps, replayed from the stream."""
+    loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(manifest)), DistInfo())
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(steps * ACCUM)]
+
+
 def brute_force(config, manifest: Path, steps: int) -> dict[str, list[tuple]]:
     """Replay the run's stream and scan every span of every batch it consumed."""
     loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(manifest)), DistInfo())
@@ -63,7 +70,17 @@ def test_trace_doc_of_an_unconsumed_or_unknown_document(sample_manifest, tmp_pat
     config = small_config(sample_manifest, max_steps=1, tokens_per_step=2 * ACCUM * 32)
     run = train(config, out_dir=tmp_path / "run", progress=False).run_dir
     key = Manifest(sample_manifest).shards[0].key
-    assert trace_doc(run, f"{key}:no-such-document") == []
+    with pytest.raises(AuditError, match="no such document"):
+        trace_doc(run, f"{key}:no-such-document")
+    result = CliRunner().invoke(trace_command, [str(run), "--doc", f"{key}:no-such-document"])
+    assert result.exit_code == 2 and "no such document" in result.output
+    consumed = {f"{s['source']}/{s['subset']}:{s['doc_id']}" for b in brute_batches(config, sample_manifest, 1)
+                for row in b["spans"] for s in row}  # fmt: skip
+    ledger = Manifest(sample_manifest).documents(0).to_pylist()
+    kept = [f"{key}:{d['doc_id']}" for d in ledger if d["status"] == "kept"]
+    never = next(ref for ref in kept if ref not in consumed)
+    result = CliRunner().invoke(trace_command, [str(run), "--doc", never])
+    assert result.exit_code == 0 and "never consumed by this run: 0 rows" in result.output, result.output
     with pytest.raises(AuditError, match="not in the run's manifest"):
         trace_doc(run, "nowhere/none:doc")
     result = CliRunner().invoke(trace_command, [str(run), "--doc", "bad-ref"])

@@ -185,30 +185,44 @@ def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, i
     return {k: float(w) / total for k, w in weights.items()} if total else {}
 
 
+IMPROBABLE = 1e-3  # a subset's 0 tokens is flagged when the chance of drawing none of its documents is below this
+
+
 def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Manifest, last_step: int) -> list[str]:
-    """Why a subset the manifest holds got no tokens: its weighted share of so few steps is under one document."""
+    """Why a subset the manifest holds got no tokens: the tokens its weight predicts, and how likely none was.
+
+    The run drew about ``n`` documents (each subset's consumed tokens over its mean document length, summed);
+    a subset of weight share ``w`` then gets none of them with probability ``(1 - w) ** n`` (each weighted draw
+    is independent; the natural order is deterministic and even likelier to give 0 to a tiny share). Only a
+    probability under :data:`IMPROBABLE` warns "check the run's weights"; otherwise the note states the
+    expected count and that 0 is a likely draw at this scale.
+    """
     zero = [r for r in rows if r.consumed_tokens == 0 and r.kept_tokens > 0]
     consumed = sum(r.consumed_tokens for r in rows)
     if not zero or not consumed or not last_step:
         return []
     kept_docs = {key: counts.docs_kept for key, counts in counts_by_subset(manifest.shards).items()}
+    per_doc = {r.key: r.kept_tokens / max(1, kept_docs.get(r.key, 0)) for r in rows if r.kept_tokens}
+    draws = sum(r.consumed_tokens / per_doc[r.key] for r in rows if r.consumed_tokens and r.key in per_doc)
     shares = _weight_shares(header, manifest, {r.key: r.kept_tokens for r in rows})
-    notes = []
-    for r in zero:
-        share = shares.get(r.key, 0.0)
-        if not share:
-            notes.append(f"{r.key}: 0 tokens: its mixing weight is 0")
-            continue
-        expected = share * consumed
-        per_doc = r.kept_tokens / max(1, kept_docs.get(r.key, 0))
-        steps = per_doc / (share * consumed / last_step)
-        notes.append(
-            f"{r.key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {last_step} steps = ~{expected:,.0f}, "
-            f"under one of its documents (~{per_doc:,.0f} tokens); expect its first after ~{steps:,.0f} steps"
-            if expected < per_doc
-            else f"{r.key}: 0 tokens although weight {share:.1%} predicts ~{expected:,.0f}: check the run's weights"
-        )
-    return notes
+    return [zero_token_note(r.key, shares.get(r.key, 0.0), consumed, last_step, per_doc[r.key], draws) for r in zero]
+
+
+def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: float, draws: float) -> str:
+    """The note for one subset that got 0 tokens (see :func:`zero_token_notes` for the probability model)."""
+    if not share:
+        return f"{key}: 0 tokens: its mixing weight is 0"
+    expected = share * consumed
+    p_none = (1.0 - share) ** draws
+    said = (
+        f"{key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {steps} steps = ~{expected:,.0f} expected "
+        f"(~{share * draws:.1f} of ~{draws:,.0f} documents drawn, ~{per_doc:,.0f} tokens each); "
+        f"P(none drawn) = {p_none:.2g}"
+    )
+    if p_none < IMPROBABLE:
+        return f"{said}, improbable: check the run's weights"
+    first = steps / (share * draws)  # steps per document of this subset, at the run's rate of draws
+    return f"{said}: a likely draw at this scale; expect its first document after ~{first:,.0f} steps"
 
 
 # ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone ----------------

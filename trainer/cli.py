@@ -193,6 +193,13 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return
     steps = sorted({h.step for h in hits})
+    if not hits:  # trace_doc refused a document the manifest lacks: this one is there, and was never fed
+        from .trace import RunPlan, ledger_status, parse_doc_ref
+
+        status, reason = ledger_status(RunPlan(run_dir, manifest_dir).manifest, *parse_doc_ref(doc_ref))
+        why = f"{status} ({reason})" if reason else status
+        click.echo(f"{doc_ref}: in the manifest ({why}), never consumed by this run: 0 rows")
+        return
     click.echo(f"{doc_ref}: {len(hits)} row(s) in {len(steps)} step(s)")
     click.echo(f"{'step':>8}{'batch':>8}{'rank':>6}{'micro':>7}{'row':>6}{'row span':>14}{'doc span':>16}")
     for h in hits:

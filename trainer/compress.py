@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, load_model, save_model
@@ -176,6 +177,15 @@ class PalettizedLM(nn.Module):
         return F.linear(hidden, weight)
 
 
+def require_coremltools() -> None:
+    """Refuse (one line, the pip hint) where the ``compress`` extra (coremltools' DKM palettizer) is absent."""
+    try:
+        import coremltools.optimize.torch.palettization  # noqa: F401
+    except ImportError as error:
+        hint = "pip install 'elm-data[compress]'"
+        raise ElmDataError(f"elm-data compress needs coremltools: {hint} ({error})") from error
+
+
 def palettizer_config(model: nn.Module, spec: PaletteSpec):
     """``DKMPalettizerConfig``: linears (and the embedding if asked), minus ``exclude``; nothing else."""
     from coremltools.optimize.torch.palettization import DKMPalettizerConfig
@@ -276,6 +286,7 @@ def compress(
     """Fine-tune ``source`` under DKM clustering per ``config``, finalize, and write the run directory."""
     run_dir = Path(out_dir).resolve() if out_dir else config.train.run_dir
     refuse_used_run_dir(run_dir, DistInfo(), "choose another --out")
+    require_coremltools()  # before the run directory exists: a missing extra leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)  # eDKM's one-process group keeps its store file here
     trainer = CompressTrainer(source, config, run_dir, progress=progress)
     trainer.setup()

@@ -215,8 +215,8 @@ def export_checkpoint(
     if run is not None:
         proto = tokenizer_bytes(tokenizer, run.header["tokenizer"], required=tokenizer is not None)
         extra = checkpoint_card(run)
-    elif tokenizer is not None:
-        proto = tokenizer_bytes(tokenizer, None, required=True)
+    else:  # outside a run: the documented order (--tokenizer > $ELM_DATA_TOKENIZER > the cache)
+        proto = tokenizer_bytes(tokenizer, None, required=tokenizer is not None)
     if proto is None:
         echo("no tokenizer found: the export has none (pass --tokenizer or set $ELM_DATA_TOKENIZER)")
     export_hf(model, out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto, extra_files=extra)
@@ -230,7 +230,9 @@ def export_init(name: str, out_dir: str | Path, seed: int = 0, dtype: str | None
     config = OpenELMConfig.named(name)
     echo(f"initialising OpenELM-{name} ({config.num_parameters():,} parameters, seed {seed}) ...")
     torch.manual_seed(seed)
-    proto = tokenizer_bytes(tokenizer, None, required=False) if tokenizer else None
+    proto = tokenizer_bytes(tokenizer, None, required=tokenizer is not None)  # as export_checkpoint resolves it
+    if proto is None:
+        echo("no tokenizer found: the export has none (pass --tokenizer or set $ELM_DATA_TOKENIZER)")
     export_hf(OpenELM(config), out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto)
     return Path(out_dir)
 

@@ -99,7 +99,24 @@ def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = N
                 if s["doc_id"] == doc_id and subset_key(s["source"], s["subset"]) == key:
                     hits.append(DocHit(step, bp.batch, rank, micro, row, s["shard_sha256"], s["index"],
                                        s["start"], s.get("end"), s.get("doc_start"), s.get("doc_end")))  # fmt: skip
+    if not hits:
+        ledger_status(run.manifest, key, doc_id)  # refuses a document the manifest does not hold
     return hits
+
+
+def ledger_status(manifest, key: str, doc_id: str) -> tuple[str, str | None]:
+    """``(status, reason)`` of ``doc_id`` in the ledger of subset ``key`` (kept, filtered or rejected); an
+    :class:`AuditError` ("no such document") when no shard of the subset holds it."""
+    import pyarrow.compute as pc
+
+    for shard in manifest.shards:
+        if shard.key != key:
+            continue
+        table = manifest.documents(shard.shard, ["doc_id", "status", "reason"])
+        found = table.filter(pc.equal(table["doc_id"], doc_id))
+        if found.num_rows:
+            return found["status"][0].as_py(), found["reason"][0].as_py()
+    raise AuditError(f"no such document: {key}:{doc_id} is not in the ledger of manifest {manifest.manifest_id[:12]}…")
 
 
 # ---- `trace --text`: the consumed documents holding the longest spans of a text (a suffix array) ------------
