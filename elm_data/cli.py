@@ -158,9 +158,18 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
     return code
 
 
+def _absolute_tokenizer_variable() -> None:
+    """A relative ``$ELM_DATA_TOKENIZER`` means a path from where the command was started: made absolute once,
+    here, so it still names that file after a chdir and in the processes a command starts (Beam, torchrun)."""
+    given = os.environ.get("ELM_DATA_TOKENIZER")
+    if given and "://" not in given:
+        os.environ["ELM_DATA_TOKENIZER"] = os.path.abspath(os.path.expanduser(given))
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the command line; return its exit code (the one error handler: see the module docstring)."""
     _debug["on"] = bool(os.environ.get("ELM_DATA_DEBUG"))  # --debug sets it for this run only
+    _absolute_tokenizer_variable()
     stop_on_sigterm()
     try:
         code = cli.main(args=args, prog_name="elm-data", standalone_mode=False)

@@ -1,4 +1,4 @@
-"""`elm-data demo`: the whole product on the bundled sample corpus, in about a minute on two CPU cores.
+"""`elm-data demo`: the whole product on the bundled sample corpus, in ~45 CPU-s (2.5 min wall on a busy 2-core VM).
 
 sample shards (every source in its native format) → manifest → verify → audit (+ plot)
 → Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export.
@@ -137,7 +137,7 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
 
 
 @command("demo")
-@click.argument("out_dir", default="elm-data-demo", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", default="demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 20].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Manifest build processes.")

@@ -10,8 +10,10 @@ at assembly into ``dropped_samples.jsonl`` (an inspection aid outside the manife
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -309,7 +311,8 @@ def build_manifest(
     else:
         from .beam import run_beam
 
-        run_beam(tasks, spec, work, beam_args, dropped_per_reason=dropped_samples, portable=runner == "beam-portable")
+        with _polled_progress(work, len(tasks), progress):
+            run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
         reused = 0
     records = collect(tasks, work, accept_damaged)
     info = manifest_info(mixture, records, tok, pass_description, targets)
@@ -317,6 +320,34 @@ def build_manifest(
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
+
+
+@contextlib.contextmanager
+def _polled_progress(work: BuildWorkspace, shards: int, progress: bool, every_s: float = 1.0) -> Iterator[None]:
+    """A bar (stderr, with the time left) of the shards the Beam workers have finished, read from the workspace
+    every ``every_s`` seconds while the pipeline runs (Beam reports nothing to the submitting process)."""
+    if not progress:
+        yield
+        return
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(total=shards, unit="shard", desc="counting shards (beam)", dynamic_ncols=True)
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(OSError):
+                bar.update(min(shards, work.finished_shards()) - bar.n)
+
+    poller = threading.Thread(target=poll, name="beam-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+        bar.update(min(shards, work.finished_shards()) - bar.n)
+    finally:
+        stop.set()
+        poller.join()
+        bar.close()
 
 
 def _check_build_args(runner: str, dropped_samples: int, block_bytes: int) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import fsspec
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.core.redact import redact_uri
@@ -546,8 +547,10 @@ def estimate_mixture(
     seed: int = 0,
     tokenizer: str | LlamaTokenizer | None = None,
     workers: int = 1,
+    progress: bool = False,
 ) -> Estimate:
-    """Estimate every subset of the mixture at ``mixture_path`` from about ``sample_docs`` records each."""
+    """Estimate every subset of the mixture at ``mixture_path`` from about ``sample_docs`` records each
+    (``progress``: a bar on stderr over the subsets, with the time left)."""
     if sample_docs < 1:
         raise InvalidValue(f"sample_docs must be >= 1, got {sample_docs}")
     started = time.perf_counter()
@@ -555,7 +558,8 @@ def estimate_mixture(
     tok = tokenizer if isinstance(tokenizer, LlamaTokenizer) else resolve_tokenizer(tokenizer, mixture.tokenizer)
     doc_pass = DocumentPass(mixture.filters, mixture.sequences, tok, num_threads=1)
     subsets = []
-    for entry in mixture.entries:
+    bar = tqdm(mixture.entries, desc="sampling subsets", unit="subset", disable=not progress, dynamic_ncols=True)
+    for entry in bar:
         rng = random.Random(f"{seed}:{entry.key}")
         subsets.append(estimate_entry(mixture, entry, doc_pass, sample_docs, rng))
     windowed = [s.key for s in subsets if s.windowed]

@@ -44,5 +44,7 @@ def estimate(mixture: str, sample_docs: int, seed: int, tokenizer: str | None, w
 
     from .estimate import estimate_mixture, format_estimate
 
-    est = estimate_mixture(mixture, sample_docs=sample_docs, seed=seed, tokenizer=tokenizer, workers=workers)
+    est = estimate_mixture(
+        mixture, sample_docs=sample_docs, seed=seed, tokenizer=tokenizer, workers=workers, progress=True
+    )
     click.echo(json.dumps(est.to_dict(), indent=1) if fmt == "json" else format_estimate(est))

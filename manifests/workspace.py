@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,6 +97,11 @@ class BuildWorkspace:
                 return json.loads(f.read())
         except FileNotFoundError:
             return None
+
+    def finished_shards(self) -> int:
+        """How many shards hold a committed result or an error (one listing; a progress figure, not a check)."""
+        names = (name.rsplit("/", 1)[-1] for name in self.fs.ls(self._root, detail=False))
+        return sum(bool(re.fullmatch(r"shard-\d+(\.error)?\.json", name)) for name in names)
 
     # -- per-shard results ---------------------------------------------------------------------
     def committed(self, shard: int) -> CommittedShard | None:

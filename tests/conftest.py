@@ -14,6 +14,12 @@ import pytest
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2" / "tokenizer.model"
 
+# README command 2 sets ELM_DATA_TOKENIZER=../shared/...: relative to where pytest starts. Tests chdir (and start
+# processes elsewhere), so the path is made absolute once, here, as `elm-data` itself does when it starts.
+_given = os.environ.get("ELM_DATA_TOKENIZER")
+if _given and "://" not in _given:
+    os.environ["ELM_DATA_TOKENIZER"] = os.path.abspath(os.path.expanduser(_given))
+
 # Tests never read or fill the user's tokenizer cache (~/.cache/elm-data): one fresh cache per session.
 os.environ["ELM_DATA_CACHE"] = tempfile.mkdtemp(prefix="elm-data-test-cache-")
 atexit.register(shutil.rmtree, os.environ["ELM_DATA_CACHE"], ignore_errors=True)

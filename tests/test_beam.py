@@ -39,3 +39,5 @@ def test_beam_runner_from_the_cli(sample_dir, tokenizer_path, sample_manifest, t
     )
     assert result.exit_code == 0, result.output
     assert Manifest(out).manifest_id == Manifest(sample_manifest).manifest_id
+    shards = len(Manifest(out).shards)  # the bar polled from the workspace while Beam ran, and ended full
+    assert "counting shards (beam)" in result.stderr and f"{shards}/{shards}" in result.stderr, result.stderr

@@ -88,7 +88,7 @@ def test_cli_estimate_json_and_one_line_errors(sample_dir, tokenizer_path, tmp_p
         cli, ["estimate", str(sample_dir / "mixture.yaml"), "--sample-docs", "4", "--format", "json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["total"]["tokens"]["value"] > 0
+    assert json.loads(result.stdout)["total"]["tokens"]["value"] > 0  # the progress bar is on stderr
     missing = runner.invoke(cli, ["estimate", str(tmp_path / "nope.yaml")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
 

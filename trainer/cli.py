@@ -236,7 +236,7 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
     from .efficiency import Matrix, run_matrix
 
     matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
-    result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo)
+    result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo, progress=True)
     if not result.main:  # under torchrun only rank 0 reports
         return
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
@@ -327,9 +328,11 @@ def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Ti
     amp_dtype = autocast_dtype(device, config.precision)
     iterator = iter(build_loader(config, config.manifest_dir, env["tokenizer"], info))
     timings = Timings()
+    steps = tqdm(range(config.max_steps), desc=env.get("cell_label", "cell"), unit="step", leave=False,
+                 disable=not (env.get("progress") and info.is_main), dynamic_ncols=True)  # fmt: skip
     try:
         with attention_context(cell.attention):
-            for _ in range(config.max_steps):
+            for _ in steps:
                 started = time.perf_counter()
                 batch = next(iterator, None)
                 if batch is None:
@@ -346,6 +349,7 @@ def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Ti
                 timings.tokens.append(stats.positions)
                 timings.losses.append(stats.loss)
     finally:
+        steps.close()
         iterator.close()  # stops the DataLoader's workers
     return timings, sum(p.numel() for p in model.parameters())
 
@@ -470,16 +474,22 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
     }
 
 
-def run_matrix(matrix: Matrix, out_dir: str | Path, tokenizer: str | None = None, echo=print) -> MatrixResult:
-    """Run every cell, appending each row to ``cells.jsonl`` as it finishes; then the CSV, JSON and plots."""
+def run_matrix(
+    matrix: Matrix, out_dir: str | Path, tokenizer: str | None = None, echo=print, progress: bool = False
+) -> MatrixResult:
+    """Run every cell, appending each row to ``cells.jsonl`` as it finishes; then the CSV, JSON and plots.
+
+    ``progress``: a bar (stderr, rank 0) over each cell's steps, with its rate and time left."""
     out_dir = Path(out_dir)
-    env = environment(matrix, tokenizer)
+    env = environment(matrix, tokenizer) | {"progress": progress}
     main = env["info"].is_main
     if main:
         prepare_out(out_dir)
     rows = []
     try:
-        for index, cell in enumerate(matrix.cells()):
+        cells = list(matrix.cells())
+        for index, cell in enumerate(cells):
+            env["cell_label"] = f"cell {index + 1}/{len(cells)}"
             row = run_cell(matrix, index, cell, env)
             rows.append(row)
             if main:

@@ -47,7 +47,7 @@ def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -
         if len(paths) != 1:
             raise click.UsageError("with --init give only OUT_DIR")
         E.refuse_overwrite(paths[0], overwrite)
-        E.export_init(init, paths[0], seed, dtype, tokenizer, echo=click.echo)
+        E.export_init(init, paths[0], seed, dtype, tokenizer, echo=click.echo, progress=True)
         return
     if len(paths) != 2:
         raise click.UsageError("give CHECKPOINT (or RUN) and OUT_DIR, or --init NAME OUT_DIR")

@@ -148,9 +148,10 @@ def _full_pass(ts, loader, as_json: bool) -> None:
 
     from .consumed import expected_natural_pass
 
-    with tqdm(unit="seq", desc="streaming one natural pass", dynamic_ncols=True, disable=None) as bar:
-        for batch in loader:
-            bar.update(len(batch["input_ids"]))
+    total = sum(expected_natural_pass(ts.manifest.shards).values()) if ts.config.mode == "packed" else None
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="streaming one natural pass", dynamic_ncols=True) as bar:
+        for _ in loader:  # the bar counts the tokens consumed so far (packed: of the pass's known total)
+            bar.update(sum(loader.consumed.to_dict().values()) - bar.n)
     stats = loader.stats()
     if ts.config.mode == "packed":
         expected = expected_natural_pass(ts.manifest.shards)
