@@ -309,17 +309,22 @@ def build_manifest(
     if runner == "local":
         reused = _count_locally(tasks, spec, work, workers, dropped_samples, progress, on_shard_done)
     else:
-        from .beam import run_beam
-
-        with _polled_progress(work, len(tasks), progress):
-            run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
-        reused = 0
+        reused = _count_with_beam(tasks, spec, work, beam_args, dropped_samples, runner, progress)
     records = collect(tasks, work, accept_damaged)
     info = manifest_info(mixture, records, tok, pass_description, targets)
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
     return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
+
+
+def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool) -> int:
+    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none."""
+    from .beam import run_beam
+
+    with _polled_progress(work, len(tasks), progress):
+        run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
+    return 0
 
 
 @contextlib.contextmanager
