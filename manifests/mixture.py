@@ -28,26 +28,38 @@ and are sorted, so a mixture always names the same shards in the same order
 
 from __future__ import annotations
 
-import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
-import yaml
-
 from elm_data.core.errors import InvalidValue
+from elm_data.core.settings import Settings, SettingsError, check_keys, config_dir, convert, load_mapping, resolve_path
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.sources.registry import subset_key
 
 from .shard_lists import entry_shards
 
+# The top-level keys of mixture.yaml and what each must hold (``sources`` is read entry by entry).
+MIXTURE_KEYS: dict[str, Any] = {
+    "name": str | None,
+    "seed": int,
+    "tokenizer": str | None,
+    "targets": str | None,
+    "filters": dict | None,
+    "sequences": dict | None,
+    "sources": list,
+}
+
 
 @dataclass(frozen=True)
-class MixtureEntry:
+class MixtureEntry(Settings):
+    """One ``sources:`` entry. ``weight`` omitted: the subset keeps its natural share of the tokens in a weighted
+    stream (:func:`resolved_weights`); ``shards``/``shards_from`` take one string or a list."""
+
     source: str
-    subset: str
-    shards: tuple[str, ...]
+    subset: str = "default"
+    shards: tuple[str, ...] = ()
     weight: float | None = None
     shards_from: tuple[str, ...] = ()  # URL-list files
     revision: str | None = None  # hub commit for the entry's hf:// paths
@@ -55,44 +67,34 @@ class MixtureEntry:
     fraction: float | None = None  # keep this share of the shards, evenly spaced
     allow_local_shards: bool = False  # a shards_from list that is not a local file may name local paths
 
+    def __post_init__(self) -> None:
+        if self.weight is not None and not 0 <= self.weight < float("inf"):
+            raise InvalidValue(f"weight: expected a number >= 0, got {self.weight!r}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise InvalidValue(f"fraction: expected a number in (0, 1], got {self.fraction!r}")
+        if not (self.shards or self.shards_from):
+            raise InvalidValue("shards: lacks ['shards (or shards_from)']: an entry names shards or a URL list")
+
     @property
     def key(self) -> str:
         return subset_key(self.source, self.subset)
 
-
-def _weight(i: int, value: Any) -> float | None:
-    """A mixing weight: omitted (natural proportion) or a finite number >= 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise InvalidValue(f"sources[{i}].weight: expected a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
-
-
-def _fraction(i: int, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise InvalidValue(f"sources[{i}].fraction: expected a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _flag(i: int, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidValue(f"sources[{i}].{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidValue(f"seed: expected an integer, got {value!r}")
-    return value
+    @classmethod
+    def from_dict(cls, i: int, item: Any) -> MixtureEntry:
+        """Entry ``i`` of ``sources:``; every message names ``sources[i]`` and the key."""
+        where = f"sources[{i}]"
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"{where}: lacks ['source', 'shards'] (an entry is a mapping, got {item!r})")
+        item = {k: [v] if k in ("shards", "shards_from") and isinstance(v, str) else v for k, v in item.items()}
+        if "subset" in item and not item["subset"]:
+            item.pop("subset")  # `subset:` left empty: the source's only subset
+        kwargs = cls.check_mapping(item, where)
+        for key in ("weight", "fraction"):
+            kwargs[key] = None if kwargs.get(key) is None else float(kwargs[key])
+        try:
+            return cls(**kwargs)
+        except InvalidValue as error:
+            raise SettingsError(f"{where}.{error}") from None
 
 
 @dataclass(frozen=True)
@@ -108,47 +110,28 @@ class MixtureConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> MixtureConfig:
-        path = str(path)
-        with fsspec.open(path, "rt") as f:
-            raw = yaml.safe_load(f) or {}
-        base = posixpath.dirname(path) if "://" in path else str(Path(path).resolve().parent)
-        return cls.from_dict(raw, base_dir=base)
+        """``mixture.yaml`` read by the one settings loader; any refusal names the file and the key."""
+        raw = load_mapping(path, "mixture")
+        try:
+            return cls.from_dict(raw, base_dir=config_dir(path))
+        except SettingsError as error:
+            raise SettingsError(f"mixture {path}: {error}") from None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str = ".") -> MixtureConfig:
         if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list) or not raw["sources"]:
-            raise InvalidValue("sources: the mixture config needs a non-empty `sources:` list")
-        entries = []
-        for i, item in enumerate(raw["sources"]):
-            missing = {"source"} - set(item) if isinstance(item, dict) else {"source", "shards"}
-            if not missing and not (item.get("shards") or item.get("shards_from")):
-                missing = {"shards (or shards_from)"}
-            if missing:
-                raise InvalidValue(f"sources[{i}]: lacks {sorted(missing)}")
-            entries.append(
-                MixtureEntry(
-                    source=str(item["source"]),
-                    subset=str(item.get("subset") or "default"),
-                    shards=_strings(item.get("shards")),
-                    weight=_weight(i, item.get("weight")),
-                    shards_from=_strings(item.get("shards_from")),
-                    revision=None if item.get("revision") is None else str(item["revision"]),
-                    match=None if item.get("match") is None else str(item["match"]),
-                    fraction=_fraction(i, item.get("fraction")),
-                    allow_local_shards=_flag(i, "allow_local_shards", item.get("allow_local_shards", False)),
-                )
-            )
-        tok = raw.get("tokenizer")
-        if tok and "://" not in str(tok) and not Path(tok).is_absolute():
-            tok = str(Path(base_dir) / tok)
+            raise SettingsError("sources: the mixture config needs a non-empty `sources:` list")
+        check_keys(raw, MIXTURE_KEYS)
+        values = {key: convert(value, MIXTURE_KEYS[key], key) for key, value in raw.items()}
+        tokenizer = values.get("tokenizer")
         return cls(
-            name=str(raw.get("name") or "mixture"),
-            entries=tuple(entries),
-            filters=FilterConfig.from_dict(raw.get("filters")),
-            sequences=SequenceConfig.from_dict(raw.get("sequences")),
-            seed=_seed(raw.get("seed", 0)),
-            tokenizer=tok,
-            targets=raw.get("targets", "openelm"),
+            name=values.get("name") or "mixture",
+            entries=tuple(MixtureEntry.from_dict(i, item) for i, item in enumerate(raw["sources"])),
+            filters=FilterConfig.from_dict(values.get("filters")),
+            sequences=SequenceConfig.from_dict(values.get("sequences")),
+            seed=values.get("seed", 0),
+            tokenizer=resolve_path(tokenizer, base_dir) if tokenizer else None,
+            targets=values.get("targets", "openelm"),
             base_dir=base_dir,
         )
 

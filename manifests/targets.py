@@ -10,40 +10,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import fsspec
-import yaml
-
 from elm_data.core.errors import InvalidValue, NotFound
+from elm_data.core.settings import SettingsError, check_keys, describe, load_mapping, resolve_path
 from elm_data.sources.registry import OPENELM_TARGETS
 
 PRESETS = ("openelm",)
 
 
 def load_targets(spec: str | dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
-    """``{"name": str, "tokens": {"source/subset": int}}`` from a preset name, a YAML file or a dict."""
+    """``{"name": str, "tokens": {"source/subset": int}}`` from a preset name, a YAML file or a dict.
+
+    A file is read by the one settings loader (:func:`~elm_data.core.settings.load_mapping`); with a
+    ``targets:`` section, its only other key is ``name:``; every count is an integer >= 0."""
     if isinstance(spec, dict):
         return _normalise(spec.get("name", "custom"), spec.get("tokens", spec))
     if spec in PRESETS:
         return _normalise("openelm", OPENELM_TARGETS)
-    path = spec if "://" in spec or Path(spec).is_absolute() else str(Path(base_dir) / spec)
+    path = resolve_path(spec, base_dir)
     try:
-        with fsspec.open(path, "rt") as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
+        raw = load_mapping(path, "targets")
+    except NotFound:
         raise NotFound(f"targets {spec!r}: neither a preset {PRESETS} nor a readable YAML file") from None
-    if not isinstance(raw, dict):
-        raise InvalidValue(f"{path}: targets must be a mapping of 'source/subset' to tokens")
-    return _normalise(raw.get("name", Path(path).stem), raw.get("targets", raw))
+    try:
+        if "targets" in raw:
+            check_keys(raw, ("name", "targets"))
+        return _normalise(raw.get("name", Path(path).stem), raw.get("targets", raw))
+    except InvalidValue as error:
+        raise SettingsError(f"targets {path}: {error}") from None
 
 
-def _normalise(name: str, tokens: dict[str, Any]) -> dict[str, Any]:
+def _normalise(name: Any, tokens: Any) -> dict[str, Any]:
+    if not isinstance(tokens, dict):
+        raise SettingsError(f"targets: expected a mapping of 'source/subset' to tokens, got {describe(tokens)}")
     out = {}
     for key, value in tokens.items():
         if key == "name":
             continue
         if "/" not in str(key):
-            raise InvalidValue(f"target key {key!r} must be 'source/subset'")
+            raise SettingsError(f"target key {key!r} must be 'source/subset'")
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 2.8e+10 is a count
+        if isinstance(value, bool) or not whole or value < 0:
+            raise SettingsError(f"{key}: expected a token count (an integer >= 0), got {describe(value)}")
         out[str(key)] = int(value)
     if not out:
-        raise InvalidValue(f"targets {name!r} name no source/subset")
+        raise SettingsError(f"targets {name!r} name no source/subset")
     return {"name": str(name), "tokens": dict(sorted(out.items()))}

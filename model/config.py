@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from elm_data.core.settings import Settings
+
 # name -> (num_transformer_layers, model_dim, head_dim); the published OpenELM sizes plus small CPU demos.
 NAMED_SHAPES: dict[str, tuple[int, int, int]] = {
     "tiny": (4, 256, 32),
@@ -57,7 +59,7 @@ def expand_multipliers(spec: float | list[float] | tuple[float, ...], num_layers
 
 
 @dataclass
-class OpenELMConfig:
+class OpenELMConfig(Settings):
     """Shape of an OpenELM model. Use :meth:`named` for the published sizes."""
 
     num_transformer_layers: int
@@ -108,12 +110,10 @@ class OpenELMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OpenELMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown OpenELMConfig keys: {unknown}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str = "model") -> OpenELMConfig:
+        """A shape from a mapping (a config's ``model:``, a checkpoint's model_config.json): unknown keys are
+        refused naming the nearest valid one, types checked (:class:`~elm_data.core.settings.SettingsError`)."""
+        return cls.from_mapping(data, where)
 
     # ---- layer-wise scaling -------------------------------------------------------------------------------
     @property

@@ -6,10 +6,12 @@ its id, so every field must be JSON-serialisable and deterministic.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from elm_data.core.errors import InvalidValue
+from elm_data.core.settings import Settings
 from elm_data.pipeline.tokenizer import PAD_ID
 from elm_data.sources.document import MAX_RECORD_BYTES
 
@@ -26,14 +28,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _known(section: str, raw: dict[str, Any], cls: type) -> None:
-    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-    if unknown:
-        raise InvalidValue(f"{section}: unknown setting(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
-
-
 @dataclass(frozen=True)
-class QualityFilterSpec:
+class QualityFilterSpec(Settings):
     """One of datatrove's quality filters, by name, with its keyword parameters."""
 
     name: str  # e.g. "gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality"
@@ -41,7 +37,7 @@ class QualityFilterSpec:
 
 
 @dataclass(frozen=True)
-class FilterConfig:
+class FilterConfig(Settings):
     """OpenELM's rule (as CoreNet applies it) plus optional datatrove quality filters."""
 
     min_characters: int = 200
@@ -72,20 +68,15 @@ class FilterConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> FilterConfig:
-        d = dict(d or {})
-        quality = tuple(
-            QualityFilterSpec(name=q["name"], params=dict(q.get("params") or {}))
-            if isinstance(q, dict)
-            else QualityFilterSpec(name=str(q))
-            for q in d.pop("quality", None) or ()
-        )
-        _known("filters", d, cls)
-        return cls(quality=quality, **d)
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "filters") -> FilterConfig:
+        """The ``filters:`` section (None: the defaults); a quality filter is a name or ``{name, params}``."""
+        if isinstance(d, Mapping) and isinstance(d.get("quality"), list):
+            d = {**d, "quality": [{"name": q} if isinstance(q, str) else q for q in d["quality"]]}
+        return cls.from_mapping(d, where)
 
 
 @dataclass(frozen=True)
-class SequenceConfig:
+class SequenceConfig(Settings):
     """How tokenized documents become fixed-length training sequences."""
 
     mode: str = "packed"  # "packed" or "corenet"
@@ -107,7 +98,6 @@ class SequenceConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> SequenceConfig:
-        d = dict(d or {})
-        _known("sequences", d, cls)
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "sequences") -> SequenceConfig:
+        """The ``sequences:`` section (None: the defaults)."""
+        return cls.from_mapping(d, where)

@@ -95,7 +95,7 @@ def test_demo_configs_use_the_same_rule_and_are_small():
 def test_config_dict_round_trip_and_errors():
     config = OpenELMConfig.named("450M", max_context_length=1024)
     assert OpenELMConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown OpenELMConfig keys"):
+    with pytest.raises(ValueError, match="model: unknown key .bogus."):
         OpenELMConfig.from_dict({**config.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="unknown OpenELM config"):
         OpenELMConfig.named("7B")

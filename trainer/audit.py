@@ -345,7 +345,7 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
         result.notes.append(f"the run names manifest {header.get('manifest_id')}, this one is {manifest.manifest_id}")
     for step, reason in logged.problems:
         result.fail(step, reason)
-    plan = Plan(manifest, PlanConfig(**plan_config))
+    plan = Plan(manifest, PlanConfig.from_mapping(plan_config, "stream_state.plan"))
     heads = _check_steps(result, logged, plan)
     result.head = heads.get(result.steps)
     _check_end_records(result, logged.ends, heads, manifest, plan_config)

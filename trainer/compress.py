@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
+from elm_data.core.settings import Settings, SettingsError, convert, load_mapping
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, load_model, save_model
 
@@ -47,7 +47,7 @@ EDKM_OPTIONS = {"palett_max_mem": 0.5, "palett_unique": True, "palett_shard": Tr
 
 
 @dataclass
-class PaletteSpec:
+class PaletteSpec(Settings):
     """The ``palettization:`` section of a compress config."""
 
     bits: int = 4  # 3 or 4: 2**bits palette entries per group
@@ -85,11 +85,13 @@ class PaletteSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PaletteSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown palettization key(s): {unknown}; known: {sorted(known)}")
-        return cls(**raw)
+        """The ``palettization:`` section: unknown keys refused naming the nearest valid one, types checked."""
+        try:
+            return cls(**cls.check_mapping(raw, "palettization"))
+        except ConfigError:
+            raise
+        except SettingsError as error:
+            raise ConfigError(str(error)) from None
 
     def module_config(self):
         """coremltools' ``ModuleDKMPalettizerConfig`` for every palettized module."""
@@ -124,14 +126,16 @@ class CompressConfig:
     def from_yaml(cls, path: str | Path, palette: dict[str, Any] | None = None, **train: Any) -> CompressConfig:
         """Load ``path``; ``palette`` and ``train`` override its settings (None values are ignored)."""
         path = Path(path)
+        raw = load_mapping(path, "compress config")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read compress config {path}: {error}") from error
-        section = {
-            **(raw.pop("palettization", None) or {}),
-            **{k: v for k, v in (palette or {}).items() if v is not None},
-        }
+            return cls._from_mapping(raw, path, palette or {}, train)
+        except SettingsError as error:
+            raise ConfigError(f"compress config {path}: {error}") from None
+
+    @classmethod
+    def _from_mapping(cls, raw: dict[str, Any], path: Path, palette: dict[str, Any], train: dict[str, Any]):
+        palettization = convert(raw.pop("palettization", None), dict | None, "palettization")
+        section = {**(palettization or {}), **{k: v for k, v in palette.items() if v is not None}}
         raw.setdefault("name", path.stem)
         raw.update({k: v for k, v in train.items() if v is not None})
         if "model" in raw:

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from elm_data.core.errors import InvalidValue
 from elm_data.core.redact import redact_uri
+from elm_data.core.settings import Settings, SettingsError, load_mapping, resolve_path
 
 # Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
 OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}
@@ -33,12 +29,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 
 
-class ConfigError(InvalidValue):
+class ConfigError(SettingsError):
     """A training config that cannot be used as written; the message names the key."""
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything one training run needs. Paths are resolved against the YAML file's folder."""
 
     # data
@@ -88,7 +84,7 @@ class TrainConfig:
     keep_checkpoints: int | None = None  # keep the newest N step directories; None = all
 
     name: str = "run"
-    base_dir: str = field(default=".", repr=False)  # folder relative paths resolve against (not a YAML key)
+    base_dir: str = field(default=".", repr=False, metadata={"setting": False})  # relative paths resolve here
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,25 +92,22 @@ class TrainConfig:
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str | Path = ".") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
-        if "pad_id" in raw:
+        """A config from its YAML mapping: unknown keys (with the nearest valid one) and wrong types refused."""
+        if isinstance(raw, dict) and "pad_id" in raw:
             raise ConfigError("pad_id: not a training setting; the pad id is the manifest's (sequences.pad_id)")
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config key(s): {unknown}; known keys: {sorted(known)}")
-        return cls(**raw, base_dir=str(base_dir))
+        try:
+            return cls(**cls.check_mapping(raw), base_dir=str(base_dir))
+        except ConfigError:
+            raise
+        except SettingsError as error:
+            raise ConfigError(str(error)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"training config {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from error
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings, got {type(raw).__name__}")
+        raw = load_mapping(path, "training config")
         raw.setdefault("name", path.stem)
         raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
@@ -135,8 +128,7 @@ class TrainConfig:
 
     # ---- derived values -----------------------------------------------------------------------------------
     def resolve_path(self, value: str) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+        return Path(resolve_path(value, self.base_dir))
 
     @property
     def manifest_dir(self) -> Path:
@@ -166,13 +158,23 @@ class TrainConfig:
         name = spec.pop("name", None)
         try:
             base = OpenELMConfig.named(name).to_dict() if name in NAMED_SHAPES else {"name": name or "custom"}
-            return OpenELMConfig.from_dict({**base, **spec})
+            return OpenELMConfig.from_dict({**base, **spec}, where="model")
+        except SettingsError as error:
+            raise ConfigError(str(error)) from None
         except (TypeError, ValueError) as error:
             raise ConfigError(f"model: {error}") from error
 
+    @property
+    def tokenizer_location(self) -> str | None:
+        """``tokenizer:`` resolved against the config's folder (a URL as written); None when not set."""
+        return resolve_path(self.tokenizer, self.base_dir) if self.tokenizer else None
+
     def validate(self) -> None:
         """Refuse a value of the wrong type or out of range, naming its key (one line)."""
-        _check_types(self)
+        try:
+            self.check_types()
+        except SettingsError as error:
+            raise ConfigError(str(error)) from None
         checks = [
             (self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
@@ -196,6 +198,8 @@ class TrainConfig:
                 raise ConfigError(message)
         _check_model(self.model)
         _check_weights(self.weights)
+        if isinstance(self.model, dict):
+            self.model_config()  # a custom shape is checked where it is read, not when training starts
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step so a step sees ``tokens_per_step`` tokens (at least one)."""
@@ -211,36 +215,6 @@ class TrainConfig:
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
             keep.pop(volatile)
         return json.dumps(keep, sort_keys=True, default=str)
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field's annotation (bool is not a number; an int is a float)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, origin or hint)
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return " or ".join("null" if a is type(None) else names.get(typing.get_origin(a) or a, str(a)) for a in args)
-
-
-def _check_types(config: TrainConfig) -> None:
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ConfigError(f"{f.name}: expected {_type_name(hints[f.name])}, got {value!r}")
 
 
 def _check_model(model: str | dict[str, Any]) -> None:

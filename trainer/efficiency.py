@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm import tqdm
 
-from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
+from elm_data.core.settings import Settings, SettingsError, check_keys, load_mapping, resolve_path
 
 from . import distributed as D
 from .config import ConfigError, TrainConfig
@@ -87,7 +86,7 @@ NUMERIC = (
 OUTPUT_FILES = ("results.csv", "results.json", "cells.jsonl", "throughput.png", "frontier.png")
 
 
-class MatrixError(ElmDataError, ValueError):
+class MatrixError(SettingsError):
     """A matrix YAML that cannot be used as written."""
 
 
@@ -114,10 +113,10 @@ class Cell:
 
 
 @dataclass
-class Matrix:
+class Matrix(Settings):
     """A matrix YAML: shared training settings, the axes whose product gives the cells, peaks and prices."""
 
-    axes: dict[str, list[Any]]
+    axes: dict[str, Any]  # axis -> a value or a list of values
     manifest: str | None = None
     device: str = "auto"
     token_budget: int = 8192
@@ -126,23 +125,20 @@ class Matrix:
     warmup_fraction: float = 0.1
     threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
     train: dict[str, Any] = field(default_factory=dict)
-    peak_flops: dict[str, float | None] = field(default_factory=dict)
-    usd_per_device_hour: dict[str, float] = field(default_factory=dict)
-    base_dir: str = "."
+    peak_flops: dict[str, Any] = field(default_factory=dict)  # numbers (or strings like 1.0e11: see validate)
+    usd_per_device_hour: dict[str, Any] = field(default_factory=dict)
+    base_dir: str = field(default=".", metadata={"setting": False})
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> Matrix:
         path = Path(path)
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict) or "axes" not in raw:
-            raise MatrixError(f"{path}: a matrix YAML is a mapping with an `axes:` mapping")
+        raw = load_mapping(path, "matrix")
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise MatrixError(f"{path}: unknown matrix key(s) {unknown}; known: {sorted(known)}")
-        matrix = cls(**raw, base_dir=str(path.resolve().parent))
-        matrix.validate()
+        try:
+            matrix = cls.from_mapping(raw, base_dir=str(path.resolve().parent))
+            matrix.validate()
+        except SettingsError as error:
+            raise MatrixError(f"matrix {path}: {error}") from None
         return matrix
 
     def validate(self) -> None:
@@ -150,9 +146,7 @@ class Matrix:
         if unknown:
             raise MatrixError(f"unknown axes {unknown}; axes are {list(AXES)}")
         self.axes = {axis: _as_list(values) for axis, values in self.axes.items()}
-        unknown = sorted(set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)})
-        if unknown:
-            raise MatrixError(f"train: unknown TrainConfig key(s) {unknown}")
+        check_keys(self.train, TrainConfig.setting_types(), "train")
         for axis in ("model", "batch_size", "seq_len"):
             if not self.axes.get(axis):
                 raise MatrixError(f"axes.{axis} must list at least one value")
@@ -179,8 +173,7 @@ class Matrix:
     def manifest_dir(self) -> Path:
         if not self.manifest:
             raise MatrixError("no manifest: set `manifest:` in the matrix or pass --manifest")
-        path = Path(self.manifest).expanduser()
-        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+        return Path(resolve_path(self.manifest, self.base_dir))
 
     def steps_for(self, cell: Cell) -> int:
         """Optimizer steps that cover the token budget (at least the skipped plus the minimum timed steps)."""

@@ -73,7 +73,7 @@ def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
     """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it: flag/config
     > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256. A missing or mismatched
     one is the tokenizer's own ``ElmDataError``."""
-    return resolve_tokenizer(None, config.tokenizer, manifest.info)
+    return resolve_tokenizer(None, config.tokenizer_location, manifest.info)
 
 
 def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokenizer, info: D.DistInfo):

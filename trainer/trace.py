@@ -59,7 +59,7 @@ class RunPlan:
         records = read_log(self.run_dir)
         header = run_header(self.run_dir, records)
         self.manifest = trained_manifest(header, manifest_dir)
-        self.plan = Plan(self.manifest, PlanConfig(**header["stream_state"]["plan"]))
+        self.plan = Plan(self.manifest, PlanConfig.from_mapping(header["stream_state"]["plan"], "stream_state.plan"))
         self.logged = logged_chain(records)
         self.steps = max(self.logged.heads, default=0)
         self.world_sizes: dict[int, int] = {}  # step -> world size (a resume may change it)

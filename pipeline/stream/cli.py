@@ -12,23 +12,26 @@ from typing import Any
 import click
 
 from elm_data.core.commands import command
+from elm_data.core.settings import SettingsError, convert, load_mapping
 from elm_data.sources.registry import subset_key
 
 SNIPPET_CHARS = 70
 
 
 def _load_weights(value: str | None) -> str | dict[str, float] | None:
+    """``--weights``: 'natural', or a YAML file of ``source/subset: weight`` (numbers >= 0), read by the one
+    settings loader (one-line errors naming the file and key)."""
     if value is None or value == "natural":
         return value
     path = Path(value)
     if not path.exists():
         raise click.BadParameter(f"{value}: not 'natural' and no such file", param_hint="--weights")
-    import yaml
-
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
-        raise click.BadParameter(f"{value}: expected a mapping 'source/subset: weight'", param_hint="--weights")
-    return {str(k): float(v) for k, v in raw.items()}
+    raw = load_mapping(path, "--weights file")
+    weights = convert(raw, dict[str, float], f"--weights file {path}")
+    for key, weight in weights.items():
+        if not 0 <= weight < float("inf"):
+            raise SettingsError(f"--weights file {path}: {key}: expected a number >= 0, got {weight!r}")
+    return {key: float(weight) for key, weight in weights.items()}
 
 
 def _snippet(tokenizer, ids) -> str:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.settings import Settings, SettingsError
 from elm_data.manifests.manifest import Manifest, ShardRecord, counts_by_subset
 from elm_data.pipeline.config import SEQUENCE_MODES
 from elm_data.sources.registry import subset_key
@@ -41,8 +42,9 @@ class PlanError(ElmDataError, ValueError):
 
 
 @dataclass(frozen=True)
-class PlanConfig:
-    """Everything besides the manifest that fixes the stream (recorded in state dicts)."""
+class PlanConfig(Settings):
+    """Everything besides the manifest that fixes the stream (recorded in state dicts and a run's log header,
+    read back with :meth:`from_mapping`, which refuses unknown keys and wrong types)."""
 
     mode: str
     seq_len: int
@@ -53,6 +55,10 @@ class PlanConfig:
     partitions: int = MAX_DEFAULT_PARTITIONS
 
     def __post_init__(self) -> None:
+        try:
+            self.check_types("plan")
+        except SettingsError as error:
+            raise PlanError(str(error)) from None
         if self.mode not in SEQUENCE_MODES:
             raise PlanError(f"sequence mode must be one of {SEQUENCE_MODES}, got {self.mode!r}")
         if self.seq_len < 1 or self.batch_size < 1:
