@@ -19,6 +19,7 @@ from elm_data.pipeline.counts import Counts
 from elm_data.sources.registry import subset_key
 
 from .manifest import DROPPED_SAMPLES_FILE, Manifest
+from .mixture import resolved_weights
 from .targets import load_targets
 
 
@@ -89,7 +90,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             source, subset = key.split("/", 1)
             rows[key] = AuditRow(source, subset)
 
-    weights = {k: r.weight for k, r in rows.items() if r.weight is not None}
+    weights = resolved_weights(manifest.info["mixture"], {k: r.counts.tokens for k, r in rows.items()}) or {}
     weight_total = sum(weights.values())
     for key, row in rows.items():
         if weights and weight_total:

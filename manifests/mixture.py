@@ -28,13 +28,22 @@ and are sorted, so a mixture always names the same shards in the same order
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from elm_data.core.errors import InvalidValue
-from elm_data.core.settings import Settings, SettingsError, check_keys, config_dir, convert, load_mapping, resolve_path
+from elm_data.core.settings import (
+    Settings,
+    SettingsError,
+    check_keys,
+    config_dir,
+    convert,
+    describe,
+    load_mapping,
+    resolve_path,
+)
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.sources.registry import subset_key
 
@@ -119,10 +128,12 @@ class MixtureConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str = ".") -> MixtureConfig:
-        if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list) or not raw["sources"]:
-            raise SettingsError("sources: the mixture config needs a non-empty `sources:` list")
+        if not isinstance(raw, dict):
+            raise SettingsError(f"expected a mapping of settings with a `sources:` list, got {describe(raw)}")
         check_keys(raw, MIXTURE_KEYS)
         values = {key: convert(value, MIXTURE_KEYS[key], key) for key, value in raw.items()}
+        if not values.get("sources"):
+            raise SettingsError("sources: the mixture config needs a non-empty `sources:` list")
         tokenizer = values.get("tokenizer")
         return cls(
             name=values.get("name") or "mixture",
@@ -149,3 +160,27 @@ class MixtureConfig:
             fraction=entry.fraction,
             allow_local=allow_local or entry.allow_local_shards,
         )
+
+
+def resolved_weights(entries: Iterable[Mapping[str, Any]], kept_tokens: Mapping[str, int]) -> dict[str, float] | None:
+    """The mixing weight of every ``"source/subset"`` from a manifest's mixture entries (``manifest.json``'s
+    ``mixture``) and its kept tokens per subset; None when no entry sets a weight (the natural stream).
+
+    A subset none of whose entries sets a weight keeps its *natural* share of the tokens: with ``F`` the natural
+    share (kept tokens / all kept tokens) of all such subsets and ``W`` the sum of the weights set, it gets
+    ``W * share / (1 - F)``, so it is ``share`` of the stream and the weights set divide the other ``1 - F`` as
+    written. Weights of entries of one subset add up. The stream, the audit and audit-run all read this."""
+    given: dict[str, float] = {}
+    for e in entries:
+        if e.get("weight") is not None:
+            key = subset_key(e["source"], e["subset"])
+            given[key] = given.get(key, 0.0) + float(e["weight"])
+    if not given:
+        return None
+    total = sum(kept_tokens.values())
+    natural = {k: t / total for k, t in kept_tokens.items() if k not in given and t > 0} if total else {}
+    omitted_share, weight_sum = sum(natural.values()), sum(given.values())
+    if not natural:
+        return given
+    scale = weight_sum / (1 - omitted_share) if weight_sum > 0 and omitted_share < 1 else 1.0
+    return given | {k: share * scale for k, share in natural.items()}

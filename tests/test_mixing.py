@@ -254,11 +254,31 @@ def test_zero_weight_sources_are_never_drawn(manifest):
 
 def test_manifest_weights_are_the_default(tmp_path):
     m = synthetic_manifest(tmp_path / "w", {"a/x": [30], "b/y": [30]}, weights={"a/x": 3, "b/y": 1})
-    assert manifest_weights(m.info) == {"a/x": 3.0, "b/y": 1.0}
-    plan = Plan(m, config(weights=manifest_weights(m.info), partitions=1))
+    assert manifest_weights(m) == {"a/x": 3.0, "b/y": 1.0}
+    plan = Plan(m, config(weights=manifest_weights(m), partitions=1))
     assert plan.weights == [3.0, 1.0] and plan.partition_batches(0) is None  # weighted: endless
     unweighted = synthetic_manifest(tmp_path / "n", {"a/x": [30], "b/y": [30]})
-    assert manifest_weights(unweighted.info) is None
+    assert manifest_weights(unweighted) is None
+
+
+def test_a_subset_without_a_weight_keeps_its_natural_share_of_a_weighted_stream(tmp_path):
+    """mixture.yaml: an omitted weight means natural proportion (it was 0 %: the subset was never drawn)."""
+    m = synthetic_manifest(tmp_path / "omitted", LAYOUT, weights={"a/x": 1, "b/y": 3})  # c/z: no weight
+    docs = m.all_documents().to_pylist()
+    kept = Counter(d["doc_id"].split(":")[0] for d in docs if d["status"] == "kept")  # oracle: the ledger
+    kept_tokens = Counter()
+    for d in docs:
+        kept_tokens[d["doc_id"].split(":")[0]] += d["tokens"] if d["status"] == "kept" else 0
+    natural = kept_tokens["c/z"] / sum(kept_tokens.values())
+    expected = {"a/x": (1 - natural) / 4, "b/y": 3 * (1 - natural) / 4, "c/z": natural}
+    assert set(kept) == set(LAYOUT) and 0.05 < natural < 0.3
+    plan = Plan(m, config(seed=5, weights=manifest_weights(m), partitions=1))
+    keys = [s.key for s in plan.sources]
+    tokens: Counter = Counter()
+    for d in partition_docs(plan, 0, 1500):
+        tokens[keys[d.src]] += d.units
+    for k, share in expected.items():
+        assert tokens[k] / sum(tokens.values()) == pytest.approx(share, abs=0.03), (k, tokens, expected)
 
 
 def test_plan_rejects_unknown_weights_and_missing_corenet_counts(manifest):

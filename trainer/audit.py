@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.manifest import Manifest, counts_by_subset
+from elm_data.manifests.mixture import resolved_weights
 from elm_data.manifests.targets import load_targets
 from elm_data.sources.registry import subset_key
 
@@ -177,8 +178,7 @@ def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, i
     """Each subset's share of the training mix: the run's weights, else the manifest's, else kept tokens."""
     weights = (header.get("config") or {}).get("weights")
     if not isinstance(weights, dict) and weights != "natural":
-        entries = manifest.info["mixture"]
-        weights = {subset_key(e["source"], e["subset"]): e["weight"] for e in entries if e.get("weight") is not None}
+        weights = resolved_weights(manifest.info["mixture"], kept)
     if not isinstance(weights, dict) or not weights:
         weights = dict(kept)
     total = sum(float(w) for w in weights.values())

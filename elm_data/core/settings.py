@@ -123,6 +123,18 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
+def _read_bounded(f: typing.BinaryIO) -> bytes:
+    """At most ``MAX_CONFIG_BYTES + 1`` bytes, read in 1 MiB pieces (no buffer of the limit's size up front)."""
+    pieces, size = [], 0
+    while size <= MAX_CONFIG_BYTES:
+        piece = f.read(min(2**20, MAX_CONFIG_BYTES + 1 - size))
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
 def _read_bytes(path: str | Path, what: str) -> bytes:
     text = str(path)
     try:
@@ -130,10 +142,10 @@ def _read_bytes(path: str | Path, what: str) -> bytes:
             import fsspec
 
             with fsspec.open(text, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
+                data = _read_bounded(f)
         else:
             with open(text, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
+                data = _read_bounded(f)
     except FileNotFoundError:
         raise NotFound(f"{what} {text}: no such file") from None
     except IsADirectoryError:

@@ -46,9 +46,9 @@ from .reading import DocumentFetcher, StreamIntegrityError
 from .sequences import LAYOUTS, FramedDoc, frame_segments, span_base_of
 
 
-def _resolve_weights(weights: str | dict[str, float] | None, info: dict[str, Any]) -> dict[str, float] | None:
+def _resolve_weights(weights: str | dict[str, float] | None, manifest: Manifest) -> dict[str, float] | None:
     if weights is None:
-        return manifest_weights(info)
+        return manifest_weights(manifest)
     if isinstance(weights, str):
         if weights != NATURAL:
             raise PlanError(f"weights must be 'natural', a mapping or None, got {weights!r}")
@@ -114,7 +114,7 @@ class TokenStream(IterableDataset):
             seq_len=int(self.sequences.seq_len if seq_len is None else seq_len),
             batch_size=int(batch_size),
             seed=int(info["seed"] if seed is None else seed),
-            weights=_resolve_weights(weights, info),
+            weights=_resolve_weights(weights, manifest),
             epochs=epochs,
         )
         partitions = default_partitions(manifest, config) if partitions is None else partitions

@@ -29,8 +29,8 @@ import numpy as np
 from elm_data.core.errors import ElmDataError
 from elm_data.core.settings import Settings, SettingsError
 from elm_data.manifests.manifest import Manifest, ShardRecord, counts_by_subset
+from elm_data.manifests.mixture import resolved_weights
 from elm_data.pipeline.config import SEQUENCE_MODES
-from elm_data.sources.registry import subset_key
 
 NATURAL = "natural"
 MAX_DEFAULT_PARTITIONS = 64  # divisible by every power-of-two ranks × workers up to 64
@@ -180,14 +180,11 @@ def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePla
     ]
 
 
-def manifest_weights(info: dict[str, Any]) -> dict[str, float] | None:
-    """Mixing weights recorded in the manifest's mixture entries, or None when none is set."""
-    weights: dict[str, float] = {}
-    for e in info["mixture"]:
-        if e["weight"] is not None:
-            key = subset_key(e["source"], e["subset"])
-            weights[key] = weights.get(key, 0.0) + float(e["weight"])
-    return weights or None
+def manifest_weights(manifest: Manifest) -> dict[str, float] | None:
+    """Mixing weights of the manifest's mixture entries (a subset without one keeps its natural share of the tokens:
+    :func:`~elm_data.manifests.mixture.resolved_weights`), or None when no entry sets one."""
+    kept = {key: counts.tokens for key, counts in counts_by_subset(manifest.shards).items()}
+    return resolved_weights(manifest.info["mixture"], kept)
 
 
 def manifest_mode(info: dict[str, Any]) -> str:
