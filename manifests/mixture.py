@@ -11,7 +11,7 @@ Example::
     sources:
       - source: redpajama
         subset: arxiv
-        weight: 28                  # optional mixing weight; omitted = natural proportion
+        weight: 28                  # optional mixing weight; omitted = natural proportion (resolved_weights)
         shards: ["redpajama/arxiv/arxiv_*.jsonl"]   # paths relative to this file, globs or URLs
       - source: dolma
         subset: wiki
@@ -21,7 +21,9 @@ Example::
         fraction: 0.01              # optional: 1% of the entry's shards, evenly spaced
         allow_local_shards: false   # true: the (remote / zipped) list may name local paths (trusted lists only)
 
-Relative shard paths resolve against the YAML file's folder; globs expand through fsspec
+The file is read by the one settings loader (``elm_data/core/settings.py``): an unknown key at any level is
+refused naming the nearest valid one, before anything is built. Relative shard paths resolve against the YAML
+file's folder; globs expand through fsspec
 and are sorted, so a mixture always names the same shards in the same order
 (``manifests/shard_lists.py``).
 """
