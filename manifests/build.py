@@ -251,8 +251,6 @@ def _one_build_per_output(build: Callable[..., BuildResult]) -> Callable[..., Bu
 
     @functools.wraps(build)
     def locked(mixture_path: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> BuildResult:
-        if not isinstance(mixture_path, MixtureConfig):  # a config that cannot be used creates nothing
-            mixture_path = MixtureConfig.load(mixture_path)
         with output_lock(Path(out_dir), "manifest build"):
             recover_dir(Path(out_dir))
             return build(mixture_path, out_dir, *args, **kwargs)
@@ -262,7 +260,7 @@ def _one_build_per_output(build: Callable[..., BuildResult]) -> Callable[..., Bu
 
 @_one_build_per_output
 def build_manifest(
-    mixture_path: str | Path | MixtureConfig,
+    mixture_path: str | Path,
     out_dir: str | Path,
     tokenizer: str | None = None,
     workers: int = 1,
@@ -300,7 +298,7 @@ def build_manifest(
     _check_build_args(runner, dropped_samples, block_bytes)
     out_dir = Path(out_dir)
     _check_output_dir(out_dir, overwrite)
-    mixture = mixture_path if isinstance(mixture_path, MixtureConfig) else MixtureConfig.load(mixture_path)
+    mixture = MixtureConfig.load(mixture_path)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
