@@ -181,7 +181,7 @@ def amplification(args) -> dict[str, Any]:
         manifests[kind] = out
     shards = Manifest(manifests["remote"]).shards
     corpus_bytes = sum(r.size_bytes for r in shards)
-    blocks = sum(len(r.blocks) for r in shards)
+    blocks = len(Manifest(manifests["remote"]).block_counts.rows)
     print(f"sample corpus scale {args.scale:g}: {len(shards)} shards, {blocks} blocks, {corpus_bytes:,} bytes, "
           f"{sum(r.docs_kept for r in shards):,} kept documents, {sum(r.tokens for r in shards):,} kept tokens; "
           f"P = {args.partitions}, seq_len {SEQ_LEN}, batch {BATCH}; {machine()}")  # fmt: skip
@@ -259,7 +259,7 @@ def _json_list(values) -> bytes:
 
 
 def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard: int, seed: int = 0) -> None:
-    """A valid format-2 manifest of ``docs`` records (ids, Merkle root, totals, per-block ledger digests).
+    """A valid format-3 manifest of ``docs`` records (ids, Merkle root, totals, per-block ledger digests).
 
     Ledger rows of a block are (shard, index, "shard:index", kept|filtered, ...); the block digests are
     computed from the same JSON text :func:`ledger_digest` hashes, built with pyarrow's string kernels
@@ -270,6 +270,7 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from elm_data.manifests.block_index import BLOCKS_FILE, write_blocks_file
     from elm_data.manifests.identity import seal
     from elm_data.manifests.manifest import (
         DOCUMENT_SCHEMA,
@@ -356,6 +357,7 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
         "mixture": [e | {"shards": []} for e in entries], "targets": None,
     }, records)  # fmt: skip
     pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
+    write_blocks_file(tmp / BLOCKS_FILE, [(r.shard, r.blocks) for r in records])
     (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     tmp.rename(path)
 

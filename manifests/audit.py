@@ -72,7 +72,7 @@ class Audit:
 
 def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | None = None) -> Audit:
     """Audit a manifest against ``targets`` (preset name, YAML file or dict); default: the manifest's own."""
-    manifest = path if isinstance(path, Manifest) else Manifest(path)
+    manifest = path if isinstance(path, Manifest) else Manifest(path, every_block=True)
     resolved = load_targets(targets) if targets is not None else manifest.info["targets"]
     target_tokens: dict[str, int] = dict((resolved or {}).get("tokens", {}))
 

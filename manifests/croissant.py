@@ -22,7 +22,7 @@ from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_uri
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
 
-from .manifest import MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
+from .manifest import BLOCKS_FILE, MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
 CROISSANT_FILE = "croissant.json"  # where `elm-data export croissant DIR` writes by default, inside DIR
@@ -96,7 +96,8 @@ _FIELD_DESCRIPTIONS = {
         "chars": "Characters of kept documents.",
         "tokens": "LLaMA-2 tokens of kept documents (no BOS/EOS).",
         "format": "Reader format found from the shard's bytes (parquet, jsonl, jsonl.gz, jsonl.zst).",
-        "blocks": "JSON list: the block index (byte range, sha256, first record, records, kept totals, ledger digest).",
+        "blocks_sha256": "SHA-256 of the shard's block index in blocks.parquet (canonical JSON).",
+        "block_counts_sha256": "SHA-256 of the shard's block counts in blocks.parquet (int64 rows).",
     },
 }
 
@@ -140,7 +141,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     The manifest's own files are referenced relative to ``relative_to`` (the folder the JSON-LD will
     live in; default: the manifest directory).
     """
-    manifest = Manifest(manifest_dir)
+    manifest = Manifest(manifest_dir, every_block=True)  # describes every block: checks every one
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
     return {
@@ -217,6 +218,9 @@ def _manifest_file_objects(manifest: Manifest, base: Path) -> list[dict[str, Any
                            "Manifest: id, Merkle root, tokenizer, pass config, totals.", "application/json"),
         _local_file_object(manifest.path / SHARDS_FILE, base, SHARDS_FILE,
                            "One row per corpus shard: hash, licence, counts.", "application/x-parquet"),
+        _local_file_object(manifest.path / BLOCKS_FILE, base, BLOCKS_FILE,
+                           "One row per block of every shard: byte range, sha256, records, kept totals, ledger "
+                           "digest.", "application/x-parquet"),
     ]  # fmt: skip
 
 

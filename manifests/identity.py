@@ -1,8 +1,8 @@
 """What identifies a mixture: the manifest id, the pass-config hash and the Merkle root.
 
 The manifest id hashes everything a consumer of the manifest reads, and nothing that merely says where
-bytes were found: every shard record (source, subset, sha256, counts, the block index with each block's
-ledger digest) without its URI and upstream location — so a local mirror of hub data keeps the id —,
+bytes were found: every shard record (source, subset, sha256, counts, the two digests of its block index in
+``blocks.parquet``) without its URI and upstream location — so a local mirror of hub data keeps the id —,
 the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
 ``filters`` the stream rebuilds its pass from, the sequence config, the tokenizer record (sha256 and what
 is derived from it, minus its URI), the seed, the mixture weights, the targets and the name.
@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .manifest import FORMAT_VERSION, ShardRecord, totals_of
+from .manifest import FORMAT_VERSION, ManifestTampered, ShardRecord, totals_of
 from .merkle import merkle_root
 
 
@@ -171,3 +171,31 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
 def merkle_root_of(records: Sequence[ShardRecord]) -> str:
     """RFC 6962 root over the shard records' canonical bytes, in manifest order."""
     return merkle_root([r.canonical_bytes() for r in records])
+
+
+def block_tampering(manifest: Any, every_block: bool = False) -> list[str]:
+    """Shards of an open :class:`~.manifest.Manifest` whose rows of ``blocks.parquet`` differ from the digests their
+    shard records commit: the block counts of every shard (one compact array), and with ``every_block`` every
+    shard's whole block index too (empty when sound)."""
+    from .block_index import counts_digest
+
+    counts = manifest.block_counts_or_problem()
+    if isinstance(counts, str):
+        return [counts]
+    bad = [r.shard for r in manifest.shards if counts_digest(counts.of(r.shard)) != r.block_counts_sha256]
+    if bad:
+        return [f"blocks.parquet: the block counts of shards {bad[:5]} differ from their digests"]
+    problems = []
+    for r in manifest.shards if every_block else ():
+        try:
+            manifest.blocks(r.shard)
+        except ManifestTampered as e:
+            problems.append(str(e).split("refusing an altered manifest: ", 1)[-1])
+    return problems
+
+
+def index_matches(record: ShardRecord, rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether a shard's block index (its rows of ``blocks.parquet``) is the one its record commits."""
+    from .block_index import index_digest
+
+    return index_digest(rows) == record.blocks_sha256

@@ -4,17 +4,20 @@ A manifest directory holds
 
 - ``manifest.json``  — format version, ``manifest_id``, Merkle root, tokenizer, filter and sequence
   config, seed, mixture entries, tool version, creation time and totals;
-- ``shards.parquet`` — one row per shard (``SHARD_SCHEMA``), in mixture order, each with its block
-  index: record-aligned byte ranges with a sha256 each, their first record and kept totals, and the
-  digest of their documents-ledger rows;
+- ``shards.parquet`` — one row per shard (``SHARD_SCHEMA``), in mixture order, each with the two digests
+  of its block index (``block_index.py``);
+- ``blocks.parquet`` — the block index of every shard, one row per block: record-aligned byte ranges
+  with a sha256 each, their first record and kept totals, and the digest of their documents-ledger rows;
 - ``documents/NNNNNN.parquet`` — the per-document ledger of shard NNNNNN (``DOCUMENT_SCHEMA``), one row
   per input record, one row group per block: what was kept, filtered or rejected, and how many tokens
   each kept document contributes. The stream plans from it without re-reading the corpus, and a
   reader touches only the ledgers of the blocks it owns.
 
 Every consumer opens a manifest through :class:`Manifest`, which recomputes the manifest id, the
-Merkle root and the totals from the files and refuses a manifest that does not match
-(:class:`ManifestTampered`); each ledger row group is checked against its block's digest when read.
+Merkle root, the totals and every shard's block counts from the files and refuses a manifest that does not
+match (:class:`ManifestTampered`); a shard's full block index is checked against its digest when first
+used (``Manifest(every_block=True)``: all of them at open), and each ledger row group against its block's
+digest when read. Opening costs O(shards) Python work and O(blocks) only in array work (invariant 10).
 
 Optionally ``dropped_samples.jsonl`` (``build manifest --dropped-samples K``): the first K dropped
 records per reason, for inspection; it is not covered by ``manifest_id`` or the Merkle root.
@@ -28,9 +31,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,9 +47,21 @@ from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 from elm_data.sources.registry import subset_key
 
-FORMAT_VERSION = 3  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
+from .block_index import (
+    BLOCKS_FILE,
+    BlockCounts,
+    BlockRows,
+    count_rows,
+    counts_digest,
+    index_digest,
+    read_block_counts,
+    write_blocks_file,
+)
+
+FORMAT_VERSION = 4  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
+# 4: the block index in blocks.parquet, committed per shard by two digests (start-up does not grow with it)
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
-CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR)
+CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, BLOCKS_FILE, DOCUMENTS_DIR)
 DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity
 
 SHARD_SCHEMA = pa.schema(
@@ -71,22 +87,9 @@ SHARD_SCHEMA = pa.schema(
         ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
         ("count_method", pa.string()),  # e.g. "exact:sentencepiece"
         ("format", pa.string()),  # reader format found from the bytes ("parquet", "jsonl", ...); "" if none
-        ("blocks", pa.string()),  # JSON list of BLOCK_FIELDS objects: the shard's block index, in byte order
+        ("blocks_sha256", pa.string()),  # block_index.index_digest of the shard's rows of blocks.parquet
+        ("block_counts_sha256", pa.string()),  # block_index.counts_digest of their COUNT_FIELDS
     ]
-)
-
-# One block of a shard: bytes [start, end) with their sha256, records [first_record, first_record + records),
-# the kept documents / tokens / segments among them, and the sha256 of their documents-ledger rows.
-BLOCK_FIELDS = (
-    "start",
-    "end",
-    "sha256",
-    "first_record",
-    "records",
-    "kept_docs",
-    "kept_tokens",
-    "kept_segments",
-    "ledger_sha256",
 )
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -104,9 +107,9 @@ DOCUMENT_SCHEMA = pa.schema(
 )
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a manifest holds one per shard in every process (~0.3 KiB each, not ~1.5)
 class ShardRecord:
-    """One row of ``shards.parquet`` (the field names are its columns); its count fields are ``counts``."""
+    """One row of ``shards.parquet`` (the field names are its columns, in order); its count fields are ``counts``."""
 
     shard: int
     source: str
@@ -129,7 +132,9 @@ class ShardRecord:
     segments: int = 0
     count_method: str = "exact:sentencepiece"
     format: str = ""
-    blocks: list[dict[str, Any]] = field(default_factory=list)
+    blocks_sha256: str = ""  # digests of the block index (block_index.py); recomputed from ``blocks`` when set
+    block_counts_sha256: str = ""
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # the block index at build time; [] when read back
 
     @property
     def key(self) -> str:
@@ -145,12 +150,24 @@ class ShardRecord:
         return self.counts.to_dict() == {name: getattr(self, name) for name in RECORD_FIELDS}
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        """The ``shards.parquet`` row; a record holding its block index gets its two digests from it."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "blocks"}  # no deep copy of blocks
+        blocks = self.blocks
+        if blocks:
+            row["blocks_sha256"] = index_digest(blocks)
+            row["block_counts_sha256"] = counts_digest(count_rows(blocks))
         row["filtered_by_reason"] = json.dumps(dict(sorted(self.filtered_by_reason.items())))
         row["rejected_by_reason"] = json.dumps(dict(sorted(self.rejected_by_reason.items())))
         row["pieces_filtered_by_reason"] = json.dumps(dict(sorted(self.pieces_filtered_by_reason.items())))
-        row["blocks"] = json.dumps(self.blocks, sort_keys=True, separators=(",", ":"))
         return row
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> ShardRecord:
+        """A record from a ``shards.parquet`` row's values in ``SHARD_SCHEMA`` order."""
+        values = list(values)
+        for i in _JSON_COLUMNS:
+            values[i] = json.loads(values[i] or "{}")
+        return cls(*values)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ShardRecord:
@@ -158,12 +175,15 @@ class ShardRecord:
         row["filtered_by_reason"] = json.loads(row["filtered_by_reason"] or "{}")
         row["rejected_by_reason"] = json.loads(row["rejected_by_reason"] or "{}")
         row["pieces_filtered_by_reason"] = json.loads(row.get("pieces_filtered_by_reason") or "{}")
-        row["blocks"] = json.loads(row.get("blocks") or "[]")
         return cls(**row)
 
     def canonical_bytes(self) -> bytes:
         """Deterministic serialisation used as this shard's Merkle leaf."""
         return json.dumps(self.to_row(), sort_keys=True, separators=(",", ":")).encode()
+
+
+_JSON_COLUMNS = [SHARD_SCHEMA.get_field_index(n) for n in ("filtered_by_reason", "rejected_by_reason",
+                                                              "pieces_filtered_by_reason")]  # fmt: skip
 
 
 def shards_table(records: list[ShardRecord]) -> pa.Table:
@@ -210,9 +230,9 @@ def ledger_path(manifest_dir: str | Path, shard: int) -> Path:
 
 
 def data_files(manifest_dir: str | Path) -> list[str]:
-    """The manifest's parquet files (shards, then every ledger), relative to its directory, in order."""
+    """The manifest's parquet files (shards, blocks, then every ledger), relative to its directory, in order."""
     ledgers = sorted(p.name for p in (Path(manifest_dir) / DOCUMENTS_DIR).glob("*.parquet"))
-    return [SHARDS_FILE, *(f"{DOCUMENTS_DIR}/{name}" for name in ledgers)]
+    return [SHARDS_FILE, BLOCKS_FILE, *(f"{DOCUMENTS_DIR}/{name}" for name in ledgers)]
 
 
 def _read_manifest_info(manifest_file: Path) -> dict[str, Any]:
@@ -229,15 +249,21 @@ def _read_manifest_info(manifest_file: Path) -> dict[str, Any]:
 class Manifest:
     """Read access to a manifest directory; never touches the corpus itself.
 
-    Opening checks the manifest against itself (id, Merkle root, totals: see ``identity.tampering``) unless
-    ``verify=False``; every ledger row group read is checked against its block's ``ledger_sha256``.
+    Opening checks the manifest against itself unless ``verify=False``: id, Merkle root, totals (see
+    ``identity.tampering``) and every shard's block counts (:attr:`block_counts`, compact arrays the plan
+    reads). A shard's full block index (byte ranges, sha256s, ledger digests) is checked against its digest
+    when first used (:meth:`blocks`), every shard's at open with ``every_block=True``; every ledger row group
+    read is checked against its block's ``ledger_sha256``.
     """
 
     BLOCKS_KEPT = 64  # checked ledger row groups kept: the stream's plan and its reader both ask for each block
+    INDEX_BLOCKS_KEPT = 1 << 15  # checked block-index rows kept (whole shards, the most recent ones)
 
-    def __init__(self, path: str | Path, verify: bool = True):
+    def __init__(self, path: str | Path, verify: bool = True, every_block: bool = False):
         self.path = Path(path)
         self._checked_blocks: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._checked_index: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+        self._index_lock = threading.Lock()
         manifest_file = self.path / MANIFEST_FILE
         if not manifest_file.exists():
             raise NotFound(f"{self.path} is not a manifest directory (no {MANIFEST_FILE})")
@@ -248,9 +274,9 @@ class Manifest:
                 "(rebuild the manifest with this version of elm-data)"
             )
         if verify:
-            from .identity import tampering
+            from .identity import block_tampering, tampering
 
-            problems = tampering(self.info, self.shards)
+            problems = tampering(self.info, self.shards) or block_tampering(self, every_block)
             if problems:
                 raise ManifestTampered(f"{self.path}: refusing an altered manifest: {'; '.join(problems)}")
 
@@ -260,8 +286,51 @@ class Manifest:
 
     @cached_property
     def shards(self) -> list[ShardRecord]:
-        table = pq.read_table(self.path / SHARDS_FILE, schema=SHARD_SCHEMA)
-        return [ShardRecord.from_row(r) for r in table.to_pylist()]
+        table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)  # no pandas
+        columns = [table.column(name).to_pylist() for name in SHARD_SCHEMA.names]  # column-wise: no dict per row
+        return [ShardRecord.from_values(values) for values in zip(*columns, strict=True)]
+
+    @cached_property
+    def _block_counts(self) -> BlockCounts | str:
+        return read_block_counts(self.path / BLOCKS_FILE, len(self.shards))
+
+    def block_counts_or_problem(self) -> BlockCounts | str:
+        """:attr:`block_counts`, or what is wrong with the layout of ``blocks.parquet``."""
+        return self._block_counts
+
+    @property
+    def block_counts(self) -> BlockCounts:
+        """Every block's ``COUNT_FIELDS`` in one array (checked at open against each shard's digest)."""
+        counts = self._block_counts
+        if isinstance(counts, str):
+            raise ManifestTampered(f"{self.path}: refusing an altered manifest: {counts}")
+        return counts
+
+    def blocks(self, shard: int) -> list[dict[str, Any]]:
+        """Shard ``shard``'s block index (``BLOCK_FIELDS`` dicts), checked against its ``blocks_sha256`` on first
+        use, before any of it is returned; the most recent :attr:`INDEX_BLOCKS_KEPT` rows are kept checked."""
+        with self._index_lock:
+            kept = self._checked_index.get(shard)
+            if kept is not None:
+                self._checked_index.move_to_end(shard)
+                return kept
+            from .identity import index_matches
+
+            counts = self.block_counts
+            rows = self._block_rows.rows(int(counts.offsets[shard]), int(counts.offsets[shard + 1]))
+            if not index_matches(self.shards[shard], rows):
+                raise ManifestTampered(
+                    f"{self.path}: refusing an altered manifest: the block index of shard {shard} in {BLOCKS_FILE} "
+                    "differs from the digest its shard record commits"
+                )
+            self._checked_index[shard] = rows
+            while sum(map(len, self._checked_index.values())) > self.INDEX_BLOCKS_KEPT and len(self._checked_index) > 1:
+                self._checked_index.popitem(last=False)
+            return rows
+
+    @cached_property
+    def _block_rows(self) -> BlockRows:
+        return BlockRows(self.path / BLOCKS_FILE)
 
     def block_documents(self, shard: int, block: int, parquet: pq.ParquetFile | None = None) -> pa.Table:
         """The ledger rows of one block of one shard, checked against the block's ``ledger_sha256``.
@@ -274,7 +343,7 @@ class Manifest:
             self._checked_blocks.move_to_end((shard, block))
             return kept
         parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
-        expected = self.shards[shard].blocks[block]["ledger_sha256"]
+        expected = self.blocks(shard)[block]["ledger_sha256"]
         table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
         if ledger_digest(table) != expected:
             raise ManifestTampered(
@@ -289,12 +358,12 @@ class Manifest:
     def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:
         """The per-document ledger of one shard (all its blocks, checked); ``columns``: only these."""
         parquet = pq.ParquetFile(ledger_path(self.path, shard))
-        blocks = self.shards[shard].blocks
-        if parquet.num_row_groups != len(blocks):
+        blocks = self.block_counts.count(shard)
+        if parquet.num_row_groups != blocks:
             raise ManifestTampered(
-                f"{ledger_path(self.path, shard)}: {parquet.num_row_groups} row groups for {len(blocks)} blocks"
+                f"{ledger_path(self.path, shard)}: {parquet.num_row_groups} row groups for {blocks} blocks"
             )
-        table = pa.concat_tables([self.block_documents(shard, b, parquet) for b in range(len(blocks))])
+        table = pa.concat_tables([self.block_documents(shard, b, parquet) for b in range(blocks)])
         return table if columns is None else table.select(columns)
 
     def all_documents(self) -> pa.Table:
@@ -334,6 +403,7 @@ def write_manifest_dir(
         for name, data in sorted(extra_files.items()):
             (tmp / name).write_bytes(data)
         pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
+        write_blocks_file(tmp / BLOCKS_FILE, [(r.shard, r.blocks) for r in records])
         (tmp / DOCUMENTS_DIR).mkdir()
         for record, table in zip(records, document_tables, strict=True):
             write_ledger(ledger_path(tmp, record.shard), record.blocks, table)

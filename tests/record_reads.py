@@ -2,8 +2,9 @@
 
 ``with recording() as reads:`` wraps every manifest opened inside it: ``Manifest.info`` becomes a dict that
 logs each leaf taken out of it (``filters.min_tokens``, ``mixture[].weight``; a list of scalars as a whole),
-its shard records log each field read (``shards.parquet:tokens``), and ``Manifest.documents`` /
-``block_documents`` log ``documents/*.parquet``. Reads made while checking the manifest (any frame of
+its shard records log each field read (``shards.parquet:tokens``), ``Manifest.documents`` /
+``block_documents`` log ``documents/*.parquet``, and ``Manifest.blocks`` / ``block_counts`` log
+``blocks.parquet``. Reads made while checking the manifest (any frame of
 ``manifests/identity.py`` or ``manifests/merkle.py`` on the stack) are not consumption and are not logged.
 A field read later by new code is logged the same way, so the enumerating test sees it.
 """
@@ -20,6 +21,7 @@ from elm_data.manifests import manifest as manifest_module
 
 CHECKING = ("manifests/identity.py", "manifests/merkle.py")
 LEDGER = "documents/*.parquet"
+BLOCKS = "blocks.parquet"
 SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(manifest_module.ShardRecord))
 
 
@@ -129,6 +131,8 @@ def recording() -> Iterator[Reads]:
         "record": manifest_module.ShardRecord,
         "block_documents": Manifest.block_documents,
         "documents": Manifest.documents,
+        "blocks": Manifest.blocks,
+        "block_counts": Manifest.block_counts,
     }
 
     def read_info(path):
@@ -142,10 +146,19 @@ def recording() -> Iterator[Reads]:
         reads.note(LEDGER)
         return original["documents"](self, *args, **kwargs)
 
+    def blocks(self, *args, **kwargs):
+        reads.note(BLOCKS)
+        return original["blocks"](self, *args, **kwargs)
+
+    def block_counts(self):
+        reads.note(BLOCKS)
+        return original["block_counts"].fget(self)
+
     RecordedShard.reads = reads
     manifest_module._read_manifest_info = read_info
     manifest_module.ShardRecord = RecordedShard
     Manifest.block_documents, Manifest.documents = block_documents, documents
+    Manifest.blocks, Manifest.block_counts = blocks, property(block_counts)
     try:
         yield reads
     finally:
@@ -153,3 +166,4 @@ def recording() -> Iterator[Reads]:
         manifest_module._read_manifest_info = original["read_info"]
         manifest_module.ShardRecord = original["record"]
         Manifest.block_documents, Manifest.documents = original["block_documents"], original["documents"]
+        Manifest.blocks, Manifest.block_counts = original["blocks"], original["block_counts"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from elm_data.manifests.block_index import BLOCK_FIELDS
 from elm_data.manifests.identity import seal
 from elm_data.manifests.manifest import (
-    BLOCK_FIELDS,
     DOCUMENT_SCHEMA,
     FORMAT_VERSION,
     Manifest,

@@ -30,7 +30,7 @@ def test_a_changed_parquet_row_group_is_reported_as_a_changed_block(tmp_path, to
     (tmp_path / "mixture.yaml").write_text(yaml.safe_dump(mixture))
     build_manifest(tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path, workers=1)
     record = Manifest(tmp_path / "m").shards[0]
-    first = record.blocks[1]  # the first row group (block 0 is the leading magic)
+    first = Manifest(tmp_path / "m").blocks(0)[1]  # the first row group (block 0 is the leading magic)
     assert first["records"] == 10 and record.docs_kept == 30
     data = bytearray(shard.read_bytes())
     data[(first["start"] + first["end"]) // 2] ^= 0x01

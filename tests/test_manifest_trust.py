@@ -7,11 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.audit import audit_manifest
+from elm_data.manifests.block_index import BLOCKS_FILE, BLOCKS_SCHEMA
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.identity import merkle_root_of
 from elm_data.manifests.manifest import SHARDS_FILE, Manifest, ManifestTampered, ShardRecord, ledger_path, shards_table
@@ -61,8 +63,17 @@ EDITS = {
     "swapped shard, root resealed": lambda p: edit_records(
         p, lambda rs: setattr(rs[1], "sha256", "ab" * 32), reseal_root=True
     ),
-    "block index": lambda p: edit_records(p, lambda rs: rs[0].blocks[0].update(kept_tokens=1), reseal_root=True),
+    "block counts": lambda p: edit_block(p, 0, 0, kept_tokens=1),  # what every plan reads: checked at open
 }
+
+
+def edit_block(path: Path, shard: int, block: int, **changes) -> None:
+    """Edit one row of ``blocks.parquet`` (shard ``shard``'s ``block``-th), leaving every other file as it was."""
+    rows = pq.read_table(path / BLOCKS_FILE).to_pylist()
+    row = [r for r in rows if r["shard"] == shard][block]
+    assert all(row[k] != v for k, v in changes.items())
+    row.update(changes)
+    pq.write_table(pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA), path / BLOCKS_FILE)
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
@@ -74,6 +85,34 @@ def test_every_consumer_refuses_an_edited_manifest(edit, sample_manifest, tokeni
             use()
 
 
+@pytest.mark.parametrize("field", ["sha256", "ledger_sha256", "first_record"])
+def test_an_edited_block_record_is_refused_lazily_by_the_stream_and_at_once_by_verify_audit_croissant(
+    field, sample_manifest, tokenizer, tmp_path
+):
+    """Opening a manifest checks every shard's block counts but not its whole block index (start-up must not grow
+    with the blocks): a shard's block records are checked against the digest its shard record commits when that
+    shard is first used, before any block of it is; verify, audit and Croissant check every shard's at once."""
+    path = copy_of(sample_manifest, tmp_path)
+    manifest = Manifest(path)
+    edited = next(r.shard for r in manifest.shards if manifest.block_counts.count(r.shard) > 2 and r.docs_kept)
+    value = manifest.blocks(edited)[1][field]
+    edit_block(path, edited, 1, **{field: "ab" * 32 if field.endswith("sha256") else value + 1})
+    opened = Manifest(path)  # opens: the edit is not in what every reader reads
+    assert opened.blocks(edited - 1 if edited else edited + 1)
+    with pytest.raises(ManifestTampered, match=f"refusing an altered manifest: the block index of shard {edited} "):
+        opened.blocks(edited)
+    fed = []
+    with pytest.raises(ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "):
+        for batch in StreamLoader(TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")):
+            fed += [s["shard_sha256"] for spans in batch["spans"] for s in spans]
+    assert fed and manifest.shards[edited].sha256 not in fed  # other shards streamed, nothing of the edited one
+    for use in ("audit", "croissant"):
+        with pytest.raises(ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "):
+            users(path, tokenizer)[use]()
+    report = verify_manifest(path)
+    assert not report.ok and any(f"block index of shard {edited} " in p for p in report.manifest_problems)
+
+
 def test_verify_reports_totals_and_reordered_ledger_rows(sample_manifest, tmp_path):
     totals = copy_of(sample_manifest, tmp_path, "totals")
     EDITS["totals x10"](totals)
@@ -81,7 +120,8 @@ def test_verify_reports_totals_and_reordered_ledger_rows(sample_manifest, tmp_pa
     assert not report.ok and any("totals" in p for p in report.manifest_problems)
 
     reordered = copy_of(sample_manifest, tmp_path, "reordered")
-    shard = next(r for r in Manifest(sample_manifest).shards if len(r.blocks) > 2)
+    counts = Manifest(sample_manifest).block_counts
+    shard = next(r for r in Manifest(sample_manifest).shards if counts.count(r.shard) > 2)
     path = ledger_path(reordered, shard.shard)
     parquet = pq.ParquetFile(path)
     groups = [parquet.read_row_group(g) for g in range(parquet.num_row_groups)]

@@ -185,7 +185,7 @@ def test_natural_epochs_repeat_each_partition_in_a_new_order(manifest):
 
 
 def block_of(plan: Plan, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    firsts = {r.shard: [b["first_record"] for b in r.blocks] for r in plan.manifest.shards}
+    firsts = {r.shard: [b["first_record"] for b in plan.manifest.blocks(r.shard)] for r in plan.manifest.shards}
     return [(s, max(b for b, f in enumerate(firsts[s]) if f <= i)) for s, i in keys]
 
 

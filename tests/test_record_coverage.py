@@ -23,10 +23,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from record_reads import LEDGER, recording
+from record_reads import BLOCKS, LEDGER, recording
 
 from elm_data.core.errors import ElmDataError
 from elm_data.manifests.audit import audit_manifest, format_table
+from elm_data.manifests.block_index import BLOCKS_FILE, BLOCKS_SCHEMA
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.identity import OUTSIDE_THE_ID, seal
 from elm_data.manifests.manifest import (
@@ -49,6 +50,7 @@ CHECKS = (
     "recomputed",
     "format version",
     "ledger digest",
+    "block digests",
     "tokenizer sha256",
     "not covered",
 )
@@ -83,8 +85,8 @@ def table_rows() -> list[Row]:
 def row_of(rows: list[Row], read: str) -> Row | None:
     """The first row covering ``read`` (``shards.parquet:col``, ``documents/*.parquet`` or a manifest.json path)."""
     file, _, field = read.rpartition(":") if read.startswith(SHARDS) else ("manifest.json", "", read)
-    if read == LEDGER:
-        file, field = LEDGER, "*"
+    if read in (LEDGER, BLOCKS):
+        file, field = read, "*"
     return next((r for r in rows if r.file == file and r.matches(field)), None)
 
 
@@ -181,7 +183,13 @@ class Editor:
         self.info = json.loads((self.dir / MANIFEST_FILE).read_text())
         self.records = Manifest(self.dir).shards
         self.saved = {
-            p: p.read_bytes() for p in (self.dir / MANIFEST_FILE, self.dir / SHARDS_FILE, ledger_path(self.dir, 0))
+            p: p.read_bytes()
+            for p in (
+                self.dir / MANIFEST_FILE,
+                self.dir / SHARDS_FILE,
+                self.dir / BLOCKS_FILE,
+                ledger_path(self.dir, 0),
+            )
         }
 
     def restore(self) -> None:
@@ -215,10 +223,7 @@ class Editor:
     def column_edit(self, column: str, resealed: bool) -> bool:
         records = [dataclasses.replace(r) for r in self.records]
         first = records[0]
-        if column == "blocks":
-            first.blocks = [first.blocks[0] | {"sha256": "0" * 64}, *first.blocks[1:]]
-        else:
-            setattr(first, column, _edited(getattr(first, column)))
+        setattr(first, column, _edited(getattr(first, column)))
         info = seal(self.info, records) | {"manifest_id": self.info["manifest_id"]} if resealed else self.info
         return self.refused(info, records)
 
@@ -230,9 +235,25 @@ class Editor:
         edited = table.set_column(
             table.schema.get_field_index(column), column, pa.array(values, DOCUMENT_SCHEMA.field(column).type)
         )
-        write_ledger(ledger_path(self.dir, 0), manifest.shards[0].blocks, edited)
+        write_ledger(ledger_path(self.dir, 0), manifest.blocks(0), edited)
         try:
             Manifest(self.dir).documents(0)
+            return False
+        except ElmDataError:
+            return True
+        finally:
+            self.restore()
+
+    def blocks_edit(self, column: str) -> bool:
+        """Whether a consumer refuses ``blocks.parquet`` with ``column`` of shard 0's first block edited: on opening
+        the manifest, or when it first uses shard 0's block index."""
+        table = pq.read_table(self.dir / BLOCKS_FILE)
+        values = table.column(column).to_pylist()
+        values[0] = _edited(values[0]) if column != "shard" else values[0] + 1
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, table[column].type))
+        pq.write_table(table, self.dir / BLOCKS_FILE)
+        try:
+            Manifest(self.dir).blocks(0)
             return False
         except ElmDataError:
             return True
@@ -281,6 +302,8 @@ def test_every_shard_column_and_ledger_column_is_refused_when_edited_as_the_tabl
             wrong.append(f"{column}: table says {row.check!r}; refused {plain}, resealed {resealed}")
     assert row_of(rows, LEDGER).check == "ledger digest"
     wrong += [f"ledger column {c} not refused" for c in DOCUMENT_SCHEMA.names if not editor.ledger_edit(c)]
+    assert row_of(rows, BLOCKS).check == "block digests"
+    wrong += [f"blocks.parquet column {c} not refused" for c in BLOCKS_SCHEMA.names if not editor.blocks_edit(c)]
     assert not wrong, wrong
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import json
@@ -61,7 +62,8 @@ def rewrite_manifest(src: Path, dst: Path, *, info=None, records=None, documents
     if documents:
         tables = documents(tables)
     for rec, table in zip(new_records, tables, strict=True):
-        blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in rec.blocks]
+        index = m.blocks(rec.shard)
+        blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
         rec.blocks = block_index(blocks, table)
     return write_manifest_dir(dst, seal(new_info, new_records), new_records, tables)
 
@@ -214,16 +216,14 @@ def test_tampered_shard_stops_the_stream(sample_manifest, sample_dir, tokenizer,
     copy = rewrite_manifest(
         sample_manifest,
         tmp_path / "manifest",
-        records=lambda recs: [
-            type(r)(**{**r.__dict__, "uri": r.uri.replace(str(sample_dir), str(corpus))}) for r in recs
-        ],
+        records=lambda recs: [dataclasses.replace(r, uri=r.uri.replace(str(sample_dir), str(corpus))) for r in recs],
     )
     stream = make_stream(copy, tokenizer)
     first = first_planned_doc(stream)
     assert next(iter(StreamLoader(stream)))["batch_index"] == 0  # the faithful copy streams
     record = stream.manifest.shards[first.shard]
-    block = next(b for i, b in enumerate(record.blocks) if b["first_record"] <= first.index < b["first_record"]
-                 + b["records"])  # fmt: skip
+    block = next(b for b in stream.manifest.blocks(first.shard)
+                 if b["first_record"] <= first.index < b["first_record"] + b["records"])  # fmt: skip
     target = Path(record.uri)
     data = bytearray(target.read_bytes())
     data[(block["start"] + block["end"]) // 2] ^= 0x01

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
-from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Unit
+from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Units
 
 Cursor = dict[str, Any]
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
@@ -33,8 +33,8 @@ class PartitionWalk:
     def __init__(self, plan: Plan, p: int):
         self.plan, self.p = plan, p
         self.config = plan.config
-        self.runs: list[list[Unit]] = plan.units[p]
-        self.kept = [sum(u.kept_docs for u in run) for run in self.runs]
+        self.runs: list[Units] = plan.units[p]
+        self.kept = [int(run.kept_docs.sum()) for run in self.runs]
         self.weighted: WeightedDraws | None = None
         if plan.draw_weights is not None:
             self.weighted = WeightedDraws(plan.draw_weights[p], derive_seed(self.config.seed, "mix", p))
@@ -71,19 +71,25 @@ class PartitionWalk:
         """Kept documents of source ``src`` in this partition's ``epoch``, from its ``k``-th on."""
         run = self.runs[src]
         if epoch:
-            run = [run[j] for j in permutation(len(run), self.config.seed, self.plan.sources[src].key, self.p, epoch)]
-        blocks = [(unit.shard, b) for unit in run for b in unit.blocks]
-        for shard, block in blocks:
-            kept_docs = self.plan.manifest.shards[shard].blocks[block]["kept_docs"]
-            if k >= kept_docs:
-                k -= kept_docs
+            run = run.take(permutation(len(run), self.config.seed, self.plan.sources[src].key, self.p, epoch))
+        counts = self.plan.manifest.block_counts
+        kept_docs = counts.column("kept_docs")
+        for i in range(len(run)):
+            if k >= run.kept_docs[i]:  # the whole unit lies before the k-th document
+                k -= int(run.kept_docs[i])
                 continue
-            table = self.plan.manifest.block_documents(shard, block)
-            table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
-            k = 0
-            cols = table.to_pydict()
-            for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
-                yield shard, *row
+            shard = int(run.shard[i])
+            for block in run.blocks(i):
+                in_block = int(kept_docs[counts.offsets[shard] + block])
+                if k >= in_block:
+                    k -= in_block
+                    continue
+                table = self.plan.manifest.block_documents(shard, block)
+                table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
+                k = 0
+                cols = table.to_pydict()
+                for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
+                    yield shard, *row
 
     def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, dict[str, Any]]]:
         """Documents from the cursor's head document on, each with the mixer state before it was drawn."""

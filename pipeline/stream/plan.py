@@ -21,6 +21,10 @@ of ``seq_len + 1``; in ``corenet`` mode each kept segment (piece) is one sequenc
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -28,7 +32,7 @@ import numpy as np
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.settings import Settings, SettingsError
-from elm_data.manifests.manifest import Manifest, ShardRecord, counts_by_subset
+from elm_data.manifests.manifest import Manifest, counts_by_subset
 from elm_data.manifests.mixture import resolved_weights
 from elm_data.pipeline.config import SEQUENCE_MODES
 
@@ -100,6 +104,45 @@ class Unit:
     tokens: int  # framed tokens of its kept documents (kept tokens + BOS/EOS per segment)
 
 
+UNIT_FIELDS = ("shard", "lo", "hi", "kept_docs", "units", "tokens")
+
+
+class Units:
+    """A sequence of :class:`Unit` held as arrays (``UNIT_FIELDS``; a unit's blocks are those of ``[lo, hi)`` of its
+    shard that hold kept stream units, ``readable[offsets[shard] + b]``): a plan costs a few numbers per block,
+    not Python objects. Indexing with an int or iterating makes the :class:`Unit`; a slice or :meth:`take` a view.
+    """
+
+    __slots__ = (*UNIT_FIELDS, "readable", "offsets")
+
+    def __init__(self, columns: dict[str, np.ndarray], readable: np.ndarray, offsets: np.ndarray):
+        for name in UNIT_FIELDS:
+            setattr(self, name, columns[name])
+        self.readable, self.offsets = readable, offsets
+
+    def take(self, index: Any) -> Units:
+        return Units({n: getattr(self, n)[index] for n in UNIT_FIELDS}, self.readable, self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def blocks(self, i: int) -> tuple[int, ...]:
+        shard, lo, hi = int(self.shard[i]), int(self.lo[i]), int(self.hi[i])
+        if hi - lo == 1:
+            return (lo,)
+        first = int(self.offsets[shard])
+        return tuple(b for b in range(lo, hi) if self.readable[first + b])
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.take(i)
+        i = range(len(self))[i]
+        return Unit(int(self.shard[i]), self.blocks(i), int(self.kept_docs[i]), int(self.units[i]), int(self.tokens[i]))
+
+    def __iter__(self) -> Iterator[Unit]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class SourcePlan:
     """One source/subset of the manifest: its shards (manifest order), units and kept totals."""
@@ -108,7 +151,7 @@ class SourcePlan:
     source: str
     subset: str
     shards: tuple[int, ...]
-    units: tuple[Unit, ...]
+    units: Units
     kept_docs: int
     kept_tokens: int
     kept_segments: int
@@ -137,46 +180,91 @@ class BatchPlan:
     docs: list[PlannedDoc] = field(default_factory=list)
 
 
-def _units_of(block: dict[str, Any], packed: bool) -> int:
-    return block["kept_tokens"] + 2 * block["kept_segments"] if packed else block["kept_segments"]
-
-
 SHARED_READ_LIMIT = 0.01  # a shard is dealt as one unit when every reader of a part would re-read more than this
 
 
-def shard_units(record: ShardRecord, packed: bool) -> list[Unit]:
-    """A shard's units: one per block with kept documents, or the whole shard as one unit when reading a part
-    costs blocks every reader must load (parquet magic and footer) above ``SHARED_READ_LIMIT`` of its bytes."""
-    kept = [b for b, blk in enumerate(record.blocks) if blk["kept_docs"] and _units_of(blk, packed)]
-    shared = sum(blk["end"] - blk["start"] for blk in record.blocks if not blk["records"])
-    parts = [(b,) for b in kept] if shared <= SHARED_READ_LIMIT * record.size_bytes else [tuple(kept)] * bool(kept)
-    return [
-        Unit(record.shard, part, sum(record.blocks[b]["kept_docs"] for b in part),
-             sum(_units_of(record.blocks[b], packed) for b in part),
-             sum(_units_of(record.blocks[b], True) for b in part))
-        for part in parts
-    ]  # fmt: skip
+def manifest_units(manifest: Manifest, packed: bool, source_of_shard: np.ndarray) -> tuple[Units, np.ndarray]:
+    """Every unit of the manifest, grouped by source (``source_of_shard``) and in manifest order within each, with
+    the bounds of each source's run (``units[bounds[s]:bounds[s + 1]]``). A unit is one block with kept stream
+    units, or one whole shard when reading a part of it costs blocks every reader must load (parquet magic and
+    footer: blocks without records) above ``SHARED_READ_LIMIT`` of its bytes. Array work, no object per block,
+    and few temporaries (every process of a run plans)."""
+    counts = manifest.block_counts
+    kept_docs, segments = counts.column("kept_docs"), counts.column("kept_segments")
+    framed = counts.column("kept_tokens") + 2 * segments
+    units = framed if packed else segments
+    readable = (kept_docs > 0) & (units > 0)
+    picked = np.flatnonzero(readable)
+    shard_of = (np.searchsorted(counts.offsets, picked, side="right") - 1).astype(np.int32)
+    if np.any(np.diff(source_of_shard[shard_of]) < 0):  # sources interleaved in the manifest: group them
+        order = np.argsort(source_of_shard[shard_of], kind="stable")
+        picked, shard_of = picked[order], shard_of[order]
+    whole = _whole_shards(manifest, counts)
+    if whole[shard_of].any():
+        key = np.where(whole[shard_of], -1 - shard_of.astype(np.int64), picked)  # blocks of one unit share a key
+        starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+        ends = np.concatenate([starts[1:], [len(picked)]]).astype(np.int64)
+    else:  # every unit is one block
+        starts = ends = None
+    shard = shard_of if starts is None else shard_of[starts]
+    first = counts.offsets[shard]
+    lo = picked if starts is None else picked[starts]
+    hi = picked if ends is None else picked[ends - 1]
+
+    def summed(values: np.ndarray) -> np.ndarray:
+        if starts is None or not len(starts):
+            return values[picked]
+        return np.add.reduceat(values[picked], starts)
+
+    columns = {"shard": shard, "lo": (lo - first).astype(np.int32), "hi": (hi - first + 1).astype(np.int32),
+               "kept_docs": summed(kept_docs), "units": summed(units), "tokens": summed(framed)}  # fmt: skip
+    bounds = np.searchsorted(source_of_shard[shard], np.arange(source_of_shard.max(initial=0) + 2))
+    return Units(columns, readable, counts.offsets), bounds
+
+
+def _whole_shards(manifest: Manifest, counts) -> np.ndarray:
+    """Per shard: whether its blocks without records (parquet magic, footer) exceed ``SHARED_READ_LIMIT`` of it."""
+    bare = np.flatnonzero(counts.column("records") == 0)
+    owner = np.searchsorted(counts.offsets, bare, side="right") - 1
+    nbytes = counts.column("end")[bare] - counts.column("start")[bare]
+    shared = np.zeros(len(counts.offsets) - 1, dtype=np.int64)
+    np.add.at(shared, owner, nbytes)
+    return shared > SHARED_READ_LIMIT * np.array([r.size_bytes for r in manifest.shards], dtype=np.float64)
+
+
+_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # manifest -> {mode: sources}, made once
 
 
 def manifest_sources(manifest: Manifest, mode: str = "packed") -> list[SourcePlan]:
-    """The manifest's source/subsets in order of first appearance, with their shards, units and kept totals."""
+    """The manifest's source/subsets in order of first appearance, with their shards, units and kept totals
+    (made once per manifest object and mode)."""
+    made = _SOURCES.setdefault(manifest, {})
+    if mode not in made:
+        made[mode] = _make_sources(manifest, mode)
+    return made[mode]
+
+
+def _make_sources(manifest: Manifest, mode: str) -> list[SourcePlan]:
     grouped: dict[str, list] = {}
     for rec in manifest.shards:
         grouped.setdefault(rec.key, []).append(rec)
     counts = counts_by_subset(manifest.shards)
-    packed = mode == "packed"
+    source_of_shard = np.zeros(len(manifest.shards), dtype=np.int64)
+    for i, recs in enumerate(grouped.values()):
+        source_of_shard[[r.shard for r in recs]] = i
+    units, bounds = manifest_units(manifest, mode == "packed", source_of_shard)
     return [
         SourcePlan(
             key=key,
             source=recs[0].source,
             subset=recs[0].subset,
             shards=tuple(r.shard for r in recs),
-            units=tuple(u for r in recs for u in shard_units(r, packed)),
+            units=units[int(bounds[i]) : int(bounds[i + 1])],
             kept_docs=counts[key].docs_kept,
             kept_tokens=counts[key].tokens,
             kept_segments=counts[key].segments,
         )
-        for key, recs in grouped.items()
+        for i, (key, recs) in enumerate(grouped.items())
     ]
 
 
@@ -203,7 +291,7 @@ def check_mode_available(info: dict[str, Any], mode: str) -> None:
 def default_partitions(manifest: Manifest, config: PlanConfig) -> int:
     """The largest power of two <= 64 that leaves at least ``UNITS_PER_PARTITION`` units per partition and
     with which weighted mode can meet its weights (``config.partitions`` is ignored)."""
-    units = sum(len(shard_units(r, config.mode == "packed")) for r in manifest.shards)
+    units = sum(len(s.units) for s in manifest_sources(manifest, config.mode))
     p = 1
     while p * 2 <= MAX_DEFAULT_PARTITIONS and p * 2 * UNITS_PER_PARTITION <= units:
         p *= 2
@@ -216,19 +304,19 @@ def default_partitions(manifest: Manifest, config: PlanConfig) -> int:
     return p
 
 
-def source_runs(units: tuple[Unit, ...], partitions: int) -> list[list[Unit]]:
-    """Cut one source's units (in order) into ``partitions`` contiguous runs of about equal stream units."""
-    total = sum(u.units for u in units)
-    runs: list[list[Unit]] = [[] for _ in range(partitions)]
-    before = 0
-    for u in units:
-        middle = before + u.units / 2
-        runs[min(partitions - 1, int(middle * partitions / total))].append(u)
-        before += u.units
-    return runs
+def source_runs(units: Units, partitions: int) -> list[Units]:
+    """Cut one source's units (in order) into ``partitions`` contiguous runs of about equal stream units: a unit
+    goes to the run its middle falls in."""
+    total = int(units.units.sum())
+    if not total:
+        return [units] + [units[0:0]] * (partitions - 1)
+    middle = (np.cumsum(units.units) - units.units) + units.units / 2
+    run = np.minimum(partitions - 1, (middle * partitions / total).astype(np.int64))
+    bounds = np.searchsorted(run, np.arange(partitions + 1), side="left")
+    return [units[int(bounds[k]) : int(bounds[k + 1])] for k in range(partitions)]
 
 
-def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[list[Unit]]]:
+def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[Units]]:
     """``[p][s]``: the units of source ``s`` that partition ``p`` owns.
 
     Each source is cut into contiguous runs (:func:`source_runs`); run ``k`` goes to partition
@@ -237,7 +325,7 @@ def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[list[Uni
     otherwise pile up in the same partitions. A pure function of the manifest and ``P``.
     """
     runs = [source_runs(s.units, partitions) for s in sources]
-    sizes = np.array([[sum(u.units for u in run) for run in per] for per in runs], dtype=np.float64).reshape(
+    sizes = np.array([[run.units.sum() for run in per] for per in runs], dtype=np.float64).reshape(
         len(sources), partitions
     )
     rotate = (np.arange(partitions)[None, :] - np.arange(partitions)[:, None]) % partitions  # [shift, partition]
@@ -274,6 +362,13 @@ def partition_shares(held: np.ndarray, weights: np.ndarray, keys: list[str]) -> 
     )
 
 
+def release_freed_heap() -> None:
+    """Hand the heap that planning's temporary arrays freed back to the OS (glibc keeps it otherwise, and every
+    process of a run plans: at 10⁶ blocks ~40 MiB of each process's RSS). A no-op where there is no glibc."""
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class Plan:
     """The partitions of a manifest's units, the mixing weights, and the global batch order."""
 
@@ -297,12 +392,13 @@ class Plan:
                 raise PlanError("all mixing weights are zero")
         self.units = deal_units(self.sources, config.partitions)  # [p][s]: units of source s in partition p
         self.draw_weights = None if config.weights is None else self._draw_weights()
+        release_freed_heap()
 
     def _draw_weights(self) -> list[list[float]]:
         """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean framed
         tokens per document there; the shares (:func:`partition_shares`) average to the mix over all partitions."""
-        tokens = np.array([[sum(u.tokens for u in run) for run in runs] for runs in self.units], dtype=np.float64)
-        docs = np.array([[sum(u.kept_docs for u in run) for run in runs] for runs in self.units], dtype=np.float64)
+        tokens = np.array([[run.tokens.sum() for run in runs] for runs in self.units], dtype=np.float64)
+        docs = np.array([[run.kept_docs.sum() for run in runs] for runs in self.units], dtype=np.float64)
         weights = np.array(self.weights)
         held = (docs > 0) & (weights[None, :] > 0)
         lacking = [p for p in range(self.partitions) if not held[p].any()]
@@ -325,7 +421,7 @@ class Plan:
         c = self.config
         if not c.natural or c.epochs is None:
             return None
-        units = sum(u.units for run in self.units[p] for u in run) * c.epochs
+        units = sum(int(run.units.sum()) for run in self.units[p]) * c.epochs
         return -(-units // c.units_per_batch)
 
     def rounds(self) -> int | None:

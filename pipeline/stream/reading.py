@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text
-from elm_data.manifests.manifest import Manifest, ShardRecord
+from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig
 from elm_data.sources.blocks import Block, BlockChanged, VerifiedView, open_verified
 from elm_data.sources.document import Document
@@ -33,8 +33,11 @@ class StreamIntegrityError(ElmDataError, RuntimeError):
     """The corpus or the pass no longer matches the manifest; nothing of it is fed."""
 
 
-def _blocks(record: ShardRecord) -> list[Block]:
-    return [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in record.blocks]
+FIRSTS_KEPT = 256  # shards whose block boundaries a fetcher keeps
+
+
+def _blocks(index: list[dict]) -> list[Block]:
+    return [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
 
 
 class _OpenReader:
@@ -75,8 +78,7 @@ class DocumentFetcher:
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self.records = manifest.shards
-        self._blocks = {r.shard: _blocks(r) for r in self.records}
-        self._firsts = {shard: [b.first_record for b in blocks] for shard, blocks in self._blocks.items()}
+        self._firsts: dict[int, list[int]] = {}  # first records of the blocks of the shards read lately
         self._open: dict[str, _OpenReader] = {}
         self.bytes_loaded = 0
         self.max_record_bytes = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes  # the build's
@@ -94,7 +96,7 @@ class DocumentFetcher:
     def _open_view(self, doc: PlannedDoc) -> _OpenReader:
         """A verified view from ``doc``'s record on: of its block (JSONL with several blocks) or the whole shard."""
         rec = self.records[doc.shard]
-        blocks = self._blocks[doc.shard]
+        blocks = _blocks(self.manifest.blocks(doc.shard))  # the shard's block index, checked on first use
         lo, hi, first, end = 0, blocks[-1].end, 0, rec.docs_read
         if rec.format.startswith("jsonl") and len(blocks) > 1:  # a view of this block only, numbered from its first
             b = blocks[self._block_of(doc)]
@@ -111,7 +113,12 @@ class DocumentFetcher:
 
     def _block_of(self, doc: PlannedDoc) -> int:
         """The block of ``doc``'s shard that holds its record."""
-        return bisect.bisect_right(self._firsts[doc.shard], doc.index) - 1
+        firsts = self._firsts.get(doc.shard)
+        if firsts is None:
+            if len(self._firsts) >= FIRSTS_KEPT:
+                del self._firsts[next(iter(self._firsts))]
+            firsts = self._firsts[doc.shard] = [b["first_record"] for b in self.manifest.blocks(doc.shard)]
+        return bisect.bisect_right(firsts, doc.index) - 1
 
     def wanted_records(self, shard: int, block: int, start: int) -> frozenset[int]:
         """The records of a block a reader decodes from ``start`` on: its kept documents (the documents ledger)."""
