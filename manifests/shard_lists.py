@@ -6,7 +6,8 @@
   list that is not a plain local file (a remote one, or one inside an archive, ``zip://…::…``) may name
   remote URLs and relative paths (under its own folder, on its own storage) only; a local path, ``file://``
   or a chain through a local file is refused unless the entry says ``allow_local_shards: true`` or the
-  build is given ``--allow-local-shards`` (:func:`confine`);
+  build is given ``--allow-local-shards`` (:func:`confine`); so are the ``shards:`` of a mixture that is
+  not a local file;
 - ``match:`` an fnmatch pattern the listed URLs must match (Dolma's single list holds every subset);
 - ``revision:`` the hub commit (or tag) every ``hf://`` path of the entry is read at;
 - ``fraction:`` keep that share of the entry's sorted shards, evenly spaced (at least one).
@@ -110,8 +111,8 @@ def confine(listing: str, line: str, allow_local: bool = False) -> None:
     if allow_local or relative or local_list(listing) or not is_local(line):
         return
     raise LocalShardRefused(
-        f"shard list {redact_uri(listing)} names the local path {redact_uri(line)!r}: a list that is not a local "
-        "file may name only remote URLs or paths under its own folder; if you trust it, set "
+        f"{redact_uri(listing)} names the local path {redact_uri(line)!r}: a shard list (or mixture) that is not a "
+        "local file may name only remote URLs or paths under its own folder; if you trust it, set "
         "`allow_local_shards: true` on the entry or pass --allow-local-shards"
     )
 
@@ -164,6 +165,7 @@ def entry_shards(
     a list that is not a local file name local paths."""
     uris: list[str] = []
     for pattern in shards:
+        confine(posixpath.join(base_dir, "mixture"), pattern, allow_local)  # a remote mixture is confined too
         uris.extend(expand(pin_revision(absolute(pattern, base_dir), revision), what))
     for listing in shards_from:
         listed = read_url_list(pin_revision(absolute(listing, base_dir), revision), allow_local)

@@ -118,3 +118,14 @@ def test_the_build_refuses_in_one_line_and_the_flag_or_the_entry_key_lets_it(ser
         signal.signal(signal.SIGTERM, before)
     shards = json.loads((tmp_path / "m" / "manifest.json").read_text())["totals"]
     assert shards["docs_read"] == 1
+
+
+def test_a_remote_mixture_may_not_name_a_local_path(served):
+    from elm_data.manifests.mixture import MixtureConfig
+
+    _, base = served
+    mixture = MixtureConfig.from_dict({"sources": [{"source": "pile", "subset": "default",
+                                                    "shards": ["/etc/hostname"]}]}, base_dir=base)  # fmt: skip
+    with pytest.raises(LocalShardRefused, match="names the local path '/etc/hostname'"):
+        mixture.resolve_shards(mixture.entries[0])
+    assert mixture.resolve_shards(mixture.entries[0], allow_local=True) == ["/etc/hostname"]

@@ -42,7 +42,11 @@ REDACTED = "REDACTED"
 MIN_SECRET_CHARS = 4  # a shorter credential is not searched for in free text (it would match everywhere)
 
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>`]+")
-_SEEN: set[str] = set()  # every credential redact_uri removed in this process, for redact_text
+# The credentials redact_uri removed in this process, for redact_text: the latest SEEN_MAX (a presigned URL per
+# shard brings a new signature each; older ones are forgotten so that redact_text stays cheap).
+SEEN_MAX = 1024
+_SEEN: dict[str, None] = {}
+_LONGEST_FIRST: list[str] = []  # _SEEN sorted by length, the longest first ("user:pass" before "pass")
 _SEEN_LOCK = threading.Lock()
 
 
@@ -69,9 +73,12 @@ def _split_userinfo(rest: str) -> tuple[str, str]:
 def _remember(*secrets: str) -> None:
     forms = (form for secret in secrets for form in (secret, unquote(secret), quote(secret, safe="")))
     found = {form for form in forms if len(form) >= MIN_SECRET_CHARS}
-    if found - _SEEN:
+    if found - _SEEN.keys():
         with _SEEN_LOCK:
-            _SEEN.update(found)
+            _SEEN.update(dict.fromkeys(found))
+            while len(_SEEN) > SEEN_MAX:
+                del _SEEN[next(iter(_SEEN))]
+            _LONGEST_FIRST[:] = sorted(_SEEN, key=len, reverse=True)
 
 
 def _query(query: str) -> str:
@@ -115,7 +122,7 @@ def redact_text(text: str, *uris: str) -> str:
     if "://" in text:
         text = _URI.sub(lambda m: redact_uri(m.group(0)), text)
     with _SEEN_LOCK:
-        seen = sorted(_SEEN, key=len, reverse=True)  # the longest first: "user:pass" before "pass"
+        seen = list(_LONGEST_FIRST)
     for secret in seen:
         if secret in text:
             text = text.replace(secret, REDACTED)
