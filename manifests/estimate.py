@@ -30,7 +30,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +44,9 @@ from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.core.redact import redact_uri
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
-from elm_data.sources.document import Document
+from elm_data.sources.document import MAX_RECORD_BYTES, Document
 from elm_data.sources.readers import read_shard, shard_format_of
+from elm_data.sources.readers_jsonl import TooLarge, raw_lines
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_PARQUET
 
 from .mixture import MixtureConfig, MixtureEntry
@@ -53,6 +54,10 @@ from .shard_lists import Unreachable, unreachable
 
 WINDOW_BYTES = 8 << 20  # compressed bytes read from the start of a gzip/zstd shard
 LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
+# A gzip/zstd window also ends past this much text or this many lines (a bomb: a few KB of zeros or of "{}\n"),
+# scaled like a window that ends early; no real shard's 8 MiB reach either (text ~3-5x, lines of KBs).
+WINDOW_TEXT_BYTES = 256 << 20
+WINDOW_LINES = 1 << 20
 LEDGER_ROW_BYTES = 64  # documents ledger bytes per record (64.2 measured: benchmarks/bench_estimate.py)
 NO_SHA = "0" * 64  # records are read without hashing their shard
 FIGURES = ("documents", "kept", "tokens")
@@ -216,19 +221,29 @@ def _mini_shard(lines: Sequence[bytes], entry: MixtureEntry, uri: str) -> list[D
     return out
 
 
-def _line_from(f, start: int, size: int) -> bytes:
-    """The line starting at byte ``start`` of an open file, newline included."""
+def _documents(lines: Sequence[bytes | TooLarge], entry: MixtureEntry, uri: str) -> list[Document | None]:
+    """:func:`_mini_shard` of the lines; a line over the record limit is rejected without being read."""
+    read = iter(_mini_shard([line for line in lines if isinstance(line, bytes)], entry, uri))
+    return [next(read) if isinstance(line, bytes) else None for line in lines]
+
+
+def _line_from(f, start: int, size: int, limit: int = MAX_RECORD_BYTES) -> bytes | TooLarge:
+    """The line starting at byte ``start`` of an open file, newline included; a line over ``limit`` bytes is a
+    :class:`TooLarge` (the reader's ``record_too_large``), read no further than ``limit`` plus a chunk."""
     f.seek(start)
-    line = b""
-    while start + len(line) < size:
+    parts: list[bytes] = []
+    held = 0
+    while start + held < size and held <= limit:
         chunk = f.read(LINE_CHUNK)
         if not chunk:
             break
         cut = chunk.find(b"\n")
         if cut >= 0:
-            return line + chunk[: cut + 1]
-        line += chunk
-    return line
+            parts.append(chunk[: cut + 1])
+            break
+        parts.append(chunk)
+        held += len(chunk)
+    return b"".join(parts) if held <= limit else TooLarge(held)
 
 
 def _starts_in(f, a: int, b: int) -> list[int]:
@@ -257,7 +272,7 @@ def draw_plain_jsonl(uri: str, size: int, n: int, bytes_per_line: float, entry: 
         starts = [s for a, b in spans for s in _starts_in(f, a, b)]
         lines = [_line_from(f, s, size) for s in starts]
     return Draw(
-        _mini_shard(lines, entry, uri), [size / window] * len(lines), exact=len(lines) if window >= size else None
+        _documents(lines, entry, uri), [size / window] * len(lines), exact=len(lines) if window >= size else None
     )
 
 
@@ -298,27 +313,39 @@ def _decompressed(raw: _Counting, fmt: str):
     return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
 
 
+def _window_lines(stream, raw: _Counting) -> tuple[list[bytes | TooLarge], bool]:
+    """The lines of a decompressed ``stream``'s first window (``WINDOW_BYTES`` compressed, ``WINDOW_TEXT_BYTES``
+    of text, ``WINDOW_LINES`` lines) and whether it reached the end; a line over the record limit is a
+    :class:`TooLarge`, never held (the reader's own splitter)."""
+    lines: list[bytes | TooLarge] = []
+    eof = False
+
+    def window() -> Iterator[bytes]:
+        nonlocal eof
+        text = 0
+        while raw.count < WINDOW_BYTES and text < WINDOW_TEXT_BYTES and len(lines) < WINDOW_LINES:
+            if not (chunk := stream.read(1 << 20)):
+                eof = True
+                return
+            text += len(chunk)
+            yield chunk
+
+    for line, ended in raw_lines(window(), MAX_RECORD_BYTES):
+        if ended or eof:  # an unterminated last line only at the end of the stream, not of the window
+            lines.append(line)
+    return lines, eof
+
+
 def draw_compressed(uri: str, size: int, n: int, fmt: str, entry: MixtureEntry, rng: random.Random) -> Draw:
     """``n`` random lines of the shard's first window; scaled by compressed bytes when the window ends early."""
     fs, path = fsspec.core.url_to_fs(uri)
-    lines: list[bytes] = []
     start = time.process_time()
     with fs.open(path, "rb") as f:
         raw = _Counting(f)
-        stream, tail, eof = _decompressed(raw, fmt), b"", False
-        while raw.count < WINDOW_BYTES:
-            chunk = stream.read(1 << 20)
-            if not chunk:
-                eof = True
-                break
-            parts = (tail + chunk).split(b"\n")
-            lines.extend(parts[:-1])
-            tail = parts[-1]
-        if eof and tail:
-            lines.append(tail)
+        lines, eof = _window_lines(_decompressed(raw, fmt), raw)
     spent = time.process_time() - start
     picked = rng.sample(range(len(lines)), min(n, len(lines))) if lines else []
-    docs = _mini_shard([lines[i] for i in picked], entry, uri)
+    docs = _documents([lines[i] for i in picked], entry, uri)
     records = len(lines) if eof else len(lines) * size / max(1, raw.count)
     weights = [records / len(picked)] * len(picked) if picked else []
     return Draw(docs, weights, spent, raw.count, exact=len(lines) if eof else None)

@@ -160,7 +160,7 @@ class _LineInProgress:
         return line
 
 
-def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | TooLarge, bool]]:
+def raw_lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | TooLarge, bool]]:
     """Raw lines without their b"\\n", each with whether it was newline-terminated; a line over ``limit`` bytes
     is a :class:`TooLarge`, never held: memory stays within ``limit`` plus one chunk.
 
@@ -273,7 +273,7 @@ def read_jsonl(
                 index = skip
                 chunks = itertools.chain([chunk[cut + 1 :]], chunks)
                 break
-            for line, terminated in _lines(chunks, max_record_bytes):
+            for line, terminated in raw_lines(chunks, max_record_bytes):
                 if not terminated:
                     pending = line
                     continue

@@ -168,3 +168,41 @@ def test_a_200_mb_plain_line_stays_under_the_default_limit_in_memory(tmp_path):
     grew, items = _peak_kib(64 << 20, ("jsonl", path))
     assert items == [[("Rejection", "record_too_large"), ("Document", "")]]
     assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # at most the 64 MiB limit + a chunk
+
+
+_ESTIMATE = """
+import random, sys
+from elm_data.manifests.estimate import draw_compressed, draw_plain_jsonl
+from elm_data.manifests.mixture import MixtureEntry
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+entry, before, out = MixtureEntry("pile", "default", ()), status("VmRSS:"), []
+for fmt, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    size = __import__("os").path.getsize(path)
+    if fmt == "jsonl":
+        draw = draw_plain_jsonl(path, size, 4, size / 2, entry, random.Random(0))
+    else:
+        draw = draw_compressed(path, size, 4, fmt, entry, random.Random(0))
+    out.append(sorted("doc" if d is not None else "rejected" for d in draw.documents))
+print(status("VmHWM:") - before, out)
+"""
+
+
+def test_estimate_samples_bombs_in_bounded_memory(tmp_path):
+    """``elm-data estimate`` reads a window of each compressed shard and whole lines of plain ones: a long line
+    and a window of tiny lines stay bounded (the long line is the reader's record_too_large: no document)."""
+    long_zst = _one_long_line(tmp_path / "long.jsonl.zst", "jsonl.zst", 200)
+    long_plain = tmp_path / "long.jsonl"
+    with open(long_plain, "wb") as f:
+        f.write(b'{"text": "' + b"a" * (80 << 20) + b'"}\n' + json.dumps({"text": "short " * 60}).encode() + b"\n")
+    tiny = zstandard.ZstdCompressor().compressobj()
+    with open(tmp_path / "tiny.jsonl.zst", "wb") as f:
+        for _ in range(96):
+            f.write(tiny.compress(b"{}\n" * (1 << 20)))
+        f.write(tiny.flush())
+    args = ["jsonl.zst", long_zst, "jsonl", long_plain, "jsonl.zst", tmp_path / "tiny.jsonl.zst"]
+    out = subprocess.run([sys.executable, "-c", _ESTIMATE, *map(str, args)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split(" ", 1)  # fmt: skip
+    grew, drawn = int(out[0]), eval(out[1])
+    assert drawn[:2] == [["doc", "rejected"], ["doc", "rejected"]] and drawn[2] == ["rejected"] * 4, drawn
+    assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # the 64 MiB limit and a chunk
