@@ -176,7 +176,7 @@ from elm_data.manifests.estimate import draw_compressed, draw_plain_jsonl
 from elm_data.manifests.mixture import MixtureEntry
 def status(key):
     return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
-entry, before, out = MixtureEntry("pile", "default", ()), status("VmRSS:"), []
+entry, before, out = MixtureEntry(source="pile", shards=("x",)), status("VmRSS:"), []
 for fmt, path in zip(sys.argv[1::2], sys.argv[2::2]):
     size = __import__("os").path.getsize(path)
     if fmt == "jsonl":
