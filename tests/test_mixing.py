@@ -284,6 +284,8 @@ def test_a_subset_without_a_weight_keeps_its_natural_share_of_a_weighted_stream(
 def test_plan_rejects_unknown_weights_and_missing_corenet_counts(manifest):
     with pytest.raises(PlanError, match="not in the manifest"):
         Plan(manifest, config(weights={"nope/x": 1}))
+    with pytest.raises(PlanError, match=r"\(did you mean 'b/y' for 'b/yy'\?\)"):
+        Plan(manifest, config(weights={"a/x": 1, "b/yy": 1}))
     with pytest.raises(PlanError, match=r"sequences: \{mode: corenet\}"):
         Plan(manifest, config(mode="corenet"))
     with pytest.raises(PlanError, match="all mixing weights are zero"):

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from elm_data.core.errors import ElmDataError
-from elm_data.core.settings import Settings, SettingsError
+from elm_data.core.settings import Settings, SettingsError, nearest
 from elm_data.manifests.manifest import Manifest, counts_by_subset
 from elm_data.manifests.mixture import resolved_weights
 from elm_data.pipeline.config import SEQUENCE_MODES
@@ -383,7 +383,9 @@ class Plan:
         else:
             unknown = sorted(set(config.weights) - set(keys))
             if unknown:
-                raise PlanError(f"weights name source/subsets not in the manifest: {unknown}; it has {keys}")
+                guess = nearest(unknown[0], keys)
+                hint = f" (did you mean {guess!r} for {unknown[0]!r}?)" if guess else ""
+                raise PlanError(f"weights name source/subsets not in the manifest: {unknown}; it has {keys}{hint}")
             self.weights = [float(config.weights.get(k, 0.0)) for k in keys]
             empty = [s.key for s, w in zip(self.sources, self.weights, strict=True) if w > 0 and s.kept_docs == 0]
             if empty:
