@@ -358,7 +358,8 @@ class Settings:
             raise SettingsError(f"{where or 'config'}: expected a mapping of settings, got {describe(raw)}")
         types_ = cls.setting_types()
         check_keys(raw, types_, where)
-        missing = [f.name for f in dataclasses.fields(cls) if f.name in types_ and f.name not in raw and _required(f)]  # type: ignore[arg-type]
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        missing = [f.name for f in fields if f.name in types_ and f.name not in raw and _required(f)]
         if missing:
             raise SettingsError(f"{where or 'config'}: lacks {', '.join(repr(m) for m in missing)}")
         return {key: convert(value, types_[key], join(where, key)) for key, value in raw.items()}
