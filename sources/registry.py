@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.settings import nearest
 
 # Format names understood by elm_data.sources.readers.
 FORMAT_PARQUET = "parquet"
@@ -268,8 +269,10 @@ def get_subset(source: str, subset: str = "default") -> SubsetSpec:
     try:
         return _BY_KEY[(source, subset)]
     except KeyError:
-        known = ", ".join(s.key for s in _SPECS)
-        raise UnknownSubset(f"unknown source/subset {source}/{subset!s}; known: {known}") from None
+        known = [s.key for s in _SPECS]
+        guess = nearest(f"{source}/{subset!s}", known)
+        hint = f"did you mean {guess!r}? " if guess else ""
+        raise UnknownSubset(f"unknown source/subset {source}/{subset!s}; {hint}known: {', '.join(known)}") from None
 
 
 def all_subsets() -> list[SubsetSpec]:

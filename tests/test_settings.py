@@ -441,3 +441,12 @@ def test_an_omitted_weight_is_the_subsets_natural_share_of_the_stream(sample_dir
     assert 0.05 < natural < 0.6 and fed["redpajama/book"] > 0, (natural, fed)
     for key, share in expected.items():
         assert fed[key] / sum(fed.values()) == pytest.approx(share, abs=0.05), (key, fed, expected)
+
+
+def test_an_unknown_source_or_subset_names_the_nearest_known_one():
+    from elm_data.sources.registry import UnknownSubset, get_subset
+
+    with pytest.raises(UnknownSubset, match=r"unknown source/subset redpajam/arxiv; did you mean 'redpajama/arxiv'\?"):
+        get_subset("redpajam", "arxiv")
+    with pytest.raises(UnknownSubset, match=r"unknown source/subset nothing/like; known: refinedweb/default, "):
+        get_subset("nothing", "like")
