@@ -31,6 +31,7 @@ from elm_data.core.procs import die_with_parent
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.sources import remote
 from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
@@ -45,7 +46,7 @@ from .manifest import (
     write_manifest_dir,
 )
 from .mixture import MixtureConfig
-from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard
+from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard, process_shards
 from .targets import load_targets
 from .workspace import BuildWorkspace, workspace_path_for
 
@@ -76,6 +77,7 @@ class BuildResult:
     shards: int
     shards_reused: int
     totals: dict[str, Any] = field(default_factory=dict)
+    remote: dict[str, Any] = field(default_factory=dict)  # remote reads of the shards counted: retries, bytes
 
 
 def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str]:
@@ -98,15 +100,31 @@ def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_lo
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0) -> None:
+def _init_worker(
+    spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0, remote_settings=None
+) -> None:
     die_with_parent()  # a killed build leaves no worker still counting and committing shards
+    remote.configure(**(remote_settings or {}))  # the parent's retry policy and storage options
     _worker_state["pass"] = spec.build()
     _worker_state["workspace"] = BuildWorkspace(workspace_path, config_hash)
     _worker_state["dropped_per_reason"] = dropped_per_reason
 
 
-def _work(task: ShardTask) -> ShardOutcome:
-    return process_shard(task, _worker_state["pass"], _worker_state["workspace"], _worker_state["dropped_per_reason"])
+def _work(tasks: Sequence[ShardTask]) -> list[ShardOutcome]:
+    state = _worker_state
+    return list(_in_turn(tasks, state["pass"], state["workspace"], state["dropped_per_reason"]))
+
+
+def _in_turn(tasks, document_pass, workspace, dropped_per_reason) -> Iterator[ShardOutcome]:
+    """The tasks counted one after the other, each next shard fetched meanwhile (``process_shard`` looked up here)."""
+    return process_shards(tasks, document_pass, workspace, dropped_per_reason, lambda *a: process_shard(*a))
+
+
+def _groups(tasks: Sequence[ShardTask], workers: int) -> list[Sequence[ShardTask]]:
+    """Consecutive tasks in groups a worker counts in turn, fetching each next shard while counting one: up to
+    4 per group while every worker still gets about 2 groups (a lone shard per group overlaps nothing)."""
+    size = max(1, min(4, len(tasks) // (2 * workers)))
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
 
 
 def run_local(
@@ -114,9 +132,7 @@ def run_local(
 ) -> Iterator[ShardOutcome]:
     """Count shards in ``workers`` processes (in-process for 1), yielding outcomes in shard order."""
     if workers <= 1 or len(tasks) <= 1:
-        document_pass = spec.build()
-        for task in tasks:
-            yield process_shard(task, document_pass, workspace, dropped_per_reason)
+        yield from _in_turn(tasks, spec.build(), workspace, dropped_per_reason)
         return
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
@@ -126,10 +142,11 @@ def run_local(
         min(workers, len(tasks)),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason),
+        initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason, remote.settings()),
     )
     try:
-        yield from pool.map(_work, tasks)
+        for outcomes in pool.map(_work, _groups(tasks, workers)):
+            yield from outcomes
     except BrokenProcessPool as e:
         raise WorkerDied(
             f"a worker process died while counting shards (out of memory?); committed shards are kept in "
@@ -275,6 +292,7 @@ def build_manifest(
     block_bytes: int = BLOCK_BYTES,
     overwrite: bool = False,
     allow_local_shards: bool = False,
+    retries: remote.RetryPolicy | None = None,
 ) -> BuildResult:
     """Count every shard of a mixture and write the manifest directory ``out_dir`` atomically.
 
@@ -291,6 +309,7 @@ def build_manifest(
     ``dropped_samples``: K > 0 also writes ``dropped_samples.jsonl``, the first K filtered documents and
     K rejected records per reason in manifest order (shard, then index); it changes neither the
     manifest id nor the parquet files.
+    ``retries``: how remote reads are retried (else the mixture's ``retries:``); counted in ``remote``.
     ``overwrite``: replace a manifest already at ``out_dir`` (else :class:`OutputExists`). One build per
     ``out_dir`` at a time (:class:`~elm_data.core.errors.OutputLocked` names the holder).
     Raises :class:`BuildFailed` naming every shard that is missing, changed or unreadable.
@@ -299,6 +318,7 @@ def build_manifest(
     out_dir = Path(out_dir)
     _check_output_dir(out_dir, overwrite)
     mixture = MixtureConfig.load(mixture_path)
+    remote.configure(policy=retries or mixture.retries)  # this process and the workers it starts (None: as is)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()
@@ -306,25 +326,26 @@ def build_manifest(
     tasks = plan_shards(mixture, block_bytes, allow_local_shards)
     config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
     work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
-    if runner == "local":
-        reused = _count_locally(tasks, spec, work, workers, dropped_samples, progress, on_shard_done)
-    else:
-        reused = _count_with_beam(tasks, spec, work, beam_args, dropped_samples, runner, progress)
+    local, k = runner == "local", dropped_samples
+    reused, fetched = (_count_locally(tasks, spec, work, workers, k, progress, on_shard_done) if local
+                       else _count_with_beam(tasks, spec, work, beam_args, k, runner, progress))  # fmt: skip
     records = collect(tasks, work, accept_damaged)
     info = manifest_info(mixture, records, tok, pass_description, targets)
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
-    return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"])
+    counts = remote.add_counts({}, fetched)
+    return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"], counts)
 
 
-def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool) -> int:
-    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none."""
+def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):
+    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none (and the
+    remote reads of Beam's workers are not counted here)."""
     from .beam import run_beam
 
     with _polled_progress(work, len(tasks), progress):
         run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
-    return 0
+    return 0, {}
 
 
 @contextlib.contextmanager
@@ -381,8 +402,10 @@ def _count_locally(
     dropped_samples: int,
     progress: bool,
     on_shard_done: Callable[[ShardOutcome], None] | None,
-) -> int:
-    """Count ``tasks`` with the local runner, reporting each outcome; returns how many shards were reused."""
+) -> tuple[int, dict[str, Any]]:
+    """Count ``tasks`` with the local runner, reporting each outcome; returns how many shards were reused and
+    the remote reads' counts (retries, bytes fetched)."""
+    fetched: dict[str, Any] = {}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -392,6 +415,7 @@ def _count_locally(
     try:
         for outcome in run_local(tasks, spec, work, workers, dropped_samples):
             reused += outcome.reused
+            fetched = remote.add_counts(fetched, outcome.remote)
             failed += outcome.error is not None
             tokens += outcome.record.tokens if outcome.record is not None else 0
             if bar is not None:
@@ -402,7 +426,7 @@ def _count_locally(
     finally:
         if bar is not None:
             bar.close()
-    return reused
+    return reused, fetched
 
 
 def load_manifest(path: str | Path, verify: bool = True) -> Manifest:

@@ -74,6 +74,12 @@ from elm_data.sources.blocks import BLOCK_BYTES
     is_flag=True,
     help="Let a shards_from list that is not a local file (remote, or inside a zip) name local paths.",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Attempts per remote read, the first included (default: the mixture's retries.attempts, else 8).",
+)
 def build_manifest(
     mixture,
     out_dir,
@@ -88,6 +94,7 @@ def build_manifest(
     overwrite,
     block_bytes,
     allow_local_shards,
+    retries,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -114,8 +121,22 @@ def build_manifest(
         overwrite=overwrite,
         block_bytes=block_bytes,
         allow_local_shards=allow_local_shards,
+        retries=_retries(mixture, retries),
     )
     _print_build(result, out_dir, dropped_samples)
+
+
+def _retries(mixture: str, attempts: int | None):
+    """The mixture's retry policy with ``--retries`` attempts, or None (the mixture's, else the default)."""
+    if attempts is None:
+        return None
+    from dataclasses import replace
+
+    from elm_data.sources.remote import RetryPolicy
+
+    from .mixture import MixtureConfig
+
+    return replace(MixtureConfig.load(mixture).retries or RetryPolicy(), attempts=attempts)
 
 
 def _print_build(result, out_dir: str, dropped_samples: int) -> None:
@@ -131,6 +152,10 @@ def _print_build(result, out_dir: str, dropped_samples: int) -> None:
         f"  rejected     {json.dumps(t['rejected_by_reason'])}\n"
         f"  tokens       {t['tokens']:,} (exact, LLaMA-2 SentencePiece, no BOS/EOS)"
     )
+    r = result.remote
+    if r.get("bytes_fetched") or r.get("retries") or r.get("failed"):
+        click.echo(f"  remote       {r['bytes_fetched']:,} bytes fetched, {r['retries']} read(s) retried "
+                   f"{json.dumps(r['retries_by_reason'])}")  # fmt: skip
     if dropped_samples:
         from .manifest import DROPPED_SAMPLES_FILE
 

@@ -18,7 +18,8 @@ part is a ratio from the window, so drift along a file is not covered by the int
 Cost: the build's CPU time is projected from the CPU seconds this run spent per sampled record (parsing,
 filtering, tokenizing) plus the measured sha256, decompression and parquet row-group decoding rates per byte
 (a row group is decoded whole whatever few rows are sampled; the build pays it once per byte); network is the
-bytes listed (each shard is transferred once); temporary disk is one fetched shard per worker plus the manifest.
+bytes listed (each shard is transferred once); temporary disk is two fetched shards per worker (one counted,
+the next fetched meanwhile) plus the manifest.
 """
 
 from __future__ import annotations
@@ -149,9 +150,10 @@ class Estimate:
         return sum(s.bytes for s in self.subsets)
 
     def temp_disk_bytes(self, workers: int | None = None) -> int:
-        """One fetched shard per worker, plus the manifest with its documents ledger twice (workspace, final copy)."""
+        """Two fetched shards per worker (the next is fetched while one is counted), plus the manifest with its
+        documents ledger twice (workspace, final copy)."""
         largest = max((s.largest_shard for s in self.subsets), default=0)
-        return (workers or self.workers) * largest + 2 * self.manifest_bytes
+        return 2 * (workers or self.workers) * largest + 2 * self.manifest_bytes
 
     @property
     def manifest_bytes(self) -> int:
@@ -643,7 +645,7 @@ def format_estimate(est: Estimate) -> str:
         f"Exact build: ~{hours:,.1f} core-hours (measured here: read + filter + tokenize per record, sha256 and "
         f"decompression per byte); on {est.workers} worker(s) ~{hours / est.workers:,.1f} h.",
         f"Network: {_bytes(est.network_bytes)} (every shard once). Temporary disk: "
-        f"{_bytes(est.temp_disk_bytes())} ({est.workers} fetched shard(s) of up to "
+        f"{_bytes(est.temp_disk_bytes())} ({2 * est.workers} fetched shard(s) of up to "
         f"{_bytes(max((s.largest_shard for s in est.subsets), default=0))} + the manifest, "
         f"~{_bytes(est.manifest_bytes)}, twice while it is assembled).",
         *(f"Note: {n}" for n in est.notes),

@@ -48,6 +48,7 @@ from elm_data.core.settings import (
 )
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.sources.registry import subset_key
+from elm_data.sources.remote import RetryPolicy
 
 from .shard_lists import entry_shards
 
@@ -60,6 +61,7 @@ MIXTURE_KEYS: dict[str, Any] = {
     "filters": dict | None,
     "sequences": dict | None,
     "sources": list,
+    "retries": dict | None,  # how remote reads are retried (sources/remote.py:RetryPolicy); not in the manifest
 }
 
 
@@ -118,6 +120,7 @@ class MixtureConfig:
     tokenizer: str | None = None
     targets: str | None = "openelm"
     base_dir: str = "."
+    retries: RetryPolicy | None = None  # how remote reads are retried (``retries:``); never part of the manifest
 
     @classmethod
     def load(cls, path: str | Path) -> MixtureConfig:
@@ -146,6 +149,7 @@ class MixtureConfig:
             tokenizer=resolve_path(tokenizer, base_dir) if tokenizer else None,
             targets=values.get("targets", "openelm"),
             base_dir=base_dir,
+            retries=RetryPolicy.from_dict(values["retries"]) if values.get("retries") is not None else None,
         )
 
     def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:

@@ -19,6 +19,7 @@ same shards in the same order.
 from __future__ import annotations
 
 import fnmatch
+import io
 import math
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,7 @@ import fsspec
 
 from elm_data.core.errors import ElmDataError, NotFound
 from elm_data.core.redact import redact_text, redact_uri
+from elm_data.sources import remote
 
 GLOB_CHARS = "*?["
 
@@ -74,7 +76,7 @@ def expand(pattern: str, what: str) -> list[str]:
     if not any(ch in searched for ch in GLOB_CHARS):
         return [pattern]
     try:
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        fs, _, paths = remote.retrying(f"listing {pattern}", lambda: fsspec.get_fs_token_paths(pattern))
     except Exception as e:
         if _remote(pattern) and not isinstance(e, FileNotFoundError):
             raise unreachable(pattern, e) from e
@@ -131,7 +133,7 @@ def listed_uri(listing: str, line: str) -> str:
 def read_url_list(uri: str, allow_local: bool = False) -> list[str]:
     """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped), confined (:func:`confine`)."""
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
+        with io.TextIOWrapper(remote.open_read(uri), encoding="utf-8") as f:  # reads retried on transient faults
             lines = [line.strip() for line in f]
     except FileNotFoundError as e:
         raise NotFound(f"shard list not found: {redact_uri(uri)}") from e

@@ -13,6 +13,10 @@ committed next to its ledger; the builder merges them into ``dropped_samples.jso
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -25,6 +29,7 @@ from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import KEPT, DocumentPass, PassResult
 from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer
+from elm_data.sources import remote
 from elm_data.sources.blocks import BLOCK_BYTES, Block, index_blocks
 from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import fetched, read_shard, shard_format_of
@@ -71,6 +76,7 @@ class ShardOutcome:
     record: ShardRecord | None = None
     error: str | None = None
     reused: bool = False
+    remote: dict = field(default_factory=dict)  # remote reads while counting it: retries, bytes fetched
 
 
 @dataclass
@@ -290,16 +296,71 @@ def shard_record(task: ShardTask, sha256: str, size: int, counts: Counts, fmt: s
     )
 
 
+def process_shards(
+    tasks: Sequence[ShardTask],
+    document_pass: DocumentPass,
+    workspace: BuildWorkspace,
+    dropped_per_reason: int = 0,
+    count: Callable[..., ShardOutcome] | None = None,
+) -> Iterator[ShardOutcome]:
+    """``count`` (:func:`process_shard`) of each task in turn, the next remote shard fetched in the background
+    meanwhile (so fetching overlaps counting; at most two scratch copies at a time)."""
+    count = count or process_shard
+    with ThreadPoolExecutor(1, "elm-next-shard") as pool:
+        ahead = pool.submit(_fetch_ahead, tasks[0].uri) if tasks else None
+        for n, task in enumerate(tasks):
+            current, ahead = ahead, pool.submit(_fetch_ahead, tasks[n + 1].uri) if n + 1 < len(tasks) else None
+            yield count(task, document_pass, workspace, dropped_per_reason, current)
+
+
+def _fetch_ahead(uri: str) -> str | None:
+    """A scratch copy of a remote shard, or None (a local one; or a failure, which the shard's own fetch reports)."""
+    fs, _ = remote.filesystem(uri)
+    if not remote.is_remote(fs):
+        return None
+    try:
+        return remote.download_temp(uri)
+    except Exception:
+        return None
+
+
+@contextmanager
+def _fetched(uri: str, ahead: Future | None) -> Iterator[str]:
+    local = ahead.result() if ahead is not None else None
+    if local is None:
+        with fetched(uri) as path:
+            yield path
+        return
+    try:
+        yield local
+    finally:
+        os.unlink(local)
+
+
 def process_shard(
-    task: ShardTask, document_pass: DocumentPass, workspace: BuildWorkspace, dropped_per_reason: int = 0
+    task: ShardTask,
+    document_pass: DocumentPass,
+    workspace: BuildWorkspace,
+    dropped_per_reason: int = 0,
+    ahead: Future | None = None,
 ) -> ShardOutcome:
     """Count one shard into the workspace, or reuse its committed result; errors are reported, not raised.
 
     ``dropped_per_reason``: K > 0 also commits the shard's first K dropped records per reason; a
-    committed result with fewer samples per reason than asked for is counted again.
+    committed result with fewer samples per reason than asked for is counted again. ``ahead``: a
+    background fetch of the shard (:func:`process_shards`) giving its scratch copy (or None).
     """
+    before = remote.STATS.to_dict()
+    outcome = _process_shard(task, document_pass, workspace, dropped_per_reason, ahead)
+    outcome.remote = remote.STATS.since(before)
+    return outcome
+
+
+def _process_shard(
+    task: ShardTask, document_pass: DocumentPass, workspace: BuildWorkspace, dropped_per_reason: int, ahead
+) -> ShardOutcome:
     try:
-        with fetched(task.uri) as local:  # hashed and read from the same bytes, fetched once
+        with _fetched(task.uri, ahead) as local:  # hashed and read from the same bytes, fetched once
             try:
                 fmt = shard_format_of(local, task.source, task.subset, name=task.uri)
             except UnsupportedFormat:

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import sentencepiece as spm
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_text, redact_uri
+from elm_data.sources.remote import open_read
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
 CACHE_ENV_VAR = "ELM_DATA_CACHE"
@@ -116,7 +116,7 @@ def _read_model(uri: str) -> bytes:
     """The bytes at ``uri``; a remote URL falls back to the cache's copy of it when it cannot be reached."""
     remote = "://" in uri and not uri.startswith(("file://", "memory://"))
     try:
-        with fsspec.open(uri, "rb") as f:
+        with open_read(uri) as f:  # a remote model's reads are retried on transient faults
             return f.read()
     except FileNotFoundError as e:
         if not remote:

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -35,11 +35,16 @@ import zstandard
 from fsspec.spec import AbstractFileSystem
 
 from elm_data.core.errors import ElmDataError
+from elm_data.sources import remote
+from elm_data.sources.block_cache import active_cache
 from elm_data.sources.decompress import MemberEnd, NotAMember, Truncated, gzip_members, zstd_frames
 from elm_data.sources.readers_common import HASH_CHUNK
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
+
+
+ReadAhead = Callable[[str, "Block", int], "tuple[bytes, int] | None"]
 
 
 class BlockChanged(ElmDataError, ValueError):
@@ -188,9 +193,39 @@ def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[s
 
 def hash_blocks(uri: str, starts: Sequence[int], size: int) -> tuple[str, list[str]]:
     """sha256 of the whole shard at ``uri`` and of each block starting at ``starts``, in one streamed read."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as f:
+    with remote.open_read(uri) as f:  # a remote shard's reads are retried on transient faults
         return _hash_ranges(f, list(starts) or [0], size)
+
+
+def _check(uri: str, i: int, block: Block, digest: str) -> None:
+    if digest != block.sha256:
+        raise BlockChanged(
+            f"{uri}: bytes {block.start}-{block.end} (block {i}) have sha256 {digest}, "
+            f"the manifest says {block.sha256}; refusing to read them (restore the shard or rebuild the manifest)"
+        )
+
+
+def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes, int]:
+    """``(bytes, bytes fetched from storage)`` of remote block ``i``: from the node's block cache when it holds
+    them, else fetched with retries (``remote.read_range``), checked against the block's sha256 and cached.
+
+    A block whose bytes do not match is fetched once more (a fault that corrupted a body), then refused.
+    """
+    cache = active_cache()
+    if cache is not None and (data := cache.get(block.sha256)) is not None:
+        remote.STATS.bytes_from_cache += len(data)
+        return data, 0
+    what = f"{uri} block {i} (bytes {block.start}-{block.end})"
+    data = remote.read_range(uri, block.start, block.end, what)
+    fetched = len(data)
+    if hashlib.sha256(data).hexdigest() != block.sha256:
+        remote.STATS.retries["sha256 mismatch"] += 1
+        data = remote.read_range(uri, block.start, block.end, what)
+        fetched += len(data)
+        _check(uri, i, block, hashlib.sha256(data).hexdigest())
+    if cache is not None:
+        cache.put(block.sha256, data)
+    return data, fetched
 
 
 # -- reading verified bytes ---------------------------------------------------------------------------
@@ -203,9 +238,11 @@ class VerifiedView(io.RawIOBase):
 
     KEEP = 2
 
-    def __init__(self, uri: str, blocks: Sequence[Block], lo: int, hi: int):
+    def __init__(self, uri: str, blocks: Sequence[Block], lo: int, hi: int, ahead: ReadAhead | None = None):
         super().__init__()
         self.uri, self.blocks, self.lo, self.hi = uri, list(blocks), lo, hi
+        self.ahead = ahead  # remote blocks already fetched and verified in the background (read-ahead)
+        self._remote: bool | None = None
         self._starts = [b.start for b in self.blocks]
         self._pos = 0
         self._cache: OrderedDict[int, bytes | BinaryIO] = OrderedDict()
@@ -228,15 +265,40 @@ class VerifiedView(io.RawIOBase):
 
     def _storage(self) -> BinaryIO:
         if self._raw is None:
-            fs, path = fsspec.core.url_to_fs(self.uri)
-            # no read-ahead cache: exactly the bytes of the blocks asked for cross from storage
-            self._raw = fs.open(path, "rb") if _is_local(fs) else fs.open(path, "rb", cache_type="none")
+            # no read-ahead cache: exactly the bytes of the blocks asked for cross from storage (retried when remote)
+            self._raw = remote.open_read(self.uri, buffered=False)
         return self._raw
+
+    def _is_remote(self) -> bool:
+        if self._remote is None:
+            self._remote = remote.is_remote(remote.filesystem(self.uri)[0])
+        return self._remote
+
+    def _fetch(self, i: int) -> bytes | BinaryIO:
+        """Block ``i``'s verified bytes: prefetched, cached or fetched when remote and not over ``SPILL_BYTES``."""
+        block = self.blocks[i]
+        if block.end - block.start <= SPILL_BYTES and self._is_remote():
+            got = self.ahead(self.uri, block, i) if self.ahead is not None else None
+            data, fetched = got if got is not None else fetch_verified(self.uri, block, i)
+            self.bytes_loaded += fetched
+            return data
+        return self._read(i)
 
     def _load(self, i: int) -> bytes | BinaryIO:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
+        data = self._fetch(i)
+        self._cache[i] = data
+        records = [j for j in self._cache if self.blocks[j].records != 0]  # 0-record blocks (magic, footer) stay
+        for j in records[: max(0, len(records) - self.KEEP)]:
+            old = self._cache.pop(j)
+            if not isinstance(old, bytes):
+                old.close()
+        return data
+
+    def _read(self, i: int) -> bytes | BinaryIO:
+        """Block ``i`` read from storage (a large one into a temp file) and checked against its sha256."""
         block = self.blocks[i]
         raw = self._storage()
         raw.seek(block.start)
@@ -251,19 +313,8 @@ class VerifiedView(io.RawIOBase):
             spill.write(chunk) if spill is not None else parts.append(chunk)
             left -= len(chunk)
         self.bytes_loaded += block.end - block.start
-        if digest.hexdigest() != block.sha256:
-            raise BlockChanged(
-                f"{self.uri}: bytes {block.start}-{block.end} (block {i}) have sha256 {digest.hexdigest()}, "
-                f"the manifest says {block.sha256}; refusing to read them (restore the shard or rebuild the manifest)"
-            )
-        data: bytes | BinaryIO = spill if spill is not None else b"".join(parts)
-        self._cache[i] = data
-        records = [j for j in self._cache if self.blocks[j].records != 0]  # 0-record blocks (magic, footer) stay
-        for j in records[: max(0, len(records) - self.KEEP)]:
-            old = self._cache.pop(j)
-            if not isinstance(old, bytes):
-                old.close()
-        return data
+        _check(self.uri, i, block, digest.hexdigest())
+        return spill if spill is not None else b"".join(parts)
 
     def readinto(self, buffer) -> int:
         pos = self.lo + self._pos
@@ -312,12 +363,6 @@ def _read_all(f: BinaryIO) -> bytes:
 
 def _block_at(starts: Sequence[int], pos: int) -> int:
     return bisect.bisect_right(starts, pos) - 1
-
-
-def _is_local(fs: AbstractFileSystem) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 # -- handing a view to the format readers: the elm-blocks:// protocol ---------------------------------
@@ -370,11 +415,13 @@ fsspec.register_implementation("elm-blocks", _ViewFileSystem, clobber=True)
 
 @contextmanager
 def open_verified(
-    uri: str, blocks: Sequence[Block], lo: int = 0, hi: int | None = None
+    uri: str, blocks: Sequence[Block], lo: int = 0, hi: int | None = None, ahead: ReadAhead | None = None
 ) -> Iterator[tuple[str, VerifiedView]]:
-    """``(url, view)``: an ``elm-blocks://`` URL the readers open, serving verified bytes ``[lo, hi)`` of ``uri``."""
+    """``(url, view)``: an ``elm-blocks://`` URL the readers open, serving verified bytes ``[lo, hi)`` of ``uri``.
+
+    ``ahead(uri, block, i)``: a remote block's ``(bytes, fetched)`` if it was read ahead (verified), else None."""
     hi = blocks[-1].end if hi is None else hi
-    view = VerifiedView(uri, blocks, lo, hi)
+    view = VerifiedView(uri, blocks, lo, hi, ahead)
     with _LOCK:
         name = f"{os.getpid()}-{next(_COUNTER)}"
         _VIEWS[name] = view

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from elm_data.core.errors import ElmDataError, NotFound
+from elm_data.sources import remote
 from elm_data.sources.document import (
     REJECT_EMPTY_TEXT,
     REJECT_MISSING_TEXT,
@@ -86,9 +86,8 @@ def open_binary(uri: str) -> BinaryIO:
 
     Raises ``NotFound`` (a FileNotFoundError) naming the URI when nothing is there.
     """
-    fs, path = fsspec.core.url_to_fs(uri)
     try:
-        return fs.open(path, "rb")
+        return remote.open_read(uri)  # a remote file's reads are retried on transient faults
     except FileNotFoundError as err:
         raise NotFound(f"shard not found: {uri}") from err
 
@@ -101,7 +100,7 @@ def fetched(uri: str) -> Iterator[str]:
     to a temporary file, removed on exit: the shard crosses the network once instead of once to hash
     and again to read, and a file replaced upstream between the two cannot slip in.
     """
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = remote.filesystem(uri)
     if isinstance(fs, LocalFileSystem):
         yield path
         return
@@ -110,7 +109,7 @@ def fetched(uri: str) -> Iterator[str]:
     os.close(fd)
     try:
         try:
-            fs.get_file(path, local)
+            remote.download(uri, local)  # ranged reads, each retried on transient faults
         except FileNotFoundError as err:
             raise NotFound(f"shard not found: {uri}") from err
         yield local
@@ -129,9 +128,9 @@ def sha256_of(uri: str) -> str:
 
 def size_of(uri: str) -> int:
     """Size in bytes of the file at ``uri``."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = remote.filesystem(uri)
     try:
-        return int(fs.size(path))
+        return int(remote.retrying(f"size of {uri}", lambda: fs.size(path)))
     except FileNotFoundError as err:
         raise NotFound(f"shard not found: {uri}") from err
 

@@ -51,6 +51,12 @@ class CountingFileSystem(MemoryFileSystem):
         path = self._strip_protocol(path)
         return _CountedFile(self.cat_file(path), path, self.log_path)
 
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        data = super().cat_file(path, start=start, end=end, **kwargs)
+        if start is not None or end is not None:  # a ranged read (whole-file reads are counted by the file read)
+            _CountedFile(b"", self._strip_protocol(path), self.log_path)._count(len(data))
+        return data
+
 
 fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elm_data.core.errors import InvalidValue
 from elm_data.core.redact import redact_uri
 from elm_data.core.settings import Settings, SettingsError, load_mapping, resolve_path
 
@@ -48,6 +49,9 @@ class TrainConfig(Settings):
     num_workers: int = 0  # DataLoader workers for the stream
     data_seed: int | None = None  # the stream's mixing seed; None = the manifest's seed (as `elm-data stream`)
     partitions: int | None = None  # stream partitions P (None: the stream's default); ranks × num_workers must divide P
+    retries: dict[str, Any] | None = None  # remote reads: {attempts, backoff_s, max_backoff_s}; None: 8 attempts
+    cache: dict[str, Any] | None = None  # node cache of verified remote blocks: {dir, max_bytes}; None: none
+    readahead_bytes: int | None = None  # remote blocks fetched ahead per reader process; None: 64 MiB, 0: off
 
     # model
     model: str | dict[str, Any] = "270M"  # a named size or a dict: {name: tiny, <OpenELMConfig overrides>}
@@ -200,6 +204,16 @@ class TrainConfig(Settings):
         _check_weights(self.weights)
         if isinstance(self.model, dict):
             self.model_config()  # a custom shape is checked where it is read, not when training starts
+        self.network()  # retries, cache and readahead_bytes are checked here
+
+    def network(self):
+        """The stream's :class:`~elm_data.pipeline.stream.network.NetworkSettings` (retries, cache, read-ahead)."""
+        from elm_data.pipeline.stream.network import NetworkSettings
+
+        try:
+            return NetworkSettings.from_config(self.retries, self.cache, self.readahead_bytes)
+        except InvalidValue as error:
+            raise ConfigError(str(error)) from None
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step so a step sees ``tokens_per_step`` tokens (at least one)."""
@@ -212,7 +226,8 @@ class TrainConfig(Settings):
     def fingerprint(self) -> str:
         """Stable JSON of the settings that change what is trained (for resume checks)."""
         keep = self.to_dict()
-        for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+        for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
+                         "retries", "cache", "readahead_bytes"):  # fmt: skip
             keep.pop(volatile)
         return json.dumps(keep, sort_keys=True, default=str)
 

@@ -92,6 +92,7 @@ def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokeni
         provenance=True,
         document_masks=config.document_masks,
         partitions=config.partitions,
+        network=config.network(),
     )
     return StreamLoader(stream, num_workers=config.num_workers)
 
@@ -453,6 +454,7 @@ class Trainer:
             step_tokens_by_source=D.sum_counts(stats.tokens_by_source, info),
             tokens_by_source=self.consumed(),
             receipt=self.state.receipt,
+            **({"remote_reads": self.loader.remote} if self.loader.remote else {}),  # this rank's, since it started
         )
 
     def progress_bar(self) -> tqdm:

@@ -62,6 +62,10 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     )
     click.echo(f"  padding:   {stats['pad_tokens']:,} slots ({stats['padding_fraction']:.2%})")
     click.echo(f"  discarded: {stats['discarded_tokens']:,} tokens ({stats['discarded_fraction']:.2%}) by truncation")
+    if "remote" in stats:
+        r = stats["remote"]
+        click.echo(f"  remote:    {r['bytes_fetched']:,} bytes fetched, {r['bytes_from_cache']:,} from the cache, "
+                   f"{r['retries']} retried ({json.dumps(r['retries_by_reason'])})")  # fmt: skip
     for key, n in stats["tokens_by_source"].items():
         click.echo(f"  {key:<28} {n:>14,} tokens")
 
@@ -112,15 +116,35 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     is_flag=True,
     help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the manifest.",
 )
+@click.option(
+    "--retries", type=click.IntRange(min=1), default=None, help="Attempts per remote read, the first included (8)."
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: none.",
+)
+@click.option("--cache-max-bytes", type=click.IntRange(min=1), default=None, help="The cache's size limit (64 GiB).")
+@click.option(
+    "--readahead-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Remote blocks fetched ahead of the reader, in bytes (64 MiB; 0: off).",
+)
 def stream(
-    manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass
-) -> None:
+    manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass,
+    retries, cache_dir, cache_max_bytes, readahead_bytes,
+) -> None:  # fmt: skip
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
     holds. The stream checks each block's sha256 and each document's token count against the manifest.
     """
     from . import StreamLoader, TokenStream, take_sequences
+    from .network import NetworkSettings
+
+    cache = {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {}) if cache_dir else None
+    network = NetworkSettings.from_config({"attempts": retries} if retries else None, cache, readahead_bytes)
 
     ts = TokenStream(
         manifest_dir,
@@ -133,6 +157,7 @@ def stream(
         epochs=1,
         provenance=not full_pass,
         partitions=partitions,
+        network=network,
     )
     loader = StreamLoader(ts)
     if full_pass:

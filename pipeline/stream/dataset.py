@@ -29,8 +29,10 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, TokenizerMismatch, resolve_tokenizer
+from elm_data.sources import remote
 
-from .partition import Cursor, planned_batches
+from .network import NetworkSettings
+from .partition import Cursor, PartitionWalk, planned_batches
 from .plan import (
     NATURAL,
     BatchPlan,
@@ -42,6 +44,7 @@ from .plan import (
     manifest_mode,
     manifest_weights,
 )
+from .readahead import readahead_settings
 from .reading import DocumentFetcher, StreamIntegrityError
 from .sequences import LAYOUTS, FramedDoc, frame_segments, span_base_of
 
@@ -76,8 +79,9 @@ class TokenStream(IterableDataset):
     BOS + ids + EOS per kept segment); ``tokens_by_source`` non-pad tokens per ``"source/subset"``;
     ``segment_ids`` (when ``document_masks``) LongTensor[B, seq_len + 1], -1 on padding; ``batch_index``
     (global), ``partition``, ``cursor`` (the partition's cursor after this batch), ``pad_tokens``,
-    ``discarded_tokens`` (ints). At the end of a finite stream a partition's last batch may be short and a
-    partition whose data ended gives empty batches (B = 0).
+    ``discarded_tokens`` (ints); ``remote_reads`` (only when there were any: retries and bytes fetched from
+    remote stores by this reader since its last batch, see ``sources/remote.py``). At the end of a finite
+    stream a partition's last batch may be short and a partition whose data ended gives empty batches (B = 0).
 
     The stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
     gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
@@ -99,8 +103,12 @@ class TokenStream(IterableDataset):
         provenance: bool = True,
         document_masks: bool | None = None,
         partitions: int | None = None,
+        network: NetworkSettings | None = None,
     ):
         super().__init__()
+        if network is not None:
+            network.apply()
+        self.network = NetworkSettings.current()  # applied again in each DataLoader worker
         if not 0 <= rank < world_size:
             raise PlanError(f"rank {rank} is outside world_size {world_size}")
         self.manifest_dir = Path(manifest_dir)
@@ -216,6 +224,8 @@ class StreamReaders(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         stream = self.stream if info is None else self.stream.reopened()
+        if info is not None:
+            stream.network.apply()
         mine = stream.plan().readers_layout(stream.rank, stream.world_size, workers)[worker]
         batches = stream.batches(mine, self.global_batch, self.cursors, numpy=self.numpy)
         if self.batches_per_item == 1:
@@ -251,6 +261,7 @@ class _BatchMaker:
         self.as_array = (lambda a: a) if numpy else torch.from_numpy
         self.fetchers: dict[int, DocumentFetcher] = {}
         self.carried: dict[int, dict[tuple[int, int], FramedDoc]] = {}  # partition -> (shard, index) -> framed
+        self.remote_seen = remote.STATS.to_dict()  # this process' remote reads counted into batches so far
 
     def close(self) -> None:
         for fetcher in self.fetchers.values():
@@ -263,7 +274,8 @@ class _BatchMaker:
         if not missing:
             return framed
         if p not in self.fetchers:
-            self.fetchers[p] = DocumentFetcher(self.plan.manifest)
+            walk = PartitionWalk(self.plan, p) if readahead_settings()["bytes"] > 0 else None
+            self.fetchers[p] = DocumentFetcher(self.plan.manifest, walk)
         fetcher = self.fetchers[p]
         results = self.doc_pass.process([fetcher.fetch(d) for d in missing])
         for doc, result in zip(missing, results, strict=True):
@@ -291,6 +303,9 @@ class _BatchMaker:
         }
         if stream.provenance:
             batch["spans"] = rows.spans
+        reads = remote.STATS.since(self.remote_seen)
+        if remote.any_counted(reads):  # remote reads since the last batch (StreamLoader sums them in its stats)
+            batch["remote_reads"], self.remote_seen = reads, remote.STATS.to_dict()
         if rows.segment_ids is not None:
             batch["segment_ids"] = self.as_array(rows.segment_ids)
         return batch

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from elm_data.core.procs import dataloader_worker_init
+from elm_data.sources import remote
 
 from .consumed import ConsumedTokens, StreamStats
 from .dataset import TokenStream, collate_as_is
@@ -67,6 +68,7 @@ class StreamLoader:
         self.batches = 0
         self.consumed = ConsumedTokens()
         self._handed_out = StreamStats(stream.config.mode, stream.config.window)
+        self.remote: dict[str, Any] = {}  # remote reads of every reader (retries, bytes fetched, from cache)
 
     def _loader(self) -> DataLoader:
         kwargs: dict[str, Any] = {}
@@ -101,6 +103,8 @@ class StreamLoader:
         self.global_batches += self.stream.world_size
         self.batches += 1
         self.consumed.add(batch["tokens_by_source"])
+        if "remote_reads" in batch:
+            self.remote = remote.add_counts(self.remote, batch.pop("remote_reads"))
         self._handed_out.add(batch)
         return batch
 
@@ -108,7 +112,8 @@ class StreamLoader:
         """Padding fraction, discarded tokens (CoreNet truncation), sequences: over the batches this loader
         handed out (since it was made; a resumed run's earlier batches are in ``consumed`` only)."""
         config = self.stream.config
-        return self._handed_out.to_dict() | {"seq_len": config.seq_len, "batch_size": config.batch_size}
+        stats = self._handed_out.to_dict() | {"seq_len": config.seq_len, "batch_size": config.batch_size}
+        return stats | ({"remote": self.remote} if self.remote else {})
 
     def state_dict(self) -> dict[str, Any]:
         s = self.stream

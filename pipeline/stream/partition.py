@@ -67,11 +67,26 @@ class PartitionWalk:
             drawn[i] += 1
             n += 1
 
-    def _source_docs(self, src: int, epoch: int, k: int) -> Iterator[tuple]:
-        """Kept documents of source ``src`` in this partition's ``epoch``, from its ``k``-th on."""
+    def _epoch_run(self, src: int, epoch: int) -> Units:
+        """Source ``src``'s units in the order this partition reads them in ``epoch``."""
         run = self.runs[src]
         if epoch:
             run = run.take(permutation(len(run), self.config.seed, self.plan.sources[src].key, self.p, epoch))
+        return run
+
+    def block_order(self, src: int) -> Iterator[tuple[int, int]]:
+        """Every ``(shard, block)`` source ``src`` reads, in order, epoch after epoch (what read-ahead fetches)."""
+        epoch = 0
+        while (self.config.epochs is None or epoch < self.config.epochs) and len(self.runs[src]):
+            run = self._epoch_run(src, epoch)
+            for i in range(len(run)):
+                shard = int(run.shard[i])
+                yield from ((shard, b) for b in run.blocks(i))
+            epoch += 1
+
+    def _source_docs(self, src: int, epoch: int, k: int) -> Iterator[tuple]:
+        """Kept documents of source ``src`` in this partition's ``epoch``, from its ``k``-th on."""
+        run = self._epoch_run(src, epoch)
         counts = self.plan.manifest.block_counts
         kept_docs = counts.column("kept_docs")
         for i in range(len(run)):

@@ -26,7 +26,9 @@ from elm_data.sources.blocks import Block, BlockChanged, VerifiedView, open_veri
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard
 
+from .partition import PartitionWalk
 from .plan import PlannedDoc
+from .readahead import ReadAhead
 
 
 class StreamIntegrityError(ElmDataError, RuntimeError):
@@ -75,9 +77,11 @@ def _close(items: Iterator) -> None:
 class DocumentFetcher:
     """Fetches planned documents forward, one open reader per source; ``bytes_loaded`` counts storage reads."""
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, walk: PartitionWalk | None = None):
         self.manifest = manifest
         self.records = manifest.shards
+        # the partition's next remote blocks fetched in the background (``walk``: the partition read)
+        self.ahead = ReadAhead(walk) if walk is not None else None
         self._firsts: dict[int, list[int]] = {}  # first records of the blocks of the shards read lately
         self._open: dict[str, _OpenReader] = {}
         self.bytes_loaded = 0
@@ -86,6 +90,8 @@ class DocumentFetcher:
     def close(self) -> None:
         for key in list(self._open):
             self._leave(key)
+        if self.ahead is not None:
+            self.ahead.close()
 
     def _leave(self, key: str) -> None:
         current = self._open.pop(key, None)
@@ -103,7 +109,7 @@ class DocumentFetcher:
             lo, hi, first, end = b.start, b.end, b.first_record, b.first_record + (b.records or 0)
         opened = _OpenReader(doc.shard, first, end, doc.index)
         try:
-            opened.url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi))
+            opened.url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi, self.ahead))
             if rec.format == "parquet" and len(blocks) > 1:
                 opened.footer = opened.view.parquet_metadata()
         except BaseException:
@@ -145,6 +151,8 @@ class DocumentFetcher:
             current = self._open[rec.key] = self._open_view(doc)
         try:
             if current.block != self._block_of(doc):
+                if self.ahead is not None:
+                    self.ahead.at(doc.src, doc.shard, self._block_of(doc))  # and fetch the source's next blocks
                 self._read_block(current, doc)
             item = self._next_at(current, doc)
         except BlockChanged as changed:

@@ -1,0 +1,239 @@
+"""Remote corpora over real servers on 127.0.0.1: fsspec's HTTP client against a server that injects faults
+(503, 429 with Retry-After, bodies cut mid-way, latency), with retries, read-ahead and the node block cache.
+
+The oracle is always the same files read from the local disk: the same manifest (id and totals) and the
+same global batches, bitwise, whatever the faults."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import fault_server
+import pytest
+import yaml
+from test_stream_scale import global_batches
+
+from elm_data.manifests.build import build_manifest
+from elm_data.manifests.manifest import Manifest
+from elm_data.manifests.mixture import MixtureConfig
+from elm_data.pipeline.stream import StreamIntegrityError
+from elm_data.pipeline.stream.readahead import configure_readahead, readahead_settings
+from elm_data.sources import remote
+from elm_data.sources.block_cache import BlockCache, CacheConfig, configure_cache
+from elm_data.sources.blocks import Block, fetch_verified
+
+FAULTS = fault_server.Faults(fail_every=7, cut_every=11, latency_s=0.005)
+FAST = remote.RetryPolicy(attempts=8, backoff_s=0.001, max_backoff_s=0.01)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries():
+    """Retries without long waits, and the process' settings restored after each test."""
+    before, ahead = remote.settings(), readahead_settings()
+    remote.configure(FAST)
+    yield
+    remote.configure(**before)
+    configure_readahead(ahead["bytes"], ahead["threads"])
+    configure_cache(None)
+
+
+def _mixtures(sample_dir: Path, url: str, out: Path, entries: slice = slice(None)) -> tuple[Path, Path]:
+    """(local mixture, the same shards as ``url/<path>`` URLs) of the sample corpus' ``entries``."""
+    config = MixtureConfig.load(sample_dir / "mixture.yaml")
+    raw = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
+    raw["sources"] = raw["sources"][entries]
+    local, http = yaml.safe_load(yaml.safe_dump(raw)), raw
+    root = sample_dir.resolve()
+    for lo, hi, entry in zip(local["sources"], http["sources"], config.entries[entries], strict=True):
+        shards = [Path(s).resolve() for s in config.resolve_shards(entry)]
+        lo["shards"] = [str(s) for s in shards]
+        hi["shards"] = [f"{url}/{s.relative_to(root)}" for s in shards]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
+    (out / "http.yaml").write_text(yaml.safe_dump(http, sort_keys=False))
+    return out / "local.yaml", out / "http.yaml"
+
+
+# -- the retry layer on its own ------------------------------------------------------------------------
+def test_transient_faults_are_told_from_permanent_ones():
+    info = aiohttp.RequestInfo(
+        aiohttp.client_reqrep.URL("http://h/x"), "GET", {}, aiohttp.client_reqrep.URL("http://h/x")
+    )
+
+    def http(status):
+        return aiohttp.ClientResponseError(info, (), status=status)
+
+    def raised_from(cause):
+        try:
+            raise FileNotFoundError("http://h/x") from cause
+        except FileNotFoundError as e:
+            return e
+
+    assert remote.transient_reason(http(503)) == "http 503"
+    assert remote.transient_reason(http(429)) == "http 429"
+    assert remote.transient_reason(http(404)) is None
+    assert remote.transient_reason(raised_from(http(503))) == "http 503"  # fsspec's failed HEAD
+    assert remote.transient_reason(raised_from(http(404))) is None
+    assert remote.transient_reason(aiohttp.ClientPayloadError("cut")) == "truncated body"
+    assert remote.transient_reason(ConnectionResetError(104, "reset")) == "connection"
+    assert remote.transient_reason(TimeoutError()) == "timeout"
+    assert remote.transient_reason(ValueError("bad json")) is None
+    assert remote.transient_reason(FileNotFoundError("gone")) is None
+
+
+def test_retry_policy_is_validated():
+    assert remote.RetryPolicy.from_dict({"attempts": 3}).attempts == 3
+    for bad in ({"attempts": 0}, {"attempts": "3"}, {"backoff_s": -1}, {"tries": 3}, [3]):
+        with pytest.raises(remote.InvalidValue, match="retries"):
+            remote.RetryPolicy.from_dict(bad)
+
+
+def test_retry_after_is_honoured_and_a_permanent_failure_is_one_line(tmp_path):
+    (tmp_path / "shard.jsonl").write_bytes(b'{"text": "x"}\n' * 100)
+    block = Block(0, 1400, "00" * 32, 0, 100)
+    remote.configure(remote.RetryPolicy(attempts=3, backoff_s=0.001, max_backoff_s=0.01))
+    throttled = fault_server.Faults(throttle_every=1, retry_after="0.3")
+    with fault_server.serve(tmp_path, throttled) as (url, stats):
+        started = time.monotonic()
+        with pytest.raises(remote.RemoteReadFailed) as failed:
+            fetch_verified(f"{url}/shard.jsonl", block, 4)
+        waited = time.monotonic() - started
+    assert stats.requests == 3 and stats.faults["429"] == 3
+    assert waited >= 0.6  # two waits of the 0.3 s the server asked for, though the backoff is 0.01 s at most
+    message = str(failed.value)
+    assert "\n" not in message and "shard.jsonl block 4 (bytes 0-1400)" in message
+    assert "gave up after 3 attempt(s)" in message and "429" in message
+
+
+def test_a_block_is_fetched_again_until_whole_and_checked(tmp_path):
+    import hashlib
+
+    data = b'{"text": "hello"}\n' * 5000
+    (tmp_path / "s.jsonl").write_bytes(data)
+    block = Block(100, 60000, hashlib.sha256(data[100:60000]).hexdigest(), 0, None)
+    before = remote.STATS.to_dict()
+    cut = fault_server.Faults(cut_every=1)
+    with fault_server.serve(tmp_path, cut) as (url, _), pytest.raises(remote.RemoteReadFailed, match="truncated"):
+        fetch_verified(f"{url}/s.jsonl", block, 0)  # every body cut: never used
+    with fault_server.serve(tmp_path, fault_server.Faults(fail_every=2, cut_every=3)) as (url, _):
+        for _ in range(4):
+            got, fetched = fetch_verified(f"{url}/s.jsonl", block, 0)
+            assert got == data[100:60000] and fetched >= len(got)
+    assert remote.STATS.since(before)["retries"] >= 4
+    wrong = Block(100, 60000, "ab" * 32, 0, None)
+    with fault_server.serve(tmp_path) as (url, _), pytest.raises(Exception, match="sha256"):
+        fetch_verified(f"{url}/s.jsonl", wrong, 0)
+
+
+# -- a build and a stream over the faulty server --------------------------------------------------------
+def _build_both(sample_dir, tokenizer_path, out, url, entries=slice(None), **kw):
+    local_yaml, http_yaml = _mixtures(sample_dir, url, out, entries)
+    local = build_manifest(local_yaml, out / "local", tokenizer=tokenizer_path, block_bytes=16 << 10, **kw)
+    http = build_manifest(http_yaml, out / "http", tokenizer=tokenizer_path, block_bytes=16 << 10, **kw)
+    return local, http
+
+
+def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(
+    sample_dir, tokenizer_path, tokenizer, tmp_path
+):
+    """Three subsets, parquet and JSONL (the quick sibling of the whole mixture at 1x0 and 2x2, below)."""
+    with fault_server.serve(sample_dir, FAULTS) as (url, stats):
+        before = remote.STATS.to_dict()
+        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 3))
+        assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)  # the root covers the URIs
+        assert http.remote["retries"] >= 1 and http.remote["failed"] == 0
+        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert stats.faults["503"] and stats.faults["cut"]
+    assert remote.STATS.since(before)["retries"] >= stats.faults["503"] // 2
+
+
+@pytest.mark.slow
+def test_the_whole_mixture_over_a_faulty_server_at_1x0_and_2x2(sample_dir, tokenizer_path, tokenizer, tmp_path):
+    with fault_server.serve(sample_dir, FAULTS) as (url, stats):
+        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, workers=2)
+        assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)  # the root covers the URIs
+        reference = global_batches(local.manifest_dir, tokenizer, 1, 0)
+        assert len(reference) > 8
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0) == reference
+        assert (
+            global_batches(
+                http.manifest_dir,
+                tokenizer,
+                2,
+                2,
+            )
+            == reference
+        )
+    assert stats.faults["503"] > 10 and stats.faults["cut"] > 5
+
+
+# -- read-ahead and the block cache ------------------------------------------------------------------------
+def test_a_warm_cache_fetches_nothing_and_a_damaged_entry_is_fetched_again(
+    sample_dir, tokenizer_path, tokenizer, tmp_path
+):
+    with fault_server.serve(sample_dir) as (url, stats):
+        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 2))
+        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
+        configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+        entries = sorted((tmp_path / "cache").glob("??/*"))
+        assert entries
+        sent = stats.bytes_sent
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+        assert stats.bytes_sent == sent  # the second pass fetched nothing
+        entries[0].write_bytes(b"damaged")
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+        assert stats.bytes_sent > sent  # the damaged block (only) was fetched again
+        assert stats.bytes_sent - sent < 2 * max(e.stat().st_size for e in entries)
+
+
+def test_the_cache_evicts_the_least_recently_used(tmp_path):
+    import hashlib
+
+    cache = BlockCache(tmp_path, max_bytes=3000)
+    blobs = [bytes([i]) * 1000 for i in range(5)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    for sha, blob in zip(shas[:3], blobs[:3], strict=True):
+        cache.put(sha, blob)
+        time.sleep(0.01)
+    assert cache.get(shas[0]) == blobs[0]  # now the most recently used
+    cache.put(shas[3], blobs[3])
+    cache.evict()
+    assert cache.get(shas[1]) is None and cache.get(shas[0]) == blobs[0] and cache.get(shas[3]) == blobs[3]
+    with pytest.raises(remote.InvalidValue, match="cache"):
+        CacheConfig.from_dict({"dir": "x", "size": 3})
+
+
+def test_read_ahead_fetches_each_block_once_and_changes_nothing(sample_dir, tokenizer_path, tokenizer, tmp_path):
+    with fault_server.serve(sample_dir) as (url, stats):
+        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 3))
+        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
+        configure_readahead(0)
+        sent = stats.bytes_sent
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+        without = stats.bytes_sent - sent
+        configure_readahead(1 << 20, 2)
+        sent = stats.bytes_sent
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+        assert stats.bytes_sent - sent == without  # read ahead, yet every byte crossed once
+
+
+def test_a_changed_remote_shard_stops_the_stream(sample_dir, tokenizer_path, tokenizer, tmp_path):
+    import shutil
+
+    root = tmp_path / "served"
+    shutil.copytree(sample_dir, root)
+    with fault_server.serve(root, FAULTS) as (url, _):
+        _, http = _build_both(root, tokenizer_path, tmp_path, url, slice(1, 2))  # JSONL
+        manifest = Manifest(http.manifest_dir)
+        record = manifest.shards[0]
+        block = next(b for b in manifest.blocks(0) if b["kept_docs"])
+        shard = root / record.uri.split("/", 3)[3]
+        data = bytearray(shard.read_bytes())
+        data[(block["start"] + block["end"]) // 2] ^= 1  # a byte of a block the stream reads
+        shard.write_bytes(bytes(data))
+        with pytest.raises(StreamIntegrityError, match="sha256"):
+            global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2)
