@@ -308,6 +308,8 @@ def read_range(uri: str, start: int, end: int, what: str | None = None) -> bytes
     def attempt() -> bytes:
         data = fs.cat_file(path, start=start, end=end)
         STATS.bytes_fetched += len(data)
+        if len(data) > end - start and len(data) >= end:  # a server that ignores Range sent the whole file
+            data = data[start:end]
         if len(data) != end - start:
             size = int(fs.size(path))
             if size < end:
@@ -330,6 +332,7 @@ class RetryingReader(io.RawIOBase):
         self.uri, self.what = uri, what or uri
         self._fs, self._path = filesystem(uri)
         self._file: BinaryIO | None = None
+        self._streaming = False  # read as one stream (a server that ignores Range), not in ranged requests
         self._pos = 0
         self.size: int | None = None
 
@@ -363,15 +366,36 @@ class RetryingReader(io.RawIOBase):
 
     def _attempt(self, n: int) -> bytes:
         if self._file is None:
-            sized = {"size": self.size} if self.size is not None and self._fs.protocol in HTTP else {}
-            self._file = self._fs.open(self._path, "rb", cache_type="none", **sized)  # no HEAD per attempt
-            self.size = getattr(self._file, "size", None) or self.size
-        self._file.seek(self._pos)
-        data = self._file.read(n)
+            self._open()
+        if not self._streaming:
+            self._file.seek(self._pos)
+        try:
+            data = self._file.read(n)
+        except ValueError as err:
+            if "range requests" not in str(err):
+                raise
+            self._streaming = True  # an HTTP server without Range: one streamed GET, skipping what was read
+            self._drop()
+            self._open()
+            data = self._file.read(n)
         if not data and self.size is not None and self._pos < self.size:
             self._drop()
             raise ShortRead(f"{self.what}: nothing arrived at byte {self._pos} of {self.size}")
         return data
+
+    def _open(self) -> None:
+        if self._streaming:
+            self._file = self._fs.open(self._path, "rb", block_size=0)
+            left = self._pos
+            while left:
+                skipped = self._file.read(min(READ_CHUNK, left))
+                if not skipped:
+                    raise ShortRead(f"{self.what}: the stream ended at byte {self._pos - left} of {self._pos}")
+                left -= len(skipped)
+            return
+        sized = {"size": self.size} if self.size is not None and self._fs.protocol in HTTP else {}
+        self._file = self._fs.open(self._path, "rb", cache_type="none", **sized)  # no HEAD per attempt
+        self.size = getattr(self._file, "size", None) or self.size
 
     def readinto(self, buffer) -> int:
         n = min(len(buffer), READ_CHUNK)

@@ -32,6 +32,7 @@ class Faults:
     latency_s: float = 0.0
     fault_rate: float = 0.0
     seed: int = 0
+    ranges: bool = True  # False: answer every GET with the whole file (a server that ignores Range)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = path.stat().st_size
         start, end, status = 0, size, 200
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if match:
+        if match and server.faults.ranges:
             start, end, status = int(match[1]), min(size, int(match[2] or size - 1) + 1), 206
             if start >= size:
                 self.send_response(416)

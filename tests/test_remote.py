@@ -127,6 +127,18 @@ def test_a_block_is_fetched_again_until_whole_and_checked(tmp_path):
         fetch_verified(f"{url}/s.jsonl", wrong, 0)
 
 
+def test_a_server_that_ignores_range_is_read_as_one_stream(tmp_path):
+    import hashlib
+
+    data = bytes(range(256)) * (40 << 10)  # 10 MiB: more than one ranged read
+    (tmp_path / "big.bin").write_bytes(data)
+    with fault_server.serve(tmp_path, fault_server.Faults(ranges=False)) as (url, _):
+        with remote.open_read(f"{url}/big.bin") as f:
+            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+        block = Block(1000, 5000, hashlib.sha256(data[1000:5000]).hexdigest(), 0, None)
+        assert fetch_verified(f"{url}/big.bin", block, 0)[0] == data[1000:5000]
+
+
 # -- a build and a stream over the faulty server --------------------------------------------------------
 def _build_both(sample_dir, tokenizer_path, out, url, entries=slice(None), **kw):
     local_yaml, http_yaml = _mixtures(sample_dir, url, out, entries)
