@@ -87,11 +87,16 @@ def _write_files(directory: Path, files: dict[str, Callable[[Path], object]]) ->
 
 
 def save_model(model: OpenELM, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model.safetensors`` and ``model_config.json`` into ``directory``; returns the weights path."""
+    """Write ``model.safetensors`` and ``model_config.json`` into ``directory``; returns the weights path.
+
+    Equal tensors give equal bytes (the file's metadata holds one key, the config), so a file's sha256 names
+    its weights."""
     directory = Path(directory)
     config_json = json.dumps(model.config.to_dict(), indent=2)
     tensors = _plain_tensors(unwrap_model(model).state_dict(), dtype)
-    metadata = {"format": "pt", CONFIG_METADATA_KEY: config_json}
+    # One metadata key: safetensors writes its metadata map in hash order, so with two keys equal tensors were
+    # saved as different bytes from save to save (and a checkpoint's sha256 changed with them).
+    metadata = {CONFIG_METADATA_KEY: config_json}
     _write_files(
         directory,
         {
@@ -330,7 +335,7 @@ def _read_tensors(files: list[Path], device) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt", device=str(device)) as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                     tensors[name] = handle.get_tensor(name)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # OSError, ValueError, safetensors' own SafetensorError (a damaged header)
             raise WeightsError(f"cannot read safetensors file {file}: {error}") from error
     return tensors
 
@@ -348,14 +353,37 @@ def _find_weights(path: Path) -> Path:
 def _read_config(weights_path: Path) -> OpenELMConfig:
     beside = weights_path.parent / CONFIG_FILE
     if beside.is_file():
-        return OpenELMConfig.from_dict(json.loads(beside.read_text()))
-    with safe_open(str(weights_path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+        return read_config_file(beside)
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # SafetensorError: a damaged header
+        raise WeightsError(f"cannot read safetensors file {weights_path}: {error}") from error
     if CONFIG_METADATA_KEY in metadata:
-        return OpenELMConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        return _config_from_text(metadata[CONFIG_METADATA_KEY], f"the config in {weights_path}'s metadata")
     if (weights_path.parent / HF_CONFIG_FILE).is_file():
         raise WeightsError(f"{weights_path.parent} looks like a Hugging Face export: use import_hf")
     raise WeightsError(f"no {CONFIG_FILE} beside {weights_path} and no config in its metadata")
+
+
+def read_config_file(path: str | Path) -> OpenELMConfig:
+    """The :class:`OpenELMConfig` in a ``model_config.json``; unreadable, not JSON or not a config: a
+    :class:`WeightsError` naming the file (never blamed on the weights)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightsError(f"cannot read {path}: {error}") from error
+    return _config_from_text(text, str(path))
+
+
+def _config_from_text(text: str, where: str) -> OpenELMConfig:
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        return OpenELMConfig.from_dict(data)
+    except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError; unknown keys, wrong types
+        raise WeightsError(f"{where} is not a valid model config: {error}") from error
 
 
 def _plain_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ Layout of ``RUN_DIR/checkpoints/step_00000100/``::
     model_config.json      OpenELMConfig.to_dict()
     training_state.pt      optimizer + scheduler state and RNG states (plain tensors/dicts, weights_only)
     stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact batches)
-    trainer_state.json     step, tokens, consumed per source, receipt chain head, manifest id, config + fingerprint
+    trainer_state.json     step, tokens, consumed per source, receipt chain head, manifest id, config + fingerprint,
+                           and ``files``: the sha256 of each file above (checked before any of them is loaded)
 
 Invariant 5: a directory named ``step_*`` exists only once complete. It is filled as a hidden temp sibling and
 published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a
@@ -19,6 +20,7 @@ file-level functions below serve it and the tools that read checkpoints (export,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -33,7 +35,7 @@ import torch
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_model, read_config_file, save_model
 from elm_data.pipeline.stream import merge_states
 from elm_data.pipeline.stream.state import check_state
 
@@ -43,6 +45,7 @@ from .config import TrainConfig
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE, STREAM_STATE, TRAINER_STATE = "training_state.pt", "stream_state.pt", "trainer_state.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+DIGESTED = (WEIGHTS_FILE, CONFIG_FILE, TRAINING_STATE, STREAM_STATE)  # trainer_state.json's ``files`` covers these
 
 
 class CheckpointError(ElmDataError, ValueError):
@@ -111,7 +114,8 @@ def save_checkpoint(
         training = {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state()}
         torch.save(training, tmp / TRAINING_STATE)
         torch.save(stream_state, tmp / STREAM_STATE)
-        (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2, sort_keys=True) + "\n")
+        state = {**trainer_state, "step": step, "files": file_digests(tmp)}
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     if keep:
         for old_dir in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old_dir, ignore_errors=True)
@@ -152,22 +156,73 @@ class SavedCheckpoint:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SavedCheckpoint:
-    """Read every file of a checkpoint (or of a run's newest), each with ``weights_only=True``; a missing or
-    damaged file is a :class:`CheckpointError` naming it."""
+    """Read every file of a checkpoint (or of a run's newest), each checked against the sha256 its
+    ``trainer_state.json`` records and loaded with ``weights_only=True``; a missing, changed or damaged file is a
+    :class:`CheckpointError` naming it."""
     path = resolve_checkpoint(path)
-    expected = (WEIGHTS_FILE, CONFIG_FILE, TRAINING_STATE, STREAM_STATE, TRAINER_STATE)
-    missing = [name for name in expected if not (path / name).is_file()]
+    missing = [name for name in (*DIGESTED, TRAINER_STATE) if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
-    model = _read(path, WEIGHTS_FILE, lambda: load_model(path))
+    trainer = read_trainer_state(path)
+    check_digests(path, trainer, DIGESTED, "resume from another checkpoint")
+    model = _read_model(path)
     training = _read(
         path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
     )
     stream = read_stream_state(path)
-    trainer = read_trainer_state(path)
     if not isinstance(training, dict) or not {"optimizer", "scheduler", "rng"} <= set(training):
         raise CheckpointError(f"checkpoint {path}: {TRAINING_STATE} does not hold a training state")
     return SavedCheckpoint(path, model, trainer, training["optimizer"], training["scheduler"], training["rng"], stream)
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """``{name: sha256}`` of the checkpoint files in ``directory`` that ``trainer_state.json`` covers."""
+    digests = {}
+    for name in DIGESTED:
+        with (directory / name).open("rb") as handle:
+            digests[name] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digests
+
+
+def check_digests(path: Path, trainer: dict[str, Any], names: tuple[str, ...], advice: str) -> bool:
+    """Each of ``names`` must have the sha256 that ``trainer_state.json`` records, else a :class:`CheckpointError`
+    naming the file. False (nothing checked) for a checkpoint written before checkpoints carried digests."""
+    recorded = trainer.get("files")
+    if recorded is None:
+        return False
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} 'files' is not a table of sha256 digests")
+    for name in names:
+        with (path / name).open("rb") as handle:
+            actual = hashlib.file_digest(handle, "sha256").hexdigest()
+        if recorded.get(name) != actual:
+            raise CheckpointError(
+                f"checkpoint {path}: {name} does not match the sha256 its {TRAINER_STATE} records "
+                f"(changed or damaged since it was saved); {advice}"
+            )
+    return True
+
+
+def load_checkpoint_model(path: str | Path) -> OpenELM:
+    """The model of a checkpoint directory (its files checked against their recorded sha256 first) or of any
+    directory or file :func:`~elm_data.model.weights.load_model` reads; a damaged or changed file is one line."""
+    path = Path(path)
+    if not (path / TRAINER_STATE).is_file():
+        return load_model(path)
+    check_digests(path, read_trainer_state(path), (WEIGHTS_FILE, CONFIG_FILE), "export another checkpoint")
+    return _read_model(path)
+
+
+def _read_model(path: Path) -> OpenELM:
+    """The weights of checkpoint ``path`` under its ``model_config.json``: each file blamed for its own damage,
+    and weights that do not fit the config said to disagree with it."""
+    config = _read(path, CONFIG_FILE, lambda: read_config_file(path / CONFIG_FILE))
+    try:
+        return load_model(path, config=config)
+    except WeightsError as error:
+        if "do not match the config" not in str(error):
+            raise _damaged(path, WEIGHTS_FILE, error) from error
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} does not fit {CONFIG_FILE} ({error})") from error
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -202,10 +257,14 @@ def _read(path: Path, name: str, read):
     except CheckpointError:
         raise
     except Exception as error:  # corrupt zip, truncated safetensors, a pickle that is not plain data, bad JSON
-        raise CheckpointError(
-            f"checkpoint {path}: {name} is damaged or not a checkpoint file ({type(error).__name__}); "
-            "resume from another checkpoint"
-        ) from error
+        raise _damaged(path, name, error) from error
+
+
+def _damaged(path: Path, name: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path}: {name} is damaged or not a checkpoint file ({type(error).__name__}); "
+        "use another checkpoint"
+    )
 
 
 # ---- the trainer's checkpointer -----------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 from elm_data.core.settings import Settings, SettingsError, convert, load_mapping
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, load_model, save_model
+from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, save_model
 
-from .checkpoint import TRAINER_STATE, read_trainer_state, resolve_checkpoint
+from .checkpoint import TRAINER_STATE, load_checkpoint_model, read_trainer_state, resolve_checkpoint
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo
 from .hardware import pick_device
@@ -224,7 +224,7 @@ def load_source(path: str | Path) -> tuple[OpenELM, dict[str, Any]]:
         info: dict[str, Any] = {}
     else:
         checkpoint = resolve_checkpoint(path) if not (path / WEIGHTS_FILE).is_file() else path
-        model, kind, weights = load_model(checkpoint), "checkpoint", checkpoint / WEIGHTS_FILE
+        model, kind, weights = load_checkpoint_model(checkpoint), "checkpoint", checkpoint / WEIGHTS_FILE
         trainer = read_trainer_state(checkpoint) if (checkpoint / TRAINER_STATE).is_file() else {}
         info = {"trained_on_manifest": trainer.get("manifest_id"), "trained_tokens": trainer.get("tokens")}
         path = checkpoint

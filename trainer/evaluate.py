@@ -26,7 +26,7 @@ from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 from elm_data.pipeline.stream.consumed import ConsumedTokens
 
-from .checkpoint import read_stream_state
+from .checkpoint import load_checkpoint_model, read_stream_state
 from .export import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
@@ -118,7 +118,6 @@ def task_manager(tasks: list[str], include_path: str | Path | None):
 def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, Any]:
     """Mean next-token loss and perplexity on the next ``batches`` batches the run did not consume."""
     from elm_data.manifests.manifest import Manifest
-    from elm_data.model.weights import load_model
     from elm_data.pipeline.tokenizer import PAD_ID
 
     from .audit import audit_run
@@ -141,7 +140,7 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     manifest = Manifest(run.header["manifest_dir"])
     loader = build_loader(config, manifest.path, load_tokenizer(config, manifest), DistInfo(0, 1))
     loader.load_state_dict(read_stream_state(run.checkpoint))
-    model = load_model(checkpoint).eval()
+    model = load_checkpoint_model(checkpoint).eval()
     total, count, sources = 0.0, 0, ConsumedTokens()
     for index, batch in enumerate(loader):
         if index == batches:

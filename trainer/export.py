@@ -21,10 +21,10 @@ from elm_data.core.errors import OutputExists
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf, load_model
+from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf
 
 from .audit import RunAudit, audit_run
-from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints, read_trainer_state
+from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints, load_checkpoint_model, read_trainer_state
 from .runlog import LOG_FILE, effective_steps, read_log
 
 HF_DATASETS = "hf://datasets/"
@@ -210,7 +210,7 @@ def export_checkpoint(
 ) -> Path:
     """Export one checkpoint (with its card and tokenizer when it lies in a run directory)."""
     run = run_of(checkpoint)
-    model = load_model(checkpoint)
+    model = load_checkpoint_model(checkpoint)
     extra, proto = {}, None
     if run is not None:
         proto = tokenizer_bytes(tokenizer, run.header["tokenizer"], required=tokenizer is not None)

@@ -16,7 +16,7 @@ from elm_data.model.config import NAMED_SHAPES
 from elm_data.model.weights import DTYPES
 
 from . import export as E
-from .checkpoint import list_checkpoints
+from .checkpoint import list_checkpoints, load_checkpoint_model
 
 TOKENIZER_HELP = "Tokenizer to ship (else $ELM_DATA_TOKENIZER, else the run's logged one / the cache)."
 
@@ -75,7 +75,6 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
     """
     from elm_data.model.mlx_export import export_mlx as write_mlx
     from elm_data.model.mlx_export import folder_bytes
-    from elm_data.model.weights import load_model
 
     if out_dir.exists():
         raise OutputExists(f"{out_dir} exists: mlx-lm writes a new folder")
@@ -84,7 +83,8 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
     pinned = run.header.get("tokenizer") if run else None
     proto = E.tokenizer_bytes(tokenizer, pinned, required=True)
     card = E.checkpoint_card(run) if run else {}
-    write_mlx(load_model(checkpoint), out_dir, proto, dtype, int(quantize) if quantize else None, group_size, card)
+    model = load_checkpoint_model(checkpoint)
+    write_mlx(model, out_dir, proto, dtype, int(quantize) if quantize else None, group_size, card)
     bits = f"{quantize}-bit, group {group_size}" if quantize else dtype
     click.echo(f"{checkpoint} -> {out_dir} (MLX, {bits}): {folder_bytes(out_dir) / 2**20:.1f} MiB")
 

@@ -1,0 +1,105 @@
+"""Checkpoints say what they hold: every file's sha256 is recorded and checked before it is loaded (resume,
+export), each damaged file is blamed by name in one line, and equal tensors are saved as equal bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer_units import small_model
+
+from elm_data.cli import run as cli_run
+from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, save_model
+from elm_data.trainer import checkpoint as ckpt
+from elm_data.trainer.config import TrainConfig
+from elm_data.trainer.optim import build_optimizer
+
+
+def _checkpoint(run_dir: Path) -> Path:
+    model = small_model()
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+    model(torch.randint(0, 100, (1, 8))).sum().backward()
+    optimizer.step()
+    return ckpt.save_checkpoint(run_dir, 2, model, optimizer.state_dict(), {"x": 1}, {"pos": [1]}, {"tokens": 64})
+
+
+def _flip_byte(path: Path, offset_from_end: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) - offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_trainer_state_records_the_sha256_of_every_other_file(tmp_path):
+    path = _checkpoint(tmp_path)
+    files = json.loads((path / ckpt.TRAINER_STATE).read_text())["files"]
+    names = [p.name for p in path.iterdir() if p.name != ckpt.TRAINER_STATE]
+    assert files == {name: _sha256(path / name) for name in names}  # hashlib over the bytes on disk
+    assert sorted(files) == sorted([WEIGHTS_FILE, CONFIG_FILE, ckpt.TRAINING_STATE, ckpt.STREAM_STATE])
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, CONFIG_FILE, ckpt.TRAINING_STATE, ckpt.STREAM_STATE])
+def test_a_flipped_byte_in_any_file_is_refused_at_resume_naming_it(tmp_path, name):
+    path = _checkpoint(tmp_path)
+    _flip_byte(path / name, offset_from_end=100 if name != CONFIG_FILE else 5)
+    with pytest.raises(ckpt.CheckpointError, match=f"{name} does not match the sha256") as error:
+        ckpt.read_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_flipped_weight_byte_is_refused_by_export_in_one_line(tmp_path, capsys):
+    path = _checkpoint(tmp_path)
+    _flip_byte(path / WEIGHTS_FILE)  # a byte of the last tensor's data: safetensors itself cannot tell
+    assert cli_run(["export", "hf", str(path), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{WEIGHTS_FILE} does not match the sha256" in err, err
+    assert not (tmp_path / "hf" / WEIGHTS_FILE).exists()
+
+
+def test_damaged_weights_without_digests_are_one_line_at_export(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    save_model(small_model(), model_dir)  # a model directory: no trainer_state.json, so no digests
+    data = bytearray((model_dir / WEIGHTS_FILE).read_bytes())
+    data[8:16] = b"\x00garbage"  # inside the JSON header
+    (model_dir / WEIGHTS_FILE).write_bytes(bytes(data))
+    assert cli_run(["export", "hf", str(model_dir), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and WEIGHTS_FILE in err, err
+
+
+@pytest.mark.parametrize(
+    "edit, blamed",
+    [
+        (lambda c: json.dumps(c | {"model_dim": 128}), f"{WEIGHTS_FILE} does not fit {CONFIG_FILE}"),
+        (lambda c: "{not json", f"{CONFIG_FILE} is damaged"),
+        (lambda c: json.dumps(c | {"modle_dim": 1}), f"{CONFIG_FILE} is damaged"),
+    ],
+)
+def test_an_edited_model_config_is_blamed_on_the_config(tmp_path, edit, blamed):
+    path = _checkpoint(tmp_path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    (path / CONFIG_FILE).write_text(edit(config))
+    with pytest.raises(ckpt.CheckpointError, match=f"{CONFIG_FILE} does not match the sha256"):
+        ckpt.read_checkpoint(path)  # first of all, its recorded sha256
+    state = json.loads((path / ckpt.TRAINER_STATE).read_text())
+    del state["files"]  # as a checkpoint from before digests: the config is still the one blamed
+    (path / ckpt.TRAINER_STATE).write_text(json.dumps(state))
+    with pytest.raises(ckpt.CheckpointError, match=blamed) as error:
+        ckpt.read_checkpoint(path)
+    assert f"{WEIGHTS_FILE} is damaged" not in str(error.value)
+    with pytest.raises(ckpt.CheckpointError, match=blamed):
+        ckpt.load_checkpoint_model(path)  # export's way in
+
+
+def test_equal_tensors_are_saved_as_equal_bytes(tmp_path):
+    model = small_model()
+    saved = [save_model(model, tmp_path / f"save{i}").read_bytes() for i in range(8)]
+    assert all(data == saved[0] for data in saved[1:])  # the metadata map was written in hash order: 1 in 2 differ
+    again = small_model()  # equal tensors in another module
+    assert save_model(again, tmp_path / "again").read_bytes() == saved[0]
