@@ -103,3 +103,36 @@ def test_equal_tensors_are_saved_as_equal_bytes(tmp_path):
     assert all(data == saved[0] for data in saved[1:])  # the metadata map was written in hash order: 1 in 2 differ
     again = small_model()  # equal tensors in another module
     assert save_model(again, tmp_path / "again").read_bytes() == saved[0]
+
+
+# ---- resuming stands exactly where the checkpoint was saved ------------------------------------------------------
+def test_iterating_the_stream_loader_never_draws_from_torchs_global_rng(sample_manifest, tokenizer_path):
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    loader = StreamLoader(TokenStream(sample_manifest, batch_size=2, seq_len=32, tokenizer=tokenizer_path))
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    for _ in range(2):  # a fresh iteration each time (as a resumed trainer makes one)
+        next(iter(loader))
+        assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.slow  # trains three short runs
+def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_manifest, tmp_path, monkeypatch):
+    from test_trainer_run import small_config
+
+    from elm_data.trainer import loop
+
+    seen: list[torch.Tensor] = []
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: seen.append(torch.get_rng_state()) or real_step(*a, **k))
+    config = small_config(sample_manifest, max_steps=4, tokens_per_step=2 * 2 * 32)
+    straight = loop.train(config, out_dir=tmp_path / "straight", progress=False)
+    at_straight = list(seen)
+    first = loop.train(config, out_dir=tmp_path / "resumed", stop_after=2, progress=False)
+    seen.clear()
+    second = loop.train(config, resume=first.run_dir, progress=False)
+    saved = torch.load(first.checkpoint / ckpt.TRAINING_STATE, weights_only=True)["rng"]["torch"]
+    assert torch.equal(seen[0], saved)  # step 3 starts from the state step 2's checkpoint holds
+    assert all(torch.equal(a, b) for a, b in zip(seen, at_straight[2:], strict=True))
+    assert first.losses + second.losses == straight.losses  # still bitwise the uninterrupted run

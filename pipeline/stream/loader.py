@@ -35,7 +35,9 @@ class StreamLoader:
 
     Invariants: batch ``global_batches + rank`` is always the next one handed out; after each batch,
     ``global_batches`` grows by ``world_size``, its partition's cursor is the one after it, ``consumed`` and
-    :meth:`stats` count it. Iterating again continues where the last iteration stopped.
+    :meth:`stats` count it. Iterating again continues where the last iteration stopped. Iterating never draws
+    from torch's global RNG (the DataLoader's base seed comes from a generator of its own), so a trainer that
+    restores its RNGs and then iterates stands exactly where it was saved.
     """
 
     ITEM_TOKENS = 1 << 17
@@ -78,7 +80,11 @@ class StreamLoader:
         readers = self.stream.readers(
             self.global_batches, self.cursors, batches_per_item=self.batches_per_item, numpy=self.num_workers > 0
         )
-        return DataLoader(readers, batch_size=None, collate_fn=collate_as_is, num_workers=self.num_workers, **kwargs)
+        # Each DataLoader iterator draws its workers' base seed from ``generator`` (else from torch's global RNG, one
+        # draw per iteration: a resumed run would stand one draw past the RNG state its checkpoint restored).
+        generator = torch.Generator().manual_seed(0)  # the stream is deterministic; the workers' own RNGs unused
+        return DataLoader(readers, batch_size=None, collate_fn=collate_as_is, num_workers=self.num_workers,
+                          generator=generator, **kwargs)  # fmt: skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank = self.stream.rank
