@@ -18,10 +18,12 @@ from elm_data.pipeline.stream import StreamLoader, TokenStream
 from elm_data.pipeline.stream.receipt import (
     batch_spans,
     global_batches,
+    label_positions,
     plan_batch_digest,
     state_at,
     stream_batch_digest,
 )
+from elm_data.pipeline.tokenizer import PAD_ID
 from elm_data.trainer.audit import verify_deep, verify_run
 from elm_data.trainer.cli import audit_run as audit_run_command
 from elm_data.trainer.loop import train
@@ -38,6 +40,11 @@ def _compare(stream: TokenStream, limit: int | None = None) -> int:
         if stream.config.mode == "packed":
             assert batch_spans(bp, plan) == batch["spans"]  # the very spans, not only the digest
         assert plan_batch_digest(bp, plan) == stream_batch_digest(batch, stream.config.mode), bp.batch
+        # the label positions a trainer counts, from the plan's spans, are those of the very ids
+        labels = batch["input_ids"][:, 1:]
+        positions, counted = label_positions(batch_spans(bp, plan), stream.config.seq_len, stream.config.mode)
+        assert positions == labels.numel(), bp.batch
+        assert counted in (None, int((labels != PAD_ID).sum())), bp.batch
         n += 1
     if limit is None:
         assert next(planned, None) is None  # the plan ends where the stream ends
@@ -237,3 +244,148 @@ def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, to
         [r["receipt"] for r in read_log(d) if r.get("event") in ("step", "receipt")] for d in (tmp_path / "ddp", run)
     ]
     assert heads[0] == heads[1] and len(heads[0]) == 4
+
+
+# ---- the receipt covers every figure it reports ------------------------------------------------------------------
+def test_every_step_field_is_verified_or_declared_a_measurement(receipt_run):
+    from elm_data.trainer.audit import STEP_FIELDS_MEASURED, STEP_FIELDS_VERIFIED
+
+    assert not set(STEP_FIELDS_VERIFIED) & set(STEP_FIELDS_MEASURED)
+    for record in (r for r in read_log(receipt_run) if r.get("event") == "step"):
+        assert set(record) - {"event"} == set(STEP_FIELDS_VERIFIED) | set(STEP_FIELDS_MEASURED)
+
+
+def _bump(value):
+    """An edit of a logged value: a number + 1000, each count of a per-source table + 1, a hash replaced."""
+    if isinstance(value, dict):
+        return {k: v + 1 for k, v in value.items()}
+    return "0" * 64 if isinstance(value, str) else value + 1000
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source", "tokens_by_source"],
+)
+def test_an_edited_step_field_fails_at_its_step(receipt_run, tmp_path, field):
+    from elm_data.trainer.audit import STEP_FIELDS_VERIFIED
+
+    assert field in STEP_FIELDS_VERIFIED
+    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {field: _bump(r[field])} if i == _at(rs, 4, ("step",))
+                                                      else r for i, r in enumerate(rs)])  # fmt: skip
+    outcome = verify_run(edited)
+    assert not outcome.ok and outcome.first_bad_step == 4, (field, outcome.format())
+    if field not in ("step", "receipt"):  # those two: "a step skipped or repeated", "the logged chain head"
+        assert field in outcome.reason, outcome.reason
+
+
+def test_an_edited_end_record_token_total_fails(receipt_run, tmp_path):
+    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {"tokens_total": r["tokens_total"] + 1000}
+                                                      if r["event"] == "end" else r for r in rs])  # fmt: skip
+    outcome = verify_run(edited)
+    assert not outcome.ok and outcome.first_bad_step == STEPS and "tokens_total" in outcome.reason, outcome.format()
+
+
+def _edit_state(path: Path, change) -> None:
+    state = json.loads((path / "trainer_state.json").read_text())
+    (path / "trainer_state.json").write_text(json.dumps(change(state)))
+
+
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("receipt", lambda s: s | {"receipt": "0" * 64}),
+        ("tokens", lambda s: s | {"tokens": s["tokens"] + 1000}),
+        ("consumed", lambda s: s | {"consumed": _bump(s["consumed"])}),
+        ("manifest_id", lambda s: s | {"manifest_id": "0" * 64}),
+        ("fingerprint", lambda s: s | {"fingerprint": s["fingerprint"].replace("0.003", "0.004")}),
+        ("config", lambda s: s | {"config": s["config"] | {"lr": 0.004}}),
+        ("files", lambda s: s | {"files": s["files"] | {"model.safetensors": "0" * 64}}),
+        ("step", lambda s: s | {"step": s["step"] - 1}),
+    ],
+)
+def test_an_edited_checkpoint_trainer_state_fails(receipt_run, tmp_path, field, change):
+    from elm_data.trainer.audit import TRAINER_STATE_FIELDS_VERIFIED
+    from elm_data.trainer.checkpoint import list_checkpoints
+
+    assert field in TRAINER_STATE_FIELDS_VERIFIED
+    copy = _edit(receipt_run, tmp_path, lambda rs: rs)
+    last = list_checkpoints(copy)[-1]
+    assert set(json.loads((last / "trainer_state.json").read_text())) == {*TRAINER_STATE_FIELDS_VERIFIED}
+    _edit_state(last, change)
+    outcome = verify_run(copy)
+    assert not outcome.ok and "checkpoint" in outcome.reason, (field, outcome.format())
+    assert outcome.first_bad_step == (STEPS - 1 if field == "step" else STEPS), outcome.format()
+
+
+@pytest.mark.slow  # trains, edits the checkpoint, resumes
+def test_tokens_edited_in_a_checkpoint_before_a_resume_fail(sample_manifest, tmp_path):
+    from elm_data.trainer.checkpoint import list_checkpoints
+
+    config = receipt_config(sample_manifest)
+    first = train(config, out_dir=tmp_path / "run", stop_after=3, progress=False)
+    _edit_state(list_checkpoints(first.run_dir)[-1], lambda s: s | {"tokens": s["tokens"] + 1000})
+    second = train(config, resume=first.run_dir, progress=False)
+    assert second.tokens == STEPS * 2 * 2 * 32 + 1000  # the resumed run carries the edit into its figures
+    outcome = verify_run(first.run_dir)
+    assert not outcome.ok and outcome.first_bad_step == 3, outcome.format()
+
+
+# ---- run directories: a resume into a new --out, a restart, one run at a time ------------------------------------
+def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample_manifest, tmp_path):
+    from elm_data.trainer.runlog import effective_steps
+
+    before = (receipt_run / LOG_FILE).read_bytes()
+    config = receipt_config(sample_manifest)
+    result = train(config, resume=receipt_run, out_dir=tmp_path / "more", max_steps=STEPS + 1, progress=False)
+    assert result.run_dir == tmp_path / "more" and result.final_step == STEPS + 1
+    assert (receipt_run / LOG_FILE).read_bytes() == before  # the source run is left as it was
+    outcome = verify_run(result.run_dir)
+    assert outcome.ok and outcome.steps == STEPS + 1 and outcome.checked["steps"] == STEPS + 1, outcome.format()
+    steps = effective_steps(read_log(result.run_dir))
+    assert [r["step"] for r in steps] == [2, 4, 6, 7]  # the source's logged steps, then this run's
+    # a checkpoint copied away from its run (no log beside it): the new log starts at it, and says so
+    bare = tmp_path / "bare" / "step_00000006"
+    shutil.copytree(receipt_run / "checkpoints" / "step_00000006", bare)
+    result = train(config, resume=bare, out_dir=tmp_path / "from_bare", max_steps=STEPS + 1, progress=False)
+    outcome = verify_run(result.run_dir)
+    assert outcome.ok and outcome.checked["steps"] == STEPS + 1, outcome.format()
+    assert any("steps 1-6" in note for note in outcome.notes), outcome.notes
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_resume(receipt_run, sample_manifest, tmp_path):
+    from elm_data.trainer.loop import TrainingError
+
+    killed = _edit(receipt_run, tmp_path, lambda rs: [r for r in rs if r.get("event") in ("header", "step",
+                                                                                          "receipt")][:4])  # fmt: skip
+    shutil.rmtree(killed / "checkpoints")
+    with (killed / LOG_FILE).open("a") as log:
+        log.write('{"event": "step", "step": 4, "lo')  # killed mid-record
+    config = receipt_config(sample_manifest)
+    with pytest.raises(TrainingError, match=f"before its first checkpoint: pass --resume {killed}"):
+        train(config, out_dir=killed, progress=False)
+    result = train(config, resume=killed, progress=False)
+    assert result.run_dir == killed and result.steps == list(range(1, STEPS + 1))
+    records = read_log(killed)  # every line whole: the cut one was dropped before appending
+    restart = next(r for r in records if r["event"] == "resume")
+    assert restart["from_step"] == 0 and "before its first checkpoint" in restart["restarted"]
+    outcome = verify_run(killed)
+    assert outcome.ok and outcome.head == read_log(receipt_run)[-1]["receipt"], outcome.format()
+    with pytest.raises(TrainingError, match="another manifest or other training settings"):
+        shutil.rmtree(killed / "checkpoints")
+        train(config.replace(lr=1e-2), resume=killed, progress=False)
+
+
+def test_a_second_run_into_a_locked_run_directory_is_refused(sample_manifest, tmp_path):
+    from elm_data.cli import run as cli_run
+    from elm_data.core.errors import OutputLocked
+    from elm_data.core.outputs import output_lock
+
+    config = receipt_config(sample_manifest)
+    run_dir = tmp_path / "run"
+    with output_lock(run_dir, "training run"):  # as a first `train` holds it while it runs
+        with pytest.raises(OutputLocked, match="another training run is writing it"):
+            train(config, out_dir=run_dir, progress=False)
+        path = tmp_path / "train.yaml"
+        path.write_text(yaml.safe_dump(config.to_dict()))
+        code = cli_run(["train", str(path), "--out", str(run_dir), "--no-progress"])
+    assert code == 2 and not (run_dir / LOG_FILE).exists()

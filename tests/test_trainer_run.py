@@ -190,13 +190,16 @@ def test_shipped_configs_load():
 @pytest.mark.slow  # trains a step end to end
 def test_restore_refuses_a_bad_stream_state_before_changing_anything(sample_manifest, tmp_path):
     from elm_data.pipeline.stream.plan import PlanError
-    from elm_data.trainer.checkpoint import STREAM_STATE
+    from elm_data.trainer.checkpoint import STREAM_STATE, file_digests
     from elm_data.trainer.loop import Trainer
 
     config = small_config(sample_manifest, max_steps=1)
     done = train(config, out_dir=tmp_path / "run", progress=False)
     stream_state = torch.load(done.checkpoint / STREAM_STATE, weights_only=True)
     torch.save({**stream_state, "version": 2}, done.checkpoint / STREAM_STATE)
+    trainer_state = json.loads((done.checkpoint / "trainer_state.json").read_text())  # its digest too: a checkpoint
+    trainer_state["files"] |= file_digests(done.checkpoint)  # consistent in itself, of a stream state not resumable
+    (done.checkpoint / "trainer_state.json").write_text(json.dumps(trainer_state))
     trainer = Trainer(config, torch.device("cpu"), DistInfo(), run_dir=tmp_path / "other", progress=False)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

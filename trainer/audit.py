@@ -226,6 +226,32 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
 
 
 # ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone ----------------
+# Every field of a ``step`` record is either recomputed from the plan by ``--verify`` (what the run ate, and every
+# count of it) or a measurement of the model and the machine that no plan can recompute (not checked; the receipt
+# certifies the data, not the loss). A field the trainer adds must be put in one of the two (tests/test_receipt.py).
+STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source",
+                        "tokens_by_source")  # fmt: skip
+STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
+                        "step_time_s")  # fmt: skip
+# A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
+# resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
+TRAINER_STATE_FIELDS_VERIFIED = ("step", "receipt", "tokens", "consumed", "manifest_id", "fingerprint", "config",
+                                 "files")  # fmt: skip
+
+
+@dataclass
+class StepCounts:
+    """What the plan says step ``k`` consumed: its chain head, label positions (``tokens``: rows x seq_len, all
+    batches) and, in packed mode (None in corenet mode, whose piece lengths the manifest does not record), the
+    label positions that count (not pad) and the tokens per source of the step."""
+
+    step: int
+    head: str
+    tokens: int
+    counted: int | None
+    by_source: dict[str, int] | None
+
+
 @dataclass
 class Verification:
     """The outcome of :func:`verify_run`: ``ok``, else the first step whose record or chain head differs."""
@@ -268,19 +294,25 @@ class LoggedChain:
     resumes: list[dict[str, Any]] = field(default_factory=list)
     ends: list[dict[str, Any]] = field(default_factory=list)
     problems: list[tuple[int, str]] = field(default_factory=list)
+    start: int = 0  # a run resumed from a bare checkpoint (no log beside it) logs from this step on
 
 
 def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
     """Read every step's chain head from the log (``step`` and ``receipt`` records), checking that steps follow
     one another: a step missing or repeated (without a resume that explains it) is a problem at that step."""
     out = LoggedChain()
-    last, per_step = 0, None
+    last, per_step, bare = 0, None, False
     for number, r in enumerate(records, 1):
         event = r.get("event")
         if event in ("header", "resume"):
             per_step = int(r.get("grad_accum_steps") or 1) * int(r.get("world_size") or 1)
+        if event == "header":
+            bare = bool(r.get("resumed_from")) and not out.heads and not out.resumes
         if event == "resume":
             k = int(r["from_step"])
+            if bare and not out.resumes and not out.heads:  # the first resume of a log begun at a bare checkpoint
+                out.start = last = k
+                out.batches_per_step.update(dict.fromkeys(range(1, k + 1), per_step or 1))  # as the run's settings
             if k > last:
                 out.problems.append((last + 1, f"log record {number}: resume from step {k}, but step {last} was last"))
             for table in (out.heads, out.records, out.batches_per_step):
@@ -302,26 +334,38 @@ def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
 
 
 def expected_heads(plan: Plan, manifest_id: str, batches_per_step: list[int]):
-    """``(step, head, tokens by source this step or None)`` recomputed from the plan: step ``k`` consumes the next
+    """A :class:`StepCounts` per step, recomputed from the plan: step ``k`` consumes the next
     ``batches_per_step[k - 1]`` global batches. Token counts need the framed lengths: packed mode only."""
-    from elm_data.pipeline.stream.receipt import batch_spans, chain, digest_spans, genesis, global_batches, step_digest
+    from elm_data.pipeline.stream.receipt import (
+        batch_spans,
+        chain,
+        digest_spans,
+        genesis,
+        global_batches,
+        label_positions,
+        step_digest,
+    )
 
     mode = plan.config.mode
     head = genesis(manifest_id, plan.config.to_dict())
     planned = global_batches(plan)
     for k, n in enumerate(batches_per_step, 1):
-        digests, counts = [], defaultdict(int)
+        digests, counts, positions, counted = [], defaultdict(int), 0, 0
         for _ in range(n):
             bp = next(planned, None)
             if bp is None:
                 return  # the stream ended: a run cannot have logged this step
             spans = batch_spans(bp, plan)
             digests.append(digest_spans(bp.batch, spans, mode))
+            batch_positions, batch_counted = label_positions(spans, plan.config.seq_len, mode)
+            positions, counted = positions + batch_positions, (counted or 0) + (batch_counted or 0)
             for row in spans:
                 for span in row:
                     counts[subset_key(span["source"], span["subset"])] += span.get("end", 0) - span["start"]
         head = chain(head, step_digest(digests))
-        yield k, head, (dict(sorted(counts.items())) if mode == "packed" else None)
+        packed = mode == "packed"
+        yield StepCounts(k, head, positions, counted if packed else None,
+                         dict(sorted(counts.items())) if packed else None)  # fmt: skip
 
 
 def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Verification:
@@ -346,88 +390,145 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
     for step, reason in logged.problems:
         result.fail(step, reason)
     plan = Plan(manifest, PlanConfig.from_mapping(plan_config, "stream_state.plan"))
-    heads = _check_steps(result, logged, plan)
-    result.head = heads.get(result.steps)
-    _check_end_records(result, logged.ends, heads, manifest, plan_config)
-    _check_resumes(result, logged.resumes, heads, plan)
-    checkpoints = _check_checkpoints(result, run_dir, heads)
-    result.checked = {"steps": len(heads), "end records": len(logged.ends), "checkpoints": checkpoints}
+    planned = _check_steps(result, logged, plan)
+    result.head = planned[result.steps].head if result.steps in planned else None
+    _check_end_records(result, logged.ends, planned, manifest, plan_config)
+    _check_resumes(result, logged.resumes, planned, plan)
+    checkpoints = _check_checkpoints(result, run_dir, planned, header)
+    result.checked = {"steps": len(planned), "end records": len(logged.ends), "checkpoints": checkpoints}
+    if logged.start:
+        result.notes.append(f"the run was resumed from a checkpoint whose log is not here: steps 1-{logged.start} "
+                            "are checked through the resume's chain head only")  # fmt: skip
     if plan.config.mode != "packed":
         result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
     return result
 
 
-def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[int, str]:
-    """Compare each logged step with the plan's: its chain head and (packed mode) its tokens per source, for the
-    step and cumulative. Returns the recomputed head of every step the plan's stream reaches."""
+def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[int, PlannedStep]:
+    """Compare each logged step with the plan's: its chain head, its label positions (``tokens``, ``tokens_total``)
+    and, in packed mode, its counted positions and tokens per source, for the step and cumulative. Returns what the
+    plan says of every step its stream reaches."""
     per_step = [logged.batches_per_step.get(k, 1) for k in range(1, result.steps + 1)]
     cumulative: dict[str, int] = defaultdict(int)
-    heads: dict[int, str] = {}
-    for k, head, counts in expected_heads(plan, result.manifest_id, per_step):
-        heads[k] = head
+    planned: dict[int, PlannedStep] = {}
+    total = 0
+    for counts in expected_heads(plan, result.manifest_id, per_step):
+        k = counts.step
+        total += counts.tokens
+        for key, n in (counts.by_source or {}).items():
+            cumulative[key] += n
+        so_far = {key: n for key, n in sorted(cumulative.items()) if n} if counts.by_source is not None else None
+        planned[k] = PlannedStep(counts.head, total, so_far)
         record = logged.records.get(k)
         if record is None:
-            result.fail(k, f"no chain head logged for step {k}")
+            if k > logged.start:  # steps up to a bare checkpoint's are in another log
+                result.fail(k, f"no chain head logged for step {k}")
             continue
-        if logged.heads[k] != head:
-            result.fail(k, f"the logged chain head {logged.heads[k]} is not the recomputed {head}")
-        if counts is None:
-            continue
-        for key, n in counts.items():
-            cumulative[key] += n
-        if "step_tokens_by_source" in record and record["step_tokens_by_source"] != counts:
-            result.fail(k, f"step_tokens_by_source {record['step_tokens_by_source']} != the plan's {counts}")
-        so_far = {key: n for key, n in sorted(cumulative.items()) if n}
-        if "tokens_by_source" in record and record["tokens_by_source"] != so_far:
-            result.fail(k, f"tokens_by_source {record['tokens_by_source']} != the plan's {so_far}")
-    if len(heads) < result.steps:
-        result.fail(len(heads) + 1, f"the log records {result.steps} steps, the plan's stream ends after {len(heads)}")
-    return heads
+        if logged.heads[k] != counts.head:
+            result.fail(k, f"the logged chain head {logged.heads[k]} is not the recomputed {counts.head}")
+        expected = {"tokens": counts.tokens, "tokens_total": total, "counted_tokens": counts.counted,
+                    "step_tokens_by_source": counts.by_source, "tokens_by_source": so_far}  # fmt: skip
+        for name, value in expected.items():
+            if value is None or (record.get("event") != "step" and name not in record):
+                continue  # a receipt record (between logged steps) holds the head alone
+            if name not in record:
+                result.fail(k, f"the step record lacks {name}")
+            elif record[name] != value:
+                result.fail(k, f"{name} {record[name]} != the plan's {value}")
+    if len(planned) < result.steps:
+        last = len(planned)
+        result.fail(last + 1, f"the log records {result.steps} steps, the plan's stream ends after {last}")
+    return planned
+
+
+@dataclass
+class PlannedStep:
+    """The plan's figures at the end of a step: chain head, label positions so far, tokens per source so far
+    (packed mode; else None)."""
+
+    head: str
+    tokens_total: int
+    consumed: dict[str, int] | None
 
 
 def _check_end_records(
     result: Verification,
     ends: list[dict[str, Any]],
-    heads: dict[int, str],
+    planned: dict[int, PlannedStep],
     manifest: Manifest,
     plan_config: dict[str, Any],
 ) -> None:
-    """An ``end`` record names the chain head of its step, the manifest (id and Merkle root) and the plan."""
+    """An ``end`` record names the chain head of its step, the label positions up to it, the manifest (id and Merkle
+    root), the plan and the batches per step."""
     for end in ends:
         k = int(end.get("step", 0))
         if "receipt" not in end:
             continue
-        expected = {"receipt": heads.get(k), "manifest_id": manifest.manifest_id,
-                    "merkle_root": manifest.info["merkle_root"], "plan": plan_config, "steps": k}  # fmt: skip
+        at = planned.get(k)
+        expected = {"receipt": at.head if at else None, "tokens_total": at.tokens_total if at else 0,
+                    "manifest_id": manifest.manifest_id, "merkle_root": manifest.info["merkle_root"],
+                    "plan": plan_config, "steps": k}  # fmt: skip
         wrong = [f for f, v in expected.items() if end.get(f) != v]
         if wrong:
             result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")
 
 
-def _check_resumes(result: Verification, resumes: list[dict[str, Any]], heads: dict[int, str], plan: Plan) -> None:
+def _check_resumes(
+    result: Verification, resumes: list[dict[str, Any]], planned: dict[int, PlannedStep], plan: Plan
+) -> None:
     """A resumed run continues the chain from its checkpoint's head (the genesis head at step 0)."""
     from elm_data.pipeline.stream.receipt import genesis
 
     for resume in resumes:
         k = int(resume["from_step"])
-        expected_head = genesis(result.manifest_id, plan.config.to_dict()) if k == 0 else heads.get(k)
+        expected_head = genesis(result.manifest_id, plan.config.to_dict()) if k == 0 else None
+        if k in planned:
+            expected_head = planned[k].head
         if resume["receipt"] != expected_head:
             result.fail(k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}")
 
 
-def _check_checkpoints(result: Verification, run_dir: Path, heads: dict[int, str]) -> int:
-    """Each checkpoint of a verified step carries that step's chain head; returns how many were compared."""
-    from .checkpoint import list_checkpoints, read_trainer_state
+def _check_checkpoints(
+    result: Verification, run_dir: Path, planned: dict[int, PlannedStep], header: dict[str, Any]
+) -> int:
+    """Each checkpoint of a verified step: its files match their recorded sha256, and its trainer state names the
+    step's chain head, label positions and tokens per source (packed mode), this manifest and the run's training
+    settings. Returns how many were compared."""
+    from .checkpoint import DIGESTED, CheckpointError, check_digests, list_checkpoints, read_trainer_state
 
     compared = 0
+    fingerprint = _fingerprint(header.get("config"))
     for path in list_checkpoints(run_dir):
         state = read_trainer_state(path)
         k = int(state["step"])
-        if k in heads:
-            compared += 1
-            if state["receipt"] != heads[k]:
-                result.fail(k, f"checkpoint {path.name} carries chain head {state['receipt']}, not {heads[k]}")
+        if k not in planned:
+            continue
+        compared += 1
+        at = planned[k]
+        expected = {"receipt": at.head, "tokens": at.tokens_total, "manifest_id": result.manifest_id,
+                    "fingerprint": fingerprint, "consumed": at.consumed}  # fmt: skip
+        expected = {f: v for f, v in expected.items() if v is not None}
+        wrong = [f for f, v in expected.items() if state.get(f) != v]
+        if _fingerprint(state.get("config")) != fingerprint:
+            wrong.append("config")
+        try:
+            if not check_digests(path, state, DIGESTED, "it is not the file saved"):
+                result.notes.append(f"checkpoint {path.name} records no sha256 of its files (written before they did)")
+        except CheckpointError as error:
+            wrong.append(f"files ({error})")
+        if wrong:
+            result.fail(k, f"checkpoint {path.name} differs from the run in {', '.join(wrong)}")
     return compared
+
+
+def _fingerprint(config: Any) -> str | None:
+    """The training-settings fingerprint of a logged config (None when it is not one)."""
+    from .config import ConfigError, TrainConfig
+
+    try:
+        return TrainConfig.from_dict(dict(config)).fingerprint()
+    except (ConfigError, TypeError, ValueError):
+        return None
 
 
 def verify_deep(

@@ -10,6 +10,7 @@ Trainer with a palettization hook (compress.py).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.outputs import output_lock, write_atomic
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
@@ -32,7 +34,7 @@ from elm_data.pipeline.stream.receipt import chain, genesis, step_digest, stream
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
-from .checkpoint import Checkpointer, TrainState, resolve_checkpoint
+from .checkpoint import Checkpointer, TrainState, list_checkpoints, resolve_checkpoint
 from .config import ConfigError, TrainConfig
 from .hardware import autocast, autocast_dtype, device_description, mfu, peak_flops, pick_device
 from .loss import loss_sums, split_inputs_labels
@@ -113,6 +115,26 @@ def refuse_used_run_dir(run_dir: Path, info: D.DistInfo, hint: str) -> None:
     """A fresh run never appends to another run's log (invariant 5: nothing is clobbered unasked)."""
     if info.is_main and (run_dir / LOG_FILE).exists():
         raise TrainingError(f"{run_dir} already holds a run: {hint}")
+
+
+def run_lock(run_dir: Path, info: D.DistInfo):
+    """One run per run directory: rank 0 holds an exclusive lock on it (``.NAME.lock`` beside it, as a build holds
+    its output's) from before the directory is checked until the run ends; a second run into it is refused."""
+    return output_lock(run_dir, "training run") if info.is_main else contextlib.nullcontext()
+
+
+def copy_source_log(checkpoint_dir: Path, run_dir: Path, info: D.DistInfo) -> None:
+    """A run resumed into another directory starts its log with the log of the run that wrote the checkpoint
+    (its complete records), so the new log alone is the whole receipt: ``audit-run --verify`` follows it from step
+    1 and the resume record supersedes the steps the source logged past the checkpoint."""
+    source = checkpoint_dir.parent.parent / LOG_FILE
+    if not info.is_main or not source.is_file() or source.parent.resolve() == run_dir.resolve():
+        return
+    refuse_used_run_dir(run_dir, info, "resume into a directory that holds no run, or continue that run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    complete = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # a killed writer's cut line
+    write_atomic(run_dir / LOG_FILE, "".join(complete))
 
 
 # ---- one optimizer step ------------------------------------------------------------------------------------
@@ -220,6 +242,7 @@ class Trainer:
         self.config, self.device, self.info, self.progress = config, device, info, progress
         self.run_dir = run_dir or config.run_dir
         self.resumed_from: Path | None = None  # the checkpoint this invocation continues
+        self.restarted = False  # whether it starts again a run that stopped before its first checkpoint
         self.until = config.max_steps  # the step this invocation stops at (run's stop_after)
 
     # ---- setup and restore
@@ -248,6 +271,22 @@ class Trainer:
         """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this run's)."""
         self.state, self.stream_start = self.checkpointer.load(checkpoint_dir)
         self.resumed_from = checkpoint_dir
+
+    def restart(self) -> None:
+        """Start again from step 0 in a run directory whose run stopped before its first checkpoint (its log gets a
+        resume record from step 0); refused when that run had another manifest or other training settings."""
+        header = next((r for r in read_log(self.run_dir) if r.get("event") == "header"), None)
+        self.restarted = True
+        if header is None:
+            return  # killed before its header was written: the log starts over with one
+        try:
+            logged = TrainConfig.from_dict(header.get("config") or {}).fingerprint()
+        except (ConfigError, TypeError):
+            logged = None
+        if header.get("manifest_id") != self.manifest.manifest_id or logged != self.config.fingerprint():
+            raise TrainingError(
+                f"{self.run_dir} holds a run of another manifest or other training settings: choose another --out"
+            )
 
     def check_vocabulary(self) -> None:
         """Every token id the tokenizer can emit must have an embedding row (checked once, before any step)."""
@@ -418,16 +457,18 @@ class Trainer:
     def open_log(self) -> None:
         """Open the log: a header for a fresh run (or a resume into an empty directory), a resume record after
         a restore (step records after it supersede those the interrupted run logged past its checkpoint)."""
-        path = self.run_dir / LOG_FILE
-        needs_header = self.resumed_from is None or not path.exists() or path.stat().st_size == 0
-        self.log = RunLog(self.run_dir, enabled=self.info.is_main)
+        self.log = RunLog(self.run_dir, enabled=self.info.is_main)  # a killed writer's cut last line is dropped
+        has_header = self.info.is_main and any(r.get("event") == "header" for r in read_log(self.run_dir))
         fields = self.header_fields()
-        if self.resumed_from is None:
+        if not has_header and self.resumed_from is None:
             self.log.write("header", **fields, stream_state=self.stream_start, receipt=self.state.receipt)
             return
-        if needs_header:
+        if not has_header:  # a bare checkpoint (no log beside it): the steps before it are in no log here
             self.log.write("header", **fields, stream_state=self.stream_start, resumed_from=str(self.resumed_from))
-        resumed = {"from_step": self.state.step, "checkpoint": str(self.resumed_from), "receipt": self.state.receipt}
+        resumed = {"from_step": self.state.step, "checkpoint": str(self.resumed_from) if self.resumed_from else None,
+                   "receipt": self.state.receipt}  # fmt: skip
+        if self.restarted:
+            resumed["restarted"] = "the run stopped before its first checkpoint: it starts again from step 0"
         self.log.write("resume", **resumed, **fields)
 
     def log_step(self, stats: StepStats) -> None:
@@ -470,6 +511,26 @@ class Trainer:
 
 
 # ---- the entry point ---------------------------------------------------------------------------------------
+def start_of(config: TrainConfig, resume: str | Path | None) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to continue or None). ``resume`` is a checkpoint, a run directory (its newest
+    checkpoint) or a run directory that stopped before its first checkpoint (None: it starts again at step 0).
+    Without an ``out_dir`` a resumed run continues in its checkpoint's (or its own) run directory."""
+    if resume is None:
+        return config.run_dir, None
+    resume = Path(resume)
+    if (resume / LOG_FILE).is_file() and not list_checkpoints(resume):  # stopped before its first checkpoint
+        return (config.run_dir if config.out_dir is not None else resume), None
+    checkpoint_dir = resolve_checkpoint(resume)
+    return (config.run_dir if config.out_dir is not None else checkpoint_dir.parent.parent), checkpoint_dir
+
+
+def _fresh_start_hint(run_dir: Path) -> str:
+    """What to do about a run directory that already holds a run, for a fresh start into it."""
+    if list_checkpoints(run_dir):
+        return f"pass --resume {run_dir} to continue it (from its newest checkpoint), or choose another --out"
+    return f"it stopped before its first checkpoint: pass --resume {run_dir} to start it again from step 0"
+
+
 def train(
     config: TrainConfig,
     resume: str | Path | None = None,
@@ -494,17 +555,19 @@ def train(
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     try:
-        checkpoint_dir = resolve_checkpoint(resume) if resume is not None else None
-        run_dir = config.run_dir
-        if checkpoint_dir is not None and config.out_dir is None:
-            run_dir = checkpoint_dir.parent.parent  # RUN_DIR/checkpoints/step_N
-        if checkpoint_dir is None:
-            hint = f"pass --resume {run_dir} to continue it (from its newest checkpoint), or choose another --out"
-            refuse_used_run_dir(run_dir, info, hint)
-        trainer = Trainer(config, device, info, run_dir=run_dir, progress=progress)
-        trainer.setup()
-        if checkpoint_dir is not None:
-            trainer.restore(checkpoint_dir)
-        return trainer.finish(trainer.run(stop_after))
+        run_dir, checkpoint_dir = start_of(config, resume)
+        with run_lock(run_dir, info):
+            restart = checkpoint_dir is None and resume is not None and Path(resume).resolve() == run_dir.resolve()
+            if checkpoint_dir is None and not restart:
+                refuse_used_run_dir(run_dir, info, _fresh_start_hint(run_dir))
+            if checkpoint_dir is not None:
+                copy_source_log(checkpoint_dir, run_dir, info)
+            trainer = Trainer(config, device, info, run_dir=run_dir, progress=progress)
+            trainer.setup()
+            if checkpoint_dir is not None:
+                trainer.restore(checkpoint_dir)
+            elif restart:
+                trainer.restart()
+            return trainer.finish(trainer.run(stop_after))
     finally:
         D.shutdown(info)

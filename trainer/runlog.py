@@ -51,7 +51,10 @@ def code_version() -> dict[str, Any]:
 
 
 class RunLog:
-    """Appends JSON records to ``log.jsonl``, flushing each so a killed run keeps what it logged."""
+    """Appends JSON records to ``log.jsonl``, flushing each so a killed run keeps what it logged.
+
+    Opening an existing log drops a cut last line (what a writer killed mid-record left, which :func:`read_log`
+    skips), so the records appended after it stay one per line."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.path = Path(run_dir) / LOG_FILE
@@ -59,13 +62,15 @@ class RunLog:
         self._file = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
+            self._file = self.path.open("a+b")
+            _drop_cut_last_line(self._file)
 
     def write(self, event: str, **fields: Any) -> None:
         """Append one record (``{"event": event, **fields}``) as a JSON line and flush it; a no-op when disabled."""
         if self._file is None:
             return
-        self._file.write(json.dumps({"event": event, **fields}, default=_jsonable) + "\n")
+        line = json.dumps({"event": event, **fields}, default=_jsonable) + "\n"
+        self._file.write(line.encode("utf-8"))
         self._file.flush()
 
     def close(self) -> None:
@@ -79,6 +84,26 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_cut_last_line(handle) -> None:
+    """Truncate ``handle`` (a log opened ``a+b``) after its last newline when its last line is incomplete."""
+    size = handle.seek(0, 2)
+    if size == 0:
+        return
+    handle.seek(max(0, size - 1))
+    if handle.read(1) == b"\n":
+        return
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+        start = max(0, end - 65536)
+        handle.seek(start)
+        cut = handle.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            handle.truncate(start + cut + 1)
+            return
+        end = start
+    handle.truncate(0)
 
 
 def _jsonable(value: Any) -> Any:

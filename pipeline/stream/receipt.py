@@ -47,6 +47,17 @@ def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[dict[str, Any]]]:
     return plan_spans(batch, span_base_of(plan), plan.config.window, plan.config.mode)
 
 
+def label_positions(spans: list[list[dict[str, Any]]], seq_len: int, mode: str) -> tuple[int, int | None]:
+    """(label positions, label positions that count) of a batch from its spans, as the trainer counts them
+    (``labels = ids[:, 1:]``; a label counts when it is not the pad id). A row's ids are its spans' tokens, then
+    pads, so every label after its first id counts. The counted figure needs the spans' token ranges: packed mode
+    only (None in corenet mode)."""
+    positions = len(spans) * seq_len
+    if mode != "packed":
+        return positions, None
+    return positions, sum(max(0, sum(span["end"] - span["start"] for span in row) - 1) for row in spans)
+
+
 def plan_batch_digest(batch: BatchPlan, plan: Plan) -> bytes:
     """A batch's digest from the plan alone (equal to :func:`stream_batch_digest` of the batch the stream made)."""
     return digest_spans(batch.batch, batch_spans(batch, plan), plan.config.mode)
