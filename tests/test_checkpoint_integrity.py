@@ -136,3 +136,105 @@ def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_mani
     assert torch.equal(seen[0], saved)  # step 3 starts from the state step 2's checkpoint holds
     assert all(torch.equal(a, b) for a, b in zip(seen, at_straight[2:], strict=True))
     assert first.losses + second.losses == straight.losses  # still bitwise the uninterrupted run
+
+
+# ---- a full disk at a checkpoint: one line naming it -------------------------------------------------------------
+def _small_filesystems_work() -> bool:
+    """Whether this machine lets a process mount a tmpfs in a mount namespace of its own (unshare -rm)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"]
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+
+def _run_in_small_filesystems(sizes: list[str], argv: list[str], tmp_path: Path):
+    """Run ``argv`` in a private mount namespace where ``tmp_path/fs{i}`` are tmpfs of ``sizes[i]`` (real ENOSPC)."""
+    import subprocess
+
+    mounts = []
+    for i, size in enumerate(sizes):
+        (tmp_path / f"fs{i}").mkdir()
+        mounts.append(f"mount -t tmpfs -o size={size} tmpfs {tmp_path / f'fs{i}'}")
+    script = " && ".join(mounts) + ' && exec "$@"'
+    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+needs_small_filesystems = pytest.mark.skipif(
+    not _small_filesystems_work(), reason="needs unshare -rm and tmpfs mounts (user namespaces)"
+)
+
+SAVE_IN_SMALL_FILESYSTEMS = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_trainer_units import small_model
+from elm_data.core.errors import DiskFull
+from elm_data.trainer import checkpoint as ckpt
+from elm_data.trainer.config import TrainConfig
+from elm_data.trainer.optim import build_optimizer
+
+model = small_model()  # 8.2 MB of weights, 2 x that of AdamW state once stepped
+optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+model(torch.randint(0, 100, (1, 8))).sum().backward()
+optimizer.step()
+out = {}
+for run_dir in sys.argv[2:]:
+    try:
+        ckpt.save_checkpoint(run_dir, 1, model, optimizer.state_dict(), {}, {}, {"tokens": 1})
+        out[run_dir] = "saved"
+    except DiskFull as error:
+        out[run_dir] = str(error)
+print(json.dumps(out))
+"""
+
+
+@needs_small_filesystems
+def test_a_full_disk_at_any_checkpoint_file_is_one_line_naming_the_checkpoint(tmp_path):
+    import sys
+
+    tests = str(Path(__file__).parent)
+    runs = [str(tmp_path / f"fs{i}" / "run") for i in range(2)]
+    # 4 MiB: the weights (safetensors) do not fit; 12 MiB: they do, the optimizer state (torch.save) does not
+    done = _run_in_small_filesystems(["4m", "12m"], [sys.executable, "-c", SAVE_IN_SMALL_FILESYSTEMS, tests, *runs],
+                                     tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    for run in runs:
+        message = outcome[run]
+        assert message.startswith(f"disk full: no space left to write {run}/checkpoints/step_00000001 ("), message
+        assert "\n" not in message
+
+
+@needs_small_filesystems
+@pytest.mark.slow  # trains in a subprocess until its first checkpoint
+def test_train_on_a_full_disk_exits_2_with_one_line(sample_manifest, tmp_path):
+    import sys
+
+    import yaml
+    from test_trainer_run import small_config
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(small_config(sample_manifest, max_steps=2).to_dict()))
+    run = tmp_path / "fs0" / "run"  # 20 MiB: the log and the weights (16 MiB) fit, the optimizer state does not
+    argv = [sys.executable, "-m", "elm_data", "train", str(config), "--out", str(run), "--no-progress"]
+    done = _run_in_small_filesystems(["20m"], argv, tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [line for line in done.stderr.splitlines() if "rror" in line], done.stderr  # one line, no trace
+    assert lines[0].startswith(f"error: disk full: no space left to write {run}/checkpoints/step_00000002"), lines
+
+
+@needs_small_filesystems
+@pytest.mark.slow  # builds in a subprocess until the disk is full
+def test_a_manifest_build_on_a_full_disk_names_the_path(sample_dir, tmp_path):
+    import sys
+
+    out = tmp_path / "fs0" / "manifest"
+    argv = [sys.executable, "-m", "elm_data", "build", "manifest", str(sample_dir / "mixture.yaml"), "--out", str(out)]
+    done = _run_in_small_filesystems(["64k"], argv, tmp_path)
+    errors = [line for line in done.stderr.splitlines() if "rror" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"error: disk full: no space left to write {out}"), errors

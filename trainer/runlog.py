@@ -20,6 +20,7 @@ from typing import Any
 
 import elm_data.core
 from elm_data.core.errors import ElmDataError, NotFound
+from elm_data.core.outputs import disk_full_error
 
 LOG_FILE = "log.jsonl"
 
@@ -70,8 +71,14 @@ class RunLog:
         if self._file is None:
             return
         line = json.dumps({"event": event, **fields}, default=_jsonable) + "\n"
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
+        try:
+            self._file.write(line.encode("utf-8"))
+            self._file.flush()
+        except OSError as error:
+            full = disk_full_error(self.path, error)
+            if full is None:
+                raise
+            raise full from error
 
     def close(self) -> None:
         """Close the file (idempotent)."""

@@ -31,3 +31,7 @@ class OutputExists(ElmDataError, FileExistsError):
 
 class OutputLocked(ElmDataError):
     """Another process is writing the same output (the message says which: pid, host, start time)."""
+
+
+class DiskFull(ElmDataError):
+    """A write that failed because the filesystem holding it is full (the message names the output)."""

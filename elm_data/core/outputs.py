@@ -13,6 +13,8 @@
   gone, stale ``.NAME.tmp-*`` temp directories and files removed.
 - :func:`output_lock` — one writer per output: an exclusive ``flock`` on ``.NAME.lock`` beside it; a second
   writer is refused with who holds it (pid, host, start time, command).
+- :func:`disk_full_error` — a failed write whose filesystem is full becomes one line naming the output
+  (:class:`~elm_data.core.errors.DiskFull`), whatever library wrote it: staged directories and atomic files do it.
 
 Every temp name is ``.NAME.tmp-*`` beside its target (:func:`temp_path`), so one glob finds what a killed
 writer left. This module is the project's one writer of whole files and directories: nothing else renames
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import json
 import os
@@ -38,11 +41,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from elm_data.core.errors import OutputLocked
+from elm_data.core.errors import DiskFull, OutputLocked
 from elm_data.core.redact import redact_text
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+# A write that failed with less than this free on its filesystem failed for want of space: torch.save says only
+# "unexpected pos" or "file write failed" where the system said ENOSPC.
+LOW_SPACE_BYTES = 16 << 20
+_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def disk_full_error(target: str | Path, error: BaseException) -> DiskFull | None:
+    """A :class:`DiskFull` naming ``target`` when ``error`` (raised while writing it) came from a full filesystem:
+    ENOSPC/EDQUOT, a library's text for them (safetensors), or any write error with under
+    :data:`LOW_SPACE_BYTES` left on the filesystem (torch.save's RuntimeError). None for any other error."""
+    full = isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+    full = full or (isinstance(error, Exception) and any(text in str(error) for text in _FULL_TEXTS))
+    folder = Path(target).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not full and not (isinstance(error, RuntimeError) and free is not None and free < LOW_SPACE_BYTES):
+        return None
+    left = "" if free is None else f" ({free / 2**20:.1f} MiB free there)"
+    return DiskFull(f"disk full: no space left to write {target}{left}; free some space and run again")
 
 
 def current_umask() -> int:
@@ -148,8 +174,11 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
         yield tmp
         publish_modes(tmp)  # mkdtemp made it 0700: the umask's modes, like any other tool
         replace_dir(tmp, target)  # target holds the old directory or the new one, never nothing
-    except BaseException:
+    except BaseException as error:
+        full = disk_full_error(target, error)  # judged before the partial files are removed
         shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from error
         raise
 
 
@@ -173,8 +202,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.close(fd)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full_error(target, error)  # judged before the partial file is removed
         tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from error
         raise
 
 
