@@ -232,7 +232,7 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
 STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source",
                         "tokens_by_source")  # fmt: skip
 STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
-                        "step_time_s")  # fmt: skip
+                        "step_time_s", "remote_reads")  # fmt: skip (remote_reads: retries, only when reading remotely)
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
 # resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
 TRAINER_STATE_FIELDS_VERIFIED = ("step", "receipt", "tokens", "consumed", "manifest_id", "fingerprint", "config",
