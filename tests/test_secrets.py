@@ -59,6 +59,11 @@ def test_userinfo_with_a_slash_and_a_credential_echoed_without_its_scheme():
     assert _leaks(redact_text(text, in_play)) == [] and "TOKPASS12" not in redact_text(text, in_play)
 
 
+def test_short_values_are_not_searched_for_in_free_text():
+    assert redact_uri("https://h/x.jsonl?v=main&lang=en") == "https://h/x.jsonl"
+    assert redact_text("the rest remains in english", "https://h/y.jsonl?v=main") == "the rest remains in english"
+
+
 def test_the_lock_file_holds_the_redacted_command_line_mode_0600(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["elm-data", "build", "manifest", "--tokenizer", f"https://h/t.model{QUERY}",
                                       f"s3://{S3_KEY}:{S3_SECRET}@bucket/x"])  # fmt: skip

@@ -39,7 +39,7 @@ HARMLESS_PARAMS = frozenset(
     }
 )
 REDACTED = "REDACTED"
-MIN_SECRET_CHARS = 4  # a shorter credential is not searched for in free text (it would match everywhere)
+MIN_SECRET_CHARS = 6  # a shorter credential is not searched for in free text ("main" would garble "remains")
 
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>`]+")
 # The credentials redact_uri removed in this process, for redact_text: the latest SEEN_MAX (a presigned URL per
