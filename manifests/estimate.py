@@ -3,7 +3,7 @@
 Per source/subset, the shards are listed with their sizes (fsspec listings, nothing read), then ``draws``
 shards are drawn with probability proportional to size (with replacement) and a few records read from each:
 
-- **parquet**: one row group, drawn in proportion to its compressed size (footer), and random rows of it;
+- **parquet**: one row group, drawn in proportion to its rows (footer), and random rows of it;
   only that row group is read;
 - **plain JSON Lines**: random byte offsets; the line holding each offset (byte-range reads);
 - **gzip / zstd JSON Lines**: the stream allows no random access, so random lines of its first window
@@ -59,6 +59,7 @@ LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
 # scaled like a window that ends early; no real shard's 8 MiB reach either (text ~3-5x, lines of KBs).
 WINDOW_TEXT_BYTES = 256 << 20
 WINDOW_LINES = 1 << 20
+WINDOW_PIECES = 4  # independent byte windows per plain-JSONL draw
 LEDGER_ROW_BYTES = 64  # documents ledger bytes per record (64.2 measured: benchmarks/bench_estimate.py)
 NO_SHA = "0" * 64  # records are read without hashing their shard
 FIGURES = ("documents", "kept", "tokens")
@@ -206,6 +207,8 @@ class Draw:
     compressed_bytes: int = 0
     exact: int | None = None  # the shard's record count, when known (parquet footer, a whole file read)
     decoded_bytes: int = 0  # parquet: compressed bytes of the row groups decoded (their cost is per byte)
+    groups: list[int] | None = None  # plain JSONL: the window (replicate) each record came from
+    pieces: int = 1  # how many windows
 
 
 def _mini_shard(lines: Sequence[bytes], entry: MixtureEntry, uri: str) -> list[Document | None]:
@@ -261,21 +264,31 @@ def _starts_in(f, a: int, b: int) -> list[int]:
     return starts
 
 
-def draw_plain_jsonl(uri: str, size: int, n: int, bytes_per_line: float, entry: MixtureEntry, rng) -> Draw:
-    """The lines starting in a random (circular) window of ~n lines: each has probability window/size."""
+def draw_plain_jsonl(
+    uri: str, size: int, n: int, bytes_per_line: float, entry: MixtureEntry, rng, pieces: int = WINDOW_PIECES
+) -> Draw:
+    """The lines starting in ``pieces`` independent random (circular) windows holding ~n lines in all: a line
+    starting in a window of w bytes has probability w/size. The windows are independent replicates, so their
+    spread measures what one contiguous window cannot (long lines make a window's line count lumpy)."""
     fs, path = fsspec.core.url_to_fs(uri)
-    window = max(1, int(n * bytes_per_line))
-    window = size if 2 * window >= size else window  # about the whole shard: read it all
-    offset = 0 if window >= size else rng.randrange(size)
+    window = max(1, int(n * bytes_per_line / pieces))
+    if 2 * window * pieces >= size:  # about the whole shard: read it all
+        pieces, window = 1, size
+    lines: list[bytes | TooLarge] = []
+    groups: list[int] = []
     with fs.open(path, "rb", block_size=LINE_CHUNK) as f:
-        spans = [(offset, min(size, offset + window))]
-        if offset + window > size:
-            spans.append((0, offset + window - size))
-        starts = [s for a, b in spans for s in _starts_in(f, a, b)]
-        lines = [_line_from(f, s, size) for s in starts]
-    return Draw(
-        _documents(lines, entry, uri), [size / window] * len(lines), exact=len(lines) if window >= size else None
-    )
+        for piece in range(pieces):
+            offset = 0 if window >= size else rng.randrange(size)
+            spans = [(offset, min(size, offset + window))]
+            if offset + window > size:
+                spans.append((0, offset + window - size))
+            found = [_line_from(f, s, size) for a, b in spans for s in _starts_in(f, a, b)]
+            lines += found
+            groups += [piece] * len(found)
+    exact = len(lines) if window >= size else None
+    draw = Draw(_documents(lines, entry, uri), [size / window / pieces] * len(lines), exact=exact)
+    draw.groups, draw.pieces = (groups, pieces) if exact is None else (None, 1)
+    return draw
 
 
 def bytes_per_line(uris: Sequence[str], sizes: Sequence[int], rng, probes: int = 4, chunk: int = 256 << 10) -> float:
@@ -354,7 +367,9 @@ def draw_compressed(uri: str, size: int, n: int, fmt: str, entry: MixtureEntry, 
 
 
 def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> Draw:
-    """Random rows of one row group drawn in proportion to its compressed size."""
+    """Random rows of one row group drawn in proportion to its rows: each of the shard's N rows has the same
+    chance n/N of being read, so each stands for N/n rows (a size-proportional pick would favour the groups of
+    long documents: kept and tokens came out ~25% high on heavy-tailed shards)."""
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
@@ -369,7 +384,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
             if isinstance(item, Document):
                 docs[item.provenance.index] = item
         return Draw(docs, [1.0] * meta.num_rows, exact=meta.num_rows, decoded_bytes=sum(sizes))
-    g = rng.choices(range(len(groups)), weights=[max(1, s) for s in sizes])[0]
+    g = rng.choices(range(len(groups)), weights=[rg.num_rows for rg in groups])[0]  # every row: chance n/N
     first = sum(rg.num_rows for rg in groups[:g])
     rows = sorted(rng.sample(range(groups[g].num_rows), min(n, groups[g].num_rows)))
     chosen = {first + r: k for k, r in enumerate(rows)}
@@ -377,62 +392,101 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
     for item in read_shard(uri, entry.source, entry.subset, NO_SHA, select=chosen, fmt=FORMAT_PARQUET):
         if isinstance(item, Document) and item.provenance.index in chosen:
             docs[chosen[item.provenance.index]] = item
-    records = groups[g].num_rows * sum(max(1, s) for s in sizes) / max(1, sizes[g])  # the shard's, from this group
-    return Draw(docs, [records / len(rows)] * len(rows), exact=meta.num_rows, decoded_bytes=max(1, sizes[g]))
+    return Draw(docs, [meta.num_rows / len(rows)] * len(rows), exact=meta.num_rows, decoded_bytes=max(1, sizes[g]))
 
 
 # -- per subset -------------------------------------------------------------------------------------------------
 @dataclass
 class DrawResult:
-    """One draw's sampled records (kept flag, kept tokens) and the shard's record count it implies."""
+    """One draw's sampled records (kept flag, kept tokens) and what they say about their shard.
+
+    ``weights``: how many of the shard's records each sampled record stands for. With the shard's record count
+    known (``exact``) the sample is a simple random sample of it (weights N/m); otherwise each line was taken
+    with probability 1/weight (a byte window), so the count itself is estimated.
+    """
 
     records: float  # the shard's records: exact when known, else estimated from the sample
     exact: bool
-    full: bool  # every record of the shard was sampled exactly once
+    full: bool  # every record of the shard was sampled exactly once: a census of the shard
     kept: list[int]
     tokens: list[int]
     weights: list[float]
+    groups: list[int] | None = None  # independent windows of one draw (plain JSONL), else None
+    pieces: int = 1
+
+    @property
+    def df(self) -> int:
+        """Degrees of freedom of :meth:`variances`: windows - 1, else records - 1."""
+        return self.pieces - 1 if self.groups is not None else len(self.weights) - 1
 
     def totals(self) -> tuple[float, float, float]:
         """(records, kept, kept tokens) of the shard, estimated from this draw alone."""
         kept = sum(w * k for w, k in zip(self.weights, self.kept, strict=True))
         return self.records, kept, sum(w * t for w, t in zip(self.weights, self.tokens, strict=True))
 
+    def variances(self, pooled: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float, float]:
+        """The sampling variance of :meth:`totals` estimated from this draw's records (0 for a census).
+
+        Known count N, m records: ``N^2 (1 - m/N) s^2 / m`` (s^2 from the records; with one record, its square).
+        Unknown count (lines of a byte window, each with probability 1/w): Horvitz-Thompson's Poisson-sampling
+        ``sum((w^2 - w) y^2)``, which also covers the random number of lines. ``pooled``: the variance and mean
+        square of kept tokens per record over the whole subset's sample, used where larger: document lengths
+        are heavy-tailed, and a draw that met no long document would otherwise claim a narrow spread.
+        """
+        if self.full or not self.weights:
+            return 0.0, 0.0, 0.0
+        if self.groups is not None:  # the spread of the windows' own totals (pieces x each window's estimate)
+            ys = ([1] * len(self.kept), self.kept, self.tokens)
+            sums = [[0.0] * self.pieces for _ in ys]
+            for k, g in enumerate(self.groups):
+                for f, v in enumerate(ys):
+                    sums[f][g] += self.pieces * self.weights[k] * v[k]
+            return tuple(statistics.variance(t) / self.pieces for t in sums)
+        if not self.exact:
+            ys = ([1] * len(self.kept), self.kept, self.tokens)
+            out = [sum((w * w - w) * y * y for w, y in zip(self.weights, v, strict=True)) for v in ys]
+            out[2] = max(out[2], sum(w * w - w for w in self.weights) * pooled[1])
+            return tuple(out)
+        m, n = len(self.weights), self.records
+        shrink = n * n * max(0.0, 1 - m / n) / m
+        smooth = (sum(self.kept) + 1) / (m + 2)  # an all-kept sample still leaves room for a filtered record
+        spread = statistics.variance(self.tokens) if m > 1 else float(self.tokens[0]) ** 2
+        return 0.0, shrink * smooth * (1 - smooth) * m / max(1, m - 1), shrink * max(spread, pooled[0])
+
 
 def _result_of(draw: Draw, results: dict[int, Any]) -> DrawResult:
     kept = [int(k in results and results[k].kept) for k in range(len(draw.weights))]
     tokens = [results[k].tokens if kept[k] else 0 for k in range(len(draw.weights))]
-    records = sum(draw.weights) if draw.exact is None else draw.exact
+    weights = list(draw.weights)
+    if draw.exact is not None and weights:  # a sample of a shard of known size: each record stands for N/m
+        weights = [draw.exact / len(weights)] * len(weights)
+    records = sum(weights) if draw.exact is None else draw.exact
     full = draw.exact is not None and len(draw.weights) == draw.exact and all(w == 1 for w in draw.weights)
-    return DrawResult(records, draw.exact is not None, full, kept, tokens, list(draw.weights))
+    return DrawResult(records, draw.exact is not None, full, kept, tokens, weights, draw.groups, draw.pieces)
 
 
-def census_interval(draws: Sequence[DrawResult]) -> list[tuple[float, float]]:
-    """(estimate, variance) of (records, kept, tokens) of one shard read by several draws (pooled records).
+def shard_interval(draws: Sequence[DrawResult], pooled: tuple[float, float] = (0.0, 0.0)) -> list[tuple]:
+    """(estimate, variance, degrees of freedom) of (records, kept, tokens) of one shard read by ``k`` draws.
 
-    Records sampled are pooled: kept = records x the kept share, tokens = records x mean kept tokens; the
-    kept share's variance uses (x+1)/(m+2), so an all-kept sample still leaves room for a filtered record.
+    A census (a draw that read every record once) is exact. Otherwise the estimate is the draws' mean, its
+    variance the larger of their own within-draw variances / k^2 (df: records sampled - 1) and (k >= 2) their
+    spread / k (df: k - 1): a draw reads one row group or byte window, and differences between those show only
+    across draws.
     """
-    if any(d.full for d in draws):
-        return [(v, 0.0) for v in next(d for d in draws if d.full).totals()]
-    counts = [d.records for d in draws]
-    records = statistics.fmean(counts)
-    # a count from a window of lines: at least Poisson's variance (count x weight^2), whatever the draws agree on
-    poisson = statistics.fmean(len(d.kept) * max(d.weights, default=0) ** 2 for d in draws)
-    spread = statistics.variance(counts) if len(counts) > 1 else 0.0
-    var_records = 0.0 if draws[0].exact else max(spread, poisson) / len(counts)
-    kept = [k for d in draws for k in d.kept]
-    tokens = [t for d in draws for t in d.tokens]
-    m = max(1, len(kept))
-    share = sum(kept) / m
-    smooth = (sum(kept) + 1) / (m + 2)
-    mean_tokens = statistics.fmean(tokens) if tokens else 0.0
-    var_tokens = statistics.variance(tokens) if len(tokens) > 1 else mean_tokens**2
-    return [
-        (records, var_records),
-        (records * share, records**2 * smooth * (1 - smooth) / m + share**2 * var_records),
-        (records * mean_tokens, records**2 * var_tokens / m + mean_tokens**2 * var_records),
-    ]
+    census = next((d for d in draws if d.full), None)
+    if census is not None:
+        return [(v, 0.0, 1) for v in census.totals()]
+    k = len(draws)
+    totals = [d.totals() for d in draws]
+    within = [d.variances(pooled) for d in draws]
+    out = []
+    for f in range(3):
+        values = [t[f] for t in totals]
+        var, df = sum(w[f] for w in within) / k**2, max(1, sum(d.df for d in draws))
+        if k > 1 and statistics.variance(values) / k > var:
+            var, df = statistics.variance(values) / k, k - 1
+        out.append((statistics.fmean(values), var, df))
+    return out
 
 
 @dataclass
@@ -502,29 +556,119 @@ def _pass_results(draw: Draw, doc_pass: DocumentPass) -> dict[int, Any]:
     return dict(zip(read, doc_pass.process([draw.documents[k] for k in read]), strict=True))
 
 
-def _draw_plan(n_shards: int, sizes: list[int], sample_docs: int, rng: random.Random) -> tuple[list[int], int, bool]:
-    """(shard of each draw, records per draw, census): few shards are all read, the draws split among them;
-    else shards are drawn with probability proportional to size, with replacement."""
-    draws = min(64, max(4, round(math.sqrt(sample_docs))))
-    census = n_shards <= draws
-    if census:
-        return [k % n_shards for k in range(draws)], math.ceil(sample_docs / draws), True
-    picks = rng.choices(range(n_shards), weights=[max(1, s) for s in sizes], k=draws)
-    return picks, math.ceil(sample_docs / draws), False
+def stratum_of(uri: str) -> str:
+    """A shard's stratum: the last suffix of its file name (``.parquet``, ``.jsonl``, ``.zst``, ``.gz``). Bytes per
+    record and per token differ by format (pile/default mixes snappy parquet and zstd JSONL): each is sampled
+    apart."""
+    return Path(uri.split("?", 1)[0].rstrip("/")).suffix.lower()
 
 
-def _subset_figures(
-    shard_totals: list[tuple[int, DrawResult]], sizes: list[int], census: bool, sampled: int
-) -> list[Interval]:
-    """(documents, kept, tokens) of the subset from each draw's shard totals."""
-    if census:
-        parts = [census_interval([t for j, t in shard_totals if j == i]) for i in range(len(sizes))]
-        return [Interval.around(sum(p[f][0] for p in parts), sum(p[f][1] for p in parts), sampled - 1)
-                for f in range(3)]  # fmt: skip
-    # Hansen-Hurwitz: each draw's shard total over its probability of being drawn
-    total = sum(sizes)
-    z = [(j, t.totals()) for j, t in shard_totals]
-    return [Interval.of([t[f] * max(1, total) / max(1, sizes[j]) for j, t in z]) for f in range(3)]
+@dataclass
+class Stratum:
+    """The shards of one format and the draws they get. Shards at least ``bytes / draws`` in size (a PPS draw
+    would expect to pick them once or more) are read with certainty, each estimated as a shard
+    (:func:`shard_interval`); the others are drawn with probability proportional to size, with replacement
+    (Hansen-Hurwitz). Without that split one large shard took most draws, and the spread of identical draws
+    said "no uncertainty" about the shards never read."""
+
+    shards: list[int]
+    certain: set[int]
+    picks: list[int]  # the Hansen-Hurwitz draws (shard indices), besides one or more per certain shard
+
+    @classmethod
+    def plan(cls, shards: list[int], sizes: Sequence[int], draws: int, rng: random.Random) -> Stratum:
+        if len(shards) <= draws:  # every shard is read, the draws split among them
+            return cls(shards, set(shards), [])
+        certain: set[int] = set()
+        while True:
+            rest = [i for i in shards if i not in certain]
+            left, budget = sum(max(1, sizes[i]) for i in rest), draws - len(certain)
+            big = {i for i in rest if budget * max(1, sizes[i]) >= left}
+            if not big or len(rest) - len(big) < 2:
+                break
+            certain |= big
+        rest = [i for i in shards if i not in certain]
+        picks = rng.choices(rest, weights=[max(1, sizes[i]) for i in rest], k=max(8, draws - len(certain)))
+        return cls(shards, certain, picks)
+
+    def draw_order(self, draws: int) -> list[int]:
+        """Shard of each draw: the certain shards round-robin over their share, then the sampled picks."""
+        ordered = sorted(self.certain)
+        share = max(len(ordered), draws - len(self.picks)) if ordered else 0
+        return [ordered[k % len(ordered)] for k in range(share)] + self.picks
+
+
+@dataclass
+class DrawPlan:
+    """Which shard each draw reads: the subset's draws (clamp(sqrt(sample_docs), 4, 64)) split among its format
+    strata in proportion to their bytes (at least two each), each stratum planned by :meth:`Stratum.plan`."""
+
+    strata: list[Stratum]
+    picks: list[int]
+    per_draw: int
+
+    @classmethod
+    def of(cls, uris: Sequence[str], sizes: Sequence[int], sample_docs: int, rng: random.Random) -> DrawPlan:
+        draws = min(64, max(4, round(math.sqrt(sample_docs))))
+        groups: dict[str, list[int]] = {}
+        for i, uri in enumerate(uris):
+            groups.setdefault(stratum_of(uri), []).append(i)
+        total = sum(max(1, s) for s in sizes) or 1
+        strata, picks = [], []
+        for key in sorted(groups):
+            shards = groups[key]
+            share = max(2, round(draws * sum(max(1, sizes[i]) for i in shards) / total))
+            stratum = Stratum.plan(shards, sizes, share, rng)
+            strata.append(stratum)
+            picks += stratum.draw_order(share)
+        return cls(strata, picks, math.ceil(sample_docs / draws))
+
+
+def _sampled_part(
+    stratum: Stratum, hh: list[tuple[int, DrawResult]], sizes: Sequence[int], pooled: tuple[float, float]
+) -> list[tuple]:
+    """(estimate, variance, df) per figure of a stratum's shards not read with certainty (Hansen-Hurwitz).
+
+    Each draw's shard estimate over its probability; variance the larger of their spread / n and their
+    within-draw variances / n. When they all coincide but shards were never drawn, the spread says nothing about
+    those: the half-width is then the estimate itself.
+    """
+    rest = sum(max(1, sizes[i]) for i in stratum.shards if i not in stratum.certain)
+    z = [[v * rest / max(1, sizes[j]) for v in t.totals()] for j, t in hh]
+    within = [[v * (rest / max(1, sizes[j])) ** 2 for v in t.variances(pooled)] for j, t in hh]
+    n, unseen = len(hh), len({j for j, _ in hh}) < len(stratum.shards) - len(stratum.certain)
+    out = []
+    for f in range(3):
+        mean = statistics.fmean(r[f] for r in z)
+        var = max(statistics.variance([r[f] for r in z]) / n, statistics.fmean(w[f] for w in within) / n)
+        if unseen and len({r[f] for r in z}) == 1:
+            var = max(var, (mean / t975(n - 1)) ** 2)
+        out.append((mean, var, n - 1))
+    return out
+
+
+def _subset_figures(shard_totals: list[tuple[int, DrawResult]], plan: DrawPlan, sizes: Sequence[int],
+                    sampled: int) -> list[Interval]:  # fmt: skip
+    """(documents, kept, tokens) of the subset: per stratum, the certain shards' sum plus the sampled part.
+
+    The width is zero only when every shard was counted record by record. Degrees of freedom: Satterthwaite's
+    over the parts (a certain shard's: its records sampled - 1; a sampled part's: its draws - 1).
+    """
+    tokens = [float(t) for _, d in shard_totals for t in d.tokens]
+    pooled = (statistics.variance(tokens), statistics.fmean(t * t for t in tokens)) if len(tokens) > 1 else (0, 0)
+    parts: list[list[tuple]] = []
+    for stratum in plan.strata:
+        for i in sorted(stratum.certain):
+            parts.append(shard_interval([t for j, t in shard_totals if j == i], pooled))
+        hh = [(j, t) for j, t in shard_totals if j in stratum.shards and j not in stratum.certain]
+        if hh:
+            parts.append(_sampled_part(stratum, hh, sizes, pooled))
+    out = []
+    for f in range(3):
+        value, var = sum(p[f][0] for p in parts), sum(p[f][1] for p in parts)
+        spread = sum(p[f][1] ** 2 / p[f][2] for p in parts)
+        out.append(Interval.around(value, var, round(var**2 / spread) if spread > 0 else max(1, sampled - 1)))
+    return out
 
 
 def estimate_entry(
@@ -533,8 +677,9 @@ def estimate_entry(
     """The estimate of one source/subset from ``sample_docs`` records read from its shards."""
     uris = mixture.resolve_shards(entry)
     sizes = list_sizes(uris)
-    picks, per_draw, census = _draw_plan(len(uris), sizes, sample_docs, rng)
-    sampler = _SubsetSampler(uris, sizes, entry, per_draw, rng)
+    plan = DrawPlan.of(uris, sizes, sample_docs, rng)
+    picks = plan.picks
+    sampler = _SubsetSampler(uris, sizes, entry, plan.per_draw, rng)
     costs = _SampleCosts()
     shard_totals: list[tuple[int, DrawResult]] = []
     for i in picks:
@@ -545,7 +690,7 @@ def estimate_entry(
         results = _pass_results(draw, doc_pass)
         costs.record_s += time.process_time() - start
         shard_totals.append((i, _result_of(draw, results)))
-    documents, kept, tokens = _subset_figures(shard_totals, sizes, census, costs.sampled)
+    documents, kept, tokens = _subset_figures(shard_totals, plan, sizes, costs.sampled)
     return SubsetEstimate(
         key=entry.key,
         shards=len(uris),
