@@ -613,6 +613,9 @@ class DrawPlan:
         groups: dict[str, list[int]] = {}
         for i, uri in enumerate(uris):
             groups.setdefault(stratum_of(uri), []).append(i)
+        if len(sizes) <= draws:  # every shard is read, the draws split among them
+            strata = [Stratum(g, set(g), []) for g in groups.values()]
+            return cls(strata, [k % len(sizes) for k in range(draws)], math.ceil(sample_docs / draws))
         total = sum(max(1, s) for s in sizes) or 1
         strata, picks = [], []
         for key in sorted(groups):
@@ -631,18 +634,21 @@ def _sampled_part(
 
     Each draw's shard estimate over its probability; variance the larger of their spread / n and their
     within-draw variances / n. When they all coincide but shards were never drawn, the spread says nothing about
-    those: the half-width is then the estimate itself.
+    those: the half-width is then the estimate itself, or when that is 0 (no kept record met) the rule of three
+    (3 / records sampled of the documents; for tokens times the root mean square of tokens per sampled record).
     """
     rest = sum(max(1, sizes[i]) for i in stratum.shards if i not in stratum.certain)
     z = [[v * rest / max(1, sizes[j]) for v in t.totals()] for j, t in hh]
     within = [[v * (rest / max(1, sizes[j])) ** 2 for v in t.variances(pooled)] for j, t in hh]
     n, unseen = len(hh), len({j for j, _ in hh}) < len(stratum.shards) - len(stratum.certain)
+    means = [statistics.fmean(r[f] for r in z) for f in range(3)]
+    three = 3 * means[0] / max(1, sum(len(t.weights) for _, t in hh))
     out = []
-    for f in range(3):
-        mean = statistics.fmean(r[f] for r in z)
+    for f, mean in enumerate(means):
         var = max(statistics.variance([r[f] for r in z]) / n, statistics.fmean(w[f] for w in within) / n)
         if unseen and len({r[f] for r in z}) == 1:
-            var = max(var, (mean / t975(n - 1)) ** 2)
+            floor = mean or (0.0, three, three * math.sqrt(pooled[1]))[f]
+            var = max(var, (floor / t975(n - 1)) ** 2)
         out.append((mean, var, n - 1))
     return out
 

@@ -123,3 +123,37 @@ def test_compressed_shards_larger_than_the_window_are_scaled_and_noted(sample_di
 def test_a_sample_of_no_documents_is_a_user_error(sample_dir):
     with pytest.raises(InvalidValue, match="sample_docs"):
         estimate_mixture(sample_dir / "mixture.yaml", sample_docs=0)
+
+
+def exact_figures(manifest_dir) -> dict[str, list[int]]:
+    """documents read, kept and kept tokens per source/subset of an exact build."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for s in Manifest(manifest_dir).shards:
+        fig = out[f"{s.source}/{s.subset}"]
+        fig[0], fig[1], fig[2] = fig[0] + s.docs_read, fig[1] + s.docs_kept, fig[2] + s.tokens
+    return dict(out)
+
+
+def test_zero_width_only_when_every_record_was_counted(tmp_path, tokenizer, tokenizer_path):
+    """One large shard among small ones: drawn by size it took every draw, was read whole each time, and the
+    identical draws gave a zero-width interval that left out the eleven shards never read (the issue's
+    pile/default: [30,582, 30,582] where the build counted 51,837)."""
+    from heavy_corpus import write_dominated_subset
+
+    from elm_data.manifests.build import build_manifest
+
+    mixture = write_dominated_subset(tmp_path)
+    build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path, workers=1)
+    truth = exact_figures(tmp_path / "m")["pile/default"]
+    misses = []
+    for seed in range(4):
+        est = estimate_mixture(mixture, sample_docs=100, seed=seed, tokenizer=tokenizer)
+        for figure, exact_value in zip(FIGURES, truth, strict=True):
+            interval = getattr(est.subsets[0], figure)
+            assert interval.high > interval.low, (seed, figure, interval)  # not every record was counted
+            if exact_value not in interval:
+                misses.append((seed, figure, exact_value, interval))
+    assert len({m[0] for m in misses}) <= 1, misses  # 95% intervals (a seed's three figures move together)
+    whole = estimate_mixture(mixture, sample_docs=400, seed=0, tokenizer=tokenizer)  # 20 draws: every shard read
+    for figure, exact_value in zip(FIGURES, truth, strict=True):
+        assert getattr(whole.subsets[0], figure) == Interval(exact_value, exact_value, exact_value)
