@@ -1,19 +1,26 @@
 """``elm-data estimate MIXTURE``: what a mixture holds and what counting it exactly will cost, from a sample.
 
-Per source/subset, the shards are listed with their sizes (fsspec listings, nothing read), then ``draws``
-shards are drawn with probability proportional to size (with replacement) and a few records read from each:
+Per source/subset, the shards are listed with their sizes (fsspec listings, nothing read) and grouped by
+format (file suffix: bytes per record differ by format). With no more shards than draws every shard is read;
+otherwise each format gets draws in proportion to its bytes, its shards of at least ``bytes / draws`` are read
+with certainty, and the rest are drawn with probability proportional to size (with replacement). From each
+drawn shard a few records are read:
 
-- **parquet**: one row group, drawn in proportion to its rows (footer), and random rows of it;
-  only that row group is read;
-- **plain JSON Lines**: random byte offsets; the line holding each offset (byte-range reads);
+- **parquet**: one row group, drawn in proportion to its rows (footer), and random rows of it (every row has
+  the same chance; only that row group is read);
+- **plain JSON Lines**: the lines starting in ``WINDOW_PIECES`` independent random byte windows;
 - **gzip / zstd JSON Lines**: the stream allows no random access, so random lines of its first window
   (``WINDOW_BYTES`` compressed; the whole shard when smaller) are taken.
 
 The records go through the readers and the manifest's own per-document pass (filters, LLaMA tokenizer).
-Each draw gives an unbiased estimate of the subset's total (Hansen-Hurwitz: the shard's estimated total
-divided by its probability of being drawn); the estimate is their mean and the 95% interval is
-``t(0.975, draws-1) * sd / sqrt(draws)``. For compressed shards larger than the window the within-shard
-part is a ratio from the window, so drift along a file is not covered by the interval.
+Shards read with certainty are summed (each the mean of its draws); the sampled ones are Hansen-Hurwitz (a
+draw's shard total over its probability of being drawn, averaged). Variances: within a draw from its records
+(a known record count: ``N^2 (1 - n/N) s^2 / n``; a byte window: the spread of its independent windows), with
+the subset's pooled per-record token variance where larger; across draws from their spread, where larger;
+95% intervals with Student's t at Satterthwaite's degrees of freedom. A zero-width interval means every record
+of every shard was counted (a census); identical draws that left shards unread never claim it. For compressed
+shards larger than the window the within-shard part is a ratio from the window, so drift along a file is not
+covered by the interval.
 
 Cost: the build's CPU time is projected from the CPU seconds this run spent per sampled record (parsing,
 filtering, tokenizing) plus the measured sha256, decompression and parquet row-group decoding rates per byte
