@@ -5,6 +5,8 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data sample OUT_DIR                   sources/cli.py
     elm-data build manifest MIXTURE.yaml      manifests/cli.py
     elm-data verify | audit DIR               manifests/cli.py
+    elm-data audit contamination DIR          trainer/contamination_cli.py (manifests/contamination.py)
+    elm-data audit duplicates DIR             manifests/cli.py (manifests/duplicates.py)
     elm-data export croissant DIR             manifests/cli.py
     elm-data stream MANIFEST_DIR              pipeline/stream/cli.py
     elm-data export hf CHECKPOINT|RUN OUT     trainer/export_cli.py
@@ -48,7 +50,6 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "": {
         "sample": ("elm_data.sources.cli", "sample", "Write small shards of every corpus in its native format."),
         "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; exit 1 on a mismatch."),
-        "audit": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
         "stream": ("elm_data.pipeline.stream.cli", "stream", "Training sequences with the provenance of every span."),
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
         "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
@@ -65,6 +66,19 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "tokenizer": {
         "fetch": ("elm_data.pipeline.tokenizer_cli", "fetch", "Cache the LLaMA tokenizer by sha256."),
         "show": ("elm_data.pipeline.tokenizer_cli", "show", "Say which tokenizer the commands resolve, and the cache."),
+    },
+    "audit": {  # `elm-data audit MANIFEST` is `elm-data audit mixture MANIFEST` (DefaultLazyGroup)
+        "mixture": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
+        "contamination": (
+            "elm_data.trainer.contamination_cli",
+            "contamination",
+            "Evaluation items' n-grams in the kept documents (or those a run consumed).",
+        ),
+        "duplicates": (
+            "elm_data.manifests.cli",
+            "duplicates",
+            "Exact and MinHash near-duplicates within/across sources.",
+        ),
     },
     "bench": {"train": ("elm_data.trainer.cli", "bench_train", "Sweep a training-efficiency matrix (tokens/s, MFU).")},
     "export": {
@@ -98,6 +112,20 @@ class LazyGroup(click.Group):
         ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+class DefaultLazyGroup(LazyGroup):
+    """A :class:`LazyGroup` whose ``default`` command runs when the first argument names none of its commands."""
+
+    def __init__(self, *args, default: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names = {*self.commands, *self.lazy}
+        if args and args[0] not in names and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
 
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -136,6 +164,12 @@ def build() -> None:
 @cli.group(cls=LazyGroup, lazy=COMMANDS["export"])
 def export() -> None:
     """Export a manifest (Croissant) or a checkpoint (Hugging Face)."""
+
+
+@cli.group(cls=DefaultLazyGroup, lazy=COMMANDS["audit"], default="mixture")
+def audit() -> None:
+    """Audit a manifest: `audit MANIFEST` (= `audit mixture`: tokens per source/subset against the target mix),
+    `audit contamination` (evaluation items in the kept documents), `audit duplicates` (exact and near)."""
 
 
 @cli.group(cls=LazyGroup, lazy=COMMANDS["bench"])

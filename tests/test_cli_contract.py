@@ -20,7 +20,14 @@ MISSING = "{tmp}/no-such-path"
 # command path -> mistakes (arguments after the command path; {tmp} is the test's empty tmp_path, {manifest} the
 # sample corpus' manifest)
 CASES: dict[str, list[list[str]]] = {
-    "audit": [[MISSING], ["{tmp}", "--format", "xml"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
+    "audit mixture": [[MISSING], ["{tmp}", "--format", "xml"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
+    "audit contamination": [
+        [MISSING, "--tasks", "{tmp}/items.jsonl"],
+        ["{manifest}", "--tasks", "{tmp}/no-such-items.jsonl"],
+        ["{manifest}", "--tasks", "{tmp}/items.jsonl", "--ngram", "0"],
+        ["{manifest}", "--tasks", "{tmp}/items.jsonl", "--min-overlap", "1.5"],
+    ],
+    "audit duplicates": [[MISSING], ["{manifest}", "--threshold", "2"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
     "audit-run": [[MISSING], ["{tmp}"]],
     "bench train": [[MISSING, "--out", "{tmp}/bench"]],
     "build manifest": [[MISSING, "--out", "{tmp}/m"]],

@@ -82,6 +82,14 @@ class RunPlan:
                     return
                 yield k, j % ranks, j // ranks, bp
 
+    def consumed_records(self) -> dict[int, set[int]]:
+        """``{shard: record indices}`` of every document the run consumed tokens of (in any of its batches)."""
+        consumed: dict[int, set[int]] = {}
+        for _step, _rank, _micro, bp in self.step_batches():
+            for d in bp.docs:
+                consumed.setdefault(d.shard, set()).add(d.index)
+        return consumed
+
 
 def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = None) -> list[DocHit]:
     """Every sequence row of the run that held tokens of document ``ref`` (``SOURCE/SUBSET:DOC_ID``)."""

@@ -1,0 +1,155 @@
+"""`elm-data audit contamination`: planted evaluation passages are found exactly (equal to a brute-force n-gram
+scan over word tuples), unrelated items give zero hits, and the report is bound to the manifest id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+import sentencepiece
+from click.testing import CliRunner
+from planted_corpus import OTHER_VOCAB, brute_contamination, random_words, write_corpus
+
+from elm_data.cli import run
+from elm_data.manifests.contamination import MatchRule, audit_contamination
+from elm_data.manifests.eval_tasks import jsonl_task
+from elm_data.manifests.manifest import Manifest
+from elm_data.sources.document import derived_doc_id
+from elm_data.trainer.contamination_cli import contamination as contamination_command
+
+
+def _prose(words: list[str]) -> str:
+    """Words as a page shows them: capitals, commas and full stops (all removed by normalization)."""
+    out = []
+    for i, w in enumerate(words):
+        out.append(w.capitalize() if i % 11 == 0 else w)
+        if i % 11 == 10:
+            out[-1] += "."
+        elif i % 7 == 6:
+            out[-1] += ","
+    return " ".join(out)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tokenizer_path):
+    """A corpus of c4 (2 shards) and wikipedia (1 shard) with items planted at known places."""
+    rng = random.Random(23)
+    items = {f"item{k}": random_words(rng, 30) for k in range(8)}
+    shards = {
+        "c4": [[random_words(rng, rng.randint(150, 300)) for _ in range(6)] for _ in range(2)],
+        "wikipedia": [[random_words(rng, rng.randint(150, 300)) for _ in range(6)]],
+    }
+
+    def plant(subset, shard, doc, words, at):
+        shards[subset][shard][doc][at:at] = words
+
+    plant("c4", 0, 1, [w.upper() for w in items["item0"]], 40)  # whole item, case changed
+    plant("c4", 1, 3, items["item1"], 0)  # whole item, in two subsets
+    plant("wikipedia", 0, 2, items["item1"], 100)
+    plant("wikipedia", 0, 4, items["item2"][:15], 7)  # 15 of 30 words: 3 of its 18 13-grams
+    plant("c4", 0, 4, items["item3"][:12], 20)  # 12 words: shorter than a 13-gram, no match
+    plant("c4", 1, 5, items["item4"][10:30], 60)  # the item's last 20 words
+    texts = {s: [[_prose(d) for d in shard] for shard in docs] for s, docs in shards.items()}
+    root = tmp_path_factory.mktemp("planted")
+    manifest = write_corpus(root, texts, tokenizer_path)
+    docs = {}
+    for subset, subset_shards in texts.items():
+        for s, shard in enumerate(subset_shards):
+            sha = hashlib.sha256((root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()).hexdigest()
+            docs.update({derived_doc_id(sha, i): (f"redpajama/{subset}", t) for i, t in enumerate(shard)})
+    task = root / "planted.jsonl"
+    lines = [{"id": k, "text": _prose(w)} for k, w in items.items()] + [{"id": "short", "text": "Too short."}]
+    task.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    unrelated = root / "unrelated.jsonl"
+    unrelated.write_text(
+        "".join(
+            json.dumps({"id": f"u{k}", "text": " ".join(random_words(rng, 40, OTHER_VOCAB))}) + "\n" for k in range(20)
+        )
+    )
+    return {
+        "manifest": manifest,
+        "docs": docs,
+        "items": {x["id"]: x["text"] for x in lines},
+        "task": task,
+        "unrelated": unrelated,
+        "root": root,
+    }
+
+
+def _reported(result) -> dict[str, dict[str, tuple[set[str], set[str]]]]:
+    """``{task: {subset: (item ids, doc ids)}}`` from the JSON report (every cell holds <= 5 of each)."""
+    return {
+        name: {k: (set(c["example_items"]), set(c["example_documents"])) for k, c in t["by_subset"].items()}
+        for name, t in result.to_json()["tasks"].items()
+    }
+
+
+@pytest.mark.parametrize(("n", "min_overlap"), [(13, None), (13, 0.5), (8, None), (20, None)])
+def test_planted_items_are_found_exactly_as_a_brute_force_scan(planted, tokenizer_path, n, min_overlap):
+    tasks = [jsonl_task(planted["task"]), jsonl_task(planted["unrelated"])]
+    result = audit_contamination(Manifest(planted["manifest"]), tasks, MatchRule(n, min_overlap))
+    truth = brute_contamination(planted["items"], planted["docs"], n, min_overlap)
+    expected = {k: (set(v), set().union(*v.values())) for k, v in truth.items()}
+    reported = _reported(result)
+    assert reported["planted"] == expected
+    assert reported["unrelated"] == {}  # unrelated items: zero hits
+    if (n, min_overlap) == (13, None):  # the planted places, spelled out
+        assert {k: sorted(v[0]) for k, v in expected.items()} == {
+            "redpajama/c4": ["item0", "item1", "item4"],
+            "redpajama/wikipedia": ["item1", "item2"],
+        }
+    if min_overlap == 0.5:
+        assert "item2" not in expected.get("redpajama/wikipedia", ({}, set()))[0]  # 3/18 n-grams < 50 %
+    sp = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    report = result.to_json()["tasks"]["planted"]
+    for key, cell in report["by_subset"].items():
+        tokens = sum(len(sp.encode(planted["docs"][d][1])) for d in expected[key][1])
+        assert (cell["documents"], cell["tokens"]) == (len(expected[key][1]), tokens)
+    assert report["contaminated_items"] == len(set().union(*(v[0] for v in expected.values())))
+    assert report["items_too_short"] == 1 + (n > 30) * 8
+
+
+def test_the_report_is_bound_to_the_manifest_and_an_edited_manifest_is_refused(planted, tmp_path):
+    result = CliRunner().invoke(
+        contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"]), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["manifest_id"] == Manifest(planted["manifest"]).manifest_id
+    assert report["settings"]["ngram"] == 13 and report["settings"]["match"] == "any"
+    assert report["scanned"]["redpajama/c4"]["documents"] == 12
+    table = CliRunner().invoke(contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"])])
+    assert "redpajama/wikipedia" in table.output and "4/9" in table.output, table.output
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(planted["manifest"], edited)
+    info = json.loads((edited / "manifest.json").read_text())
+    info["seed"] = 1
+    (edited / "manifest.json").write_text(json.dumps(info))
+    code = run(["audit", "contamination", str(edited), "--tasks", str(planted["task"])])
+    assert code == 2
+
+
+def test_a_changed_shard_is_refused_not_scanned(planted, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(planted["root"], root)
+    from elm_data.manifests.build import build_manifest
+
+    build_manifest(root / "mixture.yaml", root / "m2", workers=1)
+    shard = root / "redpajama" / "c4" / "c4-00000.jsonl"
+    shard.write_bytes(shard.read_bytes().replace(b"a", b"b", 1))
+    code = run(["audit", "contamination", str(root / "m2"), "--tasks", str(planted["task"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "shard 0" in err[0], err
+
+
+def test_audit_without_a_subcommand_is_still_the_mixture_audit(sample_manifest, capsys):
+    assert run(["audit", str(sample_manifest), "--format", "json"]) == 0
+    assert "redpajama/c4" in json.loads(capsys.readouterr().out)
+    assert run(["audit", "--format", "json", str(sample_manifest)]) == 0
+    capsys.readouterr()

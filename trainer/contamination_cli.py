@@ -1,0 +1,59 @@
+"""``elm-data audit contamination``: here (layer 5) rather than in ``manifests/`` because ``--run`` reads a run's
+plan (``trace.RunPlan``) to find the documents it consumed; the audit itself is ``manifests/contamination.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from elm_data.core.commands import command
+from elm_data.manifests.contamination import DEFAULT_NGRAM, MatchRule, audit_contamination, format_table
+from elm_data.manifests.eval_tasks import load_tasks
+from elm_data.manifests.manifest import Manifest
+
+
+@command("contamination")
+@click.argument("manifest_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--tasks",
+    "task_specs",
+    multiple=True,
+    required=True,
+    metavar="TASK",
+    help="Repeatable: items.jsonl (a 'text' and an 'id' per line), an lm-eval task YAML (dataset_path: json), "
+    "or an lm-eval task name (needs the Hugging Face hub).",
+)
+@click.option("--ngram", type=int, default=DEFAULT_NGRAM, show_default=True, help="Words per n-gram.")
+@click.option(
+    "--min-overlap",
+    type=float,
+    default=None,
+    help="Contaminated when this fraction of an item's n-grams is found (default: any one n-gram, GPT-3's rule).",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Only the documents this training run consumed (from its log and the stream's plan).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, fmt):
+    """N-gram overlap between evaluation items and MANIFEST_DIR's kept documents, per task and source/subset:
+    contaminated items, documents and tokens, with example item and document ids (normalized 13-grams by
+    default; see docs/manifests.md)."""
+    rule = MatchRule(ngram, min_overlap)
+    manifest = Manifest(manifest_dir)  # refuses an edited manifest before any task is loaded
+    only = None
+    if run_dir is not None:
+        from .trace import RunPlan
+
+        only = RunPlan(run_dir, manifest_dir).consumed_records()
+    tasks = load_tasks(task_specs)
+    result = audit_contamination(manifest, tasks, rule, only=only, run=None if run_dir is None else str(run_dir))
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_table(result))
