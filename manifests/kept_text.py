@@ -67,7 +67,8 @@ def shard_documents(manifest: Manifest, record: ShardRecord, only: Set[int] | No
     unknown = wanted - set(ledger)
     if unknown:
         raise KeptTextChanged(f"shard {record.shard} ({record.key}): records {sorted(unknown)[:5]} are not kept")
-    blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in record.blocks]
+    index = manifest.blocks(record.shard)  # the shard's block index, checked against the manifest
+    blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
     limit = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes
     try:
         with open_verified(record.uri, blocks) as (url, _view):

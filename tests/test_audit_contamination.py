@@ -153,3 +153,31 @@ def test_audit_without_a_subcommand_is_still_the_mixture_audit(sample_manifest, 
     assert "redpajama/c4" in json.loads(capsys.readouterr().out)
     assert run(["audit", "--format", "json", str(sample_manifest)]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.slow  # trains a small run first
+def test_run_mode_counts_only_what_the_run_consumed(planted, tmp_path):
+    from test_trainer_run import small_config
+
+    from elm_data.trainer.distributed import DistInfo
+    from elm_data.trainer.loop import build_loader, load_tokenizer, train
+
+    steps = 10
+    config = small_config(planted["manifest"], max_steps=steps, seq_len=256, tokens_per_step=512, log_every=5)
+    run_dir = train(config, out_dir=tmp_path / "run", progress=False).run_dir
+    loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(planted["manifest"])),
+                          DistInfo())  # fmt: skip
+    batches = iter(loader)
+    consumed = {s["doc_id"] for _ in range(steps) for spans in next(batches)["spans"] for s in spans}
+    assert 0 < len(consumed) < len(planted["docs"])
+    result = CliRunner().invoke(contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"]),
+                                                        "--run", str(run_dir), "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    docs = {d: v for d, v in planted["docs"].items() if d in consumed}
+    truth = brute_contamination(planted["items"], docs, 13)
+    reported = {k: (set(c["example_items"]), set(c["example_documents"]))
+                for k, c in report["tasks"]["planted"]["by_subset"].items()}  # fmt: skip
+    assert reported == {k: (set(v), set().union(*v.values())) for k, v in truth.items()}
+    assert report["run"] == str(run_dir)
+    assert sum(c["documents"] for c in report["scanned"].values()) == len(consumed)

@@ -63,9 +63,11 @@ def _command_of(args: list[str]) -> tuple[click.Command, list[str]]:
     """The click command an argument list runs (groups descended), and the arguments left for it."""
     command, ctx = cli, click.Context(cli, info_name="elm-data")
     while isinstance(command, click.Group):
-        command = command.get_command(ctx, args[0])
+        named = args[0] in command.list_commands(ctx)
+        name = args[0] if named else getattr(command, "default", args[0])  # `audit DIR` runs `audit mixture DIR`
+        command = command.get_command(ctx, name)
         assert command is not None, args
-        ctx, args = click.Context(command, parent=ctx, info_name=args[0]), args[1:]
+        ctx, args = click.Context(command, parent=ctx, info_name=name), args[1:] if named else args
     return command, args
 
 
