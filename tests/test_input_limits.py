@@ -170,6 +170,15 @@ def test_a_200_mb_plain_line_stays_under_the_default_limit_in_memory(tmp_path):
     assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # at most the 64 MiB limit + a chunk
 
 
+@pytest.mark.slow  # 8 GiB of text decompressed (indexed, then read): ~14 s on a busy 2-core machine
+def test_the_issues_4_gib_line_in_131_kb_of_zstd_ends_as_record_too_large(tmp_path):
+    path = _one_long_line(tmp_path / "bomb.jsonl.zst", "jsonl.zst", 4096)
+    assert path.stat().st_size < 140_000
+    grew, items = _peak_kib(64 << 20, ("jsonl.zst", path))  # the default limit
+    assert items == [[("Rejection", "record_too_large"), ("Document", "")]]
+    assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # the 64 MiB limit + pieces (was 4.3 GB)
+
+
 _ESTIMATE = """
 import random, sys
 from elm_data.manifests.estimate import draw_compressed, draw_plain_jsonl
