@@ -1,12 +1,14 @@
 """The mixture audit: per source/subset counts of a manifest against target token counts.
 
-Reads only ``manifest.json`` and ``shards.parquet`` (and, when present, counts the lines of
-``dropped_samples.jsonl`` for a one-line mention). A source/subset the targets name but the
-manifest lacks appears with zero counts, so a missing part of the mix shows as a deviation rather
-than disappearing. Shares are fractions of the manifest's (resp. the targets') total tokens over
-all rows; ``share_deviation`` is ``share - target_share`` and ``ratio`` is ``share / target_share``.
-``weight_share`` is the share of training tokens the stream draws from a subset when the mixture sets
-weights (weights are token shares), so it shows how the weights re-balance the natural ``share``.
+Reads ``manifest.json`` and ``shards.parquet``, and checks the documents ledger agrees with them
+(``Manifest.check_ledgers``: every row group against its digest, its sums against the shard's counts, no
+stray file); when present, counts the lines of ``dropped_samples.jsonl`` for a one-line mention.
+A source/subset the targets name but the manifest lacks appears with zero counts, so a missing part
+of the mix shows as a deviation rather than disappearing. Shares are fractions of the manifest's
+(resp. the targets') total tokens over all rows; ``share_deviation`` is ``share - target_share`` and
+``ratio`` is ``share / target_share``. ``weight_share`` is the share of training tokens the stream draws
+from a subset when the mixture sets weights (weights are token shares), so it shows how the weights
+re-balance the natural ``share``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Audit:
 def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | None = None) -> Audit:
     """Audit a manifest against ``targets`` (preset name, YAML file or dict); default: the manifest's own."""
     manifest = path if isinstance(path, Manifest) else Manifest(path, every_block=True)
+    manifest.check_ledgers()  # the counts reported are the ledger's: a ledger that disagrees is refused
     resolved = load_targets(targets) if targets is not None else manifest.info["targets"]
     target_tokens: dict[str, int] = dict((resolved or {}).get("tokens", {}))
 

@@ -3,7 +3,8 @@
 The distribution lists the manifest's own files and every corpus shard as a ``cr:FileObject`` with
 its sha256, size and licence, ``prov:wasDerivedFrom`` its upstream location, and each shard's documents
 ledger (``documents/NNNNNN.parquet``) with its sha256. A record set describes ``shards.parquet`` column by
-column, so Croissant tools can load the shard table. Reads only the manifest directory.
+column, so Croissant tools can load the shard table. Reads only the manifest directory, and refuses one whose
+documents ledger does not match its digests and counts (``Manifest.check_ledgers``).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     live in; default: the manifest directory).
     """
     manifest = Manifest(manifest_dir, every_block=True)  # describes every block: checks every one
+    manifest.check_ledgers()  # each ledger file's sha256 is published: it must be the ledger the id covers
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
     return {

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from elm_data.core.errors import ElmDataError, InvalidValue, NotFound
@@ -365,6 +366,41 @@ class Manifest:
             )
         table = pa.concat_tables([self.block_documents(shard, b, parquet) for b in range(blocks)])
         return table if columns is None else table.select(columns)
+
+    def ledger_problems(self) -> list[str]:
+        """What is wrong with the documents ledger (empty when sound): a file missing, unreadable or with a
+        row group that does not match its block's digest, a shard whose ledger rows do not add up to its
+        read/kept/tokens counts, or a file in ``documents/`` that is no shard's ledger (every row is read)."""
+        problems = [f"shard {r.shard} ledger: {problem}" for r in self.shards if (problem := self._ledger_problem(r))]
+        expected = {ledger_path(self.path, r.shard).name for r in self.shards}
+        folder = self.path / DOCUMENTS_DIR
+        stray = sorted(p.name for p in folder.iterdir() if p.name not in expected) if folder.is_dir() else []
+        if stray:
+            problems.append(f"{DOCUMENTS_DIR}/ holds files that are no shard's ledger: {', '.join(stray[:5])}")
+        return problems
+
+    def _ledger_problem(self, record: ShardRecord) -> str | None:
+        try:
+            docs = self.documents(record.shard, ["status", "count", "tokens"])
+        except Exception as e:  # missing, unreadable or altered (ManifestTampered) ledger file
+            return str(e)
+        status, counts = docs.column("status"), docs.column("count")
+        read = pc.sum(counts).as_py() or 0
+        kept = pc.sum(pc.if_else(pc.equal(status, "kept"), counts, 0)).as_py() or 0
+        tokens = pc.sum(docs.column("tokens")).as_py() or 0
+        if (read, kept, tokens) != (record.docs_read, record.docs_kept, record.tokens):
+            return (
+                f"read/kept/tokens {read}/{kept}/{tokens} in the documents ledger, "
+                f"{record.docs_read}/{record.docs_kept}/{record.tokens} in shards.parquet"
+            )
+        return None
+
+    def check_ledgers(self) -> None:
+        """Raise :class:`ManifestTampered` naming what :meth:`ledger_problems` finds: for every consumer that
+        reports or publishes counts the ledger must agree with (audit, Croissant)."""
+        problems = self.ledger_problems()
+        if problems:
+            raise ManifestTampered(f"{self.path}: refusing an altered documents ledger: {'; '.join(problems[:3])}")
 
     def all_documents(self) -> pa.Table:
         return pa.concat_tables([self.documents(r.shard) for r in self.shards])

@@ -2,7 +2,8 @@
 
 Checks, in order: the manifest id, the Merkle root over ``shards.parquet`` and the totals recompute
 (``identity.tampering``); every shard's ledger file holds one row group per block, each matching its
-block's ledger digest, whose rows add up to the shard's counts; and every shard re-hashes, in one read,
+block's ledger digest, whose rows add up to the shard's counts, and ``documents/`` holds nothing else
+(``Manifest.ledger_problems``); and every shard re-hashes, in one read,
 to its recorded sha256, size and per-block sha256s. Never reads documents, only bytes.
 """
 
@@ -12,8 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow.compute as pc
 
 from elm_data.sources.blocks import hash_blocks
 from elm_data.sources.readers import size_of
@@ -52,30 +51,8 @@ class VerifyReport:
 
 def check_manifest_integrity(manifest: Manifest) -> list[str]:
     """Problems with the manifest files themselves (empty when consistent)."""
-    records = manifest.shards
-    problems = tampering(manifest.info, records) + block_tampering(manifest, every_block=True)
-    return problems + _check_documents(manifest, records)
-
-
-def _check_documents(manifest: Manifest, records: list[ShardRecord]) -> list[str]:
-    problems = []
-    for r in records:
-        try:
-            docs = manifest.documents(r.shard)
-        except Exception as e:  # missing, unreadable or altered ledger file
-            problems.append(f"shard {r.shard} ledger: {e}")
-            continue
-        status = docs.column("status")
-        counts = docs.column("count")
-        read = pc.sum(counts).as_py() or 0
-        kept = pc.sum(pc.if_else(pc.equal(status, "kept"), counts, 0)).as_py() or 0
-        tokens = pc.sum(docs.column("tokens")).as_py() or 0
-        if (read, kept, tokens) != (r.docs_read, r.docs_kept, r.tokens):
-            problems.append(
-                f"shard {r.shard} ({r.uri}): documents ledger says read/kept/tokens {read}/{kept}/{tokens}, "
-                f"shards.parquet {r.docs_read}/{r.docs_kept}/{r.tokens}"
-            )
-    return problems
+    problems = tampering(manifest.info, manifest.shards) + block_tampering(manifest, every_block=True)
+    return problems + manifest.ledger_problems()
 
 
 def check_shard(record: ShardRecord, blocks: list[dict]) -> ShardProblem | None:
