@@ -92,7 +92,7 @@ def _data_stages(paths: dict[str, Path], tokenizer_uri: str, workers: int) -> No
     mixture = write_sample_corpus(paths["sample corpus"], seed=0)
     _done(t, f"wrote {mixture}")
 
-    t = _step("2/6 build manifest: hash, read, filter (OpenELM rule), count LLaMA tokens per shard")
+    t = _step("2/6 build manifest: hash, read, filter (OpenELM rule), count tokens per shard")
     built = build_manifest(mixture, paths["manifest"], tokenizer=tokenizer_uri, workers=workers, progress=True)
     totals = built.totals
     _done(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from elm_data.core.known_tokenizers import token_unit
 from elm_data.pipeline.counts import Counts
 from elm_data.sources.registry import subset_key
 
@@ -58,6 +59,7 @@ class Audit:
     targets_name: str | None
     rows: list[AuditRow]
     dropped_samples: str | None = None  # one line about dropped_samples.jsonl when the manifest has it
+    token_unit: str = "tokens"  # what the counted tokens are ("LLaMA-2 tokens" only for that model's sha256)
 
     @property
     def totals(self) -> Counts:
@@ -109,6 +111,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
             row.ratio = row.share / row.target_share if row.target_share else None
     ordered = sorted(rows.values(), key=lambda r: (-(r.target_share or 0.0), -r.counts.tokens, r.key))
     audit = Audit(manifest.manifest_id, manifest.info["name"], (resolved or {}).get("name"), ordered)
+    audit.token_unit = token_unit(manifest.info["tokenizer"]["sha256"])
     audit.dropped_samples = _dropped_samples_note(manifest.path / DROPPED_SAMPLES_FILE)
     return audit
 
@@ -194,8 +197,8 @@ def format_table(audit: Audit) -> str:
         title += f" against target '{audit.targets_name}'"
     rule = "-" * len(fmt(headers))
     notes = (
-        "tokens: LLaMA-2 tokens of kept documents, no BOS/EOS. share: of the manifest's tokens; target %: of the "
-        "target's tokens; dev pp: share minus target share in percentage points; ratio: share / target share;\n"
+        f"tokens: {audit.token_unit} of kept documents, no BOS/EOS. share: of the manifest's tokens; target %: of "
+        "the target's tokens; dev pp: share minus target share in percentage points; ratio: share / target share;\n"
         "weighted %: share of training tokens the stream draws under the mixture's weights ('-' when unweighted)."
     )
     body = [fmt(line) for line in lines[:-1]]

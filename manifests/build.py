@@ -78,6 +78,7 @@ class BuildResult:
     shards_reused: int
     totals: dict[str, Any] = field(default_factory=dict)
     remote: dict[str, Any] = field(default_factory=dict)  # remote reads of the shards counted: retries, bytes
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # manifest.json's tokenizer record
 
 
 def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str]:
@@ -235,7 +236,7 @@ def manifest_info(
         "manifest_id": None,
         "merkle_root": None,
         "name": mixture.name,
-        "tokenizer": {"uri": redact_uri(tokenizer.uri), "sha256": tokenizer.sha256},
+        "tokenizer": tokenizer.describe() | {"uri": redact_uri(tokenizer.uri)},  # a name only when the sha is known
         "filters": mixture.filters.to_dict(),
         "pass": pass_description,
         "sequences": mixture.sequences.to_dict(),
@@ -335,7 +336,10 @@ def build_manifest(
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
     counts = remote.add_counts({}, fetched)
-    return BuildResult(out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"], counts)
+    return BuildResult(
+        out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"], counts,
+        info["tokenizer"],
+    )  # fmt: skip
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import check_failed, command
+from elm_data.core.known_tokenizers import token_unit
 from elm_data.sources.blocks import BLOCK_BYTES
 
 
@@ -150,7 +151,7 @@ def _print_build(result, out_dir: str, dropped_samples: int) -> None:
         f"+ {t['docs_rejected']:,} rejected\n"
         f"  filtered     {json.dumps(t['filtered_by_reason'])}\n"
         f"  rejected     {json.dumps(t['rejected_by_reason'])}\n"
-        f"  tokens       {t['tokens']:,} (exact, LLaMA-2 SentencePiece, no BOS/EOS)"
+        f"  tokens       {t['tokens']:,} (exact {token_unit(result.tokenizer.get('sha256'))}, no BOS/EOS)"
     )
     r = result.remote
     if r.get("bytes_fetched") or r.get("retries") or r.get("failed"):

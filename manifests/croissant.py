@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from elm_data.core.known_tokenizers import known_name, token_unit
 from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_uri
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
@@ -95,7 +96,7 @@ _FIELD_DESCRIPTIONS = {
         "rejected_by_reason": "JSON object: rejected records per rejection reason.",
         "pieces_filtered_by_reason": "JSON object: CoreNet pieces dropped per filter reason (corenet mode).",
         "chars": "Characters of kept documents.",
-        "tokens": "LLaMA-2 tokens of kept documents (no BOS/EOS).",
+        "tokens": "Tokens of kept documents under the manifest's tokenizer (named in the description; no BOS/EOS).",
         "format": "Reader format found from the shard's bytes (parquet, jsonl, jsonl.gz, jsonl.zst).",
         "blocks_sha256": "SHA-256 of the shard's block index in blocks.parquet (canonical JSON).",
         "block_counts_sha256": "SHA-256 of the shard's block counts in blocks.parquet (int64 rows).",
@@ -195,7 +196,7 @@ def _dataset_description(manifest: Manifest) -> str:
     return (
         f"elm-data manifest {manifest.manifest_id}: {len(records)} shards of {', '.join(_source_keys(records))}; "
         f"{totals['docs_kept']:,} of {totals['docs_read']:,} records kept, "
-        f"{totals['tokens']:,} LLaMA-2 tokens. Merkle root (RFC 6962) over shard records: "
+        f"{totals['tokens']:,} {token_unit(info['tokenizer']['sha256'])}. Merkle root (RFC 6962) over shard records: "
         f"{info['merkle_root']}."
     )
 
@@ -269,10 +270,12 @@ def _preprocessing(info: dict[str, Any]) -> list[str]:
         "Documents read from the listed public shards with their provenance (shard sha256, row/line, id).",
         f"OpenELM/CoreNet rule: drop texts under {filters['min_characters']} characters "
         "(of a SlimPajama-normalised copy) or under "
-        f"{filters['min_tokens']} LLaMA-2 tokens; NFC normalisation: {filters['nfc_normalization']}.",
+        f"{filters['min_tokens']} {token_unit(info['tokenizer']['sha256'])}; "
+        f"NFC normalisation: {filters['nfc_normalization']}.",
         "Quality filters (datatrove): " + (json.dumps(quality) if quality else "none"),
         f"Sequence forming: {json.dumps(info['sequences'], sort_keys=True)}.",
-        f"Tokenizer: SentencePiece sha256 {info['tokenizer']['sha256']}.",
+        f"Tokenizer: SentencePiece sha256 {info['tokenizer']['sha256']}"
+        f" ({known_name(info['tokenizer']['sha256']) or 'not a model known by name'}).",
     ]
 
 

@@ -62,7 +62,7 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_xlim(0, xmax * 1.35)
     ax.set_xticks([t for t in ax.get_xticks() if 0 <= t <= min(100.0, xmax * 1.35)])
-    ax.set_xlabel("share of tokens (%)  —  LLaMA-2 tokens of kept documents, no BOS/EOS")
+    ax.set_xlabel(f"share of tokens (%)  —  {audit.token_unit} of kept documents, no BOS/EOS")
     ax.set_title(_title(audit, has_target), fontsize=11)
     ax.grid(axis="x", linestyle=":", alpha=0.6)
     ax.set_axisbelow(True)

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.known_tokenizers import known_name
 from elm_data.core.outputs import atomic_path
 
 from .config import NAMED_SHAPES, OpenELMConfig, expand_multipliers
@@ -226,7 +227,8 @@ def export_hf(
 
     ``model_or_checkpoint`` is a model, or a path :func:`load_model` accepts. ``dtype`` casts floating weights
     (default: keep). ``tokenizer_model`` (the SentencePiece model's bytes) adds ``tokenizer.model``,
-    ``tokenizer_config.json``, ``TOKENIZER_LICENCE.txt`` and (with ``tokenizers`` installed) ``tokenizer.json``;
+    ``tokenizer_config.json``, ``TOKENIZER_LICENCE.txt`` (Meta's licence: the LLaMA-2 model only) and (with
+    ``tokenizers`` installed) ``tokenizer.json``;
     ``extra_files`` (name -> text, e.g. the model card ``README.md``) are written too. All files appear together
     or not at all. Returns ``out_dir``.
     """
@@ -249,7 +251,9 @@ def export_hf(
             texts["tokenizer.json"] = fast
             tokenizer_config["tokenizer_class"] = FAST_TOKENIZER_CLASS
         texts["tokenizer_config.json"] = _json(tokenizer_config)
-        texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=hashlib.sha256(tokenizer_model).hexdigest())
+        sha256 = hashlib.sha256(tokenizer_model).hexdigest()
+        if known_name(sha256) == "LLaMA-2":  # Meta's licence for Meta's model only; another model's is its author's
+            texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=sha256)
     texts.update(extra_files or {})
     files: dict[str, Callable[[Path], object]] = {
         WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata={"format": "pt"})

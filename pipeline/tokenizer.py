@@ -27,13 +27,13 @@ from typing import Any
 import sentencepiece as spm
 
 from elm_data.core.errors import ElmDataError
+from elm_data.core.known_tokenizers import LLAMA2_SHA256, known_name
 from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.sources.remote import open_read
 
 ENV_VAR = "ELM_DATA_TOKENIZER"
 CACHE_ENV_VAR = "ELM_DATA_CACHE"
-LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
 LLAMA2_HUB_URI = "hf://meta-llama/Llama-2-7b-hf/tokenizer.model"
 LLAMA2_LICENCE_PAGE = "https://huggingface.co/meta-llama/Llama-2-7b-hf"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 32000  # LLaMA has no pad piece; CoreNet pads with id 32000
@@ -176,9 +176,20 @@ class LlamaTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if i < self.vocab_size])
 
-    def describe(self) -> dict[str, str]:
-        """The record pinned in manifests and training logs."""
-        return {"uri": self.uri, "sha256": self.sha256, "kind": "sentencepiece"}
+    @property
+    def name(self) -> str | None:
+        """The model's known name ("LLaMA-2") when its sha256 is that model's, else None."""
+        return known_name(self.sha256)
+
+    def describe(self) -> dict[str, Any]:
+        """The record pinned in manifests and training logs: what was really used (a name only when known)."""
+        return {
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "kind": "sentencepiece",
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+        }
 
     @property
     def model_bytes(self) -> bytes:

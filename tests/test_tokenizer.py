@@ -33,7 +33,13 @@ def test_the_shared_model_is_the_pinned_llama2_model(tokenizer_path):
     tok = LlamaTokenizer(tokenizer_path, expected_sha256=LLAMA2_SHA256)
     assert tok.sha256 == hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest() == LLAMA2_SHA256
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 1, 2, 32000)
-    assert tok.describe() == {"uri": tokenizer_path, "sha256": LLAMA2_SHA256, "kind": "sentencepiece"}
+    assert tok.describe() == {
+        "uri": tokenizer_path,
+        "sha256": LLAMA2_SHA256,
+        "kind": "sentencepiece",
+        "name": "LLaMA-2",
+        "vocab_size": 32000,
+    }
 
 
 def test_a_different_pinned_hash_is_refused(tokenizer_path):
