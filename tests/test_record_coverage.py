@@ -351,7 +351,14 @@ def _train(manifest: Path, out: Path) -> Path:
     return out
 
 
-def _run_consumers(run: Path) -> dict[str, Callable[[], Any]]:
+def _first_kept(manifest: Path) -> str:
+    """``source/subset:doc_id`` of the first kept document of shard 0."""
+    opened = Manifest(manifest)
+    docs = opened.documents(0)
+    return f"{opened.shards[0].key}:{docs.column('doc_id')[docs.column('status').to_pylist().index('kept')]}"
+
+
+def _run_consumers(run: Path, doc_ref: str) -> dict[str, Callable[[], Any]]:
     from elm_data.trainer.audit import audit_run, verify_run
     from elm_data.trainer.export import checkpoint_card, newest_checkpoint, run_of
     from elm_data.trainer.trace import build_text_index, trace_doc
@@ -361,7 +368,7 @@ def _run_consumers(run: Path) -> dict[str, Callable[[], Any]]:
         audit_run(run)
 
     def trace():
-        trace_doc(run, "refinedweb/default:no-such-document")
+        trace_doc(run, doc_ref)
         build_text_index(run)
 
     return {
@@ -375,12 +382,13 @@ def _run_consumers(run: Path) -> dict[str, Callable[[], Any]]:
 def test_the_run_consumers_read_only_what_the_table_lists_and_refuse_an_edit(sample_manifest, tmp_path):
     manifest = shutil.copytree(sample_manifest, tmp_path / "manifest")
     read_by = {"train": reads_of(lambda: _train(manifest, tmp_path / "run"))}
-    read_by |= {name: reads_of(f) for name, f in _run_consumers(tmp_path / "run").items()}
+    doc_ref = _first_kept(manifest)
+    read_by |= {name: reads_of(f) for name, f in _run_consumers(tmp_path / "run", doc_ref).items()}
     check_reads_against_table(read_by)
 
     sneaky_edit(manifest, manifest, "min_tokens", 8)  # the run's manifest, edited in place
     with pytest.raises(ElmDataError, match="refusing an altered manifest"):
         _train(manifest, tmp_path / "run-edited")
-    for consumer in _run_consumers(tmp_path / "run").values():
+    for consumer in _run_consumers(tmp_path / "run", doc_ref).values():
         with pytest.raises(ElmDataError, match="refusing an altered manifest"):
             consumer()
