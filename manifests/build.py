@@ -335,11 +335,8 @@ def build_manifest(
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
     write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
     work.remove()
-    counts = remote.add_counts({}, fetched)
-    return BuildResult(
-        out_dir, info["manifest_id"], info["merkle_root"], len(records), reused, info["totals"], counts,
-        info["tokenizer"],
-    )  # fmt: skip
+    ids, totals = (info["manifest_id"], info["merkle_root"]), (info["totals"], remote.add_counts({}, fetched))
+    return BuildResult(out_dir, *ids, len(records), reused, *totals, info["tokenizer"])
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):
