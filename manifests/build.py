@@ -319,7 +319,7 @@ def build_manifest(
     out_dir = Path(out_dir)
     _check_output_dir(out_dir, overwrite)
     mixture = MixtureConfig.load(mixture_path)
-    remote.configure(policy=retries or mixture.retries)  # this process and the workers it starts (None: as is)
+    remote.configure(retries or mixture.retries, mixture.storage_options)  # here and in the workers (None: as is)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe()

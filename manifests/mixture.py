@@ -48,7 +48,7 @@ from elm_data.core.settings import (
 )
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.sources.registry import subset_key
-from elm_data.sources.remote import RetryPolicy
+from elm_data.sources.remote import RetryPolicy, storage_options
 
 from .shard_lists import entry_shards
 
@@ -62,6 +62,7 @@ MIXTURE_KEYS: dict[str, Any] = {
     "sequences": dict | None,
     "sources": list,
     "retries": dict | None,  # how remote reads are retried (sources/remote.py:RetryPolicy); not in the manifest
+    "storage_options": dict | None,  # per protocol, e.g. {s3: {endpoint_url: ...}}; not in the manifest
 }
 
 
@@ -121,6 +122,7 @@ class MixtureConfig:
     targets: str | None = "openelm"
     base_dir: str = "."
     retries: RetryPolicy | None = None  # how remote reads are retried (``retries:``); never part of the manifest
+    storage_options: dict[str, dict[str, Any]] | None = None  # fsspec options per protocol; never part of it either
 
     @classmethod
     def load(cls, path: str | Path) -> MixtureConfig:
@@ -150,6 +152,7 @@ class MixtureConfig:
             targets=values.get("targets", "openelm"),
             base_dir=base_dir,
             retries=RetryPolicy.from_dict(values["retries"]) if values.get("retries") is not None else None,
+            storage_options=storage_options(values.get("storage_options")),
         )
 
     def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:

@@ -306,11 +306,14 @@ def process_shards(
     """``count`` (:func:`process_shard`) of each task in turn, the next remote shard fetched in the background
     meanwhile (so fetching overlaps counting; at most two scratch copies at a time)."""
     count = count or process_shard
+    seen = remote.STATS.to_dict()
     with ThreadPoolExecutor(1, "elm-next-shard") as pool:
         ahead = pool.submit(_fetch_ahead, tasks[0].uri) if tasks else None
         for n, task in enumerate(tasks):
             current, ahead = ahead, pool.submit(_fetch_ahead, tasks[n + 1].uri) if n + 1 < len(tasks) else None
-            yield count(task, document_pass, workspace, dropped_per_reason, current)
+            outcome = count(task, document_pass, workspace, dropped_per_reason, current)
+            outcome.remote, seen = remote.STATS.since(seen), remote.STATS.to_dict()  # the background fetches too
+            yield outcome
 
 
 def _fetch_ahead(uri: str) -> str | None:

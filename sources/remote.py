@@ -142,6 +142,15 @@ def configure(
         _settings["storage_options"] = {str(k): dict(v) for k, v in storage_options.items()}
 
 
+def storage_options(raw: Any, where: str = "storage_options") -> dict[str, dict[str, Any]] | None:
+    """A config's ``storage_options:`` (``{protocol: {option: value}}``, e.g. ``{s3: {endpoint_url: ...}}``)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
+        raise InvalidValue(f"{where}: expected a mapping of protocol -> options, e.g. {{s3: {{endpoint_url: URL}}}}")
+    return {str(k): dict(v) for k, v in raw.items()}
+
+
 def policy() -> RetryPolicy:
     return _settings["policy"]
 

@@ -8,7 +8,10 @@ with the upstream layout answers the very URLs a shipped mixture names.
 from __future__ import annotations
 
 import contextlib
+import io
+import itertools
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +20,69 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 
-def _standin(root: Path, protocol: str) -> type:
+class Faults:
+    """Every ``every``-th read (a ranged ``cat_file`` or a file's ``read``) fails as a reset connection."""
+
+    def __init__(self, every: int = 0):
+        self.every, self.reads, self.failed = every, itertools.count(1), 0
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self.lock:
+            n = next(self.reads)
+            fail = bool(self.every) and n % self.every == 0
+            self.failed += fail
+        if fail:
+            raise ConnectionResetError(104, "Connection reset by peer (stand-in hub fault)")
+
+
+class _FaultyFile(io.RawIOBase):
+    def __init__(self, f, faults: Faults):
+        super().__init__()
+        self.f, self.faults = f, faults
+        self.size = getattr(f, "size", None)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        self.faults.tick()
+        return self.f.read(n)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _standin(root: Path, protocol: str, faults: Faults | None = None) -> type:
     class StandIn(DirFileSystem):
         cachable = False
 
         def __init__(self, *args, **kwargs):
             super().__init__(path=str(root), fs=LocalFileSystem())
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
+            if faults is not None:
+                faults.tick()
+            return super().cat_file(path, start=start, end=end, **kwargs)
+
+        def open(self, path, *args, **kwargs):
+            f = super().open(path, *args, **kwargs)
+            return _FaultyFile(f, faults) if faults is not None else f
 
     StandIn.protocol = (protocol,)
     return StandIn
@@ -33,12 +93,13 @@ def _registry() -> dict:
 
 
 @contextlib.contextmanager
-def serve(root: Path, *protocols: str) -> Iterator[Path]:
-    """Serve ``root/<path>`` as ``<protocol>://<path>`` for each protocol, restoring the registry after."""
+def serve(root: Path, *protocols: str, faults: Faults | None = None) -> Iterator[Path]:
+    """Serve ``root/<path>`` as ``<protocol>://<path>`` for each protocol, restoring the registry after;
+    ``faults``: reads fail on its schedule, as over a flaky network."""
     registry = _registry()
     saved = {p: registry.get(p) for p in protocols}
     for p in protocols:
-        fsspec.register_implementation(p, _standin(root, p), clobber=True)
+        fsspec.register_implementation(p, _standin(root, p, faults), clobber=True)
     try:
         yield root
     finally:

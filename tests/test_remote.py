@@ -249,3 +249,106 @@ def test_a_changed_remote_shard_stops_the_stream(sample_dir, tokenizer_path, tok
         shard.write_bytes(bytes(data))
         with pytest.raises(StreamIntegrityError, match="sha256"):
             global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2)
+
+
+# -- s3:// on an S3-compatible server (moto's server mode) through s3fs -------------------------------------
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """An S3-compatible server on 127.0.0.1 for this module (stopped after it)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def _upload_to_s3(sample_dir: Path, endpoint: str, bucket: str) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir(bucket)
+    for path in sample_dir.resolve().rglob("*"):
+        if path.is_file():
+            fs.pipe_file(f"{bucket}/{path.relative_to(sample_dir.resolve()).as_posix()}", path.read_bytes())
+    return f"s3://{bucket}"
+
+
+@pytest.fixture
+def s3_env(monkeypatch, s3_endpoint):
+    """Credentials for the stand-in server from the environment (never written), the endpoint as storage options."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    remote.configure(storage_options={"s3": {"endpoint_url": s3_endpoint}})
+    return s3_endpoint
+
+
+def test_a_build_and_a_stream_over_s3_equal_the_local_ones(sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env):
+    root = _upload_to_s3(sample_dir, s3_env, "quick")
+    local, s3 = _build_both(sample_dir, tokenizer_path, tmp_path, root, slice(0, 3))
+    assert (s3.manifest_id, s3.totals) == (local.manifest_id, local.totals)
+    assert s3.remote["bytes_fetched"] > 0
+    assert "testing" not in (s3.manifest_dir / "manifest.json").read_text()
+    reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
+    assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+
+
+@pytest.mark.slow
+def test_the_whole_mixture_over_s3_at_1x0_and_2x2(sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env):
+    root = _upload_to_s3(sample_dir, s3_env, "whole")
+    local, s3 = _build_both(sample_dir, tokenizer_path, tmp_path, root, workers=2)
+    assert (s3.manifest_id, s3.totals) == (local.manifest_id, local.totals)
+    reference = global_batches(local.manifest_dir, tokenizer, 1, 0)
+    assert global_batches(s3.manifest_dir, tokenizer, 1, 0) == reference
+    assert global_batches(s3.manifest_dir, tokenizer, 2, 2) == reference
+
+
+def test_storage_options_come_from_the_configs_and_no_credential_is_recorded(tmp_path):
+    from elm_data.trainer.config import TrainConfig
+
+    options = {"s3": {"endpoint_url": "http://user:pw@127.0.0.1:9/", "key": "AKIA-SECRET", "secret": "s3cr3t"}}
+    config = TrainConfig(manifest="m", storage_options=options, retries={"attempts": 2}, readahead_bytes=0)
+    network = config.network()
+    assert network.storage_options == options and network.retries.attempts == 2 and network.readahead_bytes == 0
+    recorded = str(config.to_dict())
+    assert "SECRET" not in recorded and "s3cr3t" not in recorded and "pw@" not in recorded
+    assert "127.0.0.1:9" in recorded
+    with pytest.raises(remote.InvalidValue, match="storage_options"):
+        TrainConfig(manifest="m", storage_options={"s3": "endpoint"}).network()
+    (tmp_path / "mixture.yaml").write_text(yaml.safe_dump({
+        "sources": [{"source": "redpajama", "subset": "arxiv", "shards": ["s3://b/x.jsonl"]}],
+        "retries": {"attempts": 3}, "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9"}}}))  # fmt: skip
+    mixture = MixtureConfig.load(tmp_path / "mixture.yaml")
+    assert mixture.retries.attempts == 3 and mixture.storage_options == {"s3": {"endpoint_url": "http://127.0.0.1:9"}}
+
+
+# -- the stand-in hub (hf://) with faults ----------------------------------------------------------------------
+def test_the_stand_in_hub_with_faults_gives_the_fault_free_manifest_and_batches(
+    sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch
+):
+    from standin_hub import Faults, mirror_upstream, serve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    upstream = mirror_upstream(sample_dir, tmp_path / "mirror")
+    hub = sorted(k for k, urls in upstream.items() if urls[0].startswith("hf://"))[:2]
+    mixture = {"sources": [{"source": k.split("/")[0], "subset": k.split("/")[1], "shards": upstream[k]} for k in hub]}
+    (tmp_path / "hub.yaml").write_text(yaml.safe_dump(mixture))
+    built, batches = {}, {}
+    for every in (0, 3):
+        faults = Faults(every)
+        with serve(tmp_path / "mirror" / "hf", "hf", faults=faults):
+            out = tmp_path / f"m{every}"
+            built[every] = build_manifest(tmp_path / "hub.yaml", out, tokenizer=tokenizer_path, block_bytes=16 << 10)
+            batches[every] = global_batches(out, tokenizer, 1, 0, partitions=2)
+        assert bool(faults.failed) == bool(every)
+    assert (built[3].manifest_id, built[3].totals) == (built[0].manifest_id, built[0].totals)
+    assert built[3].remote["retries_by_reason"].get("connection", 0) >= 1
+    assert batches[3] == batches[0] and batches[0]

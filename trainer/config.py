@@ -52,6 +52,7 @@ class TrainConfig(Settings):
     retries: dict[str, Any] | None = None  # remote reads: {attempts, backoff_s, max_backoff_s}; None: 8 attempts
     cache: dict[str, Any] | None = None  # node cache of verified remote blocks: {dir, max_bytes}; None: none
     readahead_bytes: int | None = None  # remote blocks fetched ahead per reader process; None: 64 MiB, 0: off
+    storage_options: dict[str, Any] | None = None  # fsspec options per protocol ({s3: {endpoint_url: ...}})
 
     # model
     model: str | dict[str, Any] = "270M"  # a named size or a dict: {name: tiny, <OpenELMConfig overrides>}
@@ -125,6 +126,9 @@ class TrainConfig(Settings):
         d.pop("base_dir")
         if d["tokenizer"]:
             d["tokenizer"] = redact_uri(d["tokenizer"])
+        if d["storage_options"]:  # only an endpoint is recorded: any other option may be a credential
+            d["storage_options"] = {p: {k: redact_uri(v) if k == "endpoint_url" and isinstance(v, str) else "<redacted>"
+                                        for k, v in o.items()} for p, o in d["storage_options"].items()}  # fmt: skip
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -211,7 +215,7 @@ class TrainConfig(Settings):
         from elm_data.pipeline.stream.network import NetworkSettings
 
         try:
-            return NetworkSettings.from_config(self.retries, self.cache, self.readahead_bytes)
+            return NetworkSettings.from_config(self.retries, self.cache, self.readahead_bytes, self.storage_options)
         except InvalidValue as error:
             raise ConfigError(str(error)) from None
 
@@ -227,7 +231,7 @@ class TrainConfig(Settings):
         """Stable JSON of the settings that change what is trained (for resume checks)."""
         keep = self.to_dict()
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
-                         "retries", "cache", "readahead_bytes"):  # fmt: skip
+                         "retries", "cache", "readahead_bytes", "storage_options"):  # fmt: skip
             keep.pop(volatile)
         return json.dumps(keep, sort_keys=True, default=str)
 

@@ -24,6 +24,7 @@ class NetworkSettings:
     retries: remote.RetryPolicy = field(default_factory=remote.RetryPolicy)
     cache: CacheConfig = field(default_factory=CacheConfig)
     readahead_bytes: int = field(default_factory=lambda: readahead_settings()["bytes"])
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # fsspec options per protocol
 
     def __post_init__(self) -> None:
         if (
@@ -39,6 +40,7 @@ class NetworkSettings:
         retries: dict[str, Any] | None = None,
         cache: dict[str, Any] | None = None,
         readahead_bytes: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> NetworkSettings:
         """From a config's sections (each None: this process' current setting)."""
         now = cls.current()
@@ -46,14 +48,15 @@ class NetworkSettings:
             retries=remote.RetryPolicy.from_dict(retries) if retries is not None else now.retries,
             cache=CacheConfig.from_dict(cache) if cache is not None else now.cache,
             readahead_bytes=now.readahead_bytes if readahead_bytes is None else readahead_bytes,
+            storage_options=remote.storage_options(storage_options) or now.storage_options,
         )
 
     @classmethod
     def current(cls) -> NetworkSettings:
-        return cls(remote.policy(), cache_config(), readahead_settings()["bytes"])
+        return cls(remote.policy(), cache_config(), readahead_settings()["bytes"], remote.settings()["storage_options"])
 
     def apply(self) -> None:
         """Make these the settings of this process' remote reads."""
-        remote.configure(policy=self.retries)
+        remote.configure(self.retries, self.storage_options)
         configure_cache(self.cache)
         configure_readahead(self.readahead_bytes)
