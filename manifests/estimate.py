@@ -52,6 +52,7 @@ from elm_data.core.errors import InvalidValue, NotFound
 from elm_data.core.redact import redact_uri
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
+from elm_data.sources import remote
 from elm_data.sources.document import MAX_RECORD_BYTES, Document
 from elm_data.sources.readers import read_shard, shard_format_of
 from elm_data.sources.readers_jsonl import TooLarge, raw_lines
@@ -189,8 +190,8 @@ class Estimate:
 # -- listing ----------------------------------------------------------------------------------------------------
 def _size(uri: str) -> int:
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
-        return int(fs.size(path))
+        fs, path = remote.filesystem(uri)
+        return int(remote.retrying(f"size of {uri}", lambda: fs.size(path)))
     except FileNotFoundError as e:
         raise NotFound(f"shard not found: {redact_uri(uri)}") from e
     except Exception as e:
@@ -277,13 +278,12 @@ def draw_plain_jsonl(
     """The lines starting in ``pieces`` independent random (circular) windows holding ~n lines in all: a line
     starting in a window of w bytes has probability w/size. The windows are independent replicates, so their
     spread measures what one contiguous window cannot (long lines make a window's line count lumpy)."""
-    fs, path = fsspec.core.url_to_fs(uri)
     window = max(1, int(n * bytes_per_line / pieces))
     if 2 * window * pieces >= size:  # about the whole shard: read it all
         pieces, window = 1, size
     lines: list[bytes | TooLarge] = []
     groups: list[int] = []
-    with fs.open(path, "rb", block_size=LINE_CHUNK) as f:
+    with remote.open_read(uri, buffer_size=LINE_CHUNK) as f:  # remote reads retried on transient faults
         for piece in range(pieces):
             offset = 0 if window >= size else rng.randrange(size)
             spans = [(offset, min(size, offset + window))]
@@ -302,9 +302,8 @@ def bytes_per_line(uris: Sequence[str], sizes: Sequence[int], rng, probes: int =
     """Mean bytes per line of plain JSONL shards, from newline counts in a few random chunks (sets window sizes)."""
     read = lines = 0
     for i in rng.choices(range(len(uris)), weights=[max(1, s) for s in sizes], k=probes):
-        fs, path = fsspec.core.url_to_fs(uris[i])
         offset = rng.randrange(max(1, sizes[i] - chunk)) if sizes[i] > chunk else 0
-        with fs.open(path, "rb") as f:
+        with remote.open_read(uris[i], buffer_size=chunk) as f:
             f.seek(offset)
             data = f.read(chunk)
         read, lines = read + len(data), lines + data.count(b"\n")
@@ -360,9 +359,8 @@ def _window_lines(stream, raw: _Counting) -> tuple[list[bytes | TooLarge], bool]
 
 def draw_compressed(uri: str, size: int, n: int, fmt: str, entry: MixtureEntry, rng: random.Random) -> Draw:
     """``n`` random lines of the shard's first window; scaled by compressed bytes when the window ends early."""
-    fs, path = fsspec.core.url_to_fs(uri)
     start = time.process_time()
-    with fs.open(path, "rb") as f:
+    with remote.open_read(uri) as f:
         raw = _Counting(f)
         lines, eof = _window_lines(_decompressed(raw, fmt), raw)
     spent = time.process_time() - start
@@ -377,8 +375,7 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
     """Random rows of one row group drawn in proportion to its rows: each of the shard's N rows has the same
     chance n/N of being read, so each stands for N/n rows (a size-proportional pick would favour the groups of
     long documents: kept and tokens came out ~25% high on heavy-tailed shards)."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as f:
+    with remote.open_read(uri, buffer_size=1 << 16) as f:
         meta = pq.ParquetFile(f).metadata
     groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
     sizes = [sum(rg.column(c).total_compressed_size for c in range(rg.num_columns)) for rg in groups]

@@ -419,7 +419,7 @@ class RetryingReader(io.RawIOBase):
         super().close()
 
 
-def open_read(uri: str, what: str | None = None, buffered: bool = True) -> BinaryIO:
+def open_read(uri: str, what: str | None = None, buffered: bool = True, buffer_size: int = READ_CHUNK) -> BinaryIO:
     """``uri`` opened for reading: the local file itself, or a :class:`RetryingReader` of a remote one (behind an
     8 MiB buffer with ``buffered``; without, each read fetches exactly the bytes asked for)."""
     fs, path = filesystem(uri)
@@ -427,7 +427,7 @@ def open_read(uri: str, what: str | None = None, buffered: bool = True) -> Binar
         return fs.open(path, "rb")
     reader = RetryingReader(uri, what)
     reader._size()  # a missing file fails here (FileNotFoundError), as a local open would
-    return io.BufferedReader(reader, buffer_size=READ_CHUNK) if buffered else reader
+    return io.BufferedReader(reader, buffer_size=buffer_size) if buffered else reader
 
 
 def download_temp(uri: str) -> str:

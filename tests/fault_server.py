@@ -6,7 +6,8 @@ Faults are counted over all requests (HEAD and GET): every ``fail_every``-th ans
 ``throttle_every``-th answers 429 with ``Retry-After: retry_after``, every ``cut_every``-th sends its full
 ``Content-Length`` but only the first half of the body and closes the connection; ``fault_rate`` instead
 draws a fault (503 or cut, alternately) for that fraction of requests from a seeded generator. Every answer
-waits ``latency_s`` first. ``stats`` counts requests, faults and body bytes sent.
+waits ``latency_s`` first. ``stats`` counts requests, faults and body bytes sent. The ``Faults`` given is read
+at every request, so a caller may change it while the server runs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root, self.faults, self.stats = root.resolve(), faults, ServerStats()
         self.lock = threading.Lock()
-        self.rng = random.Random(faults.seed)
 
     def handle_error(self, request, client_address) -> None:  # a client that hung up: nothing to report
         pass
@@ -58,8 +58,8 @@ class _Server(ThreadingHTTPServer):
         with self.lock:
             self.stats.requests += 1
             n, f = self.stats.requests, self.faults
-            if f.fault_rate:
-                fault = ("503", "cut")[n % 2] if self.rng.random() < f.fault_rate else None
+            if f.fault_rate:  # a seeded draw per request number: the same requests fail in a rerun
+                fault = ("503", "cut")[n % 2] if random.Random(f.seed * 1_000_003 + n).random() < f.fault_rate else None
             elif f.fail_every and n % f.fail_every == 0:
                 fault = "503"
             elif f.throttle_every and n % f.throttle_every == 0:
