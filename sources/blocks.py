@@ -23,6 +23,7 @@ import os
 import struct
 import tempfile
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,8 @@ from elm_data.sources.readers_common import HASH_CHUNK
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
+READER_MEMORY = 128 << 20  # default cap on the verified block bytes a process holds in memory (ELM_DATA_READER_MEMORY)
+VIEW_BUFFER = 128 << 10  # the buffer of each file a reader opens on a view
 
 
 ReadAhead = Callable[[str, "Block", int], "tuple[bytes, int] | None"]
@@ -290,9 +293,11 @@ class VerifiedView(io.RawIOBase):
             return self._cache[i]
         data = self._fetch(i)
         self._cache[i] = data
+        HELD.note(self, i, data)
         records = [j for j in self._cache if self.blocks[j].records != 0]  # 0-record blocks (magic, footer) stay
         for j in records[: max(0, len(records) - self.KEEP)]:
             old = self._cache.pop(j)
+            HELD.forget(self, j)
             if not isinstance(old, bytes):
                 old.close()
         return data
@@ -346,7 +351,8 @@ class VerifiedView(io.RawIOBase):
         return pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
 
     def close(self) -> None:
-        for data in self._cache.values():
+        for j, data in self._cache.items():
+            HELD.forget(self, j)
             if not isinstance(data, bytes):
                 data.close()
         self._cache.clear()
@@ -365,6 +371,56 @@ def _block_at(starts: Sequence[int], pos: int) -> int:
     return bisect.bisect_right(starts, pos) - 1
 
 
+class HeldBlocks:
+    """The verified block bytes this process holds in memory, over every open view, capped at ``limit`` bytes
+    (invariant 11): when a view keeps a new block in memory and the total passes the cap, the least recently
+    loaded blocks still held are moved to anonymous temp files (their bytes were checked when loaded; nothing is
+    read from storage again, so each shard byte is still read once). A stream reader therefore holds at most the
+    cap in blocks, however large its blocks and however many partitions and sources it has open at once."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._order: OrderedDict[tuple[int, int], tuple[weakref.ref, int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, view: VerifiedView, i: int, data: bytes | BinaryIO) -> None:
+        if not isinstance(data, bytes):
+            return
+        with self._lock:
+            self._order[(id(view), i)] = (weakref.ref(view), i, len(data))
+            self.held += len(data)
+            while self.held > self.limit and self._order:
+                (_, (ref, j, size)) = self._order.popitem(last=False)
+                self.held -= size
+                owner = ref()
+                if owner is not None and isinstance(owner._cache.get(j), bytes):
+                    owner._cache[j] = _spilled(owner._cache[j])
+
+    def forget(self, view: VerifiedView, i: int) -> None:
+        """A block the view no longer holds (dropped or closed)."""
+        with self._lock:
+            entry = self._order.pop((id(view), i), None)
+            if entry is not None:
+                self.held -= entry[2]
+
+
+def _spilled(data: bytes) -> BinaryIO:
+    spill = tempfile.TemporaryFile(prefix="elm-data-block-")  # noqa: SIM115
+    spill.write(data)
+    return spill
+
+
+HELD = HeldBlocks(READER_MEMORY)
+
+
+def set_reader_memory(limit: int) -> None:
+    """Cap the verified block bytes this process holds in memory (see :class:`HeldBlocks`)."""
+    if limit < 0:
+        raise ValueError(f"reader memory must be >= 0 bytes, got {limit}")
+    HELD.limit = limit
+
+
 # -- handing a view to the format readers: the elm-blocks:// protocol ---------------------------------
 _VIEWS: dict[str, VerifiedView] = {}
 _LOCK = threading.Lock()
@@ -381,7 +437,7 @@ class _ViewFileSystem(AbstractFileSystem):
         if view is None:
             raise FileNotFoundError(path)
         view.seek(0)
-        return io.BufferedReader(_Unclosable(view), buffer_size=1 << 20)
+        return io.BufferedReader(_Unclosable(view), buffer_size=VIEW_BUFFER)
 
     def size(self, path):
         return _VIEWS[self._strip_protocol(path).strip("/")].size()

@@ -106,3 +106,37 @@ def test_members_and_frames_make_blocks_that_read_alone(tmp_path, fmt):
         assert [(d.provenance.index, d.text) for d in part] == [
             (d.provenance.index, d.text) for d in whole[b.first_record : b.first_record + b.records]
         ]
+
+
+def in_memory(views) -> int:
+    """Verified block bytes the views hold in memory (not in temp files): the oracle for the cap."""
+    return sum(len(d) for v in views for d in v._cache.values() if isinstance(d, bytes))
+
+
+def test_the_views_of_a_process_hold_at_most_the_reader_memory_cap_and_read_each_block_once(tmp_path):
+    from elm_data.sources import blocks as blocks_module
+
+    rng = random.Random(2)
+    data = "".join(json.dumps({"text": "y" * rng.randint(100, 3000)}) + "\n" for _ in range(400)).encode()
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    _, _, blocks = index_blocks(str(path), "jsonl", block_bytes=16384)
+    cap = 3 * 16384
+    saved = blocks_module.HELD.limit
+    blocks_module.set_reader_memory(cap)
+    try:
+        views = [VerifiedView(str(path), blocks, 0, len(data)) for _ in range(4)]  # four readers of one shard
+        for k, b in enumerate(blocks):  # each view reads every block, the views in turn (like partitions)
+            for v in views:
+                v.seek(b.start + k % 7)
+                assert v.read(b.end - b.start - k % 7) == data[b.start + k % 7 : b.end]
+                assert in_memory(views) <= cap  # without the cap: 4 views x 2 blocks (KEEP) in memory
+        assert all(v.bytes_loaded == len(data) for v in views)  # a spilled block is not read from storage again
+        for v in views:  # and what was spilled still reads back as verified bytes
+            v.seek(0)
+            assert v.read() == data
+        for v in views:
+            v.close()
+        assert blocks_module.HELD.held == 0
+    finally:
+        blocks_module.set_reader_memory(saved)

@@ -325,3 +325,21 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, t
     assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {"arxiv"}
     result = runner.invoke(stream, [str(sample_manifest), "--mode", "corenet"])
     assert result.exit_code == 2 and "rebuild" in result.output and "Traceback" not in result.output
+
+
+def test_a_reader_memory_cap_changes_no_byte_of_the_stream(natural_run, tokenizer, sample_manifest):
+    """With no block bytes allowed in memory (every verified block waits in a temp file) the stream is the same."""
+    from elm_data.sources import blocks as blocks_module
+
+    stream, _, reference = natural_run
+    saved, most = blocks_module.HELD.limit, 0
+    try:
+        capped = []
+        for batch in StreamLoader(make_stream(sample_manifest, tokenizer, reader_memory=0)):
+            capped.append(batch)
+            most = max(most, blocks_module.HELD.held)
+    finally:
+        blocks_module.set_reader_memory(saved)
+    assert most == 0 and same_batches(capped, reference)
+    with pytest.raises(PlanError, match="reader memory"):
+        make_stream(sample_manifest, tokenizer, reader_memory=-1)

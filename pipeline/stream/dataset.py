@@ -17,6 +17,7 @@ and the tokenizer's sha256 must equal the manifest's. Any mismatch stops the str
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.tokenizer import LlamaTokenizer, TokenizerMismatch, resolve_tokenizer
 from elm_data.sources import remote
+from elm_data.sources.blocks import READER_MEMORY, set_reader_memory
 
 from .network import NetworkSettings
 from .partition import Cursor, PartitionWalk, planned_batches
@@ -59,6 +61,21 @@ def _resolve_weights(weights: str | dict[str, float] | None, manifest: Manifest)
     return {str(k): float(v) for k, v in dict(weights).items()}
 
 
+def _reader_memory(limit: int | None) -> int:
+    """The cap on verified block bytes a reader process holds in memory: ``limit``, else the environment's
+    ``ELM_DATA_READER_MEMORY`` (bytes), else ``sources.blocks.READER_MEMORY``."""
+    raw = os.environ.get("ELM_DATA_READER_MEMORY") if limit is None else limit
+    if raw is None:
+        return READER_MEMORY
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise PlanError(f"reader memory must be a number of bytes >= 0, got {raw!r} (ELM_DATA_READER_MEMORY)")
+    return value
+
+
 def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any]) -> LlamaTokenizer:
     if not isinstance(tokenizer, LlamaTokenizer):
         return resolve_tokenizer(tokenizer, None, info)
@@ -85,6 +102,10 @@ class TokenStream(IterableDataset):
 
     The stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
     gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
+
+    ``reader_memory``: the verified block bytes each reading process holds in memory at most (default
+    ``ELM_DATA_READER_MEMORY`` or 128 MiB; beyond it, blocks wait in temp files: ``sources.blocks.HeldBlocks``).
+    It changes no byte of the stream.
     """
 
     def __init__(
@@ -104,8 +125,10 @@ class TokenStream(IterableDataset):
         document_masks: bool | None = None,
         partitions: int | None = None,
         network: NetworkSettings | None = None,
+        reader_memory: int | None = None,
     ):
         super().__init__()
+        self.reader_memory = _reader_memory(reader_memory)
         if network is not None:
             network.apply()
         self.network = NetworkSettings.current()  # applied again in each DataLoader worker
@@ -195,6 +218,7 @@ class TokenStream(IterableDataset):
         (numpy arrays instead of tensors with ``numpy``). Every shard opened is closed when the iterator ends,
         fails or is closed early."""
         plan = self.plan()
+        set_reader_memory(self.reader_memory)  # in this process (a DataLoader worker too)
         maker = _BatchMaker(self, plan, numpy)
         try:
             for p, planned, cursor in planned_batches(plan, partitions, global_batch, cursors):
