@@ -2,14 +2,15 @@
 
 ``sample``
     A natural pass of a built manifest (``--manifest``, e.g. of ``elm-data sample --scale 300``; P = the stream's
-    default) in one process (``StreamLoader``, no workers), once per ``--caps`` (``ELM_DATA_READER_MEMORY`` in
-    bytes; ``none`` = no cap, the reader before issue 27), each in a fresh process. Reported: RSS before the
-    pass (after imports and start-up), VmHWM (peak) at the end and after the first ``--early`` batches, batches,
-    tokens, seconds, and the most verified block bytes held in memory (``HeldBlocks.held``).
+    default; its first ``--max-batches`` batches when set) in one process (``StreamLoader``, no workers), once
+    per ``--caps`` (``ELM_DATA_READER_MEMORY`` in bytes; ``none``: no cap, blocks held as before issue 27, though
+    each view's buffer stays 128 KiB, not 1 MiB), each in a fresh process. Reported: RSS before the pass (after
+    imports and start-up), VmHWM (peak) at the end and after the first ``--early`` batches, batches, tokens,
+    seconds, and the most verified block bytes held in memory (``HeldBlocks.held``).
 
 ``gzip``
-    One single-member gzip JSONL shard of about ``--gzip-bytes`` compressed (default 1 GiB): ``--long-records``
-    records of 1 MiB of random punctuation (dropped by the character rule before tokenization, so the build
+    One single-member gzip JSONL shard of about ``--gzip-bytes`` compressed (default 1 GiB): records
+    of 1 MiB of random punctuation (dropped by the character rule before tokenization, so the build
     stays cheap) and 64 ordinary documents spread through it, which the stream yields. Its manifest has one
     block, the whole file: the reader verifies it into a temp file (``SPILL_BYTES``) and decompresses it as a
     stream. Then the same measurement as ``sample``.
@@ -41,8 +42,8 @@ def _memory_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def pass_child(manifest: str, early: int) -> None:
-    """(subprocess) One natural pass in this process; prints the figures as JSON."""
+def pass_child(manifest: str, early: int, most: int) -> None:
+    """(subprocess) One natural pass in this process (its first ``most`` batches when > 0); prints JSON figures."""
     from elm_data.pipeline.stream import StreamLoader, TokenStream
     from elm_data.sources import blocks
 
@@ -57,17 +58,19 @@ def pass_child(manifest: str, early: int) -> None:
         held = max(held, blocks.HELD.held)
         if batches == early:
             early_hwm = _memory_mib("VmHWM")
+        if batches == most:
+            break
     print(json.dumps({"rss_before_mib": before, "hwm_mib": _memory_mib("VmHWM"), "early_hwm_mib": early_hwm,
                       "batches": batches, "tokens": tokens, "seconds": time.perf_counter() - t0,
                       "partitions": stream.config.partitions, "held_mib": held / 2**20}))  # fmt: skip
 
 
-def measure(manifest: Path, caps: list[str], early: int) -> list[dict[str, Any]]:
+def measure(manifest: Path, caps: list[str], early: int, most: int = 0) -> list[dict[str, Any]]:
     rows = []
     for cap in caps:
         env = dict(os.environ, ELM_DATA_READER_MEMORY=str(UNCAPPED if cap == "none" else int(float(cap))))
-        out = subprocess.run([sys.executable, __file__, "_pass", str(manifest), str(early)], env=env, check=True,
-                             capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, __file__, "_pass", str(manifest), str(early), str(most)]
+        out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1]) | {"cap": cap, "load": os.getloadavg()[0]}
         rows.append(row)
         cap_text = "no cap" if cap == "none" else f"cap {int(float(cap)) / 2**20:.0f} MiB"
@@ -118,12 +121,12 @@ def gzip_case(args) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         build_manifest(work / "mixture.yaml", manifest)
         print(f"  built its manifest in {time.perf_counter() - t0:.0f} s")
-    return measure(manifest, args.caps.split(","), args.early)
+    return measure(manifest, args.caps.split(","), args.early, args.max_batches)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_pass":
-        return pass_child(sys.argv[2], int(sys.argv[3]))
+        return pass_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", choices=["sample", "gzip"])
     parser.add_argument("--manifest", type=Path, help="a built manifest (sample)")
@@ -131,10 +134,11 @@ def main() -> None:
     parser.add_argument("--caps", default=f"none,{128 << 20}", help="ELM_DATA_READER_MEMORY values; none = no cap")
     parser.add_argument("--early", type=int, default=500, help="also report the peak after this many batches")
     parser.add_argument("--gzip-bytes", type=int, default=1 << 30)
+    parser.add_argument("--max-batches", type=int, default=0, help="stop the pass after this many batches (0: all)")
     args = parser.parse_args()
     print(f"reader memory: {os.cpu_count()} CPUs, seq_len {SEQ_LEN}, batch {BATCH}, natural, one process")
     if args.section == "sample":
-        measure(args.manifest, args.caps.split(","), args.early)
+        measure(args.manifest, args.caps.split(","), args.early, args.max_batches)
     else:
         gzip_case(args)
 
