@@ -181,3 +181,36 @@ def test_run_mode_counts_only_what_the_run_consumed(planted, tmp_path):
     assert reported == {k: (set(v), set().union(*v.values())) for k, v in truth.items()}
     assert report["run"] == str(run_dir)
     assert sum(c["documents"] for c in report["scanned"].values()) == len(consumed)
+
+
+@pytest.mark.slow  # imports lm-eval (seconds)
+def test_an_lm_eval_task_yaml_gives_the_same_hits_as_its_jsonl(planted, tmp_path, monkeypatch):
+    """A local lm-eval task (dataset_path: json, data_files beside the YAML): each item is prompt + gold answer."""
+    from elm_data.manifests.eval_tasks import load_tasks
+
+    folder = tmp_path / "task"
+    folder.mkdir()
+    rows = [{"id": k, "question": " ".join(t.split()[:20]), "answer": " ".join(t.split()[20:])}
+            for k, t in planted["items"].items()]  # fmt: skip
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "planted_qa.yaml").write_text(
+        "task: planted_qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+    )
+    monkeypatch.chdir(tmp_path)  # data_files resolve against the YAML's folder, not the working directory
+    (task,) = load_tasks([str(folder / "planted_qa.yaml")])
+    assert [i.item_id for i in task.items] == list(planted["items"])
+    manifest = Manifest(planted["manifest"])
+    from_yaml = _reported(audit_contamination(manifest, [task]))["planted_qa"]
+    assert from_yaml == _reported(audit_contamination(manifest, [jsonl_task(planted["task"])]))["planted"]
+
+
+@pytest.mark.slow  # imports lm-eval and indexes its task registry (seconds)
+def test_an_lm_eval_task_name_offline_is_one_line(planted, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = run(["audit", "contamination", str(planted["manifest"]), "--tasks", "arc_easy"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "arc_easy" in err[0] and "hub" in err[0], err
+    assert run(["audit", "contamination", str(planted["manifest"]), "--tasks", "no_such_task_xyz"]) == 2
+    assert "neither a .jsonl/.yaml file nor an lm-eval task name" in capsys.readouterr().err
