@@ -101,9 +101,25 @@ def _stream(m: Path) -> None:
     assert list(islice(iter(TokenStream(m, batch_size=2, seq_len=256)), 3))
 
 
+def _contamination(m: Path) -> None:
+    from elm_data.manifests.contamination import audit_contamination
+    from elm_data.manifests.eval_tasks import EvalItem, EvalTask
+
+    assert audit_contamination(Manifest(m), [EvalTask("t", (EvalItem("i", "a b " * 10),), "t")]).scanned
+
+
+def _duplicates(m: Path) -> None:
+    pytest.importorskip("datasketch")
+    from elm_data.manifests.duplicates import audit_duplicates
+
+    assert audit_duplicates(Manifest(m)).docs
+
+
 FAST_CONSUMERS: dict[str, Callable[[Path], Any]] = {
     "verify": _verify,
     "audit": lambda m: format_table(audit_manifest(m)),
+    "contamination": _contamination,
+    "duplicates": _duplicates,
     "croissant": croissant_metadata,
     "stream": _stream,
 }
