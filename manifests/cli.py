@@ -231,9 +231,10 @@ def export_croissant(manifest_dir, out):
 @click.option("--shingle", type=int, default=5, show_default=True, help="Near: words per shingle.")
 @click.option("--num-perm", type=int, default=128, show_default=True, help="Near: MinHash permutations.")
 @click.option("--exact-only", is_flag=True, help="Exact duplicates only (no datasketch needed).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes sketching shards.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a heatmap.")
-def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, fmt, plot_path):
+def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, workers, fmt, plot_path):
     """Exact (hash of normalized text) and near (MinHash-LSH, datasketch) duplicates among MANIFEST_DIR's kept
     documents: rates per source/subset, the cross-subset overlap, the largest clusters."""
     from .duplicates import DedupSettings, audit_duplicates, format_table, plot_duplicates
@@ -244,7 +245,7 @@ def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, fmt, plot
         from .plot import check_plot_path
 
         check_plot_path(plot_path)
-    report = audit_duplicates(Manifest(manifest_dir), settings).to_json()
+    report = audit_duplicates(Manifest(manifest_dir), settings, workers=workers).to_json()
     click.echo(json.dumps(report, indent=2, sort_keys=True) if fmt == "json" else format_table(report))
     if plot_path:
         click.echo(f"plot written to {plot_duplicates(report, plot_path)}", err=True)

@@ -27,7 +27,7 @@ import numpy as np
 from elm_data.core.errors import InvalidValue
 
 from .eval_tasks import EvalTask
-from .kept_text import KeptDocument, kept_documents
+from .kept_text import KeptDocument, map_shards
 from .manifest import Manifest
 
 DEFAULT_NGRAM = 13
@@ -133,7 +133,7 @@ class NgramIndex:
 class _Cell:
     """What one task met in one source/subset: per item, its matched n-grams; per document, the items it holds."""
 
-    found: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    found: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # picklable: defaultdict(set)
     docs: dict[tuple[int, int], tuple[str, int, set[int]]] = field(default_factory=dict)
 
 
@@ -160,7 +160,7 @@ class Contamination:
         }
 
 
-def scan(docs: Iterable[KeptDocument], index: NgramIndex, tasks: int):
+def scan_shard(index: NgramIndex, docs: Iterable[KeptDocument]):
     """Look every document's n-grams up in ``index``: ``({(task, subset): _Cell}, {subset: [docs, tokens]})``."""
     cells: dict[tuple[int, str], _Cell] = defaultdict(_Cell)
     scanned: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -172,7 +172,24 @@ def scan(docs: Iterable[KeptDocument], index: NgramIndex, tasks: int):
             cell.found[k].add(j)
             entry = cell.docs.setdefault((doc.shard.shard, doc.index), (doc.doc_id, doc.tokens, set()))
             entry[2].add(k)
-    return cells, dict(scanned)
+    return dict(cells), dict(scanned)
+
+
+def merge_scans(parts) -> tuple[dict, dict[str, list[int]]]:
+    """The per-shard scans merged (matched n-grams united, documents collected, counts summed)."""
+    cells: dict[tuple[int, str], _Cell] = {}
+    scanned: dict[str, list[int]] = {}
+    for part_cells, part_scanned in parts:
+        for key, cell in part_cells.items():
+            into = cells.setdefault(key, _Cell())
+            for k, found in cell.found.items():
+                into.found[k] |= found
+            into.docs.update(cell.docs)
+        for key, (docs, tokens) in part_scanned.items():
+            total = scanned.setdefault(key, [0, 0])
+            total[0] += docs
+            total[1] += tokens
+    return cells, scanned
 
 
 def _cell_report(cell: _Cell, index: NgramIndex, rule: MatchRule) -> tuple[set[int], dict[str, Any]]:
@@ -221,11 +238,14 @@ def audit_contamination(
     rule: MatchRule | None = None,
     only: Mapping[int, Set[int]] | None = None,
     run: str | None = None,
+    workers: int = 1,
 ) -> Contamination:
-    """Scan the manifest's kept documents (``only``: ``{shard: record indices}``) for the tasks' items."""
+    """Scan the manifest's kept documents (``only``: ``{shard: record indices}``) for the tasks' items, shard by
+    shard in ``workers`` processes; the result does not depend on ``workers``."""
     rule = rule or MatchRule()
     index = NgramIndex(tasks, rule.n)
-    cells, scanned = scan(kept_documents(manifest, only), index, len(tasks))
+    parts = map_shards(manifest, scan_shard, only, workers, setup=NgramIndex, setup_args=(tasks, rule.n), state=index)
+    cells, scanned = merge_scans(parts)
     by_task = summarize(tasks, index, cells, rule)
     return Contamination(manifest.manifest_id, manifest.info["name"], rule, tasks, scanned, by_task, run)
 

@@ -26,7 +26,7 @@ import numpy as np
 from elm_data.core.errors import ElmDataError, InvalidValue
 
 from .contamination import NORMALIZATION, normalized_words
-from .kept_text import KeptDocument, kept_documents
+from .kept_text import KeptDocument, map_shards
 from .manifest import Manifest
 
 CLUSTERS_SHOWN = 10
@@ -141,46 +141,74 @@ class Duplicates:
         }
 
 
-def find_duplicates(docs: Iterable[KeptDocument], settings: DedupSettings) -> tuple[list, list, _UnionFind]:
-    """One pass: ``(rows, near pairs, union-find)``; exact copies are joined to their first, the rest sketched."""
+class Sketcher:
+    """Per process: the MinHash template (permutations made once) for ``settings``."""
+
+    def __init__(self, settings: DedupSettings):
+        self.settings = settings
+        self.template = require_datasketch().MinHash(num_perm=settings.num_perm, seed=1) if settings.near else None
+
+    def hashvalues(self, words: list[str]):
+        """The MinHash signature of the words' shingles (None: exact only, or fewer words than a shingle)."""
+        if self.template is None or len(words) < self.settings.shingle:
+            return None
+        t = self.template
+        sketch = type(t)(num_perm=t.hashvalues.size, seed=1, permutations=t.permutations, scheme=t.scheme)
+        sketch.update_batch(sorted(shingles(words, self.settings.shingle)))
+        return sketch.hashvalues
+
+
+def sketch_shard(sketcher: Sketcher, docs: Iterable[KeptDocument]) -> list[tuple]:
+    """``(subset, doc id, tokens, xxh128 of normalized words, signature or None)`` per document of one shard."""
     from xxhash import xxh3_128_intdigest
 
-    rows, pairs, uf, first_of = [], [], _UnionFind(), {}
-    lsh = sketches = template = None
+    out = []
+    for doc in docs:
+        words = normalized_words(doc.text)
+        out.append((doc.key, doc.doc_id, doc.tokens, xxh3_128_intdigest(" ".join(words)), sketcher.hashvalues(words)))
+    return out
+
+
+def find_duplicates(parts: Iterable[list[tuple]], settings: DedupSettings) -> tuple[list, list, _UnionFind]:
+    """``(rows, near pairs, union-find)`` from the shards' sketches in manifest order: an exact copy joins its
+    first, any other signature is looked up in the LSH index before it is inserted."""
+    rows, pairs, uf, first_of, sketches = [], [], _UnionFind(), {}, {}
+    lsh = scheme = None
     if settings.near:
         datasketch = require_datasketch()
         lsh = datasketch.MinHashLSH(threshold=settings.threshold, num_perm=settings.num_perm)
-        template, sketches = datasketch.MinHash(num_perm=settings.num_perm, seed=1), {}
-    for n, doc in enumerate(docs):
-        words = normalized_words(doc.text)
-        first = first_of.setdefault(xxh3_128_intdigest(" ".join(words)), n)
-        uf.add()
-        rows.append(DocRow(doc.key, doc.doc_id, doc.tokens, first))
+        scheme = datasketch.MinHash(num_perm=settings.num_perm, seed=1).scheme
+    for key, doc_id, tokens, digest, signature in (doc for part in parts for doc in part):
+        n = uf.add()
+        first = first_of.setdefault(digest, n)
+        rows.append(DocRow(key, doc_id, tokens, first))
         if first != n:
             uf.union(first, n)
-        elif lsh is not None and len(words) >= settings.shingle:
-            sketch = type(template)(
-                num_perm=settings.num_perm, seed=1, permutations=template.permutations, scheme=template.scheme
-            )
-            sketch.update_batch(sorted(shingles(words, settings.shingle)))
+        elif lsh is not None and signature is not None:
+            sketch = datasketch.MinHash(seed=1, hashvalues=signature, scheme=scheme)
             for other in sorted(lsh.query(sketch)):
-                estimate = float(np.mean(sketches[other] == sketch.hashvalues))
+                estimate = float(np.mean(sketches[other] == signature))
                 if estimate >= settings.threshold:
                     pairs.append((other, n, estimate))
                     uf.union(other, n)
             lsh.insert(n, sketch)
-            sketches[n] = sketch.hashvalues
+            sketches[n] = signature
     return rows, pairs, uf
 
 
 def audit_duplicates(
-    manifest: Manifest, settings: DedupSettings | None = None, only: Mapping[int, Set[int]] | None = None
+    manifest: Manifest,
+    settings: DedupSettings | None = None,
+    only: Mapping[int, Set[int]] | None = None,
+    workers: int = 1,
 ) -> Duplicates:
-    """Exact and near duplicates among the manifest's kept documents (``only``: ``{shard: record indices}``)."""
+    """Exact and near duplicates among the manifest's kept documents (``only``: ``{shard: record indices}``);
+    shards are normalized and sketched in ``workers`` processes, clustered here in manifest order (the result
+    does not depend on ``workers``)."""
     settings = settings or DedupSettings()
-    if settings.near:
-        require_datasketch()  # before reading a byte
-    rows, pairs, uf = find_duplicates(kept_documents(manifest, only), settings)
+    sketcher = Sketcher(settings)  # refuses a missing datasketch before a byte is read
+    parts = map_shards(manifest, sketch_shard, only, workers, setup=Sketcher, setup_args=(settings,), state=sketcher)
+    rows, pairs, uf = find_duplicates(parts, settings)
     roots = [uf.find(n) for n in range(len(rows))]
     return Duplicates(manifest.manifest_id, manifest.info["name"], settings, rows, pairs, roots)
 

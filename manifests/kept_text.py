@@ -119,3 +119,41 @@ def kept_documents(manifest: Manifest, only: Mapping[int, Set[int]] | None = Non
         if only is not None and record.shard not in only:
             continue
         yield from shard_documents(manifest, record, None if only is None else only[record.shard])
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(path: str, setup, setup_args) -> None:
+    _WORKER["manifest"] = Manifest(path)
+    _WORKER["state"] = setup(*setup_args) if setup is not None else None
+
+
+def _one_shard(job):
+    shard, only, fn = job
+    manifest = _WORKER["manifest"]
+    return fn(_WORKER["state"], shard_documents(manifest, manifest.shards[shard], only))
+
+
+def map_shards(manifest: Manifest, fn, only=None, workers: int = 1, setup=None, setup_args=(), state=None):
+    """``fn(state, kept documents of one shard)`` for every shard (those in ``only``), results in manifest order.
+
+    ``state`` is ``setup(*setup_args)``, made once per process (in this one, ``state`` when given); with
+    ``workers`` > 1 the shards are spread over that many processes (each opens the manifest itself, checked),
+    and the results still come in manifest order,
+    so a caller that merges them in order gets the same answer at any worker count.
+    """
+    shards = [r.shard for r in manifest.shards if only is None or r.shard in only]
+    jobs = [(s, None if only is None else only[s], fn) for s in shards]
+    if workers <= 1 or len(jobs) <= 1:
+        state = state if state is not None or setup is None else setup(*setup_args)
+        for shard, wanted, _ in jobs:
+            yield fn(state, shard_documents(manifest, manifest.shards[shard], wanted))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a parent holding threads or open readers
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(str(manifest.path), setup, setup_args)) as pool:  # fmt: skip
+        yield from pool.map(_one_shard, jobs)

@@ -111,6 +111,13 @@ def test_planted_items_are_found_exactly_as_a_brute_force_scan(planted, tokenize
     assert report["items_too_short"] == 1 + (n > 30) * 8
 
 
+def test_two_workers_give_the_one_worker_report(planted):
+    tasks = [jsonl_task(planted["task"]), jsonl_task(planted["unrelated"])]
+    manifest = Manifest(planted["manifest"])
+    one, two = (audit_contamination(manifest, tasks, MatchRule(8), workers=w).to_json() for w in (1, 2))
+    assert one == two and one["tasks"]["planted"]["contaminated_items"] >= 4
+
+
 def test_the_report_is_bound_to_the_manifest_and_an_edited_manifest_is_refused(planted, tmp_path):
     result = CliRunner().invoke(
         contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"]), "--format", "json"]

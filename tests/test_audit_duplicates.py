@@ -98,6 +98,12 @@ def test_planted_duplicates_against_brute_force_jaccard(dup_corpus, threshold):
     assert not unrelated  # nothing unlike is ever paired
 
 
+def test_two_workers_give_the_one_worker_clusters(dup_corpus):
+    one, two = (audit_duplicates(Manifest(dup_corpus[0]), workers=w) for w in (1, 2))
+    assert (one.docs, one.near_pairs, one.cluster_of) == (two.docs, two.near_pairs, two.cluster_of)
+    assert one.to_json() == two.to_json() and one.near_pairs
+
+
 def test_report_rates_overlap_and_clusters_follow_the_clusters(dup_corpus, tmp_path):
     manifest, docs = dup_corpus
     out = CliRunner().invoke(duplicates_command, [str(manifest), "--format", "json", "--plot", str(tmp_path / "d.png")])

@@ -39,8 +39,9 @@ from elm_data.manifests.manifest import Manifest
     default=None,
     help="Only the documents this training run consumed (from its log and the stream's plan).",
 )
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes scanning shards.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, fmt):
+def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers, fmt):
     """N-gram overlap between evaluation items and MANIFEST_DIR's kept documents, per task and source/subset:
     contaminated items, documents and tokens, with example item and document ids (normalized 13-grams by
     default; see docs/manifests.md)."""
@@ -52,7 +53,8 @@ def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, fmt):
 
         only = RunPlan(run_dir, manifest_dir).consumed_records()
     tasks = load_tasks(task_specs)
-    result = audit_contamination(manifest, tasks, rule, only=only, run=None if run_dir is None else str(run_dir))
+    run = None if run_dir is None else str(run_dir)
+    result = audit_contamination(manifest, tasks, rule, only=only, run=run, workers=workers)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
