@@ -168,8 +168,10 @@ def export() -> None:
 
 @cli.group(cls=DefaultLazyGroup, lazy=COMMANDS["audit"], default="mixture")
 def audit() -> None:
-    """Audit a manifest: `audit MANIFEST` (= `audit mixture`: tokens per source/subset against the target mix),
-    `audit contamination` (evaluation items in the kept documents), `audit duplicates` (exact and near)."""
+    """Audit a manifest: its token mix (the default), contamination, duplicates.
+
+    `audit MANIFEST` is `audit mixture MANIFEST` (tokens per source/subset against the target mix); `audit
+    contamination` finds evaluation items in the kept documents, `audit duplicates` exact and near copies."""
 
 
 @cli.group(cls=LazyGroup, lazy=COMMANDS["bench"])
