@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.weights import load_model
+from elm_data.trainer.audit import verify_run
 from elm_data.trainer.checkpoint import STREAM_STATE, TRAINING_STATE, list_checkpoints
 from elm_data.trainer.config import TrainConfig
 from elm_data.trainer.distributed import DistInfo
@@ -188,7 +189,9 @@ def test_ddp_resume_continues_bitwise(ddp_run, configs):
     out = configs["ddp"].parent / "ddp_resumed"
     torchrun(configs["ddp"], out, "--resume", str(list_checkpoints(run_dir)[0]))
     uninterrupted, resumed = losses(run_dir), losses(out)
-    assert sorted(resumed) == [3, 4]
+    assert sorted(resumed) == [1, 2, 3, 4]  # the new --out's log starts with the source run's log (steps 1-2)
+    outcome = verify_run(out)
+    assert outcome.ok and outcome.checked["steps"] == 4, outcome.format()  # so it verifies on its own
     assert [resumed[s] for s in (3, 4)] == [uninterrupted[s] for s in (3, 4)]
     a, b = (load_file(d / "checkpoints" / "step_00000004" / "model.safetensors") for d in (run_dir, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -215,7 +218,7 @@ def test_fsdp_resume_reshards_the_full_optimizer_state(fsdp_run, configs):
     out = configs["fsdp"].parent / "fsdp_resumed"
     torchrun(configs["fsdp"], out, "--resume", str(list_checkpoints(fsdp_run)[0]))
     uninterrupted, resumed = losses(fsdp_run), losses(out)
-    assert sorted(resumed) == [3, 4]
+    assert sorted(resumed) == [1, 2, 3, 4]  # steps 1-2 from the source run's log
     assert [resumed[s] for s in (3, 4)] == [uninterrupted[s] for s in (3, 4)]  # step 4 needs the Adam moments
     a, b = (load_file(d / "checkpoints" / "step_00000004" / "model.safetensors") for d in (fsdp_run, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
