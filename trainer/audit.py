@@ -231,9 +231,9 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
 # certifies the data, not the loss). A field the trainer adds must be put in one of the two (tests/test_receipt.py).
 STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source",
                         "tokens_by_source")  # fmt: skip
-# (remote_reads: the retry counts, logged only when reading remotely)
+# remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes: trainer/health.py
 STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
-                        "step_time_s", "remote_reads")  # fmt: skip
+                        "step_time_s", "remote_reads", "loss_mean", "data_share", "peak_memory_bytes")  # fmt: skip
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
 # resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
 TRAINER_STATE_FIELDS_VERIFIED = ("step", "receipt", "tokens", "consumed", "manifest_id", "fingerprint", "config",

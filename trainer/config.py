@@ -35,6 +35,15 @@ class ConfigError(SettingsError):
 
 
 @dataclass
+class TrackersConfig(Settings):
+    """The ``trackers:`` section: experiment trackers the run also writes to (all off; see trainer/trackers.py)."""
+
+    tensorboard: bool = False  # event files under RUN_DIR/tensorboard (needs the `track` extra)
+    wandb: bool = False  # a W&B run in offline mode under RUN_DIR/wandb (needs the `track` extra)
+    wandb_project: str = "elm-data"
+
+
+@dataclass
 class TrainConfig(Settings):
     """Everything one training run needs. Paths are resolved against the YAML file's folder."""
 
@@ -87,11 +96,17 @@ class TrainConfig(Settings):
     log_every: int = 1
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int | None = None  # keep the newest N step directories; None = all
+    trackers: TrackersConfig = field(default_factory=TrackersConfig)  # TensorBoard / W&B offline (opt-in)
 
     name: str = "run"
     base_dir: str = field(default=".", repr=False, metadata={"setting": False})  # relative paths resolve here
 
     def __post_init__(self) -> None:
+        if isinstance(self.trackers, dict):  # a config made in code may give the section as a mapping
+            try:
+                self.trackers = TrackersConfig.from_mapping(self.trackers, "trackers")
+            except SettingsError as error:
+                raise ConfigError(str(error)) from None
         self.validate()
 
     # ---- loading ------------------------------------------------------------------------------------------
@@ -231,7 +246,7 @@ class TrainConfig(Settings):
         """Stable JSON of the settings that change what is trained (for resume checks)."""
         keep = self.to_dict()
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
-                         "retries", "cache", "readahead_bytes", "storage_options"):  # fmt: skip
+                         "retries", "cache", "readahead_bytes", "storage_options", "trackers"):  # fmt: skip
             keep.pop(volatile)
         return json.dumps(keep, sort_keys=True, default=str)
 

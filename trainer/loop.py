@@ -37,9 +37,11 @@ from . import distributed as D
 from .checkpoint import Checkpointer, TrainState, list_checkpoints, resolve_checkpoint
 from .config import ConfigError, TrainConfig
 from .hardware import autocast, autocast_dtype, device_description, mfu, peak_flops, pick_device
+from .health import RunHealth, progress_postfix
 from .loss import loss_sums, split_inputs_labels
 from .optim import build_optimizer, build_scheduler
 from .runlog import LOG_FILE, RunLog, code_version, effective_steps, read_log
+from .trackers import open_trackers
 
 
 class TrainingError(ElmDataError, RuntimeError):
@@ -354,6 +356,7 @@ class Trainer:
         config = self.config
         self.until = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
         self.open_log()
+        self.open_watchers()
         self.batches = iter(self.loader)
         result = RunResult(self.run_dir, self.state.step, None, None, self.resumed_from, rank=self.info.rank)
         saved_at = self.state.step if self.resumed_from is not None else None
@@ -366,7 +369,8 @@ class Trainer:
                 result.steps.append(self.state.step)
                 result.losses.append(stats.loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{stats.tokens_per_s:,.0f}", refresh=False)
+                if self.last_record:
+                    bar.set_postfix_str(progress_postfix(self.last_record), refresh=False)
                 every = config.checkpoint_every
                 if every and self.state.step % every == 0 and self.state.step < self.until:
                     result.checkpoint, saved_at = self.save(), self.state.step
@@ -431,6 +435,7 @@ class Trainer:
             **end_fields,
         )
         self.log.close()
+        self.trackers.close()
         result.final_step, result.tokens, result.consumed = state.step, state.tokens, self.consumed()
         if self.info.is_main:
             logged = effective_steps(read_log(self.run_dir))
@@ -471,14 +476,23 @@ class Trainer:
             resumed["restarted"] = "the run stopped before its first checkpoint: it starts again from step 0"
         self.log.write("resume", **resumed, **fields)
 
+    def open_watchers(self) -> None:
+        """The step records' health fields (their loss window seeded from the log when resuming) and the config's
+        trackers (rank 0), opened after the log."""
+        self.health, self.last_record = RunHealth(self.device), None
+        if self.info.is_main:
+            self.health.resume(read_log(self.run_dir))
+        first = self.state.step + 1
+        self.trackers = open_trackers(self.config.trackers, self.run_dir, self.config.to_dict(), first_step=first,
+                                      enabled=self.info.is_main)  # fmt: skip
+
     def log_step(self, stats: StepStats) -> None:
         """The step's record every ``log_every`` steps and at the last, else its receipt head alone (collective)."""
         step, info = self.state.step, self.info
         if step % self.config.log_every and step != self.until:
             self.log.write("receipt", step=step, receipt=self.state.receipt)  # every step's head, even between
             return
-        self.log.write(
-            "step",
+        record = dict(
             step=step,
             loss=stats.loss,
             ce_loss=stats.ce_loss,
@@ -496,7 +510,11 @@ class Trainer:
             tokens_by_source=self.consumed(),
             receipt=self.state.receipt,
             **({"remote_reads": self.loader.remote} if self.loader.remote else {}),  # this rank's, since it started
+            **self.health.fields(stats.loss, stats.data_wait_s, stats.step_time_s),
         )
+        self.log.write("step", **record)
+        self.trackers.log(step, record)
+        self.last_record = record
 
     def progress_bar(self) -> tqdm:
         """A tqdm bar over the run's ``max_steps`` on rank 0 (disabled elsewhere, or without ``progress``)."""
