@@ -54,6 +54,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
         "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
         "trace": ("elm_data.trainer.cli", "trace", "Steps and rows at which a run consumed a document or text."),
+        "report": ("elm_data.trainer.report_cli", "report", "One HTML page (and PNGs) of a run: loss, data, receipt."),
         "compress": ("elm_data.trainer.compress_cli", "compress", "Fine-tune under eDKM weight clustering."),
         "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
         "init": ("elm_data.manifests.openelm_cli", "init", "Write OpenELM's mixture naming the real upstream shards."),

@@ -39,6 +39,7 @@ CASES: dict[str, list[list[str]]] = {
     "export hf": [[MISSING, "{tmp}/hf"], ["--init", "5B", "{tmp}/hf"]],
     "export mlx": [[MISSING, "{tmp}/mlx"]],
     "init": [["nope", "{tmp}"]],
+    "report": [[MISSING], ["{tmp}"]],
     "sample": [["{tmp}/s", "--scale", "many"]],
     "stream": [[MISSING]],
     "tokenizer fetch": [[MISSING]],

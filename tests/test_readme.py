@@ -31,7 +31,7 @@ def test_ci_runs_the_readme_commands_exactly_as_written():
     assert tests.endswith("python -m pytest") and tests.startswith("ELM_DATA_TOKENIZER=../shared/")
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python .ci/readme_commands.py README.md" in ci and 'bash -euo pipefail -c "$readme_command"' in ci
-    assert "ruff check" in ci and "ruff format --check" in ci and ".[dev,hf,mlx,eval,compress,trace]" in ci
+    assert "ruff check" in ci and "ruff format --check" in ci and ".[dev,hf,mlx,eval,compress,trace,track]" in ci
     code = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert not [line for line in code if "pytest" in line]  # the suite runs only as the README's command 2
 
