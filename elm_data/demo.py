@@ -1,7 +1,7 @@
 """`elm-data demo`: the whole product on the bundled sample corpus, in ~45 CPU-s (2.5 min wall on a busy 2-core VM).
 
 sample shards (every source in its native format) → manifest → verify → audit (+ plot)
-→ Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export.
+→ Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export → the run's report page.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _clear_previous(paths: dict[str, Path], overwrite: bool) -> None:
         if path.is_dir():
             shutil.rmtree(path)
         else:
-            path.unlink()
+            path.unlink(missing_ok=True)  # (the run's report goes with the run)
 
 
 def demo_paths(out: Path) -> dict[str, Path]:
@@ -62,6 +62,7 @@ def demo_paths(out: Path) -> dict[str, Path]:
         "croissant": out / "croissant.json",
         "training run": out / "run",
         "hf export": out / "hf",
+        "run report": out / "run" / "report" / "report.html",
     }
 
 
@@ -118,6 +119,7 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
     from elm_data.trainer.config import TrainConfig
     from elm_data.trainer.export import export_checkpoint
     from elm_data.trainer.loop import train
+    from elm_data.trainer.report import write_report
 
     t = _step(f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)")
     overrides = DEMO_TRAINING | ({"max_steps": steps} if steps else {})
@@ -134,6 +136,8 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
     t = _step("6/6 export the checkpoint: Hugging Face folder (loads offline) with tokenizer and model card")
     export_checkpoint(result.checkpoint, paths["hf export"], tokenizer=tokenizer_uri, echo=click.echo)
     _done(t, f"exported {result.checkpoint}")
+    page = write_report(paths["training run"])  # after the export, so the page links its model card
+    click.echo(f"report: {page.html} (receipt {page.receipt.split(':')[0]}; open it in a browser)")
 
 
 @command("demo")
