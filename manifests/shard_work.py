@@ -135,7 +135,7 @@ def hub_file_info(uri: str) -> tuple[str | None, str | None]:
         from huggingface_hub import HfFileSystem
 
         fs = HfFileSystem()
-        info = fs.info(uri, expand_info=True)
+        info = remote.retrying(f"hub info of {uri}", lambda: fs.info(uri, expand_info=True))  # a fault changes nothing
         last_commit = info.get("last_commit")
         commit = last_commit.get("oid") if isinstance(last_commit, dict) else None
         lfs = info.get("lfs")

@@ -6,20 +6,25 @@ same global batches, bitwise, whatever the faults."""
 
 from __future__ import annotations
 
+import json
 import time
+import types
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import fault_server
 import pytest
 import yaml
+from click.testing import CliRunner
 from test_stream_scale import global_batches
 
+from elm_data.cli import cli
 from elm_data.manifests.build import build_manifest
 from elm_data.manifests.manifest import Manifest
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.pipeline.stream import StreamIntegrityError
-from elm_data.pipeline.stream.readahead import configure_readahead, readahead_settings
+from elm_data.pipeline.stream.readahead import ReadAhead, configure_readahead, readahead_settings
 from elm_data.sources import remote
 from elm_data.sources.block_cache import BlockCache, CacheConfig, configure_cache
 from elm_data.sources.blocks import Block, fetch_verified
@@ -147,19 +152,43 @@ def _build_both(sample_dir, tokenizer_path, out, url, entries=slice(None), **kw)
     return local, http
 
 
-def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(
-    sample_dir, tokenizer_path, tokenizer, tmp_path
-):
+@pytest.fixture(scope="module")
+def over_http(sample_dir, tokenizer_path, tokenizer, tmp_path_factory):
+    """Three subsets (parquet and JSONL) served on 127.0.0.1 for the module, built while the server injects
+    FAULTS (``faults`` can be changed while it runs), with the local manifest and its batches as the oracle."""
+    faults = fault_server.Faults(**vars(FAULTS))
+    before = remote.settings()
+    remote.configure(FAST)
+    try:
+        with fault_server.serve(sample_dir, faults) as (url, stats):
+            local, http = _build_both(sample_dir, tokenizer_path, tmp_path_factory.mktemp("http"), url, slice(0, 3))
+            faults.fail_every = faults.cut_every = 0
+            reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
+            yield types.SimpleNamespace(url=url, stats=stats, faults=faults, local=local, http=http,
+                                        reference=reference)  # fmt: skip
+    finally:
+        remote.configure(**before)
+
+
+def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(over_http, tokenizer, tokenizer_path):
     """Three subsets, parquet and JSONL (the quick sibling of the whole mixture at 1x0 and 2x2, below)."""
-    with fault_server.serve(sample_dir, FAULTS) as (url, stats):
-        before = remote.STATS.to_dict()
-        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 3))
-        assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)  # the root covers the URIs
-        assert http.remote["retries"] >= 1 and http.remote["failed"] == 0
-        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    local, http, stats = over_http.local, over_http.http, over_http.stats
+    assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)  # the root covers the URIs
+    assert http.remote["retries"] >= 1 and http.remote["failed"] == 0
     assert stats.faults["503"] and stats.faults["cut"]
-    assert remote.STATS.since(before)["retries"] >= stats.faults["503"] // 2
+    over_http.faults.fail_every, over_http.faults.cut_every = FAULTS.fail_every, FAULTS.cut_every
+    try:
+        before, served = remote.STATS.to_dict(), Counter(stats.faults)
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
+        assert remote.STATS.since(before)["retries"] >= sum((Counter(stats.faults) - served).values()) // 2 > 0
+        result = CliRunner().invoke(cli, ["stream", str(http.manifest_dir), "--full-pass", "--format", "jsonl",
+                                          "--retries", "9", "--tokenizer", tokenizer_path])  # fmt: skip
+    finally:
+        over_http.faults.fail_every = over_http.faults.cut_every = 0
+    assert result.exit_code == 0, result.output
+    out = result.output
+    counted = json.loads(out[out.index('{"stats"') :].splitlines()[0])["stats"]["remote"]  # after the bar
+    assert counted["bytes_fetched"] > 0 and counted["failed"] == 0 and remote.policy().attempts == 9
 
 
 @pytest.mark.slow
@@ -183,23 +212,19 @@ def test_the_whole_mixture_over_a_faulty_server_at_1x0_and_2x2(sample_dir, token
 
 
 # -- read-ahead and the block cache ------------------------------------------------------------------------
-def test_a_warm_cache_fetches_nothing_and_a_damaged_entry_is_fetched_again(
-    sample_dir, tokenizer_path, tokenizer, tmp_path
-):
-    with fault_server.serve(sample_dir) as (url, stats):
-        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 2))
-        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
-        configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
-        entries = sorted((tmp_path / "cache").glob("??/*"))
-        assert entries
-        sent = stats.bytes_sent
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
-        assert stats.bytes_sent == sent  # the second pass fetched nothing
-        entries[0].write_bytes(b"damaged")
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
-        assert stats.bytes_sent > sent  # the damaged block (only) was fetched again
-        assert stats.bytes_sent - sent < 2 * max(e.stat().st_size for e in entries)
+def test_a_warm_cache_fetches_nothing_and_a_damaged_entry_is_fetched_again(over_http, tokenizer, tmp_path):
+    http, stats, reference = over_http.http, over_http.stats, over_http.reference
+    configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    entries = sorted((tmp_path / "cache").glob("??/*"))
+    assert entries
+    sent = stats.bytes_sent
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert stats.bytes_sent == sent  # the second pass fetched nothing
+    entries[0].write_bytes(b"damaged")
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert stats.bytes_sent > sent  # the damaged block (only) was fetched again
+    assert stats.bytes_sent - sent < 2 * max(e.stat().st_size for e in entries)
 
 
 def test_the_cache_evicts_the_least_recently_used(tmp_path):
@@ -219,18 +244,25 @@ def test_the_cache_evicts_the_least_recently_used(tmp_path):
         CacheConfig.from_dict({"dir": "x", "size": 3})
 
 
-def test_read_ahead_fetches_each_block_once_and_changes_nothing(sample_dir, tokenizer_path, tokenizer, tmp_path):
-    with fault_server.serve(sample_dir) as (url, stats):
-        local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, slice(0, 3))
-        reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
-        configure_readahead(0)
-        sent = stats.bytes_sent
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
-        without = stats.bytes_sent - sent
-        configure_readahead(1 << 20, 2)
-        sent = stats.bytes_sent
-        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
-        assert stats.bytes_sent - sent == without  # read ahead, yet every byte crossed once
+def test_read_ahead_fetches_each_block_once_and_changes_nothing(over_http, tokenizer, monkeypatch):
+    http, stats, reference = over_http.http, over_http.stats, over_http.reference
+    configure_readahead(0)
+    sent = stats.bytes_sent
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    without = stats.bytes_sent - sent
+    configure_readahead(1 << 20, 2)
+    sent, served = stats.bytes_sent, []
+    real = ReadAhead.__call__
+
+    def counted(self, uri, block, i):
+        got = real(self, uri, block, i)
+        served.append(got is not None)
+        return got
+
+    monkeypatch.setattr(ReadAhead, "__call__", counted)
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert stats.bytes_sent - sent == without  # read ahead, yet every byte crossed once
+    assert sum(served) > len(served) / 2  # most remote blocks arrived fetched ahead
 
 
 def test_a_changed_remote_shard_stops_the_stream(sample_dir, tokenizer_path, tokenizer, tmp_path):
@@ -287,18 +319,21 @@ def s3_env(monkeypatch, s3_endpoint):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    remote.configure(storage_options={"s3": {"endpoint_url": s3_endpoint}})
+    # the keys as storage options too: build workers come from a forkserver started before this test's environment
+    remote.configure(storage_options={"s3": {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}})
     return s3_endpoint
 
 
-def test_a_build_and_a_stream_over_s3_equal_the_local_ones(sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env):
+def test_a_build_and_a_stream_over_s3_equal_the_local_ones(sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env,
+                                                           over_http):  # fmt: skip
     root = _upload_to_s3(sample_dir, s3_env, "quick")
-    local, s3 = _build_both(sample_dir, tokenizer_path, tmp_path, root, slice(0, 3))
+    _, s3_yaml = _mixtures(sample_dir, root, tmp_path, slice(0, 3))
+    s3 = build_manifest(s3_yaml, tmp_path / "s3", tokenizer=tokenizer_path, block_bytes=16 << 10)
+    local = over_http.local
     assert (s3.manifest_id, s3.totals) == (local.manifest_id, local.totals)
     assert s3.remote["bytes_fetched"] > 0
     assert "testing" not in (s3.manifest_dir / "manifest.json").read_text()
-    reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
-    assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
 
 
 @pytest.mark.slow
