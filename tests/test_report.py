@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,8 +15,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from elm_data.trainer.report import REPORT_DIR, ReportError, write_report
+from elm_data.trainer.health import LOSS_WINDOW
+from elm_data.trainer.report import REPORT_DIR, ReportError, Series, write_report
 from elm_data.trainer.report_cli import report as report_command
+from elm_data.trainer.runlog import effective_steps, read_log
 
 CHARTS = ["loss", "tokens", "throughput"]
 SOURCES = {"redpajama/c4": 3, "refinedweb/default": 5, "dolma/stack": 2}
@@ -33,8 +36,9 @@ def synthetic_log(run_dir: Path, steps: int, heldout_every: int = 0) -> Path:
         for key, rate in SOURCES.items():
             consumed[key] += int(rng.integers(0, 2 * rate * 64))
         loss = 10.0 * np.exp(-step / 300) + 2.0 + rng.normal(0, 0.3)
-        lines.append({"event": "step", "step": step, "loss": loss, "loss_mean": loss, "tokens_per_s": 900.0 + step,
-                      "data_share": 0.05, "tokens_total": 640 * step, "tokens_by_source": dict(consumed),
+        # as a log from before the health fields: no loss_mean, no data_share (the report recomputes them)
+        lines.append({"event": "step", "step": step, "loss": loss, "tokens_per_s": 900.0 + step, "data_wait_s": 0.01,
+                      "step_time_s": 0.2, "tokens_total": 640 * step, "tokens_by_source": dict(consumed),
                       "receipt": f"{step:064x}"})  # fmt: skip
         if heldout_every and step % heldout_every == 0:
             lines.append({"event": "heldout", "step": step, "loss_by_source": {k: loss + 0.1 for k in SOURCES}})
@@ -77,6 +81,11 @@ def test_report_of_a_log_is_one_self_contained_page_with_every_chart(tmp_path):
     for chart in CHARTS:
         with Image.open(run / REPORT_DIR / f"{chart}.png") as image:
             assert image.format == "PNG" and image.width > 500
+    series = Series.of(effective_steps(read_log(run)))  # the fields a log from before them lacks, recomputed
+    losses = series.loss.tolist()
+    oracle = [statistics.fmean(losses[max(0, i - LOSS_WINDOW + 1) : i + 1]) for i in range(len(losses))]
+    assert series.loss_mean.tolist() == pytest.approx(oracle, rel=1e-12)
+    assert series.data_share.tolist() == pytest.approx([0.05] * 50)
 
 
 def test_held_out_records_get_their_chart_and_an_empty_log_is_one_line(tmp_path):
