@@ -106,12 +106,16 @@ def test_tensorboard_reads_back_what_the_trackers_got(tmp_path):
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 @pytest.mark.slow  # trains 6 steps (~10 s)
-def test_a_run_logs_health_and_tensorboard_holds_the_same_scalars(sample_manifest, tmp_path):
+def test_a_run_logs_health_and_tensorboard_holds_the_same_scalars(sample_manifest, tmp_path, capsys):
     pytest.importorskip("tensorboard")
     path = tmp_path / "watch.yaml"
     path.write_text(yaml.safe_dump({**small_config(sample_manifest).to_dict(), "trackers": {"tensorboard": True}}))
-    result = train(TrainConfig.from_yaml(path), out_dir=tmp_path / "run", progress=False)
+    result = train(TrainConfig.from_yaml(path), out_dir=tmp_path / "run", progress=True)
     steps = effective_steps(read_log(result.run_dir))
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]  # the live line, as last drawn
+    assert "6/6" in bar and "<00:00" in bar and "stall" in bar and "tok/s" in bar, bar  # progress, ETA, health
+    shares = progress_postfix(steps[-1]).split(" | ")[-1]
+    assert shares in bar and any(key in shares for key in steps[-1]["tokens_by_source"]), bar
     assert [s["step"] for s in steps] == list(range(1, 7))
     losses = [s["loss"] for s in steps]
     assert [s["loss_mean"] for s in steps] == pytest.approx(rolling_mean(losses, 20), rel=1e-12)
