@@ -81,8 +81,14 @@ class BuildResult:
     tokenizer: dict[str, Any] = field(default_factory=dict)  # manifest.json's tokenizer record
 
 
-def upstream_for(source: str, subset: str, uri: str) -> tuple[str, str]:
-    """(licence, upstream location) of a shard: both from the sources registry."""
+SYNTHETIC_LICENCE = "synthetic text (elm-data's sample generator), not a real corpus: no upstream licence applies"
+
+
+def upstream_for(source: str, subset: str, uri: str, synthetic: bool = False) -> tuple[str, str | None]:
+    """(licence, upstream location) of a shard: both from the sources registry; a synthetic shard (the sample,
+    ``synthetic: true``) derives from no upstream file and carries no upstream licence."""
+    if synthetic:
+        return SYNTHETIC_LICENCE, None
     spec = get_subset(source, subset)
     return spec.licence, spec.upstream_uri(uri)
 
@@ -92,7 +98,7 @@ def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_lo
     tasks: list[ShardTask] = []
     for entry in mixture.entries:
         for uri in mixture.resolve_shards(entry, allow_local):
-            licence, upstream = upstream_for(entry.source, entry.subset, uri)
+            licence, upstream = upstream_for(entry.source, entry.subset, uri, mixture.synthetic)
             tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes))
     return tasks
 
@@ -236,6 +242,7 @@ def manifest_info(
         "manifest_id": None,
         "merkle_root": None,
         "name": mixture.name,
+        "synthetic": mixture.synthetic,
         "tokenizer": tokenizer.describe() | {"uri": redact_uri(tokenizer.uri)},  # a name only when the sha is known
         "filters": mixture.filters.to_dict(),
         "pass": pass_description,

@@ -5,7 +5,8 @@ bytes were found: every shard record (source, subset, sha256, counts, the two di
 ``blocks.parquet``) without its URI and upstream location — so a local mirror of hub data keeps the id —,
 the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
 ``filters`` the stream rebuilds its pass from, the sequence config, the tokenizer record (sha256 and what
-is derived from it, minus its URI), the seed, the mixture weights, the targets and the name.
+is derived from it, minus its URI), whether the text is synthetic (the sample), the seed, the mixture
+weights, the targets and the name.
 What stays outside (:data:`OUTSIDE_THE_ID`) is location or build-time annotation; a consumer reads such a
 field only where another check covers it (``docs/ARCHITECTURE.md``, "Every field a consumer reads", lists
 each). ``totals`` are checked against the shard records, and each record's read/filtered/rejected sums
@@ -79,12 +80,13 @@ def manifest_id(
     targets: Any,
     name: str | None,
     filters: dict[str, Any],
+    synthetic: bool = False,
 ) -> str:
     """sha256 over the canonical JSON of what defines the mixture and what its consumers read.
 
     ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order; ``tokenizer``: the
     manifest's tokenizer record (its ``uri`` is left out); ``filters``: the filter config the stream rebuilds
-    its pass from (``manifest.json``'s ``filters``).
+    its pass from (``manifest.json``'s ``filters``); ``synthetic``: the shards hold generated text (the sample).
     """
     payload = {
         "format_version": FORMAT_VERSION,
@@ -98,6 +100,8 @@ def manifest_id(
         "targets": targets,
         "name": name,
     }
+    if synthetic:  # only when set, so a manifest that does not say it keeps its id
+        payload["synthetic"] = True
     return sha256_hex(canonical_json(payload))
 
 
@@ -125,6 +129,7 @@ def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) ->
         info["targets"],
         info["name"],
         info["filters"],
+        info.get("synthetic") is True,
     )
 
 

@@ -285,6 +285,11 @@ class Manifest:
     def manifest_id(self) -> str:
         return self.info["manifest_id"]
 
+    @property
+    def synthetic(self) -> bool:
+        """Whether the shards hold generated text (the sample, ``synthetic: true``), not a real corpus (in the id)."""
+        return self.info.get("synthetic") is True
+
     @cached_property
     def shards(self) -> list[ShardRecord]:
         table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)  # no pandas

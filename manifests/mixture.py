@@ -3,6 +3,7 @@
 Example::
 
     name: openelm-sample
+    synthetic: true                 # generated text (elm-data's sample): said in every record, no real upstream
     seed: 0
     tokenizer: null                 # or a path/URL; --tokenizer and $ELM_DATA_TOKENIZER also work
     targets: openelm                # target preset (or a YAML file) the audit compares against
@@ -55,6 +56,7 @@ from .shard_lists import entry_shards
 # The top-level keys of mixture.yaml and what each must hold (``sources`` is read entry by entry).
 MIXTURE_KEYS: dict[str, Any] = {
     "name": str | None,
+    "synthetic": bool,  # the shards hold generated text (the sample): no shard derives from a real upstream file
     "seed": int,
     "tokenizer": str | None,
     "targets": str | None,
@@ -123,6 +125,7 @@ class MixtureConfig:
     base_dir: str = "."
     retries: RetryPolicy | None = None  # how remote reads are retried (``retries:``); never part of the manifest
     storage_options: dict[str, dict[str, Any]] | None = None  # fsspec options per protocol; never part of it either
+    synthetic: bool = False  # generated text (``synthetic: true``, the sample): recorded, and no upstream claimed
 
     @classmethod
     def load(cls, path: str | Path) -> MixtureConfig:
@@ -153,6 +156,7 @@ class MixtureConfig:
             base_dir=base_dir,
             retries=RetryPolicy.from_dict(values["retries"]) if values.get("retries") is not None else None,
             storage_options=storage_options(values.get("storage_options")),
+            synthetic=values.get("synthetic", False),
         )
 
     def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:

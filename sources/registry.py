@@ -70,6 +70,7 @@ class SubsetSpec:
     notes: str = ""
     shard_glob: str | None = None  # where the upstream is a hub repo: its shards, relative to ``upstream``
     shard_list: str | None = None  # where the upstream publishes a URL list instead: that list's URL
+    hub_dataset: str | None = None  # the Hugging Face dataset id that documents the corpus (a model card's datasets:)
 
     @property
     def list_match(self) -> str:
@@ -140,6 +141,7 @@ def _redpajama(subset: str, pattern: str, licence: str, id_field: str | None, me
         target_tokens=OPENELM_TARGETS[subset_key("redpajama", subset)],
         notes=_RP_NOTE,
         shard_list=RP_URL_LIST,
+        hub_dataset="togethercomputer/RedPajama-Data-1T",
         **kw,
     )
 
@@ -158,6 +160,7 @@ def _dolma(subset: str, pattern: str, licence: str = _DOLMA_LICENCE) -> SubsetSp
         target_tokens=OPENELM_TARGETS[subset_key("dolma", subset)],
         notes=_DOLMA_NOTE,
         shard_list=DOLMA_URL_LIST,
+        hub_dataset="allenai/dolma",
     )
 
 
@@ -177,6 +180,7 @@ _SPECS: tuple[SubsetSpec, ...] = (
         ),
         target_tokens=OPENELM_TARGETS["refinedweb/default"],
         shard_glob="data/train-*-of-05534-*.parquet",
+        hub_dataset="tiiuae/falcon-refinedweb",
     ),
     _redpajama(
         "arxiv",
@@ -238,6 +242,7 @@ _SPECS: tuple[SubsetSpec, ...] = (
         alt_formats=((".jsonl.zst", FORMAT_JSONL_ZST), (".parquet", FORMAT_PARQUET)),
         notes="the original Pile (NN.jsonl.zst) is read as the same subset; format chosen by file extension",
         shard_glob="data/train-*-of-01650-*.parquet",
+        hub_dataset="EleutherAI/the_pile_deduplicated",
     ),
     _dolma("stack", "stack/stack-NNNN.json.gz"),
     _dolma("reddit", "reddit/reddit-NNNN.json.gz"),

@@ -439,6 +439,7 @@ def generate_sample_corpus(
             entries.append({"source": source, "subset": subset, "weight": weight, "shards": list(globs)})
     mixture = {
         "name": "openelm-sample",
+        "synthetic": True,
         "seed": seed,
         "tokenizer": None,
         "targets": "openelm",
@@ -447,7 +448,8 @@ def generate_sample_corpus(
         "sources": entries,
     }
     header = (
-        "# elm-data sample mixture: synthetic text in each corpus' native format.\n"
+        "# elm-data sample mixture: synthetic text in each corpus' native format (synthetic: true makes every\n"
+        "# record say so: no shard is linked to a real upstream file).\n"
         "# weight = OpenELM's target tokens for the subset, in billions (arXiv 2404.14619).\n"
         "# pile/default lists both the deduplicated parquet shards and an original-Pile .jsonl.zst shard.\n"
     )

@@ -139,7 +139,8 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
         folder, step = out / name, int(name.split("_")[1])
         card = (folder / "README.md").read_text()
         front = yaml.safe_load(card.split("---\n")[1])
-        assert front["pipeline_tag"] == "text-generation" and "tiiuae/falcon-refinedweb" in front["datasets"]
+        assert front["pipeline_tag"] == "text-generation" and "datasets" not in front  # the sample is synthetic
+        assert "synthetic-data" in front["tags"] and front["elm_data"]["synthetic_data"] is True
         meta = front["elm_data"]
         assert meta["manifest_id"] == manifest.manifest_id and meta["merkle_root"] == manifest.info["merkle_root"]
         assert meta["step"] == step and meta["tokens_by_source"] == steps[step]["tokens_by_source"]

@@ -83,23 +83,35 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
         "",
         *_data_section(run, audit, manifest, origins, receipt, tokenizer_sha256),
-        *_training_section(run, config),
+        *_training_section(run, audit, portable(config, run.run_dir.resolve())),
     ]
     return "\n".join(lines)
 
 
+def consumed_datasets(audit: RunAudit, manifest: Manifest) -> list[str]:
+    """The Hugging Face dataset ids of the corpora the run really ate: every source/subset with tokens consumed
+    (the run log's counts), by the registry's ``hub_dataset``; none for the synthetic sample."""
+    from elm_data.sources.registry import get_subset
+
+    if manifest.synthetic:
+        return []
+    eaten = {r.key for r in audit.rows if r.consumed_tokens > 0}
+    return sorted({hub for key in eaten if (hub := get_subset(*key.split("/", 1)).hub_dataset)})
+
+
 def _front_matter(run, audit: RunAudit, manifest: Manifest, origins, receipt: str | None) -> dict[str, Any]:
     """The card's Hugging Face metadata, with an ``elm_data`` block naming the data."""
-    hub = sorted({u.removeprefix(HF_DATASETS) for u, _ in origins.values() if u.startswith(HF_DATASETS)})
+    synthetic = ["synthetic-data"] if manifest.synthetic else []
     return {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "license": "other",
-        "tags": ["openelm", "elm-data", "pretraining-provenance"],
-        "datasets": hub,
+        "tags": ["openelm", "elm-data", "pretraining-provenance", *synthetic],
+        **({"datasets": datasets} if (datasets := consumed_datasets(audit, manifest)) else {}),
         "elm_data": {
             "manifest_id": manifest.manifest_id,
             "merkle_root": manifest.info["merkle_root"],
+            "synthetic_data": manifest.synthetic,
             "step": run.step,
             "tokens_by_source": {r.key: r.consumed_tokens for r in audit.rows if r.consumed_tokens},
             "consumption_receipt": receipt,
@@ -117,6 +129,7 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
     return [
         "## Training data",
         "",
+        *([SYNTHETIC_CARD_NOTE, ""] if manifest.synthetic else []),
         f"- manifest id: `{manifest.manifest_id}`",
         f"- Merkle root of its shard records: `{manifest.info['merkle_root']}`",
         f"- tokenizer sha256: `{tokenizer_sha256 or run.header['tokenizer']['sha256']}`",
@@ -125,7 +138,10 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
         "",
         "| source/subset | upstream | licence |",
         "|---|---|---|",
-        *[f"| {key} | {upstream} | {licence} |" for key, (upstream, licence) in origins.items()],
+        *[
+            f"| {key} | {_upstream_cell(upstream, manifest)} | {licence} |"
+            for key, (upstream, licence) in origins.items()
+        ],
         "",
         f"Tokens consumed up to step {audit.last_step} per source/subset (`elm-data audit-run`): consumed, the "
         "manifest's kept tokens, consumed/kept, the share of consumed tokens and OpenELM's target share.",
@@ -140,7 +156,47 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
     ]
 
 
-def _training_section(run: CheckpointRun, config: dict[str, Any]) -> list[str]:
+SYNTHETIC_CARD_NOTE = (
+    "**Synthetic data.** This model was trained on elm-data's synthetic sample: generated text written in the "
+    "published formats of the subsets below, not text from those corpora. It says nothing about the corpora; "
+    "the upstream column names only the corpus whose format each subset imitates."
+)
+
+
+def _upstream_cell(upstream: str, manifest: Manifest) -> str:
+    return f"none: synthetic text in the format of {upstream}" if manifest.synthetic else upstream
+
+
+def token_totals_note(run: CheckpointRun, audit: RunAudit) -> str:
+    """The two token totals of a run and how they meet: positions trained (``tokens_total``: sequences x seq_len,
+    padding included) and tokens consumed (the log's per-source counts: each sequence's seq_len + 1 tokens, its
+    last one a target only, less padding)."""
+    seq_len = int(run.header["stream_state"]["plan"]["seq_len"])
+    positions = int(run.step_record.get("tokens_total", 0)) if run.step_record else 0
+    sequences = positions // seq_len
+    padding = sequences * (seq_len + 1) - audit.consumed_total
+    return (
+        f"- two token totals: {positions:,} positions trained ({sequences:,} sequences x {seq_len} inputs, padding "
+        f"included) and {audit.consumed_total:,} tokens consumed from the data (each sequence holds {seq_len + 1} "
+        f"tokens, its last one only a target: {sequences:,} x {seq_len + 1} = {sequences * (seq_len + 1):,} slots, "
+        f"{padding:,} of them padding)"
+    )
+
+
+def portable(value: Any, run_dir: Path) -> Any:
+    """``value`` with every absolute local path made relative to ``run_dir`` (under it) or cut to its last part
+    (elsewhere, as ``…/name``): a card published anywhere embeds no path of the machine it was made on."""
+    if isinstance(value, dict):
+        return {k: portable(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, run_dir) for v in value]
+    if not isinstance(value, str) or not (value.startswith("/") or value.startswith("file://")):
+        return value
+    path = Path(value.removeprefix("file://"))
+    return path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else f"…/{path.name}"
+
+
+def _training_section(run: CheckpointRun, audit: RunAudit, config: dict[str, Any]) -> list[str]:
     """The "Training" lines: step, loss, tokens seen, code version and the full training config."""
     loss = run.step_record.get("loss") if run.step_record else None
     code = run.header["code_version"]
@@ -148,7 +204,7 @@ def _training_section(run: CheckpointRun, config: dict[str, Any]) -> list[str]:
         "## Training",
         "",
         f"- step {run.step} of {config['max_steps']}; loss at this step: {_fmt(loss, '.4f')}",
-        f"- tokens seen (all positions): {run.step_record.get('tokens_total', 0) if run.step_record else 0:,}",
+        token_totals_note(run, audit),
         f"- code: elm-data {code['elm_data']} (git {code['git_commit']}); exported by elm-data {__version__}",
         "",
         "```yaml",
