@@ -87,9 +87,9 @@ SYNTHETIC_LICENCE = "synthetic text (elm-data's sample generator), not a real co
 def upstream_for(source: str, subset: str, uri: str, synthetic: bool = False) -> tuple[str, str | None]:
     """(licence, upstream location) of a shard: both from the sources registry; a synthetic shard (the sample,
     ``synthetic: true``) derives from no upstream file and carries no upstream licence."""
+    spec = get_subset(source, subset)  # an unknown source/subset is refused here, synthetic or not
     if synthetic:
         return SYNTHETIC_LICENCE, None
-    spec = get_subset(source, subset)
     return spec.licence, spec.upstream_uri(uri)
 
 
