@@ -10,6 +10,7 @@ covering what the table says, fails here.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
 import json
@@ -123,6 +124,41 @@ FAST_CONSUMERS: dict[str, Callable[[Path], Any]] = {
     "croissant": croissant_metadata,
     "stream": _stream,
 }
+# Every production module that names ``Manifest`` (or opens one through a helper), and the consumer of the table
+# whose run above exercises it: a module that starts reading manifests fails here until it is run and tabled.
+CONSUMER_MODULES = {
+    "manifests/verify.py": "verify", "manifests/audit.py": "audit", "manifests/plot.py": "audit",
+    "manifests/cli.py": "verify, audit", "manifests/croissant.py": "croissant", "pipeline/stream/dataset.py": "stream",
+    "pipeline/stream/plan.py": "stream", "pipeline/stream/partition.py": "stream",
+    "pipeline/stream/reading.py": "stream",
+    "pipeline/stream/sequences.py": "stream", "pipeline/stream/cli.py": "stream", "trainer/loop.py": "train",
+    "trainer/efficiency.py": "train", "trainer/evaluate.py": "train", "trainer/audit.py": "audit-run",
+    "trainer/trace.py": "trace", "trainer/export.py": "card", "manifests/contamination.py": "contamination",
+    "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
+    "trainer/contamination_cli.py": "contamination, duplicates",
+}  # fmt: skip
+
+
+def test_every_module_that_reads_a_manifest_is_a_consumer_this_file_runs():
+    """A module naming ``Manifest`` / ``load_manifest`` / ``trained_manifest`` (the ways to open one) is listed."""
+    root = ARCHITECTURE.parents[1]
+    folders = ("manifests", "pipeline", "trainer", "sources", "model", "elm_data")
+    openers = {"Manifest", "load_manifest", "trained_manifest"}
+
+    def names(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        return used | {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+
+    readers = {
+        p.relative_to(root).as_posix()
+        for folder in folders for p in (root / folder).rglob("*.py")
+        if names(p) & openers
+    }  # fmt: skip
+    own = {"manifests/manifest.py", "manifests/identity.py", "manifests/build.py", "manifests/__init__.py"}
+    assert readers - own - set(CONSUMER_MODULES) == set(), "new manifest readers: run them above and table them"
+    listed = {c for names in CONSUMER_MODULES.values() for c in names.split(", ")}
+    assert listed <= {r for row in table_rows() for r in row.readers}
 
 
 def reads_of(consumer: Callable[[], Any]) -> set[str]:
