@@ -6,7 +6,8 @@ its parts, for a script, or a subclass that changes a run through the Trainer's 
 sums the tokens a run consumed per source/subset against its manifest; ``verify_run(run_dir)`` recomputes the
 run's consumption receipt from the manifest and the plan alone; ``trace_doc(run_dir, "source/subset:doc_id")``
 finds where a document was consumed; ``export_checkpoint(checkpoint, out_dir)`` writes a Hugging Face folder
-with a model card. Names load on first use (the loop imports torch).
+with a model card; ``write_report(run_dir)`` writes the run's one-page HTML report (and its charts as PNGs). Names
+load on first use (the loop imports torch).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _ENTRY_POINTS = {
     "verify_run": "audit",
     "trace_doc": "trace",
     "export_checkpoint": "export",
+    "write_report": "report",
 }
 
 __all__ = list(_ENTRY_POINTS)
