@@ -136,6 +136,7 @@ CONSUMER_MODULES = {
     "trainer/trace.py": "trace", "trainer/export.py": "card", "manifests/contamination.py": "contamination",
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
+    "trainer/report.py": "report",
 }  # fmt: skip
 
 
@@ -423,9 +424,15 @@ def _run_consumers(run: Path, doc_ref: str) -> dict[str, Callable[[], Any]]:
         trace_doc(run, doc_ref)
         build_text_index(run)
 
+    def report():
+        from elm_data.trainer.report import write_report
+
+        return write_report(run, run.parent / "report-page")
+
     return {
         "audit-run": audit_run_verify,
         "trace": trace,
+        "report": report,
         "card": lambda: checkpoint_card(run_of(newest_checkpoint(run))),
     }
 
@@ -441,6 +448,9 @@ def test_the_run_consumers_read_only_what_the_table_lists_and_refuse_an_edit(sam
     sneaky_edit(manifest, manifest, "min_tokens", 8)  # the run's manifest, edited in place
     with pytest.raises(ElmDataError, match="refusing an altered manifest"):
         _train(manifest, tmp_path / "run-edited")
-    for consumer in _run_consumers(tmp_path / "run", doc_ref).values():
+    for name, consumer in _run_consumers(tmp_path / "run", doc_ref).items():
+        if name == "report":  # the page reports what the check said instead of stopping
+            assert "refusing an altered manifest" in consumer().receipt
+            continue
         with pytest.raises(ElmDataError, match="refusing an altered manifest"):
             consumer()
