@@ -176,3 +176,13 @@ def test_report_of_a_real_run_renders_in_chromium_with_every_chart(sample_manife
         assert ink > 0.03 and colours > 20, (chart, ink, colours)  # axes, lines and labels drawn, not a blank box
     margin = pixels[:, : int(boxes["chart-loss"]["x"]) - 40]  # the page's left margin: the check sees it as blank
     assert drawn(margin)[0] < 0.01
+
+
+def test_without_chromium_the_browser_test_skips_here_and_fails_in_ci(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no chromium"):
+        chromium_binary()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must render the report"):
+        chromium_binary()
