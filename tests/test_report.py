@@ -93,6 +93,13 @@ def test_held_out_records_get_their_chart_and_an_empty_log_is_one_line(tmp_path)
     result = write_report(run, out=tmp_path / "page")
     assert result.heldout and result.charts == [*CHARTS, "heldout"] and (tmp_path / "page" / "heldout.png").is_file()
     assert "no held-out records" not in result.html.read_text()
+    assert write_report(run, out=tmp_path / "page").charts == result.charts  # an earlier report is replaced
+    mine = tmp_path / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ReportError, match="not a report"):
+        write_report(run, out=mine)  # a folder of other files is never replaced
+    assert (mine / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "log.jsonl").write_text(json.dumps({"event": "header", "manifest_id": "x"}) + "\n")

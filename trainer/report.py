@@ -330,6 +330,7 @@ def write_report(
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / REPORT_DIR
     manifest_dir = Path(manifest_dir) if manifest_dir is not None else None
+    refuse_foreign_folder(out_dir)
     records = read_log(run_dir)
     header = next((r for r in records if r.get("event") == "header"), {})
     steps = effective_steps(records)
@@ -357,6 +358,12 @@ def write_report(
     names = [c.name for c in charts] + (["heldout"] if heldout else [])
     return RunReport(run_dir, out_dir, out_dir / "report.html", names, receipt[0], found, heldout is not None,
                      time.perf_counter() - started, notes)  # fmt: skip
+
+
+def refuse_foreign_folder(out_dir: Path) -> None:
+    """The report replaces its folder whole: refuse one that holds anything but an earlier report (invariant 5)."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.html").is_file():
+        raise ReportError(f"{out_dir} holds files that are not a report: choose a new or empty folder for --out")
 
 
 def _manifest_root(header: dict[str, Any], manifest_dir: Path | None) -> str | None:
