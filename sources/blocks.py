@@ -431,6 +431,7 @@ class _ViewFileSystem(AbstractFileSystem):
     """Serves registered :class:`VerifiedView` objects by name (``elm-blocks://<name>``); never closes them."""
 
     protocol = "elm-blocks"
+    in_process = True  # not remote (``remote.is_remote``): the bytes are this process's verified views
 
     def _open(self, path, mode="rb", **kwargs):
         view = _VIEWS.get(self._strip_protocol(path).strip("/"))

@@ -305,7 +305,9 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def is_remote(fs: fsspec.AbstractFileSystem) -> bool:
-    return not isinstance(fs, LocalFileSystem)
+    """Whether reads go over a network: not a local file, nor bytes this process already holds (an ``elm-blocks://``
+    verified view, which a reader must not wrap in a retrying reader behind a ``READ_CHUNK`` buffer)."""
+    return not isinstance(fs, LocalFileSystem) and not getattr(fs, "in_process", False)
 
 
 def read_range(uri: str, start: int, end: int, what: str | None = None) -> bytes:
