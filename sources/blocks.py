@@ -216,13 +216,13 @@ def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes, int]:
     """
     cache = active_cache()
     if cache is not None and (data := cache.get(block.sha256)) is not None:
-        remote.STATS.bytes_from_cache += len(data)
+        remote.STATS.count(from_cache=len(data))
         return data, 0
     what = f"{uri} block {i} (bytes {block.start}-{block.end})"
     data = remote.read_range(uri, block.start, block.end, what)
     fetched = len(data)
     if hashlib.sha256(data).hexdigest() != block.sha256:
-        remote.STATS.retries["sha256 mismatch"] += 1
+        remote.STATS.count(retry="sha256 mismatch")
         data = remote.read_range(uri, block.start, block.end, what)
         fetched += len(data)
         _check(uri, i, block, hashlib.sha256(data).hexdigest())

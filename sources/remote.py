@@ -26,6 +26,7 @@ import email.utils
 import io
 import os
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -89,6 +90,17 @@ class RetryPolicy:
         return asdict(self)
 
 
+_STATS_LOCK = threading.Lock()
+
+
+def _fresh_lock_after_fork() -> None:  # a thread of the parent may have held it at the fork
+    global _STATS_LOCK
+    _STATS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
+
 @dataclass
 class RemoteStats:
     """Counts of this process' remote reads: ``retries`` by reason, reads that ``failed`` after every attempt,
@@ -98,6 +110,15 @@ class RemoteStats:
     failed: int = 0
     bytes_fetched: int = 0
     bytes_from_cache: int = 0  # verified blocks served by the node's block cache instead of the store
+
+    def count(self, retry: str | None = None, failed: int = 0, fetched: int = 0, from_cache: int = 0) -> None:
+        """Add to the counts (from any thread: read-ahead and next-shard fetches run in threads)."""
+        with _STATS_LOCK:
+            if retry is not None:
+                self.retries[retry] += 1
+            self.failed += failed
+            self.bytes_fetched += fetched
+            self.bytes_from_cache += from_cache
 
     def to_dict(self) -> dict[str, Any]:
         return {"retries": sum(self.retries.values()), "retries_by_reason": dict(sorted(self.retries.items())),
@@ -272,7 +293,7 @@ def retrying(what: str, attempt: Callable[[], T], on_retry: Callable[[], None] |
     """
 
     def count(state: tenacity.RetryCallState) -> None:
-        STATS.retries[transient_reason(state.outcome.exception()) or "other"] += 1
+        STATS.count(retry=transient_reason(state.outcome.exception()) or "other")
         if on_retry is not None:
             on_retry()
 
@@ -288,7 +309,7 @@ def retrying(what: str, attempt: Callable[[], T], on_retry: Callable[[], None] |
     except Exception as err:
         if transient_reason(err) is None:
             raise
-        STATS.failed += 1
+        STATS.count(failed=1)
         last = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         raise RemoteReadFailed(
             redact_text(
@@ -318,7 +339,7 @@ def read_range(uri: str, start: int, end: int, what: str | None = None) -> bytes
 
     def attempt() -> bytes:
         data = fs.cat_file(path, start=start, end=end)
-        STATS.bytes_fetched += len(data)
+        STATS.count(fetched=len(data))
         if len(data) > end - start and len(data) >= end:  # a server that ignores Range sent the whole file
             data = data[start:end]
         if len(data) != end - start:
@@ -413,7 +434,7 @@ class RetryingReader(io.RawIOBase):
         data = retrying(f"{self.what} (at byte {self._pos})", lambda: self._attempt(n), on_retry=self._drop)
         buffer[: len(data)] = data
         self._pos += len(data)
-        STATS.bytes_fetched += len(data)
+        STATS.count(fetched=len(data))
         return len(data)
 
     def close(self) -> None:

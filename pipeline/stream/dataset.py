@@ -34,7 +34,7 @@ from elm_data.sources import remote
 from elm_data.sources.blocks import READER_MEMORY, set_reader_memory
 
 from .network import NetworkSettings
-from .partition import Cursor, PartitionWalk, planned_batches
+from .partition import Cursor, PartitionWalk, first_batch_of, planned_batches
 from .plan import (
     NATURAL,
     BatchPlan,
@@ -221,6 +221,10 @@ class TokenStream(IterableDataset):
         set_reader_memory(self.reader_memory)  # in this process (a DataLoader worker too)
         maker = _BatchMaker(self, plan, numpy)
         try:
+            partitions = list(partitions)
+            for p in partitions:  # a partition read from its start fetches every source's first blocks at once
+                if first_batch_of(p, global_batch, plan.partitions) == 0:
+                    maker.fetcher(p, warm=True)
             for p, planned, cursor in planned_batches(plan, partitions, global_batch, cursors):
                 yield maker.make(p, planned, cursor)
         finally:
@@ -291,16 +295,23 @@ class _BatchMaker:
         for fetcher in self.fetchers.values():
             fetcher.close()  # a stream stopped early (or failing) leaves no shard open
 
+    def fetcher(self, p: int, warm: bool = False) -> DocumentFetcher:
+        """Partition ``p``'s fetcher (made on first use); ``warm``: its read-ahead starts at every source's first
+        block now (a partition read from its start)."""
+        if p not in self.fetchers:
+            walk = PartitionWalk(self.plan, p) if readahead_settings()["bytes"] > 0 else None
+            self.fetchers[p] = DocumentFetcher(self.plan.manifest, walk)
+            if warm and self.fetchers[p].ahead is not None:
+                self.fetchers[p].ahead.warm()
+        return self.fetchers[p]
+
     def _framed(self, p: int, planned: BatchPlan) -> dict[tuple[int, int], FramedDoc]:
         """The framed tokens of every document of the batch: carried over, or fetched and passed now."""
         framed = self.carried.get(p, {})
         missing = [d for d in planned.docs if (d.shard, d.index) not in framed]
         if not missing:
             return framed
-        if p not in self.fetchers:
-            walk = PartitionWalk(self.plan, p) if readahead_settings()["bytes"] > 0 else None
-            self.fetchers[p] = DocumentFetcher(self.plan.manifest, walk)
-        fetcher = self.fetchers[p]
+        fetcher = self.fetcher(p)
         results = self.doc_pass.process([fetcher.fetch(d) for d in missing])
         for doc, result in zip(missing, results, strict=True):
             check_against_ledger(doc, result, self.plan.manifest.shards)

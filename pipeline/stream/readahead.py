@@ -35,6 +35,16 @@ _lock = threading.Lock()
 _in_flight = [0]  # bytes fetched ahead in this process and not yet used or dropped
 
 
+def _after_fork_in_child() -> None:  # a forked DataLoader worker: its own lock, threads and budget
+    global _lock
+    _lock = threading.Lock()
+    _pool.update(pid=None, executor=None)
+    _in_flight[0] = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure_readahead(max_bytes: int | None = None, threads: int | None = None) -> None:
     """This process' read-ahead budget in bytes (0: off) and fetch threads."""
     if max_bytes is not None:
@@ -78,6 +88,16 @@ class ReadAhead:
         else:
             self._resync(src, (shard, block))
         self._schedule(src)
+
+    def warm(self) -> None:
+        """Fetch the first blocks of every source of the partition now (its reader starts at the beginning)."""
+        if _settings["bytes"] <= 0:
+            return
+        for src, run in enumerate(self.walk.runs):
+            if len(run) and self._is_remote(int(run.shard[0])):
+                self.queues.setdefault(src, deque())
+                self.orders[src] = self.walk.block_order(src)
+                self._schedule(src)
 
     def __call__(self, uri: str, block: Block, i: int) -> tuple[bytes, int] | None:
         shard = self._shard_of.get(uri)
