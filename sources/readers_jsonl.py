@@ -1,6 +1,6 @@
 """JSON Lines shards, plain, gzip (Dolma's ``*.json.gz``) or zstd (the original Pile's ``*.jsonl.zst``).
 
-The stream is decompressed in bounded pieces (``sources.decompress``: about 1 MiB of text per call, whatever
+The stream is decompressed in bounded pieces (``sources.decompress``: about ``READ_CHUNK`` of text per call, whatever
 the compression ratio) and split into raw byte lines; each line is decoded as strict UTF-8 and parsed on its
 own, so one bad line costs one Rejection and nothing else. A line longer than the record limit
 (``max_record_bytes``) is counted while it is dropped, never held: one ``record_too_large`` Rejection.
@@ -34,7 +34,9 @@ from elm_data.sources.document import (
 )
 from elm_data.sources.readers_common import GZIP_MAGIC, UTF8_BOM, Select, ShardContext
 
-READ_CHUNK = 1024 * 1024  # compressed bytes read per step
+# Compressed bytes read per step (and at most this much text per gzip step). A stream reader holds one chunk
+# and its split lines per open shard, one shard per source and partition: 128 KiB, not 1 MiB (issue 27).
+READ_CHUNK = 128 * 1024
 _NOT_GZIP = "Not a gzipped file"  # gzip's message for bytes that start no member
 # Strict UTF-8 decoding refuses encoded surrogates, so a lone one can only come from a \uD800-\uDFFF escape.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

@@ -17,7 +17,11 @@ from elm_data.sources.blocks import BlockChanged
 from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import Select, ShardContext, json_safe
 
-BATCH_ROWS = 1024
+BATCH_ROWS = 1024  # rows decoded at once by a full read (the build: every row of the shard is converted)
+# A selective read (the stream) holds one decoded batch per open shard for as long as the shard is open, and a
+# partition keeps one open shard per source: small batches bound that to SELECT_BATCH_ROWS decoded records plus
+# the page being decoded, not a whole decoded row group (issue 27). (pyarrow still reads a column chunk whole.)
+SELECT_BATCH_ROWS = 64
 
 # The columns each parquet subset must have, as published upstream (type checked for the text column).
 EXPECTED_COLUMNS: dict[str, pa.Schema] = {
@@ -170,7 +174,7 @@ def _selected_group_rows(
             continue
         at[0] = index
         if batches is None:
-            batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=False)
+            batches = parquet.iter_batches(batch_size=SELECT_BATCH_ROWS, row_groups=[g], use_threads=False)
         while index >= batch_end:
             batch = next(batches, None)
             if batch is None:
