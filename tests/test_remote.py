@@ -17,7 +17,7 @@ import fault_server
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_stream_scale import global_batches
+from test_stream_scale import global_batches, stream
 
 from elm_data.cli import cli
 from elm_data.manifests.build import build_manifest
@@ -263,6 +263,32 @@ def test_read_ahead_fetches_each_block_once_and_changes_nothing(over_http, token
     assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
     assert stats.bytes_sent - sent == without  # read ahead, yet every byte crossed once
     assert sum(served) > len(served) / 2  # most remote blocks arrived fetched ahead
+
+
+def test_read_ahead_of_an_endless_stream_over_a_corpus_smaller_than_its_budget_stops(over_http, tokenizer):
+    """Training streams epoch after epoch (``epochs=None``): once every block of a small corpus is fetched ahead,
+    scheduling must stop at the first block still held, not walk the endless order (it hung a training run)."""
+    import itertools
+    import threading
+
+    from elm_data.pipeline.stream import StreamLoader
+
+    before = readahead_settings()
+    configure_readahead(64 << 20, 2)  # far more than the whole corpus
+    want, got = 3 * len(over_http.reference), []  # two epochs more than a natural pass
+
+    def take() -> None:
+        loader = StreamLoader(stream(over_http.http.manifest_dir, tokenizer, epochs=None, partitions=2))
+        got.extend(batch["batch_index"] for batch in itertools.islice(loader, want))
+
+    try:
+        reader = threading.Thread(target=take, daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert not reader.is_alive(), "read-ahead never returned"
+        assert sorted(got) == list(range(want))
+    finally:
+        configure_readahead(before["bytes"], before["threads"])
 
 
 def test_a_changed_remote_shard_stops_the_stream(sample_dir, tokenizer_path, tokenizer, tmp_path):

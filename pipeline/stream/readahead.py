@@ -143,8 +143,8 @@ class ReadAhead:
             block = Block(raw["start"], raw["end"], raw["sha256"], raw["first_record"], raw["records"])
             if not self._is_remote(shard) or block.end - block.start > SPILL_BYTES:
                 return  # read when asked for (a local shard, a block too large to hold): no further ahead
-            if key in self.ready:
-                continue
+            if key in self.ready:  # the order came round to a block still held: all ahead is fetched (an
+                return  # endless stream over a corpus smaller than the budget would otherwise loop here forever)
             size = block.end - block.start
             with _lock:
                 _in_flight[0] += size
