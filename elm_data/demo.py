@@ -1,4 +1,4 @@
-"""`elm-data demo`: the whole product on the bundled sample corpus, in ~45 CPU-s (2.5 min wall on a busy 2-core VM).
+"""`elm-data demo`: the whole product on the bundled sample corpus, in ~17 CPU-s (13 s wall idle, 2.5 min busy).
 
 sample shards (every source in its native format) → manifest → verify → audit (+ plot)
 → Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export → the run's report page.
