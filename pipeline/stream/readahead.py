@@ -75,6 +75,7 @@ class ReadAhead:
         self.queues: dict[int, deque[tuple[int, int]]] = {}  # source -> (shard, block) fetched ahead, in order
         self.ready: dict[tuple[int, int], tuple[Future, int]] = {}  # (shard, block) -> (fetch, bytes)
         self.remote: dict[int, bool] = {}  # shard -> read from a remote store
+        self.shard_of: dict[str, int] = {}  # uri -> shard, for every shard a fetch was submitted for
 
     def at(self, src: int, shard: int, block: int) -> None:
         """Source ``src`` reads ``(shard, block)`` next: drop what was fetched for it before, fetch what follows."""
@@ -100,17 +101,13 @@ class ReadAhead:
                 self._schedule(src)
 
     def __call__(self, uri: str, block: Block, i: int) -> tuple[bytes, int] | None:
-        shard = self._shard_of.get(uri)
+        shard = self.shard_of.get(uri)
         entry = self.ready.pop((shard, i), None) if shard is not None else None
         if entry is None:
             return None
         future, size = entry
         _release(size, None)
         return future.result()  # a failed fetch raises here, when its block is asked for
-
-    @property
-    def _shard_of(self) -> dict[str, int]:
-        return {self.manifest.shards[shard].uri: shard for shard, _ in self.ready}
 
     def _drop(self, key: tuple[int, int]) -> None:
         entry = self.ready.pop(key, None)
@@ -149,6 +146,7 @@ class ReadAhead:
             with _lock:
                 _in_flight[0] += size
             uri = self.manifest.shards[shard].uri
+            self.shard_of[uri] = shard
             self.ready[key] = (_executor().submit(fetch_verified, uri, block, b), size)
             queue.append(key)
 
