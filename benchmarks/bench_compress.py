@@ -5,7 +5,7 @@
     python benchmarks/bench_compress.py quality --steps 20                 # held-out perplexity, tiny model
     python benchmarks/bench_compress.py speed                              # compression step vs plain step
 
-memory: each mode in a fresh process (``elm_data.trainer.compress_memory``: peak RSS of forward+backward above
+memory: each mode in a fresh process (``elm_data.trainer.compress.memory``: peak RSS of forward+backward above
 the pre-step resident set, after the k-means warm start, glibc mmap threshold fixed at 64 KiB).
 size: the compact file written by ``save_compact`` for the model with every linear snapped to 2**bits values
 (file size depends on shapes and bits only, not on the values), vs 2 bytes per parameter.
@@ -35,13 +35,13 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import load_model, save_model
-from elm_data.trainer.compress import CompressConfig, PaletteSpec, PalettizedLM, compress, prepare
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.loop import build_loader, load_tokenizer, train, train_step
-from elm_data.trainer.loss import loss_sums, split_inputs_labels
-from elm_data.trainer.optim import build_optimizer, build_scheduler
-from elm_data.trainer.palette import save_compact
+from elm_data.trainer.compress.finetune import CompressConfig, PaletteSpec, PalettizedLM, compress, prepare
+from elm_data.trainer.compress.palette import save_compact
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.loop import build_loader, load_tokenizer, train, train_step
+from elm_data.trainer.core.loss import loss_sums, split_inputs_labels
+from elm_data.trainer.core.optim import build_optimizer, build_scheduler
 
 CACHE = Path(os.environ.get("ELM_BENCH_CACHE", Path(tempfile.gettempdir()) / "elm-bench-compress"))
 
@@ -61,7 +61,7 @@ def bench_memory(args) -> list[dict]:
     rows = []
     for mode in ("plain", "dkm", "edkm"):
         for dtype in args.dtypes:
-            cmd = [sys.executable, "-m", "elm_data.trainer.compress_memory", "--model", args.model, "--layer",
+            cmd = [sys.executable, "-m", "elm_data.trainer.compress.memory", "--model", args.model, "--layer",
                    str(args.layer), "--mode", mode, "--dtype", dtype, "--bits", str(args.bits), "--seq-len",
                    str(args.seq_len)]  # fmt: skip
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}

@@ -28,7 +28,7 @@ def write_log(manifest_dir: Path, run_dir: Path, steps: int) -> float:
     from elm_data.manifests.manifest import Manifest
     from elm_data.pipeline.stream import StreamLoader, TokenStream
     from elm_data.pipeline.stream.plan import Plan, PlanConfig
-    from elm_data.trainer.audit import expected_heads
+    from elm_data.trainer.proof.audit import expected_heads
 
     manifest = Manifest(manifest_dir)
     stream = TokenStream(manifest_dir, batch_size=2, seq_len=32, epochs=None, provenance=True)
@@ -64,7 +64,7 @@ def write_log(manifest_dir: Path, run_dir: Path, steps: int) -> float:
 
 def timed(run_dir: Path, repeats: int, **kwargs) -> tuple[tuple[float, float], object]:
     """(median wall s, median CPU s of this process) of ``repeats`` reports, and the last report."""
-    from elm_data.trainer.report import write_report
+    from elm_data.trainer.proof.report import write_report
 
     walls, cpus, result = [], [], None
     for _ in range(repeats):

@@ -22,7 +22,7 @@ import numpy as np
 
 
 def latency(index, queries) -> dict[str, float]:
-    from elm_data.trainer.trace import trace_text
+    from elm_data.trainer.proof.trace import trace_text
 
     times = []
     for q in queries:
@@ -54,7 +54,7 @@ def main() -> None:
     import pydivsufsort
 
     from elm_data.pipeline.stream import StreamLoader, TokenStream
-    from elm_data.trainer.trace import SEPARATOR, TextIndex, index_batches
+    from elm_data.trainer.proof.trace import SEPARATOR, TextIndex, index_batches
 
     rng = np.random.default_rng(0)
     stream = TokenStream(args.manifest, batch_size=8, seq_len=2048, weights="natural", epochs=1)

@@ -4,7 +4,7 @@
     python benchmarks/bench_train_matrix.py --matrix A.yaml --matrix B.yaml --manifest DIR --out OUT
 
 Each matrix writes ``OUT/<matrix stem>/`` (results.csv/json, cells.jsonl, plots; see
-``elm_data.trainer.efficiency``). Without ``--manifest`` a sample corpus (``--scale``) and its manifest are built
+``elm_data.trainer.bench.efficiency``). Without ``--manifest`` a sample corpus (``--scale``) and its manifest are built
 under ``--work``. The goal check: the best MFU of model ``--goal-model`` at ``--goal-seq`` over all matrices,
 against ``--goal-mfu``, with that cell's loader stall; printed and written to ``OUT/goal.json``.
 """
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--goal-mfu", type=float, default=0.5)
     args = parser.parse_args()
 
-    from elm_data.trainer.efficiency import Matrix, run_matrix
+    from elm_data.trainer.bench.efficiency import Matrix, run_matrix
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_matrix_"))
     manifest = args.manifest or sample_manifest(work, args.scale, args.tokenizer)

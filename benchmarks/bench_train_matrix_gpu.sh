@@ -20,7 +20,7 @@ for candidate in "${ELM_DATA_TOKENIZER:-}" "$here/shared/tokenizers/llama2/token
   if [ -n "$candidate" ] && [ -f "$candidate" ]; then export ELM_DATA_TOKENIZER=$candidate; break; fi
 done
 [ -f "${ELM_DATA_TOKENIZER:-}" ] || { echo "no LLaMA tokenizer: set ELM_DATA_TOKENIZER" >&2; exit 2; }
-if ! python -c "import elm_data.trainer.efficiency" 2>/dev/null; then
+if ! python -c "import elm_data.trainer.bench.efficiency" 2>/dev/null; then
   # not installed here: lay the package out with symlinks (no pip, no network)
   pkg=$(mktemp -d)
   mkdir "$pkg/elm_data"

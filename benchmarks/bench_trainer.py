@@ -4,7 +4,7 @@
     python benchmarks/bench_trainer.py --device cuda --config 270M --seq-len 2048 --batch-size 16
 
 Part 1 (overhead): the same model and the same pre-drawn stream batches, alternately through
-``elm_data.trainer.loop.train_step`` (pad mapping, summed CE + z-loss, clipping, AdamW) and through a bare
+``elm_data.trainer.core.loop.train_step`` (pad mapping, summed CE + z-loss, clipping, AdamW) and through a bare
 loop (forward, F.cross_entropy, backward, AdamW step). Reports median seconds per step and tokens/s of each
 and the overhead ratio (ours / bare), repeated ``--repeats`` times, interleaved so machine load hits both.
 
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.tokenizer import PAD_ID
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.hardware import autocast, autocast_dtype, device_description, mfu, peak_flops
-from elm_data.trainer.loop import build_loader, build_model, load_tokenizer, train, train_step
-from elm_data.trainer.optim import build_optimizer
-from elm_data.trainer.runlog import effective_steps, read_log
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.hardware import autocast, autocast_dtype, device_description, mfu, peak_flops
+from elm_data.trainer.core.loop import build_loader, build_model, load_tokenizer, train, train_step
+from elm_data.trainer.core.optim import build_optimizer
+from elm_data.trainer.core.runlog import effective_steps, read_log
 
 
 def sample_manifest(work: Path) -> Path:

@@ -14,7 +14,7 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data eval CHECKPOINT|EXPORT           trainer/export_cli.py
     elm-data train CONFIG.yaml                trainer/cli.py
     elm-data audit-run RUN_DIR                trainer/cli.py
-    elm-data bench train MATRIX.yaml          trainer/cli.py (trainer/efficiency.py)
+    elm-data bench train MATRIX.yaml          trainer/cli.py (trainer/bench/efficiency.py)
     elm-data demo [OUT_DIR]                   elm_data/demo.py
     elm-data tokenizer fetch|show             pipeline/tokenizer_cli.py
     elm-data init openelm DIR                 manifests/openelm_cli.py

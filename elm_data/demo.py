@@ -115,11 +115,11 @@ def _data_stages(paths: dict[str, Path], tokenizer_uri: str, workers: int) -> No
 
 def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None) -> None:
     """Stages 4-6: a tiny OpenELM trained on the stream, the run's audit, the Hugging Face export."""
-    from elm_data.trainer.audit import audit_run
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.export import export_checkpoint
-    from elm_data.trainer.loop import train
-    from elm_data.trainer.report import write_report
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
+    from elm_data.trainer.export.hf import export_checkpoint
+    from elm_data.trainer.proof.audit import audit_run
+    from elm_data.trainer.proof.report import write_report
 
     t = _step(f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)")
     overrides = DEMO_TRAINING | ({"max_steps": steps} if steps else {})

@@ -16,8 +16,8 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 @pytest.fixture(scope="session")
 def trained_run(sample_manifest, tmp_path_factory) -> Path:
     """RUN_DIR of a 12-step run of a 2-layer OpenELM on the sample manifest, checkpoints at steps 6 and 12."""
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.loop import train
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
 
     config = TrainConfig(
         manifest=str(sample_manifest),

@@ -166,8 +166,8 @@ def test_audit_without_a_subcommand_is_still_the_mixture_audit(sample_manifest, 
 def test_run_mode_counts_only_what_the_run_consumed(planted, tmp_path):
     from test_trainer_run import small_config
 
-    from elm_data.trainer.distributed import DistInfo
-    from elm_data.trainer.loop import build_loader, load_tokenizer, train
+    from elm_data.trainer.core.distributed import DistInfo
+    from elm_data.trainer.core.loop import build_loader, load_tokenizer, train
 
     steps = 10
     config = small_config(planted["manifest"], max_steps=steps, seq_len=256, tokens_per_step=512, log_every=5)

@@ -13,9 +13,9 @@ from test_trainer_units import small_model
 
 from elm_data.cli import run as cli_run
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, save_model
-from elm_data.trainer import checkpoint as ckpt
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.optim import build_optimizer
+from elm_data.trainer.core import checkpoint as ckpt
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.optim import build_optimizer
 
 
 def _checkpoint(run_dir: Path) -> Path:
@@ -121,7 +121,7 @@ def test_iterating_the_stream_loader_never_draws_from_torchs_global_rng(sample_m
 def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_manifest, tmp_path, monkeypatch):
     from test_trainer_run import small_config
 
-    from elm_data.trainer import loop
+    from elm_data.trainer.core import loop
 
     seen: list[torch.Tensor] = []
     real_step = loop.train_step
@@ -172,9 +172,9 @@ import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from test_trainer_units import small_model
 from elm_data.core.errors import DiskFull
-from elm_data.trainer import checkpoint as ckpt
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.optim import build_optimizer
+from elm_data.trainer.core import checkpoint as ckpt
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.optim import build_optimizer
 
 model = small_model()  # 8.2 MB of weights, 2 x that of AdamW state once stepped
 optimizer = build_optimizer(model, TrainConfig(lr=1e-3))

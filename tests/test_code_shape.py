@@ -14,7 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# folder -> layer; imports go from a higher number to a lower one only (equal numbers may not import each other)
+# folder -> layer; imports go from a higher number to a lower one only (equal numbers may not import each other).
+# trainer/ is split by job into sub-packages that import one way among themselves: core below all; proof,
+# compress and bench on core only (not on each other); export on proof and core; trainer/*.py (the click
+# commands) on any of them.
 LAYERS = {
     "elm_data/core": 0,
     "sources": 1,
@@ -22,11 +25,17 @@ LAYERS = {
     "pipeline": 2,
     "manifests": 3,
     "pipeline/stream": 4,
-    "trainer": 5,
+    "trainer/core": 5.0,
+    "trainer/proof": 5.1,
+    "trainer/compress": 5.1,
+    "trainer/bench": 5.1,
+    "trainer/export": 5.2,
+    "trainer": 5.3,
     "elm_data": 6,
 }
 PACKAGE_OF = {"core": "elm_data/core", "sources": "sources", "model": "model", "pipeline": "pipeline"}
 PACKAGE_OF |= {"manifests": "manifests", "trainer": "trainer"}
+TRAINER_PARTS = {folder.split("/")[1] for folder in LAYERS if folder.startswith("trainer/")}
 MAX_FUNCTION_LINES = 60
 ATOMIC_WRITER = "elm_data/core/outputs.py"  # the one module that moves a finished file or directory into place
 RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("shutil", "move")}
@@ -45,6 +54,8 @@ def folder_of_module(module: str) -> str | None:
         return "elm_data"
     if parts[1] == "pipeline" and len(parts) > 2 and parts[2] == "stream":
         return "pipeline/stream"
+    if parts[1] == "trainer" and len(parts) > 2 and parts[2] in TRAINER_PARTS:
+        return "trainer/" + parts[2]
     return PACKAGE_OF[parts[1]]
 
 
@@ -63,7 +74,8 @@ def imported_folders(path: Path, root: Path = ROOT) -> set[tuple[str, int]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            submodule = base == "elm_data" or base.endswith(".pipeline")  # `from elm_data.pipeline import stream`
+            # `from elm_data.pipeline import stream`, `from elm_data.trainer import cli`
+            submodule = base == "elm_data" or base.endswith((".pipeline", ".trainer"))
             names = [f"{base}.{a.name}" if submodule else base for a in node.names]
         for name in names:
             target = folder_of_module(name)
@@ -136,7 +148,11 @@ def toy_tree(tmp_path: Path) -> Path:
         "pipeline/stream": "from ..config import X\nfrom elm_data.manifests.manifest import Manifest\n",
         "manifests": "from elm_data.pipeline import document_pass\n",
         "model": "def f():\n    from elm_data.sources import sample\n" + "    x = 1\n" * 70,
-        "trainer": "from elm_data.pipeline.stream import TokenStream\n",
+        "trainer": "from elm_data.pipeline.stream import TokenStream\nfrom .export.hf import export_checkpoint\n",
+        "trainer/core": "from elm_data.manifests.manifest import Manifest\nfrom ..proof import audit\n",
+        "trainer/proof": "from ..core.runlog import read_log\n",
+        "trainer/bench": "from ..core import distributed\nfrom elm_data.trainer.compress.finetune import prepare\n",
+        "trainer/export": "from ..proof.audit import audit_run\nfrom elm_data.trainer import cli\n",
         "elm_data": "from elm_data.trainer import loop\n",
     }.items():
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
@@ -145,11 +161,15 @@ def toy_tree(tmp_path: Path) -> Path:
 
 
 def test_the_checks_catch_what_they_should(toy_tree: Path):
-    """An independent oracle: a hand-made tree with exactly two upward imports, one long function and one rename
+    """An independent oracle: a hand-made tree with exactly five upward or sideways imports (two of them between
+    trainer's sub-packages, one from a sub-package up to trainer/'s commands), one long function and one rename
     outside the atomic writer (core/m.py stands in for it)."""
     assert layer_violations(toy_tree) == [
         "model/m.py:2 imports sources (layer 1 >= 1)",
         "pipeline/m.py:2 imports pipeline/stream (layer 4 >= 2)",
+        "trainer/bench/m.py:2 imports trainer/compress (layer 5.1 >= 5.1)",
+        "trainer/core/m.py:2 imports trainer/proof (layer 5.1 >= 5.0)",
+        "trainer/export/m.py:2 imports trainer (layer 5.3 >= 5.2)",
     ]
     assert long_functions(toy_tree) == ["model/m.py:1 f is 72 lines"]
     assert renames_outside_the_writer(toy_tree, writer="elm_data/core/m.py") == ["sources/m.py:4 os.replace"]

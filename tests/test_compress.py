@@ -21,21 +21,21 @@ needs_coremltools = pytest.mark.skipif(importlib.util.find_spec("coremltools") i
 from elm_data.model.config import OpenELMConfig  # noqa: E402
 from elm_data.model.openelm import OpenELM  # noqa: E402
 from elm_data.model.weights import load_model, save_model  # noqa: E402
-from elm_data.trainer.compress import (  # noqa: E402
+from elm_data.trainer.compress.finetune import (  # noqa: E402
     CompressConfig,
     PaletteSpec,
     PalettizedLM,
     finalize,
     prepare,
 )
-from elm_data.trainer.config import ConfigError  # noqa: E402
-from elm_data.trainer.palette import (  # noqa: E402
+from elm_data.trainer.compress.palette import (  # noqa: E402
     COMPACT_FILE,
     distinct_per_group,
     load_compact,
     pack_indices,
     unpack_indices,
 )
+from elm_data.trainer.core.config import ConfigError  # noqa: E402
 
 SMALL = {"num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
 
@@ -160,7 +160,7 @@ def layer_peak(mode: str) -> dict:
     # two threads, as benchmarks/RESULTS.md records it: with one (the suite's default) the tiny layer's
     # backward transients put eDKM's fwd+bwd peak above DKM's (measured 100 vs 91 MiB); "held" does not move
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "elm_data.trainer.compress_memory", "--model", "tiny", "--mode", mode]
+    cmd = [sys.executable, "-m", "elm_data.trainer.compress.memory", "--model", "tiny", "--mode", mode]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -179,9 +179,9 @@ def test_edkm_options_lower_the_memory_a_layer_holds_for_backward():
 @pytest.mark.slow
 @needs_coremltools
 def test_compress_run_logs_the_ledger(sample_manifest, tmp_path):
-    from elm_data.trainer.audit import audit_run
     from elm_data.trainer.compress_cli import compress as compress_command
-    from elm_data.trainer.runlog import effective_steps, read_log
+    from elm_data.trainer.core.runlog import effective_steps, read_log
+    from elm_data.trainer.proof.audit import audit_run
 
     checkpoint = tmp_path / "ckpt"
     save_model(small_model(), checkpoint)

@@ -7,7 +7,7 @@ import torch
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.trainer.efficiency import attention_context
+from elm_data.trainer.bench.efficiency import attention_context
 
 SHAPE = {"num_transformer_layers": 2, "model_dim": 128, "head_dim": 32, "vocab_size": 512}
 

@@ -10,8 +10,17 @@ from torch import nn
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.trainer.efficiency import Cell, Matrix, MatrixError, classify, costs, lookup, mark_frontier, precheck
-from elm_data.trainer.flops import breakdown, flops_per_token, layer_flops
+from elm_data.trainer.bench.efficiency import (
+    Cell,
+    Matrix,
+    MatrixError,
+    classify,
+    costs,
+    lookup,
+    mark_frontier,
+    precheck,
+)
+from elm_data.trainer.core.flops import breakdown, flops_per_token, layer_flops
 
 
 def independent_count(config: OpenELMConfig, seq_len: int) -> tuple[int, int]:

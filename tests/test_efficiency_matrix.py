@@ -10,8 +10,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from elm_data.trainer.bench.efficiency import AXES, COLUMNS, NUMERIC, Matrix, run_matrix
 from elm_data.trainer.cli import bench_train
-from elm_data.trainer.efficiency import AXES, COLUMNS, NUMERIC, Matrix, run_matrix
 
 SMALL_MODEL = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
 

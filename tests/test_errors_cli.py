@@ -88,7 +88,7 @@ def test_unknown_subset_in_training_weights(capsys, sample_manifest, tmp_path):
 
 @pytest.mark.slow  # builds a run first (test_trainer_units' damaged-state test is the quick one)
 def test_corrupt_checkpoint(capsys, sample_manifest, tmp_path):
-    from elm_data.trainer.checkpoint import CHECKPOINTS, STREAM_STATE, TRAINER_STATE, TRAINING_STATE
+    from elm_data.trainer.core.checkpoint import CHECKPOINTS, STREAM_STATE, TRAINER_STATE, TRAINING_STATE
 
     step = tmp_path / "run" / CHECKPOINTS / "step_00000001"
     step.mkdir(parents=True)
@@ -137,9 +137,9 @@ def test_user_error_types_share_one_root():
 
     from elm_data.manifests.build import BuildFailed, WorkerDied
     from elm_data.manifests.workspace import ShardChanged
-    from elm_data.trainer.checkpoint import CheckpointError
-    from elm_data.trainer.config import ConfigError
-    from elm_data.trainer.loop import TrainingError
+    from elm_data.trainer.core.checkpoint import CheckpointError
+    from elm_data.trainer.core.config import ConfigError
+    from elm_data.trainer.core.loop import TrainingError
 
     try:  # the stream's planner: a module of the stream package, or (before it) of pipeline/
         plan = importlib.import_module("elm_data.pipeline.stream.plan")

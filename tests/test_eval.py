@@ -54,8 +54,8 @@ def oracle_logliks(model, sp, doc) -> list[float]:
 
 
 def test_eval_runs_a_local_task_and_matches_an_independent_scorer(trained_run, local_task, tokenizer_path):  # noqa: F811
-    from elm_data.trainer.evaluate import lm_eval_results
-    from elm_data.trainer.export import export_checkpoint
+    from elm_data.trainer.export.evaluate import lm_eval_results
+    from elm_data.trainer.export.hf import export_checkpoint
 
     checkpoint = trained_run / "checkpoints" / f"step_{STEPS:08d}"
     folder, docs = local_task
@@ -75,8 +75,8 @@ def test_eval_runs_a_local_task_and_matches_an_independent_scorer(trained_run, l
 def test_rolling_perplexity_task_scores_each_document_after_one_bos(trained_run, tmp_path, tokenizer_path):  # noqa: F811
     """A local loglikelihood_rolling task (bits per byte, as lm-eval's wikitext): every document's score and the
     aggregate equal log p(text | BOS) computed directly with elm-data's forward and SentencePiece."""
-    from elm_data.trainer.evaluate import lm_eval_results
-    from elm_data.trainer.export import export_checkpoint
+    from elm_data.trainer.export.evaluate import lm_eval_results
+    from elm_data.trainer.export.hf import export_checkpoint
 
     texts = ["The river ran past the old stone mill, and the engine hummed.", "émoji 😀 and 中文 in one line.",
              "def f(x):\n    return x + 1\n", "Winter came early; the silver garden slept under snow."]  # fmt: skip
@@ -106,11 +106,11 @@ def test_rolling_perplexity_task_scores_each_document_after_one_bos(trained_run,
 
 
 def test_eval_command_writes_results_beside_the_run_with_held_out_perplexity(trained_run, local_task):  # noqa: F811
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.distributed import DistInfo
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.distributed import DistInfo
+    from elm_data.trainer.core.loop import build_loader, load_tokenizer
+    from elm_data.trainer.core.runlog import read_log
     from elm_data.trainer.export_cli import eval_command
-    from elm_data.trainer.loop import build_loader, load_tokenizer
-    from elm_data.trainer.runlog import read_log
 
     folder, _ = local_task
     checkpoint = trained_run / "checkpoints" / f"step_{STEPS // 2:08d}"

@@ -39,7 +39,7 @@ def test_rolling_loglikelihood_is_the_text_given_one_bos(tiny_export, tokenizer_
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
-    from elm_data.trainer.evaluate import one_bos_hf_lm
+    from elm_data.trainer.export.evaluate import one_bos_hf_lm
 
     model, folder = tiny_export
     lm = one_bos_hf_lm(pretrained=str(folder), trust_remote_code=True, add_bos_token=True, dtype="float32",

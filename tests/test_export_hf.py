@@ -18,8 +18,8 @@ from elm_data.model import OpenELM, OpenELMConfig, export_hf, generate
 from elm_data.model.hf_tokenizer import tokenizer_json
 from elm_data.model.layers import RMSNorm
 from elm_data.pipeline.tokenizer import LLAMA2_SHA256
+from elm_data.trainer.core.runlog import effective_steps, read_log
 from elm_data.trainer.export_cli import export_hf as export_hf_command
-from elm_data.trainer.runlog import effective_steps, read_log
 
 # Loads each export with transformers alone (elm_data made unimportable), in a fresh offline interpreter.
 LOAD_SCRIPT = """

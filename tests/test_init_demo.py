@@ -7,7 +7,7 @@ import json
 import pytest
 
 from elm_data.manifests.manifest import Manifest, counts_by_subset
-from elm_data.trainer.audit import audit_run
+from elm_data.trainer.proof.audit import audit_run
 
 
 def _fake_run(run_dir, manifest_dir, consumed: dict[str, int], step: int, weights=None) -> None:

@@ -43,7 +43,7 @@ def users(path: Path, tokenizer):
     """Every consumer of a manifest, each as a call that opens it."""
     from test_trainer_run import small_config
 
-    from elm_data.trainer.loop import train
+    from elm_data.trainer.core.loop import train
 
     return {
         "stream": lambda: TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer),

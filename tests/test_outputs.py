@@ -225,7 +225,7 @@ def test_checkpoints_follow_the_umask(tmp_path):
 
     from elm_data.model.config import OpenELMConfig
     from elm_data.model.openelm import OpenELM
-    from elm_data.trainer.checkpoint import save_checkpoint
+    from elm_data.trainer.core.checkpoint import save_checkpoint
 
     model = OpenELM(OpenELMConfig.named("tiny"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -328,7 +328,7 @@ def test_opening_a_manifest_whose_replace_was_killed_restores_it(arxiv_mixture, 
 
 
 def test_a_training_config_records_its_tokenizer_url_without_credentials():
-    from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.core.config import TrainConfig
 
     config = TrainConfig(tokenizer=f"https://user:{SECRET}@host/tokenizer.model?token={SECRET}")
     assert SECRET not in json.dumps(config.to_dict()) and SECRET not in config.fingerprint()

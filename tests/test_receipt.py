@@ -24,10 +24,10 @@ from elm_data.pipeline.stream.receipt import (
     stream_batch_digest,
 )
 from elm_data.pipeline.tokenizer import PAD_ID
-from elm_data.trainer.audit import verify_deep, verify_run
 from elm_data.trainer.cli import audit_run as audit_run_command
-from elm_data.trainer.loop import train
-from elm_data.trainer.runlog import LOG_FILE, read_log
+from elm_data.trainer.core.loop import train
+from elm_data.trainer.core.runlog import LOG_FILE, read_log
+from elm_data.trainer.proof.audit import verify_deep, verify_run
 
 
 def _compare(stream: TokenStream, limit: int | None = None) -> int:
@@ -231,7 +231,7 @@ def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, to
     equal those of one process accumulating the same two batches per step."""
     from test_trainer_distributed import settings, torchrun
 
-    from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.core.config import TrainConfig
 
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(settings(sample_manifest, tokenizer_path, distributed="ddp")))
@@ -248,7 +248,7 @@ def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, to
 
 # ---- the receipt covers every figure it reports ------------------------------------------------------------------
 def test_every_step_field_is_verified_or_declared_a_measurement(receipt_run):
-    from elm_data.trainer.audit import STEP_FIELDS_MEASURED, STEP_FIELDS_VERIFIED
+    from elm_data.trainer.proof.audit import STEP_FIELDS_MEASURED, STEP_FIELDS_VERIFIED
 
     assert not set(STEP_FIELDS_VERIFIED) & set(STEP_FIELDS_MEASURED)
     for record in (r for r in read_log(receipt_run) if r.get("event") == "step"):
@@ -267,7 +267,7 @@ def _bump(value):
     ["step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source", "tokens_by_source"],
 )
 def test_an_edited_step_field_fails_at_its_step(receipt_run, tmp_path, field):
-    from elm_data.trainer.audit import STEP_FIELDS_VERIFIED
+    from elm_data.trainer.proof.audit import STEP_FIELDS_VERIFIED
 
     assert field in STEP_FIELDS_VERIFIED
     edited = _edit(receipt_run, tmp_path, lambda rs: [r | {field: _bump(r[field])} if i == _at(rs, 4, ("step",))
@@ -304,8 +304,8 @@ def _edit_state(path: Path, change) -> None:
     ],
 )
 def test_an_edited_checkpoint_trainer_state_fails(receipt_run, tmp_path, field, change):
-    from elm_data.trainer.audit import TRAINER_STATE_FIELDS_VERIFIED
-    from elm_data.trainer.checkpoint import list_checkpoints
+    from elm_data.trainer.core.checkpoint import list_checkpoints
+    from elm_data.trainer.proof.audit import TRAINER_STATE_FIELDS_VERIFIED
 
     assert field in TRAINER_STATE_FIELDS_VERIFIED
     copy = _edit(receipt_run, tmp_path, lambda rs: rs)
@@ -319,7 +319,7 @@ def test_an_edited_checkpoint_trainer_state_fails(receipt_run, tmp_path, field, 
 
 @pytest.mark.slow  # trains, edits the checkpoint, resumes
 def test_tokens_edited_in_a_checkpoint_before_a_resume_fail(sample_manifest, tmp_path):
-    from elm_data.trainer.checkpoint import list_checkpoints
+    from elm_data.trainer.core.checkpoint import list_checkpoints
 
     config = receipt_config(sample_manifest)
     first = train(config, out_dir=tmp_path / "run", stop_after=3, progress=False)
@@ -332,7 +332,7 @@ def test_tokens_edited_in_a_checkpoint_before_a_resume_fail(sample_manifest, tmp
 
 # ---- run directories: a resume into a new --out, a restart, one run at a time ------------------------------------
 def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample_manifest, tmp_path):
-    from elm_data.trainer.runlog import effective_steps
+    from elm_data.trainer.core.runlog import effective_steps
 
     before = (receipt_run / LOG_FILE).read_bytes()
     config = receipt_config(sample_manifest)
@@ -353,7 +353,7 @@ def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_resume(receipt_run, sample_manifest, tmp_path):
-    from elm_data.trainer.loop import TrainingError
+    from elm_data.trainer.core.loop import TrainingError
 
     killed = _edit(receipt_run, tmp_path, lambda rs: [r for r in rs if r.get("event") in ("header", "step",
                                                                                           "receipt")][:4])  # fmt: skip

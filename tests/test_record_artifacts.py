@@ -71,8 +71,8 @@ def test_croissant_embeds_no_absolute_local_path(sample_manifest, sample_dir, tm
 
 
 def _train(manifest: Path, out: Path) -> Path:
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.loop import train
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
     shape = {"seq_len": SEQ_LEN, "batch_size": BATCH, "max_steps": STEPS, "checkpoint_every": STEPS}
@@ -83,7 +83,7 @@ def _train(manifest: Path, out: Path) -> Path:
 
 
 def _card(run: Path) -> tuple[str, dict]:
-    from elm_data.trainer.export import checkpoint_card, newest_checkpoint, run_of
+    from elm_data.trainer.export.hf import checkpoint_card, newest_checkpoint, run_of
 
     card = checkpoint_card(run_of(newest_checkpoint(run)))["README.md"]
     return card, yaml.safe_load(card.split("---\n")[1])

@@ -131,12 +131,13 @@ CONSUMER_MODULES = {
     "manifests/cli.py": "verify, audit", "manifests/croissant.py": "croissant", "pipeline/stream/dataset.py": "stream",
     "pipeline/stream/plan.py": "stream", "pipeline/stream/partition.py": "stream",
     "pipeline/stream/reading.py": "stream",
-    "pipeline/stream/sequences.py": "stream", "pipeline/stream/cli.py": "stream", "trainer/loop.py": "train",
-    "trainer/efficiency.py": "train", "trainer/evaluate.py": "train", "trainer/audit.py": "audit-run",
-    "trainer/trace.py": "trace", "trainer/export.py": "card", "manifests/contamination.py": "contamination",
+    "pipeline/stream/sequences.py": "stream", "pipeline/stream/cli.py": "stream", "trainer/core/loop.py": "train",
+    "trainer/bench/efficiency.py": "train", "trainer/export/evaluate.py": "train",
+    "trainer/proof/audit.py": "audit-run",
+    "trainer/proof/trace.py": "trace", "trainer/export/hf.py": "card", "manifests/contamination.py": "contamination",
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
-    "trainer/report.py": "report",
+    "trainer/proof/report.py": "report",
 }  # fmt: skip
 
 
@@ -394,8 +395,8 @@ def test_a_filters_edit_is_refused_by_every_fast_consumer(sample_manifest, tmp_p
 
 # ------------------------------------------------------------------------------- the consumers that need a run
 def _train(manifest: Path, out: Path) -> Path:
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.loop import train
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
     config = TrainConfig(manifest=str(manifest), model=model, seq_len=64, batch_size=2, max_steps=2, warmup_steps=1,
@@ -412,9 +413,9 @@ def _first_kept(manifest: Path) -> str:
 
 
 def _run_consumers(run: Path, doc_ref: str) -> dict[str, Callable[[], Any]]:
-    from elm_data.trainer.audit import audit_run, verify_run
-    from elm_data.trainer.export import checkpoint_card, newest_checkpoint, run_of
-    from elm_data.trainer.trace import build_text_index, trace_doc
+    from elm_data.trainer.export.hf import checkpoint_card, newest_checkpoint, run_of
+    from elm_data.trainer.proof.audit import audit_run, verify_run
+    from elm_data.trainer.proof.trace import build_text_index, trace_doc
 
     def audit_run_verify():
         assert verify_run(run).ok
@@ -425,7 +426,7 @@ def _run_consumers(run: Path, doc_ref: str) -> dict[str, Callable[[], Any]]:
         build_text_index(run)
 
     def report():
-        from elm_data.trainer.report import write_report
+        from elm_data.trainer.proof.report import write_report
 
         return write_report(run, run.parent / "report-page")
 

@@ -373,7 +373,7 @@ def test_the_whole_mixture_over_s3_at_1x0_and_2x2(sample_dir, tokenizer_path, to
 
 
 def test_storage_options_come_from_the_configs_and_no_credential_is_recorded(tmp_path):
-    from elm_data.trainer.config import TrainConfig
+    from elm_data.trainer.core.config import TrainConfig
 
     options = {"s3": {"endpoint_url": "http://user:pw@127.0.0.1:9/", "key": "AKIA-SECRET", "secret": "s3cr3t"}}
     config = TrainConfig(manifest="m", storage_options=options, retries={"attempts": 2}, readahead_bytes=0)

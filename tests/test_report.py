@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from elm_data.trainer.health import LOSS_WINDOW
-from elm_data.trainer.report import REPORT_DIR, ReportError, Series, write_report
+from elm_data.trainer.core.health import LOSS_WINDOW
+from elm_data.trainer.core.runlog import effective_steps, read_log
+from elm_data.trainer.proof.report import REPORT_DIR, ReportError, Series, write_report
 from elm_data.trainer.report_cli import report as report_command
-from elm_data.trainer.runlog import effective_steps, read_log
 
 CHARTS = ["loss", "tokens", "throughput"]
 SOURCES = {"redpajama/c4": 3, "refinedweb/default": 5, "dolma/stack": 2}
@@ -157,9 +157,9 @@ def render(binary: str, page: Path, tmp: Path) -> tuple[dict, np.ndarray]:
 @pytest.mark.slow  # trains 6 steps, exports, reports and starts Chromium twice (~40 s)
 def test_report_of_a_real_run_renders_in_chromium_with_every_chart(sample_manifest, tmp_path, tokenizer_path):
     binary = chromium_binary()
-    from elm_data.trainer.config import TrainConfig
-    from elm_data.trainer.export import export_checkpoint
-    from elm_data.trainer.loop import train
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
+    from elm_data.trainer.export.hf import export_checkpoint
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
     config = TrainConfig(manifest=str(sample_manifest), model=model, seq_len=32, batch_size=2, max_steps=6,

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from elm_data.trainer.audit import verify_run
-from elm_data.trainer.config import ConfigError, TrainConfig
-from elm_data.trainer.health import HEALTH_FIELDS, RunHealth, progress_postfix
-from elm_data.trainer.loop import train
-from elm_data.trainer.runlog import effective_steps, read_log
-from elm_data.trainer.trackers import INSTALL_HINT, Trackers, open_trackers, record_scalars
+from elm_data.trainer.core.config import ConfigError, TrainConfig
+from elm_data.trainer.core.health import HEALTH_FIELDS, RunHealth, progress_postfix
+from elm_data.trainer.core.loop import train
+from elm_data.trainer.core.runlog import effective_steps, read_log
+from elm_data.trainer.core.trackers import INSTALL_HINT, Trackers, open_trackers, record_scalars
+from elm_data.trainer.proof.audit import verify_run
 
 SMALL_MODEL = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
 

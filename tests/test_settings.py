@@ -12,7 +12,7 @@ from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.manifests.mixture import MixtureConfig
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.tokenizer import PAD_ID
-from elm_data.trainer.config import ConfigError, TrainConfig
+from elm_data.trainer.core.config import ConfigError, TrainConfig
 
 
 def _mixture(sample_dir: Path, out: Path, **changes) -> Path:
@@ -44,8 +44,8 @@ def _first_batches(loader, n: int = 8) -> list[torch.Tensor]:
 
 
 def _train_batches(manifest: Path, tokenizer, **config) -> list[torch.Tensor]:
-    from elm_data.trainer.distributed import DistInfo
-    from elm_data.trainer.loop import build_loader
+    from elm_data.trainer.core.distributed import DistInfo
+    from elm_data.trainer.core.loop import build_loader
 
     cfg = TrainConfig(manifest=str(manifest), seq_len=64, batch_size=2, model="tiny", **config)
     return _first_batches(build_loader(cfg, manifest, tokenizer, DistInfo()))
@@ -76,7 +76,7 @@ def test_data_seed_is_the_streams_seed(seed7_manifest, tokenizer):
 
 
 def test_pad_id_has_one_owner():
-    from elm_data.trainer import loss
+    from elm_data.trainer.core import loss
 
     assert loss.PAD_ID is PAD_ID and SequenceConfig().pad_id == PAD_ID
     assert "pad_id" not in TrainConfig().to_dict()
@@ -228,8 +228,8 @@ def _every_yaml_reader(tmp_path: Path) -> dict:
     """Every place the product reads a YAML file a user names: a call that reads ``path``."""
     from elm_data.manifests.targets import load_targets
     from elm_data.pipeline.stream.cli import _load_weights
-    from elm_data.trainer.compress import CompressConfig
-    from elm_data.trainer.efficiency import Matrix
+    from elm_data.trainer.bench.efficiency import Matrix
+    from elm_data.trainer.compress.finetune import CompressConfig
 
     return {
         "mixture": MixtureConfig.load,
@@ -367,7 +367,7 @@ def test_the_yaml_load_check_finds_a_stray_load(tmp_path):
 def test_every_config_section_refuses_unknown_keys_and_wrong_types(section, raw, needle):
     from elm_data.model.config import OpenELMConfig
     from elm_data.pipeline.stream.plan import PlanConfig
-    from elm_data.trainer.compress import PaletteSpec
+    from elm_data.trainer.compress.finetune import PaletteSpec
 
     read = {
         "train": TrainConfig.from_dict,
@@ -383,7 +383,7 @@ def test_every_config_section_refuses_unknown_keys_and_wrong_types(section, raw,
 
 
 def test_matrix_keys_and_its_train_keys_name_the_nearest(tmp_path):
-    from elm_data.trainer.efficiency import Matrix
+    from elm_data.trainer.bench.efficiency import Matrix
 
     path = tmp_path / "matrix.yaml"
     path.write_text("axes: {model: [tiny], batch_size: [1], seq_len: [8]}\ntoken_budgett: 5\n")

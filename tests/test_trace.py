@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from test_trainer_run import small_config
 
 from elm_data.manifests.manifest import Manifest
-from elm_data.trainer.audit import AuditError
 from elm_data.trainer.cli import trace as trace_command
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.loop import build_loader, load_tokenizer, train
-from elm_data.trainer.trace import trace_doc
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.loop import build_loader, load_tokenizer, train
+from elm_data.trainer.proof.audit import AuditError
+from elm_data.trainer.proof.trace import trace_doc
 
 pytestmark = pytest.mark.slow  # each test trains a run end to end first
 
@@ -91,7 +91,7 @@ def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(sample_
     import numpy as np
 
     pytest.importorskip("pydivsufsort")  # the suffix-array library (pip install pydivsufsort)
-    from elm_data.trainer.trace import open_text_index, trace_text
+    from elm_data.trainer.proof.trace import open_text_index, trace_text
 
     config = small_config(sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, weights="natural", epochs=1)
     run = train(config, out_dir=tmp_path / "run", progress=False).run_dir

@@ -24,12 +24,12 @@ from safetensors.torch import load_file
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.weights import load_model
-from elm_data.trainer.audit import verify_run
-from elm_data.trainer.checkpoint import STREAM_STATE, TRAINING_STATE, list_checkpoints
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.loop import build_loader, load_tokenizer, train
-from elm_data.trainer.runlog import effective_steps, read_log
+from elm_data.trainer.core.checkpoint import STREAM_STATE, TRAINING_STATE, list_checkpoints
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.loop import build_loader, load_tokenizer, train
+from elm_data.trainer.core.runlog import effective_steps, read_log
+from elm_data.trainer.proof.audit import verify_run
 
 pytestmark = [
     pytest.mark.slow,

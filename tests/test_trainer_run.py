@@ -14,14 +14,14 @@ from safetensors.torch import load_file
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.tokenizer import LLAMA2_SHA256
-from elm_data.trainer.audit import audit_run
-from elm_data.trainer.checkpoint import CheckpointError, list_checkpoints
 from elm_data.trainer.cli import audit_run as audit_run_command
 from elm_data.trainer.cli import train as train_command
-from elm_data.trainer.config import TrainConfig
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.loop import TrainingError, build_loader, load_tokenizer, train
-from elm_data.trainer.runlog import effective_steps, read_log
+from elm_data.trainer.core.checkpoint import CheckpointError, list_checkpoints
+from elm_data.trainer.core.config import TrainConfig
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.loop import TrainingError, build_loader, load_tokenizer, train
+from elm_data.trainer.core.runlog import effective_steps, read_log
+from elm_data.trainer.proof.audit import audit_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 STEPS = 20  # of the learning run: 2 micro-batches of 2 x 64 tokens each
@@ -190,8 +190,8 @@ def test_shipped_configs_load():
 @pytest.mark.slow  # trains a step end to end
 def test_restore_refuses_a_bad_stream_state_before_changing_anything(sample_manifest, tmp_path):
     from elm_data.pipeline.stream.plan import PlanError
-    from elm_data.trainer.checkpoint import STREAM_STATE, file_digests
-    from elm_data.trainer.loop import Trainer
+    from elm_data.trainer.core.checkpoint import STREAM_STATE, file_digests
+    from elm_data.trainer.core.loop import Trainer
 
     config = small_config(sample_manifest, max_steps=1)
     done = train(config, out_dir=tmp_path / "run", progress=False)

@@ -11,13 +11,13 @@ import torch
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.trainer import checkpoint as ckpt
-from elm_data.trainer.config import ConfigError, TrainConfig
-from elm_data.trainer.distributed import DistInfo
-from elm_data.trainer.loop import train_step
-from elm_data.trainer.loss import lm_loss, loss_sums, split_inputs_labels
-from elm_data.trainer.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
-from elm_data.trainer.runlog import RunLog, effective_steps, read_log
+from elm_data.trainer.core import checkpoint as ckpt
+from elm_data.trainer.core.config import ConfigError, TrainConfig
+from elm_data.trainer.core.distributed import DistInfo
+from elm_data.trainer.core.loop import train_step
+from elm_data.trainer.core.loss import lm_loss, loss_sums, split_inputs_labels
+from elm_data.trainer.core.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
+from elm_data.trainer.core.runlog import RunLog, effective_steps, read_log
 
 PAD = 32000
 
@@ -266,7 +266,7 @@ def test_damaged_state_files_are_one_checkpoint_error(tmp_path):
 
 
 def test_device_without_cuda_is_a_config_error(monkeypatch):
-    from elm_data.trainer.hardware import pick_device
+    from elm_data.trainer.core.hardware import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="device"):
@@ -278,7 +278,7 @@ def test_device_without_cuda_is_a_config_error(monkeypatch):
 def test_model_vocabulary_smaller_than_the_tokenizers_is_refused():
     from types import SimpleNamespace
 
-    from elm_data.trainer.loop import Trainer
+    from elm_data.trainer.core.loop import Trainer
 
     trainer = Trainer(TrainConfig(), torch.device("cpu"), DistInfo(0, 1), progress=False)
     trainer.model = SimpleNamespace(config=SimpleNamespace(vocab_size=512))

@@ -15,15 +15,15 @@ from __future__ import annotations
 from elm_data.core.lazy import lazy_attributes
 
 _ENTRY_POINTS = {
-    "TrainConfig": "config",
-    "train": "loop",
-    "Trainer": "loop",
-    "Checkpointer": "checkpoint",
-    "audit_run": "audit",
-    "verify_run": "audit",
-    "trace_doc": "trace",
-    "export_checkpoint": "export",
-    "write_report": "report",
+    "TrainConfig": "core.config",
+    "train": "core.loop",
+    "Trainer": "core.loop",
+    "Checkpointer": "core.checkpoint",
+    "audit_run": "proof.audit",
+    "verify_run": "proof.audit",
+    "trace_doc": "proof.trace",
+    "export_checkpoint": "export.hf",
+    "write_report": "proof.report",
 }
 
 __all__ = list(_ENTRY_POINTS)

@@ -9,10 +9,10 @@ import click
 
 from elm_data.core.commands import check_failed, command
 
-from .audit import audit_run as run_audit
-from .audit import verify_deep, verify_run
-from .config import TrainConfig
-from .loop import train as run_training
+from .core.config import TrainConfig
+from .core.loop import train as run_training
+from .proof.audit import audit_run as run_audit
+from .proof.audit import verify_deep, verify_run
 
 
 @command("train")
@@ -165,7 +165,7 @@ def _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_token
     """Print the consumed documents (and steps) holding the longest spans of ``text``."""
     from elm_data.pipeline.tokenizer import resolve_tokenizer
 
-    from .trace import RunPlan, open_text_index, trace_text
+    from .proof.trace import RunPlan, open_text_index, trace_text
 
     run = RunPlan(run_dir, manifest_dir)
     tok = resolve_tokenizer(tokenizer, None, run.manifest.info)
@@ -186,7 +186,7 @@ def _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_token
 
 def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
     """Print every row (step, rank, micro-batch, spans) at which the run consumed ``doc_ref``."""
-    from .trace import trace_doc
+    from .proof.trace import trace_doc
 
     hits = trace_doc(run_dir, doc_ref, manifest_dir=manifest_dir)
     if as_json:
@@ -194,7 +194,7 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
         return
     steps = sorted({h.step for h in hits})
     if not hits:  # trace_doc refused a document the manifest lacks: this one is there, and was never fed
-        from .trace import RunPlan, ledger_status, parse_doc_ref
+        from .proof.trace import RunPlan, ledger_status, parse_doc_ref
 
         status, reason = ledger_status(RunPlan(run_dir, manifest_dir).manifest, *parse_doc_ref(doc_ref))
         why = f"{status} ({reason})" if reason else status
@@ -233,7 +233,7 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
     Cells that cannot run here (no kernel, OOM, too few processes, no CUDA) are recorded with their reason.
     See trainer/configs/bench_matrix.yaml and docs/trainer.md.
     """
-    from .efficiency import Matrix, run_matrix
+    from .bench.efficiency import Matrix, run_matrix
 
     matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
     result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo, progress=True)

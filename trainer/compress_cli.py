@@ -59,8 +59,8 @@ def compress(
     writes dequantized weights (RUN/model, loadable and exportable like any checkpoint) and the compact
     palette + packed-indices file with its size and bits per weight (RUN/compression.json).
     """
-    from .compress import CompressConfig
-    from .compress import compress as run_compress
+    from .compress.finetune import CompressConfig
+    from .compress.finetune import compress as run_compress
 
     palette = {"bits": int(bits) if bits else None, "embeddings": embeddings, "edkm": edkm}
     if group_size:

@@ -1,7 +1,7 @@
 """Click commands `elm-data export hf`, `elm-data export mlx` and `elm-data eval` (thin wrappers).
 
-The work is in :mod:`elm_data.trainer.export` (Hugging Face folders with model cards),
-:mod:`elm_data.model.mlx_export` and :mod:`elm_data.trainer.evaluate`.
+The work is in :mod:`elm_data.trainer.export.hf` (Hugging Face folders with model cards),
+:mod:`elm_data.model.mlx_export` and :mod:`elm_data.trainer.export.evaluate`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from elm_data.core.errors import OutputExists
 from elm_data.model.config import NAMED_SHAPES
 from elm_data.model.weights import DTYPES
 
-from . import export as E
-from .checkpoint import list_checkpoints, load_checkpoint_model
+from .core.checkpoint import list_checkpoints, load_checkpoint_model
+from .export import hf as E
 
 TOKENIZER_HELP = "Tokenizer to ship (else $ELM_DATA_TOKENIZER, else the run's logged one / the cache)."
 
@@ -110,7 +110,7 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
 def eval_command(target, tasks, limit, include_path, heldout_batches, out, tokenizer) -> None:
     """Zero-shot benchmarks through lm-evaluation-harness, plus perplexity on data the run did not consume."""
-    from .evaluate import evaluate, format_report
+    from .export.evaluate import evaluate, format_report
 
     task_list = None if tasks is None else [t for t in tasks.split(",") if t.strip() and t.strip() != "none"]
     report, path = evaluate(

@@ -8,7 +8,7 @@ import click
 
 from elm_data.core.commands import command
 
-from .report import write_report
+from .proof.report import write_report
 
 
 @command("report")

@@ -9,7 +9,7 @@ tokenizer) give the same digest: both make their spans with ``sequences.plan_spa
 The chain: ``head_0 = sha256("elm-data receipt v1" | manifest_id | plan)``, then for each training step ``k``
 ``head_k = sha256(head_{k-1} || step_digest_k)`` where ``step_digest_k`` is the sha256 of the concatenated digests
 of the step's batches (all ranks, all accumulation micro-batches) in global batch order. Invariant 8: from a
-run's log and its manifest anyone can recompute what the run ate, in order (``trainer/audit.py``'s
+run's log and its manifest anyone can recompute what the run ate, in order (``trainer/proof/audit.py``'s
 ``verify_run``).
 """
 

@@ -36,7 +36,7 @@ class ConfigError(SettingsError):
 
 @dataclass
 class TrackersConfig(Settings):
-    """The ``trackers:`` section: experiment trackers the run also writes to (all off; see trainer/trackers.py)."""
+    """The ``trackers:`` section: experiment trackers the run also writes to (all off; see trainer/core/trackers.py)."""
 
     tensorboard: bool = False  # event files under RUN_DIR/tensorboard (needs the `track` extra)
     wandb: bool = False  # a W&B run in offline mode under RUN_DIR/wandb (needs the `track` extra)

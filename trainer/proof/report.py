@@ -35,8 +35,8 @@ import numpy as np
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
 
-from .health import LOSS_WINDOW
-from .runlog import effective_steps, read_log
+from ..core.health import LOSS_WINDOW
+from ..core.runlog import effective_steps, read_log
 
 REPORT_DIR = "report"
 HEADER_FIELDS = ("device", "parameters", "world_size", "tokens_per_step")

@@ -2,7 +2,7 @@
 
 A checkpoint inside a run directory (``RUN/checkpoints/step_N``) is exported with a model card (``README.md``,
 Hugging Face front matter) naming the manifest (id, Merkle root), the tokens consumed per source/subset at that
-step against the manifest and the OpenELM targets (:func:`elm_data.trainer.audit.audit_run`), the training
+step against the manifest and the OpenELM targets (:func:`elm_data.trainer.proof.audit.audit_run`), the training
 config, the step, its loss and the tool versions; and with the run's tokenizer (the sha256 the run logged)
 when it can be found (``--tokenizer``, ``$ELM_DATA_TOKENIZER``, the logged location, the cache).
 """
@@ -23,9 +23,15 @@ from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf
 
-from .audit import RunAudit, audit_run
-from .checkpoint import TRAINER_STATE, CheckpointError, list_checkpoints, load_checkpoint_model, read_trainer_state
-from .runlog import LOG_FILE, effective_steps, read_log
+from ..core.checkpoint import (
+    TRAINER_STATE,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint_model,
+    read_trainer_state,
+)
+from ..core.runlog import LOG_FILE, effective_steps, read_log
+from ..proof.audit import RunAudit, audit_run
 
 HF_DATASETS = "hf://datasets/"
 

@@ -26,8 +26,8 @@ from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
 from elm_data.pipeline.stream.consumed import ConsumedTokens
 
-from .checkpoint import load_checkpoint_model, read_stream_state
-from .export import export_checkpoint, newest_checkpoint, run_of
+from ..core.checkpoint import load_checkpoint_model, read_stream_state
+from .hf import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
 
@@ -120,11 +120,11 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     from elm_data.manifests.manifest import Manifest
     from elm_data.pipeline.tokenizer import PAD_ID
 
-    from .audit import audit_run
-    from .config import ConfigError, TrainConfig
-    from .distributed import DistInfo
-    from .loop import build_loader, load_tokenizer
-    from .loss import loss_sums, split_inputs_labels
+    from ..core.config import ConfigError, TrainConfig
+    from ..core.distributed import DistInfo
+    from ..core.loop import build_loader, load_tokenizer
+    from ..core.loss import loss_sums, split_inputs_labels
+    from ..proof.audit import audit_run
 
     run = run_of(checkpoint)
     if run is None:

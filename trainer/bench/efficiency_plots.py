@@ -1,4 +1,4 @@
-"""Plots of an efficiency matrix (rows from :mod:`elm_data.trainer.efficiency`): throughput/MFU bars, cost frontier.
+"""Plots of an efficiency matrix (rows from :mod:`.efficiency`): throughput/MFU bars, cost frontier.
 
 Every cell gets a bar row; a cell without figures shows its status and reason instead of a bar (never dropped).
 Labels name only the axes that vary across the matrix.

@@ -3,14 +3,14 @@
 ``elm-data bench train MATRIX.yaml --out DIR`` (or :func:`run_matrix`) trains every cell of the product of the
 YAML's ``axes`` for the same token budget, each on the real stream (``TokenStream``/``StreamLoader`` over a
 manifest), and writes ``cells.jsonl`` (one line per finished cell, as it finishes), ``results.csv``,
-``results.json`` and the plots (:mod:`elm_data.trainer.efficiency_plots`). Invariants:
+``results.json`` and the plots (:mod:`elm_data.trainer.bench.efficiency_plots`). Invariants:
 
 - every cell of the product appears in the output exactly once: ``status`` is ``ok``, or ``unsupported``/``oom``/
   ``failed`` with a ``reason`` (nothing is dropped);
 - tokens/s, MFU and the stall fraction cover the timed steps only (after ``timing_skip_steps``); tokens are label
   positions of all processes; the stall fraction is time blocked in ``next(loader)`` over the whole step time;
-- MFU = tokens/s x :func:`elm_data.trainer.flops.flops_per_token` / (peak x processes), the peak from the YAML's
-  ``peak_flops`` (by device-name fragment) and then ``trainer/hardware.py``'s table; unknown peak -> null + note;
+- MFU = tokens/s x :func:`elm_data.trainer.core.flops.flops_per_token` / (peak x processes), the peak from the YAML's
+  ``peak_flops`` (by device-name fragment) and then ``trainer/core/hardware.py``'s table; unknown peak -> null + note;
 - dollars use ``usd_per_device_hour`` (by device-name fragment) x processes.
 """
 
@@ -35,10 +35,10 @@ from tqdm import tqdm
 from elm_data.core.outputs import write_atomic
 from elm_data.core.settings import Settings, SettingsError, check_keys, load_mapping, resolve_path
 
-from . import distributed as D
-from .config import ConfigError, TrainConfig
-from .flops import flops_per_token
-from .hardware import autocast_dtype, device_description, mfu, peak_flops, pick_device
+from ..core import distributed as D
+from ..core.config import ConfigError, TrainConfig
+from ..core.flops import flops_per_token
+from ..core.hardware import autocast_dtype, device_description, mfu, peak_flops, pick_device
 
 AXES = (
     "model",
@@ -209,7 +209,7 @@ def lookup(table: dict[str, Any], device_name: str) -> tuple[bool, Any]:
 
 
 def resolve_peak(matrix: Matrix, device: torch.device) -> tuple[float | None, str]:
-    """Peak FLOP/s of one device and a note: the YAML's ``peak_flops`` first, then trainer/hardware.py."""
+    """Peak FLOP/s of one device and a note: the YAML's ``peak_flops`` first, then trainer/core/hardware.py."""
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     found, value = lookup(matrix.peak_flops, name)
     if found:
@@ -221,7 +221,7 @@ def resolve_peak(matrix: Matrix, device: torch.device) -> tuple[float | None, st
     peak = peak_flops(device)
     if peak is None:
         return None, f"no peak FLOP/s known for {name}: set peak_flops.{'cpu' if device.type == 'cpu' else name}"
-    return peak, "dense bf16 peak from trainer/hardware.py"
+    return peak, "dense bf16 peak from trainer/core/hardware.py"
 
 
 def resolve_price(matrix: Matrix, device: torch.device) -> float | None:
@@ -299,8 +299,8 @@ class Timings:
 
 def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Timings, int]:
     """Train one cell for ``config.max_steps`` steps on the real stream; returns timings and the parameter count."""
-    from .loop import build_loader, build_model, seed_everything, train_step
-    from .optim import build_optimizer, build_scheduler
+    from ..core.loop import build_loader, build_model, seed_everything, train_step
+    from ..core.optim import build_optimizer, build_scheduler
 
     device, info = env["device"], env["info"]
     seed_everything(config.seed)
@@ -440,7 +440,7 @@ def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[s
     """What every cell shares: device, process group, tokenizer, manifest, peak FLOP/s and price."""
     from elm_data.manifests.manifest import Manifest
 
-    from .loop import load_tokenizer
+    from ..core.loop import load_tokenizer
 
     if matrix.threads:
         torch.set_num_threads(matrix.threads)
@@ -525,8 +525,8 @@ def mark_frontier(rows: list[dict[str, Any]]) -> None:
 
 def write_outputs(out_dir: Path, matrix: Matrix, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
     """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots, each whole."""
+    from ..core.runlog import code_version
     from .efficiency_plots import plot_frontier, plot_throughput
-    from .runlog import code_version
 
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")

@@ -19,8 +19,8 @@ from elm_data.pipeline.stream.plan import Plan, PlanConfig
 from elm_data.pipeline.stream.receipt import batch_spans, global_batches
 from elm_data.sources.registry import subset_key
 
+from ..core.runlog import read_log
 from .audit import AuditError, logged_chain, run_header, trained_manifest
-from .runlog import read_log
 
 
 @dataclass(frozen=True)

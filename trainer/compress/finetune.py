@@ -31,11 +31,11 @@ from elm_data.core.settings import Settings, SettingsError, convert, load_mappin
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import HF_CONFIG_FILE, WEIGHTS_FILE, import_hf, save_model
 
-from .checkpoint import TRAINER_STATE, load_checkpoint_model, read_trainer_state, resolve_checkpoint
-from .config import ConfigError, TrainConfig
-from .distributed import DistInfo
-from .hardware import pick_device
-from .loop import Trainer, TrainingError, refuse_used_run_dir
+from ..core.checkpoint import TRAINER_STATE, load_checkpoint_model, read_trainer_state, resolve_checkpoint
+from ..core.config import ConfigError, TrainConfig
+from ..core.distributed import DistInfo
+from ..core.hardware import pick_device
+from ..core.loop import Trainer, TrainingError, refuse_used_run_dir
 from .palette import COMPACT_FILE, distinct_per_group, ensure_process_group, install_edkm_cpu_adapter, save_compact
 
 GRANULARITIES = ("per_tensor", "per_grouped_channel")

@@ -20,7 +20,7 @@ from elm_data.manifests.mixture import resolved_weights
 from elm_data.manifests.targets import load_targets
 from elm_data.sources.registry import subset_key
 
-from .runlog import effective_steps, read_log
+from ..core.runlog import effective_steps, read_log
 
 if TYPE_CHECKING:
     from elm_data.pipeline.stream.plan import Plan
@@ -231,7 +231,7 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
 # certifies the data, not the loss). A field the trainer adds must be put in one of the two (tests/test_receipt.py).
 STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source",
                         "tokens_by_source")  # fmt: skip
-# remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes: trainer/health.py
+# remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes: trainer/core/health.py
 STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
                         "step_time_s", "remote_reads", "loss_mean", "data_share", "peak_memory_bytes")  # fmt: skip
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
@@ -495,7 +495,7 @@ def _check_checkpoints(
     """Each checkpoint of a verified step: its files match their recorded sha256, and its trainer state names the
     step's chain head, label positions and tokens per source (packed mode), this manifest and the run's training
     settings. Returns how many were compared."""
-    from .checkpoint import DIGESTED, CheckpointError, check_digests, list_checkpoints, read_trainer_state
+    from ..core.checkpoint import DIGESTED, CheckpointError, check_digests, list_checkpoints, read_trainer_state
 
     compared = 0
     fingerprint = _fingerprint(header.get("config"))
@@ -524,7 +524,7 @@ def _check_checkpoints(
 
 def _fingerprint(config: Any) -> str | None:
     """The training-settings fingerprint of a logged config (None when it is not one)."""
-    from .config import ConfigError, TrainConfig
+    from ..core.config import ConfigError, TrainConfig
 
     try:
         return TrainConfig.from_dict(dict(config)).fingerprint()

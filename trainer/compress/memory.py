@@ -2,7 +2,7 @@
 
 Run it in a fresh process (that is how tests and benchmarks call it)::
 
-    MALLOC_MMAP_THRESHOLD_=65536 python -m elm_data.trainer.compress_memory --model tiny --layer 0 --edkm
+    MALLOC_MMAP_THRESHOLD_=65536 python -m elm_data.trainer.compress.memory --model tiny --layer 0 --edkm
 
 and it prints one JSON object. Measurement: the k-means warm start runs first (a no-grad forward, not
 measured); then the peak resident set is reset (``/proc/self/clear_refs`` = 5) and the forward+backward runs;
@@ -27,7 +27,7 @@ from torch import nn
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.layers import DecoderLayer, rope_tables
 
-from .compress import DTYPES, PaletteSpec, prepare
+from .finetune import DTYPES, PaletteSpec, prepare
 
 
 def _status_mib(key: str) -> float:
