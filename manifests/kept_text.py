@@ -71,16 +71,16 @@ def shard_documents(manifest: Manifest, record: ShardRecord, only: Set[int] | No
     blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
     limit = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes
     try:
-        with open_verified(record.uri, blocks) as (url, _view):
+        with open_verified(record.uri, blocks) as view:
             items = read_shard(
                 record.uri,
                 record.source,
                 record.subset,
                 shard_sha256=record.sha256,
                 select=frozenset(wanted),
-                local_path=url,
                 fmt=record.format or None,
                 max_record_bytes=limit,
+                view=view,
             )
             yield from _checked(record, ledger, wanted, items)
     except BlockChanged as changed:

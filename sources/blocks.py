@@ -9,8 +9,9 @@ A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each start
 
 :class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
 storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
-two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` hands
-it to the readers through the ``elm-blocks://`` fsspec protocol, so every reader reads verified bytes unchanged.
+two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` opens one
+and the caller hands it to the readers (``read_shard(view=)``), so every reader reads verified bytes unchanged;
+no URL, registry or other process-global state names a view.
 """
 
 from __future__ import annotations
@@ -29,17 +30,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-import fsspec
 import zstandard
-from fsspec.spec import AbstractFileSystem
 
 from elm_data.core.errors import ElmDataError
 from elm_data.sources import remote
 from elm_data.sources.block_cache import active_cache
 from elm_data.sources.decompress import MemberEnd, NotAMember, Truncated, gzip_members, zstd_frames
 from elm_data.sources.readers_common import HASH_CHUNK
+from elm_data.sources.seekable import SeekableReader
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
@@ -232,11 +232,13 @@ def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes, int]:
 
 
 # -- reading verified bytes ---------------------------------------------------------------------------
-class VerifiedView(io.RawIOBase):
+class VerifiedView(SeekableReader):
     """Bytes ``[lo, hi)`` of a shard as a seekable file (position 0 = byte ``lo``); every block is checked first.
 
     ``bytes_loaded`` counts the bytes read from storage. A block that fails its sha256 raises
-    :class:`BlockChanged` before any of its bytes is returned.
+    :class:`BlockChanged` before any of its bytes is returned. ``lo`` is a block's start: the view's records are
+    numbered from that block's ``first_record``. What a reader needs of it (``readers_common.ShardView``):
+    :meth:`reader`, :attr:`first_record`, :meth:`parquet_metadata`.
     """
 
     KEEP = 2
@@ -247,24 +249,19 @@ class VerifiedView(io.RawIOBase):
         self.ahead = ahead  # remote blocks already fetched and verified in the background (read-ahead)
         self._remote: bool | None = None
         self._starts = [b.start for b in self.blocks]
-        self._pos = 0
+        self.first_record = self.blocks[_block_at(self._starts, lo)].first_record if self.blocks else 0
+        self._footer: Any = None
         self._cache: OrderedDict[int, bytes | BinaryIO] = OrderedDict()
         self._raw: BinaryIO | None = None
         self.bytes_loaded = 0
 
-    def readable(self) -> bool:
-        return True
+    def _end(self) -> int:
+        return self.hi - self.lo
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self.hi - self.lo}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+    def reader(self) -> BinaryIO:
+        """A buffered file over the view from its start; closing it leaves the view (and its blocks) open."""
+        self.seek(0)
+        return io.BufferedReader(_Unclosable(self), buffer_size=VIEW_BUFFER)
 
     def _storage(self) -> BinaryIO:
         if self._raw is None:
@@ -340,15 +337,18 @@ class VerifiedView(io.RawIOBase):
     def size(self) -> int:
         return self.hi - self.lo
 
-    def parquet_metadata(self):
-        """The parquet footer of a whole-file view, from its verified last block (so a reader never re-reads it:
-        pyarrow would otherwise fetch the file's last 64 KiB, most of a row group in a large file)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def parquet_metadata(self) -> Any:
+        """The parquet footer of a whole-file view of several blocks, from its verified last block, read once (so
+        a reader never re-reads it: pyarrow would otherwise fetch the file's last 64 KiB, most of a row group in
+        a large file); None for a view of one block (the reader reads the footer from it)."""
+        if self._footer is None and len(self.blocks) > 1 and self.lo == 0:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        footer = self._load(len(self.blocks) - 1)
-        footer = footer if isinstance(footer, bytes) else _read_all(footer)
-        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+            footer = self._load(len(self.blocks) - 1)
+            footer = footer if isinstance(footer, bytes) else _read_all(footer)
+            self._footer = pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+        return self._footer
 
     def close(self) -> None:
         for j, data in self._cache.items():
@@ -421,29 +421,6 @@ def set_reader_memory(limit: int) -> None:
     HELD.limit = limit
 
 
-# -- handing a view to the format readers: the elm-blocks:// protocol ---------------------------------
-_VIEWS: dict[str, VerifiedView] = {}
-_LOCK = threading.Lock()
-_COUNTER = itertools.count()
-
-
-class _ViewFileSystem(AbstractFileSystem):
-    """Serves registered :class:`VerifiedView` objects by name (``elm-blocks://<name>``); never closes them."""
-
-    protocol = "elm-blocks"
-    in_process = True  # not remote (``remote.is_remote``): the bytes are this process's verified views
-
-    def _open(self, path, mode="rb", **kwargs):
-        view = _VIEWS.get(self._strip_protocol(path).strip("/"))
-        if view is None:
-            raise FileNotFoundError(path)
-        view.seek(0)
-        return io.BufferedReader(_Unclosable(view), buffer_size=VIEW_BUFFER)
-
-    def size(self, path):
-        return _VIEWS[self._strip_protocol(path).strip("/")].size()
-
-
 class _Unclosable(io.RawIOBase):
     """The view as the reader sees it: closing the reader's file leaves the view (and its cache) open."""
 
@@ -467,24 +444,16 @@ class _Unclosable(io.RawIOBase):
         return self.view.tell()
 
 
-fsspec.register_implementation("elm-blocks", _ViewFileSystem, clobber=True)
-
-
 @contextmanager
 def open_verified(
     uri: str, blocks: Sequence[Block], lo: int = 0, hi: int | None = None, ahead: ReadAhead | None = None
-) -> Iterator[tuple[str, VerifiedView]]:
-    """``(url, view)``: an ``elm-blocks://`` URL the readers open, serving verified bytes ``[lo, hi)`` of ``uri``.
+) -> Iterator[VerifiedView]:
+    """A :class:`VerifiedView` serving verified bytes ``[lo, hi)`` of ``uri``, closed on exit.
 
     ``ahead(uri, block, i)``: a remote block's ``(bytes, fetched)`` if it was read ahead (verified), else None."""
     hi = blocks[-1].end if hi is None else hi
     view = VerifiedView(uri, blocks, lo, hi, ahead)
-    with _LOCK:
-        name = f"{os.getpid()}-{next(_COUNTER)}"
-        _VIEWS[name] = view
     try:
-        yield f"elm-blocks://{name}", view
+        yield view
     finally:
-        with _LOCK:
-            _VIEWS.pop(name, None)
         view.close()

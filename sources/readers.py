@@ -7,13 +7,13 @@ All I/O goes through fsspec, so local paths, ``file://``, ``memory://``, ``hf://
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
 
 from elm_data.sources.document import MAX_RECORD_BYTES, REJECT_UNREADABLE, Document, Rejection
 from elm_data.sources.readers_common import (
     HEAD_BYTES,
     Select,
     ShardContext,
+    ShardView,
     UnsupportedFormat,
     detect_format,
     fetched,
@@ -51,11 +51,10 @@ def read_shard(
     skip: int = 0,
     *,
     select: Callable[[int], bool] | Collection[int] | None = None,
-    local_path: str | None = None,
-    first_index: int = 0,
     fmt: str | None = None,
-    parquet_metadata: Any = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    local_path: str | None = None,
+    view: ShardView | None = None,
 ) -> Iterator[Document | Rejection]:
     """Yield one Document or Rejection per input record of the shard at ``uri``.
 
@@ -74,35 +73,38 @@ def read_shard(
     (unreadable, wrong schema, truncated stream) are yielded whatever the selection. A
     selection accounts only for what it reads: use a full read to account for every record.
 
-    ``local_path``: read the bytes from this local copy of ``uri`` (see :func:`fetched`); documents
-    and rejections still name ``uri``. ``first_index``: a plain-JSONL ``local_path`` that starts at a
-    record boundary inside the shard (a block, see ``sources.blocks``) holds records from this index on.
     ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
-    ``parquet_metadata``: the shard's parquet footer, already read (``pyarrow.parquet.FileMetaData``).
     ``max_record_bytes``: a longer JSONL line is a ``record_too_large`` rejection, read in bounded memory (build
     and stream pass the manifest's ``filters.max_record_bytes``).
+    Where the bytes come from (documents and rejections always name ``uri``): ``local_path``, a local copy of
+    ``uri`` (see :func:`fetched`); ``view``, verified bytes the caller holds open (``sources/blocks.py:
+    open_verified``; a JSONL block's view numbers its records from the block's first; give ``shard_sha256``).
     """
     spec = get_subset(source, subset)
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
+    if view is not None and (local_path is not None or shard_sha256 is None):
+        raise ValueError("read_shard(view=) takes the shard's sha256 and no local_path")
     chosen = _as_predicate(select)
     sha256 = shard_sha256 or sha256_of(local_path or uri)
-    ctx = ShardContext(
-        spec=spec,
-        uri=uri,
-        sha256=sha256,
-        local_path=local_path,
-        first_index=first_index,
-        parquet_metadata=parquet_metadata,
-    )
+    ctx = ShardContext(spec=spec, uri=uri, sha256=sha256, local_path=local_path, view=view)
     if fmt is None:
         try:
-            fmt = shard_format_of(local_path or uri, source, subset, name=uri)
+            fmt = _format_of(ctx, source, subset)
         except UnsupportedFormat as err:
             return iter([ctx.reject(-1, REJECT_UNREADABLE, f"{err} (row count unknowable)")])
     if fmt == FORMAT_PARQUET:
         return read_parquet(ctx, skip, chosen)
     return read_jsonl(ctx, fmt, skip, chosen, max_record_bytes)
+
+
+def _format_of(ctx: ShardContext, source: str, subset: str) -> str:
+    """The format of the bytes ``ctx`` reads (see :func:`shard_format_of`)."""
+    if ctx.view is None:
+        return shard_format_of(ctx.local_path or ctx.uri, source, subset, name=ctx.uri)
+    with ctx.open() as f:
+        head = f.read(HEAD_BYTES)
+    return detect_format(head, ctx.uri, default=get_subset(source, subset).format_for(ctx.uri))
 
 
 def _as_predicate(select: Callable[[int], bool] | Collection[int] | None) -> Select | None:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -180,11 +180,26 @@ def _lookup(record: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+class ShardView(Protocol):
+    """Bytes of a shard the caller holds open and verified (``sources/blocks.py:VerifiedView``), handed to a
+    reader explicitly; the reader never closes it."""
+
+    first_record: int  # the index of the view's first record (a JSONL block's view starts mid-shard)
+
+    def reader(self) -> BinaryIO:
+        """A file over the view's bytes from their start; closing it leaves the view open."""
+        ...
+
+    def parquet_metadata(self) -> Any:
+        """The shard's parquet footer, already read and verified, or None (then the reader reads it)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ShardContext:
     """One shard being read: its spec, URI and hash; builds the items a reader yields.
 
-    ``local_path``: where the bytes are read from when not ``uri`` itself (a :func:`fetched` copy);
+    The bytes come from ``view`` when given, else ``local_path`` (a :func:`fetched` copy), else ``uri``;
     provenance and rejections always name ``uri``.
     """
 
@@ -192,10 +207,21 @@ class ShardContext:
     uri: str
     sha256: str
     local_path: str | None = None
-    first_index: int = 0  # records that precede the bytes of ``local_path`` (a JSONL block view starts mid-shard)
-    parquet_metadata: Any = None  # a parquet file's footer, already read and verified (then it is not re-read)
+    view: ShardView | None = None
+
+    @property
+    def first_index(self) -> int:
+        """Records that precede the bytes read (a JSONL block's view starts mid-shard)."""
+        return self.view.first_record if self.view is not None else 0
+
+    @property
+    def parquet_metadata(self) -> Any:
+        """A parquet file's footer, already read and verified (then it is not re-read), or None."""
+        return self.view.parquet_metadata() if self.view is not None else None
 
     def open(self) -> BinaryIO:
+        if self.view is not None:
+            return self.view.reader()
         return open_binary(self.local_path or self.uri)
 
     def reject(self, index: int, reason: str, detail: str = "", count: int = 1) -> Rejection:

@@ -39,6 +39,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.core.redact import redact_text
+from elm_data.sources.seekable import SeekableReader
 
 T = TypeVar("T")
 HTTP = ("http", "https", ("http", "https"))  # fsspec's HTTP filesystem (its open takes a known size)
@@ -326,9 +327,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def is_remote(fs: fsspec.AbstractFileSystem) -> bool:
-    """Whether reads go over a network: not a local file, nor bytes this process already holds (an ``elm-blocks://``
-    verified view, which a reader must not wrap in a retrying reader behind a ``READ_CHUNK`` buffer)."""
-    return not isinstance(fs, LocalFileSystem) and not getattr(fs, "in_process", False)
+    """Whether reads go over a network: anything but the local disk."""
+    return not isinstance(fs, LocalFileSystem)
 
 
 def read_range(uri: str, start: int, end: int, what: str | None = None) -> bytes:
@@ -356,7 +356,7 @@ class ShardShorter(ElmDataError, OSError):
     """The remote file is shorter than the range asked for (it changed): not retried."""
 
 
-class RetryingReader(io.RawIOBase):
+class RetryingReader(SeekableReader):
     """A remote file read forward (and seekable), each read retried from the position it had reached."""
 
     def __init__(self, uri: str, what: str | None = None):
@@ -365,25 +365,10 @@ class RetryingReader(io.RawIOBase):
         self._fs, self._path = filesystem(uri)
         self._file: BinaryIO | None = None
         self._streaming = False  # read as one stream (a server that ignores Range), not in ranged requests
-        self._pos = 0
         self.size: int | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 2:
-            offset += self._size()
-        elif whence == 1:
-            offset += self._pos
-        self._pos = max(0, offset)
-        return self._pos
+    def _end(self) -> int:
+        return self._size()
 
     def _size(self) -> int:
         if self.size is None:

@@ -100,9 +100,8 @@ def test_members_and_frames_make_blocks_that_read_alone(tmp_path, fmt):
     whole = [d for d in read_shard(str(path), "dolma", "gutenberg", fmt=fmt) if isinstance(d, Document)]
     assert len(whole) == len(docs)
     for b in blocks:  # each block decompresses on its own into exactly its records, numbered from its first
-        with open_verified(str(path), blocks, b.start, b.end) as (url, _):
-            part = list(read_shard(str(path), "dolma", "gutenberg", local_path=url, first_index=b.first_record, fmt=fmt,
-                                   skip=b.first_record))  # fmt: skip
+        with open_verified(str(path), blocks, b.start, b.end) as view:
+            part = list(read_shard(str(path), "dolma", "gutenberg", "0" * 64, b.first_record, fmt=fmt, view=view))
         assert [(d.provenance.index, d.text) for d in part] == [
             (d.provenance.index, d.text) for d in whole[b.first_record : b.first_record + b.records]
         ]
@@ -147,12 +146,11 @@ def test_a_reader_opens_a_verified_view_directly_not_behind_a_network_buffer(tmp
     (664 MiB of a scale-300 natural pass's peak in one process, P = 16)."""
     from elm_data.sources import remote
     from elm_data.sources.blocks import open_verified
-    from elm_data.sources.readers_common import open_binary
 
     data = b'{"text": "a"}\n{"text": "b"}\n'
     path = tmp_path / "a.jsonl"
     path.write_bytes(data)
     _, _, blocks = index_blocks(str(path), "jsonl")
-    with open_verified(str(path), blocks) as (url, _), open_binary(url) as f:
+    with open_verified(str(path), blocks) as view, view.reader() as f:
         assert not isinstance(getattr(f, "raw", f), remote.RetryingReader)
         assert f.read() == data

@@ -47,14 +47,12 @@ class _OpenReader:
     of a JSONL shard), and ``items``, ``read_shard`` over block ``block`` of it; ``next_index`` is the first
     record it can still give (records are only read forward)."""
 
-    __slots__ = ("shard", "first", "end", "resources", "url", "view", "footer", "block", "items", "next_index")
+    __slots__ = ("shard", "first", "end", "resources", "view", "block", "items", "next_index")
 
     def __init__(self, shard: int, first: int, end: int, next_index: int):
         self.shard, self.first, self.end, self.next_index = shard, first, end, next_index
         self.resources = ExitStack()
-        self.url = ""
         self.view: VerifiedView | None = None
-        self.footer = None  # the parquet footer of a whole-file parquet view, read once
         self.block = -1
         self.items: Iterator = iter(())
 
@@ -109,9 +107,9 @@ class DocumentFetcher:
             lo, hi, first, end = b.start, b.end, b.first_record, b.first_record + (b.records or 0)
         opened = _OpenReader(doc.shard, first, end, doc.index)
         try:
-            opened.url, opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi, self.ahead))
-            if rec.format == "parquet" and len(blocks) > 1:
-                opened.footer = opened.view.parquet_metadata()
+            opened.view = opened.resources.enter_context(open_verified(rec.uri, blocks, lo, hi, self.ahead))
+            if rec.format == "parquet":
+                opened.view.parquet_metadata()  # the footer, read (and verified) once per view
         except BaseException:
             opened.close()
             raise
@@ -136,11 +134,21 @@ class DocumentFetcher:
         """Point ``current`` at ``doc``'s block: ``read_shard`` over the view from ``doc``'s record on."""
         rec = self.records[doc.shard]
         block = self._block_of(doc)
-        current.read(block, read_shard(
-            rec.uri, rec.source, rec.subset, shard_sha256=rec.sha256, skip=doc.index, local_path=current.url,
-            select=self.wanted_records(doc.shard, block, doc.index), first_index=current.first,
-            fmt=rec.format or None, parquet_metadata=current.footer, max_record_bytes=self.max_record_bytes,
-        ))  # fmt: skip
+        wanted = self.wanted_records(doc.shard, block, doc.index)
+        current.read(
+            block,
+            read_shard(
+                rec.uri,
+                rec.source,
+                rec.subset,
+                rec.sha256,
+                doc.index,
+                select=wanted,
+                fmt=rec.format or None,
+                max_record_bytes=self.max_record_bytes,
+                view=current.view,
+            ),
+        )
 
     def fetch(self, doc: PlannedDoc) -> Document:
         """The ``Document`` at (doc.shard, doc.index), reading forward from its source's current position."""
