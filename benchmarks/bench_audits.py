@@ -7,7 +7,10 @@ its peak RSS over the RSS after imports, so one audit's memory does not hide in 
 - ``read``: the kept documents' text read back (verified blocks, readers, ledger) and nothing else;
 - ``normalize``: that plus datatrove's ``simplify_text`` and the word split (the audits' shared front end);
 - ``contamination``: the whole audit against ``--items`` items (half copied from documents, half unrelated);
-- ``duplicates exact`` / ``duplicates near``: the whole audit, exact only / with MinHash-LSH (128 permutations).
+- ``duplicates exact`` / ``duplicates near``: the whole audit, exact only / with MinHash-LSH (128 permutations);
+- ``build`` / ``build dedup exact`` / ``build dedup minhash``: ``build manifest`` (one worker, in the measuring
+  process) of the same sample without and with ``filters.dedup``; the dedup rows also report the CPU seconds of
+  the decision over all signatures (``dedup_filter.find_removals``) and the signature bytes the workspace held.
 
     ELM_DATA_TOKENIZER=... python benchmarks/bench_audits.py OUT_DIR [--scale 4] [--items 2000] [--repeats 3]
 """
@@ -57,7 +60,54 @@ def _items(manifest: str, n: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _measure_build(what: str, manifest: str, queue) -> None:
+    """One build of the sample's mixture (``what``: ``build`` or ``build dedup MODE``) into a fresh directory."""
+    import shutil
+
+    import yaml
+
+    from elm_data.manifests import dedup_filter
+    from elm_data.manifests.build import build_manifest
+    from elm_data.manifests.workspace import BuildWorkspace
+
+    sample = Path(manifest).parent / "sample"
+    mixture = yaml.safe_load((sample / "mixture.yaml").read_text())
+    if what != "build":
+        mixture["filters"] = {**(mixture.get("filters") or {}), "dedup": what.rsplit(" ", 1)[1]}
+    path = sample / "mixture-bench.yaml"
+    path.write_text(yaml.safe_dump(mixture, sort_keys=False))
+    out = Path(manifest).parent / "bench-build"
+    shutil.rmtree(out, ignore_errors=True)
+    decide = {"cpu_s": 0.0, "signature_bytes": 0}
+    find, read = dedup_filter.find_removals, BuildWorkspace.read_signatures
+
+    def timed_find(*args):
+        cpu = time.process_time()
+        try:
+            return find(*args)
+        finally:
+            decide["cpu_s"] += time.process_time() - cpu
+
+    def sized_read(self, shard):
+        decide["signature_bytes"] += self.fs.size(self.signatures_file(shard))
+        return read(self, shard)
+
+    dedup_filter.find_removals, BuildWorkspace.read_signatures = timed_find, sized_read
+    dedup_filter.signer_for("minhash")  # the MinHash template, as the imports are: not counted
+    base = _reset_peak()
+    started, cpu = time.perf_counter(), time.process_time()
+    result = build_manifest(path, out, workers=1)
+    extra = {"removed": result.totals["filtered_by_reason"].get("duplicate", 0)}
+    if what != "build":
+        extra |= {"decide_cpu_s": decide["cpu_s"], "signature_bytes": decide["signature_bytes"]}
+    queue.put({"what": what, "docs": result.totals["docs_kept"] + extra["removed"],
+               "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+               "peak_mib": _status_mib("VmHWM") - base, **extra})  # fmt: skip
+
+
 def _measure(what: str, manifest: str, items: str, queue) -> None:
+    if what.startswith("build"):
+        return _measure_build(what, manifest, queue)
     from elm_data.manifests.contamination import audit_contamination, normalized_words
     from elm_data.manifests.duplicates import DedupSettings, audit_duplicates, require_datasketch
     from elm_data.manifests.eval_tasks import jsonl_task
@@ -105,6 +155,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=4)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", choices=["all", "audits", "builds"], default="all")
     args = parser.parse_args()
 
     from elm_data.manifests.build import build_manifest
@@ -119,7 +170,9 @@ def main() -> None:
     _items(str(manifest), args.items, items)
     print(f"manifest: {totals['docs_kept']:,} kept documents, {totals['tokens']:,} tokens, {totals['chars']:,} chars")
     rows = {}
-    for what in ("read", "normalize", "contamination", "duplicates exact", "duplicates near"):
+    steps = ("read", "normalize", "contamination", "duplicates exact", "duplicates near")
+    builds = ("build", "build dedup exact", "build dedup minhash")
+    for what in steps + builds if args.steps == "all" else builds if args.steps == "builds" else steps:
         runs = [run_once(what, str(manifest), str(items)) for _ in range(args.repeats)]
         cpu = statistics.median(r["cpu_s"] for r in runs)
         rows[what] = {"docs": runs[0]["docs"], "cpu_s": cpu, "wall_s": statistics.median(r["wall_s"] for r in runs),
@@ -127,7 +180,7 @@ def main() -> None:
                       "peak_mib": statistics.median(r["peak_mib"] for r in runs),
                       **{k: v for k, v in runs[0].items() if k not in SKIP}}  # fmt: skip
         print(what, json.dumps(rows[what]))
-    (args.out / "bench_audits.json").write_text(json.dumps({"totals": totals, "rows": rows}, indent=2))
+    (args.out / f"bench_audits-{args.steps}.json").write_text(json.dumps({"totals": totals, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

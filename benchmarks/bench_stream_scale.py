@@ -296,12 +296,14 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     constant_json = b"".join([
         b'],"status":[', _json_list(status.tolist()), b'],"reason":[', _json_list(reason),
         b'],"count":[', _json_list(count.tolist()), b'],"chars":[', _json_list(chars.tolist()),
-        b'],"tokens":[', _json_list(tokens.tolist()), b'],"segments":[', _json_list(segments.tolist()), b"]}",
+        b'],"tokens":[', _json_list(tokens.tolist()), b'],"segments":[', _json_list(segments.tolist()),
+        b'],"duplicate_of":[', _json_list([None] * docs_per_block), b"]}",
     ])  # fmt: skip
     block_kept, block_tokens = int(kept.sum()), int(tokens.sum())
     block_columns = {  # the columns every block repeats, as arrow arrays of the ledger's types
         "status": pa.array(status.tolist(), pa.string()), "reason": pa.array(reason, pa.string()),
         "count": pa.array(count), "chars": pa.array(chars), "tokens": pa.array(tokens), "segments": pa.array(segments),
+        "duplicate_of": pa.nulls(docs_per_block, pa.string()),
     }  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     (tmp / DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)

@@ -329,7 +329,7 @@ def build_manifest(
     remote.configure(retries or mixture.retries, mixture.storage_options)  # here and in the workers (None: as is)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
-    pass_description = spec.build().describe()
+    pass_description = spec.build().describe() | _dedup_description(mixture.filters.dedup)
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
     tasks = plan_shards(mixture, block_bytes, allow_local_shards)
     config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
@@ -337,13 +337,35 @@ def build_manifest(
     local, k = runner == "local", dropped_samples
     reused, fetched = (_count_locally(tasks, spec, work, workers, k, progress, on_shard_done) if local
                        else _count_with_beam(tasks, spec, work, beam_args, k, runner, progress))  # fmt: skip
-    records = collect(tasks, work, accept_damaged)
+    records, documents = _assembled(tasks, work, accept_damaged, mixture.filters.dedup)
     info = manifest_info(mixture, records, tok, pass_description, targets)
     extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
-    write_manifest_dir(out_dir, info, records, _CommittedDocuments(work, len(records)), extra_files=extra)
+    write_manifest_dir(out_dir, info, records, documents, extra_files=extra)
     work.remove()
     ids, totals = (info["manifest_id"], info["merkle_root"]), (info["totals"], remote.add_counts({}, fetched))
     return BuildResult(out_dir, *ids, len(records), reused, *totals, info["tokenizer"])
+
+
+def _assembled(tasks, work: BuildWorkspace, accept_damaged: bool, dedup: str | None):
+    """The committed shard records and their ledgers (lazily), after ``filters.dedup``'s removals when set: which
+    copies go is decided over every shard, in manifest order (``dedup_filter.py``)."""
+    records = collect(tasks, work, accept_damaged)
+    documents = _CommittedDocuments(work, len(records))
+    if dedup is None:
+        return records, documents
+    from .dedup_filter import dedup_build
+
+    return dedup_build(records, documents, work.read_signatures, dedup)
+
+
+def _dedup_description(mode: str | None) -> dict[str, Any]:
+    """``pass.dedup`` (in the id and the workspace key) for ``filters.dedup``; refuses a missing datasketch first."""
+    if mode is None:
+        return {}
+    from .dedup_filter import describe, signer_for
+
+    signer_for(mode)  # minhash without the dedup extra: the pip line, before a shard is read
+    return describe(mode)
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):

@@ -225,6 +225,12 @@ def export_croissant(manifest_dir, out):
     click.echo(f"croissant written to {Path(written)}")
 
 
+SAVE_HELP = (
+    "Also keep the JSON report in MANIFEST_DIR/audits/ (bound to the manifest id), where the model card and the "
+    "Croissant export find it and carry its summary."
+)
+
+
 @command("duplicates")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Near: estimated Jaccard to reach.")
@@ -234,7 +240,8 @@ def export_croissant(manifest_dir, out):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes sketching shards.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a heatmap.")
-def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, workers, fmt, plot_path):
+@click.option("--save", is_flag=True, help=SAVE_HELP)
+def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, workers, fmt, plot_path, save):
     """Exact (hash of normalized text) and near (MinHash-LSH, datasketch) duplicates among MANIFEST_DIR's kept
     documents: rates per source/subset, the cross-subset overlap, the largest clusters."""
     from .duplicates import DedupSettings, audit_duplicates, format_table, plot_duplicates
@@ -245,7 +252,12 @@ def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, workers, 
         from .plot import check_plot_path
 
         check_plot_path(plot_path)
-    report = audit_duplicates(Manifest(manifest_dir), settings, workers=workers).to_json()
+    manifest = Manifest(manifest_dir)
+    report = audit_duplicates(manifest, settings, workers=workers).to_json()
     click.echo(json.dumps(report, indent=2, sort_keys=True) if fmt == "json" else format_table(report))
+    if save:
+        from .audit_store import save_audit
+
+        click.echo(f"report saved to {save_audit(manifest, 'duplicates', report)}", err=True)
     if plot_path:
         click.echo(f"plot written to {plot_duplicates(report, plot_path)}", err=True)

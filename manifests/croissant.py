@@ -26,6 +26,7 @@ from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_uri
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
 
+from .audit_store import KINDS, audit_lines, filter_lines, mix_summary
 from .manifest import BLOCKS_FILE, MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
@@ -149,6 +150,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
     manifest.check_ledgers()  # each ledger file's sha256 is published: it must be the ledger the id covers
     base = Path(relative_to) if relative_to is not None else manifest.path
     info, records = manifest.info, manifest.shards
+    summary = mix_summary(manifest)  # the dedup filter's counts and the audits bound to this manifest
     return {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
@@ -169,7 +171,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         ],  # fmt: skip
         "citeAs": OPENELM_CITATION,
         "creator": {"@type": "sc:Organization", "name": "elm-data"},
-        **_responsible_ai(info, records),
+        **_responsible_ai(info, records, summary),
         **(_synthetic_rai() if manifest.synthetic else {}),
         "prov:wasGeneratedBy": {
             "@type": "prov:Activity",
@@ -178,6 +180,7 @@ def croissant_metadata(manifest_dir: str | Path, relative_to: str | Path | None 
         "distribution": [
             *_manifest_file_objects(manifest, base),
             *_ledger_file_objects(manifest, base),
+            *_audit_file_objects(manifest, base, summary),
             *(_shard_file_object(r, base) for r in records),
         ],
         "recordSet": [
@@ -267,6 +270,18 @@ def _ledger_file_objects(manifest: Manifest, base: Path) -> list[dict[str, Any]]
     ]
 
 
+def _audit_file_objects(manifest: Manifest, base: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audit reports bound to this manifest (``audit_store``), each with the sha256 the summary names."""
+    out = []
+    for kind in KINDS:
+        if (audit := summary.get(f"{kind}_audit")) is not None:
+            entry = _local_file_object(manifest.path / audit["file"], base, f"audit-{kind}",
+                                       f"The {kind} audit of this manifest (elm-data audit {kind} --save).",
+                                       "application/json")  # fmt: skip
+            out.append(entry | {"sha256": audit["sha256"]})  # the bytes the summary was read from
+    return out
+
+
 def _shard_url(uri: str, base: Path) -> str:
     """Where a shard is, as Croissant may publish it: a URL without credentials, or a local path relative to
     ``base`` (the JSON-LD's folder), never an absolute local path."""
@@ -313,8 +328,10 @@ def _preprocessing(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[str, Any]:
-    """The Croissant RAI fields that apply to a selection of existing public corpora."""
+def _responsible_ai(info: dict[str, Any], records: list[ShardRecord], mix: dict[str, Any]) -> dict[str, Any]:
+    """The Croissant RAI fields that apply to a selection of existing public corpora; ``mix``: what is known of
+    duplication and contamination (``audit_store.mix_summary``): the dedup filter under preprocessing, the bound
+    audits' findings under limitations."""
     totals = info["totals"]
     upstream_dirs = sorted({posixpath.dirname(redact_uri(r.upstream)) for r in records if r.upstream}) or ["none"]
     return {
@@ -327,7 +344,7 @@ def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[st
             "The published upstream files each shard derives from (prov:wasDerivedFrom on every shard), under: "
             + ", ".join(upstream_dirs)
         ),
-        "rai:dataPreprocessingProtocol": _preprocessing(info),
+        "rai:dataPreprocessingProtocol": _preprocessing(info) + filter_lines(mix),
         "rai:dataManipulationProtocol": (
             "Records the readers could not parse are rejected and counted by reason "
             f"({json.dumps(totals['rejected_by_reason'])}); filtered documents are counted by "
@@ -336,7 +353,7 @@ def _responsible_ai(info: dict[str, Any], records: list[ShardRecord]) -> dict[st
         "rai:dataUseCases": ["Pre-training OpenELM-style decoder-only language models; auditing a training mix."],
         "rai:dataLimitations": (
             "Inherits the upstream corpora's coverage, errors and biases; length filtering removes short "
-            "documents; token counts depend on the pinned tokenizer."
+            "documents; token counts depend on the pinned tokenizer." + "".join(f" {line}" for line in audit_lines(mix))
         ),
         "rai:dataBiases": "Not assessed by this tool; see the upstream corpora's documentation.",
         "rai:personalSensitiveInformation": (

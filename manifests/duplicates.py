@@ -158,15 +158,18 @@ class Sketcher:
         return sketch.hashvalues
 
 
-def sketch_shard(sketcher: Sketcher, docs: Iterable[KeptDocument]) -> list[tuple]:
-    """``(subset, doc id, tokens, xxh128 of normalized words, signature or None)`` per document of one shard."""
+def signature_of(sketcher: Sketcher, text: str) -> tuple[int, Any]:
+    """``(xxh128 of the normalized words, MinHash signature or None)`` of one text: what both the audit and the
+    build's dedup filter (``manifests/dedup_filter.py``) compare."""
     from xxhash import xxh3_128_intdigest
 
-    out = []
-    for doc in docs:
-        words = normalized_words(doc.text)
-        out.append((doc.key, doc.doc_id, doc.tokens, xxh3_128_intdigest(" ".join(words)), sketcher.hashvalues(words)))
-    return out
+    words = normalized_words(text)
+    return xxh3_128_intdigest(" ".join(words)), sketcher.hashvalues(words)
+
+
+def sketch_shard(sketcher: Sketcher, docs: Iterable[KeptDocument]) -> list[tuple]:
+    """``(subset, doc id, tokens, xxh128 of normalized words, signature or None)`` per document of one shard."""
+    return [(doc.key, doc.doc_id, doc.tokens, *signature_of(sketcher, doc.text)) for doc in docs]
 
 
 def find_duplicates(parts: Iterable[list[tuple]], settings: DedupSettings) -> tuple[list, list, _UnionFind]:

@@ -59,8 +59,9 @@ from .block_index import (
     write_blocks_file,
 )
 
-FORMAT_VERSION = 4  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
+FORMAT_VERSION = 5  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
 # 4: the block index in blocks.parquet, committed per shard by two digests (start-up does not grow with it)
+# 5: the ledger's `duplicate_of` column (filters.dedup: the doc id a removed duplicate copies)
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
 CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, BLOCKS_FILE, DOCUMENTS_DIR)
 DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity
@@ -104,6 +105,7 @@ DOCUMENT_SCHEMA = pa.schema(
         ("chars", pa.int64()),
         ("tokens", pa.int32()),  # kept tokens (sum over kept pieces), no BOS/EOS; 0 unless kept
         ("segments", pa.int32()),  # kept pieces: 1 for a kept doc in packed mode, 0 unless kept
+        ("duplicate_of", pa.string()),  # reason "duplicate": doc id of the kept first copy; else null
     ]
 )
 

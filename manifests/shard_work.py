@@ -91,6 +91,8 @@ class ShardTally:
     count_pieces: bool = False  # corenet mode: count the pieces the per-piece rules dropped
     columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
     counts: Counts = field(default_factory=Counts)
+    signer: Callable | None = None  # filters.dedup: a kept document's text -> its signature (dedup_filter.Signer)
+    signatures: list[tuple] = field(default_factory=list)  # (index, doc id, digest, signature) per kept document
 
     @property
     def rows(self) -> int:
@@ -98,8 +100,8 @@ class ShardTally:
 
     def _row(self, index, doc_id, status, reason, count, chars, tokens, segments) -> None:
         for name, value in zip(
-            ("shard", "index", "doc_id", "status", "reason", "count", "chars", "tokens", "segments"),
-            (self.shard, index, doc_id, status, reason, count, chars, tokens, segments),
+            ("shard", "index", "doc_id", "status", "reason", "count", "chars", "tokens", "segments", "duplicate_of"),
+            (self.shard, index, doc_id, status, reason, count, chars, tokens, segments, None),
             strict=True,
         ):
             self.columns[name].append(value)
@@ -113,6 +115,8 @@ class ShardTally:
         self.counts.add_result(result, count_pieces=self.count_pieces)
         if result.kept:
             self._row(prov.index, prov.doc_id, KEPT, None, 1, result.chars, result.tokens, len(result.segments))
+            if self.signer is not None:
+                self.signatures.append((prov.index, prov.doc_id, *self.signer(result.document.text)))
         else:
             self._row(prov.index, prov.doc_id, result.status, result.reason, 1, result.chars, 0, 0)
 
@@ -220,8 +224,9 @@ def count_shard(
     local_path: str | None = None,
     blocks: list[Block] | None = None,
     fmt: str | None = None,
-) -> tuple[ShardRecord, pa.Table]:
-    """Read one shard through the pass into its record and its documents ledger (one row per input record).
+) -> tuple[ShardRecord, pa.Table, pa.Table | None]:
+    """Read one shard through the pass into its record, its documents ledger (one row per input record) and,
+    with ``filters.dedup``, its kept documents' signatures (``dedup_filter.SIGNATURE_SCHEMA``; else None).
 
     ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
     ``local_path``: the local copy of ``task.uri`` that was hashed (see ``fetched``).
@@ -230,7 +235,11 @@ def count_shard(
     record = shard_record(task, sha256, size, tally.counts, fmt)
     table = tally.table()
     record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
-    return record, table
+    if tally.signer is None:
+        return record, table, None
+    from .dedup_filter import signature_table
+
+    return record, table, signature_table(tally.signatures)
 
 
 def tally_shard(
@@ -244,6 +253,10 @@ def tally_shard(
     """Every record of the shard (read pinned to ``sha256``) in the tally, in order; documents go through the
     pass in batches of ``BATCH_DOCUMENTS``, rejections straight to their bucket."""
     tally = ShardTally(task.shard, count_pieces=document_pass.sequences.mode == "corenet")
+    if document_pass.filters.dedup is not None:
+        from .dedup_filter import signer_for
+
+        tally.signer = signer_for(document_pass.filters.dedup)
     pending: list[Document | Rejection] = []
 
     def sample(item: PassResult | Rejection) -> None:
@@ -369,13 +382,14 @@ def _process_shard(
             except UnsupportedFormat:
                 fmt = None  # the reader turns it into a counted rejection naming the format
             sha256, size, blocks = index_blocks(local, fmt or "opaque", task.block_bytes)
-            done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason=dropped_per_reason)
+            dedup = document_pass.filters.dedup is not None
+            done = workspace.reusable(task.shard, task.uri, sha256, dropped_per_reason, signatures=dedup)
             if done is not None:
                 workspace.clear_error(task.shard)
                 return ShardOutcome(task.shard, task.uri, done.record, reused=True)
             dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
-            record, documents = count_shard(task, document_pass, sha256, size, dropped, local, blocks, fmt)
-        workspace.store(record, documents, dropped)
+            record, documents, signatures = count_shard(task, document_pass, sha256, size, dropped, local, blocks, fmt)
+        workspace.store(record, documents, dropped, signatures)
         return ShardOutcome(task.shard, task.uri, record)
     except (ShardChanged, FileNotFoundError) as e:
         message = str(e)

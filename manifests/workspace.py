@@ -6,6 +6,8 @@ holds, per shard position ``N``:
 - ``shard-0000N.parquet`` — the shard's documents ledger (``DOCUMENT_SCHEMA``);
 - ``shard-0000N.dropped.jsonl`` — with ``--dropped-samples K``: the shard's first K dropped records
   per reason, one ``[bucket, key, record]`` JSON array a line;
+- ``shard-0000N.dedup.parquet`` — with ``filters.dedup``: its kept documents' signatures
+  (``dedup_filter.SIGNATURE_SCHEMA``), read back when the builder decides which copies to remove;
 - ``shard-0000N.json``    — its ``ShardRecord`` plus the keys it is valid for (shard sha256, URI,
   pass-config hash), the sha256 of the parquet (and samples) file and the samples' K. Written last:
   it is the commit marker;
@@ -50,6 +52,7 @@ class CommittedShard:
     documents_sha256: str
     dropped_per_reason: int = 0  # K of the committed dropped samples (0: none were kept)
     dropped_sha256: str | None = None
+    signatures_sha256: str | None = None  # filters.dedup: sha256 of the shard's signatures file
 
 
 def workspace_path_for(out_dir: str) -> str:
@@ -71,6 +74,9 @@ class BuildWorkspace:
 
     def dropped_file(self, shard: int) -> str:
         return self._file(shard, ".dropped.jsonl")
+
+    def signatures_file(self, shard: int) -> str:
+        return self._file(shard, ".dedup.parquet")
 
     def create(self) -> None:
         """Make the workspace (or reuse it), dropping temp files a killed writer left half-written."""
@@ -115,6 +121,7 @@ class BuildWorkspace:
             meta["documents_sha256"],
             meta.get("dropped_per_reason", 0),
             meta.get("dropped_sha256"),
+            meta.get("signatures_sha256"),
         )
 
     def _intact(self, path: str, sha256: str | None) -> bool:
@@ -124,10 +131,13 @@ class BuildWorkspace:
         except FileNotFoundError:
             return False
 
-    def reusable(self, shard: int, uri: str, sha256: str, dropped_per_reason: int = 0) -> CommittedShard | None:
+    def reusable(
+        self, shard: int, uri: str, sha256: str, dropped_per_reason: int = 0, signatures: bool = False
+    ) -> CommittedShard | None:
         """The committed result if it was made from these bytes with this pass; raises if the bytes changed.
 
-        With ``dropped_per_reason`` K > 0 it must also hold at least K dropped samples per reason.
+        With ``dropped_per_reason`` K > 0 it must also hold at least K dropped samples per reason; with
+        ``signatures`` (``filters.dedup``) its intact signatures file.
         """
         done = self.committed(shard)
         if done is None or done.config_hash != self.config_hash or done.record.uri != redact_uri(uri):
@@ -142,19 +152,30 @@ class BuildWorkspace:
             or not self._intact(self.dropped_file(shard), done.dropped_sha256)
         ):
             return None
+        if signatures and not self._intact(self.signatures_file(shard), done.signatures_sha256):
+            return None
         return done if self._intact(self.documents_file(shard), done.documents_sha256) else None
 
-    def store(self, record: ShardRecord, documents: pa.Table, dropped: DroppedSamples | None = None) -> None:
-        """Commit one shard: documents parquet and dropped samples first, then the JSON marker; clears an old error."""
-        buf = io.BytesIO()
-        pq.write_table(documents.cast(DOCUMENT_SCHEMA), buf, compression="zstd")
-        data = buf.getvalue()
+    def store(
+        self,
+        record: ShardRecord,
+        documents: pa.Table,
+        dropped: DroppedSamples | None = None,
+        signatures: pa.Table | None = None,
+    ) -> None:
+        """Commit one shard: documents parquet, dropped samples and signatures first, then the JSON marker;
+        clears an old error."""
+        data = _parquet_bytes(documents.cast(DOCUMENT_SCHEMA))
         write_atomic(self.documents_file(record.shard), data, fs=self.fs)
         marker = {
             "record": asdict(record),
             "config_hash": self.config_hash,
             "documents_sha256": hashlib.sha256(data).hexdigest(),
         }
+        if signatures is not None:
+            data = _parquet_bytes(signatures)
+            write_atomic(self.signatures_file(record.shard), data, fs=self.fs)
+            marker["signatures_sha256"] = hashlib.sha256(data).hexdigest()
         if dropped is not None and dropped.per_reason > 0:
             samples = "".join(
                 json.dumps([bucket, list(key), sample], ensure_ascii=False) + "\n"
@@ -168,6 +189,15 @@ class BuildWorkspace:
     def read_documents(self, shard: int) -> pa.Table:
         with self.fs.open(self.documents_file(shard), "rb") as f:
             return pq.read_table(io.BytesIO(f.read()), schema=DOCUMENT_SCHEMA)
+
+    def read_signatures(self, shard: int) -> pa.Table:
+        """The shard's committed dedup signatures (``filters.dedup``), checked against its marker's sha256."""
+        done = self.committed(shard)
+        with self.fs.open(self.signatures_file(shard), "rb") as f:
+            data = f.read()
+        if done is None or hashlib.sha256(data).hexdigest() != done.signatures_sha256:
+            raise ShardChanged(f"{self.signatures_file(shard)}: not the signatures shard {shard} committed")
+        return pq.read_table(io.BytesIO(data))
 
     def offer_dropped(self, shard: int, into: DroppedSamples) -> None:
         """Offer the shard's committed dropped samples to ``into`` (its keys keep manifest order)."""
@@ -186,3 +216,9 @@ class BuildWorkspace:
         path = self._file(shard, ".error.json")
         if self.fs.exists(path):
             self.fs.rm(path)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from elm_data.core.errors import InvalidValue
 from elm_data.core.settings import Settings
@@ -50,6 +50,10 @@ class FilterConfig(Settings):
     # A JSONL record (line) longer than this many bytes is a counted rejection ``record_too_large``, read in
     # bounded memory. In ``to_dict`` only when not the default, so manifests built before it keep their id.
     max_record_bytes: int = MAX_RECORD_BYTES
+    # Drop documents that duplicate an earlier kept one (manifest order): "exact" (same normalized text) or
+    # "minhash" (also near copies, MinHash-LSH); applied by the build over all shards (manifests/dedup_filter.py),
+    # never by the per-document pass. In ``to_dict`` only when set, so manifests built before it keep their id.
+    dedup: Literal["exact", "minhash"] | None = None
 
     def __post_init__(self) -> None:
         for key in ("min_characters", "min_tokens"):
@@ -65,6 +69,8 @@ class FilterConfig(Settings):
         d["quality"] = [{"name": q.name, "params": dict(sorted(q.params.items()))} for q in self.quality]
         if self.max_record_bytes == MAX_RECORD_BYTES:
             del d["max_record_bytes"]
+        if self.dedup is None:
+            del d["dedup"]
         return d
 
     @classmethod

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 
 import pytest
 from click.testing import CliRunner
-from planted_corpus import jaccard, ngrams, random_words, words_of, write_corpus
+from planted_corpus import jaccard, ngrams, planted_duplicates, words_of, write_corpus
 
 from elm_data.manifests.cli import duplicates as duplicates_command
 from elm_data.manifests.duplicates import DedupSettings, audit_duplicates
@@ -19,41 +18,12 @@ from elm_data.sources.document import derived_doc_id
 pytest.importorskip("datasketch", reason="the dedup extra: pip install 'elm-data[dedup]'")
 
 MARGIN = 0.1  # ~3 standard errors of a 128-permutation MinHash estimate
-EDIT_RATES = (
-    0.0,
-    0.005,
-    0.01,
-    0.02,
-    0.03,
-    0.05,
-    0.08,
-    0.15,
-    0.3,
-)  # share of words replaced in a copy (0.0: exact, punctuation aside)
-
-
-def _edited(rng: random.Random, words: list[str], rate: float) -> list[str]:
-    out = list(words)
-    for i in rng.sample(range(len(out)), int(rate * len(out))):
-        out[i] = rng.choice(("zzq", "qqz", "xyzzy", "plugh")) + str(rng.randrange(1000))
-    return out
 
 
 @pytest.fixture(scope="module")
 def dup_corpus(tmp_path_factory, tokenizer_path):
     """c4 and wikipedia shards: originals, and copies of some at each edit rate, within and across subsets."""
-    rng = random.Random(7)
-    originals = [random_words(rng, rng.randint(200, 320)) for _ in range(12)]
-    shards = {"c4": [[], []], "wikipedia": [[]]}
-    places = [("c4", 0), ("c4", 1), ("wikipedia", 0)]
-    for k, words in enumerate(originals):
-        subset, s = places[k % 3]
-        shards[subset][s].append(" ".join(words))
-    for k, rate in enumerate(EDIT_RATES):
-        for j, (subset, s) in enumerate(places):  # copy original k into every place: within and across subsets
-            copy = _edited(rng, originals[k], rate)
-            text = " ".join(copy)
-            shards[subset][s].append(text.upper() + "!" if rate == 0.0 and j == 1 else text)
+    shards = planted_duplicates()
     root = tmp_path_factory.mktemp("dups")
     manifest = write_corpus(root, shards, tokenizer_path)
     docs = []  # (subset key, doc id, text) in manifest order

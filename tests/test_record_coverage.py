@@ -137,7 +137,7 @@ CONSUMER_MODULES = {
     "trainer/proof/trace.py": "trace", "trainer/export/hf.py": "card", "manifests/contamination.py": "contamination",
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
-    "trainer/proof/report.py": "report",
+    "trainer/proof/report.py": "report", "manifests/audit_store.py": "croissant, card",
 }  # fmt: skip
 
 
@@ -381,9 +381,10 @@ def sneaky_edit(manifest: Path, out: Path, key: str, value: Any) -> Path:
     return out
 
 
-@pytest.mark.parametrize("key,value", [("nfc_normalization", True), ("min_tokens", 8)])
+@pytest.mark.parametrize("key,value", [("nfc_normalization", True), ("min_tokens", 8), ("dedup", "exact")])
 def test_a_filters_edit_is_refused_by_every_fast_consumer(sample_manifest, tmp_path, key, value):
-    """Issue 26.1: the stream rebuilds its pass from ``filters``; editing it used to pass every check."""
+    """Issue 26.1: the stream rebuilds its pass from ``filters``; editing it used to pass every check (the dedup
+    setting included: a manifest may not claim a dedup it was not built with)."""
     edited = sneaky_edit(sample_manifest, tmp_path / "m", key, value)
     report = verify_manifest(edited)
     assert not report.ok and "manifest_id does not recompute" in report.summary()

@@ -9,6 +9,9 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import command
+from elm_data.core.errors import InvalidValue
+from elm_data.manifests.audit_store import save_audit
+from elm_data.manifests.cli import SAVE_HELP
 from elm_data.manifests.contamination import DEFAULT_NGRAM, MatchRule, audit_contamination, format_table
 from elm_data.manifests.eval_tasks import load_tasks
 from elm_data.manifests.manifest import Manifest
@@ -41,10 +44,13 @@ from elm_data.manifests.manifest import Manifest
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes scanning shards.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers, fmt):
+@click.option("--save", is_flag=True, help=SAVE_HELP + " Not with --run.")
+def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers, fmt, save):
     """N-gram overlap between evaluation items and MANIFEST_DIR's kept documents, per task and source/subset:
     contaminated items, documents and tokens, with example item and document ids (normalized 13-grams by
     default; see docs/manifests.md)."""
+    if save and run_dir is not None:
+        raise InvalidValue("--save keeps audits of the whole manifest; a --run audit is printed only")
     rule = MatchRule(ngram, min_overlap)
     manifest = Manifest(manifest_dir)  # refuses an edited manifest before any task is loaded
     only = None
@@ -59,3 +65,5 @@ def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
         click.echo(format_table(result))
+    if save:
+        click.echo(f"report saved to {save_audit(manifest, 'contamination', result.to_json())}", err=True)

@@ -18,6 +18,7 @@ import yaml
 
 from elm_data.core import __version__
 from elm_data.core.errors import OutputExists
+from elm_data.manifests.audit_store import mix_summary, summary_lines
 from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
@@ -75,11 +76,14 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
     per source/subset, the consumption receipt at the checkpoint's step), for machines and for readers.
     """
     origins = data_origins(manifest)
+    mix = mix_summary(manifest)  # the dedup filter's counts and the audits bound to this manifest id
     receipt = read_trainer_state(run.checkpoint)["receipt"]
     config = run.header["config"]
+    front = _front_matter(run, audit, manifest, origins, receipt)
+    front["elm_data"] |= {"mix": mix} if mix else {}
     lines = [
         "---",
-        yaml.safe_dump(_front_matter(run, audit, manifest, origins, receipt), sort_keys=False).rstrip(),
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
         "---",
         "",
         f"# {config['name']} step {run.step} (OpenELM, trained with elm-data)",
@@ -89,6 +93,7 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         "`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`: the code is in this folder.",
         "",
         *_data_section(run, audit, manifest, origins, receipt, tokenizer_sha256),
+        *_mix_section(mix),
         *_training_section(run, audit, portable(config, run.run_dir.resolve())),
     ]
     return "\n".join(lines)
@@ -160,6 +165,15 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
         *[f"Note: {note}." for note in audit.notes],
         "",
     ]
+
+
+def _mix_section(mix: dict[str, Any]) -> list[str]:
+    """What is known of duplication and evaluation-set contamination in the manifest (``audit_store``)."""
+    said = summary_lines(mix) or [
+        "No dedup filter, and no audit stored with this manifest: nothing is said here about duplicates or "
+        "evaluation-set contamination (`elm-data audit duplicates|contamination MANIFEST --save` stores one)."
+    ]
+    return ["### Duplication and contamination", "", *[f"- {line}" for line in said], ""]
 
 
 SYNTHETIC_CARD_NOTE = (
