@@ -42,14 +42,24 @@ def _memory_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def pass_child(manifest: str, early: int, most: int) -> None:
-    """(subprocess) One natural pass in this process (its first ``most`` batches when > 0); prints JSON figures."""
+def pass_child(manifest: str, early: int, most: int, tensors: bool) -> None:
+    """(subprocess) One natural pass in this process (its first ``most`` batches when > 0); prints JSON figures.
+
+    As ``elm-data stream --full-pass`` runs it (numpy arrays: no torch, no pandas), or with ``tensors`` as a
+    one-process trainer would (torch imported, batches as tensors)."""
+    start = _memory_mib("VmRSS")
+    from elm_data.core.lazy import pyarrow_without_implicit_pandas
     from elm_data.pipeline.stream import StreamLoader, TokenStream
     from elm_data.sources import blocks
 
+    if tensors:
+        import torch  # noqa: F401
+    else:
+        pyarrow_without_implicit_pandas()
+    imported = _memory_mib("VmRSS")
     stream = TokenStream(manifest, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural")
-    loader = StreamLoader(stream)
-    before, t0 = _memory_mib("VmRSS"), time.perf_counter()
+    loader = StreamLoader(stream, tensors=tensors)
+    before, t0, c0 = _memory_mib("VmRSS"), time.perf_counter(), time.process_time()
     batches = tokens = held = 0
     early_hwm = None
     for batch in loader:
@@ -60,24 +70,30 @@ def pass_child(manifest: str, early: int, most: int) -> None:
             early_hwm = _memory_mib("VmHWM")
         if batches == most:
             break
-    print(json.dumps({"rss_before_mib": before, "hwm_mib": _memory_mib("VmHWM"), "early_hwm_mib": early_hwm,
-                      "batches": batches, "tokens": tokens, "seconds": time.perf_counter() - t0,
-                      "partitions": stream.config.partitions, "held_mib": held / 2**20}))  # fmt: skip
+    modules = sorted(m for m in ("torch", "pandas") if m in sys.modules)
+    print(json.dumps({"rss_start_mib": start, "rss_imported_mib": imported, "rss_before_mib": before,
+                      "hwm_mib": _memory_mib("VmHWM"), "early_hwm_mib": early_hwm, "batches": batches,
+                      "tokens": tokens, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                      "partitions": stream.config.partitions, "held_mib": held / 2**20,
+                      "modules": modules}))  # fmt: skip
 
 
-def measure(manifest: Path, caps: list[str], early: int, most: int = 0) -> list[dict[str, Any]]:
+def measure(manifest: Path, caps: list[str], early: int, most: int = 0, tensors: bool = False) -> list[dict[str, Any]]:
     rows = []
     for cap in caps:
         env = dict(os.environ, ELM_DATA_READER_MEMORY=str(UNCAPPED if cap == "none" else int(float(cap))))
-        command = [sys.executable, __file__, "_pass", str(manifest), str(early), str(most)]
+        command = [sys.executable, __file__, "_pass", str(manifest), str(early), str(most), str(int(tensors))]
         out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1]) | {"cap": cap, "load": os.getloadavg()[0]}
         rows.append(row)
         cap_text = "no cap" if cap == "none" else f"cap {int(float(cap)) / 2**20:.0f} MiB"
-        print(f"  {cap_text:12s}: RSS before the pass {row['rss_before_mib']:.0f} MiB, peak (VmHWM) "
+        print(f"  {cap_text:12s}: RSS {row['rss_start_mib']:.0f} MiB at start, {row['rss_imported_mib']:.0f} after "
+              f"imports ({', '.join(row['modules']) or 'no torch, no pandas'}), "
+              f"before the pass {row['rss_before_mib']:.0f} MiB, peak (VmHWM) "
               f"{row['hwm_mib']:.0f} MiB (after {early} batches: {row['early_hwm_mib'] or float('nan'):.0f}), most "
               f"block bytes held in memory {row['held_mib']:.0f} MiB; {row['batches']:,} batches, "
-              f"{row['tokens']:,} tokens, P = {row['partitions']}, {row['seconds']:.0f} s, load {row['load']:.1f}",
+              f"{row['tokens']:,} tokens, P = {row['partitions']}, {row['seconds']:.0f} s ({row['cpu_s']:.1f} CPU-s), "
+              f"load {row['load']:.1f}",
               flush=True)  # fmt: skip
     return rows
 
@@ -121,12 +137,12 @@ def gzip_case(args) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         build_manifest(work / "mixture.yaml", manifest)
         print(f"  built its manifest in {time.perf_counter() - t0:.0f} s")
-    return measure(manifest, args.caps.split(","), args.early, args.max_batches)
+    return measure(manifest, args.caps.split(","), args.early, args.max_batches, args.tensors)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_pass":
-        return pass_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return pass_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", choices=["sample", "gzip"])
     parser.add_argument("--manifest", type=Path, help="a built manifest (sample)")
@@ -135,10 +151,11 @@ def main() -> None:
     parser.add_argument("--early", type=int, default=500, help="also report the peak after this many batches")
     parser.add_argument("--gzip-bytes", type=int, default=1 << 30)
     parser.add_argument("--max-batches", type=int, default=0, help="stop the pass after this many batches (0: all)")
+    parser.add_argument("--tensors", action="store_true", help="import torch and hand out tensors (as a trainer)")
     args = parser.parse_args()
     print(f"reader memory: {os.cpu_count()} CPUs, seq_len {SEQ_LEN}, batch {BATCH}, natural, one process")
     if args.section == "sample":
-        measure(args.manifest, args.caps.split(","), args.early, args.max_batches)
+        measure(args.manifest, args.caps.split(","), args.early, args.max_batches, args.tensors)
     else:
         gzip_case(args)
 

@@ -140,8 +140,12 @@ def stream(
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
     holds. The stream checks each block's sha256 and each document's token count against the manifest.
     """
+    from elm_data.core.lazy import pyarrow_without_implicit_pandas
+
     from . import StreamLoader, TokenStream, take_sequences
     from .network import NetworkSettings
+
+    pyarrow_without_implicit_pandas()  # this process uses no pandas, nor (tensors=False below) torch
 
     cache = {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {}) if cache_dir else None
     network = NetworkSettings.from_config({"attempts": retries} if retries else None, cache, readahead_bytes)
@@ -159,7 +163,7 @@ def stream(
         partitions=partitions,
         network=network,
     )
-    loader = StreamLoader(ts)
+    loader = StreamLoader(ts, tensors=False)  # numpy arrays: this process never imports torch
     if full_pass:
         _full_pass(ts, loader, fmt == "jsonl")
         return

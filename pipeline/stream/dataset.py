@@ -1,7 +1,7 @@
 """The resumable training stream: partitions → verified blocks → per-document pass → sequences → whole batches.
 
 ``TokenStream`` is what to stream (a manifest, a plan config, this rank's place) and never changes once
-made; ``TokenStream.readers(position)`` is the ``IterableDataset`` a DataLoader iterates, and
+made; ``TokenStream.readers(position)`` is what a reader (this process, or a DataLoader worker) iterates, and
 ``StreamLoader`` (``loader.py``) wraps it in a ``DataLoader(batch_size=None)``, hands batches out in global
 order and keeps the position (one cursor per partition) and the tokens consumed. Which reader makes which
 batch is fixed by the plan (``plan.py``): rank ``r`` of ``R`` and worker ``w`` of ``W`` read only their own
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
@@ -87,7 +85,7 @@ def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any])
     return tokenizer
 
 
-class TokenStream(IterableDataset):
+class TokenStream:
     """Whole batches of a manifest's kept documents: deterministic, partitioned over ranks and workers, resumable.
 
     Each batch is a dict: ``input_ids`` LongTensor[B, seq_len + 1]; ``spans`` (when ``provenance``): per
@@ -100,8 +98,7 @@ class TokenStream(IterableDataset):
     remote stores by this reader since its last batch, see ``sources/remote.py``). At the end of a finite
     stream a partition's last batch may be short and a partition whose data ended gives empty batches (B = 0).
 
-    ``manifest``: a :class:`Manifest` already open (and so verified) in this process, or its directory. The stream
-    holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
+    The stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
     gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
 
     ``reader_memory``: the verified block bytes each reading process holds in memory at most (default
@@ -111,7 +108,7 @@ class TokenStream(IterableDataset):
 
     def __init__(
         self,
-        manifest: str | Path | Manifest,
+        manifest_dir: str | Path,
         *,
         batch_size: int,
         seq_len: int | None = None,
@@ -128,16 +125,14 @@ class TokenStream(IterableDataset):
         network: NetworkSettings | None = None,
         reader_memory: int | None = None,
     ):
-        super().__init__()
         self.reader_memory = _reader_memory(reader_memory)
         if network is not None:
             network.apply()
         self.network = NetworkSettings.current()  # applied again in each DataLoader worker
         if not 0 <= rank < world_size:
             raise PlanError(f"rank {rank} is outside world_size {world_size}")
-        if not isinstance(manifest, Manifest) or not manifest.verified:  # one open and verified is used as it is
-            manifest = Manifest(manifest.path if isinstance(manifest, Manifest) else manifest)
-        self.manifest_dir = manifest.path
+        self.manifest_dir = Path(manifest_dir)
+        manifest = Manifest(self.manifest_dir)
         info = manifest.info
         self.manifest_id = manifest.manifest_id
         self.sequences = SequenceConfig.from_dict(info["sequences"])
@@ -233,8 +228,9 @@ class TokenStream(IterableDataset):
             maker.close()
 
 
-class StreamReaders(IterableDataset):
-    """One rank's batches of a stream from a position, for ``DataLoader(batch_size=None, collate_fn=collate_as_is)``.
+class StreamReaders:
+    """One rank's batches of a stream from a position, iterated in this process or by a ``DataLoader``'s workers
+    (``torch_data.data_loader``; this module imports no torch: a stream read in one process never needs it).
 
     DataLoader worker ``w`` of ``W`` reads the partitions ``plan.readers_layout(rank, world_size, W)[w]`` and
     yields their batches in global order, ``batches_per_item`` consecutive ones per item (a list when > 1, the
@@ -246,12 +242,11 @@ class StreamReaders(IterableDataset):
     def __init__(
         self, stream: TokenStream, global_batch: int, cursors: dict[int, Cursor], batches_per_item: int, numpy: bool
     ):
-        super().__init__()
         self.stream, self.global_batch, self.cursors = stream, global_batch, cursors
         self.batches_per_item, self.numpy = batches_per_item, numpy
 
     def __iter__(self) -> Iterator[Any]:
-        info = get_worker_info()
+        info = _worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         stream = self.stream if info is None else self.stream.reopened()
         if info is not None:
@@ -271,6 +266,18 @@ class StreamReaders(IterableDataset):
             yield item
 
 
+def _worker_info() -> Any:
+    """torch's ``get_worker_info()`` in a DataLoader worker, else None (torch not imported: no DataLoader runs)."""
+    data = sys.modules.get("torch.utils.data")
+    return None if data is None else data.get_worker_info()
+
+
+def _from_numpy(array: Any) -> Any:
+    from .torch_data import from_numpy
+
+    return from_numpy(array)
+
+
 def collate_as_is(batch: Any) -> Any:
     """The DataLoader's ``collate_fn`` for :class:`StreamReaders`: batches arrive whole and stay as they are
     (the default would walk every span dict and convert arrays; ``StreamLoader`` makes the tensors)."""
@@ -288,7 +295,7 @@ class _BatchMaker:
         self.doc_pass = DocumentPass(stream.filters, stream.sequences, stream.tokenizer, num_threads=1)
         self.layout = LAYOUTS[plan.config.mode]
         self.span_base = span_base_of(plan)
-        self.as_array = (lambda a: a) if numpy else torch.from_numpy
+        self.as_array = (lambda a: a) if numpy else _from_numpy
         self.fetchers: dict[int, DocumentFetcher] = {}
         self.carried: dict[int, dict[tuple[int, int], FramedDoc]] = {}  # partition -> (shard, index) -> framed
         self.remote_seen = remote.STATS.to_dict()  # this process' remote reads counted into batches so far

@@ -8,18 +8,16 @@ format and :func:`~.state.merge_states` are in ``state.py``; resuming reads from
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from elm_data.core.procs import dataloader_worker_init
 from elm_data.sources import remote
 
 from .consumed import ConsumedTokens, StreamStats
-from .dataset import TokenStream, collate_as_is
+from .dataset import TokenStream
 from .partition import Cursor
 from .plan import PlanError
 from .state import STATE_VERSION, check_state
@@ -38,6 +36,10 @@ class StreamLoader:
     :meth:`stats` count it. Iterating again continues where the last iteration stopped. Iterating never draws
     from torch's global RNG (the DataLoader's base seed comes from a generator of its own), so a trainer that
     restores its RNGs and then iterates stands exactly where it was saved.
+
+    ``tensors``: the batches' arrays are torch tensors (default), else numpy arrays. Without workers the
+    readers run in this process and no DataLoader is made: with ``tensors=False`` (``elm-data stream``)
+    the process never imports torch (its import is ~1.1 CPU-s and ~190 MiB of RSS).
     """
 
     ITEM_TOKENS = 1 << 17
@@ -51,6 +53,7 @@ class StreamLoader:
         pin_memory: bool = False,
         batches_per_item: int | None = None,
         worker_init_fn=dataloader_worker_init,
+        tensors: bool = True,
     ):
         if batches_per_item is not None and batches_per_item < 1:
             raise PlanError(f"batches_per_item must be >= 1, got {batches_per_item}")
@@ -61,6 +64,7 @@ class StreamLoader:
         self.multiprocessing_context = multiprocessing_context
         self.pin_memory = pin_memory
         self.worker_init_fn = worker_init_fn
+        self.tensors = tensors
         if batches_per_item is None:
             slots = stream.config.batch_size * stream.config.window
             batches_per_item = max(1, math.ceil(self.ITEM_TOKENS / slots)) if num_workers else 1
@@ -72,23 +76,22 @@ class StreamLoader:
         self._handed_out = StreamStats(stream.config.mode, stream.config.window)
         self.remote: dict[str, Any] = {}  # remote reads of every reader (retries, bytes fetched, from cache)
 
-    def _loader(self) -> DataLoader:
-        kwargs: dict[str, Any] = {}
-        if self.num_workers:
-            kwargs = {"prefetch_factor": self.prefetch_factor or 2, "worker_init_fn": self.worker_init_fn,
-                      "multiprocessing_context": self.multiprocessing_context}  # fmt: skip
+    def _loader(self) -> Iterable[Any]:
+        """The readers' items (numpy arrays): read in this process without workers (as a ``DataLoader`` with
+        ``num_workers=0`` would; it draws no RNG), else from a ``DataLoader``'s workers."""
         readers = self.stream.readers(
-            self.global_batches, self.cursors, batches_per_item=self.batches_per_item, numpy=self.num_workers > 0
+            self.global_batches, self.cursors, batches_per_item=self.batches_per_item, numpy=True
         )
-        # Each DataLoader iterator draws its workers' base seed from ``generator`` (else from torch's global RNG, one
-        # draw per iteration: a resumed run would stand one draw past the RNG state its checkpoint restored).
-        generator = torch.Generator().manual_seed(0)  # the stream is deterministic; the workers' own RNGs unused
-        return DataLoader(readers, batch_size=None, collate_fn=collate_as_is, num_workers=self.num_workers,
-                          generator=generator, **kwargs)  # fmt: skip
+        if not self.num_workers:
+            return readers
+        from .torch_data import data_loader
+
+        return data_loader(readers, self.num_workers, self.prefetch_factor or 2, self.worker_init_fn,
+                           self.multiprocessing_context)  # fmt: skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank = self.stream.rank
-        pin = self.pin_memory and torch.cuda.is_available()  # as DataLoader(pin_memory=True): a no-op without a GPU
+        pin = self.pin_memory and self.tensors and _cuda()  # as DataLoader(pin_memory=True): a no-op without a GPU
         waiting: dict[int, dict[str, Any]] = {}  # batches of the current round of items, by global index
         for item in self._loader():
             for batch in item if isinstance(item, list) else (item,):
@@ -101,8 +104,8 @@ class StreamLoader:
     def _hand_out(self, batch: dict[str, Any], pin: bool) -> dict[str, Any]:
         """Make the batch's arrays tensors (pinned with ``pin``) and move the position and the counts past it."""
         for key in ("input_ids", "segment_ids"):
-            if isinstance(batch.get(key), np.ndarray):
-                batch[key] = torch.from_numpy(batch[key])
+            if self.tensors and isinstance(batch.get(key), np.ndarray):
+                batch[key] = _from_numpy(batch[key])
             if pin and key in batch:
                 batch[key] = batch[key].pin_memory()
         self.cursors[batch["partition"]] = batch.pop("cursor")
@@ -152,6 +155,18 @@ class StreamLoader:
         self.consumed = ConsumedTokens(state["consumed"] if not merged or s.rank == 0 else {})
 
 
+def _cuda() -> bool:
+    from .torch_data import cuda_available
+
+    return cuda_available()
+
+
+def _from_numpy(array: np.ndarray) -> Any:
+    from .torch_data import from_numpy
+
+    return from_numpy(array)
+
+
 def take_sequences(loader: StreamLoader, n: int) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
     """The next ``n`` sequences (token ids, spans) the loader hands out, in order."""
     count = 0
@@ -159,7 +174,7 @@ def take_sequences(loader: StreamLoader, n: int) -> Iterator[tuple[np.ndarray, l
         return
     for batch in loader:
         spans = batch.get("spans") or [[] for _ in range(len(batch["input_ids"]))]
-        for ids, seq_spans in zip(batch["input_ids"].numpy(), spans, strict=True):
+        for ids, seq_spans in zip(np.asarray(batch["input_ids"]), spans, strict=True):
             yield ids, seq_spans
             count += 1
             if count >= n:

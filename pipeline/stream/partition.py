@@ -100,11 +100,11 @@ class PartitionWalk:
                     k -= in_block
                     continue
                 table = self.plan.manifest.block_documents(shard, block)
-                cols = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).to_pydict()
-                kept = frozenset(cols["index"])  # the block's kept records, whatever document the walk starts at
-                for row in zip(*(cols[c][k:] for c in LEDGER_COLUMNS), strict=True):
-                    yield shard, *row, kept
+                table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
                 k = 0
+                cols = table.to_pydict()
+                for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
+                    yield shard, *row
 
     def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, dict[str, Any]]]:
         """Documents from the cursor's head document on, each with the mixer state before it was drawn."""
@@ -115,10 +115,10 @@ class PartitionWalk:
             current = sources.get(src)
             if current is None or current[0] != epoch or current[1] != k:
                 current = sources[src] = [epoch, k, self._source_docs(src, epoch, k)]
-            shard, index, doc_id, tokens, segments, block_kept = next(current[2])
+            shard, index, doc_id, tokens, segments = next(current[2])
             current[1] += 1
             units = tokens + 2 * segments if packed else segments
-            yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units, block_kept), before
+            yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units), before
             start += units
 
     # -- batches -----------------------------------------------------------------------------------
