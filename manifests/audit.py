@@ -60,6 +60,7 @@ class Audit:
     rows: list[AuditRow]
     dropped_samples: str | None = None  # one line about dropped_samples.jsonl when the manifest has it
     token_unit: str = "tokens"  # what the counted tokens are ("LLaMA-2 tokens" only for that model's sha256)
+    heldout_fraction: float = 0.0  # the share of each subset's passing documents held out (manifests/heldout.py)
 
     @property
     def totals(self) -> Counts:
@@ -113,6 +114,7 @@ def audit_manifest(path: str | Path | Manifest, targets: str | dict[str, Any] | 
     audit = Audit(manifest.manifest_id, manifest.info["name"], (resolved or {}).get("name"), ordered)
     audit.token_unit = token_unit(manifest.info["tokenizer"]["sha256"])
     audit.dropped_samples = _dropped_samples_note(manifest.path / DROPPED_SAMPLES_FILE)
+    audit.heldout_fraction = float((manifest.info.get("heldout") or {}).get("fraction") or 0.0)
     return audit
 
 
@@ -144,6 +146,7 @@ TABLE_HEADERS = (
     "shards",
     "read",
     "kept",
+    "held out",
     "filtered",
     "rejected",
     "chars",
@@ -158,9 +161,10 @@ TABLE_HEADERS = (
 
 
 def _count_cells(counts: Counts) -> list[str]:
-    """The read, kept, filtered, rejected, chars and tokens columns."""
+    """The read, kept, held-out, filtered, rejected, chars and tokens columns (read = the four buckets' sum)."""
     c = counts
-    return [f"{n:,}" for n in (c.docs_read, c.docs_kept, c.docs_filtered, c.docs_rejected, c.chars, c.tokens)]
+    figures = (c.docs_read, c.docs_kept, c.docs_heldout, c.docs_filtered, c.docs_rejected, c.chars, c.tokens)
+    return [f"{n:,}" for n in figures]
 
 
 def _row_cells(r: AuditRow) -> list[str]:
@@ -203,4 +207,9 @@ def format_table(audit: Audit) -> str:
     )
     body = [fmt(line) for line in lines[:-1]]
     extra = [audit.dropped_samples] if audit.dropped_samples else []
+    if audit.heldout_fraction:
+        held = audit.totals
+        extra.insert(0, f"held out: {held.docs_heldout:,} documents ({held.heldout_tokens:,} tokens), ~"
+                        f"{audit.heldout_fraction:.2%} of each subset's passing documents, for evaluation; never "
+                        "streamed for training, not in chars/tokens/shares")  # fmt: skip
     return "\n".join([title, rule, fmt(headers), rule, *body, rule, fmt(lines[-1]), notes, *extra])

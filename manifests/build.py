@@ -36,6 +36,7 @@ from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
+from .heldout import HeldoutSelector
 from .identity import pass_config_hash, seal
 from .manifest import (
     DROPPED_SAMPLES_FILE,
@@ -96,10 +97,11 @@ def upstream_for(source: str, subset: str, uri: str, synthetic: bool = False) ->
 def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_local: bool = False) -> list[ShardTask]:
     """Every shard of the mixture, in mixture order, numbered from 0."""
     tasks: list[ShardTask] = []
+    held = HeldoutSelector(mixture.seed, mixture.heldout.fraction)
     for entry in mixture.entries:
         for uri in mixture.resolve_shards(entry, allow_local):
             licence, upstream = upstream_for(entry.source, entry.subset, uri, mixture.synthetic)
-            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes))
+            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes, held))
     return tasks
 
 
@@ -248,6 +250,7 @@ def manifest_info(
         "pass": pass_description,
         "sequences": mixture.sequences.to_dict(),
         "seed": mixture.seed,
+        "heldout": mixture.heldout.to_dict(),
         "mixture": [
             w | {"shards": [redact_uri(p) for p in e.shards], "resolved_shards": None}
             for w, e in zip(weights, mixture.entries, strict=True)
@@ -332,7 +335,8 @@ def build_manifest(
     pass_description = spec.build().describe() | _dedup_description(mixture.filters.dedup)
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
     tasks = plan_shards(mixture, block_bytes, allow_local_shards)
-    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes)
+    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes,
+                                   {"seed": mixture.seed, **mixture.heldout.to_dict()})  # fmt: skip
     work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
     local, k = runner == "local", dropped_samples
     reused, fetched = (_count_locally(tasks, spec, work, workers, k, progress, on_shard_done) if local

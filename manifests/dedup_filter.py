@@ -16,8 +16,9 @@ Which copy stays cannot be decided per shard (a copy may sit in any shard), so t
    (``exact``) or ``near_redundant`` (``minhash``).
 3. **Apply** — a removed document's ledger row becomes ``status: filtered``, ``reason: duplicate``,
    ``duplicate_of: <doc id of the kept copy>`` (tokens and segments 0, characters kept, as for every
-   filtered row); the shard's counts move it from kept to ``filtered_by_reason["duplicate"]`` (read = kept +
-   filtered + rejected still holds) and its block index is recomputed from the new ledger. The stream plans
+   filtered row); the shard's counts move it from kept (or held out: held-out documents are signed too, so a
+   later copy of a held-out document is never trained on) to ``filtered_by_reason["duplicate"]`` (read = kept +
+   held out + filtered + rejected still holds) and its block index is recomputed from the new ledger. The stream plans
    from the ledger's kept rows only, so it never reads a removed document.
 
 Cost over a build without dedup: normalizing and (minhash) sketching each kept document in the counting
@@ -40,6 +41,7 @@ import pyarrow.compute as pc
 from elm_data.pipeline.counts import Counts
 
 from .duplicates import DedupSettings, Sketcher, find_duplicates, signature_of
+from .heldout import HELDOUT
 from .manifest import ShardRecord
 
 REASON_DUPLICATE = "duplicate"
@@ -144,9 +146,13 @@ def apply_to_record(record: ShardRecord, table: pa.Table, removed: Mapping[int, 
     if not removed:
         return record
     gone = table.filter(pa.array([i in removed for i in table.column("index").to_pylist()]))
+    held = gone.filter(pc.equal(gone.column("status"), HELDOUT))  # a held-out later copy: out of its own bucket
+    gone = gone.filter(pc.not_equal(gone.column("status"), HELDOUT))
     counts = Counts.from_record(record)
     counts.docs_kept -= gone.num_rows
-    counts.filtered_by_reason[REASON_DUPLICATE] += gone.num_rows
+    counts.docs_heldout -= held.num_rows
+    counts.heldout_tokens -= int(pc.sum(held.column("tokens")).as_py() or 0)
+    counts.filtered_by_reason[REASON_DUPLICATE] += gone.num_rows + held.num_rows
     for name in ("chars", "tokens", "segments"):
         setattr(counts, name, getattr(counts, name) - int(pc.sum(gone.column(name)).as_py() or 0))
     blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in record.blocks]

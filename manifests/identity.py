@@ -5,8 +5,8 @@ bytes were found: every shard record (source, subset, sha256, counts, the two di
 ``blocks.parquet``) without its URI and upstream location — so a local mirror of hub data keeps the id —,
 the per-document pass as ``DocumentPass.describe()`` records it (minus the tokenizer's URI), the
 ``filters`` the stream rebuilds its pass from, the sequence config, the tokenizer record (sha256 and what
-is derived from it, minus its URI), whether the text is synthetic (the sample), the seed, the mixture
-weights, the targets and the name.
+is derived from it, minus its URI), whether the text is synthetic (the sample), the seed, the held-out
+choice, the mixture weights, the targets and the name.
 What stays outside (:data:`OUTSIDE_THE_ID`) is location or build-time annotation; a consumer reads such a
 field only where another check covers it (``docs/ARCHITECTURE.md``, "Every field a consumer reads", lists
 each). ``totals`` are checked against the shard records, and each record's read/filtered/rejected sums
@@ -43,13 +43,17 @@ def pass_identity(pass_description: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
-def pass_config_hash(pass_description: dict[str, Any], sequences: dict[str, Any], block_bytes: int) -> str:
-    """Key of per-shard results in a build workspace: same pass, sequences and blocks => same shard result."""
+def pass_config_hash(
+    pass_description: dict[str, Any], sequences: dict[str, Any], block_bytes: int, heldout: dict[str, Any] | None = None
+) -> str:
+    """Key of per-shard results in a build workspace: same pass, sequences, blocks and held-out choice (``heldout``:
+    the seed and fraction it depends on) => same shard result."""
     payload = {
         "format_version": FORMAT_VERSION,
         "pass": pass_identity(pass_description),
         "sequences": sequences,
         "block_bytes": block_bytes,
+        "heldout": heldout,
     }
     return sha256_hex(canonical_json(payload))
 
@@ -81,12 +85,14 @@ def manifest_id(
     name: str | None,
     filters: dict[str, Any],
     synthetic: bool = False,
+    heldout: dict[str, Any] | None = None,
 ) -> str:
     """sha256 over the canonical JSON of what defines the mixture and what its consumers read.
 
     ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order; ``tokenizer``: the
     manifest's tokenizer record (its ``uri`` is left out); ``filters``: the filter config the stream rebuilds
-    its pass from (``manifest.json``'s ``filters``); ``synthetic``: the shards hold generated text (the sample).
+    its pass from (``manifest.json``'s ``filters``); ``synthetic``: the shards hold generated text (the sample);
+    ``heldout``: the held-out choice (``manifest.json``'s ``heldout``: fraction and selector).
     """
     payload = {
         "format_version": FORMAT_VERSION,
@@ -99,6 +105,7 @@ def manifest_id(
         "weights": [{"source": w["source"], "subset": w["subset"], "weight": w.get("weight")} for w in weights],
         "targets": targets,
         "name": name,
+        "heldout": heldout,
     }
     if synthetic:  # only when set, so a manifest that does not say it keeps its id
         payload["synthetic"] = True
@@ -130,6 +137,7 @@ def manifest_id_of_info(info: dict[str, Any], records: Sequence[ShardRecord]) ->
         info["name"],
         info["filters"],
         info.get("synthetic") is True,
+        info.get("heldout"),  # a manifest written without it (a test's synthetic one) holds out nothing
     )
 
 

@@ -45,10 +45,11 @@ class KeptDocument:
         return self.shard.key
 
 
-def kept_ledger(manifest: Manifest, shard: int) -> dict[int, tuple[str, int]]:
-    """``{record index: (doc_id, tokens)}`` of the shard's kept documents (checked ledger rows)."""
+def kept_ledger(manifest: Manifest, shard: int, status: str = "kept") -> dict[int, tuple[str, int]]:
+    """``{record index: (doc_id, tokens)}`` of the shard's kept documents (checked ledger rows); ``status``: the
+    documents of another ledger status that has tokens (``heldout``)."""
     table = manifest.documents(shard, ["index", "doc_id", "status", "tokens"])
-    kept = table.filter(pc.equal(table["status"], "kept"))
+    kept = table.filter(pc.equal(table["status"], status))
     return dict(
         zip(
             kept["index"].to_pylist(),
@@ -58,15 +59,18 @@ def kept_ledger(manifest: Manifest, shard: int) -> dict[int, tuple[str, int]]:
     )
 
 
-def shard_documents(manifest: Manifest, record: ShardRecord, only: Set[int] | None = None) -> Iterator[KeptDocument]:
-    """The kept documents of one shard in record order (those in ``only`` when given)."""
-    ledger = kept_ledger(manifest, record.shard)
+def shard_documents(
+    manifest: Manifest, record: ShardRecord, only: Set[int] | None = None, status: str = "kept"
+) -> Iterator[KeptDocument]:
+    """The kept documents of one shard in record order (those in ``only`` when given); ``status``: the documents
+    of that ledger status instead (``heldout``)."""
+    ledger = kept_ledger(manifest, record.shard, status)
     wanted = set(ledger) if only is None else set(only)
     if not wanted:
         return
     unknown = wanted - set(ledger)
     if unknown:
-        raise KeptTextChanged(f"shard {record.shard} ({record.key}): records {sorted(unknown)[:5]} are not kept")
+        raise KeptTextChanged(f"shard {record.shard} ({record.key}): records {sorted(unknown)[:5]} are not {status}")
     index = manifest.blocks(record.shard)  # the shard's block index, checked against the manifest
     blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
     limit = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes

@@ -59,9 +59,10 @@ from .block_index import (
     write_blocks_file,
 )
 
-FORMAT_VERSION = 5  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
+FORMAT_VERSION = 6  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
 # 4: the block index in blocks.parquet, committed per shard by two digests (start-up does not grow with it)
 # 5: the ledger's `duplicate_of` column (filters.dedup: the doc id a removed duplicate copies)
+# 6: held-out documents (ledger status `heldout`, shard columns docs_heldout and heldout_tokens, `heldout` in the id)
 MANIFEST_FILE, SHARDS_FILE, DOCUMENTS_DIR = "manifest.json", "shards.parquet", "documents"
 CORE_FILES = (MANIFEST_FILE, SHARDS_FILE, BLOCKS_FILE, DOCUMENTS_DIR)
 DROPPED_SAMPLES_FILE = "dropped_samples.jsonl"  # optional inspection aid; not part of the identity
@@ -77,7 +78,7 @@ SHARD_SCHEMA = pa.schema(
         ("licence", pa.string()),
         ("upstream", pa.string()),  # upstream location (e.g. hf://datasets/tiiuae/falcon-refinedweb/...)
         ("upstream_revision", pa.string()),  # commit/etag the hub published, when known
-        ("docs_read", pa.int64()),  # = docs_kept + docs_filtered + docs_rejected
+        ("docs_read", pa.int64()),  # = docs_kept + docs_heldout + docs_filtered + docs_rejected
         ("docs_kept", pa.int64()),
         ("docs_filtered", pa.int64()),
         ("docs_rejected", pa.int64()),
@@ -87,6 +88,8 @@ SHARD_SCHEMA = pa.schema(
         ("chars", pa.int64()),  # characters of kept documents
         ("tokens", pa.int64()),  # LLaMA tokens of kept documents/pieces, no BOS/EOS
         ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
+        ("docs_heldout", pa.int64()),  # documents the pass keeps, held out of training (manifests/heldout.py)
+        ("heldout_tokens", pa.int64()),  # their LLaMA tokens, no BOS/EOS
         ("count_method", pa.string()),  # e.g. "exact:sentencepiece"
         ("format", pa.string()),  # reader format found from the bytes ("parquet", "jsonl", ...); "" if none
         ("blocks_sha256", pa.string()),  # block_index.index_digest of the shard's rows of blocks.parquet
@@ -99,12 +102,12 @@ DOCUMENT_SCHEMA = pa.schema(
         ("shard", pa.int32()),
         ("index", pa.int64()),  # row/line in the shard
         ("doc_id", pa.string()),  # stable id (native or derived); "" for rejections
-        ("status", pa.string()),  # "kept" | "filtered" | "rejected"
+        ("status", pa.string()),  # "kept" | "heldout" | "filtered" | "rejected"
         ("reason", pa.string()),  # filter or rejection reason; null when kept
         ("count", pa.int32()),  # input records this row stands for (>1 only for whole-shard rejections)
         ("chars", pa.int64()),
-        ("tokens", pa.int32()),  # kept tokens (sum over kept pieces), no BOS/EOS; 0 unless kept
-        ("segments", pa.int32()),  # kept pieces: 1 for a kept doc in packed mode, 0 unless kept
+        ("tokens", pa.int32()),  # kept tokens (sum over kept pieces), no BOS/EOS; 0 unless kept or held out
+        ("segments", pa.int32()),  # kept pieces: 1 for a kept doc in packed mode, 0 unless kept or held out
         ("duplicate_of", pa.string()),  # reason "duplicate": doc id of the kept first copy; else null
     ]
 )
@@ -133,6 +136,8 @@ class ShardRecord:
     chars: int = 0
     tokens: int = 0
     segments: int = 0
+    docs_heldout: int = 0
+    heldout_tokens: int = 0
     count_method: str = "exact:sentencepiece"
     format: str = ""
     blocks_sha256: str = ""  # digests of the block index (block_index.py); recomputed from ``blocks`` when set
@@ -149,7 +154,8 @@ class ShardRecord:
         return Counts.from_record(self)
 
     def counts_add_up(self) -> bool:
-        """Whether ``docs_read``/``docs_filtered``/``docs_rejected`` are the sums of the buckets (invariant 1)."""
+        """Whether ``docs_read``/``docs_filtered``/``docs_rejected`` are the sums of the buckets (invariant 1:
+        read = kept + held out + filtered + rejected)."""
         return self.counts.to_dict() == {name: getattr(self, name) for name in RECORD_FIELDS}
 
     def to_row(self) -> dict[str, Any]:
@@ -391,14 +397,20 @@ class Manifest:
             docs = self.documents(record.shard, ["status", "count", "tokens"])
         except Exception as e:  # missing, unreadable or altered (ManifestTampered) ledger file
             return str(e)
-        status, counts = docs.column("status"), docs.column("count")
-        read = pc.sum(counts).as_py() or 0
-        kept = pc.sum(pc.if_else(pc.equal(status, "kept"), counts, 0)).as_py() or 0
-        tokens = pc.sum(docs.column("tokens")).as_py() or 0
-        if (read, kept, tokens) != (record.docs_read, record.docs_kept, record.tokens):
+        status, counts, tokens = docs.column("status"), docs.column("count"), docs.column("tokens")
+
+        def total(values, of: str | None = None) -> int:
+            return pc.sum(values if of is None else pc.if_else(pc.equal(status, of), values, 0)).as_py() or 0
+
+        ledger = (total(counts), total(counts, "kept"), total(tokens, "kept"), total(counts, "heldout"),
+                  total(tokens, "heldout"), total(counts, "filtered"), total(counts, "rejected"))  # fmt: skip
+        said = (record.docs_read, record.docs_kept, record.tokens, record.docs_heldout, record.heldout_tokens,
+                record.docs_filtered, record.docs_rejected)  # fmt: skip
+        if ledger != said:
+            names = "read/kept/tokens/held-out/held-out tokens/filtered/rejected"
             return (
-                f"read/kept/tokens {read}/{kept}/{tokens} in the documents ledger, "
-                f"{record.docs_read}/{record.docs_kept}/{record.tokens} in shards.parquet"
+                f"{names} {'/'.join(map(str, ledger))} in the documents ledger, "
+                f"{'/'.join(map(str, said))} in shards.parquet"
             )
         return None
 

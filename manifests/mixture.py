@@ -9,6 +9,7 @@ Example::
     targets: openelm                # target preset (or a YAML file) the audit compares against
     filters: {min_characters: 200, min_tokens: 256, nfc_normalization: false, quality: []}
     sequences: {mode: packed, seq_len: 2048}
+    heldout: {fraction: 0.01}       # optional: hold out ~1% of each subset's passing documents (default 0: none)
     sources:
       - source: redpajama
         subset: arxiv
@@ -51,6 +52,7 @@ from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.sources.registry import subset_key
 from elm_data.sources.remote import RetryPolicy, storage_options
 
+from .heldout import HeldoutConfig
 from .shard_lists import entry_shards
 
 # The top-level keys of mixture.yaml and what each must hold (``sources`` is read entry by entry).
@@ -62,6 +64,7 @@ MIXTURE_KEYS: dict[str, Any] = {
     "targets": str | None,
     "filters": dict | None,
     "sequences": dict | None,
+    "heldout": dict | None,  # held-out documents for per-source evaluation (manifests/heldout.py); in the id
     "sources": list,
     "retries": dict | None,  # how remote reads are retried (sources/remote.py:RetryPolicy); not in the manifest
     "storage_options": dict | None,  # per protocol, e.g. {s3: {endpoint_url: ...}}; not in the manifest
@@ -126,6 +129,7 @@ class MixtureConfig:
     retries: RetryPolicy | None = None  # how remote reads are retried (``retries:``); never part of the manifest
     storage_options: dict[str, dict[str, Any]] | None = None  # fsspec options per protocol; never part of it either
     synthetic: bool = False  # generated text (``synthetic: true``, the sample): recorded, and no upstream claimed
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # the share of documents held out (0: none)
 
     @classmethod
     def load(cls, path: str | Path) -> MixtureConfig:
@@ -157,6 +161,7 @@ class MixtureConfig:
             retries=RetryPolicy.from_dict(values["retries"]) if values.get("retries") is not None else None,
             storage_options=storage_options(values.get("storage_options")),
             synthetic=values.get("synthetic", False),
+            heldout=HeldoutConfig.from_dict(values.get("heldout")),
         )
 
     def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:

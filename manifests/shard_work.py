@@ -34,7 +34,9 @@ from elm_data.sources.blocks import BLOCK_BYTES, Block, index_blocks
 from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import fetched, read_shard, shard_format_of
 from elm_data.sources.readers_common import UnsupportedFormat
+from elm_data.sources.registry import subset_key
 
+from .heldout import HELDOUT, HeldoutSelector
 from .manifest import DOCUMENT_SCHEMA, ShardRecord, ledger_digest, split_by_block
 from .workspace import BuildWorkspace, ShardChanged
 
@@ -53,6 +55,7 @@ class ShardTask:
     licence: str
     upstream: str | None = None
     block_bytes: int = BLOCK_BYTES  # target size of a plain-JSONL block
+    heldout: HeldoutSelector = HeldoutSelector()  # which passing documents are held out (none by default)
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,14 @@ class ShardTally:
     """One shard as it is counted: its documents-ledger rows (``DOCUMENT_SCHEMA`` columns) and its ``Counts``.
 
     Each record read adds one ledger row and lands in one bucket of ``counts``; a whole-shard rejection
-    is one row standing for ``count`` records.
+    is one row standing for ``count`` records. A document the pass keeps that ``heldout`` selects gets the
+    status ``heldout`` (its tokens and segments recorded, counted apart from the kept ones).
     """
 
     shard: int
     count_pieces: bool = False  # corenet mode: count the pieces the per-piece rules dropped
+    heldout: HeldoutSelector = HeldoutSelector()
+    key: str = ""  # the shard's source/subset, which the held-out choice depends on
     columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
     counts: Counts = field(default_factory=Counts)
     signer: Callable | None = None  # filters.dedup: a kept document's text -> its signature (dedup_filter.Signer)
@@ -112,10 +118,12 @@ class ShardTally:
 
     def add(self, result: PassResult) -> None:
         prov = result.document.provenance
-        self.counts.add_result(result, count_pieces=self.count_pieces)
+        held = result.kept and self.heldout.selects(self.key, prov.doc_id)
+        self.counts.add_result(result, count_pieces=self.count_pieces, heldout=held)
         if result.kept:
-            self._row(prov.index, prov.doc_id, KEPT, None, 1, result.chars, result.tokens, len(result.segments))
-            if self.signer is not None:
+            status = HELDOUT if held else KEPT
+            self._row(prov.index, prov.doc_id, status, None, 1, result.chars, result.tokens, len(result.segments))
+            if self.signer is not None:  # held-out documents too: a later copy of one is a duplicate, not trained on
                 self.signatures.append((prov.index, prov.doc_id, *self.signer(result.document.text)))
         else:
             self._row(prov.index, prov.doc_id, result.status, result.reason, 1, result.chars, 0, 0)
@@ -252,7 +260,8 @@ def tally_shard(
 ) -> ShardTally:
     """Every record of the shard (read pinned to ``sha256``) in the tally, in order; documents go through the
     pass in batches of ``BATCH_DOCUMENTS``, rejections straight to their bucket."""
-    tally = ShardTally(task.shard, count_pieces=document_pass.sequences.mode == "corenet")
+    corenet = document_pass.sequences.mode == "corenet"
+    tally = ShardTally(task.shard, count_pieces=corenet, heldout=task.heldout, key=subset_key(task.source, task.subset))
     if document_pass.filters.dedup is not None:
         from .dedup_filter import signer_for
 

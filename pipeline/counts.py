@@ -1,8 +1,9 @@
 """``Counts``: the one counter of what became of the records read (invariant 1, in numbers).
 
-Every record read ends in exactly one bucket: kept, filtered (by the pass, per reason) or rejected (by a
-reader, per reason). A shard's tally while it is counted, a :class:`~elm_data.manifests.manifest.ShardRecord`'s
-count fields, a manifest's totals and an audit row are all ``Counts``; they add with ``+`` / ``merge``.
+Every record read ends in exactly one bucket: kept, held out (passed the pass, kept out of training for
+evaluation: ``manifests/heldout.py``), filtered (by the pass, per reason) or rejected (by a reader, per
+reason). A shard's tally while it is counted, a :class:`~elm_data.manifests.manifest.ShardRecord`'s count
+fields, a manifest's totals and an audit row are all ``Counts``; they add with ``+`` / ``merge``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ RECORD_FIELDS = (
     "chars",
     "tokens",
     "segments",
+    "docs_heldout",
+    "heldout_tokens",
 )
 
 
@@ -36,9 +39,10 @@ RECORD_FIELDS = (
 class Counts:
     """Records read, each in one bucket, and what the kept ones hold.
 
-    ``docs_read == docs_kept + docs_filtered + docs_rejected`` by construction: read, filtered and rejected
-    are derived from the buckets. ``chars``, ``tokens`` (no BOS/EOS) and ``segments`` (kept CoreNet pieces,
-    or kept documents in packed mode) are those of kept documents. ``pieces_filtered_by_reason``: CoreNet
+    ``docs_read == docs_kept + docs_heldout + docs_filtered + docs_rejected`` by construction: read, filtered
+    and rejected are derived from the buckets. ``chars``, ``tokens`` (no BOS/EOS) and ``segments`` (kept CoreNet
+    pieces, or kept documents in packed mode) are those of kept documents; ``heldout_tokens`` those of held-out
+    documents (passed the pass, never streamed for training). ``pieces_filtered_by_reason``: CoreNet
     pieces the per-piece rules dropped, counted only when asked (empty in packed mode).
     """
 
@@ -49,6 +53,8 @@ class Counts:
     chars: int = 0
     tokens: int = 0
     segments: int = 0
+    docs_heldout: int = 0
+    heldout_tokens: int = 0
 
     @property
     def docs_filtered(self) -> int:
@@ -60,13 +66,17 @@ class Counts:
 
     @property
     def docs_read(self) -> int:
-        return self.docs_kept + self.docs_filtered + self.docs_rejected
+        return self.docs_kept + self.docs_heldout + self.docs_filtered + self.docs_rejected
 
-    def add_result(self, result: PassResult, count_pieces: bool = False) -> None:
-        """One document's outcome from the pass; ``count_pieces``: also count its dropped CoreNet pieces."""
+    def add_result(self, result: PassResult, count_pieces: bool = False, heldout: bool = False) -> None:
+        """One document's outcome from the pass; ``count_pieces``: also count its dropped CoreNet pieces;
+        ``heldout``: a document the pass keeps is held out (counted apart from the kept ones)."""
         if count_pieces:
             self.pieces_filtered_by_reason.update(reason for reason in result.piece_reasons if reason is not None)
-        if result.kept:
+        if result.kept and heldout:
+            self.docs_heldout += 1
+            self.heldout_tokens += result.tokens
+        elif result.kept:
             self.docs_kept += 1
             self.chars += result.chars
             self.tokens += result.tokens
@@ -87,6 +97,8 @@ class Counts:
         self.chars += other.chars
         self.tokens += other.tokens
         self.segments += other.segments
+        self.docs_heldout += other.docs_heldout
+        self.heldout_tokens += other.heldout_tokens
         return self
 
     def __add__(self, other: Counts) -> Counts:
@@ -112,6 +124,8 @@ class Counts:
             chars=record.chars,
             tokens=record.tokens,
             segments=record.segments,
+            docs_heldout=record.docs_heldout,
+            heldout_tokens=record.heldout_tokens,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,4 +141,6 @@ class Counts:
             "chars": self.chars,
             "tokens": self.tokens,
             "segments": self.segments,
+            "docs_heldout": self.docs_heldout,
+            "heldout_tokens": self.heldout_tokens,
         }

@@ -11,15 +11,16 @@ from elm_data.sources.document import Document, Provenance, Rejection
 
 
 def outcome(rng: random.Random, i: int) -> PassResult | Rejection:
-    """A random kept, filtered or rejected outcome (rejections standing for 1 to 3 records)."""
-    kind = rng.choice(("kept", "filtered", "rejected"))
+    """A random kept, held-out, filtered or rejected outcome (rejections standing for 1 to 3 records; a held-out one
+    is a kept result whose doc id says ``held``)."""
+    kind = rng.choice(("kept", "heldout", "filtered", "rejected"))
     if kind == "rejected":
         reason = rng.choice(("malformed_json", "missing_text"))
         return Rejection("s", "a", "mem://x", i, reason, count=rng.randint(1, 3))
-    prov = Provenance("s", "a", "mem://x", "f" * 64, i, f"id{i}", None, "cc-by")
+    prov = Provenance("s", "a", "mem://x", "f" * 64, i, f"{'held' if kind == 'heldout' else 'id'}{i}", None, "cc-by")
     doc = Document("w" * rng.randint(1, 50), prov)
     pieces = [rng.choice((None, "min_tokens", "min_characters")) for _ in range(rng.randint(1, 4))]
-    if kind == "kept":
+    if kind in ("kept", "heldout"):
         pieces[0] = None
         segments = [[7] * rng.randint(1, 9) for reason in pieces if reason is None]
         return PassResult(doc, "kept", None, segments, tuple(pieces))
@@ -33,13 +34,18 @@ def tally(items: list[PassResult | Rejection]) -> Counts:
         if isinstance(item, Rejection):
             counts.add_rejection(item)
         else:
-            counts.add_result(item, count_pieces=True)
+            counts.add_result(item, count_pieces=True, heldout=_held(item))
     return counts
+
+
+def _held(item: PassResult) -> bool:
+    return item.document.provenance.doc_id.startswith("held")
 
 
 def oracle(items: list[PassResult | Rejection]) -> dict:
     """The same figures counted by hand from the list of outcomes."""
-    kept = [i for i in items if isinstance(i, PassResult) and i.status == "kept"]
+    kept = [i for i in items if isinstance(i, PassResult) and i.status == "kept" and not _held(i)]
+    held = [i for i in items if isinstance(i, PassResult) and _held(i)]
     filtered = [i for i in items if isinstance(i, PassResult) and i.status == "filtered"]
     rejected = [i for i in items if isinstance(i, Rejection)]
     by = {}
@@ -48,12 +54,12 @@ def oracle(items: list[PassResult | Rejection]) -> dict:
         for item in group:
             by[name][item.reason] = by[name].get(item.reason, 0) + size(item)
     pieces = {}
-    for item in kept + filtered:
+    for item in kept + held + filtered:
         for reason in item.piece_reasons:
             if reason is not None:
                 pieces[reason] = pieces.get(reason, 0) + 1
     return {
-        "docs_read": len(kept) + len(filtered) + sum(r.count for r in rejected),
+        "docs_read": len(kept) + len(held) + len(filtered) + sum(r.count for r in rejected),
         "docs_kept": len(kept),
         "docs_filtered": len(filtered),
         "docs_rejected": sum(r.count for r in rejected),
@@ -63,6 +69,8 @@ def oracle(items: list[PassResult | Rejection]) -> dict:
         "chars": sum(len(i.document.text) for i in kept),
         "tokens": sum(len(s) for i in kept for s in i.segments),
         "segments": sum(len(i.segments) for i in kept),
+        "docs_heldout": len(held),
+        "heldout_tokens": sum(len(s) for i in held for s in i.segments),
     }
 
 
@@ -71,7 +79,8 @@ def test_adds_and_merges_match_a_hand_count():
     items = [outcome(rng, i) for i in range(300)]
     whole = tally(items)
     assert whole.to_dict() == oracle(items)
-    assert whole.docs_read == whole.docs_kept + whole.docs_filtered + whole.docs_rejected
+    assert whole.docs_read == whole.docs_kept + whole.docs_heldout + whole.docs_filtered + whole.docs_rejected
+    assert whole.docs_heldout > 0
     cuts = sorted(rng.sample(range(1, len(items)), 4))
     parts = [tally(items[a:b]) for a, b in zip([0, *cuts], [*cuts, len(items)], strict=True)]
     assert Counts.sum(parts) == whole

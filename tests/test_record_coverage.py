@@ -138,6 +138,7 @@ CONSUMER_MODULES = {
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
     "trainer/proof/report.py": "report", "manifests/audit_store.py": "croissant, card",
+    "manifests/heldout.py": "train",
 }  # fmt: skip
 
 
