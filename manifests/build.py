@@ -335,8 +335,7 @@ def build_manifest(
     pass_description = spec.build().describe() | _dedup_description(mixture.filters.dedup)
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
     tasks = plan_shards(mixture, block_bytes, allow_local_shards)
-    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes,
-                                   {"seed": mixture.seed, **mixture.heldout.to_dict()})  # fmt: skip
+    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes, _heldout_key(mixture))
     work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
     local, k = runner == "local", dropped_samples
     reused, fetched = (_count_locally(tasks, spec, work, workers, k, progress, on_shard_done) if local
@@ -370,6 +369,11 @@ def _dedup_description(mode: str | None) -> dict[str, Any]:
 
     signer_for(mode)  # minhash without the dedup extra: the pip line, before a shard is read
     return describe(mode)
+
+
+def _heldout_key(mixture: MixtureConfig) -> dict[str, Any]:
+    """What the held-out choice depends on besides a document: the seed and the fraction (a workspace key)."""
+    return {"seed": mixture.seed, **mixture.heldout.to_dict()}
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):
