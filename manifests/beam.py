@@ -4,7 +4,10 @@
 ``DocumentPass`` once (``DoFn.setup``) and commits each shard to the build workspace, exactly as the
 local runner does; the driver then assembles the manifest from the workspace, so a Beam build and a
 local build give the same manifest id and byte-identical parquet files. The tokenizer travels
-inside the pickled DoFn (its model bytes), so workers need no access to the tokenizer file.
+inside the pickled DoFn (its model bytes), so workers need no access to the tokenizer file; so do the
+driver's retry policy and storage options (``sources/remote.py``), and each worker's remote reads (retries
+by reason, reads that gave up, bytes fetched) come back as Beam counters (``remote_*``), which
+:func:`remote_counts` adds up for the build summary, as the local runner's counts are.
 
 Without ``--runner`` in the pipeline arguments this uses the in-process DirectRunner (never the
 Prism runner, which downloads a binary). For Flink, Spark or Dataflow pass their pipeline options
@@ -38,6 +41,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 
+from elm_data.sources import remote
+
 from .shard_work import PassSpec, ShardTask, process_shard
 from .workspace import BuildWorkspace
 
@@ -46,6 +51,7 @@ LOOPBACK = "127.0.0.1"
 SERVICE_START_TIMEOUT_S = 120.0  # importing apache_beam alone takes seconds on a busy machine
 STOP_TIMEOUT_S = 10.0
 SERVICE_MODULE = "elm_data.manifests.beam"  # this module, by its installed name: ``python -m`` it
+REMOTE_COUNTER = "remote_"  # remote_retries, remote_failed, ...; remote_retries_by_reason/<reason>
 
 
 class CountShardFn(beam.DoFn):
@@ -58,8 +64,10 @@ class CountShardFn(beam.DoFn):
         self.reused = Metrics.counter(METRICS_NAMESPACE, "shards_reused")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "shards_failed")
         self.tokens = Metrics.counter(METRICS_NAMESPACE, "tokens")
+        self.remote_settings = remote.settings()  # the driver's retry policy and storage options
 
     def setup(self) -> None:
+        remote.configure(**self.remote_settings)
         self._pass = self.spec.build()
         self._workspace = BuildWorkspace(self.workspace_path, self.config_hash)
 
@@ -72,7 +80,34 @@ class CountShardFn(beam.DoFn):
         else:
             self.counted.inc()
             self.tokens.inc(outcome.record.tokens)
+        count_remote(outcome.remote)
         yield task.shard, outcome.error is None, outcome.reused
+
+
+def count_remote(counts: dict) -> None:
+    """Add one shard's remote-read counts (a ``remote.RemoteStats.to_dict`` delta) to this worker's Beam counters."""
+    for name in remote.COUNTS:
+        if counts.get(name):
+            Metrics.counter(METRICS_NAMESPACE, REMOTE_COUNTER + name).inc(counts[name])
+    for reason, n in counts.get("retries_by_reason", {}).items():
+        Metrics.counter(METRICS_NAMESPACE, f"{REMOTE_COUNTER}retries_by_reason/{reason}").inc(n)
+
+
+def remote_counts(result) -> dict:
+    """The remote-read counts of every worker of a finished pipeline (``remote.add_counts`` shaped), from its
+    committed counters (attempted ones where a runner commits none)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    total: dict = {"retries_by_reason": {}}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        if name.startswith(f"{REMOTE_COUNTER}retries_by_reason/"):
+            reason = name.split("/", 1)[1]
+            total["retries_by_reason"][reason] = total["retries_by_reason"].get(reason, 0) + value
+        elif name.startswith(REMOTE_COUNTER) and name[len(REMOTE_COUNTER) :] in remote.COUNTS:
+            total[name[len(REMOTE_COUNTER) :]] = total.get(name[len(REMOTE_COUNTER) :], 0) + value
+    return remote.add_counts({}, total)
 
 
 def count_shards(
@@ -114,8 +149,9 @@ def run_beam(
     beam_args: Sequence[str] | None = None,
     dropped_per_reason: int = 0,
     portable: bool = False,
-) -> None:
-    """Run the counting pipeline to completion; results land in ``workspace``.
+) -> dict:
+    """Run the counting pipeline to completion; results land in ``workspace``; returns the workers' remote-read
+    counts (:func:`remote_counts`).
 
     ``portable``: run through Beam's portability layer on this machine: a ``PortableRunner`` submits the
     pipeline to a local job service whose SDK worker comes from a local worker pool, each in a process of
@@ -132,6 +168,7 @@ def run_beam(
             stack.enter_context(job_service_on_loopback())  # the embedded job service's servers live here
         with beam.Pipeline(options=options) as pipeline:
             count_shards(pipeline, tasks, spec, workspace, dropped_per_reason)
+        return remote_counts(pipeline.result)
 
 
 # -- the portability layer on this machine: job service, external worker pool, loopback-only servers ------

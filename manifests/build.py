@@ -377,13 +377,12 @@ def _heldout_key(mixture: MixtureConfig) -> dict[str, Any]:
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):
-    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none (and the
-    remote reads of Beam's workers are not counted here)."""
+    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none; returns
+    the remote reads' counts of Beam's workers (its counters), as the local runner's."""
     from .beam import run_beam
 
     with _polled_progress(work, len(tasks), progress):
-        run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
-    return 0, {}
+        return 0, run_beam(tasks, spec, work, beam_args, dropped_samples, portable=runner == "beam-portable")
 
 
 @contextlib.contextmanager

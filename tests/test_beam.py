@@ -41,3 +41,33 @@ def test_beam_runner_from_the_cli(sample_dir, tokenizer_path, sample_manifest, t
     assert Manifest(out).manifest_id == Manifest(sample_manifest).manifest_id
     shards = len(Manifest(out).shards)  # the bar polled from the workspace while Beam ran, and ended full
     assert "counting shards (beam)" in result.stderr and f"{shards}/{shards}" in result.stderr, result.stderr
+
+
+def test_beam_counts_its_workers_remote_retries_in_the_build_summary(sample_dir, tokenizer_path, tmp_path):
+    """A Beam build over the faulty loopback server (DirectRunner) reports its workers' retries, as a local build."""
+    import fault_server
+    import yaml
+    from test_remote import FAST, FAULTS, _mixtures
+
+    from elm_data.sources import remote
+
+    before = remote.settings()
+    try:
+        with fault_server.serve(sample_dir, fault_server.Faults(**vars(FAULTS))) as (url, stats):
+            _, http_yaml = _mixtures(sample_dir, url, tmp_path, slice(0, 3))
+            raw = yaml.safe_load(http_yaml.read_text())
+            http_yaml.write_text(yaml.safe_dump(raw | {"retries": {"backoff_s": 0.001, "max_backoff_s": 0.01}}))
+            beam = build_manifest(http_yaml, tmp_path / "beam", tokenizer=tokenizer_path, runner="beam", retries=FAST)
+            faults = sum(stats.faults.values())
+            result = CliRunner().invoke(build_command, [str(http_yaml), "--out", str(tmp_path / "cli"), "--tokenizer",
+                                                        tokenizer_path, "--runner", "beam", "--retries", "8"])  # fmt: skip
+    finally:
+        remote.configure(**before)
+    shards = sum(r.size_bytes for r in Manifest(beam.manifest_dir).shards)
+    assert faults > 0 and beam.remote["failed"] == 0
+    assert beam.remote["retries"] == sum(beam.remote["retries_by_reason"].values()) > 0
+    assert beam.remote["retries"] >= faults // 2  # each fault the server made cost its reader one retry (or two)
+    assert set(beam.remote["retries_by_reason"]) <= {"http 503", "truncated body", "connection"}
+    assert beam.remote["bytes_fetched"] >= shards
+    assert result.exit_code == 0, result.output
+    assert "read(s) retried" in result.output and "bytes fetched" in result.output, result.output
