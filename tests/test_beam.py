@@ -59,8 +59,8 @@ def test_beam_counts_its_workers_remote_retries_in_the_build_summary(sample_dir,
             http_yaml.write_text(yaml.safe_dump(raw | {"retries": {"backoff_s": 0.001, "max_backoff_s": 0.01}}))
             beam = build_manifest(http_yaml, tmp_path / "beam", tokenizer=tokenizer_path, runner="beam", retries=FAST)
             faults = sum(stats.faults.values())
-            result = CliRunner().invoke(build_command, [str(http_yaml), "--out", str(tmp_path / "cli"), "--tokenizer",
-                                                        tokenizer_path, "--runner", "beam", "--retries", "8"])  # fmt: skip
+            args = [str(http_yaml), "--out", str(tmp_path / "cli"), "--tokenizer", tokenizer_path, "--runner", "beam"]
+            result = CliRunner().invoke(build_command, [*args, "--retries", "8"])
     finally:
         remote.configure(**before)
     shards = sum(r.size_bytes for r in Manifest(beam.manifest_dir).shards)
