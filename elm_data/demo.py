@@ -16,6 +16,7 @@ import click
 from elm_data.core.commands import command
 from elm_data.core.errors import ElmDataError, OutputExists
 from elm_data.pipeline.tokenizer import resolve_tokenizer
+from elm_data.sources.remote_option import retries_option
 
 # The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained model.
 # 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it longer.
@@ -141,6 +142,7 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
 
 
 @command("demo")
+@retries_option
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 20].")

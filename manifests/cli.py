@@ -10,9 +10,11 @@ import click
 from elm_data.core.commands import check_failed, command
 from elm_data.core.known_tokenizers import token_unit
 from elm_data.sources.blocks import BLOCK_BYTES
+from elm_data.sources.remote_option import retries_option
 
 
 @command("manifest")
+@retries_option
 @click.argument("mixture", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
 @click.option(
@@ -75,12 +77,6 @@ from elm_data.sources.blocks import BLOCK_BYTES
     is_flag=True,
     help="Let a shards_from list that is not a local file (remote, or inside a zip) name local paths.",
 )
-@click.option(
-    "--retries",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Attempts per remote read, the first included (default: the mixture's retries.attempts, else 8).",
-)
 def build_manifest(
     mixture,
     out_dir,
@@ -95,7 +91,6 @@ def build_manifest(
     overwrite,
     block_bytes,
     allow_local_shards,
-    retries,
 ):
     """Count every shard of MIXTURE.yaml through the per-document pass and write a manifest to --out.
 
@@ -122,22 +117,8 @@ def build_manifest(
         overwrite=overwrite,
         block_bytes=block_bytes,
         allow_local_shards=allow_local_shards,
-        retries=_retries(mixture, retries),
     )
     _print_build(result, out_dir, dropped_samples)
-
-
-def _retries(mixture: str, attempts: int | None):
-    """The mixture's retry policy with ``--retries`` attempts, or None (the mixture's, else the default)."""
-    if attempts is None:
-        return None
-    from dataclasses import replace
-
-    from elm_data.sources.remote import RetryPolicy
-
-    from .mixture import MixtureConfig
-
-    return replace(MixtureConfig.load(mixture).retries or RetryPolicy(), attempts=attempts)
 
 
 def _print_build(result, out_dir: str, dropped_samples: int) -> None:
@@ -164,6 +145,7 @@ def _print_build(result, out_dir: str, dropped_samples: int) -> None:
 
 
 @command("verify")
+@retries_option
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Hashing threads.")
 def verify(manifest_dir, workers):
@@ -232,6 +214,7 @@ SAVE_HELP = (
 
 
 @command("duplicates")
+@retries_option
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Near: estimated Jaccard to reach.")
 @click.option("--shingle", type=int, default=5, show_default=True, help="Near: words per shingle.")

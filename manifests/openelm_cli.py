@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import command
+from elm_data.sources.remote_option import retries_option
 
 
 @command("init")
@@ -26,6 +27,7 @@ def init(preset: str, out_dir: Path, pin: bool, force: bool) -> None:
 
 
 @command("estimate")
+@retries_option
 @click.argument("mixture", type=str)
 @click.option("--sample-docs", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Records sampled per source/subset.")  # fmt: skip

@@ -6,9 +6,11 @@ import click
 
 from elm_data.core.commands import command
 from elm_data.pipeline.tokenizer import LLAMA2_HUB_URI, LLAMA2_SHA256, PRECEDENCE
+from elm_data.sources.remote_option import retries_option
 
 
 @command("fetch")
+@retries_option
 @click.argument("uri", default=LLAMA2_HUB_URI)
 @click.option("--sha256", default=LLAMA2_SHA256, show_default=True, help="The sha256 the file must have.")
 @click.option("--any-sha", is_flag=True, help="Accept whatever the file's sha256 is (another SentencePiece model).")
@@ -30,6 +32,7 @@ def fetch(uri: str, sha256: str, any_sha: bool) -> None:
 
 
 @command("show")
+@retries_option
 @click.option("--tokenizer", default=None, help="As the other commands take it.")
 def show(tokenizer: str | None) -> None:
     """Say which tokenizer the commands resolve here, and where the cache is."""

@@ -15,7 +15,9 @@ stores; a :meth:`RemoteStats.since` delta carries them across processes (build w
 
 The policy (:func:`configure`) and the storage options of a protocol (``storage_options``: e.g. an S3
 ``endpoint_url`` for an S3-compatible store) are per process; credentials come from the environment or
-the stores' own config (boto, ``HF_TOKEN``) and are never written anywhere.
+the stores' own config (boto, ``HF_TOKEN``) and are never written anywhere. A command's ``--retries N``
+(``sources/remote_option.py``, the one owner of the option) holds for the command's run
+(:func:`command_line_attempts`): ``N`` attempts, whatever policy a config sets meanwhile (:func:`effective`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, BinaryIO, TypeVar
 
 import fsspec
@@ -151,7 +153,7 @@ def any_counted(counts: Mapping[str, Any]) -> bool:
 
 
 STATS = RemoteStats()
-_settings: dict[str, Any] = {"policy": RetryPolicy(), "storage_options": {}}
+_settings: dict[str, Any] = {"policy": RetryPolicy(), "storage_options": {}, "attempts": None}  # attempts: --retries
 
 
 def configure(
@@ -173,8 +175,28 @@ def storage_options(raw: Any, where: str = "storage_options") -> dict[str, dict[
     return {str(k): dict(v) for k, v in raw.items()}
 
 
+def effective(policy: RetryPolicy) -> RetryPolicy:
+    """``policy`` with the running command's ``--retries`` attempts, when it was given (the flag beats a config)."""
+    attempts = _settings["attempts"]
+    return policy if attempts is None else replace(policy, attempts=attempts)
+
+
 def policy() -> RetryPolicy:
-    return _settings["policy"]
+    return effective(_settings["policy"])
+
+
+@contextlib.contextmanager
+def command_line_attempts(attempts: int | None) -> Iterator[None]:
+    """While open, every remote read of this process (and of the workers it hands :func:`settings` to) makes
+    ``attempts`` attempts (None: the configured policy's); the setting before is restored on exit."""
+    before = _settings["attempts"]
+    if attempts is not None:
+        RetryPolicy(attempts=attempts)  # validated as a config's would be
+        _settings["attempts"] = attempts
+    try:
+        yield
+    finally:
+        _settings["attempts"] = before
 
 
 def settings() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import check_failed, command
+from elm_data.sources.remote_option import retries_option
 
 from .core.config import TrainConfig
 from .core.loop import train as run_training
@@ -16,6 +17,7 @@ from .proof.audit import verify_deep, verify_run
 
 
 @command("train")
+@retries_option
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--resume",
@@ -75,6 +77,7 @@ moved_manifest_option = click.option(
 
 
 @command("audit-run")
+@retries_option
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @moved_manifest_option
@@ -126,6 +129,7 @@ def audit_run(
 
 
 @command("trace")
+@retries_option
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--doc", "doc_ref", default=None, metavar="SOURCE/SUBSET:DOC_ID", help="The document to trace.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -209,6 +213,7 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
 
 
 @command("train")
+@retries_option
 @click.argument("matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--out",

@@ -11,11 +11,13 @@ from pathlib import Path
 import click
 
 from elm_data.core.commands import command
+from elm_data.sources.remote_option import retries_option
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "compress.yaml"
 
 
 @command("compress")
+@retries_option
 @click.argument("source", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--config",

@@ -15,9 +15,11 @@ from elm_data.manifests.cli import SAVE_HELP
 from elm_data.manifests.contamination import DEFAULT_NGRAM, MatchRule, audit_contamination, format_table
 from elm_data.manifests.eval_tasks import load_tasks
 from elm_data.manifests.manifest import Manifest
+from elm_data.sources.remote_option import retries_option
 
 
 @command("contamination")
+@retries_option
 @click.argument("manifest_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--tasks",

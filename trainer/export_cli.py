@@ -14,6 +14,7 @@ from elm_data.core.commands import command
 from elm_data.core.errors import OutputExists
 from elm_data.model.config import NAMED_SHAPES
 from elm_data.model.weights import DTYPES
+from elm_data.sources.remote_option import retries_option
 
 from .core.checkpoint import list_checkpoints, load_checkpoint_model
 from .export import hf as E
@@ -22,6 +23,7 @@ TOKENIZER_HELP = "Tokenizer to ship (else $ELM_DATA_TOKENIZER, else the run's lo
 
 
 @command("hf")
+@retries_option
 @click.argument("paths", nargs=-1, required=True, metavar="[CHECKPOINT|RUN] OUT_DIR")
 @click.option("--init", type=click.Choice(list(NAMED_SHAPES)), default=None, help="Export a fresh model of this size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --init.")
@@ -62,6 +64,7 @@ def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -
 
 
 @command("mlx")
+@retries_option
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
@@ -90,6 +93,7 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
 
 
 @command("eval")
+@retries_option
 @click.argument("target", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tasks", default=None, help="Comma-separated lm-eval tasks (default: OpenELM's zero-shot suite).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N examples per task.")

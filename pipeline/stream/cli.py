@@ -14,6 +14,7 @@ import click
 from elm_data.core.commands import command
 from elm_data.core.settings import SettingsError, convert, load_mapping
 from elm_data.sources.registry import subset_key
+from elm_data.sources.remote_option import retries_option
 
 SNIPPET_CHARS = 70
 
@@ -71,6 +72,7 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 
 
 @command("stream")
+@retries_option
 @click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--mode",
@@ -117,9 +119,6 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the manifest.",
 )
 @click.option(
-    "--retries", type=click.IntRange(min=1), default=None, help="Attempts per remote read, the first included (8)."
-)
-@click.option(
     "--cache-dir",
     default=None,
     help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: none.",
@@ -133,7 +132,7 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 )
 def stream(
     manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass,
-    retries, cache_dir, cache_max_bytes, readahead_bytes,
+    cache_dir, cache_max_bytes, readahead_bytes,
 ) -> None:  # fmt: skip
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
@@ -148,7 +147,7 @@ def stream(
     pyarrow_without_implicit_pandas()  # this process uses no pandas, nor (tensors=False below) torch
 
     cache = {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {}) if cache_dir else None
-    network = NetworkSettings.from_config({"attempts": retries} if retries else None, cache, readahead_bytes)
+    network = NetworkSettings.from_config(None, cache, readahead_bytes)  # retries: --retries
 
     ts = TokenStream(
         manifest_dir,

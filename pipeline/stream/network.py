@@ -42,10 +42,11 @@ class NetworkSettings:
         readahead_bytes: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> NetworkSettings:
-        """From a config's sections (each None: this process' current setting)."""
+        """From a config's sections (each None: this process' current setting); a command's ``--retries`` beats
+        the config's attempts (``remote.effective``), here and in the workers the settings travel to."""
         now = cls.current()
         return cls(
-            retries=remote.RetryPolicy.from_dict(retries) if retries is not None else now.retries,
+            retries=remote.effective(remote.RetryPolicy.from_dict(retries)) if retries is not None else now.retries,
             cache=CacheConfig.from_dict(cache) if cache is not None else now.cache,
             readahead_bytes=now.readahead_bytes if readahead_bytes is None else readahead_bytes,
             storage_options=remote.storage_options(storage_options) or now.storage_options,
