@@ -739,6 +739,7 @@ def estimate_mixture(
         raise InvalidValue(f"sample_docs must be >= 1, got {sample_docs}")
     started = time.perf_counter()
     mixture = MixtureConfig.load(mixture_path)
+    remote.configure(mixture.retries, mixture.storage_options)  # as the build reads it (None: as is)
     tok = tokenizer if isinstance(tokenizer, LlamaTokenizer) else resolve_tokenizer(tokenizer, mixture.tokenizer)
     doc_pass = DocumentPass(mixture.filters, mixture.sequences, tok, num_threads=1)
     subsets = []

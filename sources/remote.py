@@ -342,10 +342,15 @@ def retrying(what: str, attempt: Callable[[], T], on_retry: Callable[[], None] |
 
 
 # -- remote files --------------------------------------------------------------------------------------
+def options_for(uri: str) -> dict[str, Any]:
+    """This process' storage options for ``uri``'s protocol (``{}`` when none are set)."""
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    return dict(_settings["storage_options"].get(protocol, {}))
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """``(fs, path)`` of ``uri`` with this process' storage options for its protocol."""
-    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    return fsspec.core.url_to_fs(uri, **_settings["storage_options"].get(protocol, {}))
+    return fsspec.core.url_to_fs(uri, **options_for(uri))
 
 
 def is_remote(fs: fsspec.AbstractFileSystem) -> bool:

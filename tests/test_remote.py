@@ -372,6 +372,54 @@ def test_the_whole_mixture_over_s3_at_1x0_and_2x2(sample_dir, tokenizer_path, to
     assert global_batches(s3.manifest_dir, tokenizer, 2, 2) == reference
 
 
+def test_the_readmes_s3_recipe_keys_and_endpoint_from_the_environment_only(
+    sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint, over_http
+):
+    """README, "Over the network": `AWS_ENDPOINT_URL` and the keys in the environment, no storage options anywhere:
+    build, estimate and stream reach the S3-compatible store."""
+    from elm_data.manifests.estimate import estimate_mixture
+
+    root = _upload_to_s3(sample_dir, s3_endpoint, "from-env")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_endpoint)):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    remote.configure(storage_options={})
+    _, s3_yaml = _mixtures(sample_dir, root, tmp_path, slice(0, 3))
+    s3 = build_manifest(s3_yaml, tmp_path / "s3", tokenizer=tokenizer_path, block_bytes=16 << 10)
+    assert (s3.manifest_id, s3.totals) == (over_http.local.manifest_id, over_http.local.totals)
+    assert all(s.records_sampled > 0 for s in estimate_mixture(s3_yaml, sample_docs=4, tokenizer=tokenizer).subsets)
+    assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
+
+
+def test_a_mixtures_storage_options_reach_its_globs_and_the_estimate(
+    sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint
+):
+    """A mixture's `storage_options` (an S3-compatible endpoint) is how every read of it reaches the store: the
+    listing of a glob, the estimate's samples and the build (the process itself set no options, no endpoint)."""
+    from elm_data.manifests.estimate import estimate_mixture
+
+    root = _upload_to_s3(sample_dir, s3_endpoint, "globbed")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    remote.configure(storage_options={})
+    raw = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
+    raw["sources"] = raw["sources"][1:3]  # two JSONL subsets, named by globs
+    local = dict(raw, sources=[dict(e, shards=[str(sample_dir / g) for g in e["shards"]]) for e in raw["sources"]])
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(local))
+    for entry in raw["sources"]:
+        entry["shards"] = [f"{root}/{glob}" for glob in entry["shards"]]
+    raw |= {"storage_options": {"s3": {"endpoint_url": s3_endpoint}}, "retries": {"attempts": 3, "backoff_s": 0.01}}
+    (tmp_path / "s3.yaml").write_text(yaml.safe_dump(raw))
+    estimate = estimate_mixture(tmp_path / "s3.yaml", sample_docs=4, tokenizer=tokenizer)
+    assert [s.key for s in estimate.subsets] == ["redpajama/arxiv", "redpajama/book"]
+    assert all(s.records_sampled > 0 and s.shards == 2 for s in estimate.subsets)
+    built = build_manifest(tmp_path / "s3.yaml", tmp_path / "s3", tokenizer=tokenizer_path)
+    reference = build_manifest(tmp_path / "local.yaml", tmp_path / "local", tokenizer=tokenizer_path)
+    assert (built.manifest_id, built.totals) == (reference.manifest_id, reference.totals) and built.shards == 4
+
+
 def test_storage_options_come_from_the_configs_and_no_credential_is_recorded(tmp_path):
     from elm_data.trainer.core.config import TrainConfig
 
