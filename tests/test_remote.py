@@ -439,6 +439,24 @@ def test_storage_options_come_from_the_configs_and_no_credential_is_recorded(tmp
     assert mixture.retries.attempts == 3 and mixture.storage_options == {"s3": {"endpoint_url": "http://127.0.0.1:9"}}
 
 
+def test_a_hub_mirror_is_the_endpoint_hf_reads_ask(tmp_path):
+    """README: a mirror of the hub from `HF_ENDPOINT` (read when huggingface_hub is imported: a fresh process) or
+    from `storage_options: {hf: {endpoint: URL}}` (the configs'); either is where hf:// reads go."""
+    import subprocess
+    import sys
+
+    probe = "from elm_data.sources import remote; print(remote.filesystem('hf://datasets/a/b/x.parquet')[0].endpoint)"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env | {"HF_ENDPOINT": "http://127.0.0.1:9/mirror"},
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.stdout.strip() == "http://127.0.0.1:9/mirror", done.stderr
+    remote.configure(storage_options={"hf": {"endpoint": "http://127.0.0.1:8/other"}})
+    try:
+        assert remote.filesystem("hf://datasets/a/b/x.parquet")[0].endpoint == "http://127.0.0.1:8/other"
+    finally:
+        remote.configure(storage_options={})
+
+
 # -- the stand-in hub (hf://) with faults ----------------------------------------------------------------------
 def test_the_stand_in_hub_with_faults_gives_the_fault_free_manifest_and_batches(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch
