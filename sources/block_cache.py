@@ -2,7 +2,9 @@
 
 Opt-in (:func:`configure_cache` or a config's ``cache:`` section). A block lives at ``DIR/ab/<sha256>`` and is
 served only when its bytes still hash to its name (a damaged entry is removed and fetched again), so the
-cache can never feed bytes the manifest does not name. Entries are written whole (``core/outputs.py``,
+cache can never feed bytes the manifest does not name; a block too large to hold in memory is stored from and
+served as a file (:meth:`BlockCache.put_file`, :meth:`BlockCache.open`), checked in one streamed read. Entries
+are written whole (``core/outputs.py``,
 atomic rename), so any number of processes of a node may read and fill it at once; eviction runs under an
 exclusive file lock (``DIR/.evict.lock``) and removes the least recently used entries (a hit refreshes an
 entry's mtime) until the cache holds at most ``max_bytes``.
@@ -14,14 +16,16 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from elm_data.core.errors import InvalidValue
-from elm_data.core.outputs import write_atomic
+from elm_data.core.outputs import atomic_file, write_atomic
 
 EVICT_EVERY = 16  # evict after each 1/16 of max_bytes written by this process
+CHUNK = 8 << 20  # bytes per read when a large entry is checked or copied
 
 
 @dataclass(frozen=True)
@@ -74,15 +78,48 @@ class BlockCache:
         self.hits += 1
         return data
 
+    def open(self, sha256: str) -> BinaryIO | None:
+        """The block as an open file (at its start) when cached and intact, checked in one streamed read (then
+        marked recently used), else None. The file stays readable if the entry is evicted meanwhile."""
+        path = self.path(sha256)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (handed to the caller, who closes it)
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        digest = hashlib.sha256()
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            f.close()
+            path.unlink(missing_ok=True)  # damaged on disk: never served, fetched again
+            self.misses += 1
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        self.hits += 1
+        f.seek(0)
+        return f
+
     def put(self, sha256: str, data: bytes) -> None:
         """Keep verified ``data`` (whose sha256 the caller checked) unless the cache already holds it."""
-        if len(data) > self.max_bytes:
+        if len(data) > self.max_bytes or self.path(sha256).exists():
             return
-        path = self.path(sha256)
-        if path.exists():
+        write_atomic(self.path(sha256), data)
+        self._wrote(len(data))
+
+    def put_file(self, sha256: str, f: BinaryIO, size: int) -> None:
+        """Keep the verified ``size`` bytes of file ``f`` (copied in chunks; ``f`` is left at its start)."""
+        if size > self.max_bytes or self.path(sha256).exists():
             return
-        write_atomic(path, data)
-        self._written += len(data)
+        f.seek(0)
+        with atomic_file(self.path(sha256)) as out:
+            shutil.copyfileobj(f, out, CHUNK)
+        f.seek(0)
+        self._wrote(size)
+
+    def _wrote(self, size: int) -> None:
+        self._written += size
         if self._written >= self.max_bytes // EVICT_EVERY:
             self._written = 0
             self.evict()

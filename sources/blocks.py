@@ -208,27 +208,64 @@ def _check(uri: str, i: int, block: Block, digest: str) -> None:
         )
 
 
-def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes, int]:
-    """``(bytes, bytes fetched from storage)`` of remote block ``i``: from the node's block cache when it holds
-    them, else fetched with retries (``remote.read_range``), checked against the block's sha256 and cached.
+def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes | BinaryIO, int]:
+    """``(data, bytes fetched from storage)`` of remote block ``i``: from the node's block cache when it holds
+    it, else fetched with retries, checked against the block's sha256 and cached. ``data`` is the bytes, or for a
+    block over ``SPILL_BYTES`` an anonymous temp file at its start (the caller closes it): a block of any size
+    costs a reader at most ``HASH_CHUNK`` of memory, and is cached and read ahead like any other.
 
     A block whose bytes do not match is fetched once more (a fault that corrupted a body), then refused.
     """
-    cache = active_cache()
-    if cache is not None and (data := cache.get(block.sha256)) is not None:
-        remote.STATS.count(from_cache=len(data))
-        return data, 0
-    what = f"{uri} block {i} (bytes {block.start}-{block.end})"
-    data = remote.read_range(uri, block.start, block.end, what)
-    fetched = len(data)
-    if hashlib.sha256(data).hexdigest() != block.sha256:
-        remote.STATS.count(retry="sha256 mismatch")
-        data = remote.read_range(uri, block.start, block.end, what)
-        fetched += len(data)
-        _check(uri, i, block, hashlib.sha256(data).hexdigest())
+    size, cache = block.end - block.start, active_cache()
+    large = size > SPILL_BYTES
     if cache is not None:
-        cache.put(block.sha256, data)
+        data = cache.open(block.sha256) if large else cache.get(block.sha256)
+        if data is not None:
+            remote.STATS.count(from_cache=size)
+            return data, 0
+    what = f"{uri} block {i} (bytes {block.start}-{block.end})"
+    data, digest = _fetch_once(uri, block, what, large)
+    fetched = size
+    if digest != block.sha256:
+        remote.STATS.count(retry="sha256 mismatch")
+        _close(data)
+        data, digest = _fetch_once(uri, block, what, large)
+        fetched += size
+        if digest != block.sha256:
+            _close(data)
+            _check(uri, i, block, digest)
+    if cache is not None:
+        cache.put_file(block.sha256, data, size) if large else cache.put(block.sha256, data)
     return data, fetched
+
+
+def _fetch_once(uri: str, block: Block, what: str, large: bool) -> tuple[bytes | BinaryIO, str]:
+    """``(data, sha256)`` of the block's bytes from storage: in memory, or (``large``) streamed into a temp file
+    in ranged reads of at most ``HASH_CHUNK``, each retried from the byte it had reached."""
+    if not large:
+        data = remote.read_range(uri, block.start, block.end, what)
+        return data, hashlib.sha256(data).hexdigest()
+    spill, digest, left = tempfile.TemporaryFile(prefix="elm-data-block-"), hashlib.sha256(), block.end - block.start  # noqa: SIM115
+    try:
+        with remote.open_read(uri, what, buffered=False) as f:
+            f.seek(block.start)
+            while left:
+                chunk = f.read(min(HASH_CHUNK, left))
+                if not chunk:
+                    raise BlockChanged(f"{what}: ends early (the shard is shorter than the manifest says)")
+                digest.update(chunk)
+                spill.write(chunk)
+                left -= len(chunk)
+    except BaseException:
+        spill.close()
+        raise
+    spill.seek(0)
+    return spill, digest.hexdigest()
+
+
+def _close(data: bytes | BinaryIO) -> None:
+    if not isinstance(data, bytes):
+        data.close()
 
 
 # -- reading verified bytes ---------------------------------------------------------------------------
@@ -275,9 +312,9 @@ class VerifiedView(SeekableReader):
         return self._remote
 
     def _fetch(self, i: int) -> bytes | BinaryIO:
-        """Block ``i``'s verified bytes: prefetched, cached or fetched when remote and not over ``SPILL_BYTES``."""
+        """Block ``i``'s verified bytes (a large one as a temp file): read ahead, cached or fetched when remote."""
         block = self.blocks[i]
-        if block.end - block.start <= SPILL_BYTES and self._is_remote():
+        if self._is_remote():
             got = self.ahead(self.uri, block, i) if self.ahead is not None else None
             data, fetched = got if got is not None else fetch_verified(self.uri, block, i)
             self.bytes_loaded += fetched

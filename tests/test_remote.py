@@ -265,6 +265,92 @@ def test_read_ahead_fetches_each_block_once_and_changes_nothing(over_http, token
     assert sum(served) > len(served) / 2  # most remote blocks arrived fetched ahead
 
 
+def test_blocks_over_the_spill_size_are_read_ahead_and_cached_as_files(over_http, tokenizer, tmp_path, monkeypatch):
+    """Blocks too large to hold (here every block over 4 KiB) are fetched into temp files, read ahead and cached
+    like the others: same batches over the faulty server, most served fetched ahead, none held in memory, and a
+    second pass with the cache warm fetches nothing."""
+    from elm_data.sources import blocks
+
+    http, stats, reference = over_http.http, over_http.stats, over_http.reference
+    monkeypatch.setattr(blocks, "SPILL_BYTES", 4 << 10)
+    held, served = [], []
+    note, ahead = blocks.HeldBlocks.note, ReadAhead.__call__
+
+    def noted(self, view, i, data):
+        held.append(len(data) if isinstance(data, bytes) else 0)
+        return note(self, view, i, data)
+
+    def counted(self, uri, block, i):
+        got = ahead(self, uri, block, i)
+        served.append((got is not None, block.end - block.start))
+        return got
+
+    monkeypatch.setattr(blocks.HeldBlocks, "note", noted)
+    monkeypatch.setattr(ReadAhead, "__call__", counted)
+    configure_readahead(1 << 20, 2)
+    configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
+    over_http.faults.fail_every, over_http.faults.cut_every = FAULTS.fail_every, FAULTS.cut_every
+    try:
+        assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    finally:
+        over_http.faults.fail_every = over_http.faults.cut_every = 0
+    large = [fetched for fetched, size in served if size > 4 << 10]
+    assert large and sum(large) > len(large) / 2  # most large blocks arrived fetched ahead
+    assert held and max(held) <= 4 << 10  # no block over the spill size was held in memory
+    assert max(e.stat().st_size for e in (tmp_path / "cache").glob("??/*")) > 4 << 10
+    sent = stats.bytes_sent
+    assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == reference
+    assert stats.bytes_sent == sent  # the second pass fetched nothing, large blocks included
+
+
+@pytest.mark.slow
+def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(tokenizer_path, tokenizer, tmp_path,
+                                                                             monkeypatch):  # fmt: skip
+    """A real one-block JSONL shard of ~20 MiB (a few documents, then records without text) over the faulty server:
+    the same batches as from the disk, the block fetched ahead into a temp file (never held in memory), and a
+    second pass with the cache warm fetches nothing."""
+    import json as json_
+    import random
+
+    from elm_data.sources import blocks
+    from elm_data.sources.sample_text import web_page
+
+    rng = random.Random(0)
+    docs = [json_.dumps({"text": web_page(rng, 300), "meta": {"n": n}}) for n in range(40)]
+    pad = json_.dumps({"text": "", "meta": {"pad": "x" * 1000}})
+    lines = docs + [pad] * ((blocks.SPILL_BYTES + (4 << 20)) // len(pad))
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "big.jsonl").write_text("\n".join(lines) + "\n")
+    mixture = {"sources": [{"source": "redpajama", "subset": "arxiv", "shards": []}]}
+    held, served = [], []
+    note, ahead = blocks.HeldBlocks.note, ReadAhead.__call__
+
+    def noted(self, view, i, data):
+        held.append(len(data) if isinstance(data, bytes) else 0)
+        return note(self, view, i, data)
+
+    monkeypatch.setattr(blocks.HeldBlocks, "note", noted)
+    monkeypatch.setattr(ReadAhead, "__call__", lambda self, u, b, i: served.append(ahead(self, u, b, i)) or served[-1])
+    configure_readahead(64 << 20, 2)
+    configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
+    with fault_server.serve(tmp_path / "served", FAULTS) as (url, stats):
+        built = {}
+        for name, shard in (("local", str(tmp_path / "served" / "big.jsonl")), ("http", f"{url}/big.jsonl")):
+            mixture["sources"][0]["shards"] = [shard]
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(mixture))
+            built[name] = build_manifest(tmp_path / f"{name}.yaml", tmp_path / name, tokenizer=tokenizer_path,
+                                         block_bytes=64 << 20).manifest_dir  # fmt: skip
+        (block,) = Manifest(built["http"]).blocks(0)
+        assert block["end"] - block["start"] > blocks.SPILL_BYTES
+        reference = global_batches(built["local"], tokenizer, 1, 0, partitions=1)
+        assert reference and global_batches(built["http"], tokenizer, 1, 0, partitions=1) == reference
+        assert served and served[0] is not None and not isinstance(served[0][0], bytes)  # fetched ahead, in a file
+        assert max(held) <= blocks.SPILL_BYTES
+        sent = stats.bytes_sent
+        assert global_batches(built["http"], tokenizer, 1, 0, partitions=1) == reference
+        assert stats.bytes_sent == sent
+
+
 def test_read_ahead_of_an_endless_stream_over_a_corpus_smaller_than_its_budget_stops(over_http, tokenizer):
     """Training streams epoch after epoch (``epochs=None``): once every block of a small corpus is fetched ahead,
     scheduling must stop at the first block still held, not walk the endless order (it hung a training run)."""

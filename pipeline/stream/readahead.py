@@ -11,7 +11,9 @@ synchronous read; a failed fetch raises when, and only when, the reader asks for
 Invariants: only blocks of the partition's own units are fetched, each at most once per prediction, so a
 natural pass still reads each shard byte once (a resumed or multi-epoch pass whose first block is not
 where the prediction starts re-synchronises, wasting at most the budget); bytes fetched ahead and not
-yet used never exceed the budget plus one block; local shards and blocks over ``SPILL_BYTES`` are not read ahead.
+yet used never exceed the budget plus one block; local shards are not read ahead, nor is a block larger than
+the whole budget. A block over ``SPILL_BYTES`` is fetched ahead into a temp file (``fetch_verified``), so
+what a reader holds in memory stays bounded whatever its blocks' size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from elm_data.sources import remote
-from elm_data.sources.blocks import SPILL_BYTES, Block, fetch_verified
+from elm_data.sources.blocks import Block, fetch_verified
 
 from .partition import PartitionWalk
 
@@ -138,8 +140,8 @@ class ReadAhead:
             shard, b = key
             raw = self.manifest.blocks(shard)[b]
             block = Block(raw["start"], raw["end"], raw["sha256"], raw["first_record"], raw["records"])
-            if not self._is_remote(shard) or block.end - block.start > SPILL_BYTES:
-                return  # read when asked for (a local shard, a block too large to hold): no further ahead
+            if not self._is_remote(shard) or block.end - block.start > _settings["bytes"]:
+                return  # read when asked for (a local shard, a block larger than the budget): no further ahead
             if key in self.ready:  # the order came round to a block still held: all ahead is fetched (an
                 return  # endless stream over a corpus smaller than the budget would otherwise loop here forever)
             size = block.end - block.start
@@ -156,8 +158,15 @@ class ReadAhead:
         self.queues.clear()
 
 
+def _close_spilled(future: Future) -> None:
+    """A dropped fetch's temp file (a block over ``SPILL_BYTES``) is closed, not left to the collector."""
+    if not future.cancelled() and future.exception() is None and not isinstance(future.result()[0], bytes):
+        future.result()[0].close()
+
+
 def _release(size: int, future: Future | None) -> None:
     if future is not None:
         future.cancel()  # a fetch not started yet is not made; a running one finishes and is dropped
+        future.add_done_callback(_close_spilled)
     with _lock:
         _in_flight[0] -= size
