@@ -76,7 +76,10 @@ def expand(pattern: str, what: str) -> list[str]:
     if not any(ch in searched for ch in GLOB_CHARS):
         return [pattern]
     try:
-        fs, _, paths = remote.retrying(f"listing {pattern}", lambda: fsspec.get_fs_token_paths(pattern, storage_options=remote.options_for(pattern)))
+        options = remote.options_for(pattern)  # e.g. a mixture's S3-compatible endpoint
+        fs, _, paths = remote.retrying(
+            f"listing {pattern}", lambda: fsspec.get_fs_token_paths(pattern, storage_options=options)
+        )
     except Exception as e:
         if _remote(pattern) and not isinstance(e, FileNotFoundError):
             raise unreachable(pattern, e) from e
