@@ -255,3 +255,42 @@ def test_the_model_card_says_what_is_known_of_duplicates_and_contamination(train
         assert said in card
     finally:
         shutil.rmtree(manifest.path / "audits", ignore_errors=True)
+
+
+@pytest.mark.slow  # mlcroissant: importing it takes seconds
+def test_mlcroissant_validates_an_export_with_the_dedup_filter_and_a_stored_audit(planted, tmp_path):
+    mlc = pytest.importorskip("mlcroissant")
+    from elm_data.manifests.audit_store import save_audit
+    from elm_data.manifests.croissant import export_croissant
+
+    _, _, built = planted
+    manifest = tmp_path / "m"
+    shutil.copytree(built["minhash"], manifest)
+    save_audit(Manifest(manifest), "duplicates", audit_duplicates(Manifest(manifest)).to_json())
+    dataset = mlc.Dataset(jsonld=str(export_croissant(manifest, tmp_path / "out" / "c.json")))
+    assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
+    kept = Manifest(manifest).info["totals"]["docs_kept"]
+    assert sum(r["shards/docs_kept"] for r in dataset.records("shards")) == kept
+
+
+def test_an_interrupted_dedup_build_resumes_from_its_committed_signatures(planted, tokenizer_path, tmp_path):
+    """Committed shards (ledger + signatures) are reused; one whose signatures file was lost is counted again;
+    the manifest is the one an uninterrupted build writes."""
+    root, _, built = planted
+    out = tmp_path / "m"
+
+    def stop_after_the_first(outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_manifest(root / "mixture-minhash.yaml", out, tokenizer=tokenizer_path, on_shard_done=stop_after_the_first)
+    partial = tmp_path / "m.partial"
+    assert sorted(p.name for p in partial.glob("*.dedup.parquet")) == ["shard-00000.dedup.parquet"]
+    result = build_manifest(root / "mixture-minhash.yaml", out, tokenizer=tokenizer_path)
+    assert result.shards_reused == 1 and result.manifest_id == Manifest(built["minhash"]).manifest_id
+    with pytest.raises(KeyboardInterrupt):
+        build_manifest(root / "mixture-minhash.yaml", tmp_path / "n", tokenizer=tokenizer_path,
+                       on_shard_done=stop_after_the_first)  # fmt: skip
+    (tmp_path / "n.partial" / "shard-00000.dedup.parquet").unlink()
+    result = build_manifest(root / "mixture-minhash.yaml", tmp_path / "n", tokenizer=tokenizer_path)
+    assert result.shards_reused == 0 and result.manifest_id == Manifest(built["minhash"]).manifest_id
