@@ -17,7 +17,6 @@ Merkle root cover them):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from elm_data.core.canonical_json import SORTED_ASCII
 
 BLOCKS_FILE = "blocks.parquet"
 
@@ -52,7 +53,7 @@ NO_RECORDS = -1  # ``records`` unknown (None) in the count array
 
 def index_digest(blocks: Sequence[Mapping[str, Any]]) -> str:
     """``blocks_sha256``: sha256 of a shard's block index as canonical JSON."""
-    return hashlib.sha256(json.dumps(list(blocks), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(SORTED_ASCII.encode(list(blocks))).hexdigest()
 
 
 def count_rows(blocks: Sequence[Mapping[str, Any]]) -> np.ndarray:

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from elm_data.core.canonical_json import SORTED_UTF8
+
 from .manifest import FORMAT_VERSION, ManifestTampered, ShardRecord, totals_of
 from .merkle import merkle_root
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -55,7 +52,7 @@ def pass_config_hash(
         "block_bytes": block_bytes,
         "heldout": heldout,
     }
-    return sha256_hex(canonical_json(payload))
+    return sha256_hex(SORTED_UTF8.encode(payload))
 
 
 LOCATION_FIELDS = ("uri", "upstream", "upstream_revision")  # where bytes were found: not part of the id
@@ -109,7 +106,7 @@ def manifest_id(
     }
     if synthetic:  # only when set, so a manifest that does not say it keeps its id
         payload["synthetic"] = True
-    return sha256_hex(canonical_json(payload))
+    return sha256_hex(SORTED_UTF8.encode(payload))
 
 
 # Fields of manifest.json the id does not cover, and why: where things were found, or when and by what the

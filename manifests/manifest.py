@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from elm_data.core.canonical_json import ORDERED_UTF8, SORTED_ASCII, SORTED_SPACED
 from elm_data.core.errors import ElmDataError, InvalidValue, NotFound
 from elm_data.core.outputs import staged_dir
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
@@ -165,9 +166,9 @@ class ShardRecord:
         if blocks:
             row["blocks_sha256"] = index_digest(blocks)
             row["block_counts_sha256"] = counts_digest(count_rows(blocks))
-        row["filtered_by_reason"] = json.dumps(dict(sorted(self.filtered_by_reason.items())))
-        row["rejected_by_reason"] = json.dumps(dict(sorted(self.rejected_by_reason.items())))
-        row["pieces_filtered_by_reason"] = json.dumps(dict(sorted(self.pieces_filtered_by_reason.items())))
+        row["filtered_by_reason"] = SORTED_SPACED.dumps(self.filtered_by_reason)
+        row["rejected_by_reason"] = SORTED_SPACED.dumps(self.rejected_by_reason)
+        row["pieces_filtered_by_reason"] = SORTED_SPACED.dumps(self.pieces_filtered_by_reason)
         return row
 
     @classmethod
@@ -188,7 +189,7 @@ class ShardRecord:
 
     def canonical_bytes(self) -> bytes:
         """Deterministic serialisation used as this shard's Merkle leaf."""
-        return json.dumps(self.to_row(), sort_keys=True, separators=(",", ":")).encode()
+        return SORTED_ASCII.encode(self.to_row())
 
 
 _JSON_COLUMNS = [SHARD_SCHEMA.get_field_index(n) for n in ("filtered_by_reason", "rejected_by_reason",
@@ -222,7 +223,7 @@ class ManifestTampered(ElmDataError, ValueError):
 def ledger_digest(table: pa.Table) -> str:
     """sha256 of a documents-ledger slice's content (column values in schema order), independent of encoding."""
     values = table.select(list(DOCUMENT_SCHEMA.names)).cast(DOCUMENT_SCHEMA).to_pydict()
-    return hashlib.sha256(json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(ORDERED_UTF8.encode(values)).hexdigest()
 
 
 def split_by_block(blocks: Sequence[Mapping[str, Any]], table: pa.Table) -> list[pa.Table]:

@@ -61,10 +61,8 @@ class PassResult:
 class DocumentPass:
     """Filter and tokenize batches of documents; picklable (for worker processes and Beam).
 
-    It keeps no counts: callers add its results up in a :class:`~elm_data.pipeline.counts.Counts`.
-
-    ``dropped_sink``: optional object with ``add(PassResult)`` (e.g.
-    :class:`~elm_data.pipeline.dropped.DroppedSamples`) offered every filtered result.
+    It keeps no counts: callers add its results up in a :class:`~elm_data.pipeline.counts.Counts` (and sample
+    what was dropped themselves: ``manifests/shard_work.py:dropped_sample``).
     """
 
     def __init__(
@@ -73,13 +71,11 @@ class DocumentPass:
         sequences: SequenceConfig,
         tokenizer: LlamaTokenizer,
         num_threads: int = 1,
-        dropped_sink=None,
     ):
         self.filters = filters
         self.sequences = sequences
         self.tokenizer = tokenizer
         self.num_threads = num_threads
-        self.dropped_sink = dropped_sink
         self.quality_filters = build_quality_filters(filters.quality)
         self._min_content_tokens = filters.min_tokens - (2 if filters.min_tokens_counts_bos_eos else 0)
 
@@ -153,7 +149,5 @@ class DocumentPass:
                 result = PassResult(doc, KEPT, None, segments, tuple(reasons))
             else:
                 result = PassResult(doc, FILTERED, reasons[0], [], tuple(reasons))
-                if self.dropped_sink is not None:
-                    self.dropped_sink.add(result)
             results.append(result)
         return results

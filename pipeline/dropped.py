@@ -1,8 +1,8 @@
-"""A deterministic sample of filtered documents, written aside as JSONL for inspection.
+"""A deterministic sample of dropped records, written aside as JSONL for inspection (``dropped_samples.jsonl``).
 
-For each reason it keeps the first ``per_reason`` documents in corpus order, i.e. the smallest
-``(source, subset, shard_uri, index)``: the same sample whatever order workers finish in, and
-collectors from several workers merge into the sample one collector would have kept.
+For each reason it keeps the ``per_reason`` records with the smallest keys offered; the manifest build (the one
+producer: ``manifests/shard_work.py:dropped_sample``) keys them by manifest order, so the sample is the same
+whatever order workers finish in, and re-offering each shard's committed samples gives the one file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SAMPLE_CHARS = 500
 
 
 class DroppedSamples:
-    """Collector a :class:`~elm_data.pipeline.document_pass.DocumentPass` feeds (``dropped_sink``)."""
+    """The first ``per_reason`` records per reason, by key (:meth:`offer`)."""
 
     def __init__(self, per_reason: int = 20):
         if per_reason < 0:
@@ -28,28 +28,10 @@ class DroppedSamples:
         # reason -> up to per_reason (key, record) pairs, sorted by key
         self._by_reason: dict[str, list[tuple[tuple, dict[str, Any]]]] = {}
 
-    def add(self, result) -> None:
-        """Offer a PassResult; kept ones are ignored."""
-        if result.status != "filtered" or self.per_reason == 0:
-            return
-        prov = result.document.provenance
-        key = (prov.source, prov.subset, prov.shard_uri, prov.index)
-        record = {
-            "doc_id": prov.doc_id,
-            "source": prov.source,
-            "subset": prov.subset,
-            "shard": prov.shard_uri,
-            "index": prov.index,
-            "reason": result.reason,
-            "text": result.document.text[:SAMPLE_CHARS],
-        }
-        self.offer(str(result.reason), key, record)
-
     def offer(self, reason: str, key: tuple, record: dict[str, Any]) -> None:
         """Keep ``record`` under ``reason`` if its ``key`` is among the ``per_reason`` smallest seen.
 
-        Callers that know a better order than :meth:`add`'s (e.g. the manifest builder's
-        ``(shard position, index)``) feed records with their own comparable keys.
+        Keys are comparable tuples (the manifest builder's ``(shard position, index, ledger row)``).
         """
         if self.per_reason == 0:
             return
@@ -61,12 +43,6 @@ class DroppedSamples:
         bucket.append((key, record))
         bucket.sort(key=lambda item: item[0])
         del bucket[self.per_reason :]
-
-    def merge(self, other: DroppedSamples) -> DroppedSamples:
-        for reason, bucket in other._by_reason.items():
-            for key, record in bucket:
-                self.offer(reason, key, record)
-        return self
 
     def items(self) -> list[tuple[str, tuple, dict[str, Any]]]:
         """``(reason, key, record)`` of every sample, by reason then key (to store and re-offer them)."""
@@ -95,14 +71,4 @@ def _jsonl_line(record: dict[str, Any]) -> bytes:
         return (json.dumps(record) + "\n").encode("ascii")
 
 
-def merge_all(collectors: list[DroppedSamples]) -> DroppedSamples | None:
-    """Merge per-worker collectors into one (None when there are none)."""
-    if not collectors:
-        return None
-    merged = DroppedSamples(max(c.per_reason for c in collectors))
-    for c in collectors:
-        merged.merge(c)
-    return merged
-
-
-__all__ = ["DroppedSamples", "merge_all", "SAMPLE_CHARS"]
+__all__ = ["DroppedSamples", "SAMPLE_CHARS"]

@@ -11,6 +11,7 @@ import importlib
 import inspect
 from typing import Any
 
+from elm_data.core.canonical_json import json_safe
 from elm_data.core.errors import InvalidValue
 
 from .config import QualityFilterSpec
@@ -33,16 +34,6 @@ def _filter_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def resolve_quality_params(spec: QualityFilterSpec) -> dict[str, Any]:
     """Every constructor parameter of the datatrove filter: its defaults overridden by ``spec.params``."""
     signature = inspect.signature(_filter_class(spec.name).__init__)
@@ -58,7 +49,7 @@ def resolve_quality_params(spec: QualityFilterSpec) -> dict[str, Any]:
         )
     resolved = {k: (None if v is inspect.Parameter.empty else v) for k, v in accepted.items()}
     resolved.update(spec.params)
-    return _jsonable(resolved)
+    return json_safe(resolved, sort_keys=True)
 
 
 class QualityFilter:

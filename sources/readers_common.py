@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import hashlib
 import json
 import os
@@ -133,23 +131,6 @@ def size_of(uri: str) -> int:
         return int(remote.retrying(f"size of {uri}", lambda: fs.size(path)))
     except FileNotFoundError as err:
         raise NotFound(f"shard not found: {uri}") from err
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with datetimes as ISO strings, bytes as hex and tuples as lists, so json.dumps accepts it."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    return str(value)
 
 
 def _as_object(value: Any) -> Any:

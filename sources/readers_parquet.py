@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from elm_data.core.canonical_json import json_safe
 from elm_data.sources.blocks import BlockChanged
 from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
-from elm_data.sources.readers_common import Select, ShardContext, json_safe
+from elm_data.sources.readers_common import Select, ShardContext
 
 BATCH_ROWS = 1024  # rows decoded at once by a full read (the build: every row of the shard is converted)
 # A selective read (the stream) holds one decoded batch per open shard for as long as the shard is open, and a

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 import zstandard
 
+from elm_data.core.canonical_json import SORTED_UTF8
 from elm_data.core.errors import InvalidValue
 from elm_data.core.outputs import atomic_path, write_atomic
 from elm_data.sources import sample_text as st
@@ -42,8 +43,8 @@ def redpajama_line(record: dict[str, Any]) -> bytes:
 
 
 def dolma_line(record: dict[str, Any]) -> bytes:
-    """Dolma's style: sorted keys, compact separators, raw UTF-8."""
-    return (json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+    """Dolma's style: sorted keys, compact separators, raw UTF-8 (the sample's bytes, so its shards' sha256s)."""
+    return (SORTED_UTF8.dumps(record) + "\n").encode("utf-8")
 
 
 def gzip_bytes(data: bytes) -> bytes:

@@ -13,7 +13,6 @@ from test_filters import PROSE  # tests/ is on sys.path (pytest rootdir-relative
 from elm_data.pipeline.config import FilterConfig, QualityFilterSpec, SequenceConfig
 from elm_data.pipeline.counts import Counts
 from elm_data.pipeline.document_pass import DocumentPass, PassResult
-from elm_data.pipeline.dropped import SAMPLE_CHARS, DroppedSamples, merge_all
 from elm_data.pipeline.filters import split_corenet_pieces
 from elm_data.sources.document import Document, Provenance
 
@@ -112,7 +111,7 @@ def test_batch_equals_one_at_a_time_and_is_deterministic(tokenizer, docs, mode):
 
 
 def test_pickle_round_trip_gives_same_results(tokenizer, docs):
-    the_pass = new_pass(tokenizer, "corenet", dropped_sink=DroppedSamples(2))
+    the_pass = new_pass(tokenizer, "corenet")
     first = the_pass.process(docs[:20])
     clone = pickle.loads(pickle.dumps(the_pass))
     assert clone.describe() == the_pass.describe()
@@ -144,31 +143,6 @@ def test_describe_records_everything_that_changes_output(tokenizer):
     assert described["filters"]["quality"][1]["params"]["dup_line_frac"] == 0.5
     assert new_pass(tokenizer, "packed").describe()["corenet_words_per_piece"] is None
     assert new_pass(tokenizer, quality=()).describe() != new_pass(tokenizer).describe()
-
-
-@pytest.mark.slow  # a pass with the quality filters (test_manifest_dropped checks the first k quickly)
-def test_dropped_samples_first_k_per_reason_in_corpus_order(tokenizer, docs, tmp_path):
-    sink = DroppedSamples(per_reason=3)
-    results = new_pass(tokenizer, dropped_sink=sink).process(list(reversed(docs)))  # order must not matter
-    filtered = [r for r in results if r.status == "filtered"]
-    records = sink.records()
-    for reason in {r.reason for r in filtered}:
-        expected = sorted(
-            (r.document.provenance.shard_uri, r.document.provenance.index) for r in filtered if r.reason == reason
-        )[:3]
-        assert [(x["shard"], x["index"]) for x in records if x["reason"] == reason] == expected
-
-    # two workers' collectors merge into what one collector keeps
-    halves = [DroppedSamples(3), DroppedSamples(3)]
-    new_pass(tokenizer, dropped_sink=halves[0]).process(docs[::2])
-    new_pass(tokenizer, dropped_sink=halves[1]).process(docs[1::2])
-    assert merge_all(halves).records() == records
-
-    path = sink.write(tmp_path / "dropped" / "samples.jsonl")
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines == records
-    assert set(lines[0]) == {"doc_id", "source", "subset", "shard", "index", "reason", "text"}
-    assert all(len(x["text"]) <= SAMPLE_CHARS for x in lines)
 
 
 @pytest.fixture(scope="module")

@@ -258,3 +258,24 @@ def test_extra_files_are_written_atomically_and_names_are_checked(sampled, tmp_p
 def test_a_negative_sample_size_is_a_user_error():
     with pytest.raises(InvalidValue, match="per_reason"):
         DroppedSamples(-1)
+
+
+def test_the_build_is_the_one_producer_of_dropped_samples():
+    """The pass's second, unused path (``DocumentPass(dropped_sink=)`` feeding ``DroppedSamples.add``, merged with
+    ``merge``/``merge_all``) is gone; the whole surface: only manifests/ offers samples to a collector."""
+    import ast
+    import inspect
+
+    from test_code_shape import ROOT, production_files
+
+    from elm_data.pipeline import dropped
+    from elm_data.pipeline.document_pass import DocumentPass
+
+    assert "dropped_sink" not in inspect.signature(DocumentPass).parameters
+    assert not {"add", "merge"} & set(vars(DroppedSamples)) and not hasattr(dropped, "merge_all")
+    offering = set()
+    for path in production_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "offer":
+                offering.add(path.relative_to(ROOT).parts[0])
+    assert offering <= {"manifests"}, offering

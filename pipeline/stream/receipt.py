@@ -16,9 +16,10 @@ run's log and its manifest anyone can recompute what the run ate, in order (``tr
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from elm_data.core.canonical_json import ORDERED_UTF8, SORTED_ASCII
 
 from .partition import PartitionWalk, first_batch_of, planned_batches
 from .plan import BatchPlan, Plan
@@ -38,8 +39,7 @@ def digest_spans(batch_index: int, spans: list[list[dict[str, Any]]], mode: str)
     """The digest of one batch: its global index and the receipt fields of every span, row by row."""
     fields = span_fields(mode)
     rows = [[[span[f] for f in fields] for span in row] for row in spans]
-    payload = json.dumps([int(batch_index), rows], separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).digest()
+    return hashlib.sha256(ORDERED_UTF8.encode([int(batch_index), rows])).digest()
 
 
 def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[dict[str, Any]]]:
@@ -70,8 +70,7 @@ def stream_batch_digest(batch: dict[str, Any], mode: str) -> bytes:
 
 def genesis(manifest_id: str, plan_config: dict[str, Any]) -> str:
     """``head_0``: binds the chain to the manifest and the stream's plan parameters."""
-    text = json.dumps([RECEIPT_VERSION, manifest_id, plan_config], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(SORTED_ASCII.encode([RECEIPT_VERSION, manifest_id, plan_config])).hexdigest()
 
 
 def step_digest(batch_digests: Iterable[bytes]) -> bytes:

@@ -13,11 +13,11 @@ not a setting: it is ``pipeline.tokenizer.PAD_ID``, which every manifest's ``seq
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elm_data.core.canonical_json import SORTED_SPACED
 from elm_data.core.errors import InvalidValue
 from elm_data.core.redact import redact_uri
 from elm_data.core.settings import Settings, SettingsError, load_mapping, resolve_path
@@ -248,7 +248,7 @@ class TrainConfig(Settings):
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
                          "retries", "cache", "readahead_bytes", "storage_options", "trackers"):  # fmt: skip
             keep.pop(volatile)
-        return json.dumps(keep, sort_keys=True, default=str)
+        return SORTED_SPACED.dumps(keep, default=str)
 
 
 def _check_model(model: str | dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import elm_data.core
+from elm_data.core.canonical_json import json_safe
 from elm_data.core.errors import ElmDataError, NotFound
 from elm_data.core.outputs import disk_full_error
 
@@ -70,7 +71,7 @@ class RunLog:
         """Append one record (``{"event": event, **fields}``) as a JSON line and flush it; a no-op when disabled."""
         if self._file is None:
             return
-        line = json.dumps({"event": event, **fields}, default=_jsonable) + "\n"
+        line = json.dumps({"event": event, **fields}, default=json_safe) + "\n"
         try:
             self._file.write(line.encode("utf-8"))
             self._file.flush()
@@ -111,17 +112,6 @@ def _drop_cut_last_line(handle) -> None:
             return
         end = start
     handle.truncate(0)
-
-
-def _jsonable(value: Any) -> Any:
-    """``json.dumps``'s fallback: tensors and arrays as lists, sets and tuples as lists, anything else as text."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
