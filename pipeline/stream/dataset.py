@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
@@ -46,7 +46,24 @@ from .plan import (
 )
 from .readahead import readahead_settings
 from .reading import DocumentFetcher, StreamIntegrityError
-from .sequences import LAYOUTS, FramedDoc, frame_segments, span_base_of
+from .sequences import LAYOUTS, FramedDoc, Span, frame_segments, span_base_of
+
+
+class StreamBatch(TypedDict, total=False):
+    """One batch of the stream (the fields :class:`TokenStream` documents); arrays are tensors, or numpy arrays
+    when read with ``numpy``. ``spans``: with ``provenance``; ``segment_ids``: with ``document_masks``;
+    ``remote_reads``: only when there were any since the reader's last batch."""
+
+    input_ids: Any
+    spans: list[list[Span]]
+    tokens_by_source: dict[str, int]
+    segment_ids: Any
+    batch_index: int
+    partition: int
+    cursor: Cursor
+    pad_tokens: int
+    discarded_tokens: int
+    remote_reads: dict[str, Any]
 
 
 def _resolve_weights(weights: str | dict[str, float] | None, manifest: Manifest) -> dict[str, float] | None:
@@ -200,7 +217,7 @@ class TokenStream:
             raise PlanError(f"batches_per_item must be >= 1, got {batches_per_item}")
         return StreamReaders(self, global_batch, dict(cursors or {}), batches_per_item, numpy)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[StreamBatch]:
         return iter(self.readers())
 
     def batches(
@@ -210,7 +227,7 @@ class TokenStream:
         cursors: Mapping[int, Cursor] | None = None,
         *,
         numpy: bool = False,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[StreamBatch]:
         """The batches of ``partitions`` in global order from ``global_batch`` on, read, checked and laid out
         (numpy arrays instead of tensors with ``numpy``). Every shard opened is closed when the iterator ends,
         fails or is closed early."""
@@ -256,7 +273,7 @@ class StreamReaders:
         if self.batches_per_item == 1:
             yield from batches
             return
-        item: list[dict[str, Any]] = []
+        item: list[StreamBatch] = []
         for batch in batches:
             item.append(batch)
             if len(item) == self.batches_per_item:
@@ -327,7 +344,7 @@ class _BatchMaker:
             framed[(doc.shard, doc.index)] = frame_segments(result.segments)
         return framed
 
-    def make(self, p: int, planned: BatchPlan, cursor: Cursor) -> dict[str, Any]:
+    def make(self, p: int, planned: BatchPlan, cursor: Cursor) -> StreamBatch:
         """One stream batch (see :class:`TokenStream`) of partition ``p``."""
         framed = self._framed(p, planned)
         config, stream = self.config, self.stream
@@ -336,7 +353,7 @@ class _BatchMaker:
         batch_end = planned.start + config.units_per_batch
         self.carried[p] = {(d.shard, d.index): framed[(d.shard, d.index)] for d in planned.docs
                            if d.start + d.units > batch_end}  # fmt: skip
-        batch: dict[str, Any] = {
+        batch: StreamBatch = {
             "input_ids": self.as_array(rows.input_ids),
             "tokens_by_source": rows.tokens_by_source,
             "batch_index": planned.batch,

@@ -17,10 +17,11 @@ from elm_data.core.procs import dataloader_worker_init
 from elm_data.sources import remote
 
 from .consumed import ConsumedTokens, StreamStats
-from .dataset import TokenStream
+from .dataset import StreamBatch, TokenStream
 from .partition import Cursor
 from .plan import PlanError
-from .state import STATE_VERSION, check_state
+from .sequences import Span
+from .state import StreamState, check_state, stream_state
 
 
 class StreamLoader:
@@ -89,10 +90,10 @@ class StreamLoader:
         return data_loader(readers, self.num_workers, self.prefetch_factor or 2, self.worker_init_fn,
                            self.multiprocessing_context)  # fmt: skip
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[StreamBatch]:
         rank = self.stream.rank
         pin = self.pin_memory and self.tensors and _cuda()  # as DataLoader(pin_memory=True): a no-op without a GPU
-        waiting: dict[int, dict[str, Any]] = {}  # batches of the current round of items, by global index
+        waiting: dict[int, StreamBatch] = {}  # batches of the current round of items, by global index
         for item in self._loader():
             for batch in item if isinstance(item, list) else (item,):
                 waiting[batch["batch_index"]] = batch
@@ -101,7 +102,7 @@ class StreamLoader:
         if waiting:
             raise RuntimeError(f"stream out of order: batches {sorted(waiting)} arrived, {expected} never did")
 
-    def _hand_out(self, batch: dict[str, Any], pin: bool) -> dict[str, Any]:
+    def _hand_out(self, batch: StreamBatch, pin: bool) -> StreamBatch:
         """Make the batch's arrays tensors (pinned with ``pin``) and move the position and the counts past it."""
         for key in ("input_ids", "segment_ids"):
             if self.tensors and isinstance(batch.get(key), np.ndarray):
@@ -124,21 +125,12 @@ class StreamLoader:
         stats = self._handed_out.to_dict() | {"seq_len": config.seq_len, "batch_size": config.batch_size}
         return stats | ({"remote": self.remote} if self.remote else {})
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> StreamState:
         s = self.stream
-        return {
-            "version": STATE_VERSION,
-            "manifest_id": s.manifest_id,
-            "plan": s.config.to_dict(),
-            "global_batches": self.global_batches,
-            "batches": self.batches,
-            "rank": s.rank,
-            "world_size": s.world_size,
-            "cursors": {str(p): c for p, c in sorted(self.cursors.items())},
-            "consumed": self.consumed.to_dict(),
-        }
+        layout = (self.batches, s.rank, s.world_size)
+        return stream_state(s.manifest_id, s.config, self.global_batches, self.cursors, self.consumed.to_dict(), layout)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: StreamState) -> None:
         """Make the next batch exactly the one an uninterrupted run would hand out next.
 
         ``state``: this rank's own state (same ``world_size``), or :func:`~.state.merge_states` of all ranks'
@@ -167,7 +159,7 @@ def _from_numpy(array: np.ndarray) -> Any:
     return from_numpy(array)
 
 
-def take_sequences(loader: StreamLoader, n: int) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+def take_sequences(loader: StreamLoader, n: int) -> Iterator[tuple[np.ndarray, list[Span]]]:
     """The next ``n`` sequences (token ids, spans) the loader hands out, in order."""
     count = 0
     if n <= 0:

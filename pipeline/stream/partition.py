@@ -16,14 +16,33 @@ cursor reads the ledger of the units it needs and nothing before: its cost does 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TypedDict
 
 import pyarrow.compute as pc
 
 from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
 from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Units
 
-Cursor = dict[str, Any]
+
+class Mixer(TypedDict, total=False):
+    """Where a partition's source draws stand: natural mode's ``epoch``, or weighted mode's ``draws`` so far, and
+    the documents ``drawn`` from each source (in this epoch, natural mode)."""
+
+    epoch: int
+    draws: int
+    drawn: list[int]
+
+
+class Cursor(TypedDict, total=False):
+    """A partition's position before its batch ``batch``: the head document's first unit and the mixer before it
+    was drawn, or ``done`` once its data has ended. Plain types: saved in the stream state."""
+
+    batch: int
+    head_start: int
+    mixer: Mixer
+    done: bool
+
+
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
 
 
@@ -45,7 +64,7 @@ class PartitionWalk:
         return {"batch": 0, "head_start": 0, "mixer": mixer}
 
     # -- documents ---------------------------------------------------------------------------------
-    def _draws(self, mixer: dict[str, Any]) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    def _draws(self, mixer: Mixer) -> Iterator[tuple[int, int, int, Mixer]]:
         """``(source, epoch, position in that epoch, mixer state before this draw)`` for every next document."""
         c = self.config
         drawn = list(mixer["drawn"])
@@ -106,7 +125,7 @@ class PartitionWalk:
                 for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
                     yield shard, *row
 
-    def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, dict[str, Any]]]:
+    def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, Mixer]]:
         """Documents from the cursor's head document on, each with the mixer state before it was drawn."""
         packed = self.config.mode == "packed"
         start = cursor["head_start"]
@@ -127,7 +146,7 @@ class PartitionWalk:
         if cursor.get("done"):
             return
         span, t = self.config.units_per_batch, cursor["batch"]
-        pending: list[tuple[PlannedDoc, dict[str, Any]]] = []  # documents overlapping batch t
+        pending: list[tuple[PlannedDoc, Mixer]] = []  # documents overlapping batch t
         for doc, before in self.docs(cursor):
             while doc.start >= (t + 1) * span:
                 yield self._batch(t, pending), self._cursor(t + 1, pending, (doc, before))

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elm_data.core.canonical_json import ORDERED_UTF8, SORTED_ASCII
 
-from .partition import PartitionWalk, first_batch_of, planned_batches
+from .partition import Cursor, PartitionWalk, first_batch_of, planned_batches
 from .plan import BatchPlan, Plan
-from .sequences import plan_spans, span_base_of
-from .state import STATE_VERSION
+from .sequences import Span, plan_spans, span_base_of
+from .state import MergedStreamState, stream_state
+
+if TYPE_CHECKING:
+    from .dataset import StreamBatch
 
 RECEIPT_VERSION = "elm-data receipt v1"
 PACKED_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "doc_start", "doc_end", "start", "end")
@@ -35,19 +38,19 @@ def span_fields(mode: str) -> tuple[str, ...]:
     return PACKED_FIELDS if mode == "packed" else CORENET_FIELDS
 
 
-def digest_spans(batch_index: int, spans: list[list[dict[str, Any]]], mode: str) -> bytes:
+def digest_spans(batch_index: int, spans: list[list[Span]], mode: str) -> bytes:
     """The digest of one batch: its global index and the receipt fields of every span, row by row."""
     fields = span_fields(mode)
     rows = [[[span[f] for f in fields] for span in row] for row in spans]
     return hashlib.sha256(ORDERED_UTF8.encode([int(batch_index), rows])).digest()
 
 
-def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[dict[str, Any]]]:
+def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[Span]]:
     """The spans of a planned batch (packed: exactly the stream's ``batch["spans"]``)."""
     return plan_spans(batch, span_base_of(plan), plan.config.window, plan.config.mode)
 
 
-def label_positions(spans: list[list[dict[str, Any]]], seq_len: int, mode: str) -> tuple[int, int | None]:
+def label_positions(spans: list[list[Span]], seq_len: int, mode: str) -> tuple[int, int | None]:
     """(label positions, label positions that count) of a batch from its spans, as the trainer counts them
     (``labels = ids[:, 1:]``; a label counts when it is not the pad id). A row's ids are its spans' tokens, then
     pads, so every label after its first id counts. The counted figure needs the spans' token ranges: packed mode
@@ -63,7 +66,7 @@ def plan_batch_digest(batch: BatchPlan, plan: Plan) -> bytes:
     return digest_spans(batch.batch, batch_spans(batch, plan), plan.config.mode)
 
 
-def stream_batch_digest(batch: dict[str, Any], mode: str) -> bytes:
+def stream_batch_digest(batch: StreamBatch, mode: str) -> bytes:
     """A batch's digest from the stream's batch (needs ``provenance=True``)."""
     return digest_spans(batch["batch_index"], batch["spans"], mode)
 
@@ -92,10 +95,10 @@ def global_batches(plan: Plan) -> Iterator[BatchPlan]:
     return (batch for _, batch, _ in planned_batches(plan, range(plan.partitions)))
 
 
-def state_at(plan: Plan, manifest_id: str, global_batch: int) -> dict[str, Any]:
+def state_at(plan: Plan, manifest_id: str, global_batch: int) -> MergedStreamState:
     """A merged stream state (``StreamLoader.load_state_dict``) standing at ``global_batch``, from the plan alone:
     each partition's cursor before its first batch at or after ``global_batch``."""
-    cursors = {}
+    cursors: dict[int, Cursor] = {}
     for p in range(plan.partitions):
         first = first_batch_of(p, global_batch, plan.partitions)
         walk = PartitionWalk(plan, p)
@@ -106,6 +109,5 @@ def state_at(plan: Plan, manifest_id: str, global_batch: int) -> dict[str, Any]:
                 if bp.batch // plan.partitions == first - 1:
                     cursor = after if after["batch"] == first else cursor
                     break
-        cursors[str(p)] = cursor
-    return {"version": STATE_VERSION, "manifest_id": manifest_id, "plan": plan.config.to_dict(),
-            "global_batches": global_batch, "cursors": cursors, "consumed": {}}  # fmt: skip
+        cursors[p] = cursor
+    return stream_state(manifest_id, plan.config, global_batch, cursors, {})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -49,12 +49,32 @@ def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: in
     return FramedDoc(ids, np.array(starts, dtype=np.int64))
 
 
+class DocIdentity(TypedDict):
+    """Which document a span comes from: the fields every span of a planned document shares."""
+
+    source: str
+    subset: str
+    shard_sha256: str
+    doc_id: str
+    index: int  # record (row/line) in its shard
+
+
+class Span(DocIdentity, total=False):
+    """Where a document's framed tokens ``[doc_start, doc_end)`` lie in a row: window positions ``[start, end)``
+    (a corenet span from the plan alone has ``start`` only: its token range needs the piece's length)."""
+
+    doc_start: int
+    doc_end: int
+    start: int
+    end: int
+
+
 @dataclass
 class BatchRows:
     """One batch laid out: token rows, provenance spans, per-source token counts and padding figures."""
 
     input_ids: np.ndarray  # [sequences, window] int64
-    spans: list[list[dict[str, Any]]]
+    spans: list[list[Span]]
     tokens_by_source: dict[str, int]
     segment_ids: np.ndarray | None = None  # [sequences, window]: segment number within the row, -1 on padding
     pad_tokens: int = 0
@@ -62,7 +82,7 @@ class BatchRows:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-SpanBase = Callable[[PlannedDoc], dict[str, Any]]  # source, subset, shard_sha256, doc_id, index of a doc
+SpanBase = Callable[[PlannedDoc], DocIdentity]
 
 
 def span_base_of(plan: Plan) -> SpanBase:
@@ -70,7 +90,7 @@ def span_base_of(plan: Plan) -> SpanBase:
     (the one definition the stream's batches and the receipt's plan spans share)."""
     sources, shards = plan.sources, plan.manifest.shards
 
-    def base(doc: PlannedDoc) -> dict[str, Any]:
+    def base(doc: PlannedDoc) -> DocIdentity:
         src = sources[doc.src]
         return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
                 "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
@@ -78,14 +98,14 @@ def span_base_of(plan: Plan) -> SpanBase:
     return base
 
 
-def _count(tokens_by_source: dict[str, int], base: dict[str, Any], n: int) -> None:
+def _count(tokens_by_source: dict[str, int], base: DocIdentity, n: int) -> None:
     key = subset_key(base["source"], base["subset"])
     tokens_by_source[key] = tokens_by_source.get(key, 0) + n
 
 
 def packed_doc_spans(
-    doc: PlannedDoc, base: dict[str, Any], batch_start: int, lo: int, hi: int, window: int
-) -> list[tuple[int, dict[str, Any]]]:
+    doc: PlannedDoc, base: DocIdentity, batch_start: int, lo: int, hi: int, window: int
+) -> list[tuple[int, Span]]:
     """``(row, span)`` for the stream units ``[lo, hi)`` of ``doc`` in the packed batch starting at ``batch_start``
     (one span per row the range touches). Needs the plan only: used by :func:`layout_packed` and by
     :func:`plan_spans` (the consumption receipt), so both make the same spans."""
@@ -107,11 +127,11 @@ def corenet_doc_rows(doc: PlannedDoc, plan: BatchPlan) -> list[tuple[int, int]]:
             if 0 <= doc.start + piece - plan.start < plan.sequences]  # fmt: skip
 
 
-def plan_spans(plan: BatchPlan, span_base: SpanBase, window: int, mode: str) -> list[list[dict[str, Any]]]:
+def plan_spans(plan: BatchPlan, span_base: SpanBase, window: int, mode: str) -> list[list[Span]]:
     """The spans of a batch from its plan alone (no corpus, no tokenizer): in packed mode exactly the stream's
     ``batch["spans"]``; in corenet mode each piece's span without its token range (``doc_start``, ``doc_end`` and
     ``end`` need the piece's length, which the manifest does not record): ``start`` = 0 and the identity fields."""
-    spans: list[list[dict[str, Any]]] = [[] for _ in range(plan.sequences)]
+    spans: list[list[Span]] = [[] for _ in range(plan.sequences)]
     batch_end = plan.start + plan.sequences * window
     for doc in plan.docs:
         base = span_base(doc)
@@ -137,7 +157,7 @@ def layout_packed(
     n = plan.sequences
     flat = np.full(n * window, pad_id, dtype=np.int64)
     marks = np.zeros(n * window, dtype=np.int64) if document_masks else None
-    spans: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    spans: list[list[Span]] = [[] for _ in range(n)]
     by_source: dict[str, int] = {}
     batch_end = plan.start + n * window
     for doc in plan.docs:
@@ -180,7 +200,7 @@ def layout_corenet(
     n = plan.sequences
     rows = np.full((n, window), pad_id, dtype=np.int64)
     segment_ids = np.full((n, window), -1, dtype=np.int64) if document_masks else None
-    spans: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    spans: list[list[Span]] = [[] for _ in range(n)]
     by_source: dict[str, int] = {}
     discarded = 0
     for doc in plan.docs:

@@ -11,21 +11,64 @@ run began (``consumed.py``). :func:`merge_states` joins the states of all ranks 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from .consumed import ConsumedTokens
+from .partition import Cursor
 from .plan import PlanConfig, PlanError
 
 STATE_VERSION = 3  # 3: the per-source token counts are saved as "consumed" (2 called them "ledger")
 
 
-def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+class MergedStreamState(TypedDict):
+    """A stream state any ``ranks x workers`` dividing the partitions resumes (:func:`merge_states`)."""
+
+    version: int
+    manifest_id: str
+    plan: dict[str, Any]  # PlanConfig.to_dict()
+    global_batches: int
+    cursors: dict[str, Cursor]  # partition (as a string) -> its cursor, in partition order
+    consumed: dict[str, int]
+
+
+class StreamState(MergedStreamState, total=False):
+    """The saved stream state (see the module docstring): one rank's own has its layout too."""
+
+    batches: int
+    rank: int
+    world_size: int
+
+
+def stream_state(
+    manifest_id: str,
+    config: PlanConfig,
+    global_batches: int,
+    cursors: Mapping[int, Cursor],
+    consumed: dict[str, int],
+    rank: tuple[int, int, int] | None = None,
+) -> StreamState:
+    """The one builder of a stream state: ``rank`` = ``(batches, rank, world_size)`` for one rank's own state, None
+    for a merged one (any layout resumes it). ``cursors`` by partition; saved in partition order."""
+    state: Any = {  # keys in the order a state has always been saved in
+        "version": STATE_VERSION,
+        "manifest_id": manifest_id,
+        "plan": config.to_dict(),
+        "global_batches": global_batches,
+    }
+    if rank is not None:
+        state["batches"], state["rank"], state["world_size"] = rank
+    state["cursors"] = {str(p): c for p, c in sorted(cursors.items())}
+    state["consumed"] = consumed
+    return state
+
+
+def merge_states(states: Sequence[StreamState]) -> MergedStreamState:
     """One stream state from every rank's (saved at the same step): all cursors, the consumed tokens summed."""
     first = states[0]
     if len({s["global_batches"] for s in states}) != 1 or len({s["manifest_id"] for s in states}) != 1:
         raise PlanError("stream states of different steps or manifests cannot be merged")
     consumed = ConsumedTokens()
-    cursors: dict[str, Any] = {}
+    cursors: dict[str, Cursor] = {}
     for s in states:
         consumed.add(s["consumed"])
         cursors.update(s["cursors"])
@@ -34,7 +77,7 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged | {"cursors": ordered, "consumed": consumed.to_dict()}
 
 
-def check_state(state: Mapping[str, Any], manifest_id: str, config: PlanConfig, rank: int, world_size: int) -> None:
+def check_state(state: StreamState, manifest_id: str, config: PlanConfig, rank: int, world_size: int) -> None:
     """Refuse a state another stream wrote: other version, manifest or plan, a position ``world_size`` ranks
     cannot stand at, or one rank's state loaded by another layout (merge all ranks' states first)."""
     if state.get("version") != STATE_VERSION:

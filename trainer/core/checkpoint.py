@@ -27,7 +27,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_model, read_config_file, save_model
 from elm_data.pipeline.stream import merge_states
-from elm_data.pipeline.stream.state import check_state
+from elm_data.pipeline.stream.state import StreamState, check_state
 
 from . import distributed as D
 from .config import TrainConfig
@@ -93,6 +93,20 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+class TrainerState(TypedDict, total=False):
+    """``trainer_state.json``: what the trainer saves beside the parts (``files``: sha256 of each ``DIGESTED``
+    file; ``step`` and ``files`` are added by :func:`save_checkpoint`)."""
+
+    step: int
+    tokens: int
+    consumed: dict[str, int]
+    manifest_id: str
+    fingerprint: str
+    config: dict[str, Any]
+    receipt: str
+    files: dict[str, str]
+
+
 # ---- checkpoint directories ---------------------------------------------------------------------------------
 def save_checkpoint(
     run_dir: str | Path,
@@ -100,8 +114,8 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer_state: dict[str, Any],
     scheduler_state: dict[str, Any],
-    stream_state: dict[str, Any],
-    trainer_state: dict[str, Any],
+    stream_state: StreamState,
+    trainer_state: TrainerState,
     keep: int | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically; returns its directory. ``keep`` prunes older step directories."""
@@ -114,7 +128,7 @@ def save_checkpoint(
         training = {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state()}
         torch.save(training, tmp / TRAINING_STATE)
         torch.save(stream_state, tmp / STREAM_STATE)
-        state = {**trainer_state, "step": step, "files": file_digests(tmp)}
+        state: TrainerState = {**trainer_state, "step": step, "files": file_digests(tmp)}
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     if keep:
         for old_dir in list_checkpoints(run_dir)[:-keep]:
@@ -148,11 +162,11 @@ class SavedCheckpoint:
 
     path: Path
     model: OpenELM
-    trainer: dict[str, Any]
+    trainer: TrainerState
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
-    stream: dict[str, Any]
+    stream: StreamState
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SavedCheckpoint:
@@ -184,7 +198,7 @@ def file_digests(directory: Path) -> dict[str, str]:
     return digests
 
 
-def check_digests(path: Path, trainer: dict[str, Any], names: tuple[str, ...], advice: str) -> bool:
+def check_digests(path: Path, trainer: TrainerState, names: tuple[str, ...], advice: str) -> bool:
     """Each of ``names`` must have the sha256 that ``trainer_state.json`` records, else a :class:`CheckpointError`
     naming the file. False (nothing checked) for a checkpoint written before checkpoints carried digests."""
     recorded = trainer.get("files")
@@ -225,7 +239,7 @@ def _read_model(path: Path) -> OpenELM:
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} does not fit {CONFIG_FILE} ({error})") from error
 
 
-def read_trainer_state(path: str | Path) -> dict[str, Any]:
+def read_trainer_state(path: str | Path) -> TrainerState:
     """``trainer_state.json`` of checkpoint directory ``path``; missing or damaged: a :class:`CheckpointError`."""
     path = Path(path)
     state = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
@@ -234,7 +248,7 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def read_stream_state(path: str | Path) -> dict[str, Any]:
+def read_stream_state(path: str | Path) -> StreamState:
     """The merged stream state of checkpoint directory ``path`` (``weights_only``); missing or damaged: a
     :class:`CheckpointError`."""
     path = Path(path)
@@ -310,7 +324,7 @@ class Checkpointer:
 
         ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's ``consumed``.
         """
-        trainer_state = {
+        trainer_state: TrainerState = {
             "tokens": state.tokens,
             "consumed": consumed,
             "manifest_id": self.manifest_id,
@@ -335,7 +349,7 @@ class Checkpointer:
         D.barrier(self.info)
         return path
 
-    def load(self, path: str | Path) -> tuple[TrainState, dict[str, Any]]:
+    def load(self, path: str | Path) -> tuple[TrainState, StreamState]:
         """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as saved.
 
         Refuses a checkpoint of another manifest, other training settings or another model (:class:`CheckpointError`)
