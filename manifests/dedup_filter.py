@@ -22,9 +22,11 @@ Which copy stays cannot be decided per shard (a copy may sit in any shard), so t
    from the ledger's kept rows only, so it never reads a removed document.
 
 Cost over a build without dedup: normalizing and (minhash) sketching each kept document in the counting
-workers, ~0.6 KiB of signature per kept document in the workspace (16 B exact), and a single-process pass
-over all signatures (the LSH index holds every distinct document's bands: memory grows with kept documents);
-no byte of the corpus is read twice. ``describe`` is recorded as ``pass.dedup`` (in the manifest id).
+workers, ~0.7 KiB of signature per kept document in the workspace (~56 B exact, its doc id included), and a
+single-process pass over all signatures (the LSH index holds every distinct document's bands: memory grows with
+kept documents, ~5.6 KiB each measured); no byte of the corpus is read twice (``benchmarks/RESULTS.md``, audits).
+``describe`` is recorded as ``pass.dedup`` (in the manifest id). ``--dropped-samples`` does not sample removed
+copies (their text is not kept past the count; the ledger names each one's kept copy).
 """
 
 from __future__ import annotations
