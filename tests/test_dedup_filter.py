@@ -294,3 +294,19 @@ def test_an_interrupted_dedup_build_resumes_from_its_committed_signatures(plante
     (tmp_path / "n.partial" / "shard-00000.dedup.parquet").unlink()
     result = build_manifest(root / "mixture-minhash.yaml", tmp_path / "n", tokenizer=tokenizer_path)
     assert result.shards_reused == 0 and result.manifest_id == Manifest(built["minhash"]).manifest_id
+
+
+def test_on_a_deduplicated_manifest_the_fast_consumers_read_only_what_the_table_lists(planted):
+    """The coverage table (docs/ARCHITECTURE.md) holds for a manifest built with dedup too: its ``pass.dedup`` and
+    ``duplicate_of`` are read only where the table says, under the checks it names."""
+    from record_reads import recording
+    from test_record_coverage import FAST_CONSUMERS, check_reads_against_table
+
+    _, _, built = planted
+    read_by = {}
+    for name, consumer in FAST_CONSUMERS.items():
+        with recording() as reads:
+            consumer(built["minhash"])
+        read_by[name] = set(reads)
+    assert "pass.dedup.mode" in read_by["croissant"]
+    check_reads_against_table(read_by)
