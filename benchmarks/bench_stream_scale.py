@@ -271,18 +271,16 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     import pyarrow.parquet as pq
 
     from elm_data.manifests.block_index import BLOCKS_FILE, write_blocks_file
-    from elm_data.manifests.identity import seal
+    from elm_data.manifests.identity import FORMAT_VERSION, seal
     from elm_data.manifests.manifest import (
         DOCUMENT_SCHEMA,
         DOCUMENTS_DIR,
-        FORMAT_VERSION,
         MANIFEST_FILE,
         SHARDS_FILE,
-        ShardRecord,
         ledger_digest,
         ledger_path,
-        shards_table,
     )
+    from elm_data.manifests.shard_records import ShardRecord, shards_table
 
     assert docs_per_block % TOKEN_PERIOD == 0
     per_shard = docs_per_block * blocks_per_shard

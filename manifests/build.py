@@ -37,16 +37,10 @@ from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UN
 from elm_data.sources.registry import get_subset
 
 from .heldout import HeldoutSelector
-from .identity import pass_config_hash, seal
-from .manifest import (
-    DROPPED_SAMPLES_FILE,
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    Manifest,
-    ShardRecord,
-    write_manifest_dir,
-)
+from .identity import FORMAT_VERSION, pass_config_hash, seal
+from .manifest import DROPPED_SAMPLES_FILE, MANIFEST_FILE, Manifest, write_manifest_dir
 from .mixture import MixtureConfig
+from .shard_records import ShardRecord
 from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard, process_shards
 from .targets import load_targets
 from .workspace import BuildWorkspace, workspace_path_for

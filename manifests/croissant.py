@@ -27,7 +27,8 @@ from elm_data.core.redact import redact_uri
 from elm_data.sources.registry import FORMAT_JSONL, FORMAT_JSONL_GZ, FORMAT_JSONL_ZST, FORMAT_PARQUET
 
 from .audit_store import KINDS, audit_lines, filter_lines, mix_summary
-from .manifest import BLOCKS_FILE, MANIFEST_FILE, SHARD_SCHEMA, SHARDS_FILE, Manifest, ShardRecord, ledger_path
+from .manifest import BLOCKS_FILE, MANIFEST_FILE, SHARDS_FILE, Manifest, ledger_path
+from .shard_records import SHARD_SCHEMA, ShardRecord
 
 CROISSANT_1_1 = "http://mlcommons.org/croissant/1.1"
 CROISSANT_FILE = "croissant.json"  # where `elm-data export croissant DIR` writes by default, inside DIR

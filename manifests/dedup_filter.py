@@ -44,7 +44,7 @@ from elm_data.pipeline.counts import Counts
 
 from .duplicates import DedupSettings, Sketcher, find_duplicates, signature_of
 from .heldout import HELDOUT
-from .manifest import ShardRecord
+from .shard_records import ShardRecord
 
 REASON_DUPLICATE = "duplicate"
 KEEPS = "the first copy in manifest order (shard, then record); the others are removed as duplicates of it"

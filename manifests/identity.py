@@ -22,9 +22,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from elm_data.core.canonical_json import SORTED_UTF8
+from elm_data.core.errors import ElmDataError
 
-from .manifest import FORMAT_VERSION, ManifestTampered, ShardRecord, totals_of
 from .merkle import merkle_root
+from .shard_records import ShardRecord, totals_of
+
+FORMAT_VERSION = 6  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
+# 4: the block index in blocks.parquet, committed per shard by two digests (start-up does not grow with it)
+# 5: the ledger's `duplicate_of` column (filters.dedup: the doc id a removed duplicate copies)
+# 6: held-out documents (ledger status `heldout`, shard columns docs_heldout and heldout_tokens, `heldout` in the id)
+
+
+class ManifestTampered(ElmDataError, ValueError):
+    """A manifest's files no longer compute its own id, Merkle root, totals or ledger digests."""
 
 
 def sha256_hex(data: bytes) -> str:

@@ -22,7 +22,8 @@ from elm_data.sources.blocks import Block, BlockChanged, open_verified
 from elm_data.sources.document import Document
 from elm_data.sources.readers import read_shard
 
-from .manifest import Manifest, ShardRecord
+from .manifest import Manifest
+from .shard_records import ShardRecord
 
 
 class KeptTextChanged(ElmDataError, RuntimeError):

@@ -37,7 +37,8 @@ from elm_data.sources.readers_common import UnsupportedFormat
 from elm_data.sources.registry import subset_key
 
 from .heldout import HELDOUT, HeldoutSelector
-from .manifest import DOCUMENT_SCHEMA, ShardRecord, ledger_digest, split_by_block
+from .manifest import DOCUMENT_SCHEMA, ledger_digest, split_by_block
+from .shard_records import ShardRecord
 from .workspace import BuildWorkspace, ShardChanged
 
 COUNT_METHOD = "exact:sentencepiece"

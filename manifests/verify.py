@@ -17,8 +17,9 @@ from pathlib import Path
 from elm_data.sources.blocks import hash_blocks
 from elm_data.sources.readers import size_of
 
-from .identity import block_tampering, tampering
-from .manifest import Manifest, ManifestTampered, ShardRecord
+from .identity import ManifestTampered, block_tampering, tampering
+from .manifest import Manifest
+from .shard_records import ShardRecord
 
 
 @dataclass

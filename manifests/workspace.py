@@ -36,7 +36,8 @@ from elm_data.core.outputs import write_atomic
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.dropped import DroppedSamples
 
-from .manifest import DOCUMENT_SCHEMA, ShardRecord
+from .manifest import DOCUMENT_SCHEMA
+from .shard_records import ShardRecord
 
 WORKSPACE_MARKER = "WORKSPACE.json"
 

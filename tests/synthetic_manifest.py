@@ -13,16 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from elm_data.manifests.block_index import BLOCK_FIELDS
-from elm_data.manifests.identity import seal
-from elm_data.manifests.manifest import (
-    DOCUMENT_SCHEMA,
-    FORMAT_VERSION,
-    Manifest,
-    ShardRecord,
-    ledger_digest,
-    split_by_block,
-    write_manifest_dir,
-)
+from elm_data.manifests.identity import FORMAT_VERSION, seal
+from elm_data.manifests.manifest import DOCUMENT_SCHEMA, Manifest, ledger_digest, split_by_block, write_manifest_dir
+from elm_data.manifests.shard_records import ShardRecord
 
 TOKENIZER_SHA256 = "0" * 64
 

@@ -1,8 +1,11 @@
-"""The shape of the code itself: imports point down the layers, and production functions fit on a screen.
+"""The shape of the code itself: imports point down the layers, no module imports itself through others, and
+production functions fit on a screen.
 
 The layer order is the one in docs/ARCHITECTURE.md; a folder may import its own modules and any folder of a
-lower layer, never one of the same or a higher layer. Both checks read the source with ``ast`` (lazy imports
-inside functions count too), so they hold whatever is installed.
+lower layer, never one of the same or a higher layer. Within a folder the modules import one way too: the
+graph of module imports has no cycle (no strongly connected component of two or more modules). The checks read
+the source with ``ast`` (lazy imports inside functions and ``TYPE_CHECKING`` imports count too), so they hold
+whatever is installed.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +63,21 @@ def folder_of_module(module: str) -> str | None:
     return PACKAGE_OF[parts[1]]
 
 
+def package_of(folder: str) -> str:
+    """The ``elm_data`` package a repository folder is installed as (``trainer/core`` -> ``elm_data.trainer.core``)."""
+    package = "elm_data" if folder == "elm_data" else "elm_data." + folder.replace("/", ".")
+    return package.replace("elm_data.elm_data.", "elm_data.")
+
+
+def module_of(path: Path, root: Path = ROOT) -> str:
+    """The module name of a production file (a folder's ``__init__.py`` is its package)."""
+    package = package_of(path.parent.relative_to(root).as_posix())
+    return package if path.stem == "__init__" else f"{package}.{path.stem}"
+
+
 def imported_folders(path: Path, root: Path = ROOT) -> set[tuple[str, int]]:
     """``(folder, line)`` of every elm_data import in ``path`` (absolute and relative)."""
-    folder = path.parent.relative_to(root).as_posix()
-    package = "elm_data" if folder == "elm_data" else "elm_data." + folder.replace("/", ".")
-    package = package.replace("elm_data.elm_data.", "elm_data.")
+    package = package_of(path.parent.relative_to(root).as_posix())
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names: list[str] = []
@@ -95,6 +109,53 @@ def layer_violations(root: Path = ROOT) -> list[str]:
     return out
 
 
+def imported_modules(path: Path, modules: set[str], root: Path = ROOT) -> set[tuple[str, int]]:
+    """``(module, line)`` of every import in ``path`` of one of ``modules`` (module level, in functions, under
+    ``TYPE_CHECKING``; absolute and relative). ``from P import x`` imports module ``P.x`` when there is one, else
+    ``P``; a name that is no module of ``modules`` stands for the nearest enclosing one (its package)."""
+    package = package_of(path.parent.relative_to(root).as_posix())
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for name in names:
+            while name not in modules and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in modules:
+                found.add((name, node.lineno))
+    return found
+
+
+def import_graph(root: Path = ROOT) -> nx.DiGraph:
+    """Production modules, and an edge ``a -> b`` (with the ``line`` of ``a`` that imports) for each import of ``b``."""
+    paths = {module_of(path, root): path for path in production_files(root)}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(paths)
+    for module, path in paths.items():
+        for target, line in sorted(imported_modules(path, set(paths), root), reverse=True):
+            if target != module:
+                graph.add_edge(module, target, line=line)  # the first line that imports it (sorted, last wins)
+    return graph
+
+
+def import_cycles(root: Path = ROOT) -> list[str]:
+    """Every strongly connected component of two or more modules, as ``a:line -> b`` edges inside it."""
+    graph = import_graph(root)
+    out = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) > 1:
+            edges = sorted((a, b) for a, b in graph.subgraph(component).edges)
+            out.append(", ".join(f"{a}:{graph.edges[a, b]['line']} -> {b}" for a, b in edges))
+    return sorted(out)
+
+
 def long_functions(root: Path = ROOT, limit: int = MAX_FUNCTION_LINES) -> list[str]:
     out = []
     for path in production_files(root):
@@ -123,6 +184,10 @@ def renames_outside_the_writer(root: Path = ROOT, writer: str = ATOMIC_WRITER) -
 
 def test_imports_point_down_the_layers():
     assert layer_violations() == []
+
+
+def test_no_import_cycle_between_modules():
+    assert import_cycles() == []
 
 
 def test_every_production_folder_has_a_layer():
@@ -172,4 +237,32 @@ def test_the_checks_catch_what_they_should(toy_tree: Path):
         "trainer/export/m.py:2 imports trainer (layer 5.3 >= 5.2)",
     ]
     assert long_functions(toy_tree) == ["model/m.py:1 f is 72 lines"]
+    assert import_cycles(toy_tree) == []  # every import above points to a module the tree does not hold
     assert renames_outside_the_writer(toy_tree, writer="elm_data/core/m.py") == ["sources/m.py:4 os.replace"]
+
+
+def test_the_cycle_check_sees_every_kind_of_import(tmp_path: Path):
+    """An independent oracle: three cycles, closed by a function-level import, a ``TYPE_CHECKING`` import and
+    ``from package import module``; and two one-way chains (through a package ``__init__`` and a name that is no
+    module) that are none."""
+    files = {
+        "manifests/a.py": "from .b import X\n",
+        "manifests/b.py": "def f():\n    from elm_data.manifests.a import Y\n",
+        "trainer/core/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..proof.d import Z\n",
+        "trainer/proof/d.py": "from ..core import c\n",
+        "trainer/e.py": "from .core import c\nfrom . import f\n",
+        "trainer/f.py": "import elm_data.trainer.e as e\n",
+        "pipeline/__init__.py": "from .g import G\n",
+        "pipeline/g.py": "from elm_data.sources import h\n",
+        "sources/h.py": "from elm_data.core.errors import ElmDataError\n",
+        "elm_data/core/errors.py": "import json\n",
+        "manifests/i.py": "from elm_data.pipeline import G\n",  # G is no module: the package, then g, h, errors
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert import_cycles(tmp_path) == [
+        "elm_data.manifests.a:1 -> elm_data.manifests.b, elm_data.manifests.b:2 -> elm_data.manifests.a",
+        "elm_data.trainer.core.c:3 -> elm_data.trainer.proof.d, elm_data.trainer.proof.d:1 -> elm_data.trainer.core.c",
+        "elm_data.trainer.e:2 -> elm_data.trainer.f, elm_data.trainer.f:1 -> elm_data.trainer.e",
+    ]

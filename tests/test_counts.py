@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from elm_data.manifests.manifest import ShardRecord, counts_by_subset, totals_of
+from elm_data.manifests.shard_records import ShardRecord, counts_by_subset, totals_of
 from elm_data.pipeline.counts import RECORD_FIELDS, Counts
 from elm_data.pipeline.document_pass import PassResult
 from elm_data.sources.document import Document, Provenance, Rejection

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from elm_data.manifests.manifest import Manifest, counts_by_subset
+from elm_data.manifests.manifest import Manifest
+from elm_data.manifests.shard_records import counts_by_subset
 from elm_data.trainer.proof.audit import audit_run
 
 

@@ -15,8 +15,9 @@ from elm_data.core.errors import ElmDataError
 from elm_data.manifests.audit import audit_manifest
 from elm_data.manifests.block_index import BLOCKS_FILE, BLOCKS_SCHEMA
 from elm_data.manifests.croissant import croissant_metadata
-from elm_data.manifests.identity import merkle_root_of
-from elm_data.manifests.manifest import SHARDS_FILE, Manifest, ManifestTampered, ShardRecord, ledger_path, shards_table
+from elm_data.manifests.identity import ManifestTampered, merkle_root_of
+from elm_data.manifests.manifest import SHARDS_FILE, Manifest, ledger_path
+from elm_data.manifests.shard_records import ShardRecord, shards_table
 from elm_data.manifests.verify import verify_manifest
 from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream
 

@@ -31,16 +31,8 @@ from elm_data.manifests.audit import audit_manifest, format_table
 from elm_data.manifests.block_index import BLOCKS_FILE, BLOCKS_SCHEMA
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.identity import OUTSIDE_THE_ID, seal
-from elm_data.manifests.manifest import (
-    DOCUMENT_SCHEMA,
-    MANIFEST_FILE,
-    SHARDS_FILE,
-    Manifest,
-    ShardRecord,
-    ledger_path,
-    shards_table,
-    write_ledger,
-)
+from elm_data.manifests.manifest import DOCUMENT_SCHEMA, MANIFEST_FILE, SHARDS_FILE, Manifest, ledger_path, write_ledger
+from elm_data.manifests.shard_records import ShardRecord, shards_table
 from elm_data.manifests.verify import verify_manifest
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"
@@ -134,6 +126,7 @@ CONSUMER_MODULES = {
     "pipeline/stream/sequences.py": "stream", "pipeline/stream/cli.py": "stream", "trainer/core/loop.py": "train",
     "trainer/bench/efficiency.py": "train", "trainer/export/evaluate.py": "train",
     "trainer/proof/audit.py": "audit-run",
+    "trainer/proof/records.py": "audit-run, trace",
     "trainer/proof/trace.py": "trace", "trainer/export/hf.py": "card", "manifests/contamination.py": "contamination",
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",

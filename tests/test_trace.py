@@ -15,7 +15,7 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.trainer.cli import trace as trace_command
 from elm_data.trainer.core.distributed import DistInfo
 from elm_data.trainer.core.loop import build_loader, load_tokenizer, train
-from elm_data.trainer.proof.audit import AuditError
+from elm_data.trainer.proof.records import AuditError
 from elm_data.trainer.proof.trace import trace_doc
 
 pytestmark = pytest.mark.slow  # each test trains a run end to end first

@@ -72,7 +72,7 @@ def test_ledger_status_tells_an_unknown_document_from_a_kept_or_filtered_one(sam
     import pyarrow.parquet as pq
 
     from elm_data.manifests.manifest import Manifest, ledger_path
-    from elm_data.trainer.proof.audit import AuditError
+    from elm_data.trainer.proof.records import AuditError
     from elm_data.trainer.proof.trace import ledger_status
 
     manifest = Manifest(sample_manifest)

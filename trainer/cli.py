@@ -169,7 +169,8 @@ def _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_token
     """Print the consumed documents (and steps) holding the longest spans of ``text``."""
     from elm_data.pipeline.tokenizer import resolve_tokenizer
 
-    from .proof.trace import RunPlan, open_text_index, trace_text
+    from .proof.records import RunPlan
+    from .proof.trace import open_text_index, trace_text
 
     run = RunPlan(run_dir, manifest_dir)
     tok = resolve_tokenizer(tokenizer, None, run.manifest.info)
@@ -198,7 +199,8 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
         return
     steps = sorted({h.step for h in hits})
     if not hits:  # trace_doc refused a document the manifest lacks: this one is there, and was never fed
-        from .proof.trace import RunPlan, ledger_status, parse_doc_ref
+        from .proof.records import RunPlan
+        from .proof.trace import ledger_status, parse_doc_ref
 
         status, reason = ledger_status(RunPlan(run_dir, manifest_dir).manifest, *parse_doc_ref(doc_ref))
         why = f"{status} ({reason})" if reason else status

@@ -57,7 +57,7 @@ def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers
     manifest = Manifest(manifest_dir)  # refuses an edited manifest before any task is loaded
     only = None
     if run_dir is not None:
-        from .proof.trace import RunPlan
+        from .proof.records import RunPlan
 
         only = RunPlan(run_dir, manifest_dir).consumed_records()
     tasks = load_tasks(task_specs)

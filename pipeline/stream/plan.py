@@ -32,8 +32,9 @@ import numpy as np
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.settings import Settings, SettingsError, nearest
-from elm_data.manifests.manifest import Manifest, counts_by_subset
+from elm_data.manifests.manifest import Manifest
 from elm_data.manifests.mixture import resolved_weights
+from elm_data.manifests.shard_records import counts_by_subset
 from elm_data.pipeline.config import SEQUENCE_MODES
 
 NATURAL = "natural"

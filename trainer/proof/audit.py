@@ -14,20 +14,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from elm_data.core.errors import ElmDataError
-from elm_data.manifests.manifest import Manifest, counts_by_subset
+from elm_data.manifests.manifest import Manifest
 from elm_data.manifests.mixture import resolved_weights
+from elm_data.manifests.shard_records import counts_by_subset
 from elm_data.manifests.targets import load_targets
 from elm_data.sources.registry import subset_key
 
 from ..core.runlog import effective_steps, read_log
+from .records import AuditError, LoggedChain, RunPlan, logged_chain, run_header, trained_manifest
 
 if TYPE_CHECKING:
     from elm_data.pipeline.stream.plan import Plan
-
-
-class AuditError(ElmDataError, ValueError):
-    pass
 
 
 @dataclass
@@ -89,24 +86,6 @@ def _pct(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
-
-
-def run_header(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The log's ``header`` record (the run's manifest, plan and config); :class:`AuditError` when it has none."""
-    header = next((r for r in records if r.get("event") == "header"), None)
-    if header is None:
-        raise AuditError(f"{run_dir}/log.jsonl has no header record")
-    return header
-
-
-def trained_manifest(header: dict[str, Any], manifest_dir: str | Path | None = None) -> Manifest:
-    """The manifest the run trained on (at ``manifest_dir`` when given); refused when its id is not the run's."""
-    manifest = Manifest(manifest_dir or header["manifest_dir"])
-    if manifest.manifest_id != header["manifest_id"]:
-        raise AuditError(
-            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
-        )
-    return manifest
 
 
 def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_step: int | None = None) -> RunAudit:
@@ -283,55 +262,6 @@ class Verification:
             lines.append(f"receipt FAILS at step {self.first_bad_step}: {self.reason}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-@dataclass
-class LoggedChain:
-    """The chain heads a log records, per step, as the run finally went (a resume supersedes later records)."""
-
-    heads: dict[int, str] = field(default_factory=dict)
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # the step's record (step or receipt)
-    batches_per_step: dict[int, int] = field(default_factory=dict)
-    resumes: list[dict[str, Any]] = field(default_factory=list)
-    ends: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[tuple[int, str]] = field(default_factory=list)
-    start: int = 0  # a run resumed from a bare checkpoint (no log beside it) logs from this step on
-
-
-def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
-    """Read every step's chain head from the log (``step`` and ``receipt`` records), checking that steps follow
-    one another: a step missing or repeated (without a resume that explains it) is a problem at that step."""
-    out = LoggedChain()
-    last, per_step, bare = 0, None, False
-    for number, r in enumerate(records, 1):
-        event = r.get("event")
-        if event in ("header", "resume"):
-            per_step = int(r.get("grad_accum_steps") or 1) * int(r.get("world_size") or 1)
-        if event == "header":
-            bare = bool(r.get("resumed_from")) and not out.heads and not out.resumes
-        if event == "resume":
-            k = int(r["from_step"])
-            if bare and not out.resumes and not out.heads:  # the first resume of a log begun at a bare checkpoint
-                out.start = last = k
-                out.batches_per_step.update(dict.fromkeys(range(1, k + 1), per_step or 1))  # as the run's settings
-            if k > last:
-                out.problems.append((last + 1, f"log record {number}: resume from step {k}, but step {last} was last"))
-            for table in (out.heads, out.records, out.batches_per_step):
-                for s in [s for s in table if s > k]:
-                    del table[s]
-            out.ends = [e for e in out.ends if int(e.get("step", 0)) <= k]
-            out.resumes.append(r)
-            last = k
-        elif event in ("step", "receipt") and "receipt" in r:
-            s = int(r["step"])
-            if s != last + 1:
-                what = f"step {s} logged after step {last}"
-                out.problems.append((min(s, last + 1), f"log record {number}: {what} (a step skipped or repeated)"))
-            out.heads[s], out.records[s], out.batches_per_step[s] = r["receipt"], r, per_step or 1
-            last = max(last, s)
-        elif event == "end":
-            out.ends.append(r)
-    return out
 
 
 def expected_heads(plan: Plan, manifest_id: str, batches_per_step: list[int]):
@@ -545,8 +475,6 @@ def verify_deep(
     logged head of the step. A failing step is recorded in ``outcome`` (first failure wins)."""
     from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream
     from elm_data.pipeline.stream.receipt import chain, genesis, state_at, step_digest, stream_batch_digest
-
-    from .trace import RunPlan
 
     run = RunPlan(run_dir, manifest_dir)
     n = run.steps

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from elm_data.core.outputs import staged_dir
-from elm_data.pipeline.stream.plan import Plan, PlanConfig
-from elm_data.pipeline.stream.receipt import batch_spans, global_batches
+from elm_data.pipeline.stream.receipt import batch_spans
 from elm_data.sources.registry import subset_key
 
-from ..core.runlog import read_log
-from .audit import AuditError, logged_chain, run_header, trained_manifest
+from .records import AuditError, RunPlan
 
 
 @dataclass(frozen=True)
@@ -49,46 +47,6 @@ def parse_doc_ref(ref: str) -> tuple[str, str]:
     if not sep or "/" not in key or not doc_id:
         raise AuditError(f"expected SOURCE/SUBSET:DOC_ID, got {ref!r}")
     return key, doc_id
-
-
-class RunPlan:
-    """A run's manifest, plan and per-step batch counts, read from its log (what the verifier reads)."""
-
-    def __init__(self, run_dir: str | Path, manifest_dir: str | Path | None = None):
-        self.run_dir = Path(run_dir)
-        records = read_log(self.run_dir)
-        header = run_header(self.run_dir, records)
-        self.manifest = trained_manifest(header, manifest_dir)
-        self.plan = Plan(self.manifest, PlanConfig.from_mapping(header["stream_state"]["plan"], "stream_state.plan"))
-        self.logged = logged_chain(records)
-        self.steps = max(self.logged.heads, default=0)
-        self.world_sizes: dict[int, int] = {}  # step -> world size (a resume may change it)
-        size = int(header["world_size"])
-        for r in records:
-            if r.get("event") == "resume":
-                size = int(r["world_size"])
-            elif r.get("event") in ("step", "receipt"):
-                self.world_sizes[int(r["step"])] = size
-
-    def step_batches(self):
-        """``(step, rank, micro-batch, batch plan)`` for every batch the run consumed, in global order."""
-        planned = global_batches(self.plan)
-        for k in range(1, self.steps + 1):
-            per_step = self.logged.batches_per_step.get(k, 1)
-            ranks = self.world_sizes.get(k, 1)
-            for j in range(per_step):
-                bp = next(planned, None)
-                if bp is None:
-                    return
-                yield k, j % ranks, j // ranks, bp
-
-    def consumed_records(self) -> dict[int, set[int]]:
-        """``{shard: record indices}`` of every document the run consumed tokens of (in any of its batches)."""
-        consumed: dict[int, set[int]] = {}
-        for _step, _rank, _micro, bp in self.step_batches():
-            for d in bp.docs:
-                consumed.setdefault(d.shard, set()).add(d.index)
-        return consumed
 
 
 def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = None) -> list[DocHit]:
