@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--goal-mfu", type=float, default=0.5)
     args = parser.parse_args()
 
-    from elm_data.trainer.bench.efficiency import Matrix, run_matrix
+    from elm_data.trainer.bench.efficiency import run_matrix
+    from elm_data.trainer.bench.matrix import Matrix
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_matrix_"))
     manifest = args.manifest or sample_manifest(work, args.scale, args.tokenizer)

@@ -10,16 +10,8 @@ from torch import nn
 
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
-from elm_data.trainer.bench.efficiency import (
-    Cell,
-    Matrix,
-    MatrixError,
-    classify,
-    costs,
-    lookup,
-    mark_frontier,
-    precheck,
-)
+from elm_data.trainer.bench.efficiency import classify, costs, lookup, mark_frontier, precheck
+from elm_data.trainer.bench.matrix import Cell, Matrix, MatrixError
 from elm_data.trainer.core.flops import breakdown, flops_per_token, layer_flops
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-from elm_data.trainer.bench.efficiency import AXES, COLUMNS, NUMERIC, Matrix, run_matrix
+from elm_data.trainer.bench.efficiency import run_matrix
+from elm_data.trainer.bench.matrix import AXES, COLUMNS, NUMERIC, Matrix
 from elm_data.trainer.cli import bench_train
+from elm_data.trainer.core.runlog import effective_steps, read_log
+from elm_data.trainer.proof.audit import verify_run
 
 SMALL_MODEL = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
 
@@ -76,6 +80,27 @@ def test_json_lines_and_plots_are_written(matrix_run):
     assert len((out / "cells.jsonl").read_text().splitlines()) == 4
     for name in ("throughput.png", "frontier.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_each_cell_is_a_trainer_run_whose_receipt_verifies(matrix_run):
+    """A cell trains through the Trainer (its step, receipt and log), not a loop of its own: every ok cell leaves
+    a run log that `audit-run --verify` recomputes from the manifest and plan alone, with the cell's settings and
+    as many steps as the row reports; a failed cell's log stops at its header."""
+    out, *_ = matrix_run
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    for cell in cells:
+        records = read_log(Path(cell["run_dir"]))
+        header = records[0]
+        assert header["event"] == "header" and header["task"] == "bench"
+        assert header["cell"] == {axis: cell[axis] for axis in AXES}
+        if cell["status"] != "ok":
+            assert [r["event"] for r in records] == ["header"]
+            continue
+        verified = verify_run(cell["run_dir"])
+        assert verified.ok, verified.reason
+        assert verified.steps == cell["steps"] == len(effective_steps(records))
+        assert [r["loss"] for r in effective_steps(records)] == cell["losses"]
 
 
 @pytest.mark.slow

@@ -228,7 +228,7 @@ def _every_yaml_reader(tmp_path: Path) -> dict:
     """Every place the product reads a YAML file a user names: a call that reads ``path``."""
     from elm_data.manifests.targets import load_targets
     from elm_data.pipeline.stream.cli import _load_weights
-    from elm_data.trainer.bench.efficiency import Matrix
+    from elm_data.trainer.bench.matrix import Matrix
     from elm_data.trainer.compress.finetune import CompressConfig
 
     return {
@@ -383,7 +383,7 @@ def test_every_config_section_refuses_unknown_keys_and_wrong_types(section, raw,
 
 
 def test_matrix_keys_and_its_train_keys_name_the_nearest(tmp_path):
-    from elm_data.trainer.bench.efficiency import Matrix
+    from elm_data.trainer.bench.matrix import Matrix
 
     path = tmp_path / "matrix.yaml"
     path.write_text("axes: {model: [tiny], batch_size: [1], seq_len: [8]}\ntoken_budgett: 5\n")

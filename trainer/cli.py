@@ -240,7 +240,8 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
     Cells that cannot run here (no kernel, OOM, too few processes, no CUDA) are recorded with their reason.
     See trainer/configs/bench_matrix.yaml and docs/trainer.md.
     """
-    from .bench.efficiency import Matrix, run_matrix
+    from .bench.efficiency import run_matrix
+    from .bench.matrix import Matrix
 
     matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
     result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo, progress=True)

@@ -21,9 +21,7 @@ import csv
 import dataclasses
 import gc
 import io
-import itertools
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,171 +31,14 @@ import torch
 from tqdm import tqdm
 
 from elm_data.core.outputs import write_atomic
-from elm_data.core.settings import Settings, SettingsError, check_keys, load_mapping, resolve_path
+from elm_data.manifests.manifest import Manifest
 
 from ..core import distributed as D
 from ..core.config import ConfigError, TrainConfig
 from ..core.flops import flops_per_token
-from ..core.hardware import autocast_dtype, device_description, mfu, peak_flops, pick_device
-
-AXES = (
-    "model",
-    "batch_size",
-    "seq_len",
-    "attention",
-    "precision",
-    "compile",
-    "gradient_checkpointing",
-    "distributed",
-    "processes",
-)
-ATTENTION = ("sdpa", "flash", "efficient", "math", "cudnn", "eager")
-PRECISION = ("fp32", "bf16", "fp8")
-DISTRIBUTED = ("none", "ddp", "fsdp")
-STATUSES = ("ok", "unsupported", "oom", "failed")
-COLUMNS = (
-    "cell", *AXES, "status", "reason", "device", "parameters", "steps", "timed_steps", "tokens", "tokens_per_s",
-    "flops_per_token", "achieved_tflops", "peak_flops", "mfu", "mfu_note", "peak_memory_mib", "memory_kind",
-    "loader_wait_s", "step_time_s", "stall_fraction", "first_loss", "loss_at_budget", "usd_per_hour",
-    "tokens_per_usd", "usd_for_budget", "loss_drop_per_usd", "on_frontier", "wall_s",
-)  # fmt: skip
-NUMERIC = (
-    "parameters",
-    "steps",
-    "timed_steps",
-    "tokens",
-    "tokens_per_s",
-    "flops_per_token",
-    "achieved_tflops",
-    "peak_flops",
-    "mfu",
-    "peak_memory_mib",
-    "loader_wait_s",
-    "step_time_s",
-    "stall_fraction",
-    "first_loss",
-    "loss_at_budget",
-    "usd_per_hour",
-    "tokens_per_usd",
-    "usd_for_budget",
-    "loss_drop_per_usd",
-    "wall_s",
-)
-OUTPUT_FILES = ("results.csv", "results.json", "cells.jsonl", "throughput.png", "frontier.png")
-
-
-class MatrixError(SettingsError):
-    """A matrix YAML that cannot be used as written."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One combination of settings; ``model`` is a size name or a TrainConfig ``model`` mapping."""
-
-    model: Any
-    batch_size: int
-    seq_len: int
-    attention: str = "sdpa"
-    precision: str = "fp32"
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    distributed: str = "none"
-    processes: int = 1
-
-    @property
-    def model_name(self) -> str:
-        return self.model if isinstance(self.model, str) else str(self.model.get("name", "custom"))
-
-    def settings(self) -> dict[str, Any]:
-        return {axis: (self.model_name if axis == "model" else getattr(self, axis)) for axis in AXES}
-
-
-@dataclass
-class Matrix(Settings):
-    """A matrix YAML: shared training settings, the axes whose product gives the cells, peaks and prices."""
-
-    axes: dict[str, Any]  # axis -> a value or a list of values
-    manifest: str | None = None
-    device: str = "auto"
-    token_budget: int = 8192
-    timing_skip_steps: int = 2
-    min_timed_steps: int = 3
-    warmup_fraction: float = 0.1
-    threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
-    train: dict[str, Any] = field(default_factory=dict)
-    peak_flops: dict[str, Any] = field(default_factory=dict)  # numbers (or strings like 1.0e11: see validate)
-    usd_per_device_hour: dict[str, Any] = field(default_factory=dict)
-    base_dir: str = field(default=".", metadata={"setting": False})
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> Matrix:
-        path = Path(path)
-        raw = load_mapping(path, "matrix")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            matrix = cls.from_mapping(raw, base_dir=str(path.resolve().parent))
-            matrix.validate()
-        except SettingsError as error:
-            raise MatrixError(f"matrix {path}: {error}") from None
-        return matrix
-
-    def validate(self) -> None:
-        unknown = sorted(set(self.axes) - set(AXES))
-        if unknown:
-            raise MatrixError(f"unknown axes {unknown}; axes are {list(AXES)}")
-        self.axes = {axis: _as_list(values) for axis, values in self.axes.items()}
-        check_keys(self.train, TrainConfig.setting_types(), "train")
-        for axis in ("model", "batch_size", "seq_len"):
-            if not self.axes.get(axis):
-                raise MatrixError(f"axes.{axis} must list at least one value")
-        for axis, allowed in (("attention", ATTENTION), ("precision", PRECISION), ("distributed", DISTRIBUTED)):
-            bad = [v for v in self.axes.get(axis, []) if v not in allowed]
-            if bad:
-                raise MatrixError(f"axes.{axis}: {bad} not among {list(allowed)}")
-        if self.token_budget <= 0 or self.timing_skip_steps < 0 or self.min_timed_steps < 1:
-            raise MatrixError("token_budget and min_timed_steps must be positive, timing_skip_steps >= 0")
-        try:  # PyYAML reads 1.0e11 (no sign in the exponent) as a string
-            self.peak_flops = {k: None if v is None else float(v) for k, v in self.peak_flops.items()}
-            self.usd_per_device_hour = {k: None if v is None else float(v) for k, v in self.usd_per_device_hour.items()}
-        except (TypeError, ValueError) as error:
-            raise MatrixError(f"peak_flops / usd_per_device_hour values must be numbers: {error}") from error
-
-    def cells(self) -> list[Cell]:
-        """The product of the axes, in ``AXES`` order (the last axis varies fastest)."""
-        names = [axis for axis in AXES if axis in self.axes]
-        return [
-            Cell(**dict(zip(names, values, strict=True)))
-            for values in itertools.product(*(self.axes[n] for n in names))
-        ]
-
-    def manifest_dir(self) -> Path:
-        if not self.manifest:
-            raise MatrixError("no manifest: set `manifest:` in the matrix or pass --manifest")
-        return Path(resolve_path(self.manifest, self.base_dir))
-
-    def steps_for(self, cell: Cell) -> int:
-        """Optimizer steps that cover the token budget (at least the skipped plus the minimum timed steps)."""
-        per_step = cell.batch_size * cell.seq_len * cell.processes
-        return max(math.ceil(self.token_budget / per_step), self.timing_skip_steps + self.min_timed_steps)
-
-    def train_config(self, cell: Cell, manifest_dir: Path) -> TrainConfig:
-        """The TrainConfig of one cell: ``train:`` settings, then the cell's axes, then the cell's step count."""
-        steps = self.steps_for(cell)
-        model = cell.model
-        if cell.attention == "eager":
-            model = {"name": model, "attention": "eager"} if isinstance(model, str) else {**model, "attention": "eager"}
-        settings = {"epochs": None, "warmup_steps": round(self.warmup_fraction * steps), **self.train}
-        settings.update(
-            manifest=str(manifest_dir), model=model, batch_size=cell.batch_size, seq_len=cell.seq_len,
-            precision="fp32" if cell.precision == "fp32" else "bf16", compile=cell.compile,
-            gradient_checkpointing=cell.gradient_checkpointing, distributed=cell.distributed, max_steps=steps,
-            tokens_per_step=None, device=self.device,
-        )  # fmt: skip
-        return TrainConfig.from_dict(settings, base_dir=self.base_dir)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
+from ..core.hardware import device_description, mfu, peak_flops
+from ..core.loop import StepStats, Trainer, load_tokenizer, start_processes
+from .matrix import AXES, COLUMNS, OUTPUT_FILES, RUNS_DIR, STATUSES, Cell, Matrix, MatrixError
 
 
 def lookup(table: dict[str, Any], device_name: str) -> tuple[bool, Any]:
@@ -296,55 +137,78 @@ class Timings:
     tokens: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
+    def add(self, stats: StepStats) -> None:
+        self.waits.append(stats.data_wait_s)
+        self.times.append(stats.step_time_s)
+        self.tokens.append(stats.positions)
+        self.losses.append(stats.loss)
 
-def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any]) -> tuple[Timings, int]:
+
+class CellTrainer(Trainer):
+    """One cell of the matrix, trained by the :class:`~..core.loop.Trainer` exactly as ``elm-data train`` trains:
+    its set-up, step, receipt and log, changed only through its hooks — the model converted for fp8 training
+    (torchao) in :meth:`build_model`, no checkpoints, the cell's settings in the log header — and each step's
+    timings kept (:meth:`step`). :meth:`train` runs it under the cell's attention backend.
+
+    Its run directory holds an ordinary run log (``log.jsonl``): ``audit-run --verify`` checks what the cell
+    consumed, as for any run."""
+
+    task = "bench"
+
+    def __init__(self, config: TrainConfig, cell: Cell, env: dict[str, Any], run_dir: Path) -> None:
+        super().__init__(config, env["device"], env["info"], run_dir=run_dir, progress=env.get("progress", False))
+        self.cell, self.label, self.timings = cell, env.get("cell_label", "cell"), Timings()
+
+    def build_model(self) -> torch.nn.Module:
+        model = super().build_model()
+        if self.cell.precision == "fp8":
+            from torchao.float8 import convert_to_float8_training
+
+            def float8_ok(module, _name) -> bool:  # float8 matmuls need both dimensions divisible by 16
+                return isinstance(module, torch.nn.Linear) and module.in_features % 16 == module.out_features % 16 == 0
+
+            convert_to_float8_training(model, module_filter_fn=float8_ok)
+        return model
+
+    def make_checkpointer(self) -> None:
+        return None
+
+    def header_fields(self) -> dict[str, Any]:
+        return {"task": self.task, **super().header_fields(), "cell": self.cell.settings()}
+
+    def step(self) -> StepStats | None:
+        stats = super().step()
+        if stats is not None:
+            self.timings.add(stats)
+        return stats
+
+    def progress_bar(self) -> tqdm:
+        bar = super().progress_bar()
+        bar.set_description(self.label, refresh=False)
+        bar.leave = False
+        return bar
+
+    def train(self) -> Timings:
+        """Set up, run ``max_steps`` steps and finish the log; a stream that runs out first is an error."""
+        self.setup()
+        try:
+            with attention_context(self.cell.attention):
+                result = self.finish(self.run())
+        finally:
+            if hasattr(self, "batches"):
+                self.batches.close()  # stops the DataLoader's workers
+            if hasattr(self, "log"):
+                self.log.close()  # idempotent: finish closed it unless a step raised
+        if result.stopped_early:
+            raise RuntimeError(f"the stream ran out after {result.final_step} steps (epochs={self.config.epochs})")
+        return self.timings
+
+
+def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any], run_dir: Path) -> tuple[Timings, int]:
     """Train one cell for ``config.max_steps`` steps on the real stream; returns timings and the parameter count."""
-    from ..core.loop import build_loader, build_model, seed_everything, train_step
-    from ..core.optim import build_optimizer, build_scheduler
-
-    device, info = env["device"], env["info"]
-    seed_everything(config.seed)
-    model = build_model(config, device)
-    if cell.precision == "fp8":
-        from torchao.float8 import convert_to_float8_training
-
-        def float8_ok(module, _name) -> bool:  # float8 matmuls need both dimensions divisible by 16
-            return isinstance(module, torch.nn.Linear) and module.in_features % 16 == module.out_features % 16 == 0
-
-        convert_to_float8_training(model, module_filter_fn=float8_ok)
-    wrapped = D.wrap_model(model, config.distributed, info, device)
-    optimizer = build_optimizer(model, config, fused=device.type == "cuda" or None)
-    scheduler = build_scheduler(optimizer, config)
-    if config.compile:
-        wrapped = torch.compile(wrapped)
-    wrapped.train()
-    amp_dtype = autocast_dtype(device, config.precision)
-    iterator = iter(build_loader(config, config.manifest_dir, env["tokenizer"], info))
-    timings = Timings()
-    steps = tqdm(range(config.max_steps), desc=env.get("cell_label", "cell"), unit="step", leave=False,
-                 disable=not (env.get("progress") and info.is_main), dynamic_ncols=True)  # fmt: skip
-    try:
-        with attention_context(cell.attention):
-            for _ in steps:
-                started = time.perf_counter()
-                batch = next(iterator, None)
-                if batch is None:
-                    raise RuntimeError(f"the stream ran out after {len(timings.times)} steps (epochs={config.epochs})")
-                waited = time.perf_counter() - started
-                stats = train_step(
-                    wrapped, optimizer, [batch], config, device, amp_dtype, info, model.config.vocab_size
-                )
-                scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                timings.waits.append(waited)
-                timings.times.append(time.perf_counter() - started)
-                timings.tokens.append(stats.positions)
-                timings.losses.append(stats.loss)
-    finally:
-        steps.close()
-        iterator.close()  # stops the DataLoader's workers
-    return timings, sum(p.numel() for p in model.parameters())
+    trainer = CellTrainer(config, cell, env, run_dir)
+    timings = trainer.train()
+    return timings, sum(p.numel() for p in trainer.model.parameters())
 
 
 def measure(matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any], model_config) -> dict[str, Any]:
@@ -395,9 +259,10 @@ def run_cell(matrix: Matrix, index: int, cell: Cell, env: dict[str, Any]) -> dic
         return row | {"status": "unsupported", "reason": reason}
     started = time.perf_counter()
     try:
-        config = matrix.train_config(cell, env["manifest_dir"])
+        config = matrix.train_config(cell, env["manifest_dir"], tokenizer=env["tokenizer"])
         reset_peak_memory(device)
-        timings, parameters = train_cell(config, cell, env)
+        row["run_dir"] = str(env["out_dir"] / RUNS_DIR / f"cell_{index:03d}")
+        timings, parameters = train_cell(config, cell, env, Path(row["run_dir"]))
         figures = measure(matrix, cell, timings, env, config.model_config())
         row |= {"status": "ok", "reason": "", "parameters": parameters} | figures
         row["peak_memory_mib"], row["memory_kind"] = peak_memory(device)
@@ -437,24 +302,18 @@ def prepare_out(out_dir: Path) -> None:
 
 
 def environment(matrix: Matrix, tokenizer_override: str | None = None) -> dict[str, Any]:
-    """What every cell shares: device, process group, tokenizer, manifest, peak FLOP/s and price."""
-    from elm_data.manifests.manifest import Manifest
-
-    from ..core.loop import load_tokenizer
-
+    """What every cell shares: device and process group (as ``elm-data train`` sets them up), the manifest and
+    its tokenizer (checked once, before any cell), peak FLOP/s and price."""
     if matrix.threads:
         torch.set_num_threads(matrix.threads)
     unavailable = None
     try:
-        device = pick_device(matrix.device)
+        device, info = start_processes(matrix.device)
     except ConfigError as error:  # e.g. a GPU matrix on a machine without CUDA: every cell says so
-        device, unavailable = torch.device("cpu"), str(error)
-    info = D.init_distributed(device.type)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
+        (device, info), unavailable = start_processes("cpu"), str(error)
     manifest_dir = matrix.manifest_dir()
-    probe = TrainConfig(manifest=str(manifest_dir), tokenizer=tokenizer_override or matrix.train.get("tokenizer"))
-    tokenizer = load_tokenizer(probe, Manifest(manifest_dir))
+    tokenizer = tokenizer_override or matrix.train.get("tokenizer")
+    load_tokenizer(TrainConfig(manifest=str(manifest_dir), tokenizer=tokenizer), Manifest(manifest_dir))
     return {
         "device": device,
         "device_name": f"{matrix.device} (unavailable)" if unavailable else device_description(device),
@@ -474,7 +333,7 @@ def run_matrix(
 
     ``progress``: a bar (stderr, rank 0) over each cell's steps, with its rate and time left."""
     out_dir = Path(out_dir)
-    env = environment(matrix, tokenizer) | {"progress": progress}
+    env = environment(matrix, tokenizer) | {"progress": progress, "out_dir": out_dir}
     main = env["info"].is_main
     if main:
         prepare_out(out_dir)

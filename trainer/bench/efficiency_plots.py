@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from elm_data.core.outputs import atomic_file  # noqa: E402
 
-from .efficiency import AXES  # noqa: E402
+from .matrix import AXES  # noqa: E402
 
 STATUS_COLOURS = {"ok": "tab:blue", "unsupported": "tab:gray", "oom": "tab:red", "failed": "tab:orange"}
 

@@ -72,7 +72,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---- set-up pieces (also used by efficiency.py, evaluate.py and benchmarks/bench_trainer.py) -----------------
+# ---- set-up pieces (also used by bench/, export/evaluate.py and benchmarks/bench_trainer.py) ---------------
 def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
     """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it: flag/config
     > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256. A missing or mismatched
@@ -111,6 +111,16 @@ def build_model(config: TrainConfig, device: torch.device) -> OpenELM:
     model = OpenELM(model_config).to(device)
     model.gradient_checkpointing = config.gradient_checkpointing
     return model
+
+
+def start_processes(device_setting: str) -> tuple[torch.device, D.DistInfo]:
+    """The device a run trains on and its process group: ``device_setting`` picked (a :class:`ConfigError` when
+    unavailable), the group joined under torchrun, then this rank's own GPU. Undo with ``D.shutdown(info)``."""
+    device = pick_device(device_setting)
+    info = D.init_distributed(device.type)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    return device, info
 
 
 def refuse_used_run_dir(run_dir: Path, info: D.DistInfo, hint: str) -> None:
@@ -568,10 +578,7 @@ def train(
         config = config.replace(max_steps=max_steps)
     if out_dir is not None:
         config = config.replace(out_dir=str(Path(out_dir).resolve()))
-    device = pick_device(config.device)
-    info = D.init_distributed(device.type)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
+    device, info = start_processes(config.device)
     try:
         run_dir, checkpoint_dir = start_of(config, resume)
         with run_lock(run_dir, info):
