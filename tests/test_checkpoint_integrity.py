@@ -23,7 +23,8 @@ def _checkpoint(run_dir: Path) -> Path:
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
     model(torch.randint(0, 100, (1, 8))).sum().backward()
     optimizer.step()
-    return ckpt.save_checkpoint(run_dir, 2, model, optimizer.state_dict(), {"x": 1}, {"pos": [1]}, {"tokens": 64})
+    states = {"optimizer": optimizer.state_dict(), "scheduler": {"x": 1}}
+    return ckpt.save_checkpoint(run_dir, 2, model, states, {"pos": [1]}, {"tokens": 64})
 
 
 def _flip_byte(path: Path, offset_from_end: int = 100) -> None:
@@ -138,6 +139,99 @@ def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_mani
     assert first.losses + second.losses == straight.losses  # still bitwise the uninterrupted run
 
 
+# ---- the checkpointer's parts are a mapping: a trainer adds or drops one without changing it --------------------
+class Counter:
+    """A stateful part the Checkpointer knows nothing of."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = state["count"]
+
+
+class Position(Counter):
+    """Stands in for the stream loader (the part every checkpoint holds in stream_state.pt)."""
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"pos": [self.count]}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        self.count = state["pos"][0]
+
+
+def _checkpointer(run_dir: Path, **parts) -> ckpt.Checkpointer:
+    from elm_data.trainer.core.distributed import DistInfo
+
+    info = DistInfo()
+    parts = {"model": ckpt.ModelPart(small_model(), info), "stream": Position(7)} | parts
+    return ckpt.Checkpointer(run_dir, parts, manifest_id="m" * 64, config=TrainConfig(), info=info, device="cpu")
+
+
+def test_the_checkpointer_saves_and_restores_whatever_parts_it_is_given(tmp_path):
+    saving = _checkpointer(tmp_path, counter=Counter(3), scheduler=Counter(9))
+    path = saving.save(ckpt.TrainState(receipt="r", step=2, tokens=64), {"a/b": 64})
+    assert sorted(torch.load(path / ckpt.TRAINING_STATE, weights_only=True)) == ["counter", "scheduler"]
+    assert torch.load(path / ckpt.STREAM_STATE, weights_only=True) == {"pos": [7]}
+
+    loading = _checkpointer(tmp_path, counter=Counter(), stream=Position())  # drops the scheduler: ignored
+    state, stream = loading.load(path)
+    assert (state.step, state.tokens, loading.parts["counter"].count, stream) == (2, 64, 3, {"pos": [7]})
+    assert loading.parts["stream"].count == 7
+    with pytest.raises(ckpt.CheckpointError, match=r"holds no state of \['ema'\]"):
+        _checkpointer(tmp_path, counter=Counter(), ema=Counter()).load(path)
+    with pytest.raises(ValueError, match="stream"):
+        ckpt.Checkpointer(
+            tmp_path, {"model": Counter()}, manifest_id="m", config=TrainConfig(), info=None, device="cpu"
+        )
+
+
+@pytest.mark.slow  # trains three short runs
+def test_a_trainer_that_adds_and_drops_a_part_resumes_bit_identically(sample_manifest, tmp_path):
+    """A Trainer subclass adds a part (a step counter) and drops one (the RNGs: nothing in a step draws) through
+    ``checkpoint_parts`` alone: its checkpoint holds exactly its parts, a resume restores them and trains the steps
+    of the uninterrupted run; the plain Trainer, whose parts every checkpoint of its own holds, refuses it."""
+    from test_trainer_run import small_config
+
+    from elm_data.trainer.core import loop
+    from elm_data.trainer.core.distributed import DistInfo
+
+    class CountingTrainer(loop.Trainer):
+        def checkpoint_parts(self):
+            self.counter = getattr(self, "counter", Counter())
+            parts = super().checkpoint_parts()
+            del parts["rng"]
+            return parts | {"counter": self.counter}
+
+        def after_step(self) -> None:
+            self.counter.count += 1
+
+    def run(trainer_class, run_dir, resume=None, stop_after=None):
+        trainer = trainer_class(config, torch.device("cpu"), DistInfo(), run_dir=run_dir, progress=False)
+        trainer.setup()
+        if resume is not None:
+            trainer.restore(ckpt.resolve_checkpoint(resume))
+        return trainer, trainer.finish(trainer.run(stop_after))
+
+    config = small_config(sample_manifest, max_steps=4, checkpoint_every=2)
+    plain, straight = run(loop.Trainer, tmp_path / "plain")
+    assert sorted(torch.load(straight.checkpoint / ckpt.TRAINING_STATE, weights_only=True)) == sorted(
+        set(plain.checkpoint_parts()) - {"model", "stream"}
+    )  # every part of the plain trainer is saved, none left out
+    first, stopped = run(CountingTrainer, tmp_path / "counting", stop_after=2)
+    assert sorted(torch.load(stopped.checkpoint / ckpt.TRAINING_STATE, weights_only=True)) == [
+        "counter", "optimizer", "scheduler"
+    ]  # fmt: skip
+    second, resumed = run(CountingTrainer, tmp_path / "counting", resume=stopped.checkpoint)
+    assert second.counter.count == 4 and resumed.final_step == 4
+    assert stopped.losses + resumed.losses == straight.losses
+    with pytest.raises(ckpt.CheckpointError, match=r"holds no state of \['rng'\]"):
+        run(loop.Trainer, tmp_path / "plain-from-counting", resume=stopped.checkpoint)
+
+
 # ---- a full disk at a checkpoint: one line naming it -------------------------------------------------------------
 def _small_filesystems_work() -> bool:
     """Whether this machine lets a process mount a tmpfs in a mount namespace of its own (unshare -rm)."""
@@ -183,7 +277,7 @@ optimizer.step()
 out = {}
 for run_dir in sys.argv[2:]:
     try:
-        ckpt.save_checkpoint(run_dir, 1, model, optimizer.state_dict(), {}, {}, {"tokens": 1})
+        ckpt.save_checkpoint(run_dir, 1, model, {"optimizer": optimizer.state_dict()}, {}, {"tokens": 1})
         out[run_dir] = "saved"
     except DiskFull as error:
         out[run_dir] = str(error)

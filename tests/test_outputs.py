@@ -231,7 +231,7 @@ def test_checkpoints_follow_the_umask(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     previous = os.umask(0o027)
     try:
-        path = save_checkpoint(tmp_path / "run", 1, model, optimizer.state_dict(), {}, {}, {})
+        path = save_checkpoint(tmp_path / "run", 1, model, {"optimizer": optimizer.state_dict()}, {}, {})
     finally:
         os.umask(previous)
     assert _mode(path) == 0o750 and {_mode(f) for f in path.iterdir()} == {0o640}

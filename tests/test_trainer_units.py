@@ -201,7 +201,12 @@ def test_gradient_accumulation_matches_one_large_batch():
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     model = small_model()
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
-    args = (model, optimizer.state_dict(), {"last_epoch": 3}, {"position": 7}, {"tokens": 10})
+    args = (
+        model,
+        {"optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": 3}},
+        {"position": 7},
+        {"tokens": 10},
+    )
     good = ckpt.save_checkpoint(tmp_path, 3, *args)
     assert good.name == "step_00000003" and ckpt.resolve_checkpoint(tmp_path) == good
 
@@ -235,7 +240,8 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     model(torch.randint(0, 100, (1, 8))).sum().backward()
     optimizer.step()
     torch.manual_seed(123)
-    path = ckpt.save_checkpoint(tmp_path, 1, model, optimizer.state_dict(), {"x": 1}, {"pos": [1, 2]}, {"t": 5})
+    states = {"optimizer": optimizer.state_dict(), "scheduler": {"x": 1}, "rng": ckpt.rng_state()}
+    path = ckpt.save_checkpoint(tmp_path, 1, model, states, {"pos": [1, 2]}, {"t": 5})
     expected_next = torch.rand(3)
 
     other = small_model(seed=99)
@@ -245,9 +251,10 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
         assert torch.equal(a, b)
     assert saved.path == path and saved.stream == {"pos": [1, 2]} and saved.trainer["t"] == 5
     fresh = build_optimizer(other, TrainConfig(lr=1e-3))
-    fresh.load_state_dict(saved.optimizer)
+    assert sorted(saved.states) == ["optimizer", "rng", "scheduler"] and saved.states["scheduler"] == {"x": 1}
+    fresh.load_state_dict(saved.states["optimizer"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
-    ckpt.set_rng_state(saved.rng)
+    ckpt.set_rng_state(saved.states["rng"])
     assert torch.equal(torch.rand(3), expected_next)
 
 

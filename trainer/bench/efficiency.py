@@ -1,9 +1,10 @@
 """The training-efficiency matrix: tokens/s, MFU, memory, loader stall and loss per dollar across settings.
 
 ``elm-data bench train MATRIX.yaml --out DIR`` (or :func:`run_matrix`) trains every cell of the product of the
-YAML's ``axes`` for the same token budget, each on the real stream (``TokenStream``/``StreamLoader`` over a
-manifest), and writes ``cells.jsonl`` (one line per finished cell, as it finishes), ``results.csv``,
-``results.json`` and the plots (:mod:`elm_data.trainer.bench.efficiency_plots`). Invariants:
+YAML's ``axes`` (:mod:`.matrix`) for the same token budget, each through the trainer itself (:class:`CellTrainer`,
+a :class:`~..core.loop.Trainer` subclass, on the real stream) into a run log of its own (``runs/cell_NNN/``), and
+writes ``cells.jsonl`` (one line per finished cell, as it finishes), ``results.csv``, ``results.json`` and the
+plots (:mod:`.efficiency_plots`). Invariants:
 
 - every cell of the product appears in the output exactly once: ``status`` is ``ok``, or ``unsupported``/``oom``/
   ``failed`` with a ``reason`` (nothing is dropped);

@@ -13,8 +13,9 @@ Invariant 5: a directory named ``step_*`` exists only once complete. It is fille
 published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a
 step); leftovers of an interrupted write are ``.step_*.tmp-*`` folders, removed by the next save.
 
-:class:`Checkpointer` is the trainer's one way in and out: ``save`` and ``load`` cover every part (model,
-optimizer, scheduler, stream, RNGs, :class:`TrainState`), and ``load`` refuses a checkpoint of another run. The
+:class:`Checkpointer` is the trainer's one way in and out: ``save`` and ``load`` cover every part it is given by
+name (the trainer's: model, optimizer, scheduler, stream, RNGs) and a :class:`TrainState`, and ``load`` refuses a
+checkpoint of another run. The
 file-level functions below serve it and the tools that read checkpoints (export, eval, audit-run, tests).
 """
 
@@ -25,9 +26,10 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -112,21 +114,21 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     model: torch.nn.Module,
-    optimizer_state: dict[str, Any],
-    scheduler_state: dict[str, Any],
+    states: Mapping[str, Any],
     stream_state: StreamState,
     trainer_state: TrainerState,
     keep: int | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically; returns its directory. ``keep`` prunes older step directories."""
+    """Write checkpoint ``step`` atomically; returns its directory. ``states``: the other parts' states by name
+    (``training_state.pt``: the optimizer's, the scheduler's, the RNGs', ...). ``keep`` prunes older step
+    directories."""
     root = Path(run_dir) / CHECKPOINTS
     for stale in root.glob(".step_*.tmp-*"):  # what a killed save left (staged_dir's temp names)
         shutil.rmtree(stale, ignore_errors=True)
     final = root / step_dir_name(step)
     with staged_dir(final) as tmp:  # re-saving a step (after a resume) swaps the old one out atomically
         save_model(model, tmp)
-        training = {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state()}
-        torch.save(training, tmp / TRAINING_STATE)
+        torch.save(dict(states), tmp / TRAINING_STATE)
         torch.save(stream_state, tmp / STREAM_STATE)
         state: TrainerState = {**trainer_state, "step": step, "files": file_digests(tmp)}
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -158,14 +160,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 @dataclass
 class SavedCheckpoint:
-    """A checkpoint as read from disk: the saved model (on CPU) and the other parts' states."""
+    """A checkpoint as read from disk: the saved model (on CPU), the stream state, and the other parts' states by
+    name (``states``: ``training_state.pt``)."""
 
     path: Path
     model: OpenELM
     trainer: TrainerState
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    rng: dict[str, Any]
+    states: dict[str, Any]
     stream: StreamState
 
 
@@ -184,9 +185,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
     )
     stream = read_stream_state(path)
-    if not isinstance(training, dict) or not {"optimizer", "scheduler", "rng"} <= set(training):
+    if not isinstance(training, dict) or not all(isinstance(name, str) for name in training):
         raise CheckpointError(f"checkpoint {path}: {TRAINING_STATE} does not hold a training state")
-    return SavedCheckpoint(path, model, trainer, training["optimizer"], training["scheduler"], training["rng"], stream)
+    return SavedCheckpoint(path, model, trainer, training, stream)
 
 
 def file_digests(directory: Path) -> dict[str, str]:
@@ -258,12 +259,6 @@ def read_stream_state(path: str | Path) -> StreamState:
     return state
 
 
-def _check_model_config(saved: SavedCheckpoint, model: torch.nn.Module) -> None:
-    """The saved weights must be of this run's model shape (a CheckpointError otherwise)."""
-    if saved.model.config.to_dict() != model.config.to_dict():
-        raise CheckpointError(f"checkpoint {saved.path} holds a different model config than this run's")
-
-
 def _read(path: Path, name: str, read):
     """``read()``, or one line naming the damaged file. Never suggests loading it unsafely."""
     try:
@@ -292,32 +287,124 @@ class TrainState:
     tokens: int = 0
 
 
-class Checkpointer:
-    """Saves and restores every stateful part of one run as a checkpoint directory (see the module docstring).
+class Part(Protocol):
+    """A stateful part of a run as the :class:`Checkpointer` sees it (torch's optimizers and schedulers are parts as
+    they are). ``state_dict`` is called on every rank (it may be collective); a part may also have
+    ``check(state, path)``, which refuses a saved state before any part of the run is changed."""
 
-    Parts: ``model`` (the OpenELM; under FSDP2 the same module, sharded in place), ``optimizer``, ``scheduler``,
-    ``loader`` (the stream), the process RNGs and a :class:`TrainState`. A checkpoint is bound to its run by the
-    manifest id and the config fingerprint, and ``load`` refuses any other. Both methods are collective under
-    torchrun (every rank calls them); only rank 0 writes, so the files are those of a one-process run: full weights,
-    full optimizer state (keyed by parameter name under FSDP) and one stream state merged over ranks, resumable on
-    any ranks x workers that divide the stream's partitions.
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+MODEL, STREAM = "model", "stream"  # the parts every checkpoint holds, in files of their own (export and eval read them)
+
+
+class ModelPart:
+    """The OpenELM's weights (``model.safetensors`` + ``model_config.json``); under FSDP2 (the same module, sharded
+    in place) gathered to full tensors on rank 0 for saving, and each rank's shard put back on load."""
+
+    def __init__(self, model: torch.nn.Module, info: D.DistInfo) -> None:
+        self.model, self.info = model, info
+
+    def state_dict(self) -> torch.nn.Module:
+        """The module to save: the model itself, or under FSDP a full copy on CPU (filled on rank 0 only)."""
+        if not D.is_fsdp(self.model):
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        with torch.device("meta"):
+            cpu_model = OpenELM(self.model.config)
+        if self.info.is_main:
+            cpu_model.load_state_dict(full, assign=True)
+        return cpu_model
+
+    def check(self, saved: OpenELM, path: Path) -> None:
+        """The saved weights must be of this run's model shape."""
+        if saved.config.to_dict() != self.model.config.to_dict():
+            raise CheckpointError(f"checkpoint {path} holds a different model config than this run's")
+
+    def load_state_dict(self, saved: OpenELM) -> None:
+        _load_model_state(self.model, saved.state_dict())
+
+
+class OptimizerPart:
+    """The optimizer's state: its ``state_dict`` (one process, DDP), or under FSDP the full state keyed by parameter
+    name (torch.distributed.checkpoint's full state dict), re-sharded onto each rank's parameters on load."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        if not D.is_fsdp(self.model):
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, self.optimizer, options=options)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        _load_optimizer_state(self.model, self.optimizer, saved)
+
+
+class StreamPart:
+    """The stream loader's position: every rank's state merged into one on save (resumable on any ranks x workers
+    that divide the stream's partitions); on load, checked against this rank's stream first (``PlanError``)."""
+
+    def __init__(self, loader, info: D.DistInfo) -> None:
+        self.loader, self.info = loader, info
+
+    def state_dict(self) -> StreamState:
+        return merge_states(D.gather_objects(self.loader.state_dict(), self.info))
+
+    def check(self, saved: StreamState, path: Path) -> None:
+        stream = self.loader.stream
+        check_state(saved, stream.manifest_id, stream.config, stream.rank, stream.world_size)
+
+    def load_state_dict(self, saved: StreamState) -> None:
+        self.loader.load_state_dict(saved)
+
+
+class RngPart:
+    """The process's RNGs (Python, numpy, torch, CUDA): put back last, so nothing draws between a resume and the
+    first step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        set_rng_state(saved)
+
+
+class Checkpointer:
+    """Saves and restores the stateful parts of one run as a checkpoint directory (see the module docstring).
+
+    ``parts`` names them (:class:`Part`s), in the order a load restores them: the trainer's are ``model``
+    (:class:`ModelPart`), ``optimizer``, ``scheduler``, ``stream`` (:class:`StreamPart`) and ``rng``
+    (:class:`RngPart`, last); ``model`` and ``stream`` are required (they have files of their own), every other part
+    is an entry of ``training_state.pt`` under its name, so a trainer adds or drops one without changing this class
+    (``Trainer.checkpoint_parts``). Besides the parts, a :class:`TrainState`. A checkpoint is bound to its run by the
+    manifest id and the config fingerprint, and ``load`` refuses any other, or one without a part of this run. Both
+    methods are collective under torchrun (every rank calls them); only rank 0 writes, so the files are those of a
+    one-process run.
     """
 
     def __init__(
         self,
         run_dir: Path,
+        parts: Mapping[str, Part],
         *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loader,
         manifest_id: str,
         config: TrainConfig,
         info: D.DistInfo,
         device: torch.device,
     ) -> None:
+        missing = sorted({MODEL, STREAM} - set(parts))
+        if missing:
+            raise ValueError(f"a checkpoint needs the parts {missing}")
         self.run_dir, self.manifest_id, self.config, self.info, self.device = run_dir, manifest_id, config, info, device
-        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.parts = dict(parts)
 
     def save(self, state: TrainState, consumed: dict[str, int]) -> Path | None:
         """Write checkpoint ``state.step``; returns its directory on rank 0, None on the other ranks.
@@ -332,44 +419,34 @@ class Checkpointer:
             "config": self.config.to_dict(),
             "receipt": state.receipt,
         }
-        model, optimizer_state = _full_states(self.model, self.optimizer, self.info)
-        stream_states = D.gather_objects(self.loader.state_dict(), self.info)
+        states = {name: part.state_dict() for name, part in self.parts.items()}  # every rank: may be collective
+        model, stream = states.pop(MODEL), states.pop(STREAM)
         path = None
         if self.info.is_main:
-            path = save_checkpoint(
-                self.run_dir,
-                state.step,
-                model,
-                optimizer_state,
-                self.scheduler.state_dict(),
-                merge_states(stream_states),
-                trainer_state,
-                keep=self.config.keep_checkpoints,
-            )
+            keep = self.config.keep_checkpoints
+            path = save_checkpoint(self.run_dir, state.step, model, states, stream, trainer_state, keep=keep)
         D.barrier(self.info)
         return path
 
     def load(self, path: str | Path) -> tuple[TrainState, StreamState]:
         """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as saved.
 
-        Refuses a checkpoint of another manifest, other training settings or another model (:class:`CheckpointError`)
-        or a stream state this stream cannot resume (``PlanError``), before anything is changed. The RNGs are set
-        last, so nothing after this call draws before training.
+        Refuses a checkpoint of another manifest, other training settings or another model, or one that lacks a part
+        (:class:`CheckpointError`), or a stream state this stream cannot resume (``PlanError``), before anything is
+        changed; then restores the parts in order (the RNGs last, so nothing after this call draws before training).
         """
         saved = read_checkpoint(path, map_location=self.device)
-        self._check_belongs(saved)
-        _load_model_state(self.model, saved.model.state_dict())
-        _load_optimizer_state(self.model, self.optimizer, saved.optimizer, saved.path)
-        self.scheduler.load_state_dict(saved.scheduler)
-        self.loader.load_state_dict(saved.stream)
-        set_rng_state(saved.rng)
+        states = {**saved.states, MODEL: saved.model, STREAM: saved.stream}
+        self._check_belongs(saved, states)
+        for name, part in self.parts.items():
+            part.load_state_dict(states[name])
         trainer = saved.trainer
         state = TrainState(step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer["receipt"])
         return state, saved.stream
 
-    def _check_belongs(self, saved: SavedCheckpoint) -> None:
-        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), same model, and a
-        stream state this rank's stream can resume."""
+    def _check_belongs(self, saved: SavedCheckpoint, states: dict[str, Any]) -> None:
+        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), a state for every
+        part, and each part's own check (same model shape, a stream state this rank's stream can resume)."""
         manifest_id = saved.trainer.get("manifest_id")
         if manifest_id != self.manifest_id:
             raise CheckpointError(
@@ -377,31 +454,13 @@ class Checkpointer:
             )
         if saved.trainer.get("fingerprint") != self.config.fingerprint():
             raise CheckpointError(f"checkpoint {saved.path} was written under different training settings")
-        _check_model_config(saved, self.model)
-        stream = self.loader.stream
-        check_state(saved.stream, stream.manifest_id, stream.config, stream.rank, stream.world_size)
-
-
-def _full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: D.DistInfo):
-    """(model to save, optimizer state): under FSDP both are gathered to full tensors on rank 0 (every rank must
-    call this); the optimizer state is then keyed by parameter name (torch.distributed.checkpoint's full state
-    dict) rather than by parameter index."""
-    if not D.is_fsdp(model):
-        return model, optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(model, options=options)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-    with torch.device("meta"):
-        cpu_model = OpenELM(model.config)
-    if info.is_main:
-        cpu_model.load_state_dict(full, assign=True)
-    return cpu_model, optim_state
+        missing = [name for name in self.parts if name not in states]
+        if missing:
+            raise CheckpointError(f"checkpoint {saved.path} holds no state of {missing} (a run without them saved it)")
+        for name, part in self.parts.items():
+            check = getattr(part, "check", None)
+            if check is not None:
+                check(states[name], saved.path)
 
 
 def _load_model_state(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> None:
@@ -415,9 +474,9 @@ def _load_model_state(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> 
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
 
 
-def _load_optimizer_state(model, optimizer, saved: dict[str, Any], checkpoint_dir: Path) -> None:
+def _load_optimizer_state(model, optimizer, saved: dict[str, Any]) -> None:
     """Restore the optimizer: a plain ``state_dict`` (one process, DDP) or, under FSDP, the full name-keyed
-    state that :func:`_full_states` saved, re-sharded onto this rank's parameters."""
+    state that :meth:`OptimizerPart.state_dict` saved, re-sharded onto this rank's parameters."""
     if not D.is_fsdp(model):
         optimizer.load_state_dict(saved)
         return
@@ -429,5 +488,5 @@ def _load_optimizer_state(model, optimizer, saved: dict[str, Any], checkpoint_di
         )
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint {checkpoint_dir}: its optimizer state cannot be loaded into this FSDP run ({error})"
+            f"the checkpoint's optimizer state cannot be loaded into this FSDP run ({error})"
         ) from error

@@ -34,7 +34,19 @@ from elm_data.pipeline.stream.receipt import chain, genesis, step_digest, stream
 from elm_data.pipeline.tokenizer import PAD_ID, LlamaTokenizer, resolve_tokenizer
 
 from . import distributed as D
-from .checkpoint import Checkpointer, TrainState, list_checkpoints, resolve_checkpoint
+from .checkpoint import (
+    MODEL,
+    STREAM,
+    Checkpointer,
+    ModelPart,
+    OptimizerPart,
+    Part,
+    RngPart,
+    StreamPart,
+    TrainState,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 from .config import ConfigError, TrainConfig
 from .hardware import autocast, autocast_dtype, device_description, mfu, peak_flops, pick_device
 from .health import RunHealth, progress_postfix
@@ -237,7 +249,8 @@ class Trainer:
     Owns the parts — the stream loader, the model (``model``: the OpenELM; ``module``: what a step calls, DDP/FSDP-
     wrapped, maybe compiled), the optimizer and LR schedule, the log — and a :class:`TrainState` (step, tokens,
     receipt head). Subclasses change a run through the hooks :meth:`build_model`, :meth:`training_module`,
-    :meth:`autocast_dtype`, :meth:`after_step`, :meth:`header_fields` and :meth:`make_checkpointer`.
+    :meth:`autocast_dtype`, :meth:`after_step`, :meth:`header_fields`, :meth:`checkpoint_parts` and
+    :meth:`make_checkpointer`.
     """
 
     task = "train"
@@ -326,14 +339,22 @@ class Trainer:
     def after_step(self) -> None:
         """Called after each optimizer and schedule step (compress: the palettizer's step)."""
 
+    def checkpoint_parts(self) -> dict[str, Part]:
+        """The stateful parts a checkpoint saves and a resume restores, by name, in restore order (the RNGs last);
+        a subclass adds or drops one here (``model`` and ``stream`` stay)."""
+        return {
+            MODEL: ModelPart(self.model, self.info),
+            "optimizer": OptimizerPart(self.model, self.optimizer),
+            "scheduler": self.scheduler,
+            STREAM: StreamPart(self.loader, self.info),
+            "rng": RngPart(),
+        }
+
     def make_checkpointer(self) -> Checkpointer | None:
-        """The run's checkpointer over every stateful part (None: the run keeps no checkpoints)."""
+        """The run's checkpointer over :meth:`checkpoint_parts` (None: the run keeps no checkpoints)."""
         return Checkpointer(
             self.run_dir,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            loader=self.loader,
+            self.checkpoint_parts(),
             manifest_id=self.manifest.manifest_id,
             config=self.config,
             info=self.info,
