@@ -143,7 +143,7 @@ def apply_to_record(record: ShardRecord, table: pa.Table, removed: Mapping[int, 
     characters, tokens and segments), and its block index recomputed from the new ledger ``table``."""
     from elm_data.sources.blocks import Block
 
-    from .shard_work import block_index
+    from .ledger_blocks import block_index
 
     if not removed:
         return record

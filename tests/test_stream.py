@@ -18,8 +18,8 @@ import torch
 from click.testing import CliRunner
 
 from elm_data.manifests.identity import seal
+from elm_data.manifests.ledger_blocks import block_index
 from elm_data.manifests.manifest import Manifest, write_manifest_dir
-from elm_data.manifests.shard_work import block_index
 from elm_data.pipeline.stream import (
     PlanError,
     StreamIntegrityError,
