@@ -295,12 +295,6 @@ def _from_numpy(array: Any) -> Any:
     return from_numpy(array)
 
 
-def collate_as_is(batch: Any) -> Any:
-    """The DataLoader's ``collate_fn`` for :class:`StreamReaders`: batches arrive whole and stay as they are
-    (the default would walk every span dict and convert arrays; ``StreamLoader`` makes the tensors)."""
-    return batch
-
-
 class _BatchMaker:
     """Reads, checks and lays out planned batches. Per partition: one ``DocumentFetcher`` (one open reader per
     source) and the framed documents that continue into its next batch, so a document spanning batches is

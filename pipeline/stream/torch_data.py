@@ -13,7 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .dataset import collate_as_is
+
+def collate_as_is(batch: Any) -> Any:
+    """The DataLoader's ``collate_fn`` for :class:`StreamReaders`: batches arrive whole and stay as they are
+    (the default would walk every span dict and convert arrays; ``StreamLoader`` makes the tensors)."""
+    return batch
 
 
 class ReadersDataset(IterableDataset):
