@@ -41,6 +41,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 
+from elm_data.core.procs import die_with_parent
 from elm_data.sources import remote
 
 from .shard_work import PassSpec, ShardTask, process_shard
@@ -342,8 +343,6 @@ def _serve(start, port: int, parent_pid: int | None, max_seconds: float | None) 
     """Run a service process: ``start(port) -> (bound port, stop callable)``; print the bound port as the first
     line of stdout; serve until SIGTERM/SIGINT, ``max_seconds`` or the exit of ``parent_pid``; then stop and
     leave at once (a job still running in a thread of Beam's job service would otherwise keep it alive)."""
-    from elm_data.core.procs import die_with_parent
-
     if parent_pid is not None:
         die_with_parent(parent_pid)  # the workers of a pool die with it in turn (they watch the pool)
     stop = threading.Event()

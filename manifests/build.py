@@ -36,6 +36,7 @@ from elm_data.sources.blocks import BLOCK_BYTES
 from elm_data.sources.document import REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE
 from elm_data.sources.registry import get_subset
 
+from .dedup_filter import dedup_build, describe, signer_for
 from .heldout import HeldoutSelector
 from .identity import FORMAT_VERSION, pass_config_hash, seal
 from .manifest import DROPPED_SAMPLES_FILE, MANIFEST_FILE, Manifest, write_manifest_dir
@@ -350,8 +351,6 @@ def _assembled(tasks, work: BuildWorkspace, accept_damaged: bool, dedup: str | N
     documents = _CommittedDocuments(work, len(records))
     if dedup is None:
         return records, documents
-    from .dedup_filter import dedup_build
-
     return dedup_build(records, documents, work.read_signatures, dedup)
 
 
@@ -359,8 +358,6 @@ def _dedup_description(mode: str | None) -> dict[str, Any]:
     """``pass.dedup`` (in the id and the workspace key) for ``filters.dedup``; refuses a missing datasketch first."""
     if mode is None:
         return {}
-    from .dedup_filter import describe, signer_for
-
     signer_for(mode)  # minhash without the dedup extra: the pip line, before a shard is read
     return describe(mode)
 

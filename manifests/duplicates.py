@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from elm_data.core.errors import ElmDataError, InvalidValue
+from elm_data.core.outputs import atomic_file
 
 from .contamination import NORMALIZATION, normalized_words
 from .kept_text import KeptDocument, map_shards
 from .manifest import Manifest
+from .plot import check_plot_path
 
 CLUSTERS_SHOWN = 10
 MEMBERS_SHOWN = 8
@@ -312,10 +314,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 def plot_duplicates(report: dict[str, Any], out_path) -> Any:
     """A heatmap: row A, column B = % of A's documents with a duplicate in B (diagonal: near-duplicate rate)."""
-    from elm_data.core.outputs import atomic_file
-
-    from .plot import check_plot_path
-
     out_path = check_plot_path(out_path)
     import matplotlib
 

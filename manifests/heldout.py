@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from elm_data.core.settings import Settings, SettingsError
 
+from .kept_text import shard_documents
 from .manifest import Manifest
 
 HELDOUT = "heldout"  # the ledger status of a held-out document
@@ -102,8 +103,6 @@ def heldout_rows(manifest: Manifest, max_docs: int | None = None) -> dict[str, l
 def heldout_documents(manifest: Manifest, rows: list[HeldoutRow]) -> Iterator[tuple[HeldoutRow, str]]:
     """``(row, text)`` of each held-out row, in the rows' order, read through the verified blocks and checked
     against the ledger (same record, same doc id: ``kept_text.KeptTextChanged`` otherwise)."""
-    from .kept_text import shard_documents
-
     by_shard: dict[int, list[HeldoutRow]] = {}
     for row in rows:
         by_shard.setdefault(row.shard, []).append(row)

@@ -15,6 +15,8 @@ from pathlib import Path
 from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.core.outputs import staged_dir
 
+from .weights import export_hf
+
 MLX_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -32,8 +34,6 @@ def export_mlx(
         from mlx_lm import convert
     except ImportError as error:
         raise ElmDataError("export mlx needs mlx-lm: pip install 'elm-data[mlx]'") from error
-    from .weights import export_hf
-
     if dtype not in MLX_DTYPES:
         raise InvalidValue(f"dtype must be one of {MLX_DTYPES}, got {dtype!r}")
     if quantize not in (None, 4, 8):

@@ -36,7 +36,14 @@ from ..core.config import ConfigError, TrainConfig
 from ..core.distributed import DistInfo
 from ..core.hardware import pick_device
 from ..core.loop import Trainer, TrainingError, refuse_used_run_dir
-from .palette import COMPACT_FILE, distinct_per_group, ensure_process_group, install_edkm_cpu_adapter, save_compact
+from .palette import (
+    COMPACT_FILE,
+    distinct_per_group,
+    ensure_process_group,
+    install_edkm_cpu_adapter,
+    plain_state,
+    save_compact,
+)
 
 GRANULARITIES = ("per_tensor", "per_grouped_channel")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -325,8 +332,6 @@ def finalize(palettizer, prepared: nn.Module, names: list[str], spec: PaletteSpe
 
 def dequantized_model(finalized: nn.Module) -> OpenELM:
     """A plain float32 OpenELM holding a finalized model's (palettized) weights."""
-    from .palette import plain_state
-
     model = OpenELM(finalized.config)
     model.load_state_dict({k: v.float() for k, v in plain_state(finalized).items()}, strict=True)
     return model.eval()

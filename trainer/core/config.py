@@ -21,6 +21,8 @@ from elm_data.core.canonical_json import SORTED_SPACED
 from elm_data.core.errors import InvalidValue
 from elm_data.core.redact import redact_uri
 from elm_data.core.settings import Settings, SettingsError, load_mapping, resolve_path
+from elm_data.model.config import NAMED_SHAPES, OpenELMConfig
+from elm_data.pipeline.stream.network import NetworkSettings
 
 # Peak learning rate per published size (CoreNet `scheduler.cosine.max_lr`).
 OPENELM_PEAK_LR: dict[str, float] = {"270M": 5.3e-3, "450M": 3.9e-3, "1.1B": 2.4e-3, "3B": 1.2e-3}
@@ -173,8 +175,6 @@ class TrainConfig(Settings):
 
     def model_config(self):
         """The :class:`~elm_data.model.config.OpenELMConfig` this config names."""
-        from elm_data.model.config import NAMED_SHAPES, OpenELMConfig
-
         if isinstance(self.model, str):
             return OpenELMConfig.named(self.model)
         spec = dict(self.model)
@@ -227,8 +227,6 @@ class TrainConfig(Settings):
 
     def network(self):
         """The stream's :class:`~elm_data.pipeline.stream.network.NetworkSettings` (retries, cache, read-ahead)."""
-        from elm_data.pipeline.stream.network import NetworkSettings
-
         try:
             return NetworkSettings.from_config(self.retries, self.cache, self.readahead_bytes, self.storage_options)
         except InvalidValue as error:
@@ -252,7 +250,6 @@ class TrainConfig(Settings):
 
 
 def _check_model(model: str | dict[str, Any]) -> None:
-    from elm_data.model.config import NAMED_SHAPES
 
     name = model if isinstance(model, str) else model.get("name")
     if isinstance(model, str) and name not in NAMED_SHAPES:

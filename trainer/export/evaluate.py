@@ -24,9 +24,16 @@ import torch
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import write_atomic
+from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.stream.consumed import ConsumedTokens
+from elm_data.pipeline.tokenizer import PAD_ID
 
 from ..core.checkpoint import load_checkpoint_model, read_stream_state
+from ..core.config import ConfigError, TrainConfig
+from ..core.distributed import DistInfo
+from ..core.loop import build_loader, load_tokenizer
+from ..core.loss import loss_sums, split_inputs_labels
+from ..proof.audit import audit_run
 from .hf import export_checkpoint, newest_checkpoint, run_of
 
 OPENELM_TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande")
@@ -117,15 +124,6 @@ def task_manager(tasks: list[str], include_path: str | Path | None):
 @torch.inference_mode()
 def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, Any]:
     """Mean next-token loss and perplexity on the next ``batches`` batches the run did not consume."""
-    from elm_data.manifests.manifest import Manifest
-    from elm_data.pipeline.tokenizer import PAD_ID
-
-    from ..core.config import ConfigError, TrainConfig
-    from ..core.distributed import DistInfo
-    from ..core.loop import build_loader, load_tokenizer
-    from ..core.loss import loss_sums, split_inputs_labels
-    from ..proof.audit import audit_run
-
     run = run_of(checkpoint)
     if run is None:
         return {"skipped": "not a checkpoint of a run directory: no stream state to know what was consumed"}

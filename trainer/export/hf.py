@@ -23,6 +23,8 @@ from elm_data.manifests.manifest import Manifest
 from elm_data.model.config import OpenELMConfig
 from elm_data.model.openelm import OpenELM
 from elm_data.model.weights import DTYPES, WEIGHTS_FILE, export_hf
+from elm_data.pipeline.tokenizer import TokenizerNotFound, resolve_tokenizer
+from elm_data.sources.registry import get_subset
 
 from ..core.checkpoint import (
     TRAINER_STATE,
@@ -102,8 +104,6 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
 def consumed_datasets(audit: RunAudit, manifest: Manifest) -> list[str]:
     """The Hugging Face dataset ids of the corpora the run really ate: every source/subset with tokens consumed
     (the run log's counts), by the registry's ``hub_dataset``; none for the synthetic sample."""
-    from elm_data.sources.registry import get_subset
-
     if manifest.synthetic:
         return []
     eaten = {r.key for r in audit.rows if r.consumed_tokens > 0}
@@ -236,8 +236,6 @@ def _training_section(run: CheckpointRun, audit: RunAudit, config: dict[str, Any
 
 def data_origins(manifest: Manifest) -> dict[str, tuple[str, str]]:
     """source/subset -> (upstream repository or URL, licence), from the source registry and the shard records."""
-    from elm_data.sources.registry import get_subset
-
     origins = {}
     for shard in manifest.shards:
         if shard.key not in origins:
@@ -266,8 +264,6 @@ def tokenizer_bytes(flag: str | None, pinned: dict[str, Any] | None, required: b
     ``pinned`` (``{"uri", "sha256"}``, as a run logs it) fixes the sha256 it must have. None when nothing is
     found and ``required`` is false; any other tokenizer problem raises its ``TokenizerError``.
     """
-    from elm_data.pipeline.tokenizer import TokenizerNotFound, resolve_tokenizer
-
     try:
         tokenizer = resolve_tokenizer(flag, None, {"tokenizer": pinned} if pinned else None)
     except TokenizerNotFound:

@@ -34,9 +34,11 @@ import numpy as np
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
+from elm_data.manifests.manifest import Manifest
 
 from ..core.health import LOSS_WINDOW
 from ..core.runlog import effective_steps, read_log
+from .audit import audit_run, verify_run
 
 REPORT_DIR = "report"
 HEADER_FIELDS = ("device", "parameters", "world_size", "tokens_per_step")
@@ -203,8 +205,6 @@ def heldout_chart(records: list[dict[str, Any]]) -> Chart:
 # ---- what the page says about the run ---------------------------------------------------------------------------
 def receipt_status(run_dir: Path, manifest_dir: Path | None) -> tuple[str, bool | None]:
     """``audit-run --verify``'s outcome in words, and whether it verified (None: it could not be checked)."""
-    from .audit import verify_run
-
     try:
         outcome = verify_run(run_dir, manifest_dir=manifest_dir)
     except ElmDataError as error:
@@ -219,8 +219,6 @@ def receipt_status(run_dir: Path, manifest_dir: Path | None) -> tuple[str, bool 
 
 def target_shares(run_dir: Path, manifest_dir: Path | None, notes: list[str]) -> dict[str, float]:
     """Each subset's OpenELM target share, renormalised over the manifest's subsets (as ``audit-run``)."""
-    from .audit import audit_run
-
     try:
         rows = audit_run(run_dir, manifest_dir=manifest_dir).rows
     except ElmDataError as error:
@@ -368,8 +366,6 @@ def refuse_foreign_folder(out_dir: Path) -> None:
 
 def _manifest_root(header: dict[str, Any], manifest_dir: Path | None) -> str | None:
     """The Merkle root of the run's manifest, for a log without an ``end`` record (None when it cannot be read)."""
-    from elm_data.manifests.manifest import Manifest
-
     try:
         return Manifest(manifest_dir or header["manifest_dir"]).info["merkle_root"]
     except (ElmDataError, KeyError):
