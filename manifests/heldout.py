@@ -83,20 +83,30 @@ class HeldoutRow:
     tokens: int
 
 
-def heldout_rows(manifest: Manifest, max_docs: int | None = None) -> dict[str, list[HeldoutRow]]:
-    """``{source/subset: held-out ledger rows}`` in manifest order (shard, then record), at most ``max_docs`` per
-    subset: the first ones, so the set and its order are the same every time. Subsets with none are absent."""
+def heldout_rows(
+    manifest: Manifest, max_docs: int | None = None, max_tokens: int | None = None
+) -> dict[str, list[HeldoutRow]]:
+    """``{source/subset: held-out ledger rows}`` in manifest order (shard, then record): per subset the first
+    ``max_docs`` whose ledger tokens add up to at most ``max_tokens`` (a document that alone would pass the budget
+    left is skipped), so the set and its order are fixed by the manifest and the two bounds. Subsets with none
+    are absent. Reads only the ledgers of shards that hold held-out documents."""
     out: dict[str, list[HeldoutRow]] = {}
+    budget: dict[str, int] = {}
     for record in manifest.shards:
-        if not record.docs_heldout or (max_docs is not None and len(out.get(record.key, ())) >= max_docs):
+        rows = out.get(record.key, [])
+        if not record.docs_heldout or (max_docs is not None and len(rows) >= max_docs):
             continue
         table = manifest.documents(record.shard, ["index", "doc_id", "status", "tokens"])
         held = table.filter(pc.equal(table["status"], HELDOUT))
-        rows = out.setdefault(record.key, [])
         for index, doc_id, tokens in zip(*(held[c].to_pylist() for c in ("index", "doc_id", "tokens")), strict=True):
             if max_docs is not None and len(rows) >= max_docs:
                 break
+            if max_tokens is not None and budget.get(record.key, 0) + tokens > max_tokens:
+                continue
             rows.append(HeldoutRow(record.shard, index, doc_id, tokens))
+            budget[record.key] = budget.get(record.key, 0) + tokens
+        if rows:
+            out[record.key] = rows
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -183,3 +184,170 @@ def test_with_dedup_a_copy_of_a_heldout_document_is_removed_not_trained_on(tmp_p
 
 def is_heldout_oracle(seed: int, key: str, doc_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(f"{seed}\0{key}\0{doc_id}".encode()).hexdigest(), 16) / 2**256 < fraction
+
+
+# ---- 22.2: per-source held-out evaluation during training ------------------------------------------------------
+HELD_DOCS, HELD_TOKENS, SEQ_LEN = 2, 1200, 64
+
+
+@pytest.fixture(scope="module")
+def heldout_run(heldout_manifest, tmp_path_factory) -> Path:
+    """A tiny model trained 4 steps on the held-out manifest, evaluated on it every 2 steps, checkpointed at 2 and 4."""
+    from elm_data.trainer.core.config import TrainConfig
+    from elm_data.trainer.core.loop import train
+
+    model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
+    config = TrainConfig(manifest=str(heldout_manifest), model=model, seq_len=SEQ_LEN, batch_size=2, max_steps=4,
+                         warmup_steps=1, lr=3e-3, epochs=None, precision="fp32", distributed="none",
+                         checkpoint_every=2, heldout_every=2, heldout_docs=HELD_DOCS,
+                         heldout_tokens=HELD_TOKENS)  # fmt: skip
+    out = tmp_path_factory.mktemp("heldout_run") / "run"
+    train(config, out_dir=out, progress=False)
+    return out
+
+
+def _oracle_set(
+    manifest_dir: Path, tokenizer, max_docs: int = HELD_DOCS, max_tokens: int = HELD_TOKENS
+) -> dict[str, list[tuple[list[int], str]]]:
+    """Per subset, ``(token ids, text)`` of the documents the evaluation must score, chosen from the ledger by hand
+    (held-out rows in shard then record order, the first HELD_DOCS within HELD_TOKENS, a too-long one skipped) and
+    read with the plain reader."""
+    from elm_data.sources.readers import read_shard
+
+    manifest = Manifest(manifest_dir)
+    chosen: dict[str, list] = {}
+    for record in manifest.shards:
+        rows = [r for r in manifest.documents(record.shard).to_pylist() if r["status"] == "heldout"]
+        picked = chosen.setdefault(record.key, [])
+        for row in rows:
+            if len(picked) < max_docs and sum(t for *_, t in picked) + row["tokens"] <= max_tokens:
+                picked.append((record, row["index"], row["tokens"]))
+    out: dict[str, list] = {}
+    for key, picked in chosen.items():
+        for record, index, tokens in picked:
+            doc = next(d for d in read_shard(record.uri, record.source, record.subset) if d.provenance.index == index)
+            ids = tokenizer.encode(doc.text)
+            assert len(ids) == tokens
+            out.setdefault(key, []).append((ids, doc.text))
+    return out
+
+
+def _oracle_scores(model, documents: list[tuple[list[int], str]]) -> tuple[float, float]:
+    """(loss, bits per byte) by hand: each document alone, BOS + ids + EOS, windows of SEQ_LEN predictions."""
+    import torch
+
+    total, count = 0.0, 0
+    for ids, _ in documents:
+        framed = [1, *ids, 2]
+        for start in range(0, len(framed) - 1, SEQ_LEN):
+            window = torch.tensor(framed[start : start + SEQ_LEN + 1])
+            with torch.no_grad():
+                logits = model(window[None, :-1])[0].double()
+            total += float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum"))
+            count += len(window) - 1
+    text_bytes = sum(len(text.encode()) for _, text in documents)
+    return total / count, total / math.log(2) / text_bytes
+
+
+@pytest.mark.slow  # trains (test_the_evaluation_equals_a_recomputation_on_a_fresh_model is the quick sibling)
+def test_logged_heldout_loss_equals_a_recomputation_from_the_checkpoint(heldout_run, heldout_manifest, tokenizer):
+    from elm_data.trainer.core.checkpoint import list_checkpoints, load_checkpoint_model
+    from elm_data.trainer.core.runlog import read_log
+
+    records = [r for r in read_log(heldout_run) if r["event"] == "heldout"]
+    assert [r["step"] for r in records] == [2, 4]
+    expected = _oracle_set(heldout_manifest, tokenizer)
+    assert set(records[0]["loss_by_source"]) == set(expected) and len(expected) >= 5
+    checkpoints = {int(p.name.split("_")[1]): p for p in list_checkpoints(heldout_run)}
+    for record in records:
+        model = load_checkpoint_model(checkpoints[record["step"]]).eval()
+        for key, documents in expected.items():
+            loss, bpb = _oracle_scores(model, documents)
+            assert abs(record["loss_by_source"][key] - loss) < 1e-5, (record["step"], key)
+            assert abs(record["bits_per_byte_by_source"][key] - bpb) < 1e-5, (record["step"], key)
+            assert record["perplexity_by_source"][key] == pytest.approx(math.exp(loss), rel=1e-5)
+            assert record["docs_by_source"][key] == len(documents)
+            assert record["tokens_by_source"][key] == sum(len(ids) + 1 for ids, _ in documents)
+    assert records[0]["loss_by_source"] != records[1]["loss_by_source"]  # the model moved between them
+
+
+@pytest.mark.slow  # trains (the heldout_run fixture)
+def test_heldout_records_are_declared_measurements_and_the_receipt_still_verifies(heldout_run):
+    from elm_data.trainer.core.heldout_eval import RECORD_FIELDS
+    from elm_data.trainer.core.runlog import read_log
+    from elm_data.trainer.proof.audit import (
+        HELDOUT_FIELDS_MEASURED,
+        STEP_FIELDS_MEASURED,
+        STEP_FIELDS_VERIFIED,
+        verify_run,
+    )
+
+    assert set(RECORD_FIELDS) <= set(HELDOUT_FIELDS_MEASURED)
+    records = read_log(heldout_run)
+    for record in records:
+        if record["event"] == "heldout":
+            assert set(record) - {"event"} == set(HELDOUT_FIELDS_MEASURED)
+        if record["event"] == "step":
+            assert (
+                set(STEP_FIELDS_VERIFIED) <= set(record) - {"event"} <= {*STEP_FIELDS_VERIFIED, *STEP_FIELDS_MEASURED}
+            )
+    assert verify_run(heldout_run).ok
+
+
+def test_the_evaluation_equals_a_recomputation_on_a_fresh_model(heldout_manifest, tokenizer):
+    """The quick sibling: the evaluator on a freshly initialised tiny model, against the same hand computation."""
+    import torch
+
+    from elm_data.model.config import OpenELMConfig
+    from elm_data.model.openelm import OpenELM
+    from elm_data.trainer.core.heldout_eval import evaluate_heldout, load_heldout_set
+
+    torch.manual_seed(0)
+    config = OpenELMConfig.from_dict({**OpenELMConfig.named("tiny").to_dict(), "num_transformer_layers": 1,
+                                      "model_dim": 64, "head_dim": 32})  # fmt: skip
+    model = OpenELM(config)
+    manifest = Manifest(heldout_manifest)
+    heldout = load_heldout_set(manifest, tokenizer, SEQ_LEN, 1, 600)
+    record = evaluate_heldout(model, heldout, torch.device("cpu"), None, batch_size=3)
+    assert model.training  # put back as it was
+    expected = {key: docs[:1] for key, docs in _oracle_set(heldout_manifest, tokenizer, 1, 600).items()}
+    assert set(record["loss_by_source"]) == set(expected)
+    for key, documents in expected.items():
+        loss, bpb = _oracle_scores(model.eval(), documents)
+        model.train()
+        assert abs(record["loss_by_source"][key] - loss) < 1e-5, key
+        assert abs(record["bits_per_byte_by_source"][key] - bpb) < 1e-5, key
+    assert load_heldout_set(manifest, tokenizer, SEQ_LEN, 0, 600).sources == {}  # heldout_docs: 0 is off
+
+
+def test_the_evaluation_set_is_refused_when_a_document_no_longer_matches_its_ledger(
+    heldout_manifest, tokenizer, monkeypatch
+):
+    """A pass that now tokenizes differently (here: NFC normalization switched on) is one error, not a quiet set."""
+    from elm_data.pipeline.config import FilterConfig
+    from elm_data.trainer.core import heldout_eval
+
+    changed = type(
+        "Changed", (), {"from_dict": staticmethod(lambda d: FilterConfig.from_dict({**d, "nfc_normalization": True}))}
+    )
+    monkeypatch.setattr(heldout_eval, "FilterConfig", changed)
+    with pytest.raises(heldout_eval.HeldoutChanged, match="the ledger records"):
+        heldout_eval.load_heldout_set(Manifest(heldout_manifest), tokenizer, SEQ_LEN, 16, 10**6)
+
+
+@pytest.mark.slow  # trains (the heldout_run fixture)
+def test_the_model_card_and_the_report_show_the_heldout_evaluation(heldout_run, tmp_path):
+    from elm_data.trainer.core.runlog import read_log
+    from elm_data.trainer.export.hf import checkpoint_card, newest_checkpoint, run_of
+    from elm_data.trainer.proof.report import write_report
+
+    last = [r for r in read_log(heldout_run) if r["event"] == "heldout"][-1]
+    card = checkpoint_card(run_of(newest_checkpoint(heldout_run)))["README.md"]
+    section = card[card.index("## Held-out evaluation") :].split("\n## ", 1)[0]
+    assert f"at step {last['step']}:" in section
+    for key, loss in last["loss_by_source"].items():
+        bpb = last["bits_per_byte_by_source"][key]
+        assert f"| {key} | {last['docs_by_source'][key]} | {last['tokens_by_source'][key]:,} | {loss:.4f} |" in section
+        assert f"| {bpb:.4f} |" in section
+    report = write_report(heldout_run, tmp_path / "page")
+    assert report.heldout and (tmp_path / "page" / "heldout.png").is_file()

@@ -131,7 +131,7 @@ CONSUMER_MODULES = {
     "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
     "trainer/proof/report.py": "report", "manifests/audit_store.py": "croissant, card",
-    "manifests/heldout.py": "train",
+    "manifests/heldout.py": "train", "trainer/core/heldout_eval.py": "train",
 }  # fmt: skip
 
 
@@ -395,7 +395,8 @@ def _train(manifest: Path, out: Path) -> Path:
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
     config = TrainConfig(manifest=str(manifest), model=model, seq_len=64, batch_size=2, max_steps=2, warmup_steps=1,
-                         epochs=None, precision="fp32", distributed="none", checkpoint_every=2)  # fmt: skip
+                         epochs=None, precision="fp32", distributed="none", checkpoint_every=2,
+                         heldout_docs=1, heldout_tokens=600)  # fmt: skip
     train(config, out_dir=out, progress=False)
     return out
 
@@ -434,8 +435,9 @@ def _run_consumers(run: Path, doc_ref: str) -> dict[str, Callable[[], Any]]:
 
 
 @pytest.mark.slow
-def test_the_run_consumers_read_only_what_the_table_lists_and_refuse_an_edit(sample_manifest, tmp_path):
-    manifest = shutil.copytree(sample_manifest, tmp_path / "manifest")
+def test_the_run_consumers_read_only_what_the_table_lists_and_refuse_an_edit(heldout_manifest, tmp_path):
+    """On the sample with held-out documents, so the run's held-out evaluation reads are enumerated too."""
+    manifest = shutil.copytree(heldout_manifest, tmp_path / "manifest")
     read_by = {"train": reads_of(lambda: _train(manifest, tmp_path / "run"))}
     doc_ref = _first_kept(manifest)
     read_by |= {name: reads_of(f) for name, f in _run_consumers(tmp_path / "run", doc_ref).items()}

@@ -99,6 +99,10 @@ class TrainConfig(Settings):
     checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int | None = None  # keep the newest N step directories; None = all
     trackers: TrackersConfig = field(default_factory=TrackersConfig)  # TensorBoard / W&B offline (opt-in)
+    # per-source evaluation on the manifest's held-out documents (heldout_eval.py), when it holds any out
+    heldout_every: int = 0  # evaluate every N steps; 0: only at the end of the run
+    heldout_docs: int = 16  # at most this many held-out documents per source/subset (first in manifest order); 0: off
+    heldout_tokens: int = 32768  # and at most this many of their tokens per source/subset
 
     name: str = "run"
     base_dir: str = field(default=".", repr=False, metadata={"setting": False})  # relative paths resolve here
@@ -215,6 +219,7 @@ class TrainConfig(Settings):
             (self.epochs is None or self.epochs > 0, f"epochs must be positive or null, got {self.epochs}"),
             (self.mode in (None, "packed", "corenet"), f"mode must be packed, corenet or null, got {self.mode!r}"),
             (self.keep_checkpoints is None or self.keep_checkpoints > 0, "keep_checkpoints must be positive or null"),
+            (min(self.heldout_every, self.heldout_docs, self.heldout_tokens) >= 0, "heldout_* must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -244,7 +249,8 @@ class TrainConfig(Settings):
         """Stable JSON of the settings that change what is trained (for resume checks)."""
         keep = self.to_dict()
         for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
-                         "retries", "cache", "readahead_bytes", "storage_options", "trackers"):  # fmt: skip
+                         "retries", "cache", "readahead_bytes", "storage_options", "trackers", "heldout_every",
+                         "heldout_docs", "heldout_tokens"):  # fmt: skip
             keep.pop(volatile)
         return SORTED_SPACED.dumps(keep, default=str)
 

@@ -50,6 +50,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig
 from .hardware import autocast, autocast_dtype, device_description, mfu, peak_flops, pick_device
 from .health import RunHealth, progress_postfix
+from .heldout_eval import evaluate_heldout, load_heldout_set
 from .loss import loss_sums, split_inputs_labels
 from .optim import build_optimizer, build_scheduler
 from .runlog import LOG_FILE, RunLog, code_version, effective_steps, read_log
@@ -291,6 +292,9 @@ class Trainer:
         self.state = TrainState(receipt=genesis(self.manifest.manifest_id, self.plan))  # the receipt's chain head
         self.stream_start = self.loader.state_dict()
         self.checkpointer = self.make_checkpointer()
+        self.heldout = load_heldout_set(self.manifest, self.tokenizer, config.seq_len, config.heldout_docs,
+                                        config.heldout_tokens)  # fmt: skip
+        self.evaluated_at: int | None = None  # the step of the last held-out evaluation
 
     def restore(self, checkpoint_dir: Path) -> None:
         """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this run's)."""
@@ -402,9 +406,13 @@ class Trainer:
                 bar.update(1)
                 if self.last_record:
                     bar.set_postfix_str(progress_postfix(self.last_record), refresh=False)
+                if config.heldout_every and self.state.step % config.heldout_every == 0:
+                    self.log_heldout()
                 every = config.checkpoint_every
                 if every and self.state.step % every == 0 and self.state.step < self.until:
                     result.checkpoint, saved_at = self.save(), self.state.step
+        if self.state.step != self.evaluated_at:
+            self.log_heldout()  # and at the end
         if self.state.step != saved_at:
             result.checkpoint = self.save()
         if stop_after is not None and self.state.step == stop_after < config.max_steps:
@@ -546,6 +554,18 @@ class Trainer:
         self.log.write("step", **record)
         self.trackers.log(step, record)
         self.last_record = record
+
+    def log_heldout(self) -> None:
+        """Evaluate the model as it is now on the held-out set (every rank: a sharded forward is collective) and log
+        a ``heldout`` record (rank 0); nothing when the manifest holds no document out (``heldout_eval.py``)."""
+        if not self.heldout or self.state.step == 0:
+            return
+        started = time.perf_counter()
+        record = evaluate_heldout(self.model, self.heldout, self.device, self.amp_dtype, self.config.batch_size)
+        record["eval_time_s"] = time.perf_counter() - started
+        self.log.write("heldout", step=self.state.step, **record)
+        self.trackers.log(self.state.step, {f"heldout_{name}": value for name, value in record.items()})
+        self.evaluated_at = self.state.step
 
     def progress_bar(self) -> tqdm:
         """A tqdm bar over the run's ``max_steps`` on rank 0 (disabled elsewhere, or without ``progress``)."""

@@ -7,6 +7,8 @@ Records (one JSON object per line, ``"event"`` says which):
 - ``step``    — step, loss, ce_loss, z_loss, lr, grad_norm, tokens (this step), tokens_total, tokens_per_s,
   mfu (null where the device's peak FLOPs are unknown, e.g. CPU), data_wait_s, step_time_s and
   ``tokens_by_source`` (cumulative tokens consumed per ``source/subset``, from the loader's consumed tokens);
+- ``heldout`` — per-source loss, perplexity and bits per byte on the manifest's held-out documents at a step
+  (``heldout_eval.py``; every ``heldout_every`` steps and at the end), with the documents, tokens and bytes scored;
 - ``resume``  — a run continued from a checkpoint (step records after it supersede any later ones before it);
 - ``checkpoint`` / ``end`` — a checkpoint written; the run finished.
 """
@@ -134,12 +136,13 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def effective_steps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The step records of the run as it finally went: a resume from step k drops earlier records after k."""
+def effective_steps(records: list[dict[str, Any]], event: str = "step") -> list[dict[str, Any]]:
+    """The step records (or the records of another ``event`` with a ``step``, e.g. ``heldout``) of the run as it
+    finally went: a resume from step k drops earlier records after k."""
     steps: list[dict[str, Any]] = []
     for record in records:
         if record.get("event") == "resume":
             steps = [r for r in steps if r["step"] <= record["from_step"]]
-        elif record.get("event") == "step":
+        elif record.get("event") == event:
             steps.append(record)
     return steps

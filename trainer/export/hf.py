@@ -48,6 +48,7 @@ class CheckpointRun:
     header: dict[str, Any]
     step: int
     step_record: dict[str, Any] | None  # the logged step record at the checkpoint's step (loss, tokens)
+    heldout_record: dict[str, Any] | None = None  # the last held-out evaluation at or before that step
 
 
 def newest_checkpoint(path: str | Path) -> Path:
@@ -68,7 +69,8 @@ def run_of(checkpoint: str | Path) -> CheckpointRun | None:
         return None
     step = int(read_trainer_state(checkpoint)["step"])
     record = next((r for r in effective_steps(records) if r["step"] == step), None)
-    return CheckpointRun(checkpoint, run_dir, header, step, record)
+    held = [r for r in effective_steps(records, "heldout") if r["step"] <= step]
+    return CheckpointRun(checkpoint, run_dir, header, step, record, held[-1] if held else None)
 
 
 def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenizer_sha256: str | None) -> str:
@@ -96,6 +98,7 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
         "",
         *_data_section(run, audit, manifest, origins, receipt, tokenizer_sha256),
         *_mix_section(mix),
+        *_heldout_section(run.heldout_record),
         *_training_section(run, audit, portable(config, run.run_dir.resolve())),
     ]
     return "\n".join(lines)
@@ -214,6 +217,24 @@ def portable(value: Any, run_dir: Path) -> Any:
         return value
     path = Path(value.removeprefix("file://"))
     return path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else f"…/{path.name}"
+
+
+def _heldout_section(record: dict[str, Any] | None) -> list[str]:
+    """The "Held-out evaluation" table: per source/subset, the run's last evaluation on the manifest's held-out
+    documents (never trained on) at or before this checkpoint; nothing when the run logged none."""
+    if not record:
+        return []
+    lines = ["## Held-out evaluation", "",
+             f"On the manifest's held-out documents of each source/subset (never streamed for training), at step "
+             f"{record['step']}:", "",
+             "| source/subset | documents | tokens | loss (nats/token) | perplexity | bits per byte |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, loss in record["loss_by_source"].items():
+        lines.append(
+            f"| {key} | {record['docs_by_source'][key]} | {record['tokens_by_source'][key]:,} | {loss:.4f} | "
+            f"{record['perplexity_by_source'][key]:.2f} | {_fmt(record['bits_per_byte_by_source'][key], '.4f')} |"
+        )
+    return [*lines, ""]
 
 
 def _training_section(run: CheckpointRun, audit: RunAudit, config: dict[str, Any]) -> list[str]:

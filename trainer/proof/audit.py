@@ -213,6 +213,10 @@ STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_to
 # remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes: trainer/core/health.py
 STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
                         "step_time_s", "remote_reads", "loss_mean", "data_share", "peak_memory_bytes")  # fmt: skip
+# A ``heldout`` record (core/heldout_eval.py): the model scored on the manifest's held-out documents, which are not
+# training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no such record).
+HELDOUT_FIELDS_MEASURED = ("step", "loss_by_source", "perplexity_by_source", "bits_per_byte_by_source",
+                           "docs_by_source", "tokens_by_source", "bytes_by_source", "eval_time_s")  # fmt: skip
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
 # resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
 TRAINER_STATE_FIELDS_VERIFIED = ("step", "receipt", "tokens", "consumed", "manifest_id", "fingerprint", "config",

@@ -15,7 +15,8 @@ What it shows, all read from the run log and (for the receipt and the targets) t
 - tokens consumed per source/subset over the steps against the OpenELM target shares (renormalised over the
   manifest's subsets, as ``audit-run``), and the final shares beside the targets;
 - throughput (tokens/s) and the loader stall (``data_share``) over the steps;
-- per-source held-out loss (``heldout`` records: ``{"step", "loss_by_source": {key: loss}}``), or the words
+- per-source held-out loss (``heldout`` records: ``{"step", "loss_by_source": {key: loss}}``) and, when the
+  records hold it, bits per byte (``bits_per_byte_by_source``), or the words
   "no held-out records" when the log has none.
 """
 
@@ -189,17 +190,26 @@ def throughput_chart(series: Series) -> Chart:
 
 
 def heldout_chart(records: list[dict[str, Any]]) -> Chart:
-    """Per-source held-out loss over the steps (one line per source/subset)."""
-    fig, ax = _figure()
-    keys = sorted({k for r in records for k in r.get("loss_by_source", {})})
-    for key in keys:
-        points = [(r["step"], r["loss_by_source"][key]) for r in records if key in r.get("loss_by_source", {})]
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    return Chart("heldout", "Held-out loss per source", f"{len(records)} evaluations", _png(fig))
+    """Per-source held-out loss over the steps (one line per source/subset), and beside it bits per byte when the
+    records hold it (``heldout`` records of ``trainer/core/heldout_eval.py``)."""
+    with_bpb = any(r.get("bits_per_byte_by_source") for r in records)
+    fig, axes = _figure(1, 2) if with_bpb else _figure()
+    panels = [("loss_by_source", "held-out loss (nats/token)"), ("bits_per_byte_by_source", "bits per byte")]
+    for ax, (name, label) in zip(axes if with_bpb else [axes], panels, strict=False):
+        keys = sorted({k for r in records for k in r.get(name) or {}})
+        for key in keys:
+            points = [(r["step"], r[name][key]) for r in records if (r.get(name) or {}).get(key) is not None]
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    (axes[0] if with_bpb else axes).legend(fontsize=6, ncol=2)
+    last = records[-1]
+    caption = f"{len(records)} evaluations"
+    if last.get("docs_by_source"):
+        caption += (f"; at step {last['step']}: {sum(last['docs_by_source'].values())} held-out documents, "
+                    f"{sum(last['tokens_by_source'].values()):,} tokens")  # fmt: skip
+    return Chart("heldout", "Held-out loss per source", caption, _png(fig))
 
 
 # ---- what the page says about the run ---------------------------------------------------------------------------
@@ -338,7 +348,7 @@ def write_report(
     series = Series.of(steps)
     charts = [loss_chart(series), tokens_chart(series, target_shares(run_dir, manifest_dir, notes)),
               throughput_chart(series)]  # fmt: skip
-    heldout_records = [r for r in records if r.get("event") == "heldout"]
+    heldout_records = effective_steps(records, "heldout")  # a resume supersedes evaluations past its checkpoint
     heldout = heldout_chart(heldout_records) if heldout_records else None
     receipt = receipt_status(run_dir, manifest_dir)
     heads = {str(r["receipt"]) for r in records if "receipt" in r}
