@@ -25,6 +25,9 @@ REASON_MIN_TOKENS = "min_tokens"
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)  # what _PUNCTUATION deletes, as a table
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")  # same deletion, ~5x faster on non-ASCII text
 _WHITESPACE_RUN = re.compile(r"\s+")
+# Bytes that :func:`_ascii_kept` does not count: every non-ASCII byte, ASCII punctuation and ASCII whitespace.
+_ASCII_WHITESPACE = "".join(filter(str.isspace, map(chr, range(128))))
+_NOT_COUNTED = bytes(range(128, 256)) + (string.punctuation + _ASCII_WHITESPACE).encode()
 
 
 def normalize_for_length(text: str) -> str:
@@ -33,18 +36,29 @@ def normalize_for_length(text: str) -> str:
     return _WHITESPACE_RUN.sub(" ", text.strip())
 
 
+def _ascii_kept(text: str) -> int:
+    """How many ASCII characters of ``text`` are neither punctuation nor whitespace: a lower bound of
+    ``len(normalize_for_length(text))`` (lower() maps each to one such character, and normalisation removes
+    only punctuation and whitespace), counted in C (one encode, one ``bytes.translate``), ~20x cheaper."""
+    return len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_COUNTED))
+
+
 def passes_min_characters(text: str, min_characters: int) -> bool:
     """The character rule: the normalised copy must be at least ``min_characters`` long.
 
-    Exact, with a fast path for long texts: normalisation works character by character and never
-    shortens what follows, so a prefix whose normalised copy is long enough decides for the whole.
+    Exact, with fast paths: normalisation works character by character and never shortens what follows, so
+    a prefix whose normalised copy is long enough decides for the whole; and where a text's ASCII characters
+    that normalisation keeps already reach ``min_characters`` (:func:`_ascii_kept`, a lower bound of the
+    normalised length), the copy is never made.
     """
     if min_characters <= 0:
         return True
     for probe in (2 * min_characters + 16, 4 * min_characters + 64):  # most texts are decided by the short one
-        if len(text) > probe and len(normalize_for_length(text[:probe])) >= min_characters:
-            return True
-    return len(normalize_for_length(text)) >= min_characters
+        if len(text) > probe:
+            prefix = text[:probe]
+            if _ascii_kept(prefix) >= min_characters or len(normalize_for_length(prefix)) >= min_characters:
+                return True
+    return _ascii_kept(text) >= min_characters or len(normalize_for_length(text)) >= min_characters
 
 
 def text_for_tokenizer(text: str, nfc_normalization: bool) -> str:
