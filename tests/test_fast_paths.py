@@ -67,3 +67,39 @@ def test_texts_the_ascii_count_cannot_decide_take_the_exact_path(minimum):
     assert _ascii_kept(junk) == minimum - 1 and not passes_min_characters(junk, minimum)
     accented = "é... !!! " * minimum + "a" * (minimum - 1)  # the non-ASCII letters make it long enough
     assert _ascii_kept(accented) == minimum - 1 and passes_min_characters(accented, minimum)
+
+
+def _stream_cli(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from elm_data.pipeline.stream.cli import stream
+
+    result = CliRunner().invoke(stream, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_stream_cli_with_workers_prints_the_same_sequences(sample_manifest, tokenizer_path):
+    base = [str(sample_manifest), "--format", "jsonl", "--seq-len", "64", "--tokenizer", tokenizer_path]
+    printed = {w: _stream_cli(*base, "--take", "12", "--batch-size", "4", "--workers", w) for w in ("0", "2")}
+    assert printed["2"] == printed["0"] and len(printed["0"].splitlines()) == 13
+
+
+@pytest.mark.slow  # four natural passes (the sibling above prints the first batches)
+def test_stream_cli_full_pass_with_workers_streams_the_same_pass(sample_manifest, tokenizer_path):
+    base = [str(sample_manifest), "--format", "jsonl", "--seq-len", "64", "--tokenizer", tokenizer_path, "--full-pass"]
+    stats = {}
+    for workers in ("0", "2"):
+        output = _stream_cli(*base, "--workers", workers)
+        stats[workers] = json.loads(output[output.index('{"stats"') :])  # after the progress bar (stderr, mixed in)
+    assert stats["2"] == stats["0"] and stats["0"]["stats"]["consumed_matches_manifest"] is True
+
+
+def test_stream_cli_refuses_workers_that_do_not_divide_the_partitions(sample_manifest, tokenizer_path):
+    from click.testing import CliRunner
+
+    from elm_data.pipeline.stream.cli import stream
+
+    args = [str(sample_manifest), "--full-pass", "--workers", "3", "--partitions", "4", "--tokenizer", tokenizer_path]
+    refused = CliRunner().invoke(stream, args)
+    assert refused.exit_code == 2 and "divide" in refused.output and "Traceback" not in refused.output

@@ -119,6 +119,13 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the manifest.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes reading the stream (0: this process); ranks x workers must divide --partitions.",
+)
+@click.option(
     "--cache-dir",
     default=None,
     help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: none.",
@@ -132,7 +139,7 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 )
 def stream(
     manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass,
-    cache_dir, cache_max_bytes, readahead_bytes,
+    workers, cache_dir, cache_max_bytes, readahead_bytes,
 ) -> None:  # fmt: skip
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
@@ -162,7 +169,8 @@ def stream(
         partitions=partitions,
         network=network,
     )
-    loader = StreamLoader(ts, tensors=False)  # numpy arrays: this process never imports torch
+    # numpy arrays: without workers this process never imports torch; the same batches whatever the workers
+    loader = StreamLoader(ts, num_workers=workers, tensors=False)
     if full_pass:
         _full_pass(ts, loader, fmt == "jsonl")
         return
