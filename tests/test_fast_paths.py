@@ -103,3 +103,124 @@ def test_stream_cli_refuses_workers_that_do_not_divide_the_partitions(sample_man
     args = [str(sample_manifest), "--full-pass", "--workers", "3", "--partitions", "4", "--tokenizer", tokenizer_path]
     refused = CliRunner().invoke(stream, args)
     assert refused.exit_code == 2 and "divide" in refused.output and "Traceback" not in refused.output
+
+
+# -- the stream's lookahead: documents of the next batches fetched, passed and framed together ----------------------
+
+
+def _stream(manifest_dir, tokenizer, **kw):
+    from elm_data.pipeline.stream import TokenStream
+
+    kw = {"batch_size": 1, "seq_len": 128, "weights": "natural", "tokenizer": tokenizer} | kw
+    return TokenStream(manifest_dir, **kw)
+
+
+def _batches(stream, limit: int | None = None, **loader_kw) -> list[dict]:
+    from itertools import islice
+
+    from elm_data.pipeline.stream import StreamLoader
+
+    return list(islice(StreamLoader(stream, **loader_kw), limit))
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b, strict=True):
+        assert x["batch_index"] == y["batch_index"] and x["tokens_by_source"] == y["tokens_by_source"]
+        assert (x["input_ids"].numpy() == y["input_ids"].numpy()).all() and x["input_ids"].shape == y["input_ids"].shape
+        assert x["spans"] == y["spans"] and x["pad_tokens"] == y["pad_tokens"]
+
+
+def test_frame_documents_equals_framing_each_document_on_its_own():
+    from elm_data.pipeline.stream.sequences import frame_documents, frame_segments
+
+    rng = random.Random(3)
+    documents = [[[rng.randrange(32000) for _ in range(rng.randrange(0, 50))] for _ in range(rng.randrange(1, 4))]
+                 for _ in range(200)] + [[[]], [[], [7]]]  # fmt: skip
+    framed = frame_documents(documents)
+    assert len(framed) == len(documents) and frame_documents([]) == []
+    for fd, segments in zip(framed, documents, strict=True):
+        alone = frame_segments(segments)
+        assert fd.ids.tolist() == alone.ids.tolist() and fd.starts.tolist() == alone.starts.tolist()
+        assert fd.ids.dtype == alone.ids.dtype
+
+
+@pytest.mark.parametrize("mode", ["natural", "weighted"])
+def test_lookahead_yields_the_batches_of_the_per_batch_path(sample_manifest, tokenizer, monkeypatch, mode):
+    """The default lookahead (the next 64 k planned tokens fetched and passed in one call) against one step per
+    batch (each batch's new documents fetched and passed on their own, the old path): bit for bit."""
+    from elm_data.pipeline.stream import ahead
+
+    kw = {"weights": "natural"} if mode == "natural" else {"weights": None, "epochs": None}
+    limit = None if mode == "natural" else 600  # weighted: endless, sources restart (documents drawn again)
+    stepped = _batches(_stream(sample_manifest, tokenizer, **kw), limit)
+    monkeypatch.setattr(ahead, "LOOKAHEAD_TOKENS", 0)
+    alone = _batches(_stream(sample_manifest, tokenizer, **kw), limit)
+    _same(stepped, alone)
+
+
+def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manifest, tokenizer):
+    """Independent oracle over the whole natural pass: each kept document's tokens in the rows (joined over its
+    spans) are BOS + SentencePiece's own ids for its text + EOS."""
+    import sentencepiece as spm
+
+    from elm_data.manifests.manifest import Manifest
+    from elm_data.pipeline.tokenizer import BOS_ID, EOS_ID
+    from elm_data.sources.document import Document
+    from elm_data.sources.readers import read_shard
+
+    pieces: dict[tuple[str, int], list[tuple[int, list[int]]]] = {}
+    for batch in _batches(_stream(sample_manifest, tokenizer, batch_size=3)):
+        for row, spans in zip(batch["input_ids"].tolist(), batch["spans"], strict=True):
+            for s in spans:
+                pieces.setdefault((s["shard_sha256"], s["index"]), []).append(
+                    (s["doc_start"], row[s["start"] : s["end"]])
+                )
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer.model_bytes)
+    manifest = Manifest(sample_manifest)
+    checked = 0
+    for rec in manifest.shards:
+        kept = {d["index"] for d in manifest.documents(rec.shard).to_pylist() if d["status"] == "kept"}
+        for doc in read_shard(rec.uri, rec.source, rec.subset):
+            if isinstance(doc, Document) and doc.provenance.index in kept:
+                got = [t for _, ids in sorted(pieces.pop((rec.sha256, doc.provenance.index))) for t in ids]
+                assert got == [BOS_ID, *sp.encode(doc.text), EOS_ID]
+                checked += 1
+    assert not pieces and checked == sum(r.docs_kept for r in manifest.shards) > 100
+
+
+def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(sample_manifest, tokenizer, tmp_path):
+    """With lookahead the drifted document is passed several batches early; its error still comes with the batch
+    that needs it, after every batch before it (as one step per batch does)."""
+    import pyarrow.compute as pc
+    from test_stream import rewrite_manifest
+
+    from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader
+    from elm_data.pipeline.stream.partition import PartitionWalk
+
+    stream = _stream(sample_manifest, tokenizer, partitions=1)
+    walk = PartitionWalk(stream.plan(), 0)
+    late = [d for batch, _ in islice_batches(walk, 40) for d in batch.docs][-1]  # a document of batch ~39
+
+    def bump(tables):
+        t = tables[late.shard]
+        tokens = pc.if_else(pc.equal(t["index"], late.index), pc.add(t["tokens"], 1), t["tokens"])
+        tables[late.shard] = t.set_column(t.schema.get_field_index("tokens"), "tokens", tokens)
+        return tables
+
+    drifted = _stream(rewrite_manifest(sample_manifest, tmp_path / "drift", documents=bump), tokenizer, partitions=1)
+    walk = PartitionWalk(drifted.plan(), 0)
+    first_need = next(b.batch for b, _ in walk.batches(walk.start()) if any(d.index == late.index
+                      and d.shard == late.shard for d in b.docs))  # fmt: skip
+    fed = []
+    with pytest.raises(StreamIntegrityError, match=f"{late.doc_id}.*drift"):
+        for batch in StreamLoader(drifted):
+            fed.append(batch)
+    assert len(fed) == first_need >= 30
+    _same(fed, _batches(stream, first_need))
+
+
+def islice_batches(walk, n: int):
+    from itertools import islice
+
+    return islice(walk.batches(walk.start()), n)

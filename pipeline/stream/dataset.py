@@ -31,6 +31,8 @@ from elm_data.pipeline.tokenizer import LlamaTokenizer, TokenizerMismatch, resol
 from elm_data.sources import remote
 from elm_data.sources.blocks import READER_MEMORY, set_reader_memory
 
+from . import ahead
+from .ahead import PassedAhead, steps
 from .network import NetworkSettings
 from .partition import Cursor, PartitionWalk, first_batch_of, planned_batches
 from .plan import (
@@ -39,14 +41,13 @@ from .plan import (
     Plan,
     PlanConfig,
     PlanError,
-    PlannedDoc,
     default_partitions,
     manifest_mode,
     manifest_weights,
 )
 from .readahead import readahead_settings
 from .reading import DocumentFetcher, StreamIntegrityError
-from .sequences import LAYOUTS, FramedDoc, Span, frame_segments, span_base_of
+from .sequences import LAYOUTS, Span, span_base_of
 
 
 class StreamBatch(TypedDict, total=False):
@@ -239,8 +240,7 @@ class TokenStream:
             for p in partitions:  # a partition read from its start fetches every source's first blocks at once
                 if first_batch_of(p, global_batch, plan.partitions) == 0:
                     maker.fetcher(p, warm=True)
-            for p, planned, cursor in planned_batches(plan, partitions, global_batch, cursors):
-                yield maker.make(p, planned, cursor)
+            yield from maker.run(planned_batches(plan, partitions, global_batch, cursors))
         finally:
             maker.close()
 
@@ -297,9 +297,9 @@ def _from_numpy(array: Any) -> Any:
 
 class _BatchMaker:
     """Reads, checks and lays out planned batches. Per partition: one ``DocumentFetcher`` (one open reader per
-    source) and the framed documents that continue into its next batch, so a document spanning batches is
-    read and tokenized once. Every document's pass outcome must be the manifest's (else
-    :class:`StreamIntegrityError`)."""
+    source) and the framed documents of its next batches (``ahead.PassedAhead``: fetched and passed in steps of
+    the plan, held until their last batch), so a document spanning batches is read and tokenized once. Every
+    document's pass outcome must be the manifest's (else :class:`StreamIntegrityError`)."""
 
     def __init__(self, stream: TokenStream, plan: Plan, numpy: bool):
         self.stream, self.plan, self.config = stream, plan, plan.config
@@ -308,7 +308,7 @@ class _BatchMaker:
         self.span_base = span_base_of(plan)
         self.as_array = (lambda a: a) if numpy else _from_numpy
         self.fetchers: dict[int, DocumentFetcher] = {}
-        self.carried: dict[int, dict[tuple[int, int], FramedDoc]] = {}  # partition -> (shard, index) -> framed
+        self.ahead = PassedAhead(self.doc_pass, self.fetcher, plan.manifest.shards)  # documents held per partition
         self.remote_seen = remote.STATS.to_dict()  # this process' remote reads counted into batches so far
 
     def close(self) -> None:
@@ -325,28 +325,21 @@ class _BatchMaker:
                 self.fetchers[p].ahead.warm()
         return self.fetchers[p]
 
-    def _framed(self, p: int, planned: BatchPlan) -> dict[tuple[int, int], FramedDoc]:
-        """The framed tokens of every document of the batch: carried over, or fetched and passed now."""
-        framed = self.carried.get(p, {})
-        missing = [d for d in planned.docs if (d.shard, d.index) not in framed]
-        if not missing:
-            return framed
-        fetcher = self.fetcher(p)
-        results = self.doc_pass.process([fetcher.fetch(d) for d in missing])
-        for doc, result in zip(missing, results, strict=True):
-            check_against_ledger(doc, result, self.plan.manifest.shards)
-            framed[(doc.shard, doc.index)] = frame_segments(result.segments)
-        return framed
+    def run(self, planned: Iterable[tuple[int, BatchPlan, Cursor]]) -> Iterator[dict[str, Any]]:
+        """The batches of ``planned``, in order; the new documents of the next ``ahead.LOOKAHEAD_TOKENS`` planned
+        tokens are fetched, passed and framed together before the first of their batches is made."""
+        for run in steps(planned, ahead.LOOKAHEAD_TOKENS):
+            self.ahead.prepare(run)
+            for p, batch_plan, cursor in run:
+                yield self.make(p, batch_plan, cursor)
 
     def make(self, p: int, planned: BatchPlan, cursor: Cursor) -> StreamBatch:
         """One stream batch (see :class:`TokenStream`) of partition ``p``."""
-        framed = self._framed(p, planned)
+        framed = self.ahead.framed(p, planned)
         config, stream = self.config, self.stream
-        rows = self.layout(planned, lambda d: framed[(d.shard, d.index)], self.span_base, config.window,
+        rows = self.layout(planned, lambda d: framed[d.shard, d.index, d.start], self.span_base, config.window,
                            stream.sequences.pad_id, stream.document_masks)  # fmt: skip
-        batch_end = planned.start + config.units_per_batch
-        self.carried[p] = {(d.shard, d.index): framed[(d.shard, d.index)] for d in planned.docs
-                           if d.start + d.units > batch_end}  # fmt: skip
+        self.ahead.release(p, planned, planned.start + config.units_per_batch)
         batch: StreamBatch = {
             "input_ids": self.as_array(rows.input_ids),
             "tokens_by_source": rows.tokens_by_source,
@@ -364,14 +357,3 @@ class _BatchMaker:
         if rows.segment_ids is not None:
             batch["segment_ids"] = self.as_array(rows.segment_ids)
         return batch
-
-
-def check_against_ledger(doc: PlannedDoc, result, shards) -> None:
-    """Invariant 2, document by document: what the pass gives now is the kept document the ledger recorded."""
-    if not result.kept or result.tokens != doc.tokens or len(result.segments) != doc.segments:
-        raise StreamIntegrityError(
-            f"document {doc.doc_id} (shard {doc.shard}, record {doc.index}, {shards[doc.shard].uri}): "
-            f"the pass now gives {result.status} with {result.tokens} tokens in {len(result.segments)} "
-            f"segment(s); the manifest recorded kept, {doc.tokens} tokens, {doc.segments} segment(s) "
-            "(filter or tokenizer drift: rebuild the manifest)"
-        )
