@@ -122,12 +122,11 @@ class Manifest:
     read is checked against its block's ``ledger_sha256``.
     """
 
-    BLOCKS_KEPT = 64  # checked ledger row groups kept: the stream's plan and its reader both ask for each block
     INDEX_BLOCKS_KEPT = 1 << 15  # checked block-index rows kept (whole shards, the most recent ones)
 
     def __init__(self, path: str | Path, verify: bool = True, every_block: bool = False):
         self.path = Path(path)
-        self._checked_blocks: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self.verified = verify  # whether opening checked it (then a consumer handed it need not open it again)
         self._checked_index: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
         self._index_lock = threading.Lock()
         manifest_file = self.path / MANIFEST_FILE
@@ -200,15 +199,9 @@ class Manifest:
         return BlockRows(self.path / BLOCKS_FILE)
 
     def block_documents(self, shard: int, block: int, parquet: pq.ParquetFile | None = None) -> pa.Table:
-        """The ledger rows of one block of one shard, checked against the block's ``ledger_sha256``.
-
-        The last :attr:`BLOCKS_KEPT` blocks read are kept as checked, so a block the plan walked is not read and
-        hashed again when the reader asks which of its records to decode.
-        """
-        kept = self._checked_blocks.get((shard, block))
-        if kept is not None:
-            self._checked_blocks.move_to_end((shard, block))
-            return kept
+        """The ledger rows of one block of one shard, read and checked against the block's ``ledger_sha256`` on
+        every call (nothing is kept: the stream reads each block's rows once, in its plan's walk, and hands the
+        reader the kept records from there: ``pipeline/stream/plan.py:PlannedDoc.block_kept``)."""
         parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
         expected = self.blocks(shard)[block]["ledger_sha256"]
         table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
@@ -217,9 +210,6 @@ class Manifest:
                 f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its block "
                 "records (documents ledger altered or reordered)"
             )
-        self._checked_blocks[(shard, block)] = table
-        if len(self._checked_blocks) > self.BLOCKS_KEPT:
-            self._checked_blocks.popitem(last=False)
         return table
 
     def documents(self, shard: int, columns: list[str] | None = None) -> pa.Table:

@@ -116,7 +116,8 @@ class TokenStream:
     remote stores by this reader since its last batch, see ``sources/remote.py``). At the end of a finite
     stream a partition's last batch may be short and a partition whose data ended gives empty batches (B = 0).
 
-    The stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
+    ``manifest``: a :class:`Manifest` already open (and so verified) in this process, or its directory. The stream
+    holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
     gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
 
     ``reader_memory``: the verified block bytes each reading process holds in memory at most (default
@@ -126,7 +127,7 @@ class TokenStream:
 
     def __init__(
         self,
-        manifest_dir: str | Path,
+        manifest: str | Path | Manifest,
         *,
         batch_size: int,
         seq_len: int | None = None,
@@ -149,8 +150,9 @@ class TokenStream:
         self.network = NetworkSettings.current()  # applied again in each DataLoader worker
         if not 0 <= rank < world_size:
             raise PlanError(f"rank {rank} is outside world_size {world_size}")
-        self.manifest_dir = Path(manifest_dir)
-        manifest = Manifest(self.manifest_dir)
+        if not isinstance(manifest, Manifest) or not manifest.verified:  # one open and verified is used as it is
+            manifest = Manifest(manifest.path if isinstance(manifest, Manifest) else manifest)
+        self.manifest_dir = manifest.path
         info = manifest.info
         self.manifest_id = manifest.manifest_id
         self.sequences = SequenceConfig.from_dict(info["sequences"])

@@ -119,11 +119,11 @@ class PartitionWalk:
                     k -= in_block
                     continue
                 table = self.plan.manifest.block_documents(shard, block)
-                table = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).slice(k)
+                cols = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).to_pydict()
+                kept = frozenset(cols["index"])  # the block's kept records, whatever document the walk starts at
+                for row in zip(*(cols[c][k:] for c in LEDGER_COLUMNS), strict=True):
+                    yield shard, *row, kept
                 k = 0
-                cols = table.to_pydict()
-                for row in zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True):
-                    yield shard, *row
 
     def docs(self, cursor: Cursor) -> Iterator[tuple[PlannedDoc, Mixer]]:
         """Documents from the cursor's head document on, each with the mixer state before it was drawn."""
@@ -134,10 +134,10 @@ class PartitionWalk:
             current = sources.get(src)
             if current is None or current[0] != epoch or current[1] != k:
                 current = sources[src] = [epoch, k, self._source_docs(src, epoch, k)]
-            shard, index, doc_id, tokens, segments = next(current[2])
+            shard, index, doc_id, tokens, segments, block_kept = next(current[2])
             current[1] += 1
             units = tokens + 2 * segments if packed else segments
-            yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units), before
+            yield PlannedDoc(src, shard, index, doc_id, tokens, segments, start, units, block_kept), before
             start += units
 
     # -- batches -----------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import weakref
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -169,6 +169,9 @@ class PlannedDoc(NamedTuple):
     segments: int  # kept segments (pieces)
     start: int  # first unit in the partition's stream (token slot in packed mode, sequence in corenet mode)
     units: int
+    # the kept records of the document's block: what the block's reader decodes (its ledger rows are read and
+    # checked once, by the walk; one set shared by the block's documents)
+    block_kept: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -291,18 +294,65 @@ def check_mode_available(info: dict[str, Any], mode: str) -> None:
 
 def default_partitions(manifest: Manifest, config: PlanConfig) -> int:
     """The largest power of two <= 64 that leaves at least ``UNITS_PER_PARTITION`` units per partition and
-    with which weighted mode can meet its weights (``config.partitions`` is ignored)."""
-    units = sum(len(s.units) for s in manifest_sources(manifest, config.mode))
+    with which weighted mode can meet its weights (``config.partitions`` is ignored). No :class:`Plan` is made:
+    each candidate deals the units and fits the weights only (:func:`draw_weights`)."""
+    check_mode_available(manifest.info, config.mode)
+    sources = manifest_sources(manifest, config.mode)
+    units = sum(len(s.units) for s in sources)
     p = 1
     while p * 2 <= MAX_DEFAULT_PARTITIONS and p * 2 * UNITS_PER_PARTITION <= units:
         p *= 2
+    if config.weights is None:
+        return p
+    weights = source_weights(sources, config.weights)
     while p > 1:
         try:
-            Plan(manifest, replace(config, partitions=p))
+            draw_weights(sources, weights, deal_units(sources, p))
             return p
         except PlanError:
             p //= 2
     return p
+
+
+def source_weights(sources: list[SourcePlan], weights: Mapping[str, float] | None) -> list[float]:
+    """Each source's mixing weight, in order: ``weights``' (0 where not named), or its kept tokens (natural
+    shares) when None. Raises :class:`PlanError` for a name no source has, a weighted source without kept
+    documents, or weights that are all zero."""
+    keys = [s.key for s in sources]
+    if weights is None:
+        return [float(s.kept_tokens) for s in sources]
+    unknown = sorted(set(weights) - set(keys))
+    if unknown:
+        guess = nearest(unknown[0], keys)
+        hint = f" (did you mean {guess!r} for {unknown[0]!r}?)" if guess else ""
+        raise PlanError(f"weights name source/subsets not in the manifest: {unknown}; it has {keys}{hint}")
+    out = [float(weights.get(k, 0.0)) for k in keys]
+    empty = [s.key for s, w in zip(sources, out, strict=True) if w > 0 and s.kept_docs == 0]
+    if empty:
+        raise PlanError(f"source/subsets with a weight but no kept documents: {empty}")
+    if not any(w > 0 for w in out):
+        raise PlanError("all mixing weights are zero")
+    return out
+
+
+def draw_weights(sources: list[SourcePlan], weights: list[float], units: list[list[Units]]) -> list[list[float]]:
+    """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean framed
+    tokens per document there; the shares (:func:`partition_shares`) average to the mix over all partitions.
+    ``units``: :func:`deal_units`' ``[p][s]``. Raises :class:`PlanError` when the partitions cannot meet them."""
+    tokens = np.array([[run.tokens.sum() for run in runs] for runs in units], dtype=np.float64)
+    docs = np.array([[run.kept_docs.sum() for run in runs] for runs in units], dtype=np.float64)
+    weights_array = np.array(weights)
+    held = (docs > 0) & (weights_array[None, :] > 0)
+    lacking = [p for p in range(len(units)) if not held[p].any()]
+    if lacking:
+        named = [s.key for s, w in zip(sources, weights, strict=True) if w > 0]
+        raise PlanError(
+            f"stream partitions {lacking[:8]} of {len(units)} hold no documents of the weighted sources "
+            f"{named} (they have fewer blocks than partitions): stream with fewer partitions (--partitions) or "
+            "rebuild the manifest with smaller blocks (--block-bytes)"
+        )
+    shares = partition_shares(held, weights_array, [s.key for s in sources])
+    return (shares * np.divide(docs, tokens, out=np.zeros_like(docs), where=tokens > 0)).tolist()
 
 
 def source_runs(units: Units, partitions: int) -> list[Units]:
@@ -381,42 +431,11 @@ class Plan:
         self.manifest = manifest
         self.config = config
         self.sources = manifest_sources(manifest, config.mode)
-        keys = [s.key for s in self.sources]
-        if config.weights is None:
-            self.weights = [float(s.kept_tokens) for s in self.sources]
-        else:
-            unknown = sorted(set(config.weights) - set(keys))
-            if unknown:
-                guess = nearest(unknown[0], keys)
-                hint = f" (did you mean {guess!r} for {unknown[0]!r}?)" if guess else ""
-                raise PlanError(f"weights name source/subsets not in the manifest: {unknown}; it has {keys}{hint}")
-            self.weights = [float(config.weights.get(k, 0.0)) for k in keys]
-            empty = [s.key for s, w in zip(self.sources, self.weights, strict=True) if w > 0 and s.kept_docs == 0]
-            if empty:
-                raise PlanError(f"source/subsets with a weight but no kept documents: {empty}")
-            if not any(w > 0 for w in self.weights):
-                raise PlanError("all mixing weights are zero")
+        self.weights = source_weights(self.sources, config.weights)
         self.units = deal_units(self.sources, config.partitions)  # [p][s]: units of source s in partition p
-        self.draw_weights = None if config.weights is None else self._draw_weights()
+        weighted = config.weights is not None
+        self.draw_weights = draw_weights(self.sources, self.weights, self.units) if weighted else None
         release_freed_heap()
-
-    def _draw_weights(self) -> list[list[float]]:
-        """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean framed
-        tokens per document there; the shares (:func:`partition_shares`) average to the mix over all partitions."""
-        tokens = np.array([[run.tokens.sum() for run in runs] for runs in self.units], dtype=np.float64)
-        docs = np.array([[run.kept_docs.sum() for run in runs] for runs in self.units], dtype=np.float64)
-        weights = np.array(self.weights)
-        held = (docs > 0) & (weights[None, :] > 0)
-        lacking = [p for p in range(self.partitions) if not held[p].any()]
-        if lacking:
-            named = [s.key for s, w in zip(self.sources, self.weights, strict=True) if w > 0]
-            raise PlanError(
-                f"stream partitions {lacking[:8]} of {self.partitions} hold no documents of the weighted sources "
-                f"{named} (they have fewer blocks than partitions): stream with fewer partitions (--partitions) or "
-                "rebuild the manifest with smaller blocks (--block-bytes)"
-            )
-        shares = partition_shares(held, weights, [s.key for s in self.sources])
-        return (shares * np.divide(docs, tokens, out=np.zeros_like(docs), where=tokens > 0)).tolist()
 
     @property
     def partitions(self) -> int:

@@ -4,10 +4,11 @@ A partition keeps at most one open reader per source. A JSONL shard with several
 at a time (a view of exactly that block's bytes, numbered from its first record), any other shard through
 a view of the whole file in which only the blocks touched are loaded: a parquet reader loads the footer and
 the row groups it reads, a single-block shard is one block. Within a view, ``read_shard`` runs over one
-block at a time and decodes only that block's kept records from the first one asked for on, a set read
-from the manifest's documents ledger before reading starts (``read_shard(select=)``): the plan asks a
-source for its kept documents block by block, in record order, so these are exactly the records it will
-ask for next. Every record returned must be the kept document the manifest says.
+block at a time and decodes only that block's kept records from the first one asked for on
+(``read_shard(select=)``), the set the plan's walk read from the documents ledger (``PlannedDoc.block_kept``:
+each ledger block is read and checked once, by the walk): the plan asks a source for its kept documents
+block by block, in record order, so these are exactly the records it will ask for next. Every record
+returned must be the kept document the manifest says.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from contextlib import ExitStack
-
-import pyarrow.compute as pc
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text
@@ -124,17 +123,11 @@ class DocumentFetcher:
             firsts = self._firsts[doc.shard] = [b["first_record"] for b in self.manifest.blocks(doc.shard)]
         return bisect.bisect_right(firsts, doc.index) - 1
 
-    def wanted_records(self, shard: int, block: int, start: int) -> frozenset[int]:
-        """The records of a block a reader decodes from ``start`` on: its kept documents (the documents ledger)."""
-        table = self.manifest.block_documents(shard, block)
-        indices = table.filter(pc.equal(table["status"], "kept"))["index"].to_pylist()
-        return frozenset(i for i in indices if i >= start)
-
     def _read_block(self, current: _OpenReader, doc: PlannedDoc) -> None:
         """Point ``current`` at ``doc``'s block: ``read_shard`` over the view from ``doc``'s record on."""
         rec = self.records[doc.shard]
         block = self._block_of(doc)
-        wanted = self.wanted_records(doc.shard, block, doc.index)
+        wanted = doc.block_kept  # the block's kept records, as the walk read them from the ledger
         current.read(
             block,
             read_shard(

@@ -93,10 +93,11 @@ def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
     return resolve_tokenizer(None, config.tokenizer_location, manifest.info)
 
 
-def build_loader(config: TrainConfig, manifest_dir: Path, tokenizer: LlamaTokenizer, info: D.DistInfo):
-    """The stream loader for this rank: ``TokenStream`` over the manifest, wrapped in ``StreamLoader``."""
+def build_loader(config: TrainConfig, manifest: Manifest | Path, tokenizer: LlamaTokenizer, info: D.DistInfo):
+    """The stream loader for this rank: ``TokenStream`` over the manifest (one already open is not opened again),
+    wrapped in ``StreamLoader``."""
     stream = TokenStream(
-        manifest_dir,
+        manifest,
         batch_size=config.batch_size,
         seq_len=config.seq_len,
         mode=config.mode,
@@ -280,7 +281,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(config, self.manifest)
         self.model = self.build_model()
         self.check_vocabulary()
-        self.loader = build_loader(config, config.manifest_dir, self.tokenizer, self.info)
+        self.loader = build_loader(config, self.manifest, self.tokenizer, self.info)
         self.module = self.training_module()  # FSDP2 shards ``model`` in place: build the optimizer after this
         self.optimizer = build_optimizer(self.model, config, fused=self.device.type == "cuda" or None)
         self.scheduler = build_scheduler(self.optimizer, config)

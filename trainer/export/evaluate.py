@@ -136,7 +136,7 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     except ConfigError as error:  # a run logged by another version of the trainer
         return {"skipped": f"cannot rebuild the run's stream from its logged config: {error}"}
     manifest = Manifest(run.header["manifest_dir"])
-    loader = build_loader(config, manifest.path, load_tokenizer(config, manifest), DistInfo(0, 1))
+    loader = build_loader(config, manifest, load_tokenizer(config, manifest), DistInfo(0, 1))
     loader.load_state_dict(read_stream_state(run.checkpoint))
     model = load_checkpoint_model(checkpoint).eval()
     total, count, sources = 0.0, 0, ConsumedTokens()

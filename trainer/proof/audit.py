@@ -485,7 +485,7 @@ def verify_deep(
     chosen = list(range(1, n + 1)) if not steps or steps >= n else sorted(
         {1, n, *(1 + round(i * (n - 1) / (steps - 1)) for i in range(steps))} if steps > 1 else {n})  # fmt: skip
     c = run.plan.config
-    stream = TokenStream(run.manifest.path, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
+    stream = TokenStream(run.manifest, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
                          weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
                          partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
     first_batch = {}

@@ -185,7 +185,7 @@ def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None
     started = time.perf_counter()
     run = RunPlan(run_dir, manifest_dir)
     c = run.plan.config
-    stream = TokenStream(run.manifest.path, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
+    stream = TokenStream(run.manifest, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
                          weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
                          partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
     total = sum(run.logged.batches_per_step.get(k, 1) for k in range(1, run.steps + 1))
