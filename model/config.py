@@ -2,8 +2,9 @@
 
 Each layer i of N gets its own attention width and FFN width:
 
-    qkv_m[i] = round(linspace(qkv_lo, qkv_hi, N)[i], 2)   q_dim = make_divisible(model_dim * qkv_m[i], head_dim * G)
-    ffn_m[i] = round(linspace(ffn_lo, ffn_hi, N)[i], 2)   ffn_dim = make_divisible(model_dim * ffn_m[i], 256)
+    qkv_m[i] = round(linspace(qkv_lo, qkv_hi, N)[i], 2)   q_dim = make_divisible(model_dim * qkv_m[i],
+    head_dim * G) ffn_m[i] = round(linspace(ffn_lo, ffn_hi, N)[i], 2)   ffn_dim = make_divisible(model_dim *
+    ffn_m[i], 256)
 
 with G = ``num_gqa_groups`` query heads sharing one key/value head.
 """
@@ -32,7 +33,8 @@ CORENET_PADDED_VOCAB_SIZE = 32128
 
 
 def make_divisible(value: float, divisor: int) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``), never losing more than 10%."""
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``), never losing more than
+    10%."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
         rounded += divisor
@@ -47,7 +49,8 @@ def _linspace(start: float, stop: float, num: int) -> list[float]:
 
 
 def expand_multipliers(spec: float | list[float] | tuple[float, ...], num_layers: int) -> list[float]:
-    """Per-layer multipliers from a scalar, a (first, last) pair (rounded linspace) or an explicit per-layer list."""
+    """Per-layer multipliers from a scalar, a (first, last) pair (rounded linspace) or an explicit per-layer
+    list."""
     if isinstance(spec, (int, float)):
         return [float(spec)] * num_layers
     values = [float(v) for v in spec]
@@ -55,7 +58,9 @@ def expand_multipliers(spec: float | list[float] | tuple[float, ...], num_layers
         return [round(v, 2) for v in _linspace(values[0], values[1], num_layers)]
     if len(values) == num_layers:
         return values
-    raise ValueError(f"multipliers must be a number, a (first, last) pair or {num_layers} values; got {values}")
+    raise ValueError(
+        f"multipliers must be a number, a (first, last) pair or {num_layers} values; got {values}"
+    )
 
 
 @dataclass
@@ -79,7 +84,8 @@ class OpenELMConfig(Settings):
     norm_eps: float = 1e-6
     bos_token_id: int = 1
     eos_token_id: int = 2
-    attention: str = "sdpa"  # "sdpa" (F.scaled_dot_product_attention) or "eager" (explicit matmuls, benchmarks)
+    # "sdpa" (F.scaled_dot_product_attention) or "eager" (explicit matmuls, benchmarks)
+    attention: str = "sdpa"
     # CoreNet's `padding_index` (32000 with its 32128-row vocabulary): that embedding row gets no gradient
     # from the input side (nn.Embedding padding_idx); it is still the output logit of the pad id.
     padding_index: int | None = None
@@ -92,10 +98,14 @@ class OpenELMConfig(Settings):
         if self.model_dim % self.head_dim:
             raise ValueError(f"model_dim {self.model_dim} is not a multiple of head_dim {self.head_dim}")
         if self.padding_index is not None and not 0 <= self.padding_index < self.vocab_size:
-            raise ValueError(f"padding_index {self.padding_index} lies outside the vocabulary [0, {self.vocab_size})")
+            raise ValueError(
+                f"padding_index {self.padding_index} lies outside the vocabulary [0, {self.vocab_size})"
+            )
         for i, heads in enumerate(self.num_query_heads):
             if heads % self.num_gqa_groups:
-                raise ValueError(f"layer {i}: {heads} query heads not divisible by {self.num_gqa_groups} groups")
+                raise ValueError(
+                    f"layer {i}: {heads} query heads not divisible by {self.num_gqa_groups} groups"
+                )
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -112,7 +122,8 @@ class OpenELMConfig(Settings):
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "model") -> OpenELMConfig:
         """A shape from a mapping (a config's ``model:``, a checkpoint's model_config.json): unknown keys are
-        refused naming the nearest valid one, types checked (:class:`~elm_data.core.settings.SettingsError`)."""
+        refused naming the nearest valid one, types checked
+        (:class:`~elm_data.core.settings.SettingsError`)."""
         return cls.from_mapping(data, where)
 
     # ---- layer-wise scaling -------------------------------------------------------------------------------
@@ -127,7 +138,9 @@ class OpenELMConfig(Settings):
     @property
     def num_query_heads(self) -> list[int]:
         divisor = self.head_dim * self.num_gqa_groups
-        return [make_divisible(self.model_dim * m, divisor) // self.head_dim for m in self.layer_qkv_multipliers]
+        return [
+            make_divisible(self.model_dim * m, divisor) // self.head_dim for m in self.layer_qkv_multipliers
+        ]
 
     @property
     def num_kv_heads(self) -> list[int]:

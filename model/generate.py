@@ -50,7 +50,9 @@ def generate(
         raise InvalidValue("input_ids must be a non-empty [batch, seq_len] tensor")
     total = input_ids.shape[1] + max_new_tokens
     if total > model.config.rope_max_length:
-        raise InvalidValue(f"prompt + new tokens ({total}) exceed rope_max_length {model.config.rope_max_length}")
+        raise InvalidValue(
+            f"prompt + new tokens ({total}) exceed rope_max_length {model.config.rope_max_length}"
+        )
     was_training = model.training
     model.eval()
     cache = model.new_cache(input_ids.shape[0], max_length=total, device=input_ids.device)

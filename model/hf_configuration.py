@@ -1,8 +1,10 @@
-"""Hugging Face configuration of an elm-data OpenELM export (copied into every export; needs only transformers).
+"""Hugging Face configuration of an elm-data OpenELM export (copied into every export; needs only
+transformers).
 
 The keys are those of the published ``apple/OpenELM-*`` ``config.json`` files, so Apple's remote code reads an
-export's config too, and this class reads theirs. Per-layer widths follow OpenELM's layer-wise scaling: query and
-key/value heads are stored per layer; FFN widths are ``make_divisible(model_dim * ffn_multipliers[i], divisor)``.
+export's config too, and this class reads theirs. Per-layer widths follow OpenELM's layer-wise scaling: query
+and key/value heads are stored per layer; FFN widths are ``make_divisible(model_dim * ffn_multipliers[i],
+divisor)``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from transformers import PretrainedConfig
 
 
 def make_divisible(value: float, divisor: int) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``), never losing more than 10%."""
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``), never losing more than
+    10%."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
         rounded += divisor

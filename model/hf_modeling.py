@@ -1,12 +1,13 @@
-"""Hugging Face modeling code of an elm-data OpenELM export (copied into every export; needs torch + transformers).
+"""Hugging Face modeling code of an elm-data OpenELM export (copied into every export; needs torch +
+transformers).
 
-``AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)`` runs this file: no network, no elm-data.
-Parameter names are those of the published ``apple/OpenELM-*`` checkpoints (``transformer.*``; with tied
-embeddings the head is the embedding matrix and no ``lm_head.weight`` is stored). The arithmetic is elm-data's
-OpenELM (``elm_data.model``): RMSNorm in float32 cast to the input dtype before the (promoting) weight product,
-q/k RMSNorm per head, RoPE (half rotation) in float32 at absolute positions, grouped-query SDPA, SwiGLU. Tests hold
-its logits and greedy ``generate`` equal to elm-data's forward and KV-cache generation (and, under bf16 autocast,
-to CoreNet's order of operations).
+``AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)`` runs this file: no network, no
+elm-data. Parameter names are those of the published ``apple/OpenELM-*`` checkpoints (``transformer.*``; with
+tied embeddings the head is the embedding matrix and no ``lm_head.weight`` is stored). The arithmetic is
+elm-data's OpenELM (``elm_data.model``): RMSNorm in float32 cast to the input dtype before the (promoting)
+weight product, q/k RMSNorm per head, RoPE (half rotation) in float32 at absolute positions, grouped-query
+SDPA, SwiGLU. Tests hold its logits and greedy ``generate`` equal to elm-data's forward and KV-cache
+generation (and, under bf16 autocast, to CoreNet's order of operations).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .hf_configuration import OpenELMConfig
 
-# transformers renamed the cache argument and output field from `past_key_values` to `cache` (5.2x); take both.
+# transformers renamed the cache argument and output field from `past_key_values` to `cache` (5.2x); take
+# both.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
@@ -30,7 +32,8 @@ class OpenELMRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # times the weight with type promotion: under bf16 autocast a bf16 q/k times float32 weights is float32
+        # times the weight with type promotion: under bf16 autocast a bf16 q/k times float32 weights is
+        # float32
         normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
         return normed * self.weight
 
@@ -120,7 +123,9 @@ class OpenELMModel(OpenELMPreTrainedModel):
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__(config)
         self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim)
-        self.layers = nn.ModuleList(OpenELMDecoderLayer(config, i) for i in range(config.num_transformer_layers))
+        self.layers = nn.ModuleList(
+            OpenELMDecoderLayer(config, i) for i in range(config.num_transformer_layers)
+        )
         self.norm = OpenELMRMSNorm(config.model_dim, config.norm_eps)
         self.post_init()
 
@@ -131,7 +136,8 @@ class OpenELMModel(OpenELMPreTrainedModel):
         self.token_embeddings = value
 
     def forward(self, input_ids, attention_mask=None, cache=None, use_cache=None, **kwargs):
-        """Final hidden states [B, T, model_dim] and the cache (a transformers ``Cache``, created if asked)."""
+        """Final hidden states [B, T, model_dim] and the cache (a transformers ``Cache``, created if
+        asked)."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache()
@@ -146,7 +152,8 @@ class OpenELMModel(OpenELMPreTrainedModel):
 
 
 def attention_bias(attention_mask, past: int, length: int, device) -> torch.Tensor | None:
-    """Boolean [B, 1, T, past + T] mask (True = attend): causal, never onto padded keys, each query sees itself.
+    """Boolean [B, 1, T, past + T] mask (True = attend): causal, never onto padded keys, each query sees
+    itself.
 
     None when SDPA's own causal flag suffices (no padding, and no cache or a single new token).
     """

@@ -13,10 +13,11 @@ class RMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` (parameter ``weight``) in CoreNet's/Hugging Face's order: normalise in float32, cast the
     normalised value to the input's dtype, then multiply by the weight with ordinary type promotion.
 
-    The order matters in bf16 once the weights are not all ones: multiplying in float32 before the cast differs.
-    The result's dtype is the promotion of the input's and the weight's: equal dtypes (float32, whole-model bf16)
-    keep it; under bf16 autocast with float32 weights a bf16 input (the q/k projections) comes out float32, as in
-    CoreNet's ``general_gpt.py`` (``tests/test_model_autocast.py`` holds the logits to that order).
+    The order matters in bf16 once the weights are not all ones: multiplying in float32 before the cast
+    differs. The result's dtype is the promotion of the input's and the weight's: equal dtypes (float32,
+    whole-model bf16) keep it; under bf16 autocast with float32 weights a bf16 input (the q/k projections)
+    comes out float32, as in CoreNet's ``general_gpt.py`` (``tests/test_model_autocast.py`` holds the logits
+    to that order).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +145,8 @@ def causal_mask(length: int, offset: int, device: torch.device) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: proj_2(silu(gate) * up), where proj_1's first half of rows is the gate and second half the up."""
+    """SwiGLU: proj_2(silu(gate) * up), where proj_1's first half of rows is the gate and second half the
+    up."""
 
     def __init__(self, config: OpenELMConfig, layer_index: int) -> None:
         super().__init__()

@@ -2,8 +2,8 @@
 
 mlx-lm ships an OpenELM implementation that reads the Hugging Face layout, so the export is: write the
 Hugging Face folder (:func:`elm_data.model.weights.export_hf`, with the tokenizer) into a temporary directory,
-then ``mlx_lm.convert`` it (cast to ``dtype``; ``quantize`` bits with ``group_size``) into a staged folder that
-becomes ``out_dir`` whole (:func:`elm_data.core.outputs.staged_dir`). Needs the ``mlx`` extra.
+then ``mlx_lm.convert`` it (cast to ``dtype``; ``quantize`` bits with ``group_size``) into a staged folder
+that becomes ``out_dir`` whole (:func:`elm_data.core.outputs.staged_dir`). Needs the ``mlx`` extra.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def export_mlx(
     group_size: int = 64,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``out_dir`` loadable by ``mlx_lm.load``; returns it. ``out_dir`` must not exist (mlx-lm refuses)."""
+    """Write ``out_dir`` loadable by ``mlx_lm.load``; returns it. ``out_dir`` must not exist (mlx-lm
+    refuses)."""
     try:
         from mlx_lm import convert
     except ImportError as error:
@@ -50,7 +51,8 @@ def export_mlx(
             dtype=dtype,
             trust_remote_code=True,  # the export's own code (hf_*.py), read for the tokenizer's config
         )
-        for name in ("tokenizer.model", "TOKENIZER_LICENCE.txt", *(extra_files or {})):  # card, licence travel too
+        # card, licence travel too
+        for name in ("tokenizer.model", "TOKENIZER_LICENCE.txt", *(extra_files or {})):
             if (Path(tmp) / name).is_file():
                 shutil.copyfile(Path(tmp) / name, staged / name)
     return Path(out_dir)

@@ -33,7 +33,9 @@ class OpenELM(nn.Module):
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim, padding_idx=config.padding_index)
+        self.token_embeddings = nn.Embedding(
+            config.vocab_size, config.model_dim, padding_idx=config.padding_index
+        )
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_transformer_layers))
         self.norm = RMSNorm(config.model_dim, eps=config.norm_eps)
         self.lm_head = None
@@ -62,7 +64,8 @@ class OpenELM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None, device=None) -> KVCache:
-        """An empty KV cache for ``batch_size`` sequences of up to ``max_length`` (default: context) tokens."""
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_length`` (default: context)
+        tokens."""
         weight = self.token_embeddings.weight
         max_length = max_length or self.config.max_context_length
         return KVCache(
@@ -109,7 +112,9 @@ class OpenELM(nn.Module):
         length = input_ids.shape[1]
         offset = cache.length if cache is not None else 0
         if offset + length > self.config.rope_max_length:
-            raise ValueError(f"{offset + length} positions exceed rope_max_length {self.config.rope_max_length}")
+            raise ValueError(
+                f"{offset + length} positions exceed rope_max_length {self.config.rope_max_length}"
+            )
         mask = None
         if segment_ids is not None or attention_mask is not None:
             if cache is not None:

@@ -47,9 +47,12 @@ LOCAL_AUTO_MAP = {
     "AutoModelForCausalLM": "hf_modeling.OpenELMForCausalLM",
 }
 TOKENIZER_FILE = "tokenizer.model"
-# tokenizer_config.json. With tokenizer.json beside it the class is the generic fast one, which runs that file as
-# written (SentencePiece's ids exactly); transformers 5's LlamaTokenizer rebuilds its own pre-tokenizer and drops
-# the dummy prefix before leading spaces. Without tokenizer.json (no `tokenizers` package) LlamaTokenizer converts
+# tokenizer_config.json. With tokenizer.json beside it the class is the generic fast one, which runs that file
+# as
+# written (SentencePiece's ids exactly); transformers 5's LlamaTokenizer rebuilds its own pre-tokenizer and
+# drops
+# the dummy prefix before leading spaces. Without tokenizer.json (no `tokenizers` package) LlamaTokenizer
+# converts
 # tokenizer.model itself.
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
@@ -124,7 +127,8 @@ def load_model(
     return _build(config, _read_tensors([weights_path], device), device, dtype)
 
 
-# ---- Hugging Face -------------------------------------------------------------------------------------------
+# ---- Hugging Face
+# -------------------------------------------------------------------------------------------
 def hf_config(config: OpenELMConfig, torch_dtype: str = "float32") -> dict[str, Any]:
     """The ``config.json`` a Hugging Face OpenELM repository carries, for ``config``.
 
@@ -162,7 +166,8 @@ def hf_config(config: OpenELMConfig, torch_dtype: str = "float32") -> dict[str, 
         "use_cache": True,
         "vocab_size": config.vocab_size,
         **({"norm_eps": config.norm_eps} if config.norm_eps != 1e-6 else {}),  # Apple's code fixes 1e-6
-        **({"padding_index": config.padding_index} if config.padding_index is not None else {}),  # training only
+        # training only
+        **({"padding_index": config.padding_index} if config.padding_index is not None else {}),
     }
 
 
@@ -177,7 +182,9 @@ def config_from_hf(data: dict[str, Any]) -> OpenELMConfig:
     }
     for key, allowed in unsupported.items():
         if key in data and data[key] not in allowed:
-            raise WeightsError(f"config.json {key}={data[key]!r} is not supported (expected one of {allowed})")
+            raise WeightsError(
+                f"config.json {key}={data[key]!r} is not supported (expected one of {allowed})"
+            )
     try:
         config = OpenELMConfig(
             num_transformer_layers=data["num_transformer_layers"],
@@ -203,12 +210,15 @@ def config_from_hf(data: dict[str, Any]) -> OpenELMConfig:
         raise WeightsError(f"config.json lacks required key {missing}") from None
     for key in ("num_query_heads", "num_kv_heads"):
         if key in data and list(data[key]) != getattr(config, key):
-            raise WeightsError(f"config.json {key}={data[key]} disagrees with the scaling rule: {getattr(config, key)}")
+            raise WeightsError(
+                f"config.json {key}={data[key]} disagrees with the scaling rule: {getattr(config, key)}"
+            )
     return config
 
 
 def hf_state_dict(model: OpenELM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our state dict renamed to the Hugging Face layout (``transformer.`` prefix, ``lm_head`` only if untied)."""
+    """Our state dict renamed to the Hugging Face layout (``transformer.`` prefix, ``lm_head`` only if
+    untied)."""
     renamed = {}
     for name, tensor in unwrap_model(model).state_dict().items():
         renamed[name if name.startswith("lm_head.") else HF_PREFIX + name] = tensor
@@ -229,10 +239,14 @@ def export_hf(
     (default: keep). ``tokenizer_model`` (the SentencePiece model's bytes) adds ``tokenizer.model``,
     ``tokenizer_config.json``, ``TOKENIZER_LICENCE.txt`` (Meta's licence: the LLaMA-2 model only) and (with
     ``tokenizers`` installed) ``tokenizer.json``;
-    ``extra_files`` (name -> text, e.g. the model card ``README.md``) are written too. All files appear together
-    or not at all. Returns ``out_dir``.
+    ``extra_files`` (name -> text, e.g. the model card ``README.md``) are written too. All files appear
+    together or not at all. Returns ``out_dir``.
     """
-    model = model_or_checkpoint if isinstance(model_or_checkpoint, torch.nn.Module) else load_model(model_or_checkpoint)
+    model = (
+        model_or_checkpoint
+        if isinstance(model_or_checkpoint, torch.nn.Module)
+        else load_model(model_or_checkpoint)
+    )
     model = unwrap_model(model)
     out_dir = Path(out_dir)
     tensors = hf_state_dict(model, dtype)
@@ -252,7 +266,8 @@ def export_hf(
             tokenizer_config["tokenizer_class"] = FAST_TOKENIZER_CLASS
         texts["tokenizer_config.json"] = _json(tokenizer_config)
         sha256 = hashlib.sha256(tokenizer_model).hexdigest()
-        if known_name(sha256) == "LLaMA-2":  # Meta's licence for Meta's model only; another model's is its author's
+        # Meta's licence for Meta's model only; another model's is its author's
+        if known_name(sha256) == "LLaMA-2":
             texts["TOKENIZER_LICENCE.txt"] = TOKENIZER_LICENCE.format(sha256=sha256)
     texts.update(extra_files or {})
     files: dict[str, Callable[[Path], object]] = {
@@ -278,7 +293,8 @@ def import_hf(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> OpenELM:
-    """Load an apple/OpenELM-* download (directory, or a ``.safetensors`` file with ``config.json`` beside it).
+    """Load an apple/OpenELM-* download (directory, or a ``.safetensors`` file with ``config.json`` beside
+    it).
 
     Sharded repositories (``model.safetensors.index.json``) are read too. Weights keep their stored dtype
     unless ``dtype`` is given.
@@ -303,12 +319,15 @@ def import_hf(
         if name == "lm_head.weight" and config.share_input_output_layers:
             continue  # a tied head some exporters store anyway: the embedding is the head
         if not name.startswith(HF_PREFIX) and name != "lm_head.weight":
-            raise WeightsError(f"unexpected tensor {name!r}: Hugging Face OpenELM names start with {HF_PREFIX!r}")
+            raise WeightsError(
+                f"unexpected tensor {name!r}: Hugging Face OpenELM names start with {HF_PREFIX!r}"
+            )
         state[name.removeprefix(HF_PREFIX)] = tensor
     return _build(config, state, device, dtype)
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------
+# ---- helpers
+# ------------------------------------------------------------------------------------------------
 def _build(config: OpenELMConfig, state: dict[str, torch.Tensor], device, dtype) -> OpenELM:
     with torch.device("meta"):
         model = OpenELM(config)
