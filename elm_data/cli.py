@@ -21,11 +21,13 @@ Each area keeps its commands in its own ``cli.py``; this module only arranges th
     elm-data estimate MIXTURE.yaml            manifests/openelm_cli.py
 
 Errors: the commands catch nothing (they are made with :func:`elm_data.core.commands.command`, which turns an
-escaping :class:`~elm_data.core.errors.ElmDataError` or ``OSError`` into a one-line click error), and :func:`run`
-is the one handler that prints: a user error (those, a click usage error) prints ``error: <message>`` (URIs
-redacted) and exits 2; Ctrl-C or SIGTERM prints ``interrupted`` and exits 130/143; anything else is a bug: its
-traceback and a hint to report it, exit 1. A check that runs and finds a difference (``verify``,
-``audit-run --verify``) exits 1 after printing it. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows the
+escaping :class:`~elm_data.core.errors.ElmDataError` or ``OSError`` into a one-line click error), and
+:func:`run` is the one handler that prints: a user error (those, a click usage error) prints ``error:
+<message>`` (URIs redacted) and exits 2; Ctrl-C or SIGTERM prints ``interrupted`` and exits 130/143; anything
+else is a bug: its traceback and a hint to report it, exit 1. A check that runs and finds a difference
+(``verify``,
+``audit-run --verify``) exits 1 after printing it. ``elm-data --debug`` (or ``ELM_DATA_DEBUG=1``) also shows
+the
 traceback of user errors.
 """
 
@@ -48,28 +50,76 @@ from elm_data.core.redact import redact_text
 # command runs, so `elm-data --help` and the data commands never pay for importing torch.
 COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "": {
-        "sample": ("elm_data.sources.cli", "sample", "Write small shards of every corpus in its native format."),
-        "verify": ("elm_data.manifests.cli", "verify", "Re-hash every shard of a manifest; exit 1 on a mismatch."),
-        "stream": ("elm_data.pipeline.stream.cli", "stream", "Training sequences with the provenance of every span."),
+        "sample": (
+            "elm_data.sources.cli",
+            "sample",
+            "Write small shards of every corpus in its native format.",
+        ),
+        "verify": (
+            "elm_data.manifests.cli",
+            "verify",
+            "Re-hash every shard of a manifest; exit 1 on a mismatch.",
+        ),
+        "stream": (
+            "elm_data.pipeline.stream.cli",
+            "stream",
+            "Training sequences with the provenance of every span.",
+        ),
         "train": ("elm_data.trainer.cli", "train", "Pretrain an OpenELM on a manifest's token stream."),
-        "audit-run": ("elm_data.trainer.cli", "audit_run", "Tokens a run consumed per source vs its manifest."),
-        "trace": ("elm_data.trainer.cli", "trace", "Steps and rows at which a run consumed a document or text."),
-        "report": ("elm_data.trainer.report_cli", "report", "One HTML page (and PNGs) of a run: loss, data, receipt."),
+        "audit-run": (
+            "elm_data.trainer.cli",
+            "audit_run",
+            "Tokens a run consumed per source vs its manifest.",
+        ),
+        "trace": (
+            "elm_data.trainer.cli",
+            "trace",
+            "Steps and rows at which a run consumed a document or text.",
+        ),
+        "report": (
+            "elm_data.trainer.report_cli",
+            "report",
+            "One HTML page (and PNGs) of a run: loss, data, receipt.",
+        ),
         "compress": ("elm_data.trainer.compress_cli", "compress", "Fine-tune under eDKM weight clustering."),
         "demo": ("elm_data.demo", "demo", "Run the whole product on the bundled sample corpus."),
-        "init": ("elm_data.manifests.openelm_cli", "init", "Write OpenELM's mixture naming the real upstream shards."),
-        "estimate": ("elm_data.manifests.openelm_cli", "estimate", "Estimate a mixture's tokens and build cost."),
-        "eval": ("elm_data.trainer.export_cli", "eval_command", "Benchmarks (lm-eval) and held-out perplexity."),
+        "init": (
+            "elm_data.manifests.openelm_cli",
+            "init",
+            "Write OpenELM's mixture naming the real upstream shards.",
+        ),
+        "estimate": (
+            "elm_data.manifests.openelm_cli",
+            "estimate",
+            "Estimate a mixture's tokens and build cost.",
+        ),
+        "eval": (
+            "elm_data.trainer.export_cli",
+            "eval_command",
+            "Benchmarks (lm-eval) and held-out perplexity.",
+        ),
     },
     "build": {
-        "manifest": ("elm_data.manifests.cli", "build_manifest", "Count, hash and record every shard of a mixture."),
+        "manifest": (
+            "elm_data.manifests.cli",
+            "build_manifest",
+            "Count, hash and record every shard of a mixture.",
+        ),
     },
     "tokenizer": {
         "fetch": ("elm_data.pipeline.tokenizer_cli", "fetch", "Cache the LLaMA tokenizer by sha256."),
-        "show": ("elm_data.pipeline.tokenizer_cli", "show", "Say which tokenizer the commands resolve, and the cache."),
+        "show": (
+            "elm_data.pipeline.tokenizer_cli",
+            "show",
+            "Say which tokenizer the commands resolve, and the cache.",
+        ),
     },
     "audit": {  # `elm-data audit MANIFEST` is `elm-data audit mixture MANIFEST` (DefaultLazyGroup)
-        "mixture": ("elm_data.manifests.cli", "audit", "Tokens per source/subset of a manifest against a target mix."),
+        "mixture": (
+            "elm_data.manifests.cli",
+            "audit",
+            "Tokens per source/subset of a manifest against a target mix.",
+        ),
         "contamination": (
             "elm_data.trainer.contamination_cli",
             "contamination",
@@ -81,11 +131,29 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
             "Exact and MinHash near-duplicates within/across sources.",
         ),
     },
-    "bench": {"train": ("elm_data.trainer.cli", "bench_train", "Sweep a training-efficiency matrix (tokens/s, MFU).")},
+    "bench": {
+        "train": (
+            "elm_data.trainer.cli",
+            "bench_train",
+            "Sweep a training-efficiency matrix (tokens/s, MFU).",
+        )
+    },
     "export": {
-        "croissant": ("elm_data.manifests.cli", "export_croissant", "Write a manifest as Croissant 1.1 JSON-LD."),
-        "hf": ("elm_data.trainer.export_cli", "export_hf", "A checkpoint as an offline-loadable HF folder + card."),
-        "mlx": ("elm_data.trainer.export_cli", "export_mlx", "A checkpoint as an MLX folder (mlx-lm; quantized)."),
+        "croissant": (
+            "elm_data.manifests.cli",
+            "export_croissant",
+            "Write a manifest as Croissant 1.1 JSON-LD.",
+        ),
+        "hf": (
+            "elm_data.trainer.export_cli",
+            "export_hf",
+            "A checkpoint as an offline-loadable HF folder + card.",
+        ),
+        "mlx": (
+            "elm_data.trainer.export_cli",
+            "export_mlx",
+            "A checkpoint as an MLX folder (mlx-lm; quantized).",
+        ),
     },
 }
 
@@ -108,7 +176,10 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [
-            (name, self.lazy[name][2] if name in self.lazy else self.commands[name].get_short_help_str(limit=80))
+            (
+                name,
+                self.lazy[name][2] if name in self.lazy else self.commands[name].get_short_help_str(limit=80),
+            )
             for name in self.list_commands(ctx)
         ]
         with formatter.section("Commands"):
@@ -116,7 +187,8 @@ class LazyGroup(click.Group):
 
 
 class DefaultLazyGroup(LazyGroup):
-    """A :class:`LazyGroup` whose ``default`` command runs when the first argument names none of its commands."""
+    """A :class:`LazyGroup` whose ``default`` command runs when the first argument names none of its
+    commands."""
 
     def __init__(self, *args, default: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -213,7 +285,9 @@ def run(args: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 0
     except click.Abort as abort:  # Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
         term = isinstance(abort.__cause__, Terminated) or isinstance(abort, Terminated)
-        click.echo(f"interrupted ({'SIGTERM' if term else 'SIGINT'}): stopped; completed work is kept", err=True)
+        click.echo(
+            f"interrupted ({'SIGTERM' if term else 'SIGINT'}): stopped; completed work is kept", err=True
+        )
         return 143 if term else 130
     except Terminated:
         click.echo("interrupted (SIGTERM): stopped; completed work is kept", err=True)
@@ -229,14 +303,16 @@ def run(args: list[str] | None = None) -> int:
         return _fail(error.format_message() + hint)
     except click.ClickException as error:  # the commands' own one-line errors
         return _fail(error.format_message())
-    except Exception as error:  # a user error outside a command (e.g. a group), or a bug: show it, ask for a report
+    # a user error outside a command (e.g. a group), or a bug: show it, ask for a report
+    except Exception as error:
         message = user_error_message(error)
         if message is not None:
             return _fail(message)
         traceback.print_exc()
         first = (redact_text(str(error)).splitlines() or [""])[0]
         click.echo(
-            f"error: internal error ({type(error).__name__}: {first}) — this is a bug in elm-data {__version__}; "
+            f"error: internal error ({type(error).__name__}: {first}) — this is a bug in elm-data "
+            f"{__version__}; "
             "please report it with the traceback above",
             err=True,
         )

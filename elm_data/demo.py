@@ -1,4 +1,5 @@
-"""`elm-data demo`: the whole product on the bundled sample corpus, in ~17 CPU-s (13 s wall idle, 2.5 min busy).
+"""`elm-data demo`: the whole product on the bundled sample corpus, in ~17 CPU-s (13 s wall idle, 2.5 min
+busy).
 
 sample shards (every source in its native format) → manifest → verify → audit (+ plot)
 → Croissant → a tiny OpenELM trained on the stream → run audit → Hugging Face export → the run's report page.
@@ -18,8 +19,10 @@ from elm_data.core.errors import ElmDataError, OutputExists
 from elm_data.pipeline.tokenizer import resolve_tokenizer
 from elm_data.sources.remote_option import retries_option
 
-# The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained model.
-# 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it longer.
+# The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained
+# model.
+# 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it
+# longer.
 DEMO_TRAINING = {"max_steps": 20, "seq_len": 128, "warmup_steps": 2, "checkpoint_every": 10}
 
 
@@ -29,7 +32,8 @@ def _step(title: str) -> tuple[float, float]:
 
 
 def _done(start: tuple[float, float], what: str) -> None:
-    """``what`` with the stage's wall time and this process's CPU time (on a loaded machine the two differ)."""
+    """``what`` with the stage's wall time and this process's CPU time (on a loaded machine the two
+    differ)."""
     wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
     click.echo(f"   {what} ({wall:.1f} s, {cpu:.1f} CPU-s)")
 
@@ -68,7 +72,11 @@ def demo_paths(out: Path) -> dict[str, Path]:
 
 
 def run_demo(
-    out: Path, tokenizer: str | None = None, steps: int | None = None, workers: int = 1, overwrite: bool = False
+    out: Path,
+    tokenizer: str | None = None,
+    steps: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Run every stage on the sample corpus under ``out``; return where each output is.
 
@@ -95,7 +103,9 @@ def _data_stages(paths: dict[str, Path], tokenizer_uri: str, workers: int) -> No
     _done(t, f"wrote {mixture}")
 
     t = _step("2/6 build manifest: hash, read, filter (OpenELM rule), count tokens per shard")
-    built = build_manifest(mixture, paths["manifest"], tokenizer=tokenizer_uri, workers=workers, progress=True)
+    built = build_manifest(
+        mixture, paths["manifest"], tokenizer=tokenizer_uri, workers=workers, progress=True
+    )
     totals = built.totals
     _done(
         t,
@@ -122,7 +132,9 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
     from elm_data.trainer.proof.audit import audit_run
     from elm_data.trainer.proof.report import write_report
 
-    t = _step(f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)")
+    t = _step(
+        f"4/6 train a tiny OpenELM on the packed, mixed stream ({steps or DEMO_TRAINING['max_steps']} steps)"
+    )
     overrides = DEMO_TRAINING | ({"max_steps": steps} if steps else {})
     config = TrainConfig.from_yaml(
         demo_config_path(), manifest=str(paths["manifest"]), tokenizer=tokenizer_uri, **overrides
@@ -144,9 +156,13 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
 @command("demo")
 @retries_option
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache).")
+@click.option(
+    "--tokenizer", default=None, help="LLaMA SentencePiece model (else $ELM_DATA_TOKENIZER, else the cache)."
+)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 20].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Manifest build processes.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Manifest build processes."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in OUT_DIR.")
 def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int, overwrite: bool) -> None:
     """Run the whole product on the bundled sample corpus and say where every output is."""
@@ -154,4 +170,6 @@ def demo(out_dir: Path, tokenizer: str | None, steps: int | None, workers: int, 
     click.secho("\nOutputs", bold=True)
     for what, path in paths.items():
         click.echo(f"  {what:<14} {path}")
-    click.echo(f"\nNext: elm-data audit {paths['manifest']}   |   elm-data stream {paths['manifest']} --take 2")
+    click.echo(
+        f"\nNext: elm-data audit {paths['manifest']}   |   elm-data stream {paths['manifest']} --take 2"
+    )

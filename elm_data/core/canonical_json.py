@@ -1,15 +1,15 @@
 """The JSON spellings that hashes, ids and digests depend on, each named once; and the one ``json_safe``.
 
 A digest is only as stable as the exact bytes it hashes, so every spelling is frozen here and
-``tests/test_canonical_json.py`` holds each one byte for byte to the outputs it has always had (and the manifest
-id, Merkle root, block and ledger digests and receipt hashes of a fixed manifest to theirs). Never change a
-spelling: add a new one (and a new format or receipt version) instead.
+``tests/test_canonical_json.py`` holds each one byte for byte to the outputs it has always had (and the
+manifest id, Merkle root, block and ledger digests and receipt hashes of a fixed manifest to theirs). Never
+change a spelling: add a new one (and a new format or receipt version) instead.
 
 - :data:`SORTED_UTF8` — sorted keys, no spaces, UTF-8: the manifest id's payload (``manifests/identity.py``);
   the sample corpus' Dolma lines (``sources/sample.py``: its shards' bytes, so their sha256s).
 - :data:`SORTED_ASCII` — sorted keys, no spaces, ``\\uXXXX`` escapes: a shard record's Merkle leaf
-  (``ShardRecord.canonical_bytes``), a shard's block-index digest (``block_index.index_digest``), the receipt's
-  genesis (``pipeline/stream/receipt.py:genesis``).
+  (``ShardRecord.canonical_bytes``), a shard's block-index digest (``block_index.index_digest``), the
+  receipt's genesis (``pipeline/stream/receipt.py:genesis``).
 - :data:`ORDERED_UTF8` — keys in the order given, no spaces, UTF-8: a ledger row group's digest
   (``manifest.ledger_digest``), a batch's receipt digest (``receipt.digest_spans``).
 - :data:`SORTED_SPACED` — sorted keys, ``", "`` and ``": "``, escapes: the by-reason columns of
@@ -62,9 +62,10 @@ SPELLINGS = {
 
 
 def json_safe(value: Any, sort_keys: bool = False) -> Any:
-    """``value`` as plain JSON types: mappings with string keys (sorted with ``sort_keys``, else in their order),
-    lists (from lists, tuples, sets), numbers, strings, bools and None; datetimes as ISO 8601, bytes as hex,
-    arrays and tensors through ``tolist``; anything else (``Decimal``, ``Path``, ...) as its ``str``."""
+    """``value`` as plain JSON types: mappings with string keys (sorted with ``sort_keys``, else in their
+    order), lists (from lists, tuples, sets), numbers, strings, bools and None; datetimes as ISO 8601, bytes
+    as hex, arrays and tensors through ``tolist``; anything else (``Decimal``, ``Path``, ...) as its
+    ``str``."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, dict):

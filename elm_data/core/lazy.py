@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy_attributes(package: str, entry_points: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list]]:
+def lazy_attributes(
+    package: str, entry_points: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list]]:
     """``(__getattr__, __dir__)`` for ``package`` whose ``entry_points`` map a public name to its module."""
 
     def __getattr__(name: str) -> Any:
@@ -44,8 +46,8 @@ def pyarrow_without_implicit_pandas() -> None:
 
     pyarrow asks once, lazily, whether pandas is installed (at the first ``pa.array`` of a Python list, to
     check whether the list is a pandas object) and imports it then. When that first probe finds no pandas,
-    pyarrow imports it again only where pandas is really used (``to_pandas``, ``from_pandas``), after which all
-    is as usual. So pandas is hidden from that first probe only; nothing changes where pandas was imported
+    pyarrow imports it again only where pandas is really used (``to_pandas``, ``from_pandas``), after which
+    all is as usual. So pandas is hidden from that first probe only; nothing changes where pandas was imported
     already. For processes that use no pandas objects (``elm-data stream``).
     """
     if "pandas" in sys.modules:

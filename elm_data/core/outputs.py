@@ -14,7 +14,8 @@
 - :func:`output_lock` — one writer per output: an exclusive ``flock`` on ``.NAME.lock`` beside it; a second
   writer is refused with who holds it (pid, host, start time, command).
 - :func:`disk_full_error` — a failed write whose filesystem is full becomes one line naming the output
-  (:class:`~elm_data.core.errors.DiskFull`), whatever library wrote it: staged directories and atomic files do it.
+  (:class:`~elm_data.core.errors.DiskFull`), whatever library wrote it: staged directories and atomic files do
+  it.
 
 Every temp name is ``.NAME.tmp-*`` beside its target (:func:`temp_path`), so one glob finds what a killed
 writer left. This module is the project's one writer of whole files and directories: nothing else renames
@@ -46,17 +47,20 @@ from elm_data.core.redact import redact_text
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-# A write that failed with less than this free on its filesystem failed for want of space: torch.save says only
+# A write that failed with less than this free on its filesystem failed for want of space: torch.save says
+# only
 # "unexpected pos" or "file write failed" where the system said ENOSPC.
 LOW_SPACE_BYTES = 16 << 20
 _FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
 def disk_full_error(target: str | Path, error: BaseException) -> DiskFull | None:
-    """A :class:`DiskFull` naming ``target`` when ``error`` (raised while writing it) came from a full filesystem:
-    ENOSPC/EDQUOT, a library's text for them (safetensors), or any write error with under
+    """A :class:`DiskFull` naming ``target`` when ``error`` (raised while writing it) came from a full
+    filesystem: ENOSPC/EDQUOT, a library's text for them (safetensors), or any write error with under
     :data:`LOW_SPACE_BYTES` left on the filesystem (torch.save's RuntimeError). None for any other error."""
-    full = isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+    full = isinstance(error, DiskFull) or (
+        isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    )
     full = full or (isinstance(error, Exception) and any(text in str(error) for text in _FULL_TEXTS))
     folder = Path(target).parent
     while not folder.exists() and folder != folder.parent:
@@ -155,7 +159,8 @@ def recover_dir(target: str | Path) -> list[Path]:
 
 
 def temp_path(target: str | Path) -> Path:
-    """A fresh temporary name beside ``target``: ``.NAME.tmp-<pid>-<random>`` (what :func:`recover_dir` sweeps)."""
+    """A fresh temporary name beside ``target``: ``.NAME.tmp-<pid>-<random>`` (what :func:`recover_dir`
+    sweeps)."""
     target = Path(target)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
@@ -164,8 +169,8 @@ def temp_path(target: str | Path) -> Path:
 def staged_dir(target: str | Path) -> Iterator[Path]:
     """A fresh empty directory beside ``target`` to fill; it becomes ``target`` in whole when the block ends.
 
-    On success it gets the umask's modes (:func:`publish_modes`) and replaces ``target`` (:func:`replace_dir`);
-    on any failure it is removed and ``target`` is left as it was.
+    On success it gets the umask's modes (:func:`publish_modes`) and replaces ``target``
+    (:func:`replace_dir`); on any failure it is removed and ``target`` is left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -268,8 +273,8 @@ def _holder(path: Path) -> str:
 def output_lock(target: str | Path, what: str = "output") -> Iterator[Path]:
     """Hold an exclusive lock on ``target`` (a local path) for the block; refuse at once if another has it.
 
-    The lock file ``.NAME.lock`` beside ``target`` (mode 0600) says who holds it: pid, host, start time and the
-    command line, redacted (:func:`~elm_data.core.redact.redact_text`); it is removed on release. A lock
+    The lock file ``.NAME.lock`` beside ``target`` (mode 0600) says who holds it: pid, host, start time and
+    the command line, redacted (:func:`~elm_data.core.redact.redact_text`); it is removed on release. A lock
     taken on a file that a releasing holder just removed is retried, so two writers never both hold it. The
     lock is the ``flock``, not the file: a holder killed with ``kill -9`` leaves the file, but the kernel
     releases its lock, so the next writer takes it and rewrites the file.

@@ -42,7 +42,8 @@ REDACTED = "REDACTED"
 MIN_SECRET_CHARS = 6  # a shorter credential is not searched for in free text ("main" would garble "remains")
 
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>`]+")
-# The credentials redact_uri removed in this process, for redact_text: the latest SEEN_MAX (a presigned URL per
+# The credentials redact_uri removed in this process, for redact_text: the latest SEEN_MAX (a presigned URL
+# per
 # shard brings a new signature each; older ones are forgotten so that redact_text stays cheap).
 SEEN_MAX = 1024
 _SEEN: dict[str, None] = {}
@@ -82,7 +83,8 @@ def _remember(*secrets: str) -> None:
 
 
 def _query(query: str) -> str:
-    """Only the allow-listed parameters of ``query``; the others' names and values are remembered as secrets."""
+    """Only the allow-listed parameters of ``query``; the others' names and values are remembered as
+    secrets."""
     pairs = parse_qsl(query, keep_blank_values=True)
     kept = [(k, v) for k, v in pairs if k.lower() in HARMLESS_PARAMS]
     _remember(*(x for k, v in pairs if k.lower() not in HARMLESS_PARAMS for x in (v, f"{k}={v}")))

@@ -34,7 +34,8 @@ import yaml
 
 from elm_data.core.errors import InvalidValue, NotFound
 
-MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config (mixture, train, targets, weights, matrix) is text a person wrote
+# a config (mixture, train, targets, weights, matrix) is text a person wrote
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_ALIAS_NODES = 10_000  # nodes that aliases may add to a document once expanded
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -43,11 +44,15 @@ class SettingsError(InvalidValue):
     """A config file or section that cannot be used as written; the message names the file and the key."""
 
 
-# ---- reading YAML ---------------------------------------------------------------------------------------------
-try:  # libyaml's parser (fast, no recursion) under PyYAML's Python composer: libyaml's own composer recurses on
+# ---- reading YAML
+# ---------------------------------------------------------------------------------------------
+# libyaml's parser (fast, no recursion) under PyYAML's Python composer: libyaml's own composer recurses on
+try:
     from yaml._yaml import CParser as _Parser  # the C stack and crashes the process on a deeply nested `[[[…`
 
-    class _SafeLoader(yaml.composer.Composer, _Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    class _SafeLoader(
+        yaml.composer.Composer, _Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver
+    ):
         def __init__(self, stream: str) -> None:
             _Parser.__init__(self, stream)
             yaml.composer.Composer.__init__(self)
@@ -101,12 +106,16 @@ def alias_growth(root: yaml.Node) -> int:
             size[id(node)] = 1 + sum(size[id(k)] for k in kids)
             continue
         if id(node) in on_path:
-            raise SettingsError(f"line {node.start_mark.line + 1}: an alias refers to a node that contains it")
+            raise SettingsError(
+                f"line {node.start_mark.line + 1}: an alias refers to a node that contains it"
+            )
         on_path.add(id(node))
         stack.append((node, True))
         for kid in kids:
             if id(kid) in on_path:
-                raise SettingsError(f"line {kid.start_mark.line + 1}: an alias refers to a node that contains it")
+                raise SettingsError(
+                    f"line {kid.start_mark.line + 1}: an alias refers to a node that contains it"
+                )
             stack.append((kid, False))
     return size[id(root)] - len(size)
 
@@ -124,7 +133,8 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 
 def _read_bounded(f: typing.BinaryIO) -> bytes:
-    """At most ``MAX_CONFIG_BYTES + 1`` bytes, read in 1 MiB pieces (no buffer of the limit's size up front)."""
+    """At most ``MAX_CONFIG_BYTES + 1`` bytes, read in 1 MiB pieces (no buffer of the limit's size up
+    front)."""
     pieces, size = [], 0
     while size <= MAX_CONFIG_BYTES:
         piece = f.read(min(2**20, MAX_CONFIG_BYTES + 1 - size))
@@ -153,12 +163,15 @@ def _read_bytes(path: str | Path, what: str) -> bytes:
     except OSError as error:
         raise SettingsError(f"{what} {text}: cannot be read ({error.strerror or error})") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise SettingsError(f"{what} {text}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is hand-written")
+        raise SettingsError(
+            f"{what} {text}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is hand-written"
+        )
     return data
 
 
 def parse_yaml(text: str) -> Any:
-    """Plain Python values from YAML ``text`` under the rules above (errors name no file: see :func:`load_yaml`)."""
+    """Plain Python values from YAML ``text`` under the rules above (errors name no file: see
+    :func:`load_yaml`)."""
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()
@@ -187,7 +200,9 @@ def load_yaml(path: str | Path, what: str = "config") -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         byte = data[error.start]
-        raise SettingsError(f"{what} {path}: not UTF-8 text (byte 0x{byte:02x} at offset {error.start})") from None
+        raise SettingsError(
+            f"{what} {path}: not UTF-8 text (byte 0x{byte:02x} at offset {error.start})"
+        ) from None
     try:
         return parse_yaml(text.removeprefix("\ufeff"))
     except SettingsError as error:
@@ -204,7 +219,8 @@ def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return raw
 
 
-# ---- paths --------------------------------------------------------------------------------------------------
+# ---- paths
+# --------------------------------------------------------------------------------------------------
 def config_dir(path: str | Path) -> str:
     """The folder a config file's relative paths resolve against (absolute; a URI's parent for a URI)."""
     text = str(path)
@@ -223,7 +239,8 @@ def resolve_path(value: str, base_dir: str | Path) -> str:
     return posixpath.join(base, value) if "://" in base else str((Path(base) / path).resolve())
 
 
-# ---- typed settings -----------------------------------------------------------------------------------------
+# ---- typed settings
+# -----------------------------------------------------------------------------------------
 def describe(value: Any) -> str:
     """A value as a message shows it: short, one line."""
     text = repr(value) if not isinstance(value, (dict, list, tuple)) else type(value).__name__
@@ -282,7 +299,8 @@ def _scalar_matches(value: Any, hint: Any) -> bool:
 
 
 def matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits annotation ``hint`` (bool is no number; an int is a float; elements are checked)."""
+    """Whether ``value`` fits annotation ``hint`` (bool is no number; an int is a float; elements are
+    checked)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(matches(value, a) for a in args)
@@ -323,11 +341,17 @@ def convert(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             _refuse(value, hint, where)
         key_hint, value_hint = args or (Any, Any)
-        return {convert(k, key_hint, where): convert(v, value_hint, join(where, str(k))) for k, v in value.items()}
+        return {
+            convert(k, key_hint, where): convert(v, value_hint, join(where, str(k))) for k, v in value.items()
+        }
     if isinstance(hint, type) and issubclass(hint, Settings):
         if isinstance(value, hint):
             return value
-        return hint.from_mapping(value, where=where) if isinstance(value, Mapping) else _refuse(value, hint, where)
+        return (
+            hint.from_mapping(value, where=where)
+            if isinstance(value, Mapping)
+            else _refuse(value, hint, where)
+        )
     return value if matches(value, hint) else _refuse(value, hint, where)
 
 
@@ -366,11 +390,13 @@ class Settings:
 
     @classmethod
     def from_mapping(cls: type[_S], raw: Any, where: str = "", **extra: Any) -> _S:
-        """An instance from a config section ``raw`` (None = all defaults); ``extra`` sets non-setting fields."""
+        """An instance from a config section ``raw`` (None = all defaults); ``extra`` sets non-setting
+        fields."""
         return cls(**cls.check_mapping(raw, where), **extra)
 
     def check_types(self, where: str = "") -> None:
-        """Refuse a field whose value does not fit its annotation (for instances made in code, not from YAML)."""
+        """Refuse a field whose value does not fit its annotation (for instances made in code, not from
+        YAML)."""
         for key, hint in self.setting_types().items():
             value = getattr(self, key)
             if not matches(value, hint):
