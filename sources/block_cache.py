@@ -1,4 +1,5 @@
-"""A node-local cache of remote blocks, content-addressed by sha256: a second pass over a corpus fetches nothing.
+"""A node-local cache of remote blocks, content-addressed by sha256: a second pass over a corpus fetches
+nothing.
 
 Opt-in (:func:`configure_cache` or a config's ``cache:`` section). A block lives at ``DIR/ab/<sha256>`` and is
 served only when its bytes still hash to its name (a damaged entry is removed and fetched again), so the
@@ -125,7 +126,8 @@ class BlockCache:
             self.evict()
 
     def evict(self) -> int:
-        """Remove least recently used entries until at most ``max_bytes`` are held; returns the bytes freed."""
+        """Remove least recently used entries until at most ``max_bytes`` are held; returns the bytes
+        freed."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".evict.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

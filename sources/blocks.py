@@ -10,8 +10,8 @@ A shard's blocks tile its bytes exactly (``[0, size)``, in order) and each start
 :class:`VerifiedView` is a read-only file over a byte range of a shard that loads whole blocks from
 storage on first touch, checks each block's sha256 *before* serving any byte of it, and keeps the last
 two blocks with records, plus those without (a parquet file's magic and footer). ``open_verified`` opens one
-and the caller hands it to the readers (``read_shard(view=)``), so every reader reads verified bytes unchanged;
-no URL, registry or other process-global state names a view.
+and the caller hands it to the readers (``read_shard(view=)``), so every reader reads verified bytes
+unchanged; no URL, registry or other process-global state names a view.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from elm_data.sources.seekable import SeekableReader
 
 BLOCK_BYTES = 4 << 20  # target size of a plain-JSONL block
 SPILL_BYTES = 16 << 20  # a block larger than this is verified into a temp file instead of memory
-READER_MEMORY = 128 << 20  # default cap on the verified block bytes a process holds in memory (ELM_DATA_READER_MEMORY)
+# default cap on the verified block bytes a process holds in memory (ELM_DATA_READER_MEMORY)
+READER_MEMORY = 128 << 20
 VIEW_BUFFER = 128 << 10  # the buffer of each file a reader opens on a view
 
 
@@ -66,7 +67,8 @@ class Block:
 
 
 def _parquet_cuts(f: BinaryIO, size: int) -> list[tuple[int, int]] | None:
-    """``(byte offset, rows)`` where each row group starts, and the footer's offset with 0 rows; None if unreadable."""
+    """``(byte offset, rows)`` where each row group starts, and the footer's offset with 0 rows; None if
+    unreadable."""
     import pyarrow.parquet as pq
 
     try:
@@ -135,15 +137,17 @@ def _jsonl_blocks(f: BinaryIO, size: int, block_bytes: int) -> tuple[str, list[B
         pos += len(chunk)
     if pos > start or not blocks:
         f.seek(max(pos - 1, 0))  # only the last byte: the tail may be one huge line
-        trailing = 1 if pos > start and f.read(1) != b"\n" else 0  # a last line without newline is a record too
+        # a last line without newline is a record too
+        trailing = 1 if pos > start and f.read(1) != b"\n" else 0
         blocks.append(Block(start, pos, part.hexdigest(), record, lines + trailing))
     return whole.hexdigest(), blocks
 
 
 def _member_cuts(f: BinaryIO, fmt: str, block_bytes: int) -> list[tuple[int, int]] | None:
-    """``(offset, records)`` of blocks made of whole gzip members / zstd frames, cut after about ``block_bytes``
-    where the text so far ends with a newline; None for a single member or a damaged stream (one opaque block).
-    Decompressed in bounded pieces (``sources.decompress``), so a bomb costs time, not memory."""
+    """``(offset, records)`` of blocks made of whole gzip members / zstd frames, cut after about
+    ``block_bytes`` where the text so far ends with a newline; None for a single member or a damaged stream
+    (one opaque block). Decompressed in bounded pieces (``sources.decompress``), so a bomb costs time, not
+    memory."""
     f.seek(0)
     cuts, start, end, lines, last = [], 0, 0, 0, b""
     members = gzip_members(f, HASH_CHUNK) if fmt == "jsonl.gz" else zstd_frames(f, HASH_CHUNK)
@@ -164,7 +168,8 @@ def _member_cuts(f: BinaryIO, fmt: str, block_bytes: int) -> list[tuple[int, int
 
 
 def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[str, int, list[Block]]:
-    """``(sha256, size, blocks)`` of the local file ``path`` in ``fmt`` ("parquet", "jsonl", ...), in one read."""
+    """``(sha256, size, blocks)`` of the local file ``path`` in ``fmt`` ("parquet", "jsonl", ...), in one
+    read."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if fmt == "parquet":
@@ -187,7 +192,8 @@ def index_blocks(path: str, fmt: str, block_bytes: int = BLOCK_BYTES) -> tuple[s
             ends = [c for c, _ in cuts[1:]] + [size]
             first = list(itertools.accumulate((r for _, r in cuts), initial=0))
             blocks = [
-                Block(c, e, d, first[i], r) for i, ((c, r), e, d) in enumerate(zip(cuts, ends, digests, strict=True))
+                Block(c, e, d, first[i], r)
+                for i, ((c, r), e, d) in enumerate(zip(cuts, ends, digests, strict=True))
             ]
             return sha, size, blocks
         sha, _ = _hash_ranges(f, [0], size)
@@ -204,15 +210,16 @@ def _check(uri: str, i: int, block: Block, digest: str) -> None:
     if digest != block.sha256:
         raise BlockChanged(
             f"{uri}: bytes {block.start}-{block.end} (block {i}) have sha256 {digest}, "
-            f"the manifest says {block.sha256}; refusing to read them (restore the shard or rebuild the manifest)"
+            f"the manifest says {block.sha256}; refusing to read them (restore the shard or rebuild the "
+            "manifest)"
         )
 
 
 def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes | BinaryIO, int]:
     """``(data, bytes fetched from storage)`` of remote block ``i``: from the node's block cache when it holds
-    it, else fetched with retries, checked against the block's sha256 and cached. ``data`` is the bytes, or for a
-    block over ``SPILL_BYTES`` an anonymous temp file at its start (the caller closes it): a block of any size
-    costs a reader at most ``HASH_CHUNK`` of memory, and is cached and read ahead like any other.
+    it, else fetched with retries, checked against the block's sha256 and cached. ``data`` is the bytes, or
+    for a block over ``SPILL_BYTES`` an anonymous temp file at its start (the caller closes it): a block of
+    any size costs a reader at most ``HASH_CHUNK`` of memory, and is cached and read ahead like any other.
 
     A block whose bytes do not match is fetched once more (a fault that corrupted a body), then refused.
     """
@@ -240,12 +247,13 @@ def fetch_verified(uri: str, block: Block, i: int) -> tuple[bytes | BinaryIO, in
 
 
 def _fetch_once(uri: str, block: Block, what: str, large: bool) -> tuple[bytes | BinaryIO, str]:
-    """``(data, sha256)`` of the block's bytes from storage: in memory, or (``large``) streamed into a temp file
-    in ranged reads of at most ``HASH_CHUNK``, each retried from the byte it had reached."""
+    """``(data, sha256)`` of the block's bytes from storage: in memory, or (``large``) streamed into a temp
+    file in ranged reads of at most ``HASH_CHUNK``, each retried from the byte it had reached."""
     if not large:
         data = remote.read_range(uri, block.start, block.end, what)
         return data, hashlib.sha256(data).hexdigest()
-    spill, digest, left = tempfile.TemporaryFile(prefix="elm-data-block-"), hashlib.sha256(), block.end - block.start  # noqa: SIM115
+    spill = tempfile.TemporaryFile(prefix="elm-data-block-")  # noqa: SIM115
+    digest, left = hashlib.sha256(), block.end - block.start
     try:
         with remote.open_read(uri, what, buffered=False) as f:
             f.seek(block.start)
@@ -270,11 +278,12 @@ def _close(data: bytes | BinaryIO) -> None:
 
 # -- reading verified bytes ---------------------------------------------------------------------------
 class VerifiedView(SeekableReader):
-    """Bytes ``[lo, hi)`` of a shard as a seekable file (position 0 = byte ``lo``); every block is checked first.
+    """Bytes ``[lo, hi)`` of a shard as a seekable file (position 0 = byte ``lo``); every block is checked
+    first.
 
     ``bytes_loaded`` counts the bytes read from storage. A block that fails its sha256 raises
-    :class:`BlockChanged` before any of its bytes is returned. ``lo`` is a block's start: the view's records are
-    numbered from that block's ``first_record``. What a reader needs of it (``readers_common.ShardView``):
+    :class:`BlockChanged` before any of its bytes is returned. ``lo`` is a block's start: the view's records
+    are numbered from that block's ``first_record``. What a reader needs of it (``readers_common.ShardView``):
     :meth:`reader`, :attr:`first_record`, :meth:`parquet_metadata`.
     """
 
@@ -302,7 +311,8 @@ class VerifiedView(SeekableReader):
 
     def _storage(self) -> BinaryIO:
         if self._raw is None:
-            # no read-ahead cache: exactly the bytes of the blocks asked for cross from storage (retried when remote)
+            # no read-ahead cache: exactly the bytes of the blocks asked for cross from storage (retried when
+            # remote)
             self._raw = remote.open_read(self.uri, buffered=False)
         return self._raw
 
@@ -312,7 +322,8 @@ class VerifiedView(SeekableReader):
         return self._remote
 
     def _fetch(self, i: int) -> bytes | BinaryIO:
-        """Block ``i``'s verified bytes (a large one as a temp file): read ahead, cached or fetched when remote."""
+        """Block ``i``'s verified bytes (a large one as a temp file): read ahead, cached or fetched when
+        remote."""
         block = self.blocks[i]
         if self._is_remote():
             got = self.ahead(self.uri, block, i) if self.ahead is not None else None
@@ -328,7 +339,8 @@ class VerifiedView(SeekableReader):
         data = self._fetch(i)
         self._cache[i] = data
         HELD.note(self, i, data)
-        records = [j for j in self._cache if self.blocks[j].records != 0]  # 0-record blocks (magic, footer) stay
+        # 0-record blocks (magic, footer) stay
+        records = [j for j in self._cache if self.blocks[j].records != 0]
         for j in records[: max(0, len(records) - self.KEEP)]:
             old = self._cache.pop(j)
             HELD.forget(self, j)
@@ -347,7 +359,9 @@ class VerifiedView(SeekableReader):
         while left:
             chunk = raw.read(min(HASH_CHUNK, left))
             if not chunk:
-                raise BlockChanged(f"{self.uri}: block {i} ends early (the shard is shorter than the manifest says)")
+                raise BlockChanged(
+                    f"{self.uri}: block {i} ends early (the shard is shorter than the manifest says)"
+                )
             digest.update(chunk)
             spill.write(chunk) if spill is not None else parts.append(chunk)
             left -= len(chunk)
@@ -375,9 +389,9 @@ class VerifiedView(SeekableReader):
         return self.hi - self.lo
 
     def parquet_metadata(self) -> Any:
-        """The parquet footer of a whole-file view of several blocks, from its verified last block, read once (so
-        a reader never re-reads it: pyarrow would otherwise fetch the file's last 64 KiB, most of a row group in
-        a large file); None for a view of one block (the reader reads the footer from it)."""
+        """The parquet footer of a whole-file view of several blocks, from its verified last block, read once
+        (so a reader never re-reads it: pyarrow would otherwise fetch the file's last 64 KiB, most of a row
+        group in a large file); None for a view of one block (the reader reads the footer from it)."""
         if self._footer is None and len(self.blocks) > 1 and self.lo == 0:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -411,9 +425,10 @@ def _block_at(starts: Sequence[int], pos: int) -> int:
 class HeldBlocks:
     """The verified block bytes this process holds in memory, over every open view, capped at ``limit`` bytes
     (invariant 11): when a view keeps a new block in memory and the total passes the cap, the least recently
-    loaded blocks still held are moved to anonymous temp files (their bytes were checked when loaded; nothing is
-    read from storage again, so each shard byte is still read once). A stream reader therefore holds at most the
-    cap in blocks, however large its blocks and however many partitions and sources it has open at once."""
+    loaded blocks still held are moved to anonymous temp files (their bytes were checked when loaded; nothing
+    is read from storage again, so each shard byte is still read once). A stream reader therefore holds at
+    most the cap in blocks, however large its blocks and however many partitions and sources it has open at
+    once."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -487,7 +502,8 @@ def open_verified(
 ) -> Iterator[VerifiedView]:
     """A :class:`VerifiedView` serving verified bytes ``[lo, hi)`` of ``uri``, closed on exit.
 
-    ``ahead(uri, block, i)``: a remote block's ``(bytes, fetched)`` if it was read ahead (verified), else None."""
+    ``ahead(uri, block, i)``: a remote block's ``(bytes, fetched)`` if it was read ahead (verified), else
+    None."""
     hi = blocks[-1].end if hi is None else hi
     view = VerifiedView(uri, blocks, lo, hi, ahead)
     try:

@@ -9,9 +9,15 @@ from elm_data.core.commands import command
 
 @command("sample")
 @click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same bytes.")
 @click.option(
-    "--scale", type=float, default=1.0, show_default=True, help="Documents per shard relative to the default (10)."
+    "--seed", type=int, default=0, show_default=True, help="Seed; the same seed writes the same bytes."
+)
+@click.option(
+    "--scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Documents per shard relative to the default (10).",
 )
 def sample(out_dir: str, seed: int, scale: float) -> None:
     """Write a small synthetic corpus in each source's native format, plus OUT_DIR/mixture.yaml.

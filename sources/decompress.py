@@ -29,7 +29,8 @@ OUT_BYTES = 1 << 20  # at most this much text per piece (gzip); zstd: FEED_BLOCK
 READ_BYTES = 1 << 20  # compressed bytes read per step
 FEED_BLOCKS = 8
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_SKIPPABLE_MASK = (0x50, b"\x2a\x4d\x18")  # skippable frames: magic 0x184D2A50..0x184D2A5F, then a 4-byte size
+# skippable frames: magic 0x184D2A50..0x184D2A5F, then a 4-byte size
+_SKIPPABLE_MASK = (0x50, b"\x2a\x4d\x18")
 _BLOCK_RLE, _BLOCK_RESERVED = 1, 3
 _MAX_FRAME_HEADER = 18
 
@@ -54,7 +55,8 @@ class NotAMember(Exception):
 
 
 def gzip_members(raw: BinaryIO, read_bytes: int = READ_BYTES) -> Iterator[bytes | MemberEnd]:
-    """The text of gzip members back to back, in pieces of at most ``OUT_BYTES``, each member followed by its end."""
+    """The text of gzip members back to back, in pieces of at most ``OUT_BYTES``, each member followed by its
+    end."""
     d, data, pos, inside = zlib.decompressobj(31), b"", 0, False
     while True:
         if not data:
@@ -111,7 +113,8 @@ class _Input:
 
 
 def _truncated(dobj, pending: list[bytes], src: _Input) -> Iterator[bytes]:
-    """The text the rest of a truncated frame still gives (less than a block past ``pending``), then Truncated."""
+    """The text the rest of a truncated frame still gives (less than a block past ``pending``), then
+    Truncated."""
     if out := dobj.decompress(b"".join(pending) + src.take(len(src.buf))):
         yield out
     raise Truncated("zstd stream ended inside a frame")

@@ -25,7 +25,15 @@ from elm_data.sources.readers_jsonl import read_jsonl
 from elm_data.sources.readers_parquet import read_parquet
 from elm_data.sources.registry import FORMAT_PARQUET, get_subset
 
-__all__ = ["read_shard", "fetched", "sha256_of", "size_of", "shard_format", "shard_format_of", "detect_format"]
+__all__ = [
+    "read_shard",
+    "fetched",
+    "sha256_of",
+    "size_of",
+    "shard_format",
+    "shard_format_of",
+    "detect_format",
+]
 
 
 def shard_format(uri: str, source: str, subset: str) -> str:
@@ -60,8 +68,8 @@ def read_shard(
 
     The format comes from the file's first bytes (:func:`detect_format`: gzip, zstd and parquet
     magic, or JSON text, whatever the name says), else from the registry (by file extension for
-    the Pile). ``shard_sha256`` is computed (streamed) when not given. ``skip`` drops the first N records cheaply;
-    indices stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
+    the Pile). ``shard_sha256`` is computed (streamed) when not given. ``skip`` drops the first N records
+    cheaply; indices stay absolute. A missing file raises FileNotFoundError; everything else wrong with the
     input becomes a Rejection with its location and reason.
 
     ``select`` (a predicate on the record index, or a collection of indices) reads only some records: an
@@ -74,11 +82,11 @@ def read_shard(
     selection accounts only for what it reads: use a full read to account for every record.
 
     ``fmt``: the format when already known (see :func:`shard_format_of`); no bytes are read to detect it.
-    ``max_record_bytes``: a longer JSONL line is a ``record_too_large`` rejection, read in bounded memory (build
-    and stream pass the manifest's ``filters.max_record_bytes``).
-    Where the bytes come from (documents and rejections always name ``uri``): ``local_path``, a local copy of
-    ``uri`` (see :func:`fetched`); ``view``, verified bytes the caller holds open (``sources/blocks.py:
-    open_verified``; a JSONL block's view numbers its records from the block's first; give ``shard_sha256``).
+    ``max_record_bytes``: a longer JSONL line is a ``record_too_large`` rejection, read in bounded memory
+    (build and stream pass the manifest's ``filters.max_record_bytes``). Where the bytes come from (documents
+    and rejections always name ``uri``): ``local_path``, a local copy of ``uri`` (see :func:`fetched`);
+    ``view``, verified bytes the caller holds open (``sources/blocks.py: open_verified``; a JSONL block's view
+    numbers its records from the block's first; give ``shard_sha256``).
     """
     spec = get_subset(source, subset)
     if skip < 0:

@@ -1,4 +1,5 @@
-"""What every reader shares: opening a URI through fsspec, hashing it, and turning a record into a Document."""
+"""What every reader shares: opening a URI through fsspec, hashing it, and turning a record into a
+Document."""
 
 from __future__ import annotations
 
@@ -36,8 +37,16 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAGIC = ((GZIP_MAGIC, "jsonl.gz"), (ZSTD_MAGIC, "jsonl.zst"), (b"PAR1", "parquet"))
 _FOREIGN = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"PK\x03\x04", "zip"), (b"\x04\x22\x4d\x18", "lz4"))
-_BY_SUFFIX = ((".parquet", "parquet"), (".gz", "jsonl.gz"), (".gzip", "jsonl.gz"), (".zst", "jsonl.zst"),
-              (".zstd", "jsonl.zst"), (".jsonl", "jsonl"), (".json", "jsonl"), (".ndjson", "jsonl"))  # fmt: skip
+_BY_SUFFIX = (
+    (".parquet", "parquet"),
+    (".gz", "jsonl.gz"),
+    (".gzip", "jsonl.gz"),
+    (".zst", "jsonl.zst"),
+    (".zstd", "jsonl.zst"),
+    (".jsonl", "jsonl"),
+    (".json", "jsonl"),
+    (".ndjson", "jsonl"),
+)
 
 
 class UnsupportedFormat(ElmDataError, ValueError):
@@ -52,7 +61,9 @@ def format_by_name(name: str) -> str | None:
 
 def zstd_frame_start(data: bytes) -> bool:
     """Whether ``data`` starts a zstd frame: a data frame or a skippable one (magic ``184d2a5X``)."""
-    return data.startswith(ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18")
+    return data.startswith(ZSTD_MAGIC) or (
+        len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18"
+    )
 
 
 def detect_format(head: bytes, name: str, default: str | None = None) -> str:
@@ -72,7 +83,9 @@ def detect_format(head: bytes, name: str, default: str | None = None) -> str:
         return "jsonl.zst"
     for magic, kind in _FOREIGN:
         if head.startswith(magic):
-            raise UnsupportedFormat(f"{kind}-compressed bytes (magic {magic.hex()}), not a supported shard format")
+            raise UnsupportedFormat(
+                f"{kind}-compressed bytes (magic {magic.hex()}), not a supported shard format"
+            )
     text = head[len(UTF8_BOM) :] if head.startswith(UTF8_BOM) else head
     if text.lstrip(b" \t\r\n").startswith(b"{"):
         return "jsonl"
@@ -144,7 +157,8 @@ def _as_object(value: Any) -> Any:
 
 
 def _encodable(value: str) -> str:
-    """``value`` with any lone surrogate written as its ``\\udXXX`` escape (one parsed from a JSON-string level)."""
+    """``value`` with any lone surrogate written as its ``\\udXXX`` escape (one parsed from a JSON-string
+    level)."""
     if value.isascii():
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -223,9 +237,13 @@ class ShardContext:
             detail = f"no {field!r} field" if not present else f"{field!r} is null"
             return self.reject(index, REJECT_MISSING_TEXT, detail)
         if not isinstance(text, str):
-            return self.reject(index, REJECT_NOT_A_STRING, f"{field!r} is {type(text).__name__}, not a string")
+            return self.reject(
+                index, REJECT_NOT_A_STRING, f"{field!r} is {type(text).__name__}, not a string"
+            )
         if not text or text.isspace():  # same as `not text.strip()`, without copying the text
-            return self.reject(index, REJECT_EMPTY_TEXT, f"{field!r} is empty or whitespace ({len(text)} chars)")
+            return self.reject(
+                index, REJECT_EMPTY_TEXT, f"{field!r} is empty or whitespace ({len(text)} chars)"
+            )
         return None
 
     def document(self, index: int, text: str, metadata: dict[str, Any]) -> Document:

@@ -1,10 +1,10 @@
 """JSON Lines shards, plain, gzip (Dolma's ``*.json.gz``) or zstd (the original Pile's ``*.jsonl.zst``).
 
-The stream is decompressed in bounded pieces (``sources.decompress``: about ``READ_CHUNK`` of text per call, whatever
-the compression ratio) and split into raw byte lines; each line is decoded as strict UTF-8 and parsed on its
-own, so one bad line costs one Rejection and nothing else. A line longer than the record limit
-(``max_record_bytes``) is counted while it is dropped, never held: one ``record_too_large`` Rejection.
-A compressed stream that ends early or is corrupt yields one Rejection at the line where it broke.
+The stream is decompressed in bounded pieces (``sources.decompress``: about ``READ_CHUNK`` of text per call,
+whatever the compression ratio) and split into raw byte lines; each line is decoded as strict UTF-8 and parsed
+on its own, so one bad line costs one Rejection and nothing else. A line longer than the record limit
+(``max_record_bytes``) is counted while it is dropped, never held: one ``record_too_large`` Rejection. A
+compressed stream that ends early or is corrupt yields one Rejection at the line where it broke.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 
 def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    """Decompress zstd frames back to back, in bounded pieces; bytes after the last frame that start no frame are
-    trailing garbage."""
+    """Decompress zstd frames back to back, in bounded pieces; bytes after the last frame that start no frame
+    are trailing garbage."""
     frames = 0
     try:
         for piece in zstd_frames(raw, READ_CHUNK):
@@ -136,7 +136,8 @@ _CHUNKERS = {"jsonl": _plain_chunks, "jsonl.gz": _gzip_chunks, "jsonl.zst": _zst
 
 @dataclass(frozen=True, slots=True)
 class TooLarge:
-    """A line longer than the record limit, dropped as it was read: only its length (without newline) is kept."""
+    """A line longer than the record limit, dropped as it was read: only its length (without newline) is
+    kept."""
 
     size: int
 
@@ -163,8 +164,8 @@ class _LineInProgress:
 
 
 def raw_lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | TooLarge, bool]]:
-    """Raw lines without their b"\\n", each with whether it was newline-terminated; a line over ``limit`` bytes
-    is a :class:`TooLarge`, never held: memory stays within ``limit`` plus one chunk.
+    """Raw lines without their b"\\n", each with whether it was newline-terminated; a line over ``limit``
+    bytes is a :class:`TooLarge`, never held: memory stays within ``limit`` plus one chunk.
 
     A line longer than a chunk is gathered piecewise and joined once (linear in its length).
     """
@@ -262,7 +263,8 @@ def read_jsonl(
     with ctx.open() as raw:
         chunks = _CHUNKERS[fmt](raw)
         index = ctx.first_index
-        pending: bytes | TooLarge | None = None  # a final line without newline, held until the stream ends cleanly
+        # a final line without newline, held until the stream ends cleanly
+        pending: bytes | TooLarge | None = None
         try:
             for chunk in chunks if skip > 0 else ():  # drop `skip` raw lines by counting newlines
                 newlines = chunk.count(b"\n")
@@ -283,17 +285,21 @@ def read_jsonl(
                     yield _item(ctx, index, line, max_record_bytes)
                 index += 1
         except StreamBroken as broken:
-            if broken.count == 0:  # the records are all there (trailing garbage, empty file): the last one too
+            # the records are all there (trailing garbage, empty file): the last one too
+            if broken.count == 0:
                 if pending is not None and (select is None or select(index)):
                     yield _item(ctx, index, pending, max_record_bytes)
                 index += pending is not None
                 yield ctx.reject(index, broken.reason, f"{broken.detail}; {index} lines read", count=0)
                 return
-            lost = "the partial line here and any records after it" if pending else "any records after this line"
+            lost = (
+                "the partial line here and any records after it" if pending else "any records after this line"
+            )
             yield ctx.reject(
                 index,
                 broken.reason,
-                f"{broken.detail}; {index} lines read before the break; {lost} cannot be read (count unknowable)",
+                f"{broken.detail}; {index} lines read before the break; {lost} cannot be read (count "
+                "unknowable)",
             )
             return
         if pending is not None and (select is None or select(index)):

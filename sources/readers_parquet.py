@@ -1,4 +1,5 @@
-"""Parquet shards (RefinedWeb, the deduplicated Pile), streamed with ``pyarrow.parquet.ParquetFile.iter_batches``.
+"""Parquet shards (RefinedWeb, the deduplicated Pile), streamed with
+``pyarrow.parquet.ParquetFile.iter_batches``.
 
 The footer is checked against the subset's expected columns first: a shard with the wrong schema
 becomes one Rejection counting all its rows (from the metadata). ``skip`` drops whole row groups
@@ -15,13 +16,21 @@ import pyarrow.parquet as pq
 
 from elm_data.core.canonical_json import json_safe
 from elm_data.sources.blocks import BlockChanged
-from elm_data.sources.document import REJECT_INVALID_UTF8, REJECT_SCHEMA, REJECT_UNREADABLE, Document, Rejection
+from elm_data.sources.document import (
+    REJECT_INVALID_UTF8,
+    REJECT_SCHEMA,
+    REJECT_UNREADABLE,
+    Document,
+    Rejection,
+)
 from elm_data.sources.readers_common import Select, ShardContext
 
 BATCH_ROWS = 1024  # rows decoded at once by a full read (the build: every row of the shard is converted)
 # A selective read (the stream) holds one decoded batch per open shard for as long as the shard is open, and a
-# partition keeps one open shard per source: small batches bound that to SELECT_BATCH_ROWS decoded records plus
-# the page being decoded, not a whole decoded row group (issue 27). (pyarrow still reads a column chunk whole.)
+# partition keeps one open shard per source: small batches bound that to SELECT_BATCH_ROWS decoded records
+# plus
+# the page being decoded, not a whole decoded row group (issue 27). (pyarrow still reads a column chunk
+# whole.)
 SELECT_BATCH_ROWS = 64
 
 # The columns each parquet subset must have, as published upstream (type checked for the text column).
@@ -41,7 +50,8 @@ EXPECTED_COLUMNS: dict[str, pa.Schema] = {
 
 
 def _is_text(t: pa.DataType) -> bool:
-    """Whether values of ``t`` are Python strings: string, large_string, string_view, or a dictionary of them."""
+    """Whether values of ``t`` are Python strings: string, large_string, string_view, or a dictionary of
+    them."""
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
@@ -60,7 +70,8 @@ def schema_problem(schema: pa.Schema, key: str, text_field: str) -> str | None:
 
 
 def _plain_json(t: pa.DataType) -> bool:
-    """Whether to_pylist() of this type is already JSON-safe (strings, numbers, bools, lists/structs of them)."""
+    """Whether to_pylist() of this type is already JSON-safe (strings, numbers, bools, lists/structs of
+    them)."""
     if pa.types.is_dictionary(t):
         return _plain_json(t.value_type)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
@@ -68,9 +79,12 @@ def _plain_json(t: pa.DataType) -> bool:
     if pa.types.is_struct(t):
         return all(_plain_json(t.field(i).type) for i in range(t.num_fields))
     return (
-        _is_text(t) or pa.types.is_integer(t)
-        or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
-    )  # fmt: skip
+        _is_text(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+    )
 
 
 def _column_values(batch: pa.RecordBatch, name: str) -> list:
@@ -96,7 +110,8 @@ def _groups_from(metadata: pq.FileMetaData, skip: int) -> list[tuple[int, int, i
 
 
 def _group_unreadable(ctx: ShardContext, g: int, index: int, end: int, err: object) -> Rejection:
-    """One rejection for the rows of row group ``g`` from ``index`` on; the other row groups are still read."""
+    """One rejection for the rows of row group ``g`` from ``index`` on; the other row groups are still
+    read."""
     reason = " ".join(str(err).split())
     detail = f"parquet row group {g} unreadable from row {index} (its rows {index}..{end - 1}): {reason}"
     return ctx.reject(index, REJECT_UNREADABLE, detail, count=end - index)
@@ -144,7 +159,8 @@ def _batch_rows(
 def _rows(
     ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int, at: list[int]
 ) -> Iterator[Document | Rejection]:
-    """Every row of ``groups`` (consecutive) from row ``skip`` on, in one pass; ``at[0]`` is the next row's index."""
+    """Every row of ``groups`` (consecutive) from row ``skip`` on, in one pass; ``at[0]`` is the next row's
+    index."""
     schema = parquet.schema_arrow
     plain = {n: _plain_json(schema.field(n).type) for n in schema.names if n != ctx.spec.text_field}
     to_slice = max(0, skip - groups[0][1])
@@ -160,9 +176,15 @@ def _rows(
 
 
 def _selected_group_rows(
-    ctx: ShardContext, parquet: pq.ParquetFile, group: tuple[int, int, int], skip: int, select: Select, at: list[int]
+    ctx: ShardContext,
+    parquet: pq.ParquetFile,
+    group: tuple[int, int, int],
+    skip: int,
+    select: Select,
+    at: list[int],
 ) -> Iterator[Document | Rejection]:
-    """The rows of one row group that ``select`` accepts, from row ``skip`` on; unread when it accepts none."""
+    """The rows of one row group that ``select`` accepts, from row ``skip`` on; unread when it accepts
+    none."""
     g, start, end = group
     spec = ctx.spec
     schema = parquet.schema_arrow
@@ -187,7 +209,8 @@ def _selected_group_rows(
 def _all_rows(
     ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int
 ) -> Iterator[Document | Rejection]:
-    """Every row from ``skip`` on in one pass; after a break, group by group, a broken group costing its rows."""
+    """Every row from ``skip`` on in one pass; after a break, group by group, a broken group costing its
+    rows."""
     at = [skip]
     try:  # one pass over every row group (a batch may span row groups)
         yield from _rows(ctx, parquet, groups, skip, at) if groups else ()
@@ -211,7 +234,8 @@ def _all_rows(
 def _selected_rows(
     ctx: ShardContext, parquet: pq.ParquetFile, groups: list[tuple[int, int, int]], skip: int, select: Select
 ) -> Iterator[Document | Rejection]:
-    """The rows ``select`` accepts, row group by row group; a broken group costs its rows from where it broke."""
+    """The rows ``select`` accepts, row group by row group; a broken group costs its rows from where it
+    broke."""
     for group in groups:
         at = [max(group[1], skip)]
         try:
@@ -222,7 +246,9 @@ def _selected_rows(
             yield _group_unreadable(ctx, group[0], at[0], group[2], err)
 
 
-def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None) -> Iterator[Document | Rejection]:
+def read_parquet(
+    ctx: ShardContext, skip: int = 0, select: Select | None = None
+) -> Iterator[Document | Rejection]:
     """Yield one item per row of a parquet shard, from row ``skip`` on (only the rows ``select`` accepts).
 
     A row group that cannot be read costs one rejection counting its rows from where it broke;
@@ -237,7 +263,9 @@ def read_parquet(ctx: ShardContext, skip: int = 0, select: Select | None = None)
         except BlockChanged:  # verified bytes that changed: the stream stops (invariant 4)
             raise
         except _READ_ERRORS as err:
-            yield ctx.reject(-1, REJECT_UNREADABLE, f"not a readable parquet file: {err} (row count unknowable)")
+            yield ctx.reject(
+                -1, REJECT_UNREADABLE, f"not a readable parquet file: {err} (row count unknowable)"
+            )
             return
         num_rows = metadata.num_rows
         problem = schema_problem(schema, spec.key, spec.text_field)

@@ -23,7 +23,8 @@ _B = 1_000_000_000
 
 
 def subset_key(source: str, subset: str) -> str:
-    """``"source/subset"``: how a subset is named in targets, mixtures, manifests, audits and logs (formed here)."""
+    """``"source/subset"``: how a subset is named in targets, mixtures, manifests, audits and logs (formed
+    here)."""
     return f"{source}/{subset}"
 
 
@@ -70,7 +71,8 @@ class SubsetSpec:
     notes: str = ""
     shard_glob: str | None = None  # where the upstream is a hub repo: its shards, relative to ``upstream``
     shard_list: str | None = None  # where the upstream publishes a URL list instead: that list's URL
-    hub_dataset: str | None = None  # the Hugging Face dataset id that documents the corpus (a model card's datasets:)
+    # the Hugging Face dataset id that documents the corpus (a model card's datasets:)
+    hub_dataset: str | None = None
 
     @property
     def list_match(self) -> str:
@@ -78,7 +80,8 @@ class SubsetSpec:
         return f"{self.upstream}/{self.file_pattern.split('/', 1)[0]}/*"
 
     def upstream_shards(self) -> dict[str, str | list[str]]:
-        """Mixture-entry keys naming every upstream shard: ``shards`` (a hub glob) or ``shards_from`` + ``match``."""
+        """Mixture-entry keys naming every upstream shard: ``shards`` (a hub glob) or ``shards_from`` +
+        ``match``."""
         if self.shard_list:
             return {"shards_from": self.shard_list, "match": self.list_match}
         return {"shards": [f"{self.upstream}/{self.shard_glob}"]}
@@ -89,7 +92,8 @@ class SubsetSpec:
 
     @property
     def openelm_weight(self) -> float:
-        """The subset's mixing weight in OpenELM's mix: its target tokens in billions (sample and `init` mixtures)."""
+        """The subset's mixing weight in OpenELM's mix: its target tokens in billions (sample and `init`
+        mixtures)."""
         return self.target_tokens / 1e9
 
     def upstream_uri(self, uri: str) -> str:
@@ -124,10 +128,14 @@ _DOLMA_BASE = "https://olmo-data.org/dolma-v1_6"
 DOLMA_URL_LIST = "hf://datasets/allenai/dolma/urls/v1_6.txt"  # every v1.6 file, one URL a line
 _DOLMA_NOTE = f"file list: {DOLMA_URL_LIST}"
 _DOLMA_LICENCE = "ODC-By-1.0 (released under AI2 ImpACT licence (MR-agreement) at the time of v1.6)"
-_DOLMA_SCHEMA = "one JSON object per line, sorted keys: added, created, id, metadata{...}, source, text, version"
+_DOLMA_SCHEMA = (
+    "one JSON object per line, sorted keys: added, created, id, metadata{...}, source, text, version"
+)
 
 
-def _redpajama(subset: str, pattern: str, licence: str, id_field: str | None, meta_keys: str, **kw) -> SubsetSpec:
+def _redpajama(
+    subset: str, pattern: str, licence: str, id_field: str | None, meta_keys: str, **kw
+) -> SubsetSpec:
     return SubsetSpec(
         source="redpajama",
         subset=subset,
@@ -208,7 +216,8 @@ _SPECS: tuple[SubsetSpec, ...] = (
         "github/filtered_<32hex>.sampled.jsonl",
         "per-file licence in meta.license (MIT, BSD or Apache-2.0 only)",
         "meta.id",
-        "content_hash, timestamp, source, line_count, max_line_length, avg_line_length, alnum_prop, repo_name, "
+        "content_hash, timestamp, source, line_count, max_line_length, avg_line_length, alnum_prop, "
+        "repo_name, "
         "ref, path, mode, id, size, binary, copies, license, language",
         licence_field="meta.license",
     ),
@@ -236,7 +245,8 @@ _SPECS: tuple[SubsetSpec, ...] = (
         text_field="text",
         id_field=None,
         record_schema=(
-            'deduplicated: text: string | original: {"text": str, "meta": {"pile_set_name": str}} (zstd JSON Lines)'
+            'deduplicated: text: string | original: {"text": str, "meta": {"pile_set_name": str}} (zstd JSON '
+            "Lines)"
         ),
         target_tokens=OPENELM_TARGETS["pile/default"],
         alt_formats=((".jsonl.zst", FORMAT_JSONL_ZST), (".parquet", FORMAT_PARQUET)),
@@ -255,29 +265,51 @@ _BY_KEY: dict[tuple[str, str], SubsetSpec] = {(s.source, s.subset): s for s in _
 
 # The 22 component sets of the original Pile, as written in meta.pile_set_name.
 PILE_SET_NAMES: tuple[str, ...] = (
-    "Pile-CC", "PubMed Central", "Books3", "OpenWebText2", "ArXiv", "Github", "FreeLaw", "StackExchange",
-    "USPTO Backgrounds", "PubMed Abstracts", "Gutenberg (PG-19)", "OpenSubtitles", "Wikipedia (en)",
-    "DM Mathematics", "Ubuntu IRC", "BookCorpus2", "EuroParl", "HackerNews", "YoutubeSubtitles", "PhilPapers",
-    "NIH ExPorter", "Enron Emails",
-)  # fmt: skip
+    "Pile-CC",
+    "PubMed Central",
+    "Books3",
+    "OpenWebText2",
+    "ArXiv",
+    "Github",
+    "FreeLaw",
+    "StackExchange",
+    "USPTO Backgrounds",
+    "PubMed Abstracts",
+    "Gutenberg (PG-19)",
+    "OpenSubtitles",
+    "Wikipedia (en)",
+    "DM Mathematics",
+    "Ubuntu IRC",
+    "BookCorpus2",
+    "EuroParl",
+    "HackerNews",
+    "YoutubeSubtitles",
+    "PhilPapers",
+    "NIH ExPorter",
+    "Enron Emails",
+)
 
 
 class UnknownSubset(ElmDataError, KeyError):
-    """A source/subset the registry does not know (a mixture's or a flag's); the message lists the known ones."""
+    """A source/subset the registry does not know (a mixture's or a flag's); the message lists the known
+    ones."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
 def get_subset(source: str, subset: str = "default") -> SubsetSpec:
-    """The spec of ``source/subset``; :class:`UnknownSubset` (a KeyError) names every known pair when unknown."""
+    """The spec of ``source/subset``; :class:`UnknownSubset` (a KeyError) names every known pair when
+    unknown."""
     try:
         return _BY_KEY[(source, subset)]
     except KeyError:
         known = [s.key for s in _SPECS]
         guess = nearest(f"{source}/{subset!s}", known)
         hint = f"did you mean {guess!r}? " if guess else ""
-        raise UnknownSubset(f"unknown source/subset {source}/{subset!s}; {hint}known: {', '.join(known)}") from None
+        raise UnknownSubset(
+            f"unknown source/subset {source}/{subset!s}; {hint}known: {', '.join(known)}"
+        ) from None
 
 
 def all_subsets() -> list[SubsetSpec]:

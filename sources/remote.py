@@ -47,7 +47,8 @@ T = TypeVar("T")
 HTTP = ("http", "https", ("http", "https"))  # fsspec's HTTP filesystem (its open takes a known size)
 READ_CHUNK = 8 << 20
 MAX_RETRY_AFTER_S = (
-    300.0  # a server's Retry-After is honoured up to this  # bytes per ranged request of a streamed remote read
+    # a server's Retry-After is honoured up to this  # bytes per ranged request of a streamed remote read
+    300.0
 )
 
 
@@ -62,7 +63,8 @@ class ShortRead(OSError):
 @dataclass(frozen=True)
 class RetryPolicy:
     """How remote reads are retried: ``attempts`` in all (1 = no retry), waits from ``backoff_s`` doubling up
-    to ``max_backoff_s`` with full jitter; a server's ``Retry-After`` is waited (up to ``MAX_RETRY_AFTER_S``)."""
+    to ``max_backoff_s`` with full jitter; a server's ``Retry-After`` is waited (up to
+    ``MAX_RETRY_AFTER_S``)."""
 
     attempts: int = 8
     backoff_s: float = 0.5
@@ -82,7 +84,9 @@ class RetryPolicy:
         if raw is None:
             return cls()
         if not isinstance(raw, Mapping):
-            raise InvalidValue(f"{where}: expected a mapping of {sorted(f.name for f in fields(cls))}, got {raw!r}")
+            raise InvalidValue(
+                f"{where}: expected a mapping of {sorted(f.name for f in fields(cls))}, got {raw!r}"
+            )
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             known = sorted(f.name for f in fields(cls))
@@ -124,9 +128,13 @@ class RemoteStats:
             self.bytes_from_cache += from_cache
 
     def to_dict(self) -> dict[str, Any]:
-        return {"retries": sum(self.retries.values()), "retries_by_reason": dict(sorted(self.retries.items())),
-                "failed": self.failed, "bytes_fetched": self.bytes_fetched,
-                "bytes_from_cache": self.bytes_from_cache}  # fmt: skip
+        return {
+            "retries": sum(self.retries.values()),
+            "retries_by_reason": dict(sorted(self.retries.items())),
+            "failed": self.failed,
+            "bytes_fetched": self.bytes_fetched,
+            "bytes_from_cache": self.bytes_from_cache,
+        }
 
     def since(self, before: dict[str, Any]) -> dict[str, Any]:
         """What was counted since the snapshot ``before`` (a :meth:`to_dict`)."""
@@ -153,13 +161,15 @@ def any_counted(counts: Mapping[str, Any]) -> bool:
 
 
 STATS = RemoteStats()
-_settings: dict[str, Any] = {"policy": RetryPolicy(), "storage_options": {}, "attempts": None}  # attempts: --retries
+# attempts: --retries
+_settings: dict[str, Any] = {"policy": RetryPolicy(), "storage_options": {}, "attempts": None}
 
 
 def configure(
     policy: RetryPolicy | None = None, storage_options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> None:
-    """Set this process' retry policy and/or per-protocol storage options (``{"s3": {"endpoint_url": ...}}``)."""
+    """Set this process' retry policy and/or per-protocol storage options (``{"s3": {"endpoint_url":
+    ...}}``)."""
     if policy is not None:
         _settings["policy"] = policy
     if storage_options is not None:
@@ -167,16 +177,20 @@ def configure(
 
 
 def storage_options(raw: Any, where: str = "storage_options") -> dict[str, dict[str, Any]] | None:
-    """A config's ``storage_options:`` (``{protocol: {option: value}}``, e.g. ``{s3: {endpoint_url: ...}}``)."""
+    """A config's ``storage_options:`` (``{protocol: {option: value}}``, e.g. ``{s3: {endpoint_url:
+    ...}}``)."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
-        raise InvalidValue(f"{where}: expected a mapping of protocol -> options, e.g. {{s3: {{endpoint_url: URL}}}}")
+        raise InvalidValue(
+            f"{where}: expected a mapping of protocol -> options, e.g. {{s3: {{endpoint_url: URL}}}}"
+        )
     return {str(k): dict(v) for k, v in raw.items()}
 
 
 def effective(policy: RetryPolicy) -> RetryPolicy:
-    """``policy`` with the running command's ``--retries`` attempts, when it was given (the flag beats a config)."""
+    """``policy`` with the running command's ``--retries`` attempts, when it was given (the flag beats a
+    config)."""
     attempts = _settings["attempts"]
     return policy if attempts is None else replace(policy, attempts=attempts)
 
@@ -206,12 +220,23 @@ def settings() -> dict[str, Any]:
 
 # -- which faults are transient ----------------------------------------------------------------------
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_ERROR_CODES = {"SlowDown": "throttled", "Throttling": "throttled", "RequestTimeout": "timeout",
-                "InternalError": "http 500", "ServiceUnavailable": "http 503"}  # fmt: skip
+_ERROR_CODES = {
+    "SlowDown": "throttled",
+    "Throttling": "throttled",
+    "RequestTimeout": "timeout",
+    "InternalError": "http 500",
+    "ServiceUnavailable": "http 503",
+}
 
 
-_NO_NETWORK = ("Failed to resolve", "Name or service not known", "nodename nor servname", "getaddrinfo failed",
-               "Temporary failure in name resolution", "No address associated")  # fmt: skip
+_NO_NETWORK = (
+    "Failed to resolve",
+    "Name or service not known",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "Temporary failure in name resolution",
+    "No address associated",
+)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -225,9 +250,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)  # aiohttp.ClientResponseError
     if status is None:
-        response = getattr(exc, "response", None)  # requests / huggingface_hub HTTPError; botocore ClientError: dict
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else (
-            getattr(response, "status_code", None))  # fmt: skip
+        # requests / huggingface_hub HTTPError; botocore ClientError: dict
+        response = getattr(exc, "response", None)
+        status = (
+            response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(response, dict)
+            else (getattr(response, "status_code", None))
+        )
     return status if isinstance(status, int) else None
 
 
@@ -241,7 +270,7 @@ def _reason_of(exc: BaseException) -> str | None:
         "ContentLengthError",
         "ResponseStreamingError",
     ):
-        return "truncated body"  # fmt: skip
+        return "truncated body"
     status = _status_of(exc)
     if status is not None:
         return f"http {status}" if status in _TRANSIENT_STATUS else None
@@ -261,12 +290,13 @@ def _reason_of(exc: BaseException) -> str | None:
         "ProtocolError",
         "ConnectError",
     ):
-        return "connection"  # fmt: skip
+        return "connection"
     return None
 
 
 def transient_reason(exc: BaseException) -> str | None:
-    """Why ``exc`` is worth another attempt (``"http 503"``, ``"truncated body"``, ``"connection"``, ...), or None.
+    """Why ``exc`` is worth another attempt (``"http 503"``, ``"truncated body"``, ``"connection"``, ...), or
+    None.
 
     Looks through the chain of causes: fsspec's HTTP client turns a failed HEAD into ``FileNotFoundError``
     raised from the HTTP error, which is transient for a 503 and permanent for a 404.
@@ -336,7 +366,8 @@ def retrying(what: str, attempt: Callable[[], T], on_retry: Callable[[], None] |
         last = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         raise RemoteReadFailed(
             redact_text(
-                f"{what}: gave up after {policy().attempts} attempt(s) ({transient_reason(err)}); last error {last}"
+                f"{what}: gave up after {policy().attempts} attempt(s) ({transient_reason(err)}); last error "
+                f"{last}"
             )
         ) from None
 
@@ -404,7 +435,8 @@ class RetryingReader(SeekableReader):
 
     def _drop(self) -> None:
         if self._file is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close; it is dropped either way
+            # a broken connection may fail to close; it is dropped either way
+            with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
 
@@ -434,7 +466,9 @@ class RetryingReader(SeekableReader):
             while left:
                 skipped = self._file.read(min(READ_CHUNK, left))
                 if not skipped:
-                    raise ShortRead(f"{self.what}: the stream ended at byte {self._pos - left} of {self._pos}")
+                    raise ShortRead(
+                        f"{self.what}: the stream ended at byte {self._pos - left} of {self._pos}"
+                    )
                 left -= len(skipped)
             return
         sized = {"size": self.size} if self.size is not None and self._fs.protocol in HTTP else {}
@@ -454,9 +488,11 @@ class RetryingReader(SeekableReader):
         super().close()
 
 
-def open_read(uri: str, what: str | None = None, buffered: bool = True, buffer_size: int = READ_CHUNK) -> BinaryIO:
-    """``uri`` opened for reading: the local file itself, or a :class:`RetryingReader` of a remote one (behind an
-    8 MiB buffer with ``buffered``; without, each read fetches exactly the bytes asked for)."""
+def open_read(
+    uri: str, what: str | None = None, buffered: bool = True, buffer_size: int = READ_CHUNK
+) -> BinaryIO:
+    """``uri`` opened for reading: the local file itself, or a :class:`RetryingReader` of a remote one (behind
+    an 8 MiB buffer with ``buffered``; without, each read fetches exactly the bytes asked for)."""
     fs, path = filesystem(uri)
     if not is_remote(fs):
         return fs.open(path, "rb")
@@ -466,7 +502,8 @@ def open_read(uri: str, what: str | None = None, buffered: bool = True, buffer_s
 
 
 def download_temp(uri: str) -> str:
-    """A scratch copy of remote ``uri`` in a new temporary file (the caller removes it); a failure leaves none."""
+    """A scratch copy of remote ``uri`` in a new temporary file (the caller removes it); a failure leaves
+    none."""
     fd, local = tempfile.mkstemp(prefix="elm-data-shard-", suffix=os.path.basename(uri.split("?")[0])[-64:])
     os.close(fd)
     try:
@@ -478,7 +515,8 @@ def download_temp(uri: str) -> str:
 
 
 def download(uri: str, local: str) -> int:
-    """Copy remote ``uri`` to the local file ``local`` in ranged reads, each retried; returns the bytes copied."""
+    """Copy remote ``uri`` to the local file ``local`` in ranged reads, each retried; returns the bytes
+    copied."""
     copied = 0
     with open_read(uri) as src, open(local, "wb") as out:
         while chunk := src.read(READ_CHUNK):

@@ -3,8 +3,8 @@ command that reads remotely (shards, blocks, a tokenizer URL).
 
 :func:`retries_option` adds the option to a click command and runs the command inside
 :func:`~elm_data.sources.remote.command_line_attempts`: every remote read of the run, in this process and in
-the workers it starts, makes ``N`` attempts in all (the first included), whatever a config's ``retries:`` says;
-without the flag the config's policy holds (else 8 attempts). ``tests/test_cli_network.py`` holds every
+the workers it starts, makes ``N`` attempts in all (the first included), whatever a config's ``retries:``
+says; without the flag the config's policy holds (else 8 attempts). ``tests/test_cli_network.py`` holds every
 command that reads remotely to having it.
 """
 
@@ -36,5 +36,7 @@ def retries_option(f: Callable[..., Any]) -> Callable[..., Any]:
         with remote.command_line_attempts(retries):
             return f(*args, **kwargs)
 
-    option = click.option("--retries", type=click.IntRange(min=1), default=None, help=RETRIES_HELP, cls=RetriesOption)
+    option = click.option(
+        "--retries", type=click.IntRange(min=1), default=None, help=RETRIES_HELP, cls=RetriesOption
+    )
     return option(run_with_attempts)

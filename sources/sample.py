@@ -43,7 +43,8 @@ def redpajama_line(record: dict[str, Any]) -> bytes:
 
 
 def dolma_line(record: dict[str, Any]) -> bytes:
-    """Dolma's style: sorted keys, compact separators, raw UTF-8 (the sample's bytes, so its shards' sha256s)."""
+    """Dolma's style: sorted keys, compact separators, raw UTF-8 (the sample's bytes, so its shards'
+    sha256s)."""
     return (SORTED_UTF8.dumps(record) + "\n").encode("utf-8")
 
 
@@ -57,7 +58,8 @@ def zstd_bytes(data: bytes) -> bytes:
 
 
 def hf_features(schema: pa.Schema) -> dict[str, Any]:
-    """The ``huggingface`` schema metadata a Hub parquet export carries: the ``datasets`` features of ``schema``."""
+    """The ``huggingface`` schema metadata a Hub parquet export carries: the ``datasets`` features of
+    ``schema``."""
     import datasets
 
     return {"info": {"features": datasets.Features.from_arrow_schema(schema).to_dict()}}
@@ -136,7 +138,8 @@ def _stamp(rng: random.Random, start_year: int = 2014, end_year: int = 2023) -> 
     return start + dt.timedelta(seconds=rng.randrange(span))
 
 
-# ---------------------------------------------------------------------------------------------- refinedweb / pile
+# ---------------------------------------------------------------------------------------------- refinedweb /
+# pile
 def _refinedweb(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str, bytes | pa.Table]:
     texts = _texts(rng, n, shard, st.web_page)
     dumps = ("CC-MAIN-2019-30", "CC-MAIN-2020-45", "CC-MAIN-2021-49", "CC-MAIN-2022-33", "CC-MAIN-2023-06")
@@ -149,13 +152,15 @@ def _refinedweb(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str,
             "dump": [rng.choice(dumps) for _ in texts],
             "segment": [f"{rng.randrange(10**12, 10**13)}.{rng.randint(10, 99)}" for _ in texts],
             "image_urls": [
-                [[f"https://img.{rng.choice(st.DOMAINS)}/{rng.choice(st.NOUNS)}.jpg", st.title(rng, 3)]
-                 for _ in range(rng.choice((0, 0, 1, 2)))]
+                [
+                    [f"https://img.{rng.choice(st.DOMAINS)}/{rng.choice(st.NOUNS)}.jpg", st.title(rng, 3)]
+                    for _ in range(rng.choice((0, 0, 1, 2)))
+                ]
                 for _ in texts
             ],
         },
         schema=EXPECTED_COLUMNS["refinedweb/default"],
-    )  # fmt: skip
+    )
     return f"refinedweb/data/train-{shard:05d}-of-05534-{_hex(seed, 'refinedweb', shard)}.parquet", table
 
 
@@ -166,11 +171,20 @@ def _pile_dedup(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str,
 
 
 _PILE_STYLE = {
-    "ArXiv": st.latex_paper, "Github": st.source_code, "StackExchange": st.qa_thread, "Wikipedia (en)": st.wiki_article,
-    "Books3": st.book_chapter, "Gutenberg (PG-19)": st.book_chapter, "BookCorpus2": st.book_chapter,
-    "PubMed Abstracts": st.paper_abstract, "PubMed Central": st.paper_abstract, "PhilPapers": st.paper_abstract,
-    "NIH ExPorter": st.paper_abstract, "HackerNews": st.reddit_thread, "Ubuntu IRC": st.reddit_thread,
-}  # fmt: skip
+    "ArXiv": st.latex_paper,
+    "Github": st.source_code,
+    "StackExchange": st.qa_thread,
+    "Wikipedia (en)": st.wiki_article,
+    "Books3": st.book_chapter,
+    "Gutenberg (PG-19)": st.book_chapter,
+    "BookCorpus2": st.book_chapter,
+    "PubMed Abstracts": st.paper_abstract,
+    "PubMed Central": st.paper_abstract,
+    "PhilPapers": st.paper_abstract,
+    "NIH ExPorter": st.paper_abstract,
+    "HackerNews": st.reddit_thread,
+    "Ubuntu IRC": st.reddit_thread,
+}
 
 
 def _pile_original(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str, bytes | pa.Table]:
@@ -245,7 +259,9 @@ def _rp_wikipedia(rng: random.Random, text: str, i: int) -> dict[str, Any]:
 
 
 def _rp_stackexchange(rng: random.Random, text: str, i: int) -> dict[str, Any]:
-    site = rng.choice(("stackoverflow.com", "math.stackexchange.com", "physics.stackexchange.com", "superuser.com"))
+    site = rng.choice(
+        ("stackoverflow.com", "math.stackexchange.com", "physics.stackexchange.com", "superuser.com")
+    )
     meta = {
         "language": "en",
         "url": f"https://{site}/questions/{rng.randrange(10**5, 10**8)}",
@@ -275,7 +291,9 @@ def _redpajama(
     file_name: Callable[[int, int], str],
 ):
     def write(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str, bytes | pa.Table]:
-        lines = [redpajama_line(make_record(rng, t, i)) for i, t in enumerate(_texts(rng, n, shard, make_text))]
+        lines = [
+            redpajama_line(make_record(rng, t, i)) for i, t in enumerate(_texts(rng, n, shard, make_text))
+        ]
         return f"redpajama/{subset}/{file_name(shard, seed)}", b"".join(lines)
 
     return write
@@ -292,7 +310,9 @@ def _arxiv_name(shard: int, seed: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- dolma
-def _dolma_metadata(subset: str, rng: random.Random, text: str, file_name: str, line: int) -> tuple[str, dict]:
+def _dolma_metadata(
+    subset: str, rng: random.Random, text: str, file_name: str, line: int
+) -> tuple[str, dict]:
     if subset == "stack":
         language = next(k for k, (_, _, head) in st.LANGUAGES.items() if text.startswith(head))
         repo = f"{rng.choice(st.NAMES).split()[0].lower()}/{rng.choice(st.NOUNS)}"
@@ -351,7 +371,9 @@ def _dolma(subset: str):
             record = {
                 "added": f"{added:%Y-%m-%dT%H:%M:%S}.{rng.randrange(1000):03d}Z",
                 "created": f"{_stamp(rng, 2010, 2022):%Y-%m-%dT%H:%M:%S}.000Z",
-                "id": _hex(seed, subset, shard, i, n=24) if subset != "wiki" else str(rng.randrange(1, 10**7)),
+                "id": _hex(seed, subset, shard, i, n=24)
+                if subset != "wiki"
+                else str(rng.randrange(1, 10**7)),
                 "metadata": metadata,
                 "source": source,
                 "text": text,
@@ -369,30 +391,67 @@ ShardWriter = Callable[[random.Random, int, int, int], tuple[str, "bytes | pa.Ta
 # (source, subset, shard count, writer, mixture globs)
 _PLAN: tuple[tuple[str, str, int, ShardWriter, tuple[str, ...]], ...] = (
     ("refinedweb", "default", 2, _refinedweb, ("refinedweb/data/*.parquet",)),
-    ("redpajama", "arxiv", 2,
-     _redpajama("arxiv", st.latex_paper, _rp_arxiv, _arxiv_name), ("redpajama/arxiv/*.jsonl",)),
-    ("redpajama", "book", 2,
-     _redpajama("book", st.book_chapter, _rp_book, _single_file("book")), ("redpajama/book/*.jsonl",)),
-    ("redpajama", "c4", 2,
-     _redpajama("c4", st.web_page, _rp_c4, lambda s, _: f"c4-train.{s:05d}-of-01024.jsonl"), ("redpajama/c4/*.jsonl",)),
-    ("redpajama", "github", 2,
-     _redpajama("github", _code, _rp_github,
-                lambda s, seed: f"filtered_{_hex(seed, 'github', s, n=32)}.sampled.jsonl"),
-     ("redpajama/github/*.jsonl",)),
-    ("redpajama", "stackexchange", 2,
-     _redpajama("stackexchange", st.qa_thread, _rp_stackexchange, _single_file("stackexchange")),
-     ("redpajama/stackexchange/*.jsonl",)),
-    ("redpajama", "wikipedia", 2,
-     _redpajama("wikipedia", st.wiki_article, _rp_wikipedia, _single_file("wiki")), ("redpajama/wikipedia/*.jsonl",)),
-    ("pile", "default", 2, _pile_dedup,
-     ("pile/the_pile_deduplicated/data/*.parquet", "pile/original/train/*.jsonl.zst")),
+    (
+        "redpajama",
+        "arxiv",
+        2,
+        _redpajama("arxiv", st.latex_paper, _rp_arxiv, _arxiv_name),
+        ("redpajama/arxiv/*.jsonl",),
+    ),
+    (
+        "redpajama",
+        "book",
+        2,
+        _redpajama("book", st.book_chapter, _rp_book, _single_file("book")),
+        ("redpajama/book/*.jsonl",),
+    ),
+    (
+        "redpajama",
+        "c4",
+        2,
+        _redpajama("c4", st.web_page, _rp_c4, lambda s, _: f"c4-train.{s:05d}-of-01024.jsonl"),
+        ("redpajama/c4/*.jsonl",),
+    ),
+    (
+        "redpajama",
+        "github",
+        2,
+        _redpajama(
+            "github",
+            _code,
+            _rp_github,
+            lambda s, seed: f"filtered_{_hex(seed, 'github', s, n=32)}.sampled.jsonl",
+        ),
+        ("redpajama/github/*.jsonl",),
+    ),
+    (
+        "redpajama",
+        "stackexchange",
+        2,
+        _redpajama("stackexchange", st.qa_thread, _rp_stackexchange, _single_file("stackexchange")),
+        ("redpajama/stackexchange/*.jsonl",),
+    ),
+    (
+        "redpajama",
+        "wikipedia",
+        2,
+        _redpajama("wikipedia", st.wiki_article, _rp_wikipedia, _single_file("wiki")),
+        ("redpajama/wikipedia/*.jsonl",),
+    ),
+    (
+        "pile",
+        "default",
+        2,
+        _pile_dedup,
+        ("pile/the_pile_deduplicated/data/*.parquet", "pile/original/train/*.jsonl.zst"),
+    ),
     ("pile", "default", 1, _pile_original, ()),
     ("dolma", "stack", 2, _dolma("stack"), ("dolma/v1_6/stack/*.json.gz",)),
     ("dolma", "reddit", 2, _dolma("reddit"), ("dolma/v1_6/reddit/*.json.gz",)),
     ("dolma", "pes2o", 2, _dolma("pes2o"), ("dolma/v1_6/pes2o/*.json.gz",)),
     ("dolma", "gutenberg", 2, _dolma("gutenberg"), ("dolma/v1_6/books/*.json.gz",)),
     ("dolma", "wiki", 2, _dolma("wiki"), ("dolma/v1_6/wiki/*.json.gz",)),
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -449,7 +508,8 @@ def generate_sample_corpus(
         "sources": entries,
     }
     header = (
-        "# elm-data sample mixture: synthetic text in each corpus' native format (synthetic: true makes every\n"
+        "# elm-data sample mixture: synthetic text in each corpus' native format (synthetic: true makes "
+        "every\n"
         "# record say so: no shard is linked to a real upstream file).\n"
         "# weight = OpenELM's target tokens for the subset, in billions (arXiv 2404.14619).\n"
         "# pile/default lists both the deduplicated parquet shards and an original-Pile .jsonl.zst shard.\n"
@@ -458,6 +518,9 @@ def generate_sample_corpus(
     return corpus
 
 
-def write_sample_corpus(out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1) -> Path:
-    """Write a small corpus for every source/subset in its native format; return the path of ``mixture.yaml``."""
+def write_sample_corpus(
+    out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1
+) -> Path:
+    """Write a small corpus for every source/subset in its native format; return the path of
+    ``mixture.yaml``."""
     return generate_sample_corpus(out_dir, seed=seed, scale=scale, shard_factor=shard_factor).mixture

@@ -33,17 +33,50 @@ ADJECTIVES = _words(
 )
 ADVERBS = _words("quickly often rarely carefully slowly clearly usually largely directly gradually")
 CONNECTORS = (
-    "However,", "In addition,", "As a result,", "For example,", "Meanwhile,", "In practice,", "Still,",
-    "By contrast,", "Over time,", "Later,",
-)  # fmt: skip
+    "However,",
+    "In addition,",
+    "As a result,",
+    "For example,",
+    "Meanwhile,",
+    "In practice,",
+    "Still,",
+    "By contrast,",
+    "Over time,",
+    "Later,",
+)
 NAMES = (
-    "Ada Brennan", "Tomas Okafor", "Mei Lindqvist", "Rafael Duarte", "Ingrid Sato", "Kwame Fischer",
-    "Leila Novak", "Oren Castillo", "Priya Haldane", "Jonas Abara", "Selin Marchetti", "Hugo Tanaka",
-)  # fmt: skip
+    "Ada Brennan",
+    "Tomas Okafor",
+    "Mei Lindqvist",
+    "Rafael Duarte",
+    "Ingrid Sato",
+    "Kwame Fischer",
+    "Leila Novak",
+    "Oren Castillo",
+    "Priya Haldane",
+    "Jonas Abara",
+    "Selin Marchetti",
+    "Hugo Tanaka",
+)
 PLACES = ("Aldermoor", "Kestrel Bay", "Varnholt", "Linden Falls", "Saint Orrin", "Mirecourt", "Tallow Creek")
-DOMAINS = ("example.com", "northwind.org", "fieldnotes.net", "harbourtimes.co.uk", "cityguide.io", "learnhub.edu")
+DOMAINS = (
+    "example.com",
+    "northwind.org",
+    "fieldnotes.net",
+    "harbourtimes.co.uk",
+    "cityguide.io",
+    "learnhub.edu",
+)
 SUBREDDITS = ("askscience", "woodworking", "learnpython", "history", "cooking", "bicycling", "astronomy")
-FIELDS = ("Computer Science", "Biology", "Physics", "Medicine", "Economics", "Materials Science", "Mathematics")
+FIELDS = (
+    "Computer Science",
+    "Biology",
+    "Physics",
+    "Medicine",
+    "Economics",
+    "Materials Science",
+    "Mathematics",
+)
 ARXIV_CATS = ("cs.LG", "math.PR", "astro-ph.GA", "q-bio.NC", "cond-mat.str-el", "stat.ML", "hep-th")
 ACCENTED = ("café", "naïve", "Zürich", "São Paulo", "Ångström", "façade", "Łódź", "déjà vu", "–", "“quoted”")
 
@@ -93,13 +126,17 @@ def url(rng: random.Random) -> str:
 
 
 def title(rng: random.Random, n: int = 4) -> str:
-    return " ".join(w.capitalize() for w in [rng.choice(ADJECTIVES)] + [rng.choice(NOUNS) for _ in range(n - 1)])
+    return " ".join(
+        w.capitalize() for w in [rng.choice(ADJECTIVES)] + [rng.choice(NOUNS) for _ in range(n - 1)]
+    )
 
 
 def web_page(rng: random.Random, words: int) -> str:
     head = title(rng, rng.randint(3, 7))
     body = prose(rng, max(words - 12, 1))
-    tail = f"Read more at {url(rng)}" if rng.random() < 0.5 else f"Posted by {rng.choice(NAMES)} | Share | Reply"
+    tail = (
+        f"Read more at {url(rng)}" if rng.random() < 0.5 else f"Posted by {rng.choice(NAMES)} | Share | Reply"
+    )
     return f"{head}\n\n{body}\n\n{tail}"
 
 
@@ -112,7 +149,8 @@ def latex_paper(rng: random.Random, words: int) -> str:
         name = rng.choice(("Method", "Results", "Related Work", "Analysis", "Experiments", "Discussion"))
         eq = (
             f"\\begin{{equation}}\n  \\mathcal{{L}}_{{{k}}}(\\theta) = \\sum_{{i=1}}^{{N}} "
-            f"\\log p_\\theta(x_i \\mid x_{{<i}}) + \\lambda \\|\\theta\\|_{rng.randint(1, 2)}^2\n\\end{{equation}}"
+            f"\\log p_\\theta(x_i \\mid x_{{<i}}) + \\lambda "
+            f"\\|\\theta\\|_{rng.randint(1, 2)}^2\n\\end{{equation}}"
         )
         chunk = min(words - total, rng.randint(150, 400))
         parts.append(f"\\section{{{name}}}\n\n{prose(rng, chunk)} Let $x \\in \\mathbb{{R}}^{{d}}$.\n\n{eq}")
@@ -135,7 +173,8 @@ def _python_function(rng: random.Random) -> str:
         f"    result = []\n"
         f"    for item in {arg}:\n"
         f"        if item is not None and item != {other}:\n"
-        f"            result.append(item * {rng.randint(2, 9)})  # {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}\n"
+        f"            result.append(item * {rng.randint(2, 9)})  # {rng.choice(ADJECTIVES)} "
+        f"{rng.choice(NOUNS)}\n"
         f"    return result\n"
     )
 
@@ -185,7 +224,9 @@ def source_code(rng: random.Random, words: int, language: str | None = None) -> 
 
 def wiki_article(rng: random.Random, words: int, headings: bool = False) -> str:
     name = title(rng, 2)
-    lead = f"{name} is a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} in {rng.choice(PLACES)}. {sentence(rng)}"
+    lead = (
+        f"{name} is a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} in {rng.choice(PLACES)}. {sentence(rng)}"
+    )
     body = prose(rng, max(words - len(lead.split()), 1))
     if headings:
         sections = body.split("\n\n")
@@ -227,7 +268,9 @@ def paper_abstract(rng: random.Random, words: int) -> str:
 
 def mixed(rng: random.Random, words: int) -> str:
     """Any style, for mixed corpora such as the Pile."""
-    make = rng.choice((web_page, latex_paper, qa_thread, source_code, wiki_article, book_chapter, paper_abstract))
+    make = rng.choice(
+        (web_page, latex_paper, qa_thread, source_code, wiki_article, book_chapter, paper_abstract)
+    )
     return make(rng, words)
 
 
@@ -239,5 +282,7 @@ def short_snippet(rng: random.Random) -> str:
 def short_code(rng: random.Random) -> str:
     """A source file well under 200 characters."""
     language = rng.choice(sorted(LANGUAGES))
-    body = {"Python": "print(__name__)\n", "JavaScript": "module.exports = {};\n", "C": "int x = 1;\n"}[language]
+    body = {"Python": "print(__name__)\n", "JavaScript": "module.exports = {};\n", "C": "int x = 1;\n"}[
+        language
+    ]
     return LANGUAGES[language][2] + body
