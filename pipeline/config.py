@@ -51,8 +51,10 @@ class FilterConfig(Settings):
     # bounded memory. In ``to_dict`` only when not the default, so manifests built before it keep their id.
     max_record_bytes: int = MAX_RECORD_BYTES
     # Drop documents that duplicate an earlier kept one (manifest order): "exact" (same normalized text) or
-    # "minhash" (also near copies, MinHash-LSH); applied by the build over all shards (manifests/dedup_filter.py),
-    # never by the per-document pass. In ``to_dict`` only when set, so manifests built before it keep their id.
+    # "minhash" (also near copies, MinHash-LSH); applied by the build over all shards
+    # (manifests/dedup_filter.py),
+    # never by the per-document pass. In ``to_dict`` only when set, so manifests built before it keep their
+    # id.
     dedup: Literal["exact", "minhash"] | None = None
 
     def __post_init__(self) -> None:
@@ -62,7 +64,9 @@ class FilterConfig(Settings):
         limit = self.max_record_bytes
         _require(_is_int(limit) and limit > 0, "filters.max_record_bytes", "an integer > 0 (bytes)", limit)
         for key in ("nfc_normalization", "min_tokens_counts_bos_eos"):
-            _require(isinstance(getattr(self, key), bool), f"filters.{key}", "true or false", getattr(self, key))
+            _require(
+                isinstance(getattr(self, key), bool), f"filters.{key}", "true or false", getattr(self, key)
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,7 +100,12 @@ class SequenceConfig(Settings):
         for key in ("seq_len", "corenet_words_per_piece"):
             value = getattr(self, key)
             _require(_is_int(value) and value > 0, f"sequences.{key}", "an integer > 0", value)
-        _require(self.pad_id == PAD_ID and _is_int(self.pad_id), "sequences.pad_id", f"{PAD_ID} (PAD_ID)", self.pad_id)
+        _require(
+            self.pad_id == PAD_ID and _is_int(self.pad_id),
+            "sequences.pad_id",
+            f"{PAD_ID} (PAD_ID)",
+            self.pad_id,
+        )
         masks = self.document_masks
         _require(isinstance(masks, bool), "sequences.document_masks", "true or false", masks)
 

@@ -40,9 +40,9 @@ class Counts:
     """Records read, each in one bucket, and what the kept ones hold.
 
     ``docs_read == docs_kept + docs_heldout + docs_filtered + docs_rejected`` by construction: read, filtered
-    and rejected are derived from the buckets. ``chars``, ``tokens`` (no BOS/EOS) and ``segments`` (kept CoreNet
-    pieces, or kept documents in packed mode) are those of kept documents; ``heldout_tokens`` those of held-out
-    documents (passed the pass, never streamed for training). ``pieces_filtered_by_reason``: CoreNet
+    and rejected are derived from the buckets. ``chars``, ``tokens`` (no BOS/EOS) and ``segments`` (kept
+    CoreNet pieces, or kept documents in packed mode) are those of kept documents; ``heldout_tokens`` those of
+    held-out documents (passed the pass, never streamed for training). ``pieces_filtered_by_reason``: CoreNet
     pieces the per-piece rules dropped, counted only when asked (empty in packed mode).
     """
 
@@ -72,7 +72,9 @@ class Counts:
         """One document's outcome from the pass; ``count_pieces``: also count its dropped CoreNet pieces;
         ``heldout``: a document the pass keeps is held out (counted apart from the kept ones)."""
         if count_pieces:
-            self.pieces_filtered_by_reason.update(reason for reason in result.piece_reasons if reason is not None)
+            self.pieces_filtered_by_reason.update(
+                reason for reason in result.piece_reasons if reason is not None
+            )
         if result.kept and heldout:
             self.docs_heldout += 1
             self.heldout_tokens += result.tokens
@@ -114,8 +116,9 @@ class Counts:
 
     @classmethod
     def from_record(cls, record: Any) -> Counts:
-        """The counts a shard record (anything with its count fields) holds; read/filtered/rejected are derived
-        from the buckets, so a record whose sums disagree with its buckets gives counts that differ from it."""
+        """The counts a shard record (anything with its count fields) holds; read/filtered/rejected are
+        derived from the buckets, so a record whose sums disagree with its buckets gives counts that differ
+        from it."""
         return cls(
             docs_kept=record.docs_kept,
             filtered_by_reason=Counter(record.filtered_by_reason),

@@ -1,8 +1,9 @@
-"""A deterministic sample of dropped records, written aside as JSONL for inspection (``dropped_samples.jsonl``).
+"""A deterministic sample of dropped records, written aside as JSONL for inspection
+(``dropped_samples.jsonl``).
 
-For each reason it keeps the ``per_reason`` records with the smallest keys offered; the manifest build (the one
-producer: ``manifests/shard_work.py:dropped_sample``) keys them by manifest order, so the sample is the same
-whatever order workers finish in, and re-offering each shard's committed samples gives the one file.
+For each reason it keeps the ``per_reason`` records with the smallest keys offered; the manifest build (the
+one producer: ``manifests/shard_work.py:dropped_sample``) keys them by manifest order, so the sample is the
+same whatever order workers finish in, and re-offering each shard's committed samples gives the one file.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ class DroppedSamples:
 
     def items(self) -> list[tuple[str, tuple, dict[str, Any]]]:
         """``(reason, key, record)`` of every sample, by reason then key (to store and re-offer them)."""
-        return [(reason, key, record) for reason in sorted(self._by_reason) for key, record in self._by_reason[reason]]
+        return [
+            (reason, key, record)
+            for reason in sorted(self._by_reason)
+            for key, record in self._by_reason[reason]
+        ]
 
     def records(self) -> list[dict[str, Any]]:
         """All samples, by reason then corpus order."""
@@ -64,7 +69,8 @@ class DroppedSamples:
 
 
 def _jsonl_line(record: dict[str, Any]) -> bytes:
-    """One JSONL line in raw UTF-8; a record holding a lone surrogate is written with ASCII escapes (exact, valid)."""
+    """One JSONL line in raw UTF-8; a record holding a lone surrogate is written with ASCII escapes (exact,
+    valid)."""
     try:
         return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     except UnicodeEncodeError:

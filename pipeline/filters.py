@@ -53,7 +53,8 @@ def passes_min_characters(text: str, min_characters: int) -> bool:
     """
     if min_characters <= 0:
         return True
-    for probe in (2 * min_characters + 16, 4 * min_characters + 64):  # most texts are decided by the short one
+    # most texts are decided by the short one
+    for probe in (2 * min_characters + 16, 4 * min_characters + 64):
         if len(text) > probe:
             prefix = text[:probe]
             if _ascii_kept(prefix) >= min_characters or len(normalize_for_length(prefix)) >= min_characters:

@@ -37,7 +37,9 @@ CACHE_ENV_VAR = "ELM_DATA_CACHE"
 LLAMA2_HUB_URI = "hf://meta-llama/Llama-2-7b-hf/tokenizer.model"
 LLAMA2_LICENCE_PAGE = "https://huggingface.co/meta-llama/Llama-2-7b-hf"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 32000  # LLaMA has no pad piece; CoreNet pads with id 32000
-PRECEDENCE = "--tokenizer > config `tokenizer:` > $ELM_DATA_TOKENIZER > the manifest's recorded location > cache"
+PRECEDENCE = (
+    "--tokenizer > config `tokenizer:` > $ELM_DATA_TOKENIZER > the manifest's recorded location > cache"
+)
 _SHORT = f"sha256 {LLAMA2_SHA256[:8]}…{LLAMA2_SHA256[-4:]}"
 
 
@@ -82,7 +84,8 @@ def _read_index() -> dict[str, str]:
 
 
 def cache_model(proto: bytes, uri: str | None = None) -> Path | None:
-    """Keep ``proto`` in the cache under its sha256 (and remember ``uri``); None if the cache is not writable."""
+    """Keep ``proto`` in the cache under its sha256 (and remember ``uri``); None if the cache is not
+    writable."""
     sha = hashlib.sha256(proto).hexdigest()
     path = cached_path(sha)
     try:
@@ -135,7 +138,8 @@ def _processor(proto: bytes, uri: str) -> spm.SentencePieceProcessor:
         return spm.SentencePieceProcessor(model_proto=proto)
     except RuntimeError as e:
         raise TokenizerError(
-            f"{public_uri(uri)} is not a SentencePiece model ({len(proto):,} bytes that do not parse as one); "
+            f"{public_uri(uri)} is not a SentencePiece model ({len(proto):,} bytes that do not parse as "
+            "one); "
             f"point --tokenizer at the Llama-2 tokenizer.model ({_SHORT})"
         ) from e
 
@@ -147,7 +151,9 @@ class LlamaTokenizer:
     Encoding never adds BOS/EOS; sequence forming adds them.
     """
 
-    def __init__(self, uri: str, expected_sha256: str | None = None, num_threads: int = 1, proto: bytes | None = None):
+    def __init__(
+        self, uri: str, expected_sha256: str | None = None, num_threads: int = 1, proto: bytes | None = None
+    ):
         uri = _absolute(str(uri))
         proto = _read_model(uri) if proto is None else proto
         self.uri = public_uri(uri)
@@ -235,13 +241,14 @@ def resolve_tokenizer(
     expected_sha256: str | None = None,
     num_threads: int = 1,
 ) -> LlamaTokenizer:
-    """The tokenizer every command uses: flag > config > ``$ELM_DATA_TOKENIZER`` > manifest's location > cache.
+    """The tokenizer every command uses: flag > config > ``$ELM_DATA_TOKENIZER`` > manifest's location >
+    cache.
 
     ``manifest_info`` is a manifest's ``manifest.json`` (``{"tokenizer": {"uri", "sha256"}}``): its sha256 is
     the one the tokenizer loaded must have (:class:`TokenizerMismatch` otherwise), and when its recorded
     location is gone the cache's copy with that sha256 is used. With nothing given, the cache's copy of the
-    pinned Llama-2 model is used. ``flag`` may be a loaded :class:`LlamaTokenizer` (only its sha256 is checked).
-    Raises :class:`TokenizerError` (one line) on any failure.
+    pinned Llama-2 model is used. ``flag`` may be a loaded :class:`LlamaTokenizer` (only its sha256 is
+    checked). Raises :class:`TokenizerError` (one line) on any failure.
     """
     recorded_uri, recorded_sha = _pinned(manifest_info)
     want = expected_sha256 or recorded_sha
@@ -264,10 +271,12 @@ def resolve_tokenizer(
         return LlamaTokenizer(str(cached_path(sha)), expected_sha256=sha, num_threads=num_threads)
     if recorded_uri:
         raise TokenizerNotFound(
-            f"the manifest's tokenizer {public_uri(recorded_uri)} is gone and no model with sha256 {sha[:12]}… is "
+            f"the manifest's tokenizer {public_uri(recorded_uri)} is gone and no model with sha256 "
+            f"{sha[:12]}… is "
             f"in {cached_path(sha).parent}; pass --tokenizer PATH or export {ENV_VAR}=PATH"
         )
-    return LlamaTokenizer(resolve_tokenizer_uri(None, None), num_threads=num_threads)  # raises the one-line help
+    # raises the one-line help
+    return LlamaTokenizer(resolve_tokenizer_uri(None, None), num_threads=num_threads)
 
 
 def _check(tok: LlamaTokenizer, want: str | None, by: str) -> None:
@@ -281,9 +290,9 @@ def _check(tok: LlamaTokenizer, want: str | None, by: str) -> None:
 def fetch_tokenizer(uri: str = LLAMA2_HUB_URI, sha256: str | None = LLAMA2_SHA256) -> LlamaTokenizer:
     """Download ``uri`` (default: the Llama-2 model on the hub) into the cache; a wrong sha256 is refused.
 
-    The default hub model, or a ``uri`` fetched before, whose pinned ``sha256`` is already in the cache (from any
-    location: the cache is keyed by content) is that model, re-hashed as it loads: nothing is downloaded, so it
-    works offline and without a hub login. Another ``uri`` is read, so that a wrong one still fails.
+    The default hub model, or a ``uri`` fetched before, whose pinned ``sha256`` is already in the cache (from
+    any location: the cache is keyed by content) is that model, re-hashed as it loads: nothing is downloaded,
+    so it works offline and without a hub login. Another ``uri`` is read, so that a wrong one still fails.
     """
     known = uri == LLAMA2_HUB_URI or _read_index().get(public_uri(_absolute(uri))) == sha256
     if sha256 and known and cached_path(sha256).exists():
@@ -291,5 +300,7 @@ def fetch_tokenizer(uri: str = LLAMA2_HUB_URI, sha256: str | None = LLAMA2_SHA25
     proto = _read_model(_absolute(uri))
     got = hashlib.sha256(proto).hexdigest()
     if sha256 and got != sha256:
-        raise TokenizerMismatch(f"{public_uri(uri)} has sha256 {got}, not the pinned {sha256}; refused (not cached)")
+        raise TokenizerMismatch(
+            f"{public_uri(uri)} has sha256 {got}, not the pinned {sha256}; refused (not cached)"
+        )
     return LlamaTokenizer(uri, expected_sha256=sha256, proto=proto)

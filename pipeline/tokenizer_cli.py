@@ -13,7 +13,9 @@ from elm_data.sources.remote_option import retries_option
 @retries_option
 @click.argument("uri", default=LLAMA2_HUB_URI)
 @click.option("--sha256", default=LLAMA2_SHA256, show_default=True, help="The sha256 the file must have.")
-@click.option("--any-sha", is_flag=True, help="Accept whatever the file's sha256 is (another SentencePiece model).")
+@click.option(
+    "--any-sha", is_flag=True, help="Accept whatever the file's sha256 is (another SentencePiece model)."
+)
 def fetch(uri: str, sha256: str, any_sha: bool) -> None:
     """Download URI (default: the Llama-2 model, with your hub login) into the cache, pinned by sha256.
 
@@ -25,10 +27,15 @@ def fetch(uri: str, sha256: str, any_sha: bool) -> None:
     pinned = None if any_sha else sha256
     if pinned and uri == LLAMA2_HUB_URI and cached_path(pinned).exists():
         tok = fetch_tokenizer(uri, pinned)  # the cached copy, re-hashed; nothing downloaded
-        click.echo(f"already cached: sha256 {tok.sha256} (vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}")
+        click.echo(
+            f"already cached: sha256 {tok.sha256} (vocabulary {tok.vocab_size:,}) at "
+            f"{cached_path(tok.sha256)}"
+        )
         return
     tok = fetch_tokenizer(uri, pinned)
-    click.echo(f"cached {tok.uri} (sha256 {tok.sha256}, vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}")
+    click.echo(
+        f"cached {tok.uri} (sha256 {tok.sha256}, vocabulary {tok.vocab_size:,}) at {cached_path(tok.sha256)}"
+    )
 
 
 @command("show")

@@ -26,20 +26,22 @@ from .plan import BatchPlan, PlannedDoc
 from .reading import DocumentFetcher, StreamIntegrityError
 from .sequences import FramedDoc, frame_documents
 
-LOOKAHEAD_TOKENS = 1 << 16  # planned tokens (stream units) whose new documents are fetched and passed together
+# planned tokens (stream units) whose new documents are fetched and passed together
+LOOKAHEAD_TOKENS = 1 << 16
 
 Planned = tuple[int, BatchPlan, Any]  # (partition, batch plan, cursor after it)
 Key = tuple[int, int, int]  # (shard, record index, stream position) of a document: one occurrence of it
 
 
 def _key(doc: PlannedDoc) -> Key:
-    return doc.shard, doc.index, doc.start  # a weighted stream draws a document again after its source restarts
+    # a weighted stream draws a document again after its source restarts
+    return doc.shard, doc.index, doc.start
 
 
 def steps(planned: Iterable[Planned], budget: int) -> Iterator[list[Planned]]:
-    """``planned`` in consecutive runs whose documents starting in them hold about ``budget`` units (at least one
-    batch per run: with ``budget`` <= 0, one run per batch). When the plan fails (a ledger refused as it is
-    read), the batches planned before the failure come out first, then the error, as without lookahead."""
+    """``planned`` in consecutive runs whose documents starting in them hold about ``budget`` units (at least
+    one batch per run: with ``budget`` <= 0, one run per batch). When the plan fails (a ledger refused as it
+    is read), the batches planned before the failure come out first, then the error, as without lookahead."""
     run: list[Planned] = []
     units = 0
     items = iter(planned)
@@ -86,7 +88,8 @@ class PassedAhead:
         self.refused: dict[Key, Exception] = {}
 
     def prepare(self, run: list[Planned]) -> None:
-        """Fetch, pass, check and frame the documents of ``run`` not held yet, in the order the batches need them."""
+        """Fetch, pass, check and frame the documents of ``run`` not held yet, in the order the batches need
+        them."""
         if self.halt is not None:
             return
         wanted: list[tuple[int, PlannedDoc]] = []
@@ -117,7 +120,8 @@ class PassedAhead:
             del self.held[p][_key(d)]
 
     def _passed(self, docs: list) -> list[PassResult]:
-        """The pass over ``docs`` in one call; if it fails, one by one up to the document that fails (``halt``)."""
+        """The pass over ``docs`` in one call; if it fails, one by one up to the document that fails
+        (``halt``)."""
         try:
             return self.doc_pass.process(docs)
         except Exception:

@@ -62,11 +62,15 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
         f"{stats['tokens']:,} tokens in {stats['token_slots']:,} slots"
     )
     click.echo(f"  padding:   {stats['pad_tokens']:,} slots ({stats['padding_fraction']:.2%})")
-    click.echo(f"  discarded: {stats['discarded_tokens']:,} tokens ({stats['discarded_fraction']:.2%}) by truncation")
+    click.echo(
+        f"  discarded: {stats['discarded_tokens']:,} tokens ({stats['discarded_fraction']:.2%}) by truncation"
+    )
     if "remote" in stats:
         r = stats["remote"]
-        click.echo(f"  remote:    {r['bytes_fetched']:,} bytes fetched, {r['bytes_from_cache']:,} from the cache, "
-                   f"{r['retries']} retried ({json.dumps(r['retries_by_reason'])})")  # fmt: skip
+        click.echo(
+            f"  remote:    {r['bytes_fetched']:,} bytes fetched, {r['bytes_from_cache']:,} from the cache, "
+            f"{r['retries']} retried ({json.dumps(r['retries_by_reason'])})"
+        )
     for key, n in stats["tokens_by_source"].items():
         click.echo(f"  {key:<28} {n:>14,} tokens")
 
@@ -86,7 +90,9 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     default=None,
     help="Sequence length (rows are seq_len+1). Default: manifest's.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per batch."
+)
 @click.option("--take", type=click.IntRange(min=0), default=4, show_default=True, help="Sequences to print.")
 @click.option(
     "--format",
@@ -116,21 +122,26 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--full-pass",
     is_flag=True,
-    help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the manifest.",
+    help="Stream one whole natural pass (no printing); report stats and the tokens consumed against the "
+    "manifest.",
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="DataLoader worker processes reading the stream (0: this process); ranks x workers must divide --partitions.",
+    help="DataLoader worker processes reading the stream (0: this process); ranks x workers must divide "
+    "--partitions.",
 )
 @click.option(
     "--cache-dir",
     default=None,
-    help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: none.",
+    help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: "
+    "none.",
 )
-@click.option("--cache-max-bytes", type=click.IntRange(min=1), default=None, help="The cache's size limit (64 GiB).")
+@click.option(
+    "--cache-max-bytes", type=click.IntRange(min=1), default=None, help="The cache's size limit (64 GiB)."
+)
 @click.option(
     "--readahead-bytes",
     type=click.IntRange(min=0),
@@ -138,9 +149,22 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     help="Remote blocks fetched ahead of the reader, in bytes (64 MiB; 0: off).",
 )
 def stream(
-    manifest_dir: Path, mode, seq_len, batch_size, take, fmt, weights, seed, partitions, tokenizer, full_pass,
-    workers, cache_dir, cache_max_bytes, readahead_bytes,
-) -> None:  # fmt: skip
+    manifest_dir: Path,
+    mode,
+    seq_len,
+    batch_size,
+    take,
+    fmt,
+    weights,
+    seed,
+    partitions,
+    tokenizer,
+    full_pass,
+    workers,
+    cache_dir,
+    cache_max_bytes,
+    readahead_bytes,
+) -> None:
     """Print the training sequences of MANIFEST_DIR with their provenance, then padding/discard stats.
 
     Every span names the source/subset, document id, record index and shard sha256 of the tokens it
@@ -153,7 +177,11 @@ def stream(
 
     pyarrow_without_implicit_pandas()  # this process uses no pandas, nor (tensors=False below) torch
 
-    cache = {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {}) if cache_dir else None
+    cache = (
+        {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {})
+        if cache_dir
+        else None
+    )
     network = NetworkSettings.from_config(None, cache, readahead_bytes)  # retries: --retries
 
     ts = TokenStream(
@@ -188,13 +216,17 @@ def _full_pass(ts, loader, as_json: bool) -> None:
     from .consumed import expected_natural_pass
 
     total = sum(expected_natural_pass(ts.manifest.shards).values()) if ts.config.mode == "packed" else None
-    with tqdm(total=total, unit="tok", unit_scale=True, desc="streaming one natural pass", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, unit="tok", unit_scale=True, desc="streaming one natural pass", dynamic_ncols=True
+    ) as bar:
         for _ in loader:  # the bar counts the tokens consumed so far (packed: of the pass's known total)
             bar.update(sum(loader.consumed.to_dict().values()) - bar.n)
     stats = loader.stats()
     if ts.config.mode == "packed":
         expected = expected_natural_pass(ts.manifest.shards)
-        stats["consumed_matches_manifest"] = loader.consumed.to_dict() == {k: v for k, v in expected.items() if v}
+        stats["consumed_matches_manifest"] = loader.consumed.to_dict() == {
+            k: v for k, v in expected.items() if v
+        }
     _print_stats(stats, as_json)
     if not as_json and "consumed_matches_manifest" in stats:
         verdict = "equal" if stats["consumed_matches_manifest"] else "DIFFER FROM"

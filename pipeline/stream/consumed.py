@@ -45,7 +45,8 @@ class StreamStats:
     tokens_by_source: Counter = field(default_factory=Counter)
 
     def add(self, batch: Mapping[str, Any]) -> None:
-        """Count one stream batch (``input_ids``, ``pad_tokens``, ``discarded_tokens``, ``tokens_by_source``)."""
+        """Count one stream batch (``input_ids``, ``pad_tokens``, ``discarded_tokens``,
+        ``tokens_by_source``)."""
         sequences = len(batch["input_ids"])
         self.batches += 1
         self.sequences += sequences
@@ -73,7 +74,8 @@ class StreamStats:
 
 
 def expected_natural_pass(manifest_shards, mode: str = "packed") -> dict[str, int]:
-    """What one natural packed pass must feed per source: kept tokens + BOS/EOS per kept segment (invariant 2)."""
+    """What one natural packed pass must feed per source: kept tokens + BOS/EOS per kept segment (invariant
+    2)."""
     if mode != "packed":
         raise ValueError("only packed mode feeds every kept token; corenet truncates pieces to seq_len + 1")
     out: Counter = Counter()

@@ -1,4 +1,5 @@
-"""The resumable training stream: partitions → verified blocks → per-document pass → sequences → whole batches.
+"""The resumable training stream: partitions → verified blocks → per-document pass → sequences → whole
+batches.
 
 ``TokenStream`` is what to stream (a manifest, a plan config, this rank's place) and never changes once
 made; ``TokenStream.readers(position)`` is what a reader (this process, or a DataLoader worker) iterates, and
@@ -51,8 +52,8 @@ from .sequences import LAYOUTS, Span, span_base_of
 
 
 class StreamBatch(TypedDict, total=False):
-    """One batch of the stream (the fields :class:`TokenStream` documents); arrays are tensors, or numpy arrays
-    when read with ``numpy``. ``spans``: with ``provenance``; ``segment_ids``: with ``document_masks``;
+    """One batch of the stream (the fields :class:`TokenStream` documents); arrays are tensors, or numpy
+    arrays when read with ``numpy``. ``spans``: with ``provenance``; ``segment_ids``: with ``document_masks``;
     ``remote_reads``: only when there were any since the reader's last batch."""
 
     input_ids: Any
@@ -98,13 +99,15 @@ def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any])
     expected = info["tokenizer"]["sha256"]
     if tokenizer.sha256 != expected:
         raise TokenizerMismatch(
-            f"tokenizer {tokenizer.uri} has sha256 {tokenizer.sha256}, but the manifest was counted with {expected}"
+            f"tokenizer {tokenizer.uri} has sha256 {tokenizer.sha256}, but the manifest was counted with "
+            f"{expected}"
         )
     return tokenizer
 
 
 class TokenStream:
-    """Whole batches of a manifest's kept documents: deterministic, partitioned over ranks and workers, resumable.
+    """Whole batches of a manifest's kept documents: deterministic, partitioned over ranks and workers,
+    resumable.
 
     Each batch is a dict: ``input_ids`` LongTensor[B, seq_len + 1]; ``spans`` (when ``provenance``): per
     sequence, a list of ``{source, subset, shard_sha256, doc_id, index, doc_start, doc_end, start, end}``
@@ -116,13 +119,13 @@ class TokenStream:
     remote stores by this reader since its last batch, see ``sources/remote.py``). At the end of a finite
     stream a partition's last batch may be short and a partition whose data ended gives empty batches (B = 0).
 
-    ``manifest``: a :class:`Manifest` already open (and so verified) in this process, or its directory. The stream
-    holds no position: iterating it reads this rank's batches from the start; :meth:`readers`
-    gives a dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
+    ``manifest``: a :class:`Manifest` already open (and so verified) in this process, or its directory. The
+    stream holds no position: iterating it reads this rank's batches from the start; :meth:`readers` gives a
+    dataset standing anywhere (``StreamLoader`` keeps the position and resumes with it).
 
     ``reader_memory``: the verified block bytes each reading process holds in memory at most (default
-    ``ELM_DATA_READER_MEMORY`` or 128 MiB; beyond it, blocks wait in temp files: ``sources.blocks.HeldBlocks``).
-    It changes no byte of the stream.
+    ``ELM_DATA_READER_MEMORY`` or 128 MiB; beyond it, blocks wait in temp files:
+    ``sources.blocks.HeldBlocks``). It changes no byte of the stream.
     """
 
     def __init__(
@@ -150,7 +153,8 @@ class TokenStream:
         self.network = NetworkSettings.current()  # applied again in each DataLoader worker
         if not 0 <= rank < world_size:
             raise PlanError(f"rank {rank} is outside world_size {world_size}")
-        if not isinstance(manifest, Manifest) or not manifest.verified:  # one open and verified is used as it is
+        # one open and verified is used as it is
+        if not isinstance(manifest, Manifest) or not manifest.verified:
             manifest = Manifest(manifest.path if isinstance(manifest, Manifest) else manifest)
         self.manifest_dir = manifest.path
         info = manifest.info
@@ -179,7 +183,8 @@ class TokenStream:
         return dict(self.__dict__, _manifest=None, _plan=None)
 
     def reopened(self) -> TokenStream:
-        """A copy that reopens and re-checks its manifest on first use (a forked worker inherits the parent's)."""
+        """A copy that reopens and re-checks its manifest on first use (a forked worker inherits the
+        parent's)."""
         return copy.copy(self)
 
     @property
@@ -239,7 +244,8 @@ class TokenStream:
         maker = _BatchMaker(self, plan, numpy)
         try:
             partitions = list(partitions)
-            for p in partitions:  # a partition read from its start fetches every source's first blocks at once
+            # a partition read from its start fetches every source's first blocks at once
+            for p in partitions:
                 if first_batch_of(p, global_batch, plan.partitions) == 0:
                     maker.fetcher(p, warm=True)
             yield from maker.run(planned_batches(plan, partitions, global_batch, cursors))
@@ -248,8 +254,9 @@ class TokenStream:
 
 
 class StreamReaders:
-    """One rank's batches of a stream from a position, iterated in this process or by a ``DataLoader``'s workers
-    (``torch_data.data_loader``; this module imports no torch: a stream read in one process never needs it).
+    """One rank's batches of a stream from a position, iterated in this process or by a ``DataLoader``'s
+    workers (``torch_data.data_loader``; this module imports no torch: a stream read in one process never
+    needs it).
 
     DataLoader worker ``w`` of ``W`` reads the partitions ``plan.readers_layout(rank, world_size, W)[w]`` and
     yields their batches in global order, ``batches_per_item`` consecutive ones per item (a list when > 1, the
@@ -259,7 +266,12 @@ class StreamReaders:
     """
 
     def __init__(
-        self, stream: TokenStream, global_batch: int, cursors: dict[int, Cursor], batches_per_item: int, numpy: bool
+        self,
+        stream: TokenStream,
+        global_batch: int,
+        cursors: dict[int, Cursor],
+        batches_per_item: int,
+        numpy: bool,
     ):
         self.stream, self.global_batch, self.cursors = stream, global_batch, cursors
         self.batches_per_item, self.numpy = batches_per_item, numpy
@@ -286,7 +298,8 @@ class StreamReaders:
 
 
 def _worker_info() -> Any:
-    """torch's ``get_worker_info()`` in a DataLoader worker, else None (torch not imported: no DataLoader runs)."""
+    """torch's ``get_worker_info()`` in a DataLoader worker, else None (torch not imported: no DataLoader
+    runs)."""
     data = sys.modules.get("torch.utils.data")
     return None if data is None else data.get_worker_info()
 
@@ -299,9 +312,9 @@ def _from_numpy(array: Any) -> Any:
 
 class _BatchMaker:
     """Reads, checks and lays out planned batches. Per partition: one ``DocumentFetcher`` (one open reader per
-    source) and the framed documents of its next batches (``ahead.PassedAhead``: fetched and passed in steps of
-    the plan, held until their last batch), so a document spanning batches is read and tokenized once. Every
-    document's pass outcome must be the manifest's (else :class:`StreamIntegrityError`)."""
+    source) and the framed documents of its next batches (``ahead.PassedAhead``: fetched and passed in steps
+    of the plan, held until their last batch), so a document spanning batches is read and tokenized once.
+    Every document's pass outcome must be the manifest's (else :class:`StreamIntegrityError`)."""
 
     def __init__(self, stream: TokenStream, plan: Plan, numpy: bool):
         self.stream, self.plan, self.config = stream, plan, plan.config
@@ -310,7 +323,8 @@ class _BatchMaker:
         self.span_base = span_base_of(plan)
         self.as_array = (lambda a: a) if numpy else _from_numpy
         self.fetchers: dict[int, DocumentFetcher] = {}
-        self.ahead = PassedAhead(self.doc_pass, self.fetcher, plan.manifest.shards)  # documents held per partition
+        # documents held per partition
+        self.ahead = PassedAhead(self.doc_pass, self.fetcher, plan.manifest.shards)
         self.remote_seen = remote.STATS.to_dict()  # this process' remote reads counted into batches so far
 
     def close(self) -> None:
@@ -318,8 +332,8 @@ class _BatchMaker:
             fetcher.close()  # a stream stopped early (or failing) leaves no shard open
 
     def fetcher(self, p: int, warm: bool = False) -> DocumentFetcher:
-        """Partition ``p``'s fetcher (made on first use); ``warm``: its read-ahead starts at every source's first
-        block now (a partition read from its start)."""
+        """Partition ``p``'s fetcher (made on first use); ``warm``: its read-ahead starts at every source's
+        first block now (a partition read from its start)."""
         if p not in self.fetchers:
             walk = PartitionWalk(self.plan, p) if readahead_settings()["bytes"] > 0 else None
             self.fetchers[p] = DocumentFetcher(self.plan.manifest, walk)
@@ -328,8 +342,8 @@ class _BatchMaker:
         return self.fetchers[p]
 
     def run(self, planned: Iterable[tuple[int, BatchPlan, Cursor]]) -> Iterator[dict[str, Any]]:
-        """The batches of ``planned``, in order; the new documents of the next ``ahead.LOOKAHEAD_TOKENS`` planned
-        tokens are fetched, passed and framed together before the first of their batches is made."""
+        """The batches of ``planned``, in order; the new documents of the next ``ahead.LOOKAHEAD_TOKENS``
+        planned tokens are fetched, passed and framed together before the first of their batches is made."""
         for run in steps(planned, ahead.LOOKAHEAD_TOKENS):
             self.ahead.prepare(run)
             for p, batch_plan, cursor in run:
@@ -339,8 +353,14 @@ class _BatchMaker:
         """One stream batch (see :class:`TokenStream`) of partition ``p``."""
         framed = self.ahead.framed(p, planned)
         config, stream = self.config, self.stream
-        rows = self.layout(planned, lambda d: framed[d.shard, d.index, d.start], self.span_base, config.window,
-                           stream.sequences.pad_id, stream.document_masks)  # fmt: skip
+        rows = self.layout(
+            planned,
+            lambda d: framed[d.shard, d.index, d.start],
+            self.span_base,
+            config.window,
+            stream.sequences.pad_id,
+            stream.document_masks,
+        )
         self.ahead.release(p, planned, planned.start + config.units_per_batch)
         batch: StreamBatch = {
             "input_ids": self.as_array(rows.input_ids),
@@ -354,7 +374,8 @@ class _BatchMaker:
         if stream.provenance:
             batch["spans"] = rows.spans
         reads = remote.STATS.since(self.remote_seen)
-        if remote.any_counted(reads):  # remote reads since the last batch (StreamLoader sums them in its stats)
+        # remote reads since the last batch (StreamLoader sums them in its stats)
+        if remote.any_counted(reads):
             batch["remote_reads"], self.remote_seen = reads, remote.STATS.to_dict()
         if rows.segment_ids is not None:
             batch["segment_ids"] = self.as_array(rows.segment_ids)

@@ -1,8 +1,10 @@
-"""``StreamLoader``: the stream's batches in global order from any number of DataLoader workers, and its state.
+"""``StreamLoader``: the stream's batches in global order from any number of DataLoader workers, and its
+state.
 
 The loader owns the position (``global_batches`` and one cursor per partition), the tokens consumed per
 source and the stats of what it handed out; the ``TokenStream`` it reads is never changed. The state's
-format and :func:`~.state.merge_states` are in ``state.py``; resuming reads from the cursors on, never the past.
+format and :func:`~.state.merge_states` are in ``state.py``; resuming reads from the cursors on, never the
+past.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .state import StreamState, check_state, stream_state
 
 
 class StreamLoader:
-    """``DataLoader(stream.readers(...), batch_size=None)`` that hands batches out in global order with exact state.
+    """``DataLoader(stream.readers(...), batch_size=None)`` that hands batches out in global order with exact
+    state.
 
     With workers, each worker sends ``batches_per_item`` of its batches per DataLoader item (default: enough
     for about ``ITEM_TOKENS`` token slots), so the DataLoader's per-item cost (about 0.6 ms of the main
@@ -58,7 +61,8 @@ class StreamLoader:
     ):
         if batches_per_item is not None and batches_per_item < 1:
             raise PlanError(f"batches_per_item must be >= 1, got {batches_per_item}")
-        stream.plan().readers_layout(stream.rank, stream.world_size, max(1, num_workers))  # fails now, not later
+        # fails now, not later
+        stream.plan().readers_layout(stream.rank, stream.world_size, max(1, num_workers))
         self.stream = stream
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
@@ -87,12 +91,18 @@ class StreamLoader:
             return readers
         from .torch_data import data_loader
 
-        return data_loader(readers, self.num_workers, self.prefetch_factor or 2, self.worker_init_fn,
-                           self.multiprocessing_context)  # fmt: skip
+        return data_loader(
+            readers,
+            self.num_workers,
+            self.prefetch_factor or 2,
+            self.worker_init_fn,
+            self.multiprocessing_context,
+        )
 
     def __iter__(self) -> Iterator[StreamBatch]:
         rank = self.stream.rank
-        pin = self.pin_memory and self.tensors and _cuda()  # as DataLoader(pin_memory=True): a no-op without a GPU
+        # as DataLoader(pin_memory=True): a no-op without a GPU
+        pin = self.pin_memory and self.tensors and _cuda()
         waiting: dict[int, StreamBatch] = {}  # batches of the current round of items, by global index
         for item in self._loader():
             for batch in item if isinstance(item, list) else (item,):
@@ -100,10 +110,13 @@ class StreamLoader:
             while (expected := self.global_batches + rank) in waiting:
                 yield self._hand_out(waiting.pop(expected), pin)
         if waiting:
-            raise RuntimeError(f"stream out of order: batches {sorted(waiting)} arrived, {expected} never did")
+            raise RuntimeError(
+                f"stream out of order: batches {sorted(waiting)} arrived, {expected} never did"
+            )
 
     def _hand_out(self, batch: StreamBatch, pin: bool) -> StreamBatch:
-        """Make the batch's arrays tensors (pinned with ``pin``) and move the position and the counts past it."""
+        """Make the batch's arrays tensors (pinned with ``pin``) and move the position and the counts past
+        it."""
         for key in ("input_ids", "segment_ids"):
             if self.tensors and isinstance(batch.get(key), np.ndarray):
                 batch[key] = _from_numpy(batch[key])
@@ -128,15 +141,17 @@ class StreamLoader:
     def state_dict(self) -> StreamState:
         s = self.stream
         layout = (self.batches, s.rank, s.world_size)
-        return stream_state(s.manifest_id, s.config, self.global_batches, self.cursors, self.consumed.to_dict(), layout)
+        return stream_state(
+            s.manifest_id, s.config, self.global_batches, self.cursors, self.consumed.to_dict(), layout
+        )
 
     def load_state_dict(self, state: StreamState) -> None:
         """Make the next batch exactly the one an uninterrupted run would hand out next.
 
         ``state``: this rank's own state (same ``world_size``), or :func:`~.state.merge_states` of all ranks'
-        states (any ``world_size`` dividing the partition count that also divides ``global_batches``); a merged
-        state's ``consumed`` counts the whole run, so only rank 0 takes it over (summing the ranks' counts
-        then gives the run's total).
+        states (any ``world_size`` dividing the partition count that also divides ``global_batches``); a
+        merged state's ``consumed`` counts the whole run, so only rank 0 takes it over (summing the ranks'
+        counts then gives the run's total).
         """
         s = self.stream
         check_state(state, s.manifest_id, s.config, s.rank, s.world_size)

@@ -39,7 +39,8 @@ def permutation(n: int, seed: int, *parts: object) -> list[int]:
 
 
 def proportional_draws(counts: Sequence[int], seed: int, drawn: Sequence[int] | None = None) -> Iterator[int]:
-    """The source of every next item until each source ``i`` gave ``counts[i]``, after ``drawn[i]`` were taken."""
+    """The source of every next item until each source ``i`` gave ``counts[i]``, after ``drawn[i]`` were
+    taken."""
     rng = random.Random(seed)
     phases = [rng.random() for _ in counts]
     taken = list(drawn or [0] * len(counts))

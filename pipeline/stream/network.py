@@ -32,7 +32,9 @@ class NetworkSettings:
             or not isinstance(self.readahead_bytes, int)
             or self.readahead_bytes < 0
         ):
-            raise InvalidValue(f"readahead_bytes: expected an integer >= 0 (0: off), got {self.readahead_bytes!r}")
+            raise InvalidValue(
+                f"readahead_bytes: expected an integer >= 0 (0: off), got {self.readahead_bytes!r}"
+            )
 
     @classmethod
     def from_config(
@@ -42,11 +44,13 @@ class NetworkSettings:
         readahead_bytes: int | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> NetworkSettings:
-        """From a config's sections (each None: this process' current setting); a command's ``--retries`` beats
-        the config's attempts (``remote.effective``), here and in the workers the settings travel to."""
+        """From a config's sections (each None: this process' current setting); a command's ``--retries``
+        beats the config's attempts (``remote.effective``), here and in the workers the settings travel to."""
         now = cls.current()
         return cls(
-            retries=remote.effective(remote.RetryPolicy.from_dict(retries)) if retries is not None else now.retries,
+            retries=remote.effective(remote.RetryPolicy.from_dict(retries))
+            if retries is not None
+            else now.retries,
             cache=CacheConfig.from_dict(cache) if cache is not None else now.cache,
             readahead_bytes=now.readahead_bytes if readahead_bytes is None else readahead_bytes,
             storage_options=remote.storage_options(storage_options) or now.storage_options,
@@ -54,7 +58,12 @@ class NetworkSettings:
 
     @classmethod
     def current(cls) -> NetworkSettings:
-        return cls(remote.policy(), cache_config(), readahead_settings()["bytes"], remote.settings()["storage_options"])
+        return cls(
+            remote.policy(),
+            cache_config(),
+            readahead_settings()["bytes"],
+            remote.settings()["storage_options"],
+        )
 
     def apply(self) -> None:
         """Make these the settings of this process' remote reads."""

@@ -25,8 +25,8 @@ from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Units
 
 
 class Mixer(TypedDict, total=False):
-    """Where a partition's source draws stand: natural mode's ``epoch``, or weighted mode's ``draws`` so far, and
-    the documents ``drawn`` from each source (in this epoch, natural mode)."""
+    """Where a partition's source draws stand: natural mode's ``epoch``, or weighted mode's ``draws`` so far,
+    and the documents ``drawn`` from each source (in this epoch, natural mode)."""
 
     epoch: int
     draws: int
@@ -34,8 +34,8 @@ class Mixer(TypedDict, total=False):
 
 
 class Cursor(TypedDict, total=False):
-    """A partition's position before its batch ``batch``: the head document's first unit and the mixer before it
-    was drawn, or ``done`` once its data has ended. Plain types: saved in the stream state."""
+    """A partition's position before its batch ``batch``: the head document's first unit and the mixer before
+    it was drawn, or ``done`` once its data has ended. Plain types: saved in the stream state."""
 
     batch: int
     head_start: int
@@ -65,7 +65,8 @@ class PartitionWalk:
 
     # -- documents ---------------------------------------------------------------------------------
     def _draws(self, mixer: Mixer) -> Iterator[tuple[int, int, int, Mixer]]:
-        """``(source, epoch, position in that epoch, mixer state before this draw)`` for every next document."""
+        """``(source, epoch, position in that epoch, mixer state before this draw)`` for every next
+        document."""
         c = self.config
         drawn = list(mixer["drawn"])
         if c.natural:
@@ -94,7 +95,8 @@ class PartitionWalk:
         return run
 
     def block_order(self, src: int) -> Iterator[tuple[int, int]]:
-        """Every ``(shard, block)`` source ``src`` reads, in order, epoch after epoch (what read-ahead fetches)."""
+        """Every ``(shard, block)`` source ``src`` reads, in order, epoch after epoch (what read-ahead
+        fetches)."""
         epoch = 0
         while (self.config.epochs is None or epoch < self.config.epochs) and len(self.runs[src]):
             run = self._epoch_run(src, epoch)
@@ -120,7 +122,8 @@ class PartitionWalk:
                     continue
                 table = self.plan.manifest.block_documents(shard, block)
                 cols = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).to_pydict()
-                kept = frozenset(cols["index"])  # the block's kept records, whatever document the walk starts at
+                # the block's kept records, whatever document the walk starts at
+                kept = frozenset(cols["index"])
                 for row in zip(*(cols[c][k:] for c in LEDGER_COLUMNS), strict=True):
                     yield shard, *row, kept
                 k = 0
@@ -190,7 +193,8 @@ def first_batch_of(p: int, global_batch: int, partitions: int) -> int:
 def planned_batches(
     plan: Plan, partitions: Iterable[int], global_batch: int = 0, cursors: Mapping[int, Cursor] | None = None
 ) -> Iterator[tuple[int, BatchPlan, Cursor]]:
-    """``(partition, batch, cursor after it)`` for ``partitions``, in global batch order from ``global_batch`` on.
+    """``(partition, batch, cursor after it)`` for ``partitions``, in global batch order from ``global_batch``
+    on.
 
     ``cursors[p]``: partition ``p``'s cursor at its first batch at or after ``global_batch``
     (:func:`first_batch_of`); absent means the partition's start, which is only right when that first
@@ -201,7 +205,9 @@ def planned_batches(
     P, rounds = plan.partitions, plan.rounds()
     walks = {p: PartitionWalk(plan, p) for p in partitions}
     firsts = {p: first_batch_of(p, global_batch, P) for p in partitions}
-    batches = {p: walks[p].batches(_cursor_at(walks[p], firsts[p], cursors.get(p), global_batch)) for p in partitions}
+    batches = {
+        p: walks[p].batches(_cursor_at(walks[p], firsts[p], cursors.get(p), global_batch)) for p in partitions
+    }
     if not partitions or not any(s.kept_docs for s in plan.sources):
         return
     t = min(firsts.values())
@@ -216,7 +222,8 @@ def planned_batches(
 
 
 def _cursor_at(walk: PartitionWalk, first: int, cursor: Cursor | None, global_batch: int) -> Cursor:
-    """The cursor partition ``walk.p`` resumes from at its batch ``first``; an error when it stands elsewhere."""
+    """The cursor partition ``walk.p`` resumes from at its batch ``first``; an error when it stands
+    elsewhere."""
     if cursor is None and first == 0:
         return walk.start()
     if cursor is None or cursor["batch"] != first:

@@ -1,4 +1,5 @@
-"""The stream's plan: partitions of the manifest's blocks and the global order of batches, from the manifest alone.
+"""The stream's plan: partitions of the manifest's blocks and the global order of batches, from the manifest
+alone.
 
 The plan is a pure function of (manifest, mode, seq_len, batch_size, weights, seed, epochs, partitions).
 The manifest's blocks with kept documents (its *units*) are dealt to ``P = partitions`` partitions:
@@ -55,7 +56,8 @@ class PlanConfig(Settings):
     seq_len: int
     batch_size: int
     seed: int
-    weights: dict[str, float] | None = None  # token shares per "source/subset"; None: natural (each doc once/epoch)
+    # token shares per "source/subset"; None: natural (each doc once/epoch)
+    weights: dict[str, float] | None = None
     epochs: int | None = 1  # natural mode only; None = endless. Weighted mode is always endless.
     partitions: int = MAX_DEFAULT_PARTITIONS
 
@@ -109,9 +111,10 @@ UNIT_FIELDS = ("shard", "lo", "hi", "kept_docs", "units", "tokens")
 
 
 class Units:
-    """A sequence of :class:`Unit` held as arrays (``UNIT_FIELDS``; a unit's blocks are those of ``[lo, hi)`` of its
-    shard that hold kept stream units, ``readable[offsets[shard] + b]``): a plan costs a few numbers per block,
-    not Python objects. Indexing with an int or iterating makes the :class:`Unit`; a slice or :meth:`take` a view.
+    """A sequence of :class:`Unit` held as arrays (``UNIT_FIELDS``; a unit's blocks are those of ``[lo, hi)``
+    of its shard that hold kept stream units, ``readable[offsets[shard] + b]``): a plan costs a few numbers
+    per block, not Python objects. Indexing with an int or iterating makes the :class:`Unit`; a slice or
+    :meth:`take` a view.
     """
 
     __slots__ = (*UNIT_FIELDS, "readable", "offsets")
@@ -138,7 +141,13 @@ class Units:
         if isinstance(i, slice):
             return self.take(i)
         i = range(len(self))[i]
-        return Unit(int(self.shard[i]), self.blocks(i), int(self.kept_docs[i]), int(self.units[i]), int(self.tokens[i]))
+        return Unit(
+            int(self.shard[i]),
+            self.blocks(i),
+            int(self.kept_docs[i]),
+            int(self.units[i]),
+            int(self.tokens[i]),
+        )
 
     def __iter__(self) -> Iterator[Unit]:
         return (self[i] for i in range(len(self)))
@@ -184,15 +193,16 @@ class BatchPlan:
     docs: list[PlannedDoc] = field(default_factory=list)
 
 
-SHARED_READ_LIMIT = 0.01  # a shard is dealt as one unit when every reader of a part would re-read more than this
+# a shard is dealt as one unit when every reader of a part would re-read more than this
+SHARED_READ_LIMIT = 0.01
 
 
 def manifest_units(manifest: Manifest, packed: bool, source_of_shard: np.ndarray) -> tuple[Units, np.ndarray]:
-    """Every unit of the manifest, grouped by source (``source_of_shard``) and in manifest order within each, with
-    the bounds of each source's run (``units[bounds[s]:bounds[s + 1]]``). A unit is one block with kept stream
-    units, or one whole shard when reading a part of it costs blocks every reader must load (parquet magic and
-    footer: blocks without records) above ``SHARED_READ_LIMIT`` of its bytes. Array work, no object per block,
-    and few temporaries (every process of a run plans)."""
+    """Every unit of the manifest, grouped by source (``source_of_shard``) and in manifest order within each,
+    with the bounds of each source's run (``units[bounds[s]:bounds[s + 1]]``). A unit is one block with kept
+    stream units, or one whole shard when reading a part of it costs blocks every reader must load (parquet
+    magic and footer: blocks without records) above ``SHARED_READ_LIMIT`` of its bytes. Array work, no object
+    per block, and few temporaries (every process of a run plans)."""
     counts = manifest.block_counts
     kept_docs, segments = counts.column("kept_docs"), counts.column("kept_segments")
     framed = counts.column("kept_tokens") + 2 * segments
@@ -205,7 +215,8 @@ def manifest_units(manifest: Manifest, packed: bool, source_of_shard: np.ndarray
         picked, shard_of = picked[order], shard_of[order]
     whole = _whole_shards(manifest, counts)
     if whole[shard_of].any():
-        key = np.where(whole[shard_of], -1 - shard_of.astype(np.int64), picked)  # blocks of one unit share a key
+        # blocks of one unit share a key
+        key = np.where(whole[shard_of], -1 - shard_of.astype(np.int64), picked)
         starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
         ends = np.concatenate([starts[1:], [len(picked)]]).astype(np.int64)
     else:  # every unit is one block
@@ -220,14 +231,21 @@ def manifest_units(manifest: Manifest, packed: bool, source_of_shard: np.ndarray
             return values[picked]
         return np.add.reduceat(values[picked], starts)
 
-    columns = {"shard": shard, "lo": (lo - first).astype(np.int32), "hi": (hi - first + 1).astype(np.int32),
-               "kept_docs": summed(kept_docs), "units": summed(units), "tokens": summed(framed)}  # fmt: skip
+    columns = {
+        "shard": shard,
+        "lo": (lo - first).astype(np.int32),
+        "hi": (hi - first + 1).astype(np.int32),
+        "kept_docs": summed(kept_docs),
+        "units": summed(units),
+        "tokens": summed(framed),
+    }
     bounds = np.searchsorted(source_of_shard[shard], np.arange(source_of_shard.max(initial=0) + 2))
     return Units(columns, readable, counts.offsets), bounds
 
 
 def _whole_shards(manifest: Manifest, counts) -> np.ndarray:
-    """Per shard: whether its blocks without records (parquet magic, footer) exceed ``SHARED_READ_LIMIT`` of it."""
+    """Per shard: whether its blocks without records (parquet magic, footer) exceed ``SHARED_READ_LIMIT`` of
+    it."""
     bare = np.flatnonzero(counts.column("records") == 0)
     owner = np.searchsorted(counts.offsets, bare, side="right") - 1
     nbytes = counts.column("end")[bare] - counts.column("start")[bare]
@@ -273,8 +291,8 @@ def _make_sources(manifest: Manifest, mode: str) -> list[SourcePlan]:
 
 
 def manifest_weights(manifest: Manifest) -> dict[str, float] | None:
-    """Mixing weights of the manifest's mixture entries (a subset without one keeps its natural share of the tokens:
-    :func:`~elm_data.manifests.mixture.resolved_weights`), or None when no entry sets one."""
+    """Mixing weights of the manifest's mixture entries (a subset without one keeps its natural share of the
+    tokens: :func:`~elm_data.manifests.mixture.resolved_weights`), or None when no entry sets one."""
     kept = {key: counts.tokens for key, counts in counts_by_subset(manifest.shards).items()}
     return resolved_weights(manifest.info["mixture"], kept)
 
@@ -288,14 +306,15 @@ def check_mode_available(info: dict[str, Any], mode: str) -> None:
     if mode == "corenet" and manifest_mode(info) != "corenet":
         raise PlanError(
             "this manifest was built in packed mode, so it records whole documents and not CoreNet's "
-            "2048-word pieces; rebuild it with `sequences: {mode: corenet}` in the mixture to stream corenet sequences"
+            "2048-word pieces; rebuild it with `sequences: {mode: corenet}` in the mixture to stream corenet "
+            "sequences"
         )
 
 
 def default_partitions(manifest: Manifest, config: PlanConfig) -> int:
     """The largest power of two <= 64 that leaves at least ``UNITS_PER_PARTITION`` units per partition and
-    with which weighted mode can meet its weights (``config.partitions`` is ignored). No :class:`Plan` is made:
-    each candidate deals the units and fits the weights only (:func:`draw_weights`)."""
+    with which weighted mode can meet its weights (``config.partitions`` is ignored). No :class:`Plan` is
+    made: each candidate deals the units and fits the weights only (:func:`draw_weights`)."""
     check_mode_available(manifest.info, config.mode)
     sources = manifest_sources(manifest, config.mode)
     units = sum(len(s.units) for s in sources)
@@ -335,10 +354,13 @@ def source_weights(sources: list[SourcePlan], weights: Mapping[str, float] | Non
     return out
 
 
-def draw_weights(sources: list[SourcePlan], weights: list[float], units: list[list[Units]]) -> list[list[float]]:
-    """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean framed
-    tokens per document there; the shares (:func:`partition_shares`) average to the mix over all partitions.
-    ``units``: :func:`deal_units`' ``[p][s]``. Raises :class:`PlanError` when the partitions cannot meet them."""
+def draw_weights(
+    sources: list[SourcePlan], weights: list[float], units: list[list[Units]]
+) -> list[list[float]]:
+    """``[p][s]``: weighted mode draws source ``s`` in partition ``p`` ∝ its token share there / its mean
+    framed tokens per document there; the shares (:func:`partition_shares`) average to the mix over all
+    partitions. ``units``: :func:`deal_units`' ``[p][s]``. Raises :class:`PlanError` when the partitions
+    cannot meet them."""
     tokens = np.array([[run.tokens.sum() for run in runs] for runs in units], dtype=np.float64)
     docs = np.array([[run.kept_docs.sum() for run in runs] for runs in units], dtype=np.float64)
     weights_array = np.array(weights)
@@ -348,7 +370,8 @@ def draw_weights(sources: list[SourcePlan], weights: list[float], units: list[li
         named = [s.key for s, w in zip(sources, weights, strict=True) if w > 0]
         raise PlanError(
             f"stream partitions {lacking[:8]} of {len(units)} hold no documents of the weighted sources "
-            f"{named} (they have fewer blocks than partitions): stream with fewer partitions (--partitions) or "
+            f"{named} (they have fewer blocks than partitions): stream with fewer partitions (--partitions) "
+            "or "
             "rebuild the manifest with smaller blocks (--block-bytes)"
         )
     shares = partition_shares(held, weights_array, [s.key for s in sources])
@@ -356,8 +379,8 @@ def draw_weights(sources: list[SourcePlan], weights: list[float], units: list[li
 
 
 def source_runs(units: Units, partitions: int) -> list[Units]:
-    """Cut one source's units (in order) into ``partitions`` contiguous runs of about equal stream units: a unit
-    goes to the run its middle falls in."""
+    """Cut one source's units (in order) into ``partitions`` contiguous runs of about equal stream units: a
+    unit goes to the run its middle falls in."""
     total = int(units.units.sum())
     if not total:
         return [units] + [units[0:0]] * (partitions - 1)
@@ -379,7 +402,8 @@ def deal_units(sources: list[SourcePlan], partitions: int) -> list[list[Units]]:
     sizes = np.array([[run.units.sum() for run in per] for per in runs], dtype=np.float64).reshape(
         len(sources), partitions
     )
-    rotate = (np.arange(partitions)[None, :] - np.arange(partitions)[:, None]) % partitions  # [shift, partition]
+    # [shift, partition]
+    rotate = (np.arange(partitions)[None, :] - np.arange(partitions)[:, None]) % partitions
     loads = np.zeros(partitions)
     shifts = [0] * len(sources)
     for s in sorted(range(len(sources)), key=lambda i: (-sizes[i].sum(), i)):
@@ -394,13 +418,15 @@ SHARE_TOLERANCE = 1e-4  # how far the stream's long-run token share of a source 
 
 def partition_shares(held: np.ndarray, weights: np.ndarray, keys: list[str]) -> np.ndarray:
     """Token shares ``[P, S]``: each partition's sum to 1 over the sources it holds, and their mean over the
-    partitions is the target mix to within ``SHARE_TOLERANCE`` (iterative proportional fitting; every partition
-    makes the same tokens per round, so the stream as a whole then follows the weights). Raises
+    partitions is the target mix to within ``SHARE_TOLERANCE`` (iterative proportional fitting; every
+    partition makes the same tokens per round, so the stream as a whole then follows the weights). Raises
     :class:`PlanError` when no such shares exist."""
     target = weights / weights.sum()
     shares = held * target[None, :]
-    # A source held by k of P partitions has a mean share of at most k / P (each partition's shares sum to 1): when
-    # that is short of its target by more than the tolerance, no fitting converges, so none is tried (at start-up).
+    # A source held by k of P partitions has a mean share of at most k / P (each partition's shares sum to 1):
+    # when
+    # that is short of its target by more than the tolerance, no fitting converges, so none is tried (at
+    # start-up).
     hopeless = (target - held.sum(axis=0) / len(held)).max() > SHARE_TOLERANCE
     for _ in range(0 if hopeless else 20_000):
         shares /= shares.sum(axis=1, keepdims=True)
@@ -408,17 +434,23 @@ def partition_shares(held: np.ndarray, weights: np.ndarray, keys: list[str]) -> 
         if np.abs(mean - target).max() <= SHARE_TOLERANCE:
             return shares
         shares *= np.divide(target, mean, out=np.zeros_like(target), where=mean > 0)[None, :]
-    short = [f"{k} (weight share {t:.3f}, in {int(h.sum())} of {len(held)} partitions)"
-             for k, t, h in zip(keys, target, held.T, strict=True) if t > h.sum() / len(held)]  # fmt: skip
+    short = [
+        f"{k} (weight share {t:.3f}, in {int(h.sum())} of {len(held)} partitions)"
+        for k, t, h in zip(keys, target, held.T, strict=True)
+        if t > h.sum() / len(held)
+    ]
     raise PlanError(
-        f"the mixing weights cannot be met with {len(held)} partitions: {short or 'sources held too unevenly'}; "
-        "stream with fewer partitions (--partitions) or rebuild the manifest with smaller blocks (--block-bytes)"
+        f"the mixing weights cannot be met with {len(held)} partitions: "
+        f"{short or 'sources held too unevenly'}; "
+        "stream with fewer partitions (--partitions) or rebuild the manifest with smaller blocks "
+        "(--block-bytes)"
     )
 
 
 def release_freed_heap() -> None:
-    """Hand the heap that planning's temporary arrays freed back to the OS (glibc keeps it otherwise, and every
-    process of a run plans: at 10⁶ blocks ~40 MiB of each process's RSS). A no-op where there is no glibc."""
+    """Hand the heap that planning's temporary arrays freed back to the OS (glibc keeps it otherwise, and
+    every process of a run plans: at 10⁶ blocks ~40 MiB of each process's RSS). A no-op where there is no
+    glibc."""
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None).malloc_trim(0)
 
@@ -463,4 +495,7 @@ class Plan:
                 f"{world_size * workers} readers do not divide; choose ranks × workers dividing {P} "
                 "(partitions are fixed by the plan so that every layout yields the same batches)"
             )
-        return [[q * world_size + rank for q in range(P // world_size) if q % workers == w] for w in range(workers)]
+        return [
+            [q * world_size + rank for q in range(P // world_size) if q % workers == w]
+            for w in range(workers)
+        ]

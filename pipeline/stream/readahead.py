@@ -69,22 +69,27 @@ def _executor() -> ThreadPoolExecutor:
 
 class ReadAhead:
     """The read-ahead of one partition reader. The reader calls :meth:`at` when a source moves to a block; its
-    views call the object itself (``(uri, block, i)``, the ``ahead`` hook of ``open_verified``) for the bytes."""
+    views call the object itself (``(uri, block, i)``, the ``ahead`` hook of ``open_verified``) for the
+    bytes."""
 
     def __init__(self, walk: PartitionWalk):
         self.walk, self.manifest = walk, walk.plan.manifest
-        self.orders: dict[int, Iterator[tuple[int, int]]] = {}  # source -> its blocks from the last one asked on
-        self.queues: dict[int, deque[tuple[int, int]]] = {}  # source -> (shard, block) fetched ahead, in order
+        # source -> its blocks from the last one asked on
+        self.orders: dict[int, Iterator[tuple[int, int]]] = {}
+        # source -> (shard, block) fetched ahead, in order
+        self.queues: dict[int, deque[tuple[int, int]]] = {}
         self.ready: dict[tuple[int, int], tuple[Future, int]] = {}  # (shard, block) -> (fetch, bytes)
         self.remote: dict[int, bool] = {}  # shard -> read from a remote store
         self.shard_of: dict[str, int] = {}  # uri -> shard, for every shard a fetch was submitted for
 
     def at(self, src: int, shard: int, block: int) -> None:
-        """Source ``src`` reads ``(shard, block)`` next: drop what was fetched for it before, fetch what follows."""
+        """Source ``src`` reads ``(shard, block)`` next: drop what was fetched for it before, fetch what
+        follows."""
         if _settings["bytes"] <= 0 or not self._is_remote(shard):
             return
         queue = self.queues.setdefault(src, deque())
-        while queue and queue[0] != (shard, block):  # a prediction that did not come true: its bytes are dropped
+        # a prediction that did not come true: its bytes are dropped
+        while queue and queue[0] != (shard, block):
             self._drop(queue.popleft())
         if queue:
             queue.popleft()  # fetched already: it stays in ``ready`` until the view takes it
@@ -93,7 +98,8 @@ class ReadAhead:
         self._schedule(src)
 
     def warm(self) -> None:
-        """Fetch the first blocks of every source of the partition now (its reader starts at the beginning)."""
+        """Fetch the first blocks of every source of the partition now (its reader starts at the
+        beginning)."""
         if _settings["bytes"] <= 0:
             return
         for src, run in enumerate(self.walk.runs):
@@ -141,9 +147,11 @@ class ReadAhead:
             raw = self.manifest.blocks(shard)[b]
             block = Block(raw["start"], raw["end"], raw["sha256"], raw["first_record"], raw["records"])
             if not self._is_remote(shard) or block.end - block.start > _settings["bytes"]:
-                return  # read when asked for (a local shard, a block larger than the budget): no further ahead
+                # read when asked for (a local shard, a block larger than the budget): no further ahead
+                return
             if key in self.ready:  # the order came round to a block still held: all ahead is fetched (an
-                return  # endless stream over a corpus smaller than the budget would otherwise loop here forever)
+                # endless stream over a corpus smaller than the budget would otherwise loop here forever)
+                return
             size = block.end - block.start
             with _lock:
                 _in_flight[0] += size

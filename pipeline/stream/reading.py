@@ -1,4 +1,5 @@
-"""Read a partition's documents from verified blocks: each block's sha256 is checked before any of its records.
+"""Read a partition's documents from verified blocks: each block's sha256 is checked before any of its
+records.
 
 A partition keeps at most one open reader per source. A JSONL shard with several blocks is read one block
 at a time (a view of exactly that block's bytes, numbered from its first record), any other shard through
@@ -72,7 +73,8 @@ def _close(items: Iterator) -> None:
 
 
 class DocumentFetcher:
-    """Fetches planned documents forward, one open reader per source; ``bytes_loaded`` counts storage reads."""
+    """Fetches planned documents forward, one open reader per source; ``bytes_loaded`` counts storage
+    reads."""
 
     def __init__(self, manifest: Manifest, walk: PartitionWalk | None = None):
         self.manifest = manifest
@@ -82,7 +84,8 @@ class DocumentFetcher:
         self._firsts: dict[int, list[int]] = {}  # first records of the blocks of the shards read lately
         self._open: dict[str, _OpenReader] = {}
         self.bytes_loaded = 0
-        self.max_record_bytes = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes  # the build's
+        # the build's
+        self.max_record_bytes = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes
 
     def close(self) -> None:
         for key in list(self._open):
@@ -97,11 +100,13 @@ class DocumentFetcher:
             current.close()
 
     def _open_view(self, doc: PlannedDoc) -> _OpenReader:
-        """A verified view from ``doc``'s record on: of its block (JSONL with several blocks) or the whole shard."""
+        """A verified view from ``doc``'s record on: of its block (JSONL with several blocks) or the whole
+        shard."""
         rec = self.records[doc.shard]
         blocks = _blocks(self.manifest.blocks(doc.shard))  # the shard's block index, checked on first use
         lo, hi, first, end = 0, blocks[-1].end, 0, rec.docs_read
-        if rec.format.startswith("jsonl") and len(blocks) > 1:  # a view of this block only, numbered from its first
+        # a view of this block only, numbered from its first
+        if rec.format.startswith("jsonl") and len(blocks) > 1:
             b = blocks[self._block_of(doc)]
             lo, hi, first, end = b.start, b.end, b.first_record, b.first_record + (b.records or 0)
         opened = _OpenReader(doc.shard, first, end, doc.index)
@@ -153,7 +158,8 @@ class DocumentFetcher:
         try:
             if current.block != self._block_of(doc):
                 if self.ahead is not None:
-                    self.ahead.at(doc.src, doc.shard, self._block_of(doc))  # and fetch the source's next blocks
+                    # and fetch the source's next blocks
+                    self.ahead.at(doc.src, doc.shard, self._block_of(doc))
                 self._read_block(current, doc)
             item = self._next_at(current, doc)
         except BlockChanged as changed:
@@ -185,7 +191,9 @@ class DocumentFetcher:
                     f"manifest says {doc.doc_id}"
                 )
             return item
-        raise StreamIntegrityError(f"shard {doc.shard} ({uri}) ended before record {doc.index} (doc {doc.doc_id})")
+        raise StreamIntegrityError(
+            f"shard {doc.shard} ({uri}) ended before record {doc.index} (doc {doc.doc_id})"
+        )
 
     def loaded(self) -> int:
         """Bytes read from shard storage so far (closed and open readers)."""

@@ -7,10 +7,10 @@ and ``start`` only). The stream's ``batch["spans"]`` and :func:`plan_batch_diges
 tokenizer) give the same digest: both make their spans with ``sequences.plan_spans``' code.
 
 The chain: ``head_0 = sha256("elm-data receipt v1" | manifest_id | plan)``, then for each training step ``k``
-``head_k = sha256(head_{k-1} || step_digest_k)`` where ``step_digest_k`` is the sha256 of the concatenated digests
-of the step's batches (all ranks, all accumulation micro-batches) in global batch order. Invariant 8: from a
-run's log and its manifest anyone can recompute what the run ate, in order (``trainer/proof/audit.py``'s
-``verify_run``).
+``head_k = sha256(head_{k-1} || step_digest_k)`` where ``step_digest_k`` is the sha256 of the concatenated
+digests of the step's batches (all ranks, all accumulation micro-batches) in global batch order. Invariant 8:
+from a run's log and its manifest anyone can recompute what the run ate, in order
+(``trainer/proof/audit.py``'s ``verify_run``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,17 @@ if TYPE_CHECKING:
     from .dataset import StreamBatch
 
 RECEIPT_VERSION = "elm-data receipt v1"
-PACKED_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "doc_start", "doc_end", "start", "end")
+PACKED_FIELDS = (
+    "source",
+    "subset",
+    "shard_sha256",
+    "doc_id",
+    "index",
+    "doc_start",
+    "doc_end",
+    "start",
+    "end",
+)
 CORENET_FIELDS = ("source", "subset", "shard_sha256", "doc_id", "index", "start")
 
 
@@ -52,9 +62,9 @@ def batch_spans(batch: BatchPlan, plan: Plan) -> list[list[Span]]:
 
 def label_positions(spans: list[list[Span]], seq_len: int, mode: str) -> tuple[int, int | None]:
     """(label positions, label positions that count) of a batch from its spans, as the trainer counts them
-    (``labels = ids[:, 1:]``; a label counts when it is not the pad id). A row's ids are its spans' tokens, then
-    pads, so every label after its first id counts. The counted figure needs the spans' token ranges: packed mode
-    only (None in corenet mode)."""
+    (``labels = ids[:, 1:]``; a label counts when it is not the pad id). A row's ids are its spans' tokens,
+    then pads, so every label after its first id counts. The counted figure needs the spans' token ranges:
+    packed mode only (None in corenet mode)."""
     positions = len(spans) * seq_len
     if mode != "packed":
         return positions, None
@@ -62,7 +72,8 @@ def label_positions(spans: list[list[Span]], seq_len: int, mode: str) -> tuple[i
 
 
 def plan_batch_digest(batch: BatchPlan, plan: Plan) -> bytes:
-    """A batch's digest from the plan alone (equal to :func:`stream_batch_digest` of the batch the stream made)."""
+    """A batch's digest from the plan alone (equal to :func:`stream_batch_digest` of the batch the stream
+    made)."""
     return digest_spans(batch.batch, batch_spans(batch, plan), plan.config.mode)
 
 
@@ -96,8 +107,8 @@ def global_batches(plan: Plan) -> Iterator[BatchPlan]:
 
 
 def state_at(plan: Plan, manifest_id: str, global_batch: int) -> MergedStreamState:
-    """A merged stream state (``StreamLoader.load_state_dict``) standing at ``global_batch``, from the plan alone:
-    each partition's cursor before its first batch at or after ``global_batch``."""
+    """A merged stream state (``StreamLoader.load_state_dict``) standing at ``global_batch``, from the plan
+    alone: each partition's cursor before its first batch at or after ``global_batch``."""
     cursors: dict[int, Cursor] = {}
     for p in range(plan.partitions):
         first = first_batch_of(p, global_batch, plan.partitions)

@@ -46,15 +46,16 @@ def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: in
         framed.extend(seg)
         framed.append(eos)
         starts.append(len(framed))
-    ids = np.fromiter(framed, dtype=np.int64, count=len(framed))  # ~20 % faster than np.array on a list of ints
+    # ~20 % faster than np.array on a list of ints
+    ids = np.fromiter(framed, dtype=np.int64, count=len(framed))
     return FramedDoc(ids, np.array(starts, dtype=np.int64))
 
 
 def frame_documents(
     documents: Sequence[Sequence[Sequence[int]]], bos: int = BOS_ID, eos: int = EOS_ID
 ) -> list[FramedDoc]:
-    """:func:`frame_segments` of each document's segments, with ONE array conversion for all of their tokens (no
-    intermediate list): each document's ``ids`` is a view of the one array."""
+    """:func:`frame_segments` of each document's segments, with ONE array conversion for all of their tokens
+    (no intermediate list): each document's ``ids`` is a view of the one array."""
     pieces: list[Sequence[int]] = []
     bounds = [0]  # where each document's framed tokens start in the one array, then the end
     all_starts = []
@@ -66,7 +67,9 @@ def frame_documents(
         all_starts.append(np.array(starts, dtype=np.int64))
         bounds.append(bounds[-1] + starts[-1])
     ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=bounds[-1])
-    return [FramedDoc(ids[a:b], starts) for a, b, starts in zip(bounds[:-1], bounds[1:], all_starts, strict=True)]
+    return [
+        FramedDoc(ids[a:b], starts) for a, b, starts in zip(bounds[:-1], bounds[1:], all_starts, strict=True)
+    ]
 
 
 class DocIdentity(TypedDict):
@@ -80,8 +83,9 @@ class DocIdentity(TypedDict):
 
 
 class Span(DocIdentity, total=False):
-    """Where a document's framed tokens ``[doc_start, doc_end)`` lie in a row: window positions ``[start, end)``
-    (a corenet span from the plan alone has ``start`` only: its token range needs the piece's length)."""
+    """Where a document's framed tokens ``[doc_start, doc_end)`` lie in a row: window positions ``[start,
+    end)`` (a corenet span from the plan alone has ``start`` only: its token range needs the piece's
+    length)."""
 
     doc_start: int
     doc_end: int
@@ -112,8 +116,13 @@ def span_base_of(plan: Plan) -> SpanBase:
 
     def base(doc: PlannedDoc) -> DocIdentity:
         src = sources[doc.src]
-        return {"source": src.source, "subset": src.subset, "shard_sha256": shards[doc.shard].sha256,
-                "doc_id": doc.doc_id, "index": doc.index}  # fmt: skip
+        return {
+            "source": src.source,
+            "subset": src.subset,
+            "shard_sha256": shards[doc.shard].sha256,
+            "doc_id": doc.doc_id,
+            "index": doc.index,
+        }
 
     return base
 
@@ -126,9 +135,9 @@ def _count(tokens_by_source: dict[str, int], base: DocIdentity, n: int) -> None:
 def packed_doc_spans(
     doc: PlannedDoc, base: DocIdentity, batch_start: int, lo: int, hi: int, window: int
 ) -> list[tuple[int, Span]]:
-    """``(row, span)`` for the stream units ``[lo, hi)`` of ``doc`` in the packed batch starting at ``batch_start``
-    (one span per row the range touches). Needs the plan only: used by :func:`layout_packed` and by
-    :func:`plan_spans` (the consumption receipt), so both make the same spans."""
+    """``(row, span)`` for the stream units ``[lo, hi)`` of ``doc`` in the packed batch starting at
+    ``batch_start`` (one span per row the range touches). Needs the plan only: used by :func:`layout_packed`
+    and by :func:`plan_spans` (the consumption receipt), so both make the same spans."""
     out = []
     pos = lo
     while pos < hi:
@@ -143,14 +152,18 @@ def packed_doc_spans(
 
 def corenet_doc_rows(doc: PlannedDoc, plan: BatchPlan) -> list[tuple[int, int]]:
     """``(piece, row)`` of each of ``doc``'s kept pieces that falls in the corenet batch ``plan``."""
-    return [(piece, doc.start + piece - plan.start) for piece in range(doc.segments)
-            if 0 <= doc.start + piece - plan.start < plan.sequences]  # fmt: skip
+    return [
+        (piece, doc.start + piece - plan.start)
+        for piece in range(doc.segments)
+        if 0 <= doc.start + piece - plan.start < plan.sequences
+    ]
 
 
 def plan_spans(plan: BatchPlan, span_base: SpanBase, window: int, mode: str) -> list[list[Span]]:
     """The spans of a batch from its plan alone (no corpus, no tokenizer): in packed mode exactly the stream's
-    ``batch["spans"]``; in corenet mode each piece's span without its token range (``doc_start``, ``doc_end`` and
-    ``end`` need the piece's length, which the manifest does not record): ``start`` = 0 and the identity fields."""
+    ``batch["spans"]``; in corenet mode each piece's span without its token range (``doc_start``, ``doc_end``
+    and ``end`` need the piece's length, which the manifest does not record): ``start`` = 0 and the identity
+    fields."""
     spans: list[list[Span]] = [[] for _ in range(plan.sequences)]
     batch_end = plan.start + plan.sequences * window
     for doc in plan.docs:
@@ -183,7 +196,9 @@ def layout_packed(
     for doc in plan.docs:
         fd = framed(doc)
         if len(fd.ids) != doc.units:
-            raise RuntimeError(f"document {doc.doc_id}: {len(fd.ids)} framed tokens, the plan expects {doc.units}")
+            raise RuntimeError(
+                f"document {doc.doc_id}: {len(fd.ids)} framed tokens, the plan expects {doc.units}"
+            )
         lo, hi = max(doc.start, plan.start), min(doc.start + doc.units, batch_end)
         if lo >= hi:
             continue
@@ -216,7 +231,8 @@ def layout_corenet(
     pad_id: int = PAD_ID,
     document_masks: bool = False,
 ) -> BatchRows:
-    """One row per kept piece: ``BOS + piece + EOS`` truncated to ``window`` and right-padded with ``pad_id``."""
+    """One row per kept piece: ``BOS + piece + EOS`` truncated to ``window`` and right-padded with
+    ``pad_id``."""
     n = plan.sequences
     rows = np.full((n, window), pad_id, dtype=np.int64)
     segment_ids = np.full((n, window), -1, dtype=np.int64) if document_masks else None
@@ -226,7 +242,9 @@ def layout_corenet(
     for doc in plan.docs:
         fd = framed(doc)
         if fd.segments != doc.segments:
-            raise RuntimeError(f"document {doc.doc_id}: {fd.segments} pieces, the plan expects {doc.segments}")
+            raise RuntimeError(
+                f"document {doc.doc_id}: {fd.segments} pieces, the plan expects {doc.segments}"
+            )
         base = span_base(doc)
         for piece, row in corenet_doc_rows(doc, plan):
             begin, end = int(fd.starts[piece]), int(fd.starts[piece + 1])

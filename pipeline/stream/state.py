@@ -1,11 +1,12 @@
 """The stream's saved state: one dict in plain types (``torch.load(weights_only=True)`` reads it back).
 
-``{"version", "manifest_id", "plan", "global_batches", "batches", "rank", "world_size", "cursors", "consumed"}``.
-``global_batches``: global batches consumed by the whole run (all ranks in lockstep), so the next batch of
-rank ``r`` is ``global_batches + r``; ``cursors``: for each partition this rank has read from, its cursor
-after the last batch handed out (``partition.py``); ``consumed``: tokens per source handed out since the
-run began (``consumed.py``). :func:`merge_states` joins the states of all ranks into one (no ``rank``,
-``world_size`` or ``batches``), which any ``ranks × workers`` dividing the partition count can resume from.
+``{"version", "manifest_id", "plan", "global_batches", "batches", "rank", "world_size", "cursors",
+"consumed"}``. ``global_batches``: global batches consumed by the whole run (all ranks in lockstep), so the
+next batch of rank ``r`` is ``global_batches + r``; ``cursors``: for each partition this rank has read from,
+its cursor after the last batch handed out (``partition.py``); ``consumed``: tokens per source handed out
+since the run began (``consumed.py``). :func:`merge_states` joins the states of all ranks into one (no
+``rank``, ``world_size`` or ``batches``), which any ``ranks × workers`` dividing the partition count can
+resume from.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def stream_state(
     consumed: dict[str, int],
     rank: tuple[int, int, int] | None = None,
 ) -> StreamState:
-    """The one builder of a stream state: ``rank`` = ``(batches, rank, world_size)`` for one rank's own state, None
-    for a merged one (any layout resumes it). ``cursors`` by partition; saved in partition order."""
+    """The one builder of a stream state: ``rank`` = ``(batches, rank, world_size)`` for one rank's own state,
+    None for a merged one (any layout resumes it). ``cursors`` by partition; saved in partition order."""
     state: Any = {  # keys in the order a state has always been saved in
         "version": STATE_VERSION,
         "manifest_id": manifest_id,
@@ -63,7 +64,8 @@ def stream_state(
 
 
 def merge_states(states: Sequence[StreamState]) -> MergedStreamState:
-    """One stream state from every rank's (saved at the same step): all cursors, the consumed tokens summed."""
+    """One stream state from every rank's (saved at the same step): all cursors, the consumed tokens
+    summed."""
     first = states[0]
     if len({s["global_batches"] for s in states}) != 1 or len({s["manifest_id"] for s in states}) != 1:
         raise PlanError("stream states of different steps or manifests cannot be merged")
@@ -81,9 +83,13 @@ def check_state(state: StreamState, manifest_id: str, config: PlanConfig, rank: 
     """Refuse a state another stream wrote: other version, manifest or plan, a position ``world_size`` ranks
     cannot stand at, or one rank's state loaded by another layout (merge all ranks' states first)."""
     if state.get("version") != STATE_VERSION:
-        raise PlanError(f"stream state version {state.get('version')} is not {STATE_VERSION}; start a new run")
+        raise PlanError(
+            f"stream state version {state.get('version')} is not {STATE_VERSION}; start a new run"
+        )
     if state.get("manifest_id") != manifest_id:
-        raise PlanError(f"stream state is for manifest {state.get('manifest_id')}, the stream reads {manifest_id}")
+        raise PlanError(
+            f"stream state is for manifest {state.get('manifest_id')}, the stream reads {manifest_id}"
+        )
     mine, saved = config.to_dict(), state.get("plan") or {}
     differ = sorted(k for k in mine if saved.get(k) != mine[k])
     if differ:

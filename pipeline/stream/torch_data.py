@@ -21,8 +21,9 @@ def collate_as_is(batch: Any) -> Any:
 
 
 class ReadersDataset(IterableDataset):
-    """``readers`` (a ``StreamReaders``) as the ``IterableDataset`` a ``DataLoader`` hands to its workers; each
-    worker iterates its own copy (``StreamReaders`` picks the worker's partitions from ``get_worker_info()``)."""
+    """``readers`` (a ``StreamReaders``) as the ``IterableDataset`` a ``DataLoader`` hands to its workers;
+    each worker iterates its own copy (``StreamReaders`` picks the worker's partitions from
+    ``get_worker_info()``)."""
 
     def __init__(self, readers: Iterable[Any]):
         super().__init__()
@@ -33,15 +34,27 @@ class ReadersDataset(IterableDataset):
 
 
 def data_loader(
-    readers: Iterable[Any], num_workers: int, prefetch_factor: int, worker_init_fn: Callable, context: str | None
+    readers: Iterable[Any],
+    num_workers: int,
+    prefetch_factor: int,
+    worker_init_fn: Callable,
+    context: str | None,
 ) -> DataLoader:
     """A ``DataLoader`` whose ``num_workers`` workers iterate ``readers``; items pass as they are."""
-    # Each DataLoader iterator draws its workers' base seed from ``generator`` (else from torch's global RNG, one
+    # Each DataLoader iterator draws its workers' base seed from ``generator`` (else from torch's global RNG,
+    # one
     # draw per iteration: a resumed run would stand one draw past the RNG state its checkpoint restored).
     generator = torch.Generator().manual_seed(0)  # the stream is deterministic; the workers' own RNGs unused
-    return DataLoader(ReadersDataset(readers), batch_size=None, collate_fn=collate_as_is, num_workers=num_workers,
-                      generator=generator, prefetch_factor=prefetch_factor, worker_init_fn=worker_init_fn,
-                      multiprocessing_context=context)  # fmt: skip
+    return DataLoader(
+        ReadersDataset(readers),
+        batch_size=None,
+        collate_fn=collate_as_is,
+        num_workers=num_workers,
+        generator=generator,
+        prefetch_factor=prefetch_factor,
+        worker_init_fn=worker_init_fn,
+        multiprocessing_context=context,
+    )
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
