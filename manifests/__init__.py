@@ -1,4 +1,5 @@
-"""Manifests: every shard of a mixture counted and hashed, then verified, audited and exported — never re-read.
+"""Manifests: every shard of a mixture counted and hashed, then verified, audited and exported — never
+re-read.
 
 Entry points: ``MixtureConfig.load(path)`` (what to read); ``build_manifest(mixture, out_dir)`` runs the
 per-document pass over every shard and writes the manifest atomically; ``Manifest(dir)`` opens one and checks

@@ -60,7 +60,8 @@ class Audit:
     rows: list[AuditRow]
     dropped_samples: str | None = None  # one line about dropped_samples.jsonl when the manifest has it
     token_unit: str = "tokens"  # what the counted tokens are ("LLaMA-2 tokens" only for that model's sha256)
-    heldout_fraction: float = 0.0  # the share of each subset's passing documents held out (manifests/heldout.py)
+    # the share of each subset's passing documents held out (manifests/heldout.py)
+    heldout_fraction: float = 0.0
 
     @property
     def totals(self) -> Counts:
@@ -161,7 +162,8 @@ TABLE_HEADERS = (
 
 
 def _count_cells(counts: Counts) -> list[str]:
-    """The read, kept, held-out, filtered, rejected, chars and tokens columns (read = the four buckets' sum)."""
+    """The read, kept, held-out, filtered, rejected, chars and tokens columns (read = the four buckets'
+    sum)."""
     c = counts
     figures = (c.docs_read, c.docs_kept, c.docs_heldout, c.docs_filtered, c.docs_rejected, c.chars, c.tokens)
     return [f"{n:,}" for n in figures]
@@ -183,7 +185,14 @@ def _row_cells(r: AuditRow) -> list[str]:
 
 def _total_cells(audit: Audit) -> list[str]:
     target = _human(sum(r.target_tokens or 0 for r in audit.rows) or None)
-    return ["TOTAL", str(sum(r.shards for r in audit.rows)), *_count_cells(audit.totals), "100.00", target, *[""] * 4]
+    return [
+        "TOTAL",
+        str(sum(r.shards for r in audit.rows)),
+        *_count_cells(audit.totals),
+        "100.00",
+        target,
+        *[""] * 4,
+    ]
 
 
 def format_table(audit: Audit) -> str:
@@ -193,7 +202,9 @@ def format_table(audit: Audit) -> str:
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
 
     def fmt(cells: list[str]) -> str:
-        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        padded = (
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
         return "  ".join(padded)
 
     title = f"Mixture audit of manifest {audit.manifest_id} ({audit.manifest_name})"
@@ -201,15 +212,22 @@ def format_table(audit: Audit) -> str:
         title += f" against target '{audit.targets_name}'"
     rule = "-" * len(fmt(headers))
     notes = (
-        f"tokens: {audit.token_unit} of kept documents, no BOS/EOS. share: of the manifest's tokens; target %: of "
-        "the target's tokens; dev pp: share minus target share in percentage points; ratio: share / target share;\n"
-        "weighted %: share of training tokens the stream draws under the mixture's weights ('-' when unweighted)."
+        f"tokens: {audit.token_unit} of kept documents, no BOS/EOS. share: of the manifest's tokens; target "
+        "%: of "
+        "the target's tokens; dev pp: share minus target share in percentage points; ratio: share / target "
+        "share;\n"
+        "weighted %: share of training tokens the stream draws under the mixture's weights ('-' when "
+        "unweighted)."
     )
     body = [fmt(line) for line in lines[:-1]]
     extra = [audit.dropped_samples] if audit.dropped_samples else []
     if audit.heldout_fraction:
         held = audit.totals
-        extra.insert(0, f"held out: {held.docs_heldout:,} documents ({held.heldout_tokens:,} tokens), ~"
-                        f"{audit.heldout_fraction:.2%} of each subset's passing documents, for evaluation; never "
-                        "streamed for training, not in chars/tokens/shares")  # fmt: skip
+        extra.insert(
+            0,
+            f"held out: {held.docs_heldout:,} documents ({held.heldout_tokens:,} tokens), ~"
+            f"{audit.heldout_fraction:.2%} of each subset's passing documents, for evaluation; "
+            "never "
+            "streamed for training, not in chars/tokens/shares",
+        )
     return "\n".join([title, rule, fmt(headers), rule, *body, rule, fmt(lines[-1]), notes, *extra])

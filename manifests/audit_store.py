@@ -1,12 +1,13 @@
-"""What is in the mix, said where the manifest is published: stored audit reports and the dedup filter's counts.
+"""What is in the mix, said where the manifest is published: stored audit reports and the dedup filter's
+counts.
 
 ``audit contamination|duplicates MANIFEST --save`` keeps its JSON report (the one ``--format json`` prints) in
-``MANIFEST/audits/KIND.json``, written atomically. A report is *bound* to the manifest it was computed from: it
-names that manifest's id, and a report naming another id (a copy beside a rebuilt manifest) is never used. The
-model card (``trainer/export.py``) and the Croissant export (``croissant.py``) carry :func:`mix_summary`: the
-dedup filter's setting and counts (from the manifest itself: ``pass.dedup``, each shard's
-``filtered_by_reason["duplicate"]``) and, when bound reports exist, their totals with each report's sha256, so a
-reader can re-run the audit (deterministic at any worker count) and compare. A report restricted to a run
+``MANIFEST/audits/KIND.json``, written atomically. A report is *bound* to the manifest it was computed from:
+it names that manifest's id, and a report naming another id (a copy beside a rebuilt manifest) is never used.
+The model card (``trainer/export.py``) and the Croissant export (``croissant.py``) carry :func:`mix_summary`:
+the dedup filter's setting and counts (from the manifest itself: ``pass.dedup``, each shard's
+``filtered_by_reason["duplicate"]``) and, when bound reports exist, their totals with each report's sha256, so
+a reader can re-run the audit (deterministic at any worker count) and compare. A report restricted to a run
 (``--run``) says nothing about the whole manifest and is not stored.
 """
 
@@ -40,7 +41,9 @@ def report_bytes(report: dict[str, Any]) -> bytes:
 def save_audit(manifest: Manifest, kind: str, report: dict[str, Any]) -> Path:
     """Store ``report`` (computed from ``manifest``, over all of it) as ``MANIFEST/audits/KIND.json``."""
     if report.get("manifest_id") != manifest.manifest_id:
-        raise InvalidValue(f"the {kind} report names manifest {report.get('manifest_id')}, not {manifest.manifest_id}")
+        raise InvalidValue(
+            f"the {kind} report names manifest {report.get('manifest_id')}, not {manifest.manifest_id}"
+        )
     if report.get("run") is not None:
         raise InvalidValue("--save keeps audits of the whole manifest; a --run audit is printed only")
     path = audit_path(manifest.path, kind)
@@ -50,7 +53,8 @@ def save_audit(manifest: Manifest, kind: str, report: dict[str, Any]) -> Path:
 
 
 def stored_audits(manifest: Manifest) -> dict[str, tuple[dict[str, Any], str]]:
-    """``{kind: (report, sha256 of its file)}`` of the reports stored beside ``manifest`` and bound to its id."""
+    """``{kind: (report, sha256 of its file)}`` of the reports stored beside ``manifest`` and bound to its
+    id."""
     found = {}
     for kind in KINDS:
         path = audit_path(manifest.path, kind)
@@ -59,14 +63,18 @@ def stored_audits(manifest: Manifest) -> dict[str, tuple[dict[str, Any], str]]:
             report = json.loads(data)
         except (OSError, ValueError):  # none stored, or not a report: nothing to say
             continue
-        if isinstance(report, dict) and report.get("manifest_id") == manifest.manifest_id and not report.get("run"):
+        if (
+            isinstance(report, dict)
+            and report.get("manifest_id") == manifest.manifest_id
+            and not report.get("run")
+        ):
             found[kind] = (report, hashlib.sha256(data).hexdigest())
     return found
 
 
 def dedup_counts(manifest: Manifest) -> dict[str, Any] | None:
-    """The dedup filter's setting (``pass.dedup``, in the id) and the documents it removed (the totals' filtered
-    ``duplicate``, recomputed on open), or None without it."""
+    """The dedup filter's setting (``pass.dedup``, in the id) and the documents it removed (the totals'
+    filtered ``duplicate``, recomputed on open), or None without it."""
     removed = manifest.info["totals"]["filtered_by_reason"].get("duplicate", 0)
     described = manifest.info["pass"].get("dedup")  # the dedup the build ran, as it describes itself
     if described is None:
@@ -85,7 +93,11 @@ def mix_summary(manifest: Manifest) -> dict[str, Any]:
     if (dedup := dedup_counts(manifest)) is not None:
         summary["dedup_filter"] = dedup
     for kind, (report, sha256) in stored_audits(manifest).items():
-        summary[f"{kind}_audit"] = {"file": f"{AUDITS_DIR}/{kind}.json", "sha256": sha256, **_totals(kind, report)}
+        summary[f"{kind}_audit"] = {
+            "file": f"{AUDITS_DIR}/{kind}.json",
+            "sha256": sha256,
+            **_totals(kind, report),
+        }
     return summary
 
 
@@ -99,7 +111,8 @@ def _totals(kind: str, report: dict[str, Any]) -> dict[str, Any]:
         name: {
             "items": task["items"],
             "contaminated_items": task["contaminated_items"],
-            "documents": sum(c["documents"] for c in task["by_subset"].values()),  # subsets hold disjoint documents
+            # subsets hold disjoint documents
+            "documents": sum(c["documents"] for c in task["by_subset"].values()),
             "tokens": sum(c["tokens"] for c in task["by_subset"].values()),
         }
         for name, task in report["tasks"].items()
@@ -137,5 +150,7 @@ def audit_lines(summary: dict[str, Any]) -> list[str]:
             f"({t['tokens']:,} tokens)"
             for name, t in sorted(a["tasks"].items())
         )
-        lines.append(f"Contamination audit ({a['file']}, sha256 {a['sha256']}, {a['ngram']}-grams): {per_task}.")
+        lines.append(
+            f"Contamination audit ({a['file']}, sha256 {a['sha256']}, {a['ngram']}-grams): {per_task}."
+        )
     return lines

@@ -38,7 +38,12 @@ from contextlib import ExitStack, contextmanager
 import apache_beam as beam
 import grpc
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 
 from elm_data.core.procs import die_with_parent
@@ -86,7 +91,8 @@ class CountShardFn(beam.DoFn):
 
 
 def count_remote(counts: dict) -> None:
-    """Add one shard's remote-read counts (a ``remote.RemoteStats.to_dict`` delta) to this worker's Beam counters."""
+    """Add one shard's remote-read counts (a ``remote.RemoteStats.to_dict`` delta) to this worker's Beam
+    counters."""
     for name in remote.COUNTS:
         if counts.get(name):
             Metrics.counter(METRICS_NAMESPACE, REMOTE_COUNTER + name).inc(counts[name])
@@ -126,7 +132,8 @@ def count_shards(
         pipeline
         | "ShardTasks" >> beam.Create(list(tasks))
         | "SpreadShards" >> beam.Reshuffle()
-        | "CountShards" >> beam.ParDo(CountShardFn(spec, workspace.path, workspace.config_hash, dropped_per_reason))
+        | "CountShards"
+        >> beam.ParDo(CountShardFn(spec, workspace.path, workspace.config_hash, dropped_per_reason))
     )
 
 
@@ -151,8 +158,8 @@ def run_beam(
     dropped_per_reason: int = 0,
     portable: bool = False,
 ) -> dict:
-    """Run the counting pipeline to completion; results land in ``workspace``; returns the workers' remote-read
-    counts (:func:`remote_counts`).
+    """Run the counting pipeline to completion; results land in ``workspace``; returns the workers'
+    remote-read counts (:func:`remote_counts`).
 
     ``portable``: run through Beam's portability layer on this machine: a ``PortableRunner`` submits the
     pipeline to a local job service whose SDK worker comes from a local worker pool, each in a process of
@@ -190,21 +197,26 @@ def on_this_machine(options: PipelineOptions) -> bool:
     """A ``PortableRunner`` on the embedded job service whose SDK workers come from a worker pool on a
     loopback address: every endpoint of the run can then stay on 127.0.0.1."""
     portable = options.view_as(PortableOptions)
-    if portable.job_endpoint != "embed" or portable.environment_type not in ("EXTERNAL", "beam:env:external:v1"):
+    if portable.job_endpoint != "embed" or portable.environment_type not in (
+        "EXTERNAL",
+        "beam:env:external:v1",
+    ):
         return False
     host = (portable.environment_config or "").rpartition(":")[0].strip("[]")
     return host in (LOOPBACK, "localhost", "::1")
 
 
 def _loopback(address: str) -> str:
-    """``[::]:PORT`` / ``0.0.0.0:PORT`` / ``:PORT`` (every interface), ``localhost:PORT`` -> ``127.0.0.1:PORT``."""
+    """``[::]:PORT`` / ``0.0.0.0:PORT`` / ``:PORT`` (every interface), ``localhost:PORT`` ->
+    ``127.0.0.1:PORT``."""
     host, sep, port = address.rpartition(":")
     return f"{LOOPBACK}:{port}" if sep and host in ("", "[::]", "0.0.0.0", "::", "localhost") else address
 
 
 @contextmanager
 def job_service_on_loopback() -> Iterator[None]:
-    """While open, a job service in this process listens on 127.0.0.1 only and tells SDK workers to come there.
+    """While open, a job service in this process listens on 127.0.0.1 only and tells SDK workers to come
+    there.
 
     Beam binds its control, data, state, logging and artifact-staging servers to every interface
     (``[::]:0``), and tells workers of an external pool to reach them at this host's fully qualified name.
@@ -239,12 +251,23 @@ def local_services(*kinds: str, max_seconds: float | None = None) -> Iterator[li
     procs: list[subprocess.Popen] = []
     try:
         for kind in kinds:
-            command = [sys.executable, "-m", SERVICE_MODULE, kind, "--port", "0", "--parent-pid", str(os.getpid())]
+            command = [
+                sys.executable,
+                "-m",
+                SERVICE_MODULE,
+                kind,
+                "--port",
+                "0",
+                "--parent-pid",
+                str(os.getpid()),
+            ]
             if max_seconds is not None:
                 command += ["--max-seconds", str(max_seconds)]
             # Its own session: a Ctrl-C in the terminal reaches this process, which then stops the service.
             procs.append(
-                subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True)
+                subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+                )
             )
         yield [
             f"{LOOPBACK}:{_read_port(proc, kind, SERVICE_START_TIMEOUT_S)}"
@@ -264,7 +287,8 @@ def local_worker_pool(max_seconds: float | None = None) -> Iterator[str]:
 
 @contextmanager
 def local_job_service(max_seconds: float | None = None) -> Iterator[str]:
-    """Beam's local job service in a process of its own, all its servers on 127.0.0.1: ``with ... as endpoint``."""
+    """Beam's local job service in a process of its own, all its servers on 127.0.0.1: ``with ... as
+    endpoint``."""
     with local_services("job-service", max_seconds=max_seconds) as (endpoint,):
         yield endpoint
 
@@ -316,7 +340,14 @@ class WorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         self._workers: dict[str, subprocess.Popen] = {}
 
     def StartWorker(self, request, context):  # noqa: N802 (the gRPC method name)
-        command = [sys.executable, "-c", _SDK_WORKER, request.control_endpoint.url, request.worker_id, str(os.getpid())]
+        command = [
+            sys.executable,
+            "-c",
+            _SDK_WORKER,
+            request.control_endpoint.url,
+            request.worker_id,
+            str(os.getpid()),
+        ]
         try:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError as e:
@@ -340,9 +371,10 @@ class WorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
 
 
 def _serve(start, port: int, parent_pid: int | None, max_seconds: float | None) -> None:
-    """Run a service process: ``start(port) -> (bound port, stop callable)``; print the bound port as the first
-    line of stdout; serve until SIGTERM/SIGINT, ``max_seconds`` or the exit of ``parent_pid``; then stop and
-    leave at once (a job still running in a thread of Beam's job service would otherwise keep it alive)."""
+    """Run a service process: ``start(port) -> (bound port, stop callable)``; print the bound port as the
+    first line of stdout; serve until SIGTERM/SIGINT, ``max_seconds`` or the exit of ``parent_pid``; then stop
+    and leave at once (a job still running in a thread of Beam's job service would otherwise keep it
+    alive)."""
     if parent_pid is not None:
         die_with_parent(parent_pid)  # the workers of a pool die with it in turn (they watch the pool)
     stop = threading.Event()

@@ -45,7 +45,8 @@ BLOCK_FIELDS = (
 )
 COUNT_FIELDS = ("start", "end", "records", "kept_docs", "kept_tokens", "kept_segments")  # what a plan reads
 BLOCKS_SCHEMA = pa.schema(
-    [("shard", pa.int32())] + [(name, pa.string() if name.endswith("sha256") else pa.int64()) for name in BLOCK_FIELDS]
+    [("shard", pa.int32())]
+    + [(name, pa.string() if name.endswith("sha256") else pa.int64()) for name in BLOCK_FIELDS]
 )
 ROWS_PER_GROUP = 1 << 14  # rows per row group: a shard's rows are read by the row groups that hold them
 NO_RECORDS = -1  # ``records`` unknown (None) in the count array
@@ -74,10 +75,14 @@ def write_blocks_file(path: Path, per_shard: Sequence[tuple[int, Sequence[Mappin
         for shard, blocks in per_shard:
             rows.extend({"shard": shard, **b} for b in blocks)
             if len(rows) >= ROWS_PER_GROUP:
-                writer.write_table(pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA), row_group_size=ROWS_PER_GROUP)
+                writer.write_table(
+                    pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA), row_group_size=ROWS_PER_GROUP
+                )
                 rows = []
         if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA), row_group_size=ROWS_PER_GROUP)
+            writer.write_table(
+                pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA), row_group_size=ROWS_PER_GROUP
+            )
 
 
 @dataclass(frozen=True)

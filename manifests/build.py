@@ -77,7 +77,9 @@ class BuildResult:
     tokenizer: dict[str, Any] = field(default_factory=dict)  # manifest.json's tokenizer record
 
 
-SYNTHETIC_LICENCE = "synthetic text (elm-data's sample generator), not a real corpus: no upstream licence applies"
+SYNTHETIC_LICENCE = (
+    "synthetic text (elm-data's sample generator), not a real corpus: no upstream licence applies"
+)
 
 
 def upstream_for(source: str, subset: str, uri: str, synthetic: bool = False) -> tuple[str, str | None]:
@@ -89,14 +91,18 @@ def upstream_for(source: str, subset: str, uri: str, synthetic: bool = False) ->
     return spec.licence, spec.upstream_uri(uri)
 
 
-def plan_shards(mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_local: bool = False) -> list[ShardTask]:
+def plan_shards(
+    mixture: MixtureConfig, block_bytes: int = BLOCK_BYTES, allow_local: bool = False
+) -> list[ShardTask]:
     """Every shard of the mixture, in mixture order, numbered from 0."""
     tasks: list[ShardTask] = []
     held = HeldoutSelector(mixture.seed, mixture.heldout.fraction)
     for entry in mixture.entries:
         for uri in mixture.resolve_shards(entry, allow_local):
             licence, upstream = upstream_for(entry.source, entry.subset, uri, mixture.synthetic)
-            tasks.append(ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes, held))
+            tasks.append(
+                ShardTask(len(tasks), entry.source, entry.subset, uri, licence, upstream, block_bytes, held)
+            )
     return tasks
 
 
@@ -120,7 +126,8 @@ def _work(tasks: Sequence[ShardTask]) -> list[ShardOutcome]:
 
 
 def _in_turn(tasks, document_pass, workspace, dropped_per_reason) -> Iterator[ShardOutcome]:
-    """The tasks counted one after the other, each next shard fetched meanwhile (``process_shard`` looked up here)."""
+    """The tasks counted one after the other, each next shard fetched meanwhile (``process_shard`` looked up
+    here)."""
     return process_shards(tasks, document_pass, workspace, dropped_per_reason, lambda *a: process_shard(*a))
 
 
@@ -132,7 +139,11 @@ def _groups(tasks: Sequence[ShardTask], workers: int) -> list[Sequence[ShardTask
 
 
 def run_local(
-    tasks: Sequence[ShardTask], spec: PassSpec, workspace: BuildWorkspace, workers: int = 1, dropped_per_reason: int = 0
+    tasks: Sequence[ShardTask],
+    spec: PassSpec,
+    workspace: BuildWorkspace,
+    workers: int = 1,
+    dropped_per_reason: int = 0,
 ) -> Iterator[ShardOutcome]:
     """Count shards in ``workers`` processes (in-process for 1), yielding outcomes in shard order."""
     if workers <= 1 or len(tasks) <= 1:
@@ -181,7 +192,9 @@ class _CommittedDocuments(Sequence):
 DAMAGE_REASONS = (REJECT_SCHEMA, REJECT_TRUNCATED, REJECT_UNREADABLE)
 
 
-def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damaged: bool = False) -> list[ShardRecord]:
+def collect(
+    tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damaged: bool = False
+) -> list[ShardRecord]:
     """The committed records of ``tasks``; raises :class:`BuildFailed` naming every shard that is not.
 
     A shard whose reader reported it damaged (truncated, unreadable, wrong schema) counts as failed
@@ -193,7 +206,11 @@ def collect(tasks: Sequence[ShardTask], workspace: BuildWorkspace, accept_damage
         done = workspace.committed(task.shard)
         if error is not None:
             failures.append((task.uri, error["error"]))
-        elif done is None or done.config_hash != workspace.config_hash or done.record.uri != redact_uri(task.uri):
+        elif (
+            done is None
+            or done.config_hash != workspace.config_hash
+            or done.record.uri != redact_uri(task.uri)
+        ):
             failures.append((task.uri, "not counted (the runner did not commit a result)"))
         else:
             records.append(done.record)
@@ -240,7 +257,8 @@ def manifest_info(
         "merkle_root": None,
         "name": mixture.name,
         "synthetic": mixture.synthetic,
-        "tokenizer": tokenizer.describe() | {"uri": redact_uri(tokenizer.uri)},  # a name only when the sha is known
+        # a name only when the sha is known
+        "tokenizer": tokenizer.describe() | {"uri": redact_uri(tokenizer.uri)},
         "filters": mixture.filters.to_dict(),
         "pass": pass_description,
         "sequences": mixture.sequences.to_dict(),
@@ -264,13 +282,15 @@ def _check_output_dir(out_dir: Path, overwrite: bool = False) -> None:
         raise OutputExists(f"{out_dir} exists and is not a manifest directory; refusing to replace it")
     if (out_dir / MANIFEST_FILE).exists() and not overwrite:
         raise OutputExists(
-            f"{out_dir} already holds a manifest; pass --overwrite (overwrite=True) to replace it and everything "
+            f"{out_dir} already holds a manifest; pass --overwrite (overwrite=True) to replace it and "
+            "everything "
             "in it, or choose another --out"
         )
 
 
 def _one_build_per_output(build: Callable[..., BuildResult]) -> Callable[..., BuildResult]:
-    """Run ``build`` holding the lock of its output directory, after undoing what a killed build left there."""
+    """Run ``build`` holding the lock of its output directory, after undoing what a killed build left
+    there."""
 
     @functools.wraps(build)
     def locked(mixture_path: str | Path, out_dir: str | Path, *args: Any, **kwargs: Any) -> BuildResult:
@@ -324,29 +344,42 @@ def build_manifest(
     out_dir = Path(out_dir)
     _check_output_dir(out_dir, overwrite)
     mixture = MixtureConfig.load(mixture_path)
-    remote.configure(retries or mixture.retries, mixture.storage_options)  # here and in the workers (None: as is)
+    # here and in the workers (None: as is)
+    remote.configure(retries or mixture.retries, mixture.storage_options)
     tok = resolve_tokenizer(tokenizer, mixture.tokenizer)  # recorded as an absolute path or URL + sha256
     spec = PassSpec(mixture.filters, mixture.sequences, tok)
     pass_description = spec.build().describe() | _dedup_description(mixture.filters.dedup)
     targets = load_targets(mixture.targets, base_dir=mixture.base_dir) if mixture.targets else None
     tasks = plan_shards(mixture, block_bytes, allow_local_shards)
-    config_hash = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes, _heldout_key(mixture))
-    work = _open_workspace(workspace or workspace_path_for(str(out_dir)), config_hash, restart)
-    local, k = runner == "local", dropped_samples
-    reused, fetched = (_count_locally(tasks, spec, work, workers, k, progress, on_shard_done) if local
-                       else _count_with_beam(tasks, spec, work, beam_args, k, runner, progress))  # fmt: skip
+    key = pass_config_hash(pass_description, spec.sequences.to_dict(), block_bytes, _heldout_key(mixture))
+    work = _open_workspace(workspace or workspace_path_for(str(out_dir)), key, restart)
+    counting = (workers, beam_args, dropped_samples, runner, progress, on_shard_done)
+    reused, fetched = _count_shards(tasks, spec, work, *counting)
     records, documents = _assembled(tasks, work, accept_damaged, mixture.filters.dedup)
     info = manifest_info(mixture, records, tok, pass_description, targets)
-    extra = {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
-    write_manifest_dir(out_dir, info, records, documents, extra_files=extra)
+    write_manifest_dir(out_dir, info, records, documents, _extra_files(records, work, dropped_samples))
     work.remove()
     ids, totals = (info["manifest_id"], info["merkle_root"]), (info["totals"], remote.add_counts({}, fetched))
     return BuildResult(out_dir, *ids, len(records), reused, *totals, info["tokenizer"])
 
 
+def _extra_files(records, work: BuildWorkspace, dropped_samples: int) -> dict[str, bytes] | None:
+    """The manifest's optional files: ``dropped_samples.jsonl`` when ``dropped_samples`` > 0."""
+    return (
+        {DROPPED_SAMPLES_FILE: collect_dropped(records, work, dropped_samples)} if dropped_samples else None
+    )
+
+
+def _count_shards(tasks, spec, work, workers, beam_args, dropped_samples, runner, progress, on_shard_done):
+    """``(shards reused, remote reads' counts)`` of counting ``tasks`` with the local runner or Beam."""
+    if runner == "local":
+        return _count_locally(tasks, spec, work, workers, dropped_samples, progress, on_shard_done)
+    return _count_with_beam(tasks, spec, work, beam_args, dropped_samples, runner, progress)
+
+
 def _assembled(tasks, work: BuildWorkspace, accept_damaged: bool, dedup: str | None):
-    """The committed shard records and their ledgers (lazily), after ``filters.dedup``'s removals when set: which
-    copies go is decided over every shard, in manifest order (``dedup_filter.py``)."""
+    """The committed shard records and their ledgers (lazily), after ``filters.dedup``'s removals when set:
+    which copies go is decided over every shard, in manifest order (``dedup_filter.py``)."""
     records = collect(tasks, work, accept_damaged)
     documents = _CommittedDocuments(work, len(records))
     if dedup is None:
@@ -355,7 +388,8 @@ def _assembled(tasks, work: BuildWorkspace, accept_damaged: bool, dedup: str | N
 
 
 def _dedup_description(mode: str | None) -> dict[str, Any]:
-    """``pass.dedup`` (in the id and the workspace key) for ``filters.dedup``; refuses a missing datasketch first."""
+    """``pass.dedup`` (in the id and the workspace key) for ``filters.dedup``; refuses a missing datasketch
+    first."""
     if mode is None:
         return {}
     signer_for(mode)  # minhash without the dedup extra: the pip line, before a shard is read
@@ -368,8 +402,8 @@ def _heldout_key(mixture: MixtureConfig) -> dict[str, Any]:
 
 
 def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner: str, progress: bool):
-    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none; returns
-    the remote reads' counts of Beam's workers (its counters), as the local runner's."""
+    """Count ``tasks`` as a Beam pipeline (with a bar of finished shards when ``progress``); reuses none;
+    returns the remote reads' counts of Beam's workers (its counters), as the local runner's."""
     from .beam import run_beam
 
     with _polled_progress(work, len(tasks), progress):
@@ -377,9 +411,12 @@ def _count_with_beam(tasks, spec, work, beam_args, dropped_samples: int, runner:
 
 
 @contextlib.contextmanager
-def _polled_progress(work: BuildWorkspace, shards: int, progress: bool, every_s: float = 1.0) -> Iterator[None]:
-    """A bar (stderr, with the time left) of the shards the Beam workers have finished, read from the workspace
-    every ``every_s`` seconds while the pipeline runs (Beam reports nothing to the submitting process)."""
+def _polled_progress(
+    work: BuildWorkspace, shards: int, progress: bool, every_s: float = 1.0
+) -> Iterator[None]:
+    """A bar (stderr, with the time left) of the shards the Beam workers have finished, read from the
+    workspace every ``every_s`` seconds while the pipeline runs (Beam reports nothing to the submitting
+    process)."""
     if not progress:
         yield
         return
@@ -464,7 +501,9 @@ def load_manifest(path: str | Path, verify: bool = True) -> Manifest:
         with output_lock(path, "manifest build"):
             recover_dir(path)
     if not (path / MANIFEST_FILE).exists() and Path(workspace_path_for(str(path))).exists():
-        raise NotFound(f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build")
+        raise NotFound(
+            f"{path}: not a manifest yet — an interrupted build left {path}.partial; re-run the build"
+        )
     if not path.exists():
         raise NotFound(f"{path}: no such manifest directory")
     return Manifest(path, verify=verify)

@@ -1,4 +1,5 @@
-"""Commands: ``build manifest``, ``verify``, ``audit``, ``export croissant`` (thin layers over the modules)."""
+"""Commands: ``build manifest``, ``verify``, ``audit``, ``export croissant`` (thin layers over the
+modules)."""
 
 from __future__ import annotations
 
@@ -16,30 +17,41 @@ from elm_data.sources.remote_option import retries_option
 @command("manifest")
 @retries_option
 @click.argument("mixture", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Manifest directory to write."
+)
 @click.option(
     "--tokenizer",
     default=None,
     help="LLaMA SentencePiece model (else the mixture's tokenizer:, $ELM_DATA_TOKENIZER, the sha256 cache).",
 )
 @click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes (local runner)."
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes (local runner).",
 )
 @click.option(
     "--runner",
     type=click.Choice(["local", "beam", "beam-portable"]),
     default="local",
     show_default=True,
-    help="local: worker processes; beam: a Beam pipeline (--beam-arg); beam-portable: the Beam pipeline through "
-    "Beam's portability layer on this machine (PortableRunner; job service, worker pool, SDK worker: processes).",
+    help="local: worker processes; beam: a Beam pipeline (--beam-arg); beam-portable: the Beam pipeline "
+    "through "
+    "Beam's portability layer on this machine (PortableRunner; job service, worker pool, SDK worker: "
+    "processes).",
 )
-@click.option("--restart", is_flag=True, help="Discard an interrupted build's workspace; count every shard anew.")
+@click.option(
+    "--restart", is_flag=True, help="Discard an interrupted build's workspace; count every shard anew."
+)
 @click.option(
     "--beam-arg",
     "beam_args",
     multiple=True,
     metavar="ARG",
-    help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner). Default: in-process DirectRunner.",
+    help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner). Default: in-process "
+    "DirectRunner.",
 )
 @click.option(
     "--workspace",
@@ -54,13 +66,15 @@ from elm_data.sources.remote_option import retries_option
     show_default=True,
     type=click.IntRange(min=0),
     metavar="K",
-    help="Also write OUT/dropped_samples.jsonl: the first K filtered documents and K rejected records per reason, "
+    help="Also write OUT/dropped_samples.jsonl: the first K filtered documents and K rejected records per "
+    "reason, "
     "in manifest order (0: off). Does not change the manifest id.",
 )
 @click.option(
     "--accept-damaged",
     is_flag=True,
-    help="Record damaged shards (truncated archive, unreadable file, wrong parquet schema) as counted rejections "
+    help="Record damaged shards (truncated archive, unreadable file, wrong parquet schema) as counted "
+    "rejections "
     "instead of failing the build.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a manifest already at --out (and every file in it).")
@@ -69,7 +83,8 @@ from elm_data.sources.remote_option import retries_option
     type=click.IntRange(min=1),
     default=BLOCK_BYTES,
     show_default=True,
-    help="Target size of a plain-JSONL block in the block index: the unit the stream verifies, resumes from and "
+    help="Target size of a plain-JSONL block in the block index: the unit the stream verifies, resumes from "
+    "and "
     "deals to partitions (parquet blocks are row groups; a compressed shard is one block).",
 )
 @click.option(
@@ -136,12 +151,16 @@ def _print_build(result, out_dir: str, dropped_samples: int) -> None:
     )
     r = result.remote
     if r.get("bytes_fetched") or r.get("retries") or r.get("failed"):
-        click.echo(f"  remote       {r['bytes_fetched']:,} bytes fetched, {r['retries']} read(s) retried "
-                   f"{json.dumps(r['retries_by_reason'])}")  # fmt: skip
+        click.echo(
+            f"  remote       {r['bytes_fetched']:,} bytes fetched, {r['retries']} read(s) retried "
+            f"{json.dumps(r['retries_by_reason'])}"
+        )
     if dropped_samples:
         from .manifest import DROPPED_SAMPLES_FILE
 
-        click.echo(f"  dropped      first {dropped_samples} per reason in {Path(out_dir) / DROPPED_SAMPLES_FILE}")
+        click.echo(
+            f"  dropped      first {dropped_samples} per reason in {Path(out_dir) / DROPPED_SAMPLES_FILE}"
+        )
 
 
 @command("verify")
@@ -169,9 +188,13 @@ def verify(manifest_dir, workers):
 
 @command("audit")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
-@click.option("--targets", default=None, help="Target preset ('openelm') or YAML file; default: the manifest's own.")
+@click.option(
+    "--targets", default=None, help="Target preset ('openelm') or YAML file; default: the manifest's own."
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a PNG chart.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a PNG chart."
+)
 def audit(manifest_dir, targets, fmt, plot_path):
     """Per source/subset: shards, documents read/kept/filtered/rejected, characters, tokens, share of the
     mix, target tokens and share, and the deviation (percentage points and ratio)."""
@@ -196,7 +219,9 @@ def audit(manifest_dir, targets, fmt, plot_path):
 
 @command("croissant")
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DIR/croissant.json].")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DIR/croissant.json]."
+)
 def export_croissant(manifest_dir, out):
     """Export MANIFEST_DIR as Croissant 1.1 JSON-LD (shards as FileObjects with sha256 and provenance)."""
     from .build import load_manifest
@@ -208,7 +233,8 @@ def export_croissant(manifest_dir, out):
 
 
 SAVE_HELP = (
-    "Also keep the JSON report in MANIFEST_DIR/audits/ (bound to the manifest id), where the model card and the "
+    "Also keep the JSON report in MANIFEST_DIR/audits/ (bound to the manifest id), where the model card and "
+    "the "
     "Croissant export find it and carry its summary."
 )
 
@@ -216,13 +242,19 @@ SAVE_HELP = (
 @command("duplicates")
 @retries_option
 @click.argument("manifest_dir", type=click.Path(file_okay=False))
-@click.option("--threshold", type=float, default=0.8, show_default=True, help="Near: estimated Jaccard to reach.")
+@click.option(
+    "--threshold", type=float, default=0.8, show_default=True, help="Near: estimated Jaccard to reach."
+)
 @click.option("--shingle", type=int, default=5, show_default=True, help="Near: words per shingle.")
 @click.option("--num-perm", type=int, default=128, show_default=True, help="Near: MinHash permutations.")
 @click.option("--exact-only", is_flag=True, help="Exact duplicates only (no datasketch needed).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes sketching shards.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes sketching shards."
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a heatmap.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a heatmap."
+)
 @click.option("--save", is_flag=True, help=SAVE_HELP)
 def duplicates(manifest_dir, threshold, shingle, num_perm, exact_only, workers, fmt, plot_path, save):
     """Exact (hash of normalized text) and near (MinHash-LSH, datasketch) duplicates among MANIFEST_DIR's kept

@@ -1,14 +1,14 @@
 """``audit contamination``: n-gram overlap between evaluation items and a manifest's kept documents.
 
 Normalization and matching, the published recipes' (GPT-3 appendix C, Dolma's decontamination, datatrove's
-``NGramsDecontIndexer``): a text is normalized by datatrove's ``simplify_text`` (lowercase, punctuation removed,
-diacritics stripped, digits mapped to 0, whitespace collapsed) and split into words on whitespace; its n-grams are
-its runs of ``n`` consecutive words (default **13**, GPT-3's and Dolma's size). An item with fewer than ``n``
-words has no n-gram and is counted as ``items_too_short`` (never contaminated). An item is contaminated in a
-source/subset when its n-grams found in that subset's kept documents reach the rule: by default **any one**
-(GPT-3's rule), or with ``min_overlap = f`` a fraction ``f`` of the item's distinct n-grams (PaLM used 70 % of
-8-grams). A document is contaminated by a task when it holds an n-gram of one of the task's contaminated items;
-its tokens are its ledger tokens (LLaMA-2, no BOS/EOS).
+``NGramsDecontIndexer``): a text is normalized by datatrove's ``simplify_text`` (lowercase, punctuation
+removed, diacritics stripped, digits mapped to 0, whitespace collapsed) and split into words on whitespace;
+its n-grams are its runs of ``n`` consecutive words (default **13**, GPT-3's and Dolma's size). An item with
+fewer than ``n`` words has no n-gram and is counted as ``items_too_short`` (never contaminated). An item is
+contaminated in a source/subset when its n-grams found in that subset's kept documents reach the rule: by
+default **any one** (GPT-3's rule), or with ``min_overlap = f`` a fraction ``f`` of the item's distinct
+n-grams (PaLM used 70 % of 8-grams). A document is contaminated by a task when it holds an n-gram of one of
+the task's contaminated items; its tokens are its ledger tokens (LLaMA-2, no BOS/EOS).
 
 Exactness: n-grams are looked up by a 64-bit hash (per-word xxh64 combined as a polynomial over uint64), and
 every hash hit is confirmed by comparing the words, so a reported match is an exact n-gram match and none is
@@ -63,7 +63,8 @@ def ngram_hashes(words: list[str], n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MatchRule:
-    """``n``: words per n-gram; ``min_overlap``: fraction of an item's distinct n-grams to find (None: any one)."""
+    """``n``: words per n-gram; ``min_overlap``: fraction of an item's distinct n-grams to find (None: any
+    one)."""
 
     n: int = DEFAULT_NGRAM
     min_overlap: float | None = None
@@ -114,7 +115,8 @@ class NgramIndex:
         self.keys = np.array(sorted(self.table), dtype=np.uint64)
 
     def lookup(self, words: list[str]) -> list[tuple[int, int, int]]:
-        """``(item number, item n-gram number, position in words)`` of every n-gram of ``words`` an item holds."""
+        """``(item number, item n-gram number, position in words)`` of every n-gram of ``words`` an item
+        holds."""
         if not len(self.keys):
             return []
         hashes = ngram_hashes(words, self.n)
@@ -131,9 +133,11 @@ class NgramIndex:
 
 @dataclass
 class _Cell:
-    """What one task met in one source/subset: per item, its matched n-grams; per document, the items it holds."""
+    """What one task met in one source/subset: per item, its matched n-grams; per document, the items it
+    holds."""
 
-    found: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # picklable: defaultdict(set)
+    # picklable: defaultdict(set)
+    found: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
     docs: dict[tuple[int, int], tuple[str, int, set[int]]] = field(default_factory=dict)
 
 
@@ -161,7 +165,8 @@ class Contamination:
 
 
 def scan_shard(index: NgramIndex, docs: Iterable[KeptDocument]):
-    """Look every document's n-grams up in ``index``: ``({(task, subset): _Cell}, {subset: [docs, tokens]})``."""
+    """Look every document's n-grams up in ``index``: ``({(task, subset): _Cell}, {subset: [docs,
+    tokens]})``."""
     cells: dict[tuple[int, str], _Cell] = defaultdict(_Cell)
     scanned: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for doc in docs:
@@ -195,7 +200,9 @@ def merge_scans(parts) -> tuple[dict, dict[str, list[int]]]:
 def _cell_report(cell: _Cell, index: NgramIndex, rule: MatchRule) -> tuple[set[int], dict[str, Any]]:
     """The contaminated items of one task x subset and its report entry."""
     items = {k for k, js in cell.found.items() if rule.contaminated(len(js), len(index.item_ngrams[k]))}
-    docs = sorted((place, doc_id, tokens) for place, (doc_id, tokens, held) in cell.docs.items() if held & items)
+    docs = sorted(
+        (place, doc_id, tokens) for place, (doc_id, tokens, held) in cell.docs.items() if held & items
+    )
     return items, {
         "contaminated_items": len(items),
         "documents": len(docs),
@@ -240,11 +247,13 @@ def audit_contamination(
     run: str | None = None,
     workers: int = 1,
 ) -> Contamination:
-    """Scan the manifest's kept documents (``only``: ``{shard: record indices}``) for the tasks' items, shard by
-    shard in ``workers`` processes; the result does not depend on ``workers``."""
+    """Scan the manifest's kept documents (``only``: ``{shard: record indices}``) for the tasks' items, shard
+    by shard in ``workers`` processes; the result does not depend on ``workers``."""
     rule = rule or MatchRule()
     index = NgramIndex(tasks, rule.n)
-    parts = map_shards(manifest, scan_shard, only, workers, setup=NgramIndex, setup_args=(tasks, rule.n), state=index)
+    parts = map_shards(
+        manifest, scan_shard, only, workers, setup=NgramIndex, setup_args=(tasks, rule.n), state=index
+    )
     cells, scanned = merge_scans(parts)
     by_task = summarize(tasks, index, cells, rule)
     return Contamination(manifest.manifest_id, manifest.info["name"], rule, tasks, scanned, by_task, run)

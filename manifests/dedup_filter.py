@@ -3,30 +3,30 @@
 Which copy stays cannot be decided per shard (a copy may sit in any shard), so the build works in three steps:
 
 1. **Sign** — while a shard is counted (``shard_work.tally_shard``, local or Beam, any worker), each document
-   the pass keeps gets the audit's signature (``duplicates.signature_of``: xxh128 of datatrove-normalized words,
-   and with ``minhash`` its datasketch MinHash over word 5-gram shingles, 128 permutations). The signatures are
-   committed with the shard's ledger in the build workspace (``shard-N.dedup.parquet``), so a resumed build
-   reuses them; the shard's ledger and counts are committed as the pass left them.
+   the pass keeps gets the audit's signature (``duplicates.signature_of``: xxh128 of datatrove-normalized
+   words, and with ``minhash`` its datasketch MinHash over word 5-gram shingles, 128 permutations). The
+   signatures are committed with the shard's ledger in the build workspace (``shard-N.dedup.parquet``), so a
+   resumed build reuses them; the shard's ledger and counts are committed as the pass left them.
 2. **Decide** — the builder reads the signatures in the manifest's canonical order (shard, then record) and
    clusters them with the audit's own ``duplicates.find_duplicates`` (exact: same hash; minhash: also a
    MinHash-LSH candidate whose estimated Jaccard reaches 0.8, clusters joined transitively). In each cluster
    the first document in that order stays; every other one is removed as a duplicate **of that first one**.
    This step sees every shard and runs in one process, so what is removed never depends on the worker
-   count or the runner. ``audit duplicates`` of the same documents reports exactly these as ``exact_redundant``
-   (``exact``) or ``near_redundant`` (``minhash``).
+   count or the runner. ``audit duplicates`` of the same documents reports exactly these as
+   ``exact_redundant`` (``exact``) or ``near_redundant`` (``minhash``).
 3. **Apply** — a removed document's ledger row becomes ``status: filtered``, ``reason: duplicate``,
    ``duplicate_of: <doc id of the kept copy>`` (tokens and segments 0, characters kept, as for every
    filtered row); the shard's counts move it from kept (or held out: held-out documents are signed too, so a
-   later copy of a held-out document is never trained on) to ``filtered_by_reason["duplicate"]`` (read = kept +
-   held out + filtered + rejected still holds) and its block index is recomputed from the new ledger. The stream plans
-   from the ledger's kept rows only, so it never reads a removed document.
+   later copy of a held-out document is never trained on) to ``filtered_by_reason["duplicate"]`` (read = kept
+   + held out + filtered + rejected still holds) and its block index is recomputed from the new ledger. The
+   stream plans from the ledger's kept rows only, so it never reads a removed document.
 
 Cost over a build without dedup: normalizing and (minhash) sketching each kept document in the counting
 workers, ~0.7 KiB of signature per kept document in the workspace (~56 B exact, its doc id included), and a
-single-process pass over all signatures (the LSH index holds every distinct document's bands: memory grows with
-kept documents, ~5.6 KiB each measured); no byte of the corpus is read twice (``benchmarks/RESULTS.md``, audits).
-``describe`` is recorded as ``pass.dedup`` (in the manifest id). ``--dropped-samples`` does not sample removed
-copies (their text is not kept past the count; the ledger names each one's kept copy).
+single-process pass over all signatures (the LSH index holds every distinct document's bands: memory grows
+with kept documents, ~5.6 KiB each measured); no byte of the corpus is read twice (``benchmarks/RESULTS.md``,
+audits). ``describe`` is recorded as ``pass.dedup`` (in the manifest id). ``--dropped-samples`` does not
+sample removed copies (their text is not kept past the count; the ledger names each one's kept copy).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ SIGNATURE_SCHEMA = pa.schema(
         ("index", pa.int64()),  # record index in the shard (a kept document)
         ("doc_id", pa.string()),
         ("digest", pa.binary(16)),  # xxh128 of the normalized words
-        ("signature", pa.list_(pa.uint32())),  # MinHash hash values (32-bit), null: exact mode or too few words
+        # MinHash hash values (32-bit), null: exact mode or too few words
+        ("signature", pa.list_(pa.uint32())),
     ]
 )
 
@@ -90,12 +91,14 @@ def signature_table(rows: Sequence[tuple[int, str, bytes, np.ndarray | None]]) -
     """One shard's signatures (``SIGNATURE_SCHEMA``), rows ``(index, doc id, digest, signature)``."""
     columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
     return pa.table(
-        [pa.array(list(c), f.type) for c, f in zip(columns, SIGNATURE_SCHEMA, strict=True)], schema=SIGNATURE_SCHEMA
+        [pa.array(list(c), f.type) for c, f in zip(columns, SIGNATURE_SCHEMA, strict=True)],
+        schema=SIGNATURE_SCHEMA,
     )
 
 
 def _parts(records: Sequence[ShardRecord], signatures, positions: list) -> Iterator[list[tuple]]:
-    """Per shard in manifest order, the rows ``find_duplicates`` takes; ``positions`` gets ``(shard, index)``."""
+    """Per shard in manifest order, the rows ``find_duplicates`` takes; ``positions`` gets ``(shard,
+    index)``."""
     for record in records:
         table = signatures(record.shard)
         indices, ids = table.column("index").to_pylist(), table.column("doc_id").to_pylist()
@@ -148,7 +151,8 @@ def apply_to_record(record: ShardRecord, table: pa.Table, removed: Mapping[int, 
     if not removed:
         return record
     gone = table.filter(pa.array([i in removed for i in table.column("index").to_pylist()]))
-    held = gone.filter(pc.equal(gone.column("status"), HELDOUT))  # a held-out later copy: out of its own bucket
+    # a held-out later copy: out of its own bucket
+    held = gone.filter(pc.equal(gone.column("status"), HELDOUT))
     gone = gone.filter(pc.not_equal(gone.column("status"), HELDOUT))
     counts = Counts.from_record(record)
     counts.docs_kept -= gone.num_rows
@@ -157,8 +161,12 @@ def apply_to_record(record: ShardRecord, table: pa.Table, removed: Mapping[int, 
     counts.filtered_by_reason[REASON_DUPLICATE] += gone.num_rows + held.num_rows
     for name in ("chars", "tokens", "segments"):
         setattr(counts, name, getattr(counts, name) - int(pc.sum(gone.column(name)).as_py() or 0))
-    blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in record.blocks]
-    return dataclasses.replace(record, **counts.to_dict(), blocks=block_index(blocks, apply_to_ledger(table, removed)))
+    blocks = [
+        Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in record.blocks
+    ]
+    return dataclasses.replace(
+        record, **counts.to_dict(), blocks=block_index(blocks, apply_to_ledger(table, removed))
+    )
 
 
 class DedupedDocuments(Sequence):
@@ -177,7 +185,11 @@ class DedupedDocuments(Sequence):
 def dedup_build(
     records: list[ShardRecord], documents: Sequence[pa.Table], signatures, mode: str
 ) -> tuple[list[ShardRecord], DedupedDocuments]:
-    """Records and ledgers of a build with ``filters.dedup = mode`` from its committed (undeduplicated) ones."""
+    """Records and ledgers of a build with ``filters.dedup = mode`` from its committed (undeduplicated)
+    ones."""
     removals = find_removals(records, signatures, mode)
-    out = [apply_to_record(r, documents[r.shard], removals[r.shard]) if r.shard in removals else r for r in records]
+    out = [
+        apply_to_record(r, documents[r.shard], removals[r.shard]) if r.shard in removals else r
+        for r in records
+    ]
     return out, DedupedDocuments(documents, removals)

@@ -2,9 +2,11 @@
 
 Every kept document (read back by ``kept_text``) is normalized as the contamination audit does (datatrove's
 ``simplify_text``, words split on whitespace). **Exact** duplicates share the xxh128 hash of their normalized
-words. **Near** duplicates: each document's set of word ``shingle``-grams (default 5) is sketched by datasketch's
-``MinHash`` (``num_perm`` permutations, default 128) and looked up in a ``MinHashLSH`` index (default threshold
-0.8); a candidate pair is kept when the sketches' estimated Jaccard similarity reaches the threshold. Documents
+words. **Near** duplicates: each document's set of word ``shingle``-grams (default 5) is sketched by
+datasketch's ``MinHash`` (``num_perm`` permutations, default 128) and looked up in a ``MinHashLSH`` index
+(default threshold
+0.8); a candidate pair is kept when the sketches' estimated Jaccard similarity reaches the threshold.
+Documents
 with fewer words than a shingle have no sketch (exact matching only). Clusters are the connected components of
 exact and near pairs (union-find), numbered by their first member in manifest order, so the result does not
 depend on anything but the manifest.
@@ -48,7 +50,9 @@ class DedupSettings:
 
     def __post_init__(self):
         if self.shingle < 1 or self.num_perm < 16:
-            raise InvalidValue(f"--shingle must be >= 1 and --num-perm >= 16, got {self.shingle}, {self.num_perm}")
+            raise InvalidValue(
+                f"--shingle must be >= 1 and --num-perm >= 16, got {self.shingle}, {self.num_perm}"
+            )
         if not 0 < self.threshold <= 1:
             raise InvalidValue(f"--threshold must be in (0, 1], got {self.threshold}")
 
@@ -124,10 +128,12 @@ class Duplicates:
         return groups
 
     def duplicate_pairs(self) -> set[tuple[int, int]]:
-        """Every pair ``(i < j)`` the audit calls duplicates: identical normalized text, or a near pair (either
-        side standing for its exact copies)."""
+        """Every pair ``(i < j)`` the audit calls duplicates: identical normalized text, or a near pair
+        (either side standing for its exact copies)."""
         groups = self.exact_groups()
-        pairs = {(a, b) for members in groups.values() for i, a in enumerate(members) for b in members[i + 1 :]}
+        pairs = {
+            (a, b) for members in groups.values() for i, a in enumerate(members) for b in members[i + 1 :]
+        }
         for a, b, _ in self.near_pairs:
             for x in groups[self.docs[a].exact]:
                 for y in groups[self.docs[b].exact]:
@@ -148,7 +154,9 @@ class Sketcher:
 
     def __init__(self, settings: DedupSettings):
         self.settings = settings
-        self.template = require_datasketch().MinHash(num_perm=settings.num_perm, seed=1) if settings.near else None
+        self.template = (
+            require_datasketch().MinHash(num_perm=settings.num_perm, seed=1) if settings.near else None
+        )
 
     def hashvalues(self, words: list[str]):
         """The MinHash signature of the words' shingles (None: exact only, or fewer words than a shingle)."""
@@ -161,8 +169,8 @@ class Sketcher:
 
 
 def signature_of(sketcher: Sketcher, text: str) -> tuple[int, Any]:
-    """``(xxh128 of the normalized words, MinHash signature or None)`` of one text: what both the audit and the
-    build's dedup filter (``manifests/dedup_filter.py``) compare."""
+    """``(xxh128 of the normalized words, MinHash signature or None)`` of one text: what both the audit and
+    the build's dedup filter (``manifests/dedup_filter.py``) compare."""
     from xxhash import xxh3_128_intdigest
 
     words = normalized_words(text)
@@ -170,7 +178,8 @@ def signature_of(sketcher: Sketcher, text: str) -> tuple[int, Any]:
 
 
 def sketch_shard(sketcher: Sketcher, docs: Iterable[KeptDocument]) -> list[tuple]:
-    """``(subset, doc id, tokens, xxh128 of normalized words, signature or None)`` per document of one shard."""
+    """``(subset, doc id, tokens, xxh128 of normalized words, signature or None)`` per document of one
+    shard."""
     return [(doc.key, doc.doc_id, doc.tokens, *signature_of(sketcher, doc.text)) for doc in docs]
 
 
@@ -212,14 +221,17 @@ def audit_duplicates(
     does not depend on ``workers``)."""
     settings = settings or DedupSettings()
     sketcher = Sketcher(settings)  # refuses a missing datasketch before a byte is read
-    parts = map_shards(manifest, sketch_shard, only, workers, setup=Sketcher, setup_args=(settings,), state=sketcher)
+    parts = map_shards(
+        manifest, sketch_shard, only, workers, setup=Sketcher, setup_args=(settings,), state=sketcher
+    )
     rows, pairs, uf = find_duplicates(parts, settings)
     roots = [uf.find(n) for n in range(len(rows))]
     return Duplicates(manifest.manifest_id, manifest.info["name"], settings, rows, pairs, roots)
 
 
 def _redundant(rows: list[DocRow], members: list[int], cluster: list[int]) -> tuple[int, int]:
-    """Documents (and their tokens) of ``members`` that are not the first of their cluster among ``members``."""
+    """Documents (and their tokens) of ``members`` that are not the first of their cluster among
+    ``members``."""
     seen: set[int] = set()
     docs = tokens = 0
     for n in members:
@@ -301,19 +313,24 @@ def format_table(report: dict[str, Any]) -> str:
             f"{key:<28} {r['documents']:>8,} {r['exact_redundant']:>10,} {100 * r['exact_rate']:>8.2f} "
             f"{r['near_redundant']:>9,} {100 * r['near_rate']:>7.2f} {r['near_redundant_tokens']:>16,}"
         )
-    lines.append(f"{'TOTAL':<28} {t['documents']:>8,} {t['exact_redundant']:>10,} {'':>8} {t['near_redundant']:>9,}")
+    lines.append(
+        f"{'TOTAL':<28} {t['documents']:>8,} {t['exact_redundant']:>10,} {'':>8} {t['near_redundant']:>9,}"
+    )
     cells = [(a, b, n) for a, row in report["overlap"].items() for b, n in row.items() if n]
     lines.append(
         "cross-subset overlap (documents of A with a duplicate in B): "
         + ("; ".join(f"{a} -> {b}: {n}" for a, b, n in cells) if cells else "none")
     )
     for c in report["largest_clusters"]:
-        lines.append(f"cluster of {c['size']} ({'exact' if c['exact'] else 'near'}): {', '.join(c['members'][:3])}")
+        lines.append(
+            f"cluster of {c['size']} ({'exact' if c['exact'] else 'near'}): {', '.join(c['members'][:3])}"
+        )
     return "\n".join(lines)
 
 
 def plot_duplicates(report: dict[str, Any], out_path) -> Any:
-    """A heatmap: row A, column B = % of A's documents with a duplicate in B (diagonal: near-duplicate rate)."""
+    """A heatmap: row A, column B = % of A's documents with a duplicate in B (diagonal: near-duplicate
+    rate)."""
     out_path = check_plot_path(out_path)
     import matplotlib
 
@@ -340,9 +357,19 @@ def plot_duplicates(report: dict[str, Any], out_path) -> Any:
     ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(keys)), keys, fontsize=8)
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="white" if v < grid.max() / 2 else "k")
+        ax.text(
+            j,
+            i,
+            f"{v:.0f}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if v < grid.max() / 2 else "k",
+        )
     fig.colorbar(image, ax=ax, label="% of row's documents")
-    ax.set_title(f"Duplicates in manifest {report['manifest_id'][:12]}: row A has a duplicate in column B", fontsize=9)
+    ax.set_title(
+        f"Duplicates in manifest {report['manifest_id'][:12]}: row A has a duplicate in column B", fontsize=9
+    )
     fig.tight_layout()
     with atomic_file(out_path) as handle:
         fig.savefig(handle, format=out_path.suffix[1:].lower())

@@ -63,7 +63,8 @@ from .shard_lists import Unreachable, unreachable
 
 WINDOW_BYTES = 8 << 20  # compressed bytes read from the start of a gzip/zstd shard
 LINE_CHUNK = 64 << 10  # byte-range read size when looking for a line's ends
-# A gzip/zstd window also ends past this much text or this many lines (a bomb: a few KB of zeros or of "{}\n"),
+# A gzip/zstd window also ends past this much text or this many lines (a bomb: a few KB of zeros or of
+# "{}\n"),
 # scaled like a window that ends early; no real shard's 8 MiB reach either (text ~3-5x, lines of KBs).
 WINDOW_TEXT_BYTES = 256 << 20
 WINDOW_LINES = 1 << 20
@@ -71,9 +72,38 @@ WINDOW_PIECES = 4  # independent byte windows per plain-JSONL draw
 LEDGER_ROW_BYTES = 64  # documents ledger bytes per record (64.2 measured: benchmarks/bench_estimate.py)
 NO_SHA = "0" * 64  # records are read without hashing their shard
 FIGURES = ("documents", "kept", "tokens")
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)  # fmt: skip
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -91,7 +121,9 @@ class Interval:
     def of(cls, draws: Sequence[float]) -> Interval:
         """Mean of independent unbiased draws, ``t * sd / sqrt(n)`` either side."""
         mean = statistics.fmean(draws)
-        half = t975(len(draws) - 1) * statistics.stdev(draws) / math.sqrt(len(draws)) if len(draws) > 1 else mean
+        half = (
+            t975(len(draws) - 1) * statistics.stdev(draws) / math.sqrt(len(draws)) if len(draws) > 1 else mean
+        )
         return cls(mean, max(0.0, mean - half), mean + half)
 
     @classmethod
@@ -159,8 +191,8 @@ class Estimate:
         return sum(s.bytes for s in self.subsets)
 
     def temp_disk_bytes(self, workers: int | None = None) -> int:
-        """Two fetched shards per worker (the next is fetched while one is counted), plus the manifest with its
-        documents ledger twice (workspace, final copy)."""
+        """Two fetched shards per worker (the next is fetched while one is counted), plus the manifest with
+        its documents ledger twice (workspace, final copy)."""
         largest = max((s.largest_shard for s in self.subsets), default=0)
         return 2 * (workers or self.workers) * largest + 2 * self.manifest_bytes
 
@@ -187,7 +219,8 @@ class Estimate:
         }
 
 
-# -- listing ----------------------------------------------------------------------------------------------------
+# -- listing
+# ----------------------------------------------------------------------------------------------------
 def _size(uri: str) -> int:
     try:
         fs, path = remote.filesystem(uri)
@@ -204,7 +237,8 @@ def list_sizes(uris: Sequence[str], threads: int = 16) -> list[int]:
         return list(pool.map(_size, uris))
 
 
-# -- stage 2: a few records of one drawn shard -----------------------------------------------------------------
+# -- stage 2: a few records of one drawn shard
+# -----------------------------------------------------------------
 @dataclass
 class Draw:
     """Records read from one drawn shard; the shard's total of y is estimated as ``sum(weight * y)``."""
@@ -298,8 +332,11 @@ def draw_plain_jsonl(
     return draw
 
 
-def bytes_per_line(uris: Sequence[str], sizes: Sequence[int], rng, probes: int = 4, chunk: int = 256 << 10) -> float:
-    """Mean bytes per line of plain JSONL shards, from newline counts in a few random chunks (sets window sizes)."""
+def bytes_per_line(
+    uris: Sequence[str], sizes: Sequence[int], rng, probes: int = 4, chunk: int = 256 << 10
+) -> float:
+    """Mean bytes per line of plain JSONL shards, from newline counts in a few random chunks (sets window
+    sizes)."""
     read = lines = 0
     for i in rng.choices(range(len(uris)), weights=[max(1, s) for s in sizes], k=probes):
         offset = rng.randrange(max(1, sizes[i] - chunk)) if sizes[i] > chunk else 0
@@ -335,9 +372,9 @@ def _decompressed(raw: _Counting, fmt: str):
 
 
 def _window_lines(stream, raw: _Counting) -> tuple[list[bytes | TooLarge], bool]:
-    """The lines of a decompressed ``stream``'s first window (``WINDOW_BYTES`` compressed, ``WINDOW_TEXT_BYTES``
-    of text, ``WINDOW_LINES`` lines) and whether it reached the end; a line over the record limit is a
-    :class:`TooLarge`, never held (the reader's own splitter)."""
+    """The lines of a decompressed ``stream``'s first window (``WINDOW_BYTES`` compressed,
+    ``WINDOW_TEXT_BYTES`` of text, ``WINDOW_LINES`` lines) and whether it reached the end; a line over the
+    record limit is a :class:`TooLarge`, never held (the reader's own splitter)."""
     lines: list[bytes | TooLarge] = []
     eof = False
 
@@ -358,7 +395,8 @@ def _window_lines(stream, raw: _Counting) -> tuple[list[bytes | TooLarge], bool]
 
 
 def draw_compressed(uri: str, size: int, n: int, fmt: str, entry: MixtureEntry, rng: random.Random) -> Draw:
-    """``n`` random lines of the shard's first window; scaled by compressed bytes when the window ends early."""
+    """``n`` random lines of the shard's first window; scaled by compressed bytes when the window ends
+    early."""
     start = time.process_time()
     with remote.open_read(uri) as f:
         raw = _Counting(f)
@@ -396,10 +434,13 @@ def draw_parquet(uri: str, n: int, entry: MixtureEntry, rng: random.Random) -> D
     for item in read_shard(uri, entry.source, entry.subset, NO_SHA, select=chosen, fmt=FORMAT_PARQUET):
         if isinstance(item, Document) and item.provenance.index in chosen:
             docs[chosen[item.provenance.index]] = item
-    return Draw(docs, [meta.num_rows / len(rows)] * len(rows), exact=meta.num_rows, decoded_bytes=max(1, sizes[g]))
+    return Draw(
+        docs, [meta.num_rows / len(rows)] * len(rows), exact=meta.num_rows, decoded_bytes=max(1, sizes[g])
+    )
 
 
-# -- per subset -------------------------------------------------------------------------------------------------
+# -- per subset
+# -------------------------------------------------------------------------------------------------
 @dataclass
 class DrawResult:
     """One draw's sampled records (kept flag, kept tokens) and what they say about their shard.
@@ -431,11 +472,12 @@ class DrawResult:
     def variances(self, pooled: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float, float]:
         """The sampling variance of :meth:`totals` estimated from this draw's records (0 for a census).
 
-        Known count N, m records: ``N^2 (1 - m/N) s^2 / m`` (s^2 from the records; with one record, its square).
-        Unknown count (lines of a byte window, each with probability 1/w): Horvitz-Thompson's Poisson-sampling
-        ``sum((w^2 - w) y^2)``, which also covers the random number of lines. ``pooled``: the variance and mean
-        square of kept tokens per record over the whole subset's sample, used where larger: document lengths
-        are heavy-tailed, and a draw that met no long document would otherwise claim a narrow spread.
+        Known count N, m records: ``N^2 (1 - m/N) s^2 / m`` (s^2 from the records; with one record, its
+        square). Unknown count (lines of a byte window, each with probability 1/w): Horvitz-Thompson's
+        Poisson-sampling ``sum((w^2 - w) y^2)``, which also covers the random number of lines. ``pooled``: the
+        variance and mean square of kept tokens per record over the whole subset's sample, used where larger:
+        document lengths are heavy-tailed, and a draw that met no long document would otherwise claim a narrow
+        spread.
         """
         if self.full or not self.weights:
             return 0.0, 0.0, 0.0
@@ -507,7 +549,8 @@ class _SampleCosts:
 
     def add_read(self, draw: Draw, read_s: float) -> None:
         """``read_s``: CPU seconds the draw took to read, its decompression excluded."""
-        if draw.decoded_bytes:  # a parquet row group is decoded whole: the build pays that per byte, not per row
+        # a parquet row group is decoded whole: the build pays that per byte, not per row
+        if draw.decoded_bytes:
             self.decode_s, self.decoded = self.decode_s + read_s, self.decoded + draw.decoded_bytes
         else:
             self.record_s += read_s
@@ -519,7 +562,8 @@ class _SampleCosts:
 
 @dataclass
 class _SubsetSampler:
-    """Draws records from the shards of one subset; knows each shard's format and the subset's bytes per line."""
+    """Draws records from the shards of one subset; knows each shard's format and the subset's bytes per
+    line."""
 
     uris: list[str]
     sizes: list[int]
@@ -561,9 +605,9 @@ def _pass_results(draw: Draw, doc_pass: DocumentPass) -> dict[int, Any]:
 
 
 def stratum_of(uri: str) -> str:
-    """A shard's stratum: the last suffix of its file name (``.parquet``, ``.jsonl``, ``.zst``, ``.gz``). Bytes per
-    record and per token differ by format (pile/default mixes snappy parquet and zstd JSONL): each is sampled
-    apart."""
+    """A shard's stratum: the last suffix of its file name (``.parquet``, ``.jsonl``, ``.zst``, ``.gz``).
+    Bytes per record and per token differ by format (pile/default mixes snappy parquet and zstd JSONL): each
+    is sampled apart."""
     return Path(uri.split("?", 1)[0].rstrip("/")).suffix.lower()
 
 
@@ -604,8 +648,9 @@ class Stratum:
 
 @dataclass
 class DrawPlan:
-    """Which shard each draw reads: the subset's draws (clamp(sqrt(sample_docs), 4, 64)) split among its format
-    strata in proportion to their bytes (at least two each), each stratum planned by :meth:`Stratum.plan`."""
+    """Which shard each draw reads: the subset's draws (clamp(sqrt(sample_docs), 4, 64)) split among its
+    format strata in proportion to their bytes (at least two each), each stratum planned by
+    :meth:`Stratum.plan`."""
 
     strata: list[Stratum]
     picks: list[int]
@@ -637,9 +682,10 @@ def _sampled_part(
     """(estimate, variance, df) per figure of a stratum's shards not read with certainty (Hansen-Hurwitz).
 
     Each draw's shard estimate over its probability; variance the larger of their spread / n and their
-    within-draw variances / n. When they all coincide but shards were never drawn, the spread says nothing about
-    those: the half-width is then the estimate itself, or when that is 0 (no kept record met) the rule of three
-    (3 / records sampled of the documents; for tokens times the root mean square of tokens per sampled record).
+    within-draw variances / n. When they all coincide but shards were never drawn, the spread says nothing
+    about those: the half-width is then the estimate itself, or when that is 0 (no kept record met) the rule
+    of three (3 / records sampled of the documents; for tokens times the root mean square of tokens per
+    sampled record).
     """
     rest = sum(max(1, sizes[i]) for i in stratum.shards if i not in stratum.certain)
     z = [[v * rest / max(1, sizes[j]) for v in t.totals()] for j, t in hh]
@@ -657,15 +703,18 @@ def _sampled_part(
     return out
 
 
-def _subset_figures(shard_totals: list[tuple[int, DrawResult]], plan: DrawPlan, sizes: Sequence[int],
-                    sampled: int) -> list[Interval]:  # fmt: skip
+def _subset_figures(
+    shard_totals: list[tuple[int, DrawResult]], plan: DrawPlan, sizes: Sequence[int], sampled: int
+) -> list[Interval]:
     """(documents, kept, tokens) of the subset: per stratum, the certain shards' sum plus the sampled part.
 
     The width is zero only when every shard was counted record by record. Degrees of freedom: Satterthwaite's
     over the parts (a certain shard's: its records sampled - 1; a sampled part's: its draws - 1).
     """
     tokens = [float(t) for _, d in shard_totals for t in d.tokens]
-    pooled = (statistics.variance(tokens), statistics.fmean(t * t for t in tokens)) if len(tokens) > 1 else (0, 0)
+    pooled = (
+        (statistics.variance(tokens), statistics.fmean(t * t for t in tokens)) if len(tokens) > 1 else (0, 0)
+    )
     parts: list[list[tuple]] = []
     for stratum in plan.strata:
         for i in sorted(stratum.certain):
@@ -740,18 +789,29 @@ def estimate_mixture(
     started = time.perf_counter()
     mixture = MixtureConfig.load(mixture_path)
     remote.configure(mixture.retries, mixture.storage_options)  # as the build reads it (None: as is)
-    tok = tokenizer if isinstance(tokenizer, LlamaTokenizer) else resolve_tokenizer(tokenizer, mixture.tokenizer)
+    tok = (
+        tokenizer
+        if isinstance(tokenizer, LlamaTokenizer)
+        else resolve_tokenizer(tokenizer, mixture.tokenizer)
+    )
     doc_pass = DocumentPass(mixture.filters, mixture.sequences, tok, num_threads=1)
     subsets = []
-    bar = tqdm(mixture.entries, desc="sampling subsets", unit="subset", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        mixture.entries, desc="sampling subsets", unit="subset", disable=not progress, dynamic_ncols=True
+    )
     for entry in bar:
         rng = random.Random(f"{seed}:{entry.key}")
         subsets.append(estimate_entry(mixture, entry, doc_pass, sample_docs, rng))
     windowed = [s.key for s in subsets if s.windowed]
-    notes = [
-        f"{', '.join(windowed)}: gzip/zstd shards larger than the {WINDOW_BYTES >> 20} MiB window were sampled from "
-        "their start (no random access); drift along a file is not in the interval"
-    ] if windowed else []  # fmt: skip
+    notes = (
+        [
+            f"{', '.join(windowed)}: gzip/zstd shards larger than the {WINDOW_BYTES >> 20} MiB window were "
+            "sampled from "
+            "their start (no random access); drift along a file is not in the interval"
+        ]
+        if windowed
+        else []
+    )
     return Estimate(
         mixture=mixture.name,
         subsets=subsets,
@@ -764,7 +824,8 @@ def estimate_mixture(
     )
 
 
-# -- report -----------------------------------------------------------------------------------------------------
+# -- report
+# -----------------------------------------------------------------------------------------------------
 def _n(x: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= div:
@@ -786,19 +847,32 @@ def _cell(i: Interval) -> str:
 def format_estimate(est: Estimate) -> str:
     """A table per source/subset (value [95% interval]) and the projected cost of the exact build."""
     head = ("source/subset", "shards", "bytes", "documents", "kept", "LLaMA tokens")
-    rows = [(s.key, str(s.shards), _bytes(s.bytes), _cell(s.documents), _cell(s.kept), _cell(s.tokens))
-            for s in est.subsets]  # fmt: skip
-    rows.append(("TOTAL", str(sum(s.shards for s in est.subsets)), _bytes(est.network_bytes),
-                 *(_cell(est.total(f)) for f in FIGURES)))  # fmt: skip
+    rows = [
+        (s.key, str(s.shards), _bytes(s.bytes), _cell(s.documents), _cell(s.kept), _cell(s.tokens))
+        for s in est.subsets
+    ]
+    rows.append(
+        (
+            "TOTAL",
+            str(sum(s.shards for s in est.subsets)),
+            _bytes(est.network_bytes),
+            *(_cell(est.total(f)) for f in FIGURES),
+        )
+    )
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [head, *rows]]  # fmt: skip
+    lines = [
+        "  ".join(
+            v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *rows]
+    ]
     hours = est.core_hours
     lines += [
         "",
         f"95% intervals from {sum(s.records_sampled for s in est.subsets):,} sampled records "
         f"(--sample-docs {est.sample_docs} per subset, seed {est.seed}) in {est.elapsed_s:.1f} s.",
-        f"Exact build: ~{hours:,.1f} core-hours (measured here: read + filter + tokenize per record, sha256 and "
+        f"Exact build: ~{hours:,.1f} core-hours (measured here: read + filter + tokenize per record, sha256 "
+        "and "
         f"decompression per byte); on {est.workers} worker(s) ~{hours / est.workers:,.1f} h.",
         f"Network: {_bytes(est.network_bytes)} (every shard once). Temporary disk: "
         f"{_bytes(est.temp_disk_bytes())} ({2 * est.workers} fetched shard(s) of up to "

@@ -1,14 +1,19 @@
-"""Evaluation items for the contamination audit: local JSONL, lm-eval's local task YAML, or an lm-eval task name.
+"""Evaluation items for the contamination audit: local JSONL, lm-eval's local task YAML, or an lm-eval task
+name.
 
 A task spec is
 
-- a ``.jsonl`` / ``.json`` file: one JSON object per line with a string ``text`` (the item as the model sees it)
-  and an id in ``id`` (else ``doc_id``, else the 0-based line number); the task is named after the file's stem;
+- a ``.jsonl`` / ``.json`` file: one JSON object per line with a string ``text`` (the item as the model sees
+it)
+  and an id in ``id`` (else ``doc_id``, else the 0-based line number); the task is named after the file's
+  stem;
 - a ``.yaml`` / ``.yml`` file: an lm-eval task config (``task: NAME``, ``dataset_path: json``,
   ``dataset_kwargs: {data_files: …}``); lm-eval (the ``eval`` extra) loads it offline, its ``data_files``
-  relative to the YAML's folder. An item's text is ``doc_to_text`` then the gold answer (``doc_to_target``; for a
-  multiple-choice task, the gold choice's text), joined by a space, as a contaminated page would hold them;
-- anything else: an lm-eval task (or group) name, loaded from the Hugging Face hub; offline, one line saying so.
+  relative to the YAML's folder. An item's text is ``doc_to_text`` then the gold answer (``doc_to_target``;
+  for a multiple-choice task, the gold choice's text), joined by a space, as a contaminated page would hold
+  them;
+- anything else: an lm-eval task (or group) name, loaded from the Hugging Face hub; offline, one line saying
+so.
 
 Every refusal is one line (:class:`TaskError`).
 """
@@ -118,7 +123,8 @@ def _lm_eval():
 
 
 def lm_eval_yaml_tasks(path: Path) -> list[EvalTask]:
-    """The tasks of an lm-eval local task YAML (loaded offline by lm-eval; data files relative to the YAML)."""
+    """The tasks of an lm-eval local task YAML (loaded offline by lm-eval; data files relative to the
+    YAML)."""
     config = load_mapping(path, "lm-eval task config")
     name = config.get("task")
     if not isinstance(name, str) or not name:

@@ -3,9 +3,9 @@
 The mixture's ``heldout: {fraction: F}`` (default 0: none) holds out about ``F`` of every source/subset's
 documents that pass the filters. Whether a document is held out depends only on the mixture's ``seed``, its
 ``source/subset`` and its doc id (:func:`is_heldout`: a sha256 of the three read as a number in [0, 1), below
-``F``), so the choice is the same at any number of workers, with the Beam runner, and for a document read again
-(a copy of a held-out document with the same id is held out too). A held-out document gets its own ledger status
-``heldout`` (with the tokens and segments it would have contributed); a shard's ``docs_read`` is
+``F``), so the choice is the same at any number of workers, with the Beam runner, and for a document read
+again (a copy of a held-out document with the same id is held out too). A held-out document gets its own
+ledger status ``heldout`` (with the tokens and segments it would have contributed); a shard's ``docs_read`` is
 ``docs_kept + docs_heldout + docs_filtered + docs_rejected`` (``pipeline/counts.py``). The stream reads
 ``kept`` ledger rows only, so no held-out document reaches a training batch; the per-source evaluation during
 training (``trainer/core/heldout_eval.py``) reads them back through :func:`heldout_documents`.
@@ -30,7 +30,8 @@ SELECTOR = "sha256(f'{seed}\\0{source}/{subset}\\0{doc_id}') / 2**256 < fraction
 
 
 def heldout_point(seed: int, key: str, doc_id: str) -> float:
-    """Where document ``doc_id`` of subset ``key`` falls in [0, 1) under ``seed``: uniform, fixed by the three."""
+    """Where document ``doc_id`` of subset ``key`` falls in [0, 1) under ``seed``: uniform, fixed by the
+    three."""
     digest = hashlib.sha256(f"{seed}\0{key}\0{doc_id}".encode()).digest()
     return int.from_bytes(digest, "big") / 2**256
 
@@ -47,7 +48,11 @@ class HeldoutConfig(Settings):
     fraction: float = 0.0  # 0: no document is held out (the default: a mixture trains on all it keeps)
 
     def __post_init__(self) -> None:
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float) or not 0 <= self.fraction < 1:
+        if (
+            isinstance(self.fraction, bool)
+            or not isinstance(self.fraction, int | float)
+            or not 0 <= self.fraction < 1
+        ):
             raise SettingsError(f"heldout.fraction: expected a number in [0, 1), got {self.fraction!r}")
 
     @classmethod
@@ -87,9 +92,9 @@ def heldout_rows(
     manifest: Manifest, max_docs: int | None = None, max_tokens: int | None = None
 ) -> dict[str, list[HeldoutRow]]:
     """``{source/subset: held-out ledger rows}`` in manifest order (shard, then record): per subset the first
-    ``max_docs`` whose ledger tokens add up to at most ``max_tokens`` (a document that alone would pass the budget
-    left is skipped), so the set and its order are fixed by the manifest and the two bounds. Subsets with none
-    are absent. Reads only the ledgers of shards that hold held-out documents."""
+    ``max_docs`` whose ledger tokens add up to at most ``max_tokens`` (a document that alone would pass the
+    budget left is skipped), so the set and its order are fixed by the manifest and the two bounds. Subsets
+    with none are absent. Reads only the ledgers of shards that hold held-out documents."""
     out: dict[str, list[HeldoutRow]] = {}
     budget: dict[str, int] = {}
     for record in manifest.shards:
@@ -98,7 +103,9 @@ def heldout_rows(
             continue
         table = manifest.documents(record.shard, ["index", "doc_id", "status", "tokens"])
         held = table.filter(pc.equal(table["status"], HELDOUT))
-        for index, doc_id, tokens in zip(*(held[c].to_pylist() for c in ("index", "doc_id", "tokens")), strict=True):
+        for index, doc_id, tokens in zip(
+            *(held[c].to_pylist() for c in ("index", "doc_id", "tokens")), strict=True
+        ):
             if max_docs is not None and len(rows) >= max_docs:
                 break
             if max_tokens is not None and budget.get(record.key, 0) + tokens > max_tokens:

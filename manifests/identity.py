@@ -30,7 +30,8 @@ from .shard_records import ShardRecord, totals_of
 FORMAT_VERSION = 6  # 3: the id covers `filters` and the whole tokenizer record (not only its sha256)
 # 4: the block index in blocks.parquet, committed per shard by two digests (start-up does not grow with it)
 # 5: the ledger's `duplicate_of` column (filters.dedup: the doc id a removed duplicate copies)
-# 6: held-out documents (ledger status `heldout`, shard columns docs_heldout and heldout_tokens, `heldout` in the id)
+# 6: held-out documents (ledger status `heldout`, shard columns docs_heldout and heldout_tokens, `heldout` in
+# the id)
 
 
 class ManifestTampered(ElmDataError, ValueError):
@@ -51,10 +52,13 @@ def pass_identity(pass_description: dict[str, Any]) -> dict[str, Any]:
 
 
 def pass_config_hash(
-    pass_description: dict[str, Any], sequences: dict[str, Any], block_bytes: int, heldout: dict[str, Any] | None = None
+    pass_description: dict[str, Any],
+    sequences: dict[str, Any],
+    block_bytes: int,
+    heldout: dict[str, Any] | None = None,
 ) -> str:
-    """Key of per-shard results in a build workspace: same pass, sequences, blocks and held-out choice (``heldout``:
-    the seed and fraction it depends on) => same shard result."""
+    """Key of per-shard results in a build workspace: same pass, sequences, blocks and held-out choice
+    (``heldout``: the seed and fraction it depends on) => same shard result."""
     payload = {
         "format_version": FORMAT_VERSION,
         "pass": pass_identity(pass_description),
@@ -98,8 +102,8 @@ def manifest_id(
 
     ``weights``: mixture entries as ``{"source", "subset", "weight"}`` in mixture order; ``tokenizer``: the
     manifest's tokenizer record (its ``uri`` is left out); ``filters``: the filter config the stream rebuilds
-    its pass from (``manifest.json``'s ``filters``); ``synthetic``: the shards hold generated text (the sample);
-    ``heldout``: the held-out choice (``manifest.json``'s ``heldout``: fraction and selector).
+    its pass from (``manifest.json``'s ``filters``); ``synthetic``: the shards hold generated text (the
+    sample); ``heldout``: the held-out choice (``manifest.json``'s ``heldout``: fraction and selector).
     """
     payload = {
         "format_version": FORMAT_VERSION,
@@ -109,7 +113,9 @@ def manifest_id(
         "sequences": sequences,
         "tokenizer": tokenizer_identity(tokenizer),
         "seed": seed,
-        "weights": [{"source": w["source"], "subset": w["subset"], "weight": w.get("weight")} for w in weights],
+        "weights": [
+            {"source": w["source"], "subset": w["subset"], "weight": w.get("weight")} for w in weights
+        ],
         "targets": targets,
         "name": name,
         "heldout": heldout,
@@ -174,7 +180,9 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
         problems.append("the Merkle root of shards.parquet does not match manifest.json")
     unbalanced = [r.shard for r in records if not r.counts_add_up()]
     if unbalanced:
-        problems.append(f"shards {unbalanced[:5]}: docs_read, docs_filtered or docs_rejected differ from the buckets")
+        problems.append(
+            f"shards {unbalanced[:5]}: docs_read, docs_filtered or docs_rejected differ from the buckets"
+        )
     if info.get("totals") != totals_of(records):
         problems.append("totals in manifest.json differ from the sum of the shard records")
     per_entry = shards_per_entry(records)
@@ -183,7 +191,9 @@ def tampering(info: dict[str, Any], records: Sequence[ShardRecord]) -> list[str]
             isinstance(entry, dict)
             and entry.get("resolved_shards") != per_entry[(entry.get("source"), entry.get("subset"))]
         ):
-            problems.append(f"mixture entry {entry.get('source')}/{entry.get('subset')}: resolved_shards differs")
+            problems.append(
+                f"mixture entry {entry.get('source')}/{entry.get('subset')}: resolved_shards differs"
+            )
             break
     return problems
 
@@ -194,9 +204,9 @@ def merkle_root_of(records: Sequence[ShardRecord]) -> str:
 
 
 def block_tampering(manifest: Any, every_block: bool = False) -> list[str]:
-    """Shards of an open :class:`~.manifest.Manifest` whose rows of ``blocks.parquet`` differ from the digests their
-    shard records commit: the block counts of every shard (one compact array), and with ``every_block`` every
-    shard's whole block index too (empty when sound)."""
+    """Shards of an open :class:`~.manifest.Manifest` whose rows of ``blocks.parquet`` differ from the digests
+    their shard records commit: the block counts of every shard (one compact array), and with ``every_block``
+    every shard's whole block index too (empty when sound)."""
     from .block_index import counts_digest
 
     counts = manifest.block_counts_or_problem()

@@ -1,11 +1,11 @@
 """The text of a manifest's kept documents, read back through the verified blocks, the readers and the ledger.
 
-The audits that look at text (``audit contamination``, ``audit duplicates``) read the corpus only here: for each
-shard, the documents ledger says which records were kept (and their doc ids and tokens); the shard is opened
-through ``sources/blocks.py:open_verified`` (every block's sha256 checked before one of its bytes is used) and
-``sources/readers.py:read_shard`` decodes only those records. Every record returned must be the kept document the
-ledger names (same index, same doc id), else :class:`KeptTextChanged`. ``only`` restricts the walk to some records
-per shard (a run's consumed documents); it must name kept records.
+The audits that look at text (``audit contamination``, ``audit duplicates``) read the corpus only here: for
+each shard, the documents ledger says which records were kept (and their doc ids and tokens); the shard is
+opened through ``sources/blocks.py:open_verified`` (every block's sha256 checked before one of its bytes is
+used) and ``sources/readers.py:read_shard`` decodes only those records. Every record returned must be the kept
+document the ledger names (same index, same doc id), else :class:`KeptTextChanged`. ``only`` restricts the
+walk to some records per shard (a run's consumed documents); it must name kept records.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .shard_records import ShardRecord
 
 
 class KeptTextChanged(ElmDataError, RuntimeError):
-    """A shard no longer gives the kept documents its manifest records (changed bytes or a different reader)."""
+    """A shard no longer gives the kept documents its manifest records (changed bytes or a different
+    reader)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,8 @@ class KeptDocument:
 
 
 def kept_ledger(manifest: Manifest, shard: int, status: str = "kept") -> dict[int, tuple[str, int]]:
-    """``{record index: (doc_id, tokens)}`` of the shard's kept documents (checked ledger rows); ``status``: the
-    documents of another ledger status that has tokens (``heldout``)."""
+    """``{record index: (doc_id, tokens)}`` of the shard's kept documents (checked ledger rows); ``status``:
+    the documents of another ledger status that has tokens (``heldout``)."""
     table = manifest.documents(shard, ["index", "doc_id", "status", "tokens"])
     kept = table.filter(pc.equal(table["status"], status))
     return dict(
@@ -63,15 +64,17 @@ def kept_ledger(manifest: Manifest, shard: int, status: str = "kept") -> dict[in
 def shard_documents(
     manifest: Manifest, record: ShardRecord, only: Set[int] | None = None, status: str = "kept"
 ) -> Iterator[KeptDocument]:
-    """The kept documents of one shard in record order (those in ``only`` when given); ``status``: the documents
-    of that ledger status instead (``heldout``)."""
+    """The kept documents of one shard in record order (those in ``only`` when given); ``status``: the
+    documents of that ledger status instead (``heldout``)."""
     ledger = kept_ledger(manifest, record.shard, status)
     wanted = set(ledger) if only is None else set(only)
     if not wanted:
         return
     unknown = wanted - set(ledger)
     if unknown:
-        raise KeptTextChanged(f"shard {record.shard} ({record.key}): records {sorted(unknown)[:5]} are not {status}")
+        raise KeptTextChanged(
+            f"shard {record.shard} ({record.key}): records {sorted(unknown)[:5]} are not {status}"
+        )
     index = manifest.blocks(record.shard)  # the shard's block index, checked against the manifest
     blocks = [Block(b["start"], b["end"], b["sha256"], b["first_record"], b["records"]) for b in index]
     limit = FilterConfig.from_dict(manifest.info.get("filters")).max_record_bytes
@@ -93,7 +96,8 @@ def shard_documents(
 
 
 def _checked(record: ShardRecord, ledger, wanted: set[int], items) -> Iterator[KeptDocument]:
-    """The reader's documents for ``wanted``, each checked against its ledger row; all of them, or an error."""
+    """The reader's documents for ``wanted``, each checked against its ledger row; all of them, or an
+    error."""
     seen = 0
     for item in items:
         if not isinstance(item, Document):
@@ -115,11 +119,14 @@ def _checked(record: ShardRecord, ledger, wanted: set[int], items) -> Iterator[K
         seen += 1
         yield KeptDocument(record, index, doc_id, tokens, item.text)
     if seen != len(wanted):
-        raise KeptTextChanged(f"shard {record.shard} ({record.key}): {len(wanted) - seen} kept records not found")
+        raise KeptTextChanged(
+            f"shard {record.shard} ({record.key}): {len(wanted) - seen} kept records not found"
+        )
 
 
 def kept_documents(manifest: Manifest, only: Mapping[int, Set[int]] | None = None) -> Iterator[KeptDocument]:
-    """Every kept document of the manifest in manifest order; ``only``: ``{shard: record indices}`` to read."""
+    """Every kept document of the manifest in manifest order; ``only``: ``{shard: record indices}`` to
+    read."""
     for record in manifest.shards:
         if only is not None and record.shard not in only:
             continue
@@ -141,7 +148,8 @@ def _one_shard(job):
 
 
 def map_shards(manifest: Manifest, fn, only=None, workers: int = 1, setup=None, setup_args=(), state=None):
-    """``fn(state, kept documents of one shard)`` for every shard (those in ``only``), results in manifest order.
+    """``fn(state, kept documents of one shard)`` for every shard (those in ``only``), results in manifest
+    order.
 
     ``state`` is ``setup(*setup_args)``, made once per process (in this one, ``state`` when given); with
     ``workers`` > 1 the shards are spread over that many processes (each opens the manifest itself, checked),
@@ -159,6 +167,10 @@ def map_shards(manifest: Manifest, fn, only=None, workers: int = 1, setup=None, 
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")  # no fork of a parent holding threads or open readers
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(str(manifest.path), setup, setup_args)) as pool:  # fmt: skip
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(str(manifest.path), setup, setup_args),
+    ) as pool:
         yield from pool.map(_one_shard, jobs)

@@ -17,7 +17,8 @@ from .manifest import ledger_digest, split_by_block
 
 
 def block_index(blocks: list[Block], ledger: pa.Table) -> list[dict]:
-    """The shard's block index for the manifest: each block with its kept totals and its ledger rows' digest."""
+    """The shard's block index for the manifest: each block with its kept totals and its ledger rows'
+    digest."""
     if blocks and blocks[-1].records is None:  # one opaque (compressed) block: it holds every record read
         counts = ledger.column("count").to_pylist()
         blocks = [Block(b.start, b.end, b.sha256, 0, sum(counts)) for b in blocks]
@@ -26,11 +27,17 @@ def block_index(blocks: list[Block], ledger: pa.Table) -> list[dict]:
         blocks, split_by_block([{"first_record": b.first_record} for b in blocks], ledger), strict=True
     ):
         kept = rows.filter(pa.compute.equal(rows.column("status"), KEPT))
-        out.append({
-            "start": block.start, "end": block.end, "sha256": block.sha256, "first_record": block.first_record,
-            "records": block.records, "kept_docs": kept.num_rows,
-            "kept_tokens": int(pa.compute.sum(kept.column("tokens")).as_py() or 0),
-            "kept_segments": int(pa.compute.sum(kept.column("segments")).as_py() or 0),
-            "ledger_sha256": ledger_digest(rows),
-        })  # fmt: skip
+        out.append(
+            {
+                "start": block.start,
+                "end": block.end,
+                "sha256": block.sha256,
+                "first_record": block.first_record,
+                "records": block.records,
+                "kept_docs": kept.num_rows,
+                "kept_tokens": int(pa.compute.sum(kept.column("tokens")).as_py() or 0),
+                "kept_segments": int(pa.compute.sum(kept.column("segments")).as_py() or 0),
+                "ledger_sha256": ledger_digest(rows),
+            }
+        )
     return out

@@ -77,13 +77,15 @@ DOCUMENT_SCHEMA = pa.schema(
 
 
 def ledger_digest(table: pa.Table) -> str:
-    """sha256 of a documents-ledger slice's content (column values in schema order), independent of encoding."""
+    """sha256 of a documents-ledger slice's content (column values in schema order), independent of
+    encoding."""
     values = table.select(list(DOCUMENT_SCHEMA.names)).cast(DOCUMENT_SCHEMA).to_pydict()
     return hashlib.sha256(ORDERED_UTF8.encode(values)).hexdigest()
 
 
 def split_by_block(blocks: Sequence[Mapping[str, Any]], table: pa.Table) -> list[pa.Table]:
-    """The shard's ledger rows per block (rows are in record order; a row belongs to the block holding its index)."""
+    """The shard's ledger rows per block (rows are in record order; a row belongs to the block holding its
+    index)."""
     firsts = [b["first_record"] for b in blocks]
     indices = table.column("index").to_pylist()
     cuts = [bisect.bisect_left(indices, f) for f in firsts[1:]]
@@ -96,7 +98,8 @@ def ledger_path(manifest_dir: str | Path, shard: int) -> Path:
 
 
 def data_files(manifest_dir: str | Path) -> list[str]:
-    """The manifest's parquet files (shards, blocks, then every ledger), relative to its directory, in order."""
+    """The manifest's parquet files (shards, blocks, then every ledger), relative to its directory, in
+    order."""
     ledgers = sorted(p.name for p in (Path(manifest_dir) / DOCUMENTS_DIR).glob("*.parquet"))
     return [SHARDS_FILE, BLOCKS_FILE, *(f"{DOCUMENTS_DIR}/{name}" for name in ledgers)]
 
@@ -126,7 +129,8 @@ class Manifest:
 
     def __init__(self, path: str | Path, verify: bool = True, every_block: bool = False):
         self.path = Path(path)
-        self.verified = verify  # whether opening checked it (then a consumer handed it need not open it again)
+        # whether opening checked it (then a consumer handed it need not open it again)
+        self.verified = verify
         self._checked_index: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
         self._index_lock = threading.Lock()
         manifest_file = self.path / MANIFEST_FILE
@@ -135,7 +139,8 @@ class Manifest:
         self.info: dict[str, Any] = _read_manifest_info(manifest_file)
         if self.info.get("format_version") != FORMAT_VERSION:
             raise InvalidValue(
-                f"{manifest_file}: format_version {self.info.get('format_version')}, expected {FORMAT_VERSION} "
+                f"{manifest_file}: format_version {self.info.get('format_version')}, expected "
+                f"{FORMAT_VERSION} "
                 "(rebuild the manifest with this version of elm-data)"
             )
         if verify:
@@ -149,13 +154,16 @@ class Manifest:
 
     @property
     def synthetic(self) -> bool:
-        """Whether the shards hold generated text (the sample, ``synthetic: true``), not a real corpus (in the id)."""
+        """Whether the shards hold generated text (the sample, ``synthetic: true``), not a real corpus (in the
+        id)."""
         return self.info.get("synthetic") is True
 
     @cached_property
     def shards(self) -> list[ShardRecord]:
-        table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)  # no pandas
-        columns = [table.column(name).to_pylist() for name in SHARD_SCHEMA.names]  # column-wise: no dict per row
+        # no pandas
+        table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+        # column-wise: no dict per row
+        columns = [table.column(name).to_pylist() for name in SHARD_SCHEMA.names]
         return [ShardRecord.from_values(values) for values in zip(*columns, strict=True)]
 
     @cached_property
@@ -175,8 +183,9 @@ class Manifest:
         return counts
 
     def blocks(self, shard: int) -> list[dict[str, Any]]:
-        """Shard ``shard``'s block index (``BLOCK_FIELDS`` dicts), checked against its ``blocks_sha256`` on first
-        use, before any of it is returned; the most recent :attr:`INDEX_BLOCKS_KEPT` rows are kept checked."""
+        """Shard ``shard``'s block index (``BLOCK_FIELDS`` dicts), checked against its ``blocks_sha256`` on
+        first use, before any of it is returned; the most recent :attr:`INDEX_BLOCKS_KEPT` rows are kept
+        checked."""
         with self._index_lock:
             kept = self._checked_index.get(shard)
             if kept is not None:
@@ -186,11 +195,15 @@ class Manifest:
             rows = self._block_rows.rows(int(counts.offsets[shard]), int(counts.offsets[shard + 1]))
             if not index_matches(self.shards[shard], rows):
                 raise ManifestTampered(
-                    f"{self.path}: refusing an altered manifest: the block index of shard {shard} in {BLOCKS_FILE} "
+                    f"{self.path}: refusing an altered manifest: the block index of shard {shard} in "
+                    f"{BLOCKS_FILE} "
                     "differs from the digest its shard record commits"
                 )
             self._checked_index[shard] = rows
-            while sum(map(len, self._checked_index.values())) > self.INDEX_BLOCKS_KEPT and len(self._checked_index) > 1:
+            while (
+                sum(map(len, self._checked_index.values())) > self.INDEX_BLOCKS_KEPT
+                and len(self._checked_index) > 1
+            ):
                 self._checked_index.popitem(last=False)
             return rows
 
@@ -199,15 +212,16 @@ class Manifest:
         return BlockRows(self.path / BLOCKS_FILE)
 
     def block_documents(self, shard: int, block: int, parquet: pq.ParquetFile | None = None) -> pa.Table:
-        """The ledger rows of one block of one shard, read and checked against the block's ``ledger_sha256`` on
-        every call (nothing is kept: the stream reads each block's rows once, in its plan's walk, and hands the
-        reader the kept records from there: ``pipeline/stream/plan.py:PlannedDoc.block_kept``)."""
+        """The ledger rows of one block of one shard, read and checked against the block's ``ledger_sha256``
+        on every call (nothing is kept: the stream reads each block's rows once, in its plan's walk, and hands
+        the reader the kept records from there: ``pipeline/stream/plan.py:PlannedDoc.block_kept``)."""
         parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
         expected = self.blocks(shard)[block]["ledger_sha256"]
         table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
         if ledger_digest(table) != expected:
             raise ManifestTampered(
-                f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its block "
+                f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its "
+                "block "
                 "records (documents ledger altered or reordered)"
             )
         return table
@@ -227,12 +241,16 @@ class Manifest:
         """What is wrong with the documents ledger (empty when sound): a file missing, unreadable or with a
         row group that does not match its block's digest, a shard whose ledger rows do not add up to its
         read/kept/tokens counts, or a file in ``documents/`` that is no shard's ledger (every row is read)."""
-        problems = [f"shard {r.shard} ledger: {problem}" for r in self.shards if (problem := self._ledger_problem(r))]
+        problems = [
+            f"shard {r.shard} ledger: {problem}" for r in self.shards if (problem := self._ledger_problem(r))
+        ]
         expected = {ledger_path(self.path, r.shard).name for r in self.shards}
         folder = self.path / DOCUMENTS_DIR
         stray = sorted(p.name for p in folder.iterdir() if p.name not in expected) if folder.is_dir() else []
         if stray:
-            problems.append(f"{DOCUMENTS_DIR}/ holds files that are no shard's ledger: {', '.join(stray[:5])}")
+            problems.append(
+                f"{DOCUMENTS_DIR}/ holds files that are no shard's ledger: {', '.join(stray[:5])}"
+            )
         return problems
 
     def _ledger_problem(self, record: ShardRecord) -> str | None:
@@ -245,10 +263,24 @@ class Manifest:
         def total(values, of: str | None = None) -> int:
             return pc.sum(values if of is None else pc.if_else(pc.equal(status, of), values, 0)).as_py() or 0
 
-        ledger = (total(counts), total(counts, "kept"), total(tokens, "kept"), total(counts, "heldout"),
-                  total(tokens, "heldout"), total(counts, "filtered"), total(counts, "rejected"))  # fmt: skip
-        said = (record.docs_read, record.docs_kept, record.tokens, record.docs_heldout, record.heldout_tokens,
-                record.docs_filtered, record.docs_rejected)  # fmt: skip
+        ledger = (
+            total(counts),
+            total(counts, "kept"),
+            total(tokens, "kept"),
+            total(counts, "heldout"),
+            total(tokens, "heldout"),
+            total(counts, "filtered"),
+            total(counts, "rejected"),
+        )
+        said = (
+            record.docs_read,
+            record.docs_kept,
+            record.tokens,
+            record.docs_heldout,
+            record.heldout_tokens,
+            record.docs_filtered,
+            record.docs_rejected,
+        )
         if ledger != said:
             names = "read/kept/tokens/held-out/held-out tokens/filtered/rejected"
             return (
@@ -262,7 +294,9 @@ class Manifest:
         reports or publishes counts the ledger must agree with (audit, Croissant)."""
         problems = self.ledger_problems()
         if problems:
-            raise ManifestTampered(f"{self.path}: refusing an altered documents ledger: {'; '.join(problems[:3])}")
+            raise ManifestTampered(
+                f"{self.path}: refusing an altered documents ledger: {'; '.join(problems[:3])}"
+            )
 
     def all_documents(self) -> pa.Table:
         return pa.concat_tables([self.documents(r.shard) for r in self.shards])
@@ -296,7 +330,9 @@ def write_manifest_dir(
     extra_files = dict(extra_files or {})
     for name in extra_files:
         if name in CORE_FILES or not name or name.startswith(".") or Path(name).name != name:
-            raise ValueError(f"extra manifest file {name!r} must be a plain file name other than {CORE_FILES}")
+            raise ValueError(
+                f"extra manifest file {name!r} must be a plain file name other than {CORE_FILES}"
+            )
     with staged_dir(out_dir) as tmp:  # out_dir holds the old manifest or the new one, never nothing
         for name, data in sorted(extra_files.items()):
             (tmp / name).write_bytes(data)

@@ -3,14 +3,12 @@
 Example::
 
     name: openelm-sample
-    synthetic: true                 # generated text (elm-data's sample): said in every record, no real upstream
-    seed: 0
-    tokenizer: null                 # or a path/URL; --tokenizer and $ELM_DATA_TOKENIZER also work
-    targets: openelm                # target preset (or a YAML file) the audit compares against
-    filters: {min_characters: 200, min_tokens: 256, nfc_normalization: false, quality: []}
-    sequences: {mode: packed, seq_len: 2048}
-    heldout: {fraction: 0.01}       # optional: hold out ~1% of each subset's passing documents (default 0: none)
-    sources:
+    synthetic: true                 # generated text (elm-data's sample): said in every record, no real
+    upstream seed: 0 tokenizer: null                 # or a path/URL; --tokenizer and $ELM_DATA_TOKENIZER also
+    work targets: openelm                # target preset (or a YAML file) the audit compares against filters:
+    {min_characters: 200, min_tokens: 256, nfc_normalization: false, quality: []} sequences: {mode: packed,
+    seq_len: 2048} heldout: {fraction: 0.01}       # optional: hold out ~1% of each subset's passing documents
+    (default 0: none) sources:
       - source: redpajama
         subset: arxiv
         weight: 28                  # optional mixing weight; omitted = natural proportion (resolved_weights)
@@ -21,7 +19,8 @@ Example::
         match: "*/wiki/*"           # keep the listed URLs matching this fnmatch pattern
         revision: main              # the hub commit every hf:// path of the entry is read at
         fraction: 0.01              # optional: 1% of the entry's shards, evenly spaced
-        allow_local_shards: false   # true: the (remote / zipped) list may name local paths (trusted lists only)
+        allow_local_shards: false   # true: the (remote / zipped) list may name local paths (trusted lists
+        only)
 
 The file is read by the one settings loader (``elm_data/core/settings.py``): an unknown key at any level is
 refused naming the nearest valid one, before anything is built. Relative shard paths resolve against the YAML
@@ -58,7 +57,8 @@ from .shard_lists import entry_shards
 # The top-level keys of mixture.yaml and what each must hold (``sources`` is read entry by entry).
 MIXTURE_KEYS: dict[str, Any] = {
     "name": str | None,
-    "synthetic": bool,  # the shards hold generated text (the sample): no shard derives from a real upstream file
+    # the shards hold generated text (the sample): no shard derives from a real upstream file
+    "synthetic": bool,
     "seed": int,
     "tokenizer": str | None,
     "targets": str | None,
@@ -66,15 +66,16 @@ MIXTURE_KEYS: dict[str, Any] = {
     "sequences": dict | None,
     "heldout": dict | None,  # held-out documents for per-source evaluation (manifests/heldout.py); in the id
     "sources": list,
-    "retries": dict | None,  # how remote reads are retried (sources/remote.py:RetryPolicy); not in the manifest
+    # how remote reads are retried (sources/remote.py:RetryPolicy); not in the manifest
+    "retries": dict | None,
     "storage_options": dict | None,  # per protocol, e.g. {s3: {endpoint_url: ...}}; not in the manifest
 }
 
 
 @dataclass(frozen=True)
 class MixtureEntry(Settings):
-    """One ``sources:`` entry. ``weight`` omitted: the subset keeps its natural share of the tokens in a weighted
-    stream (:func:`resolved_weights`); ``shards``/``shards_from`` take one string or a list."""
+    """One ``sources:`` entry. ``weight`` omitted: the subset keeps its natural share of the tokens in a
+    weighted stream (:func:`resolved_weights`); ``shards``/``shards_from`` take one string or a list."""
 
     source: str
     subset: str = "default"
@@ -92,7 +93,9 @@ class MixtureEntry(Settings):
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise InvalidValue(f"fraction: expected a number in (0, 1], got {self.fraction!r}")
         if not (self.shards or self.shards_from):
-            raise InvalidValue("shards: lacks ['shards (or shards_from)']: an entry names shards or a URL list")
+            raise InvalidValue(
+                "shards: lacks ['shards (or shards_from)']: an entry names shards or a URL list"
+            )
 
     @property
     def key(self) -> str:
@@ -104,7 +107,9 @@ class MixtureEntry(Settings):
         where = f"sources[{i}]"
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: lacks ['source', 'shards'] (an entry is a mapping, got {item!r})")
-        item = {k: [v] if k in ("shards", "shards_from") and isinstance(v, str) else v for k, v in item.items()}
+        item = {
+            k: [v] if k in ("shards", "shards_from") and isinstance(v, str) else v for k, v in item.items()
+        }
         if "subset" in item and not item["subset"]:
             item.pop("subset")  # `subset:` left empty: the source's only subset
         kwargs = cls.check_mapping(item, where)
@@ -126,9 +131,12 @@ class MixtureConfig:
     tokenizer: str | None = None
     targets: str | None = "openelm"
     base_dir: str = "."
-    retries: RetryPolicy | None = None  # how remote reads are retried (``retries:``); never part of the manifest
-    storage_options: dict[str, dict[str, Any]] | None = None  # fsspec options per protocol; never part of it either
-    synthetic: bool = False  # generated text (``synthetic: true``, the sample): recorded, and no upstream claimed
+    # how remote reads are retried (``retries:``); never part of the manifest
+    retries: RetryPolicy | None = None
+    # fsspec options per protocol; never part of it either
+    storage_options: dict[str, dict[str, Any]] | None = None
+    # generated text (``synthetic: true``, the sample): recorded, and no upstream claimed
+    synthetic: bool = False
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)  # the share of documents held out (0: none)
 
     @classmethod
@@ -165,9 +173,9 @@ class MixtureConfig:
         )
 
     def resolve_shards(self, entry: MixtureEntry, allow_local: bool = False) -> list[str]:
-        """Every shard URI of an entry (globs expanded, URL lists read, revision pinned), sorted and de-duplicated;
-        ``allow_local`` (``--allow-local-shards``) or the entry's ``allow_local_shards`` lifts the confinement of
-        shard lists that are not local files."""
+        """Every shard URI of an entry (globs expanded, URL lists read, revision pinned), sorted and
+        de-duplicated; ``allow_local`` (``--allow-local-shards``) or the entry's ``allow_local_shards`` lifts
+        the confinement of shard lists that are not local files."""
         return entry_shards(
             entry.shards,
             entry.shards_from,
@@ -180,14 +188,17 @@ class MixtureConfig:
         )
 
 
-def resolved_weights(entries: Iterable[Mapping[str, Any]], kept_tokens: Mapping[str, int]) -> dict[str, float] | None:
+def resolved_weights(
+    entries: Iterable[Mapping[str, Any]], kept_tokens: Mapping[str, int]
+) -> dict[str, float] | None:
     """The mixing weight of every ``"source/subset"`` from a manifest's mixture entries (``manifest.json``'s
     ``mixture``) and its kept tokens per subset; None when no entry sets a weight (the natural stream).
 
-    A subset none of whose entries sets a weight keeps its *natural* share of the tokens: with ``F`` the natural
-    share (kept tokens / all kept tokens) of all such subsets and ``W`` the sum of the weights set, it gets
-    ``W * share / (1 - F)``, so it is ``share`` of the stream and the weights set divide the other ``1 - F`` as
-    written. Weights of entries of one subset add up. The stream, the audit and audit-run all read this."""
+    A subset none of whose entries sets a weight keeps its *natural* share of the tokens: with ``F`` the
+    natural share (kept tokens / all kept tokens) of all such subsets and ``W`` the sum of the weights set, it
+    gets ``W * share / (1 - F)``, so it is ``share`` of the stream and the weights set divide the other ``1 -
+    F`` as written. Weights of entries of one subset add up. The stream, the audit and audit-run all read
+    this."""
     given: dict[str, float] = {}
     for e in entries:
         if e.get("weight") is not None:

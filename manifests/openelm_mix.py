@@ -22,9 +22,10 @@ PRESETS = {"openelm": None, "openelm-1pct": 0.01}  # name -> fraction of each su
 HEADER = """\
 # {name}: OpenELM's pretraining mix (arXiv 2404.14619, Table 2) at its upstream locations.
 # weight = OpenELM's target tokens for the subset, in billions. Written by `elm-data init {name}`.
-# Before counting: accept Meta's Llama-2 licence and run `huggingface-cli login`, then `elm-data tokenizer fetch`;
-# hf:// paths are read with your hub login, at `revision:` (`elm-data init {name} DIR --pin` pins the hub's
-# current commits; the manifest records each shard's commit and sha256 either way).
+# Before counting: accept Meta's Llama-2 licence and run `huggingface-cli login`, then
+# `elm-data tokenizer fetch`; hf:// paths are read with your hub login, at `revision:`
+# (`elm-data init {name} DIR --pin` pins the hub's current commits; the manifest records each shard's commit
+# and sha256 either way).
 # RedPajama-1T and Dolma v1.6 publish URL lists (`shards_from:`); `match:` picks the subset's files.
 # Plan first: `elm-data estimate {file}` (documents, tokens, core-hours, disk and network, from a sample).
 """
@@ -83,7 +84,8 @@ def hub_commit(repo: str) -> str:
     except hub_errors as e:
         reason = (str(e).strip().splitlines() or [""])[0]
         raise ElmDataError(
-            f"cannot ask the hub for the commit of {repo} ({type(e).__name__}: {reason}); {hub_failure_hint(e)}"
+            f"cannot ask the hub for the commit of {repo} ({type(e).__name__}: {reason}); "
+            f"{hub_failure_hint(e)}"
         ) from e
 
 
@@ -104,8 +106,12 @@ def hub_failure_hint(error: BaseException) -> str:
 
 # the transports' connection and timeout errors, by class: huggingface_hub 2.x uses httpx2, 1.x httpx, older
 # ones requests (each transport is looked up by name, so none of them is imported or required here)
-_NETWORK_CLASSES = {("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
-                    ("requests", "Timeout")}  # fmt: skip
+_NETWORK_CLASSES = {
+    ("httpx2", "TransportError"),
+    ("httpx", "TransportError"),
+    ("requests", "ConnectionError"),
+    ("requests", "Timeout"),
+}
 
 
 def _is_network_error(error: BaseException | None) -> bool:

@@ -13,7 +13,8 @@ MANIFEST_COLOUR, TARGET_COLOUR = "#1f77b4", "#bbbbbb"
 
 
 def check_plot_path(out_path: str | Path) -> Path:
-    """``out_path`` when matplotlib writes its suffix (``.png``, ``.pdf``, ``.svg``, …), else :class:`InvalidValue`."""
+    """``out_path`` when matplotlib writes its suffix (``.png``, ``.pdf``, ``.svg``, …), else
+    :class:`InvalidValue`."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     out_path = Path(out_path)
@@ -77,7 +78,8 @@ def plot_audit(audit: Audit, out_path: str | Path) -> Path:
 
 
 def _label_bars(ax, rows: list[AuditRow], manifest_pct, target_pct, xmax: float, bar: float) -> None:
-    """Each bar's value at its end: the manifest's share with its tokens, and the target's (None: no targets)."""
+    """Each bar's value at its end: the manifest's share with its tokens, and the target's (None: no
+    targets)."""
     for y, r in enumerate(rows):
         m = manifest_pct[y]
         label = f"{m:.1f}%  ({r.counts.tokens:,} tokens)" if r.shards else "not in this manifest"

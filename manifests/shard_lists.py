@@ -41,7 +41,8 @@ def unreachable(uri: str, error: BaseException) -> Unreachable:
     """One line naming ``uri`` and saying what to check."""
     why = redact_text(str(error).splitlines()[0][:200]) if str(error) else ""
     return Unreachable(
-        f"cannot reach {redact_uri(uri)} ({type(error).__name__}{': ' + why if why else ''}); check the network, "
+        f"cannot reach {redact_uri(uri)} ({type(error).__name__}{': ' + why if why else ''}); check the "
+        "network, "
         "your hub login (`huggingface-cli login`, or HF_TOKEN) and that you accepted the dataset's terms"
     )
 
@@ -70,8 +71,8 @@ def absolute(pattern: str, base_dir: str) -> str:
 
 
 def expand(pattern: str, what: str) -> list[str]:
-    """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself (an http(s) URL's ``?`` starts
-    its query, not a glob)."""
+    """A glob's matches as sorted URIs (local ones as paths); a plain URI as itself (an http(s) URL's ``?``
+    starts its query, not a glob)."""
     searched = pattern.partition("?")[0] if pattern.lower().startswith(("http://", "https://")) else pattern
     if not any(ch in searched for ch in GLOB_CHARS):
         return [pattern]
@@ -91,7 +92,8 @@ def expand(pattern: str, what: str) -> list[str]:
     return found
 
 
-_LOCAL_PROTOCOLS = frozenset({None, "file", "local", "memory"})  # this machine's files (memory: this process')
+# this machine's files (memory: this process')
+_LOCAL_PROTOCOLS = frozenset({None, "file", "local", "memory"})
 
 
 class LocalShardRefused(ElmDataError):
@@ -105,26 +107,30 @@ def is_local(uri: str) -> bool:
 
 
 def local_list(uri: str) -> bool:
-    """Whether a shard list at ``uri`` is a plain local file (the user's own), not remote nor inside an archive."""
+    """Whether a shard list at ``uri`` is a plain local file (the user's own), not remote nor inside an
+    archive."""
     return "::" not in uri and is_local(uri)
 
 
 def confine(listing: str, line: str, allow_local: bool = False) -> None:
-    """Refuse a ``line`` of the list at ``listing`` that would read this machine's files when the list is not a
-    local file (see the module docstring); a relative line stays under the list's own folder, on its storage."""
+    """Refuse a ``line`` of the list at ``listing`` that would read this machine's files when the list is not
+    a local file (see the module docstring); a relative line stays under the list's own folder, on its
+    storage."""
     relative = "://" not in line and "::" not in line and not line.startswith("/")
     if allow_local or relative or local_list(listing) or not is_local(line):
         return
     raise LocalShardRefused(
-        f"{redact_uri(listing)} names the local path {redact_uri(line)!r}: a shard list (or mixture) that is not a "
+        f"{redact_uri(listing)} names the local path {redact_uri(line)!r}: a shard list (or mixture) that is "
+        "not a "
         "local file may name only remote URLs or paths under its own folder; if you trust it, set "
         "`allow_local_shards: true` on the entry or pass --allow-local-shards"
     )
 
 
 def listed_uri(listing: str, line: str) -> str:
-    """``line`` of the list at ``listing`` as a URL: a relative one against the list's folder, inside a chained
-    list's archive too (``zip://dir/urls.txt::a.zip`` + ``x.jsonl`` → ``zip://dir/x.jsonl::a.zip``)."""
+    """``line`` of the list at ``listing`` as a URL: a relative one against the list's folder, inside a
+    chained list's archive too (``zip://dir/urls.txt::a.zip`` + ``x.jsonl`` →
+    ``zip://dir/x.jsonl::a.zip``)."""
     if "://" in line or "::" in line or line.startswith("/"):
         return line
     head, sep, chain = listing.partition("::")
@@ -134,9 +140,11 @@ def listed_uri(listing: str, line: str) -> str:
 
 
 def read_url_list(uri: str, allow_local: bool = False) -> list[str]:
-    """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped), confined (:func:`confine`)."""
+    """The shard URLs a URL-list file names (blank lines and ``#`` comments skipped), confined
+    (:func:`confine`)."""
     try:
-        with io.TextIOWrapper(remote.open_read(uri), encoding="utf-8") as f:  # reads retried on transient faults
+        # reads retried on transient faults
+        with io.TextIOWrapper(remote.open_read(uri), encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except FileNotFoundError as e:
         raise NotFound(f"shard list not found: {redact_uri(uri)}") from e
@@ -166,8 +174,8 @@ def entry_shards(
     fraction: float | None = None,
     allow_local: bool = False,
 ) -> list[str]:
-    """Every shard URI an entry names, sorted and de-duplicated (see the module docstring); ``allow_local`` lets
-    a list that is not a local file name local paths."""
+    """Every shard URI an entry names, sorted and de-duplicated (see the module docstring); ``allow_local``
+    lets a list that is not a local file name local paths."""
     uris: list[str] = []
     for pattern in shards:
         confine(posixpath.join(base_dir, "mixture"), pattern, allow_local)  # a remote mixture is confined too

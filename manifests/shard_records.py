@@ -38,7 +38,8 @@ SHARD_SCHEMA = pa.schema(
         ("docs_rejected", pa.int64()),
         ("filtered_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
         ("rejected_by_reason", pa.string()),  # JSON object {reason: count}, keys sorted
-        ("pieces_filtered_by_reason", pa.string()),  # corenet mode: JSON {reason: dropped pieces}; "{}" in packed
+        # corenet mode: JSON {reason: dropped pieces}; "{}" in packed
+        ("pieces_filtered_by_reason", pa.string()),
         ("chars", pa.int64()),  # characters of kept documents
         ("tokens", pa.int64()),  # LLaMA tokens of kept documents/pieces, no BOS/EOS
         ("segments", pa.int64()),  # kept pieces (corenet) or kept documents (packed)
@@ -54,7 +55,8 @@ SHARD_SCHEMA = pa.schema(
 
 @dataclass(slots=True)  # slots: a manifest holds one per shard in every process (~0.3 KiB each, not ~1.5)
 class ShardRecord:
-    """One row of ``shards.parquet`` (the field names are its columns, in order); its count fields are ``counts``."""
+    """One row of ``shards.parquet`` (the field names are its columns, in order); its count fields are
+    ``counts``."""
 
     shard: int
     source: str
@@ -79,9 +81,11 @@ class ShardRecord:
     heldout_tokens: int = 0
     count_method: str = "exact:sentencepiece"
     format: str = ""
-    blocks_sha256: str = ""  # digests of the block index (block_index.py); recomputed from ``blocks`` when set
+    # digests of the block index (block_index.py); recomputed from ``blocks`` when set
+    blocks_sha256: str = ""
     block_counts_sha256: str = ""
-    blocks: list[dict[str, Any]] = field(default_factory=list)  # the block index at build time; [] when read back
+    # the block index at build time; [] when read back
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -99,7 +103,8 @@ class ShardRecord:
 
     def to_row(self) -> dict[str, Any]:
         """The ``shards.parquet`` row; a record holding its block index gets its two digests from it."""
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "blocks"}  # no deep copy of blocks
+        # no deep copy of blocks
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "blocks"}
         blocks = self.blocks
         if blocks:
             row["blocks_sha256"] = index_digest(blocks)
@@ -130,8 +135,10 @@ class ShardRecord:
         return SORTED_ASCII.encode(self.to_row())
 
 
-_JSON_COLUMNS = [SHARD_SCHEMA.get_field_index(n) for n in ("filtered_by_reason", "rejected_by_reason",
-                                                              "pieces_filtered_by_reason")]  # fmt: skip
+_JSON_COLUMNS = [
+    SHARD_SCHEMA.get_field_index(n)
+    for n in ("filtered_by_reason", "rejected_by_reason", "pieces_filtered_by_reason")
+]
 
 
 def shards_table(records: list[ShardRecord]) -> pa.Table:

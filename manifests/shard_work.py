@@ -99,8 +99,10 @@ class ShardTally:
     key: str = ""  # the shard's source/subset, which the held-out choice depends on
     columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in DOCUMENT_SCHEMA})
     counts: Counts = field(default_factory=Counts)
-    signer: Callable | None = None  # filters.dedup: a kept document's text -> its signature (dedup_filter.Signer)
-    signatures: list[tuple] = field(default_factory=list)  # (index, doc id, digest, signature) per kept document
+    # filters.dedup: a kept document's text -> its signature (dedup_filter.Signer)
+    signer: Callable | None = None
+    # (index, doc id, digest, signature) per kept document
+    signatures: list[tuple] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -108,7 +110,18 @@ class ShardTally:
 
     def _row(self, index, doc_id, status, reason, count, chars, tokens, segments) -> None:
         for name, value in zip(
-            ("shard", "index", "doc_id", "status", "reason", "count", "chars", "tokens", "segments", "duplicate_of"),
+            (
+                "shard",
+                "index",
+                "doc_id",
+                "status",
+                "reason",
+                "count",
+                "chars",
+                "tokens",
+                "segments",
+                "duplicate_of",
+            ),
             (self.shard, index, doc_id, status, reason, count, chars, tokens, segments, None),
             strict=True,
         ):
@@ -124,8 +137,11 @@ class ShardTally:
         self.counts.add_result(result, count_pieces=self.count_pieces, heldout=held)
         if result.kept:
             status = HELDOUT if held else KEPT
-            self._row(prov.index, prov.doc_id, status, None, 1, result.chars, result.tokens, len(result.segments))
-            if self.signer is not None:  # held-out documents too: a later copy of one is a duplicate, not trained on
+            self._row(
+                prov.index, prov.doc_id, status, None, 1, result.chars, result.tokens, len(result.segments)
+            )
+            # held-out documents too: a later copy of one is a duplicate, not trained on
+            if self.signer is not None:
                 self.signatures.append((prov.index, prov.doc_id, *self.signer(result.document.text)))
         else:
             self._row(prov.index, prov.doc_id, result.status, result.reason, 1, result.chars, 0, 0)
@@ -149,7 +165,8 @@ def hub_file_info(uri: str) -> tuple[str | None, str | None]:
         from huggingface_hub import HfFileSystem
 
         fs = HfFileSystem()
-        info = remote.retrying(f"hub info of {uri}", lambda: fs.info(uri, expand_info=True))  # a fault changes nothing
+        # a fault changes nothing
+        info = remote.retrying(f"hub info of {uri}", lambda: fs.info(uri, expand_info=True))
         last_commit = info.get("last_commit")
         commit = last_commit.get("oid") if isinstance(last_commit, dict) else None
         lfs = info.get("lfs")
@@ -189,7 +206,8 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
             "reason": item.reason,
             "count": item.count,
             "chars": 0,
-            "detail": redact_text(item.detail, task.uri)[:SAMPLE_CHARS],  # a library's message may echo the URI
+            # a library's message may echo the URI
+            "detail": redact_text(item.detail, task.uri)[:SAMPLE_CHARS],
         }
     else:
         prov = item.document.provenance
@@ -243,7 +261,9 @@ def tally_shard(
     """Every record of the shard (read pinned to ``sha256``) in the tally, in order; documents go through the
     pass in batches of ``BATCH_DOCUMENTS``, rejections straight to their bucket."""
     corenet = document_pass.sequences.mode == "corenet"
-    tally = ShardTally(task.shard, count_pieces=corenet, heldout=task.heldout, key=subset_key(task.source, task.subset))
+    tally = ShardTally(
+        task.shard, count_pieces=corenet, heldout=task.heldout, key=subset_key(task.source, task.subset)
+    )
     if document_pass.filters.dedup is not None:
         from .dedup_filter import signer_for
 
@@ -271,7 +291,13 @@ def tally_shard(
     n_docs = 0
     limit = document_pass.filters.max_record_bytes
     for item in read_shard(
-        task.uri, task.source, task.subset, shard_sha256=sha256, local_path=local_path, fmt=fmt, max_record_bytes=limit
+        task.uri,
+        task.source,
+        task.subset,
+        shard_sha256=sha256,
+        local_path=local_path,
+        fmt=fmt,
+        max_record_bytes=limit,
     ):
         pending.append(item)
         if isinstance(item, Document):
@@ -314,14 +340,19 @@ def process_shards(
     with ThreadPoolExecutor(1, "elm-next-shard") as pool:
         ahead = pool.submit(_fetch_ahead, tasks[0].uri) if tasks else None
         for n, task in enumerate(tasks):
-            current, ahead = ahead, pool.submit(_fetch_ahead, tasks[n + 1].uri) if n + 1 < len(tasks) else None
+            current, ahead = (
+                ahead,
+                pool.submit(_fetch_ahead, tasks[n + 1].uri) if n + 1 < len(tasks) else None,
+            )
             outcome = count(task, document_pass, workspace, dropped_per_reason, current)
-            outcome.remote, seen = remote.STATS.since(seen), remote.STATS.to_dict()  # the background fetches too
+            # the background fetches too
+            outcome.remote, seen = remote.STATS.since(seen), remote.STATS.to_dict()
             yield outcome
 
 
 def _fetch_ahead(uri: str) -> str | None:
-    """A scratch copy of a remote shard, or None (a local one; or a failure, which the shard's own fetch reports)."""
+    """A scratch copy of a remote shard, or None (a local one; or a failure, which the shard's own fetch
+    reports)."""
     fs, _ = remote.filesystem(uri)
     if not remote.is_remote(fs):
         return None
@@ -379,7 +410,9 @@ def _process_shard(
                 workspace.clear_error(task.shard)
                 return ShardOutcome(task.shard, task.uri, done.record, reused=True)
             dropped = DroppedSamples(dropped_per_reason) if dropped_per_reason > 0 else None
-            record, documents, signatures = count_shard(task, document_pass, sha256, size, dropped, local, blocks, fmt)
+            record, documents, signatures = count_shard(
+                task, document_pass, sha256, size, dropped, local, blocks, fmt
+            )
         workspace.store(record, documents, dropped, signatures)
         return ShardOutcome(task.shard, task.uri, record)
     except (ShardChanged, FileNotFoundError) as e:

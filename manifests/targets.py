@@ -41,14 +41,17 @@ def load_targets(spec: str | dict[str, Any], base_dir: str | Path = ".") -> dict
 
 def _normalise(name: Any, tokens: Any) -> dict[str, Any]:
     if not isinstance(tokens, dict):
-        raise SettingsError(f"targets: expected a mapping of 'source/subset' to tokens, got {describe(tokens)}")
+        raise SettingsError(
+            f"targets: expected a mapping of 'source/subset' to tokens, got {describe(tokens)}"
+        )
     out = {}
     for key, value in tokens.items():
         if key == "name":
             continue
         if "/" not in str(key):
             raise SettingsError(f"target key {key!r} must be 'source/subset'")
-        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 2.8e+10 is a count
+        # 2.8e+10 is a count
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         if isinstance(value, bool) or not whole or value < 0:
             raise SettingsError(f"{key}: expected a token count (an integer >= 0), got {describe(value)}")
         out[str(key)] = int(value)

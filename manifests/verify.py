@@ -61,14 +61,18 @@ def check_shard(record: ShardRecord, blocks: list[dict]) -> ShardProblem | None:
     try:
         size = size_of(record.uri)
         if size != record.size_bytes:
-            return ShardProblem(record.shard, record.uri, "mismatch", f"{size} bytes, recorded {record.size_bytes}")
+            return ShardProblem(
+                record.shard, record.uri, "mismatch", f"{size} bytes, recorded {record.size_bytes}"
+            )
         actual, digests = hash_blocks(record.uri, [b["start"] for b in blocks], size)
     except FileNotFoundError:
         return ShardProblem(record.shard, record.uri, "missing", "no such file")
     except Exception as e:
         return ShardProblem(record.shard, record.uri, "unreadable", f"{type(e).__name__}: {e}")
     if actual != record.sha256:
-        return ShardProblem(record.shard, record.uri, "mismatch", f"sha256 {actual}, recorded {record.sha256}")
+        return ShardProblem(
+            record.shard, record.uri, "mismatch", f"sha256 {actual}, recorded {record.sha256}"
+        )
     bad = [i for i, (b, d) in enumerate(zip(blocks, digests, strict=True)) if b["sha256"] != d]
     if bad:
         return ShardProblem(

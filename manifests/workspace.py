@@ -106,7 +106,8 @@ class BuildWorkspace:
             return None
 
     def finished_shards(self) -> int:
-        """How many shards hold a committed result or an error (one listing; a progress figure, not a check)."""
+        """How many shards hold a committed result or an error (one listing; a progress figure, not a
+        check)."""
         names = (name.rsplit("/", 1)[-1] for name in self.fs.ls(self._root, detail=False))
         return sum(bool(re.fullmatch(r"shard-\d+(\.error)?\.json", name)) for name in names)
 
@@ -145,8 +146,10 @@ class BuildWorkspace:
             return None
         if done.record.sha256 != sha256:
             raise ShardChanged(
-                f"{uri}: sha256 is now {sha256}, but the interrupted build counted it as {done.record.sha256}. "
-                f"The shard changed; restore it, or discard the workspace {self.path} (--restart) to count it anew."
+                f"{uri}: sha256 is now {sha256}, but the interrupted build counted it as "
+                f"{done.record.sha256}. "
+                f"The shard changed; restore it, or discard the workspace {self.path} (--restart) to count "
+                "it anew."
             )
         if dropped_per_reason > 0 and (
             done.dropped_per_reason < dropped_per_reason
@@ -183,7 +186,10 @@ class BuildWorkspace:
                 for bucket, key, sample in dropped.items()
             ).encode("utf-8")
             write_atomic(self.dropped_file(record.shard), samples, fs=self.fs)
-            marker |= {"dropped_per_reason": dropped.per_reason, "dropped_sha256": hashlib.sha256(samples).hexdigest()}
+            marker |= {
+                "dropped_per_reason": dropped.per_reason,
+                "dropped_sha256": hashlib.sha256(samples).hexdigest(),
+            }
         self._write_json(self._file(record.shard, ".json"), marker)
         self.clear_error(record.shard)
 
@@ -208,7 +214,9 @@ class BuildWorkspace:
                 into.offer(bucket, tuple(key), record)
 
     def store_error(self, shard: int, uri: str, message: str) -> None:
-        self._write_json(self._file(shard, ".error.json"), {"uri": redact_uri(uri), "error": redact_text(message)})
+        self._write_json(
+            self._file(shard, ".error.json"), {"uri": redact_uri(uri), "error": redact_text(message)}
+        )
 
     def error(self, shard: int) -> dict[str, str] | None:
         return self._read_json(self._file(shard, ".error.json"))
