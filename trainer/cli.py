@@ -1,4 +1,5 @@
-"""Click commands `elm-data train` and `elm-data audit-run` (thin wrappers over loop.train and audit.audit_run)."""
+"""Click commands `elm-data train` and `elm-data audit-run` (thin wrappers over loop.train and
+audit.audit_run)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ from .proof.audit import verify_deep, verify_run
 
 @command("train")
 @retries_option
-@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "config_path", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--resume",
     type=click.Path(exists=True, path_type=Path),
     default=None,
     help="Continue from a checkpoint directory, or a run directory (its newest checkpoint).",
 )
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Override the config's max_steps.")
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Override the config's max_steps."
+)
 @click.option(
     "--out",
     "out_dir",
@@ -34,7 +39,9 @@ from .proof.audit import verify_deep, verify_run
     help="Run directory (log.jsonl, checkpoints/). Default: the config's out_dir or runs/<name>.",
 )
 @click.option(
-    "--tokenizer", default=None, help="Tokenizer (else the config, $ELM_DATA_TOKENIZER, the manifest's, the cache)."
+    "--tokenizer",
+    default=None,
+    help="Tokenizer (else the config, $ELM_DATA_TOKENIZER, the manifest's, the cache).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(
@@ -52,7 +59,9 @@ def train(
     `torchrun --nproc-per-node N` for DDP (or FSDP with `distributed: fsdp`).
     """
     config = TrainConfig.from_yaml(config_path, tokenizer=tokenizer)
-    result = run_training(config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress)
+    result = run_training(
+        config, resume=resume, out_dir=out_dir, max_steps=max_steps, progress=not no_progress
+    )
     if result.rank != 0:  # under torchrun only rank 0 reports (and writes the log and checkpoints)
         return
     if result.first_loss is not None:
@@ -84,7 +93,8 @@ moved_manifest_option = click.option(
 @click.option(
     "--verify",
     is_flag=True,
-    help="Recompute the run's consumption receipt (hash chain of every step's spans) from the manifest and plan "
+    help="Recompute the run's consumption receipt (hash chain of every step's spans) from the manifest and "
+    "plan "
     "alone; exit 1 naming the first step that differs.",
 )
 @click.option(
@@ -99,7 +109,9 @@ moved_manifest_option = click.option(
     show_default=True,
     help="Steps --deep re-reads, spread over the run (first and last included); 0: all.",
 )
-@click.option("--tokenizer", default=None, help="Tokenizer for --deep (else $ELM_DATA_TOKENIZER, the manifest's).")
+@click.option(
+    "--tokenizer", default=None, help="Tokenizer for --deep (else $ELM_DATA_TOKENIZER, the manifest's)."
+)
 def audit_run(
     run_dir: Path,
     fmt: str,
@@ -119,7 +131,9 @@ def audit_run(
     if verify:
         outcome = verify_run(run_dir, manifest_dir=manifest_dir)
         if deep and outcome.ok:
-            verify_deep(run_dir, outcome, steps=deep_steps or None, manifest_dir=manifest_dir, tokenizer=tokenizer)
+            verify_deep(
+                run_dir, outcome, steps=deep_steps or None, manifest_dir=manifest_dir, tokenizer=tokenizer
+            )
         click.echo(json.dumps(outcome.to_dict(), indent=2) if fmt == "json" else outcome.format())
         if not outcome.ok:
             check_failed()
@@ -134,11 +148,19 @@ def audit_run(
 @click.option("--doc", "doc_ref", default=None, metavar="SOURCE/SUBSET:DOC_ID", help="The document to trace.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @moved_manifest_option
-@click.option("--text", default=None, help="Find the consumed documents holding the longest spans of this text.")
-@click.option("--min-tokens", type=click.IntRange(min=1), default=4, show_default=True, help="--text: shortest span.")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="--text: spans to report.")
+@click.option(
+    "--text", default=None, help="Find the consumed documents holding the longest spans of this text."
+)
+@click.option(
+    "--min-tokens", type=click.IntRange(min=1), default=4, show_default=True, help="--text: shortest span."
+)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=5, show_default=True, help="--text: spans to report."
+)
 @click.option("--rebuild-index", is_flag=True, help="--text: rebuild RUN_DIR/trace_index/ even if present.")
-@click.option("--tokenizer", default=None, help="--text: tokenizer (else $ELM_DATA_TOKENIZER, the manifest's).")
+@click.option(
+    "--tokenizer", default=None, help="--text: tokenizer (else $ELM_DATA_TOKENIZER, the manifest's)."
+)
 def trace(
     run_dir: Path,
     doc_ref: str | None,
@@ -150,10 +172,11 @@ def trace(
     rebuild_index: bool,
     tokenizer: str | None,
 ) -> None:
-    """The steps (rank, micro-batch, row, token span) at which a run consumed a document's tokens (--doc), or the
-    consumed documents and steps holding the longest spans of a text (--text).
+    """The steps (rank, micro-batch, row, token span) at which a run consumed a document's tokens (--doc), or
+    the consumed documents and steps holding the longest spans of a text (--text).
 
-    --doc is computed from the run's log and the stream's plan alone: no corpus, no tokenizer, no model. --text
+    --doc is computed from the run's log and the stream's plan alone: no corpus, no tokenizer, no model.
+    --text
     builds RUN_DIR/trace_index/ on first use (a suffix array over the framed tokens of every document the run
     consumed, each once; the stream is replayed over the run's batches) and tokenizes the text.
     """
@@ -185,8 +208,10 @@ def _trace_text(run_dir, manifest_dir, text, tokenizer, rebuild_index, min_token
         i, j = span["query_tokens"]
         click.echo(f"\n{span['length']} tokens, {span['count']} occurrence(s): {tok.decode(query[i:j])!r}")
         for o in span["occurrences"]:
-            click.echo(f"  {o['ref']}  shard {o['shard_sha256'][:12]}… record {o['index']}  "
-                       f"offset {o['doc_offset']}  steps {o['steps']}")  # fmt: skip
+            click.echo(
+                f"  {o['ref']}  shard {o['shard_sha256'][:12]}… record {o['index']}  "
+                f"offset {o['doc_offset']}  steps {o['steps']}"
+            )
 
 
 def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
@@ -211,12 +236,16 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
     for h in hits:
         doc_span = "-" if h.doc_start is None else f"{h.doc_start}:{h.doc_end}"
         row_span = f"{h.start}:{'' if h.end is None else h.end}"
-        click.echo(f"{h.step:>8}{h.batch_index:>8}{h.rank:>6}{h.micro_batch:>7}{h.row:>6}{row_span:>14}{doc_span:>16}")
+        click.echo(
+            f"{h.step:>8}{h.batch_index:>8}{h.rank:>6}{h.micro_batch:>7}{h.row:>6}{row_span:>14}{doc_span:>16}"
+        )
 
 
 @command("train")
 @retries_option
-@click.argument("matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "matrix_path", metavar="MATRIX.yaml", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--out",
     "out_dir",
@@ -232,9 +261,13 @@ def _trace_doc(run_dir, manifest_dir, doc_ref: str, as_json: bool) -> None:
 )
 @click.option("--device", default=None, help="Override the matrix's device (auto, cpu, cuda).")
 @click.option(
-    "--tokenizer", default=None, help="Tokenizer path/URL (else the matrix, the manifest, $ELM_DATA_TOKENIZER)."
+    "--tokenizer",
+    default=None,
+    help="Tokenizer path/URL (else the matrix, the manifest, $ELM_DATA_TOKENIZER).",
 )
-def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device: str | None, tokenizer: str | None):
+def bench_train(
+    matrix_path: Path, out_dir: Path, manifest: Path | None, device: str | None, tokenizer: str | None
+):
     """Sweep a training-efficiency matrix: tokens/s, MFU, memory, loader stall, loss per dollar per cell.
 
     Cells that cannot run here (no kernel, OOM, too few processes, no CUDA) are recorded with their reason.
@@ -243,7 +276,9 @@ def bench_train(matrix_path: Path, out_dir: Path, manifest: Path | None, device:
     from .bench.efficiency import run_matrix
     from .bench.matrix import Matrix
 
-    matrix = Matrix.from_yaml(matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device)
+    matrix = Matrix.from_yaml(
+        matrix_path, manifest=str(manifest.resolve()) if manifest else None, device=device
+    )
     result = run_matrix(matrix, out_dir, tokenizer=tokenizer, echo=click.echo, progress=True)
     if not result.main:  # under torchrun only rank 0 reports
         return

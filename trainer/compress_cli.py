@@ -53,7 +53,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "compress.yaml"
 @click.option("--tokenizer", default=None, help="Tokenizer path/URL (else the config, the manifest, env).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def compress(
-    source, config_path, manifest, bits, group_size, embeddings, edkm, max_steps, out_dir, tokenizer, no_progress
+    source,
+    config_path,
+    manifest,
+    bits,
+    group_size,
+    embeddings,
+    edkm,
+    max_steps,
+    out_dir,
+    tokenizer,
+    no_progress,
 ) -> None:
     """Fine-tune CHECKPOINT|EXPORT under DKM weight clustering (coremltools) on a manifest's stream.
 
@@ -77,11 +87,13 @@ def compress(
     result = run_compress(source, config, out_dir=out_dir, progress=not no_progress)
     compact = result.report["compact"]
     click.echo(
-        f"{result.steps} steps, {result.tokens:,} tokens; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+        f"{result.steps} steps, {result.tokens:,} tokens; loss {result.losses[0]:.4f} -> "
+        f"{result.losses[-1]:.4f}"
     )
     click.echo(
         f"{result.report['palettized_tensors']} tensors at {result.report['bits']} bits: "
-        f"{compact['bits_per_palettized_weight']:.3f} bits/palettized weight, {compact['bits_per_parameter']:.3f} "
+        f"{compact['bits_per_palettized_weight']:.3f} bits/palettized weight, "
+        f"{compact['bits_per_parameter']:.3f} "
         f"bits/parameter, {compact['bytes']:,} bytes on disk (fp16: {compact['fp16_bytes']:,})"
     )
     click.echo(f"run: {result.run_dir}")

@@ -1,5 +1,6 @@
-"""``elm-data audit contamination``: here (layer 5) rather than in ``manifests/`` because ``--run`` reads a run's
-plan (``trace.RunPlan``) to find the documents it consumed; the audit itself is ``manifests/contamination.py``."""
+"""``elm-data audit contamination``: here (layer 5) rather than in ``manifests/`` because ``--run`` reads a
+run's plan (``trace.RunPlan``) to find the documents it consumed; the audit itself is
+``manifests/contamination.py``."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from elm_data.sources.remote_option import retries_option
     multiple=True,
     required=True,
     metavar="TASK",
-    help="Repeatable: items.jsonl (a 'text' and an 'id' per line), an lm-eval task YAML (dataset_path: json), "
+    help="Repeatable: items.jsonl (a 'text' and an 'id' per line), an lm-eval task YAML (dataset_path: "
+    "json), "
     "or an lm-eval task name (needs the Hugging Face hub).",
 )
 @click.option("--ngram", type=int, default=DEFAULT_NGRAM, show_default=True, help="Words per n-gram.")
@@ -35,7 +37,8 @@ from elm_data.sources.remote_option import retries_option
     "--min-overlap",
     type=float,
     default=None,
-    help="Contaminated when this fraction of an item's n-grams is found (default: any one n-gram, GPT-3's rule).",
+    help="Contaminated when this fraction of an item's n-grams is found (default: any one n-gram, GPT-3's "
+    "rule).",
 )
 @click.option(
     "--run",
@@ -44,7 +47,9 @@ from elm_data.sources.remote_option import retries_option
     default=None,
     help="Only the documents this training run consumed (from its log and the stream's plan).",
 )
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes scanning shards.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes scanning shards."
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--save", is_flag=True, help=SAVE_HELP + " Not with --run.")
 def contamination(manifest_dir, task_specs, ngram, min_overlap, run_dir, workers, fmt, save):

@@ -25,16 +25,20 @@ TOKENIZER_HELP = "Tokenizer to ship (else $ELM_DATA_TOKENIZER, else the run's lo
 @command("hf")
 @retries_option
 @click.argument("paths", nargs=-1, required=True, metavar="[CHECKPOINT|RUN] OUT_DIR")
-@click.option("--init", type=click.Choice(list(NAMED_SHAPES)), default=None, help="Export a fresh model of this size.")
+@click.option(
+    "--init", type=click.Choice(list(NAMED_SHAPES)), default=None, help="Export a fresh model of this size."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --init.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None, help="Cast floating weights (default: keep).")
+@click.option(
+    "--dtype", type=click.Choice(list(DTYPES)), default=None, help="Cast floating weights (default: keep)."
+)
 @click.option("--all-checkpoints", is_flag=True, help="RUN given: export every checkpoint to OUT_DIR/step_N.")
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace an existing export in OUT_DIR.")
 def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -> None:
     """A Hugging Face folder that loads offline: weights (apple/OpenELM-* names), config.json with a local
-    auto_map, the project's modeling code, the tokenizer (+ its licence) and, for a trained checkpoint, a model
-    card README.md naming the manifest and the tokens consumed per source.
+    auto_map, the project's modeling code, the tokenizer (+ its licence) and, for a trained checkpoint, a
+    model card README.md naming the manifest and the tokens consumed per source.
 
     CHECKPOINT is RUN/checkpoints/step_N (or a model directory); a RUN directory means its newest checkpoint,
     or every checkpoint with --all-checkpoints.
@@ -67,11 +71,17 @@ def export_hf(paths, init, seed, dtype, all_checkpoints, tokenizer, overwrite) -
 @retries_option
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
-@click.option("--quantize", type=click.Choice(["4", "8"]), default=None, help="Quantize the weights to 4 or 8 bits.")
+@click.option(
+    "--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True
+)
+@click.option(
+    "--quantize", type=click.Choice(["4", "8"]), default=None, help="Quantize the weights to 4 or 8 bits."
+)
 @click.option("--group-size", type=int, default=64, show_default=True, help="Quantization group size.")
 @click.option("--tokenizer", default=None, help=TOKENIZER_HELP)
-def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None, group_size: int, tokenizer) -> None:
+def export_mlx(
+    checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None, group_size: int, tokenizer
+) -> None:
     """An MLX folder for mlx_lm.load (Apple silicon; mlx-cpu elsewhere), through mlx-lm's converter.
 
     CHECKPOINT is RUN/checkpoints/step_N, a RUN directory (newest checkpoint) or a model directory.
@@ -94,10 +104,16 @@ def export_mlx(checkpoint: Path, out_dir: Path, dtype: str, quantize: str | None
 
 @command("eval")
 @retries_option
-@click.argument("target", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--tasks", default=None, help="Comma-separated lm-eval tasks (default: OpenELM's zero-shot suite).")
+@click.argument(
+    "target", metavar="CHECKPOINT|EXPORT", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--tasks", default=None, help="Comma-separated lm-eval tasks (default: OpenELM's zero-shot suite)."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N examples per task.")
-@click.option("--include-path", type=click.Path(exists=True, path_type=Path), default=None, help="Local task YAMLs.")
+@click.option(
+    "--include-path", type=click.Path(exists=True, path_type=Path), default=None, help="Local task YAMLs."
+)
 @click.option(
     "--heldout-batches",
     type=click.IntRange(min=0),
@@ -118,7 +134,14 @@ def eval_command(target, tasks, limit, include_path, heldout_batches, out, token
 
     task_list = None if tasks is None else [t for t in tasks.split(",") if t.strip() and t.strip() != "none"]
     report, path = evaluate(
-        E.newest_checkpoint(target), task_list, limit, include_path, out, heldout_batches, tokenizer, echo=click.echo
+        E.newest_checkpoint(target),
+        task_list,
+        limit,
+        include_path,
+        out,
+        heldout_batches,
+        tokenizer,
+        echo=click.echo,
     )
     click.echo(format_report(report))
     click.echo(f"results: {path}")

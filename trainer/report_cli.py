@@ -30,11 +30,13 @@ from .proof.report import write_report
     "--card",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="An export's folder (or its README.md) to link as the model card. Default: one found beside the run.",
+    help="An export's folder (or its README.md) to link as the model card. Default: one found beside the "
+    "run.",
 )
 def report(run_dir: Path, out: Path | None, manifest_dir: Path | None, card: Path | None) -> None:
-    """One self-contained HTML page (and PNGs) of a run: loss, tokens per source vs targets, throughput and stall,
-    held-out loss, the receipt's status (audit-run --verify), manifest id and Merkle root, model card."""
+    """One self-contained HTML page (and PNGs) of a run: loss, tokens per source vs targets, throughput and
+    stall, held-out loss, the receipt's status (audit-run --verify), manifest id and Merkle root, model
+    card."""
     result = write_report(run_dir, out=out, manifest_dir=manifest_dir, card=card)
     click.echo(f"receipt: {result.receipt}")
     click.echo(f"charts: {', '.join(result.charts)}" + ("" if result.heldout else "; no held-out records"))

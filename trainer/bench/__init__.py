@@ -1,4 +1,5 @@
-"""``elm-data bench train``: the training-efficiency matrix (tokens/s, MFU, memory, loss per dollar) and its plots.
+"""``elm-data bench train``: the training-efficiency matrix (tokens/s, MFU, memory, loss per dollar) and its
+plots.
 
 Imports ``trainer.core`` only.
 """

@@ -1,17 +1,21 @@
 """The training-efficiency matrix: tokens/s, MFU, memory, loader stall and loss per dollar across settings.
 
 ``elm-data bench train MATRIX.yaml --out DIR`` (or :func:`run_matrix`) trains every cell of the product of the
-YAML's ``axes`` (:mod:`.matrix`) for the same token budget, each through the trainer itself (:class:`CellTrainer`,
-a :class:`~..core.loop.Trainer` subclass, on the real stream) into a run log of its own (``runs/cell_NNN/``), and
-writes ``cells.jsonl`` (one line per finished cell, as it finishes), ``results.csv``, ``results.json`` and the
-plots (:mod:`.efficiency_plots`). Invariants:
+YAML's ``axes`` (:mod:`.matrix`) for the same token budget, each through the trainer itself
+(:class:`CellTrainer`, a :class:`~..core.loop.Trainer` subclass, on the real stream) into a run log of its own
+(``runs/cell_NNN/``), and writes ``cells.jsonl`` (one line per finished cell, as it finishes),
+``results.csv``, ``results.json`` and the plots (:mod:`.efficiency_plots`). Invariants:
 
-- every cell of the product appears in the output exactly once: ``status`` is ``ok``, or ``unsupported``/``oom``/
+- every cell of the product appears in the output exactly once: ``status`` is ``ok``, or
+``unsupported``/``oom``/
   ``failed`` with a ``reason`` (nothing is dropped);
-- tokens/s, MFU and the stall fraction cover the timed steps only (after ``timing_skip_steps``); tokens are label
+- tokens/s, MFU and the stall fraction cover the timed steps only (after ``timing_skip_steps``); tokens are
+label
   positions of all processes; the stall fraction is time blocked in ``next(loader)`` over the whole step time;
-- MFU = tokens/s x :func:`elm_data.trainer.core.flops.flops_per_token` / (peak x processes), the peak from the YAML's
-  ``peak_flops`` (by device-name fragment) and then ``trainer/core/hardware.py``'s table; unknown peak -> null + note;
+- MFU = tokens/s x :func:`elm_data.trainer.core.flops.flops_per_token` / (peak x processes), the peak from the
+YAML's
+  ``peak_flops`` (by device-name fragment) and then ``trainer/core/hardware.py``'s table; unknown peak -> null
+  + note;
 - dollars use ``usd_per_device_hour`` (by device-name fragment) x processes.
 """
 
@@ -51,7 +55,8 @@ def lookup(table: dict[str, Any], device_name: str) -> tuple[bool, Any]:
 
 
 def resolve_peak(matrix: Matrix, device: torch.device) -> tuple[float | None, str]:
-    """Peak FLOP/s of one device and a note: the YAML's ``peak_flops`` first, then trainer/core/hardware.py."""
+    """Peak FLOP/s of one device and a note: the YAML's ``peak_flops`` first, then
+    trainer/core/hardware.py."""
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     found, value = lookup(matrix.peak_flops, name)
     if found:
@@ -62,7 +67,10 @@ def resolve_peak(matrix: Matrix, device: torch.device) -> tuple[float | None, st
         )
     peak = peak_flops(device)
     if peak is None:
-        return None, f"no peak FLOP/s known for {name}: set peak_flops.{'cpu' if device.type == 'cpu' else name}"
+        return (
+            None,
+            f"no peak FLOP/s known for {name}: set peak_flops.{'cpu' if device.type == 'cpu' else name}",
+        )
     return peak, "dense bf16 peak from trainer/core/hardware.py"
 
 
@@ -76,10 +84,13 @@ def resolve_price(matrix: Matrix, device: torch.device) -> float | None:
 def precheck(cell: Cell, device: torch.device, world_size: int) -> str | None:
     """The reason this cell cannot run in this process, or None."""
     if cell.processes != world_size:
-        launch = "without torchrun" if cell.processes == 1 else f"under torchrun --nproc-per-node {cell.processes}"
+        launch = (
+            "without torchrun" if cell.processes == 1 else f"under torchrun --nproc-per-node {cell.processes}"
+        )
         return f"needs {cell.processes} process(es), this run has {world_size}: run the matrix {launch}"
     if cell.distributed in ("ddp", "fsdp") and world_size == 1:
-        return f"{cell.distributed} with 1 process is the unwrapped model (the trainer wraps only under torchrun)"
+        unwrapped = "is the unwrapped model (the trainer wraps only under torchrun)"
+        return f"{cell.distributed} with 1 process {unwrapped}"
     if cell.distributed == "none" and world_size > 1:
         return f"distributed=none with {world_size} processes trains {world_size} unsynchronised models"
     if cell.precision == "fp8":
@@ -100,11 +111,16 @@ def fp8_unsupported(device: torch.device) -> str | None:
 
 
 def attention_context(attention: str):
-    """``sdpa_kernel`` restricted to one backend; ``sdpa`` (torch chooses) and ``eager`` change nothing here."""
+    """``sdpa_kernel`` restricted to one backend; ``sdpa`` (torch chooses) and ``eager`` change nothing
+    here."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}  # fmt: skip
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
     return sdpa_kernel([backends[attention]]) if attention in backends else contextlib.nullcontext()
 
 
@@ -118,7 +134,8 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory(device: torch.device) -> tuple[float | None, str]:
-    """Peak MiB since :func:`reset_peak_memory`: CUDA allocated tensors, or the process' resident high-water."""
+    """Peak MiB since :func:`reset_peak_memory`: CUDA allocated tensors, or the process' resident
+    high-water."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
     with contextlib.suppress(OSError):
@@ -146,10 +163,10 @@ class Timings:
 
 
 class CellTrainer(Trainer):
-    """One cell of the matrix, trained by the :class:`~..core.loop.Trainer` exactly as ``elm-data train`` trains:
-    its set-up, step, receipt and log, changed only through its hooks — the model converted for fp8 training
-    (torchao) in :meth:`build_model`, no checkpoints, the cell's settings in the log header — and each step's
-    timings kept (:meth:`step`). :meth:`train` runs it under the cell's attention backend.
+    """One cell of the matrix, trained by the :class:`~..core.loop.Trainer` exactly as ``elm-data train``
+    trains: its set-up, step, receipt and log, changed only through its hooks — the model converted for fp8
+    training (torchao) in :meth:`build_model`, no checkpoints, the cell's settings in the log header — and
+    each step's timings kept (:meth:`step`). :meth:`train` runs it under the cell's attention backend.
 
     Its run directory holds an ordinary run log (``log.jsonl``): ``audit-run --verify`` checks what the cell
     consumed, as for any run."""
@@ -157,7 +174,9 @@ class CellTrainer(Trainer):
     task = "bench"
 
     def __init__(self, config: TrainConfig, cell: Cell, env: dict[str, Any], run_dir: Path) -> None:
-        super().__init__(config, env["device"], env["info"], run_dir=run_dir, progress=env.get("progress", False))
+        super().__init__(
+            config, env["device"], env["info"], run_dir=run_dir, progress=env.get("progress", False)
+        )
         self.cell, self.label, self.timings = cell, env.get("cell_label", "cell"), Timings()
 
     def build_model(self) -> torch.nn.Module:
@@ -166,7 +185,10 @@ class CellTrainer(Trainer):
             from torchao.float8 import convert_to_float8_training
 
             def float8_ok(module, _name) -> bool:  # float8 matmuls need both dimensions divisible by 16
-                return isinstance(module, torch.nn.Linear) and module.in_features % 16 == module.out_features % 16 == 0
+                return (
+                    isinstance(module, torch.nn.Linear)
+                    and module.in_features % 16 == module.out_features % 16 == 0
+                )
 
             convert_to_float8_training(model, module_filter_fn=float8_ok)
         return model
@@ -201,18 +223,23 @@ class CellTrainer(Trainer):
             if hasattr(self, "log"):
                 self.log.close()  # idempotent: finish closed it unless a step raised
         if result.stopped_early:
-            raise RuntimeError(f"the stream ran out after {result.final_step} steps (epochs={self.config.epochs})")
+            raise RuntimeError(
+                f"the stream ran out after {result.final_step} steps (epochs={self.config.epochs})"
+            )
         return self.timings
 
 
 def train_cell(config: TrainConfig, cell: Cell, env: dict[str, Any], run_dir: Path) -> tuple[Timings, int]:
-    """Train one cell for ``config.max_steps`` steps on the real stream; returns timings and the parameter count."""
+    """Train one cell for ``config.max_steps`` steps on the real stream; returns timings and the parameter
+    count."""
     trainer = CellTrainer(config, cell, env, run_dir)
     timings = trainer.train()
     return timings, sum(p.numel() for p in trainer.model.parameters())
 
 
-def measure(matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any], model_config) -> dict[str, Any]:
+def measure(
+    matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any], model_config
+) -> dict[str, Any]:
     """Throughput, MFU, stall, loss and cost figures of a finished cell from its timed steps."""
     skip = matrix.timing_skip_steps
     timed_time, timed_tokens = sum(timings.times[skip:]), sum(timings.tokens[skip:])
@@ -220,25 +247,42 @@ def measure(matrix: Matrix, cell: Cell, timings: Timings, env: dict[str, Any], m
     fpt = flops_per_token(model_config, cell.seq_len)
     peak, note = env["peak"]
     row = {
-        "steps": len(timings.times), "timed_steps": len(timings.times) - skip, "tokens": sum(timings.tokens),
-        "tokens_per_s": tokens_per_s, "flops_per_token": fpt, "achieved_tflops": tokens_per_s * fpt / 1e12,
-        "peak_flops": peak, "mfu": mfu(tokens_per_s, fpt, peak, cell.processes), "mfu_note": note,
-        "loader_wait_s": sum(timings.waits[skip:]), "step_time_s": timed_time,
+        "steps": len(timings.times),
+        "timed_steps": len(timings.times) - skip,
+        "tokens": sum(timings.tokens),
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": fpt,
+        "achieved_tflops": tokens_per_s * fpt / 1e12,
+        "peak_flops": peak,
+        "mfu": mfu(tokens_per_s, fpt, peak, cell.processes),
+        "mfu_note": note,
+        "loader_wait_s": sum(timings.waits[skip:]),
+        "step_time_s": timed_time,
         "stall_fraction": sum(timings.waits[skip:]) / timed_time,
-        "first_loss": timings.losses[0], "loss_at_budget": timings.losses[-1],
-    }  # fmt: skip
+        "first_loss": timings.losses[0],
+        "loss_at_budget": timings.losses[-1],
+    }
     return row | costs(env["price"], cell.processes, tokens_per_s, row)
 
 
 def costs(price: float | None, processes: int, tokens_per_s: float, row: dict[str, Any]) -> dict[str, Any]:
     """Dollar figures at ``price`` $/device-hour: the token budget's cost, tokens and loss drop per dollar."""
     if price is None:
-        return {"usd_per_hour": None, "tokens_per_usd": None, "usd_for_budget": None, "loss_drop_per_usd": None}
+        return {
+            "usd_per_hour": None,
+            "tokens_per_usd": None,
+            "usd_for_budget": None,
+            "loss_drop_per_usd": None,
+        }
     per_hour = price * processes
     usd = row["tokens"] / tokens_per_s / 3600 * per_hour
     drop = (row["first_loss"] - row["loss_at_budget"]) / usd if usd > 0 else None
-    return {"usd_per_hour": per_hour, "tokens_per_usd": tokens_per_s * 3600 / per_hour if per_hour else None,
-            "usd_for_budget": usd, "loss_drop_per_usd": drop}  # fmt: skip
+    return {
+        "usd_per_hour": per_hour,
+        "tokens_per_usd": tokens_per_s * 3600 / per_hour if per_hour else None,
+        "usd_for_budget": usd,
+        "loss_drop_per_usd": drop,
+    }
 
 
 def classify(error: BaseException) -> tuple[str, str]:
@@ -254,7 +298,12 @@ def classify(error: BaseException) -> tuple[str, str]:
 def run_cell(matrix: Matrix, index: int, cell: Cell, env: dict[str, Any]) -> dict[str, Any]:
     """One output row: the cell's settings, then its measurements or why it has none."""
     device = env["device"]
-    row: dict[str, Any] = {"cell": index, **cell.settings(), "device": env["device_name"], "memory_kind": None}
+    row: dict[str, Any] = {
+        "cell": index,
+        **cell.settings(),
+        "device": env["device_name"],
+        "memory_kind": None,
+    }
     reason = env["unavailable"] or precheck(cell, device, env["info"].world_size)
     if reason:
         return row | {"status": "unsupported", "reason": reason}
@@ -384,7 +433,8 @@ def mark_frontier(rows: list[dict[str, Any]]) -> None:
 
 
 def write_outputs(out_dir: Path, matrix: Matrix, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
-    """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots, each whole."""
+    """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots, each
+    whole."""
     from ..core.runlog import code_version
     from .efficiency_plots import plot_frontier, plot_throughput
 
@@ -394,10 +444,19 @@ def write_outputs(out_dir: Path, matrix: Matrix, rows: list[dict[str, Any]], env
     for row in rows:
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
     write_atomic(out_dir / "results.csv", table.getvalue())
-    header = {"device": env["device_name"], "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "code_version": code_version(), "manifest_dir": str(env["manifest_dir"]),
-              "peak_flops": env["peak"][0], "peak_note": env["peak"][1], "usd_per_device_hour": env["price"],
-              "matrix": {k: v for k, v in dataclasses.asdict(matrix).items() if k != "base_dir"}}  # fmt: skip
-    write_atomic(out_dir / "results.json", json.dumps({"environment": header, "cells": rows}, indent=2, default=str))
+    header = {
+        "device": env["device_name"],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "code_version": code_version(),
+        "manifest_dir": str(env["manifest_dir"]),
+        "peak_flops": env["peak"][0],
+        "peak_note": env["peak"][1],
+        "usd_per_device_hour": env["price"],
+        "matrix": {k: v for k, v in dataclasses.asdict(matrix).items() if k != "base_dir"},
+    }
+    write_atomic(
+        out_dir / "results.json", json.dumps({"environment": header, "cells": rows}, indent=2, default=str)
+    )
     plot_throughput(rows, out_dir / "throughput.png")
     plot_frontier(rows, out_dir / "frontier.png")

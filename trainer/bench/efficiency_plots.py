@@ -1,7 +1,7 @@
 """Plots of an efficiency matrix (rows from :mod:`.efficiency`): throughput/MFU bars, cost frontier.
 
-Every cell gets a bar row; a cell without figures shows its status and reason instead of a bar (never dropped).
-Labels name only the axes that vary across the matrix.
+Every cell gets a bar row; a cell without figures shows its status and reason instead of a bar (never
+dropped). Labels name only the axes that vary across the matrix.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def plot_frontier(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     if priced:
         names = dict(zip((r["cell"] for r in rows), labels(rows), strict=True))
-        ax.scatter([r["usd_for_budget"] for r in priced], [r["loss_at_budget"] for r in priced], color="tab:blue")
+        ax.scatter(
+            [r["usd_for_budget"] for r in priced], [r["loss_at_budget"] for r in priced], color="tab:blue"
+        )
         for r in priced:  # full labels on the frontier, cell numbers elsewhere (see results.csv)
             text = names[r["cell"]] if r.get("on_frontier") else f"#{r['cell']}"
             ax.annotate(text, (r["usd_for_budget"], r["loss_at_budget"]), fontsize=6)

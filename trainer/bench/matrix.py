@@ -1,5 +1,5 @@
-"""An efficiency matrix as written: its YAML (:class:`Matrix`: shared training settings, the axes whose product
-gives the cells, peak FLOP/s and prices), its cells (:class:`Cell`), and the columns of its results.
+"""An efficiency matrix as written: its YAML (:class:`Matrix`: shared training settings, the axes whose
+product gives the cells, peak FLOP/s and prices), its cells (:class:`Cell`), and the columns of its results.
 
 Below both the runner (:mod:`.efficiency`) and the plots (:mod:`.efficiency_plots`). A matrix that cannot be
 used as written is a :class:`MatrixError` (a user error) when it is read, before any cell runs.
@@ -33,11 +33,35 @@ PRECISION = ("fp32", "bf16", "fp8")
 DISTRIBUTED = ("none", "ddp", "fsdp")
 STATUSES = ("ok", "unsupported", "oom", "failed")
 COLUMNS = (
-    "cell", *AXES, "status", "reason", "device", "parameters", "steps", "timed_steps", "tokens", "tokens_per_s",
-    "flops_per_token", "achieved_tflops", "peak_flops", "mfu", "mfu_note", "peak_memory_mib", "memory_kind",
-    "loader_wait_s", "step_time_s", "stall_fraction", "first_loss", "loss_at_budget", "usd_per_hour",
-    "tokens_per_usd", "usd_for_budget", "loss_drop_per_usd", "on_frontier", "wall_s",
-)  # fmt: skip
+    "cell",
+    *AXES,
+    "status",
+    "reason",
+    "device",
+    "parameters",
+    "steps",
+    "timed_steps",
+    "tokens",
+    "tokens_per_s",
+    "flops_per_token",
+    "achieved_tflops",
+    "peak_flops",
+    "mfu",
+    "mfu_note",
+    "peak_memory_mib",
+    "memory_kind",
+    "loader_wait_s",
+    "step_time_s",
+    "stall_fraction",
+    "first_loss",
+    "loss_at_budget",
+    "usd_per_hour",
+    "tokens_per_usd",
+    "usd_for_budget",
+    "loss_drop_per_usd",
+    "on_frontier",
+    "wall_s",
+)
 NUMERIC = (
     "parameters",
     "steps",
@@ -101,7 +125,8 @@ class Matrix(Settings):
     timing_skip_steps: int = 2
     min_timed_steps: int = 3
     warmup_fraction: float = 0.1
-    threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
+    # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
+    threads: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
     peak_flops: dict[str, Any] = field(default_factory=dict)  # numbers (or strings like 1.0e11: see validate)
     usd_per_device_hour: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +153,11 @@ class Matrix(Settings):
         for axis in ("model", "batch_size", "seq_len"):
             if not self.axes.get(axis):
                 raise MatrixError(f"axes.{axis} must list at least one value")
-        for axis, allowed in (("attention", ATTENTION), ("precision", PRECISION), ("distributed", DISTRIBUTED)):
+        for axis, allowed in (
+            ("attention", ATTENTION),
+            ("precision", PRECISION),
+            ("distributed", DISTRIBUTED),
+        ):
             bad = [v for v in self.axes.get(axis, []) if v not in allowed]
             if bad:
                 raise MatrixError(f"axes.{axis}: {bad} not among {list(allowed)}")
@@ -136,7 +165,9 @@ class Matrix(Settings):
             raise MatrixError("token_budget and min_timed_steps must be positive, timing_skip_steps >= 0")
         try:  # PyYAML reads 1.0e11 (no sign in the exponent) as a string
             self.peak_flops = {k: None if v is None else float(v) for k, v in self.peak_flops.items()}
-            self.usd_per_device_hour = {k: None if v is None else float(v) for k, v in self.usd_per_device_hour.items()}
+            self.usd_per_device_hour = {
+                k: None if v is None else float(v) for k, v in self.usd_per_device_hour.items()
+            }
         except (TypeError, ValueError) as error:
             raise MatrixError(f"peak_flops / usd_per_device_hour values must be numbers: {error}") from error
 
@@ -164,14 +195,25 @@ class Matrix(Settings):
         steps = self.steps_for(cell)
         model = cell.model
         if cell.attention == "eager":
-            model = {"name": model, "attention": "eager"} if isinstance(model, str) else {**model, "attention": "eager"}
+            model = (
+                {"name": model, "attention": "eager"}
+                if isinstance(model, str)
+                else {**model, "attention": "eager"}
+            )
         settings = {"epochs": None, "warmup_steps": round(self.warmup_fraction * steps), **self.train}
         settings.update(
-            manifest=str(manifest_dir), model=model, batch_size=cell.batch_size, seq_len=cell.seq_len,
-            precision="fp32" if cell.precision == "fp32" else "bf16", compile=cell.compile,
-            gradient_checkpointing=cell.gradient_checkpointing, distributed=cell.distributed, max_steps=steps,
-            tokens_per_step=None, device=self.device,
-        )  # fmt: skip
+            manifest=str(manifest_dir),
+            model=model,
+            batch_size=cell.batch_size,
+            seq_len=cell.seq_len,
+            precision="fp32" if cell.precision == "fp32" else "bf16",
+            compile=cell.compile,
+            gradient_checkpointing=cell.gradient_checkpointing,
+            distributed=cell.distributed,
+            max_steps=steps,
+            tokens_per_step=None,
+            device=self.device,
+        )
         if tokenizer is not None:
             settings["tokenizer"] = tokenizer
         return TrainConfig.from_dict(settings, base_dir=self.base_dir)

@@ -1,4 +1,5 @@
-"""``elm-data compress``: fine-tuning under eDKM weight clustering, as a ``Trainer`` subclass; palettized weights.
+"""``elm-data compress``: fine-tuning under eDKM weight clustering, as a ``Trainer`` subclass; palettized
+weights.
 
 Imports ``trainer.core`` only.
 """

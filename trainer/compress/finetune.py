@@ -1,14 +1,16 @@
-"""`elm-data compress`: fine-tune a trained OpenELM under weight clustering (DKM / eDKM), on the manifest's stream.
+"""`elm-data compress`: fine-tune a trained OpenELM under weight clustering (DKM / eDKM), on the manifest's
+stream.
 
 The clustering is coremltools' ``DKMPalettizer`` (``coremltools.optimize.torch.palettization``); this module
 only arranges it: which layers, the YAML config and the outputs. The run is ``elm-data train``'s
 :class:`~.loop.Trainer` with a palettization hook (:class:`CompressTrainer`): the same stream, step, log,
 consumed tokens and consumption receipt. A run directory holds::
 
-    log.jsonl                        header (source weights, manifest, config), step records with tokens per source, end
-    model/                           dequantized weights in the model package's layout (load_model, export hf)
-    model.palettized.safetensors     the compact form (palette + packed indices per tensor), see palette.py
-    compression.json                 bits, sizes on disk, bits per weight, distinct values per tensor, tokens per source
+    log.jsonl                        header (source weights, manifest, config), step records with tokens per
+    source, end model/                           dequantized weights in the model package's layout
+    (load_model, export hf) model.palettized.safetensors     the compact form (palette + packed indices per
+    tensor), see palette.py compression.json                 bits, sizes on disk, bits per weight, distinct
+    values per tensor, tokens per source
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class PaletteSpec(Settings):
             (self.dtype in DTYPES and self.rest_dtype in DTYPES, f"dtypes must be among {sorted(DTYPES)}"),
             (
                 "enable_per_channel_scale" not in self.options,
-                "per-channel scales are not written to the compact form yet; use granularity per_grouped_channel",
+                "per-channel scales are not written to the compact form yet; use granularity "
+                "per_grouped_channel",
             ),
         ]
         for ok, message in checks:
@@ -92,7 +95,8 @@ class PaletteSpec(Settings):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PaletteSpec:
-        """The ``palettization:`` section: unknown keys refused naming the nearest valid one, types checked."""
+        """The ``palettization:`` section: unknown keys refused naming the nearest valid one, types
+        checked."""
         try:
             return cls(**cls.check_mapping(raw, "palettization"))
         except ConfigError:
@@ -130,7 +134,9 @@ class CompressConfig:
     palette: PaletteSpec
 
     @classmethod
-    def from_yaml(cls, path: str | Path, palette: dict[str, Any] | None = None, **train: Any) -> CompressConfig:
+    def from_yaml(
+        cls, path: str | Path, palette: dict[str, Any] | None = None, **train: Any
+    ) -> CompressConfig:
         """Load ``path``; ``palette`` and ``train`` override its settings (None values are ignored)."""
         path = Path(path)
         raw = load_mapping(path, "compress config")
@@ -147,9 +153,13 @@ class CompressConfig:
         raw.update({k: v for k, v in train.items() if v is not None})
         if "model" in raw:
             raise ConfigError("a compress config names no model: the source checkpoint decides it")
-        config = cls(TrainConfig.from_dict(raw, base_dir=path.resolve().parent), PaletteSpec.from_dict(section))
+        config = cls(
+            TrainConfig.from_dict(raw, base_dir=path.resolve().parent), PaletteSpec.from_dict(section)
+        )
         if config.train.lr is None:
-            raise ConfigError("a compress config needs an explicit lr (fine-tuning, not the pretraining peak)")
+            raise ConfigError(
+                "a compress config needs an explicit lr (fine-tuning, not the pretraining peak)"
+            )
         return config
 
 
@@ -189,7 +199,8 @@ class PalettizedLM(nn.Module):
 
 
 def require_coremltools() -> None:
-    """Refuse (one line, the pip hint) where the ``compress`` extra (coremltools' DKM palettizer) is absent."""
+    """Refuse (one line, the pip hint) where the ``compress`` extra (coremltools' DKM palettizer) is
+    absent."""
     try:
         import coremltools.optimize.torch.palettization  # noqa: F401
     except ImportError as error:
@@ -202,7 +213,9 @@ def palettizer_config(model: nn.Module, spec: PaletteSpec):
     from coremltools.optimize.torch.palettization import DKMPalettizerConfig
 
     module = spec.module_config()
-    excluded = {name for name, _ in model.named_modules() if name and any(re.search(p, name) for p in spec.exclude)}
+    excluded = {
+        name for name, _ in model.named_modules() if name and any(re.search(p, name) for p in spec.exclude)
+    }
     return DKMPalettizerConfig(
         module_type_configs={nn.Linear: module, nn.Embedding: module if spec.embeddings else None},
         module_name_configs=dict.fromkeys(sorted(excluded)),
@@ -246,21 +259,25 @@ class CompressTrainer(Trainer):
     It differs from training only through the Trainer's hooks: the model is the source's weights prepared for
     palettization (:meth:`build_model`), a step calls :class:`PalettizedLM` without autocast, the palettizer
     steps after each optimizer step, the header names the source and the palettization, and there are no
-    checkpoints: the run's output is what :meth:`write_outputs` writes from the finalized palettes. The stream,
-    the step, the log with its tokens per source and receipt are the Trainer's, so ``audit-run`` reads a
-    compress run too.
+    checkpoints: the run's output is what :meth:`write_outputs` writes from the finalized palettes. The
+    stream, the step, the log with its tokens per source and receipt are the Trainer's, so ``audit-run`` reads
+    a compress run too.
     """
 
     task = "compress"
 
-    def __init__(self, source: str | Path, config: CompressConfig, run_dir: Path, *, progress: bool = True) -> None:
-        self.source_model, self.source_info = load_source(source)  # built on the meta device: draws no randomness
+    def __init__(
+        self, source: str | Path, config: CompressConfig, run_dir: Path, *, progress: bool = True
+    ) -> None:
+        # built on the meta device: draws no randomness
+        self.source_model, self.source_info = load_source(source)
         train = config.train.replace(model=self.source_model.config.to_dict(), out_dir=str(run_dir))
         super().__init__(train, pick_device(train.device), DistInfo(), run_dir=run_dir, progress=progress)
         self.spec = config.palette
 
     def build_model(self) -> nn.Module:
-        """The source weights in the palettization dtype, prepared in place (``palettizer``, ``palettized``)."""
+        """The source weights in the palettization dtype, prepared in place (``palettizer``,
+        ``palettized``)."""
         model = self.source_model.to(device=self.device, dtype=DTYPES[self.spec.dtype])
         self.palettizer, prepared, self.palettized = prepare(model, self.spec, self.run_dir)
         return prepared
@@ -282,10 +299,14 @@ class CompressTrainer(Trainer):
         return {"task": self.task, **super().header_fields(), **extra, "palettized": self.palettized}
 
     def write_outputs(self) -> dict[str, Any]:
-        """Finalize the palettes into the weights; write ``model/``, the compact file and ``compression.json``."""
+        """Finalize the palettes into the weights; write ``model/``, the compact file and
+        ``compression.json``."""
         report = finalize(self.palettizer, self.model, self.palettized, self.spec, self.run_dir)
         report.update(
-            steps=self.state.step, tokens=self.state.tokens, tokens_by_source=self.consumed(), source=self.source_info
+            steps=self.state.step,
+            tokens=self.state.tokens,
+            tokens_by_source=self.consumed(),
+            source=self.source_info,
         )
         write_atomic(self.run_dir / "compression.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
         return report

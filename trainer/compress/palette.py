@@ -37,9 +37,11 @@ class PaletteError(ElmDataError, ValueError):
     """A tensor that is not palettized as claimed, or a compact file that does not decode."""
 
 
-# ---- bit packing --------------------------------------------------------------------------------------------
+# ---- bit packing
+# --------------------------------------------------------------------------------------------
 def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
-    """``bits``-bit unsigned indices -> uint8 bytes, little-endian bit order (8 indices of 3 bits in 3 bytes)."""
+    """``bits``-bit unsigned indices -> uint8 bytes, little-endian bit order (8 indices of 3 bits in 3
+    bytes)."""
     flat = np.asarray(indices, dtype=np.uint8).reshape(-1)
     if flat.size and int(flat.max()) >= 1 << bits:
         raise PaletteError(f"index {int(flat.max())} does not fit in {bits} bits")
@@ -54,8 +56,11 @@ def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (planes.reshape(count, bits) * weights).sum(axis=1, dtype=np.uint8)
 
 
-# ---- palettes of finalized weights --------------------------------------------------------------------------
-def group_palette(weight: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+# ---- palettes of finalized weights
+# --------------------------------------------------------------------------
+def group_palette(
+    weight: torch.Tensor, bits: int, group_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lut [G, 2**bits] float32, indices [rows, cols] uint8)`` of a finalized weight, exactly.
 
     Raises :class:`PaletteError` when a group holds more than ``2**bits`` distinct values.
@@ -85,7 +90,8 @@ def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if COREML_PREFIX not in k}
 
 
-# ---- the compact file ---------------------------------------------------------------------------------------
+# ---- the compact file
+# ---------------------------------------------------------------------------------------
 def save_compact(
     model: OpenELM,
     path: str | Path,
@@ -163,7 +169,8 @@ def load_compact(path: str | Path) -> OpenELM:
     return model
 
 
-# ---- coremltools' eDKM saved-tensor hook on CPU -------------------------------------------------------------
+# ---- coremltools' eDKM saved-tensor hook on CPU
+# -------------------------------------------------------------
 _INSTALLED = False
 
 
@@ -181,10 +188,14 @@ def install_edkm_cpu_adapter() -> None:
     if _INSTALLED:
         return
     from coremltools.optimize.torch.palettization import fake_palettize
-    from coremltools.optimize.torch.palettization._fake_palettizer_tensor_hook import _FakePalettizerTensorHook
+    from coremltools.optimize.torch.palettization._fake_palettizer_tensor_hook import (
+        _FakePalettizerTensorHook,
+    )
 
     class CPUFriendlyHook(_FakePalettizerTensorHook):
-        def __init__(self, zero_threshold, device, min_size=0, max_mem=1.0, use_unique=False, use_shard=False):
+        def __init__(
+            self, zero_threshold, device, min_size=0, max_mem=1.0, use_unique=False, use_shard=False
+        ):
             if torch.device(device).type == "cuda":
                 super().__init__(zero_threshold, device, min_size, max_mem, use_unique, use_shard)
                 return

@@ -5,18 +5,19 @@ Layout of ``RUN_DIR/checkpoints/step_00000100/``::
     model.safetensors      weights (elm_data.model.weights.save_model; `elm-data export hf` reads it)
     model_config.json      OpenELMConfig.to_dict()
     training_state.pt      optimizer + scheduler state and RNG states (plain tensors/dicts, weights_only)
-    stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact batches)
-    trainer_state.json     step, tokens, consumed per source, receipt chain head, manifest id, config + fingerprint,
+    stream_state.pt        the stream loader's state_dict, every rank's merged into one (resumes the exact
+    batches) trainer_state.json     step, tokens, consumed per source, receipt chain head, manifest id, config
+    + fingerprint,
                            and ``files``: the sha256 of each file above (checked before any of them is loaded)
 
 Invariant 5: a directory named ``step_*`` exists only once complete. It is filled as a hidden temp sibling and
-published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving a
-step); leftovers of an interrupted write are ``.step_*.tmp-*`` folders, removed by the next save.
+published whole by ``elm_data.core.outputs.staged_dir`` (the umask's modes, then an atomic swap when re-saving
+a step); leftovers of an interrupted write are ``.step_*.tmp-*`` folders, removed by the next save.
 
-:class:`Checkpointer` is the trainer's one way in and out: ``save`` and ``load`` cover every part it is given by
-name (the trainer's: model, optimizer, scheduler, stream, RNGs) and a :class:`TrainState`, and ``load`` refuses a
-checkpoint of another run. The
-file-level functions below serve it and the tools that read checkpoints (export, eval, audit-run, tests).
+:class:`Checkpointer` is the trainer's one way in and out: ``save`` and ``load`` cover every part it is given
+by name (the trainer's: model, optimizer, scheduler, stream, RNGs) and a :class:`TrainState`, and ``load``
+refuses a checkpoint of another run. The file-level functions below serve it and the tools that read
+checkpoints (export, eval, audit-run, tests).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ import torch
 from elm_data.core.errors import ElmDataError
 from elm_data.core.outputs import staged_dir
 from elm_data.model.openelm import OpenELM
-from elm_data.model.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_model, read_config_file, save_model
+from elm_data.model.weights import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    WeightsError,
+    load_model,
+    read_config_file,
+    save_model,
+)
 from elm_data.pipeline.stream import merge_states
 from elm_data.pipeline.stream.state import StreamState, check_state
 
@@ -47,7 +55,8 @@ from .config import TrainConfig
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE, STREAM_STATE, TRAINER_STATE = "training_state.pt", "stream_state.pt", "trainer_state.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
-DIGESTED = (WEIGHTS_FILE, CONFIG_FILE, TRAINING_STATE, STREAM_STATE)  # trainer_state.json's ``files`` covers these
+# trainer_state.json's ``files`` covers these
+DIGESTED = (WEIGHTS_FILE, CONFIG_FILE, TRAINING_STATE, STREAM_STATE)
 
 
 class CheckpointError(ElmDataError, ValueError):
@@ -59,7 +68,8 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-# ---- RNG states ---------------------------------------------------------------------------------------------
+# ---- RNG states
+# ---------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop may touch, as tensors and plain values (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()
@@ -80,7 +90,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved (its tensors may have been loaded onto a GPU: RNG states live on CPU)."""
+    """Restore what :func:`rng_state` saved (its tensors may have been loaded onto a GPU: RNG states live on
+    CPU)."""
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
@@ -109,7 +120,8 @@ class TrainerState(TypedDict, total=False):
     files: dict[str, str]
 
 
-# ---- checkpoint directories ---------------------------------------------------------------------------------
+# ---- checkpoint directories
+# ---------------------------------------------------------------------------------
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -119,8 +131,8 @@ def save_checkpoint(
     trainer_state: TrainerState,
     keep: int | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically; returns its directory. ``states``: the other parts' states by name
-    (``training_state.pt``: the optimizer's, the scheduler's, the RNGs', ...). ``keep`` prunes older step
+    """Write checkpoint ``step`` atomically; returns its directory. ``states``: the other parts' states by
+    name (``training_state.pt``: the optimizer's, the scheduler's, the RNGs', ...). ``keep`` prunes older step
     directories."""
     root = Path(run_dir) / CHECKPOINTS
     for stale in root.glob(".step_*.tmp-*"):  # what a killed save left (staged_dir's temp names)
@@ -154,14 +166,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     checkpoints = list_checkpoints(path)
     if not checkpoints:
-        raise CheckpointError(f"{path} is neither a checkpoint directory nor a run directory with checkpoints")
+        raise CheckpointError(
+            f"{path} is neither a checkpoint directory nor a run directory with checkpoints"
+        )
     return checkpoints[-1]
 
 
 @dataclass
 class SavedCheckpoint:
-    """A checkpoint as read from disk: the saved model (on CPU), the stream state, and the other parts' states by
-    name (``states``: ``training_state.pt``)."""
+    """A checkpoint as read from disk: the saved model (on CPU), the stream state, and the other parts' states
+    by name (``states``: ``training_state.pt``)."""
 
     path: Path
     model: OpenELM
@@ -172,8 +186,8 @@ class SavedCheckpoint:
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SavedCheckpoint:
     """Read every file of a checkpoint (or of a run's newest), each checked against the sha256 its
-    ``trainer_state.json`` records and loaded with ``weights_only=True``; a missing, changed or damaged file is a
-    :class:`CheckpointError` naming it."""
+    ``trainer_state.json`` records and loaded with ``weights_only=True``; a missing, changed or damaged file
+    is a :class:`CheckpointError` naming it."""
     path = resolve_checkpoint(path)
     missing = [name for name in (*DIGESTED, TRAINER_STATE) if not (path / name).is_file()]
     if missing:
@@ -182,7 +196,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     check_digests(path, trainer, DIGESTED, "resume from another checkpoint")
     model = _read_model(path)
     training = _read(
-        path, TRAINING_STATE, lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True)
+        path,
+        TRAINING_STATE,
+        lambda: torch.load(path / TRAINING_STATE, map_location=map_location, weights_only=True),
     )
     stream = read_stream_state(path)
     if not isinstance(training, dict) or not all(isinstance(name, str) for name in training):
@@ -200,8 +216,9 @@ def file_digests(directory: Path) -> dict[str, str]:
 
 
 def check_digests(path: Path, trainer: TrainerState, names: tuple[str, ...], advice: str) -> bool:
-    """Each of ``names`` must have the sha256 that ``trainer_state.json`` records, else a :class:`CheckpointError`
-    naming the file. False (nothing checked) for a checkpoint written before checkpoints carried digests."""
+    """Each of ``names`` must have the sha256 that ``trainer_state.json`` records, else a
+    :class:`CheckpointError` naming the file. False (nothing checked) for a checkpoint written before
+    checkpoints carried digests."""
     recorded = trainer.get("files")
     if recorded is None:
         return False
@@ -220,7 +237,8 @@ def check_digests(path: Path, trainer: TrainerState, names: tuple[str, ...], adv
 
 def load_checkpoint_model(path: str | Path) -> OpenELM:
     """The model of a checkpoint directory (its files checked against their recorded sha256 first) or of any
-    directory or file :func:`~elm_data.model.weights.load_model` reads; a damaged or changed file is one line."""
+    directory or file :func:`~elm_data.model.weights.load_model` reads; a damaged or changed file is one
+    line."""
     path = Path(path)
     if not (path / TRAINER_STATE).is_file():
         return load_model(path)
@@ -229,19 +247,22 @@ def load_checkpoint_model(path: str | Path) -> OpenELM:
 
 
 def _read_model(path: Path) -> OpenELM:
-    """The weights of checkpoint ``path`` under its ``model_config.json``: each file blamed for its own damage,
-    and weights that do not fit the config said to disagree with it."""
+    """The weights of checkpoint ``path`` under its ``model_config.json``: each file blamed for its own
+    damage, and weights that do not fit the config said to disagree with it."""
     config = _read(path, CONFIG_FILE, lambda: read_config_file(path / CONFIG_FILE))
     try:
         return load_model(path, config=config)
     except WeightsError as error:
         if "do not match the config" not in str(error):
             raise _damaged(path, WEIGHTS_FILE, error) from error
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} does not fit {CONFIG_FILE} ({error})") from error
+        raise CheckpointError(
+            f"checkpoint {path}: {WEIGHTS_FILE} does not fit {CONFIG_FILE} ({error})"
+        ) from error
 
 
 def read_trainer_state(path: str | Path) -> TrainerState:
-    """``trainer_state.json`` of checkpoint directory ``path``; missing or damaged: a :class:`CheckpointError`."""
+    """``trainer_state.json`` of checkpoint directory ``path``; missing or damaged: a
+    :class:`CheckpointError`."""
     path = Path(path)
     state = _read(path, TRAINER_STATE, lambda: json.loads((path / TRAINER_STATE).read_text()))
     if not isinstance(state, dict) or "step" not in state:
@@ -265,7 +286,8 @@ def _read(path: Path, name: str, read):
         return read()
     except CheckpointError:
         raise
-    except Exception as error:  # corrupt zip, truncated safetensors, a pickle that is not plain data, bad JSON
+    # corrupt zip, truncated safetensors, a pickle that is not plain data, bad JSON
+    except Exception as error:
         raise _damaged(path, name, error) from error
 
 
@@ -276,11 +298,12 @@ def _damaged(path: Path, name: str, error: Exception) -> CheckpointError:
     )
 
 
-# ---- the trainer's checkpointer -----------------------------------------------------------------------------
+# ---- the trainer's checkpointer
+# -----------------------------------------------------------------------------
 @dataclass
 class TrainState:
-    """The trainer's own counters: the consumption receipt's chain head (a fresh run's: the genesis head of its
-    manifest and plan), optimizer steps taken and label positions consumed."""
+    """The trainer's own counters: the consumption receipt's chain head (a fresh run's: the genesis head of
+    its manifest and plan), optimizer steps taken and label positions consumed."""
 
     receipt: str
     step: int = 0
@@ -288,8 +311,8 @@ class TrainState:
 
 
 class Part(Protocol):
-    """A stateful part of a run as the :class:`Checkpointer` sees it (torch's optimizers and schedulers are parts as
-    they are). ``state_dict`` is called on every rank (it may be collective); a part may also have
+    """A stateful part of a run as the :class:`Checkpointer` sees it (torch's optimizers and schedulers are
+    parts as they are). ``state_dict`` is called on every rank (it may be collective); a part may also have
     ``check(state, path)``, which refuses a saved state before any part of the run is changed."""
 
     def state_dict(self) -> Any: ...
@@ -297,12 +320,14 @@ class Part(Protocol):
     def load_state_dict(self, state: Any) -> None: ...
 
 
-MODEL, STREAM = "model", "stream"  # the parts every checkpoint holds, in files of their own (export and eval read them)
+# the parts every checkpoint holds, in files of their own (export and eval read them)
+MODEL, STREAM = "model", "stream"
 
 
 class ModelPart:
-    """The OpenELM's weights (``model.safetensors`` + ``model_config.json``); under FSDP2 (the same module, sharded
-    in place) gathered to full tensors on rank 0 for saving, and each rank's shard put back on load."""
+    """The OpenELM's weights (``model.safetensors`` + ``model_config.json``); under FSDP2 (the same module,
+    sharded in place) gathered to full tensors on rank 0 for saving, and each rank's shard put back on
+    load."""
 
     def __init__(self, model: torch.nn.Module, info: D.DistInfo) -> None:
         self.model, self.info = model, info
@@ -313,7 +338,9 @@ class ModelPart:
             return self.model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         with torch.device("meta"):
             cpu_model = OpenELM(self.model.config)
         if self.info.is_main:
@@ -330,8 +357,9 @@ class ModelPart:
 
 
 class OptimizerPart:
-    """The optimizer's state: its ``state_dict`` (one process, DDP), or under FSDP the full state keyed by parameter
-    name (torch.distributed.checkpoint's full state dict), re-sharded onto each rank's parameters on load."""
+    """The optimizer's state: its ``state_dict`` (one process, DDP), or under FSDP the full state keyed by
+    parameter name (torch.distributed.checkpoint's full state dict), re-sharded onto each rank's parameters on
+    load."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
@@ -349,8 +377,9 @@ class OptimizerPart:
 
 
 class StreamPart:
-    """The stream loader's position: every rank's state merged into one on save (resumable on any ranks x workers
-    that divide the stream's partitions); on load, checked against this rank's stream first (``PlanError``)."""
+    """The stream loader's position: every rank's state merged into one on save (resumable on any ranks x
+    workers that divide the stream's partitions); on load, checked against this rank's stream first
+    (``PlanError``)."""
 
     def __init__(self, loader, info: D.DistInfo) -> None:
         self.loader, self.info = loader, info
@@ -367,8 +396,8 @@ class StreamPart:
 
 
 class RngPart:
-    """The process's RNGs (Python, numpy, torch, CUDA): put back last, so nothing draws between a resume and the
-    first step."""
+    """The process's RNGs (Python, numpy, torch, CUDA): put back last, so nothing draws between a resume and
+    the first step."""
 
     def state_dict(self) -> dict[str, Any]:
         return rng_state()
@@ -382,12 +411,12 @@ class Checkpointer:
 
     ``parts`` names them (:class:`Part`s), in the order a load restores them: the trainer's are ``model``
     (:class:`ModelPart`), ``optimizer``, ``scheduler``, ``stream`` (:class:`StreamPart`) and ``rng``
-    (:class:`RngPart`, last); ``model`` and ``stream`` are required (they have files of their own), every other part
-    is an entry of ``training_state.pt`` under its name, so a trainer adds or drops one without changing this class
-    (``Trainer.checkpoint_parts``). Besides the parts, a :class:`TrainState`. A checkpoint is bound to its run by the
-    manifest id and the config fingerprint, and ``load`` refuses any other, or one without a part of this run. Both
-    methods are collective under torchrun (every rank calls them); only rank 0 writes, so the files are those of a
-    one-process run.
+    (:class:`RngPart`, last); ``model`` and ``stream`` are required (they have files of their own), every
+    other part is an entry of ``training_state.pt`` under its name, so a trainer adds or drops one without
+    changing this class (``Trainer.checkpoint_parts``). Besides the parts, a :class:`TrainState`. A checkpoint
+    is bound to its run by the manifest id and the config fingerprint, and ``load`` refuses any other, or one
+    without a part of this run. Both methods are collective under torchrun (every rank calls them); only rank
+    0 writes, so the files are those of a one-process run.
     """
 
     def __init__(
@@ -403,13 +432,20 @@ class Checkpointer:
         missing = sorted({MODEL, STREAM} - set(parts))
         if missing:
             raise ValueError(f"a checkpoint needs the parts {missing}")
-        self.run_dir, self.manifest_id, self.config, self.info, self.device = run_dir, manifest_id, config, info, device
+        self.run_dir, self.manifest_id, self.config, self.info, self.device = (
+            run_dir,
+            manifest_id,
+            config,
+            info,
+            device,
+        )
         self.parts = dict(parts)
 
     def save(self, state: TrainState, consumed: dict[str, int]) -> Path | None:
         """Write checkpoint ``state.step``; returns its directory on rank 0, None on the other ranks.
 
-        ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's ``consumed``.
+        ``consumed``: tokens per source over the whole run and all ranks, recorded as the checkpoint's
+        ``consumed``.
         """
         trainer_state: TrainerState = {
             "tokens": state.tokens,
@@ -419,7 +455,8 @@ class Checkpointer:
             "config": self.config.to_dict(),
             "receipt": state.receipt,
         }
-        states = {name: part.state_dict() for name, part in self.parts.items()}  # every rank: may be collective
+        # every rank: may be collective
+        states = {name: part.state_dict() for name, part in self.parts.items()}
         model, stream = states.pop(MODEL), states.pop(STREAM)
         path = None
         if self.info.is_main:
@@ -429,11 +466,13 @@ class Checkpointer:
         return path
 
     def load(self, path: str | Path) -> tuple[TrainState, StreamState]:
-        """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as saved.
+        """Restore every part from checkpoint ``path``; returns its :class:`TrainState` and stream state as
+        saved.
 
-        Refuses a checkpoint of another manifest, other training settings or another model, or one that lacks a part
-        (:class:`CheckpointError`), or a stream state this stream cannot resume (``PlanError``), before anything is
-        changed; then restores the parts in order (the RNGs last, so nothing after this call draws before training).
+        Refuses a checkpoint of another manifest, other training settings or another model, or one that lacks
+        a part (:class:`CheckpointError`), or a stream state this stream cannot resume (``PlanError``), before
+        anything is changed; then restores the parts in order (the RNGs last, so nothing after this call draws
+        before training).
         """
         saved = read_checkpoint(path, map_location=self.device)
         states = {**saved.states, MODEL: saved.model, STREAM: saved.stream}
@@ -441,22 +480,28 @@ class Checkpointer:
         for name, part in self.parts.items():
             part.load_state_dict(states[name])
         trainer = saved.trainer
-        state = TrainState(step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer["receipt"])
+        state = TrainState(
+            step=int(trainer["step"]), tokens=int(trainer["tokens"]), receipt=trainer["receipt"]
+        )
         return state, saved.stream
 
     def _check_belongs(self, saved: SavedCheckpoint, states: dict[str, Any]) -> None:
-        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), a state for every
-        part, and each part's own check (same model shape, a stream state this rank's stream can resume)."""
+        """The checkpoint must be of this run: same manifest, same training settings (fingerprint), a state
+        for every part, and each part's own check (same model shape, a stream state this rank's stream can
+        resume)."""
         manifest_id = saved.trainer.get("manifest_id")
         if manifest_id != self.manifest_id:
             raise CheckpointError(
-                f"checkpoint {saved.path} was trained on manifest {manifest_id}, this config names {self.manifest_id}"
+                f"checkpoint {saved.path} was trained on manifest {manifest_id}, this config names "
+                f"{self.manifest_id}"
             )
         if saved.trainer.get("fingerprint") != self.config.fingerprint():
             raise CheckpointError(f"checkpoint {saved.path} was written under different training settings")
         missing = [name for name in self.parts if name not in states]
         if missing:
-            raise CheckpointError(f"checkpoint {saved.path} holds no state of {missing} (a run without them saved it)")
+            raise CheckpointError(
+                f"checkpoint {saved.path} holds no state of {missing} (a run without them saved it)"
+            )
         for name, part in self.parts.items():
             check = getattr(part, "check", None)
             if check is not None:
@@ -464,8 +509,8 @@ class Checkpointer:
 
 
 def _load_model_state(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> None:
-    """Full weights into ``model``: copied in place (one process, DDP: every rank reads the same file), or, under
-    FSDP, each rank keeping its own shard of every tensor."""
+    """Full weights into ``model``: copied in place (one process, DDP: every rank reads the same file), or,
+    under FSDP, each rank keeping its own shard of every tensor."""
     if not D.is_fsdp(model):
         model.load_state_dict(full, strict=True)
         return

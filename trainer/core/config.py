@@ -38,7 +38,8 @@ class ConfigError(SettingsError):
 
 @dataclass
 class TrackersConfig(Settings):
-    """The ``trackers:`` section: experiment trackers the run also writes to (all off; see trainer/core/trackers.py)."""
+    """The ``trackers:`` section: experiment trackers the run also writes to (all off; see
+    trainer/core/trackers.py)."""
 
     tensorboard: bool = False  # event files under RUN_DIR/tensorboard (needs the `track` extra)
     wandb: bool = False  # a W&B run in offline mode under RUN_DIR/wandb (needs the `track` extra)
@@ -51,16 +52,20 @@ class TrainConfig(Settings):
 
     # data
     manifest: str = ""  # manifest directory (built by `elm-data build manifest`)
-    tokenizer: str | None = None  # path/URL; else $ELM_DATA_TOKENIZER, the manifest's, the cache (resolve_tokenizer)
+    # path/URL; else $ELM_DATA_TOKENIZER, the manifest's, the cache (resolve_tokenizer)
+    tokenizer: str | None = None
     seq_len: int = 2048
     mode: str | None = None  # sequence mode ("packed"/"corenet"); None = the manifest's
     weights: str | dict[str, float] | None = None  # mixing weights: None (manifest's), "natural" or a dict
     epochs: int | None = 1  # passes over the data; None = repeat forever
     document_masks: bool = False  # attend only within a document (needs the stream's segment_ids)
     num_workers: int = 0  # DataLoader workers for the stream
-    data_seed: int | None = None  # the stream's mixing seed; None = the manifest's seed (as `elm-data stream`)
-    partitions: int | None = None  # stream partitions P (None: the stream's default); ranks × num_workers must divide P
-    retries: dict[str, Any] | None = None  # remote reads: {attempts, backoff_s, max_backoff_s}; None: 8 attempts
+    # the stream's mixing seed; None = the manifest's seed (as `elm-data stream`)
+    data_seed: int | None = None
+    # stream partitions P (None: the stream's default); ranks × num_workers must divide P
+    partitions: int | None = None
+    # remote reads: {attempts, backoff_s, max_backoff_s}; None: 8 attempts
+    retries: dict[str, Any] | None = None
     cache: dict[str, Any] | None = None  # node cache of verified remote blocks: {dir, max_bytes}; None: none
     readahead_bytes: int | None = None  # remote blocks fetched ahead per reader process; None: 64 MiB, 0: off
     storage_options: dict[str, Any] | None = None  # fsspec options per protocol ({s3: {endpoint_url: ...}})
@@ -101,7 +106,8 @@ class TrainConfig(Settings):
     trackers: TrackersConfig = field(default_factory=TrackersConfig)  # TensorBoard / W&B offline (opt-in)
     # per-source evaluation on the manifest's held-out documents (heldout_eval.py), when it holds any out
     heldout_every: int = 0  # evaluate every N steps; 0: only at the end of the run
-    heldout_docs: int = 16  # at most this many held-out documents per source/subset (first in manifest order); 0: off
+    # at most this many held-out documents per source/subset (first in manifest order); 0: off
+    heldout_docs: int = 16
     heldout_tokens: int = 32768  # and at most this many of their tokens per source/subset
 
     name: str = "run"
@@ -118,9 +124,12 @@ class TrainConfig(Settings):
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str | Path = ".") -> TrainConfig:
-        """A config from its YAML mapping: unknown keys (with the nearest valid one) and wrong types refused."""
+        """A config from its YAML mapping: unknown keys (with the nearest valid one) and wrong types
+        refused."""
         if isinstance(raw, dict) and "pad_id" in raw:
-            raise ConfigError("pad_id: not a training setting; the pad id is the manifest's (sequences.pad_id)")
+            raise ConfigError(
+                "pad_id: not a training setting; the pad id is the manifest's (sequences.pad_id)"
+            )
         try:
             return cls(**cls.check_mapping(raw), base_dir=str(base_dir))
         except ConfigError:
@@ -148,8 +157,13 @@ class TrainConfig(Settings):
         if d["tokenizer"]:
             d["tokenizer"] = redact_uri(d["tokenizer"])
         if d["storage_options"]:  # only an endpoint is recorded: any other option may be a credential
-            d["storage_options"] = {p: {k: redact_uri(v) if k == "endpoint_url" and isinstance(v, str) else "<redacted>"
-                                        for k, v in o.items()} for p, o in d["storage_options"].items()}  # fmt: skip
+            d["storage_options"] = {
+                p: {
+                    k: redact_uri(v) if k == "endpoint_url" and isinstance(v, str) else "<redacted>"
+                    for k, v in o.items()
+                }
+                for p, o in d["storage_options"].items()
+            }
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -211,14 +225,26 @@ class TrainConfig(Settings):
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}"),
             (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
-            (self.distributed in DISTRIBUTED, f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}"),
+            (
+                self.distributed in DISTRIBUTED,
+                f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}",
+            ),
             (self.log_every > 0, "log_every must be positive"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
-            (self.partitions is None or self.partitions >= 1, f"partitions must be >= 1, got {self.partitions}"),
+            (
+                self.partitions is None or self.partitions >= 1,
+                f"partitions must be >= 1, got {self.partitions}",
+            ),
             (self.epochs is None or self.epochs > 0, f"epochs must be positive or null, got {self.epochs}"),
-            (self.mode in (None, "packed", "corenet"), f"mode must be packed, corenet or null, got {self.mode!r}"),
-            (self.keep_checkpoints is None or self.keep_checkpoints > 0, "keep_checkpoints must be positive or null"),
+            (
+                self.mode in (None, "packed", "corenet"),
+                f"mode must be packed, corenet or null, got {self.mode!r}",
+            ),
+            (
+                self.keep_checkpoints is None or self.keep_checkpoints > 0,
+                "keep_checkpoints must be positive or null",
+            ),
             (min(self.heldout_every, self.heldout_docs, self.heldout_tokens) >= 0, "heldout_* must be >= 0"),
         ]
         for ok, message in checks:
@@ -231,9 +257,12 @@ class TrainConfig(Settings):
         self.network()  # retries, cache and readahead_bytes are checked here
 
     def network(self):
-        """The stream's :class:`~elm_data.pipeline.stream.network.NetworkSettings` (retries, cache, read-ahead)."""
+        """The stream's :class:`~elm_data.pipeline.stream.network.NetworkSettings` (retries, cache,
+        read-ahead)."""
         try:
-            return NetworkSettings.from_config(self.retries, self.cache, self.readahead_bytes, self.storage_options)
+            return NetworkSettings.from_config(
+                self.retries, self.cache, self.readahead_bytes, self.storage_options
+            )
         except InvalidValue as error:
             raise ConfigError(str(error)) from None
 
@@ -248,9 +277,22 @@ class TrainConfig(Settings):
     def fingerprint(self) -> str:
         """Stable JSON of the settings that change what is trained (for resume checks)."""
         keep = self.to_dict()
-        for volatile in ("max_steps", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers",
-                         "retries", "cache", "readahead_bytes", "storage_options", "trackers", "heldout_every",
-                         "heldout_docs", "heldout_tokens"):  # fmt: skip
+        for volatile in (
+            "max_steps",
+            "out_dir",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "num_workers",
+            "retries",
+            "cache",
+            "readahead_bytes",
+            "storage_options",
+            "trackers",
+            "heldout_every",
+            "heldout_docs",
+            "heldout_tokens",
+        ):
             keep.pop(volatile)
         return SORTED_SPACED.dumps(keep, default=str)
 
@@ -259,12 +301,16 @@ def _check_model(model: str | dict[str, Any]) -> None:
 
     name = model if isinstance(model, str) else model.get("name")
     if isinstance(model, str) and name not in NAMED_SHAPES:
-        raise ConfigError(f"model: unknown size {name!r}; choose one of {', '.join(NAMED_SHAPES)} or a mapping")
+        raise ConfigError(
+            f"model: unknown size {name!r}; choose one of {', '.join(NAMED_SHAPES)} or a mapping"
+        )
 
 
 def _check_weights(weights: str | dict[str, float] | None) -> None:
     if isinstance(weights, str) and weights != "natural":
-        raise ConfigError(f"weights: expected 'natural', a mapping 'source/subset: weight' or null, got {weights!r}")
+        raise ConfigError(
+            f"weights: expected 'natural', a mapping 'source/subset: weight' or null, got {weights!r}"
+        )
     for key, value in (weights if isinstance(weights, dict) else {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"weights: {key}: expected a number >= 0, got {value!r}")

@@ -121,7 +121,8 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def sum_counts(counts: Mapping[str, int], info: DistInfo) -> dict[str, int]:
-    """Per-key counts summed over ranks, sorted by key; every rank gets the sum (a collective under torchrun)."""
+    """Per-key counts summed over ranks, sorted by key; every rank gets the sum (a collective under
+    torchrun)."""
     total = ConsumedTokens()
     for part in gather_objects(dict(counts), info):
         total.add(part)

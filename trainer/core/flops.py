@@ -2,7 +2,8 @@
 
 Invariants (tested against ``6 x parameters + attention`` in ``tests/test_efficiency_flops.py``):
 
-- a matmul ``[.., k] @ [k, n]`` costs ``2 k n`` FLOPs per token forward; training (forward + backward) is 3x that;
+- a matmul ``[.., k] @ [k, n]`` costs ``2 k n`` FLOPs per token forward; training (forward + backward) is 3x
+that;
 - per layer: ``qkv_proj`` (d -> (q + 2 kv) hd), ``out_proj`` (q hd -> d), ``proj_1`` (d -> 2 ffn), ``proj_2``
   (ffn -> d), plus attention scores ``QK^T`` and ``AV``: ``2 x 2 x seq_len x q x hd`` per token forward;
 - the output projection (tied or not) costs ``2 d V``; the embedding lookup, norms, RoPE, softmax and SwiGLU's

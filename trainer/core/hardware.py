@@ -26,7 +26,8 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The config's ``device``: ``auto`` picks CUDA when present; ``cuda`` without CUDA is a :class:`ConfigError`."""
+    """The config's ``device``: ``auto`` picks CUDA when present; ``cuda`` without CUDA is a
+    :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -34,7 +35,9 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError as error:  # torch's message for a name it does not know
         raise ConfigError(f"device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine (use auto or cpu)")
+        raise ConfigError(
+            f"device: {name!r} requested but CUDA is not available on this machine (use auto or cpu)"
+        )
     return device
 
 

@@ -1,20 +1,22 @@
 """Per-step health of a run: how well the loss is learned and whether the loader and the machine keep up.
 
 The trainer adds these fields to each ``step`` record of the run log (beside ``loss``, ``lr``, ``grad_norm``,
-``tokens_per_s``, ``mfu``, ``data_wait_s`` and ``step_time_s``, which it measures itself). They are measurements,
-not part of the consumption receipt: ``audit-run --verify`` never recomputes them (no plan can), and no figure
-about the data depends on them.
+``tokens_per_s``, ``mfu``, ``data_wait_s`` and ``step_time_s``, which it measures itself). They are
+measurements, not part of the consumption receipt: ``audit-run --verify`` never recomputes them (no plan can),
+and no figure about the data depends on them.
 
-- ``loss_mean``: the mean ``loss`` of this step record and the ``LOSS_WINDOW - 1`` step records before it (fewer
+- ``loss_mean``: the mean ``loss`` of this step record and the ``LOSS_WINDOW - 1`` step records before it
+(fewer
   at the start). A resumed run seeds the window from the log's effective step records, so its values equal an
   uninterrupted run's.
-- ``data_share``: ``data_wait_s / step_time_s``, the share of the step spent waiting for the loader (the stall).
+- ``data_share``: ``data_wait_s / step_time_s``, the share of the step spent waiting for the loader (the
+stall).
 - ``peak_memory_bytes``: on CUDA, the most memory torch allocated on the device since the previous step record
   (``torch.cuda.max_memory_allocated``, reset after each record); elsewhere the process's peak resident set
   size so far (``getrusage``'s ``ru_maxrss``), which never falls.
 
-:func:`progress_postfix` is the live line of ``train``'s progress bar: loss (raw and mean), tokens/s, stall and
-the current per-source shares of the tokens consumed.
+:func:`progress_postfix` is the live line of ``train``'s progress bar: loss (raw and mean), tokens/s, stall
+and the current per-source shares of the tokens consumed.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ def source_shares(tokens_by_source: dict[str, int]) -> dict[str, float]:
 
 def progress_postfix(record: dict[str, Any]) -> str:
     """The progress bar's postfix for the latest step record: loss (mean), tok/s, stall and source shares."""
-    parts = [f"loss {record['loss']:.3f} (mean {record['loss_mean']:.3f})", f"{record['tokens_per_s']:,.0f} tok/s"]
+    parts = [
+        f"loss {record['loss']:.3f} (mean {record['loss_mean']:.3f})",
+        f"{record['tokens_per_s']:,.0f} tok/s",
+    ]
     parts.append(f"stall {record['data_share']:.0%}")
     shares = list(source_shares(record.get("tokens_by_source") or {}).items())
     named = [f"{key} {share:.0%}" for key, share in shares[:SHOWN_SOURCES]]

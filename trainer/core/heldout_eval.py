@@ -1,19 +1,20 @@
 """Per-source evaluation on the manifest's held-out documents during training (issue 22.2).
 
 The set: per source/subset, the held-out ledger rows (``manifests/heldout.py``) in manifest order, at most
-``heldout_docs`` documents and ``heldout_tokens`` ledger tokens (:func:`~elm_data.manifests.heldout.heldout_rows`),
-read once when the run starts through the verified blocks, run through the manifest's own pass (its ``filters``
-and ``sequences``) and checked against their ledger rows (same doc id, same tokens), so the set and its order
-are the same at every evaluation, in every run of the manifest with these bounds.
+``heldout_docs`` documents and ``heldout_tokens`` ledger tokens
+(:func:`~elm_data.manifests.heldout.heldout_rows`), read once when the run starts through the verified blocks,
+run through the manifest's own pass (its ``filters`` and ``sequences``) and checked against their ledger rows
+(same doc id, same tokens), so the set and its order are the same at every evaluation, in every run of the
+manifest with these bounds.
 
-Scoring: each segment (the document in packed mode, each kept piece in corenet mode) framed as the stream frames
-it, ``BOS + tokens + EOS``, cut into windows of ``seq_len + 1`` ids that overlap by one (every id after the BOS
-is predicted exactly once, from at most ``seq_len`` ids of its own document); windows padded with ``PAD_ID``
-(pad labels not scored), in batches of ``batch_size``, with the model in eval mode and the run's autocast. Per
-source: ``loss`` = summed next-token cross-entropy (nats) / predicted tokens, ``perplexity = exp(loss)``,
-``bits_per_byte`` = summed cross-entropy / ln 2 / UTF-8 bytes of the documents' text. A ``heldout`` log
-record holds them per source (``*_by_source``) with the documents, predicted tokens and bytes; it is a
-measurement of the model, outside the consumption receipt (held-out documents are not training data).
+Scoring: each segment (the document in packed mode, each kept piece in corenet mode) framed as the stream
+frames it, ``BOS + tokens + EOS``, cut into windows of ``seq_len + 1`` ids that overlap by one (every id after
+the BOS is predicted exactly once, from at most ``seq_len`` ids of its own document); windows padded with
+``PAD_ID`` (pad labels not scored), in batches of ``batch_size``, with the model in eval mode and the run's
+autocast. Per source: ``loss`` = summed next-token cross-entropy (nats) / predicted tokens, ``perplexity =
+exp(loss)``, ``bits_per_byte`` = summed cross-entropy / ln 2 / UTF-8 bytes of the documents' text. A
+``heldout`` log record holds them per source (``*_by_source``) with the documents, predicted tokens and bytes;
+it is a measurement of the model, outside the consumption receipt (held-out documents are not training data).
 """
 
 from __future__ import annotations
@@ -36,18 +37,27 @@ from elm_data.sources.document import Document, Provenance
 from .hardware import autocast
 from .loss import loss_sums, split_inputs_labels
 
-# The per-source fields of a ``heldout`` record (each ``{source/subset: value}``), besides ``step`` and ``event``.
-RECORD_FIELDS = ("loss_by_source", "perplexity_by_source", "bits_per_byte_by_source", "docs_by_source",
-                 "tokens_by_source", "bytes_by_source")  # fmt: skip
+# The per-source fields of a ``heldout`` record (each ``{source/subset: value}``), besides ``step`` and
+# ``event``.
+RECORD_FIELDS = (
+    "loss_by_source",
+    "perplexity_by_source",
+    "bits_per_byte_by_source",
+    "docs_by_source",
+    "tokens_by_source",
+    "bytes_by_source",
+)
 
 
 class HeldoutChanged(ElmDataError, RuntimeError):
-    """A held-out document no longer gives the tokens its ledger row records (changed bytes, pass or tokenizer)."""
+    """A held-out document no longer gives the tokens its ledger row records (changed bytes, pass or
+    tokenizer)."""
 
 
 @dataclass
 class SourceSet:
-    """One source/subset's held-out windows (``[n, seq_len + 1]`` ids), documents, predicted tokens and bytes."""
+    """One source/subset's held-out windows (``[n, seq_len + 1]`` ids), documents, predicted tokens and
+    bytes."""
 
     windows: torch.Tensor
     docs: int
@@ -80,8 +90,9 @@ def load_heldout_set(
     if max_docs <= 0 or not any(r.docs_heldout for r in manifest.shards):
         return HeldoutSet()
     info = manifest.info
-    doc_pass = DocumentPass(FilterConfig.from_dict(info["filters"]), SequenceConfig.from_dict(info["sequences"]),
-                            tokenizer)  # fmt: skip
+    doc_pass = DocumentPass(
+        FilterConfig.from_dict(info["filters"]), SequenceConfig.from_dict(info["sequences"]), tokenizer
+    )
     out = HeldoutSet()
     for key, rows in heldout_rows(manifest, max_docs, max_tokens).items():
         docs = [_document(manifest, row, text) for row, text in heldout_documents(manifest, rows)]
@@ -89,7 +100,8 @@ def load_heldout_set(
         for row, result in zip(rows, doc_pass.process(docs), strict=True):
             if not result.kept or result.tokens != row.tokens:
                 raise HeldoutChanged(
-                    f"held-out document {key}:{row.doc_id} (shard {row.shard}, record {row.index}): the ledger "
+                    f"held-out document {key}:{row.doc_id} (shard {row.shard}, record {row.index}): the "
+                    "ledger "
                     f"records {row.tokens} tokens, the pass now gives {result.status} with {result.tokens}"
                 )
             for segment in result.segments:
@@ -102,7 +114,8 @@ def load_heldout_set(
 
 def _document(manifest: Manifest, row: HeldoutRow, text: str) -> Document:
     r = manifest.shards[row.shard]
-    licence = ""  # not the pass's business, and not read (tests/test_record_coverage.py enumerates what train reads)
+    # not the pass's business, and not read (tests/test_record_coverage.py enumerates what train reads)
+    licence = ""
     provenance = Provenance(r.source, r.subset, r.uri, r.sha256, row.index, row.doc_id, None, licence)
     return Document(text, provenance)
 
@@ -115,8 +128,9 @@ def evaluate_heldout(
     amp_dtype: torch.dtype | None,
     batch_size: int,
 ) -> dict[str, Any]:
-    """The ``heldout`` record's per-source fields (:data:`RECORD_FIELDS`) for ``model`` as it is now; the model is
-    put back in the mode it was in. Every rank runs the same batches (a sharded model's forward is collective)."""
+    """The ``heldout`` record's per-source fields (:data:`RECORD_FIELDS`) for ``model`` as it is now; the
+    model is put back in the mode it was in. Every rank runs the same batches (a sharded model's forward is
+    collective)."""
     was_training = model.training
     model.eval()
     record: dict[str, dict[str, float | int]] = {name: {} for name in RECORD_FIELDS}

@@ -1,11 +1,12 @@
-"""The training loop as components: a manifest's token stream into an OpenELM, with checkpoints and a receipt log.
+"""The training loop as components: a manifest's token stream into an OpenELM, with checkpoints and a receipt
+log.
 
-:func:`train` (``elm-data train``, the demo) drives a :class:`Trainer`: ``setup`` (seed, data, model, optimizer,
-schedule), ``restore`` when resuming, ``run`` (``step`` until done, ``save`` on the way), ``finish``. One
-:class:`~.checkpoint.Checkpointer` saves and restores every stateful part, so a run killed and resumed from a
-checkpoint trains bit-identically to one that never stopped. Under torchrun every rank runs every method (the
-collectives are inside); only rank 0 writes the log and the checkpoints. ``elm-data compress`` is the same
-Trainer with a palettization hook (compress.py).
+:func:`train` (``elm-data train``, the demo) drives a :class:`Trainer`: ``setup`` (seed, data, model,
+optimizer, schedule), ``restore`` when resuming, ``run`` (``step`` until done, ``save`` on the way),
+``finish``. One :class:`~.checkpoint.Checkpointer` saves and restores every stateful part, so a run killed and
+resumed from a checkpoint trains bit-identically to one that never stopped. Under torchrun every rank runs
+every method (the collectives are inside); only rank 0 writes the log and the checkpoints. ``elm-data
+compress`` is the same Trainer with a palettization hook (compress.py).
 """
 
 from __future__ import annotations
@@ -87,22 +88,25 @@ def seed_everything(seed: int) -> None:
 
 # ---- set-up pieces (also used by bench/, export/evaluate.py and benchmarks/bench_trainer.py) ---------------
 def load_tokenizer(config: TrainConfig, manifest: Manifest) -> LlamaTokenizer:
-    """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it: flag/config
-    > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256. A missing or mismatched
+    """The tokenizer the manifest was built with (its sha256 is checked), found as the pipeline finds it:
+    flag/config
+    > $ELM_DATA_TOKENIZER > the manifest's location > the cache, by the manifest's sha256. A missing or
+    mismatched
     one is the tokenizer's own ``ElmDataError``."""
     return resolve_tokenizer(None, config.tokenizer_location, manifest.info)
 
 
 def build_loader(config: TrainConfig, manifest: Manifest | Path, tokenizer: LlamaTokenizer, info: D.DistInfo):
-    """The stream loader for this rank: ``TokenStream`` over the manifest (one already open is not opened again),
-    wrapped in ``StreamLoader``."""
+    """The stream loader for this rank: ``TokenStream`` over the manifest (one already open is not opened
+    again), wrapped in ``StreamLoader``."""
     stream = TokenStream(
         manifest,
         batch_size=config.batch_size,
         seq_len=config.seq_len,
         mode=config.mode,
         weights=config.weights,
-        seed=config.data_seed,  # None: the manifest's seed, exactly as `elm-data stream` (config.seed is the model's)
+        # None: the manifest's seed, exactly as `elm-data stream` (config.seed is the model's)
+        seed=config.data_seed,
         rank=info.rank,
         world_size=info.world_size,
         tokenizer=tokenizer,
@@ -128,8 +132,9 @@ def build_model(config: TrainConfig, device: torch.device) -> OpenELM:
 
 
 def start_processes(device_setting: str) -> tuple[torch.device, D.DistInfo]:
-    """The device a run trains on and its process group: ``device_setting`` picked (a :class:`ConfigError` when
-    unavailable), the group joined under torchrun, then this rank's own GPU. Undo with ``D.shutdown(info)``."""
+    """The device a run trains on and its process group: ``device_setting`` picked (a :class:`ConfigError`
+    when unavailable), the group joined under torchrun, then this rank's own GPU. Undo with
+    ``D.shutdown(info)``."""
     device = pick_device(device_setting)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
@@ -144,15 +149,16 @@ def refuse_used_run_dir(run_dir: Path, info: D.DistInfo, hint: str) -> None:
 
 
 def run_lock(run_dir: Path, info: D.DistInfo):
-    """One run per run directory: rank 0 holds an exclusive lock on it (``.NAME.lock`` beside it, as a build holds
-    its output's) from before the directory is checked until the run ends; a second run into it is refused."""
+    """One run per run directory: rank 0 holds an exclusive lock on it (``.NAME.lock`` beside it, as a build
+    holds its output's) from before the directory is checked until the run ends; a second run into it is
+    refused."""
     return output_lock(run_dir, "training run") if info.is_main else contextlib.nullcontext()
 
 
 def copy_source_log(checkpoint_dir: Path, run_dir: Path, info: D.DistInfo) -> None:
     """A run resumed into another directory starts its log with the log of the run that wrote the checkpoint
-    (its complete records), so the new log alone is the whole receipt: ``audit-run --verify`` follows it from step
-    1 and the resume record supersedes the steps the source logged past the checkpoint."""
+    (its complete records), so the new log alone is the whole receipt: ``audit-run --verify`` follows it from
+    step 1 and the resume record supersedes the steps the source logged past the checkpoint."""
     source = checkpoint_dir.parent.parent / LOG_FILE
     if not info.is_main or not source.is_file() or source.parent.resolve() == run_dir.resolve():
         return
@@ -166,7 +172,8 @@ def copy_source_log(checkpoint_dir: Path, run_dir: Path, info: D.DistInfo) -> No
 # ---- one optimizer step ------------------------------------------------------------------------------------
 @dataclass
 class StepStats:
-    """One optimizer step's numbers; the losses are means over the step's counted label positions, all ranks."""
+    """One optimizer step's numbers; the losses are means over the step's counted label positions, all
+    ranks."""
 
     loss: float
     ce_loss: float
@@ -230,7 +237,8 @@ def train_step(
     ce, z = (sums / max(counted, 1)).tolist()
     by_source = ConsumedTokens()
     for batch in batches:
-        by_source.add(batch.get("tokens_by_source", {}))  # a stream batch always has it; a synthetic one may not
+        # a stream batch always has it; a synthetic one may not
+        by_source.add(batch.get("tokens_by_source", {}))
     return StepStats(
         loss=ce + config.z_loss * z,
         ce_loss=ce,
@@ -248,11 +256,11 @@ class Trainer:
     """One run: :meth:`setup`, optionally :meth:`restore`, then :meth:`run` (:meth:`step` after :meth:`step`,
     :meth:`save` on the way) and :meth:`finish`.
 
-    Owns the parts — the stream loader, the model (``model``: the OpenELM; ``module``: what a step calls, DDP/FSDP-
-    wrapped, maybe compiled), the optimizer and LR schedule, the log — and a :class:`TrainState` (step, tokens,
-    receipt head). Subclasses change a run through the hooks :meth:`build_model`, :meth:`training_module`,
-    :meth:`autocast_dtype`, :meth:`after_step`, :meth:`header_fields`, :meth:`checkpoint_parts` and
-    :meth:`make_checkpointer`.
+    Owns the parts — the stream loader, the model (``model``: the OpenELM; ``module``: what a step calls,
+    DDP/FSDP- wrapped, maybe compiled), the optimizer and LR schedule, the log — and a :class:`TrainState`
+    (step, tokens, receipt head). Subclasses change a run through the hooks :meth:`build_model`,
+    :meth:`training_module`, :meth:`autocast_dtype`, :meth:`after_step`, :meth:`header_fields`,
+    :meth:`checkpoint_parts` and :meth:`make_checkpointer`.
     """
 
     task = "train"
@@ -274,7 +282,8 @@ class Trainer:
 
     # ---- setup and restore
     def setup(self) -> None:
-        """Seed, data, model, optimizer, schedule, checkpointer — in this order, which fixes a fresh run's RNG draws."""
+        """Seed, data, model, optimizer, schedule, checkpointer — in this order, which fixes a fresh run's RNG
+        draws."""
         config = self.config
         seed_everything(config.seed)
         self.manifest = Manifest(config.manifest_dir)  # verified on open (invariant 6)
@@ -282,7 +291,8 @@ class Trainer:
         self.model = self.build_model()
         self.check_vocabulary()
         self.loader = build_loader(config, self.manifest, self.tokenizer, self.info)
-        self.module = self.training_module()  # FSDP2 shards ``model`` in place: build the optimizer after this
+        # FSDP2 shards ``model`` in place: build the optimizer after this
+        self.module = self.training_module()
         self.optimizer = build_optimizer(self.model, config, fused=self.device.type == "cuda" or None)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.amp_dtype = self.autocast_dtype()
@@ -290,21 +300,25 @@ class Trainer:
         self.plan = self.loader.stream.config.to_dict()
         self.flops_per_token = self.model.config.flops_per_token(config.seq_len)
         self.peak_flops = peak_flops(self.device)
-        self.state = TrainState(receipt=genesis(self.manifest.manifest_id, self.plan))  # the receipt's chain head
+        # the receipt's chain head
+        self.state = TrainState(receipt=genesis(self.manifest.manifest_id, self.plan))
         self.stream_start = self.loader.state_dict()
         self.checkpointer = self.make_checkpointer()
-        self.heldout = load_heldout_set(self.manifest, self.tokenizer, config.seq_len, config.heldout_docs,
-                                        config.heldout_tokens)  # fmt: skip
+        self.heldout = load_heldout_set(
+            self.manifest, self.tokenizer, config.seq_len, config.heldout_docs, config.heldout_tokens
+        )
         self.evaluated_at: int | None = None  # the step of the last held-out evaluation
 
     def restore(self, checkpoint_dir: Path) -> None:
-        """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this run's)."""
+        """Continue from ``checkpoint_dir``: every part as it was saved (the checkpointer checks it is this
+        run's)."""
         self.state, self.stream_start = self.checkpointer.load(checkpoint_dir)
         self.resumed_from = checkpoint_dir
 
     def restart(self) -> None:
-        """Start again from step 0 in a run directory whose run stopped before its first checkpoint (its log gets a
-        resume record from step 0); refused when that run had another manifest or other training settings."""
+        """Start again from step 0 in a run directory whose run stopped before its first checkpoint (its log
+        gets a resume record from step 0); refused when that run had another manifest or other training
+        settings."""
         header = next((r for r in read_log(self.run_dir) if r.get("event") == "header"), None)
         self.restarted = True
         if header is None:
@@ -315,14 +329,17 @@ class Trainer:
             logged = None
         if header.get("manifest_id") != self.manifest.manifest_id or logged != self.config.fingerprint():
             raise TrainingError(
-                f"{self.run_dir} holds a run of another manifest or other training settings: choose another --out"
+                f"{self.run_dir} holds a run of another manifest or other training settings: choose another "
+                "--out"
             )
 
     def check_vocabulary(self) -> None:
-        """Every token id the tokenizer can emit must have an embedding row (checked once, before any step)."""
+        """Every token id the tokenizer can emit must have an embedding row (checked once, before any
+        step)."""
         if self.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
-                f"the model's vocab_size {self.vocab_size} is smaller than the tokenizer's {self.tokenizer.vocab_size}"
+                f"the model's vocab_size {self.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size}"
             )
 
     # ---- hooks
@@ -331,7 +348,8 @@ class Trainer:
         return build_model(self.config, self.device)
 
     def training_module(self) -> torch.nn.Module:
-        """What a step calls: ``model`` wrapped for DDP/FSDP (one process: as is), compiled if asked, in train mode."""
+        """What a step calls: ``model`` wrapped for DDP/FSDP (one process: as is), compiled if asked, in train
+        mode."""
         module = D.wrap_model(self.model, self.config.distributed, self.info, self.device)
         if self.config.compile:
             module = torch.compile(module)
@@ -345,8 +363,8 @@ class Trainer:
         """Called after each optimizer and schedule step (compress: the palettizer's step)."""
 
     def checkpoint_parts(self) -> dict[str, Part]:
-        """The stateful parts a checkpoint saves and a resume restores, by name, in restore order (the RNGs last);
-        a subclass adds or drops one here (``model`` and ``stream`` stay)."""
+        """The stateful parts a checkpoint saves and a resume restores, by name, in restore order (the RNGs
+        last); a subclass adds or drops one here (``model`` and ``stream`` stay)."""
         return {
             MODEL: ModelPart(self.model, self.info),
             "optimizer": OptimizerPart(self.model, self.optimizer),
@@ -387,8 +405,8 @@ class Trainer:
 
     # ---- the run
     def run(self, stop_after: int | None = None) -> RunResult:
-        """Step until ``max_steps`` (or ``stop_after`` steps in all: an interruption that keeps the schedule) or
-        until the data runs out; checkpoint every ``checkpoint_every`` steps and once at the end."""
+        """Step until ``max_steps`` (or ``stop_after`` steps in all: an interruption that keeps the schedule)
+        or until the data runs out; checkpoint every ``checkpoint_every`` steps and once at the end."""
         config = self.config
         self.until = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
         self.open_log()
@@ -400,7 +418,9 @@ class Trainer:
             while self.state.step < self.until:
                 stats = self.step()
                 if stats is None:
-                    result.stopped_early = f"data exhausted after {self.state.step} steps (epochs={config.epochs})"
+                    result.stopped_early = (
+                        f"data exhausted after {self.state.step} steps (epochs={config.epochs})"
+                    )
                     break
                 result.steps.append(self.state.step)
                 result.losses.append(stats.loss)
@@ -432,7 +452,14 @@ class Trainer:
             return None
         lr = self.optimizer.param_groups[0]["lr"]
         stats = train_step(
-            self.module, self.optimizer, batches, self.config, self.device, self.amp_dtype, self.info, self.vocab_size
+            self.module,
+            self.optimizer,
+            batches,
+            self.config,
+            self.device,
+            self.amp_dtype,
+            self.info,
+            self.vocab_size,
         )
         self.scheduler.step()
         self.after_step()
@@ -448,8 +475,8 @@ class Trainer:
         return stats
 
     def save(self) -> Path | None:
-        """Checkpoint every part at the current step (collective) and log it; None without a checkpointer, and on
-        ranks other than 0."""
+        """Checkpoint every part at the current step (collective) and log it; None without a checkpointer, and
+        on ranks other than 0."""
         if self.checkpointer is None:
             return None
         path = self.checkpointer.save(self.state, self.consumed())
@@ -458,7 +485,8 @@ class Trainer:
         return path
 
     def finish(self, result: RunResult, **end_fields: Any) -> RunResult:
-        """Write the log's end record (with what ``audit-run --verify`` needs) and close the log; fill the result."""
+        """Write the log's end record (with what ``audit-run --verify`` needs) and close the log; fill the
+        result."""
         state = self.state
         self.log.write(
             "end",
@@ -486,7 +514,8 @@ class Trainer:
     # ---- pieces of the run
     @property
     def vocab_size(self) -> int:
-        """Rows of the model's embedding: stream ids at or above it (the pad id) are mapped by the loss's split."""
+        """Rows of the model's embedding: stream ids at or above it (the pad id) are mapped by the loss's
+        split."""
         return self.model.config.vocab_size
 
     def consumed(self) -> dict[str, int]:
@@ -494,7 +523,8 @@ class Trainer:
         return D.sum_counts(self.loader.consumed, self.info)
 
     def step_digest(self, batches: list[dict[str, Any]]) -> bytes:
-        """The step's digest for the consumption receipt: every rank's batch digests, in global batch order."""
+        """The step's digest for the consumption receipt: every rank's batch digests, in global batch
+        order."""
         mine = [(int(b["batch_index"]), stream_batch_digest(b, self.plan["mode"])) for b in batches]
         every = sorted(d for part in D.gather_objects(mine, self.info) for d in part)
         return step_digest(d for _, d in every)
@@ -502,35 +532,48 @@ class Trainer:
     def open_log(self) -> None:
         """Open the log: a header for a fresh run (or a resume into an empty directory), a resume record after
         a restore (step records after it supersede those the interrupted run logged past its checkpoint)."""
-        self.log = RunLog(self.run_dir, enabled=self.info.is_main)  # a killed writer's cut last line is dropped
+        # a killed writer's cut last line is dropped
+        self.log = RunLog(self.run_dir, enabled=self.info.is_main)
         has_header = self.info.is_main and any(r.get("event") == "header" for r in read_log(self.run_dir))
         fields = self.header_fields()
         if not has_header and self.resumed_from is None:
             self.log.write("header", **fields, stream_state=self.stream_start, receipt=self.state.receipt)
             return
         if not has_header:  # a bare checkpoint (no log beside it): the steps before it are in no log here
-            self.log.write("header", **fields, stream_state=self.stream_start, resumed_from=str(self.resumed_from))
-        resumed = {"from_step": self.state.step, "checkpoint": str(self.resumed_from) if self.resumed_from else None,
-                   "receipt": self.state.receipt}  # fmt: skip
+            self.log.write(
+                "header", **fields, stream_state=self.stream_start, resumed_from=str(self.resumed_from)
+            )
+        resumed = {
+            "from_step": self.state.step,
+            "checkpoint": str(self.resumed_from) if self.resumed_from else None,
+            "receipt": self.state.receipt,
+        }
         if self.restarted:
             resumed["restarted"] = "the run stopped before its first checkpoint: it starts again from step 0"
         self.log.write("resume", **resumed, **fields)
 
     def open_watchers(self) -> None:
-        """The step records' health fields (their loss window seeded from the log when resuming) and the config's
-        trackers (rank 0), opened after the log."""
+        """The step records' health fields (their loss window seeded from the log when resuming) and the
+        config's trackers (rank 0), opened after the log."""
         self.health, self.last_record = RunHealth(self.device), None
         if self.info.is_main:
             self.health.resume(read_log(self.run_dir))
         first = self.state.step + 1
-        self.trackers = open_trackers(self.config.trackers, self.run_dir, self.config.to_dict(), first_step=first,
-                                      enabled=self.info.is_main)  # fmt: skip
+        self.trackers = open_trackers(
+            self.config.trackers,
+            self.run_dir,
+            self.config.to_dict(),
+            first_step=first,
+            enabled=self.info.is_main,
+        )
 
     def log_step(self, stats: StepStats) -> None:
-        """The step's record every ``log_every`` steps and at the last, else its receipt head alone (collective)."""
+        """The step's record every ``log_every`` steps and at the last, else its receipt head alone
+        (collective)."""
         step, info = self.state.step, self.info
         if step % self.config.log_every and step != self.until:
-            self.log.write("receipt", step=step, receipt=self.state.receipt)  # every step's head, even between
+            # every step's head, even between
+            self.log.write("receipt", step=step, receipt=self.state.receipt)
             return
         record = dict(
             step=step,
@@ -549,7 +592,8 @@ class Trainer:
             step_tokens_by_source=D.sum_counts(stats.tokens_by_source, info),
             tokens_by_source=self.consumed(),
             receipt=self.state.receipt,
-            **({"remote_reads": self.loader.remote} if self.loader.remote else {}),  # this rank's, since it started
+            # this rank's, since it started
+            **({"remote_reads": self.loader.remote} if self.loader.remote else {}),
             **self.health.fields(stats.loss, stats.data_wait_s, stats.step_time_s),
         )
         self.log.write("step", **record)
@@ -557,12 +601,15 @@ class Trainer:
         self.last_record = record
 
     def log_heldout(self) -> None:
-        """Evaluate the model as it is now on the held-out set (every rank: a sharded forward is collective) and log
-        a ``heldout`` record (rank 0); nothing when the manifest holds no document out (``heldout_eval.py``)."""
+        """Evaluate the model as it is now on the held-out set (every rank: a sharded forward is collective)
+        and log a ``heldout`` record (rank 0); nothing when the manifest holds no document out
+        (``heldout_eval.py``)."""
         if not self.heldout or self.state.step == 0:
             return
         started = time.perf_counter()
-        record = evaluate_heldout(self.model, self.heldout, self.device, self.amp_dtype, self.config.batch_size)
+        record = evaluate_heldout(
+            self.model, self.heldout, self.device, self.amp_dtype, self.config.batch_size
+        )
         record["eval_time_s"] = time.perf_counter() - started
         self.log.write("heldout", step=self.state.step, **record)
         self.trackers.log(self.state.step, {f"heldout_{name}": value for name, value in record.items()})
@@ -582,9 +629,9 @@ class Trainer:
 
 # ---- the entry point ---------------------------------------------------------------------------------------
 def start_of(config: TrainConfig, resume: str | Path | None) -> tuple[Path, Path | None]:
-    """(run directory, checkpoint to continue or None). ``resume`` is a checkpoint, a run directory (its newest
-    checkpoint) or a run directory that stopped before its first checkpoint (None: it starts again at step 0).
-    Without an ``out_dir`` a resumed run continues in its checkpoint's (or its own) run directory."""
+    """(run directory, checkpoint to continue or None). ``resume`` is a checkpoint, a run directory (its
+    newest checkpoint) or a run directory that stopped before its first checkpoint (None: it starts again at
+    step 0). Without an ``out_dir`` a resumed run continues in its checkpoint's (or its own) run directory."""
     if resume is None:
         return config.run_dir, None
     resume = Path(resume)
@@ -624,7 +671,9 @@ def train(
     try:
         run_dir, checkpoint_dir = start_of(config, resume)
         with run_lock(run_dir, info):
-            restart = checkpoint_dir is None and resume is not None and Path(resume).resolve() == run_dir.resolve()
+            restart = (
+                checkpoint_dir is None and resume is not None and Path(resume).resolve() == run_dir.resolve()
+            )
             if checkpoint_dir is None and not restart:
                 refuse_used_run_dir(run_dir, info, _fresh_start_hint(run_dir))
             if checkpoint_dir is not None:

@@ -28,13 +28,17 @@ from elm_data.pipeline.tokenizer import PAD_ID  # the one pad id (re-exported he
 INPUT_PAD_REPLACEMENT = 0
 
 
-def split_inputs_labels(ids: torch.Tensor, vocab_size: int, pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+def split_inputs_labels(
+    ids: torch.Tensor, vocab_size: int, pad_id: int = PAD_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` from ``[B, seq_len + 1]`` stream ids; input pads mapped into the vocabulary."""
     inputs, labels = ids[:, :-1], ids[:, 1:]
     if pad_id >= vocab_size:
         inputs = inputs.masked_fill(inputs == pad_id, INPUT_PAD_REPLACEMENT)
     if inputs.numel() and (int(inputs.max()) >= vocab_size or int(inputs.min()) < 0):
-        raise ValueError(f"token id outside the model vocabulary [0, {vocab_size}) (pad id {pad_id} excepted)")
+        raise ValueError(
+            f"token id outside the model vocabulary [0, {vocab_size}) (pad id {pad_id} excepted)"
+        )
     return inputs, labels
 
 
@@ -64,7 +68,9 @@ def loss_sums(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = PAD_ID) 
     return LossSums(ce=ce, z=z, count=counted.sum())
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, z_weight: float = 1e-4, pad_id: int = PAD_ID) -> torch.Tensor:
+def lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, z_weight: float = 1e-4, pad_id: int = PAD_ID
+) -> torch.Tensor:
     """Mean cross-entropy plus ``z_weight`` times mean squared log-normaliser over counted positions."""
     sums = loss_sums(logits, labels, pad_id)
     return sums.total(z_weight) / sums.count.clamp(min=1)

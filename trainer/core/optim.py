@@ -35,7 +35,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool | None = 
     )
 
 
-def lr_at(step: int, *, peak: float, warmup_steps: int, max_steps: int, init: float = 1e-6, min_ratio: float = 0.1):
+def lr_at(
+    step: int, *, peak: float, warmup_steps: int, max_steps: int, init: float = 1e-6, min_ratio: float = 0.1
+):
     """Learning rate of optimizer step ``step`` (0-based).
 
     Linear warm-up from ``init`` (step 0) to ``peak`` (step ``warmup_steps``), then a cosine from ``peak``
@@ -49,8 +51,11 @@ def lr_at(step: int, *, peak: float, warmup_steps: int, max_steps: int, init: fl
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` whose factor times the peak is :func:`lr_at`; ``scheduler.step()`` once per optimizer step."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` whose factor times the peak is :func:`lr_at`; ``scheduler.step()`` once per optimizer
+    step."""
     peak = config.peak_lr
 
     def factor(step: int) -> float:

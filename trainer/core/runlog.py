@@ -8,7 +8,8 @@ Records (one JSON object per line, ``"event"`` says which):
   mfu (null where the device's peak FLOPs are unknown, e.g. CPU), data_wait_s, step_time_s and
   ``tokens_by_source`` (cumulative tokens consumed per ``source/subset``, from the loader's consumed tokens);
 - ``heldout`` — per-source loss, perplexity and bits per byte on the manifest's held-out documents at a step
-  (``heldout_eval.py``; every ``heldout_every`` steps and at the end), with the documents, tokens and bytes scored;
+  (``heldout_eval.py``; every ``heldout_every`` steps and at the end), with the documents, tokens and bytes
+  scored;
 - ``resume``  — a run continued from a checkpoint (step records after it supersede any later ones before it);
 - ``checkpoint`` / ``end`` — a checkpoint written; the run finished.
 """
@@ -57,8 +58,8 @@ def code_version() -> dict[str, Any]:
 class RunLog:
     """Appends JSON records to ``log.jsonl``, flushing each so a killed run keeps what it logged.
 
-    Opening an existing log drops a cut last line (what a writer killed mid-record left, which :func:`read_log`
-    skips), so the records appended after it stay one per line."""
+    Opening an existing log drops a cut last line (what a writer killed mid-record left, which
+    :func:`read_log` skips), so the records appended after it stay one per line."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.path = Path(run_dir) / LOG_FILE
@@ -70,7 +71,8 @@ class RunLog:
             _drop_cut_last_line(self._file)
 
     def write(self, event: str, **fields: Any) -> None:
-        """Append one record (``{"event": event, **fields}``) as a JSON line and flush it; a no-op when disabled."""
+        """Append one record (``{"event": event, **fields}``) as a JSON line and flush it; a no-op when
+        disabled."""
         if self._file is None:
             return
         line = json.dumps({"event": event, **fields}, default=json_safe) + "\n"
@@ -117,8 +119,8 @@ def _drop_cut_last_line(handle) -> None:
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record of ``RUN_DIR/log.jsonl`` in order; a cut last line (a killed run) is skipped, any other bad
-    line is a :class:`RunLogError`."""
+    """Every record of ``RUN_DIR/log.jsonl`` in order; a cut last line (a killed run) is skipped, any other
+    bad line is a :class:`RunLogError`."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise NotFound(f"{run_dir} has no {LOG_FILE}: not a training run directory")
@@ -137,8 +139,8 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def effective_steps(records: list[dict[str, Any]], event: str = "step") -> list[dict[str, Any]]:
-    """The step records (or the records of another ``event`` with a ``step``, e.g. ``heldout``) of the run as it
-    finally went: a resume from step k drops earlier records after k."""
+    """The step records (or the records of another ``event`` with a ``step``, e.g. ``heldout``) of the run as
+    it finally went: a resume from step k drops earlier records after k."""
     steps: list[dict[str, Any]] = []
     for record in records:
         if record.get("event") == "resume":

@@ -2,10 +2,11 @@
 (``RUN_DIR/tensorboard``, through ``torch.utils.tensorboard``) and Weights & Biases in offline mode
 (``RUN_DIR/wandb/offline-run-*``; ``wandb sync`` uploads it later, if ever).
 
-Each receives, at each step record, the same scalars as the run log (:func:`record_scalars`): every numeric field
-of the record under its own name, and each per-source mapping as ``FIELD/source/subset``. The log stays the record
-of the run (the receipt); a tracker is a view of it. Neither package is needed to train: a tracker enabled without
-its package is refused before the first step with a one-line hint (``pip install 'elm-data[track]'``).
+Each receives, at each step record, the same scalars as the run log (:func:`record_scalars`): every numeric
+field of the record under its own name, and each per-source mapping as ``FIELD/source/subset``. The log stays
+the record of the run (the receipt); a tracker is a view of it. Neither package is needed to train: a tracker
+enabled without its package is refused before the first step with a one-line hint (``pip install
+'elm-data[track]'``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class _TensorBoard:
     def __init__(self, run_dir: Path, first_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run purges the events the interrupted run wrote past its checkpoint (as the log's resume does)
+        # a resumed run purges the events the interrupted run wrote past its checkpoint (as the log's resume
+        # does)
         purge = first_step if first_step > 1 else None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
@@ -83,7 +85,12 @@ class _WandbOffline:
 
         settings = wandb.Settings(silent=True, console="off")
         self.run = wandb.init(
-            project=project, dir=str(run_dir), mode="offline", name=run_dir.name, config=config, settings=settings
+            project=project,
+            dir=str(run_dir),
+            mode="offline",
+            name=run_dir.name,
+            config=config,
+            settings=settings,
         )
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -94,7 +101,12 @@ class _WandbOffline:
 
 
 def open_trackers(
-    section: TrackersConfig, run_dir: Path, config: dict[str, Any], *, first_step: int = 1, enabled: bool = True
+    section: TrackersConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    *,
+    first_step: int = 1,
+    enabled: bool = True,
 ) -> Trackers:
     """The trackers ``section`` enables, writing under ``run_dir`` (``config``: the run's settings, for W&B);
     ``first_step`` is the first step this invocation logs. None off rank 0 (``enabled`` False)."""

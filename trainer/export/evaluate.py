@@ -1,15 +1,16 @@
 """`elm-data eval`: OpenELM's zero-shot suite through lm-evaluation-harness, plus held-out perplexity.
 
-Benchmarks: ``lm_eval.simple_evaluate`` with its ``hf`` model on a Hugging Face export (a checkpoint is exported to
-a temporary folder first), ``add_bos_token=True`` as Apple evaluates OpenELM (rolling-perplexity documents are
-scored after one BOS, not lm-eval's two: :func:`one_bos_hf_lm`). The default tasks are OpenELM's zero-shot suite;
-they download their data from the Hugging Face hub, so without it the command stops with one line.
-``--include-path`` adds local task YAMLs (e.g. ``dataset_path: json`` over a local file).
+Benchmarks: ``lm_eval.simple_evaluate`` with its ``hf`` model on a Hugging Face export (a checkpoint is
+exported to a temporary folder first), ``add_bos_token=True`` as Apple evaluates OpenELM (rolling-perplexity
+documents are scored after one BOS, not lm-eval's two: :func:`one_bos_hf_lm`). The default tasks are OpenELM's
+zero-shot suite; they download their data from the Hugging Face hub, so without it the command stops with one
+line. ``--include-path`` adds local task YAMLs (e.g. ``dataset_path: json`` over a local file).
 
-Held-out perplexity (a checkpoint inside a run): the stream resumed from the checkpoint's own stream state yields
-exactly the tokens the run would have read next, i.e. documents it has not consumed, as long as the run has not
-yet passed over the whole manifest (then nothing is held out and the result says so). A document split across
-the checkpoint's last batch contributes its unseen remainder. Packed sequences, as trained; pad labels ignored.
+Held-out perplexity (a checkpoint inside a run): the stream resumed from the checkpoint's own stream state
+yields exactly the tokens the run would have read next, i.e. documents it has not consumed, as long as the run
+has not yet passed over the whole manifest (then nothing is held out and the result says so). A document split
+across the checkpoint's last batch contributes its unseen remainder. Packed sequences, as trained; pad labels
+ignored.
 """
 
 from __future__ import annotations
@@ -65,14 +66,21 @@ def lm_eval_results(
         get_task_dict(tasks, manager)  # loads the data now, so an unreachable hub fails here in one line
     except (ConnectionError, OSError) as error:
         raise EvalError(
-            f"the tasks' data could not be loaded ({str(error).splitlines()[0][:200]}): the default tasks need the "
+            f"the tasks' data could not be loaded ({str(error).splitlines()[0][:200]}): the default tasks "
+            "need the "
             "Hugging Face hub (or its cache); offline, pass --tasks with --include-path to local task YAMLs"
         ) from error
     model = one_bos_hf_lm(
-        pretrained=str(model_dir), trust_remote_code=True, add_bos_token=True, dtype="float32",
-        batch_size=batch_size, device=device,
-    )  # fmt: skip
-    return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples)
+        pretrained=str(model_dir),
+        trust_remote_code=True,
+        add_bos_token=True,
+        dtype="float32",
+        batch_size=batch_size,
+        device=device,
+    )
+    return lm_eval.simple_evaluate(
+        model=model, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples
+    )
 
 
 def one_bos_hf_lm(**model_args: Any):
@@ -82,8 +90,8 @@ def one_bos_hf_lm(**model_args: Any):
     document with the tokenizer's BOS and then prefixes the first window with ``prefix_token_id`` (BOS) again,
     so perplexity tasks scored ``log p(BOS | BOS)`` and every token after a doubled BOS (bits per byte 5.727
     instead of 5.594 on one run). Here the rolling encoding adds no special token: the document is scored as
-    ``log p(t_1 .. t_n | BOS)``, the model's training frame. Multiple-choice and generation keep the tokenizer's
-    BOS (``_encode_pair`` has no prefix of its own).
+    ``log p(t_1 .. t_n | BOS)``, the model's training frame. Multiple-choice and generation keep the
+    tokenizer's BOS (``_encode_pair`` has no prefix of its own).
     """
     from lm_eval.models.huggingface import HFLM
 
@@ -99,15 +107,16 @@ def one_bos_hf_lm(**model_args: Any):
 
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
             if self.rolling and add_special_tokens is None:
-                add_special_tokens = False  # lm-eval puts prefix_token_id (BOS) before the first window itself
+                # lm-eval puts prefix_token_id (BOS) before the first window itself
+                add_special_tokens = False
             return super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
 
     return OneBosHFLM(**model_args)
 
 
 def task_manager(tasks: list[str], include_path: str | Path | None):
-    """lm-eval's task index: only ``include_path`` when it holds every task (indexing lm-eval's own thousands of
-    task files takes most of a small run), else lm-eval's tasks plus ``include_path``."""
+    """lm-eval's task index: only ``include_path`` when it holds every task (indexing lm-eval's own thousands
+    of task files takes most of a small run), else lm-eval's tasks plus ``include_path``."""
     from lm_eval.tasks import TaskManager
 
     if include_path:
@@ -130,7 +139,9 @@ def held_out_perplexity(checkpoint: str | Path, batches: int = 8) -> dict[str, A
     audit = audit_run(run.run_dir, at_step=run.step)
     passed = [r.key for r in audit.rows if r.fraction_consumed is not None and r.fraction_consumed >= 1.0]
     if passed:
-        return {"skipped": f"the run consumed every kept token of {', '.join(passed)}: nothing there is held out"}
+        return {
+            "skipped": f"the run consumed every kept token of {', '.join(passed)}: nothing there is held out"
+        }
     try:
         config = TrainConfig.from_dict(run.header["config"], base_dir=run.run_dir)
     except ConfigError as error:  # a run logged by another version of the trainer
@@ -180,7 +191,9 @@ def evaluate(
     if run is not None and heldout_batches:
         report["held_out"] = held_out_perplexity(target, heldout_batches)
     if out is None:
-        out = run.run_dir / "eval" / f"{target.name}.json" if run is not None else target / "eval_results.json"
+        out = (
+            run.run_dir / "eval" / f"{target.name}.json" if run is not None else target / "eval_results.json"
+        )
     write_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
     return report, Path(out)
 
@@ -201,7 +214,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"held-out perplexity: skipped ({held['skipped']})")
         else:
             lines.append(
-                f"held-out perplexity {held['perplexity']:.2f} (loss {held['loss']:.4f}) on {held['tokens']:,} "
+                f"held-out perplexity {held['perplexity']:.2f} (loss {held['loss']:.4f}) on "
+                f"{held['tokens']:,} "
                 f"tokens the run did not consume after step {held['step']}"
             )
     return "\n".join(lines)

@@ -1,10 +1,11 @@
-"""Exports of trained checkpoints that carry their data: `elm-data export hf` for a checkpoint, a run, or ``--init``.
+"""Exports of trained checkpoints that carry their data: `elm-data export hf` for a checkpoint, a run, or
+``--init``.
 
 A checkpoint inside a run directory (``RUN/checkpoints/step_N``) is exported with a model card (``README.md``,
-Hugging Face front matter) naming the manifest (id, Merkle root), the tokens consumed per source/subset at that
-step against the manifest and the OpenELM targets (:func:`elm_data.trainer.proof.audit.audit_run`), the training
-config, the step, its loss and the tool versions; and with the run's tokenizer (the sha256 the run logged)
-when it can be found (``--tokenizer``, ``$ELM_DATA_TOKENIZER``, the logged location, the cache).
+Hugging Face front matter) naming the manifest (id, Merkle root), the tokens consumed per source/subset at
+that step against the manifest and the OpenELM targets (:func:`elm_data.trainer.proof.audit.audit_run`), the
+training config, the step, its loss and the tool versions; and with the run's tokenizer (the sha256 the run
+logged) when it can be found (``--tokenizer``, ``$ELM_DATA_TOKENIZER``, the logged location, the cache).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def model_card(run: CheckpointRun, audit: RunAudit, manifest: Manifest, tokenize
 
 
 def consumed_datasets(audit: RunAudit, manifest: Manifest) -> list[str]:
-    """The Hugging Face dataset ids of the corpora the run really ate: every source/subset with tokens consumed
-    (the run log's counts), by the registry's ``hub_dataset``; none for the synthetic sample."""
+    """The Hugging Face dataset ids of the corpora the run really ate: every source/subset with tokens
+    consumed (the run log's counts), by the registry's ``hub_dataset``; none for the synthetic sample."""
     if manifest.synthetic:
         return []
     eaten = {r.key for r in audit.rows if r.consumed_tokens > 0}
@@ -134,7 +135,8 @@ def _front_matter(run, audit: RunAudit, manifest: Manifest, origins, receipt: st
 
 
 def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, tokenizer_sha256) -> list[str]:
-    """The "Training data" lines: manifest, tokenizer, receipt, where each source comes from, tokens consumed."""
+    """The "Training data" lines: manifest, tokenizer, receipt, where each source comes from, tokens
+    consumed."""
     rows = [
         f"| {r.key} | {r.consumed_tokens:,} | {r.kept_tokens:,} | {_fmt(r.fraction_consumed, '.4f')} "
         f"| {_pct(r.share)} | {_pct(r.target_share)} |"
@@ -157,7 +159,8 @@ def _data_section(run, audit: RunAudit, manifest: Manifest, origins, receipt, to
             for key, (upstream, licence) in origins.items()
         ],
         "",
-        f"Tokens consumed up to step {audit.last_step} per source/subset (`elm-data audit-run`): consumed, the "
+        f"Tokens consumed up to step {audit.last_step} per source/subset (`elm-data audit-run`): consumed, "
+        "the "
         "manifest's kept tokens, consumed/kept, the share of consumed tokens and OpenELM's target share.",
         "",
         "| source/subset | consumed | kept | consumed/kept | share | target share |",
@@ -180,7 +183,8 @@ def _mix_section(mix: dict[str, Any]) -> list[str]:
 
 
 SYNTHETIC_CARD_NOTE = (
-    "**Synthetic data.** This model was trained on elm-data's synthetic sample: generated text written in the "
+    "**Synthetic data.** This model was trained on elm-data's synthetic sample: generated text written in "
+    "the "
     "published formats of the subsets below, not text from those corpora. It says nothing about the corpora; "
     "the upstream column names only the corpus whose format each subset imitates."
 )
@@ -191,24 +195,28 @@ def _upstream_cell(upstream: str, manifest: Manifest) -> str:
 
 
 def token_totals_note(run: CheckpointRun, audit: RunAudit) -> str:
-    """The two token totals of a run and how they meet: positions trained (``tokens_total``: sequences x seq_len,
-    padding included) and tokens consumed (the log's per-source counts: each sequence's seq_len + 1 tokens, its
-    last one a target only, less padding)."""
+    """The two token totals of a run and how they meet: positions trained (``tokens_total``: sequences x
+    seq_len, padding included) and tokens consumed (the log's per-source counts: each sequence's seq_len + 1
+    tokens, its last one a target only, less padding)."""
     seq_len = int(run.header["stream_state"]["plan"]["seq_len"])
     positions = int(run.step_record.get("tokens_total", 0)) if run.step_record else 0
     sequences = positions // seq_len
     padding = sequences * (seq_len + 1) - audit.consumed_total
     return (
-        f"- two token totals: {positions:,} positions trained ({sequences:,} sequences x {seq_len} inputs, padding "
-        f"included) and {audit.consumed_total:,} tokens consumed from the data (each sequence holds {seq_len + 1} "
-        f"tokens, its last one only a target: {sequences:,} x {seq_len + 1} = {sequences * (seq_len + 1):,} slots, "
+        f"- two token totals: {positions:,} positions trained ({sequences:,} sequences x {seq_len} inputs, "
+        "padding "
+        f"included) and {audit.consumed_total:,} tokens consumed from the data (each sequence holds "
+        f"{seq_len + 1} "
+        f"tokens, its last one only a target: {sequences:,} x {seq_len + 1} = {sequences * (seq_len + 1):,} "
+        "slots, "
         f"{padding:,} of them padding)"
     )
 
 
 def portable(value: Any, run_dir: Path) -> Any:
-    """``value`` with every absolute local path made relative to ``run_dir`` (under it) or cut to its last part
-    (elsewhere, as ``…/name``): a card published anywhere embeds no path of the machine it was made on."""
+    """``value`` with every absolute local path made relative to ``run_dir`` (under it) or cut to its last
+    part (elsewhere, as ``…/name``): a card published anywhere embeds no path of the machine it was made
+    on."""
     if isinstance(value, dict):
         return {k: portable(v, run_dir) for k, v in value.items()}
     if isinstance(value, list):
@@ -220,19 +228,25 @@ def portable(value: Any, run_dir: Path) -> Any:
 
 
 def _heldout_section(record: dict[str, Any] | None) -> list[str]:
-    """The "Held-out evaluation" table: per source/subset, the run's last evaluation on the manifest's held-out
-    documents (never trained on) at or before this checkpoint; nothing when the run logged none."""
+    """The "Held-out evaluation" table: per source/subset, the run's last evaluation on the manifest's
+    held-out documents (never trained on) at or before this checkpoint; nothing when the run logged none."""
     if not record:
         return []
-    lines = ["## Held-out evaluation", "",
-             f"On the manifest's held-out documents of each source/subset (never streamed for training), at step "
-             f"{record['step']}:", "",
-             "| source/subset | documents | tokens | loss (nats/token) | perplexity | bits per byte |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Held-out evaluation",
+        "",
+        "On the manifest's held-out documents of each source/subset (never streamed for training), at "
+        "step "
+        f"{record['step']}:",
+        "",
+        "| source/subset | documents | tokens | loss (nats/token) | perplexity | bits per byte |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, loss in record["loss_by_source"].items():
         lines.append(
             f"| {key} | {record['docs_by_source'][key]} | {record['tokens_by_source'][key]:,} | {loss:.4f} | "
-            f"{record['perplexity_by_source'][key]:.2f} | {_fmt(record['bits_per_byte_by_source'][key], '.4f')} |"
+            f"{record['perplexity_by_source'][key]:.2f} | "
+            f"{_fmt(record['bits_per_byte_by_source'][key], '.4f')} |"
         )
     return [*lines, ""]
 
@@ -256,7 +270,8 @@ def _training_section(run: CheckpointRun, audit: RunAudit, config: dict[str, Any
 
 
 def data_origins(manifest: Manifest) -> dict[str, tuple[str, str]]:
-    """source/subset -> (upstream repository or URL, licence), from the source registry and the shard records."""
+    """source/subset -> (upstream repository or URL, licence), from the source registry and the shard
+    records."""
     origins = {}
     for shard in manifest.shards:
         if shard.key not in origins:
@@ -312,27 +327,38 @@ def export_checkpoint(
         proto = tokenizer_bytes(tokenizer, None, required=tokenizer is not None)
     if proto is None:
         echo("no tokenizer found: the export has none (pass --tokenizer or set $ELM_DATA_TOKENIZER)")
-    export_hf(model, out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto, extra_files=extra)
+    export_hf(
+        model, out_dir, dtype=DTYPES[dtype] if dtype else None, tokenizer_model=proto, extra_files=extra
+    )
     what = ["weights", "HF code"] + (["tokenizer"] if proto else []) + (["model card"] if extra else [])
     echo(f"{checkpoint} -> {out_dir} ({', '.join(what)}; {model.config.num_parameters():,} parameters)")
     return Path(out_dir)
 
 
 def export_init(
-    name: str, out_dir: str | Path, seed: int = 0, dtype: str | None = None, tokenizer=None, echo=print,
+    name: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    dtype: str | None = None,
+    tokenizer=None,
+    echo=print,
     progress: bool = False,
-):  # fmt: skip
+):
     """Export a freshly initialised published-size model (no card: it saw no data).
 
-    ``progress``: a bar on stderr over its two halves (270M: ~9 s to initialise, ~10 s to write, on one core)."""
+    ``progress``: a bar on stderr over its two halves (270M: ~9 s to initialise, ~10 s to write, on one
+    core)."""
     from tqdm import tqdm
 
     config = OpenELMConfig.named(name)
     echo(f"initialising OpenELM-{name} ({config.num_parameters():,} parameters, seed {seed}) ...")
-    proto = tokenizer_bytes(tokenizer, None, required=tokenizer is not None)  # as export_checkpoint resolves it
+    # as export_checkpoint resolves it
+    proto = tokenizer_bytes(tokenizer, None, required=tokenizer is not None)
     if proto is None:
         echo("no tokenizer found: the export has none (pass --tokenizer or set $ELM_DATA_TOKENIZER)")
-    with tqdm(total=2, desc="initialise, write", unit="half", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=2, desc="initialise, write", unit="half", disable=not progress, dynamic_ncols=True
+    ) as bar:
         torch.manual_seed(seed)
         model = OpenELM(config)
         bar.update()
@@ -341,7 +367,9 @@ def export_init(
     return Path(out_dir)
 
 
-def export_run(run_dir: str | Path, out_root: str | Path, dtype=None, tokenizer=None, echo=print) -> list[Path]:
+def export_run(
+    run_dir: str | Path, out_root: str | Path, dtype=None, tokenizer=None, echo=print
+) -> list[Path]:
     """Every checkpoint of a run into ``out_root/step_N``, each with its card."""
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:

@@ -1,4 +1,5 @@
-"""What a run ate, proven from its records: ``audit-run`` (and ``--verify``: the receipt chain), ``trace``, the report.
+"""What a run ate, proven from its records: ``audit-run`` (and ``--verify``: the receipt chain), ``trace``,
+the report.
 
 Imports ``trainer.core`` only (the run log, checkpoints, config); export and the CLI build on it.
 """

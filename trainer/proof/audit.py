@@ -1,9 +1,9 @@
 """`elm-data audit-run`: what a run ate, per source/subset, against its manifest and the OpenELM targets.
 
-For each ``source/subset`` it reports the tokens consumed (the loader's consumed tokens at the run's last logged step),
-the manifest's kept tokens and the fraction of them consumed (1.0 = one full pass; the stream's BOS/EOS make
-a full pass slightly above 1.0), the run's share of consumed tokens, the target share (OpenELM preset,
-renormalised over the subsets the manifest holds) and the deviation between the two shares.
+For each ``source/subset`` it reports the tokens consumed (the loader's consumed tokens at the run's last
+logged step), the manifest's kept tokens and the fraction of them consumed (1.0 = one full pass; the stream's
+BOS/EOS make a full pass slightly above 1.0), the run's share of consumed tokens, the target share (OpenELM
+preset, renormalised over the subsets the manifest holds) and the deviation between the two shares.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class RunAudit:
 
     def format_table(self) -> str:
         header = (
-            f"{'source/subset':<28}{'consumed':>14}{'kept':>14}{'consumed/kept':>15}{'share':>9}{'target':>9}{'dev':>9}"
+            f"{'source/subset':<28}{'consumed':>14}{'kept':>14}{'consumed/kept':>15}"
+            f"{'share':>9}{'target':>9}{'dev':>9}"
         )
         lines = [
             f"run {self.run_dir}  step {self.last_step}  manifest {self.manifest_id[:16]}…",
@@ -68,8 +69,9 @@ class RunAudit:
         ]
         for r in self.rows:
             lines.append(
-                f"{r.key:<28}{r.consumed_tokens:>14,}{r.kept_tokens:>14,}{_num(r.fraction_consumed, '.3f'):>15}"
-                f"{_pct(r.share):>9}{_pct(r.target_share):>9}{_pct(r.deviation, signed=True):>9}"
+                f"{r.key:<28}{r.consumed_tokens:>14,}{r.kept_tokens:>14,}"
+                f"{_num(r.fraction_consumed, '.3f'):>15}{_pct(r.share):>9}{_pct(r.target_share):>9}"
+                f"{_pct(r.deviation, signed=True):>9}"
             )
         lines.append("-" * len(header))
         kept = sum(r.kept_tokens for r in self.rows)
@@ -88,10 +90,13 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
 
 
-def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_step: int | None = None) -> RunAudit:
+def audit_run(
+    run_dir: str | Path, manifest_dir: str | Path | None = None, at_step: int | None = None
+) -> RunAudit:
     """Compare a run's consumed tokens per source/subset with its manifest and the OpenELM targets.
 
-    ``at_step``: audit the run as it stood at that step (the last logged step not after it; e.g. a checkpoint's).
+    ``at_step``: audit the run as it stood at that step (the last logged step not after it; e.g. a
+    checkpoint's).
     """
     run_dir = Path(run_dir)
     records = read_log(run_dir)
@@ -112,7 +117,10 @@ def audit_run(run_dir: str | Path, manifest_dir: str | Path | None = None, at_st
         consumed_total=sum(consumed.values()),
         targets="openelm",
         rows=rows,
-        notes=[*coverage_notes(consumed, kept, targets), *zero_token_notes(rows, header, manifest, int(last["step"]))],
+        notes=[
+            *coverage_notes(consumed, kept, targets),
+            *zero_token_notes(rows, header, manifest, int(last["step"])),
+        ],
     )
 
 
@@ -142,7 +150,8 @@ def source_rows(consumed: dict[str, int], kept: dict[str, int], targets: dict[st
 
 
 def coverage_notes(consumed: dict[str, int], kept: dict[str, int], targets: dict[str, int]) -> list[str]:
-    """The OpenELM subsets the manifest lacks, and any subset the run consumed that the manifest does not list."""
+    """The OpenELM subsets the manifest lacks, and any subset the run consumed that the manifest does not
+    list."""
     notes = ["target shares are OpenELM's, renormalised over the subsets this manifest holds"]
     absent = sorted(set(targets) - {*kept, *consumed})
     if absent:
@@ -164,16 +173,19 @@ def _weight_shares(header: dict[str, Any], manifest: Manifest, kept: dict[str, i
     return {k: float(w) / total for k, w in weights.items()} if total else {}
 
 
-IMPROBABLE = 1e-3  # a subset's 0 tokens is flagged when the chance of drawing none of its documents is below this
+# a subset's 0 tokens is flagged when the chance of drawing none of its documents is below this
+IMPROBABLE = 1e-3
 
 
-def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Manifest, last_step: int) -> list[str]:
+def zero_token_notes(
+    rows: list[SourceRow], header: dict[str, Any], manifest: Manifest, last_step: int
+) -> list[str]:
     """Why a subset the manifest holds got no tokens: the tokens its weight predicts, and how likely none was.
 
     The run drew about ``n`` documents (each subset's consumed tokens over its mean document length, summed);
-    a subset of weight share ``w`` then gets none of them with probability ``(1 - w) ** n`` (each weighted draw
-    is independent; the natural order is deterministic and even likelier to give 0 to a tiny share). Only a
-    probability under :data:`IMPROBABLE` warns "check the run's weights"; otherwise the note states the
+    a subset of weight share ``w`` then gets none of them with probability ``(1 - w) ** n`` (each weighted
+    draw is independent; the natural order is deterministic and even likelier to give 0 to a tiny share). Only
+    a probability under :data:`IMPROBABLE` warns "check the run's weights"; otherwise the note states the
     expected count and that 0 is a likely draw at this scale.
     """
     zero = [r for r in rows if r.consumed_tokens == 0 and r.kept_tokens > 0]
@@ -184,7 +196,10 @@ def zero_token_notes(rows: list[SourceRow], header: dict[str, Any], manifest: Ma
     per_doc = {r.key: r.kept_tokens / max(1, kept_docs.get(r.key, 0)) for r in rows if r.kept_tokens}
     draws = sum(r.consumed_tokens / per_doc[r.key] for r in rows if r.consumed_tokens and r.key in per_doc)
     shares = _weight_shares(header, manifest, {r.key: r.kept_tokens for r in rows})
-    return [zero_token_note(r.key, shares.get(r.key, 0.0), consumed, last_step, per_doc[r.key], draws) for r in zero]
+    return [
+        zero_token_note(r.key, shares.get(r.key, 0.0), consumed, last_step, per_doc[r.key], draws)
+        for r in zero
+    ]
 
 
 def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: float, draws: float) -> str:
@@ -194,7 +209,8 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
     expected = share * consumed
     p_none = (1.0 - share) ** draws
     said = (
-        f"{key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {steps} steps = ~{expected:,.0f} expected "
+        f"{key}: 0 tokens: weight {share:.1%} x {consumed:,} tokens in {steps} steps = ~{expected:,.0f} "
+        "expected "
         f"(~{share * draws:.1f} of ~{draws:,.0f} documents drawn, ~{per_doc:,.0f} tokens each); "
         f"P(none drawn) = {p_none:.2g}"
     )
@@ -204,30 +220,74 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
     return f"{said}: a likely draw at this scale; expect its first document after ~{first:,.0f} steps"
 
 
-# ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone ----------------
-# Every field of a ``step`` record is either recomputed from the plan by ``--verify`` (what the run ate, and every
-# count of it) or a measurement of the model and the machine that no plan can recompute (not checked; the receipt
-# certifies the data, not the loss). A field the trainer adds must be put in one of the two (tests/test_receipt.py).
-STEP_FIELDS_VERIFIED = ("step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source",
-                        "tokens_by_source")  # fmt: skip
-# remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes: trainer/core/health.py
-STEP_FIELDS_MEASURED = ("loss", "ce_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s",
-                        "step_time_s", "remote_reads", "loss_mean", "data_share", "peak_memory_bytes")  # fmt: skip
-# A ``heldout`` record (core/heldout_eval.py): the model scored on the manifest's held-out documents, which are not
-# training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no such record).
-HELDOUT_FIELDS_MEASURED = ("step", "loss_by_source", "perplexity_by_source", "bits_per_byte_by_source",
-                           "docs_by_source", "tokens_by_source", "bytes_by_source", "eval_time_s")  # fmt: skip
-# A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and, at
+# ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone
+# ----------------
+# Every field of a ``step`` record is either recomputed from the plan by ``--verify`` (what the run ate, and
+# every
+# count of it) or a measurement of the model and the machine that no plan can recompute (not checked; the
+# receipt
+# certifies the data, not the loss). A field the trainer adds must be put in one of the two
+# (tests/test_receipt.py).
+STEP_FIELDS_VERIFIED = (
+    "step",
+    "receipt",
+    "tokens",
+    "tokens_total",
+    "counted_tokens",
+    "step_tokens_by_source",
+    "tokens_by_source",
+)
+# remote_reads: retries, only when reading remotely; loss_mean, data_share, peak_memory_bytes:
+# trainer/core/health.py
+STEP_FIELDS_MEASURED = (
+    "loss",
+    "ce_loss",
+    "z_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "data_wait_s",
+    "step_time_s",
+    "remote_reads",
+    "loss_mean",
+    "data_share",
+    "peak_memory_bytes",
+)
+# A ``heldout`` record (core/heldout_eval.py): the model scored on the manifest's held-out documents, which
+# are not
+# training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no such
+# record).
+HELDOUT_FIELDS_MEASURED = (
+    "step",
+    "loss_by_source",
+    "perplexity_by_source",
+    "bits_per_byte_by_source",
+    "docs_by_source",
+    "tokens_by_source",
+    "bytes_by_source",
+    "eval_time_s",
+)
+# A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and,
+# at
 # resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
-TRAINER_STATE_FIELDS_VERIFIED = ("step", "receipt", "tokens", "consumed", "manifest_id", "fingerprint", "config",
-                                 "files")  # fmt: skip
+TRAINER_STATE_FIELDS_VERIFIED = (
+    "step",
+    "receipt",
+    "tokens",
+    "consumed",
+    "manifest_id",
+    "fingerprint",
+    "config",
+    "files",
+)
 
 
 @dataclass
 class StepCounts:
-    """What the plan says step ``k`` consumed: its chain head, label positions (``tokens``: rows x seq_len, all
-    batches) and, in packed mode (None in corenet mode, whose piece lengths the manifest does not record), the
-    label positions that count (not pad) and the tokens per source of the step."""
+    """What the plan says step ``k`` consumed: its chain head, label positions (``tokens``: rows x seq_len,
+    all batches) and, in packed mode (None in corenet mode, whose piece lengths the manifest does not record),
+    the label positions that count (not pad) and the tokens per source of the step."""
 
     step: int
     head: str
@@ -299,14 +359,15 @@ def expected_heads(plan: Plan, manifest_id: str, batches_per_step: list[int]):
                     counts[subset_key(span["source"], span["subset"])] += span.get("end", 0) - span["start"]
         head = chain(head, step_digest(digests))
         packed = mode == "packed"
-        yield StepCounts(k, head, positions, counted if packed else None,
-                         dict(sorted(counts.items())) if packed else None)  # fmt: skip
+        yield StepCounts(
+            k, head, positions, counted if packed else None, dict(sorted(counts.items())) if packed else None
+        )
 
 
 def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> Verification:
-    """Recompute a run's consumption receipt from its manifest and plan alone (no corpus, no model) and compare it
-    with every step's logged chain head, the per-step and cumulative tokens per source (packed mode), the ``end``
-    records and the checkpoints' heads. The first step that differs is reported."""
+    """Recompute a run's consumption receipt from its manifest and plan alone (no corpus, no model) and
+    compare it with every step's logged chain head, the per-step and cumulative tokens per source (packed
+    mode), the ``end`` records and the checkpoints' heads. The first step that differs is reported."""
     from elm_data.pipeline.stream.plan import Plan, PlanConfig
 
     run_dir = Path(run_dir)
@@ -321,7 +382,9 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
         raise AuditError(f"{run_dir}/log.jsonl records no consumption receipt (a run from before receipts?)")
     result = Verification(str(run_dir), manifest.manifest_id, max(logged.heads), None)
     if header.get("manifest_id") != manifest.manifest_id:
-        result.notes.append(f"the run names manifest {header.get('manifest_id')}, this one is {manifest.manifest_id}")
+        result.notes.append(
+            f"the run names manifest {header.get('manifest_id')}, this one is {manifest.manifest_id}"
+        )
     for step, reason in logged.problems:
         result.fail(step, reason)
     plan = Plan(manifest, PlanConfig.from_mapping(plan_config, "stream_state.plan"))
@@ -332,17 +395,19 @@ def verify_run(run_dir: str | Path, manifest_dir: str | Path | None = None) -> V
     checkpoints = _check_checkpoints(result, run_dir, planned, header)
     result.checked = {"steps": len(planned), "end records": len(logged.ends), "checkpoints": checkpoints}
     if logged.start:
-        result.notes.append(f"the run was resumed from a checkpoint whose log is not here: steps 1-{logged.start} "
-                            "are checked through the resume's chain head only")  # fmt: skip
+        result.notes.append(
+            f"the run was resumed from a checkpoint whose log is not here: steps 1-{logged.start} "
+            "are checked through the resume's chain head only"
+        )
     if plan.config.mode != "packed":
         result.notes.append("corenet mode: rows are bound by document and piece order, not by token ranges")
     return result
 
 
 def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[int, PlannedStep]:
-    """Compare each logged step with the plan's: its chain head, its label positions (``tokens``, ``tokens_total``)
-    and, in packed mode, its counted positions and tokens per source, for the step and cumulative. Returns what the
-    plan says of every step its stream reaches."""
+    """Compare each logged step with the plan's: its chain head, its label positions (``tokens``,
+    ``tokens_total``) and, in packed mode, its counted positions and tokens per source, for the step and
+    cumulative. Returns what the plan says of every step its stream reaches."""
     per_step = [logged.batches_per_step.get(k, 1) for k in range(1, result.steps + 1)]
     cumulative: dict[str, int] = defaultdict(int)
     planned: dict[int, PlannedStep] = {}
@@ -352,7 +417,9 @@ def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[
         total += counts.tokens
         for key, n in (counts.by_source or {}).items():
             cumulative[key] += n
-        so_far = {key: n for key, n in sorted(cumulative.items()) if n} if counts.by_source is not None else None
+        so_far = (
+            {key: n for key, n in sorted(cumulative.items()) if n} if counts.by_source is not None else None
+        )
         planned[k] = PlannedStep(counts.head, total, so_far)
         record = logged.records.get(k)
         if record is None:
@@ -361,8 +428,13 @@ def _check_steps(result: Verification, logged: LoggedChain, plan: Plan) -> dict[
             continue
         if logged.heads[k] != counts.head:
             result.fail(k, f"the logged chain head {logged.heads[k]} is not the recomputed {counts.head}")
-        expected = {"tokens": counts.tokens, "tokens_total": total, "counted_tokens": counts.counted,
-                    "step_tokens_by_source": counts.by_source, "tokens_by_source": so_far}  # fmt: skip
+        expected = {
+            "tokens": counts.tokens,
+            "tokens_total": total,
+            "counted_tokens": counts.counted,
+            "step_tokens_by_source": counts.by_source,
+            "tokens_by_source": so_far,
+        }
         for name, value in expected.items():
             if value is None or (record.get("event") != "step" and name not in record):
                 continue  # a receipt record (between logged steps) holds the head alone
@@ -393,16 +465,21 @@ def _check_end_records(
     manifest: Manifest,
     plan_config: dict[str, Any],
 ) -> None:
-    """An ``end`` record names the chain head of its step, the label positions up to it, the manifest (id and Merkle
-    root), the plan and the batches per step."""
+    """An ``end`` record names the chain head of its step, the label positions up to it, the manifest (id and
+    Merkle root), the plan and the batches per step."""
     for end in ends:
         k = int(end.get("step", 0))
         if "receipt" not in end:
             continue
         at = planned.get(k)
-        expected = {"receipt": at.head if at else None, "tokens_total": at.tokens_total if at else 0,
-                    "manifest_id": manifest.manifest_id, "merkle_root": manifest.info["merkle_root"],
-                    "plan": plan_config, "steps": k}  # fmt: skip
+        expected = {
+            "receipt": at.head if at else None,
+            "tokens_total": at.tokens_total if at else 0,
+            "manifest_id": manifest.manifest_id,
+            "merkle_root": manifest.info["merkle_root"],
+            "plan": plan_config,
+            "steps": k,
+        }
         wrong = [f for f, v in expected.items() if end.get(f) != v]
         if wrong:
             result.fail(max(k, 1), f"the end record at step {k} differs in {', '.join(wrong)}")
@@ -420,16 +497,24 @@ def _check_resumes(
         if k in planned:
             expected_head = planned[k].head
         if resume["receipt"] != expected_head:
-            result.fail(k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}")
+            result.fail(
+                k + 1, f"the resume from step {k} continues head {resume['receipt']}, not {expected_head}"
+            )
 
 
 def _check_checkpoints(
     result: Verification, run_dir: Path, planned: dict[int, PlannedStep], header: dict[str, Any]
 ) -> int:
-    """Each checkpoint of a verified step: its files match their recorded sha256, and its trainer state names the
-    step's chain head, label positions and tokens per source (packed mode), this manifest and the run's training
-    settings. Returns how many were compared."""
-    from ..core.checkpoint import DIGESTED, CheckpointError, check_digests, list_checkpoints, read_trainer_state
+    """Each checkpoint of a verified step: its files match their recorded sha256, and its trainer state names
+    the step's chain head, label positions and tokens per source (packed mode), this manifest and the run's
+    training settings. Returns how many were compared."""
+    from ..core.checkpoint import (
+        DIGESTED,
+        CheckpointError,
+        check_digests,
+        list_checkpoints,
+        read_trainer_state,
+    )
 
     compared = 0
     fingerprint = _fingerprint(header.get("config"))
@@ -440,15 +525,22 @@ def _check_checkpoints(
             continue
         compared += 1
         at = planned[k]
-        expected = {"receipt": at.head, "tokens": at.tokens_total, "manifest_id": result.manifest_id,
-                    "fingerprint": fingerprint, "consumed": at.consumed}  # fmt: skip
+        expected = {
+            "receipt": at.head,
+            "tokens": at.tokens_total,
+            "manifest_id": result.manifest_id,
+            "fingerprint": fingerprint,
+            "consumed": at.consumed,
+        }
         expected = {f: v for f, v in expected.items() if v is not None}
         wrong = [f for f, v in expected.items() if state.get(f) != v]
         if _fingerprint(state.get("config")) != fingerprint:
             wrong.append("config")
         try:
             if not check_digests(path, state, DIGESTED, "it is not the file saved"):
-                result.notes.append(f"checkpoint {path.name} records no sha256 of its files (written before they did)")
+                result.notes.append(
+                    f"checkpoint {path.name} records no sha256 of its files (written before they did)"
+                )
         except CheckpointError as error:
             wrong.append(f"files ({error})")
         if wrong:
@@ -466,6 +558,27 @@ def _fingerprint(config: Any) -> str | None:
         return None
 
 
+def sampled_steps(n: int, steps: int | None) -> list[int]:
+    """``steps`` of a run's ``n`` steps spread evenly, the first and the last included (None or >= n: all)."""
+    if not steps or steps >= n:
+        return list(range(1, n + 1))
+    return sorted({1, n, *(1 + round(i * (n - 1) / (steps - 1)) for i in range(steps))} if steps > 1 else {n})
+
+
+def stream_arguments(config) -> dict[str, Any]:
+    """``TokenStream``'s arguments for the stream a run's plan ``config`` (a ``PlanConfig``) describes."""
+    weights = "natural" if config.weights is None else config.weights
+    return {
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "mode": config.mode,
+        "weights": weights,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "partitions": config.partitions,
+    }
+
+
 def verify_deep(
     run_dir: str | Path,
     outcome: Verification,
@@ -473,21 +586,19 @@ def verify_deep(
     manifest_dir: str | Path | None = None,
     tokenizer: str | None = None,
 ) -> Verification:
-    """``--deep``: re-read the shards (every block's sha256 checked as read) and re-tokenize the batches of a sample
-    of steps (``steps`` spread over the run, the first and last included; None: all), resuming the stream at each
-    from the plan, and check that the spans the corpus yields chain the logged head of the step before into the
-    logged head of the step. A failing step is recorded in ``outcome`` (first failure wins)."""
+    """``--deep``: re-read the shards (every block's sha256 checked as read) and re-tokenize the batches of a
+    sample of steps (``steps`` spread over the run, the first and last included; None: all), resuming the
+    stream at each from the plan, and check that the spans the corpus yields chain the logged head of the step
+    before into the logged head of the step. A failing step is recorded in ``outcome`` (first failure
+    wins)."""
     from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader, TokenStream
     from elm_data.pipeline.stream.receipt import chain, genesis, state_at, step_digest, stream_batch_digest
 
     run = RunPlan(run_dir, manifest_dir)
     n = run.steps
-    chosen = list(range(1, n + 1)) if not steps or steps >= n else sorted(
-        {1, n, *(1 + round(i * (n - 1) / (steps - 1)) for i in range(steps))} if steps > 1 else {n})  # fmt: skip
+    chosen = sampled_steps(n, steps)
     c = run.plan.config
-    stream = TokenStream(run.manifest, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
-                         weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
-                         partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
+    stream = TokenStream(run.manifest, tokenizer=tokenizer, **stream_arguments(c))
     first_batch = {}
     g = 0
     for k in range(1, n + 1):
@@ -502,7 +613,9 @@ def verify_deep(
         try:
             digests = [stream_batch_digest(next(batches), c.mode) for _ in range(per_step)]
         except (StreamIntegrityError, StopIteration) as error:
-            outcome.fail(k, f"--deep: the corpus cannot give the batches of step {k}: {error or 'the stream ended'}")
+            outcome.fail(
+                k, f"--deep: the corpus cannot give the batches of step {k}: {error or 'the stream ended'}"
+            )
             checked += 1
             continue
         finally:

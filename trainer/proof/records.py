@@ -1,5 +1,5 @@
-"""A run's records as the proofs read them: the log's header, the manifest the run trained on, the receipt chain
-the log records step by step, and the plan the run consumed (:class:`RunPlan`).
+"""A run's records as the proofs read them: the log's header, the manifest the run trained on, the receipt
+chain the log records step by step, and the plan the run consumed (:class:`RunPlan`).
 
 Shared by ``audit-run`` (:mod:`.audit`: the consumption audit and ``--verify``) and ``trace`` (:mod:`.trace`),
 below both: it imports neither.
@@ -22,7 +22,8 @@ class AuditError(ElmDataError, ValueError):
 
 
 def run_header(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The log's ``header`` record (the run's manifest, plan and config); :class:`AuditError` when it has none."""
+    """The log's ``header`` record (the run's manifest, plan and config); :class:`AuditError` when it has
+    none."""
     header = next((r for r in records if r.get("event") == "header"), None)
     if header is None:
         raise AuditError(f"{run_dir}/log.jsonl has no header record")
@@ -30,18 +31,21 @@ def run_header(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def trained_manifest(header: dict[str, Any], manifest_dir: str | Path | None = None) -> Manifest:
-    """The manifest the run trained on (at ``manifest_dir`` when given); refused when its id is not the run's."""
+    """The manifest the run trained on (at ``manifest_dir`` when given); refused when its id is not the
+    run's."""
     manifest = Manifest(manifest_dir or header["manifest_dir"])
     if manifest.manifest_id != header["manifest_id"]:
         raise AuditError(
-            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on {header['manifest_id']}"
+            f"manifest at {manifest.path} has id {manifest.manifest_id}, but the run trained on "
+            f"{header['manifest_id']}"
         )
     return manifest
 
 
 @dataclass
 class LoggedChain:
-    """The chain heads a log records, per step, as the run finally went (a resume supersedes later records)."""
+    """The chain heads a log records, per step, as the run finally went (a resume supersedes later
+    records)."""
 
     heads: dict[int, str] = field(default_factory=dict)
     records: dict[int, dict[str, Any]] = field(default_factory=dict)  # the step's record (step or receipt)
@@ -53,8 +57,9 @@ class LoggedChain:
 
 
 def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
-    """Read every step's chain head from the log (``step`` and ``receipt`` records), checking that steps follow
-    one another: a step missing or repeated (without a resume that explains it) is a problem at that step."""
+    """Read every step's chain head from the log (``step`` and ``receipt`` records), checking that steps
+    follow one another: a step missing or repeated (without a resume that explains it) is a problem at that
+    step."""
     out = LoggedChain()
     last, per_step, bare = 0, None, False
     for number, r in enumerate(records, 1):
@@ -65,11 +70,15 @@ def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
             bare = bool(r.get("resumed_from")) and not out.heads and not out.resumes
         if event == "resume":
             k = int(r["from_step"])
-            if bare and not out.resumes and not out.heads:  # the first resume of a log begun at a bare checkpoint
+            # the first resume of a log begun at a bare checkpoint
+            if bare and not out.resumes and not out.heads:
                 out.start = last = k
-                out.batches_per_step.update(dict.fromkeys(range(1, k + 1), per_step or 1))  # as the run's settings
+                # as the run's settings
+                out.batches_per_step.update(dict.fromkeys(range(1, k + 1), per_step or 1))
             if k > last:
-                out.problems.append((last + 1, f"log record {number}: resume from step {k}, but step {last} was last"))
+                out.problems.append(
+                    (last + 1, f"log record {number}: resume from step {k}, but step {last} was last")
+                )
             for table in (out.heads, out.records, out.batches_per_step):
                 for s in [s for s in table if s > k]:
                     del table[s]
@@ -80,7 +89,9 @@ def logged_chain(records: list[dict[str, Any]]) -> LoggedChain:
             s = int(r["step"])
             if s != last + 1:
                 what = f"step {s} logged after step {last}"
-                out.problems.append((min(s, last + 1), f"log record {number}: {what} (a step skipped or repeated)"))
+                out.problems.append(
+                    (min(s, last + 1), f"log record {number}: {what} (a step skipped or repeated)")
+                )
             out.heads[s], out.records[s], out.batches_per_step[s] = r["receipt"], r, per_step or 1
             last = max(last, s)
         elif event == "end":
@@ -92,13 +103,16 @@ class RunPlan:
     """A run's manifest, plan and per-step batch counts, read from its log (what the verifier reads)."""
 
     def __init__(self, run_dir: str | Path, manifest_dir: str | Path | None = None):
-        from elm_data.pipeline.stream.plan import Plan, PlanConfig  # seconds to import: only when a plan is walked
+        # seconds to import: only when a plan is walked
+        from elm_data.pipeline.stream.plan import Plan, PlanConfig
 
         self.run_dir = Path(run_dir)
         records = read_log(self.run_dir)
         header = run_header(self.run_dir, records)
         self.manifest = trained_manifest(header, manifest_dir)
-        self.plan = Plan(self.manifest, PlanConfig.from_mapping(header["stream_state"]["plan"], "stream_state.plan"))
+        self.plan = Plan(
+            self.manifest, PlanConfig.from_mapping(header["stream_state"]["plan"], "stream_state.plan")
+        )
         self.logged = logged_chain(records)
         self.steps = max(self.logged.heads, default=0)
         self.world_sizes: dict[int, int] = {}  # step -> world size (a resume may change it)
@@ -124,7 +138,8 @@ class RunPlan:
                 yield k, j % ranks, j // ranks, bp
 
     def consumed_records(self) -> dict[int, set[int]]:
-        """``{shard: record indices}`` of every document the run consumed tokens of (in any of its batches)."""
+        """``{shard: record indices}`` of every document the run consumed tokens of (in any of its
+        batches)."""
         consumed: dict[int, set[int]] = {}
         for _step, _rank, _micro, bp in self.step_batches():
             for d in bp.docs:

@@ -2,12 +2,13 @@
 
 Written to ``RUN/report/`` (or ``--out``) as a whole directory (staged, then moved into place):
 ``report.html`` plus ``loss.png``, ``tokens.png``, ``throughput.png`` (and ``heldout.png`` when the log holds
-held-out evaluation records). The page embeds every chart as a base64 PNG and its style inline: it loads nothing
-from the network and can be mailed as one file.
+held-out evaluation records). The page embeds every chart as a base64 PNG and its style inline: it loads
+nothing from the network and can be mailed as one file.
 
 What it shows, all read from the run log and (for the receipt and the targets) the run's manifest:
 
-- the receipt's status: ``audit-run --verify`` recomputed now (verified, or the first step that differs, or why
+- the receipt's status: ``audit-run --verify`` recomputed now (verified, or the first step that differs, or
+why
   it could not be checked), the manifest id and Merkle root, and a link to a model card when an export of this
   run is found (``--card``, else a ``README.md`` in a folder beside the run or inside it whose text names this
   run's manifest id and one of its logged chain heads);
@@ -74,7 +75,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
 
 
-# ---- the run's series -------------------------------------------------------------------------------------------
+# ---- the run's series
+# -------------------------------------------------------------------------------------------
 @dataclass
 class Series:
     """The step records as arrays, one entry per logged step (as the run finally went)."""
@@ -99,14 +101,22 @@ class Series:
             idx = np.arange(1, len(loss) + 1)
             loss_mean = (sums[idx] - sums[np.maximum(0, idx - LOSS_WINDOW)]) / np.minimum(idx, LOSS_WINDOW)
         wait, total = column("data_wait_s", 0.0), column("step_time_s", 0.0)
-        share = column("data_share") if all("data_share" in s for s in steps) else np.divide(
-            wait, total, out=np.zeros_like(wait), where=total > 0)  # fmt: skip
+        share = (
+            column("data_share")
+            if all("data_share" in s for s in steps)
+            else np.divide(wait, total, out=np.zeros_like(wait), where=total > 0)
+        )
         keys = sorted({k for s in steps for k in (s.get("tokens_by_source") or {})})
-        by_source = {k: np.array([float((s.get("tokens_by_source") or {}).get(k, 0)) for s in steps]) for k in keys}
-        return cls(column("step"), loss, loss_mean, column("tokens_per_s"), share, column("tokens_total"), by_source)
+        by_source = {
+            k: np.array([float((s.get("tokens_by_source") or {}).get(k, 0)) for s in steps]) for k in keys
+        }
+        return cls(
+            column("step"), loss, loss_mean, column("tokens_per_s"), share, column("tokens_total"), by_source
+        )
 
 
-# ---- charts ----------------------------------------------------------------------------------------------------
+# ---- charts
+# ----------------------------------------------------------------------------------------------------
 def _figure(rows: int = 1, cols: int = 1, height: float = 3.6, **kwargs):
     import matplotlib
 
@@ -130,7 +140,9 @@ def loss_chart(series: Series) -> Chart:
     """Raw training loss (thin) and its running mean (bold) over the steps."""
     fig, ax = _figure()
     ax.plot(series.step, series.loss, lw=0.8, alpha=0.45, color="tab:blue", label="loss (raw)")
-    ax.plot(series.step, series.loss_mean, lw=2.0, color="tab:blue", label=f"running mean ({LOSS_WINDOW} records)")
+    ax.plot(
+        series.step, series.loss_mean, lw=2.0, color="tab:blue", label=f"running mean ({LOSS_WINDOW} records)"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -158,17 +170,30 @@ def tokens_chart(series: Series, targets: dict[str, float]) -> Chart:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2, loc="upper left")
     total = float(consumed[-1]) if len(consumed) else 0.0
-    listed = keys + sorted(set(targets) - set(keys), key=lambda k: -targets[k])  # subsets not consumed (yet) too
-    shares = [100 * series.by_source[k][-1] / total if total and k in series.by_source else 0.0 for k in listed]
+    # subsets not consumed (yet) too
+    listed = keys + sorted(set(targets) - set(keys), key=lambda k: -targets[k])
+    shares = [
+        100 * series.by_source[k][-1] / total if total and k in series.by_source else 0.0 for k in listed
+    ]
     y = np.arange(len(listed))
-    bars.barh(y - 0.2, shares, height=0.4, color=[colours[i % len(colours)] for i in range(len(listed))], label="run")
-    bars.barh(y + 0.2, [100 * targets.get(k, 0.0) for k in listed], height=0.4, color="lightgray", label="target")
+    bars.barh(
+        y - 0.2,
+        shares,
+        height=0.4,
+        color=[colours[i % len(colours)] for i in range(len(listed))],
+        label="run",
+    )
+    bars.barh(
+        y + 0.2, [100 * targets.get(k, 0.0) for k in listed], height=0.4, color="lightgray", label="target"
+    )
     bars.set_yticks(y, listed, fontsize=7)
     bars.invert_yaxis()
     bars.set_xlabel("share of tokens consumed (%)")
     bars.legend(fontsize=7, loc="lower right")
     caption = f"{total:,.0f} tokens consumed by {len(keys)} sources/subsets" + (
-        "; targets: OpenELM's shares, renormalised over the manifest's subsets" if targets else "; no targets known"
+        "; targets: OpenELM's shares, renormalised over the manifest's subsets"
+        if targets
+        else "; no targets known"
     )
     return Chart("tokens", "Tokens per source against the targets", caption, _png(fig))
 
@@ -190,8 +215,8 @@ def throughput_chart(series: Series) -> Chart:
 
 
 def heldout_chart(records: list[dict[str, Any]]) -> Chart:
-    """Per-source held-out loss over the steps (one line per source/subset), and beside it bits per byte when the
-    records hold it (``heldout`` records of ``trainer/core/heldout_eval.py``)."""
+    """Per-source held-out loss over the steps (one line per source/subset), and beside it bits per byte when
+    the records hold it (``heldout`` records of ``trainer/core/heldout_eval.py``)."""
     with_bpb = any(r.get("bits_per_byte_by_source") for r in records)
     fig, axes = _figure(1, 2) if with_bpb else _figure()
     panels = [("loss_by_source", "held-out loss (nats/token)"), ("bits_per_byte_by_source", "bits per byte")]
@@ -207,12 +232,15 @@ def heldout_chart(records: list[dict[str, Any]]) -> Chart:
     last = records[-1]
     caption = f"{len(records)} evaluations"
     if last.get("docs_by_source"):
-        caption += (f"; at step {last['step']}: {sum(last['docs_by_source'].values())} held-out documents, "
-                    f"{sum(last['tokens_by_source'].values()):,} tokens")  # fmt: skip
+        caption += (
+            f"; at step {last['step']}: {sum(last['docs_by_source'].values())} held-out documents, "
+            f"{sum(last['tokens_by_source'].values()):,} tokens"
+        )
     return Chart("heldout", "Held-out loss per source", caption, _png(fig))
 
 
-# ---- what the page says about the run ---------------------------------------------------------------------------
+# ---- what the page says about the run
+# ---------------------------------------------------------------------------
 def receipt_status(run_dir: Path, manifest_dir: Path | None) -> tuple[str, bool | None]:
     """``audit-run --verify``'s outcome in words, and whether it verified (None: it could not be checked)."""
     try:
@@ -221,7 +249,8 @@ def receipt_status(run_dir: Path, manifest_dir: Path | None) -> tuple[str, bool 
         return f"not checked: {error}", None
     if outcome.ok:
         return (
-            f"verified: {outcome.steps:,} steps recomputed from the manifest and plan; chain head {outcome.head}",
+            f"verified: {outcome.steps:,} steps recomputed from the manifest and plan; chain head "
+            f"{outcome.head}",
             True,
         )
     return f"FAILS at step {outcome.first_bad_step}: {outcome.reason}", False
@@ -245,12 +274,15 @@ def find_card(run_dir: Path, manifest_id: str, heads: set[str], card: Path | Non
         return path if path.is_file() else None
     for path in sorted([*run_dir.parent.glob("*/README.md"), *run_dir.glob("*/README.md")]):
         text = path.read_text(encoding="utf-8", errors="replace")
-        if manifest_id in text and any(h in text for h in re.findall(r"\b[0-9a-f]{64}\b", text) if h in heads):
+        if manifest_id in text and any(
+            h in text for h in re.findall(r"\b[0-9a-f]{64}\b", text) if h in heads
+        ):
             return path
     return None
 
 
-# ---- the page ----------------------------------------------------------------------------------------------------
+# ---- the page
+# ----------------------------------------------------------------------------------------------------
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
@@ -278,12 +310,17 @@ def summary_table(
     card: Path | None,
     out_dir: Path,
 ) -> str:
-    """The facts at the top of the page: the receipt's status, the data (manifest id, Merkle root), the run."""
+    """The facts at the top of the page: the receipt's status, the data (manifest id, Merkle root), the
+    run."""
     text, ok = receipt
     css = {True: "ok", False: "bad", None: "unknown"}[ok]
-    label = {True: "✔ receipt verified", False: "✘ receipt does not verify", None: "? receipt not checked"}[ok]
+    label = {True: "✔ receipt verified", False: "✘ receipt does not verify", None: "? receipt not checked"}[
+        ok
+    ]
     rows = [
-        _row("consumption receipt", f'<span class="{css}">{label}</span><br><code>{html.escape(text)}</code>'),
+        _row(
+            "consumption receipt", f'<span class="{css}">{label}</span><br><code>{html.escape(text)}</code>'
+        ),
         _row("manifest id", f"<code>{html.escape(str(header.get('manifest_id')))}</code>"),
         _row("Merkle root", f"<code>{html.escape(str(merkle_root))}</code>"),
         _row("steps / tokens", f"{int(last['step']):,} steps, {int(last.get('tokens_total') or 0):,} tokens"),
@@ -292,9 +329,17 @@ def summary_table(
         link = html.escape(Path(_relative(card, out_dir)).as_posix(), quote=True)
         rows.append(_row("model card", f'<a href="{link}">{html.escape(str(card))}</a>'))
     else:
-        rows.append(_row("model card", "no export of this run found (<code>elm-data export hf</code> writes one)"))
-    rows += [_row(k.replace("_", " "), html.escape(f"{header[k]:,}" if isinstance(header[k], int) else str(header[k])))
-             for k in HEADER_FIELDS if header.get(k) is not None]  # fmt: skip
+        rows.append(
+            _row("model card", "no export of this run found (<code>elm-data export hf</code> writes one)")
+        )
+    rows += [
+        _row(
+            k.replace("_", " "),
+            html.escape(f"{header[k]:,}" if isinstance(header[k], int) else str(header[k])),
+        )
+        for k in HEADER_FIELDS
+        if header.get(k) is not None
+    ]
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -307,20 +352,31 @@ def _relative(path: Path, start: Path) -> str:
 def figure_html(chart: Chart) -> str:
     """A chart as a figure with the PNG inline (base64), so the page needs no other file."""
     data = base64.b64encode(chart.png).decode("ascii")
-    return (f'<figure class="chart" id="chart-{chart.name}"><h2>{html.escape(chart.title)}</h2>'
-            f'<img alt="{html.escape(chart.title, quote=True)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(chart.caption)}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure class="chart" id="chart-{chart.name}"><h2>{html.escape(chart.title)}</h2>'
+        f'<img alt="{html.escape(chart.title, quote=True)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(chart.caption)}</figcaption></figure>"
+    )
 
 
-def page(title: str, subtitle: str, table: str, charts: list[Chart], heldout: Chart | None, notes: list[str]) -> str:
+def page(
+    title: str, subtitle: str, table: str, charts: list[Chart], heldout: Chart | None, notes: list[str]
+) -> str:
     """The whole HTML document (inline style, inline images, no script, no network asset)."""
-    held = figure_html(heldout) if heldout else (
-        '<figure id="heldout"><h2>Held-out loss per source</h2><div class="empty">no held-out records in this run\'s '
-        "log</div></figure>")  # fmt: skip
+    held = (
+        figure_html(heldout)
+        if heldout
+        else (
+            '<figure id="heldout"><h2>Held-out loss per source</h2><div class="empty">no held-out records in '
+            "this run's "
+            "log</div></figure>"
+        )
+    )
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body><main>'
+        '<meta name="viewport" content="width=device-width, '
+        f'initial-scale=1"><style>{STYLE}</style></head><body><main>'
         f'<h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}</p>{table}'
         + "".join(figure_html(c) for c in charts)
         + held
@@ -330,9 +386,11 @@ def page(title: str, subtitle: str, table: str, charts: list[Chart], heldout: Ch
 
 
 def write_report(
-    run_dir: str | Path, out: str | Path | None = None, manifest_dir: str | Path | None = None,
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    manifest_dir: str | Path | None = None,
     card: str | Path | None = None,
-) -> RunReport:  # fmt: skip
+) -> RunReport:
     """Write ``report.html`` and the charts' PNGs for the run in ``run_dir`` into ``out`` (``RUN/report``)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -346,9 +404,13 @@ def write_report(
         raise ReportError(f"{run_dir}/log.jsonl has no step records: nothing to report yet")
     notes: list[str] = []
     series = Series.of(steps)
-    charts = [loss_chart(series), tokens_chart(series, target_shares(run_dir, manifest_dir, notes)),
-              throughput_chart(series)]  # fmt: skip
-    heldout_records = effective_steps(records, "heldout")  # a resume supersedes evaluations past its checkpoint
+    charts = [
+        loss_chart(series),
+        tokens_chart(series, target_shares(run_dir, manifest_dir, notes)),
+        throughput_chart(series),
+    ]
+    # a resume supersedes evaluations past its checkpoint
+    heldout_records = effective_steps(records, "heldout")
     heldout = heldout_chart(heldout_records) if heldout_records else None
     receipt = receipt_status(run_dir, manifest_dir)
     heads = {str(r["receipt"]) for r in records if "receipt" in r}
@@ -364,18 +426,31 @@ def write_report(
         for chart in [*charts, *([heldout] if heldout else [])]:
             (tmp / f"{chart.name}.png").write_bytes(chart.png)
     names = [c.name for c in charts] + (["heldout"] if heldout else [])
-    return RunReport(run_dir, out_dir, out_dir / "report.html", names, receipt[0], found, heldout is not None,
-                     time.perf_counter() - started, notes)  # fmt: skip
+    return RunReport(
+        run_dir,
+        out_dir,
+        out_dir / "report.html",
+        names,
+        receipt[0],
+        found,
+        heldout is not None,
+        time.perf_counter() - started,
+        notes,
+    )
 
 
 def refuse_foreign_folder(out_dir: Path) -> None:
-    """The report replaces its folder whole: refuse one that holds anything but an earlier report (invariant 5)."""
+    """The report replaces its folder whole: refuse one that holds anything but an earlier report (invariant
+    5)."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.html").is_file():
-        raise ReportError(f"{out_dir} holds files that are not a report: choose a new or empty folder for --out")
+        raise ReportError(
+            f"{out_dir} holds files that are not a report: choose a new or empty folder for --out"
+        )
 
 
 def _manifest_root(header: dict[str, Any], manifest_dir: Path | None) -> str | None:
-    """The Merkle root of the run's manifest, for a log without an ``end`` record (None when it cannot be read)."""
+    """The Merkle root of the run's manifest, for a log without an ``end`` record (None when it cannot be
+    read)."""
     try:
         return Manifest(manifest_dir or header["manifest_dir"]).info["merkle_root"]
     except (ElmDataError, KeyError):

@@ -2,9 +2,9 @@
 
 ``trace_doc(run, "SOURCE/SUBSET:DOC_ID")`` walks the plan's global batches exactly as the receipt verifier
 does (``audit.verify_run``; no corpus, no tokenizer, no model) and returns, for each sequence row that held
-tokens of the document: the step, the global batch, the rank and accumulation micro-batch that consumed it, the
-row and the span (row positions ``[start, end)`` = the document's framed tokens ``[doc_start, doc_end)``; corenet
-rows carry no token range, see ``pipeline/stream/receipt.py``).
+tokens of the document: the step, the global batch, the rank and accumulation micro-batch that consumed it,
+the row and the span (row positions ``[start, end)`` = the document's framed tokens ``[doc_start, doc_end)``;
+corenet rows carry no token range, see ``pipeline/stream/receipt.py``).
 """
 
 from __future__ import annotations
@@ -63,8 +63,21 @@ def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = N
         for row, spans in enumerate(batch_spans(bp, run.plan)):
             for s in spans:
                 if s["doc_id"] == doc_id and subset_key(s["source"], s["subset"]) == key:
-                    hits.append(DocHit(step, bp.batch, rank, micro, row, s["shard_sha256"], s["index"],
-                                       s["start"], s.get("end"), s.get("doc_start"), s.get("doc_end")))  # fmt: skip
+                    hits.append(
+                        DocHit(
+                            step,
+                            bp.batch,
+                            rank,
+                            micro,
+                            row,
+                            s["shard_sha256"],
+                            s["index"],
+                            s["start"],
+                            s.get("end"),
+                            s.get("doc_start"),
+                            s.get("doc_end"),
+                        )
+                    )
     if not hits:
         ledger_status(run.manifest, key, doc_id)  # refuses a document the manifest does not hold
     return hits
@@ -82,23 +95,27 @@ def ledger_status(manifest, key: str, doc_id: str) -> tuple[str, str | None]:
         found = table.filter(pc.equal(table["doc_id"], doc_id))
         if found.num_rows:
             return found["status"][0].as_py(), found["reason"][0].as_py()
-    raise AuditError(f"no such document: {key}:{doc_id} is not in the ledger of manifest {manifest.manifest_id[:12]}…")
+    raise AuditError(
+        f"no such document: {key}:{doc_id} is not in the ledger of manifest {manifest.manifest_id[:12]}…"
+    )
 
 
-# ---- `trace --text`: the consumed documents holding the longest spans of a text (a suffix array) ------------
+# ---- `trace --text`: the consumed documents holding the longest spans of a text (a suffix array)
+# ------------
 INDEX_DIR = "trace_index"
 SEPARATOR = 0xFFFF  # never a token id (vocab 32 000): matches stop at document ends and unconsumed positions
 
 
 @dataclass
 class TextIndex:
-    """A suffix array (``pydivsufsort``) over the framed tokens of every document the run consumed, each document
-    once (the positions it consumed; the rest and its end are ``SEPARATOR``), with where each document sits and the
-    rows that consumed it."""
+    """A suffix array (``pydivsufsort``) over the framed tokens of every document the run consumed, each
+    document once (the positions it consumed; the rest and its end are ``SEPARATOR``), with where each
+    document sits and the rows that consumed it."""
 
     tokens: Any  # np.uint16 [n]
     sa: Any  # np.int32/np.int64 [n]: suffix array of tokens
-    docs: list[dict[str, Any]]  # ref, shard_sha256, index, offset (into tokens), length, rows: [[step, row, lo, hi]]
+    # ref, shard_sha256, index, offset (into tokens), length, rows: [[step, row, lo, hi]]
+    docs: list[dict[str, Any]]
     build_s: float = 0.0
 
     @property
@@ -175,7 +192,9 @@ class TextIndex:
         return self.docs[k], position - self.docs[k]["offset"]
 
 
-def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None, tokenizer=None) -> TextIndex:
+def build_text_index(
+    run_dir: str | Path, manifest_dir: str | Path | None = None, tokenizer=None
+) -> TextIndex:
     """Replay the run's stream (verified blocks, re-tokenized) over the batches it consumed and index each
     consumed document's framed tokens once."""
     import time
@@ -185,9 +204,17 @@ def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None
     started = time.perf_counter()
     run = RunPlan(run_dir, manifest_dir)
     c = run.plan.config
-    stream = TokenStream(run.manifest, batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode,
-                         weights="natural" if c.weights is None else c.weights, seed=c.seed, epochs=c.epochs,
-                         partitions=c.partitions, tokenizer=tokenizer)  # fmt: skip
+    stream = TokenStream(
+        run.manifest,
+        batch_size=c.batch_size,
+        seq_len=c.seq_len,
+        mode=c.mode,
+        weights="natural" if c.weights is None else c.weights,
+        seed=c.seed,
+        epochs=c.epochs,
+        partitions=c.partitions,
+        tokenizer=tokenizer,
+    )
     total = sum(run.logged.batches_per_step.get(k, 1) for k in range(1, run.steps + 1))
     steps = [k for k in range(1, run.steps + 1) for _ in range(run.logged.batches_per_step.get(k, 1))]
     loader = iter(StreamLoader(stream))
@@ -200,7 +227,8 @@ def build_text_index(run_dir: str | Path, manifest_dir: str | Path | None = None
 
 
 def index_batches(batches) -> TextIndex:
-    """A :class:`TextIndex` over ``(step, stream batch)`` pairs: each document's consumed framed tokens, once."""
+    """A :class:`TextIndex` over ``(step, stream batch)`` pairs: each document's consumed framed tokens,
+    once."""
     import time
 
     import numpy as np
@@ -233,7 +261,9 @@ def index_batches(batches) -> TextIndex:
     return TextIndex(tokens, sa, out_docs, time.perf_counter() - started)
 
 
-def open_text_index(run_dir: str | Path, manifest_dir=None, tokenizer=None, rebuild: bool = False) -> TextIndex:
+def open_text_index(
+    run_dir: str | Path, manifest_dir=None, tokenizer=None, rebuild: bool = False
+) -> TextIndex:
     """The run's index (``RUN_DIR/trace_index/``), built on first use."""
     path = Path(run_dir) / INDEX_DIR
     if (path / "docs.json").is_file() and not rebuild:
@@ -244,9 +274,10 @@ def open_text_index(run_dir: str | Path, manifest_dir=None, tokenizer=None, rebu
 
 
 def trace_text(index: TextIndex, query_ids: list[int], min_tokens: int = 4, top: int = 5, limit: int = 20):
-    """The longest spans of the query found in the run's consumed documents (maximal: not inside a longer one),
-    longest first: ``{"query_tokens": [i, j], "length", "count", "occurrences": [{ref, shard_sha256, index,
-    doc_offset, steps, rows}]}``; ``rows``: ``[step, global batch, row, doc_start, doc_end]`` that held the span."""
+    """The longest spans of the query found in the run's consumed documents (maximal: not inside a longer
+    one), longest first: ``{"query_tokens": [i, j], "length", "count", "occurrences": [{ref, shard_sha256,
+    index, doc_offset, steps, rows}]}``; ``rows``: ``[step, global batch, row, doc_start, doc_end]`` that held
+    the span."""
     found, reach = [], 0
     for i in range(len(query_ids)):
         length, lo, hi = index.longest_from(query_ids, i)
@@ -260,7 +291,17 @@ def trace_text(index: TextIndex, query_ids: list[int], min_tokens: int = 4, top:
         for k in sorted(int(p) for p in index.sa[lo : min(hi, lo + limit)]):
             doc, at = index.locate(k)
             rows = [r for r in doc["rows"] if r[3] < at + length and r[4] > at]
-            occurrences.append({"ref": doc["ref"], "shard_sha256": doc["shard_sha256"], "index": doc["index"],
-                                "doc_offset": at, "steps": sorted({r[0] for r in rows}), "rows": rows})  # fmt: skip
-        spans.append({"query_tokens": [i, i + length], "length": length, "count": hi - lo, "occurrences": occurrences})
+            occurrences.append(
+                {
+                    "ref": doc["ref"],
+                    "shard_sha256": doc["shard_sha256"],
+                    "index": doc["index"],
+                    "doc_offset": at,
+                    "steps": sorted({r[0] for r in rows}),
+                    "rows": rows,
+                }
+            )
+        spans.append(
+            {"query_tokens": [i, i + length], "length": length, "count": hi - lo, "occurrences": occurrences}
+        )
     return spans
