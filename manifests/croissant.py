@@ -95,7 +95,9 @@ _FIELD_DESCRIPTIONS = {
         "sha256": "SHA-256 of the shard's bytes.",
         "upstream": "Upstream location the shard derives from.",
         "upstream_revision": "Upstream commit/etag when known.",
-        "docs_read": "Input records read (= kept + filtered + rejected).",
+        "docs_read": "Input records read (= kept + held out + filtered + rejected).",
+        "docs_heldout": "Documents the filters keep, held out of training for evaluation (status heldout).",
+        "heldout_tokens": "Tokens of held-out documents (not in tokens; no BOS/EOS).",
         "filtered_by_reason": "JSON object: filtered documents per filter reason.",
         "rejected_by_reason": "JSON object: rejected records per rejection reason.",
         "pieces_filtered_by_reason": "JSON object: CoreNet pieces dropped per filter reason (corenet mode).",
@@ -229,14 +231,22 @@ def _synthetic_rai() -> dict[str, Any]:
 def _dataset_description(manifest: Manifest) -> str:
     info, records = manifest.info, manifest.shards
     totals = info["totals"]
+    held = _held_out(totals["docs_heldout"], totals["heldout_tokens"])
     return SYNTHETIC_NOTE * manifest.synthetic + (
         f"elm-data manifest {manifest.manifest_id}: {len(records)} shards of "
         f"{', '.join(_source_keys(records))}; "
-        f"{totals['docs_kept']:,} of {totals['docs_read']:,} records kept, "
+        f"{totals['docs_kept']:,} of {totals['docs_read']:,} records kept{held}, "
         f"{totals['tokens']:,} {token_unit(info['tokenizer']['sha256'])}. Merkle root (RFC 6962) over shard "
         "records: "
         f"{info['merkle_root']}."
     )
+
+
+def _held_out(documents: int, tokens: int) -> str:
+    """What a description says of held-out documents: nothing when there are none."""
+    if not documents:
+        return ""
+    return f" ({documents:,} more held out for evaluation, not for training: {tokens:,} tokens)"
 
 
 def _local_file_object(
@@ -326,7 +336,8 @@ def _shard_file_object(r: ShardRecord, base: Path) -> dict[str, Any]:
         "@id": f"shard-{r.shard:05d}",
         "name": f"shard-{r.shard:05d}",
         "description": (
-            f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept, {r.tokens:,} tokens."
+            f"{r.key} shard: {r.docs_kept:,} of {r.docs_read:,} records kept"
+            f"{_held_out(r.docs_heldout, r.heldout_tokens)}, {r.tokens:,} tokens."
         ),
         "contentUrl": _shard_url(r.uri, base),
         "contentSize": f"{r.size_bytes} B",
