@@ -1,6 +1,6 @@
 """`trace --text` index: bytes per token, build time and query latency at a few scales.
 
-(a) the real index (``trainer.trace.index_batches``: framed tokens of every consumed document once, uint16, and
+(a) the real index (``trainer.proof.trace.index_batches``: framed tokens of every consumed document once, uint16, and
     its suffix array from ``pydivsufsort``) over the first 1/8, 1/4, 1/2 and all of a natural one-epoch pass of
     the sample manifest's stream (what a run that consumed that much would index);
 (b) the suffix-array build alone on Zipf-distributed token arrays of 1 M to ``--max-tokens`` tokens (the build's

@@ -4,11 +4,11 @@ counts.
 ``audit contamination|duplicates MANIFEST --save`` keeps its JSON report (the one ``--format json`` prints) in
 ``MANIFEST/audits/KIND.json``, written atomically. A report is *bound* to the manifest it was computed from:
 it names that manifest's id, and a report naming another id (a copy beside a rebuilt manifest) is never used.
-The model card (``trainer/export.py``) and the Croissant export (``croissant.py``) carry :func:`mix_summary`:
-the dedup filter's setting and counts (from the manifest itself: ``pass.dedup``, each shard's
-``filtered_by_reason["duplicate"]``) and, when bound reports exist, their totals with each report's sha256, so
-a reader can re-run the audit (deterministic at any worker count) and compare. A report restricted to a run
-(``--run``) says nothing about the whole manifest and is not stored.
+The model card (``trainer/export/hf.py``) and the Croissant export (``croissant.py``) carry
+:func:`mix_summary`: the dedup filter's setting and counts (from the manifest itself: ``pass.dedup``, each
+shard's ``filtered_by_reason["duplicate"]``) and, when bound reports exist, their totals with each report's
+sha256, so a reader can re-run the audit (deterministic at any worker count) and compare. A report restricted
+to a run (``--run``) says nothing about the whole manifest and is not stored.
 """
 
 from __future__ import annotations
