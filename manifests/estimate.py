@@ -812,6 +812,7 @@ def estimate_mixture(
         if windowed
         else []
     )
+    notes += build_only_notes(mixture)
     return Estimate(
         mixture=mixture.name,
         subsets=subsets,
@@ -822,6 +823,23 @@ def estimate_mixture(
         workers=workers,
         notes=notes,
     )
+
+
+def build_only_notes(mixture: MixtureConfig) -> list[str]:
+    """What the build does to the kept documents that a sample cannot say: hold some out (by doc id, which a
+    sampled record of an id-less corpus does not have) and remove copies (over all shards at once)."""
+    notes = []
+    if fraction := mixture.heldout.fraction:
+        notes.append(
+            f"heldout.fraction {fraction}: the build holds out ~{fraction:.2%} of the kept documents (and "
+            "their tokens) for evaluation; the kept and token figures above include them"
+        )
+    if mixture.filters.dedup:
+        notes.append(
+            f"filters.dedup {mixture.filters.dedup}: the build removes copies across all shards; the kept "
+            "and token figures above include them (elm-data audit duplicates measures them once built)"
+        )
+    return notes
 
 
 # -- report

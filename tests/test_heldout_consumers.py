@@ -53,3 +53,28 @@ def test_croissant_says_how_many_documents_are_held_out(heldout_manifest):
     fields = {f["name"]: f.get("description", "") for f in meta["recordSet"][0]["field"]}
     assert "held out" in fields["docs_read"]
     assert fields["docs_heldout"] and fields["heldout_tokens"]
+
+
+def test_the_estimate_says_its_kept_figures_include_what_the_build_holds_out(heldout_manifest, tokenizer_path):
+    from elm_data.manifests.estimate import estimate_mixture, format_estimate
+
+    estimate = estimate_mixture(heldout_manifest.parent / "mixture.yaml", tokenizer=tokenizer_path)
+    totals = Manifest(heldout_manifest).info["totals"]
+    assert totals["docs_heldout"] > 0
+    assert totals["docs_kept"] + totals["docs_heldout"] in estimate.total("kept")  # what the note says
+    assert totals["docs_kept"] not in estimate.total("kept")
+    assert any(n.startswith("heldout.fraction 0.25: ") for n in estimate.notes)
+    assert "Note: heldout.fraction 0.25" in format_estimate(estimate)
+
+
+def test_the_estimate_says_the_dedup_filter_is_not_in_its_figures(heldout_manifest, tmp_path):
+    import yaml
+
+    from elm_data.manifests.estimate import build_only_notes
+    from elm_data.manifests.mixture import MixtureConfig
+
+    raw = yaml.safe_load((heldout_manifest.parent / "mixture.yaml").read_text())
+    raw.setdefault("filters", {})["dedup"] = "exact"
+    (tmp_path / "mixture.yaml").write_text(yaml.safe_dump(raw))
+    notes = build_only_notes(MixtureConfig.load(tmp_path / "mixture.yaml"))
+    assert [n.split(":")[0] for n in notes] == ["heldout.fraction 0.25", "filters.dedup exact"]
