@@ -10,6 +10,7 @@ when the first batch or example was in hand) lets the runner compute the time to
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import string
@@ -106,3 +107,15 @@ def report(**fields) -> None:
     """The one result line the runner reads (the last line of stdout)."""
     sys.stdout.write("\n" + json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+def convert_or_pass(doc: str, convert, one_pass) -> None:
+    """The command line of a pre-tokenized route (its module docstring ``doc`` is the help): ``convert --shards
+    --tokenizer --out DIR`` writes the peer's format once, ``pass --out DIR`` reads it back in one natural pass."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("step", choices=["convert", "pass"])
+    parser.add_argument("--shards")
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    (convert if args.step == "convert" else one_pass)(args)

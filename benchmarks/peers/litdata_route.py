@@ -12,7 +12,6 @@ through a ``StreamingDataLoader`` (batch 8, no workers): one natural pass over r
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import common
@@ -55,15 +54,5 @@ def one_pass(args) -> None:
     common.report(sequences=rows, tokens=rows * (common.SEQ_LEN + 1), first_batch_epoch=first.epoch)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["convert", "pass"])
-    parser.add_argument("--shards")
-    parser.add_argument("--tokenizer")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    (convert if args.step == "convert" else one_pass)(args)
-
-
 if __name__ == "__main__":
-    main()
+    common.convert_or_pass(__doc__, convert, one_pass)

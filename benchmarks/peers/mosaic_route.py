@@ -11,8 +11,6 @@ in uncompressed MDS shards (llm-foundry's concat-tokens recipe, 2-byte ids). ``p
 
 from __future__ import annotations
 
-import argparse
-
 import common
 
 
@@ -42,15 +40,5 @@ def one_pass(args) -> None:
     common.report(sequences=rows, tokens=rows * (common.SEQ_LEN + 1), first_batch_epoch=first.epoch)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["convert", "pass"])
-    parser.add_argument("--shards")
-    parser.add_argument("--tokenizer")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    (convert if args.step == "convert" else one_pass)(args)
-
-
 if __name__ == "__main__":
-    main()
+    common.convert_or_pass(__doc__, convert, one_pass)
