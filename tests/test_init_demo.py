@@ -37,19 +37,20 @@ def _zero_note(audit, key: str) -> str:
     return note
 
 
+@pytest.mark.llama  # LLaMA-2 token counts of the sample
 @pytest.mark.parametrize("scale", [2, 20])  # ~20 documents drawn; ~200 documents drawn
-def test_zero_tokens_warn_only_when_improbable(sample_manifest, tmp_path, scale):
+def test_zero_tokens_warn_only_when_improbable(llama_sample_manifest, tmp_path, scale):
     """pile/default's weight share is 207/1784 = 11.6%: with ~20 documents drawn none of them is pile's with
     probability 0.884**20 ~ 0.08 (a likely draw, not a warning, although its expected tokens exceed one of its
     documents); with ~200, 0.884**200 ~ 2e-11 (the weights are suspect)."""
     per_doc = {"refinedweb/default": 19276 / 15, "redpajama/c4": 27518 / 17, "dolma/stack": 31480 / 16}
     consumed = {"refinedweb/default": 9000 * scale, "redpajama/c4": 2600 * scale, "dolma/stack": 3400 * scale}
-    _fake_run(tmp_path / "run", sample_manifest, consumed, step=10 * scale)
+    _fake_run(tmp_path / "run", llama_sample_manifest, consumed, step=10 * scale)
     audit = audit_run(tmp_path / "run")
-    kept = {k: c.tokens for k, c in counts_by_subset(Manifest(sample_manifest).shards).items()}
+    kept = {k: c.tokens for k, c in counts_by_subset(Manifest(llama_sample_manifest).shards).items()}
     assert kept["pile/default"] == 51137 and {k: round(kept[k] / v) for k, v in per_doc.items()} == {
         "refinedweb/default": 15, "redpajama/c4": 17, "dolma/stack": 16}  # fmt: skip
-    share = 207 / sum(e["weight"] for e in Manifest(sample_manifest).info["mixture"])
+    share = 207 / sum(e["weight"] for e in Manifest(llama_sample_manifest).info["mixture"])
     draws = sum(consumed[k] / v for k, v in per_doc.items())
     expected_tokens = share * sum(consumed.values())
     note = _zero_note(audit, "pile/default")

@@ -201,7 +201,8 @@ def test_shard_factor_multiplies_the_shards_each_named_like_upstream(tmp_path: P
         generate_sample_corpus(tmp_path / "none", shard_factor=0)
 
 
-def test_lengths_cover_the_filter_boundaries_and_corpus_size(sample_dir: Path, tokenizer):
+@pytest.mark.llama  # lengths made for LLaMA-2's token boundaries
+def test_lengths_cover_the_filter_boundaries_and_corpus_size(sample_dir: Path, llama_tokenizer):
     from elm_data.sources.document import Document
     from elm_data.sources.readers import read_shard
 
@@ -214,7 +215,7 @@ def test_lengths_cover_the_filter_boundaries_and_corpus_size(sample_dir: Path, t
             for d in read_shard(uri, entry.source, entry.subset)
             if isinstance(d, Document)
         ]
-        tokens = [len(ids) for ids in tokenizer.encode_batch([d.text for d in docs], num_threads=1)]
+        tokens = [len(ids) for ids in llama_tokenizer.encode_batch([d.text for d in docs], num_threads=1)]
         words = [len(d.text.split()) for d in docs]
         key = f"{entry.source}/{entry.subset}"
         assert any(len(d.text) < 200 for d in docs), f"{key}: no document under 200 characters"

@@ -42,6 +42,15 @@ def small_blocks(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def llama_small_blocks(sample_dir, llama_tokenizer_path, tmp_path_factory) -> Path:
+    """``small_blocks`` counted with LLaMA-2 (the block layout two tests were written for)."""
+    out = tmp_path_factory.mktemp("llama_small_blocks")
+    build_manifest(_mixture_at(sample_dir, str(sample_dir), out), out / "m", tokenizer=llama_tokenizer_path,
+                   block_bytes=16 << 10)  # fmt: skip
+    return out / "m"
+
+
+@pytest.fixture(scope="module")
 def remote(sample_dir, tokenizer_path, tmp_path_factory) -> tuple[Path, Path]:
     """(manifest, read log) of the sample corpus served by ``counting://`` (a stand-in for hf:// or s3://)."""
     out = tmp_path_factory.mktemp("remote")
@@ -134,18 +143,21 @@ def test_natural_pass_over_remote_blocks_equals_the_manifest(remote, tokenizer):
     assert loader.consumed.to_dict() == expected
 
 
-def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(small_blocks, tokenizer, tmp_path):
+@pytest.mark.llama  # the block layout of LLaMA-2's counts
+def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(
+    llama_small_blocks, llama_tokenizer, tmp_path
+):
     import shutil
 
     from test_stream import rewrite_manifest
 
-    manifest = Manifest(small_blocks)
+    manifest = Manifest(llama_small_blocks)
     rec = next(r for r in manifest.shards if r.format == "jsonl" and manifest.block_counts.count(r.shard) > 2)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     moved = corpus / Path(rec.uri).name
     shutil.copy(rec.uri, moved)
-    copy = rewrite_manifest(small_blocks, tmp_path / "m", records=lambda recs: [
+    copy = rewrite_manifest(llama_small_blocks, tmp_path / "m", records=lambda recs: [
         dataclasses.replace(r, uri=str(moved) if r.shard == rec.shard else r.uri) for r in recs])  # fmt: skip
     block = manifest.blocks(rec.shard)[1]
     data = bytearray(moved.read_bytes())
@@ -153,16 +165,17 @@ def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(small_
     moved.write_bytes(bytes(data))
     fed: list[int] = []
     with pytest.raises(StreamIntegrityError, match=r"\(block 1\) have sha256 .*refusing"):
-        for batch in StreamLoader(stream(copy, tokenizer)):
+        for batch in StreamLoader(stream(copy, llama_tokenizer)):
             fed += [s["index"] for spans in batch["spans"] for s in spans if s["shard_sha256"] == rec.sha256]
     first, end = block["first_record"], block["first_record"] + block["records"]
     assert not [i for i in fed if first <= i < end]  # nothing of the damaged block was fed
     assert [i for i in fed if i < first]  # while the blocks before it were
 
 
-def test_resume_reads_only_the_ledger_at_the_cursor(small_blocks, tokenizer, monkeypatch):
+@pytest.mark.llama  # the partitions fit LLaMA-2's counts
+def test_resume_reads_only_the_ledger_at_the_cursor(llama_small_blocks, llama_tokenizer, monkeypatch):
     """A late cursor resumes after reading the ledgers of the units it draws next, not of the past (counted)."""
-    plan = stream(small_blocks, tokenizer, weights=None, epochs=None).plan()
+    plan = stream(llama_small_blocks, llama_tokenizer, weights=None, epochs=None).plan()
     walk = PartitionWalk(plan, 0)
     late = next(islice(walk.batches(walk.start()), 3000, None))[1]  # the cursor of batch 3001: epochs deep
     rows_read: list[int] = []

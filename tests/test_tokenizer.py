@@ -29,12 +29,12 @@ def test_resolution_order_is_flag_then_config_then_environment(monkeypatch):
         resolve_tokenizer_uri(None, None)
 
 
-def test_the_shared_model_is_the_pinned_llama2_model(tokenizer_path):
-    tok = LlamaTokenizer(tokenizer_path, expected_sha256=LLAMA2_SHA256)
-    assert tok.sha256 == hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest() == LLAMA2_SHA256
+def test_the_shared_model_is_the_pinned_llama2_model(llama_tokenizer_path):
+    tok = LlamaTokenizer(llama_tokenizer_path, expected_sha256=LLAMA2_SHA256)
+    assert tok.sha256 == hashlib.sha256(Path(llama_tokenizer_path).read_bytes()).hexdigest() == LLAMA2_SHA256
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 1, 2, 32000)
     assert tok.describe() == {
-        "uri": tokenizer_path,
+        "uri": llama_tokenizer_path,
         "sha256": LLAMA2_SHA256,
         "kind": "sentencepiece",
         "name": "LLaMA-2",
@@ -52,12 +52,12 @@ def test_missing_model_names_the_path(tmp_path):
         LlamaTokenizer(str(tmp_path / "nowhere.model"))
 
 
-def test_loads_through_an_fsspec_url_and_encodes_like_sentencepiece(tokenizer_path):
+def test_loads_through_an_fsspec_url_and_encodes_like_sentencepiece(llama_tokenizer_path):
     url = "memory://tokenizers/llama2.model"
     with fsspec.open(url, "wb") as f:
-        f.write(Path(tokenizer_path).read_bytes())
+        f.write(Path(llama_tokenizer_path).read_bytes())
     tok = LlamaTokenizer(url)
-    reference = spm.SentencePieceProcessor(model_file=tokenizer_path)
+    reference = spm.SentencePieceProcessor(model_file=llama_tokenizer_path)
     texts = ["Hello world", "  two  spaces\tand a tab\n", "naïve café 数学 🙂", "x = f(3)  # code"]
     assert tok.encode_batch(texts, num_threads=2) == reference.encode(texts)
     assert tok.sha256 == LLAMA2_SHA256

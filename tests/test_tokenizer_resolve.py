@@ -28,6 +28,17 @@ from elm_data.pipeline.tokenizer import (
 
 
 @pytest.fixture
+def tokenizer_path(llama_tokenizer_path) -> str:
+    """These tests resolve, fetch and pin the Llama-2 model itself (its sha256 is the default pin)."""
+    return llama_tokenizer_path
+
+
+@pytest.fixture
+def tokenizer(llama_tokenizer):
+    return llama_tokenizer
+
+
+@pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
     return tmp_path / "cache"

@@ -113,15 +113,16 @@ def _shipped_sha(folder: Path) -> str | None:
 
 
 @pytest.mark.parametrize("where", ["env", "cache", "nowhere"])
-def test_export_hf_outside_a_run_resolves_the_tokenizer_as_documented(where, tokenizer_path, empty_cache, tmp_path,
-                                                                         monkeypatch):  # fmt: skip
+def test_export_hf_outside_a_run_resolves_the_tokenizer_as_documented(
+    where, llama_tokenizer_path, empty_cache, tmp_path, monkeypatch
+):
     checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
     monkeypatch.delenv(ENV_VAR, raising=False)
     if where == "env":
-        monkeypatch.setenv(ENV_VAR, tokenizer_path)
+        monkeypatch.setenv(ENV_VAR, llama_tokenizer_path)
     elif where == "cache":
         cached_path(LLAMA2_SHA256).parent.mkdir(parents=True)
-        cached_path(LLAMA2_SHA256).write_bytes(Path(tokenizer_path).read_bytes())
+        cached_path(LLAMA2_SHA256).write_bytes(Path(llama_tokenizer_path).read_bytes())
     runner = CliRunner()
     result = runner.invoke(cli, ["export", "hf", str(checkpoint), str(tmp_path / "hf")])
     init = runner.invoke(cli, ["export", "hf", "--init", "tiny", str(tmp_path / "init")])
@@ -177,12 +178,12 @@ def test_init_pin_names_the_network_or_the_login_by_the_cause(tmp_path, monkeypa
     assert not (tmp_path / "openelm.yaml").exists()
 
 
-def test_tokenizer_fetch_of_a_model_already_cached_succeeds_offline(tokenizer_path, empty_cache, monkeypatch):
+def test_tokenizer_fetch_of_a_model_already_cached_succeeds_offline(llama_tokenizer_path, empty_cache, monkeypatch):
     from standin_hub import offline
 
     from elm_data.pipeline.tokenizer import resolve_tokenizer
 
-    monkeypatch.setenv(ENV_VAR, tokenizer_path)
+    monkeypatch.setenv(ENV_VAR, llama_tokenizer_path)
     resolve_tokenizer()  # loading it from a local path caches it by sha256 (not by the hub URL)
     assert cached_path(LLAMA2_SHA256).exists()
     with offline("hf"):
