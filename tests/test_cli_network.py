@@ -122,10 +122,10 @@ def _keep_sigterm():
         ["estimate", "{mixture}", "--sample-docs", "2"],
         ["verify", "{out}/manifest"],
         ["stream", "{out}/manifest", "--take", "1", "--readahead-bytes", "0"],
-        ["train", "{out}/train.yaml", "--out", "{out}/run", "--no-progress"],
+        pytest.param(["train", "{out}/train.yaml", "--out", "{out}/run", "--no-progress"], marks=pytest.mark.slow),
         ["audit", "duplicates", "{out}/manifest"],
     ],
-    ids=lambda a: " ".join(a[:2]),
+    ids=lambda a: " ".join(a[:2]),  # train (torch: seconds) in the slow tier; its flag is checked above too
 )
 def test_a_command_reading_a_refusing_server_gives_up_after_the_flags_attempts(
     refusing_server, args, capsys, _keep_sigterm
