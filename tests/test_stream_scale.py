@@ -99,18 +99,19 @@ def test_a_layout_that_does_not_divide_p_is_an_error(small_blocks, tokenizer):
 
 
 @pytest.mark.slow
-def test_resume_switching_from_2x2_to_1x4_is_bit_exact(small_blocks, tokenizer):
+def test_resume_switching_from_2x2_to_1x4_is_bit_exact(llama_small_blocks, llama_tokenizer):
     kw = {"weights": None, "epochs": None}  # the manifest's weights: endless, sources restart
     steps, cut = 14, 6
-    reference = list(islice(StreamLoader(stream(small_blocks, tokenizer, **kw)), steps))
+    reference = list(islice(StreamLoader(stream(llama_small_blocks, llama_tokenizer, **kw)), steps))
     states, head = [], []
     for rank in range(2):  # two ranks in lockstep, two workers each, for `cut` steps
-        loader = StreamLoader(stream(small_blocks, tokenizer, rank, 2, **kw), num_workers=2,
+        loader = StreamLoader(stream(llama_small_blocks, llama_tokenizer, rank, 2, **kw), num_workers=2,
                               multiprocessing_context="fork")  # fmt: skip
         head += list(islice(loader, cut // 2))
         states.append(loader.state_dict())
     state = merge_states(states)
-    resumed = StreamLoader(stream(small_blocks, tokenizer, **kw), num_workers=4, multiprocessing_context="fork")
+    resumed = stream(llama_small_blocks, llama_tokenizer, **kw)
+    resumed = StreamLoader(resumed, num_workers=4, multiprocessing_context="fork")
     resumed.load_state_dict(state)
     tail = list(islice(resumed, steps - cut))
     got = sorted(head, key=lambda b: b["batch_index"]) + tail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,6 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from elm_data.manifests.manifest import Manifest
-from elm_data.pipeline.tokenizer import LLAMA2_SHA256
 from elm_data.trainer.cli import audit_run as audit_run_command
 from elm_data.trainer.cli import train as train_command
 from elm_data.trainer.core.checkpoint import CheckpointError, list_checkpoints
@@ -71,13 +71,13 @@ def test_loss_falls_on_the_sample_manifest(learning_run):
 
 
 @pytest.mark.slow  # uses the learning_run fixture
-def test_log_names_the_data_and_counts_every_batch(learning_run, sample_manifest):
+def test_log_names_the_data_and_counts_every_batch(learning_run, sample_manifest, tokenizer_path):
     run_dir, config = learning_run
     records = read_log(run_dir)
     header = records[0]
     assert header["event"] == "header"
     assert header["manifest_id"] == Manifest(sample_manifest).manifest_id
-    assert header["tokenizer"]["sha256"] == LLAMA2_SHA256
+    assert header["tokenizer"]["sha256"] == hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
     assert header["config"]["max_steps"] == STEPS and header["config"]["model"] == SMALL_MODEL
     assert header["model_config"]["num_transformer_layers"] == 2
     assert header["parameters"] == config.model_config().num_parameters()
