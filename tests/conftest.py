@@ -187,3 +187,20 @@ def corrupt(tmp_path_factory) -> dict[str, Any]:
     from corrupt_files import write_corrupt_examples
 
     return write_corrupt_examples(tmp_path_factory.mktemp("corrupt"))
+
+
+@pytest.fixture(scope="session")
+def heldout_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
+    """The sample mixture with ``heldout: {fraction: 0.25}`` (absolute shard paths, written outside the sample dir)."""
+    import yaml
+
+    from elm_data.manifests.build import build_manifest
+
+    mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
+    for entry in mixture["sources"]:
+        entry["shards"] = [str(sample_dir / s) for s in entry["shards"]]
+    mixture["heldout"] = {"fraction": 0.25}
+    out = tmp_path_factory.mktemp("heldout")
+    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
+    build_manifest(out / "mixture.yaml", out / "manifest", tokenizer=tokenizer_path, workers=1)
+    return out / "manifest"

@@ -189,7 +189,8 @@ def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manif
     assert not pieces and checked == sum(r.docs_kept for r in manifest.shards) > 100
 
 
-def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(sample_manifest, tokenizer, tmp_path):
+@pytest.mark.llama  # where a document first appears, as LLaMA-2 counts the sample
+def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(llama_sample_manifest, llama_tokenizer, tmp_path):
     """With lookahead the drifted document is passed several batches early; its error still comes with the batch
     that needs it, after every batch before it (as one step per batch does)."""
     import pyarrow.compute as pc
@@ -198,7 +199,7 @@ def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(sample_mani
     from elm_data.pipeline.stream import StreamIntegrityError, StreamLoader
     from elm_data.pipeline.stream.partition import PartitionWalk
 
-    stream = _stream(sample_manifest, tokenizer, partitions=1)
+    stream = _stream(llama_sample_manifest, llama_tokenizer, partitions=1)
     walk = PartitionWalk(stream.plan(), 0)
     late = [d for batch, _ in islice_batches(walk, 40) for d in batch.docs][-1]  # a document of batch ~39
 
@@ -208,7 +209,8 @@ def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(sample_mani
         tables[late.shard] = t.set_column(t.schema.get_field_index("tokens"), "tokens", tokens)
         return tables
 
-    drifted = _stream(rewrite_manifest(sample_manifest, tmp_path / "drift", documents=bump), tokenizer, partitions=1)
+    drifted = rewrite_manifest(llama_sample_manifest, tmp_path / "drift", documents=bump)
+    drifted = _stream(drifted, llama_tokenizer, partitions=1)
     walk = PartitionWalk(drifted.plan(), 0)
     first_need = next(b.batch for b, _ in walk.batches(walk.start()) if any(d.index == late.index
                       and d.shard == late.shard for d in b.docs))  # fmt: skip
