@@ -196,8 +196,8 @@ def verify(manifest_dir, workers):
     "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a PNG chart."
 )
 def audit(manifest_dir, targets, fmt, plot_path):
-    """Per source/subset: shards, documents read/kept/filtered/rejected, characters, tokens, share of the
-    mix, target tokens and share, and the deviation (percentage points and ratio)."""
+    """Per source/subset: shards, documents read/kept/held out/filtered/rejected, characters, tokens, share
+    of the mix, target tokens and share, and the deviation (percentage points and ratio)."""
     from .audit import audit_manifest, format_table
     from .build import load_manifest
 

@@ -9,8 +9,8 @@ A manifest directory holds
 - ``blocks.parquet`` — the block index of every shard, one row per block: record-aligned byte ranges
   with a sha256 each, their first record and kept totals, and the digest of their documents-ledger rows;
 - ``documents/NNNNNN.parquet`` — the per-document ledger of shard NNNNNN (``DOCUMENT_SCHEMA``), one row
-  per input record, one row group per block: what was kept, filtered or rejected, and how many tokens
-  each kept document contributes. The stream plans from it without re-reading the corpus, and a
+  per input record, one row group per block: what was kept, held out, filtered or rejected, and how many
+  tokens each kept document contributes. The stream plans from it without re-reading the corpus, and a
   reader touches only the ledgers of the blocks it owns.
 
 Every consumer opens a manifest through :class:`Manifest`, which recomputes the manifest id, the

@@ -84,8 +84,8 @@ def trace_doc(run_dir: str | Path, ref: str, manifest_dir: str | Path | None = N
 
 
 def ledger_status(manifest, key: str, doc_id: str) -> tuple[str, str | None]:
-    """``(status, reason)`` of ``doc_id`` in the ledger of subset ``key`` (kept, filtered or rejected); an
-    :class:`AuditError` ("no such document") when no shard of the subset holds it."""
+    """``(status, reason)`` of ``doc_id`` in the ledger of subset ``key`` (kept, heldout, filtered or
+    rejected); an :class:`AuditError` ("no such document") when no shard of the subset holds it."""
     import pyarrow.compute as pc
 
     for shard in manifest.shards:
