@@ -22,8 +22,19 @@ from elm_data.sources.remote_option import retries_option
 # The demo's training: demo.yaml's tiny model for a smoke run (loss falls, every stage runs), not a trained
 # model.
 # 20 steps of 2 x 128 tokens keep it to seconds on a CPU; `elm-data train trainer/configs/demo.yaml` runs it
-# longer.
-DEMO_TRAINING = {"max_steps": 20, "seq_len": 128, "warmup_steps": 2, "checkpoint_every": 10}
+# longer. Every 10 steps and at the end: held-out loss on one document of <= 1024 tokens per source.
+DEMO_TRAINING = {
+    "max_steps": 20,
+    "seq_len": 128,
+    "warmup_steps": 2,
+    "checkpoint_every": 10,
+    "heldout_every": 10,
+    "heldout_docs": 1,
+    "heldout_tokens": 1024,
+    "heldout_batch_size": 16,
+}
+# The demo's mixture holds out ~20% of each subset's passing documents: the run's per-source held-out loss.
+DEMO_HELDOUT_FRACTION = 0.2
 
 
 def _step(title: str) -> tuple[float, float]:
@@ -99,7 +110,7 @@ def _data_stages(paths: dict[str, Path], tokenizer_uri: str, workers: int) -> No
     from elm_data.sources.sample import write_sample_corpus
 
     t = _step("1/6 sample corpus: every source and subset in its native on-disk format")
-    mixture = write_sample_corpus(paths["sample corpus"], seed=0)
+    mixture = write_sample_corpus(paths["sample corpus"], seed=0, heldout_fraction=DEMO_HELDOUT_FRACTION)
     _done(t, f"wrote {mixture}")
 
     t = _step("2/6 build manifest: hash, read, filter (OpenELM rule), count tokens per shard")
@@ -141,6 +152,7 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
     )
     result = train(config, out_dir=paths["training run"])
     _done(t, f"{result.final_step} steps, loss {result.first_loss:.3f} → {result.last_loss:.3f}")
+    _say_heldout(paths["training run"])
 
     t = _step("5/6 which data did the run eat?")
     click.echo(audit_run(paths["training run"]).format_table())
@@ -151,6 +163,21 @@ def _model_stages(paths: dict[str, Path], tokenizer_uri: str, steps: int | None)
     _done(t, f"exported {result.checkpoint}")
     page = write_report(paths["training run"])  # after the export, so the page links its model card
     click.echo(f"report: {page.html} (receipt {page.receipt.split(':')[0]}; open it in a browser)")
+
+
+def _say_heldout(run_dir: Path) -> None:
+    """One line on the run's last held-out evaluation (per-source loss on documents it never trained on)."""
+    from elm_data.trainer.core.runlog import effective_steps, read_log
+
+    held = effective_steps(read_log(run_dir), "heldout")
+    if held:
+        losses = held[-1]["loss_by_source"]
+        low, high = min(losses, key=losses.get), max(losses, key=losses.get)
+        step, sources = held[-1]["step"], len(losses)
+        click.echo(
+            f"held-out loss at step {step} ({sources} sources, documents never trained on): "
+            f"{losses[low]:.3f} ({low}) to {losses[high]:.3f} ({high})"
+        )
 
 
 @command("demo")

@@ -465,13 +465,19 @@ class SampleCorpus:
 
 
 def generate_sample_corpus(
-    out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1
+    out_dir: str | Path,
+    seed: int = 0,
+    scale: float = 1.0,
+    shard_factor: int = 1,
+    heldout_fraction: float = 0.0,
 ) -> SampleCorpus:
     """Write the sample corpus and ``mixture.yaml`` under ``out_dir``; return what was written.
 
     ``scale`` multiplies the documents per shard, ``shard_factor`` the shards per subset. Each file is written
     whole (``core.outputs``), ``mixture.yaml`` last: a corpus whose writer was killed has no mixture. Other
     files in ``out_dir`` stay (it may be any folder, so it is added to, never replaced).
+    ``heldout_fraction`` > 0 adds ``heldout: {fraction: ...}`` to the mixture (the demo's: held-out documents
+    for per-source evaluation).
     """
     if scale <= 0:
         raise InvalidValue(f"scale must be positive, got {scale}")
@@ -505,6 +511,7 @@ def generate_sample_corpus(
         "targets": "openelm",
         "filters": {"min_characters": 200, "min_tokens": 256},
         "sequences": {"mode": "packed", "seq_len": 2048},
+        **({"heldout": {"fraction": heldout_fraction}} if heldout_fraction else {}),
         "sources": entries,
     }
     header = (
@@ -519,8 +526,12 @@ def generate_sample_corpus(
 
 
 def write_sample_corpus(
-    out_dir: str | Path, seed: int = 0, scale: float = 1.0, shard_factor: int = 1
+    out_dir: str | Path,
+    seed: int = 0,
+    scale: float = 1.0,
+    shard_factor: int = 1,
+    heldout_fraction: float = 0.0,
 ) -> Path:
     """Write a small corpus for every source/subset in its native format; return the path of
     ``mixture.yaml``."""
-    return generate_sample_corpus(out_dir, seed=seed, scale=scale, shard_factor=shard_factor).mixture
+    return generate_sample_corpus(out_dir, seed, scale, shard_factor, heldout_fraction).mixture

@@ -79,4 +79,17 @@ def test_the_demo_runs_every_stage_quickly(tokenizer_path, tmp_path):
     cpu = time.process_time()
     paths = run_demo(tmp_path / "demo", tokenizer=tokenizer_path, steps=3)
     assert all(p.exists() for p in paths.values())
+    from elm_data.demo import DEMO_TRAINING
+    from elm_data.manifests.manifest import Manifest
+    from elm_data.trainer.core.runlog import read_log
+
+    held = [r for r in read_log(paths["training run"]) if r["event"] == "heldout"]  # the demo's mixture holds out
+    manifest = Manifest(paths["manifest"])
+    with_docs = {
+        r.key
+        for r in manifest.shards
+        for row in manifest.documents(r.shard).to_pylist()
+        if row["status"] == "heldout" and row["tokens"] <= DEMO_TRAINING["heldout_tokens"]
+    }
+    assert [r["step"] for r in held] == [3] and set(held[0]["loss_by_source"]) == with_docs and len(with_docs) >= 5
     assert time.process_time() - cpu < 120  # the whole demo is ~50 CPU-s at 20 steps on this 2-core VM

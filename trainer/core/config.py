@@ -109,6 +109,8 @@ class TrainConfig(Settings):
     # at most this many held-out documents per source/subset (first in manifest order); 0: off
     heldout_docs: int = 16
     heldout_tokens: int = 32768  # and at most this many of their tokens per source/subset
+    # windows per evaluation forward (None: batch_size; no gradients, so more fit)
+    heldout_batch_size: int | None = None
 
     name: str = "run"
     base_dir: str = field(default=".", repr=False, metadata={"setting": False})  # relative paths resolve here
@@ -246,6 +248,10 @@ class TrainConfig(Settings):
                 "keep_checkpoints must be positive or null",
             ),
             (min(self.heldout_every, self.heldout_docs, self.heldout_tokens) >= 0, "heldout_* must be >= 0"),
+            (
+                self.heldout_batch_size is None or self.heldout_batch_size > 0,
+                "heldout_batch_size must be positive",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -292,6 +298,7 @@ class TrainConfig(Settings):
             "heldout_every",
             "heldout_docs",
             "heldout_tokens",
+            "heldout_batch_size",
         ):
             keep.pop(volatile)
         return SORTED_SPACED.dumps(keep, default=str)

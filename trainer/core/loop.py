@@ -607,9 +607,8 @@ class Trainer:
         if not self.heldout or self.state.step == 0:
             return
         started = time.perf_counter()
-        record = evaluate_heldout(
-            self.model, self.heldout, self.device, self.amp_dtype, self.config.batch_size
-        )
+        rows = self.config.heldout_batch_size or self.config.batch_size
+        record = evaluate_heldout(self.model, self.heldout, self.device, self.amp_dtype, rows)
         record["eval_time_s"] = time.perf_counter() - started
         self.log.write("heldout", step=self.state.step, **record)
         self.trackers.log(self.state.step, {f"heldout_{name}": value for name, value in record.items()})
