@@ -525,22 +525,26 @@ def report_jobs(samples: dict[str, list]) -> None:
         print(line + f"  [{len(ok)}/{len(runs)} runs]")
 
 
-def report_ratios(samples: dict[str, list], kept_tokens: int) -> dict[str, float | None]:
+def report_ratios(samples: dict[str, list], kept_tokens: int) -> dict[str, tuple[float | None, str]]:
     print("\nratios (within each round, median over rounds; < 1 = ours cheaper unless said):")
-    found: dict[str, float | None] = {}
+    found: dict[str, tuple[float | None, str]] = {}
     for name, num, den, field, goal in RATIOS:
         if num in samples and den in samples:
-            found[name] = value = paired_ratio(samples, num, den, field)
+            value = paired_ratio(samples, num, den, field)
+            found[name] = (value, goal_verdict(value, goal))
             print(f"  {name:58s} {fmt_ratio(value):>7s}  {goal_verdict(value, goal)}")
     if "stream" in samples and "take0" in samples and "raw-sp" in samples:
         stream, raw = steady_rates(samples, kept_tokens)
         value = stream / raw if stream and raw else None
-        found["steady-state stream / raw SentencePiece tokens per CPU-s"] = value
+        found["steady-state stream / raw SentencePiece, tokens per CPU-second"] = (
+            value,
+            goal_verdict(value, (">=", 0.95)),
+        )
         print(f"  steady state tokens per CPU-s: stream {stream or 0:,.0f}, raw SentencePiece {raw or 0:,.0f}: "
               f"{fmt_ratio(value)}  {goal_verdict(value, ('>=', 0.95))}")  # fmt: skip
     if samples.get("take1"):
         take1 = median_of(samples["take1"], "cpu")
-        found["stream --take 1 CPU-s"] = take1
+        found["stream --take 1 CPU-s"] = (take1, goal_verdict(take1, ("<=", 1.0)))
         print(f"  stream --take 1: {take1 or 0:.2f} CPU-s  {goal_verdict(take1, ('<=', 1.0))}")
     return found
 
@@ -572,6 +576,28 @@ def report_pretokenized(samples: dict[str, list]) -> None:
         print(f"  {label}: less CPU in total than ours {when} (prep + E passes = ours at E = {be or 0:.2f})")
 
 
+def markdown(samples: dict[str, list], ratios: dict[str, tuple[float | None, str]]) -> str:
+    """The job medians and the ratios with their goals as Markdown tables (for benchmarks/RESULTS.md)."""
+    rows = ["| job | CPU s | wall s | peak RSS MiB (largest / tree) | load | first batch s | disk MiB | runs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, runs in samples.items():
+        ok = [r for r in runs if r]
+        if not ok:
+            rows.append(f"| {name} | failed | | | | | | 0/{len(runs)} |")
+            continue
+        med = {f: median_of(ok, f) for f in ("cpu", "wall", "rss", "tree_rss", "load", "ttfb", "disk")}
+        tree = f" / {med['tree_rss']:.0f}" if med["tree_rss"] else ""
+        rows.append(
+            f"| {name} | {med['cpu']:.2f} | {med['wall']:.1f} | {med['rss']:.0f}{tree} | {med['load']:.1f} | "
+            f"{'' if med['ttfb'] is None else format(med['ttfb'], '.1f')} | "
+            f"{'' if med['disk'] is None else format(med['disk'] / 2**20, '.1f')} | {len(ok)}/{len(runs)} |"
+        )
+    rows += ["", "| ratio (within a round, median over rounds) | value | goal (issue 25) |", "|---|---:|---|"]
+    rows += [f"| {name} | {format(v or 0, '.2f') + ' s' if name.endswith('CPU-s') else fmt_ratio(v)} | {verdict} |"
+             for name, (v, verdict) in ratios.items()]  # fmt: skip
+    return "\n".join(rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=None, help="sample corpus scale (60; --quick: 6)")
@@ -586,6 +612,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=CACHE / "work", help="corpora and outputs")
     parser.add_argument("--venvs", type=Path, default=CACHE / "venvs", help="one virtual environment per peer")
     parser.add_argument("--json-out", type=Path, default=None, help="write every sample here")
+    parser.add_argument("--from-json", type=Path, default=None, help="report a --json-out file again; run nothing")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args(argv)
     args.scale = args.scale if args.scale is not None else (6.0 if args.quick else 60.0)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
@@ -594,7 +622,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown group(s) {', '.join(sorted(unknown))}")
     names = args.jobs.split(",") if args.jobs else [j for g in args.groups.split(",") for j in GROUPS[g]]
     args.units = list(dict.fromkeys(names))  # first appearance order, no repeats
-    if args.tokenizer is None and not args.dry_run:
+    if args.tokenizer is None and not (args.dry_run or args.from_json):
         parser.error("no tokenizer: pass --tokenizer or set ELM_DATA_TOKENIZER")
     return args
 
@@ -627,6 +655,10 @@ def select(args, corpus: Corpus, workers_flag: bool = True) -> dict[str, list[Jo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        report(saved["samples"], saved["kept_tokens"], args.markdown)
+        return 0
     if args.dry_run:
         dry_run(args)
         return 0
@@ -651,13 +683,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {venv}: {json.dumps(versions(python, tuple(dict.fromkeys((*own, *REPORTED)))))}")
     become_subreaper()
     samples = run_rounds(units, args.repeats, child_env(args.work, args.tokenizer), args.work)
-    report_jobs(samples)
-    report_ratios(samples, corpus.kept_tokens)
-    report_pretokenized(samples)
-    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.json_out:
-        args.json_out.write_text(json.dumps(samples, indent=1, default=str))
+        args.json_out.write_text(json.dumps({"kept_tokens": corpus.kept_tokens, "samples": samples}, default=str))
+    report(samples, corpus.kept_tokens, args.markdown)
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
+
+
+def report(samples: dict[str, list], kept_tokens: int, as_markdown: bool) -> None:
+    report_jobs(samples)
+    ratios = report_ratios(samples, kept_tokens)
+    report_pretokenized(samples)
+    if as_markdown:
+        print("\n" + markdown(samples, ratios))
 
 
 if __name__ == "__main__":

@@ -166,3 +166,27 @@ def test_packed_rows_frame_documents_and_cut_full_rows(tmp_path, monkeypatch):
     rows = list(peer_common.packed_rows([str(shard)], Chars()))
     framed = [tok for t in docs if len(t) >= 256 for tok in [1, *Chars().encode([t])[0], 2]]
     assert rows == [framed[i : i + 8] for i in range(0, len(framed) // 8 * 8, 8)]
+
+
+def test_a_saved_run_is_reported_again_with_every_goal(tmp_path, capsys):
+    def run(cpu, wall, **extra):
+        return {"cpu": cpu, "wall": wall, "rss": 100.0, "tree_rss": 120.0, "load": 3.0, **extra}
+
+    names = [j for group in bench_peers.GROUPS.values() for j in group]
+    names += ["mosaic-convert", "mosaic-pass", "litdata-convert", "litdata-pass"]
+    samples = {n: [run(10.0, 20.0), run(12.0, 24.0)] for n in dict.fromkeys(names) if n not in ("mosaic", "litdata")}
+    samples["take0"] = [run(0.5, 1.0), run(0.5, 1.0)]
+    samples["take1"] = [run(0.8, 1.0), run(0.9, 1.0)]
+    samples["raw-sp"] = [run(10.0, 20.0, result={"tokens": 1000, "startup_cpu_s": 0.1})] * 2
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps({"kept_tokens": 1000, "samples": samples}))
+    assert bench_peers.main(["--from-json", str(saved), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    goals = [name for name, *_, goal in bench_peers.RATIOS if goal] + ["tokens per CPU-second", "--take 1"]
+    table = [line for line in out.splitlines() if line.startswith("| ") and "goal" in line and "ratio" not in line]
+    assert len(table) == len(goals)
+    for goal in goals:
+        assert any(goal in line for line in table), goal
+    assert "| stream --take 1 CPU-s | 0.85 s | goal <= 1.0: met |" in out
+    # rounds: 10/10 and 12/10 -> median 1.10
+    assert "| build --workers 1 CPU / raw SentencePiece CPU | 1.10x | goal <= 1.05: NOT met |" in out
