@@ -1,16 +1,19 @@
-"""`audit contamination` and `audit duplicates`: documents/s, tokens/s and peak memory on `elm-data sample` data,
-and the figures the 1.8 T-token extrapolation in RESULTS.md is computed from.
+"""`audit contamination` and `audit duplicates`: documents/s, tokens/s and peak memory on `elm-data sample`
+data, and the figures the 1.8 T-token extrapolation in RESULTS.md is computed from.
 
-Each measurement runs in a fresh process (``multiprocessing`` spawn) that reports its CPU seconds and the growth of
-its peak RSS over the RSS after imports, so one audit's memory does not hide in another's:
+Each measurement runs in a fresh process (``multiprocessing`` spawn) that reports its CPU seconds and the
+growth of its peak RSS over the RSS after imports, so one audit's memory does not hide in another's:
 
 - ``read``: the kept documents' text read back (verified blocks, readers, ledger) and nothing else;
 - ``normalize``: that plus datatrove's ``simplify_text`` and the word split (the audits' shared front end);
 - ``contamination``: the whole audit against ``--items`` items (half copied from documents, half unrelated);
-- ``duplicates exact`` / ``duplicates near``: the whole audit, exact only / with MinHash-LSH (128 permutations);
-- ``build`` / ``build dedup exact`` / ``build dedup minhash``: ``build manifest`` (one worker, in the measuring
-  process) of the same sample without and with ``filters.dedup``; the dedup rows also report the CPU seconds of
-  the decision over all signatures (``dedup_filter.find_removals``) and the signature bytes the workspace held.
+- ``duplicates exact`` / ``duplicates near``: the whole audit, exact only / with MinHash-LSH (128
+permutations);
+- ``build`` / ``build dedup exact`` / ``build dedup minhash``: ``build manifest`` (one worker, in the
+measuring
+  process) of the same sample without and with ``filters.dedup``; the dedup rows also report the CPU seconds
+  of the decision over all signatures (``dedup_filter.find_removals``) and the signature bytes the workspace
+  held.
 
     ELM_DATA_TOKENIZER=... python benchmarks/bench_audits.py OUT_DIR [--scale 4] [--items 2000] [--repeats 3]
 """
@@ -61,7 +64,8 @@ def _items(manifest: str, n: int, path: Path) -> None:
 
 
 def _measure_build(what: str, manifest: str, queue) -> None:
-    """One build of the sample's mixture (``what``: ``build`` or ``build dedup MODE``) into a fresh directory."""
+    """One build of the sample's mixture (``what``: ``build`` or ``build dedup MODE``) into a fresh
+    directory."""
     import shutil
 
     import yaml
@@ -100,9 +104,16 @@ def _measure_build(what: str, manifest: str, queue) -> None:
     extra = {"removed": result.totals["filtered_by_reason"].get("duplicate", 0)}
     if what != "build":
         extra |= {"decide_cpu_s": decide["cpu_s"], "signature_bytes": decide["signature_bytes"]}
-    queue.put({"what": what, "docs": result.totals["docs_kept"] + extra["removed"],
-               "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
-               "peak_mib": _status_mib("VmHWM") - base, **extra})  # fmt: skip
+    queue.put(
+        {
+            "what": what,
+            "docs": result.totals["docs_kept"] + extra["removed"],
+            "wall_s": time.perf_counter() - started,
+            "cpu_s": time.process_time() - cpu,
+            "peak_mib": _status_mib("VmHWM") - base,
+            **extra,
+        }
+    )
 
 
 def _measure(what: str, manifest: str, items: str, queue) -> None:
@@ -127,13 +138,24 @@ def _measure(what: str, manifest: str, items: str, queue) -> None:
     elif what == "contamination":
         result = audit_contamination(m, [jsonl_task(Path(items))])
         docs = sum(d for d, _ in result.scanned.values())
-        extra = {"contaminated_items": result.by_task[0]["contaminated_items"], "items": result.by_task[0]["items"]}
+        extra = {
+            "contaminated_items": result.by_task[0]["contaminated_items"],
+            "items": result.by_task[0]["items"],
+        }
     else:
         result = audit_duplicates(m, DedupSettings(near=what == "duplicates near"))
         docs = len(result.docs)
         extra = {"near_pairs": len(result.near_pairs)}
-    queue.put({"what": what, "docs": docs, "wall_s": time.perf_counter() - started,
-               "cpu_s": time.process_time() - cpu, "peak_mib": _status_mib("VmHWM") - base, **extra})  # fmt: skip
+    queue.put(
+        {
+            "what": what,
+            "docs": docs,
+            "wall_s": time.perf_counter() - started,
+            "cpu_s": time.process_time() - cpu,
+            "peak_mib": _status_mib("VmHWM") - base,
+            **extra,
+        }
+    )
 
 
 SKIP = ("what", "docs", "wall_s", "cpu_s", "peak_mib")
@@ -168,19 +190,29 @@ def main() -> None:
     totals = Manifest(manifest).info["totals"]
     items = args.out / "items.jsonl"
     _items(str(manifest), args.items, items)
-    print(f"manifest: {totals['docs_kept']:,} kept documents, {totals['tokens']:,} tokens, {totals['chars']:,} chars")
+    print(
+        f"manifest: {totals['docs_kept']:,} kept documents, {totals['tokens']:,} tokens, {totals['chars']:,} "
+        "chars"
+    )
     rows = {}
     steps = ("read", "normalize", "contamination", "duplicates exact", "duplicates near")
     builds = ("build", "build dedup exact", "build dedup minhash")
     for what in steps + builds if args.steps == "all" else builds if args.steps == "builds" else steps:
         runs = [run_once(what, str(manifest), str(items)) for _ in range(args.repeats)]
         cpu = statistics.median(r["cpu_s"] for r in runs)
-        rows[what] = {"docs": runs[0]["docs"], "cpu_s": cpu, "wall_s": statistics.median(r["wall_s"] for r in runs),
-                      "docs_per_cpu_s": runs[0]["docs"] / cpu, "tokens_per_cpu_s": totals["tokens"] / cpu,
-                      "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-                      **{k: v for k, v in runs[0].items() if k not in SKIP}}  # fmt: skip
+        rows[what] = {
+            "docs": runs[0]["docs"],
+            "cpu_s": cpu,
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "docs_per_cpu_s": runs[0]["docs"] / cpu,
+            "tokens_per_cpu_s": totals["tokens"] / cpu,
+            "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+            **{k: v for k, v in runs[0].items() if k not in SKIP},
+        }
         print(what, json.dumps(rows[what]))
-    (args.out / f"bench_audits-{args.steps}.json").write_text(json.dumps({"totals": totals, "rows": rows}, indent=2))
+    (args.out / f"bench_audits-{args.steps}.json").write_text(
+        json.dumps({"totals": totals, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

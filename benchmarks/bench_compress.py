@@ -61,9 +61,23 @@ def bench_memory(args) -> list[dict]:
     rows = []
     for mode in ("plain", "dkm", "edkm"):
         for dtype in args.dtypes:
-            cmd = [sys.executable, "-m", "elm_data.trainer.compress.memory", "--model", args.model, "--layer",
-                   str(args.layer), "--mode", mode, "--dtype", dtype, "--bits", str(args.bits), "--seq-len",
-                   str(args.seq_len)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "elm_data.trainer.compress.memory",
+                "--model",
+                args.model,
+                "--layer",
+                str(args.layer),
+                "--mode",
+                mode,
+                "--dtype",
+                dtype,
+                "--bits",
+                str(args.bits),
+                "--seq-len",
+                str(args.seq_len),
+            ]
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -79,10 +93,15 @@ def snapped(model: OpenELM, bits: int) -> list[str]:
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
                 w = module.weight
-                sample = w.flatten()[torch.randperm(w.numel(), generator=torch.Generator().manual_seed(0))[:65536]]
+                sample = w.flatten()[
+                    torch.randperm(w.numel(), generator=torch.Generator().manual_seed(0))[:65536]
+                ]
                 lut = torch.quantile(sample, torch.linspace(0.02, 0.98, 1 << bits))
-                w.copy_(lut[(w.reshape(-1, 1) - lut).abs().argmin(1)].reshape(w.shape) if w.numel() < 2**22
-                        else _snap_chunked(w, lut))  # fmt: skip
+                w.copy_(
+                    lut[(w.reshape(-1, 1) - lut).abs().argmin(1)].reshape(w.shape)
+                    if w.numel() < 2**22
+                    else _snap_chunked(w, lut)
+                )
                 names.append(f"{name}.weight")
     return names
 
@@ -104,7 +123,12 @@ def bench_size(args) -> list[dict]:
     save_model(model, work / "fp16", dtype=torch.float16)
     fp16 = (work / "fp16" / "model.safetensors").stat().st_size
     rows.append(
-        {"model": args.model, "form": "fp16 safetensors", "bytes": fp16, "bits_per_parameter": 8 * fp16 / params}
+        {
+            "model": args.model,
+            "form": "fp16 safetensors",
+            "bytes": fp16,
+            "bits_per_parameter": 8 * fp16 / params,
+        }
     )
     for bits in (4, 3):
         for embeddings in (False, True):
@@ -118,25 +142,40 @@ def bench_size(args) -> list[dict]:
             layout = {n: {"bits": bits, "group_size": None} for n in names}
             report = save_compact(model, work / f"c{bits}{embeddings}.safetensors", layout)
             form = f"{bits}-bit palettes, embeddings {'palettized' if embeddings else 'fp16'}"
-            rows.append({"model": args.model, "form": form,
-                         "bytes": report["bytes"], "bits_per_parameter": report["bits_per_parameter"],
-                         "bits_per_palettized_weight": report["bits_per_palettized_weight"],
-                         "ratio_vs_fp16": fp16 / report["bytes"]})  # fmt: skip
+            rows.append(
+                {
+                    "model": args.model,
+                    "form": form,
+                    "bytes": report["bytes"],
+                    "bits_per_parameter": report["bits_per_parameter"],
+                    "bits_per_palettized_weight": report["bits_per_palettized_weight"],
+                    "ratio_vs_fp16": fp16 / report["bytes"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 # ---- quality -----------------------------------------------------------------------------------------------
 def base_config(manifest: Path, **changes) -> dict:
-    settings = {"manifest": str(manifest), "seq_len": 128, "batch_size": 4, "epochs": 1, "precision": "fp32",
-                "distributed": "none", "seed": 0}  # fmt: skip
+    settings = {
+        "manifest": str(manifest),
+        "seq_len": 128,
+        "batch_size": 4,
+        "epochs": 1,
+        "precision": "fp32",
+        "distributed": "none",
+        "seed": 0,
+    }
     return {**settings, **changes}
 
 
 def pretrained(manifest: Path, steps: int) -> Path:
     run = CACHE / f"pretrain-{steps}"
     if not (run / "checkpoints").is_dir():
-        cfg = TrainConfig(**base_config(manifest, model="tiny", max_steps=steps, warmup_steps=10, lr=3e-3, epochs=None))
+        cfg = TrainConfig(
+            **base_config(manifest, model="tiny", max_steps=steps, warmup_steps=10, lr=3e-3, epochs=None)
+        )
         train(cfg, out_dir=run, progress=False)
     return run
 
@@ -168,11 +207,20 @@ def bench_quality(args) -> list[dict]:
     source = pretrained(manifest, args.pretrain_steps)
     evaluation = held_out(manifest, args.steps, args.eval_batches)
     rows = [
-        {"model": "tiny fp32 (pretrained)", "tokens": 0, "ppl": perplexity(load_model(_latest(source)), evaluation)}
+        {
+            "model": "tiny fp32 (pretrained)",
+            "tokens": 0,
+            "ppl": perplexity(load_model(_latest(source)), evaluation),
+        }
     ]
     print(json.dumps(rows[-1]), flush=True)
-    rows.append({"model": "tiny fp32, plain fine-tuning", "tokens": args.steps * 4 * 128,
-                 "ppl": perplexity(plain_finetune(manifest, source, args), evaluation)})  # fmt: skip
+    rows.append(
+        {
+            "model": "tiny fp32, plain fine-tuning",
+            "tokens": args.steps * 4 * 128,
+            "ppl": perplexity(plain_finetune(manifest, source, args), evaluation),
+        }
+    )
     print(json.dumps(rows[-1]), flush=True)
     for bits in args.bit_widths:
         spec = PaletteSpec(bits=bits)
@@ -181,7 +229,9 @@ def bench_quality(args) -> list[dict]:
         with torch.no_grad():  # creates the partitions and runs the k-means warm start; weights unchanged
             prepared(split_inputs_labels(evaluation[0]["input_ids"], model.config.vocab_size)[0])
         kmeans_only = palettizer.finalize(prepared, inplace=True)
-        rows.append({"model": f"{bits}-bit k-means palettes", "tokens": 0, "ppl": perplexity(kmeans_only, evaluation)})
+        rows.append(
+            {"model": f"{bits}-bit k-means palettes", "tokens": 0, "ppl": perplexity(kmeans_only, evaluation)}
+        )
         print(json.dumps(rows[-1]), flush=True)
         if args.skip_dkm:
             continue
@@ -191,9 +241,15 @@ def bench_quality(args) -> list[dict]:
         out = Path(tempfile.mkdtemp(prefix=f"q{bits}-", dir=CACHE)) / "run"
         result = compress(source, CompressConfig.from_yaml(path), out_dir=out, progress=False)
         ppl = perplexity(load_model(out / "model"), evaluation)
-        rows.append({"model": f"{bits}-bit DKM fine-tuned", "tokens": result.tokens, "ppl": ppl,
-                     "bits_per_parameter": result.report["compact"]["bits_per_parameter"],
-                     "compact_bytes": result.report["compact"]["bytes"]})  # fmt: skip
+        rows.append(
+            {
+                "model": f"{bits}-bit DKM fine-tuned",
+                "tokens": result.tokens,
+                "ppl": ppl,
+                "bits_per_parameter": result.report["compact"]["bits_per_parameter"],
+                "compact_bytes": result.report["compact"]["bytes"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -208,7 +264,9 @@ def plain_finetune(manifest: Path, source: Path, args) -> OpenELM:
     scheduler = build_scheduler(optimizer, cfg)
     model.train()
     for _, batch in zip(range(args.steps), loader, strict=False):
-        train_step(model, optimizer, [batch], cfg, torch.device("cpu"), None, DistInfo(), model.config.vocab_size)
+        train_step(
+            model, optimizer, [batch], cfg, torch.device("cpu"), None, DistInfo(), model.config.vocab_size
+        )
         scheduler.step()
     return model
 
@@ -241,8 +299,16 @@ def bench_speed(args) -> list[dict]:
                 palettizer.step()
             times.append(time.perf_counter() - started)
         median = statistics.median(times[1:])  # the first includes the k-means warm start
-        rows.append({"model": args.speed_model, "mode": mode, "median_s": median, "first_s": times[0],
-                     "tokens_per_s": stats.positions / median, "steps": len(times) - 1})  # fmt: skip
+        rows.append(
+            {
+                "model": args.speed_model,
+                "mode": mode,
+                "median_s": median,
+                "first_s": times[0],
+                "tokens_per_s": stats.positions / median,
+                "steps": len(times) - 1,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -267,7 +333,9 @@ def main() -> None:
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
-    rows = {"memory": bench_memory, "size": bench_size, "quality": bench_quality, "speed": bench_speed}[args.part](args)
+    rows = {"memory": bench_memory, "size": bench_size, "quality": bench_quality, "speed": bench_speed}[
+        args.part
+    ](args)
     if args.out:
         with args.out.open("a") as f:
             for row in rows:

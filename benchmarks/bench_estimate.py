@@ -7,7 +7,8 @@ the estimated totals (documents, kept, tokens), the share of the 13 x 3 per-subs
 totals) whose 95% interval holds the exact figure, the estimate's own time, and the projected core-hours
 against the build's measured CPU time.
 
-    python benchmarks/bench_estimate.py [--scale 5] [--shard-factor 8] [--sample-docs 100 300 1000] [--seeds 3]
+    python benchmarks/bench_estimate.py [--scale 5] [--shard-factor 8] [--sample-docs 100 300 1000] [--seeds
+    3]
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def main() -> None:
     args = ap.parse_args()
     tok = resolve_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
-        mixture = write_sample_corpus(Path(tmp) / "s", seed=0, scale=args.scale, shard_factor=args.shard_factor)
+        mixture = write_sample_corpus(
+            Path(tmp) / "s", seed=0, scale=args.scale, shard_factor=args.shard_factor
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         build_manifest(mixture, Path(tmp) / "m", tokenizer=tok.uri, workers=1)
         build_wall, build_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -56,14 +59,17 @@ def main() -> None:
         )
         totals = [sum(v[k] for v in exact.values()) for k in range(3)]
         print(
-            f"corpus: scale {args.scale} x shard_factor {args.shard_factor}: {len(Manifest(Path(tmp) / 'm').shards)} "
+            f"corpus: scale {args.scale} x shard_factor {args.shard_factor}: "
+            f"{len(Manifest(Path(tmp) / 'm').shards)} "
             f"shards, {totals[0]:,} documents, {totals[1]:,} kept, {totals[2]:,} tokens; exact build "
-            f"{build_wall:.1f} s wall, {build_cpu:.1f} CPU-s (1 worker); documents ledger {ledger / totals[0]:.1f} "
+            f"{build_wall:.1f} s wall, {build_cpu:.1f} CPU-s (1 worker); documents ledger "
+            f"{ledger / totals[0]:.1f} "
             "bytes per record"
         )
         print(
             "| --sample-docs | records read | median / worst error of totals (docs, kept, tokens) | "
-            "per-subset figures inside 95% CI | totals inside | estimate s | projected core-h vs build CPU-h |"
+            "per-subset figures inside 95% CI | totals inside | estimate s | projected core-h vs build CPU-h "
+            "|"
         )
         print("|---:|---:|---|---:|---:|---:|---:|")
         for n in args.sample_docs:

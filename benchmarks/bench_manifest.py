@@ -95,7 +95,8 @@ def main() -> None:
             ratio = statistics.median(s / e for s, e in zip(seconds, runs["encode"], strict=True))
             print(f"{name:12} {med:9.2f} {docs / med:10,.0f} {tokens / med:12,.0f} {ratio:13.2f}x")
         print(
-            f"\nbuild kept {totals['docs_kept']:,} of {totals['docs_read']:,} records, {totals['tokens']:,} tokens; "
+            f"\nbuild kept {totals['docs_kept']:,} of {totals['docs_read']:,} records, {totals['tokens']:,} "
+            "tokens; "
             f"encode saw {encode_tokens:,} tokens (all texts)"
         )
 

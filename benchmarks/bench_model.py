@@ -66,7 +66,9 @@ def time_block(model, ids, dtype, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seq-len", type=int, default=256)
@@ -114,12 +116,17 @@ def main() -> None:
             f"  {name:8s} {rate:12,.0f} tokens/s (median of {args.repeats})  {achieved / 1e12:8.3f} TFLOP/s  "
             f"MFU {mfu}  (warm-up {warmups[name]:.1f}s)"
         )
-        results[name] = {"tokens_per_s": rate, "tflops": achieved / 1e12, "mfu": achieved / peak if peak else None}
+        results[name] = {
+            "tokens_per_s": rate,
+            "tflops": achieved / 1e12,
+            "mfu": achieved / peak if peak else None,
+        }
     if "eager" in rates and "compile" in rates:
         ratios = [c / e for c, e in zip(rates["compile"], rates["eager"], strict=True)]
         results["compile_over_eager"] = statistics.median(ratios)
         print(
-            f"  compile/eager speed-up: median {statistics.median(ratios):.2f}x over {len(ratios)} interleaved pairs "
+            f"  compile/eager speed-up: median {statistics.median(ratios):.2f}x over {len(ratios)} "
+            "interleaved pairs "
             f"(range {min(ratios):.2f}-{max(ratios):.2f})"
         )
     print(json.dumps({"config": args.config, "device": str(device), "seq_len": args.seq_len, **results}))

@@ -3,8 +3,8 @@
 Each peer is installed from the package registry, pinned (``PINS``), in its own virtual environment under
 ``--venvs`` (default ``~/.cache/elm-data-bench/venvs/<peer>``; made once, reused while its pins match). The
 venvs see the base interpreter's site-packages, so the CPU torch wheel already there is reused (a constraint
-pins torch to it) instead of the registry's CUDA build; whatever else a peer pins differently lands in its venv.
-The versions each venv actually imports are printed.
+pins torch to it) instead of the registry's CUDA build; whatever else a peer pins differently lands in its
+venv. The versions each venv actually imports are printed.
 
 Shards: the ``--source`` part (default RedPajama: 12 JSONL shards, 47 MB, 10.2 M tokens) of
 ``elm-data sample --scale 60 --seed 11``; ``--quick`` uses scale 6. Jobs (every one a fresh process):
@@ -30,8 +30,9 @@ process tree (counts pages shared by forked workers more than once).
 
     python benchmarks/bench_peers.py --quick                 # ~1 M tokens, 2 rounds: develop with this
     python benchmarks/bench_peers.py --repeats 3             # the recorded run (benchmarks/RESULTS.md)
-    python benchmarks/bench_peers.py --dry-run               # the plan: pins and command lines; installs nothing
-    python benchmarks/bench_peers.py --groups stream,build   # a subset of the jobs (stream, build, pretok)
+    python benchmarks/bench_peers.py --dry-run               # the plan: pins and command lines; installs
+    nothing python benchmarks/bench_peers.py --groups stream,build   # a subset of the jobs (stream, build,
+    pretok)
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ RATIOS: tuple[tuple[str, str, str, str, tuple[str, float] | None], ...] = (
 
 @dataclasses.dataclass
 class Job:
-    """One whole-process run: ``argv`` in ``venv`` (None: this interpreter); ``before``/``after`` run outside the
-    measurement (clear an output folder; read a disk footprint into the sample)."""
+    """One whole-process run: ``argv`` in ``venv`` (None: this interpreter); ``before``/``after`` run outside
+    the measurement (clear an output folder; read a disk footprint into the sample)."""
 
     name: str
     argv: list[str]
@@ -125,7 +126,8 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def goal_verdict(value: float | None, goal: tuple[str, float] | None) -> str:
-    """``met`` / ``NOT met`` against a goal ``("<=" | ">=", bound)``; empty without a goal, ``n/a`` without a value."""
+    """``met`` / ``NOT met`` against a goal ``("<=" | ">=", bound)``; empty without a goal, ``n/a`` without a
+    value."""
     if goal is None:
         return ""
     if value is None:
@@ -151,11 +153,14 @@ def paired_ratio(samples: dict[str, list[dict | None]], num: str, den: str, fiel
     return statistics.median(ratios) if ratios else None
 
 
-def steady_rates(samples: dict[str, list[dict | None]], kept_tokens: int) -> tuple[float | None, float | None]:
+def steady_rates(
+    samples: dict[str, list[dict | None]], kept_tokens: int
+) -> tuple[float | None, float | None]:
     """Median over rounds of (stream, raw SentencePiece) tokens per CPU-second in the steady state.
 
     Stream: the manifest's kept tokens / (full-pass CPU - ``stream --take 0`` CPU of the same round: imports,
-    manifest check, plan, exit; no document read). Raw: its tokens / (its CPU - its own CPU before the first text).
+    manifest check, plan, exit; no document read). Raw: its tokens / (its CPU - its own CPU before the first
+    text).
     """
     stream = [
         kept_tokens / (s["cpu"] - t["cpu"])
@@ -181,7 +186,8 @@ def epoch_costs(convert_cpu: float, pass_cpu: float, epochs: tuple[int, ...] = (
 
 
 def break_even(ours: tuple[float, float], theirs: tuple[float, float]) -> float | None:
-    """Epochs after which a route (prep, pass) costs less than ours in total: prep_o + E pass_o = prep_t + E pass_t.
+    """Epochs after which a route (prep, pass) costs less than ours in total: prep_o + E pass_o = prep_t + E
+    pass_t.
 
     None when theirs never catches up (its pass is no cheaper); 0 when it is cheaper from the start.
     """
@@ -195,13 +201,16 @@ def break_even(ours: tuple[float, float], theirs: tuple[float, float]) -> float 
 
 
 def become_subreaper() -> None:
-    """Orphaned descendants of a measured child (workers of a forkserver or pool that outlive their parent) are
-    reparented to this process instead of init, so that :func:`measure` reaps them and counts their CPU."""
+    """Orphaned descendants of a measured child (workers of a forkserver or pool that outlive their parent)
+    are reparented to this process instead of init, so that :func:`measure` reaps them and counts their
+    CPU."""
     import ctypes
 
     pr_set_child_subreaper = 36
     if ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
-        print("  (PR_SET_CHILD_SUBREAPER failed: orphaned workers' CPU would not be counted)", file=sys.stderr)
+        print(
+            "  (PR_SET_CHILD_SUBREAPER failed: orphaned workers' CPU would not be counted)", file=sys.stderr
+        )
 
 
 def _tree_rss_sampler(stop: threading.Event, peak: list[float]) -> None:
@@ -235,9 +244,9 @@ def reap_orphans(deadline_s: float = 60.0) -> list[Any]:
 
 
 def measure(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run ``argv`` to its end: CPU (user+sys of the child and every descendant: those it waited for come in its
-    rusage, orphans are reaped here), wall, peak RSS, load, its last-line JSON result and the time to its first
-    batch when it reports one."""
+    """Run ``argv`` to its end: CPU (user+sys of the child and every descendant: those it waited for come in
+    its rusage, orphans are reaped here), wall, peak RSS, load, its last-line JSON result and the time to its
+    first batch when it reports one."""
     load = os.getloadavg()[0]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started, t0 = time.time(), time.perf_counter()
@@ -255,10 +264,14 @@ def measure(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     sample: dict[str, Any] = {
-        "cpu": sum(u.ru_utime + u.ru_stime for u in usages), "wall": wall,
-        "rss": max(u.ru_maxrss for u in usages) / 1024, "tree_rss": peak[0] or None, "load": load,
-        "rc": proc.returncode, "orphans": len(usages) - 1,
-    }  # fmt: skip
+        "cpu": sum(u.ru_utime + u.ru_stime for u in usages),
+        "wall": wall,
+        "rss": max(u.ru_maxrss for u in usages) / 1024,
+        "tree_rss": peak[0] or None,
+        "load": load,
+        "rc": proc.returncode,
+        "orphans": len(usages) - 1,
+    }
     if proc.returncode != 0:
         sample["error"] = (stderr.strip() or stdout.strip())[-1500:]
         return sample
@@ -306,8 +319,9 @@ def ensure_venv(venvs: Path, name: str) -> Path:
     constraints.write_text("" if name in REGISTRY_TORCH else torch_constraint())
     subprocess.run(
         [str(venv_python(venvs, name)), "-m", "pip", "install", "-q", "-c", str(constraints), *PINS[name]],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     marker.write_text(pins)
     return venv_python(venvs, name)
 
@@ -337,7 +351,8 @@ def versions(python: Path | str, names: tuple[str, ...]) -> dict[str, str]:
     return json.loads(out.stdout)
 
 
-# --- the corpus ----------------------------------------------------------------------------------------------
+# --- the corpus
+# ----------------------------------------------------------------------------------------------
 
 
 def elm_data_cli() -> list[str]:
@@ -352,8 +367,11 @@ def prepare_corpus(args, work: Path) -> Corpus:
 
     sample = work / f"sample-{args.scale:g}-{args.seed}"
     if not (sample / "mixture.yaml").exists():
-        subprocess.run([*elm_data_cli(), "sample", str(sample), "--scale", str(args.scale), "--seed", str(args.seed)],
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [*elm_data_cli(), "sample", str(sample), "--scale", str(args.scale), "--seed", str(args.seed)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     mixture = yaml.safe_load((sample / "mixture.yaml").read_text())
     mixture["sources"] = [s for s in mixture["sources"] if s["source"] == args.source]
     if not mixture["sources"]:
@@ -369,8 +387,18 @@ def prepare_corpus(args, work: Path) -> Corpus:
     shards_json.write_text(json.dumps(shard_map, indent=1))
     manifest = sample / f"{args.source}-manifest"
     if not usable(manifest, args.tokenizer):
-        argv = ["build", "manifest", str(part), "--out", str(manifest), "--workers", "2", "--tokenizer",
-                str(args.tokenizer), "--overwrite"]  # fmt: skip
+        argv = [
+            "build",
+            "manifest",
+            str(part),
+            "--out",
+            str(manifest),
+            "--workers",
+            "2",
+            "--tokenizer",
+            str(args.tokenizer),
+            "--overwrite",
+        ]
         subprocess.run([*elm_data_cli(), *argv], check=True, stdout=subprocess.DEVNULL)
     files = [Path(p) for paths in shard_map.values() for p in paths]
     corpus = Corpus(part, shards_json, manifest, args.tokenizer, tokenizer_json(args.tokenizer, work))
@@ -380,7 +408,8 @@ def prepare_corpus(args, work: Path) -> Corpus:
 
 
 def usable(manifest: Path, tokenizer: Path) -> bool:
-    """Whether this tree's stream opens a cached manifest (one built by an older tree may be of an older format)."""
+    """Whether this tree's stream opens a cached manifest (one built by an older tree may be of an older
+    format)."""
     if not (manifest / "manifest.json").exists():
         return False
     probe = [*elm_data_cli(), "stream", str(manifest), "--take", "0", "--tokenizer", str(tokenizer)]
@@ -402,7 +431,8 @@ def tokenizer_json(model: Path, work: Path) -> Path:
     return out
 
 
-# --- the jobs ------------------------------------------------------------------------------------------------
+# --- the jobs
+# ------------------------------------------------------------------------------------------------
 
 
 def cli_has_workers() -> bool:
@@ -426,54 +456,114 @@ def ours_jobs(c: Corpus, out: Path, workers_flag: bool) -> dict[str, list[Job]]:
     cli, m = elm_data_cli(), str(c.manifest)
     tail = ["--batch-size", str(BATCH), "--format", "jsonl", "--tokenizer", str(c.tokenizer)]
     full = [*cli, "stream", m, "--full-pass", *tail]
-    api = [sys.executable, str(PEER_SCRIPTS / "elm_stream_api.py"), "--manifest", m, "--batch-size", str(BATCH)]
+    api = [
+        sys.executable,
+        str(PEER_SCRIPTS / "elm_stream_api.py"),
+        "--manifest",
+        m,
+        "--batch-size",
+        str(BATCH),
+    ]
     raw = [sys.executable, str(PEER_SCRIPTS / "raw_sp.py"), "--shards", str(c.shards_json), "--tokenizer"]
     jobs = {
         "stream": [Job("stream", full, after=footprint(c.manifest))],
-        "stream-2w": [Job("stream-2w", [*full, "--workers", "2"] if workers_flag else [*api, "--workers", "2"])],
+        "stream-2w": [
+            Job("stream-2w", [*full, "--workers", "2"] if workers_flag else [*api, "--workers", "2"])
+        ],
         "take0": [Job("take0", [*cli, "stream", m, "--take", "0", *tail])],
         "take1": [Job("take1", [*cli, "stream", m, "--take", "1", *tail])],
         "raw-sp": [Job("raw-sp", [*raw, str(c.tokenizer)])],
     }
     for n in (1, 2):
         target = out / f"build-{n}"
-        argv = [*cli, "build", "manifest", str(c.mixture), "--out", str(target), "--workers", str(n), "--tokenizer",
-                str(c.tokenizer)]  # fmt: skip
+        argv = [
+            *cli,
+            "build",
+            "manifest",
+            str(c.mixture),
+            "--out",
+            str(target),
+            "--workers",
+            str(n),
+            "--tokenizer",
+            str(c.tokenizer),
+        ]
         jobs[f"build-{n}"] = [Job(f"build-{n}", argv, before=fresh(target), after=footprint(target))]
     return jobs
 
 
 def peer_jobs(c: Corpus, out: Path, venvs: Path) -> dict[str, list[Job]]:
     data = ["--shards", str(c.shards_json)]
-    jobs = {"hf": [Job("hf", [str(venv_python(venvs, "datasets")), str(PEER_SCRIPTS / "hf_stream.py"), *data,
-                               "--tokenizer", str(c.tokenizer)], venv="datasets")]}  # fmt: skip
+    jobs = {
+        "hf": [
+            Job(
+                "hf",
+                [
+                    str(venv_python(venvs, "datasets")),
+                    str(PEER_SCRIPTS / "hf_stream.py"),
+                    *data,
+                    "--tokenizer",
+                    str(c.tokenizer),
+                ],
+                venv="datasets",
+            )
+        ]
+    }
     for n in (1, 2):
         logs = out / f"datatrove-{n}"
-        argv = [str(venv_python(venvs, "datatrove")), str(PEER_SCRIPTS / "datatrove_build.py"), *data,
-                "--tokenizer-json", str(c.tokenizer_json), "--workers", str(n), "--logs", str(logs)]  # fmt: skip
+        argv = [
+            str(venv_python(venvs, "datatrove")),
+            str(PEER_SCRIPTS / "datatrove_build.py"),
+            *data,
+            "--tokenizer-json",
+            str(c.tokenizer_json),
+            "--workers",
+            str(n),
+            "--logs",
+            str(logs),
+        ]
         jobs[f"datatrove-{n}"] = [Job(f"datatrove-{n}", argv, venv="datatrove", before=fresh(logs))]
-    for peer, venv, script in (("mosaic", "mosaicml-streaming", "mosaic_route.py"),
-                               ("litdata", "litdata", "litdata_route.py")):  # fmt: skip
+    for peer, venv, script in (
+        ("mosaic", "mosaicml-streaming", "mosaic_route.py"),
+        ("litdata", "litdata", "litdata_route.py"),
+    ):
         target, python = out / peer, str(venv_python(venvs, venv))
-        convert = [python, str(PEER_SCRIPTS / script), "convert", *data, "--tokenizer", str(c.tokenizer), "--out",
-                   str(target)]  # fmt: skip
+        convert = [
+            python,
+            str(PEER_SCRIPTS / script),
+            "convert",
+            *data,
+            "--tokenizer",
+            str(c.tokenizer),
+            "--out",
+            str(target),
+        ]
         jobs[peer] = [
             Job(f"{peer}-convert", convert, venv=venv, before=fresh(target), after=footprint(target)),
-            Job(f"{peer}-pass", [python, str(PEER_SCRIPTS / script), "pass", "--out", str(target)], venv=venv),
+            Job(
+                f"{peer}-pass", [python, str(PEER_SCRIPTS / script), "pass", "--out", str(target)], venv=venv
+            ),
         ]
     return jobs
 
 
 def child_env(work: Path, tokenizer: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "ELM_DATA_TOKENIZER": str(tokenizer), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(work / "hf-home"), "TOKENIZERS_PARALLELISM": "true", "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "ELM_DATA_TOKENIZER": str(tokenizer),
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(work / "hf-home"),
+            "TOKENIZERS_PARALLELISM": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
-# --- rounds and the report -----------------------------------------------------------------------------------
+# --- rounds and the report
+# -----------------------------------------------------------------------------------
 
 
 def run_rounds(units: dict[str, list[Job]], rounds: int, env: dict[str, str], cwd: Path) -> dict[str, list]:
@@ -503,8 +593,10 @@ def describe(s: dict[str, Any]) -> str:
     extra = f", first batch {s['ttfb']:.2f} s" if s.get("ttfb") else ""
     extra += f", disk {s['disk'] / 2**20:.1f} MiB" if s.get("disk") is not None else ""
     tree = f" (tree {s['tree_rss']:.0f})" if s.get("tree_rss") else ""
-    return (f"CPU {s['cpu']:6.2f} s  wall {s['wall']:6.2f} s  peak RSS {s['rss']:5.0f}{tree} MiB  "
-            f"load {s['load']:.1f}{extra}")  # fmt: skip
+    return (
+        f"CPU {s['cpu']:6.2f} s  wall {s['wall']:6.2f} s  peak RSS {s['rss']:5.0f}{tree} MiB  "
+        f"load {s['load']:.1f}{extra}"
+    )
 
 
 def report_jobs(samples: dict[str, list]) -> None:
@@ -518,7 +610,9 @@ def report_jobs(samples: dict[str, list]) -> None:
         tokens = ok[0].get("result", {}).get("tokens")
         line = f"  {name:16s} CPU {med['cpu']:7.2f} s  wall {med['wall']:7.2f} s  RSS {med['rss']:5.0f}"
         line += f" / {med['tree_rss']:5.0f}" if med["tree_rss"] else ""
-        line += f"  load {med['load']:.1f} ({min(r['load'] for r in ok):.1f}-{max(r['load'] for r in ok):.1f})"
+        line += (
+            f"  load {med['load']:.1f} ({min(r['load'] for r in ok):.1f}-{max(r['load'] for r in ok):.1f})"
+        )
         line += f"  first batch {med['ttfb']:.2f} s" if med["ttfb"] else ""
         line += f"  disk {med['disk'] / 2**20:.1f} MiB" if med["disk"] is not None else ""
         line += f"  tokens {tokens:,}" if isinstance(tokens, int) else ""
@@ -540,8 +634,10 @@ def report_ratios(samples: dict[str, list], kept_tokens: int) -> dict[str, tuple
             value,
             goal_verdict(value, (">=", 0.95)),
         )
-        print(f"  steady state tokens per CPU-s: stream {stream or 0:,.0f}, raw SentencePiece {raw or 0:,.0f}: "
-              f"{fmt_ratio(value)}  {goal_verdict(value, ('>=', 0.95))}")  # fmt: skip
+        print(
+            f"  steady state tokens per CPU-s: stream {stream or 0:,.0f}, raw SentencePiece {raw or 0:,.0f}: "
+            f"{fmt_ratio(value)}  {goal_verdict(value, ('>=', 0.95))}"
+        )
     if samples.get("take1"):
         take1 = median_of(samples["take1"], "cpu")
         found["stream --take 1 CPU-s"] = (take1, goal_verdict(take1, ("<=", 1.0)))
@@ -550,7 +646,8 @@ def report_ratios(samples: dict[str, list], kept_tokens: int) -> dict[str, tuple
 
 
 def report_pretokenized(samples: dict[str, list]) -> None:
-    """Convert + pass of each pre-tokenized route next to ours (build + on-the-fly pass), CPU-s for E epochs."""
+    """Convert + pass of each pre-tokenized route next to ours (build + on-the-fly pass), CPU-s for E
+    epochs."""
     routes = {"elm-data (build manifest -w1 + stream)": ("build-1", "stream")}
     routes |= {f"{p} (convert + pass)": (f"{p}-convert", f"{p}-pass") for p in ("mosaic", "litdata")}
     routes = {k: v for k, v in routes.items() if samples.get(v[0]) and samples.get(v[1])}
@@ -566,20 +663,31 @@ def report_pretokenized(samples: dict[str, list]) -> None:
         ttfb = median_of(samples["take1"], "wall") if ours else median_of(samples[one], "ttfb")
         costs[label] = (pc, ec)
         e1, e2, e4 = epoch_costs(pc, ec)
-        print(f"  {label:42s} prep {pc:6.2f} CPU-s / {pw:6.2f} s wall, pass {ec:6.2f} CPU-s / {ew:6.2f} s wall, "
-              f"first batch {ttfb or 0:.2f} s, disk {(disk or 0) / 2**20:.1f} MiB; CPU-s for 1/2/4 epochs "
-              f"{e1:.1f}/{e2:.1f}/{e4:.1f}")  # fmt: skip
+        print(
+            f"  {label:42s} prep {pc:6.2f} CPU-s / {pw:6.2f} s wall, pass {ec:6.2f} CPU-s / {ew:6.2f} s "
+            "wall, "
+            f"first batch {ttfb or 0:.2f} s, disk {(disk or 0) / 2**20:.1f} MiB; CPU-s for 1/2/4 epochs "
+            f"{e1:.1f}/{e2:.1f}/{e4:.1f}"
+        )
     ours = costs.pop(next(iter(routes)))
     for label, theirs in costs.items():
         be = break_even(ours, theirs)
-        when = "never" if be is None else "from the first epoch on" if be <= 1 else f"from epoch {math.ceil(be)} on"
+        when = (
+            "never"
+            if be is None
+            else "from the first epoch on"
+            if be <= 1
+            else f"from epoch {math.ceil(be)} on"
+        )
         print(f"  {label}: less CPU in total than ours {when} (prep + E passes = ours at E = {be or 0:.2f})")
 
 
 def markdown(samples: dict[str, list], ratios: dict[str, tuple[float | None, str]]) -> str:
     """The job medians and the ratios with their goals as Markdown tables (for benchmarks/RESULTS.md)."""
-    rows = ["| job | CPU s | wall s | peak RSS MiB (largest / tree) | load | first batch s | disk MiB | runs |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| job | CPU s | wall s | peak RSS MiB (largest / tree) | load | first batch s | disk MiB | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, runs in samples.items():
         ok = [r for r in runs if r]
         if not ok:
@@ -593,26 +701,38 @@ def markdown(samples: dict[str, list], ratios: dict[str, tuple[float | None, str
             f"{'' if med['disk'] is None else format(med['disk'] / 2**20, '.1f')} | {len(ok)}/{len(runs)} |"
         )
     rows += ["", "| ratio (within a round, median over rounds) | value | goal (issue 25) |", "|---|---:|---|"]
-    rows += [f"| {name} | {format(v or 0, '.2f') + ' s' if name.endswith('CPU-s') else fmt_ratio(v)} | {verdict} |"
-             for name, (v, verdict) in ratios.items()]  # fmt: skip
+    rows += [
+        f"| {name} | {format(v or 0, '.2f') + ' s' if name.endswith('CPU-s') else fmt_ratio(v)} | {verdict} |"
+        for name, (v, verdict) in ratios.items()
+    ]
     return "\n".join(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", type=float, default=None, help="sample corpus scale (60; --quick: 6)")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--source", default="redpajama", help="which source of the sample corpus (its shards)")
+    parser.add_argument(
+        "--source", default="redpajama", help="which source of the sample corpus (its shards)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="rounds (3; --quick: 2)")
     parser.add_argument("--groups", default="stream,build,pretok", help=f"comma list of {', '.join(GROUPS)}")
     parser.add_argument("--jobs", default=None, help="comma list of job units instead of --groups")
     parser.add_argument("--quick", action="store_true", help="scale 6, 2 rounds: a cheap development run")
-    parser.add_argument("--dry-run", action="store_true", help="print pins and command lines; install/run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print pins and command lines; install/run nothing"
+    )
     parser.add_argument("--tokenizer", type=Path, default=os.environ.get("ELM_DATA_TOKENIZER"))
     parser.add_argument("--work", type=Path, default=CACHE / "work", help="corpora and outputs")
-    parser.add_argument("--venvs", type=Path, default=CACHE / "venvs", help="one virtual environment per peer")
+    parser.add_argument(
+        "--venvs", type=Path, default=CACHE / "venvs", help="one virtual environment per peer"
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="write every sample here")
-    parser.add_argument("--from-json", type=Path, default=None, help="report a --json-out file again; run nothing")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="report a --json-out file again; run nothing"
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args(argv)
     args.scale = args.scale if args.scale is not None else (6.0 if args.quick else 60.0)
@@ -628,9 +748,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def dry_run(args) -> None:
-    print(f"plan: {args.repeats} rounds of {', '.join(args.units)}; shards: the {args.source} part of "
-          f"`elm-data sample --scale {args.scale:g} --seed {args.seed}` in {args.work}")  # fmt: skip
-    for name in sorted({j.venv for jobs in select(args, dummy_corpus(args)).values() for j in jobs if j.venv}):
+    print(
+        f"plan: {args.repeats} rounds of {', '.join(args.units)}; shards: the {args.source} part of "
+        f"`elm-data sample --scale {args.scale:g} --seed {args.seed}` in {args.work}"
+    )
+    for name in sorted(
+        {j.venv for jobs in select(args, dummy_corpus(args)).values() for j in jobs if j.venv}
+    ):
         print(f"  venv {args.venvs / name}: {' '.join(PINS[name])}")
     for unit, jobs in select(args, dummy_corpus(args)).items():
         for job in jobs:
@@ -640,8 +764,13 @@ def dry_run(args) -> None:
 def dummy_corpus(args) -> Corpus:
     sample = args.work / f"sample-{args.scale:g}-{args.seed}"
     tok = Path(args.tokenizer or "tokenizer.model")
-    return Corpus(sample / f"{args.source}.yaml", sample / f"{args.source}-shards.json",
-                  sample / f"{args.source}-manifest", tok, args.work / "tokenizer.json")  # fmt: skip
+    return Corpus(
+        sample / f"{args.source}.yaml",
+        sample / f"{args.source}-shards.json",
+        sample / f"{args.source}-manifest",
+        tok,
+        args.work / "tokenizer.json",
+    )
 
 
 def select(args, corpus: Corpus, workers_flag: bool = True) -> dict[str, list[Job]]:
@@ -667,15 +796,24 @@ def main(argv: list[str] | None = None) -> int:
     corpus = prepare_corpus(args, args.work)
     workers_flag = cli_has_workers()
     units = select(args, corpus, workers_flag)
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          f"{sys.version.split()[0]}")  # fmt: skip
-    print(f"shards: {corpus.shards} ({args.source} of sample --scale {args.scale:g} --seed {args.seed}), "
-          f"{corpus.bytes / 1e6:.1f} MB, {corpus.kept_tokens:,} kept tokens; tokenizer {args.tokenizer}")  # fmt: skip
-    two = "elm-data stream --full-pass --workers 2" if workers_flag else "the Python API, 2 DataLoader workers"
-    print(f"stream-2w: {two}{'' if workers_flag else ' (this CLI has no stream --workers)'}")
-    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(
-        f"  ours (tree {commit.stdout.strip() or '?'}): {json.dumps(versions(sys.executable, ('elm-data', *REPORTED)))}"
+        f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+        f"{sys.version.split()[0]}"
+    )
+    print(
+        f"shards: {corpus.shards} ({args.source} of sample --scale {args.scale:g} --seed {args.seed}), "
+        f"{corpus.bytes / 1e6:.1f} MB, {corpus.kept_tokens:,} kept tokens; tokenizer {args.tokenizer}"
+    )
+    two = (
+        "elm-data stream --full-pass --workers 2" if workers_flag else "the Python API, 2 DataLoader workers"
+    )
+    print(f"stream-2w: {two}{'' if workers_flag else ' (this CLI has no stream --workers)'}")
+    commit = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    print(
+        f"  ours (tree {commit.stdout.strip() or '?'}): "
+        f"{json.dumps(versions(sys.executable, ('elm-data', *REPORTED)))}"
     )
     for venv in sorted({j.venv for jobs in units.values() for j in jobs if j.venv}):
         python = ensure_venv(args.venvs, venv)
@@ -684,7 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     samples = run_rounds(units, args.repeats, child_env(args.work, args.tokenizer), args.work)
     if args.json_out:
-        args.json_out.write_text(json.dumps({"kept_tokens": corpus.kept_tokens, "samples": samples}, default=str))
+        args.json_out.write_text(
+            json.dumps({"kept_tokens": corpus.kept_tokens, "samples": samples}, default=str)
+        )
     report(samples, corpus.kept_tokens, args.markdown)
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0

@@ -1,12 +1,13 @@
-"""A stream reader's memory against shard and block size (issue 27): one process, one natural pass, RSS over time.
+"""A stream reader's memory against shard and block size (issue 27): one process, one natural pass, RSS over
+time.
 
 ``sample``
-    A natural pass of a built manifest (``--manifest``, e.g. of ``elm-data sample --scale 300``; P = the stream's
-    default; its first ``--max-batches`` batches when set) in one process (``StreamLoader``, no workers), once
-    per ``--caps`` (``ELM_DATA_READER_MEMORY`` in bytes; ``none``: no cap, blocks held as before issue 27, though
-    each view's buffer stays 128 KiB, not 1 MiB), each in a fresh process. Reported: RSS before the pass (after
-    imports and start-up), VmHWM (peak) at the end and after the first ``--early`` batches, batches, tokens,
-    seconds, and the most verified block bytes held in memory (``HeldBlocks.held``).
+    A natural pass of a built manifest (``--manifest``, e.g. of ``elm-data sample --scale 300``; P = the
+    stream's default; its first ``--max-batches`` batches when set) in one process (``StreamLoader``, no
+    workers), once per ``--caps`` (``ELM_DATA_READER_MEMORY`` in bytes; ``none``: no cap, blocks held as
+    before issue 27, though each view's buffer stays 128 KiB, not 1 MiB), each in a fresh process. Reported:
+    RSS before the pass (after imports and start-up), VmHWM (peak) at the end and after the first ``--early``
+    batches, batches, tokens, seconds, and the most verified block bytes held in memory (``HeldBlocks.held``).
 
 ``gzip``
     One single-member gzip JSONL shard of about ``--gzip-bytes`` compressed (default 1 GiB): records
@@ -43,7 +44,8 @@ def _memory_mib(field: str) -> float:
 
 
 def pass_child(manifest: str, early: int, most: int, tensors: bool) -> None:
-    """(subprocess) One natural pass in this process (its first ``most`` batches when > 0); prints JSON figures.
+    """(subprocess) One natural pass in this process (its first ``most`` batches when > 0); prints JSON
+    figures.
 
     As ``elm-data stream --full-pass`` runs it (numpy arrays: no torch, no pandas), or with ``tensors`` as a
     one-process trainer would (torch imported, batches as tensors)."""
@@ -71,14 +73,29 @@ def pass_child(manifest: str, early: int, most: int, tensors: bool) -> None:
         if batches == most:
             break
     modules = sorted(m for m in ("torch", "pandas") if m in sys.modules)
-    print(json.dumps({"rss_start_mib": start, "rss_imported_mib": imported, "rss_before_mib": before,
-                      "hwm_mib": _memory_mib("VmHWM"), "early_hwm_mib": early_hwm, "batches": batches,
-                      "tokens": tokens, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                      "partitions": stream.config.partitions, "held_mib": held / 2**20,
-                      "modules": modules}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "rss_start_mib": start,
+                "rss_imported_mib": imported,
+                "rss_before_mib": before,
+                "hwm_mib": _memory_mib("VmHWM"),
+                "early_hwm_mib": early_hwm,
+                "batches": batches,
+                "tokens": tokens,
+                "seconds": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+                "partitions": stream.config.partitions,
+                "held_mib": held / 2**20,
+                "modules": modules,
+            }
+        )
+    )
 
 
-def measure(manifest: Path, caps: list[str], early: int, most: int = 0, tensors: bool = False) -> list[dict[str, Any]]:
+def measure(
+    manifest: Path, caps: list[str], early: int, most: int = 0, tensors: bool = False
+) -> list[dict[str, Any]]:
     rows = []
     for cap in caps:
         env = dict(os.environ, ELM_DATA_READER_MEMORY=str(UNCAPPED if cap == "none" else int(float(cap))))
@@ -87,14 +104,19 @@ def measure(manifest: Path, caps: list[str], early: int, most: int = 0, tensors:
         row = json.loads(out.stdout.strip().splitlines()[-1]) | {"cap": cap, "load": os.getloadavg()[0]}
         rows.append(row)
         cap_text = "no cap" if cap == "none" else f"cap {int(float(cap)) / 2**20:.0f} MiB"
-        print(f"  {cap_text:12s}: RSS {row['rss_start_mib']:.0f} MiB at start, {row['rss_imported_mib']:.0f} after "
-              f"imports ({', '.join(row['modules']) or 'no torch, no pandas'}), "
-              f"before the pass {row['rss_before_mib']:.0f} MiB, peak (VmHWM) "
-              f"{row['hwm_mib']:.0f} MiB (after {early} batches: {row['early_hwm_mib'] or float('nan'):.0f}), most "
-              f"block bytes held in memory {row['held_mib']:.0f} MiB; {row['batches']:,} batches, "
-              f"{row['tokens']:,} tokens, P = {row['partitions']}, {row['seconds']:.0f} s ({row['cpu_s']:.1f} CPU-s), "
-              f"load {row['load']:.1f}",
-              flush=True)  # fmt: skip
+        print(
+            f"  {cap_text:12s}: RSS {row['rss_start_mib']:.0f} MiB at start, {row['rss_imported_mib']:.0f} "
+            "after "
+            f"imports ({', '.join(row['modules']) or 'no torch, no pandas'}), "
+            f"before the pass {row['rss_before_mib']:.0f} MiB, peak (VmHWM) "
+            f"{row['hwm_mib']:.0f} MiB (after {early} batches: "
+            f"{row['early_hwm_mib'] or float('nan'):.0f}), most "
+            f"block bytes held in memory {row['held_mib']:.0f} MiB; {row['batches']:,} batches, "
+            f"{row['tokens']:,} tokens, P = {row['partitions']}, {row['seconds']:.0f} s "
+            f"({row['cpu_s']:.1f} CPU-s), "
+            f"load {row['load']:.1f}",
+            flush=True,
+        )
     return rows
 
 
@@ -104,8 +126,32 @@ def write_gzip_shard(path: Path, target: int, record_bytes: int = 1 << 20) -> in
 
     rng = np.random.default_rng(0)
     alphabet = np.frombuffer(b"!#$%&'()*+,-./:;<=>?@[]^_`{|}~", dtype=np.uint8)
-    words = ("the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
-             "not", "he", "this", "are", "or", "his", "from", "at")  # fmt: skip
+    words = (
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "a",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "was",
+        "with",
+        "be",
+        "by",
+        "on",
+        "not",
+        "he",
+        "this",
+        "are",
+        "or",
+        "his",
+        "from",
+        "at",
+    )
     records = 0
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as f:
         while raw.tell() < target:
@@ -143,15 +189,23 @@ def gzip_case(args) -> list[dict[str, Any]]:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_pass":
         return pass_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("section", choices=["sample", "gzip"])
     parser.add_argument("--manifest", type=Path, help="a built manifest (sample)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_reader_memory"))
-    parser.add_argument("--caps", default=f"none,{128 << 20}", help="ELM_DATA_READER_MEMORY values; none = no cap")
+    parser.add_argument(
+        "--caps", default=f"none,{128 << 20}", help="ELM_DATA_READER_MEMORY values; none = no cap"
+    )
     parser.add_argument("--early", type=int, default=500, help="also report the peak after this many batches")
     parser.add_argument("--gzip-bytes", type=int, default=1 << 30)
-    parser.add_argument("--max-batches", type=int, default=0, help="stop the pass after this many batches (0: all)")
-    parser.add_argument("--tensors", action="store_true", help="import torch and hand out tensors (as a trainer)")
+    parser.add_argument(
+        "--max-batches", type=int, default=0, help="stop the pass after this many batches (0: all)"
+    )
+    parser.add_argument(
+        "--tensors", action="store_true", help="import torch and hand out tensors (as a trainer)"
+    )
     args = parser.parse_args()
     print(f"reader memory: {os.cpu_count()} CPUs, seq_len {SEQ_LEN}, batch {BATCH}, natural, one process")
     if args.section == "sample":

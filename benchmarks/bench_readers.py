@@ -76,11 +76,16 @@ def ours(shards: list[tuple[str, str, str]]) -> int:
 
 
 def text_megabytes(shards: list[tuple[str, str, str]]) -> float:
-    return sum(len(d.text.encode()) for u, s, b in shards for d in read_shard(u, s, b, shard_sha256="0" * 64)) / 1e6
+    return (
+        sum(len(d.text.encode()) for u, s, b in shards for d in read_shard(u, s, b, shard_sha256="0" * 64))
+        / 1e6
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -128,7 +133,10 @@ def main() -> None:
             for u in files:
                 sha256_of(u)
             hash_s.append(time.perf_counter() - t0)
-        print(f"sha256_of: {total / statistics.median(hash_s):.0f} MB/s over {total:.1f} MB (median of {args.repeats})")
+        print(
+            f"sha256_of: {total / statistics.median(hash_s):.0f} MB/s over {total:.1f} MB (median of "
+            f"{args.repeats})"
+        )
         print("ours/bare = throughput ratio (median of per-run ratios); 1.0 = as fast as the bare loop")
 
 

@@ -1,4 +1,5 @@
-"""Streaming over a network (issue 27): a loopback HTTP server with latency and faults vs the same files local.
+"""Streaming over a network (issue 27): a loopback HTTP server with latency and faults vs the same files
+local.
 
 One natural pass of the sample corpus (``write_sample_corpus(seed=0, scale=--scale)``, JSONL blocks of
 ``--block-bytes``), 1 rank x ``--workers`` forked DataLoader workers, side by side in one run, ``--repeats``
@@ -65,8 +66,15 @@ def mixtures(sample: Path, url: str, out: Path) -> tuple[Path, Path]:
 
 def one_pass(manifest: Path, tokenizer, workers: int, network: NetworkSettings) -> dict:
     """Tokens/s of one natural pass, its batches' digest, the documents in order, the remote counts."""
-    stream = TokenStream(manifest, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer,
-                         partitions=8, network=network)  # fmt: skip
+    stream = TokenStream(
+        manifest,
+        batch_size=BATCH,
+        seq_len=SEQ_LEN,
+        weights="natural",
+        tokenizer=tokenizer,
+        partitions=8,
+        network=network,
+    )
     loader = StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None)
     digest, docs, tokens = hashlib.sha256(), [], 0
     started = time.perf_counter()
@@ -75,8 +83,13 @@ def one_pass(manifest: Path, tokenizer, workers: int, network: NetworkSettings) 
         tokens += sum(batch["tokens_by_source"].values())
         docs.extend((s["shard_sha256"], s["doc_id"], s["doc_start"]) for row in batch["spans"] for s in row)
     elapsed = time.perf_counter() - started
-    return {"tok_s": tokens / elapsed, "s": elapsed, "digest": digest.hexdigest(), "docs": docs,
-            "remote": loader.stats().get("remote", {})}  # fmt: skip
+    return {
+        "tok_s": tokens / elapsed,
+        "s": elapsed,
+        "digest": digest.hexdigest(),
+        "docs": docs,
+        "remote": loader.stats().get("remote", {}),
+    }
 
 
 def lost_and_duplicated(reference: list, got: list) -> tuple[int, int]:
@@ -103,12 +116,16 @@ def main() -> None:
     faults = fault_server.Faults(latency_s=args.latency_ms / 1000)
     with fault_server.serve(sample, faults) as (url, stats):
         local_yaml, http_yaml = mixtures(sample, url, args.work)
-        local = build_manifest(local_yaml, args.work / "m_local", tokenizer=None, block_bytes=args.block_bytes)
+        local = build_manifest(
+            local_yaml, args.work / "m_local", tokenizer=None, block_bytes=args.block_bytes
+        )
         http = build_manifest(http_yaml, args.work / "m_http", tokenizer=None, block_bytes=args.block_bytes)
         assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)
         corpus = sum(p.stat().st_size for p in sample.rglob("*") if p.is_file() and p.suffix != ".yaml")
-        print(f"corpus {corpus:,} bytes, {local.totals['tokens']:,} tokens, manifest {local.manifest_id[:12]}; "
-              f"{args.workers} workers, {args.latency_ms:g} ms per request, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+        print(
+            f"corpus {corpus:,} bytes, {local.totals['tokens']:,} tokens, manifest {local.manifest_id[:12]}; "
+            f"{args.workers} workers, {args.latency_ms:g} ms per request, load {os.getloadavg()[0]:.1f}"
+        )
         runs: dict[str, list[dict]] = {"local": [], "http": [], "http, no read-ahead": []}
         for _ in range(args.repeats):
             runs["local"].append(one_pass(local.manifest_dir, tokenizer, args.workers, base))
@@ -117,24 +134,38 @@ def main() -> None:
             runs["http, no read-ahead"].append(one_pass(http.manifest_dir, tokenizer, args.workers, no_ahead))
         reference = runs["local"][0]
         local_rate = statistics.median(r["tok_s"] for r in runs["local"])
-        print("\n| pass | median tok/s | vs local | median s | batches bitwise = local |\n|---|---:|---:|---:|---|")
+        print(
+            "\n| pass | median tok/s | vs local | median s | batches bitwise = local "
+            "|\n|---|---:|---:|---:|---|"
+        )
         for name, rs in runs.items():
             rate = statistics.median(r["tok_s"] for r in rs)
             same = all(r["digest"] == reference["digest"] for r in rs)
-            print(f"| {name} | {rate:,.0f} | {rate / local_rate:.2f}x | "
-                  f"{statistics.median(r['s'] for r in rs):.2f} | {same} |")  # fmt: skip
-        cache = NetworkSettings(base.retries, CacheConfig(str(args.work / "cache"), 1 << 30), base.readahead_bytes)
+            print(
+                f"| {name} | {rate:,.0f} | {rate / local_rate:.2f}x | "
+                f"{statistics.median(r['s'] for r in rs):.2f} | {same} |"
+            )
+        cache = NetworkSettings(
+            base.retries, CacheConfig(str(args.work / "cache"), 1 << 30), base.readahead_bytes
+        )
         sent = stats.bytes_sent
         cold = one_pass(http.manifest_dir, tokenizer, args.workers, cache)
         cold_sent, sent = stats.bytes_sent - sent, stats.bytes_sent
         warm = one_pass(http.manifest_dir, tokenizer, args.workers, cache)
         warm_sent = stats.bytes_sent - sent
-        print(f"\ncache: cold pass {cold_sent:,} bytes sent by the server ({cold['tok_s']:,.0f} tok/s), warm pass "
-              f"{warm_sent:,} bytes ({warm['tok_s']:,.0f} tok/s, {warm['remote'].get('bytes_from_cache', 0):,} "
-              f"bytes from the cache); batches bitwise = local: {warm['digest'] == reference['digest']}")  # fmt: skip
+        print(
+            f"\ncache: cold pass {cold_sent:,} bytes sent by the server ({cold['tok_s']:,.0f} tok/s), warm "
+            "pass "
+            f"{warm_sent:,} bytes ({warm['tok_s']:,.0f} tok/s, "
+            f"{warm['remote'].get('bytes_from_cache', 0):,} "
+            f"bytes from the cache); batches bitwise = local: {warm['digest'] == reference['digest']}"
+        )
         http_rate = statistics.median(r["tok_s"] for r in runs["http"])
-        print("\n| faults | median tok/s | slowdown vs fault-free http | faults served | retries | lost | duplicated "
-              "| bitwise = local |\n|---|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
+        print(
+            "\n| faults | median tok/s | slowdown vs fault-free http | faults served | retries | lost | "
+            "duplicated "
+            "| bitwise = local |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        )
         for rate in (float(x) for x in args.fault_rates.split(",")):
             rs, before = [], Counter(stats.faults)
             for k in range(args.repeats):
@@ -147,8 +178,10 @@ def main() -> None:
             med = statistics.median(r["tok_s"] for r in rs)
             retries = sum(r["remote"].get("retries", 0) for r in rs)
             same = all(r["digest"] == reference["digest"] for r in rs)
-            print(f"| {rate:.0%} of requests | {med:,.0f} | {http_rate / med:.2f}x | {sum(served.values())} "
-                  f"({dict(served)}) | {retries} | {lost} | {dup} | {same} |")  # fmt: skip
+            print(
+                f"| {rate:.0%} of requests | {med:,.0f} | {http_rate / med:.2f}x | {sum(served.values())} "
+                f"({dict(served)}) | {retries} | {lost} | {dup} | {same} |"
+            )
     print(f"\nCPU of this process: {time.process_time() - cpu0:.1f} s (workers' CPU not included)")
 
 

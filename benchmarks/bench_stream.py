@@ -33,14 +33,17 @@ SEQ_LEN, BATCH = 2048, 8
 
 
 def build(work: Path, scale: float, shard_factor: int = 1) -> Path:
-    """A manifest of the sample corpus at ``scale`` (documents per shard) x ``shard_factor`` (shards per subset)."""
+    """A manifest of the sample corpus at ``scale`` (documents per shard) x ``shard_factor`` (shards per
+    subset)."""
     from elm_data.manifests.build import build_manifest
     from elm_data.sources.sample import write_sample_corpus
 
     name = f"{scale}" if shard_factor == 1 else f"{scale}x{shard_factor}"
     corpus, manifest = work / f"corpus-{name}", work / f"manifest-{name}"
     if not (manifest / "manifest.json").exists():
-        build_manifest(write_sample_corpus(corpus, seed=0, scale=scale, shard_factor=shard_factor), manifest, workers=2)
+        build_manifest(
+            write_sample_corpus(corpus, seed=0, scale=scale, shard_factor=shard_factor), manifest, workers=2
+        )
     return manifest
 
 
@@ -80,8 +83,14 @@ def time_stream(manifest_dir: Path, tokenizer, workers: int, partitions: int) ->
     """(wall, CPU) seconds of one natural pass, worker start-up included."""
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
-    stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer,
-                         partitions=partitions)  # fmt: skip
+    stream = TokenStream(
+        manifest_dir,
+        batch_size=BATCH,
+        seq_len=SEQ_LEN,
+        weights="natural",
+        tokenizer=tokenizer,
+        partitions=partitions,
+    )
     t0, c0 = time.perf_counter(), cpu_seconds()
     for _ in StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None):
         pass
@@ -110,8 +119,14 @@ def stream_overhead(manifest_dir: Path, tokenizer, partitions: int, repeats: int
     lookup.encode_batch = remembered
 
     def one_pass() -> float:
-        stream = TokenStream(manifest_dir, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=lookup,
-                             partitions=partitions)  # fmt: skip
+        stream = TokenStream(
+            manifest_dir,
+            batch_size=BATCH,
+            seq_len=SEQ_LEN,
+            weights="natural",
+            tokenizer=lookup,
+            partitions=partitions,
+        )
         c0 = time.process_time()
         for _ in StreamLoader(stream):
             pass
@@ -126,7 +141,8 @@ def stream_overhead(manifest_dir: Path, tokenizer, partitions: int, repeats: int
 
 def plan_walk(work: Path, docs: int = 1_000_000, partitions: int = 8) -> tuple[int, float]:
     """Docs/s of walking the plan alone, every partition from its start (no corpus read): a synthetic format-2
-    manifest (``bench_stream_scale.write_synthetic``). Resuming no longer walks (``bench_stream_scale.py resume``)."""
+    manifest (``bench_stream_scale.write_synthetic``). Resuming no longer walks (``bench_stream_scale.py
+    resume``)."""
     from bench_stream_scale import write_synthetic
 
     from elm_data.manifests.manifest import Manifest
@@ -171,11 +187,15 @@ def rss_child(manifest_dir: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", type=float, default=4.0, help="sample corpus scale for throughput")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", default="1,2", help="thread / worker counts to compare")
-    parser.add_argument("--partitions", type=int, default=8, help="stream partitions P (divisible by every --n)")
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="stream partitions P (divisible by every --n)"
+    )
     parser.add_argument(
         "--rss-scales", default="2,8", help="corpus scales (longer shards) for the memory check ('' to skip)"
     )
@@ -184,7 +204,9 @@ def main() -> None:
         default="1,16",
         help="shards-per-subset multipliers at --scale (more shards) for the memory check ('' to skip)",
     )
-    parser.add_argument("--work", type=Path, default=None, help="folder for generated corpora (default: temp)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for generated corpora (default: temp)"
+    )
     args = parser.parse_args()
 
     from elm_data.manifests.manifest import Manifest
@@ -223,8 +245,14 @@ def main() -> None:
         )
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
-    probe = TokenStream(manifest, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", tokenizer=tokenizer,
-                        partitions=args.partitions)  # fmt: skip
+    probe = TokenStream(
+        manifest,
+        batch_size=BATCH,
+        seq_len=SEQ_LEN,
+        weights="natural",
+        tokenizer=tokenizer,
+        partitions=args.partitions,
+    )
     items = ", ".join(f"N={n}: {StreamLoader(probe, num_workers=n).batches_per_item}" for n in counts)
     print(f"  (batches per DataLoader item: {items})")
     rest, sp_seconds = stream_overhead(manifest, tokenizer, args.partitions)
@@ -248,7 +276,8 @@ def main() -> None:
         rss = json.loads(out.stdout.strip().splitlines()[-1])
         shards = len(Manifest(m).shards)
         print(
-            f"peak RSS, scale {scale} x {factor} ({shards} shards, {rss['sequences']:,} sequences of {SEQ_LEN + 1}): "
+            f"peak RSS, scale {scale} x {factor} ({shards} shards, {rss['sequences']:,} sequences of "
+            f"{SEQ_LEN + 1}): "
             f"baseline {rss['baseline_mib']:.0f} MiB, peak {rss['peak_mib']:.0f} MiB, growth "
             f"{rss['peak_mib'] - rss['baseline_mib']:.0f} MiB"
         )

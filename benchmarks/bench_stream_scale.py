@@ -40,7 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = [(1, 0), (1, 2), (2, 2), (4, 2)]
-BEFORE = {(1, 0): 2.06, (1, 2): 4.10, (2, 2): 8.06}  # the issue's figures for the old stream (gone from the tree)
+# the issue's figures for the old stream (gone from the tree)
+BEFORE = {(1, 0): 2.06, (1, 2): 4.10, (2, 2): 8.06}
 SEQ_LEN, BATCH = 2048, 8
 
 
@@ -76,7 +77,8 @@ def _mixture_at(corpus: Path, root: str, out: Path) -> Path:
 
 
 def _log_view_loads(log: Path) -> None:
-    """Make every ``VerifiedView`` append the bytes each block load takes from storage to ``log`` (forks too)."""
+    """Make every ``VerifiedView`` append the bytes each block load takes from storage to ``log`` (forks
+    too)."""
     from elm_data.sources.blocks import VerifiedView
 
     original = getattr(VerifiedView._load, "__wrapped__", VerifiedView._load)
@@ -103,16 +105,29 @@ def _read_log(log: Path) -> dict[str, int]:
     return counts
 
 
-def _one_pass(manifest: Path, tokenizer, ranks: int, workers: int, partitions: int) -> tuple[dict[int, str], float]:
-    """``{global batch: fingerprint}`` of one natural pass at ``ranks x workers`` (ranks run one after another)."""
+def _one_pass(
+    manifest: Path, tokenizer, ranks: int, workers: int, partitions: int
+) -> tuple[dict[int, str], float]:
+    """``{global batch: fingerprint}`` of one natural pass at ``ranks x workers`` (ranks run one after
+    another)."""
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
     out: dict[int, str] = {}
     t0 = time.perf_counter()
     for rank in range(ranks):
-        stream = TokenStream(manifest, batch_size=BATCH, seq_len=SEQ_LEN, weights="natural", partitions=partitions,
-                             rank=rank, world_size=ranks, tokenizer=tokenizer)  # fmt: skip
-        loader = StreamLoader(stream, num_workers=workers, multiprocessing_context="fork" if workers else None)
+        stream = TokenStream(
+            manifest,
+            batch_size=BATCH,
+            seq_len=SEQ_LEN,
+            weights="natural",
+            partitions=partitions,
+            rank=rank,
+            world_size=ranks,
+            tokenizer=tokenizer,
+        )
+        loader = StreamLoader(
+            stream, num_workers=workers, multiprocessing_context="fork" if workers else None
+        )
         for batch in loader:
             digest = hashlib.sha256(batch["input_ids"].numpy().tobytes())
             digest.update(json.dumps(batch["spans"], sort_keys=True).encode())
@@ -130,9 +145,10 @@ def ledger_bytes(manifest_dir: Path) -> tuple[int, int]:
 
 
 def ledger_at_scale(manifest_dir: Path, out: Path, rows: int = 200_000, per_group: int = 1_000) -> float:
-    """Bytes per row of a shard ledger of ``rows`` rows resampled from a built manifest's ledger (status, reason,
-    chars, tokens, segments of random real rows; fresh random hex ids of the real ids' lengths, as hash-like native
-    ids do not compress), one row group per ``per_group`` rows, written as the build writes ledgers (zstd)."""
+    """Bytes per row of a shard ledger of ``rows`` rows resampled from a built manifest's ledger (status,
+    reason, chars, tokens, segments of random real rows; fresh random hex ids of the real ids' lengths, as
+    hash-like native ids do not compress), one row group per ``per_group`` rows, written as the build writes
+    ledgers (zstd)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -175,16 +191,23 @@ def amplification(args) -> dict[str, Any]:
         out = work / f"manifest-{kind}"
         if not (out / "manifest.json").exists():
             t0 = time.perf_counter()
-            build_manifest(_mixture_at(corpus, root, work / f"mixture-{kind}"), out, tokenizer=tokenizer.uri,
-                           block_bytes=args.block_bytes)  # fmt: skip
+            build_manifest(
+                _mixture_at(corpus, root, work / f"mixture-{kind}"),
+                out,
+                tokenizer=tokenizer.uri,
+                block_bytes=args.block_bytes,
+            )
             print(f"built {kind} manifest in {time.perf_counter() - t0:.1f} s")
         manifests[kind] = out
     shards = Manifest(manifests["remote"]).shards
     corpus_bytes = sum(r.size_bytes for r in shards)
     blocks = len(Manifest(manifests["remote"]).block_counts.rows)
-    print(f"sample corpus scale {args.scale:g}: {len(shards)} shards, {blocks} blocks, {corpus_bytes:,} bytes, "
-          f"{sum(r.docs_kept for r in shards):,} kept documents, {sum(r.tokens for r in shards):,} kept tokens; "
-          f"P = {args.partitions}, seq_len {SEQ_LEN}, batch {BATCH}; {machine()}")  # fmt: skip
+    print(
+        f"sample corpus scale {args.scale:g}: {len(shards)} shards, {blocks} blocks, {corpus_bytes:,} bytes, "
+        f"{sum(r.docs_kept for r in shards):,} kept documents, {sum(r.tokens for r in shards):,} kept "
+        "tokens; "
+        f"P = {args.partitions}, seq_len {SEQ_LEN}, batch {BATCH}; {machine()}"
+    )
     fs_log, view_log = work / "reads-fs.log", work / "reads-view.log"
     _log_view_loads(view_log)
     counting_fs.CountingFileSystem.log_path = str(fs_log)
@@ -202,7 +225,9 @@ def amplification(args) -> dict[str, Any]:
                 read = _read_log(fs_log)
                 row["remote_ratio"] = sum(read.values()) / corpus_bytes
                 per_file = {k.lstrip("/"): v for k, v in read.items()}
-                got = {r.shard: per_file.get(r.uri.removeprefix("counting://").lstrip("/"), 0) for r in shards}
+                got = {
+                    r.shard: per_file.get(r.uri.removeprefix("counting://").lstrip("/"), 0) for r in shards
+                }
                 worst = max(shards, key=lambda r: got[r.shard] / r.size_bytes)
                 row["remote_bytes"] = sum(read.values())
                 row["remote_worst_file"] = (got[worst.shard] / worst.size_bytes, worst.uri, worst.size_bytes)
@@ -215,14 +240,19 @@ def amplification(args) -> dict[str, Any]:
                 row["local_s"] = seconds
         rows.append(row)
         before = BEFORE.get((ranks, workers))
-        print(f"  {ranks} x {workers}: remote (counting fs) {row['remote_ratio']:.4f} x corpus "
-              f"= {row['remote_bytes']:,} bytes (read twice: {row['remote_reread']:,} bytes; shards never read: "
-              f"{row['remote_unread']:,} bytes; worst file {row['remote_worst_file'][0]:.3f} x its "
-              f"{row['remote_worst_file'][2]:,} bytes, {row['remote_worst_file'][1]}; "
-              f"views {row['remote_view_ratio']:.4f}), "
-              f"local (views) {row['local_ratio']:.4f}; before {before or 'n/a'}; {row['batches']} global batches, "
-              f"same as 1 x 0: {row['same_batches']}; {row['remote_s']:.1f} s remote, {row['local_s']:.1f} s local, "
-              f"load {row['load']:.1f}")  # fmt: skip
+        print(
+            f"  {ranks} x {workers}: remote (counting fs) {row['remote_ratio']:.4f} x corpus "
+            f"= {row['remote_bytes']:,} bytes (read twice: {row['remote_reread']:,} bytes; shards never "
+            "read: "
+            f"{row['remote_unread']:,} bytes; worst file {row['remote_worst_file'][0]:.3f} x its "
+            f"{row['remote_worst_file'][2]:,} bytes, {row['remote_worst_file'][1]}; "
+            f"views {row['remote_view_ratio']:.4f}), "
+            f"local (views) {row['local_ratio']:.4f}; before {before or 'n/a'}; {row['batches']} global "
+            "batches, "
+            f"same as 1 x 0: {row['same_batches']}; {row['remote_s']:.1f} s remote, {row['local_s']:.1f} s "
+            "local, "
+            f"load {row['load']:.1f}"
+        )
     counting_fs.CountingFileSystem.log_path = os.devnull
     size, n = ledger_bytes(manifests["local"])
     print(
@@ -230,13 +260,21 @@ def amplification(args) -> dict[str, Any]:
         f"({len(shards)} files, one row group per block)"
     )
     at_scale = {
-        g: ledger_at_scale(manifests["local"], work / f"ledger-{g}.parquet", per_group=g) for g in (1000, 10000)
+        g: ledger_at_scale(manifests["local"], work / f"ledger-{g}.parquet", per_group=g)
+        for g in (1000, 10000)
     }
     print(
-        "ledger at scale (200,000 rows resampled from it, random hex ids of the real lengths, one shard file): "
+        "ledger at scale (200,000 rows resampled from it, random hex ids of the real lengths, one shard "
+        "file): "
         + ", ".join(f"{v:.1f} bytes per document with {g:,}-row blocks" for g, v in at_scale.items())
     )
-    return {"corpus_bytes": corpus_bytes, "rows": rows, "ledger_bytes": size, "ledger_rows": n, "at_scale": at_scale}
+    return {
+        "corpus_bytes": corpus_bytes,
+        "rows": rows,
+        "ledger_bytes": size,
+        "ledger_rows": n,
+        "at_scale": at_scale,
+    }
 
 
 # -- synthetic manifests for resume ------------------------------------------------------------------------
@@ -245,7 +283,8 @@ TOKEN_PERIOD = 2000  # tokens, chars and status repeat with this period (it divi
 
 
 def _pattern(n: int):
-    """Per-record columns of one block (identical for every block): status, reason, chars, tokens, segments."""
+    """Per-record columns of one block (identical for every block): status, reason, chars, tokens,
+    segments."""
     import numpy as np
 
     i = np.arange(n)
@@ -291,18 +330,35 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     chars = (tokens.astype(np.int64) * 4 + np.where(kept, 0, 300)).astype(np.int64)
     segments = kept.astype(np.int32)
     count = np.ones(docs_per_block, dtype=np.int32)
-    constant_json = b"".join([
-        b'],"status":[', _json_list(status.tolist()), b'],"reason":[', _json_list(reason),
-        b'],"count":[', _json_list(count.tolist()), b'],"chars":[', _json_list(chars.tolist()),
-        b'],"tokens":[', _json_list(tokens.tolist()), b'],"segments":[', _json_list(segments.tolist()),
-        b'],"duplicate_of":[', _json_list([None] * docs_per_block), b"]}",
-    ])  # fmt: skip
+    constant_json = b"".join(
+        [
+            b'],"status":[',
+            _json_list(status.tolist()),
+            b'],"reason":[',
+            _json_list(reason),
+            b'],"count":[',
+            _json_list(count.tolist()),
+            b'],"chars":[',
+            _json_list(chars.tolist()),
+            b'],"tokens":[',
+            _json_list(tokens.tolist()),
+            b'],"segments":[',
+            _json_list(segments.tolist()),
+            b'],"duplicate_of":[',
+            _json_list([None] * docs_per_block),
+            b"]}",
+        ]
+    )
     block_kept, block_tokens = int(kept.sum()), int(tokens.sum())
     block_columns = {  # the columns every block repeats, as arrow arrays of the ledger's types
-        "status": pa.array(status.tolist(), pa.string()), "reason": pa.array(reason, pa.string()),
-        "count": pa.array(count), "chars": pa.array(chars), "tokens": pa.array(tokens), "segments": pa.array(segments),
+        "status": pa.array(status.tolist(), pa.string()),
+        "reason": pa.array(reason, pa.string()),
+        "count": pa.array(count),
+        "chars": pa.array(chars),
+        "tokens": pa.array(tokens),
+        "segments": pa.array(segments),
         "duplicate_of": pa.nulls(docs_per_block, pa.string()),
-    }  # fmt: skip
+    }
     tmp = path.with_name(path.name + ".tmp")
     (tmp / DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     records = []
@@ -323,39 +379,76 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
             h.update(b'],"doc_id":[')
             h.update(ids_json[b].encode())
             h.update(constant_json)
-            blocks.append({
-                "start": b * docs_per_block * 4000, "end": (b + 1) * docs_per_block * 4000,
-                "sha256": hashlib.sha256(f"{shard}:{b}".encode()).hexdigest(), "first_record": b * docs_per_block,
-                "records": docs_per_block, "kept_docs": block_kept, "kept_tokens": block_tokens,
-                "kept_segments": block_kept, "ledger_sha256": h.hexdigest(),
-            })  # fmt: skip
+            blocks.append(
+                {
+                    "start": b * docs_per_block * 4000,
+                    "end": (b + 1) * docs_per_block * 4000,
+                    "sha256": hashlib.sha256(f"{shard}:{b}".encode()).hexdigest(),
+                    "first_record": b * docs_per_block,
+                    "records": docs_per_block,
+                    "kept_docs": block_kept,
+                    "kept_tokens": block_tokens,
+                    "kept_segments": block_kept,
+                    "ledger_sha256": h.hexdigest(),
+                }
+            )
         reps = blocks_per_shard
-        table = pa.table({
-            "shard": pa.array(np.full(per_shard, shard, dtype=np.int32)), "index": index, "doc_id": doc_id,
-            **{name: pa.concat_arrays([column] * reps) for name, column in block_columns.items()},
-        }, schema=DOCUMENT_SCHEMA)  # fmt: skip
+        table = pa.table(
+            {
+                "shard": pa.array(np.full(per_shard, shard, dtype=np.int32)),
+                "index": index,
+                "doc_id": doc_id,
+                **{name: pa.concat_arrays([column] * reps) for name, column in block_columns.items()},
+            },
+            schema=DOCUMENT_SCHEMA,
+        )
         if shard == 0:
             assert ledger_digest(table.slice(0, docs_per_block)) == blocks[0]["ledger_sha256"]
-            assert ledger_digest(table.slice(docs_per_block, docs_per_block)) == blocks[1 % reps]["ledger_sha256"]
+            assert (
+                ledger_digest(table.slice(docs_per_block, docs_per_block))
+                == blocks[1 % reps]["ledger_sha256"]
+            )
         with pq.ParquetWriter(ledger_path(tmp, shard), DOCUMENT_SCHEMA, compression="zstd") as writer:
             writer.write_table(table, row_group_size=docs_per_block)
         filtered = per_shard - block_kept * reps
-        records.append(ShardRecord(
-            shard=shard, source=key.split("/")[0], subset=key.split("/")[1], uri=f"/nowhere/{shard}.jsonl",
-            size_bytes=per_shard * 4000, sha256=hashlib.sha256(f"shard {shard}".encode()).hexdigest(),
-            licence="synthetic", docs_read=per_shard, docs_kept=block_kept * reps, docs_filtered=filtered,
-            filtered_by_reason={"min_tokens": filtered} if filtered else {}, chars=int(chars[kept].sum()) * reps,
-            tokens=block_tokens * reps, segments=block_kept * reps, format="jsonl", blocks=blocks,
-        ))  # fmt: skip
+        records.append(
+            ShardRecord(
+                shard=shard,
+                source=key.split("/")[0],
+                subset=key.split("/")[1],
+                uri=f"/nowhere/{shard}.jsonl",
+                size_bytes=per_shard * 4000,
+                sha256=hashlib.sha256(f"shard {shard}".encode()).hexdigest(),
+                licence="synthetic",
+                docs_read=per_shard,
+                docs_kept=block_kept * reps,
+                docs_filtered=filtered,
+                filtered_by_reason={"min_tokens": filtered} if filtered else {},
+                chars=int(chars[kept].sum()) * reps,
+                tokens=block_tokens * reps,
+                segments=block_kept * reps,
+                format="jsonl",
+                blocks=blocks,
+            )
+        )
     entries = [{"source": k.split("/")[0], "subset": k.split("/")[1], "weight": None} for k in SOURCES]
     sequences = {"mode": "packed", "seq_len": SEQ_LEN}
     tok = "0" * 64
     pass_description = {"filters": {}, "tokenizer": {"sha256": tok}}
-    info = seal({
-        "format_version": FORMAT_VERSION, "name": path.name, "tokenizer": {"uri": "unused", "sha256": tok},
-        "filters": {}, "pass": pass_description, "sequences": sequences, "seed": seed,
-        "mixture": [e | {"shards": []} for e in entries], "targets": None,
-    }, records)  # fmt: skip
+    info = seal(
+        {
+            "format_version": FORMAT_VERSION,
+            "name": path.name,
+            "tokenizer": {"uri": "unused", "sha256": tok},
+            "filters": {},
+            "pass": pass_description,
+            "sequences": sequences,
+            "seed": seed,
+            "mixture": [e | {"shards": []} for e in entries],
+            "targets": None,
+        },
+        records,
+    )
     pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
     write_blocks_file(tmp / BLOCKS_FILE, [(r.shard, r.blocks) for r in records])
     (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -366,8 +459,15 @@ def _plan(path: Path, partitions: int):
     from elm_data.manifests.manifest import Manifest
     from elm_data.pipeline.stream import Plan, PlanConfig
 
-    config = PlanConfig(mode="packed", seq_len=SEQ_LEN, batch_size=BATCH, seed=0, weights=None, epochs=1,
-                        partitions=partitions)  # fmt: skip
+    config = PlanConfig(
+        mode="packed",
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        seed=0,
+        weights=None,
+        epochs=1,
+        partitions=partitions,
+    )
     return Plan(Manifest(path), config)
 
 
@@ -393,7 +493,8 @@ FRACTIONS = {"early": 0.01, "middle": 0.5, "late": 0.99}
 
 
 def walk_child(path: str, partitions: int, out: str) -> None:
-    """(subprocess) Walk partition 0 from its start; record the cursor before, and the batch at, each position."""
+    """(subprocess) Walk partition 0 from its start; record the cursor before, and the batch at, each
+    position."""
     from elm_data.pipeline.stream.partition import PartitionWalk
 
     plan = _plan(Path(path), partitions)
@@ -409,9 +510,13 @@ def walk_child(path: str, partitions: int, out: str) -> None:
         t = bp.batch // partitions
         if t in want:
             result["positions"][want[t]] = {
-                "batch": t, "walk_s": time.perf_counter() - t0, "walk_rows": sum(rows), "cursor": previous,
-                "fingerprint": _fingerprint(bp), "docs_before": sum(previous["mixer"]["drawn"]),
-            }  # fmt: skip
+                "batch": t,
+                "walk_s": time.perf_counter() - t0,
+                "walk_rows": sum(rows),
+                "cursor": previous,
+                "fingerprint": _fingerprint(bp),
+                "docs_before": sum(previous["mixer"]["drawn"]),
+            }
             if len(result["positions"]) == len(want):
                 break
         previous = cursor
@@ -439,9 +544,11 @@ def resume_child(path: str, partitions: int, walked: str, repeats: int) -> None:
             t0 = time.perf_counter()
             got = next(PartitionWalk(plan, 0).batches(pos["cursor"]))[0]
             times.append(time.perf_counter() - t0)
-        out["positions"][name] = {"resume_s": statistics.median(times), "resume_rows": sum(rows),
-                                  "equal": _fingerprint(got) == pos["fingerprint"] and got.batch // partitions
-                                  == pos["batch"]}  # fmt: skip
+        out["positions"][name] = {
+            "resume_s": statistics.median(times),
+            "resume_rows": sum(rows),
+            "equal": _fingerprint(got) == pos["fingerprint"] and got.batch // partitions == pos["batch"],
+        }
     out["resume_hwm_mib"] = _memory_mib("VmHWM")
     tracemalloc.start()
     _plan(Path(path), partitions)
@@ -455,9 +562,12 @@ def resume_child(path: str, partitions: int, walked: str, repeats: int) -> None:
 
 def resume(args) -> dict[str, Any]:
     results = []
-    print(f"resume: {args.docs_per_block:,} documents per block, {args.blocks_per_shard} blocks per shard, "
-          f"{len(SOURCES)} sources, P = {args.resume_partitions}, packed, seq_len {SEQ_LEN}, batch {BATCH}, natural; "
-          f"partition 0; {machine()}")  # fmt: skip
+    print(
+        f"resume: {args.docs_per_block:,} documents per block, {args.blocks_per_shard} blocks per shard, "
+        f"{len(SOURCES)} sources, P = {args.resume_partitions}, packed, seq_len {SEQ_LEN}, batch {BATCH}, "
+        "natural; "
+        f"partition 0; {machine()}"
+    )
     for docs in [int(float(x)) for x in args.docs.split(",")]:
         path = args.work / f"synthetic-{docs:.0e}-b{args.docs_per_block}-s{args.blocks_per_shard}"
         if not (path / "manifest.json").exists():
@@ -467,21 +577,42 @@ def resume(args) -> dict[str, Any]:
         size = sum(f.stat().st_size for f in (path / "documents").glob("*.parquet"))
         walked = path.with_name(path.name + f".walk-P{args.resume_partitions}.json")
         if not walked.exists():
-            subprocess.run([sys.executable, __file__, "_walk", str(path), str(args.resume_partitions), str(walked)],
-                           check=True)  # fmt: skip
-        out = subprocess.run([sys.executable, __file__, "_resume", str(path), str(args.resume_partitions),
-                              str(walked), str(args.repeats)], check=True, capture_output=True, text=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, __file__, "_walk", str(path), str(args.resume_partitions), str(walked)],
+                check=True,
+            )
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "_resume",
+                str(path),
+                str(args.resume_partitions),
+                str(walked),
+                str(args.repeats),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         got = json.loads(out.stdout.strip().splitlines()[-1])
         walk = json.loads(walked.read_text())
-        print(f"  {docs:.0e} documents ({size / docs:.1f} ledger bytes/doc, synthetic ids): Manifest() + Plan() "
-              f"{got['plan_s']:.2f} s, VmHWM {got['plan_hwm_mib']:.0f} MiB (baseline {got['baseline_mib']:.0f}), "
-              f"Plan() heap peak {got['plan_tracemalloc_mib']:.1f} MiB; partition 0 has "
-              f"{walk['partition_batches']:,} batches; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+        print(
+            f"  {docs:.0e} documents ({size / docs:.1f} ledger bytes/doc, synthetic ids): Manifest() + "
+            "Plan() "
+            f"{got['plan_s']:.2f} s, VmHWM {got['plan_hwm_mib']:.0f} MiB (baseline "
+            f"{got['baseline_mib']:.0f}), "
+            f"Plan() heap peak {got['plan_tracemalloc_mib']:.1f} MiB; partition 0 has "
+            f"{walk['partition_batches']:,} batches; load {os.getloadavg()[0]:.1f}"
+        )
         for name in FRACTIONS:
             w, r = walk["positions"][name], got["positions"][name]
-            print(f"    {name:6s} batch {w['batch']:>7,} ({w['docs_before']:>10,} docs in): resume "
-                  f"{r['resume_s'] * 1e3:7.1f} ms reading {r['resume_rows']:,} ledger rows (same batch: {r['equal']})"
-                  f"  |  walk from start {w['walk_s']:8.2f} s reading {w['walk_rows']:,} rows")  # fmt: skip
+            print(
+                f"    {name:6s} batch {w['batch']:>7,} ({w['docs_before']:>10,} docs in): resume "
+                f"{r['resume_s'] * 1e3:7.1f} ms reading {r['resume_rows']:,} ledger rows (same batch: "
+                f"{r['equal']})"
+                f"  |  walk from start {w['walk_s']:8.2f} s reading {w['walk_rows']:,} rows"
+            )
         print(
             f"    after resumes VmHWM {got['resume_hwm_mib']:.0f} MiB; one resume's heap peak "
             f"{got['resume_tracemalloc_mib']:.1f} MiB"
@@ -495,7 +626,9 @@ def main() -> None:
         return walk_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     if len(sys.argv) > 1 and sys.argv[1] == "_resume":
         return resume_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("section", choices=["amplification", "resume", "all"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_stream_scale"))
     parser.add_argument("--scale", type=float, default=4.0, help="sample corpus scale (amplification)")

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = [d.text for d in docs]
     reference = tokenizer.encode_batch(texts, 2)
     total_tokens = sum(map(len, reference))
-    print(f"corpus: {described}: {len(docs)} documents, {sum(map(len, texts)):,} chars, {total_tokens:,} tokens")
+    print(
+        f"corpus: {described}: {len(docs)} documents, {sum(map(len, texts)):,} chars, {total_tokens:,} tokens"
+    )
     print(f"machine: {os.cpu_count()} CPUs (shared, loaded); median of {args.repeats} runs; input tokens/s")
 
     rates: dict[str, tuple[float, float]] = {}
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda t=threads: tokenizer.encode_batch(texts, t), total_tokens, args.repeats
         )
         rates[f"DocumentPass.process (filter+tokenize), {threads} thread(s)"] = median_rate(
-            lambda t=threads: DocumentPass(FilterConfig(), SequenceConfig(), tokenizer, num_threads=t).process(docs),
+            lambda t=threads: DocumentPass(
+                FilterConfig(), SequenceConfig(), tokenizer, num_threads=t
+            ).process(docs),
             total_tokens,
             args.repeats,
         )
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     width = max(map(len, rates))
     for name, (rate, per_cpu) in rates.items():
         print(
-            f"  {name:<{width}}  {rate:>11,.0f} tok/s  x{rate / base:.2f} vs sp 1 thread  {per_cpu:>11,.0f} tok/CPU-s"
+            f"  {name:<{width}}  {rate:>11,.0f} tok/s  x{rate / base:.2f} vs sp 1 thread  "
+            f"{per_cpu:>11,.0f} tok/CPU-s"
         )
     for threads in (1, 2):
         sp_rate = rates[f"sentencepiece encode_batch, {threads} thread(s)"][0]

@@ -30,7 +30,10 @@ def latency(index, queries) -> dict[str, float]:
         trace_text(index, q, min_tokens=8, top=5)
         times.append(time.perf_counter() - started)
     times.sort()
-    return {"median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))]}
+    return {
+        "median_ms": 1000 * statistics.median(times),
+        "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
+    }
 
 
 def queries_for(index, n: int, rng) -> tuple[list[list[int]], list[list[int]]]:
@@ -66,9 +69,17 @@ def main() -> None:
         index = index_batches((i + 1, b) for i, b in enumerate(part))
         build = time.perf_counter() - started
         planted, absent = queries_for(index, args.queries, rng)
-        rows.append({"input": f"sample pass 1/{fraction}", "tokens": len(index.tokens), "docs": len(index.docs),
-                     "bytes_per_token": index.bytes_per_token, "build_s": build,
-                     "planted": latency(index, planted), "absent": latency(index, absent)})  # fmt: skip
+        rows.append(
+            {
+                "input": f"sample pass 1/{fraction}",
+                "tokens": len(index.tokens),
+                "docs": len(index.docs),
+                "bytes_per_token": index.bytes_per_token,
+                "build_s": build,
+                "planted": latency(index, planted),
+                "absent": latency(index, absent),
+            }
+        )
         print(json.dumps(rows[-1]))
     for n in (1_000_000, 4_000_000, 16_000_000, 64_000_000):
         if n > args.max_tokens:
@@ -78,12 +89,23 @@ def main() -> None:
         started = time.perf_counter()
         sa = pydivsufsort.divsufsort(tokens)
         build = time.perf_counter() - started
-        index = TextIndex(tokens, sa, [{"offset": 0, "length": n, "rows": [], "ref": "", "shard_sha256": "",
-                                         "index": 0}])  # fmt: skip
-        planted = [tokens[s : s + 32].astype(int).tolist() for s in rng.integers(0, n - 32, size=args.queries)]
+        index = TextIndex(
+            tokens, sa, [{"offset": 0, "length": n, "rows": [], "ref": "", "shard_sha256": "", "index": 0}]
+        )
+        planted = [
+            tokens[s : s + 32].astype(int).tolist() for s in rng.integers(0, n - 32, size=args.queries)
+        ]
         absent = [rng.integers(3, 32000, size=32).tolist() for _ in range(args.queries)]
-        rows.append({"input": f"zipf {n:,}", "tokens": n, "bytes_per_token": index.bytes_per_token, "build_s": build,
-                     "planted": latency(index, planted), "absent": latency(index, absent)})  # fmt: skip
+        rows.append(
+            {
+                "input": f"zipf {n:,}",
+                "tokens": n,
+                "bytes_per_token": index.bytes_per_token,
+                "build_s": build,
+                "planted": latency(index, planted),
+                "absent": latency(index, absent),
+            }
+        )
         print(json.dumps(rows[-1]))
 
 

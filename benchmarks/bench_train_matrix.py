@@ -1,12 +1,12 @@
 """Run one or more training-efficiency matrices on a manifest, then check the MFU goal.
 
-    python benchmarks/bench_train_matrix.py --out /tmp/m                   # the packaged CPU matrix, sample manifest
-    python benchmarks/bench_train_matrix.py --matrix A.yaml --matrix B.yaml --manifest DIR --out OUT
+    python benchmarks/bench_train_matrix.py --out /tmp/m                   # the packaged CPU matrix, sample
+    manifest python benchmarks/bench_train_matrix.py --matrix A.yaml --matrix B.yaml --manifest DIR --out OUT
 
 Each matrix writes ``OUT/<matrix stem>/`` (results.csv/json, cells.jsonl, plots; see
-``elm_data.trainer.bench.efficiency``). Without ``--manifest`` a sample corpus (``--scale``) and its manifest are built
-under ``--work``. The goal check: the best MFU of model ``--goal-model`` at ``--goal-seq`` over all matrices,
-against ``--goal-mfu``, with that cell's loader stall; printed and written to ``OUT/goal.json``.
+``elm_data.trainer.bench.efficiency``). Without ``--manifest`` a sample corpus (``--scale``) and its manifest
+are built under ``--work``. The goal check: the best MFU of model ``--goal-model`` at ``--goal-seq`` over all
+matrices, against ``--goal-mfu``, with that cell's loader stall; printed and written to ``OUT/goal.json``.
 """
 
 from __future__ import annotations
@@ -31,27 +31,42 @@ def sample_manifest(work: Path, scale: float, tokenizer: str | None) -> Path:
 
 
 def goal(rows: list[dict], model: str, seq_len: int, target: float) -> dict:
-    """The best-MFU ok cell of ``model`` at ``seq_len``, and whether it meets ``target`` with no loader stall."""
+    """The best-MFU ok cell of ``model`` at ``seq_len``, and whether it meets ``target`` with no loader
+    stall."""
     cells = [r for r in rows if r["status"] == "ok" and r["model"] == model and r["seq_len"] == seq_len]
     measured = [r for r in cells if r.get("mfu") is not None]
     if not measured:
         why = "no cell of that model/seq ran" if not cells else cells[0].get("mfu_note")
         return {"model": model, "seq_len": seq_len, "target_mfu": target, "met": None, "why": why}
     best = max(measured, key=lambda r: r["mfu"])
-    settings = {k: best[k] for k in ("batch_size", "attention", "precision", "compile", "gradient_checkpointing")}
+    settings = {
+        k: best[k] for k in ("batch_size", "attention", "precision", "compile", "gradient_checkpointing")
+    }
     return {
-        "model": model, "seq_len": seq_len, "target_mfu": target, "best_mfu": best["mfu"],
-        "stall_fraction": best["stall_fraction"], "tokens_per_s": best["tokens_per_s"], "settings": settings,
-        "met": best["mfu"] >= target and best["stall_fraction"] < 0.01, "device": best["device"],
-    }  # fmt: skip
+        "model": model,
+        "seq_len": seq_len,
+        "target_mfu": target,
+        "best_mfu": best["mfu"],
+        "stall_fraction": best["stall_fraction"],
+        "tokens_per_s": best["tokens_per_s"],
+        "settings": settings,
+        "met": best["mfu"] >= target and best["stall_fraction"] < 0.01,
+        "device": best["device"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--matrix", type=Path, action="append", help="matrix YAML (repeatable; default: packaged)")
+    parser.add_argument(
+        "--matrix", type=Path, action="append", help="matrix YAML (repeatable; default: packaged)"
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, default=None, help="default: build the sample corpus' manifest")
-    parser.add_argument("--work", type=Path, default=None, help="where the sample manifest is built (default: tmp)")
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="default: build the sample corpus' manifest"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="where the sample manifest is built (default: tmp)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="sample corpus scale")
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--device", default=None)

@@ -1,12 +1,13 @@
 """Trainer throughput: our train_step vs a bare PyTorch loop, and data-loader stall time per step.
 
-    python benchmarks/bench_trainer.py                       # CPU, tiny model, on a freshly built sample manifest
-    python benchmarks/bench_trainer.py --device cuda --config 270M --seq-len 2048 --batch-size 16
+    python benchmarks/bench_trainer.py                       # CPU, tiny model, on a freshly built sample
+    manifest python benchmarks/bench_trainer.py --device cuda --config 270M --seq-len 2048 --batch-size 16
 
 Part 1 (overhead): the same model and the same pre-drawn stream batches, alternately through
-``elm_data.trainer.core.loop.train_step`` (pad mapping, summed CE + z-loss, clipping, AdamW) and through a bare
-loop (forward, F.cross_entropy, backward, AdamW step). Reports median seconds per step and tokens/s of each
-and the overhead ratio (ours / bare), repeated ``--repeats`` times, interleaved so machine load hits both.
+``elm_data.trainer.core.loop.train_step`` (pad mapping, summed CE + z-loss, clipping, AdamW) and through a
+bare loop (forward, F.cross_entropy, backward, AdamW step). Reports median seconds per step and tokens/s of
+each and the overhead ratio (ours / bare), repeated ``--repeats`` times, interleaved so machine load hits
+both.
 
 Part 2 (stall): a real ``train()`` run (stream + loader + logging) for ``--stall-steps`` steps; from its
 log: median time waiting on the loader per step vs the median step time. On a GPU with a known peak also
@@ -67,7 +68,10 @@ def overhead(config: TrainConfig, batches, device, steps: int, repeats: int) -> 
     ours_model, bare_model = build_model(config, device), build_model(config, device)
     bare_model.load_state_dict(ours_model.state_dict())
     fused = device.type == "cuda" or None
-    ours_opt, bare_opt = build_optimizer(ours_model, config, fused), build_optimizer(bare_model, config, fused)
+    ours_opt, bare_opt = (
+        build_optimizer(ours_model, config, fused),
+        build_optimizer(bare_model, config, fused),
+    )
     vocab = ours_model.config.vocab_size
     info = DistInfo()
     times = {"ours": [], "bare": []}
@@ -118,7 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--config", default="tiny", help="model size name")
-    parser.add_argument("--manifest", type=Path, default=None, help="manifest dir (default: build the sample)")
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="manifest dir (default: build the sample)"
+    )
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
@@ -144,7 +150,9 @@ def main() -> None:
             compile=args.compile,
             distributed="none",
         )
-        loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(manifest_dir)), DistInfo())
+        loader = build_loader(
+            config, config.manifest_dir, load_tokenizer(config, Manifest(manifest_dir)), DistInfo()
+        )
         iterator = iter(loader)
         batches = [next(iterator) for _ in range(args.steps)]
         report = {
@@ -158,7 +166,9 @@ def main() -> None:
             "stall": stall(config, args.stall_steps, work),
         }
         flops = config.model_config().flops_per_token(args.seq_len)
-        report["overhead"]["mfu_ours"] = mfu(report["overhead"]["tokens_per_s_ours"], flops, report["peak_flops"])
+        report["overhead"]["mfu_ours"] = mfu(
+            report["overhead"]["tokens_per_s_ours"], flops, report["peak_flops"]
+        )
     print(json.dumps(report, indent=2))
     o, s = report["overhead"], report["stall"]
     print(

@@ -29,7 +29,8 @@ _WHITESPACE_RUN = re.compile(r"\s+")
 
 
 def shards(path: str) -> dict[str, list[str]]:
-    """``{subset: [jsonl path, ...]}`` from the JSON file the runner writes (the mixture's resolved shards)."""
+    """``{subset: [jsonl path, ...]}`` from the JSON file the runner writes (the mixture's resolved
+    shards)."""
     return json.loads(Path(path).read_text())
 
 
@@ -61,7 +62,8 @@ def sentencepiece(model: str):
 
 
 def kept_token_batches(paths: list[str], sp, batch: int = 256) -> Iterator[list[list[int]]]:
-    """Token ids of the documents the OpenELM rule keeps (characters, then tokens), ``batch`` texts per encode."""
+    """Token ids of the documents the OpenELM rule keeps (characters, then tokens), ``batch`` texts per
+    encode."""
     pending: list[str] = []
 
     def flush() -> list[list[int]]:

@@ -21,13 +21,17 @@ def main() -> None:
     args = parser.parse_args()
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
-    stream = TokenStream(args.manifest, batch_size=args.batch_size, weights="natural", epochs=1, provenance=False)
+    stream = TokenStream(
+        args.manifest, batch_size=args.batch_size, weights="natural", epochs=1, provenance=False
+    )
     loader = StreamLoader(stream, num_workers=args.workers)
     first, rows = common.FirstBatch(), 0
     for batch in loader:
         first.seen()
         rows += len(batch["input_ids"])
-    common.report(sequences=rows, tokens=sum(loader.consumed.to_dict().values()), first_batch_epoch=first.epoch)
+    common.report(
+        sequences=rows, tokens=sum(loader.consumed.to_dict().values()), first_batch_epoch=first.epoch
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Hugging Face ``datasets`` streaming: ``load_dataset("json", streaming=True)`` per subset, batched SentencePiece map.
+"""Hugging Face ``datasets`` streaming: ``load_dataset("json", streaming=True)`` per subset, batched
+SentencePiece map.
 
 What a user writes for an on-the-fly tokenized pass: each subset's JSONL shards streamed, ``.map`` with
 ``batched=True`` (its default 1,000 examples per call) calling ``sp.encode(batch["text"])`` (SentencePiece's

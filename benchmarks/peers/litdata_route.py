@@ -37,8 +37,14 @@ def convert(args) -> None:
 
     os.environ["PEER_TOKENIZER"] = args.tokenizer
     paths = [p for group in common.shards(args.shards).values() for p in group]
-    optimize(fn=tokenize_shard, inputs=paths, output_dir=args.out, chunk_size=(common.SEQ_LEN + 1) * 1024,
-             item_loader=TokensLoader(), num_workers=1)  # fmt: skip
+    optimize(
+        fn=tokenize_shard,
+        inputs=paths,
+        output_dir=args.out,
+        chunk_size=(common.SEQ_LEN + 1) * 1024,
+        item_loader=TokensLoader(),
+        num_workers=1,
+    )
     common.report(shards=len(paths))
 
 
@@ -46,7 +52,9 @@ def one_pass(args) -> None:
     from litdata import StreamingDataLoader, StreamingDataset
     from litdata.streaming.item_loader import TokensLoader
 
-    dataset = StreamingDataset(args.out, item_loader=TokensLoader(block_size=common.SEQ_LEN + 1), shuffle=False)
+    dataset = StreamingDataset(
+        args.out, item_loader=TokensLoader(block_size=common.SEQ_LEN + 1), shuffle=False
+    )
     first, rows = common.FirstBatch(), 0
     for batch in StreamingDataLoader(dataset, batch_size=8, num_workers=0):
         first.seen()

@@ -1,4 +1,5 @@
-"""mosaicml-streaming, the pre-tokenized route: ``convert`` (MDSWriter) once, then ``pass`` (StreamingDataset).
+"""mosaicml-streaming, the pre-tokenized route: ``convert`` (MDSWriter) once, then ``pass``
+(StreamingDataset).
 
 ``convert``: read every record, keep what the OpenELM rule keeps (the same characters + tokens rule as our
 build), frame BOS + ids + EOS, concatenate and cut rows of 2049 tokens, written as ``ndarray:uint16`` samples
