@@ -1,11 +1,11 @@
 """Shared fixtures: the tokenizers and a generated sample corpus.
 
-Every test tokenizes with the small SentencePiece model committed under ``tests/tokenizer/`` (``tokenizer_path``,
-``tokenizer``; ``$ELM_DATA_TOKENIZER`` names it too, for the commands and processes tests start), except the tests
-that need LLaMA-2's exact ids, sha256 or name: they are marked ``llama`` (or ask for ``llama_tokenizer_path`` /
-``llama_tokenizer``, which marks them) and get the gated model from ``$ELM_DATA_TOKENIZER`` as given to pytest, else
-``../shared/tokenizers/llama2/tokenizer.model``. Without it they skip, saying why; under ``CI=true`` such a skip
-fails the test, so CI runs every LLaMA test.
+Every test tokenizes with the small SentencePiece model committed under ``tests/tokenizer/``
+(``tokenizer_path``, ``tokenizer``; ``$ELM_DATA_TOKENIZER`` names it too, for the commands and processes tests
+start), except the tests that need LLaMA-2's exact ids, sha256 or name: they are marked ``llama`` (or ask for
+``llama_tokenizer_path`` / ``llama_tokenizer``, which marks them) and get the gated model from
+``$ELM_DATA_TOKENIZER`` as given to pytest, else ``../shared/tokenizers/llama2/tokenizer.model``. Without it
+they skip, saying why; under ``CI=true`` such a skip fails the test, so CI runs every LLaMA test.
 """
 
 from __future__ import annotations
@@ -20,28 +20,34 @@ from typing import Any
 
 import pytest
 
-SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2" / "tokenizer.model"
+SHARED_TOKENIZER = (
+    Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "llama2" / "tokenizer.model"
+)
 TEST_TOKENIZER = Path(__file__).resolve().parent / "tokenizer" / "elm-test.model"  # make_test_tokenizer.py
 
-# README command 2 sets ELM_DATA_TOKENIZER=../shared/...: relative to where pytest starts. Tests chdir (and start
+# README command 2 sets ELM_DATA_TOKENIZER=../shared/...: relative to where pytest starts. Tests chdir (and
+# start
 # processes elsewhere), so the path is made absolute once, here, as `elm-data` itself does when it starts.
 _given = os.environ.get("ELM_DATA_TOKENIZER")
 if _given and "://" not in _given:
     _given = os.path.abspath(os.path.expanduser(_given))
 # the gated model, as given to pytest (xdist workers and the processes tests start inherit the first answer)
 LLAMA_TOKENIZER = os.environ.setdefault("ELM_DATA_TEST_LLAMA_TOKENIZER", _given or str(SHARED_TOKENIZER))
-os.environ["ELM_DATA_TOKENIZER"] = str(TEST_TOKENIZER)  # every test not marked llama (and what it starts) reads this
+# every test not marked llama (and what it starts) reads this
+os.environ["ELM_DATA_TOKENIZER"] = str(TEST_TOKENIZER)
 
 # Tests never read or fill the user's tokenizer cache (~/.cache/elm-data): one fresh cache per session.
 os.environ["ELM_DATA_CACHE"] = tempfile.mkdtemp(prefix="elm-data-test-cache-")
 atexit.register(shutil.rmtree, os.environ["ELM_DATA_CACHE"], ignore_errors=True)
-# One OpenMP thread for torch (set before anything imports it; inherited by child processes): the tests' tensors
+# One OpenMP thread for torch (set before anything imports it; inherited by child processes): the tests'
+# tensors
 # are tiny, and on a shared two-core machine a second spinning thread made the model tests 3-4x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _slow_as_a_whole(path: Path) -> bool:
-    """Whether the module's ``pytestmark`` holds ``pytest.mark.slow`` (alone or in a list); read, not imported."""
+    """Whether the module's ``pytestmark`` holds ``pytest.mark.slow`` (alone or in a list); read, not
+    imported."""
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
             return "pytest.mark.slow" in ast.unparse(node.value)
@@ -49,7 +55,8 @@ def _slow_as_a_whole(path: Path) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Under ``-m "not slow"`` a module that is slow as a whole is not even imported (Beam, MLX, lm-eval: seconds)."""
+    """Under ``-m "not slow"`` a module that is slow as a whole is not even imported (Beam, MLX, lm-eval:
+    seconds)."""
     fast_tier = config.getoption("markexpr").strip() == "not slow"
     if fast_tier and collection_path.name.startswith("test_") and collection_path.suffix == ".py":
         return _slow_as_a_whole(collection_path) or None
@@ -58,7 +65,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "llama: needs the gated LLaMA-2 tokenizer (its exact ids, sha256 or name); skipped without it"
+        "markers",
+        "llama: needs the gated LLaMA-2 tokenizer (its exact ids, sha256 or name); skipped without it",
     )
 
 
@@ -68,13 +76,17 @@ LLAMA_FIXTURES = {"llama_tokenizer_path", "llama_tokenizer", "llama_sample_manif
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that asks for the gated model (directly or through another fixture) is a ``llama`` test."""
     for item in items:
-        if LLAMA_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("llama") is None:
+        if (
+            LLAMA_FIXTURES & set(getattr(item, "fixturenames", ()))
+            and item.get_closest_marker("llama") is None
+        ):
             item.add_marker(pytest.mark.llama)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """Under ``CI=true`` a skipped ``llama`` test is a failure: CI has the gated model and runs every such test."""
+    """Under ``CI=true`` a skipped ``llama`` test is a failure: CI has the gated model and runs every such
+    test."""
     outcome = yield
     report = outcome.get_result()
     if report.skipped and item.get_closest_marker("llama") is not None and os.environ.get("CI") == "true":
@@ -101,7 +113,8 @@ def _llama_tokenizer_for_llama_tests(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer_path() -> str:
-    """The small test model (``tests/tokenizer/elm-test.model``): any test that needs not LLaMA-2's exact ids."""
+    """The small test model (``tests/tokenizer/elm-test.model``): any test that needs not LLaMA-2's exact
+    ids."""
     return str(TEST_TOKENIZER)
 
 
@@ -137,7 +150,8 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
-    """A manifest built (local runner, 1 worker) from the sample corpus' mixture.yaml with the real tokenizer."""
+    """A manifest built (local runner, 1 worker) from the sample corpus' mixture.yaml with the real
+    tokenizer."""
     from elm_data.manifests.build import build_manifest
 
     out = tmp_path_factory.mktemp("sample_manifest") / "manifest"
@@ -191,7 +205,8 @@ def corrupt(tmp_path_factory) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def heldout_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
-    """The sample mixture with ``heldout: {fraction: 0.25}`` (absolute shard paths, written outside the sample dir)."""
+    """The sample mixture with ``heldout: {fraction: 0.25}`` (absolute shard paths, written outside the sample
+    dir)."""
     import yaml
 
     from elm_data.manifests.build import build_manifest

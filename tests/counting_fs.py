@@ -53,7 +53,8 @@ class CountingFileSystem(MemoryFileSystem):
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         data = super().cat_file(path, start=start, end=end, **kwargs)
-        if start is not None or end is not None:  # a ranged read (whole-file reads are counted by the file read)
+        # a ranged read (whole-file reads are counted by the file read)
+        if start is not None or end is not None:
             _CountedFile(b"", self._strip_protocol(path), self.log_path)._count(len(data))
         return data
 

@@ -1,4 +1,5 @@
-"""A tiny trained run (two checkpoints) shared by the export and eval tests; imported by those test modules."""
+"""A tiny trained run (two checkpoints) shared by the export and eval tests; imported by those test
+modules."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def trained_run(sample_manifest, tmp_path_factory) -> Path:
 
 
 def run_python(script: str, *args: str, env_extra: dict[str, str] | None = None, timeout: int = 300):
-    """Run ``script`` in a fresh interpreter (offline Hugging Face settings); fail the test with its stderr."""
+    """Run ``script`` in a fresh interpreter (offline Hugging Face settings); fail the test with its
+    stderr."""
     import os
 
     env = {**os.environ, **OFFLINE, **(env_extra or {})}

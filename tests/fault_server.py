@@ -59,7 +59,11 @@ class _Server(ThreadingHTTPServer):
             self.stats.requests += 1
             n, f = self.stats.requests, self.faults
             if f.fault_rate:  # a seeded draw per request number: the same requests fail in a rerun
-                fault = ("503", "cut")[n % 2] if random.Random(f.seed * 1_000_003 + n).random() < f.fault_rate else None
+                fault = (
+                    ("503", "cut")[n % 2]
+                    if random.Random(f.seed * 1_000_003 + n).random() < f.fault_rate
+                    else None
+                )
             elif f.fail_every and n % f.fail_every == 0:
                 fault = "503"
             elif f.throttle_every and n % f.throttle_every == 0:
@@ -138,8 +142,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(root: Path, faults: Faults | None = None, lifetime_s: float = 600.0) -> Iterator[tuple[str, ServerStats]]:
-    """``(base url, stats)`` of a server of ``root`` on 127.0.0.1, stopped when the block ends or the time is up."""
+def serve(
+    root: Path, faults: Faults | None = None, lifetime_s: float = 600.0
+) -> Iterator[tuple[str, ServerStats]]:
+    """``(base url, stats)`` of a server of ``root`` on 127.0.0.1, stopped when the block ends or the time is
+    up."""
     server = _Server(Path(root), faults or Faults())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -22,7 +22,10 @@ HEAVY_SUBSETS = {"refinedweb/default", "redpajama/c4", "pile/default", "dolma/re
 
 def heavy_lengths(rng: random.Random, n: int, shard: int, boundary=(140, 220)) -> list[int | None]:
     """Log-normal word counts (5% sub-200-character snippets), capped at 20,000 words."""
-    return [None if rng.random() < 0.05 else min(20000, max(20, int(rng.lognormvariate(5.3, 1.3)))) for _ in range(n)]
+    return [
+        None if rng.random() < 0.05 else min(20000, max(20, int(rng.lognormvariate(5.3, 1.3))))
+        for _ in range(n)
+    ]
 
 
 def write_heavy_corpus(root: Path, monkeypatch, scale: float = 2.0, shard_factor: int = 5) -> Path:
@@ -40,7 +43,10 @@ def write_dominated_subset(root: Path) -> Path:
     (root / "pile" / "big").mkdir(parents=True, exist_ok=True)
     sample.write_parquet(root / "pile" / "big" / "train-00000.parquet", big)
     for shard in range(11):
-        lines = [sample.redpajama_line({"text": st.mixed(rng, rng.randint(250, 400)), "meta": {}}) for _ in range(2)]
+        lines = [
+            sample.redpajama_line({"text": st.mixed(rng, rng.randint(250, 400)), "meta": {}})
+            for _ in range(2)
+        ]
         (root / "pile" / "small").mkdir(parents=True, exist_ok=True)
         (root / "pile" / "small" / f"{shard:02d}.jsonl.zst").write_bytes(sample.zstd_bytes(b"".join(lines)))
     (root / "mixture.yaml").write_text(

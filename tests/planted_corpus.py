@@ -30,7 +30,8 @@ def random_words(rng: random.Random, n: int, vocab=VOCAB) -> list[str]:
 
 
 def write_corpus(root: Path, subsets: dict[str, list[list[str]]], tokenizer: str) -> Path:
-    """One JSONL shard per list of documents (``{subset: [shard texts, ...]}``), a mixture, and its manifest."""
+    """One JSONL shard per list of documents (``{subset: [shard texts, ...]}``), a mixture, and its
+    manifest."""
     from elm_data.manifests.build import build_manifest
 
     write_mixture(root, subsets)
@@ -39,13 +40,16 @@ def write_corpus(root: Path, subsets: dict[str, list[list[str]]], tokenizer: str
 
 
 def write_mixture(root: Path, subsets: dict[str, list[list[str]]], name: str = "mixture", **filters) -> Path:
-    """The shards of :func:`write_corpus` (written once) and ``root/NAME.yaml`` over them with ``filters`` added."""
+    """The shards of :func:`write_corpus` (written once) and ``root/NAME.yaml`` over them with ``filters``
+    added."""
     sources = []
     for subset, shards in subsets.items():
         for s, texts in enumerate(shards):
             path = root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"".join(redpajama_line({"text": t, "meta": {"n": i}}) for i, t in enumerate(texts)))
+            path.write_bytes(
+                b"".join(redpajama_line({"text": t, "meta": {"n": i}}) for i, t in enumerate(texts))
+            )
         sources.append({"source": "redpajama", "subset": subset, "shards": [f"redpajama/{subset}/*.jsonl"]})
     mixture = {"name": "planted", "seed": 0, "filters": {"min_characters": 1, "min_tokens": 1, **filters}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(mixture | {"sources": sources}, sort_keys=False))
@@ -74,7 +78,8 @@ def planted_duplicates(seed: int = 7) -> dict[str, list[list[str]]]:
         subset, s = places[k % 3]
         shards[subset][s].append(" ".join(words))
     for k, rate in enumerate(EDIT_RATES):
-        for j, (subset, s) in enumerate(places):  # copy original k into every place: within and across subsets
+        # copy original k into every place: within and across subsets
+        for j, (subset, s) in enumerate(places):
             text = " ".join(edited(rng, originals[k], rate))
             shards[subset][s].append(text.upper() + "!" if rate == 0.0 and j == 1 else text)
     return shards
@@ -85,8 +90,8 @@ def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 def brute_contamination(items: dict[str, str], docs: dict[str, tuple[str, str]], n: int, min_overlap=None):
-    """``{subset: {item id: {doc ids}}}``: for each item contaminated in a subset, the subset's documents holding
-    one of its n-grams. ``docs``: doc id -> (subset, text)."""
+    """``{subset: {item id: {doc ids}}}``: for each item contaminated in a subset, the subset's documents
+    holding one of its n-grams. ``docs``: doc id -> (subset, text)."""
     out: dict[str, dict[str, set[str]]] = {}
     for item_id, text in items.items():
         grams = ngrams(words_of(text), n)

@@ -1,4 +1,5 @@
-"""Record what a consumer of a manifest reads: ``manifest.json`` leaves, ``shards.parquet`` columns, ledger files.
+"""Record what a consumer of a manifest reads: ``manifest.json`` leaves, ``shards.parquet`` columns, ledger
+files.
 
 ``with recording() as reads:`` wraps every manifest opened inside it: ``Manifest.info`` becomes a dict that
 logs each leaf taken out of it (``filters.min_tokens``, ``mixture[].weight``; a list of scalars as a whole),

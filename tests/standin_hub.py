@@ -161,8 +161,10 @@ def mirror_upstream(sample_dir: Path, root: Path, revision: str = "main") -> dic
             shutil.copyfile(shard, root / protocol / path)
             urls.setdefault(spec.key, []).append(url)
     lists = {RP_URL_LIST: "redpajama/", DOLMA_URL_LIST: "dolma/"}
-    others = {RP_URL_LIST: "common_crawl/2023-06/en_head_0000.json.gz.dedup.classifier.jsonl.zst",
-              DOLMA_URL_LIST: "cc_en_head/cc_en_head-0000.json.gz"}  # fmt: skip
+    others = {
+        RP_URL_LIST: "common_crawl/2023-06/en_head_0000.json.gz.dedup.classifier.jsonl.zst",
+        DOLMA_URL_LIST: "cc_en_head/cc_en_head-0000.json.gz",
+    }
     for listing, prefix in lists.items():
         lines = [u for key, us in urls.items() if key.startswith(prefix) for u in us]
         lines.append(lines[0].rsplit("/", 2)[0] + "/" + others[listing])

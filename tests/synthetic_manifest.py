@@ -1,4 +1,5 @@
-"""Synthetic manifests for plan/mixing tests: real manifest files (block index, per-shard ledgers, id, Merkle root).
+"""Synthetic manifests for plan/mixing tests: real manifest files (block index, per-shard ledgers, id, Merkle
+root).
 
 No corpus exists behind them (shard URIs point nowhere): they serve everything the plan reads from a
 manifest alone, and ``Manifest()`` accepts them because their id, Merkle root and totals recompute.
@@ -14,27 +15,40 @@ import pyarrow as pa
 
 from elm_data.manifests.block_index import BLOCK_FIELDS
 from elm_data.manifests.identity import FORMAT_VERSION, seal
-from elm_data.manifests.manifest import DOCUMENT_SCHEMA, Manifest, ledger_digest, split_by_block, write_manifest_dir
+from elm_data.manifests.manifest import (
+    DOCUMENT_SCHEMA,
+    Manifest,
+    ledger_digest,
+    split_by_block,
+    write_manifest_dir,
+)
 from elm_data.manifests.shard_records import ShardRecord
 
 TOKENIZER_SHA256 = "0" * 64
 
 
 def _blocks(rows: list[dict], shard: int, records_per_block: int) -> list[dict]:
-    """A block index over ``rows``: ``records_per_block`` records per block, kept totals and ledger digests."""
+    """A block index over ``rows``: ``records_per_block`` records per block, kept totals and ledger
+    digests."""
     firsts = list(range(0, max(1, len(rows)), records_per_block))
     table = pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
     parts = split_by_block([{"first_record": f} for f in firsts], table)
     blocks = []
     for b, (first, part) in enumerate(zip(firsts, parts, strict=True)):
         kept = [r for r in part.to_pylist() if r["status"] == "kept"]
-        blocks.append({
-            "start": first * 100, "end": (first + part.num_rows) * 100,
-            "sha256": hashlib.sha256(f"{shard}:{b}".encode()).hexdigest(),
-            "first_record": first, "records": part.num_rows, "kept_docs": len(kept),
-            "kept_tokens": sum(r["tokens"] for r in kept), "kept_segments": sum(r["segments"] for r in kept),
-            "ledger_sha256": ledger_digest(part),
-        })  # fmt: skip
+        blocks.append(
+            {
+                "start": first * 100,
+                "end": (first + part.num_rows) * 100,
+                "sha256": hashlib.sha256(f"{shard}:{b}".encode()).hexdigest(),
+                "first_record": first,
+                "records": part.num_rows,
+                "kept_docs": len(kept),
+                "kept_tokens": sum(r["tokens"] for r in kept),
+                "kept_segments": sum(r["segments"] for r in kept),
+                "ledger_sha256": ledger_digest(part),
+            }
+        )
         assert set(blocks[-1]) == set(BLOCK_FIELDS)
     return blocks
 
@@ -61,25 +75,46 @@ def synthetic_manifest(
             rows = []
             for i in range(n):
                 kept = rng.random() > 0.2
-                rows.append({
-                    "shard": shard, "index": i, "doc_id": f"{key}:{shard}:{i}",
-                    "status": "kept" if kept else "filtered", "reason": None if kept else "min_tokens",
-                    "count": 1, "chars": 1000, "tokens": rng.randint(50, 400) if kept else 0,
-                    "segments": (rng.randint(1, 3) if mode == "corenet" else 1) if kept else 0,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "shard": shard,
+                        "index": i,
+                        "doc_id": f"{key}:{shard}:{i}",
+                        "status": "kept" if kept else "filtered",
+                        "reason": None if kept else "min_tokens",
+                        "count": 1,
+                        "chars": 1000,
+                        "tokens": rng.randint(50, 400) if kept else 0,
+                        "segments": (rng.randint(1, 3) if mode == "corenet" else 1) if kept else 0,
+                    }
+                )
             kept_rows = [r for r in rows if r["status"] == "kept"]
-            records.append(ShardRecord(
-                shard=shard, source=source, subset=subset, uri=f"/nowhere/{shard}.jsonl", size_bytes=n * 100,
-                sha256=hashlib.sha256(f"shard {shard}".encode()).hexdigest(), licence="test", docs_read=n,
-                docs_kept=len(kept_rows), docs_filtered=n - len(kept_rows),
-                filtered_by_reason={"min_tokens": n - len(kept_rows)} if len(kept_rows) < n else {},
-                chars=1000 * len(kept_rows), tokens=sum(r["tokens"] for r in kept_rows),
-                segments=sum(r["segments"] for r in kept_rows), format="jsonl",
-                blocks=_blocks(rows, shard, records_per_block),
-            ))  # fmt: skip
+            records.append(
+                ShardRecord(
+                    shard=shard,
+                    source=source,
+                    subset=subset,
+                    uri=f"/nowhere/{shard}.jsonl",
+                    size_bytes=n * 100,
+                    sha256=hashlib.sha256(f"shard {shard}".encode()).hexdigest(),
+                    licence="test",
+                    docs_read=n,
+                    docs_kept=len(kept_rows),
+                    docs_filtered=n - len(kept_rows),
+                    filtered_by_reason={"min_tokens": n - len(kept_rows)} if len(kept_rows) < n else {},
+                    chars=1000 * len(kept_rows),
+                    tokens=sum(r["tokens"] for r in kept_rows),
+                    segments=sum(r["segments"] for r in kept_rows),
+                    format="jsonl",
+                    blocks=_blocks(rows, shard, records_per_block),
+                )
+            )
             tables.append(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA))
             shard += 1
-    entries = [{"source": k.split("/")[0], "subset": k.split("/")[1], "weight": (weights or {}).get(k)} for k in layout]
+    entries = [
+        {"source": k.split("/")[0], "subset": k.split("/")[1], "weight": (weights or {}).get(k)}
+        for k in layout
+    ]
     sequences = {"mode": mode, "seq_len": 2048}
     pass_description = {"filters": {}, "tokenizer": {"sha256": TOKENIZER_SHA256}}
     name = path.name

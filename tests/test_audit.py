@@ -64,7 +64,8 @@ def expected(sample_dir, tokenizer_path) -> dict[str, dict[str, int]]:
                         c["min_characters"] += 1
                     else:
                         long_enough.append(text)
-        for text, ids in zip(long_enough, sp.encode(long_enough, num_threads=2), strict=True):  # batch: both cores
+        # batch: both cores
+        for text, ids in zip(long_enough, sp.encode(long_enough, num_threads=2), strict=True):
             if len(ids) < min_tokens:
                 c["min_tokens"] += 1
             else:

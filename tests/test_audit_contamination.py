@@ -1,5 +1,5 @@
-"""`elm-data audit contamination`: planted evaluation passages are found exactly (equal to a brute-force n-gram
-scan over word tuples), unrelated items give zero hits, and the report is bound to the manifest id."""
+"""`elm-data audit contamination`: planted evaluation passages are found exactly (equal to a brute-force
+n-gram scan over word tuples), unrelated items give zero hits, and the report is bound to the manifest id."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def planted(tmp_path_factory, tokenizer_path):
     docs = {}
     for subset, subset_shards in texts.items():
         for s, shard in enumerate(subset_shards):
-            sha = hashlib.sha256((root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()).hexdigest()
+            sha = hashlib.sha256(
+                (root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()
+            ).hexdigest()
             docs.update({derived_doc_id(sha, i): (f"redpajama/{subset}", t) for i, t in enumerate(shard)})
     task = root / "planted.jsonl"
     lines = [{"id": k, "text": _prose(w)} for k, w in items.items()] + [{"id": "short", "text": "Too short."}]
@@ -65,7 +67,8 @@ def planted(tmp_path_factory, tokenizer_path):
     unrelated = root / "unrelated.jsonl"
     unrelated.write_text(
         "".join(
-            json.dumps({"id": f"u{k}", "text": " ".join(random_words(rng, 40, OTHER_VOCAB))}) + "\n" for k in range(20)
+            json.dumps({"id": f"u{k}", "text": " ".join(random_words(rng, 40, OTHER_VOCAB))}) + "\n"
+            for k in range(20)
         )
     )
     return {
@@ -127,7 +130,9 @@ def test_the_report_is_bound_to_the_manifest_and_an_edited_manifest_is_refused(p
     assert report["manifest_id"] == Manifest(planted["manifest"]).manifest_id
     assert report["settings"]["ngram"] == 13 and report["settings"]["match"] == "any"
     assert report["scanned"]["redpajama/c4"]["documents"] == 12
-    table = CliRunner().invoke(contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"])])
+    table = CliRunner().invoke(
+        contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"])]
+    )
     assert "redpajama/wikipedia" in table.output and "4/9" in table.output, table.output
     import shutil
 
@@ -172,19 +177,32 @@ def test_run_mode_counts_only_what_the_run_consumed(planted, tmp_path):
     steps = 10
     config = small_config(planted["manifest"], max_steps=steps, seq_len=256, tokens_per_step=512, log_every=5)
     run_dir = train(config, out_dir=tmp_path / "run", progress=False).run_dir
-    loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(planted["manifest"])),
-                          DistInfo())  # fmt: skip
+    loader = build_loader(
+        config, config.manifest_dir, load_tokenizer(config, Manifest(planted["manifest"])), DistInfo()
+    )
     batches = iter(loader)
     consumed = {s["doc_id"] for _ in range(steps) for spans in next(batches)["spans"] for s in spans}
     assert 0 < len(consumed) < len(planted["docs"])
-    result = CliRunner().invoke(contamination_command, [str(planted["manifest"]), "--tasks", str(planted["task"]),
-                                                        "--run", str(run_dir), "--format", "json"])  # fmt: skip
+    result = CliRunner().invoke(
+        contamination_command,
+        [
+            str(planted["manifest"]),
+            "--tasks",
+            str(planted["task"]),
+            "--run",
+            str(run_dir),
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     docs = {d: v for d, v in planted["docs"].items() if d in consumed}
     truth = brute_contamination(planted["items"], docs, 13)
-    reported = {k: (set(c["example_items"]), set(c["example_documents"]))
-                for k, c in report["tasks"]["planted"]["by_subset"].items()}  # fmt: skip
+    reported = {
+        k: (set(c["example_items"]), set(c["example_documents"]))
+        for k, c in report["tasks"]["planted"]["by_subset"].items()
+    }
     assert reported == {k: (set(v), set().union(*v.values())) for k, v in truth.items()}
     assert report["run"] == str(run_dir)
     assert sum(c["documents"] for c in report["scanned"].values()) == len(consumed)
@@ -192,17 +210,21 @@ def test_run_mode_counts_only_what_the_run_consumed(planted, tmp_path):
 
 @pytest.mark.slow  # imports lm-eval (seconds)
 def test_an_lm_eval_task_yaml_gives_the_same_hits_as_its_jsonl(planted, tmp_path, monkeypatch):
-    """A local lm-eval task (dataset_path: json, data_files beside the YAML): each item is prompt + gold answer."""
+    """A local lm-eval task (dataset_path: json, data_files beside the YAML): each item is prompt + gold
+    answer."""
     from elm_data.manifests.eval_tasks import load_tasks
 
     folder = tmp_path / "task"
     folder.mkdir()
-    rows = [{"id": k, "question": " ".join(t.split()[:20]), "answer": " ".join(t.split()[20:])}
-            for k, t in planted["items"].items()]  # fmt: skip
+    rows = [
+        {"id": k, "question": " ".join(t.split()[:20]), "answer": " ".join(t.split()[20:])}
+        for k, t in planted["items"].items()
+    ]
     (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "planted_qa.yaml").write_text(
         "task: planted_qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\n"
-        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: "
+        "'{{answer}}'\n"
     )
     monkeypatch.chdir(tmp_path)  # data_files resolve against the YAML's folder, not the working directory
     (task,) = load_tasks([str(folder / "planted_qa.yaml")])

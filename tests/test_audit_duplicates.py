@@ -1,5 +1,5 @@
-"""`elm-data audit duplicates`: planted exact copies and edited copies at several similarity levels are found, with
-recall and precision measured against brute-force Jaccard over the same shingles (word 5-grams)."""
+"""`elm-data audit duplicates`: planted exact copies and edited copies at several similarity levels are found,
+with recall and precision measured against brute-force Jaccard over the same shingles (word 5-grams)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,24 @@ def dup_corpus(tmp_path_factory, tokenizer_path):
     docs = []  # (subset key, doc id, text) in manifest order
     for subset, subset_shards in shards.items():
         for s, texts in enumerate(subset_shards):
-            sha = hashlib.sha256((root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()).hexdigest()
+            sha = hashlib.sha256(
+                (root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()
+            ).hexdigest()
             docs.extend((f"redpajama/{subset}", derived_doc_id(sha, i), t) for i, t in enumerate(texts))
     return manifest, docs
 
 
 def _truth(docs, threshold: float, shingle: int = 5) -> tuple[set, set]:
-    """Brute force over every pair: (pairs with Jaccard >= threshold, pairs with identical normalized words)."""
+    """Brute force over every pair: (pairs with Jaccard >= threshold, pairs with identical normalized
+    words)."""
     words = [words_of(t) for _, _, t in docs]
     sets = [ngrams(w, shingle) for w in words]
-    near = {(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs)) if jaccard(sets[i], sets[j]) >= threshold}
+    near = {
+        (i, j)
+        for i in range(len(docs))
+        for j in range(i + 1, len(docs))
+        if jaccard(sets[i], sets[j]) >= threshold
+    }
     exact = {(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs)) if words[i] == words[j]}
     return near, exact
 
@@ -47,13 +55,16 @@ def _truth(docs, threshold: float, shingle: int = 5) -> tuple[set, set]:
 def test_planted_duplicates_against_brute_force_jaccard(dup_corpus, threshold):
     manifest, docs = dup_corpus
     result = audit_duplicates(Manifest(manifest), DedupSettings(threshold=threshold))
-    assert [(r.key, r.doc_id) for r in result.docs] == [(k, d) for k, d, _ in docs]  # every kept doc, in order
+    # every kept doc, in order
+    assert [(r.key, r.doc_id) for r in result.docs] == [(k, d) for k, d, _ in docs]
     near, exact = _truth(docs, threshold)
     found = result.duplicate_pairs()
-    assert {(i, j) for i, j in found if result.docs[i].exact == result.docs[j].exact} == exact  # exact: exactly
+    # exact: exactly
+    assert {(i, j) for i, j in found if result.docs[i].exact == result.docs[j].exact} == exact
     recall = len(found & near) / len(near)
     precision = len(found & near) / len(found)
-    # MinHash estimates J with a standard error of ~sqrt(J(1-J)/128) ~ 0.035 near 0.8: pairs within a margin of the
+    # MinHash estimates J with a standard error of ~sqrt(J(1-J)/128) ~ 0.035 near 0.8: pairs within a margin
+    # of the
     # threshold fall either way; outside it, none may be missed or wrongly found
     clear, fair = _truth(docs, threshold + MARGIN)[0], _truth(docs, threshold - MARGIN)[0]
     print(
@@ -63,8 +74,11 @@ def test_planted_duplicates_against_brute_force_jaccard(dup_corpus, threshold):
     )
     assert len(near) >= 15 and recall >= 0.7 and precision >= 0.9
     assert clear <= found <= fair
-    unrelated = {(i, j) for i, j in found if jaccard(ngrams(words_of(docs[i][2]), 5), ngrams(words_of(docs[j][2]), 5))
-                 < 0.3}  # fmt: skip
+    unrelated = {
+        (i, j)
+        for i, j in found
+        if jaccard(ngrams(words_of(docs[i][2]), 5), ngrams(words_of(docs[j][2]), 5)) < 0.3
+    }
     assert not unrelated  # nothing unlike is ever paired
 
 
@@ -76,7 +90,9 @@ def test_two_workers_give_the_one_worker_clusters(dup_corpus):
 
 def test_report_rates_overlap_and_clusters_follow_the_clusters(dup_corpus, tmp_path):
     manifest, docs = dup_corpus
-    out = CliRunner().invoke(duplicates_command, [str(manifest), "--format", "json", "--plot", str(tmp_path / "d.png")])
+    out = CliRunner().invoke(
+        duplicates_command, [str(manifest), "--format", "json", "--plot", str(tmp_path / "d.png")]
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout)
     assert report["manifest_id"] == Manifest(manifest).manifest_id and (tmp_path / "d.png").stat().st_size > 0

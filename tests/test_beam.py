@@ -35,7 +35,15 @@ def test_beam_runner_from_the_cli(sample_dir, tokenizer_path, sample_manifest, t
     out = tmp_path / "beam-cli"
     result = CliRunner().invoke(
         build_command,
-        [str(sample_dir / "mixture.yaml"), "--out", str(out), "--tokenizer", tokenizer_path, "--runner", "beam"],
+        [
+            str(sample_dir / "mixture.yaml"),
+            "--out",
+            str(out),
+            "--tokenizer",
+            tokenizer_path,
+            "--runner",
+            "beam",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert Manifest(out).manifest_id == Manifest(sample_manifest).manifest_id
@@ -44,7 +52,8 @@ def test_beam_runner_from_the_cli(sample_dir, tokenizer_path, sample_manifest, t
 
 
 def test_beam_counts_its_workers_remote_retries_in_the_build_summary(sample_dir, tokenizer_path, tmp_path):
-    """A Beam build over the faulty loopback server (DirectRunner) reports its workers' retries, as a local build."""
+    """A Beam build over the faulty loopback server (DirectRunner) reports its workers' retries, as a local
+    build."""
     import fault_server
     import yaml
     from test_remote import FAST, FAULTS, _mixtures
@@ -56,17 +65,30 @@ def test_beam_counts_its_workers_remote_retries_in_the_build_summary(sample_dir,
         with fault_server.serve(sample_dir, fault_server.Faults(**vars(FAULTS))) as (url, stats):
             _, http_yaml = _mixtures(sample_dir, url, tmp_path, slice(0, 3))
             raw = yaml.safe_load(http_yaml.read_text())
-            http_yaml.write_text(yaml.safe_dump(raw | {"retries": {"backoff_s": 0.001, "max_backoff_s": 0.01}}))
-            beam = build_manifest(http_yaml, tmp_path / "beam", tokenizer=tokenizer_path, runner="beam", retries=FAST)
+            http_yaml.write_text(
+                yaml.safe_dump(raw | {"retries": {"backoff_s": 0.001, "max_backoff_s": 0.01}})
+            )
+            beam = build_manifest(
+                http_yaml, tmp_path / "beam", tokenizer=tokenizer_path, runner="beam", retries=FAST
+            )
             faults = sum(stats.faults.values())
-            args = [str(http_yaml), "--out", str(tmp_path / "cli"), "--tokenizer", tokenizer_path, "--runner", "beam"]
+            args = [
+                str(http_yaml),
+                "--out",
+                str(tmp_path / "cli"),
+                "--tokenizer",
+                tokenizer_path,
+                "--runner",
+                "beam",
+            ]
             result = CliRunner().invoke(build_command, [*args, "--retries", "8"])
     finally:
         remote.configure(**before)
     shards = sum(r.size_bytes for r in Manifest(beam.manifest_dir).shards)
     assert faults > 0 and beam.remote["failed"] == 0
     assert beam.remote["retries"] == sum(beam.remote["retries_by_reason"].values()) > 0
-    assert beam.remote["retries"] >= faults // 2  # each fault the server made cost its reader one retry (or two)
+    # each fault the server made cost its reader one retry (or two)
+    assert beam.remote["retries"] >= faults // 2
     assert set(beam.remote["retries_by_reason"]) <= {"http 503", "truncated body", "connection"}
     assert beam.remote["bytes_fetched"] >= shards
     assert result.exit_code == 0, result.output

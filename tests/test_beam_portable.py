@@ -1,4 +1,5 @@
-"""The Beam pipeline through Beam's portability layer (``--runner beam-portable``) gives exactly the local build.
+"""The Beam pipeline through Beam's portability layer (``--runner beam-portable``) gives exactly the local
+build.
 
 A ``PortableRunner`` submits the pipeline to Beam's local job service, whose SDK worker is started by an
 external worker pool — the path Flink, Spark and Dataflow take — each in a process of its own, offline, with
@@ -32,7 +33,8 @@ from elm_data.manifests.manifest import Manifest, data_files
 pytestmark = pytest.mark.slow  # Beam: importing it, its services and a portable run take seconds
 
 PORTABLE_TIMEOUT_S = 600  # a generous bound: the run takes well under a minute on two busy cores
-LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1 in /proc/net/tcp*
+# 127.0.0.1, ::ffff:127.0.0.1 in /proc/net/tcp*
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}
 HAS_PROC = Path("/proc/net/tcp").exists()
 
 
@@ -72,7 +74,11 @@ def _services_of(parent_pid: int) -> list[int]:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"elm_data.manifests.beam" in args and b"--parent-pid" in args and str(parent_pid).encode() in args:
+        if (
+            b"elm_data.manifests.beam" in args
+            and b"--parent-pid" in args
+            and str(parent_pid).encode() in args
+        ):
             found.append(int(proc.name))
     return found
 
@@ -126,7 +132,12 @@ class SocketWatch:
         self._thread.join()
 
     def not_on_loopback(self) -> set[str]:
-        return {a for addresses in self.seen.values() for a in addresses if a.rpartition(":")[0] not in LOOPBACK_HEX}
+        return {
+            a
+            for addresses in self.seen.values()
+            for a in addresses
+            if a.rpartition(":")[0] not in LOOPBACK_HEX
+        }
 
 
 def test_portable_options_name_the_job_service_and_the_pool():
@@ -155,7 +166,9 @@ def test_job_service_servers_bind_loopback_only():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             if HAS_PROC:
-                ours = {a for a in _listening({os.getpid()}).get(os.getpid(), set()) if a.endswith(f":{port:04X}")}
+                ours = {
+                    a for a in _listening({os.getpid()}).get(os.getpid(), set()) if a.endswith(f":{port:04X}")
+                }
                 assert ours and {a.rpartition(":")[0] for a in ours} <= LOOPBACK_HEX, ours
         finally:
             server.stop(0)
@@ -177,7 +190,9 @@ def test_services_serve_on_loopback_and_stop():
             socket.create_connection((host, int(port)), timeout=5).close()
 
 
-def test_portable_build_equals_local_build(sample_dir, tokenizer_path, sample_manifest, tmp_path, monkeypatch):
+def test_portable_build_equals_local_build(
+    sample_dir, tokenizer_path, sample_manifest, tmp_path, monkeypatch
+):
     # The counting must happen in the SDK worker process: in this (driver) process it would fail.
     def not_here(*args, **kwargs):
         raise AssertionError("a shard was counted in the driver process")
@@ -185,7 +200,9 @@ def test_portable_build_equals_local_build(sample_dir, tokenizer_path, sample_ma
     monkeypatch.setattr(beam, "process_shard", not_here)
     out = tmp_path / "portable"
     with SocketWatch() as watch:
-        result = build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, runner="beam-portable")
+        result = build_manifest(
+            sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, runner="beam-portable"
+        )
     assert result.shards == len(Manifest(sample_manifest).shards) and result.shards_reused == 0
     _assert_same_manifest(out, sample_manifest)
     if HAS_PROC:

@@ -41,9 +41,12 @@ def test_every_ratio_and_group_names_jobs_the_plan_makes(tmp_path):
 
 
 def test_dry_run_prints_every_job_and_pin_and_installs_nothing(tmp_path, capsys):
-    assert bench_peers.main(["--dry-run", "--work", str(tmp_path / "work"), "--venvs", str(tmp_path / "v")]) == 0
+    assert (
+        bench_peers.main(["--dry-run", "--work", str(tmp_path / "work"), "--venvs", str(tmp_path / "v")]) == 0
+    )
     out = capsys.readouterr().out
-    jobs = "hf stream stream-2w take0 take1 raw-sp build-1 build-2 datatrove-1 datatrove-2 mosaic-convert mosaic-pass"
+    jobs = "hf stream stream-2w take0 take1 raw-sp build-1 build-2 datatrove-1 datatrove-2 "
+    jobs += "mosaic-convert mosaic-pass"
     for job in [*jobs.split(), "litdata-convert", "litdata-pass"]:
         assert f" {job} " in out, job
     for pins in bench_peers.PINS.values():
@@ -55,7 +58,9 @@ def test_dry_run_prints_every_job_and_pin_and_installs_nothing(tmp_path, capsys)
 def test_quick_and_bad_arguments():
     quick = bench_peers.parse_args(["--quick", "--dry-run"])
     assert (quick.scale, quick.repeats) == (6.0, 2)
-    assert bench_peers.parse_args(["--dry-run", "--groups", "build"]).units == list(bench_peers.GROUPS["build"])
+    assert bench_peers.parse_args(["--dry-run", "--groups", "build"]).units == list(
+        bench_peers.GROUPS["build"]
+    )
     with pytest.raises(SystemExit):
         bench_peers.parse_args(["--dry-run", "--groups", "nope"])
 
@@ -87,9 +92,14 @@ def test_steady_state_rates_subtract_start_up():
 
 @pytest.mark.parametrize(
     ("value", "goal", "verdict"),
-    [(0.85, ("<=", 0.85), "met"), (0.86, ("<=", 0.85), "NOT met"), (1.5, (">=", 1.5), "met"),
-     (1.49, (">=", 1.5), "NOT met"), (None, ("<=", 1.0), "n/a")],
-)  # fmt: skip
+    [
+        (0.85, ("<=", 0.85), "met"),
+        (0.86, ("<=", 0.85), "NOT met"),
+        (1.5, (">=", 1.5), "met"),
+        (1.49, (">=", 1.5), "NOT met"),
+        (None, ("<=", 1.0), "n/a"),
+    ],
+)
 def test_goal_verdicts(value, goal, verdict):
     assert bench_peers.goal_verdict(value, goal).endswith(verdict)
     assert bench_peers.goal_verdict(value, None) == ""
@@ -108,7 +118,8 @@ def test_last_json_line():
 
 
 def test_measure_counts_the_cpu_of_orphaned_grandchildren(tmp_path):
-    """A child that forks a CPU-burning grandchild and exits at once: the grandchild's CPU is the child's work."""
+    """A child that forks a CPU-burning grandchild and exits at once: the grandchild's CPU is the child's
+    work."""
     burner = textwrap.dedent("""
         import os, time
         if os.fork() == 0:
@@ -126,7 +137,9 @@ def test_measure_counts_the_cpu_of_orphaned_grandchildren(tmp_path):
         s = bench_peers.measure([sys.executable, "-c", {burner!r}], {{}}, __import__("pathlib").Path("."))
         print(json.dumps({{k: s[k] for k in ("cpu", "orphans", "rc", "result")}}))
     """)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     sample = json.loads(out.stdout.strip().splitlines()[-1])
     assert sample["rc"] == 0 and sample["result"] == {"tokens": 1}
     assert sample["orphans"] == 1

@@ -35,7 +35,8 @@ def test_a_changed_parquet_row_group_is_reported_as_a_changed_block(tmp_path, to
     data = bytearray(shard.read_bytes())
     data[(first["start"] + first["end"]) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    changed = hashlib.sha256(data[first["start"] : first["end"]]).hexdigest()  # the oracle: the bytes now there
+    # the oracle: the bytes now there
+    changed = hashlib.sha256(data[first["start"] : first["end"]]).hexdigest()
     stream = TokenStream(tmp_path / "m", batch_size=2, seq_len=128, weights="natural", tokenizer=tokenizer)
     with pytest.raises(StreamIntegrityError) as stopped:
         next(iter(StreamLoader(stream)))

@@ -1,4 +1,5 @@
-"""The block index: blocks tile a shard at record boundaries, each with its sha256; a view serves verified bytes."""
+"""The block index: blocks tile a shard at record boundaries, each with its sha256; a view serves verified
+bytes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def test_jsonl_blocks_are_line_aligned_and_count_lines(tmp_path, final_newline):
     check_tiling(data, blocks)
     assert all(data[b.end - 1 : b.end] == b"\n" for b in blocks[:-1])  # every cut just after a newline
     assert all(b.end - b.start >= 8192 for b in blocks[:-1])  # about block_bytes each (never less)
-    assert [b.first_record for b in blocks] == [sum(x.records for x in blocks[:i]) for i in range(len(blocks))]
+    assert [b.first_record for b in blocks] == [
+        sum(x.records for x in blocks[:i]) for i in range(len(blocks))
+    ]
     assert sum(b.records for b in blocks) == len(lines)
     for b in blocks:  # each block's first record is the line that starts it
         first = data[b.start :].split(b"\n", 1)[0]
@@ -101,7 +104,9 @@ def test_members_and_frames_make_blocks_that_read_alone(tmp_path, fmt):
     assert len(whole) == len(docs)
     for b in blocks:  # each block decompresses on its own into exactly its records, numbered from its first
         with open_verified(str(path), blocks, b.start, b.end) as view:
-            part = list(read_shard(str(path), "dolma", "gutenberg", "0" * 64, b.first_record, fmt=fmt, view=view))
+            part = list(
+                read_shard(str(path), "dolma", "gutenberg", "0" * 64, b.first_record, fmt=fmt, view=view)
+            )
         assert [(d.provenance.index, d.text) for d in part] == [
             (d.provenance.index, d.text) for d in whole[b.first_record : b.first_record + b.records]
         ]
@@ -130,7 +135,8 @@ def test_the_views_of_a_process_hold_at_most_the_reader_memory_cap_and_read_each
                 v.seek(b.start + k % 7)
                 assert v.read(b.end - b.start - k % 7) == data[b.start + k % 7 : b.end]
                 assert in_memory(views) <= cap  # without the cap: 4 views x 2 blocks (KEEP) in memory
-        assert all(v.bytes_loaded == len(data) for v in views)  # a spilled block is not read from storage again
+        # a spilled block is not read from storage again
+        assert all(v.bytes_loaded == len(data) for v in views)
         for v in views:  # and what was spilled still reads back as verified bytes
             v.seek(0)
             assert v.read() == data
@@ -142,8 +148,8 @@ def test_the_views_of_a_process_hold_at_most_the_reader_memory_cap_and_read_each
 
 
 def test_a_reader_opens_a_verified_view_directly_not_behind_a_network_buffer(tmp_path):
-    """Each open shard of a stream reader is a view; wrapped as a remote file it cost an 8 MiB buffer per open shard
-    (664 MiB of a scale-300 natural pass's peak in one process, P = 16)."""
+    """Each open shard of a stream reader is a view; wrapped as a remote file it cost an 8 MiB buffer per open
+    shard (664 MiB of a scale-300 natural pass's peak in one process, P = 16)."""
     from elm_data.sources import remote
     from elm_data.sources.blocks import open_verified
 

@@ -1,4 +1,5 @@
-"""The frozen JSON spellings, byte for byte, and the hashes that depend on them, as they were before they moved.
+"""The frozen JSON spellings, byte for byte, and the hashes that depend on them, as they were before they
+moved.
 
 The expected bytes and digests below were computed by the tree before ``elm_data/core/canonical_json.py``
 existed (each module then spelled its own ``json.dumps``): a change to any spelling changes one of them.
@@ -35,7 +36,9 @@ SPELLED = {
     "SORTED_UTF8": '{"a":"é€\U0001f600","b":[1,2.5,null,true],"c":{"y":"x","z":1}}',
     "SORTED_ASCII": '{"a":"\\u00e9\\u20ac\\ud83d\\ude00","b":[1,2.5,null,true],"c":{"y":"x","z":1}}',
     "ORDERED_UTF8": '{"b":[1,2.5,null,true],"a":"é€\U0001f600","c":{"z":1,"y":"x"}}',
-    "SORTED_SPACED": '{"a": "\\u00e9\\u20ac\\ud83d\\ude00", "b": [1, 2.5, null, true], "c": {"y": "x", "z": 1}}',
+    "SORTED_SPACED": (
+        '{"a": "\\u00e9\\u20ac\\ud83d\\ude00", "b": [1, 2.5, null, true], "c": {"y": "x", "z": 1}}'
+    ),
 }
 
 
@@ -47,16 +50,22 @@ def test_every_spelling_is_named_and_frozen_byte_for_byte():
 
 
 def test_a_fixed_manifest_keeps_its_id_merkle_root_and_digests(tmp_path, monkeypatch):
-    """Covers the id payload (SORTED_UTF8), the shard records' Merkle leaves and block-index digests (SORTED_ASCII),
-    the by-reason columns (SORTED_SPACED) and the ledger digests (ORDERED_UTF8). The format version is held at the
-    one these were computed with; a deliberate change of what the id covers (a new shard column: the held-out
-    counts moved both from fb64e5d6... and da97f004...) is re-pinned with values the tree before it computes."""
+    """Covers the id payload (SORTED_UTF8), the shard records' Merkle leaves and block-index digests
+    (SORTED_ASCII), the by-reason columns (SORTED_SPACED) and the ledger digests (ORDERED_UTF8). The format
+    version is held at the one these were computed with; a deliberate change of what the id covers (a new
+    shard column: the held-out counts moved both from fb64e5d6... and da97f004...) is re-pinned with values
+    the tree before it computes."""
     monkeypatch.setattr(identity, "FORMAT_VERSION", 5)
-    m = synthetic_manifest(tmp_path / "golden", {"a/x": [30, 20], "b/y": [25]}, weights={"a/x": 2.0, "b/y": 0.5})
+    m = synthetic_manifest(
+        tmp_path / "golden", {"a/x": [30, 20], "b/y": [25]}, weights={"a/x": 2.0, "b/y": 0.5}
+    )
     assert m.manifest_id == "41d7400cd659be7c1619d3b9e72ff0d3110b7b14bbc72a232378d6c63e8a5d5b"
     assert m.info["merkle_root"] == "b0f6218789451bab00ddb178c4f1b8330956d30b75ffaf0bb05461e1cf318046"
     assert m.shards[0].blocks_sha256 == "edad0613876597687bd42d6db15777c57bd792fdd6255cf2048671c671b2d700"
-    assert ledger_digest(m.block_documents(0, 0)) == "e426cacd9fff931155a15217512f156cb1394f4f1a98de386360b28510826aaf"
+    assert (
+        ledger_digest(m.block_documents(0, 0))
+        == "e426cacd9fff931155a15217512f156cb1394f4f1a98de386360b28510826aaf"
+    )
     assert m.shards[0].to_row()["filtered_by_reason"] == '{"min_tokens": 3}'
 
 
@@ -72,9 +81,12 @@ def test_the_receipt_keeps_its_genesis_and_batch_digests():
 
 
 def test_the_spellings_hash_what_they_hashed_before():
-    """The digests above, recomputed from the spellings alone (an oracle independent of the modules using them)."""
+    """The digests above, recomputed from the spellings alone (an oracle independent of the modules using
+    them)."""
     plan = {"mode": "packed", "seq_len": 127, "weights": {"b/y": 0.5, "a/x": 2.0}, "seed": 0}
-    assert hashlib.sha256(SORTED_ASCII.encode([RECEIPT_VERSION, "éééid", plan])).hexdigest() == genesis("éééid", plan)
+    assert hashlib.sha256(SORTED_ASCII.encode([RECEIPT_VERSION, "éééid", plan])).hexdigest() == genesis(
+        "éééid", plan
+    )
     rows = [[["a", "ü", "00", "d€1", 3, 0, 5, 0, 5]], []]
     assert hashlib.sha256(ORDERED_UTF8.encode([7, rows])).hexdigest() == (
         "5771ac5a1f561ce76f3a45182e8ab379bd1a6bcd8c3b42299e38cb150a06a06a"
@@ -88,8 +100,8 @@ def _calls(path: Path, name: str) -> list[ast.Call]:
 
 
 def test_no_module_spells_canonical_json_itself():
-    """The whole surface: outside the canonical module, no ``json.dumps`` sets separators (every hashed spelling
-    fixes them), and no module defines its own JSON-safe converter."""
+    """The whole surface: outside the canonical module, no ``json.dumps`` sets separators (every hashed
+    spelling fixes them), and no module defines its own JSON-safe converter."""
     own = Path(canonical_json.__file__).resolve()
     spelled, converters = [], []
     for path in production_files():
@@ -99,7 +111,11 @@ def test_no_module_spells_canonical_json_itself():
             if any(k.arg == "separators" for k in call.keywords):
                 spelled.append(f"{path.relative_to(ROOT)}:{call.lineno}")
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef) and "json" in node.name.lower() and "safe" in node.name.lower():
+            if (
+                isinstance(node, ast.FunctionDef)
+                and "json" in node.name.lower()
+                and "safe" in node.name.lower()
+            ):
                 converters.append(f"{path.relative_to(ROOT)}:{node.name}")
             if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in ("jsonable", "to_jsonable"):
                 converters.append(f"{path.relative_to(ROOT)}:{node.name}")

@@ -101,12 +101,14 @@ def test_an_edited_model_config_is_blamed_on_the_config(tmp_path, edit, blamed):
 def test_equal_tensors_are_saved_as_equal_bytes(tmp_path):
     model = small_model()
     saved = [save_model(model, tmp_path / f"save{i}").read_bytes() for i in range(8)]
-    assert all(data == saved[0] for data in saved[1:])  # the metadata map was written in hash order: 1 in 2 differ
+    # the metadata map was written in hash order: 1 in 2 differ
+    assert all(data == saved[0] for data in saved[1:])
     again = small_model()  # equal tensors in another module
     assert save_model(again, tmp_path / "again").read_bytes() == saved[0]
 
 
-# ---- resuming stands exactly where the checkpoint was saved ------------------------------------------------------
+# ---- resuming stands exactly where the checkpoint was saved
+# ------------------------------------------------------
 def test_iterating_the_stream_loader_never_draws_from_torchs_global_rng(sample_manifest, tokenizer_path):
     from elm_data.pipeline.stream import StreamLoader, TokenStream
 
@@ -126,7 +128,9 @@ def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_mani
 
     seen: list[torch.Tensor] = []
     real_step = loop.train_step
-    monkeypatch.setattr(loop, "train_step", lambda *a, **k: seen.append(torch.get_rng_state()) or real_step(*a, **k))
+    monkeypatch.setattr(
+        loop, "train_step", lambda *a, **k: seen.append(torch.get_rng_state()) or real_step(*a, **k)
+    )
     config = small_config(sample_manifest, max_steps=4, tokens_per_step=2 * 2 * 32)
     straight = loop.train(config, out_dir=tmp_path / "straight", progress=False)
     at_straight = list(seen)
@@ -139,7 +143,8 @@ def test_a_resumed_run_steps_from_the_rng_state_its_checkpoint_saved(sample_mani
     assert first.losses + second.losses == straight.losses  # still bitwise the uninterrupted run
 
 
-# ---- the checkpointer's parts are a mapping: a trainer adds or drops one without changing it --------------------
+# ---- the checkpointer's parts are a mapping: a trainer adds or drops one without changing it
+# --------------------
 class Counter:
     """A stateful part the Checkpointer knows nothing of."""
 
@@ -168,7 +173,9 @@ def _checkpointer(run_dir: Path, **parts) -> ckpt.Checkpointer:
 
     info = DistInfo()
     parts = {"model": ckpt.ModelPart(small_model(), info), "stream": Position(7)} | parts
-    return ckpt.Checkpointer(run_dir, parts, manifest_id="m" * 64, config=TrainConfig(), info=info, device="cpu")
+    return ckpt.Checkpointer(
+        run_dir, parts, manifest_id="m" * 64, config=TrainConfig(), info=info, device="cpu"
+    )
 
 
 def test_the_checkpointer_saves_and_restores_whatever_parts_it_is_given(tmp_path):
@@ -191,9 +198,10 @@ def test_the_checkpointer_saves_and_restores_whatever_parts_it_is_given(tmp_path
 
 @pytest.mark.slow  # trains three short runs
 def test_a_trainer_that_adds_and_drops_a_part_resumes_bit_identically(sample_manifest, tmp_path):
-    """A Trainer subclass adds a part (a step counter) and drops one (the RNGs: nothing in a step draws) through
-    ``checkpoint_parts`` alone: its checkpoint holds exactly its parts, a resume restores them and trains the steps
-    of the uninterrupted run; the plain Trainer, whose parts every checkpoint of its own holds, refuses it."""
+    """A Trainer subclass adds a part (a step counter) and drops one (the RNGs: nothing in a step draws)
+    through ``checkpoint_parts`` alone: its checkpoint holds exactly its parts, a resume restores them and
+    trains the steps of the uninterrupted run; the plain Trainer, whose parts every checkpoint of its own
+    holds, refuses it."""
     from test_trainer_run import small_config
 
     from elm_data.trainer.core import loop
@@ -223,8 +231,10 @@ def test_a_trainer_that_adds_and_drops_a_part_resumes_bit_identically(sample_man
     )  # every part of the plain trainer is saved, none left out
     first, stopped = run(CountingTrainer, tmp_path / "counting", stop_after=2)
     assert sorted(torch.load(stopped.checkpoint / ckpt.TRAINING_STATE, weights_only=True)) == [
-        "counter", "optimizer", "scheduler"
-    ]  # fmt: skip
+        "counter",
+        "optimizer",
+        "scheduler",
+    ]
     second, resumed = run(CountingTrainer, tmp_path / "counting", resume=stopped.checkpoint)
     assert second.counter.count == 4 and resumed.final_step == 4
     assert stopped.losses + resumed.losses == straight.losses
@@ -232,7 +242,8 @@ def test_a_trainer_that_adds_and_drops_a_part_resumes_bit_identically(sample_man
         run(loop.Trainer, tmp_path / "plain-from-counting", resume=stopped.checkpoint)
 
 
-# ---- a full disk at a checkpoint: one line naming it -------------------------------------------------------------
+# ---- a full disk at a checkpoint: one line naming it
+# -------------------------------------------------------------
 def _small_filesystems_work() -> bool:
     """Whether this machine lets a process mount a tmpfs in a mount namespace of its own (unshare -rm)."""
     import shutil
@@ -240,12 +251,21 @@ def _small_filesystems_work() -> bool:
 
     if shutil.which("unshare") is None:
         return False
-    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"]
+    probe = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=1m tmpfs /mnt",
+    ]
     return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
 
 
 def _run_in_small_filesystems(sizes: list[str], argv: list[str], tmp_path: Path):
-    """Run ``argv`` in a private mount namespace where ``tmp_path/fs{i}`` are tmpfs of ``sizes[i]`` (real ENOSPC)."""
+    """Run ``argv`` in a private mount namespace where ``tmp_path/fs{i}`` are tmpfs of ``sizes[i]`` (real
+    ENOSPC)."""
     import subprocess
 
     mounts = []
@@ -292,13 +312,16 @@ def test_a_full_disk_at_any_checkpoint_file_is_one_line_naming_the_checkpoint(tm
     tests = str(Path(__file__).parent)
     runs = [str(tmp_path / f"fs{i}" / "run") for i in range(2)]
     # 4 MiB: the weights (safetensors) do not fit; 12 MiB: they do, the optimizer state (torch.save) does not
-    done = _run_in_small_filesystems(["4m", "12m"], [sys.executable, "-c", SAVE_IN_SMALL_FILESYSTEMS, tests, *runs],
-                                     tmp_path)  # fmt: skip
+    done = _run_in_small_filesystems(
+        ["4m", "12m"], [sys.executable, "-c", SAVE_IN_SMALL_FILESYSTEMS, tests, *runs], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     for run in runs:
         message = outcome[run]
-        assert message.startswith(f"disk full: no space left to write {run}/checkpoints/step_00000001 ("), message
+        assert message.startswith(f"disk full: no space left to write {run}/checkpoints/step_00000001 ("), (
+            message
+        )
         assert "\n" not in message
 
 
@@ -312,13 +335,17 @@ def test_train_on_a_full_disk_exits_2_with_one_line(sample_manifest, tmp_path):
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(small_config(sample_manifest, max_steps=2).to_dict()))
-    run = tmp_path / "fs0" / "run"  # 20 MiB: the log and the weights (16 MiB) fit, the optimizer state does not
+    # 20 MiB: the log and the weights (16 MiB) fit, the optimizer state does not
+    run = tmp_path / "fs0" / "run"
     argv = [sys.executable, "-m", "elm_data", "train", str(config), "--out", str(run), "--no-progress"]
     done = _run_in_small_filesystems(["20m"], argv, tmp_path)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [line for line in done.stderr.splitlines() if "rror" in line], done.stderr  # one line, no trace
-    assert lines[0].startswith(f"error: disk full: no space left to write {run}/checkpoints/step_00000002"), lines
+    # one line, no trace
+    assert lines == [line for line in done.stderr.splitlines() if "rror" in line], done.stderr
+    assert lines[0].startswith(f"error: disk full: no space left to write {run}/checkpoints/step_00000002"), (
+        lines
+    )
 
 
 @needs_small_filesystems
@@ -327,7 +354,16 @@ def test_a_manifest_build_on_a_full_disk_names_the_path(sample_dir, tmp_path):
     import sys
 
     out = tmp_path / "fs0" / "manifest"
-    argv = [sys.executable, "-m", "elm_data", "build", "manifest", str(sample_dir / "mixture.yaml"), "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "elm_data",
+        "build",
+        "manifest",
+        str(sample_dir / "mixture.yaml"),
+        "--out",
+        str(out),
+    ]
     done = _run_in_small_filesystems(["64k"], argv, tmp_path)
     errors = [line for line in done.stderr.splitlines() if "rror" in line]
     assert done.returncode == 2 and len(errors) == 1, done.stderr

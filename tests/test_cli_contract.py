@@ -17,7 +17,8 @@ from elm_data.cli import cli, run
 
 MISSING = "{tmp}/no-such-path"
 
-# command path -> mistakes (arguments after the command path; {tmp} is the test's empty tmp_path, {manifest} the
+# command path -> mistakes (arguments after the command path; {tmp} is the test's empty tmp_path, {manifest}
+# the
 # sample corpus' manifest)
 CASES: dict[str, list[list[str]]] = {
     "audit mixture": [[MISSING], ["{tmp}", "--format", "xml"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
@@ -27,7 +28,11 @@ CASES: dict[str, list[list[str]]] = {
         ["{manifest}", "--tasks", "{tmp}/items.jsonl", "--ngram", "0"],
         ["{manifest}", "--tasks", "{tmp}/items.jsonl", "--min-overlap", "1.5"],
     ],
-    "audit duplicates": [[MISSING], ["{manifest}", "--threshold", "2"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
+    "audit duplicates": [
+        [MISSING],
+        ["{manifest}", "--threshold", "2"],
+        ["{manifest}", "--plot", "{tmp}/x.txt"],
+    ],
     "audit-run": [[MISSING], ["{tmp}"]],
     "bench train": [[MISSING, "--out", "{tmp}/bench"]],
     "build manifest": [[MISSING, "--out", "{tmp}/m"]],
@@ -55,7 +60,9 @@ def leaf_commands(group: click.Group, ctx: click.Context, prefix: tuple[str, ...
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
-            yield from leaf_commands(command, click.Context(command, parent=ctx, info_name=name), (*prefix, name))
+            yield from leaf_commands(
+                command, click.Context(command, parent=ctx, info_name=name), (*prefix, name)
+            )
         else:
             yield " ".join((*prefix, name))
 

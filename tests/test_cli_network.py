@@ -1,11 +1,12 @@
-"""Every command that reads remotely takes ``--retries`` from its one owner (``sources/remote_option.py``), and it
-holds for the whole run, over a config's ``retries:``.
+"""Every command that reads remotely takes ``--retries`` from its one owner (``sources/remote_option.py``),
+and it holds for the whole run, over a config's ``retries:``.
 
 The commands are walked from the click tree (as ``test_cli_contract.py`` does), so a command added without a
-place in :data:`READS_REMOTELY` or :data:`READS_NOTHING_REMOTE` fails :func:`test_every_command_is_classified`;
-a command that takes a ``--tokenizer`` (a path or an ``hf://``/``s3://``/``https://`` URL) reads remotely by
-definition. Then a server on 127.0.0.1 that answers every request with 503 shows the flag's attempts in the
-one-line error of the commands that read shards (build, estimate, verify, stream, train, audit duplicates).
+place in :data:`READS_REMOTELY` or :data:`READS_NOTHING_REMOTE` fails
+:func:`test_every_command_is_classified`; a command that takes a ``--tokenizer`` (a path or an
+``hf://``/``s3://``/``https://`` URL) reads remotely by definition. Then a server on 127.0.0.1 that answers
+every request with 503 shows the flag's attempts in the one-line error of the commands that read shards
+(build, estimate, verify, stream, train, audit duplicates).
 """
 
 from __future__ import annotations
@@ -26,11 +27,26 @@ from elm_data.sources.remote_option import RetriesOption, retries_option
 
 # shards, blocks or a tokenizer URL: through sources/remote.py, so `--retries` applies
 READS_REMOTELY = {
-    "build manifest", "estimate", "verify", "stream", "train", "audit contamination", "audit duplicates",
-    "audit-run", "trace", "bench train", "compress", "eval", "export hf", "export mlx", "demo", "tokenizer fetch",
+    "build manifest",
+    "estimate",
+    "verify",
+    "stream",
+    "train",
+    "audit contamination",
+    "audit duplicates",
+    "audit-run",
+    "trace",
+    "bench train",
+    "compress",
+    "eval",
+    "export hf",
+    "export mlx",
+    "demo",
+    "tokenizer fetch",
     "tokenizer show",
-}  # fmt: skip
-# a manifest's or a run's own files only (local folders), or nothing at all; `init --pin` asks the hub's API for
+}
+# a manifest's or a run's own files only (local folders), or nothing at all; `init --pin` asks the hub's API
+# for
 # one commit per repo, and says which cause (network, login) failed rather than retrying
 READS_NOTHING_REMOTE = {"sample", "audit mixture", "export croissant", "report", "init"}
 
@@ -100,8 +116,14 @@ def refusing_server(sample_dir, tokenizer_path, tmp_path_factory):
             _, http_yaml = _mixtures(sample_dir, url, out, slice(1, 2))
             build_manifest(http_yaml, out / "manifest", tokenizer=tokenizer_path, block_bytes=16 << 10)
             faults.fail_every = 1
-            raw = {"manifest": str(out / "manifest"), "model": "tiny", "seq_len": 32, "batch_size": 2,
-                   "max_steps": 2, "retries": {"attempts": 6, "backoff_s": 0.001, "max_backoff_s": 0.01}}  # fmt: skip
+            raw = {
+                "manifest": str(out / "manifest"),
+                "model": "tiny",
+                "seq_len": 32,
+                "batch_size": 2,
+                "max_steps": 2,
+                "retries": {"attempts": 6, "backoff_s": 0.001, "max_backoff_s": 0.01},
+            }
             (out / "train.yaml").write_text(yaml.safe_dump(raw))
             yield out, http_yaml
     finally:
@@ -138,5 +160,6 @@ def test_a_command_reading_a_refusing_server_gives_up_after_the_flags_attempts(
     finally:
         remote.configure(**before)
     err = capsys.readouterr().err
-    assert code in (1, 2), err  # verify reports unreadable shards as a difference; the others fail in one line
+    # verify reports unreadable shards as a difference; the others fail in one line
+    assert code in (1, 2), err
     assert "gave up after 2 attempt(s)" in err and "503" in err, err

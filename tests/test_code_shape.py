@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# folder -> layer; imports go from a higher number to a lower one only (equal numbers may not import each other).
+# folder -> layer; imports go from a higher number to a lower one only (equal numbers may not import each
+# other).
 # trainer/ is split by job into sub-packages that import one way among themselves: core below all; proof,
 # compress and bench on core only (not on each other); export on proof and core; trainer/*.py (the click
 # commands) on any of them.
@@ -41,7 +42,8 @@ PACKAGE_OF = {"core": "elm_data/core", "sources": "sources", "model": "model", "
 PACKAGE_OF |= {"manifests": "manifests", "trainer": "trainer"}
 TRAINER_PARTS = {folder.split("/")[1] for folder in LAYERS if folder.startswith("trainer/")}
 MAX_FUNCTION_LINES = 60
-ATOMIC_WRITER = "elm_data/core/outputs.py"  # the one module that moves a finished file or directory into place
+# the one module that moves a finished file or directory into place
+ATOMIC_WRITER = "elm_data/core/outputs.py"
 RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("shutil", "move")}
 
 
@@ -64,7 +66,8 @@ def folder_of_module(module: str) -> str | None:
 
 
 def package_of(folder: str) -> str:
-    """The ``elm_data`` package a repository folder is installed as (``trainer/core`` -> ``elm_data.trainer.core``)."""
+    """The ``elm_data`` package a repository folder is installed as (``trainer/core`` ->
+    ``elm_data.trainer.core``)."""
     package = "elm_data" if folder == "elm_data" else "elm_data." + folder.replace("/", ".")
     return package.replace("elm_data.elm_data.", "elm_data.")
 
@@ -111,8 +114,8 @@ def layer_violations(root: Path = ROOT) -> list[str]:
 
 def imported_modules(path: Path, modules: set[str], root: Path = ROOT) -> set[tuple[str, int]]:
     """``(module, line)`` of every import in ``path`` of one of ``modules`` (module level, in functions, under
-    ``TYPE_CHECKING``; absolute and relative). ``from P import x`` imports module ``P.x`` when there is one, else
-    ``P``; a name that is no module of ``modules`` stands for the nearest enclosing one (its package)."""
+    ``TYPE_CHECKING``; absolute and relative). ``from P import x`` imports module ``P.x`` when there is one,
+    else ``P``; a name that is no module of ``modules`` stands for the nearest enclosing one (its package)."""
     package = package_of(path.parent.relative_to(root).as_posix())
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -134,14 +137,16 @@ def imported_modules(path: Path, modules: set[str], root: Path = ROOT) -> set[tu
 
 
 def import_graph(root: Path = ROOT) -> nx.DiGraph:
-    """Production modules, and an edge ``a -> b`` (with the ``line`` of ``a`` that imports) for each import of ``b``."""
+    """Production modules, and an edge ``a -> b`` (with the ``line`` of ``a`` that imports) for each import of
+    ``b``."""
     paths = {module_of(path, root): path for path in production_files(root)}
     graph = nx.DiGraph()
     graph.add_nodes_from(paths)
     for module, path in paths.items():
         for target, line in sorted(imported_modules(path, set(paths), root), reverse=True):
             if target != module:
-                graph.add_edge(module, target, line=line)  # the first line that imports it (sorted, last wins)
+                # the first line that imports it (sorted, last wins)
+                graph.add_edge(module, target, line=line)
     return graph
 
 
@@ -168,7 +173,8 @@ def long_functions(root: Path = ROOT, limit: int = MAX_FUNCTION_LINES) -> list[s
 
 
 def renames_outside_the_writer(root: Path = ROOT, writer: str = ATOMIC_WRITER) -> list[str]:
-    """``os.replace``/``os.rename``/``shutil.move`` calls and ``.rename()`` methods outside :data:`ATOMIC_WRITER`."""
+    """``os.replace``/``os.rename``/``shutil.move`` calls and ``.rename()`` methods outside
+    :data:`ATOMIC_WRITER`."""
     out = []
     for path in production_files(root):
         if path.relative_to(root).as_posix() == writer:
@@ -213,10 +219,14 @@ def toy_tree(tmp_path: Path) -> Path:
         "pipeline/stream": "from ..config import X\nfrom elm_data.manifests.manifest import Manifest\n",
         "manifests": "from elm_data.pipeline import document_pass\n",
         "model": "def f():\n    from elm_data.sources import sample\n" + "    x = 1\n" * 70,
-        "trainer": "from elm_data.pipeline.stream import TokenStream\nfrom .export.hf import export_checkpoint\n",
+        "trainer": (
+            "from elm_data.pipeline.stream import TokenStream\nfrom .export.hf import export_checkpoint\n"
+        ),
         "trainer/core": "from elm_data.manifests.manifest import Manifest\nfrom ..proof import audit\n",
         "trainer/proof": "from ..core.runlog import read_log\n",
-        "trainer/bench": "from ..core import distributed\nfrom elm_data.trainer.compress.finetune import prepare\n",
+        "trainer/bench": (
+            "from ..core import distributed\nfrom elm_data.trainer.compress.finetune import prepare\n"
+        ),
         "trainer/export": "from ..proof.audit import audit_run\nfrom elm_data.trainer import cli\n",
         "elm_data": "from elm_data.trainer import loop\n",
     }.items():
@@ -226,9 +236,9 @@ def toy_tree(tmp_path: Path) -> Path:
 
 
 def test_the_checks_catch_what_they_should(toy_tree: Path):
-    """An independent oracle: a hand-made tree with exactly five upward or sideways imports (two of them between
-    trainer's sub-packages, one from a sub-package up to trainer/'s commands), one long function and one rename
-    outside the atomic writer (core/m.py stands in for it)."""
+    """An independent oracle: a hand-made tree with exactly five upward or sideways imports (two of them
+    between trainer's sub-packages, one from a sub-package up to trainer/'s commands), one long function and
+    one rename outside the atomic writer (core/m.py stands in for it)."""
     assert layer_violations(toy_tree) == [
         "model/m.py:2 imports sources (layer 1 >= 1)",
         "pipeline/m.py:2 imports pipeline/stream (layer 4 >= 2)",
@@ -243,12 +253,14 @@ def test_the_checks_catch_what_they_should(toy_tree: Path):
 
 def test_the_cycle_check_sees_every_kind_of_import(tmp_path: Path):
     """An independent oracle: three cycles, closed by a function-level import, a ``TYPE_CHECKING`` import and
-    ``from package import module``; and two one-way chains (through a package ``__init__`` and a name that is no
-    module) that are none."""
+    ``from package import module``; and two one-way chains (through a package ``__init__`` and a name that is
+    no module) that are none."""
     files = {
         "manifests/a.py": "from .b import X\n",
         "manifests/b.py": "def f():\n    from elm_data.manifests.a import Y\n",
-        "trainer/core/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..proof.d import Z\n",
+        "trainer/core/c.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..proof.d import Z\n"
+        ),
         "trainer/proof/d.py": "from ..core import c\n",
         "trainer/e.py": "from .core import c\nfrom . import f\n",
         "trainer/f.py": "import elm_data.trainer.e as e\n",
@@ -256,13 +268,15 @@ def test_the_cycle_check_sees_every_kind_of_import(tmp_path: Path):
         "pipeline/g.py": "from elm_data.sources import h\n",
         "sources/h.py": "from elm_data.core.errors import ElmDataError\n",
         "elm_data/core/errors.py": "import json\n",
-        "manifests/i.py": "from elm_data.pipeline import G\n",  # G is no module: the package, then g, h, errors
+        # G is no module: the package, then g, h, errors
+        "manifests/i.py": "from elm_data.pipeline import G\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert import_cycles(tmp_path) == [
         "elm_data.manifests.a:1 -> elm_data.manifests.b, elm_data.manifests.b:2 -> elm_data.manifests.a",
-        "elm_data.trainer.core.c:3 -> elm_data.trainer.proof.d, elm_data.trainer.proof.d:1 -> elm_data.trainer.core.c",
+        "elm_data.trainer.core.c:3 -> elm_data.trainer.proof.d, elm_data.trainer.proof.d:1 -> "
+        "elm_data.trainer.core.c",
         "elm_data.trainer.e:2 -> elm_data.trainer.f, elm_data.trainer.f:1 -> elm_data.trainer.e",
     ]

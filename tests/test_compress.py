@@ -1,4 +1,5 @@
-"""`elm-data compress`: DKM clustering (coremltools), finalize, compact form, export, eDKM memory, the ledger."""
+"""`elm-data compress`: DKM clustering (coremltools), finalize, compact form, export, eDKM memory, the
+ledger."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import yaml
 from click.testing import CliRunner
 
 # DKM clustering is coremltools (the compress extra): looked up, not imported, so that collecting stays quick.
-needs_coremltools = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs coremltools")
+needs_coremltools = pytest.mark.skipif(
+    importlib.util.find_spec("coremltools") is None, reason="needs coremltools"
+)
 
 from elm_data.model.config import OpenELMConfig  # noqa: E402
 from elm_data.model.openelm import OpenELM  # noqa: E402

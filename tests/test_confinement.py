@@ -1,7 +1,9 @@
 """``shards_from:`` confinement (issue 21): a list read from a zip or a remote names only remote URLs or paths
-under its own folder; local paths only from a local list, or with ``allow_local_shards`` / --allow-local-shards.
+under its own folder; local paths only from a local list, or with ``allow_local_shards`` /
+--allow-local-shards.
 
-The remote is a loopback HTTP server started here (fsspec's http filesystem over aiohttp); the zip is made here.
+The remote is a loopback HTTP server started here (fsspec's http filesystem over aiohttp); the zip is made
+here.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def test_a_remote_list_names_remote_urls_and_paths_under_its_folder(served):
     (folder / "lists").mkdir()
     (folder / "lists" / "urls.txt").write_text("# shards\nc4/a.jsonl\nhttps://example.org/b.jsonl\n")
     assert entry_shards([], [f"{base}/lists/urls.txt"], "/unused", "pile/default") == sorted(
-        [f"{base}/lists/c4/a.jsonl", "https://example.org/b.jsonl"])  # fmt: skip
+        [f"{base}/lists/c4/a.jsonl", "https://example.org/b.jsonl"]
+    )
 
 
 def _zip(path: Path, lines: list[str]) -> Path:
@@ -84,7 +87,9 @@ def test_a_list_inside_a_zip_names_its_own_members_and_they_read(tmp_path):
     uris = entry_shards([], [f"zip://lists/urls.txt::{archive}"], str(tmp_path), "pile/default")
     assert uris == [f"zip://lists/shard.jsonl::{archive}"]  # under the list's own folder, inside the archive
     with fetched(uris[0]) as local:  # as the build reads it: one local copy
-        docs = [d for d in read_shard(uris[0], "pile", "default", local_path=local) if isinstance(d, Document)]
+        docs = [
+            d for d in read_shard(uris[0], "pile", "default", local_path=local) if isinstance(d, Document)
+        ]
     assert [d.text for d in docs] == ["inside the archive " * 20]
 
 
@@ -93,8 +98,9 @@ def test_a_local_list_may_name_local_paths(tmp_path):
     assert read_url_list(str(tmp_path / "urls.txt")) == ["/etc/hostname", "file:///etc/shadow"]
 
 
-def test_the_build_refuses_in_one_line_and_the_flag_or_the_entry_key_lets_it(served, tmp_path, tokenizer_path,
-                                                                               capsys):  # fmt: skip
+def test_the_build_refuses_in_one_line_and_the_flag_or_the_entry_key_lets_it(
+    served, tmp_path, tokenizer_path, capsys
+):
     from elm_data.cli import run
 
     folder, base = served
@@ -109,10 +115,20 @@ def test_the_build_refuses_in_one_line_and_the_flag_or_the_entry_key_lets_it(ser
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "names the local path" in err[0], err
         assert not (tmp_path / "m").exists()
-        code = run(["build", "manifest", str(tmp_path / "mixture.yaml"), "--out", str(tmp_path / "m"),
-                    "--allow-local-shards"])  # fmt: skip
+        code = run(
+            [
+                "build",
+                "manifest",
+                str(tmp_path / "mixture.yaml"),
+                "--out",
+                str(tmp_path / "m"),
+                "--allow-local-shards",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
-        (tmp_path / "mixture.yaml").write_text(yaml.safe_dump({"sources": [entry | {"allow_local_shards": True}]}))
+        (tmp_path / "mixture.yaml").write_text(
+            yaml.safe_dump({"sources": [entry | {"allow_local_shards": True}]})
+        )
         assert run(["build", "manifest", str(tmp_path / "mixture.yaml"), "--out", str(tmp_path / "m2")]) == 0
     finally:
         signal.signal(signal.SIGTERM, before)
@@ -124,8 +140,9 @@ def test_a_remote_mixture_may_not_name_a_local_path(served):
     from elm_data.manifests.mixture import MixtureConfig
 
     _, base = served
-    mixture = MixtureConfig.from_dict({"sources": [{"source": "pile", "subset": "default",
-                                                    "shards": ["/etc/hostname"]}]}, base_dir=base)  # fmt: skip
+    mixture = MixtureConfig.from_dict(
+        {"sources": [{"source": "pile", "subset": "default", "shards": ["/etc/hostname"]}]}, base_dir=base
+    )
     with pytest.raises(LocalShardRefused, match="names the local path '/etc/hostname'"):
         mixture.resolve_shards(mixture.entries[0])
     assert mixture.resolve_shards(mixture.entries[0], allow_local=True) == ["/etc/hostname"]

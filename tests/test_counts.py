@@ -11,13 +11,15 @@ from elm_data.sources.document import Document, Provenance, Rejection
 
 
 def outcome(rng: random.Random, i: int) -> PassResult | Rejection:
-    """A random kept, held-out, filtered or rejected outcome (rejections standing for 1 to 3 records; a held-out one
-    is a kept result whose doc id says ``held``)."""
+    """A random kept, held-out, filtered or rejected outcome (rejections standing for 1 to 3 records; a
+    held-out one is a kept result whose doc id says ``held``)."""
     kind = rng.choice(("kept", "heldout", "filtered", "rejected"))
     if kind == "rejected":
         reason = rng.choice(("malformed_json", "missing_text"))
         return Rejection("s", "a", "mem://x", i, reason, count=rng.randint(1, 3))
-    prov = Provenance("s", "a", "mem://x", "f" * 64, i, f"{'held' if kind == 'heldout' else 'id'}{i}", None, "cc-by")
+    prov = Provenance(
+        "s", "a", "mem://x", "f" * 64, i, f"{'held' if kind == 'heldout' else 'id'}{i}", None, "cc-by"
+    )
     doc = Document("w" * rng.randint(1, 50), prov)
     pieces = [rng.choice((None, "min_tokens", "min_characters")) for _ in range(rng.randint(1, 4))]
     if kind in ("kept", "heldout"):

@@ -46,16 +46,29 @@ def test_every_shard_is_a_file_object_with_hash_and_provenance(exported, sample_
         obj = objects[f"shard-{shard.shard:05d}"]
         assert obj["@type"] == "cr:FileObject"
         assert obj["sha256"] == shard.sha256
-        assert (exported.parent / obj["contentUrl"]).resolve() == Path(shard.uri).resolve()  # relative, no /tmp
+        # relative, no /tmp
+        assert (exported.parent / obj["contentUrl"]).resolve() == Path(shard.uri).resolve()
         assert "prov:wasDerivedFrom" not in obj  # the sample is synthetic: it derives from no upstream file
     # the manifest's own files are listed with their real hashes, relative to the JSON-LD's folder
-    ledgers = {f"documents-{r.shard:06d}": f"documents/{r.shard:06d}.parquet" for r in Manifest(sample_manifest).shards}
-    for name, path in {"manifest.json": "manifest.json", "shards.parquet": "shards.parquet", **ledgers}.items():
+    ledgers = {
+        f"documents-{r.shard:06d}": f"documents/{r.shard:06d}.parquet"
+        for r in Manifest(sample_manifest).shards
+    }
+    for name, path in {
+        "manifest.json": "manifest.json",
+        "shards.parquet": "shards.parquet",
+        **ledgers,
+    }.items():
         obj = objects[name]
         target = (exported.parent / obj["contentUrl"]).resolve()
         assert target == (sample_manifest / path).resolve()
         assert obj["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
-    for key in ("rai:dataCollection", "rai:dataPreprocessingProtocol", "rai:dataLimitations", "rai:dataUseCases"):
+    for key in (
+        "rai:dataCollection",
+        "rai:dataPreprocessingProtocol",
+        "rai:dataLimitations",
+        "rai:dataUseCases",
+    ):
         assert doc[key]
     assert {rs["@id"] for rs in doc["recordSet"]} == {"shards"}
 

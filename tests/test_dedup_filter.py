@@ -1,7 +1,8 @@
-"""``filters: {dedup: exact | minhash}``: the build removes planted copies (the duplicates audit's corpus), records
-each as ``filtered``/``duplicate`` naming the kept first copy, balances per shard, gives the same manifest at any
-worker count and under Beam, and the stream never yields a removed document. Oracles: brute force over the texts
-(normalized words, word 5-gram Jaccard) in manifest order, independent of the hashing and of MinHash."""
+"""``filters: {dedup: exact | minhash}``: the build removes planted copies (the duplicates audit's corpus),
+records each as ``filtered``/``duplicate`` naming the kept first copy, balances per shard, gives the same
+manifest at any worker count and under Beam, and the stream never yields a removed document. Oracles: brute
+force over the texts (normalized words, word 5-gram Jaccard) in manifest order, independent of the hashing and
+of MinHash."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from elm_data.sources.document import derived_doc_id
 
 pytest.importorskip("datasketch", reason="the dedup extra: pip install 'elm-data[dedup]'")
 
-THRESHOLD, MARGIN = 0.8, 0.1  # the filter's Jaccard threshold; ~3 standard errors of a 128-permutation estimate
+# the filter's Jaccard threshold; ~3 standard errors of a 128-permutation estimate
+THRESHOLD, MARGIN = 0.8, 0.1
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,9 @@ def planted(tmp_path_factory, tokenizer_path):
     docs, shard = [], 0
     for subset, subset_shards in shards.items():
         for s, texts in enumerate(subset_shards):
-            sha = hashlib.sha256((root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()).hexdigest()
+            sha = hashlib.sha256(
+                (root / "redpajama" / subset / f"{subset}-{s:05d}.jsonl").read_bytes()
+            ).hexdigest()
             docs.extend((shard, i, derived_doc_id(sha, i), t) for i, t in enumerate(texts))
             shard += 1
     return root, docs, built
@@ -59,7 +63,8 @@ def _removed(manifest: Path) -> dict[str, str]:
 def test_exact_dedup_removes_every_later_copy_of_a_normalized_text(planted):
     _, docs, built = planted
     first: dict[tuple[str, ...], str] = {}
-    expected = {}  # brute force in manifest order: a text seen before is removed as a copy of its first holder
+    # brute force in manifest order: a text seen before is removed as a copy of its first holder
+    expected = {}
     for _, _, doc_id, text in docs:
         words = tuple(words_of(text))
         if words in first:
@@ -88,11 +93,13 @@ def test_minhash_dedup_against_brute_force_jaccard(planted):
         doc_id = docs[j][2]
         if best >= THRESHOLD + MARGIN:  # recall: a clear near copy of an earlier document goes
             assert doc_id in removed, (j, best)
-        if doc_id in removed:  # precision: only documents near an earlier one go, as copies of a kept earlier one
+        # precision: only documents near an earlier one go, as copies of a kept earlier one
+        if doc_id in removed:
             assert best >= THRESHOLD - MARGIN, (j, best)
             assert removed[doc_id] in kept and order[removed[doc_id]] < j
     assert len(removed) > len(_removed(built["exact"]))
-    audit = audit_duplicates(Manifest(built[None]), DedupSettings()).to_json()["totals"]  # the audit's own count
+    # the audit's own count
+    audit = audit_duplicates(Manifest(built[None]), DedupSettings()).to_json()["totals"]
     assert len(removed) == audit["near_redundant"]
 
 
@@ -143,7 +150,12 @@ def test_the_stream_never_yields_a_removed_document(planted, tokenizer_path):
     removed = {(sha[s], i) for (s, i), r in rows.items() if r["reason"] == "duplicate"}
     kept = {(sha[s], i) for (s, i), r in rows.items() if r["status"] == "kept"}
     stream = TokenStream(built["minhash"], batch_size=4, seq_len=256, tokenizer=tokenizer_path)
-    seen = {(span["shard_sha256"], span["index"]) for batch in stream for spans in batch["spans"] for span in spans}
+    seen = {
+        (span["shard_sha256"], span["index"])
+        for batch in stream
+        for spans in batch["spans"]
+        for span in spans
+    }
     assert removed and seen == kept and not seen & removed
 
 
@@ -155,7 +167,9 @@ def test_a_dedup_mode_that_does_not_exist_is_one_line(planted, tokenizer_path, t
         build_manifest(tmp_path / "bad.yaml", tmp_path / "out", tokenizer=tokenizer_path)
 
 
-def test_minhash_without_datasketch_is_refused_before_a_shard_is_read(planted, tokenizer_path, tmp_path, monkeypatch):
+def test_minhash_without_datasketch_is_refused_before_a_shard_is_read(
+    planted, tokenizer_path, tmp_path, monkeypatch
+):
     from elm_data.manifests.dedup_filter import signer_for
     from elm_data.manifests.duplicates import MissingDependency
 
@@ -168,7 +182,8 @@ def test_minhash_without_datasketch_is_refused_before_a_shard_is_read(planted, t
     signer_for.cache_clear()
 
 
-# ------------------------------------------------------------------ what the card and the Croissant export carry
+# ------------------------------------------------------------------ what the card and the Croissant export
+# carry
 def test_croissant_carries_the_dedup_counts_and_the_audits_bound_to_the_manifest(planted, tmp_path):
     from click.testing import CliRunner
 
@@ -221,14 +236,22 @@ def test_a_saved_contamination_audit_is_summarized_and_a_run_audit_is_not_saved(
     shutil.copytree(built[None], manifest)
     items = tmp_path / "items.jsonl"
     copied = " ".join(docs[0][3].split()[:30])
-    items.write_text(json.dumps({"id": "a", "text": copied}) + "\n" + json.dumps({"id": "b", "text": "x " * 30}) + "\n")
+    items.write_text(
+        json.dumps({"id": "a", "text": copied}) + "\n" + json.dumps({"id": "b", "text": "x " * 30}) + "\n"
+    )
     assert run(["audit", "contamination", str(manifest), "--tasks", str(items), "--save"]) == 0
     task = mix_summary(Manifest(manifest))["contamination_audit"]["tasks"]["items"]
     grams = ngrams(words_of(copied), 13)
-    holders = {d for _, _, d, text in docs if ngrams(words_of(text), 13) & grams}  # brute force over the texts
+    # brute force over the texts
+    holders = {d for _, _, d, text in docs if ngrams(words_of(text), 13) & grams}
     assert task["items"] == 2 and task["contaminated_items"] == 1 and task["documents"] == len(holders) >= 1
     assert "dedup_filter" not in mix_summary(Manifest(manifest))  # built without dedup: nothing claimed
-    assert run(["audit", "contamination", str(manifest), "--tasks", str(items), "--save", "--run", str(tmp_path)]) == 2
+    assert (
+        run(
+            ["audit", "contamination", str(manifest), "--tasks", str(items), "--save", "--run", str(tmp_path)]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow  # a trained run (shared with the export tests)
@@ -239,7 +262,8 @@ def test_the_model_card_says_what_is_known_of_duplicates_and_contamination(train
     from elm_data.trainer.core.runlog import read_log
     from elm_data.trainer.export.hf import checkpoint_card, newest_checkpoint, run_of
 
-    manifest = Manifest(read_log(trained_run)[0]["manifest_dir"])  # the session's sample manifest: restored below
+    # the session's sample manifest: restored below
+    manifest = Manifest(read_log(trained_run)[0]["manifest_dir"])
     run = run_of(newest_checkpoint(trained_run))
     card = checkpoint_card(run)["README.md"]
     assert "No dedup filter, and no audit stored with this manifest" in card
@@ -251,7 +275,8 @@ def test_the_model_card_says_what_is_known_of_duplicates_and_contamination(train
         sha = hashlib.sha256(stored.read_bytes()).hexdigest()
         mix = yaml.safe_load(card.split("---\n")[1])["elm_data"]["mix"]
         assert mix["duplicates_audit"]["sha256"] == sha and "No dedup filter" not in card
-        said = f"- Duplicates audit (audits/duplicates.json, sha256 {sha}): of {report['totals']['documents']:,} kept"
+        documents = report["totals"]["documents"]
+        said = f"- Duplicates audit (audits/duplicates.json, sha256 {sha}): of {documents:,} kept"
         assert said in card
     finally:
         shutil.rmtree(manifest.path / "audits", ignore_errors=True)
@@ -283,22 +308,28 @@ def test_an_interrupted_dedup_build_resumes_from_its_committed_signatures(plante
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_manifest(root / "mixture-minhash.yaml", out, tokenizer=tokenizer_path, on_shard_done=stop_after_the_first)
+        build_manifest(
+            root / "mixture-minhash.yaml", out, tokenizer=tokenizer_path, on_shard_done=stop_after_the_first
+        )
     partial = tmp_path / "m.partial"
     assert sorted(p.name for p in partial.glob("*.dedup.parquet")) == ["shard-00000.dedup.parquet"]
     result = build_manifest(root / "mixture-minhash.yaml", out, tokenizer=tokenizer_path)
     assert result.shards_reused == 1 and result.manifest_id == Manifest(built["minhash"]).manifest_id
     with pytest.raises(KeyboardInterrupt):
-        build_manifest(root / "mixture-minhash.yaml", tmp_path / "n", tokenizer=tokenizer_path,
-                       on_shard_done=stop_after_the_first)  # fmt: skip
+        build_manifest(
+            root / "mixture-minhash.yaml",
+            tmp_path / "n",
+            tokenizer=tokenizer_path,
+            on_shard_done=stop_after_the_first,
+        )
     (tmp_path / "n.partial" / "shard-00000.dedup.parquet").unlink()
     result = build_manifest(root / "mixture-minhash.yaml", tmp_path / "n", tokenizer=tokenizer_path)
     assert result.shards_reused == 0 and result.manifest_id == Manifest(built["minhash"]).manifest_id
 
 
 def test_on_a_deduplicated_manifest_the_fast_consumers_read_only_what_the_table_lists(planted):
-    """The coverage table (docs/ARCHITECTURE.md) holds for a manifest built with dedup too: its ``pass.dedup`` and
-    ``duplicate_of`` are read only where the table says, under the checks it names."""
+    """The coverage table (docs/ARCHITECTURE.md) holds for a manifest built with dedup too: its ``pass.dedup``
+    and ``duplicate_of`` are read only where the table says, under the checks it names."""
     from record_reads import recording
     from test_record_coverage import FAST_CONSUMERS, check_reads_against_table
 

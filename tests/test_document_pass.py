@@ -16,7 +16,10 @@ from elm_data.pipeline.document_pass import DocumentPass, PassResult
 from elm_data.pipeline.filters import split_corenet_pieces
 from elm_data.sources.document import Document, Provenance
 
-QUALITY = (QualityFilterSpec("gopher_quality"), QualityFilterSpec("gopher_repetition", {"dup_line_frac": 0.5}))
+QUALITY = (
+    QualityFilterSpec("gopher_quality"),
+    QualityFilterSpec("gopher_repetition", {"dup_line_frac": 0.5}),
+)
 
 
 def make_docs(n: int = 60, seed: int = 0) -> list[Document]:
@@ -97,7 +100,8 @@ def test_every_document_is_accounted_for(llama_tokenizer, docs, mode):
         assert any(len(r.piece_reasons) > 1 for r in results)
 
 
-@pytest.mark.slow  # three passes with the quality filters per mode (test_pickle_round_trip... is the quick one)
+# three passes with the quality filters per mode (test_pickle_round_trip... is the quick one)
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
 def test_batch_equals_one_at_a_time_and_is_deterministic(tokenizer, docs, mode):
     batched = new_pass(tokenizer, mode, num_threads=2)
@@ -161,7 +165,8 @@ def sample_documents(sample_dir):
     return docs
 
 
-@pytest.mark.slow  # the whole sample corpus through the pass (test_every_document_is_accounted_for is the quick one)
+# the whole sample corpus through the pass (test_every_document_is_accounted_for is the quick one)
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
 def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, mode):
     the_pass = DocumentPass(
@@ -176,7 +181,8 @@ def test_sample_corpus_accounting_and_token_counts(tokenizer, sample_documents, 
     assert [r.document for r in results] == sample_documents
     given = Counter(f"{d.provenance.source}/{d.provenance.subset}" for d in sample_documents)
     by_subset = counts_by_subset(results)
-    assert {key: counts.docs_read for key, counts in by_subset.items()} == dict(given)  # every document counted once
+    # every document counted once
+    assert {key: counts.docs_read for key, counts in by_subset.items()} == dict(given)
     for key, counts in by_subset.items():
         assert counts.docs_read == counts.docs_kept + counts.docs_filtered, key
         assert counts.docs_kept == sum(1 for r in results if r.status == "kept" and subset_of(r) == key), key
@@ -209,7 +215,8 @@ def _statuses_in_worker(the_pass: DocumentPass, docs: list[Document]) -> list[tu
     return [(r.status, r.reason, r.tokens) for r in the_pass.process(docs)]
 
 
-@pytest.mark.slow  # a forkserver worker imports the pipeline anew (test_pickle_round_trip... is the quick one)
+# a forkserver worker imports the pipeline anew (test_pickle_round_trip... is the quick one)
+@pytest.mark.slow
 def test_pass_runs_in_a_worker_process(tokenizer, docs):
     import multiprocessing
 

@@ -47,7 +47,9 @@ def test_eager_gradients_match_sdpa():
     ids = torch.randint(0, 512, (2, 16))
     for model in (sdpa, eager):
         model(ids).logsumexp(-1).sum().backward()
-    torch.testing.assert_close(eager.layers[0].attn.qkv_proj.weight.grad, sdpa.layers[0].attn.qkv_proj.weight.grad)
+    torch.testing.assert_close(
+        eager.layers[0].attn.qkv_proj.weight.grad, sdpa.layers[0].attn.qkv_proj.weight.grad
+    )
 
 
 def test_unknown_attention_is_refused():

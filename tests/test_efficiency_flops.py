@@ -16,7 +16,8 @@ from elm_data.trainer.core.flops import breakdown, flops_per_token, layer_flops
 
 
 def independent_count(config: OpenELMConfig, seq_len: int) -> tuple[int, int]:
-    """(6 x matmul parameters of a real module + the attention term, 6 x norm weights), from the module itself."""
+    """(6 x matmul parameters of a real module + the attention term, 6 x norm weights), from the module
+    itself."""
     with torch.device("meta"):
         model = OpenELM(config)
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)))
@@ -57,7 +58,12 @@ def test_cells_are_the_product_of_the_axes(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("axes: {model: [tiny], batch_size: [1, 2], seq_len: [64], attention: [math, flash]}\n")
     cells = Matrix.from_yaml(path).cells()
-    assert [(c.batch_size, c.attention) for c in cells] == [(1, "math"), (1, "flash"), (2, "math"), (2, "flash")]
+    assert [(c.batch_size, c.attention) for c in cells] == [
+        (1, "math"),
+        (1, "flash"),
+        (2, "math"),
+        (2, "flash"),
+    ]
     path.write_text("axes: {model: [tiny], batch_size: [1], seq_len: [64], attention: [bogus]}\n")
     with pytest.raises(MatrixError, match="bogus"):
         Matrix.from_yaml(path)
@@ -90,7 +96,12 @@ def test_tables_match_device_name_fragments_in_order():
 def test_costs_and_frontier():
     row = {"tokens": 3600, "first_loss": 10.0, "loss_at_budget": 8.0}
     figures = costs(2.0, 2, 1.0, row)  # 1 token/s on 2 devices at $2/h: the budget takes 1 h
-    assert figures == {"usd_per_hour": 4.0, "tokens_per_usd": 900.0, "usd_for_budget": 4.0, "loss_drop_per_usd": 0.5}
+    assert figures == {
+        "usd_per_hour": 4.0,
+        "tokens_per_usd": 900.0,
+        "usd_for_budget": 4.0,
+        "loss_drop_per_usd": 0.5,
+    }
     assert costs(None, 1, 1.0, row)["usd_for_budget"] is None
     rows = [
         {"status": "ok", "usd_for_budget": 1.0, "loss_at_budget": 5.0},
@@ -119,6 +130,9 @@ def test_shipped_matrices_parse():
 
 def test_failures_are_classified():
     assert classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
-    assert classify(RuntimeError("No viable backend for scaled_dot_product_attention was found."))[0] == "unsupported"
+    assert (
+        classify(RuntimeError("No viable backend for scaled_dot_product_attention was found."))[0]
+        == "unsupported"
+    )
     status, reason = classify(RuntimeError("the stream ran out after 3 steps (epochs=1)\nmore"))
     assert status == "failed" and reason == "RuntimeError: the stream ran out after 3 steps (epochs=1)"

@@ -30,7 +30,12 @@ def matrix_run(sample_manifest, tmp_path_factory):
         "timing_skip_steps": 1,
         "min_timed_steps": 2,
         "train": {"lr": 3.0e-3},
-        "axes": {"model": [SMALL_MODEL], "batch_size": [1, 2], "seq_len": [32], "attention": ["math", "efficient"]},
+        "axes": {
+            "model": [SMALL_MODEL],
+            "batch_size": [1, 2],
+            "seq_len": [32],
+            "attention": ["math", "efficient"],
+        },
         "peak_flops": {"cpu": 1.0e11},
         "usd_per_device_hour": {"cpu": 0.05},
     }
@@ -84,9 +89,9 @@ def test_json_lines_and_plots_are_written(matrix_run):
 
 @pytest.mark.slow
 def test_each_cell_is_a_trainer_run_whose_receipt_verifies(matrix_run):
-    """A cell trains through the Trainer (its step, receipt and log), not a loop of its own: every ok cell leaves
-    a run log that `audit-run --verify` recomputes from the manifest and plan alone, with the cell's settings and
-    as many steps as the row reports; a failed cell's log stops at its header."""
+    """A cell trains through the Trainer (its step, receipt and log), not a loop of its own: every ok cell
+    leaves a run log that `audit-run --verify` recomputes from the manifest and plan alone, with the cell's
+    settings and as many steps as the row reports; a failed cell's log stops at its header."""
     out, *_ = matrix_run
     cells = json.loads((out / "results.json").read_text())["cells"]
     for cell in cells:

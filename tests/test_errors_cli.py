@@ -1,6 +1,7 @@
 """One error contract: a user error is one line `error: …` and exit 2, a bug a traceback with a hint (exit 1).
 
-A check that runs and finds a difference (verify, audit-run --verify) also exits 1, after printing what differs.
+A check that runs and finds a difference (verify, audit-run --verify) also exits 1, after printing what
+differs.
 """
 
 from __future__ import annotations
@@ -62,13 +63,21 @@ def _mixture(sample_dir: Path, path: Path, **changes) -> Path:
 )
 def test_bad_mixture_values(capsys, sample_dir, tokenizer_path, tmp_path, changes, needle):
     mixture = _mixture(sample_dir, tmp_path / "mix.yaml", **changes)
-    code, err = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    code, err = _cli(
+        capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path
+    )
     _one_line_error(code, err, needle)
     assert not (tmp_path / "m").exists()
 
 
 def _train_config(tmp_path: Path, manifest: Path | str, **settings) -> Path:
-    raw = {"manifest": str(manifest), "model": "tiny", "seq_len": 32, "batch_size": 2, "max_steps": 2} | settings
+    raw = {
+        "manifest": str(manifest),
+        "model": "tiny",
+        "seq_len": 32,
+        "batch_size": 2,
+        "max_steps": 2,
+    } | settings
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -76,7 +85,9 @@ def _train_config(tmp_path: Path, manifest: Path | str, **settings) -> Path:
 
 @pytest.mark.parametrize(("settings", "needle"), [({"lr": "fast"}, "lr: "), ({"model": "tiny2"}, "model: ")])
 def test_bad_training_config_values(capsys, tmp_path, settings, needle):
-    code, err = _cli(capsys, "train", _train_config(tmp_path, tmp_path / "m", **settings), "--out", tmp_path / "run")
+    code, err = _cli(
+        capsys, "train", _train_config(tmp_path, tmp_path / "m", **settings), "--out", tmp_path / "run"
+    )
     _one_line_error(code, err, needle, "train.yaml")
 
 
@@ -145,14 +156,24 @@ def test_user_error_types_share_one_root():
         plan = importlib.import_module("elm_data.pipeline.stream.plan")
     except ImportError:
         plan = importlib.import_module("elm_data.pipeline.plan")
-    for error in (BuildFailed, WorkerDied, ShardChanged, plan.PlanError, CheckpointError, ConfigError, TrainingError):
+    for error in (
+        BuildFailed,
+        WorkerDied,
+        ShardChanged,
+        plan.PlanError,
+        CheckpointError,
+        ConfigError,
+        TrainingError,
+    ):
         assert issubclass(error, ElmDataError), error
 
 
 def test_unknown_source_in_a_mixture_is_one_line(capsys, sample_dir, tokenizer_path, tmp_path):
     mixture = _mixture(sample_dir, tmp_path / "mix.yaml")
     mixture.write_text(mixture.read_text().replace("source: redpajama", "source: nowhere", 1))
-    code, err = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    code, err = _cli(
+        capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path
+    )
     _one_line_error(code, err, "unknown source/subset nowhere/")
     assert "error: 'unknown" not in err  # the message itself, not a KeyError's repr
 
@@ -182,7 +203,9 @@ def test_a_command_run_alone_reports_a_user_error_in_one_line_exit_2(tmp_path):
 
     result = CliRunner().invoke(verify, [str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nowhere'}: no such manifest directory"]
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'nowhere'}: no such manifest directory"
+    ]
 
 
 def test_a_check_that_finds_a_difference_exits_1(capsys, sample_manifest, monkeypatch):
@@ -207,7 +230,11 @@ def test_every_command_is_made_with_the_one_error_path():
     plain = []
     for group, commands in COMMANDS.items():
         for name in commands:
-            command = cli.get_command(ctx, name) if not group else cli.get_command(ctx, group).get_command(ctx, name)
+            command = (
+                cli.get_command(ctx, name)
+                if not group
+                else cli.get_command(ctx, group).get_command(ctx, name)
+            )
             if not isinstance(command, Command):
                 plain.append(f"{group} {name}".strip())
     assert plain == []
@@ -239,9 +266,18 @@ sys.exit(run(sys.argv[1:]))
 @pytest.mark.slow
 def test_sigterm_stops_a_build_cleanly_with_a_message(sample_dir, tokenizer_path, tmp_path):
     out = tmp_path / "m"
-    args = ["build", "manifest", str(sample_dir / "mixture.yaml"), "--out", str(out), "--tokenizer", tokenizer_path]
-    proc = subprocess.Popen([sys.executable, "-c", _STALLED, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    args = [
+        "build",
+        "manifest",
+        str(sample_dir / "mixture.yaml"),
+        "--out",
+        str(out),
+        "--tokenizer",
+        tokenizer_path,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLED, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     watchdog = threading.Timer(180, proc.kill)
     watchdog.start()
     try:
@@ -270,7 +306,9 @@ def test_an_unknown_quality_filter_or_parameter_is_one_line(
     raw = yaml.safe_load(mixture.read_text())
     raw.setdefault("filters", {})["quality"] = [quality]
     mixture.write_text(yaml.safe_dump(raw, sort_keys=False))
-    code, err = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    code, err = _cli(
+        capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path
+    )
     _one_line_error(code, err, needle)
 
 

@@ -1,4 +1,5 @@
-"""`elm-data eval`: lm-evaluation-harness on a local task (offline), held-out perplexity, the hub-less error."""
+"""`elm-data eval`: lm-evaluation-harness on a local task (offline), held-out perplexity, the hub-less
+error."""
 
 from __future__ import annotations
 
@@ -30,11 +31,17 @@ def local_task(tmp_path_factory):
     docs = []
     for i in range(10):
         picks = torch.randperm(len(WORDS), generator=generator)[:4].tolist()
-        docs.append({"question": f"Which word comes after {WORDS[i % 8]}?", "choices": [WORDS[p] for p in picks],
-                     "label": i % 4})  # fmt: skip
+        docs.append(
+            {
+                "question": f"Which word comes after {WORDS[i % 8]}?",
+                "choices": [WORDS[p] for p in picks],
+                "label": i % 4,
+            }
+        )
     (folder / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (folder / "tiny.yaml").write_text(
-        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'data.jsonl'}\n"
+        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: "
+        f"{folder / 'data.jsonl'}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
         "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n"
     )
@@ -73,24 +80,31 @@ def test_eval_runs_a_local_task_and_matches_an_independent_scorer(trained_run, l
 
 
 def test_rolling_perplexity_task_scores_each_document_after_one_bos(trained_run, tmp_path, tokenizer_path):  # noqa: F811
-    """A local loglikelihood_rolling task (bits per byte, as lm-eval's wikitext): every document's score and the
-    aggregate equal log p(text | BOS) computed directly with elm-data's forward and SentencePiece."""
+    """A local loglikelihood_rolling task (bits per byte, as lm-eval's wikitext): every document's score and
+    the aggregate equal log p(text | BOS) computed directly with elm-data's forward and SentencePiece."""
     from elm_data.trainer.export.evaluate import lm_eval_results
     from elm_data.trainer.export.hf import export_checkpoint
 
-    texts = ["The river ran past the old stone mill, and the engine hummed.", "émoji 😀 and 中文 in one line.",
-             "def f(x):\n    return x + 1\n", "Winter came early; the silver garden slept under snow."]  # fmt: skip
+    texts = [
+        "The river ran past the old stone mill, and the engine hummed.",
+        "émoji 😀 and 中文 in one line.",
+        "def f(x):\n    return x + 1\n",
+        "Winter came early; the silver garden slept under snow.",
+    ]
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     (tmp_path / "tasks" / "rolling.yaml").write_text(
         f"task: elm_data_tiny_rolling\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {tmp_path / 'tasks' / 'docs.jsonl'}\ntest_split: test\noutput_type: loglikelihood_rolling\n"
+        f"    test: {tmp_path / 'tasks' / 'docs.jsonl'}\ntest_split: test\noutput_type: "
+        "loglikelihood_rolling\n"
         "doc_to_text: ''\ndoc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
         "  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
     )
     checkpoint = trained_run / "checkpoints" / f"step_{STEPS:08d}"
     export = export_checkpoint(checkpoint, tmp_path / "hf", echo=lambda *_: None)
-    results = lm_eval_results(export, ["elm_data_tiny_rolling"], include_path=tmp_path / "tasks", log_samples=True)
+    results = lm_eval_results(
+        export, ["elm_data_tiny_rolling"], include_path=tmp_path / "tasks", log_samples=True
+    )
     model, sp = load_model(checkpoint).eval(), spm.SentencePieceProcessor(model_file=tokenizer_path)
     expected = []
     for text in texts:
@@ -121,7 +135,8 @@ def test_eval_command_writes_results_beside_the_run_with_held_out_perplexity(tra
     assert TASK in report["results"] and f"{TASK}" in result.output and "held-out perplexity" in result.output
     held = report["held_out"]
 
-    # replay the run's stream from the start, skip what the first STEPS // 2 steps consumed, score the next two
+    # replay the run's stream from the start, skip what the first STEPS // 2 steps consumed, score the next
+    # two
     header = read_log(trained_run)[0]
     config = TrainConfig.from_dict(header["config"], base_dir=trained_run)
     from elm_data.manifests.manifest import Manifest
@@ -147,7 +162,17 @@ def test_eval_command_writes_results_beside_the_run_with_held_out_perplexity(tra
 
 def test_default_tasks_without_the_hub_fail_in_one_line(trained_run, tmp_path):  # noqa: F811
     env = {**os.environ, **OFFLINE}
-    command = [sys.executable, "-m", "elm_data", "eval", str(trained_run), "--tasks", "arc_easy", "--limit", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "elm_data",
+        "eval",
+        str(trained_run),
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "2",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode != 0
     assert "need the Hugging Face hub" in done.stderr and "Traceback" not in done.stderr

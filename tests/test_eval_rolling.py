@@ -1,7 +1,8 @@
 """Rolling log-likelihood (lm-eval's perplexity tasks) conditions each document on exactly one BOS.
 
-The oracle scores a text directly with elm-data's own forward and SentencePiece: ``sum_i log p(t_i | BOS, t_<i)``
-over the text's tokens, ``t = sp.encode(text)``; lm-eval must report the same number through the export.
+The oracle scores a text directly with elm-data's own forward and SentencePiece: ``sum_i log p(t_i | BOS,
+t_<i)`` over the text's tokens, ``t = sp.encode(text)``; lm-eval must report the same number through the
+export.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ def oracle_rolling(model: OpenELM, sp, text: str) -> float:
 def tiny_export(tmp_path_factory, tokenizer_path) -> tuple[OpenELM, Path]:
     pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = OpenELM(OpenELMConfig(num_transformer_layers=1, model_dim=64, head_dim=16, max_context_length=128))
-    folder = export_hf(model.eval(), tmp_path_factory.mktemp("rolling") / "hf",
-                       tokenizer_model=Path(tokenizer_path).read_bytes())  # fmt: skip
+    model = OpenELM(
+        OpenELMConfig(num_transformer_layers=1, model_dim=64, head_dim=16, max_context_length=128)
+    )
+    folder = export_hf(
+        model.eval(),
+        tmp_path_factory.mktemp("rolling") / "hf",
+        tokenizer_model=Path(tokenizer_path).read_bytes(),
+    )
     return model, folder
 
 
@@ -42,8 +48,14 @@ def test_rolling_loglikelihood_is_the_text_given_one_bos(tiny_export, tokenizer_
     from elm_data.trainer.export.evaluate import one_bos_hf_lm
 
     model, folder = tiny_export
-    lm = one_bos_hf_lm(pretrained=str(folder), trust_remote_code=True, add_bos_token=True, dtype="float32",
-                       batch_size=1, device="cpu")  # fmt: skip
+    lm = one_bos_hf_lm(
+        pretrained=str(folder),
+        trust_remote_code=True,
+        add_bos_token=True,
+        dtype="float32",
+        batch_size=1,
+        device="cpu",
+    )
     requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(TEXTS)]
     got = lm.loglikelihood_rolling(requests, disable_tqdm=True)
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
@@ -64,7 +76,9 @@ def test_lm_evals_own_hf_model_doubles_the_bos_in_rolling_scores(tiny_export, to
     from lm_eval.models.huggingface import HFLM
 
     model, folder = tiny_export
-    lm = HFLM(pretrained=str(folder), trust_remote_code=True, add_bos_token=True, dtype="float32", device="cpu")
+    lm = HFLM(
+        pretrained=str(folder), trust_remote_code=True, add_bos_token=True, dtype="float32", device="cpu"
+    )
     got = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (TEXTS[0],), 0)], disable_tqdm=True)
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
     ids = [1, 1, *sp.encode(TEXTS[0])]

@@ -1,4 +1,5 @@
-"""Hugging Face exports that load offline with the project's own code, carry the tokenizer and a model card."""
+"""Hugging Face exports that load offline with the project's own code, carry the tokenizer and a model
+card."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ for folder in request["folders"]:
     ids = torch.tensor(request["ids"])
     with torch.no_grad():
         logits = model(ids).logits
-    generated = model.generate(ids[:, :7], max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0)
+    generated = model.generate(
+        ids[:, :7], max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0
+    )
     a, b = request["padded"]  # a left-padded batch generates as each prompt alone
     batch = torch.tensor([a, [0] * (len(a) - len(b)) + b])
     mask = torch.tensor([[1] * len(a), [0] * (len(a) - len(b)) + [1] * len(b)])
@@ -62,7 +65,9 @@ TEXTS = [
 def small_model(tied: bool) -> OpenELM:
     """A 2-layer OpenELM with the LLaMA vocabulary and norm weights far from one."""
     torch.manual_seed(0)
-    config = OpenELMConfig(num_transformer_layers=2, model_dim=128, head_dim=32, share_input_output_layers=tied)
+    config = OpenELMConfig(
+        num_transformer_layers=2, model_dim=128, head_dim=32, share_input_output_layers=tied
+    )
     model = OpenELM(config)
     with torch.no_grad():
         for module in model.modules():
@@ -82,7 +87,13 @@ def test_export_loads_offline_with_its_own_code_and_tokenizer(tmp_path, llama_to
         assert all(not v.startswith("apple/") and "--" not in v for v in config["auto_map"].values())
     ids = torch.randint(0, 32000, (2, 24), generator=torch.Generator().manual_seed(5))
     padded = [[1, 450, 3303, 310, 278], [1, 5228, 29892]]
-    request = {"folders": list(models), "ids": ids.tolist(), "texts": TEXTS, "prompt": "The river", "padded": padded}
+    request = {
+        "folders": list(models),
+        "ids": ids.tolist(),
+        "texts": TEXTS,
+        "prompt": "The river",
+        "padded": padded,
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
     run_python(LOAD_SCRIPT, str(tmp_path / "request.json"), str(tmp_path / "out.json"))
     results = json.loads((tmp_path / "out.json").read_text())
@@ -137,10 +148,14 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
         folder, step = out / name, int(name.split("_")[1])
         card = (folder / "README.md").read_text()
         front = yaml.safe_load(card.split("---\n")[1])
-        assert front["pipeline_tag"] == "text-generation" and "datasets" not in front  # the sample is synthetic
+        # the sample is synthetic
+        assert front["pipeline_tag"] == "text-generation" and "datasets" not in front
         assert "synthetic-data" in front["tags"] and front["elm_data"]["synthetic_data"] is True
         meta = front["elm_data"]
-        assert meta["manifest_id"] == manifest.manifest_id and meta["merkle_root"] == manifest.info["merkle_root"]
+        assert (
+            meta["manifest_id"] == manifest.manifest_id
+            and meta["merkle_root"] == manifest.info["merkle_root"]
+        )
         assert meta["step"] == step and meta["tokens_by_source"] == steps[step]["tokens_by_source"]
         assert meta["consumption_receipt"] == steps[step]["receipt"] and steps[step]["receipt"] in card
         for key, tokens in steps[step]["tokens_by_source"].items():
@@ -149,7 +164,10 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
         assert (folder / "tokenizer.model").read_bytes() == Path(tokenizer_path).read_bytes()  # the run's model
         assert not (folder / "TOKENIZER_LICENCE.txt").exists()  # Meta's licence: only with Meta's model
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
-        assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and tokenizer_config["add_bos_token"]
+        assert (
+            tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+            and tokenizer_config["add_bos_token"]
+        )
     again = CliRunner().invoke(export_hf_command, [str(trained_run), str(out), "--all-checkpoints"])
     assert again.exit_code != 0 and "already holds model.safetensors" in again.output
 
@@ -157,7 +175,9 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
 @pytest.mark.slow
 def test_a_run_exports_its_newest_checkpoint_with_the_logged_tokenizer(trained_run, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.delenv("ELM_DATA_TOKENIZER", raising=False)  # found where the run's log says it was
-    bad = CliRunner().invoke(export_hf_command, [str(trained_run), str(tmp_path / "x"), "--tokenizer", "/nope.model"])
+    bad = CliRunner().invoke(
+        export_hf_command, [str(trained_run), str(tmp_path / "x"), "--tokenizer", "/nope.model"]
+    )
     assert bad.exit_code != 0 and "/nope.model" in bad.output and "Traceback" not in bad.output
     result = CliRunner().invoke(export_hf_command, [str(trained_run), str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""`elm-data export mlx`: mlx_lm.load reads the folder alone; float32 logits and greedy tokens match PyTorch."""
+"""`elm-data export mlx`: mlx_lm.load reads the folder alone; float32 logits and greedy tokens match
+PyTorch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from export_fixtures import STEPS, trained_run  # noqa: F401 (a fixture)
 from elm_data.model import generate, load_model
 from elm_data.trainer.export_cli import export_mlx as export_mlx_command
 
-# mlx-lm (the mlx extra) is looked up here and imported in the tests: importing it costs seconds at collection.
+# mlx-lm (the mlx extra) is looked up here and imported in the tests: importing it costs seconds at
+# collection.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -49,7 +51,9 @@ def test_float32_mlx_export_matches_pytorch(trained_run, tmp_path):  # noqa: F81
     assert np.abs(got - expected).max() < 1e-4
     prompt = [1, *tokenizer.encode("The history of", add_special_tokens=False)]
     assert tokenizer.encode("The history of") == prompt  # the folder's tokenizer adds BOS like ours
-    assert mlx_greedy(model, prompt, 16) == generate(ours, torch.tensor([prompt]), 16)[0, len(prompt) :].tolist()
+    assert (
+        mlx_greedy(model, prompt, 16) == generate(ours, torch.tensor([prompt]), 16)[0, len(prompt) :].tolist()
+    )
     assert (out / "README.md").read_text().count("manifest id") == 1  # the card travels with the weights
     assert not (out / "TOKENIZER_LICENCE.txt").exists()  # the run's model is the tests' own, not Meta's
 

@@ -1,6 +1,7 @@
 """The hot path's shortcuts (issue 25) against the plain computation they stand for, on real shards.
 
-Each shortcut must give exactly what the slow path gives; these tests hold them to it with independent oracles.
+Each shortcut must give exactly what the slow path gives; these tests hold them to it with independent
+oracles.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def test_ascii_kept_is_a_lower_bound_of_the_normalised_length_on_mixed_unicode()
     alphabet = string.printable + "ÀÉİßẞΣσςДжß日本語…—–“”‘’«»¡¿\u00a0\u2028\u3000\U0001f600ǅǈ\x85\x1c"
     special = [chr(rng.randrange(0x80, sys.maxunicode)) for _ in range(400)]  # surrogates included
     for _ in range(3000):
-        text = "".join(rng.choice(alphabet if rng.random() < 0.8 else special) for _ in range(rng.randrange(0, 300)))
+        text = "".join(
+            rng.choice(alphabet if rng.random() < 0.8 else special) for _ in range(rng.randrange(0, 300))
+        )
         assert _ascii_kept(text) <= len(normalize_for_length(text)), repr(text)
         for minimum in (1, 10, 60, 200):
             assert passes_min_characters(text, minimum) == (len(normalize_for_length(text)) >= minimum)
@@ -87,11 +90,21 @@ def test_stream_cli_with_workers_prints_the_same_sequences(sample_manifest, toke
 
 @pytest.mark.slow  # four natural passes (the sibling above prints the first batches)
 def test_stream_cli_full_pass_with_workers_streams_the_same_pass(sample_manifest, tokenizer_path):
-    base = [str(sample_manifest), "--format", "jsonl", "--seq-len", "64", "--tokenizer", tokenizer_path, "--full-pass"]
+    base = [
+        str(sample_manifest),
+        "--format",
+        "jsonl",
+        "--seq-len",
+        "64",
+        "--tokenizer",
+        tokenizer_path,
+        "--full-pass",
+    ]
     stats = {}
     for workers in ("0", "2"):
         output = _stream_cli(*base, "--workers", workers)
-        stats[workers] = json.loads(output[output.index('{"stats"') :])  # after the progress bar (stderr, mixed in)
+        # after the progress bar (stderr, mixed in)
+        stats[workers] = json.loads(output[output.index('{"stats"') :])
     assert stats["2"] == stats["0"] and stats["0"]["stats"]["consumed_matches_manifest"] is True
 
 
@@ -100,12 +113,22 @@ def test_stream_cli_refuses_workers_that_do_not_divide_the_partitions(sample_man
 
     from elm_data.pipeline.stream.cli import stream
 
-    args = [str(sample_manifest), "--full-pass", "--workers", "3", "--partitions", "4", "--tokenizer", tokenizer_path]
+    args = [
+        str(sample_manifest),
+        "--full-pass",
+        "--workers",
+        "3",
+        "--partitions",
+        "4",
+        "--tokenizer",
+        tokenizer_path,
+    ]
     refused = CliRunner().invoke(stream, args)
     assert refused.exit_code == 2 and "divide" in refused.output and "Traceback" not in refused.output
 
 
-# -- the stream's lookahead: documents of the next batches fetched, passed and framed together ----------------------
+# -- the stream's lookahead: documents of the next batches fetched, passed and framed together
+# ----------------------
 
 
 def _stream(manifest_dir, tokenizer, **kw):
@@ -127,7 +150,9 @@ def _same(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b) and a
     for x, y in zip(a, b, strict=True):
         assert x["batch_index"] == y["batch_index"] and x["tokens_by_source"] == y["tokens_by_source"]
-        assert (x["input_ids"].numpy() == y["input_ids"].numpy()).all() and x["input_ids"].shape == y["input_ids"].shape
+        assert (x["input_ids"].numpy() == y["input_ids"].numpy()).all() and x["input_ids"].shape == y[
+            "input_ids"
+        ].shape
         assert x["spans"] == y["spans"] and x["pad_tokens"] == y["pad_tokens"]
 
 
@@ -135,8 +160,10 @@ def test_frame_documents_equals_framing_each_document_on_its_own():
     from elm_data.pipeline.stream.sequences import frame_documents, frame_segments
 
     rng = random.Random(3)
-    documents = [[[rng.randrange(32000) for _ in range(rng.randrange(0, 50))] for _ in range(rng.randrange(1, 4))]
-                 for _ in range(200)] + [[[]], [[], [7]]]  # fmt: skip
+    documents = [
+        [[rng.randrange(32000) for _ in range(rng.randrange(0, 50))] for _ in range(rng.randrange(1, 4))]
+        for _ in range(200)
+    ] + [[[]], [[], [7]]]
     framed = frame_documents(documents)
     assert len(framed) == len(documents) and frame_documents([]) == []
     for fd, segments in zip(framed, documents, strict=True):
@@ -147,8 +174,8 @@ def test_frame_documents_equals_framing_each_document_on_its_own():
 
 @pytest.mark.parametrize("mode", ["natural", "weighted"])
 def test_lookahead_yields_the_batches_of_the_per_batch_path(sample_manifest, tokenizer, monkeypatch, mode):
-    """The default lookahead (the next 64 k planned tokens fetched and passed in one call) against one step per
-    batch (each batch's new documents fetched and passed on their own, the old path): bit for bit."""
+    """The default lookahead (the next 64 k planned tokens fetched and passed in one call) against one step
+    per batch (each batch's new documents fetched and passed on their own, the old path): bit for bit."""
     from elm_data.pipeline.stream import ahead
 
     kw = {"weights": "natural"} if mode == "natural" else {"weights": None, "epochs": None}
@@ -160,8 +187,8 @@ def test_lookahead_yields_the_batches_of_the_per_batch_path(sample_manifest, tok
 
 
 def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manifest, tokenizer):
-    """Independent oracle over the whole natural pass: each kept document's tokens in the rows (joined over its
-    spans) are BOS + SentencePiece's own ids for its text + EOS."""
+    """Independent oracle over the whole natural pass: each kept document's tokens in the rows (joined over
+    its spans) are BOS + SentencePiece's own ids for its text + EOS."""
     import sentencepiece as spm
 
     from elm_data.manifests.manifest import Manifest
@@ -190,9 +217,11 @@ def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manif
 
 
 @pytest.mark.llama  # where a document first appears, as LLaMA-2 counts the sample
-def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(llama_sample_manifest, llama_tokenizer, tmp_path):
-    """With lookahead the drifted document is passed several batches early; its error still comes with the batch
-    that needs it, after every batch before it (as one step per batch does)."""
+def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(
+    llama_sample_manifest, llama_tokenizer, tmp_path
+):
+    """With lookahead the drifted document is passed several batches early; its error still comes with the
+    batch that needs it, after every batch before it (as one step per batch does)."""
     import pyarrow.compute as pc
     from test_stream import rewrite_manifest
 
@@ -212,8 +241,11 @@ def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(llama_sampl
     drifted = rewrite_manifest(llama_sample_manifest, tmp_path / "drift", documents=bump)
     drifted = _stream(drifted, llama_tokenizer, partitions=1)
     walk = PartitionWalk(drifted.plan(), 0)
-    first_need = next(b.batch for b, _ in walk.batches(walk.start()) if any(d.index == late.index
-                      and d.shard == late.shard for d in b.docs))  # fmt: skip
+    first_need = next(
+        b.batch
+        for b, _ in walk.batches(walk.start())
+        if any(d.index == late.index and d.shard == late.shard for d in b.docs)
+    )
     fed = []
     with pytest.raises(StreamIntegrityError, match=f"{late.doc_id}.*drift"):
         for batch in StreamLoader(drifted):

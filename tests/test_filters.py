@@ -20,7 +20,8 @@ PROSE = (
     "By seven o'clock the square was full of carts that had come down from the hill farms before dawn.\n"
     "Children ran between the stalls while their parents argued over the price of apples and cheese.\n"
     "An old clockmaker kept a small shop near the bridge, where he repaired watches for the whole valley.\n"
-    "He said that a clock which is never wound is honest twice a day, but a clock that runs fast lies all day.\n"
+    "He said that a clock which is never wound is honest twice a day, but a clock that runs fast lies all "
+    "day.\n"
     "Travellers who stopped at the inn often asked about the stone tower that stood above the mill.\n"
     "Nobody in the town could say who had built it, although every family had a story about it.\n"
     "In the evening the fishermen returned with their nets, and the smell of smoke drifted over the water.\n"
@@ -144,9 +145,9 @@ def test_nfc_flag_changes_what_is_tokenized(tokenizer):
     assert fixed.segments == [tokenizer.encode(unicodedata.normalize("NFC", decomposed))]
     assert fixed.tokens < plain.tokens
     mojibake = "The cafÃ© was closed. " * 20
-    assert tokenizer.decode(run_one(tokenizer, mojibake, min_tokens=0, nfc_normalization=True).segments[0]).startswith(
-        "The café"
-    )
+    assert tokenizer.decode(
+        run_one(tokenizer, mojibake, min_tokens=0, nfc_normalization=True).segments[0]
+    ).startswith("The café")
 
 
 # --- CoreNet pieces -----------------------------------------------------------------------------
@@ -186,7 +187,9 @@ def test_corenet_document_filtered_with_first_piece_reason(tokenizer):
     assert result.status == "filtered"
     assert result.piece_reasons == ("min_characters", "min_characters")
     assert result.reason == "min_characters" and result.segments == [] and result.tokens == 0
-    the_pass = DocumentPass(FilterConfig(), SequenceConfig(mode="corenet", corenet_words_per_piece=300), tokenizer)
+    the_pass = DocumentPass(
+        FilterConfig(), SequenceConfig(mode="corenet", corenet_words_per_piece=300), tokenizer
+    )
     words = PROSE.replace("\n", " ").split(" ")
     long_doc = " ".join(words[i % len(words)] for i in range(603))
     counts = Counts()
@@ -260,7 +263,9 @@ def test_character_rule_fast_path_is_exact():
     for _ in range(2000):
         density = rng.uniform(0.02, 0.5)  # share of characters that survive normalisation
         size = rng.randint(0, 2400)
-        text = "".join(rng.choice(letters) if rng.random() < density else rng.choice(junk) for _ in range(size))
+        text = "".join(
+            rng.choice(letters) if rng.random() < density else rng.choice(junk) for _ in range(size)
+        )
         length = len(normalize_for_length(text))
         near_boundary += abs(length - 200) < 20 and size > 4 * 200 + 64
         for minimum in (0, 1, 10, 200):
@@ -274,7 +279,9 @@ def test_corenet_quality_filters_judge_each_piece(tokenizer):
     junk_words += ["today"] * (len(prose_words) - len(junk_words))
     text = " ".join(prose_words + junk_words)
     quality = (QualityFilterSpec("gopher_repetition"),)
-    result = run_one(tokenizer, text, mode="corenet", words_per_piece=len(prose_words), min_tokens=0, quality=quality)
+    result = run_one(
+        tokenizer, text, mode="corenet", words_per_piece=len(prose_words), min_tokens=0, quality=quality
+    )
     assert result.status == "kept"
     assert result.piece_reasons[0] is None and result.piece_reasons[1].startswith("gopher_repetition:")
     assert result.segments == [tokenizer.encode(PROSE)]

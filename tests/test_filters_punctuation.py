@@ -21,6 +21,8 @@ def test_regex_deletion_equals_the_translate_table_on_mixed_unicode():
     special = [chr(rng.randrange(0x80, sys.maxunicode)) for _ in range(300)]
     special = [c for c in special if not 0xD800 <= ord(c) <= 0xDFFF]
     for _ in range(2000):
-        text = "".join(rng.choice(alphabet if rng.random() < 0.8 else special) for _ in range(rng.randrange(0, 120)))
+        text = "".join(
+            rng.choice(alphabet if rng.random() < 0.8 else special) for _ in range(rng.randrange(0, 120))
+        )
         assert normalize_for_length(text) == _reference(text), repr(text)
     assert normalize_for_length(string.punctuation + " a\t\tB ") == "a b"

@@ -1,5 +1,6 @@
-"""Held-out documents (issue 22.1): chosen at build time from the seed and the doc id, their own ledger status,
-read = kept + held out + filtered + rejected per shard, the same at any worker count, and never streamed."""
+"""Held-out documents (issue 22.1): chosen at build time from the seed and the doc id, their own ledger
+status, read = kept + held out + filtered + rejected per shard, the same at any worker count, and never
+streamed."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ FRACTION = 0.25  # the heldout_manifest fixture's
 
 
 def _oracle(seed: int, key: str, doc_id: str) -> bool:
-    """The documented rule, recomputed here: sha256 of seed, subset and doc id as a number in [0, 1) < fraction."""
+    """The documented rule, recomputed here: sha256 of seed, subset and doc id as a number in [0, 1) <
+    fraction."""
     return is_heldout_oracle(seed, key, doc_id, FRACTION)
 
 
@@ -37,13 +39,20 @@ def _ledger_rows(manifest: Manifest):
 def test_heldout_documents_are_the_rule_s_choice_and_have_their_own_status(heldout_manifest, sample_manifest):
     manifest, plain = Manifest(heldout_manifest), Manifest(sample_manifest)
     seed = manifest.info["seed"]
-    passing = {(r.key, row["doc_id"]): row for r, row in _ledger_rows(manifest) if row["status"] in ("kept", "heldout")}
+    passing = {
+        (r.key, row["doc_id"]): row
+        for r, row in _ledger_rows(manifest)
+        if row["status"] in ("kept", "heldout")
+    }
     held = {k for k, row in passing.items() if row["status"] == "heldout"}
     assert held == {k for k in passing if _oracle(seed, *k)}
     assert 0 < len(held) < len(passing)
-    assert all(passing[k]["tokens"] > 0 and passing[k]["segments"] == 1 for k in held)  # what it would have given
+    # what it would have given
+    assert all(passing[k]["tokens"] > 0 and passing[k]["segments"] == 1 for k in held)
     # without a held-out fraction the same documents pass: held out + kept here = kept there, token for token
-    kept_plain = {(r.key, row["doc_id"]): row["tokens"] for r, row in _ledger_rows(plain) if row["status"] == "kept"}
+    kept_plain = {
+        (r.key, row["doc_id"]): row["tokens"] for r, row in _ledger_rows(plain) if row["status"] == "kept"
+    }
     assert {k: row["tokens"] for k, row in passing.items()} == kept_plain
     assert manifest.info["heldout"]["fraction"] == FRACTION and plain.info["heldout"]["fraction"] == 0.0
 
@@ -56,7 +65,10 @@ def test_read_is_kept_plus_heldout_plus_filtered_plus_rejected_in_every_shard(he
             statuses[row["status"]] += row["count"]
         assert set(statuses) <= {"kept", "heldout", "filtered", "rejected"}
         assert record.docs_read == sum(statuses.values())
-        assert record.docs_read == record.docs_kept + record.docs_heldout + record.docs_filtered + record.docs_rejected
+        assert (
+            record.docs_read
+            == record.docs_kept + record.docs_heldout + record.docs_filtered + record.docs_rejected
+        )
         assert (record.docs_kept, record.docs_heldout) == (statuses["kept"], statuses["heldout"])
         assert (record.docs_filtered, record.docs_rejected) == (statuses["filtered"], statuses["rejected"])
         docs = manifest.documents(record.shard).to_pylist()
@@ -85,13 +97,19 @@ def test_beam_gives_the_same_heldout_manifest(heldout_manifest, tokenizer_path, 
         assert (tmp_path / "beam" / name).read_bytes() == (heldout_manifest / name).read_bytes(), name
 
 
-def test_the_fraction_is_in_the_id_and_another_seed_holds_out_others(heldout_manifest, tokenizer_path, tmp_path):
+def test_the_fraction_is_in_the_id_and_another_seed_holds_out_others(
+    heldout_manifest, tokenizer_path, tmp_path
+):
     raw = yaml.safe_load((heldout_manifest.parent / "mixture.yaml").read_text())
     raw["seed"] = 1
     (tmp_path / "mixture.yaml").write_text(yaml.safe_dump(raw))
-    other = Manifest(build_manifest(tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path).manifest_dir)
-    first, second = ({(r.key, row["doc_id"]) for r, row in _ledger_rows(m) if row["status"] == "heldout"}
-                     for m in (Manifest(heldout_manifest), other))  # fmt: skip
+    other = Manifest(
+        build_manifest(tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path).manifest_dir
+    )
+    first, second = (
+        {(r.key, row["doc_id"]) for r, row in _ledger_rows(m) if row["status"] == "heldout"}
+        for m in (Manifest(heldout_manifest), other)
+    )
     assert first and second and first != second  # the seed picks
     copy = Path(shutil.copytree(heldout_manifest, tmp_path / "edited"))
     info = json.loads((copy / MANIFEST_FILE).read_text())
@@ -106,8 +124,10 @@ def test_an_edited_heldout_count_is_refused(heldout_manifest, tmp_path):
     table = pq.read_table(copy / SHARDS_FILE)
     counts = table.column("docs_heldout").to_pylist()
     counts[0] += 1
-    pq.write_table(table.set_column(table.schema.get_field_index("docs_heldout"), "docs_heldout", [counts]),
-                   copy / SHARDS_FILE)  # fmt: skip
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("docs_heldout"), "docs_heldout", [counts]),
+        copy / SHARDS_FILE,
+    )
     with pytest.raises(ElmDataError, match="refusing an altered manifest"):
         Manifest(copy)
 
@@ -125,19 +145,30 @@ def test_audit_shows_the_heldout_documents(heldout_manifest):
 
 @pytest.mark.parametrize("value", [1.0, -0.1, "a lot", True])
 def test_a_bad_fraction_is_a_one_line_error(value):
-    raw = {"heldout": {"fraction": value}, "sources": [{"source": "redpajama", "subset": "arxiv", "shards": ["x"]}]}
+    raw = {
+        "heldout": {"fraction": value},
+        "sources": [{"source": "redpajama", "subset": "arxiv", "shards": ["x"]}],
+    }
     with pytest.raises(InvalidValue, match="heldout"):
         MixtureConfig.from_dict(raw)
 
 
 def test_no_heldout_document_is_in_any_training_span_over_a_natural_pass(heldout_manifest, tokenizer):
-    """A natural pass (one epoch, natural proportions) feeds every kept document and not one held-out document."""
+    """A natural pass (one epoch, natural proportions) feeds every kept document and not one held-out
+    document."""
     from elm_data.pipeline.stream import TokenStream
 
     manifest = Manifest(heldout_manifest)
     status = {(r.key, row["doc_id"]): row["status"] for r, row in _ledger_rows(manifest) if row["doc_id"]}
-    stream = TokenStream(heldout_manifest, batch_size=2, seq_len=512, weights="natural", epochs=1, tokenizer=tokenizer,
-                         provenance=True)  # fmt: skip
+    stream = TokenStream(
+        heldout_manifest,
+        batch_size=2,
+        seq_len=512,
+        weights="natural",
+        epochs=1,
+        tokenizer=tokenizer,
+        provenance=True,
+    )
     fed = Counter()
     for batch in stream:
         for row in batch["spans"]:
@@ -149,8 +180,9 @@ def test_no_heldout_document_is_in_any_training_span_over_a_natural_pass(heldout
 
 
 def test_with_dedup_a_copy_of_a_heldout_document_is_removed_not_trained_on(tmp_path, tokenizer_path):
-    """filters.dedup and heldout together: held-out documents are signed too, so the first copy of a text stays
-    (kept or held out by the rule) and every later copy is a duplicate of it; no kept text is a held-out one's."""
+    """filters.dedup and heldout together: held-out documents are signed too, so the first copy of a text
+    stays (kept or held out by the rule) and every later copy is a duplicate of it; no kept text is a held-out
+    one's."""
     from planted_corpus import planted_duplicates, words_of, write_mixture
 
     shards = planted_duplicates()
@@ -186,21 +218,35 @@ def is_heldout_oracle(seed: int, key: str, doc_id: str, fraction: float) -> bool
     return int(hashlib.sha256(f"{seed}\0{key}\0{doc_id}".encode()).hexdigest(), 16) / 2**256 < fraction
 
 
-# ---- 22.2: per-source held-out evaluation during training ------------------------------------------------------
+# ---- 22.2: per-source held-out evaluation during training
+# ------------------------------------------------------
 HELD_DOCS, HELD_TOKENS, SEQ_LEN = 2, 1200, 64
 
 
 @pytest.fixture(scope="module")
 def heldout_run(heldout_manifest, tmp_path_factory) -> Path:
-    """A tiny model trained 4 steps on the held-out manifest, evaluated on it every 2 steps, checkpointed at 2 and 4."""
+    """A tiny model trained 4 steps on the held-out manifest, evaluated on it every 2 steps, checkpointed at 2
+    and 4."""
     from elm_data.trainer.core.config import TrainConfig
     from elm_data.trainer.core.loop import train
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
-    config = TrainConfig(manifest=str(heldout_manifest), model=model, seq_len=SEQ_LEN, batch_size=2, max_steps=4,
-                         warmup_steps=1, lr=3e-3, epochs=None, precision="fp32", distributed="none",
-                         checkpoint_every=2, heldout_every=2, heldout_docs=HELD_DOCS,
-                         heldout_tokens=HELD_TOKENS)  # fmt: skip
+    config = TrainConfig(
+        manifest=str(heldout_manifest),
+        model=model,
+        seq_len=SEQ_LEN,
+        batch_size=2,
+        max_steps=4,
+        warmup_steps=1,
+        lr=3e-3,
+        epochs=None,
+        precision="fp32",
+        distributed="none",
+        checkpoint_every=2,
+        heldout_every=2,
+        heldout_docs=HELD_DOCS,
+        heldout_tokens=HELD_TOKENS,
+    )
     out = tmp_path_factory.mktemp("heldout_run") / "run"
     train(config, out_dir=out, progress=False)
     return out
@@ -209,9 +255,9 @@ def heldout_run(heldout_manifest, tmp_path_factory) -> Path:
 def _oracle_set(
     manifest_dir: Path, tokenizer, max_docs: int = HELD_DOCS, max_tokens: int = HELD_TOKENS
 ) -> dict[str, list[tuple[list[int], str]]]:
-    """Per subset, ``(token ids, text)`` of the documents the evaluation must score, chosen from the ledger by hand
-    (held-out rows in shard then record order, the first HELD_DOCS within HELD_TOKENS, a too-long one skipped) and
-    read with the plain reader."""
+    """Per subset, ``(token ids, text)`` of the documents the evaluation must score, chosen from the ledger by
+    hand (held-out rows in shard then record order, the first HELD_DOCS within HELD_TOKENS, a too-long one
+    skipped) and read with the plain reader."""
     from elm_data.sources.readers import read_shard
 
     manifest = Manifest(manifest_dir)
@@ -225,7 +271,9 @@ def _oracle_set(
     out: dict[str, list] = {}
     for key, picked in chosen.items():
         for record, index, tokens in picked:
-            doc = next(d for d in read_shard(record.uri, record.source, record.subset) if d.provenance.index == index)
+            doc = next(
+                d for d in read_shard(record.uri, record.source, record.subset) if d.provenance.index == index
+            )
             ids = tokenizer.encode(doc.text)
             assert len(ids) == tokens
             out.setdefault(key, []).append((ids, doc.text))
@@ -250,7 +298,9 @@ def _oracle_scores(model, documents: list[tuple[list[int], str]]) -> tuple[float
 
 
 @pytest.mark.slow  # trains (test_the_evaluation_equals_a_recomputation_on_a_fresh_model is the quick sibling)
-def test_logged_heldout_loss_equals_a_recomputation_from_the_checkpoint(heldout_run, heldout_manifest, tokenizer):
+def test_logged_heldout_loss_equals_a_recomputation_from_the_checkpoint(
+    heldout_run, heldout_manifest, tokenizer
+):
     from elm_data.trainer.core.checkpoint import list_checkpoints, load_checkpoint_model
     from elm_data.trainer.core.runlog import read_log
 
@@ -289,13 +339,16 @@ def test_heldout_records_are_declared_measurements_and_the_receipt_still_verifie
             assert set(record) - {"event"} == set(HELDOUT_FIELDS_MEASURED)
         if record["event"] == "step":
             assert (
-                set(STEP_FIELDS_VERIFIED) <= set(record) - {"event"} <= {*STEP_FIELDS_VERIFIED, *STEP_FIELDS_MEASURED}
+                set(STEP_FIELDS_VERIFIED)
+                <= set(record) - {"event"}
+                <= {*STEP_FIELDS_VERIFIED, *STEP_FIELDS_MEASURED}
             )
     assert verify_run(heldout_run).ok
 
 
 def test_the_evaluation_equals_a_recomputation_on_a_fresh_model(heldout_manifest, tokenizer):
-    """The quick sibling: the evaluator on a freshly initialised tiny model, against the same hand computation."""
+    """The quick sibling: the evaluator on a freshly initialised tiny model, against the same hand
+    computation."""
     import torch
 
     from elm_data.model.config import OpenELMConfig
@@ -303,8 +356,14 @@ def test_the_evaluation_equals_a_recomputation_on_a_fresh_model(heldout_manifest
     from elm_data.trainer.core.heldout_eval import evaluate_heldout, load_heldout_set
 
     torch.manual_seed(0)
-    config = OpenELMConfig.from_dict({**OpenELMConfig.named("tiny").to_dict(), "num_transformer_layers": 1,
-                                      "model_dim": 64, "head_dim": 32})  # fmt: skip
+    config = OpenELMConfig.from_dict(
+        {
+            **OpenELMConfig.named("tiny").to_dict(),
+            "num_transformer_layers": 1,
+            "model_dim": 64,
+            "head_dim": 32,
+        }
+    )
     model = OpenELM(config)
     manifest = Manifest(heldout_manifest)
     heldout = load_heldout_set(manifest, tokenizer, SEQ_LEN, 1, 600)
@@ -323,12 +382,15 @@ def test_the_evaluation_equals_a_recomputation_on_a_fresh_model(heldout_manifest
 def test_the_evaluation_set_is_refused_when_a_document_no_longer_matches_its_ledger(
     heldout_manifest, tokenizer, monkeypatch
 ):
-    """A pass that now tokenizes differently (here: NFC normalization switched on) is one error, not a quiet set."""
+    """A pass that now tokenizes differently (here: NFC normalization switched on) is one error, not a quiet
+    set."""
     from elm_data.pipeline.config import FilterConfig
     from elm_data.trainer.core import heldout_eval
 
     changed = type(
-        "Changed", (), {"from_dict": staticmethod(lambda d: FilterConfig.from_dict({**d, "nfc_normalization": True}))}
+        "Changed",
+        (),
+        {"from_dict": staticmethod(lambda d: FilterConfig.from_dict({**d, "nfc_normalization": True}))},
     )
     monkeypatch.setattr(heldout_eval, "FilterConfig", changed)
     with pytest.raises(heldout_eval.HeldoutChanged, match="the ledger records"):
@@ -347,7 +409,10 @@ def test_the_model_card_and_the_report_show_the_heldout_evaluation(heldout_run, 
     assert f"at step {last['step']}:" in section
     for key, loss in last["loss_by_source"].items():
         bpb = last["bits_per_byte_by_source"][key]
-        assert f"| {key} | {last['docs_by_source'][key]} | {last['tokens_by_source'][key]:,} | {loss:.4f} |" in section
+        assert (
+            f"| {key} | {last['docs_by_source'][key]} | {last['tokens_by_source'][key]:,} | {loss:.4f} |"
+            in section
+        )
         assert f"| {bpb:.4f} |" in section
     report = write_report(heldout_run, tmp_path / "page")
     assert report.heldout and (tmp_path / "page" / "heldout.png").is_file()

@@ -1,4 +1,5 @@
-"""The demo's short run: audit-run explains a subset that got 0 tokens (its weighted share of so few steps)."""
+"""The demo's short run: audit-run explains a subset that got 0 tokens (its weighted share of so few
+steps)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ from elm_data.trainer.proof.audit import audit_run
 def _fake_run(run_dir, manifest_dir, consumed: dict[str, int], step: int, weights=None) -> None:
     run_dir.mkdir()
     info = Manifest(manifest_dir)
-    header = {"event": "header", "manifest_id": info.manifest_id, "manifest_dir": str(manifest_dir),
-              "config": {"weights": weights}}  # fmt: skip
-    record = {"event": "step", "step": step, "tokens_total": sum(consumed.values()), "tokens_by_source": consumed}
+    header = {
+        "event": "header",
+        "manifest_id": info.manifest_id,
+        "manifest_dir": str(manifest_dir),
+        "config": {"weights": weights},
+    }
+    record = {
+        "event": "step",
+        "step": step,
+        "tokens_total": sum(consumed.values()),
+        "tokens_by_source": consumed,
+    }
     (run_dir / "log.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(record) + "\n")
 
 
@@ -49,12 +59,17 @@ def test_zero_tokens_warn_only_when_improbable(llama_sample_manifest, tmp_path, 
     audit = audit_run(tmp_path / "run")
     kept = {k: c.tokens for k, c in counts_by_subset(Manifest(llama_sample_manifest).shards).items()}
     assert kept["pile/default"] == 51137 and {k: round(kept[k] / v) for k, v in per_doc.items()} == {
-        "refinedweb/default": 15, "redpajama/c4": 17, "dolma/stack": 16}  # fmt: skip
+        "refinedweb/default": 15,
+        "redpajama/c4": 17,
+        "dolma/stack": 16,
+    }
     share = 207 / sum(e["weight"] for e in Manifest(llama_sample_manifest).info["mixture"])
     draws = sum(consumed[k] / v for k, v in per_doc.items())
     expected_tokens = share * sum(consumed.values())
     note = _zero_note(audit, "pile/default")
-    assert f"= ~{expected_tokens:,.0f} expected" in note and f"~{share * draws:.1f} of ~{draws:,.0f}" in note, note
+    assert (
+        f"= ~{expected_tokens:,.0f} expected" in note and f"~{share * draws:.1f} of ~{draws:,.0f}" in note
+    ), note
     assert f"P(none drawn) = {(1 - share) ** draws:.2g}" in note, note
     assert expected_tokens > kept["pile/default"] / 25  # more than one of its documents expected, both times
     if scale == 2:
@@ -64,8 +79,13 @@ def test_zero_tokens_warn_only_when_improbable(llama_sample_manifest, tmp_path, 
 
 
 def test_a_zero_weight_is_named_as_such(sample_manifest, tmp_path):
-    _fake_run(tmp_path / "run", sample_manifest, {"refinedweb/default": 5000}, step=5,
-              weights={"refinedweb/default": 1.0, "dolma/wiki": 0.0})  # fmt: skip
+    _fake_run(
+        tmp_path / "run",
+        sample_manifest,
+        {"refinedweb/default": 5000},
+        step=5,
+        weights={"refinedweb/default": 1.0, "dolma/wiki": 0.0},
+    )
     notes = audit_run(tmp_path / "run").notes
     assert any(n == "dolma/wiki: 0 tokens: its mixing weight is 0" for n in notes), notes
 
@@ -83,7 +103,8 @@ def test_the_demo_runs_every_stage_quickly(tokenizer_path, tmp_path):
     from elm_data.manifests.manifest import Manifest
     from elm_data.trainer.core.runlog import read_log
 
-    held = [r for r in read_log(paths["training run"]) if r["event"] == "heldout"]  # the demo's mixture holds out
+    # the demo's mixture holds out
+    held = [r for r in read_log(paths["training run"]) if r["event"] == "heldout"]
     manifest = Manifest(paths["manifest"])
     with_docs = {
         r.key
@@ -91,5 +112,9 @@ def test_the_demo_runs_every_stage_quickly(tokenizer_path, tmp_path):
         for row in manifest.documents(r.shard).to_pylist()
         if row["status"] == "heldout" and row["tokens"] <= DEMO_TRAINING["heldout_tokens"]
     }
-    assert [r["step"] for r in held] == [3] and set(held[0]["loss_by_source"]) == with_docs and len(with_docs) >= 5
+    assert (
+        [r["step"] for r in held] == [3]
+        and set(held[0]["loss_by_source"]) == with_docs
+        and len(with_docs) >= 5
+    )
     assert time.process_time() - cpu < 120  # the whole demo is ~50 CPU-s at 20 steps on this 2-core VM

@@ -1,4 +1,5 @@
-"""`elm-data init openelm`: 13 entries at their upstream locations, resolved and built against a stand-in hub."""
+"""`elm-data init openelm`: 13 entries at their upstream locations, resolved and built against a stand-in
+hub."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def test_openelm_names_all_13_subsets_with_their_targets_as_weights():
     assert by_key["refinedweb/default"]["shards"] == [
         "hf://datasets/tiiuae/falcon-refinedweb/data/train-*-of-05534-*.parquet"
     ]
-    assert by_key["redpajama/c4"]["shards_from"] == "https://data.together.xyz/redpajama-data-1T/v1.0.0/urls.txt"
+    assert (
+        by_key["redpajama/c4"]["shards_from"] == "https://data.together.xyz/redpajama-data-1T/v1.0.0/urls.txt"
+    )
     assert by_key["dolma/gutenberg"]["match"] == "https://olmo-data.org/dolma-v1_6/books/*"
     assert "common_crawl" not in str(mix)  # OpenELM used RedPajama without its Common Crawl part
     assert all("fraction" in e for e in openelm_mixture("openelm-1pct")["sources"])
@@ -62,7 +65,9 @@ def test_every_entry_resolves_against_a_stand_in_hub_and_builds_a_manifest(
         mixture = MixtureConfig.load(mixture_path)
         resolved = {f"{e.source}/{e.subset}": mixture.resolve_shards(e) for e in mixture.entries}
         assert resolved == {k: sorted(v) for k, v in upstream.items()}
-        assert resolved["refinedweb/default"][0].startswith("hf://datasets/tiiuae/falcon-refinedweb@main/data/")
+        assert resolved["refinedweb/default"][0].startswith(
+            "hf://datasets/tiiuae/falcon-refinedweb@main/data/"
+        )
         built = build_manifest(mixture_path, tmp_path / "m", tokenizer=tokenizer_path)
     shards = Manifest(built.manifest_dir).shards
     assert len({(s.source, s.subset) for s in shards}) == 13
@@ -82,11 +87,15 @@ def test_a_local_url_list_with_relative_lines_and_a_match(sample_dir, tmp_path):
         f"# my shards\n{sample_dir}/redpajama/c4/c4-train.00001-of-01024.jsonl\n\n"
         f"{sample_dir}/redpajama/c4/c4-train.00000-of-01024.jsonl\nother/thing.jsonl\n"
     )
-    spec = {"sources": [{"source": "redpajama", "subset": "c4", "shards_from": "urls.txt", "match": "*/c4/*"}]}
+    spec = {
+        "sources": [{"source": "redpajama", "subset": "c4", "shards_from": "urls.txt", "match": "*/c4/*"}]
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
     mixture = MixtureConfig.load(tmp_path / "m.yaml")
     assert [p.rsplit("/", 1)[1] for p in mixture.resolve_shards(mixture.entries[0])] == [
-        "c4-train.00000-of-01024.jsonl", "c4-train.00001-of-01024.jsonl"]  # fmt: skip
+        "c4-train.00000-of-01024.jsonl",
+        "c4-train.00001-of-01024.jsonl",
+    ]
 
 
 def test_cli_init_writes_and_refuses_to_overwrite(tmp_path):

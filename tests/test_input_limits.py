@@ -1,5 +1,5 @@
-"""Invariant 11 for shards (issue 21): a record above the size limit is a counted ``record_too_large`` rejection,
-read in bounded memory, and decompression is bounded however much text a few compressed bytes hold.
+"""Invariant 11 for shards (issue 21): a record above the size limit is a counted ``record_too_large``
+rejection, read in bounded memory, and decompression is bounded however much text a few compressed bytes hold.
 
 Oracles: the lines are made here, so which ones exceed the limit is known from their lengths; peak memory is
 the child process' own high-water mark (``VmHWM``) over its resident size before the read.
@@ -28,8 +28,9 @@ LIMIT = 3000
 def _line(chars: int, i: int) -> bytes:
     """A JSON object line of exactly ``chars`` bytes (no newline) whose text is long enough to be kept."""
     head = json.dumps({"text": "", "id": f"d{i}"}).encode()
-    return json.dumps({"text": "w " * ((chars - len(head)) // 2) + "x" * ((chars - len(head)) % 2), "id": f"d{i}"}
-                      ).encode()  # fmt: skip
+    return json.dumps(
+        {"text": "w " * ((chars - len(head)) // 2) + "x" * ((chars - len(head)) % 2), "id": f"d{i}"}
+    ).encode()
 
 
 # lengths around the limit, one far above it, and an unterminated last line above it
@@ -68,8 +69,9 @@ def test_an_unselected_long_line_is_skipped_and_a_selected_one_rejected(tmp_path
     lines = [_line(n, i) for i, n in enumerate(SIZES)]
     path = _write(tmp_path / "s.jsonl", "jsonl", lines, newline_at_end=True)
     items = list(read_shard(str(path), "pile", "default", select={3, 4, 5}, max_record_bytes=LIMIT))
-    assert [(type(i).__name__, i.provenance.index if isinstance(i, Document) else i.index) for i in items] == [
-        ("Document", 3), ("Rejection", 4), ("Document", 5)]  # fmt: skip
+    assert [
+        (type(i).__name__, i.provenance.index if isinstance(i, Document) else i.index) for i in items
+    ] == [("Document", 3), ("Rejection", 4), ("Document", 5)]
 
 
 def test_the_default_limit_is_generous_and_settable_in_the_mixture():
@@ -93,15 +95,23 @@ def test_a_build_counts_oversized_records_and_the_stream_agrees(tmp_path, tokeni
     for fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
         lines = [_line(n, i) for i, n in enumerate(SIZES * 3)]
         shards.append(str(_write(tmp_path / f"p.{fmt}", fmt, lines)))
-    mixture = {"sources": [{"source": "pile", "subset": "default", "shards": shards}],
-               "filters": {"max_record_bytes": LIMIT, "min_tokens": 1, "min_characters": 1}}  # fmt: skip
+    mixture = {
+        "sources": [{"source": "pile", "subset": "default", "shards": shards}],
+        "filters": {"max_record_bytes": LIMIT, "min_tokens": 1, "min_characters": 1},
+    }
     (tmp_path / "mixture.yaml").write_text(yaml.safe_dump(mixture))
-    build_manifest(tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path, workers=1, block_bytes=4000)
+    build_manifest(
+        tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path, workers=1, block_bytes=4000
+    )
     manifest = Manifest(tmp_path / "m")
     too_large = sum(size > LIMIT for size in SIZES * 3)
     for record in manifest.shards:
         assert record.rejected_by_reason == {"record_too_large": too_large}
-        assert record.docs_read == record.docs_kept + record.docs_filtered + record.docs_rejected == len(SIZES) * 3
+        assert (
+            record.docs_read
+            == record.docs_kept + record.docs_filtered + record.docs_rejected
+            == len(SIZES) * 3
+        )
     stream = TokenStream(tmp_path / "m", batch_size=2, seq_len=256, weights="natural", tokenizer=tokenizer)
     loader = StreamLoader(stream)
     for _ in loader:
@@ -120,8 +130,8 @@ limit, read = int(sys.argv[1]), []
 before = status("VmRSS:")
 for fmt, path in zip(sys.argv[2::2], sys.argv[3::2]):
     sha, size, blocks = index_blocks(path, fmt)
-    read.append([(type(i).__name__, getattr(i, "reason", "")) for i in read_shard(path, "pile", "default", fmt=fmt,
-                 max_record_bytes=limit, shard_sha256=sha)])
+    items = read_shard(path, "pile", "default", fmt=fmt, max_record_bytes=limit, shard_sha256=sha)
+    read.append([(type(i).__name__, getattr(i, "reason", "")) for i in items])
 print(status("VmHWM:") - before, read)
 """
 
@@ -130,14 +140,24 @@ def _peak_kib(limit: int, *shards: tuple[str, Path]) -> tuple[int, list]:
     """Peak memory growth (KiB, over the resident size once imported) of a child that indexes and reads each
     ``(fmt, path)`` of ``shards`` in turn, and what it read of each."""
     args = [str(a) for shard in shards for a in shard]
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(limit), *args], capture_output=True, text=True,
-                         timeout=300, check=True).stdout.split(" ", 1)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(limit), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split(" ", 1)
     return int(out[0]), eval(out[1])  # a repr of lists of tuples of str
 
 
 def _one_long_line(path: Path, fmt: str, mib: int) -> Path:
-    """``{"text": "aaa...a"}`` of ``mib`` MiB and a short line after it, compressed as it is made (small memory)."""
-    comp = zlib.compressobj(6, zlib.DEFLATED, 31) if fmt == "jsonl.gz" else zstandard.ZstdCompressor().compressobj()
+    """``{"text": "aaa...a"}`` of ``mib`` MiB and a short line after it, compressed as it is made (small
+    memory)."""
+    comp = (
+        zlib.compressobj(6, zlib.DEFLATED, 31)
+        if fmt == "jsonl.gz"
+        else zstandard.ZstdCompressor().compressobj()
+    )
     with open(path, "wb") as f:
         f.write(comp.compress(b'{"text": "'))
         block = b"a" * (1 << 20)
@@ -149,8 +169,10 @@ def _one_long_line(path: Path, fmt: str, mib: int) -> Path:
 
 
 def test_a_compressed_bomb_is_indexed_and_read_in_bounded_memory(tmp_path):
-    shards = [(fmt, _one_long_line(tmp_path / f"bomb.{fmt}", fmt, mib)) for fmt, mib in [("jsonl.zst", 256),
-              ("jsonl.gz", 96)]]  # fmt: skip
+    shards = [
+        (fmt, _one_long_line(tmp_path / f"bomb.{fmt}", fmt, mib))
+        for fmt, mib in [("jsonl.zst", 256), ("jsonl.gz", 96)]
+    ]
     assert all(path.stat().st_size < 100_000 for _, path in shards)  # ~1000:1 or better
     grew, items = _peak_kib(1 << 20, *shards)
     assert items == [[("Rejection", "record_too_large"), ("Document", "")]] * 2
@@ -176,7 +198,8 @@ def test_the_issues_4_gib_line_in_131_kb_of_zstd_ends_as_record_too_large(tmp_pa
     assert path.stat().st_size < 140_000
     grew, items = _peak_kib(64 << 20, ("jsonl.zst", path))  # the default limit
     assert items == [[("Rejection", "record_too_large"), ("Document", "")]]
-    assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # the 64 MiB limit + pieces (was 4.3 GB)
+    # the 64 MiB limit + pieces (was 4.3 GB)
+    assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"
 
 
 _ESTIMATE = """
@@ -198,20 +221,28 @@ print(status("VmHWM:") - before, out)
 
 
 def test_estimate_samples_bombs_in_bounded_memory(tmp_path):
-    """``elm-data estimate`` reads a window of each compressed shard and whole lines of plain ones: a long line
-    and a window of tiny lines stay bounded (the long line is the reader's record_too_large: no document)."""
+    """``elm-data estimate`` reads a window of each compressed shard and whole lines of plain ones: a long
+    line and a window of tiny lines stay bounded (the long line is the reader's record_too_large: no
+    document)."""
     long_zst = _one_long_line(tmp_path / "long.jsonl.zst", "jsonl.zst", 200)
     long_plain = tmp_path / "long.jsonl"
     with open(long_plain, "wb") as f:
-        f.write(b'{"text": "' + b"a" * (80 << 20) + b'"}\n' + json.dumps({"text": "short " * 60}).encode() + b"\n")
+        f.write(
+            b'{"text": "' + b"a" * (80 << 20) + b'"}\n' + json.dumps({"text": "short " * 60}).encode() + b"\n"
+        )
     tiny = zstandard.ZstdCompressor().compressobj()
     with open(tmp_path / "tiny.jsonl.zst", "wb") as f:
         for _ in range(96):
             f.write(tiny.compress(b"{}\n" * (1 << 20)))
         f.write(tiny.flush())
     args = ["jsonl.zst", long_zst, "jsonl", long_plain, "jsonl.zst", tmp_path / "tiny.jsonl.zst"]
-    out = subprocess.run([sys.executable, "-c", _ESTIMATE, *map(str, args)], capture_output=True, text=True,
-                         timeout=300, check=True).stdout.split(" ", 1)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _ESTIMATE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split(" ", 1)
     grew, drawn = int(out[0]), eval(out[1])
     assert drawn[:2] == [["doc", "rejected"], ["doc", "rejected"]] and drawn[2] == ["rejected"] * 4, drawn
     assert grew < 100 * 1024, f"peak memory grew {grew / 1024:.0f} MiB"  # the 64 MiB limit and a chunk

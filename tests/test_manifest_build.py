@@ -26,7 +26,9 @@ from elm_data.manifests.workspace import workspace_path_for
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    return data_files(a) == data_files(b) and all((a / f).read_bytes() == (b / f).read_bytes() for f in data_files(a))
+    return data_files(a) == data_files(b) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in data_files(a)
+    )
 
 
 def _edit_mixture(mixture: Path, **changes) -> None:
@@ -68,7 +70,9 @@ def test_manifest_accounts_for_every_record(sample_manifest, sample_dir, tokeniz
     assert info["manifest_id"] == manifest_id_of_info(info, shards)
     counts = Manifest(sample_manifest).block_counts
     for shard in shards:  # one ledger per shard, one row group per block
-        assert pq.ParquetFile(ledger_path(sample_manifest, shard.shard)).num_row_groups == counts.count(shard.shard)
+        assert pq.ParquetFile(ledger_path(sample_manifest, shard.shard)).num_row_groups == counts.count(
+            shard.shard
+        )
     assert not Path(workspace_path_for(str(sample_manifest))).exists()
 
 
@@ -89,10 +93,13 @@ def test_id_follows_content_and_config_not_location(corpus_copy, tokenizer_path,
     _edit_mixture(corpus_copy / "mixture.yaml", filters={"min_characters": 200, "min_tokens": 1024})
     stricter = build_manifest(corpus_copy / "mixture.yaml", tmp_path / "stricter", tokenizer=tokenizer_path)
     assert stricter.manifest_id != original.manifest_id
-    assert stricter.totals["docs_kept"] < original.info["totals"]["docs_kept"]  # many sample docs have < 1024 tokens
+    # many sample docs have < 1024 tokens
+    assert stricter.totals["docs_kept"] < original.info["totals"]["docs_kept"]
 
 
-def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer_path, sample_manifest, tmp_path):
+def test_resume_after_interruption_reuses_committed_shards(
+    sample_dir, tokenizer_path, sample_manifest, tmp_path
+):
     out = tmp_path / "resumed"
     workspace = Path(workspace_path_for(str(out)))
 
@@ -104,7 +111,9 @@ def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer
             raise Killed
 
     with pytest.raises(Killed):
-        build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_five)
+        build_manifest(
+            sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_five
+        )
     # nothing looks like a manifest; the workspace holds exactly the five committed shards
     assert not out.exists()
     assert not (workspace / MANIFEST_FILE).exists()
@@ -131,7 +140,8 @@ def test_resume_after_interruption_reuses_committed_shards(sample_dir, tokenizer
     assert not workspace.exists()
 
 
-@pytest.mark.slow  # a second build and two whole streams (test_sources_readers reads a remote shard once quickly)
+# a second build and two whole streams (test_sources_readers reads a remote shard once quickly)
+@pytest.mark.slow
 def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
     sample_dir, tokenizer_path, tokenizer, sample_manifest, tmp_path, monkeypatch
 ):
@@ -154,9 +164,13 @@ def test_remote_shards_are_fetched_once_and_stream_like_local_ones(
     opens: Counter = Counter()
     real_open = MemoryFileSystem._open
     monkeypatch.setattr(
-        MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.update([path]) or real_open(self, path, *a, **kw)
+        MemoryFileSystem,
+        "_open",
+        lambda self, path, *a, **kw: opens.update([path]) or real_open(self, path, *a, **kw),
     )
-    remote = build_manifest(tmp_path / "mixture.yaml", tmp_path / "remote", tokenizer=tokenizer_path, workers=1)
+    remote = build_manifest(
+        tmp_path / "mixture.yaml", tmp_path / "remote", tokenizer=tokenizer_path, workers=1
+    )
     records = Manifest(tmp_path / "remote").shards
     assert remote.manifest_id == Manifest(sample_manifest).manifest_id  # same bytes, same id
     assert all(r.uri.startswith("memory://") for r in records)
@@ -179,7 +193,9 @@ def test_shard_changed_since_interrupted_build_is_reported(corpus_copy, tokenize
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_manifest(corpus_copy / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_two)
+        build_manifest(
+            corpus_copy / "mixture.yaml", out, tokenizer=tokenizer_path, on_shard_done=die_after_two
+        )
     first = json.loads((Path(workspace_path_for(str(out))) / "shard-00000.json").read_text())["record"]["uri"]
     with open(first, "ab") as f:
         f.write(b"\0")
@@ -190,7 +206,8 @@ def test_shard_changed_since_interrupted_build_is_reported(corpus_copy, tokenize
     assert not out.exists()
 
 
-@pytest.mark.slow  # a build of the whole copy that fails at its end (test_unreadable_shards_... is the quick one)
+# a build of the whole copy that fails at its end (test_unreadable_shards_... is the quick one)
+@pytest.mark.slow
 def test_missing_shard_fails_naming_it_and_keeps_the_rest(corpus_copy, tokenizer_path, tmp_path):
     raw = yaml.safe_load((corpus_copy / "mixture.yaml").read_text())
     raw["sources"][1]["shards"] = list(raw["sources"][1]["shards"]) + ["redpajama/arxiv/vanished.jsonl"]
@@ -215,7 +232,9 @@ def _complete_lines_before_break(data: bytes) -> int:
     return out.count(b"\n")
 
 
-def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(sample_dir, tokenizer_path, tmp_path):
+def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(
+    sample_dir, tokenizer_path, tmp_path
+):
     shard = sorted((sample_dir / "dolma" / "v1_6" / "pes2o").glob("*.json.gz"))[0]
     data = shard.read_bytes()
     assert len(gzip.decompress(data).splitlines()) > 3
@@ -224,9 +243,13 @@ def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(sa
     bad.parent.mkdir()
     bad.write_bytes(cut)
     mixture = tmp_path / "corpus" / "mixture.yaml"
-    mixture.write_text(yaml.safe_dump({"sources": [{"source": "dolma", "subset": "pes2o", "shards": [bad.name]}]}))
+    mixture.write_text(
+        yaml.safe_dump({"sources": [{"source": "dolma", "subset": "pes2o", "shards": [bad.name]}]})
+    )
 
-    with pytest.raises(BuildFailed, match=r"pes2o-truncated\.json\.gz: damaged shard \(truncated_stream: 1\)"):
+    with pytest.raises(
+        BuildFailed, match=r"pes2o-truncated\.json\.gz: damaged shard \(truncated_stream: 1\)"
+    ):
         build_manifest(mixture, tmp_path / "m", tokenizer=tokenizer_path)
     assert not (tmp_path / "m").exists()  # nothing that looks like a manifest
 
@@ -243,8 +266,11 @@ def test_truncated_gzip_fails_the_build_unless_accepted_then_counts_the_break(sa
 
 def test_no_tokenizer_is_a_clear_error(sample_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("ELM_DATA_TOKENIZER", raising=False)
-    monkeypatch.setenv("ELM_DATA_CACHE", str(tmp_path / "empty-cache"))  # nothing cached by earlier tests either
-    result = CliRunner().invoke(build_command, [str(sample_dir / "mixture.yaml"), "--out", str(tmp_path / "m")])
+    # nothing cached by earlier tests either
+    monkeypatch.setenv("ELM_DATA_CACHE", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(
+        build_command, [str(sample_dir / "mixture.yaml"), "--out", str(tmp_path / "m")]
+    )
     assert result.exit_code != 0
     assert "No LLaMA tokenizer given" in result.output and "--tokenizer" in result.output
     assert "Traceback" not in result.output

@@ -75,7 +75,9 @@ def sampled_all(corpus, tokenizer_path, tmp_path_factory) -> Path:
 
 
 def _samples(manifest_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (manifest_dir / DROPPED_SAMPLES_FILE).read_text("utf-8").splitlines()]
+    return [
+        json.loads(line) for line in (manifest_dir / DROPPED_SAMPLES_FILE).read_text("utf-8").splitlines()
+    ]
 
 
 def _dropped_ledger(manifest_dir: Path) -> dict[tuple[str, str], list[dict]]:
@@ -132,7 +134,9 @@ def test_first_k_per_reason_in_manifest_order_match_the_ledger(sampled):
                 shard.sha256,
             )
     # filtered reasons first, then rejections; each reason in manifest order
-    assert [(s["status"], s["reason"]) for s in samples] == sorted((s["status"], s["reason"]) for s in samples)
+    assert [(s["status"], s["reason"]) for s in samples] == sorted(
+        (s["status"], s["reason"]) for s in samples
+    )
 
 
 @pytest.mark.slow  # a build keeping every dropped sample
@@ -191,7 +195,9 @@ def test_samples_change_neither_id_nor_parquet(corpus, sampled, sampled_all, tok
     assert not (plain / DROPPED_SAMPLES_FILE).exists()
     assert result.manifest_id == Manifest(sampled).manifest_id == Manifest(sampled_all).manifest_id
     for name in data_files(plain):
-        assert (plain / name).read_bytes() == (sampled / name).read_bytes() == (sampled_all / name).read_bytes()
+        assert (
+            (plain / name).read_bytes() == (sampled / name).read_bytes() == (sampled_all / name).read_bytes()
+        )
     assert audit_manifest(plain).dropped_samples is None
     assert DROPPED_SAMPLES_FILE not in format_table(audit_manifest(plain))
 
@@ -261,8 +267,9 @@ def test_a_negative_sample_size_is_a_user_error():
 
 
 def test_the_build_is_the_one_producer_of_dropped_samples():
-    """The pass's second, unused path (``DocumentPass(dropped_sink=)`` feeding ``DroppedSamples.add``, merged with
-    ``merge``/``merge_all``) is gone; the whole surface: only manifests/ offers samples to a collector."""
+    """The pass's second, unused path (``DocumentPass(dropped_sink=)`` feeding ``DroppedSamples.add``, merged
+    with ``merge``/``merge_all``) is gone; the whole surface: only manifests/ offers samples to a
+    collector."""
     import ast
     import inspect
 
@@ -276,6 +283,10 @@ def test_the_build_is_the_one_producer_of_dropped_samples():
     offering = set()
     for path in production_files():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "offer":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "offer"
+            ):
                 offering.add(path.relative_to(ROOT).parts[0])
     assert offering <= {"manifests"}, offering

@@ -20,7 +20,16 @@ def _node(left: bytes, right: bytes) -> bytes:
 # The eight leaves of the Certificate Transparency reference tree (RFC 6962 test data).
 CT_LEAVES = [
     bytes.fromhex(h)
-    for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
+    for h in [
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    ]
 ]
 
 

@@ -58,7 +58,9 @@ def test_dropped_pieces_are_counted_by_reason(corenet_build, tokenizer_path):
                             kept_pieces[key] += 1
 
     audit = {row.key: row for row in audit_manifest(manifest).rows if row.shards}
-    assert sum(sum(c.values()) for c in expected.values()) > 0, "the sample must split into some dropped pieces"
+    assert sum(sum(c.values()) for c in expected.values()) > 0, (
+        "the sample must split into some dropped pieces"
+    )
     for key, row in audit.items():
         assert row.counts.pieces_filtered_by_reason == dict(sorted(expected[key].items())), key
         assert row.counts.segments == kept_pieces[key], key

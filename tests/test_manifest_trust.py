@@ -69,7 +69,8 @@ EDITS = {
 
 
 def edit_block(path: Path, shard: int, block: int, **changes) -> None:
-    """Edit one row of ``blocks.parquet`` (shard ``shard``'s ``block``-th), leaving every other file as it was."""
+    """Edit one row of ``blocks.parquet`` (shard ``shard``'s ``block``-th), leaving every other file as it
+    was."""
     rows = pq.read_table(path / BLOCKS_FILE).to_pylist()
     row = [r for r in rows if r["shard"] == shard][block]
     assert all(row[k] != v for k, v in changes.items())
@@ -90,25 +91,37 @@ def test_every_consumer_refuses_an_edited_manifest(edit, sample_manifest, tokeni
 def test_an_edited_block_record_is_refused_lazily_by_the_stream_and_at_once_by_verify_audit_croissant(
     field, sample_manifest, tokenizer, tmp_path
 ):
-    """Opening a manifest checks every shard's block counts but not its whole block index (start-up must not grow
-    with the blocks): a shard's block records are checked against the digest its shard record commits when that
-    shard is first used, before any block of it is; verify, audit and Croissant check every shard's at once."""
+    """Opening a manifest checks every shard's block counts but not its whole block index (start-up must not
+    grow with the blocks): a shard's block records are checked against the digest its shard record commits
+    when that shard is first used, before any block of it is; verify, audit and Croissant check every shard's
+    at once."""
     path = copy_of(sample_manifest, tmp_path)
     manifest = Manifest(path)
-    edited = next(r.shard for r in manifest.shards if manifest.block_counts.count(r.shard) > 2 and r.docs_kept)
+    edited = next(
+        r.shard for r in manifest.shards if manifest.block_counts.count(r.shard) > 2 and r.docs_kept
+    )
     value = manifest.blocks(edited)[1][field]
     edit_block(path, edited, 1, **{field: "ab" * 32 if field.endswith("sha256") else value + 1})
     opened = Manifest(path)  # opens: the edit is not in what every reader reads
     assert opened.blocks(edited - 1 if edited else edited + 1)
-    with pytest.raises(ManifestTampered, match=f"refusing an altered manifest: the block index of shard {edited} "):
+    with pytest.raises(
+        ManifestTampered, match=f"refusing an altered manifest: the block index of shard {edited} "
+    ):
         opened.blocks(edited)
     fed = []
-    with pytest.raises(ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "):
-        for batch in StreamLoader(TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")):
+    with pytest.raises(
+        ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "
+    ):
+        for batch in StreamLoader(
+            TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")
+        ):
             fed += [s["shard_sha256"] for spans in batch["spans"] for s in spans]
-    assert fed and manifest.shards[edited].sha256 not in fed  # other shards streamed, nothing of the edited one
+    # other shards streamed, nothing of the edited one
+    assert fed and manifest.shards[edited].sha256 not in fed
     for use in ("audit", "croissant"):
-        with pytest.raises(ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "):
+        with pytest.raises(
+            ElmDataError, match=f"refusing an altered manifest: the block index of shard {edited} "
+        ):
             users(path, tokenizer)[use]()
     report = verify_manifest(path)
     assert not report.ok and any(f"block index of shard {edited} " in p for p in report.manifest_problems)
@@ -146,7 +159,8 @@ def test_a_faithful_copy_is_accepted_and_verify_passes(sample_manifest, tmp_path
     assert verify_manifest(path).ok
 
 
-@pytest.mark.slow  # a forked DataLoader worker (test_every_consumer_refuses_an_edited_manifest is the quick one)
+# a forked DataLoader worker (test_every_consumer_refuses_an_edited_manifest is the quick one)
+@pytest.mark.slow
 def test_a_worker_refuses_a_manifest_rebuilt_under_a_running_stream(sample_manifest, tokenizer, tmp_path):
     path = copy_of(sample_manifest, tmp_path)
     stream = TokenStream(path, batch_size=2, seq_len=32, tokenizer=tokenizer, weights="natural")

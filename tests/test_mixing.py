@@ -1,4 +1,5 @@
-"""Deterministic, resumable mixing and the plan (partitions, their documents and batches), from manifests alone."""
+"""Deterministic, resumable mixing and the plan (partitions, their documents and batches), from manifests
+alone."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def manifest(tmp_path_factory) -> Manifest:
 
 
 def config(**kw) -> PlanConfig:
-    return PlanConfig(**({"mode": "packed", "seq_len": 128, "batch_size": 4, "seed": 0, "partitions": P} | kw))
+    return PlanConfig(
+        **({"mode": "packed", "seq_len": 128, "batch_size": 4, "seed": 0, "partitions": P} | kw)
+    )
 
 
 def kept_keys(manifest: Manifest) -> Counter:
@@ -98,7 +101,8 @@ def test_weighted_draws_are_a_pure_function_of_weights_seed_and_position():
     n = 3000  # several seeded blocks of uniforms
     shared = WeightedDraws(weights, 3)
     forward = [shared.source_at(i) for i in range(n)]
-    assert all(WeightedDraws(weights, 3).source_at(i) == forward[i] for i in range(0, n, 97))  # fresh instances
+    # fresh instances
+    assert all(WeightedDraws(weights, 3).source_at(i) == forward[i] for i in range(0, n, 97))
     jumps = WeightedDraws(weights, 3)  # random access (backwards, across blocks) gives the same draws
     for i in [2999, 0, 2048, 1023, 1024, 3, 2500, 17]:
         assert jumps.source_at(i) == forward[i]
@@ -159,7 +163,9 @@ def test_partitions_hold_about_an_equal_part_of_every_source(manifest):
             biggest = max(u.units for u in source.units)
             assert sum(units) == source.kept_tokens + 2 * source.kept_segments
             assert all(abs(n - sum(units) / partitions) <= biggest for n in units), (source.key, units)
-            owners = Counter((u.shard, b) for p in range(partitions) for u in plan.units[p][s] for b in u.blocks)
+            owners = Counter(
+                (u.shard, b) for p in range(partitions) for u in plan.units[p][s] for b in u.blocks
+            )
             assert set(owners.values()) == {1} and len(owners) == len(source.units)  # each block: one owner
 
 
@@ -179,13 +185,17 @@ def test_natural_epochs_repeat_each_partition_in_a_new_order(manifest):
         assert a != sorted(a)
         blocks = [b for i, b in enumerate(block_of(plan, a)) if i == 0 or b != block_of(plan, a)[i - 1]]
         assert (
-            sorted(blocks) == sorted({(u.shard, b) for u in plan.units[p][0] for b in u.blocks}) == sorted(set(blocks))
+            sorted(blocks)
+            == sorted({(u.shard, b) for u in plan.units[p][0] for b in u.blocks})
+            == sorted(set(blocks))
         )
         assert plan.partition_batches(p) == len(partition_batches(plan, p))
 
 
 def block_of(plan: Plan, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    firsts = {r.shard: [b["first_record"] for b in plan.manifest.blocks(r.shard)] for r in plan.manifest.shards}
+    firsts = {
+        r.shard: [b["first_record"] for b in plan.manifest.blocks(r.shard)] for r in plan.manifest.shards
+    }
     return [(s, max(b for b, f in enumerate(firsts[s]) if f <= i)) for s, i in keys]
 
 
@@ -214,7 +224,8 @@ def test_weighted_plan_token_shares_over_a_long_run(manifest):
         for d in docs:
             tokens[keys[d.src]] += d.units
         everywhere += tokens
-        for k, weight in weights.items():  # weights are shares of the tokens fed (per partition: its own means)
+        # weights are shares of the tokens fed (per partition: its own means)
+        for k, weight in weights.items():
             assert tokens[k] / sum(tokens.values()) == pytest.approx(weight, abs=0.06), (p, k, tokens)
         b = [key(d) for d in docs if keys[d.src] == "b/y"]
         kept_b = sum(u.kept_docs for u in plan.units[p][keys.index("b/y")])
@@ -223,11 +234,17 @@ def test_weighted_plan_token_shares_over_a_long_run(manifest):
             assert set(b[rep * kept_b : (rep + 1) * kept_b]) == set(b[:kept_b]), rep
     for k, weight in weights.items():
         assert everywhere[k] / sum(everywhere.values()) == pytest.approx(weight, abs=0.025), (k, everywhere)
-    assert partition_docs(plan, 1, 200) == partition_docs(Plan(manifest, config(seed=7, weights=weights)), 1, 200)
-    assert partition_docs(plan, 1, 200) != partition_docs(Plan(manifest, config(seed=8, weights=weights)), 1, 200)
+    assert partition_docs(plan, 1, 200) == partition_docs(
+        Plan(manifest, config(seed=7, weights=weights)), 1, 200
+    )
+    assert partition_docs(plan, 1, 200) != partition_docs(
+        Plan(manifest, config(seed=8, weights=weights)), 1, 200
+    )
 
 
-def test_weighted_token_shares_hold_for_the_global_stream_when_a_source_has_fewer_blocks_than_partitions(tmp_path):
+def test_weighted_token_shares_hold_for_the_global_stream_when_a_source_has_fewer_blocks_than_partitions(
+    tmp_path,
+):
     m = synthetic_manifest(tmp_path / "few", {"a/x": [80, 70, 60], "b/y": [8]})  # b/y: one block
     weights = {"a/x": 0.5, "b/y": 0.5}
     plan = Plan(m, config(seed=3, weights=weights))
@@ -320,7 +337,8 @@ def test_batches_cover_each_partition_and_are_the_same_for_every_reader_layout(t
     assert rounds == max(len(b) for b in per_partition.values())
 
     def global_batches(world_size: int, workers: int) -> dict[int, tuple]:
-        """Every reader's batches (its partitions round by round, empty once its data ended), by global index."""
+        """Every reader's batches (its partitions round by round, empty once its data ended), by global
+        index."""
         out: dict[int, tuple] = {}
         for rank in range(world_size):
             layout = plan.readers_layout(rank, world_size, workers)
@@ -329,7 +347,11 @@ def test_batches_cover_each_partition_and_are_the_same_for_every_reader_layout(t
                 assert all(p % world_size == rank for p in mine)
                 for t in range(rounds):
                     for p in mine:
-                        bp = per_partition[p][t] if t < len(per_partition[p]) else PartitionWalk(plan, p).empty(t)
+                        bp = (
+                            per_partition[p][t]
+                            if t < len(per_partition[p])
+                            else PartitionWalk(plan, p).empty(t)
+                        )
                         assert bp.batch not in out
                         out[bp.batch] = (bp.start, bp.sequences, [key(d) for d in bp.docs])
         return out
@@ -343,7 +365,8 @@ def test_batches_cover_each_partition_and_are_the_same_for_every_reader_layout(t
             plan.readers_layout(0, world_size, workers)
 
 
-@pytest.mark.slow  # every cursor of four streams (test_weighted_batches_resume_from_every_cursor is the quick one)
+# every cursor of four streams (test_weighted_batches_resume_from_every_cursor is the quick one)
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["packed", "corenet"])
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_natural_batches_resume_from_every_cursor(tmp_path, mode, epochs):

@@ -23,18 +23,27 @@ def test_an_entry_needs_shards_or_shards_from():
     with pytest.raises(InvalidValue, match=r"sources\[0\].*shards \(or shards_from\)"):
         MixtureConfig.from_dict(_mix())
     entry = MixtureConfig.from_dict(_mix(shards_from="urls.txt", revision="abc", match="*/c4/*")).entries[0]
-    assert (entry.shards, entry.shards_from, entry.revision, entry.match) == ((), ("urls.txt",), "abc", "*/c4/*")
+    assert (entry.shards, entry.shards_from, entry.revision, entry.match) == (
+        (),
+        ("urls.txt",),
+        "abc",
+        "*/c4/*",
+    )
 
 
 def test_url_list_lines_relative_to_the_list_and_comments(tmp_path):
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "urls.txt").write_text("# c4\n\nc4/a.jsonl\n  https://host/b.jsonl  \n")
     assert read_url_list(str(tmp_path / "lists" / "urls.txt")) == [
-        str(tmp_path / "lists" / "c4" / "a.jsonl"), "https://host/b.jsonl"]  # fmt: skip
+        str(tmp_path / "lists" / "c4" / "a.jsonl"),
+        "https://host/b.jsonl",
+    ]
 
 
 def test_revision_pins_listed_hub_urls_and_fraction_keeps_a_spread(tmp_path):
-    (tmp_path / "urls.txt").write_text("\n".join(f"hf://datasets/o/r/data/{i:03d}.parquet" for i in range(10)))
+    (tmp_path / "urls.txt").write_text(
+        "\n".join(f"hf://datasets/o/r/data/{i:03d}.parquet" for i in range(10))
+    )
     uris = entry_shards([], ["urls.txt"], str(tmp_path), "x/y", revision="r1", fraction=0.3)
     assert uris == [f"hf://datasets/o/r@r1/data/{i:03d}.parquet" for i in (0, 3, 6)]
 

@@ -1,12 +1,15 @@
-"""bf16 autocast over float32 weights (``precision: bf16``, how CoreNet trained OpenELM) is CoreNet's arithmetic.
+"""bf16 autocast over float32 weights (``precision: bf16``, how CoreNet trained OpenELM) is CoreNet's
+arithmetic.
 
-The oracle, :func:`corenet_order_logits`, is a functional re-implementation of CoreNet's ``general_gpt.py`` forward
-over the model's parameters, written from its order of operations (not its code):
+The oracle, :func:`corenet_order_logits`, is a functional re-implementation of CoreNet's ``general_gpt.py``
+forward over the model's parameters, written from its order of operations (not its code):
 
-- RMSNorm: ``x.float()`` normalised by ``rsqrt(mean(x^2) + eps)``, cast back to x's dtype, then ``* weight`` with
+- RMSNorm: ``x.float()`` normalised by ``rsqrt(mean(x^2) + eps)``, cast back to x's dtype, then ``* weight``
+with
   ordinary type promotion: a bf16 value times a float32 weight is float32 (under autocast elementwise ops are
   not cast), so the q/k norms hand float32 to RoPE;
-- RoPE in float32 on the (float32) normalised q/k, cast back to their dtype; keys/values repeated per query group
+- RoPE in float32 on the (float32) normalised q/k, cast back to their dtype; keys/values repeated per query
+group
   (``repeat_interleave``) and ``scaled_dot_product_attention(is_causal=True)`` (autocast casts it to bf16);
 - residual adds ``x + branch`` (float32 + bf16 promotes), SwiGLU ``silu(gate) * up``, tied head ``F.linear``.
 """
@@ -41,8 +44,14 @@ def corenet_attention(layer, x: torch.Tensor, cfg: OpenELMConfig) -> torch.Tenso
     qkv = F.linear(x, attn.qkv_proj.weight).reshape(batch, length, -1, cfg.head_dim).transpose(1, 2)
     q, k, v = qkv.split([attn.num_query_heads, attn.num_kv_heads, attn.num_kv_heads], dim=1)
     if attn.q_norm is not None:
-        q, k = corenet_norm(q, attn.q_norm.weight, cfg.norm_eps), corenet_norm(k, attn.k_norm.weight, cfg.norm_eps)
-    q, k = corenet_rope(q, cfg.head_dim, cfg.rope_freq_constant), corenet_rope(k, cfg.head_dim, cfg.rope_freq_constant)
+        q, k = (
+            corenet_norm(q, attn.q_norm.weight, cfg.norm_eps),
+            corenet_norm(k, attn.k_norm.weight, cfg.norm_eps),
+        )
+    q, k = (
+        corenet_rope(q, cfg.head_dim, cfg.rope_freq_constant),
+        corenet_rope(k, cfg.head_dim, cfg.rope_freq_constant),
+    )
     groups = attn.num_query_heads // attn.num_kv_heads
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -50,20 +59,23 @@ def corenet_attention(layer, x: torch.Tensor, cfg: OpenELMConfig) -> torch.Tenso
 
 
 def corenet_order_logits(model: OpenELM, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model``'s parameters computed in CoreNet's order of operations (see the module docstring)."""
+    """Logits of ``model``'s parameters computed in CoreNet's order of operations (see the module
+    docstring)."""
     cfg = model.config
     x = F.embedding(ids, model.token_embeddings.weight)
     for layer in model.layers:
         x = x + corenet_attention(layer, corenet_norm(x, layer.attn_norm.weight, cfg.norm_eps), cfg)
-        gate, up = F.linear(corenet_norm(x, layer.ffn_norm.weight, cfg.norm_eps), layer.ffn.proj_1.weight).chunk(2, -1)
+        gate, up = F.linear(
+            corenet_norm(x, layer.ffn_norm.weight, cfg.norm_eps), layer.ffn.proj_1.weight
+        ).chunk(2, -1)
         x = x + F.linear(F.silu(gate) * up, layer.ffn.proj_2.weight)
     head = model.token_embeddings.weight if model.lm_head is None else model.lm_head.weight
     return F.linear(corenet_norm(x, model.norm.weight, cfg.norm_eps), head)
 
 
 def trained_like(name: str, **overrides) -> OpenELM:
-    """A float32 model whose norm weights are far from one, as in any trained checkpoint (with unit weights the
-    two orders agree: a bf16 value times 1.0 is exact in either dtype)."""
+    """A float32 model whose norm weights are far from one, as in any trained checkpoint (with unit weights
+    the two orders agree: a bf16 value times 1.0 is exact in either dtype)."""
     torch.manual_seed(0)
     model = OpenELM(OpenELMConfig.named(name, **overrides))
     generator = torch.Generator().manual_seed(1)
@@ -93,7 +105,8 @@ def check_autocast_matches_corenet(model: OpenELM, length: int) -> None:
 
 def test_q_k_norms_promote_to_float32_under_autocast_as_corenet_does():
     model = trained_like("tiny")
-    x = torch.randn(2, 4, 9, 32, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)  # a bf16 projection
+    # a bf16 projection
+    x = torch.randn(2, 4, 9, 32, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     norm = model.layers[0].attn.q_norm
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(x)
@@ -112,7 +125,8 @@ def test_270m_logits_under_bf16_autocast_equal_corenet_order():
 
 @pytest.mark.slow  # imports transformers (~5 s); the tiny test above is the quick sibling
 def test_exported_hf_code_under_bf16_autocast_equals_corenet_order(tmp_path):
-    """The remote code an export carries (``model/hf_modeling.py``) does the same arithmetic under autocast."""
+    """The remote code an export carries (``model/hf_modeling.py``) does the same arithmetic under
+    autocast."""
     pytest.importorskip("transformers")
     from elm_data.model import export_hf
     from elm_data.model.hf_modeling import OpenELMForCausalLM

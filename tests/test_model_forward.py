@@ -32,7 +32,9 @@ def reference_rope(x, base=10000.0):
     half = dim // 2
     theta = base ** (-torch.arange(half, dtype=torch.float64) * 2 / dim)
     angle = torch.arange(length, dtype=torch.float64)[:, None] * theta[None, :]
-    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angle), angle)
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(
+        torch.ones_like(angle), angle
+    )
     return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
 
 
@@ -48,7 +50,11 @@ def reference_forward(model: OpenELM, ids: torch.Tensor) -> torch.Tensor:
         w = layer.attn.qkv_proj.weight
         h = reference_rms_norm(x, layer.attn_norm.weight)
         q = (h @ w[: q_heads * hd].T).view(batch, length, q_heads, hd).transpose(1, 2)
-        k = (h @ w[q_heads * hd : (q_heads + kv_heads) * hd].T).view(batch, length, kv_heads, hd).transpose(1, 2)
+        k = (
+            (h @ w[q_heads * hd : (q_heads + kv_heads) * hd].T)
+            .view(batch, length, kv_heads, hd)
+            .transpose(1, 2)
+        )
         v = (h @ w[(q_heads + kv_heads) * hd :].T).view(batch, length, kv_heads, hd).transpose(1, 2)
         q = reference_rope(reference_rms_norm(q, layer.attn.q_norm.weight))
         k = reference_rope(reference_rms_norm(k, layer.attn.k_norm.weight))
@@ -86,7 +92,10 @@ def test_changing_a_future_token_leaves_past_logits_unchanged(small_vocab_model)
 
 def test_packed_documents_with_segment_ids_equal_separate_runs(small_vocab_model):
     gen = torch.Generator().manual_seed(3)
-    doc_a, doc_b = torch.randint(0, 512, (1, 11), generator=gen), torch.randint(0, 512, (1, 20), generator=gen)
+    doc_a, doc_b = (
+        torch.randint(0, 512, (1, 11), generator=gen),
+        torch.randint(0, 512, (1, 20), generator=gen),
+    )
     packed = torch.cat([doc_a, doc_b], dim=1)
     segments = torch.tensor([[0] * 11 + [1] * 20])
     with torch.no_grad():

@@ -50,7 +50,13 @@ def test_sampling_is_seeded_and_respects_top_k(model):
     ]
     assert torch.equal(run[0], run[1])
     _, step_logits = generate(
-        model, prompt, 10, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(9), return_logits=True
+        model,
+        prompt,
+        10,
+        temperature=1.0,
+        top_k=3,
+        generator=torch.Generator().manual_seed(9),
+        return_logits=True,
     )
     for step, logits in enumerate(step_logits):
         top3 = logits.topk(3, dim=-1).indices[0].tolist()

@@ -12,7 +12,8 @@ SMALL = {"num_transformer_layers": 2, "model_dim": 128, "head_dim": 32, "vocab_s
 
 
 def corenet_rms_norm(module: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """CoreNet's / HF's RMSNorm, written out: normalise in float32, cast to x's dtype, then times the weight."""
+    """CoreNet's / HF's RMSNorm, written out: normalise in float32, cast to x's dtype, then times the
+    weight."""
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + module.eps)
     return normed.type_as(x) * module.weight
@@ -58,7 +59,8 @@ def test_bf16_rms_norm_equals_the_corenet_order_with_non_unit_weights(bf16_model
     norm = bf16_model.layers[0].attn_norm
     with torch.no_grad():
         assert torch.equal(norm(x), corenet_rms_norm(norm, x))
-        assert not torch.equal(weight_first_rms_norm(norm, x), corenet_rms_norm(norm, x))  # the order is visible
+        # the order is visible
+        assert not torch.equal(weight_first_rms_norm(norm, x), corenet_rms_norm(norm, x))
 
 
 def test_bf16_logits_equal_a_corenet_order_reference(bf16_model):
@@ -76,7 +78,10 @@ def test_float32_is_unchanged_by_the_order():
     model = OpenELM(OpenELMConfig(**SMALL)).eval()
     ids = torch.randint(0, SMALL["vocab_size"], (1, 20), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(
-        logits_with(model, corenet_rms_norm, ids), logits_with(model, weight_first_rms_norm, ids), atol=0, rtol=0
+        logits_with(model, corenet_rms_norm, ids),
+        logits_with(model, weight_first_rms_norm, ids),
+        atol=0,
+        rtol=0,
     )
 
 

@@ -15,12 +15,34 @@ from elm_data.model.weights import WeightsError, config_from_hf, hf_config, hf_s
 from elm_data.trainer.export_cli import export_hf as export_hf_command
 
 HF_CONFIG_KEYS = {
-    "activation_fn_name", "architectures", "auto_map", "bos_token_id", "eos_token_id", "ffn_dim_divisor",
-    "ffn_multipliers", "ffn_with_glu", "head_dim", "initializer_range", "max_context_length", "model_dim",
-    "model_type", "normalization_layer_name", "normalize_qk_projections", "num_gqa_groups", "num_kv_heads",
-    "num_query_heads", "num_transformer_layers", "qkv_multipliers", "rope_freq_constant", "rope_max_length",
-    "share_input_output_layers", "torch_dtype", "transformers_version", "use_cache", "vocab_size",
-}  # fmt: skip
+    "activation_fn_name",
+    "architectures",
+    "auto_map",
+    "bos_token_id",
+    "eos_token_id",
+    "ffn_dim_divisor",
+    "ffn_multipliers",
+    "ffn_with_glu",
+    "head_dim",
+    "initializer_range",
+    "max_context_length",
+    "model_dim",
+    "model_type",
+    "normalization_layer_name",
+    "normalize_qk_projections",
+    "num_gqa_groups",
+    "num_kv_heads",
+    "num_query_heads",
+    "num_transformer_layers",
+    "qkv_multipliers",
+    "rope_freq_constant",
+    "rope_max_length",
+    "share_input_output_layers",
+    "torch_dtype",
+    "transformers_version",
+    "use_cache",
+    "vocab_size",
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +109,12 @@ def test_hf_config_disagreeing_with_the_scaling_rule_is_rejected():
 def test_export_import_round_trip_gives_identical_logits(tiny_model, tmp_path):
     out = export_hf(tiny_model, tmp_path / "hf")
     assert {p.name for p in out.iterdir()} == {
-        "model.safetensors", "config.json", "generation_config.json", "hf_configuration.py", "hf_modeling.py"
-    }  # fmt: skip
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "hf_configuration.py",
+        "hf_modeling.py",
+    }
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         names = set(handle.keys())
         assert handle.metadata()["format"] == "pt"
@@ -108,7 +134,9 @@ def test_import_accepts_a_stored_tied_lm_head_and_bfloat16(tiny_model, tmp_path)
     assert restored.token_embeddings.weight.dtype == torch.bfloat16
     assert restored.lm_head is None
     as_float = import_hf(out, dtype=torch.float32)
-    cosine = torch.nn.functional.cosine_similarity(logits(as_float).flatten(), logits(tiny_model).flatten(), dim=0)
+    cosine = torch.nn.functional.cosine_similarity(
+        logits(as_float).flatten(), logits(tiny_model).flatten(), dim=0
+    )
     assert cosine > 0.999
 
 
@@ -127,8 +155,12 @@ def test_import_reports_mismatched_weights(tiny_model, tmp_path):
 
 def test_trainer_checkpoint_layout_round_trip(tiny_model, tmp_path):
     weights = save_model(tiny_model, tmp_path / "step_00010")
-    assert json.loads((tmp_path / "step_00010" / "model_config.json").read_text()) == tiny_model.config.to_dict()
-    torch.testing.assert_close(logits(load_model(tmp_path / "step_00010")), logits(tiny_model), atol=0, rtol=0)
+    assert (
+        json.loads((tmp_path / "step_00010" / "model_config.json").read_text()) == tiny_model.config.to_dict()
+    )
+    torch.testing.assert_close(
+        logits(load_model(tmp_path / "step_00010")), logits(tiny_model), atol=0, rtol=0
+    )
     (tmp_path / "step_00010" / "model_config.json").unlink()  # the file alone still carries its config
     torch.testing.assert_close(logits(load_model(weights)), logits(tiny_model), atol=0, rtol=0)
 
@@ -150,7 +182,9 @@ def test_cli_export_init_tiny_matches_a_seeded_model(tmp_path):
 
 def test_cli_export_from_trainer_checkpoint(tiny_model, tmp_path):
     save_model(tiny_model, tmp_path / "ckpt")
-    result = CliRunner().invoke(export_hf_command, [str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "float32"])
+    result = CliRunner().invoke(
+        export_hf_command, [str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "float32"]
+    )
     assert result.exit_code == 0, result.output
     torch.testing.assert_close(logits(import_hf(tmp_path / "hf")), logits(tiny_model), atol=0, rtol=0)
 
@@ -188,15 +222,20 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(weights, "_write_text", broken)  # fails after the weights were written to their temp file
+    # fails after the weights were written to their temp file
+    monkeypatch.setattr(weights, "_write_text", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         weights.export_hf(model, out)
     assert list(out.iterdir()) == []  # no weights without a config, no temp files
     monkeypatch.undo()
     weights.export_hf(model, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "hf_configuration.py", "hf_modeling.py", "model.safetensors"
-    ]  # fmt: skip
+        "config.json",
+        "generation_config.json",
+        "hf_configuration.py",
+        "hf_modeling.py",
+        "model.safetensors",
+    ]
 
 
 def test_unwrap_model_finds_the_openelm_inside_wrappers(tiny_model):

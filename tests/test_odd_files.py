@@ -17,12 +17,28 @@ from elm_data.sources.document import Document, Rejection
 from elm_data.sources.readers import read_shard
 
 CLASSES = {
-    "lone_surrogate", "gzip_named_jsonl", "zstd_named_jsonl", "plain_named_gz", "parquet_named_zst",
-    "xz_named_jsonl", "empty_gzip", "empty_zstd", "empty_jsonl", "parquet_dictionary_text",
-    "parquet_string_view_text", "parquet_dictionary_columns", "meta_as_json_string", "parquet_corrupt_row_group",
-    "gzip_trailing_garbage", "gzip_trailing_garbage_no_newline", "zstd_trailing_garbage",
-    "zstd_trailing_short_garbage", "bom_jsonl", "bom_gzip", "parquet_invalid_utf8",
-}  # fmt: skip
+    "lone_surrogate",
+    "gzip_named_jsonl",
+    "zstd_named_jsonl",
+    "plain_named_gz",
+    "parquet_named_zst",
+    "xz_named_jsonl",
+    "empty_gzip",
+    "empty_zstd",
+    "empty_jsonl",
+    "parquet_dictionary_text",
+    "parquet_string_view_text",
+    "parquet_dictionary_columns",
+    "meta_as_json_string",
+    "parquet_corrupt_row_group",
+    "gzip_trailing_garbage",
+    "gzip_trailing_garbage_no_newline",
+    "zstd_trailing_garbage",
+    "zstd_trailing_short_garbage",
+    "bom_jsonl",
+    "bom_gzip",
+    "parquet_invalid_utf8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +95,13 @@ def test_rejection_details_name_what_is_wrong(odd):
 
 
 def test_selected_reads_give_the_items_of_a_full_read(odd):
-    names = ("parquet_corrupt_row_group", "parquet_invalid_utf8", "gzip_trailing_garbage_no_newline", "lone_surrogate",
-             "bom_jsonl")  # fmt: skip
+    names = (
+        "parquet_corrupt_row_group",
+        "parquet_invalid_utf8",
+        "gzip_trailing_garbage_no_newline",
+        "lone_surrogate",
+        "bom_jsonl",
+    )
     for name in names:
         f = odd[name]
         full = list(read_shard(str(f.path), f.source, f.subset))
@@ -108,7 +129,9 @@ def test_detection_reads_the_local_copy_and_names_the_shard(odd):
         copy = f"memory://elm-data-tests/odd-copy/{name}.bin"  # no telling extension: the bytes decide
         with fsspec.open(copy, "wb") as out:
             out.write(f.path.read_bytes())
-        docs, rejections = _split(read_shard(str(f.path), f.source, f.subset, shard_sha256="0" * 64, local_path=copy))
+        docs, rejections = _split(
+            read_shard(str(f.path), f.source, f.subset, shard_sha256="0" * 64, local_path=copy)
+        )
         assert [d.text for d in docs] == list(f.texts), name
         assert [(r.index, r.reason, r.count) for r in rejections] == list(f.rejections), name
         assert {d.provenance.shard_uri for d in docs} <= {str(f.path)}
@@ -175,8 +198,9 @@ def built(odd, tokenizer_path, tmp_path_factory):
     with pytest.raises(BuildFailed) as failed:
         build_manifest(mixture, tmp / "m", tokenizer=tokenizer_path, workers=1, dropped_samples=5)
     assert not (tmp / "m").exists()
-    build_manifest(mixture, tmp / "m", tokenizer=tokenizer_path, workers=1, accept_damaged=True,
-                   dropped_samples=5)  # fmt: skip
+    build_manifest(
+        mixture, tmp / "m", tokenizer=tokenizer_path, workers=1, accept_damaged=True, dropped_samples=5
+    )
     return failed.value, tmp / "m"
 
 
@@ -199,10 +223,14 @@ def test_accepted_manifest_accounts_for_every_record(odd, built):
             expected[reason] += count
         assert record.rejected_by_reason == dict(sorted(expected.items())), f.name
         assert record.docs_kept + record.docs_filtered == len(f.texts), f.name
-        assert record.docs_read == record.docs_kept + record.docs_filtered + record.docs_rejected == f.records, f.name
+        assert (
+            record.docs_read == record.docs_kept + record.docs_filtered + record.docs_rejected == f.records
+        ), f.name
         ledger = manifest.documents(record.shard).to_pylist()
         assert sum(row["count"] for row in ledger) == f.records, f.name
-        rejected = [(row["index"], row["reason"], row["count"]) for row in ledger if row["status"] == "rejected"]
+        rejected = [
+            (row["index"], row["reason"], row["count"]) for row in ledger if row["status"] == "rejected"
+        ]
         assert rejected == list(f.rejections), f.name
     dropped = (built[1] / "dropped_samples.jsonl").read_bytes().decode("utf-8")
     assert "rejected" in dropped and "invalid_unicode" in dropped and "lone surrogate escape" in dropped

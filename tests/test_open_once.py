@@ -1,5 +1,5 @@
-"""Each thing is opened, checked or fitted once: the manifest in the trainer's process, a ledger block per pass of
-the stream, and the plan when the stream picks its partition count."""
+"""Each thing is opened, checked or fitted once: the manifest in the trainer's process, a ledger block per
+pass of the stream, and the plan when the stream picks its partition count."""
 
 from __future__ import annotations
 
@@ -33,24 +33,35 @@ def manifest_opens(monkeypatch) -> list[bool]:
     return opens
 
 
-def test_the_trainer_opens_and_verifies_its_manifest_once(sample_manifest, tokenizer, manifest_opens, tmp_path):
-    trainer = Trainer(small_config(sample_manifest), torch.device("cpu"), DistInfo(), run_dir=tmp_path, progress=False)
+def test_the_trainer_opens_and_verifies_its_manifest_once(
+    sample_manifest, tokenizer, manifest_opens, tmp_path
+):
+    trainer = Trainer(
+        small_config(sample_manifest), torch.device("cpu"), DistInfo(), run_dir=tmp_path, progress=False
+    )
     trainer.setup()
     assert manifest_opens == [True]
     assert trainer.loader.stream.manifest is trainer.manifest
 
 
-def test_a_stream_uses_an_open_manifest_and_reopens_one_not_verified(sample_manifest, tokenizer, manifest_opens):
+def test_a_stream_uses_an_open_manifest_and_reopens_one_not_verified(
+    sample_manifest, tokenizer, manifest_opens
+):
     opened = Manifest(sample_manifest)
     stream = TokenStream(opened, batch_size=2, seq_len=32, tokenizer=tokenizer)
     assert stream.manifest is opened and manifest_opens == [True]
     unchecked = Manifest(sample_manifest, verify=False)
     stream = TokenStream(unchecked, batch_size=2, seq_len=32, tokenizer=tokenizer)
-    assert stream.manifest is not unchecked and stream.manifest.verified and manifest_opens == [True, False, True]
+    assert (
+        stream.manifest is not unchecked
+        and stream.manifest.verified
+        and manifest_opens == [True, False, True]
+    )
 
 
 def test_a_pass_of_the_stream_reads_each_ledger_block_once(sample_manifest, tokenizer, monkeypatch):
-    """Whatever any cache keeps: the walk reads a block's ledger rows, the reader gets its kept records from it."""
+    """Whatever any cache keeps: the walk reads a block's ledger rows, the reader gets its kept records from
+    it."""
     monkeypatch.setattr(Manifest, "BLOCKS_KEPT", 0, raising=False)  # the old tree's cache, emptied
     reads: Counter = Counter()
     original = Manifest.block_documents
@@ -67,7 +78,8 @@ def test_a_pass_of_the_stream_reads_each_ledger_block_once(sample_manifest, toke
 
 
 def _oracle_partitions(manifest: Manifest, config: PlanConfig, most: int) -> int:
-    """The largest power of two <= ``most`` whose whole Plan can be made: what the old picker built Plans for."""
+    """The largest power of two <= ``most`` whose whole Plan can be made: what the old picker built Plans
+    for."""
     p = most
     while p > 1:
         try:
@@ -93,11 +105,15 @@ def test_the_default_partition_count_is_picked_without_making_a_plan(tmp_path, m
     config = PlanConfig(mode="packed", seq_len=32, batch_size=2, seed=0, weights=weights)
     units = sum(len(s.units) for s in plan_module.manifest_sources(manifest, "packed"))
     most = 1
-    while most * 2 <= plan_module.MAX_DEFAULT_PARTITIONS and most * 2 * plan_module.UNITS_PER_PARTITION <= units:
+    while (
+        most * 2 <= plan_module.MAX_DEFAULT_PARTITIONS and most * 2 * plan_module.UNITS_PER_PARTITION <= units
+    ):
         most *= 2
     expected = _oracle_partitions(manifest, config, most)
     made: list[int] = []
     original = Plan.__init__
-    monkeypatch.setattr(Plan, "__init__", lambda self, m, c: (made.append(c.partitions), original(self, m, c))[1])
+    monkeypatch.setattr(
+        Plan, "__init__", lambda self, m, c: (made.append(c.partitions), original(self, m, c))[1]
+    )
     assert default_partitions(manifest, config) == expected
     assert made == []

@@ -34,7 +34,9 @@ def arxiv_mixture(sample_dir, tmp_path) -> Path:
     """A one-subset mixture (two small JSONL shards): a build in about a second."""
     path = tmp_path / "arxiv.yaml"
     shards = [str(sample_dir / "redpajama" / "arxiv" / "*.jsonl")]
-    path.write_text(yaml.safe_dump({"sources": [{"source": "redpajama", "subset": "arxiv", "shards": shards}]}))
+    path.write_text(
+        yaml.safe_dump({"sources": [{"source": "redpajama", "subset": "arxiv", "shards": shards}]})
+    )
     return path
 
 
@@ -43,7 +45,9 @@ def _mode(path: Path) -> int:
 
 
 # -- never clobbered ---------------------------------------------------------------------------------------
-def test_an_existing_manifest_is_replaced_only_with_overwrite(arxiv_mixture, tokenizer_path, tmp_path, capsys):
+def test_an_existing_manifest_is_replaced_only_with_overwrite(
+    arxiv_mixture, tokenizer_path, tmp_path, capsys
+):
     out = tmp_path / "m"
     first = build_manifest(arxiv_mixture, out, tokenizer=tokenizer_path)
     (out / "croissant.json").write_text("{}")  # a file the user put there
@@ -75,7 +79,8 @@ def test_a_replace_killed_between_its_renames_is_undone_on_the_next_start(
 
     def killed_after_first_rename(src, dst):
         if Path(dst) == out and Path(src).name.startswith(".m.tmp-"):
-            raise KeyboardInterrupt  # the process dies between moving the old one aside and moving the new one in
+            # the process dies between moving the old one aside and moving the new one in
+            raise KeyboardInterrupt
         real_replace(src, dst)
 
     monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)  # the two-rename fallback
@@ -183,7 +188,9 @@ def test_staged_dir_replaces_in_whole_or_not_at_all(tmp_path):
 
 
 # -- one writer per output -----------------------------------------------------------------------------------
-def test_a_second_build_into_the_same_out_is_refused_naming_the_holder(arxiv_mixture, tokenizer_path, tmp_path):
+def test_a_second_build_into_the_same_out_is_refused_naming_the_holder(
+    arxiv_mixture, tokenizer_path, tmp_path
+):
     out = tmp_path / "m"
     with outputs.output_lock(out, "manifest build"):
         with pytest.raises(OutputLocked) as refused:
@@ -205,7 +212,9 @@ def test_the_lock_is_not_shared_through_a_removed_lock_file(tmp_path):
 
 # -- the umask's modes ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
-def test_manifest_and_exports_follow_the_umask(arxiv_mixture, tokenizer_path, tmp_path, umask, dir_mode, file_mode):
+def test_manifest_and_exports_follow_the_umask(
+    arxiv_mixture, tokenizer_path, tmp_path, umask, dir_mode, file_mode
+):
     from elm_data.manifests.croissant import export_croissant
 
     previous = os.umask(umask)
@@ -243,7 +252,8 @@ def test_checkpoints_follow_the_umask(tmp_path):
     [
         ("s3://AKIAKEY:s3cr3t@bucket/data/a.parquet", "s3://bucket/data/a.parquet"),
         ("https://u:pa55@h:8443/x?part=1&X-Amz-Signature=abc&X-Amz-Credential=k", "https://h:8443/x?part=1"),
-        ("https://blob.example/x.jsonl.gz?sig=abc&se=2030", "https://blob.example/x.jsonl.gz"),  # allow-list only
+        # allow-list only
+        ("https://blob.example/x.jsonl.gz?sig=abc&se=2030", "https://blob.example/x.jsonl.gz"),
         ("https://h/x?access_token=t&token=u", "https://h/x"),
         ("hf://datasets/org/repo@main/file.parquet", "hf://datasets/org/repo@main/file.parquet"),
         ("/local/path/with@sign.jsonl", "/local/path/with@sign.jsonl"),
@@ -251,7 +261,9 @@ def test_checkpoints_follow_the_umask(tmp_path):
 )
 def test_redact_uri(uri, clean):
     assert redact_uri(uri) == clean
-    assert redact_text(f"shard not found: {uri} (after 3 tries)") == f"shard not found: {clean} (after 3 tries)"
+    assert (
+        redact_text(f"shard not found: {uri} (after 3 tries)") == f"shard not found: {clean} (after 3 tries)"
+    )
 
 
 SECRET = "s3cr3tPASS"
@@ -293,19 +305,25 @@ def test_credentials_are_recorded_nowhere_and_do_not_change_the_id(sample_dir, t
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes() and b"AKIAKEY" not in path.read_bytes(), path
     shard_uris = pq.read_table(out / SHARDS_FILE, columns=["uri"]).column("uri").to_pylist()
-    assert shard_uris == [redact_uri(u) for u in uris] and all(u.startswith("memory://bucket/") for u in shard_uris)
+    assert shard_uris == [redact_uri(u) for u in uris] and all(
+        u.startswith("memory://bucket/") for u in shard_uris
+    )
 
     plain = tmp_path / "plain.yaml"  # the same bytes at the same place without credentials: the same id
     plain.write_text(yaml.safe_dump({"sources": [entry | {"shards": [redact_uri(u) for u in uris]}]}))
     for uri in uris:
         outputs_fs_copy(uri, redact_uri(uri))
-    assert build_manifest(plain, tmp_path / "plain", tokenizer=tokenizer_path).manifest_id == result.manifest_id
+    assert (
+        build_manifest(plain, tmp_path / "plain", tokenizer=tokenizer_path).manifest_id == result.manifest_id
+    )
 
 
 def test_credentials_never_reach_error_files_or_stderr(tokenizer_path, tmp_path, capsys):
     uri = f"memory://AKIAKEY:{SECRET}@bucket/missing/arxiv_0.jsonl"
     mixture = tmp_path / "missing.yaml"
-    mixture.write_text(yaml.safe_dump({"sources": [{"source": "redpajama", "subset": "arxiv", "shards": [uri]}]}))
+    mixture.write_text(
+        yaml.safe_dump({"sources": [{"source": "redpajama", "subset": "arxiv", "shards": [uri]}]})
+    )
     out = tmp_path / "m"
     with pytest.raises(BuildFailed) as failed:
         build_manifest(mixture, out, tokenizer=tokenizer_path)
@@ -314,7 +332,9 @@ def test_credentials_never_reach_error_files_or_stderr(tokenizer_path, tmp_path,
         assert SECRET not in path.read_text(), path
     code = run(["build", "manifest", str(mixture), "--out", str(out), "--tokenizer", tokenizer_path])
     captured = capsys.readouterr()
-    assert code == 2 and SECRET not in captured.err + captured.out and "memory://bucket/missing" in captured.err
+    assert (
+        code == 2 and SECRET not in captured.err + captured.out and "memory://bucket/missing" in captured.err
+    )
 
 
 def test_opening_a_manifest_whose_replace_was_killed_restores_it(arxiv_mixture, tokenizer_path, tmp_path):

@@ -146,5 +146,7 @@ def test_a_sigkilled_build_leaves_no_worker(sample_dir, tokenizer_path, tmp_path
 def test_exited_tells_a_live_process_from_a_gone_one():
     from elm_data.core.procs import _exited
 
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     assert not _exited(os.getpid()) and _exited(int(done.stdout))

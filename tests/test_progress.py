@@ -32,7 +32,8 @@ def test_stream_full_pass_counts_towards_the_manifests_tokens(sample_manifest):
     result = CliRunner().invoke(cli, ["stream", str(sample_manifest), "--full-pass", "--seq-len", "512"])
     assert result.exit_code == 0, result.output
     assert "streaming one natural pass" in result.stderr and "100%" in result.stderr, result.stderr
-    assert f"/{total / 1000:.0f}k" in result.stderr, (total, result.stderr[-300:])  # the pass's total, known ahead
+    # the pass's total, known ahead
+    assert f"/{total / 1000:.0f}k" in result.stderr, (total, result.stderr[-300:])
     assert "tokens consumed per source equal the manifest's" in result.stdout
 
 
@@ -45,10 +46,17 @@ def test_export_init_shows_its_two_halves(tmp_path):
 @pytest.mark.slow  # trains a one-cell matrix
 def test_bench_shows_a_bar_within_each_cell(sample_manifest, tmp_path):
     matrix = {
-        "device": "cpu", "token_budget": 128, "timing_skip_steps": 1, "min_timed_steps": 2,
-        "axes": {"model": [{"name": "tiny", "num_transformer_layers": 1, "model_dim": 64, "head_dim": 32}],
-                 "batch_size": [1], "seq_len": [32], "attention": ["math"]},
-    }  # fmt: skip
+        "device": "cpu",
+        "token_budget": 128,
+        "timing_skip_steps": 1,
+        "min_timed_steps": 2,
+        "axes": {
+            "model": [{"name": "tiny", "num_transformer_layers": 1, "model_dim": 64, "head_dim": 32}],
+            "batch_size": [1],
+            "seq_len": [32],
+            "attention": ["math"],
+        },
+    }
     path = tmp_path / "matrix.yaml"
     path.write_text(yaml.safe_dump(matrix))
     args = ["bench", "train", str(path), "--out", str(tmp_path / "out"), "--manifest", str(sample_manifest)]

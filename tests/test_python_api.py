@@ -33,7 +33,8 @@ def test_an_unknown_name_is_an_attribute_error():
 
 
 def test_importing_the_data_packages_imports_no_heavy_library():
-    """The entry points load on first use: `import elm_data.manifests` (etc.) pulls in neither torch nor Beam."""
+    """The entry points load on first use: `import elm_data.manifests` (etc.) pulls in neither torch nor
+    Beam."""
     code = (
         "import sys, elm_data.sources, elm_data.pipeline, elm_data.manifests, elm_data.trainer; "
         "print(sorted(m for m in ('torch', 'apache_beam', 'transformers', 'pyarrow') if m in sys.modules))"

@@ -32,7 +32,8 @@ def _module_name(path) -> str:
 
 
 def test_no_production_module_registers_a_filesystem_protocol():
-    """The whole surface: no production file calls fsspec's ``register_implementation`` (read with ``ast``)."""
+    """The whole surface: no production file calls fsspec's ``register_implementation`` (read with
+    ``ast``)."""
     calls = []
     for path in production_files():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -55,8 +56,9 @@ def test_read_shard_takes_what_a_user_of_the_readers_needs():
 
 
 def test_a_view_reads_exactly_what_the_file_reads_in_every_sample_format(sample_shards):
-    """Every shard of the sample corpus (parquet, JSONL, gzip, zstd) through a whole-file view, twice over one view
-    (the reader's file is closed, the view is not), equals the plain read; the oracle is the plain reader."""
+    """Every shard of the sample corpus (parquet, JSONL, gzip, zstd) through a whole-file view, twice over one
+    view (the reader's file is closed, the view is not), equals the plain read; the oracle is the plain
+    reader."""
     for uri, source, subset in sample_shards:
         fmt = shard_format_of(uri, source, subset)
         sha, _, blocks = index_blocks(uri, fmt)
@@ -66,7 +68,9 @@ def test_a_view_reads_exactly_what_the_file_reads_in_every_sample_format(sample_
             again = list(read_shard(uri, source, subset, sha, 2, view=view))  # format detected from the view
             assert not view.closed
         assert first == plain, uri
-        assert again == [i for i in plain if (i.provenance.index if isinstance(i, Document) else i.index) >= 2]
+        assert again == [
+            i for i in plain if (i.provenance.index if isinstance(i, Document) else i.index) >= 2
+        ]
 
 
 def test_a_block_view_numbers_its_records_from_the_block(tmp_path):
@@ -96,7 +100,8 @@ def test_a_view_needs_the_shards_sha256_and_no_local_path(tmp_path):
 
 
 def test_the_seekable_raw_files_share_one_base_and_seek_like_bytesio(tmp_path):
-    """Both raw files keep their position in the base and define none of its methods; each seeks like BytesIO."""
+    """Both raw files keep their position in the base and define none of its methods; each seeks like
+    BytesIO."""
     for cls in (VerifiedView, RetryingReader):
         assert issubclass(cls, SeekableReader)
         assert not {"seek", "tell", "readable", "seekable"} & set(vars(cls)), cls

@@ -1,4 +1,5 @@
-"""The README as written: CI runs its two commands verbatim, its Usage lines parse, and they share one demo/ folder."""
+"""The README as written: CI runs its two commands verbatim, its Usage lines parse, and they share one demo/
+folder."""
 
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def test_ci_runs_the_readme_commands_exactly_as_written():
     assert "ruff check" in ci and "ruff format --check" in ci
     installed = re.search(r'-e "\.\[([a-z0-9,]+)\]"', ci).group(1).split(",")
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert sorted(installed) == sorted(declared)  # every extra's tests run in CI, none skips for a missing extra
+    # every extra's tests run in CI, none skips for a missing extra
+    assert sorted(installed) == sorted(declared)
     code = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert not [line for line in code if "pytest" in line]  # the suite runs only as the README's command 2
 
 
-def test_a_relative_tokenizer_variable_means_from_where_the_command_started(tokenizer_path, tmp_path, monkeypatch,
-                                                                               capsys):  # fmt: skip
+def test_a_relative_tokenizer_variable_means_from_where_the_command_started(
+    tokenizer_path, tmp_path, monkeypatch, capsys
+):
     """README's `ELM_DATA_TOKENIZER=../shared/...`: relative to the start directory, even after a chdir and in
     the processes a command starts (they inherit the variable made absolute)."""
     start = Path(tokenizer_path).parent.parent
@@ -69,7 +72,8 @@ def _command_of(args: list[str]) -> tuple[click.Command, list[str]]:
     command, ctx = cli, click.Context(cli, info_name="elm-data")
     while isinstance(command, click.Group):
         named = args[0] in command.list_commands(ctx)
-        name = args[0] if named else getattr(command, "default", args[0])  # `audit DIR` runs `audit mixture DIR`
+        # `audit DIR` runs `audit mixture DIR`
+        name = args[0] if named else getattr(command, "default", args[0])
         command = command.get_command(ctx, name)
         assert command is not None, args
         ctx, args = click.Context(command, parent=ctx, info_name=name), args[1:] if named else args
@@ -85,7 +89,9 @@ def test_every_usage_line_names_real_flags_and_what_its_config_lacks():
         known = {name for p in options for name in (*p.opts, *p.secondary_opts)}
         given = {a.split("=")[0] for a in args if a.startswith("--")}
         assert given <= known, f"elm-data {' '.join(line)}: unknown {given - known}"
-        assert all(set(p.opts) & given for p in options if p.required), f"elm-data {' '.join(line)}: a required flag"
+        assert all(set(p.opts) & given for p in options if p.required), (
+            f"elm-data {' '.join(line)}: a required flag"
+        )
         config = next((a for a in args if a.endswith(".yaml") and (ROOT / a).is_file()), None)
         settings = yaml.safe_load((ROOT / config).read_text()) if config else {}
         if "manifest" in settings:  # a training config or bench matrix: a manifest from it or from --manifest
@@ -99,5 +105,7 @@ def test_the_demo_the_usage_and_demo_yaml_share_one_demo_folder():
     assert Path(default) == Path("demo")
     manifest = yaml.safe_load((ROOT / "trainer" / "configs" / "demo.yaml").read_text())["manifest"]
     assert (ROOT / "trainer" / "configs" / manifest).resolve() == ROOT / default / "manifest"
-    folders = {a.split("/")[0] for args in _usage_lines() for a in args if a.startswith(("demo/", "elm-data-demo"))}
+    folders = {
+        a.split("/")[0] for args in _usage_lines() for a in args if a.startswith(("demo/", "elm-data-demo"))
+    }
     assert folders == {default}

@@ -76,7 +76,17 @@ def test_digest_changes_with_any_span_field(sample_manifest, tokenizer):
     stream = TokenStream(sample_manifest, batch_size=2, seq_len=32, weights="natural", tokenizer=tokenizer)
     batch = next(iter(StreamLoader(stream)))
     base = stream_batch_digest(batch, "packed")
-    for field in ("source", "subset", "shard_sha256", "doc_id", "index", "doc_start", "doc_end", "start", "end"):
+    for field in (
+        "source",
+        "subset",
+        "shard_sha256",
+        "doc_id",
+        "index",
+        "doc_start",
+        "doc_end",
+        "start",
+        "end",
+    ):
         edited = json.loads(json.dumps(batch["spans"]))
         value = edited[0][0][field]
         edited[0][0][field] = value + 1 if isinstance(value, int) else value + "x"
@@ -84,7 +94,8 @@ def test_digest_changes_with_any_span_field(sample_manifest, tokenizer):
     assert stream_batch_digest(batch | {"batch_index": batch["batch_index"] + 1}, "packed") != base
 
 
-# ---- the chain in a training run, recomputed by audit-run --verify ---------------------------------------------
+# ---- the chain in a training run, recomputed by audit-run --verify
+# ---------------------------------------------
 STEPS = 6
 
 
@@ -120,7 +131,9 @@ def test_every_step_logs_its_chain_head_and_the_end_record_the_receipt(receipt_r
     end = records[-1]
     assert end["event"] == "end" and end["receipt"] == heads[-1]["receipt"] and end["steps"] == STEPS
     assert end["plan"] == records[0]["stream_state"]["plan"] and end["batches_per_step"] == 2
-    checkpoint = json.loads((receipt_run / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    checkpoint = json.loads(
+        (receipt_run / "checkpoints" / "step_00000006" / "trainer_state.json").read_text()
+    )
     assert checkpoint["receipt"] == end["receipt"]
 
 
@@ -148,7 +161,11 @@ def test_a_run_resumed_with_other_workers_continues_the_chain(receipt_run, sampl
 @pytest.mark.parametrize(
     "name, step, change",
     [
-        ("edited head", 3, lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 3) else r for i, r in enumerate(rs)]),
+        (
+            "edited head",
+            3,
+            lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 3) else r for i, r in enumerate(rs)],
+        ),
         (
             "edited tokens",
             4,
@@ -184,28 +201,50 @@ def test_a_resume_that_restarted_the_stream_is_caught(sample_manifest, tmp_path,
 
 
 def test_another_manifest_is_caught_at_step_one(receipt_run, sample_manifest, tmp_path):
-    other = rewrite_manifest(sample_manifest, tmp_path / "other", info=lambda i: i | {"seed": i.get("seed", 0) + 1})
+    other = rewrite_manifest(
+        sample_manifest, tmp_path / "other", info=lambda i: i | {"seed": i.get("seed", 0) + 1}
+    )
     outcome = verify_run(receipt_run, manifest_dir=other)
     assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()
     result = CliRunner().invoke(audit_run_command, [str(receipt_run), "--verify", "--manifest", str(other)])
     assert result.exit_code == 1 and "FAILS at step 1" in result.output
     # another plan (here: its seed) recorded in the log: also step 1
-    edited = _edit(receipt_run, tmp_path, lambda rs: [rs[0] | {"stream_state": rs[0]["stream_state"] | {
-        "plan": rs[0]["stream_state"]["plan"] | {"seed": 99}}}] + rs[1:])  # fmt: skip
+    edited = _edit(
+        receipt_run,
+        tmp_path,
+        lambda rs: (
+            [
+                rs[0]
+                | {
+                    "stream_state": rs[0]["stream_state"]
+                    | {"plan": rs[0]["stream_state"]["plan"] | {"seed": 99}}
+                }
+            ]
+            + rs[1:]
+        ),
+    )
     outcome = verify_run(edited)
     assert not outcome.ok and outcome.first_bad_step == 1, outcome.format()
 
 
 @pytest.mark.slow  # rereads and retokenizes sampled steps' documents
-def test_deep_verify_rereads_and_retokenizes_sampled_steps(receipt_run, sample_manifest, tmp_path, monkeypatch):
+def test_deep_verify_rereads_and_retokenizes_sampled_steps(
+    receipt_run, sample_manifest, tmp_path, monkeypatch
+):
     outcome = verify_deep(receipt_run, verify_run(receipt_run), steps=3)
     assert outcome.ok and outcome.checked["deep steps"] == 3, outcome.format()
-    result = CliRunner().invoke(audit_run_command, [str(receipt_run), "--verify", "--deep", "--deep-steps", "0"])
+    result = CliRunner().invoke(
+        audit_run_command, [str(receipt_run), "--verify", "--deep", "--deep-steps", "0"]
+    )
     assert result.exit_code == 0 and "deep steps: 6" in result.output, result.output
-    # a log whose step 5 head was recomputed by a forger over other batches: the plan check and the corpus both
+    # a log whose step 5 head was recomputed by a forger over other batches: the plan check and the corpus
+    # both
     # refuse it; the corpus check alone (given a plan check that passed) names the step too
-    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 5) else r
-                                                      for i, r in enumerate(rs)])  # fmt: skip
+    edited = _edit(
+        receipt_run,
+        tmp_path,
+        lambda rs: [r | {"receipt": "0" * 64} if i == _at(rs, 5) else r for i, r in enumerate(rs)],
+    )
     outcome = verify_deep(edited, verify_run(receipt_run), steps=None)
     assert not outcome.ok and outcome.first_bad_step == 5, outcome.format()
 
@@ -227,8 +266,8 @@ def test_state_at_resumes_the_stream_at_any_global_batch(sample_manifest, tokeni
 
 @pytest.mark.slow
 def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, tokenizer_path, tmp_path):
-    """Under torchrun (DDP, 2 ranks, gloo) the step digest gathers both ranks' batches in global order: the heads
-    equal those of one process accumulating the same two batches per step."""
+    """Under torchrun (DDP, 2 ranks, gloo) the step digest gathers both ranks' batches in global order: the
+    heads equal those of one process accumulating the same two batches per step."""
     from test_trainer_distributed import settings, torchrun
 
     from elm_data.trainer.core.config import TrainConfig
@@ -238,21 +277,29 @@ def test_a_two_rank_run_chains_the_same_heads_as_one_process(sample_manifest, to
     torchrun(config_path, tmp_path / "ddp")
     outcome = verify_run(tmp_path / "ddp")
     assert outcome.ok and outcome.checked["checkpoints"] >= 1, outcome.format()
-    single = TrainConfig(**settings(sample_manifest, tokenizer_path, distributed="none", tokens_per_step=2 * 2 * 64))
+    single = TrainConfig(
+        **settings(sample_manifest, tokenizer_path, distributed="none", tokens_per_step=2 * 2 * 64)
+    )
     run = train(single, out_dir=tmp_path / "single", progress=False).run_dir
     heads = [
-        [r["receipt"] for r in read_log(d) if r.get("event") in ("step", "receipt")] for d in (tmp_path / "ddp", run)
+        [r["receipt"] for r in read_log(d) if r.get("event") in ("step", "receipt")]
+        for d in (tmp_path / "ddp", run)
     ]
     assert heads[0] == heads[1] and len(heads[0]) == 4
 
 
-# ---- the receipt covers every figure it reports ------------------------------------------------------------------
+# ---- the receipt covers every figure it reports
+# ------------------------------------------------------------------
 def test_every_step_field_is_verified_or_declared_a_measurement(receipt_run):
     from elm_data.trainer.proof.audit import STEP_FIELDS_MEASURED, STEP_FIELDS_VERIFIED
 
     assert not set(STEP_FIELDS_VERIFIED) & set(STEP_FIELDS_MEASURED)
     for record in (r for r in read_log(receipt_run) if r.get("event") == "step"):
-        assert set(STEP_FIELDS_VERIFIED) <= set(record) - {"event"} <= {*STEP_FIELDS_VERIFIED, *STEP_FIELDS_MEASURED}
+        assert (
+            set(STEP_FIELDS_VERIFIED)
+            <= set(record) - {"event"}
+            <= {*STEP_FIELDS_VERIFIED, *STEP_FIELDS_MEASURED}
+        )
 
 
 def _bump(value):
@@ -264,14 +311,27 @@ def _bump(value):
 
 @pytest.mark.parametrize(
     "field",
-    ["step", "receipt", "tokens", "tokens_total", "counted_tokens", "step_tokens_by_source", "tokens_by_source"],
+    [
+        "step",
+        "receipt",
+        "tokens",
+        "tokens_total",
+        "counted_tokens",
+        "step_tokens_by_source",
+        "tokens_by_source",
+    ],
 )
 def test_an_edited_step_field_fails_at_its_step(receipt_run, tmp_path, field):
     from elm_data.trainer.proof.audit import STEP_FIELDS_VERIFIED
 
     assert field in STEP_FIELDS_VERIFIED
-    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {field: _bump(r[field])} if i == _at(rs, 4, ("step",))
-                                                      else r for i, r in enumerate(rs)])  # fmt: skip
+    edited = _edit(
+        receipt_run,
+        tmp_path,
+        lambda rs: [
+            r | {field: _bump(r[field])} if i == _at(rs, 4, ("step",)) else r for i, r in enumerate(rs)
+        ],
+    )
     outcome = verify_run(edited)
     assert not outcome.ok and outcome.first_bad_step == 4, (field, outcome.format())
     if field not in ("step", "receipt"):  # those two: "a step skipped or repeated", "the logged chain head"
@@ -279,10 +339,15 @@ def test_an_edited_step_field_fails_at_its_step(receipt_run, tmp_path, field):
 
 
 def test_an_edited_end_record_token_total_fails(receipt_run, tmp_path):
-    edited = _edit(receipt_run, tmp_path, lambda rs: [r | {"tokens_total": r["tokens_total"] + 1000}
-                                                      if r["event"] == "end" else r for r in rs])  # fmt: skip
+    edited = _edit(
+        receipt_run,
+        tmp_path,
+        lambda rs: [r | {"tokens_total": r["tokens_total"] + 1000} if r["event"] == "end" else r for r in rs],
+    )
     outcome = verify_run(edited)
-    assert not outcome.ok and outcome.first_bad_step == STEPS and "tokens_total" in outcome.reason, outcome.format()
+    assert not outcome.ok and outcome.first_bad_step == STEPS and "tokens_total" in outcome.reason, (
+        outcome.format()
+    )
 
 
 def _edit_state(path: Path, change) -> None:
@@ -330,7 +395,8 @@ def test_tokens_edited_in_a_checkpoint_before_a_resume_fail(sample_manifest, tmp
     assert not outcome.ok and outcome.first_bad_step == 3, outcome.format()
 
 
-# ---- run directories: a resume into a new --out, a restart, one run at a time ------------------------------------
+# ---- run directories: a resume into a new --out, a restart, one run at a time
+# ------------------------------------
 def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample_manifest, tmp_path):
     from elm_data.trainer.core.runlog import effective_steps
 
@@ -340,7 +406,9 @@ def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample
     assert result.run_dir == tmp_path / "more" and result.final_step == STEPS + 1
     assert (receipt_run / LOG_FILE).read_bytes() == before  # the source run is left as it was
     outcome = verify_run(result.run_dir)
-    assert outcome.ok and outcome.steps == STEPS + 1 and outcome.checked["steps"] == STEPS + 1, outcome.format()
+    assert outcome.ok and outcome.steps == STEPS + 1 and outcome.checked["steps"] == STEPS + 1, (
+        outcome.format()
+    )
     steps = effective_steps(read_log(result.run_dir))
     assert [r["step"] for r in steps] == [2, 4, 6, 7]  # the source's logged steps, then this run's
     # a checkpoint copied away from its run (no log beside it): the new log starts at it, and says so
@@ -352,11 +420,16 @@ def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample
     assert any("steps 1-6" in note for note in outcome.notes), outcome.notes
 
 
-def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_resume(receipt_run, sample_manifest, tmp_path):
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_resume(
+    receipt_run, sample_manifest, tmp_path
+):
     from elm_data.trainer.core.loop import TrainingError
 
-    killed = _edit(receipt_run, tmp_path, lambda rs: [r for r in rs if r.get("event") in ("header", "step",
-                                                                                          "receipt")][:4])  # fmt: skip
+    killed = _edit(
+        receipt_run,
+        tmp_path,
+        lambda rs: [r for r in rs if r.get("event") in ("header", "step", "receipt")][:4],
+    )
     shutil.rmtree(killed / "checkpoints")
     with (killed / LOG_FILE).open("a") as log:
         log.write('{"event": "step", "step": 4, "lo')  # killed mid-record

@@ -30,7 +30,8 @@ STEPS, BATCH, SEQ_LEN = 4, 2, 64
 
 @pytest.fixture(scope="module")
 def real_format_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
-    """The sample corpus under a mixture that does not say ``synthetic: true``: it stands for real corpus files."""
+    """The sample corpus under a mixture that does not say ``synthetic: true``: it stands for real corpus
+    files."""
     mixture = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
     assert mixture.pop("synthetic") is True  # the sample says what it is
     for entry in mixture["sources"]:
@@ -41,8 +42,11 @@ def real_format_manifest(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
     return folder / "manifest"
 
 
-def test_the_sample_is_marked_synthetic_and_derives_from_no_upstream(sample_manifest, real_format_manifest, tmp_path):
-    """The sample's shards were linked to real upstream files (``prov:wasDerivedFrom``) and never called synthetic."""
+def test_the_sample_is_marked_synthetic_and_derives_from_no_upstream(
+    sample_manifest, real_format_manifest, tmp_path
+):
+    """The sample's shards were linked to real upstream files (``prov:wasDerivedFrom``) and never called
+    synthetic."""
     sample = Manifest(sample_manifest)
     assert sample.synthetic and sample.info["synthetic"] is True
     assert all(r.upstream is None and "synthetic" in r.licence for r in sample.shards)
@@ -76,8 +80,15 @@ def _train(manifest: Path, out: Path) -> Path:
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
     shape = {"seq_len": SEQ_LEN, "batch_size": BATCH, "max_steps": STEPS, "checkpoint_every": STEPS}
-    config = TrainConfig(manifest=str(manifest), model=model, warmup_steps=1, epochs=None, precision="fp32",
-                         distributed="none", **shape)  # fmt: skip
+    config = TrainConfig(
+        manifest=str(manifest),
+        model=model,
+        warmup_steps=1,
+        epochs=None,
+        precision="fp32",
+        distributed="none",
+        **shape,
+    )
     train(config, out_dir=out, progress=False)
     return out
 
@@ -96,23 +107,29 @@ def _consumed(run: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_the_card_describes_what_the_run_consumed(real_format_manifest, sample_manifest, tmp_path):
-    """The card listed the manifest's hub upstreams (a Pile that gave 0 tokens), not what the run ate; it named
-    no synthetic data, embedded absolute paths and put two token totals side by side unexplained."""
+    """The card listed the manifest's hub upstreams (a Pile that gave 0 tokens), not what the run ate; it
+    named no synthetic data, embedded absolute paths and put two token totals side by side unexplained."""
     run = _train(real_format_manifest, tmp_path / "run")
     consumed = _consumed(run)
     card, front = _card(run)
     eaten = {key.split("/")[0] for key, n in consumed.items() if n > 0}
     assert front["datasets"] == sorted(HUB[source] for source in eaten)
     starved = {r.source for r in Manifest(real_format_manifest).shards} - eaten
-    assert starved and not {HUB[s] for s in starved} & set(front["datasets"])  # kept tokens, none eaten: not listed
+    # kept tokens, none eaten: not listed
+    assert starved and not {HUB[s] for s in starved} & set(front["datasets"])
     assert "Synthetic data" not in card and "synthetic-data" not in front["tags"]
     for local in (tmp_path, real_format_manifest):
         assert str(local) not in card
 
-    totals = re.search(r"two token totals: ([\d,]+) positions trained \(([\d,]+) sequences x (\d+) inputs.*?\) and "
-                       r"([\d,]+) tokens consumed.*?= ([\d,]+) slots, ([\d,]+) of them padding", card)  # fmt: skip
+    totals = re.search(
+        r"two token totals: ([\d,]+) positions trained \(([\d,]+) sequences x (\d+) inputs.*?\) and "
+        r"([\d,]+) tokens consumed.*?= ([\d,]+) slots, ([\d,]+) of them padding",
+        card,
+    )
     assert totals, card
-    positions, sequences, inputs, eaten_tokens, slots, padding = (int(g.replace(",", "")) for g in totals.groups())
+    positions, sequences, inputs, eaten_tokens, slots, padding = (
+        int(g.replace(",", "")) for g in totals.groups()
+    )
     assert (positions, sequences, inputs) == (STEPS * BATCH * SEQ_LEN, STEPS * BATCH, SEQ_LEN)
     assert eaten_tokens == sum(consumed.values()) and slots == sequences * (SEQ_LEN + 1)
     assert slots - padding == eaten_tokens

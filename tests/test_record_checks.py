@@ -33,7 +33,9 @@ def edited_ledger(sample_manifest, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [audit, export_croissant], ids=["audit", "export croissant"])
-def test_an_edited_doc_id_is_refused_by_audit_and_croissant(edited_ledger, sample_manifest, command, tmp_path):
+def test_an_edited_doc_id_is_refused_by_audit_and_croissant(
+    edited_ledger, sample_manifest, command, tmp_path
+):
     """Issue 26.2: ``verify`` failed on an edited ledger row, but ``audit`` passed and Croissant published the
     edited file's sha256 under the original id."""
 

@@ -31,7 +31,14 @@ from elm_data.manifests.audit import audit_manifest, format_table
 from elm_data.manifests.block_index import BLOCKS_FILE, BLOCKS_SCHEMA
 from elm_data.manifests.croissant import croissant_metadata
 from elm_data.manifests.identity import OUTSIDE_THE_ID, seal
-from elm_data.manifests.manifest import DOCUMENT_SCHEMA, MANIFEST_FILE, SHARDS_FILE, Manifest, ledger_path, write_ledger
+from elm_data.manifests.manifest import (
+    DOCUMENT_SCHEMA,
+    MANIFEST_FILE,
+    SHARDS_FILE,
+    Manifest,
+    ledger_path,
+    write_ledger,
+)
 from elm_data.manifests.shard_records import ShardRecord, shards_table
 from elm_data.manifests.verify import verify_manifest
 
@@ -71,19 +78,23 @@ def table_rows() -> list[Row]:
         named = [c for c in CHECKS if check.startswith(c)]
         assert named, f"unknown check {check!r} in {line}"
         patterns = [] if fields == "every column" else re.findall(r"`([^`]+)`", fields)
-        rows.append(Row(file, patterns or ["*"], set() if readers == "—" else set(readers.split(", ")), named[0]))
+        rows.append(
+            Row(file, patterns or ["*"], set() if readers == "—" else set(readers.split(", ")), named[0])
+        )
     return rows
 
 
 def row_of(rows: list[Row], read: str) -> Row | None:
-    """The first row covering ``read`` (``shards.parquet:col``, ``documents/*.parquet`` or a manifest.json path)."""
+    """The first row covering ``read`` (``shards.parquet:col``, ``documents/*.parquet`` or a manifest.json
+    path)."""
     file, _, field = read.rpartition(":") if read.startswith(SHARDS) else ("manifest.json", "", read)
     if read in (LEDGER, BLOCKS):
         file, field = read, "*"
     return next((r for r in rows if r.file == file and r.matches(field)), None)
 
 
-# ------------------------------------------------------------------------------------------------ the consumers
+# ------------------------------------------------------------------------------------------------ the
+# consumers
 def _verify(m: Path) -> None:
     assert verify_manifest(m).ok
 
@@ -116,27 +127,42 @@ FAST_CONSUMERS: dict[str, Callable[[Path], Any]] = {
     "croissant": croissant_metadata,
     "stream": _stream,
 }
-# Every production module that names ``Manifest`` (or opens one through a helper), and the consumer of the table
+# Every production module that names ``Manifest`` (or opens one through a helper), and the consumer of the
+# table
 # whose run above exercises it: a module that starts reading manifests fails here until it is run and tabled.
 CONSUMER_MODULES = {
-    "manifests/verify.py": "verify", "manifests/audit.py": "audit", "manifests/plot.py": "audit",
-    "manifests/cli.py": "verify, audit", "manifests/croissant.py": "croissant", "pipeline/stream/dataset.py": "stream",
-    "pipeline/stream/plan.py": "stream", "pipeline/stream/partition.py": "stream",
+    "manifests/verify.py": "verify",
+    "manifests/audit.py": "audit",
+    "manifests/plot.py": "audit",
+    "manifests/cli.py": "verify, audit",
+    "manifests/croissant.py": "croissant",
+    "pipeline/stream/dataset.py": "stream",
+    "pipeline/stream/plan.py": "stream",
+    "pipeline/stream/partition.py": "stream",
     "pipeline/stream/reading.py": "stream",
-    "pipeline/stream/sequences.py": "stream", "pipeline/stream/cli.py": "stream", "trainer/core/loop.py": "train",
-    "trainer/bench/efficiency.py": "train", "trainer/export/evaluate.py": "train",
+    "pipeline/stream/sequences.py": "stream",
+    "pipeline/stream/cli.py": "stream",
+    "trainer/core/loop.py": "train",
+    "trainer/bench/efficiency.py": "train",
+    "trainer/export/evaluate.py": "train",
     "trainer/proof/audit.py": "audit-run",
     "trainer/proof/records.py": "audit-run, trace",
-    "trainer/proof/trace.py": "trace", "trainer/export/hf.py": "card", "manifests/contamination.py": "contamination",
-    "manifests/duplicates.py": "duplicates", "manifests/kept_text.py": "contamination, duplicates",
+    "trainer/proof/trace.py": "trace",
+    "trainer/export/hf.py": "card",
+    "manifests/contamination.py": "contamination",
+    "manifests/duplicates.py": "duplicates",
+    "manifests/kept_text.py": "contamination, duplicates",
     "trainer/contamination_cli.py": "contamination, duplicates",
-    "trainer/proof/report.py": "report", "manifests/audit_store.py": "croissant, card",
-    "manifests/heldout.py": "train", "trainer/core/heldout_eval.py": "train",
-}  # fmt: skip
+    "trainer/proof/report.py": "report",
+    "manifests/audit_store.py": "croissant, card",
+    "manifests/heldout.py": "train",
+    "trainer/core/heldout_eval.py": "train",
+}
 
 
 def test_every_module_that_reads_a_manifest_is_a_consumer_this_file_runs():
-    """A module naming ``Manifest`` / ``load_manifest`` / ``trained_manifest`` (the ways to open one) is listed."""
+    """A module naming ``Manifest`` / ``load_manifest`` / ``trained_manifest`` (the ways to open one) is
+    listed."""
     root = ARCHITECTURE.parents[1]
     folders = ("manifests", "pipeline", "trainer", "sources", "model", "elm_data")
     openers = {"Manifest", "load_manifest", "trained_manifest"}
@@ -148,11 +174,14 @@ def test_every_module_that_reads_a_manifest_is_a_consumer_this_file_runs():
 
     readers = {
         p.relative_to(root).as_posix()
-        for folder in folders for p in (root / folder).rglob("*.py")
+        for folder in folders
+        for p in (root / folder).rglob("*.py")
         if names(p) & openers
-    }  # fmt: skip
+    }
     own = {"manifests/manifest.py", "manifests/identity.py", "manifests/build.py", "manifests/__init__.py"}
-    assert readers - own - set(CONSUMER_MODULES) == set(), "new manifest readers: run them above and table them"
+    assert readers - own - set(CONSUMER_MODULES) == set(), (
+        "new manifest readers: run them above and table them"
+    )
     listed = {c for names in CONSUMER_MODULES.values() for c in names.split(", ")}
     assert listed <= {r for row in table_rows() for r in row.readers}
 
@@ -174,9 +203,11 @@ def check_reads_against_table(read_by: dict[str, set[str]]) -> None:
     )
     assert not missing, f"reads the table in docs/ARCHITECTURE.md does not list: {missing}"
     stale = [
-        f"{c}: {row.patterns}" for row in rows for c in row.readers & set(read_by)
+        f"{c}: {row.patterns}"
+        for row in rows
+        for c in row.readers & set(read_by)
         if not any(row_of(rows, r) is row for r in read_by[c])
-    ]  # fmt: skip
+    ]
     assert not stale, f"the table says these consumers read fields they do not: {stale}"
 
 
@@ -206,7 +237,8 @@ def _edited(value: Any) -> Any:
 
 
 def leaves(value: Any, path: str = "") -> Iterator[tuple[str, list[Any]]]:
-    """``(path, keys)`` of every leaf of ``manifest.json`` as the recorder names them; lists of scalars are leaves."""
+    """``(path, keys)`` of every leaf of ``manifest.json`` as the recorder names them; lists of scalars are
+    leaves."""
     if isinstance(value, dict):
         for k, v in value.items():
             for sub, keys in leaves(v, f"{path}.{k}" if path else k):
@@ -257,8 +289,9 @@ class Editor:
             self.restore()
 
     def info_edit(self, keys: list[Any], resealed: bool) -> bool:
-        """Whether opening refuses ``manifest.json`` with the leaf at ``keys`` edited (``resealed``: and the Merkle
-        root, totals and shard counts recomputed around it, keeping the old id — the edit only the id catches)."""
+        """Whether opening refuses ``manifest.json`` with the leaf at ``keys`` edited (``resealed``: and the
+        Merkle root, totals and shard counts recomputed around it, keeping the old id — the edit only the id
+        catches)."""
         info = json.loads(json.dumps(self.info))
         holder = info
         for k in keys[:-1]:
@@ -293,12 +326,14 @@ class Editor:
             self.restore()
 
     def blocks_edit(self, column: str) -> bool:
-        """Whether a consumer refuses ``blocks.parquet`` with ``column`` of shard 0's first block edited: on opening
-        the manifest, or when it first uses shard 0's block index."""
+        """Whether a consumer refuses ``blocks.parquet`` with ``column`` of shard 0's first block edited: on
+        opening the manifest, or when it first uses shard 0's block index."""
         table = pq.read_table(self.dir / BLOCKS_FILE)
         values = table.column(column).to_pylist()
         values[0] = _edited(values[0]) if column != "shard" else values[0] + 1
-        table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, table[column].type))
+        table = table.set_column(
+            table.schema.get_field_index(column), column, pa.array(values, table[column].type)
+        )
         pq.write_table(table, self.dir / BLOCKS_FILE)
         try:
             Manifest(self.dir).blocks(0)
@@ -328,14 +363,19 @@ def test_every_manifest_json_field_is_refused_when_edited_as_the_table_says(edit
     wrong = []
     for path, keys in leaves(editor.info):
         row = row_of(rows, path)
-        assert row is not None, f"manifest.json field {path} is in no row of the table in docs/ARCHITECTURE.md"
+        assert row is not None, (
+            f"manifest.json field {path} is in no row of the table in docs/ARCHITECTURE.md"
+        )
         plain, resealed = editor.info_edit(keys, False), editor.info_edit(keys, True)
         if not _refused_as(row.check, plain, resealed):
             wrong.append(
-                f"{path}: table says {row.check!r}; edited: refused {plain}, with all but the id resealed: {resealed}"
+                f"{path}: table says {row.check!r}; edited: refused {plain}, with all but the id resealed: "
+                f"{resealed}"
             )
         if row.check == "not covered":
-            assert any(path == f or path.startswith(f"{f}.") for f in OUTSIDE_THE_ID), f"{path} not in OUTSIDE_THE_ID"
+            assert any(path == f or path.startswith(f"{f}.") for f in OUTSIDE_THE_ID), (
+                f"{path} not in OUTSIDE_THE_ID"
+            )
     assert not wrong, wrong
 
 
@@ -351,12 +391,15 @@ def test_every_shard_column_and_ledger_column_is_refused_when_edited_as_the_tabl
     assert row_of(rows, LEDGER).check == "ledger digest"
     wrong += [f"ledger column {c} not refused" for c in DOCUMENT_SCHEMA.names if not editor.ledger_edit(c)]
     assert row_of(rows, BLOCKS).check == "block digests"
-    wrong += [f"blocks.parquet column {c} not refused" for c in BLOCKS_SCHEMA.names if not editor.blocks_edit(c)]
+    wrong += [
+        f"blocks.parquet column {c} not refused" for c in BLOCKS_SCHEMA.names if not editor.blocks_edit(c)
+    ]
     assert not wrong, wrong
 
 
 def test_only_the_tokenizer_location_is_read_under_its_own_check():
-    """The one field read outside every manifest-side check is where the tokenizer is: its bytes are checked."""
+    """The one field read outside every manifest-side check is where the tokenizer is: its bytes are
+    checked."""
     assert {tuple(r.patterns) for r in table_rows() if r.check == "tokenizer sha256"} == {("tokenizer.uri",)}
     assert all(not r.readers for r in table_rows() if r.check == "not covered")
 
@@ -377,8 +420,8 @@ def sneaky_edit(manifest: Path, out: Path, key: str, value: Any) -> Path:
 
 @pytest.mark.parametrize("key,value", [("nfc_normalization", True), ("min_tokens", 8), ("dedup", "exact")])
 def test_a_filters_edit_is_refused_by_every_fast_consumer(sample_manifest, tmp_path, key, value):
-    """Issue 26.1: the stream rebuilds its pass from ``filters``; editing it used to pass every check (the dedup
-    setting included: a manifest may not claim a dedup it was not built with)."""
+    """Issue 26.1: the stream rebuilds its pass from ``filters``; editing it used to pass every check (the
+    dedup setting included: a manifest may not claim a dedup it was not built with)."""
     edited = sneaky_edit(sample_manifest, tmp_path / "m", key, value)
     report = verify_manifest(edited)
     assert not report.ok and "manifest_id does not recompute" in report.summary()
@@ -388,15 +431,27 @@ def test_a_filters_edit_is_refused_by_every_fast_consumer(sample_manifest, tmp_p
                 consumer(edited)
 
 
-# ------------------------------------------------------------------------------- the consumers that need a run
+# ------------------------------------------------------------------------------- the consumers that need a
+# run
 def _train(manifest: Path, out: Path) -> Path:
     from elm_data.trainer.core.config import TrainConfig
     from elm_data.trainer.core.loop import train
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 64, "head_dim": 32}
-    config = TrainConfig(manifest=str(manifest), model=model, seq_len=64, batch_size=2, max_steps=2, warmup_steps=1,
-                         epochs=None, precision="fp32", distributed="none", checkpoint_every=2,
-                         heldout_docs=1, heldout_tokens=600)  # fmt: skip
+    config = TrainConfig(
+        manifest=str(manifest),
+        model=model,
+        seq_len=64,
+        batch_size=2,
+        max_steps=2,
+        warmup_steps=1,
+        epochs=None,
+        precision="fp32",
+        distributed="none",
+        checkpoint_every=2,
+        heldout_docs=1,
+        heldout_tokens=600,
+    )
     train(config, out_dir=out, progress=False)
     return out
 

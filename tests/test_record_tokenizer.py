@@ -1,4 +1,5 @@
-"""The tokenizer actually used is what the record says: sha256, vocabulary size, "LLaMA-2" only for that model.
+"""The tokenizer actually used is what the record says: sha256, vocabulary size, "LLaMA-2" only for that
+model.
 
 The other model is a real SentencePiece model trained here, with sentencepiece's own trainer, on a few KB of
 the sample corpus: its sha256 is hashlib's of the bytes the trainer wrote, its vocabulary the size asked for.
@@ -34,9 +35,17 @@ def other_tokenizer(sample_dir, tmp_path_factory) -> Path:
     text = "\n".join(lines)[:6000].splitlines()
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text), model_writer=model, vocab_size=VOCAB, model_type="unigram",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(text),
+        model_writer=model,
+        vocab_size=VOCAB,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
     path = tmp_path_factory.mktemp("other_tokenizer") / "other.model"
     path.write_bytes(model.getvalue())
     return path
@@ -64,8 +73,12 @@ def test_a_manifest_records_the_tokenizer_it_was_counted_with(other_manifest, ot
     assert sha != LLAMA2_SHA256
     info = json.loads((manifest / "manifest.json").read_text())
     assert info["tokenizer"] | {"uri": None} == {
-        "uri": None, "sha256": sha, "kind": "sentencepiece", "name": None, "vocab_size": VOCAB,
-    }  # fmt: skip
+        "uri": None,
+        "sha256": sha,
+        "kind": "sentencepiece",
+        "name": None,
+        "vocab_size": VOCAB,
+    }
     assert info["pass"]["tokenizer"]["name"] is None and info["pass"]["tokenizer"]["vocab_size"] == VOCAB
     audit_output = CliRunner().invoke(audit, [str(manifest)]).output
     out = manifest.parent / "croissant.json"

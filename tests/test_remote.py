@@ -120,7 +120,10 @@ def test_a_block_is_fetched_again_until_whole_and_checked(tmp_path):
     block = Block(100, 60000, hashlib.sha256(data[100:60000]).hexdigest(), 0, None)
     before = remote.STATS.to_dict()
     cut = fault_server.Faults(cut_every=1)
-    with fault_server.serve(tmp_path, cut) as (url, _), pytest.raises(remote.RemoteReadFailed, match="truncated"):
+    with (
+        fault_server.serve(tmp_path, cut) as (url, _),
+        pytest.raises(remote.RemoteReadFailed, match="truncated"),
+    ):
         fetch_verified(f"{url}/s.jsonl", block, 0)  # every body cut: never used
     with fault_server.serve(tmp_path, fault_server.Faults(fail_every=2, cut_every=3)) as (url, _):
         for _ in range(4):
@@ -155,17 +158,21 @@ def _build_both(sample_dir, tokenizer_path, out, url, entries=slice(None), **kw)
 @pytest.fixture(scope="module")
 def over_http(sample_dir, tokenizer_path, tokenizer, tmp_path_factory):
     """Three subsets (parquet and JSONL) served on 127.0.0.1 for the module, built while the server injects
-    FAULTS (``faults`` can be changed while it runs), with the local manifest and its batches as the oracle."""
+    FAULTS (``faults`` can be changed while it runs), with the local manifest and its batches as the
+    oracle."""
     faults = fault_server.Faults(**vars(FAULTS))
     before = remote.settings()
     remote.configure(FAST)
     try:
         with fault_server.serve(sample_dir, faults) as (url, stats):
-            local, http = _build_both(sample_dir, tokenizer_path, tmp_path_factory.mktemp("http"), url, slice(0, 3))
+            local, http = _build_both(
+                sample_dir, tokenizer_path, tmp_path_factory.mktemp("http"), url, slice(0, 3)
+            )
             faults.fail_every = faults.cut_every = 0
             reference = global_batches(local.manifest_dir, tokenizer, 1, 0, partitions=2)
-            yield types.SimpleNamespace(url=url, stats=stats, faults=faults, local=local, http=http,
-                                        reference=reference)  # fmt: skip
+            yield types.SimpleNamespace(
+                url=url, stats=stats, faults=faults, local=local, http=http, reference=reference
+            )
     finally:
         remote.configure(**before)
 
@@ -180,9 +187,23 @@ def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(over_htt
     try:
         before, served = remote.STATS.to_dict(), Counter(stats.faults)
         assert global_batches(http.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
-        assert remote.STATS.since(before)["retries"] >= sum((Counter(stats.faults) - served).values()) // 2 > 0
-        result = CliRunner().invoke(cli, ["stream", str(http.manifest_dir), "--full-pass", "--format", "jsonl",
-                                          "--retries", "9", "--tokenizer", tokenizer_path])  # fmt: skip
+        assert (
+            remote.STATS.since(before)["retries"] >= sum((Counter(stats.faults) - served).values()) // 2 > 0
+        )
+        result = CliRunner().invoke(
+            cli,
+            [
+                "stream",
+                str(http.manifest_dir),
+                "--full-pass",
+                "--format",
+                "jsonl",
+                "--retries",
+                "9",
+                "--tokenizer",
+                tokenizer_path,
+            ],
+        )
     finally:
         over_http.faults.fail_every = over_http.faults.cut_every = 0
     assert result.exit_code == 0, result.output
@@ -192,10 +213,13 @@ def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(over_htt
 
 
 @pytest.mark.slow
-def test_the_whole_mixture_over_a_faulty_server_at_1x0_and_2x2(sample_dir, tokenizer_path, tokenizer, tmp_path):
+def test_the_whole_mixture_over_a_faulty_server_at_1x0_and_2x2(
+    sample_dir, tokenizer_path, tokenizer, tmp_path
+):
     with fault_server.serve(sample_dir, FAULTS) as (url, stats):
         local, http = _build_both(sample_dir, tokenizer_path, tmp_path, url, workers=2)
-        assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)  # the root covers the URIs
+        # the root covers the URIs
+        assert (http.manifest_id, http.totals) == (local.manifest_id, local.totals)
         reference = global_batches(local.manifest_dir, tokenizer, 1, 0)
         assert len(reference) > 8
         assert global_batches(http.manifest_dir, tokenizer, 1, 0) == reference
@@ -265,10 +289,12 @@ def test_read_ahead_fetches_each_block_once_and_changes_nothing(over_http, token
     assert sum(served) > len(served) / 2  # most remote blocks arrived fetched ahead
 
 
-def test_blocks_over_the_spill_size_are_read_ahead_and_cached_as_files(over_http, tokenizer, tmp_path, monkeypatch):
-    """Blocks too large to hold (here every block over 4 KiB) are fetched into temp files, read ahead and cached
-    like the others: same batches over the faulty server, most served fetched ahead, none held in memory, and a
-    second pass with the cache warm fetches nothing."""
+def test_blocks_over_the_spill_size_are_read_ahead_and_cached_as_files(
+    over_http, tokenizer, tmp_path, monkeypatch
+):
+    """Blocks too large to hold (here every block over 4 KiB) are fetched into temp files, read ahead and
+    cached like the others: same batches over the faulty server, most served fetched ahead, none held in
+    memory, and a second pass with the cache warm fetches nothing."""
     from elm_data.sources import blocks
 
     http, stats, reference = over_http.http, over_http.stats, over_http.reference
@@ -304,11 +330,12 @@ def test_blocks_over_the_spill_size_are_read_ahead_and_cached_as_files(over_http
 
 
 @pytest.mark.slow
-def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(tokenizer_path, tokenizer, tmp_path,
-                                                                             monkeypatch):  # fmt: skip
-    """A real one-block JSONL shard of ~20 MiB (a few documents, then records without text) over the faulty server:
-    the same batches as from the disk, the block fetched ahead into a temp file (never held in memory), and a
-    second pass with the cache warm fetches nothing."""
+def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(
+    tokenizer_path, tokenizer, tmp_path, monkeypatch
+):
+    """A real one-block JSONL shard of ~20 MiB (a few documents, then records without text) over the faulty
+    server: the same batches as from the disk, the block fetched ahead into a temp file (never held in
+    memory), and a second pass with the cache warm fetches nothing."""
     import json as json_
     import random
 
@@ -330,7 +357,9 @@ def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(tok
         return note(self, view, i, data)
 
     monkeypatch.setattr(blocks.HeldBlocks, "note", noted)
-    monkeypatch.setattr(ReadAhead, "__call__", lambda self, u, b, i: served.append(ahead(self, u, b, i)) or served[-1])
+    monkeypatch.setattr(
+        ReadAhead, "__call__", lambda self, u, b, i: served.append(ahead(self, u, b, i)) or served[-1]
+    )
     configure_readahead(64 << 20, 2)
     configure_cache(CacheConfig(str(tmp_path / "cache"), 1 << 30))
     with fault_server.serve(tmp_path / "served", FAULTS) as (url, stats):
@@ -338,13 +367,15 @@ def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(tok
         for name, shard in (("local", str(tmp_path / "served" / "big.jsonl")), ("http", f"{url}/big.jsonl")):
             mixture["sources"][0]["shards"] = [shard]
             (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(mixture))
-            built[name] = build_manifest(tmp_path / f"{name}.yaml", tmp_path / name, tokenizer=tokenizer_path,
-                                         block_bytes=64 << 20).manifest_dir  # fmt: skip
+            built[name] = build_manifest(
+                tmp_path / f"{name}.yaml", tmp_path / name, tokenizer=tokenizer_path, block_bytes=64 << 20
+            ).manifest_dir
         (block,) = Manifest(built["http"]).blocks(0)
         assert block["end"] - block["start"] > blocks.SPILL_BYTES
         reference = global_batches(built["local"], tokenizer, 1, 0, partitions=1)
         assert reference and global_batches(built["http"], tokenizer, 1, 0, partitions=1) == reference
-        assert served and served[0] is not None and not isinstance(served[0][0], bytes)  # fetched ahead, in a file
+        # fetched ahead, in a file
+        assert served and served[0] is not None and not isinstance(served[0][0], bytes)
         assert max(held) <= blocks.SPILL_BYTES
         sent = stats.bytes_sent
         assert global_batches(built["http"], tokenizer, 1, 0, partitions=1) == reference
@@ -352,8 +383,9 @@ def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(tok
 
 
 def test_read_ahead_of_an_endless_stream_over_a_corpus_smaller_than_its_budget_stops(over_http, tokenizer):
-    """Training streams epoch after epoch (``epochs=None``): once every block of a small corpus is fetched ahead,
-    scheduling must stop at the first block still held, not walk the endless order (it hung a training run)."""
+    """Training streams epoch after epoch (``epochs=None``): once every block of a small corpus is fetched
+    ahead, scheduling must stop at the first block still held, not walk the endless order (it hung a training
+    run)."""
     import itertools
     import threading
 
@@ -427,17 +459,22 @@ def _upload_to_s3(sample_dir: Path, endpoint: str, bucket: str) -> str:
 
 @pytest.fixture
 def s3_env(monkeypatch, s3_endpoint):
-    """Credentials for the stand-in server from the environment (never written), the endpoint as storage options."""
+    """Credentials for the stand-in server from the environment (never written), the endpoint as storage
+    options."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # the keys as storage options too: build workers come from a forkserver started before this test's environment
-    remote.configure(storage_options={"s3": {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}})
+    # the keys as storage options too: build workers come from a forkserver started before this test's
+    # environment
+    remote.configure(
+        storage_options={"s3": {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}}
+    )
     return s3_endpoint
 
 
-def test_a_build_and_a_stream_over_s3_equal_the_local_ones(sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env,
-                                                           over_http):  # fmt: skip
+def test_a_build_and_a_stream_over_s3_equal_the_local_ones(
+    sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env, over_http
+):
     root = _upload_to_s3(sample_dir, s3_env, "quick")
     _, s3_yaml = _mixtures(sample_dir, root, tmp_path, slice(0, 3))
     s3 = build_manifest(s3_yaml, tmp_path / "s3", tokenizer=tokenizer_path, block_bytes=16 << 10)
@@ -461,27 +498,34 @@ def test_the_whole_mixture_over_s3_at_1x0_and_2x2(sample_dir, tokenizer_path, to
 def test_the_readmes_s3_recipe_keys_and_endpoint_from_the_environment_only(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint, over_http
 ):
-    """README, "Over the network": `AWS_ENDPOINT_URL` and the keys in the environment, no storage options anywhere:
-    build, estimate and stream reach the S3-compatible store."""
+    """README, "Over the network": `AWS_ENDPOINT_URL` and the keys in the environment, no storage options
+    anywhere: build, estimate and stream reach the S3-compatible store."""
     from elm_data.manifests.estimate import estimate_mixture
 
     root = _upload_to_s3(sample_dir, s3_endpoint, "from-env")
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_endpoint)):  # fmt: skip
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", s3_endpoint),
+    ):
         monkeypatch.setenv(name, value)
     remote.configure(storage_options={})
     _, s3_yaml = _mixtures(sample_dir, root, tmp_path, slice(0, 3))
     s3 = build_manifest(s3_yaml, tmp_path / "s3", tokenizer=tokenizer_path, block_bytes=16 << 10)
     assert (s3.manifest_id, s3.totals) == (over_http.local.manifest_id, over_http.local.totals)
-    assert all(s.records_sampled > 0 for s in estimate_mixture(s3_yaml, sample_docs=4, tokenizer=tokenizer).subsets)
+    assert all(
+        s.records_sampled > 0 for s in estimate_mixture(s3_yaml, sample_docs=4, tokenizer=tokenizer).subsets
+    )
     assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
 
 
 def test_a_mixtures_storage_options_reach_its_globs_and_the_estimate(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint
 ):
-    """A mixture's `storage_options` (an S3-compatible endpoint) is how every read of it reaches the store: the
-    listing of a glob, the estimate's samples and the build (the process itself set no options, no endpoint)."""
+    """A mixture's `storage_options` (an S3-compatible endpoint) is how every read of it reaches the store:
+    the listing of a glob, the estimate's samples and the build (the process itself set no options, no
+    endpoint)."""
     from elm_data.manifests.estimate import estimate_mixture
 
     root = _upload_to_s3(sample_dir, s3_endpoint, "globbed")
@@ -492,49 +536,75 @@ def test_a_mixtures_storage_options_reach_its_globs_and_the_estimate(
     remote.configure(storage_options={})
     raw = yaml.safe_load((sample_dir / "mixture.yaml").read_text())
     raw["sources"] = raw["sources"][1:3]  # two JSONL subsets, named by globs
-    local = dict(raw, sources=[dict(e, shards=[str(sample_dir / g) for g in e["shards"]]) for e in raw["sources"]])
+    local = dict(
+        raw, sources=[dict(e, shards=[str(sample_dir / g) for g in e["shards"]]) for e in raw["sources"]]
+    )
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(local))
     for entry in raw["sources"]:
         entry["shards"] = [f"{root}/{glob}" for glob in entry["shards"]]
-    raw |= {"storage_options": {"s3": {"endpoint_url": s3_endpoint}}, "retries": {"attempts": 3, "backoff_s": 0.01}}
+    raw |= {
+        "storage_options": {"s3": {"endpoint_url": s3_endpoint}},
+        "retries": {"attempts": 3, "backoff_s": 0.01},
+    }
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump(raw))
     estimate = estimate_mixture(tmp_path / "s3.yaml", sample_docs=4, tokenizer=tokenizer)
     assert [s.key for s in estimate.subsets] == ["redpajama/arxiv", "redpajama/book"]
     assert all(s.records_sampled > 0 and s.shards == 2 for s in estimate.subsets)
     built = build_manifest(tmp_path / "s3.yaml", tmp_path / "s3", tokenizer=tokenizer_path)
     reference = build_manifest(tmp_path / "local.yaml", tmp_path / "local", tokenizer=tokenizer_path)
-    assert (built.manifest_id, built.totals) == (reference.manifest_id, reference.totals) and built.shards == 4
+    assert (built.manifest_id, built.totals) == (
+        reference.manifest_id,
+        reference.totals,
+    ) and built.shards == 4
 
 
 def test_storage_options_come_from_the_configs_and_no_credential_is_recorded(tmp_path):
     from elm_data.trainer.core.config import TrainConfig
 
-    options = {"s3": {"endpoint_url": "http://user:pw@127.0.0.1:9/", "key": "AKIA-SECRET", "secret": "s3cr3t"}}
+    options = {
+        "s3": {"endpoint_url": "http://user:pw@127.0.0.1:9/", "key": "AKIA-SECRET", "secret": "s3cr3t"}
+    }
     config = TrainConfig(manifest="m", storage_options=options, retries={"attempts": 2}, readahead_bytes=0)
     network = config.network()
-    assert network.storage_options == options and network.retries.attempts == 2 and network.readahead_bytes == 0
+    assert (
+        network.storage_options == options and network.retries.attempts == 2 and network.readahead_bytes == 0
+    )
     recorded = str(config.to_dict())
     assert "SECRET" not in recorded and "s3cr3t" not in recorded and "pw@" not in recorded
     assert "127.0.0.1:9" in recorded
     with pytest.raises(remote.InvalidValue, match="storage_options"):
         TrainConfig(manifest="m", storage_options={"s3": "endpoint"}).network()
-    (tmp_path / "mixture.yaml").write_text(yaml.safe_dump({
-        "sources": [{"source": "redpajama", "subset": "arxiv", "shards": ["s3://b/x.jsonl"]}],
-        "retries": {"attempts": 3}, "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9"}}}))  # fmt: skip
+    (tmp_path / "mixture.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"source": "redpajama", "subset": "arxiv", "shards": ["s3://b/x.jsonl"]}],
+                "retries": {"attempts": 3},
+                "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9"}},
+            }
+        )
+    )
     mixture = MixtureConfig.load(tmp_path / "mixture.yaml")
-    assert mixture.retries.attempts == 3 and mixture.storage_options == {"s3": {"endpoint_url": "http://127.0.0.1:9"}}
+    assert mixture.retries.attempts == 3 and mixture.storage_options == {
+        "s3": {"endpoint_url": "http://127.0.0.1:9"}
+    }
 
 
 def test_a_hub_mirror_is_the_endpoint_hf_reads_ask(tmp_path):
-    """README: a mirror of the hub from `HF_ENDPOINT` (read when huggingface_hub is imported: a fresh process) or
-    from `storage_options: {hf: {endpoint: URL}}` (the configs'); either is where hf:// reads go."""
+    """README: a mirror of the hub from `HF_ENDPOINT` (read when huggingface_hub is imported: a fresh process)
+    or from `storage_options: {hf: {endpoint: URL}}` (the configs'); either is where hf:// reads go."""
     import subprocess
     import sys
 
     probe = "from elm_data.sources import remote; print(remote.filesystem('hf://datasets/a/b/x.parquet')[0].endpoint)"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
-    done = subprocess.run([sys.executable, "-c", probe], env=env | {"HF_ENDPOINT": "http://127.0.0.1:9/mirror"},
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env | {"HF_ENDPOINT": "http://127.0.0.1:9/mirror"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.stdout.strip() == "http://127.0.0.1:9/mirror", done.stderr
     remote.configure(storage_options={"hf": {"endpoint": "http://127.0.0.1:8/other"}})
     try:
@@ -543,7 +613,8 @@ def test_a_hub_mirror_is_the_endpoint_hf_reads_ask(tmp_path):
         remote.configure(storage_options={})
 
 
-# -- the stand-in hub (hf://) with faults ----------------------------------------------------------------------
+# -- the stand-in hub (hf://) with faults
+# ----------------------------------------------------------------------
 def test_the_stand_in_hub_with_faults_gives_the_fault_free_manifest_and_batches(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch
 ):
@@ -552,14 +623,20 @@ def test_the_stand_in_hub_with_faults_gives_the_fault_free_manifest_and_batches(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     upstream = mirror_upstream(sample_dir, tmp_path / "mirror")
     hub = sorted(k for k, urls in upstream.items() if urls[0].startswith("hf://"))[:2]
-    mixture = {"sources": [{"source": k.split("/")[0], "subset": k.split("/")[1], "shards": upstream[k]} for k in hub]}
+    mixture = {
+        "sources": [
+            {"source": k.split("/")[0], "subset": k.split("/")[1], "shards": upstream[k]} for k in hub
+        ]
+    }
     (tmp_path / "hub.yaml").write_text(yaml.safe_dump(mixture))
     built, batches = {}, {}
     for every in (0, 3):
         faults = Faults(every)
         with serve(tmp_path / "mirror" / "hf", "hf", faults=faults):
             out = tmp_path / f"m{every}"
-            built[every] = build_manifest(tmp_path / "hub.yaml", out, tokenizer=tokenizer_path, block_bytes=16 << 10)
+            built[every] = build_manifest(
+                tmp_path / "hub.yaml", out, tokenizer=tokenizer_path, block_bytes=16 << 10
+            )
             batches[every] = global_batches(out, tokenizer, 1, 0, partitions=2)
         assert bool(faults.failed) == bool(every)
     assert (built[3].manifest_id, built[3].totals) == (built[0].manifest_id, built[0].totals)

@@ -1,4 +1,5 @@
-"""`elm-data report`: the page's content from a log, and the page as a real browser draws it (headless Chromium)."""
+"""`elm-data report`: the page's content from a log, and the page as a real browser draws it (headless
+Chromium)."""
 
 from __future__ import annotations
 
@@ -25,23 +26,44 @@ SOURCES = {"redpajama/c4": 3, "refinedweb/default": 5, "dolma/stack": 2}
 
 
 def synthetic_log(run_dir: Path, steps: int, heldout_every: int = 0) -> Path:
-    """A run log as the trainer writes it (header, step records with the health fields, an end record) for a run
-    whose manifest is not here: the report must still draw every chart."""
+    """A run log as the trainer writes it (header, step records with the health fields, an end record) for a
+    run whose manifest is not here: the report must still draw every chart."""
     run_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    lines = [{"event": "header", "manifest_id": "ab" * 32, "manifest_dir": str(run_dir / "gone"), "device": "cpu",
-              "config": {"model": "tiny"}, "parameters": 1234, "world_size": 1}]  # fmt: skip
+    lines = [
+        {
+            "event": "header",
+            "manifest_id": "ab" * 32,
+            "manifest_dir": str(run_dir / "gone"),
+            "device": "cpu",
+            "config": {"model": "tiny"},
+            "parameters": 1234,
+            "world_size": 1,
+        }
+    ]
     consumed = dict.fromkeys(SOURCES, 0)
     for step in range(1, steps + 1):
         for key, rate in SOURCES.items():
             consumed[key] += int(rng.integers(0, 2 * rate * 64))
         loss = 10.0 * np.exp(-step / 300) + 2.0 + rng.normal(0, 0.3)
         # as a log from before the health fields: no loss_mean, no data_share (the report recomputes them)
-        lines.append({"event": "step", "step": step, "loss": loss, "tokens_per_s": 900.0 + step, "data_wait_s": 0.01,
-                      "step_time_s": 0.2, "tokens_total": 640 * step, "tokens_by_source": dict(consumed),
-                      "receipt": f"{step:064x}"})  # fmt: skip
+        lines.append(
+            {
+                "event": "step",
+                "step": step,
+                "loss": loss,
+                "tokens_per_s": 900.0 + step,
+                "data_wait_s": 0.01,
+                "step_time_s": 0.2,
+                "tokens_total": 640 * step,
+                "tokens_by_source": dict(consumed),
+                "receipt": f"{step:064x}",
+            }
+        )
         if heldout_every and step % heldout_every == 0:
-            lines.append({"event": "heldout", "step": step, "loss_by_source": {k: loss + 0.1 for k in SOURCES}})
+            lines.append(
+                {"event": "heldout", "step": step, "loss_by_source": {k: loss + 0.1 for k in SOURCES}}
+            )
     lines.append({"event": "end", "step": steps, "merkle_root": "cd" * 32})
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return run_dir
@@ -64,7 +86,8 @@ def page_parts(path: Path) -> PageParts:
     return parts
 
 
-# ---- quick: the page from a log ---------------------------------------------------------------------------------
+# ---- quick: the page from a log
+# ---------------------------------------------------------------------------------
 def test_report_of_a_log_is_one_self_contained_page_with_every_chart(tmp_path):
     run = synthetic_log(tmp_path / "run", steps=50)
     result = write_report(run)
@@ -91,7 +114,11 @@ def test_report_of_a_log_is_one_self_contained_page_with_every_chart(tmp_path):
 def test_held_out_records_get_their_chart_and_an_empty_log_is_one_line(tmp_path):
     run = synthetic_log(tmp_path / "run", steps=40, heldout_every=10)
     result = write_report(run, out=tmp_path / "page")
-    assert result.heldout and result.charts == [*CHARTS, "heldout"] and (tmp_path / "page" / "heldout.png").is_file()
+    assert (
+        result.heldout
+        and result.charts == [*CHARTS, "heldout"]
+        and (tmp_path / "page" / "heldout.png").is_file()
+    )
     assert "no held-out records" not in result.html.read_text()
     assert write_report(run, out=tmp_path / "page").charts == result.charts  # an earlier report is replaced
     mine = tmp_path / "mine"
@@ -109,7 +136,8 @@ def test_held_out_records_get_their_chart_and_an_empty_log_is_one_line(tmp_path)
     assert outcome.exit_code == 2 and len(outcome.output.strip().splitlines()) == 1
 
 
-# ---- the page in a real browser ---------------------------------------------------------------------------------
+# ---- the page in a real browser
+# ---------------------------------------------------------------------------------
 def chromium_binary() -> str:
     """Debian's Chromium; absent, the test skips with the reason, except in CI (CI=true) where it fails."""
     found = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
@@ -124,15 +152,24 @@ def chromium_binary() -> str:
 PROBE = """<script>addEventListener("load", () => {
   const boxes = [...document.querySelectorAll("figure")].map(f => { const i = f.querySelector("img");
     const r = (i || f).getBoundingClientRect();
-    return {id: f.id, x: r.x, y: r.y + scrollY, w: r.width, h: r.height, decoded: i ? i.naturalWidth : -1}; });
+    return {id: f.id, x: r.x, y: r.y + scrollY, w: r.width, h: r.height,
+            decoded: i ? i.naturalWidth : -1}; });
   const out = document.createElement("pre"); out.id = "probe";
   out.textContent = JSON.stringify({boxes, height: document.documentElement.scrollHeight});
   document.body.appendChild(out); });</script>"""
 
 
 def chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--force-device-scale-factor=1",
-             f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=5000", "--no-first-run"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--no-first-run",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -143,13 +180,18 @@ def drawn(pixels: np.ndarray) -> tuple[float, int]:
 
 
 def render(binary: str, page: Path, tmp: Path) -> tuple[dict, np.ndarray]:
-    """The laid-out boxes of the page's figures (from a probe in a copy of it) and a screenshot of the page."""
+    """The laid-out boxes of the page's figures (from a probe in a copy of it) and a screenshot of the
+    page."""
     probed = tmp / "probed.html"
-    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    probed.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
     dom = chromium(binary, tmp, "--window-size=1280,900", "--dump-dom", probed.as_uri()).stdout
     layout = json.loads(dom.split('<pre id="probe">')[1].split("</pre>")[0].replace("&quot;", '"'))
     shot = tmp / "shot.png"
-    chromium(binary, tmp, f"--window-size=1280,{int(layout['height'])}", f"--screenshot={shot}", page.as_uri())
+    chromium(
+        binary, tmp, f"--window-size=1280,{int(layout['height'])}", f"--screenshot={shot}", page.as_uri()
+    )
     with Image.open(shot) as image:
         return layout, np.asarray(image.convert("RGB"))
 
@@ -162,15 +204,29 @@ def test_report_of_a_real_run_renders_in_chromium_with_every_chart(sample_manife
     from elm_data.trainer.export.hf import export_checkpoint
 
     model = {"name": "tiny", "num_transformer_layers": 2, "model_dim": 128, "head_dim": 32}
-    config = TrainConfig(manifest=str(sample_manifest), model=model, seq_len=32, batch_size=2, max_steps=6,
-                         warmup_steps=2, lr=3e-3, epochs=None, precision="fp32", distributed="none")  # fmt: skip
+    config = TrainConfig(
+        manifest=str(sample_manifest),
+        model=model,
+        seq_len=32,
+        batch_size=2,
+        max_steps=6,
+        warmup_steps=2,
+        lr=3e-3,
+        epochs=None,
+        precision="fp32",
+        distributed="none",
+    )
     result = train(config, out_dir=tmp_path / "demo" / "run", progress=False)
-    export_checkpoint(result.checkpoint, tmp_path / "demo" / "hf", tokenizer=tokenizer_path, echo=lambda *_: None)
+    export_checkpoint(
+        result.checkpoint, tmp_path / "demo" / "hf", tokenizer=tokenizer_path, echo=lambda *_: None
+    )
     outcome = CliRunner().invoke(report_command, [str(result.run_dir)])
     assert outcome.exit_code == 0, outcome.output
     page = result.run_dir / REPORT_DIR / "report.html"
     text = page.read_text()
-    assert "receipt verified" in text and 'href="../../hf/README.md"' in text and "no held-out records" in text
+    assert (
+        "receipt verified" in text and 'href="../../hf/README.md"' in text and "no held-out records" in text
+    )
 
     layout, pixels = render(binary, page, tmp_path)
     boxes = {b["id"]: b for b in layout["boxes"]}
@@ -180,8 +236,10 @@ def test_report_of_a_real_run_renders_in_chromium_with_every_chart(sample_manife
         assert box["decoded"] > 0 and box["w"] > 600 and box["h"] > 150, box  # the PNG decoded and laid out
         x, y, w, h = (int(box[k]) for k in ("x", "y", "w", "h"))
         ink, colours = drawn(pixels[y : y + h, x : x + w])
-        assert ink > 0.03 and colours > 20, (chart, ink, colours)  # axes, lines and labels drawn, not a blank box
-    margin = pixels[:, : int(boxes["chart-loss"]["x"]) - 40]  # the page's left margin: the check sees it as blank
+        # axes, lines and labels drawn, not a blank box
+        assert ink > 0.03 and colours > 20, (chart, ink, colours)
+    # the page's left margin: the check sees it as blank
+    margin = pixels[:, : int(boxes["chart-loss"]["x"]) - 40]
     assert drawn(margin)[0] < 0.01
 
 

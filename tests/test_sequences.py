@@ -22,7 +22,13 @@ def fake_segments(doc: PlannedDoc) -> list[list[int]]:
 
 
 def base(doc: PlannedDoc) -> dict:
-    return {"source": "s", "subset": str(doc.src), "shard_sha256": "x", "doc_id": doc.doc_id, "index": doc.index}
+    return {
+        "source": "s",
+        "subset": str(doc.src),
+        "shard_sha256": "x",
+        "doc_id": doc.doc_id,
+        "index": doc.index,
+    }
 
 
 def test_frame_segments_places_bos_and_eos():
@@ -43,14 +49,21 @@ def test_packed_windows_form_one_continuous_stream_per_partition(tmp_path, masks
         expected = np.concatenate([frame_segments(fake_segments(d)).ids for d in docs])
         rows, pads, by_source = [], 0, {}
         for bp, _ in walk.batches(walk.start()):
-            out = layout_packed(bp, lambda d: framed.setdefault(d, frame_segments(fake_segments(d))), base, window,
-                                document_masks=masks)  # fmt: skip
+            out = layout_packed(
+                bp,
+                lambda d: framed.setdefault(d, frame_segments(fake_segments(d))),
+                base,
+                window,
+                document_masks=masks,
+            )
             assert out.input_ids.shape == (bp.sequences, window)
             for row, spans in zip(out.input_ids, out.spans, strict=True):
                 covered = 0
                 for span in spans:
                     fd = framed[next(d for d in bp.docs if d.doc_id == span["doc_id"])]
-                    assert (row[span["start"] : span["end"]] == fd.ids[span["doc_start"] : span["doc_end"]]).all()
+                    assert (
+                        row[span["start"] : span["end"]] == fd.ids[span["doc_start"] : span["doc_end"]]
+                    ).all()
                     assert span["start"] == covered  # spans tile the row from its start, in order
                     covered = span["end"]
             if masks:

@@ -72,7 +72,9 @@ def test_train_streams_the_manifests_order_whatever_the_model_seed(seed7_manifes
 
 @pytest.mark.slow  # builds the seed-7 manifest and reads it twice
 def test_data_seed_is_the_streams_seed(seed7_manifest, tokenizer):
-    assert _same(_train_batches(seed7_manifest, tokenizer, data_seed=3), _stream_batches(seed7_manifest, tokenizer, 3))
+    assert _same(
+        _train_batches(seed7_manifest, tokenizer, data_seed=3), _stream_batches(seed7_manifest, tokenizer, 3)
+    )
 
 
 def test_pad_id_has_one_owner():
@@ -88,14 +90,22 @@ def test_a_manifest_or_mixture_with_another_pad_id_is_refused(sample_dir, tmp_pa
     with pytest.raises(InvalidValue, match=r"sequences\.pad_id: expected 32000"):
         SequenceConfig.from_dict({"pad_id": 0})
     with pytest.raises(InvalidValue, match=r"sequences\.pad_id"):
-        MixtureConfig.load(_mixture(sample_dir, tmp_path / "m.yaml", sequences={"mode": "packed", "pad_id": 1}))
+        MixtureConfig.load(
+            _mixture(sample_dir, tmp_path / "m.yaml", sequences={"mode": "packed", "pad_id": 1})
+        )
 
 
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
-        ({"sources": [{"source": "dolma", "subset": "pes2o", "shards": ["x"], "weight": -1}]}, r"sources\[0\].weight"),
-        ({"sources": [{"source": "dolma", "subset": "pes2o", "shards": ["x"], "weight": "a"}]}, r"sources\[0\].weight"),
+        (
+            {"sources": [{"source": "dolma", "subset": "pes2o", "shards": ["x"], "weight": -1}]},
+            r"sources\[0\].weight",
+        ),
+        (
+            {"sources": [{"source": "dolma", "subset": "pes2o", "shards": ["x"], "weight": "a"}]},
+            r"sources\[0\].weight",
+        ),
         ({"sequences": {"seq_len": 0}}, r"sequences\.seq_len"),
         ({"sequences": {"seq_len": -5}}, r"sequences\.seq_len"),
         ({"sequences": {"sequence_length": 5}}, r"sequences: unknown"),
@@ -148,7 +158,9 @@ def test_the_stream_command_prints_what_train_reads(seed7_manifest, tokenizer, t
         signal.signal(signal.SIGTERM, before)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     printed = [line["input_ids"] for line in lines if "input_ids" in line]
-    trained = [row.tolist() for batch in _train_batches(seed7_manifest, tokenizer, seed=5) for row in batch][:4]
+    trained = [row.tolist() for batch in _train_batches(seed7_manifest, tokenizer, seed=5) for row in batch][
+        :4
+    ]
     assert printed == trained
 
 
@@ -197,7 +209,9 @@ def test_a_mixture_typo_is_one_line_naming_the_key_and_its_nearest_valid_name(
 ):
     mixture = _typo_mixture(sample_dir, tmp_path / "mixture.yaml", level, typo, meant)
     assert typo in mixture.read_text()
-    code, lines = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    code, lines = _cli(
+        capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path
+    )
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert f"unknown key '{typo}'; did you mean '{meant}'?" in lines[0] and "mixture.yaml" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixture.yaml"]  # nothing built, no lock left
@@ -218,7 +232,8 @@ def test_a_duplicate_key_is_refused_naming_its_line(tmp_path):
 
 
 def _alias_bomb(levels: int = 9, width: int = 9) -> str:
-    """The 'billion laughs' document: ``width ** levels`` strings once expanded, a few hundred bytes as written."""
+    """The 'billion laughs' document: ``width ** levels`` strings once expanded, a few hundred bytes as
+    written."""
     lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
     return "\n".join(lines) + "\n"
@@ -251,11 +266,14 @@ def test_an_alias_bomb_is_refused_fast_in_every_yaml_the_product_reads(tmp_path)
     sizes = [10]  # oracle: level 0 expands to 1 list + 9 strings, level i to 1 list + 9 copies of level i-1
     for _ in range(8):
         sizes.append(1 + 9 * sizes[-1])
-    growth = (1 + 9 + sum(sizes)) - (1 + 9 + 9 + 9)  # expanded tree - distinct nodes (mapping, keys, lists, lols)
+    # expanded tree - distinct nodes (mapping, keys, lists, lols)
+    growth = (1 + 9 + sum(sizes)) - (1 + 9 + 9 + 9)
     for what, read in _every_yaml_reader(tmp_path).items():
         tracemalloc.start()
         started = time.perf_counter()
-        with pytest.raises(InvalidValue, match=rf"bomb\.yaml: aliases expand the document by {growth:,} nodes"):
+        with pytest.raises(
+            InvalidValue, match=rf"bomb\.yaml: aliases expand the document by {growth:,} nodes"
+        ):
             read(bomb)
         seconds, (_, peak) = time.perf_counter() - started, tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -294,7 +312,9 @@ def _broken(tmp_path: Path, kind: str, name: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("kind", BROKEN_FILES)
 def test_a_broken_mixture_or_training_config_is_one_line_exit_2(capsys, tmp_path, tokenizer_path, kind):
     mixture, needle = _broken(tmp_path, kind, "mixture.yaml")
-    code, lines = _cli(capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path)
+    code, lines = _cli(
+        capsys, "build", "manifest", mixture, "--out", tmp_path / "m", "--tokenizer", tokenizer_path
+    )
     assert code == 2 and len(lines) == 1 and "mixture.yaml" in lines[0] and needle in lines[0], lines
     assert not (tmp_path / "m").exists()
     config, needle = _broken(tmp_path, kind, "train.yaml")
@@ -309,7 +329,9 @@ def test_a_broken_weights_or_targets_file_is_one_line_exit_2(capsys, tmp_path, k
     manifest = synthetic_manifest(tmp_path / "manifest", {"a/x": [20], "b/y": [20]}).path
     weights, needle = _broken(tmp_path, kind, "weights.yaml")
     code, lines = _cli(capsys, "stream", manifest, "--weights", weights, "--take", "1")
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], lines
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], (
+        lines
+    )
     assert ("weights.yaml" in lines[0] and needle in lines[0]) or kind == "filters: 5", lines
     targets, needle = _broken(tmp_path, kind, "targets.yaml")
     code, lines = _cli(capsys, "audit", manifest, "--targets", targets)
@@ -323,7 +345,8 @@ def test_every_yaml_load_in_production_goes_through_the_one_loader():
 
 
 def yaml_loads(root: Path, files) -> list[str]:
-    """Production modules that parse YAML (``yaml.*load*``/``compose``/``parse``, any loader class), by ``ast``."""
+    """Production modules that parse YAML (``yaml.*load*``/``compose``/``parse``, any loader class), by
+    ``ast``."""
     import ast
 
     readers = ("load", "compose", "parse", "scan", "Loader", "CParser", "Composer")
@@ -331,7 +354,11 @@ def yaml_loads(root: Path, files) -> list[str]:
     for path in files(root):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml":
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "yaml"
+            ):
                 names = [node.attr]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("yaml"):
                 names = [a.name for a in node.names] + [node.module or ""]
@@ -353,13 +380,29 @@ def test_the_yaml_load_check_finds_a_stray_load(tmp_path):
     ("section", "raw", "needle"),
     [
         ("train", {"seq_lenn": 64}, "unknown key 'seq_lenn'; did you mean 'seq_len'?"),
-        ("train", {"model": {"name": "tiny", "hed_dim": 16}}, "model: unknown key 'hed_dim'; did you mean 'head_dim'"),
+        (
+            "train",
+            {"model": {"name": "tiny", "hed_dim": 16}},
+            "model: unknown key 'hed_dim'; did you mean 'head_dim'",
+        ),
         ("train", {"model": {"name": "tiny", "model_dim": "wide"}}, "model.model_dim: expected an integer"),
         ("palette", {"bitz": 4}, "palettization: unknown key 'bitz'; did you mean 'bits'?"),
         ("model", {"num_transformer_layers": 2, "model_dim": 64, "head_dim": 16, "vocab": 5}, "'vocab_size'"),
-        ("plan", {"mode": "packed", "seq_len": 8, "batch_size": 1, "seed": 0, "epoch": 1}, "did you mean 'epochs'"),
-        ("plan", {"mode": "packed", "seq_len": "8", "batch_size": 1, "seed": 0}, "seq_len: expected an integer"),
-        ("filters", {"quality": [{"name": "gopher_quality", "parms": {}}]}, "filters.quality[0]: unknown key 'parms'"),
+        (
+            "plan",
+            {"mode": "packed", "seq_len": 8, "batch_size": 1, "seed": 0, "epoch": 1},
+            "did you mean 'epochs'",
+        ),
+        (
+            "plan",
+            {"mode": "packed", "seq_len": "8", "batch_size": 1, "seed": 0},
+            "seq_len: expected an integer",
+        ),
+        (
+            "filters",
+            {"quality": [{"name": "gopher_quality", "parms": {}}]},
+            "filters.quality[0]: unknown key 'parms'",
+        ),
         ("filters", 5, "filters: expected a mapping of settings, got 5"),
         ("sequences", {"mode": "packed", "document_mask": True}, "did you mean 'document_masks'"),
     ],
@@ -387,7 +430,9 @@ def test_matrix_keys_and_its_train_keys_name_the_nearest(tmp_path):
 
     path = tmp_path / "matrix.yaml"
     path.write_text("axes: {model: [tiny], batch_size: [1], seq_len: [8]}\ntoken_budgett: 5\n")
-    with pytest.raises(InvalidValue, match=r"matrix\.yaml: unknown key 'token_budgett'; did you mean 'token_budget'"):
+    with pytest.raises(
+        InvalidValue, match=r"matrix\.yaml: unknown key 'token_budgett'; did you mean 'token_budget'"
+    ):
         Matrix.from_yaml(path)
     path.write_text("axes: {model: [tiny], batch_size: [1], seq_len: [8]}\ntrain: {warmup_step: 1}\n")
     with pytest.raises(InvalidValue, match="train: unknown key 'warmup_step'; did you mean 'warmup_steps'"):
@@ -408,8 +453,11 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
     assert resolve_path("y.txt", "s3://bucket/dir") == "s3://bucket/dir/y.txt"
 
 
-@pytest.mark.slow  # builds a three-subset manifest, streams ~500 sequences (test_mixing has the quick plan-level one)
-def test_an_omitted_weight_is_the_subsets_natural_share_of_the_stream(sample_dir, tokenizer, tokenizer_path, tmp_path):
+# builds a three-subset manifest, streams ~500 sequences (test_mixing has the quick plan-level one)
+@pytest.mark.slow
+def test_an_omitted_weight_is_the_subsets_natural_share_of_the_stream(
+    sample_dir, tokenizer, tokenizer_path, tmp_path
+):
     from collections import Counter
 
     from elm_data.manifests.build import build_manifest
@@ -427,11 +475,16 @@ def test_an_omitted_weight_is_the_subsets_natural_share_of_the_stream(sample_dir
     build_manifest(tmp_path / "mixture.yaml", tmp_path / "m", tokenizer=tokenizer_path)
     manifest = Manifest(tmp_path / "m")
     key_of = {r.shard: r.key for r in manifest.shards}
-    kept: Counter = Counter()  # oracle: the documents ledger, kept tokens plus BOS/EOS per segment (what is fed)
+    # oracle: the documents ledger, kept tokens plus BOS/EOS per segment (what is fed)
+    kept: Counter = Counter()
     for d in manifest.all_documents().to_pylist():
         kept[key_of[d["shard"]]] += d["tokens"] + 2 * d["segments"] if d["status"] == "kept" else 0
     natural = kept["redpajama/book"] / sum(kept.values())
-    expected = {"redpajama/arxiv": (1 - natural) / 4, "redpajama/c4": 3 * (1 - natural) / 4, "redpajama/book": natural}
+    expected = {
+        "redpajama/arxiv": (1 - natural) / 4,
+        "redpajama/c4": 3 * (1 - natural) / 4,
+        "redpajama/book": natural,
+    }
     stream = TokenStream(tmp_path / "m", batch_size=8, seq_len=256, tokenizer=tokenizer, provenance=False)
     fed: Counter = Counter()
     for n, batch in enumerate(stream):
@@ -446,7 +499,11 @@ def test_an_omitted_weight_is_the_subsets_natural_share_of_the_stream(sample_dir
 def test_an_unknown_source_or_subset_names_the_nearest_known_one():
     from elm_data.sources.registry import UnknownSubset, get_subset
 
-    with pytest.raises(UnknownSubset, match=r"unknown source/subset redpajam/arxiv; did you mean 'redpajama/arxiv'\?"):
+    with pytest.raises(
+        UnknownSubset, match=r"unknown source/subset redpajam/arxiv; did you mean 'redpajama/arxiv'\?"
+    ):
         get_subset("redpajam", "arxiv")
-    with pytest.raises(UnknownSubset, match=r"unknown source/subset nothing/like; known: refinedweb/default, "):
+    with pytest.raises(
+        UnknownSubset, match=r"unknown source/subset nothing/like; known: refinedweb/default, "
+    ):
         get_subset("nothing", "like")

@@ -1,4 +1,5 @@
-"""Readers over the sample corpus in every native format: documents, provenance, rejections, skip=, fsspec URLs."""
+"""Readers over the sample corpus in every native format: documents, provenance, rejections, skip=, fsspec
+URLs."""
 
 from __future__ import annotations
 
@@ -50,7 +51,13 @@ def test_every_sample_shard_reads_whole_with_provenance(sample_shards):
         text_field = "content" if source == "refinedweb" else "text"
         for index, (doc, record) in enumerate(zip(items, records, strict=True)):
             p = doc.provenance
-            assert (p.source, p.subset, p.shard_uri, p.shard_sha256, p.index) == (source, subset, uri, sha, index)
+            assert (p.source, p.subset, p.shard_uri, p.shard_sha256, p.index) == (
+                source,
+                subset,
+                uri,
+                sha,
+                index,
+            )
             assert doc.text == record[text_field]
             native = _dig(record, spec.id_field)
             if native is not None:
@@ -75,7 +82,12 @@ def test_native_ids_are_used_where_the_corpus_has_them(sample_shards):
     for uri, source, subset in sample_shards:
         doc = next(iter(read_shard(uri, source, subset)))
         kinds[f"{source}/{subset}"] = doc.provenance.native_id is not None
-    assert kinds["redpajama/arxiv"] and kinds["redpajama/github"] and kinds["dolma/wiki"] and kinds["dolma/stack"]
+    assert (
+        kinds["redpajama/arxiv"]
+        and kinds["redpajama/github"]
+        and kinds["dolma/wiki"]
+        and kinds["dolma/stack"]
+    )
     assert not kinds["refinedweb/default"] and not kinds["redpajama/c4"] and not kinds["pile/default"]
 
 
@@ -104,7 +116,9 @@ def test_skip_drops_records_and_keeps_absolute_indices(sample_shards, skip):
 
 def test_skip_on_parquet_drops_whole_row_groups(sample_shards):
     uri = next(u for u, s, _ in sample_shards if s == "refinedweb")
-    groups = [pq.ParquetFile(uri).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(uri).num_row_groups)]
+    groups = [
+        pq.ParquetFile(uri).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(uri).num_row_groups)
+    ]
     assert len(groups) >= 2
     tail = list(read_shard(uri, "refinedweb", "default", skip=groups[0]))
     assert tail[0].provenance.index == groups[0]
@@ -202,7 +216,9 @@ def test_fetched_reads_a_remote_shard_once_and_keeps_its_uri(sample_shards, monk
     opens: list[str] = []
     real_open = MemoryFileSystem._open
     monkeypatch.setattr(
-        MemoryFileSystem, "_open", lambda self, path, *a, **kw: opens.append(path) or real_open(self, path, *a, **kw)
+        MemoryFileSystem,
+        "_open",
+        lambda self, path, *a, **kw: opens.append(path) or real_open(self, path, *a, **kw),
     )
     with fetched(memory_uri) as local:
         assert Path(local).read_bytes() == Path(uri).read_bytes()
@@ -219,7 +235,9 @@ def test_fetched_reads_a_remote_shard_once_and_keeps_its_uri(sample_shards, monk
 
 
 def test_multi_member_gzip_multi_frame_zstd_and_crlf(tmp_path):
-    lines = [json.dumps({"text": f"document number {i} " * 20, "meta": {}}).encode() + b"\n" for i in range(6)]
+    lines = [
+        json.dumps({"text": f"document number {i} " * 20, "meta": {}}).encode() + b"\n" for i in range(6)
+    ]
     gz = tmp_path / "stack-0000.json.gz"
     gz.write_bytes(gzip.compress(b"".join(lines[:3]), mtime=0) + gzip.compress(b"".join(lines[3:]), mtime=0))
     zst = tmp_path / "01.jsonl.zst"
@@ -238,10 +256,14 @@ def _bytes_read_by_this_process() -> int:
     return int(counters["rchar"])
 
 
-@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io to count bytes read")
+@pytest.mark.skipif(
+    not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io to count bytes read"
+)
 def test_reading_is_lazy(tmp_path):
     """The first document of a 32 MB shard costs a chunk of reading, not the shard (constant memory)."""
-    line = json.dumps({"text": "word " * 400, "meta": {"url": "https://example.com", "language": "en"}}) + "\n"
+    line = (
+        json.dumps({"text": "word " * 400, "meta": {"url": "https://example.com", "language": "en"}}) + "\n"
+    )
     path = tmp_path / "c4-train.00000-of-01024.jsonl"
     path.write_text(line * (32_000_000 // len(line)))
     items = read_shard(str(path), "redpajama", "c4", shard_sha256="0" * 64)

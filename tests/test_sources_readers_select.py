@@ -25,9 +25,11 @@ def _index(item: Document | Rejection) -> int:
 
 def _expected(full: list, chosen: set[int], skip: int = 0) -> list:
     return [
-        i for i in full
-        if (isinstance(i, Rejection) and i.reason in SHARD_LEVEL) or (_index(i) >= skip and _index(i) in chosen)
-    ]  # fmt: skip
+        i
+        for i in full
+        if (isinstance(i, Rejection) and i.reason in SHARD_LEVEL)
+        or (_index(i) >= skip and _index(i) in chosen)
+    ]
 
 
 SELECTIONS = {
@@ -83,7 +85,9 @@ def test_unselected_jsonl_lines_are_never_parsed(sample_shards, monkeypatch):
 
 def test_parquet_reads_only_row_groups_with_selected_rows(sample_shards, monkeypatch):
     (uri, source, subset), *_ = [s for s in sample_shards if s[0].endswith(".parquet")]
-    sizes = [pq.ParquetFile(uri).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(uri).num_row_groups)]
+    sizes = [
+        pq.ParquetFile(uri).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(uri).num_row_groups)
+    ]
     assert len(sizes) >= 2
     read_groups: list[list[int]] = []
     real = pq.ParquetFile.iter_batches
@@ -102,7 +106,10 @@ def test_parquet_reads_only_row_groups_with_selected_rows(sample_shards, monkeyp
 
 
 def test_a_predicate_is_asked_lazily_once_per_index_in_order(sample_shards):
-    for uri, source, subset in (sample_shards[0], next(s for s in sample_shards if s[0].endswith(".parquet"))):
+    for uri, source, subset in (
+        sample_shards[0],
+        next(s for s in sample_shards if s[0].endswith(".parquet")),
+    ):
         asked: list[int] = []
         wanted = [4]
 

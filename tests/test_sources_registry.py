@@ -92,9 +92,9 @@ def test_licences_are_the_published_ones():
 
 def test_pile_format_follows_the_file_extension():
     pile = get_subset("pile", "default")
-    assert pile.format_for("hf://datasets/EleutherAI/the_pile_deduplicated/data/train-00000-of-01650-x.parquet") == (
-        "parquet"
-    )
+    assert pile.format_for(
+        "hf://datasets/EleutherAI/the_pile_deduplicated/data/train-00000-of-01650-x.parquet"
+    ) == ("parquet")
     assert pile.format_for("/data/pile/train/00.jsonl.zst") == "jsonl.zst"
     assert pile.format_for("s3://bucket/pile/00.JSONL.ZST?versionId=3") == "jsonl.zst"
     # other subsets have one format whatever the name

@@ -25,10 +25,25 @@ REDPAJAMA_META_KEYS = {
     "wikipedia": ["title", "url", "language", "timestamp"],
     "stackexchange": ["language", "url", "timestamp", "source", "question_score"],
     "github": [
-        "content_hash", "timestamp", "source", "line_count", "max_line_length", "avg_line_length", "alnum_prop",
-        "repo_name", "ref", "path", "mode", "id", "size", "binary", "copies", "license", "language",
+        "content_hash",
+        "timestamp",
+        "source",
+        "line_count",
+        "max_line_length",
+        "avg_line_length",
+        "alnum_prop",
+        "repo_name",
+        "ref",
+        "path",
+        "mode",
+        "id",
+        "size",
+        "binary",
+        "copies",
+        "license",
+        "language",
     ],
-}  # fmt: skip
+}
 REFINEDWEB_SCHEMA = pa.schema(
     [
         ("content", pa.string()),
@@ -97,7 +112,8 @@ def test_parquet_shards_have_the_published_schema(sample_dir: Path):
         schema = parquet.schema_arrow
         assert schema.names == REFINEDWEB_SCHEMA.names
         for name in schema.names:
-            if name == "timestamp":  # Parquet has no seconds unit: stored as ms, declared [s] in the HF features
+            # Parquet has no seconds unit: stored as ms, declared [s] in the HF features
+            if name == "timestamp":
                 assert pa.types.is_timestamp(schema.field(name).type)
             else:
                 assert schema.field(name).type.equals(REFINEDWEB_SCHEMA.field(name).type), name
@@ -118,7 +134,10 @@ def test_redpajama_lines_are_json_dumps_defaults_with_upstream_key_order(sample_
                 assert line == json.dumps(record).encode("ascii")  # ", " / ": " separators, ASCII escapes
                 if subset == "book":
                     assert list(record) == ["meta", "text"]
-                    assert list(record["meta"]) in (["short_book_title", "publication_date", "url"], ["title"])
+                    assert list(record["meta"]) in (
+                        ["short_book_title", "publication_date", "url"],
+                        ["title"],
+                    )
                 else:
                     assert list(record) == ["text", "meta"]
                     assert list(record["meta"]) == meta_keys
@@ -135,7 +154,9 @@ def test_dolma_lines_are_sorted_compact_raw_utf8_in_deterministic_gzip(sample_di
         assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\x00\x00\x00\x00"  # gzip magic, mtime 0
         for line in _lines(path):
             record = json.loads(line)
-            assert line == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            assert (
+                line == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            )
             assert {"id", "text", "source", "added", "created", "metadata"} <= set(record)
             non_ascii += any(b > 127 for b in line)
     assert non_ascii > 0  # raw UTF-8, not \\u escapes

@@ -1,4 +1,5 @@
-"""The training stream end to end on the sample corpus: real shards, real tokenizer, real DataLoader workers."""
+"""The training stream end to end on the sample corpus: real shards, real tokenizer, real DataLoader
+workers."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
 
 def rewrite_manifest(src: Path, dst: Path, *, info=None, records=None, documents=None) -> Path:
     """A self-consistent copy of a manifest with edited info / shard records / per-shard document tables
-    (block index, id, Merkle root and totals recomputed, as a builder that counted differently would write)."""
+    (block index, id, Merkle root and totals recomputed, as a builder that counted differently would
+    write)."""
     m = Manifest(src)
     new_info = info(dict(m.info)) if info else m.info
     new_records = records(list(m.shards)) if records else m.shards
@@ -88,7 +90,8 @@ def test_natural_pass_consumes_what_the_manifest_kept(natural_run, sample_manife
     stats = loader.stats()
     assert stats["tokens"] == sum(expected.values()) and stats["discarded_tokens"] == 0
     partitions = stream.config.partitions
-    assert 0 <= stats["pad_tokens"] < partitions * (SEQ_LEN + 1)  # only each partition's final window is padded
+    # only each partition's final window is padded
+    assert 0 <= stats["pad_tokens"] < partitions * (SEQ_LEN + 1)
     assert stats["sequences"] == sum(len(b["input_ids"]) for b in batches)
     assert [b["batch_index"] for b in batches] == list(range(len(batches)))
     assert [b["partition"] for b in batches] == [i % partitions for i in range(len(batches))]
@@ -128,7 +131,9 @@ def test_packed_rows_hold_each_kept_document_once_as_bos_ids_eos(natural_run, sa
         assert len(ids) == kept[key]["tokens"] + 2 and ids[0] == BOS_ID and ids[-1] == EOS_ID
         if checked < 13 and key[1] % 3 == 0:  # re-read and re-tokenize some documents independently
             rec = by_sha[key[0]]
-            doc = next(d for d in read_shard(rec.uri, rec.source, rec.subset, skip=key[1]) if isinstance(d, Document))
+            doc = next(
+                d for d in read_shard(rec.uri, rec.source, rec.subset, skip=key[1]) if isinstance(d, Document)
+            )
             assert ids[1:-1] == tokenizer.encode(doc.text)
             checked += 1
     assert checked >= 5
@@ -146,7 +151,8 @@ def test_two_ranks_two_workers_reproduce_the_single_process_stream(natural_run, 
     assert same_batches(merged, single)  # so no duplicate or missing document either
 
 
-@pytest.mark.slow  # three loaders, one with two workers (test_stream_items resumes with another worker count quickly)
+# three loaders, one with two workers (test_stream_items resumes with another worker count quickly)
+@pytest.mark.slow
 def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, tokenizer):
     # weighted mode (the manifest's OpenELM weights): endless, sources restart
     uninterrupted_loader = StreamLoader(make_stream(sample_manifest, tokenizer, weights=None, epochs=None))
@@ -172,8 +178,10 @@ def test_resume_with_a_different_worker_count_is_bit_exact(sample_manifest, toke
 
 @pytest.mark.slow  # reads the whole stream, watching every reader it opens
 def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, tokenizer, monkeypatch):
-    """Leaving a shard frees its view and reader (file, decompressor, buffers) at once, not at the next gc run."""
-    readers: list[tuple[int, weakref.ref]] = []  # the verified view of each shard opened, and each block reader
+    """Leaving a shard frees its view and reader (file, decompressor, buffers) at once, not at the next gc
+    run."""
+    # the verified view of each shard opened, and each block reader
+    readers: list[tuple[int, weakref.ref]] = []
     open_view, read = DocumentFetcher._open_view, _OpenReader.read
 
     def recording_view(self, doc):
@@ -199,7 +207,8 @@ def test_a_left_shard_is_released_without_the_cycle_collector(sample_manifest, t
     finally:
         gc.enable()
     assert len(readers) > sources  # the pass moved on from shards mid-stream
-    assert most_alive <= 2 * sources  # at most one open shard (a view and a block reader) per source at any time
+    # at most one open shard (a view and a block reader) per source at any time
+    assert most_alive <= 2 * sources
     assert alive_after == []  # and none once the pass is over
 
 
@@ -216,14 +225,19 @@ def test_tampered_shard_stops_the_stream(sample_manifest, sample_dir, tokenizer,
     copy = rewrite_manifest(
         sample_manifest,
         tmp_path / "manifest",
-        records=lambda recs: [dataclasses.replace(r, uri=r.uri.replace(str(sample_dir), str(corpus))) for r in recs],
+        records=lambda recs: [
+            dataclasses.replace(r, uri=r.uri.replace(str(sample_dir), str(corpus))) for r in recs
+        ],
     )
     stream = make_stream(copy, tokenizer)
     first = first_planned_doc(stream)
     assert next(iter(StreamLoader(stream)))["batch_index"] == 0  # the faithful copy streams
     record = stream.manifest.shards[first.shard]
-    block = next(b for b in stream.manifest.blocks(first.shard)
-                 if b["first_record"] <= first.index < b["first_record"] + b["records"])  # fmt: skip
+    block = next(
+        b
+        for b in stream.manifest.blocks(first.shard)
+        if b["first_record"] <= first.index < b["first_record"] + b["records"]
+    )
     target = Path(record.uri)
     data = bytearray(target.read_bytes())
     data[(block["start"] + block["end"]) // 2] ^= 0x01
@@ -264,10 +278,12 @@ def test_corenet_mode_needs_a_corenet_manifest(sample_manifest, tokenizer):
         make_stream(sample_manifest, tokenizer, mode="corenet")
 
 
-@pytest.mark.slow  # the CoreNet manifest and two whole streams over it (test_sequences forms CoreNet rows quickly)
+# the CoreNet manifest and two whole streams over it (test_sequences forms CoreNet rows quickly)
+@pytest.mark.slow
 def test_corenet_rows_are_bos_piece_eos_truncated_and_padded(corenet_manifest, tokenizer):
     manifest = Manifest(corenet_manifest)
-    stream = make_stream(corenet_manifest, tokenizer, seq_len=400, document_masks=True)  # pieces: ~250-600 tokens
+    # pieces: ~250-600 tokens
+    stream = make_stream(corenet_manifest, tokenizer, seq_len=400, document_masks=True)
     assert stream.config.mode == "corenet"
     loader = StreamLoader(stream)
     rows = torch.cat([b["input_ids"] for b in loader])
@@ -310,25 +326,50 @@ def test_cli_prints_sequences_with_provenance(sample_manifest, tokenizer_path, t
     runner = CliRunner()
     result = runner.invoke(
         stream,
-        [str(sample_manifest), "--take", "2", "--seq-len", "64", "--weights", "natural", "--tokenizer", tokenizer_path],
+        [
+            str(sample_manifest),
+            "--take",
+            "2",
+            "--seq-len",
+            "64",
+            "--weights",
+            "natural",
+            "--tokenizer",
+            tokenizer_path,
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "sequence 1" in result.output and "padding" in result.output and "«" in result.output
-    result = runner.invoke(stream, [str(sample_manifest), "--take", "3", "--format", "jsonl", "--seq-len", "64"])
+    result = runner.invoke(
+        stream, [str(sample_manifest), "--take", "3", "--format", "jsonl", "--seq-len", "64"]
+    )
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert [len(line["input_ids"]) for line in lines[:3]] == [65] * 3 and "stats" in lines[3]
     assert lines[0]["spans"][0]["doc_start"] == 0 and lines[0]["input_ids"][0] == BOS_ID
     weights = tmp_path / "weights.yaml"
     weights.write_text("redpajama/arxiv: 1\n")
-    args = [str(sample_manifest), "--take", "4", "--format", "jsonl", "--weights", str(weights), "--partitions", "2"]
+    args = [
+        str(sample_manifest),
+        "--take",
+        "4",
+        "--format",
+        "jsonl",
+        "--weights",
+        str(weights),
+        "--partitions",
+        "2",
+    ]
     result = runner.invoke(stream, args)
-    assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {"arxiv"}
+    assert {s["subset"] for line in result.output.splitlines()[:4] for s in json.loads(line)["spans"]} == {
+        "arxiv"
+    }
     result = runner.invoke(stream, [str(sample_manifest), "--mode", "corenet"])
     assert result.exit_code == 2 and "rebuild" in result.output and "Traceback" not in result.output
 
 
 def test_a_reader_memory_cap_changes_no_byte_of_the_stream(natural_run, tokenizer, sample_manifest):
-    """With no block bytes allowed in memory (every verified block waits in a temp file) the stream is the same."""
+    """With no block bytes allowed in memory (every verified block waits in a temp file) the stream is the
+    same."""
     from elm_data.sources import blocks as blocks_module
 
     stream, _, reference = natural_run

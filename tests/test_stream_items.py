@@ -14,8 +14,14 @@ PARTITIONS = 4  # 1, 2 or 4 readers (ranks × workers) divide it
 
 
 def make_stream(manifest_dir, tokenizer, **kw) -> TokenStream:
-    kw = {"batch_size": BATCH, "seq_len": SEQ_LEN, "weights": "natural", "epochs": None, "tokenizer": tokenizer,
-          "partitions": PARTITIONS} | kw  # fmt: skip
+    kw = {
+        "batch_size": BATCH,
+        "seq_len": SEQ_LEN,
+        "weights": "natural",
+        "epochs": None,
+        "tokenizer": tokenizer,
+        "partitions": PARTITIONS,
+    } | kw
     return TokenStream(manifest_dir, **kw)
 
 
@@ -45,7 +51,8 @@ def test_items_of_several_batches_from_two_workers_give_the_single_process_strea
         )
         assert_same(list(islice(loader, 15)), reference)
         assert loader.batches == 15 and loader.global_batches == 15
-    assert [b["batch_index"] for b in reference] == list(range(15))  # global order: batch t*P + p of partition p
+    # global order: batch t*P + p of partition p
+    assert [b["batch_index"] for b in reference] == list(range(15))
     assert [b["partition"] for b in reference] == [i % PARTITIONS for i in range(15)]
 
 
@@ -70,14 +77,18 @@ def test_resume_in_the_middle_of_an_item_with_another_worker_count(sample_manife
 def test_item_size_defaults_and_the_stream_is_never_changed(sample_manifest, tokenizer):
     stream = make_stream(sample_manifest, tokenizer)
     assert StreamLoader(stream, num_workers=0).batches_per_item == 1
-    assert StreamLoader(stream, num_workers=1).batches_per_item == StreamLoader(stream, num_workers=2).batches_per_item
+    assert (
+        StreamLoader(stream, num_workers=1).batches_per_item
+        == StreamLoader(stream, num_workers=2).batches_per_item
+    )
     two = StreamLoader(stream, num_workers=2)
     assert two.batches_per_item * BATCH * (SEQ_LEN + 1) >= StreamLoader.ITEM_TOKENS
     assert (two.batches_per_item - 1) * BATCH * (SEQ_LEN + 1) < StreamLoader.ITEM_TOKENS
     readers = stream.readers(8, {}, batches_per_item=two.batches_per_item, numpy=True)
     assert readers.batches_per_item == two.batches_per_item and readers.numpy and readers.global_batch == 8
     state = vars(stream).copy()
-    next(iter(StreamLoader(stream, batches_per_item=2)))  # in process: the workers' readers are the same object
+    # in process: the workers' readers are the same object
+    next(iter(StreamLoader(stream, batches_per_item=2)))
     assert vars(stream) == state  # the loader's readers stand where it does; the stream holds no position
     assert isinstance(next(iter(stream))["input_ids"], torch.Tensor)
     with pytest.raises(ValueError, match="multiple of world_size"):

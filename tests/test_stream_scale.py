@@ -45,8 +45,12 @@ def small_blocks(sample_dir, tokenizer_path, tmp_path_factory) -> Path:
 def llama_small_blocks(sample_dir, llama_tokenizer_path, tmp_path_factory) -> Path:
     """``small_blocks`` counted with LLaMA-2 (the block layout two tests were written for)."""
     out = tmp_path_factory.mktemp("llama_small_blocks")
-    build_manifest(_mixture_at(sample_dir, str(sample_dir), out), out / "m", tokenizer=llama_tokenizer_path,
-                   block_bytes=16 << 10)  # fmt: skip
+    build_manifest(
+        _mixture_at(sample_dir, str(sample_dir), out),
+        out / "m",
+        tokenizer=llama_tokenizer_path,
+        block_bytes=16 << 10,
+    )
     return out / "m"
 
 
@@ -73,8 +77,11 @@ def fingerprint(batch) -> tuple:
 def global_batches(manifest, tokenizer, ranks, workers, **kw) -> dict[int, tuple]:
     out = {}
     for rank in range(ranks):
-        loader = StreamLoader(stream(manifest, tokenizer, rank, ranks, **kw), num_workers=workers,
-                              multiprocessing_context="fork" if workers else None)  # fmt: skip
+        loader = StreamLoader(
+            stream(manifest, tokenizer, rank, ranks, **kw),
+            num_workers=workers,
+            multiprocessing_context="fork" if workers else None,
+        )
         for batch in loader:
             assert batch["batch_index"] % ranks == rank
             out[batch["batch_index"]] = fingerprint(batch)
@@ -105,8 +112,11 @@ def test_resume_switching_from_2x2_to_1x4_is_bit_exact(llama_small_blocks, llama
     reference = list(islice(StreamLoader(stream(llama_small_blocks, llama_tokenizer, **kw)), steps))
     states, head = [], []
     for rank in range(2):  # two ranks in lockstep, two workers each, for `cut` steps
-        loader = StreamLoader(stream(llama_small_blocks, llama_tokenizer, rank, 2, **kw), num_workers=2,
-                              multiprocessing_context="fork")  # fmt: skip
+        loader = StreamLoader(
+            stream(llama_small_blocks, llama_tokenizer, rank, 2, **kw),
+            num_workers=2,
+            multiprocessing_context="fork",
+        )
         head += list(islice(loader, cut // 2))
         states.append(loader.state_dict())
     state = merge_states(states)
@@ -158,8 +168,13 @@ def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(
     corpus.mkdir()
     moved = corpus / Path(rec.uri).name
     shutil.copy(rec.uri, moved)
-    copy = rewrite_manifest(llama_small_blocks, tmp_path / "m", records=lambda recs: [
-        dataclasses.replace(r, uri=str(moved) if r.shard == rec.shard else r.uri) for r in recs])  # fmt: skip
+    copy = rewrite_manifest(
+        llama_small_blocks,
+        tmp_path / "m",
+        records=lambda recs: [
+            dataclasses.replace(r, uri=str(moved) if r.shard == rec.shard else r.uri) for r in recs
+        ],
+    )
     block = manifest.blocks(rec.shard)[1]
     data = bytearray(moved.read_bytes())
     data[block["start"] + 3] ^= 0x20  # one bit of a byte inside block 1
@@ -175,7 +190,8 @@ def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(
 
 @pytest.mark.llama  # the partitions fit LLaMA-2's counts
 def test_resume_reads_only_the_ledger_at_the_cursor(llama_small_blocks, llama_tokenizer, monkeypatch):
-    """A late cursor resumes after reading the ledgers of the units it draws next, not of the past (counted)."""
+    """A late cursor resumes after reading the ledgers of the units it draws next, not of the past
+    (counted)."""
     plan = stream(llama_small_blocks, llama_tokenizer, weights=None, epochs=None).plan()
     walk = PartitionWalk(plan, 0)
     late = next(islice(walk.batches(walk.start()), 3000, None))[1]  # the cursor of batch 3001: epochs deep

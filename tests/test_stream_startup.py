@@ -29,12 +29,24 @@ def _modules_after(code: str) -> dict:
 
 
 # every way `elm-data stream` reads: printed sequences, JSON lines, a full natural pass
-STREAM_ARGS = {"take": ["--take", "2"], "jsonl": ["--take", "1", "--format", "jsonl"], "full pass": ["--full-pass"]}
+STREAM_ARGS = {
+    "take": ["--take", "2"],
+    "jsonl": ["--take", "1", "--format", "jsonl"],
+    "full pass": ["--full-pass"],
+}
 
 
 @pytest.mark.parametrize("way", list(STREAM_ARGS))
 def test_the_stream_command_imports_neither_torch_nor_pandas(sample_manifest, tokenizer_path, way):
-    args = ["stream", str(sample_manifest), "--seq-len", "256", "--tokenizer", tokenizer_path, *STREAM_ARGS[way]]
+    args = [
+        "stream",
+        str(sample_manifest),
+        "--seq-len",
+        "256",
+        "--tokenizer",
+        tokenizer_path,
+        *STREAM_ARGS[way],
+    ]
     code = (
         "from click.testing import CliRunner; from elm_data.cli import cli; "
         f"r = CliRunner().invoke(cli, {args!r}); print(r.output); assert r.exit_code == 0, r.output"
@@ -104,7 +116,8 @@ def test_weight_shares_are_those_of_the_full_fitting_and_a_hopeless_mix_fails_at
     for case in range(6):
         partitions, sources = int(rng.integers(2, 9)), int(rng.integers(2, 6))
         held = rng.random((partitions, sources)) < rng.uniform(0.3, 0.9)
-        held[np.arange(partitions), rng.integers(0, sources, partitions)] = True  # every partition holds a source
+        # every partition holds a source
+        held[np.arange(partitions), rng.integers(0, sources, partitions)] = True
         weights = rng.random(sources) + 0.01
         expected = _fitted(held, weights)
         try:

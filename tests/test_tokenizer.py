@@ -66,4 +66,6 @@ def test_loads_through_an_fsspec_url_and_encodes_like_sentencepiece(llama_tokeni
 def test_pickles_for_worker_processes(tokenizer):
     clone = pickle.loads(pickle.dumps(tokenizer))
     assert clone.sha256 == tokenizer.sha256
-    assert clone.encode("pickled tokenizers encode the same") == tokenizer.encode("pickled tokenizers encode the same")
+    assert clone.encode("pickled tokenizers encode the same") == tokenizer.encode(
+        "pickled tokenizers encode the same"
+    )

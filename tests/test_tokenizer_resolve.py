@@ -97,7 +97,9 @@ def test_nothing_anywhere_is_one_line_naming_every_way(cache, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     with pytest.raises(TokenizerNotFound) as err:
         resolve_tokenizer()
-    assert "\n" not in str(err.value) and "--tokenizer" in str(err.value) and "tokenizer fetch" in str(err.value)
+    assert (
+        "\n" not in str(err.value) and "--tokenizer" in str(err.value) and "tokenizer fetch" in str(err.value)
+    )
     info = {"tokenizer": {"uri": "/gone/tokenizer.model", "sha256": "ab" * 32}}
     with pytest.raises(TokenizerNotFound, match="is gone and no model with sha256 abab"):
         resolve_tokenizer(None, None, info)
@@ -122,7 +124,9 @@ def test_not_a_sentencepiece_model_is_one_clear_line(cache, tmp_path):
 
 def test_credentials_never_recorded(cache, tokenizer_path, tmp_path):
     assert public_uri("s3://KEY:SECRET@bucket/t.model") == "s3://bucket/t.model"
-    assert public_uri("https://u:p@host/t.model?token=abc&x=1&revision=r") == "https://host/t.model?revision=r"
+    assert (
+        public_uri("https://u:p@host/t.model?token=abc&x=1&revision=r") == "https://host/t.model?revision=r"
+    )
     url = "https://KEY:SECRET@host/tokenizer.model"
     with pytest.raises(TokenizerNotFound) as err:
         resolve_tokenizer(url)
@@ -199,7 +203,15 @@ def test_build_manifest_cli_bad_tokenizer_is_one_line(cache, sample_dir, tmp_pat
     bad.write_bytes(b"\x00not a model")
     result = CliRunner().invoke(
         cli,
-        ["build", "manifest", str(sample_dir / "mixture.yaml"), "--out", str(tmp_path / "m"), "--tokenizer", str(bad)],
+        [
+            "build",
+            "manifest",
+            str(sample_dir / "mixture.yaml"),
+            "--out",
+            str(tmp_path / "m"),
+            "--tokenizer",
+            str(bad),
+        ],
     )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "not a SentencePiece model" in result.output

@@ -1,5 +1,5 @@
-"""`elm-data trace --doc`: the rows at which a run consumed a document, from the plan alone, equal a brute-force
-scan of the batches the run's stream hands out."""
+"""`elm-data trace --doc`: the rows at which a run consumed a document, from the plan alone, equal a
+brute-force scan of the batches the run's stream hands out."""
 
 from __future__ import annotations
 
@@ -41,15 +41,31 @@ def brute_force(config, manifest: Path, steps: int) -> dict[str, list[tuple]]:
             for row, spans in enumerate(batch["spans"]):
                 for s in spans:
                     ref = f"{s['source']}/{s['subset']}:{s['doc_id']}"
-                    found[ref].append((step, batch["batch_index"], 0, micro, row, s["shard_sha256"], s["index"],
-                                       s["start"], s["end"], s["doc_start"], s["doc_end"]))  # fmt: skip
+                    found[ref].append(
+                        (
+                            step,
+                            batch["batch_index"],
+                            0,
+                            micro,
+                            row,
+                            s["shard_sha256"],
+                            s["index"],
+                            s["start"],
+                            s["end"],
+                            s["doc_start"],
+                            s["doc_end"],
+                        )
+                    )
     return found
 
 
-@pytest.mark.parametrize("weights", ["natural", None])  # natural order; the manifest's weights (documents repeat)
+# natural order; the manifest's weights (documents repeat)
+@pytest.mark.parametrize("weights", ["natural", None])
 def test_trace_doc_equals_a_brute_force_scan(sample_manifest, tmp_path, weights):
     overrides = {"weights": weights, "epochs": 1} if weights else {}
-    config = small_config(sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, log_every=5, **overrides)
+    config = small_config(
+        sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, log_every=5, **overrides
+    )
     run = train(config, out_dir=tmp_path / "run", progress=False).run_dir
     found = brute_force(config, sample_manifest, STEPS)
     assert len(found) >= 2
@@ -74,8 +90,12 @@ def test_trace_doc_of_an_unconsumed_or_unknown_document(sample_manifest, tmp_pat
         trace_doc(run, f"{key}:no-such-document")
     result = CliRunner().invoke(trace_command, [str(run), "--doc", f"{key}:no-such-document"])
     assert result.exit_code == 2 and "no such document" in result.output
-    consumed = {f"{s['source']}/{s['subset']}:{s['doc_id']}" for b in brute_batches(config, sample_manifest, 1)
-                for row in b["spans"] for s in row}  # fmt: skip
+    consumed = {
+        f"{s['source']}/{s['subset']}:{s['doc_id']}"
+        for b in brute_batches(config, sample_manifest, 1)
+        for row in b["spans"]
+        for s in row
+    }
     ledger = Manifest(sample_manifest).documents(0).to_pylist()
     kept = [f"{key}:{d['doc_id']}" for d in ledger if d["status"] == "kept"]
     never = next(ref for ref in kept if ref not in consumed)
@@ -87,13 +107,17 @@ def test_trace_doc_of_an_unconsumed_or_unknown_document(sample_manifest, tmp_pat
     assert result.exit_code == 2 and "SOURCE/SUBSET:DOC_ID" in result.output
 
 
-def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(sample_manifest, tokenizer, tmp_path):
+def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(
+    sample_manifest, tokenizer, tmp_path
+):
     import numpy as np
 
     pytest.importorskip("pydivsufsort")  # the suffix-array library (pip install pydivsufsort)
     from elm_data.trainer.proof.trace import open_text_index, trace_text
 
-    config = small_config(sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, weights="natural", epochs=1)
+    config = small_config(
+        sample_manifest, max_steps=STEPS, tokens_per_step=2 * ACCUM * 32, weights="natural", epochs=1
+    )
     run = train(config, out_dir=tmp_path / "run", progress=False).run_dir
     index = open_text_index(run, tokenizer=tokenizer)
     assert (run / "trace_index" / "sa.npy").is_file() and index.bytes_per_token == 6.0
@@ -110,11 +134,16 @@ def test_trace_text_finds_a_planted_span_in_the_right_document_and_steps(sample_
     hit = next(o for o in best if o["ref"] == doc["ref"] and o["index"] == doc["index"])
     assert abs(hit["doc_offset"] - at) <= 2
     # the steps are those whose rows held that stretch, as trace --doc says
-    rows = [h for h in trace_doc(run, doc["ref"]) if h.doc_start < hit["doc_offset"] + spans[0]["length"]
-            and h.doc_end > hit["doc_offset"]]  # fmt: skip
+    rows = [
+        h
+        for h in trace_doc(run, doc["ref"])
+        if h.doc_start < hit["doc_offset"] + spans[0]["length"] and h.doc_end > hit["doc_offset"]
+    ]
     assert hit["steps"] == sorted({h.step for h in rows}) and hit["steps"]
     # unrelated text: nothing long
     assert trace_text(index, tokenizer.encode("zqxj vvkw pqqq"), min_tokens=8) == []
-    result = CliRunner().invoke(trace_command, [str(run), "--text", planted, "--min-tokens", "8", "--format", "json"])
+    result = CliRunner().invoke(
+        trace_command, [str(run), "--text", planted, "--min-tokens", "8", "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     assert any(o["ref"] == doc["ref"] for o in json.loads(result.output)[0]["occurrences"])

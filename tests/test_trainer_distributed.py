@@ -1,9 +1,10 @@
-"""Two-process training on CPU with gloo: `torchrun -m elm_data train` under DDP and FSDP2, on the sample manifest.
+"""Two-process training on CPU with gloo: `torchrun -m elm_data train` under DDP and FSDP2, on the sample
+manifest.
 
 Each run is a real `torchrun` (static rendezvous on 127.0.0.1, a free port) of the CLI. The reference is an
 in-process single-process run with the same *global* batch: the stream gives global batch ``b`` to rank
-``b % world_size``, and one process with batch ``2B`` reads exactly rank 0's and rank 1's batches of size ``B``
-concatenated (checked below), so the loss sequences must agree to float rounding.
+``b % world_size``, and one process with batch ``2B`` reads exactly rank 0's and rank 1's batches of size
+``B`` concatenated (checked below), so the loss sequences must agree to float rounding.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from elm_data.trainer.proof.audit import verify_run
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is unavailable"
+        not (dist.is_available() and dist.is_gloo_available()),
+        reason="torch.distributed with gloo is unavailable",
     ),
 ]
 
@@ -70,10 +72,26 @@ def free_port() -> int:
 def torchrun(config_path: Path, out: Path, *extra: str) -> str:
     """`torchrun --nproc-per-node 2 -m elm_data train CONFIG --out OUT` on loopback; returns its stdout."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", "elm_data", "train", str(config_path), "--out", str(out), "--no-progress", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(WORLD),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "elm_data",
+        "train",
+        str(config_path),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"
@@ -113,11 +131,15 @@ def fsdp_run(configs) -> Path:
 
 @pytest.fixture(scope="module")
 def single_runs(sample_manifest, tokenizer_path, tmp_path_factory) -> dict[str, Path]:
-    """One process, same global batch: batch B with 2 accumulated micro-batches per step (the stream's global batches
-    2s and 2s+1, as ranks 0 and 1 read them); and batch 2B (other batches: a check that the comparison can fail)."""
+    """One process, same global batch: batch B with 2 accumulated micro-batches per step (the stream's global
+    batches 2s and 2s+1, as ranks 0 and 1 read them); and batch 2B (other batches: a check that the comparison
+    can fail)."""
     root = tmp_path_factory.mktemp("single")
     runs = {}
-    variants = {"batch_2b": {"batch_size": WORLD * BATCH}, "accumulate": {"tokens_per_step": WORLD * BATCH * SEQ_LEN}}
+    variants = {
+        "batch_2b": {"batch_size": WORLD * BATCH},
+        "accumulate": {"tokens_per_step": WORLD * BATCH * SEQ_LEN},
+    }
     for name, overrides in variants.items():
         config = TrainConfig(**settings(sample_manifest, tokenizer_path, distributed="none", **overrides))
         runs[name] = train(config, out_dir=root / name, progress=False).run_dir
@@ -134,13 +156,20 @@ def test_ranks_read_disjoint_batches_that_make_up_the_single_process_batch(sampl
         parts = [next(r) for r in ranks]
         singles = [next(single) for _ in range(WORLD)]
         assert all(p["input_ids"].shape == (BATCH, SEQ_LEN + 1) for p in parts)
-        assert torch.equal(torch.cat([p["input_ids"] for p in parts]), torch.cat([s["input_ids"] for s in singles]))
+        assert torch.equal(
+            torch.cat([p["input_ids"] for p in parts]), torch.cat([s["input_ids"] for s in singles])
+        )
         whole = {"tokens_by_source": dict(sum((Counter(s["tokens_by_source"]) for s in singles), Counter()))}
         pieces = [
-            {(s["shard_sha256"], s["doc_id"], s["doc_start"], s["doc_end"]) for row in p["spans"] for s in row}
+            {
+                (s["shard_sha256"], s["doc_id"], s["doc_start"], s["doc_end"])
+                for row in p["spans"]
+                for s in row
+            }
             for p in parts
         ]
-        assert pieces[0] and pieces[1] and not pieces[0] & pieces[1]  # no document tokens are read by both ranks
+        # no document tokens are read by both ranks
+        assert pieces[0] and pieces[1] and not pieces[0] & pieces[1]
         summed = Counter(parts[0]["tokens_by_source"]) + Counter(parts[1]["tokens_by_source"])
         assert dict(summed) == whole["tokens_by_source"]
 
@@ -174,7 +203,8 @@ def test_only_rank_zero_writes_the_log_checkpoints_and_report(ddp_run):
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "log.jsonl"]
     events = [r["event"] for r in read_log(run_dir)]
     assert events.count("header") == 1 and events.count("end") == 1 and events.count("step") == STEPS
-    leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())  # no temp folders of a second writer
+    # no temp folders of a second writer
+    leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert leftovers == [p.name for p in list_checkpoints(run_dir)]
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000002", "step_00000004"]
     assert stdout.count("run: ") == 1

@@ -50,7 +50,9 @@ def small_config(manifest: Path, **overrides) -> TrainConfig:
 def learning_run(sample_manifest, tmp_path_factory):
     """One short run through the CLI (so the command, the log and the loop are exercised together)."""
     out = tmp_path_factory.mktemp("trainer") / "run"
-    cfg = small_config(sample_manifest, max_steps=STEPS, warmup_steps=3, seq_len=64, tokens_per_step=2 * 2 * 64)
+    cfg = small_config(
+        sample_manifest, max_steps=STEPS, warmup_steps=3, seq_len=64, tokens_per_step=2 * 2 * 64
+    )
     cfg = cfg.to_dict()
     path = out.parent / "learn.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -85,7 +87,9 @@ def test_log_names_the_data_and_counts_every_batch(learning_run, sample_manifest
     assert header["grad_accum_steps"] == 2 and header["stream_state"]["global_batches"] == 0
 
     # replay the same stream independently: the log's cumulative per-source tokens are its batches' sums
-    loader = build_loader(config, config.manifest_dir, load_tokenizer(config, Manifest(sample_manifest)), DistInfo())
+    loader = build_loader(
+        config, config.manifest_dir, load_tokenizer(config, Manifest(sample_manifest)), DistInfo()
+    )
     iterator = iter(loader)
     expected: Counter = Counter()
     steps = effective_steps(records)
@@ -139,7 +143,11 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(sample_manifest, tmp_pa
     straight = train(config, out_dir=tmp_path / "straight", progress=False)
 
     first = train(config, out_dir=tmp_path / "resumed", stop_after=3, progress=False)
-    assert first.final_step == 3 and first.stopped_early and list_checkpoints(first.run_dir)[-1].name.endswith("3")
+    assert (
+        first.final_step == 3
+        and first.stopped_early
+        and list_checkpoints(first.run_dir)[-1].name.endswith("3")
+    )
     # the interrupted process logged a step past its checkpoint before "dying": resume must supersede it
     with (first.run_dir / "log.jsonl").open("a") as log:
         log.write(json.dumps({"event": "step", "step": 4, "loss": -1.0, "tokens_by_source": {}}) + "\n")
@@ -197,8 +205,10 @@ def test_restore_refuses_a_bad_stream_state_before_changing_anything(sample_mani
     done = train(config, out_dir=tmp_path / "run", progress=False)
     stream_state = torch.load(done.checkpoint / STREAM_STATE, weights_only=True)
     torch.save({**stream_state, "version": 2}, done.checkpoint / STREAM_STATE)
-    trainer_state = json.loads((done.checkpoint / "trainer_state.json").read_text())  # its digest too: a checkpoint
-    trainer_state["files"] |= file_digests(done.checkpoint)  # consistent in itself, of a stream state not resumable
+    # its digest too: a checkpoint
+    trainer_state = json.loads((done.checkpoint / "trainer_state.json").read_text())
+    # consistent in itself, of a stream state not resumable
+    trainer_state["files"] |= file_digests(done.checkpoint)
     (done.checkpoint / "trainer_state.json").write_text(json.dumps(trainer_state))
     trainer = Trainer(config, torch.device("cpu"), DistInfo(), run_dir=tmp_path / "other", progress=False)
     trainer.setup()

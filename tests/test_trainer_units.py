@@ -1,4 +1,5 @@
-"""Trainer pieces that need no data: config, schedule, parameter groups, loss, accumulation, checkpoints, log."""
+"""Trainer pieces that need no data: config, schedule, parameter groups, loss, accumulation, checkpoints,
+log."""
 
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def test_lr_schedule_warmup_peak_and_floor():
     values = [lr_at(s, **kw) for s in range(100)]
     assert all(a < b for a, b in zip(values[:10], values[1:11], strict=True))  # rising warm-up
     assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))  # monotone decay
-    assert lr_at(55, **kw) == pytest.approx(5.3e-4 + 0.5 * (5.3e-3 - 5.3e-4) * (1 + math.cos(math.pi * 45 / 89)))
+    assert lr_at(55, **kw) == pytest.approx(
+        5.3e-4 + 0.5 * (5.3e-3 - 5.3e-4) * (1 + math.cos(math.pi * 45 / 89))
+    )
 
 
 def test_scheduler_drives_optimizer_lr():
@@ -134,7 +137,9 @@ def test_z_loss_matches_hand_computation():
     assert int(sums.count) == 5
     assert float(sums.z) == pytest.approx(sum(z_terms), rel=1e-6)
     assert float(lm_loss(logits, labels, z_weight=1e-4)) == pytest.approx(expected, rel=1e-6)
-    ce_only = torch.nn.functional.cross_entropy(logits.reshape(-1, 7).float(), labels.reshape(-1), ignore_index=PAD)
+    ce_only = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 7).float(), labels.reshape(-1), ignore_index=PAD
+    )
     assert float(sums.ce) / 5 == pytest.approx(float(ce_only), rel=1e-5)
 
 
@@ -253,7 +258,9 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     fresh = build_optimizer(other, TrainConfig(lr=1e-3))
     assert sorted(saved.states) == ["optimizer", "rng", "scheduler"] and saved.states["scheduler"] == {"x": 1}
     fresh.load_state_dict(saved.states["optimizer"])
-    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
+    )
     ckpt.set_rng_state(saved.states["rng"])
     assert torch.equal(torch.rand(3), expected_next)
 

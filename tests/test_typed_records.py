@@ -1,8 +1,10 @@
-"""The stream's and the trainer's plain-dict records are named TypedDicts, one module each, held to what is made.
+"""The stream's and the trainer's plain-dict records are named TypedDicts, one module each, held to what is
+made.
 
-Cursors (``partition.py``), spans (``sequences.py``), batches (``dataset.py``), stream states (``state.py``, built
-by one function) and the trainer's ``trainer_state.json`` (``trainer/core/checkpoint.py``): each name's keys are
-checked against the records the code really makes, and every TypedDict of the project is used in an annotation.
+Cursors (``partition.py``), spans (``sequences.py``), batches (``dataset.py``), stream states (``state.py``,
+built by one function) and the trainer's ``trainer_state.json`` (``trainer/core/checkpoint.py``): each name's
+keys are checked against the records the code really makes, and every TypedDict of the project is used in an
+annotation.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def test_batches_spans_cursors_and_states_have_exactly_their_named_keys(sample_m
     stream = TokenStream(sample_manifest, batch_size=2, seq_len=64, tokenizer=tokenizer, weights="natural")
     loader = StreamLoader(stream)
     batches = list(itertools.islice(loader, 6))
-    made = list(itertools.islice(stream.batches(range(stream.config.partitions)), 6))  # as a reader makes them
+    # as a reader makes them
+    made = list(itertools.islice(stream.batches(range(stream.config.partitions)), 6))
     for batch in batches + made:  # the loader hands them out without their cursor (it keeps the position)
         assert set(batch) <= keys(StreamBatch) and set(StreamBatch.__required_keys__) <= set(batch)
         for span in itertools.chain.from_iterable(batch["spans"]):
@@ -70,7 +73,8 @@ def test_one_builder_makes_a_stream_state():
 
 
 def test_every_typed_dict_is_used_in_an_annotation():
-    """Every TypedDict a production module defines is named in at least one annotation outside its definition."""
+    """Every TypedDict a production module defines is named in at least one annotation outside its
+    definition."""
     classes: dict[str, tuple[str, set[str]]] = {}  # name -> (file, base names)
     annotated: set[str] = set()
     for path in production_files():

@@ -1,4 +1,5 @@
-"""User mistakes and unlucky environments that were tracebacks or dead ends: each is one line, exit 2, or works.
+"""User mistakes and unlucky environments that were tracebacks or dead ends: each is one line, exit 2, or
+works.
 
 `--plot` with a suffix matplotlib cannot write, `compress` without its extra, a traced document the manifest
 does not hold, `export hf` outside a run (the tokenizer resolved in the documented order), `init --pin` whose
@@ -60,7 +61,10 @@ def test_compress_without_its_extra_is_a_pip_hint_and_leaves_no_folder(sample_ma
     out = tmp_path / "compressed"
     args = [str(source), "--manifest", str(sample_manifest), "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, "-c", _NO_COREMLTOOLS, "compress", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _NO_COREMLTOOLS, "compress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
@@ -77,7 +81,8 @@ def test_ledger_status_tells_an_unknown_document_from_a_kept_or_filtered_one(sam
 
     manifest = Manifest(sample_manifest)
     for shard in manifest.shards:
-        rows = pq.read_table(ledger_path(sample_manifest, shard.shard)).to_pylist()  # the oracle: the raw ledger
+        # the oracle: the raw ledger
+        rows = pq.read_table(ledger_path(sample_manifest, shard.shard)).to_pylist()
         for row in [r for r in rows if r["doc_id"]][:3]:
             assert ledger_status(manifest, shard.key, row["doc_id"]) == (row["status"], row["reason"])
     filtered = [(s.key, r) for s in manifest.shards for r in manifest.documents(s.shard).to_pylist()]
@@ -170,7 +175,9 @@ def _http_error(status: int):
 )
 def test_init_pin_names_the_network_or_the_login_by_the_cause(tmp_path, monkeypatch, make_error, cause):
     _pin_failing_with(monkeypatch, make_error())
-    line = _one_line(CliRunner().invoke(cli, ["init", "openelm", str(tmp_path), "--pin"]), "cannot ask the hub")
+    line = _one_line(
+        CliRunner().invoke(cli, ["init", "openelm", str(tmp_path), "--pin"]), "cannot ask the hub"
+    )
     if cause == "network":
         assert "unreachable (network)" in line and "login" not in line, line
     else:
@@ -178,7 +185,9 @@ def test_init_pin_names_the_network_or_the_login_by_the_cause(tmp_path, monkeypa
     assert not (tmp_path / "openelm.yaml").exists()
 
 
-def test_tokenizer_fetch_of_a_model_already_cached_succeeds_offline(llama_tokenizer_path, empty_cache, monkeypatch):
+def test_tokenizer_fetch_of_a_model_already_cached_succeeds_offline(
+    llama_tokenizer_path, empty_cache, monkeypatch
+):
     from standin_hub import offline
 
     from elm_data.pipeline.tokenizer import resolve_tokenizer
