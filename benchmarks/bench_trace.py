@@ -1,14 +1,17 @@
 """`trace --text` index: bytes per token, build time and query latency at a few scales.
 
-(a) the real index (``trainer.proof.trace.index_batches``: framed tokens of every consumed document once, uint16, and
-    its suffix array from ``pydivsufsort``) over the first 1/8, 1/4, 1/2 and all of a natural one-epoch pass of
-    the sample manifest's stream (what a run that consumed that much would index);
-(b) the suffix-array build alone on Zipf-distributed token arrays of 1 M to ``--max-tokens`` tokens (the build's
+(a) the real index (``trainer.proof.trace.index_batches``: framed tokens of every consumed document once,
+uint16, and
+    its suffix array from ``pydivsufsort``) over the first 1/8, 1/4, 1/2 and all of a natural one-epoch pass
+    of the sample manifest's stream (what a run that consumed that much would index);
+(b) the suffix-array build alone on Zipf-distributed token arrays of 1 M to ``--max-tokens`` tokens (the
+build's
     scaling, beyond the sample corpus);
 (c) query latency: ``trace_text`` of 32-token queries cut from indexed documents (planted) and of random token
     strings (absent), median and p95 over ``--queries``.
 
-    ELM_DATA_TOKENIZER=... python benchmarks/bench_trace.py MANIFEST_DIR [--max-tokens 16000000] [--queries 50]
+    ELM_DATA_TOKENIZER=... python benchmarks/bench_trace.py MANIFEST_DIR [--max-tokens 16000000] [--queries
+    50]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The docs point at code that exists: every ``folder/file.py`` named in README.md or docs/*.md is a file of the
-repository, and every ``file.py:Name`` (or ``file.py:Class.member``) names a function, class or assignment of
-that file, read with ``ast``. Moves (the trainer/ split, a helper moved below an import cycle) fail here until the
-docs follow them."""
+"""The docs point at code that exists: every ``folder/file.py`` named in README.md or docs/*.md is a file of
+the repository, and every ``file.py:Name`` (or ``file.py:Class.member``) names a function, class or assignment
+of that file, read with ``ast``. Moves (the trainer/ split, a helper moved below an import cycle) fail here
+until the docs follow them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ DEFINITION = re.compile(r"(?<![\w/.-])((?:[A-Za-z_]\w*/)*[A-Za-z_]\w*\.py):([A-Z
 
 @cache
 def tracked() -> tuple[str, ...]:
-    out = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return tuple(out.split())
 
 
@@ -30,7 +32,8 @@ def files_named(path: str) -> list[str]:
 
 
 def defined(path: str, dotted: str) -> bool:
-    """Whether ``dotted`` (``name`` or ``Class.member``) is defined at the top of ``path`` (or in that class)."""
+    """Whether ``dotted`` (``name`` or ``Class.member``) is defined at the top of ``path`` (or in that
+    class)."""
     body = ast.parse((ROOT / path).read_text()).body
     for part in dotted.split("."):
         found = None
@@ -51,19 +54,29 @@ def defined(path: str, dotted: str) -> bool:
 
 
 def doc_references(pattern: re.Pattern) -> list[tuple[str, re.Match]]:
-    return [(f"{doc.name}:{n}", m) for doc in DOCS for n, line in enumerate(doc.read_text().splitlines(), 1)
-            for m in pattern.finditer(line)]  # fmt: skip
+    return [
+        (f"{doc.name}:{n}", m)
+        for doc in DOCS
+        for n, line in enumerate(doc.read_text().splitlines(), 1)
+        for m in pattern.finditer(line)
+    ]
 
 
 def test_every_file_the_docs_name_exists():
-    missing = [f"{where}: {m.group(1)}" for where, m in doc_references(FILE)
-               if not m.group(1).startswith(EXTERNAL) and not files_named(m.group(1))]  # fmt: skip
+    missing = [
+        f"{where}: {m.group(1)}"
+        for where, m in doc_references(FILE)
+        if not m.group(1).startswith(EXTERNAL) and not files_named(m.group(1))
+    ]
     assert not missing
 
 
 def test_every_definition_the_docs_name_is_in_its_file():
     refs = doc_references(DEFINITION)
     assert len(refs) > 30  # the invariant table alone names a dozen
-    missing = [f"{where}: {m.group(0)}" for where, m in refs
-               if not any(defined(f, m.group(2)) for f in files_named(m.group(1)))]  # fmt: skip
+    missing = [
+        f"{where}: {m.group(0)}"
+        for where, m in refs
+        if not any(defined(f, m.group(2)) for f in files_named(m.group(1)))
+    ]
     assert not missing

@@ -1,6 +1,6 @@
-"""Held-out documents (ledger status ``heldout``) in what prints or publishes a manifest's counts: every figure
-said beside ``read`` accounts for them, so the buckets said add up to the records read (the ledger's statuses are
-the oracle; ``tests/test_heldout.py`` covers the build, the audit and the stream)."""
+"""Held-out documents (ledger status ``heldout``) in what prints or publishes a manifest's counts: every
+figure said beside ``read`` accounts for them, so the buckets said add up to the records read (the ledger's
+statuses are the oracle; ``tests/test_heldout.py`` covers the build, the audit and the stream)."""
 
 from __future__ import annotations
 
@@ -24,16 +24,21 @@ def _statuses(manifest: Manifest) -> Counter:
 
 def test_the_build_summary_counts_every_bucket_of_the_ledger(heldout_manifest, tmp_path):
     out = tmp_path / "manifest"
-    result = CliRunner().invoke(cli, ["build", "manifest", str(heldout_manifest.parent / "mixture.yaml"),
-                                      "--out", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        cli, ["build", "manifest", str(heldout_manifest.parent / "mixture.yaml"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.strip().startswith("documents"))
     read, terms = re.fullmatch(r"\s*documents\s+([\d,]+) read = (.*)", line).groups()
     said = {name: int(n.replace(",", "")) for n, name in re.findall(r"([\d,]+) ([a-z ]+?)(?: \+ |$)", terms)}
     ledger = _statuses(Manifest(out))
     assert ledger["heldout"] > 0
-    assert said == {"kept": ledger["kept"], "held out": ledger["heldout"], "filtered": ledger["filtered"],
-                    "rejected": ledger["rejected"]}  # fmt: skip
+    assert said == {
+        "kept": ledger["kept"],
+        "held out": ledger["heldout"],
+        "filtered": ledger["filtered"],
+        "rejected": ledger["rejected"],
+    }
     assert int(read.replace(",", "")) == sum(said.values())
 
 
@@ -46,7 +51,9 @@ def test_croissant_says_how_many_documents_are_held_out(heldout_manifest):
     shard_objects = {d["@id"]: d for d in meta["distribution"] if d["@id"].startswith("shard-")}
     for record in manifest.shards:
         text = shard_objects[f"shard-{record.shard:05d}"]["description"]
-        kept, read = (int(n.replace(",", "")) for n in re.search(r"([\d,]+) of ([\d,]+) records kept", text).groups())
+        kept, read = (
+            int(n.replace(",", "")) for n in re.search(r"([\d,]+) of ([\d,]+) records kept", text).groups()
+        )
         held = re.search(r"\(([\d,]+) more held out", text)
         held_out = int(held.group(1).replace(",", "")) if held else 0
         assert kept + held_out + record.docs_filtered + record.docs_rejected == read, text
@@ -55,7 +62,9 @@ def test_croissant_says_how_many_documents_are_held_out(heldout_manifest):
     assert fields["docs_heldout"] and fields["heldout_tokens"]
 
 
-def test_the_estimate_says_its_kept_figures_include_what_the_build_holds_out(heldout_manifest, tokenizer_path):
+def test_the_estimate_says_its_kept_figures_include_what_the_build_holds_out(
+    heldout_manifest, tokenizer_path
+):
     from elm_data.manifests.estimate import estimate_mixture, format_estimate
 
     estimate = estimate_mixture(heldout_manifest.parent / "mixture.yaml", tokenizer=tokenizer_path)

@@ -112,8 +112,9 @@ def report(**fields) -> None:
 
 
 def convert_or_pass(doc: str, convert, one_pass) -> None:
-    """The command line of a pre-tokenized route (its module docstring ``doc`` is the help): ``convert --shards
-    --tokenizer --out DIR`` writes the peer's format once, ``pass --out DIR`` reads it back in one natural pass."""
+    """The command line of a pre-tokenized route (its module docstring ``doc`` is the help):
+    ``convert --shards --tokenizer --out DIR`` writes the peer's format once, ``pass --out DIR`` reads it back
+    in one natural pass."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("step", choices=["convert", "pass"])
     parser.add_argument("--shards")
