@@ -144,7 +144,9 @@ def _keep_sigterm():
         ["estimate", "{mixture}", "--sample-docs", "2"],
         ["verify", "{out}/manifest"],
         ["stream", "{out}/manifest", "--take", "1", "--readahead-bytes", "0"],
-        pytest.param(["train", "{out}/train.yaml", "--out", "{out}/run", "--no-progress"], marks=pytest.mark.slow),
+        pytest.param(
+            ["train", "{out}/train.yaml", "--out", "{out}/run", "--no-progress"], marks=pytest.mark.slow
+        ),
         ["audit", "duplicates", "{out}/manifest"],
     ],
     ids=lambda a: " ".join(a[:2]),  # train (torch: seconds) in the slow tier; its flag is checked above too

@@ -161,7 +161,9 @@ def test_export_run_all_checkpoints_with_model_cards(trained_run, tmp_path, toke
         for key, tokens in steps[step]["tokens_by_source"].items():
             assert f"| {key} | {tokens:,} |" in card
         assert f"loss at this step: {steps[step]['loss']:.4f}" in card and f"step {step} of {STEPS}" in card
-        assert (folder / "tokenizer.model").read_bytes() == Path(tokenizer_path).read_bytes()  # the run's model
+        assert (folder / "tokenizer.model").read_bytes() == Path(
+            tokenizer_path
+        ).read_bytes()  # the run's model
         assert not (folder / "TOKENIZER_LICENCE.txt").exists()  # Meta's licence: only with Meta's model
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
         assert (

@@ -93,7 +93,9 @@ def test_the_llama2_model_is_named_by_its_sha256(llama_sample_manifest):
     info = json.loads((llama_sample_manifest / "manifest.json").read_text())
     assert info["tokenizer"]["sha256"] == LLAMA2_SHA256
     assert (info["tokenizer"]["name"], info["tokenizer"]["vocab_size"]) == ("LLaMA-2", 32000)
-    assert "LLaMA-2 tokens of kept documents" in CliRunner().invoke(audit, [str(llama_sample_manifest)]).output
+    assert (
+        "LLaMA-2 tokens of kept documents" in CliRunner().invoke(audit, [str(llama_sample_manifest)]).output
+    )
 
 
 def test_meta_licence_ships_only_with_metas_model(other_tokenizer, tmp_path):

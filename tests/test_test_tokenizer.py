@@ -1,8 +1,9 @@
 """The small test tokenizer (``tests/tokenizer/``) and the ``llama`` marker's contract.
 
-Most tests tokenize with a committed 15 KB SentencePiece model that the project trains from its own text; the tests
-that need LLaMA-2's exact ids, sha256 or name are marked ``llama``: without the gated model they skip and say why,
-and under ``CI=true`` such a skip fails the run (CI has the model, so every LLaMA test runs there).
+Most tests tokenize with a committed 15 KB SentencePiece model that the project trains from its own text; the
+tests that need LLaMA-2's exact ids, sha256 or name are marked ``llama``: without the gated model they skip
+and say why, and under ``CI=true`` such a skip fails the run (CI has the model, so every LLaMA test runs
+there).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ TEST_TOKENIZER = TESTS / "tokenizer" / "elm-test.model"
 
 def train(out: Path) -> str:
     """``tests/tokenizer/make_test_tokenizer.py``'s ``train`` (a script, loaded by path)."""
-    spec = importlib.util.spec_from_file_location("make_test_tokenizer", TESTS / "tokenizer" / "make_test_tokenizer.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_test_tokenizer", TESTS / "tokenizer" / "make_test_tokenizer.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.train(out)

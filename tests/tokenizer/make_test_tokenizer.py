@@ -24,9 +24,16 @@ from elm_data.sources import sample_text
 HERE = Path(__file__).resolve().parent
 MODEL = HERE / "elm-test.model"
 VOCAB_SIZE = 1024
-GENERATORS = (sample_text.web_page, sample_text.latex_paper, sample_text.qa_thread, sample_text.source_code,
-              sample_text.wiki_article, sample_text.book_chapter, sample_text.reddit_thread,
-              sample_text.paper_abstract)  # fmt: skip
+GENERATORS = (
+    sample_text.web_page,
+    sample_text.latex_paper,
+    sample_text.qa_thread,
+    sample_text.source_code,
+    sample_text.wiki_article,
+    sample_text.book_chapter,
+    sample_text.reddit_thread,
+    sample_text.paper_abstract,
+)
 
 
 def training_text(seed: int = 0, documents: int = 600) -> list[str]:
