@@ -187,7 +187,9 @@ def test_a_saved_run_is_reported_again_with_every_goal(tmp_path, capsys):
 
     names = [j for group in bench_peers.GROUPS.values() for j in group]
     names += ["mosaic-convert", "mosaic-pass", "litdata-convert", "litdata-pass"]
-    samples = {n: [run(10.0, 20.0), run(12.0, 24.0)] for n in dict.fromkeys(names) if n not in ("mosaic", "litdata")}
+    samples = {
+        n: [run(10.0, 20.0), run(12.0, 24.0)] for n in dict.fromkeys(names) if n not in ("mosaic", "litdata")
+    }
     samples["take0"] = [run(0.5, 1.0), run(0.5, 1.0)]
     samples["take1"] = [run(0.8, 1.0), run(0.9, 1.0)]
     samples["raw-sp"] = [run(10.0, 20.0, result={"tokens": 1000, "startup_cpu_s": 0.1})] * 2
@@ -196,7 +198,9 @@ def test_a_saved_run_is_reported_again_with_every_goal(tmp_path, capsys):
     assert bench_peers.main(["--from-json", str(saved), "--markdown"]) == 0
     out = capsys.readouterr().out
     goals = [name for name, *_, goal in bench_peers.RATIOS if goal] + ["tokens per CPU-second", "--take 1"]
-    table = [line for line in out.splitlines() if line.startswith("| ") and "goal" in line and "ratio" not in line]
+    table = [
+        line for line in out.splitlines() if line.startswith("| ") and "goal" in line and "ratio" not in line
+    ]
     assert len(table) == len(goals)
     for goal in goals:
         assert any(goal in line for line in table), goal
