@@ -258,3 +258,28 @@ def islice_batches(walk, n: int):
     from itertools import islice
 
     return islice(walk.batches(walk.start()), n)
+
+
+def test_the_surrogate_prefilter_agrees_with_the_regex_on_every_escape_head_and_real_lines(sample_dir):
+    from elm_data.sources.readers_jsonl import _SURROGATE_ESCAPE, _surrogate_escape
+
+    heads = [b"\\u" + bytes([a, b]) for a in b"0123456789abcdefABCDEFuU\\x" for b in b"0123456789abcdefABCDEFx"]
+    lines = [b'{"text": "a' + head + b'00z"}' for head in heads] + [b"\\ud", b"\\uD8", b"", b"\\\\ud800"]
+    lines += [line for path in sorted(sample_dir.rglob("*.jsonl")) for line in path.read_bytes().splitlines()]
+    assert sum(bool(_SURROGATE_ESCAPE.search(line)) for line in lines) >= 16  # the surface holds both outcomes
+    for line in lines:
+        assert _surrogate_escape(line) == bool(_SURROGATE_ESCAPE.search(line)), line[:80]
+
+
+def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_manifest, tokenizer):
+    from elm_data.sources import remote
+
+    batches = _stream(sample_manifest, tokenizer).batches([0], numpy=True)
+    assert "remote_reads" not in next(batches)  # a local corpus: nothing counted
+    remote.STATS.count(retry="http 503", fetched=10)
+    counted = next(batches)["remote_reads"]
+    assert (
+        counted["retries"] == 1 and counted["bytes_fetched"] == 10 and counted["retries_by_reason"] == {"http 503": 1}
+    )
+    assert "remote_reads" not in next(batches)
+    batches.close()

@@ -326,6 +326,7 @@ class _BatchMaker:
         # documents held per partition
         self.ahead = PassedAhead(self.doc_pass, self.fetcher, plan.manifest.shards)
         self.remote_seen = remote.STATS.to_dict()  # this process' remote reads counted into batches so far
+        self.remote_mark = _remote_mark()  # unchanged: nothing counted since (counts only grow)
 
     def close(self) -> None:
         for fetcher in self.fetchers.values():
@@ -373,10 +374,17 @@ class _BatchMaker:
         }
         if stream.provenance:
             batch["spans"] = rows.spans
-        reads = remote.STATS.since(self.remote_seen)
-        # remote reads since the last batch (StreamLoader sums them in its stats)
-        if remote.any_counted(reads):
-            batch["remote_reads"], self.remote_seen = reads, remote.STATS.to_dict()
+        if _remote_mark() != self.remote_mark:  # remote reads since the last batch (the loader sums them)
+            reads = remote.STATS.since(self.remote_seen)
+            if remote.any_counted(reads):
+                batch["remote_reads"], self.remote_seen = reads, remote.STATS.to_dict()
+            self.remote_mark = _remote_mark()
         if rows.segment_ids is not None:
             batch["segment_ids"] = self.as_array(rows.segment_ids)
         return batch
+
+
+def _remote_mark() -> tuple[int, int, int, int]:
+    """The totals of this process' remote counts: they only grow, so an unchanged mark means nothing was counted."""
+    stats = remote.STATS
+    return stats.failed, stats.bytes_fetched, stats.bytes_from_cache, stats.retries.total()
