@@ -190,8 +190,8 @@ def raw_lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | Too
 
 
 def _surrogate_escape(line: bytes) -> bool:
-    """Whether ``line`` holds a ``\\uD800``-``\\uDFFF`` escape: two substring scans (C, fast) rule most lines out before
-    the regex looks (the regex needs ``\\ud`` or ``\\uD``)."""
+    """Whether ``line`` holds a ``\\uD800``-``\\uDFFF`` escape: two substring scans (C, fast) rule most lines
+    out before the regex looks (the regex needs ``\\ud`` or ``\\uD``)."""
     return (b"\\ud" in line or b"\\uD" in line) and _SURROGATE_ESCAPE.search(line) is not None
 
 

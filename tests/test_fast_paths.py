@@ -283,3 +283,39 @@ def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_
     )
     assert "remote_reads" not in next(batches)
     batches.close()
+
+
+def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_its_batch(
+    sample_manifest, tokenizer, monkeypatch
+):
+    """Step k+1's pass runs on the pass thread while step k's batches are laid out; a document whose pass fails
+    there still fails only the batch that needs it, after every batch before it."""
+    import threading
+
+    from elm_data.pipeline.document_pass import DocumentPass
+    from elm_data.pipeline.stream import StreamLoader
+    from elm_data.pipeline.stream.partition import PartitionWalk
+
+    stream = _stream(sample_manifest, tokenizer, partitions=1)
+    reference = _batches(stream)
+    walk = PartitionWalk(stream.plan(), 0)
+    late = [d for batch, _ in islice_batches(walk, 300) for d in batch.docs][-1]
+    first_need = next(
+        b["batch_index"] for b in reference if any(s["doc_id"] == late.doc_id for r in b["spans"] for s in r)
+    )
+    threads, original = set(), DocumentPass.process
+
+    def process(self, docs):
+        threads.add(threading.current_thread().name)
+        if any(d.provenance.doc_id == late.doc_id for d in docs):
+            raise RuntimeError(f"pass failed on {late.doc_id}")
+        return original(self, docs)
+
+    monkeypatch.setattr(DocumentPass, "process", process)
+    fed = []
+    with pytest.raises(RuntimeError, match=f"pass failed on {late.doc_id}"):
+        for batch in StreamLoader(_stream(sample_manifest, tokenizer, partitions=1)):
+            fed.append(batch)
+    assert len(fed) == first_need >= 200
+    _same(fed, reference[:first_need])
+    assert any(name.startswith("elm-data-pass") for name in threads)

@@ -18,9 +18,12 @@ the per-batch order was). ``LOOKAHEAD_TOKENS = 0`` makes every batch one step (t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from elm_data.pipeline.document_pass import DocumentPass, PassResult
+from elm_data.sources.document import Document
 
 from .plan import BatchPlan, PlannedDoc
 from .reading import DocumentFetcher, StreamIntegrityError
@@ -74,6 +77,16 @@ def check_against_ledger(doc: PlannedDoc, result: PassResult, shards) -> None:
         )
 
 
+@dataclass
+class Step:
+    """A run's documents in flight: claimed (``wanted``, in the order its batches need them), ``fetched`` (a
+    prefix of them: a fetch failure stops it) and their pass and framing (``passing``) on the pass thread."""
+
+    wanted: list[tuple[int, PlannedDoc]]
+    fetched: list[Document]
+    passing: Future | None
+
+
 class PassedAhead:
     """Per partition, the framed documents of the batches planned next, until the last batch that needs each.
 
@@ -86,29 +99,45 @@ class PassedAhead:
         self.held: dict[int, dict[Key, FramedDoc]] = {}
         self.halt: Exception | None = None
         self.refused: dict[Key, Exception] = {}
+        self.pool: ThreadPoolExecutor | None = None  # the pass thread, made on first use
 
     def prepare(self, run: list[Planned]) -> None:
         """Fetch, pass, check and frame the documents of ``run`` not held yet, in the order the batches need
         them."""
-        if self.halt is not None:
-            return
+        self.settle(self.fetch(run))
+
+    def fetch(self, run: list[Planned]) -> Step:
+        """Fetch ``run``'s documents not held yet (this thread), in the order its batches need them, and start
+        their pass and framing on the pass thread (SentencePiece lets go of the GIL while it encodes, so the
+        caller reads and lays out meanwhile). Nothing is fetched once a fetch or pass failed (``halt``)."""
         wanted: list[tuple[int, PlannedDoc]] = []
+        fetched: list[Document] = []
+        if self.halt is not None:
+            return Step(wanted, fetched, None)
         for p, planned, _ in run:
             held = self.held.setdefault(p, {})
             for d in planned.docs:
                 if _key(d) not in held and _key(d) not in self.refused:
-                    held[_key(d)] = None  # type: ignore[assignment]  # claimed: framed below
+                    held[_key(d)] = None  # type: ignore[assignment]  # claimed: framed when settled
                     wanted.append((p, d))
-        fetched = []
         for p, d in wanted:
             try:
                 fetched.append(self.fetcher(p).fetch(d))
             except Exception as error:  # raised by the batch that needs this document (see framed)
                 self.halt = error
                 break
-        results = self._passed(fetched)
-        framed = frame_documents([r.segments for r in results])
-        for (p, d), result, fd in zip(wanted, results, framed, strict=False):
+        return Step(
+            wanted, fetched, self._thread().submit(self._pass_and_frame, fetched) if fetched else None
+        )
+
+    def settle(self, step: Step) -> None:
+        """Wait for ``step``'s pass, check each result against its ledger row and hold what passes."""
+        try:
+            results, framed = step.passing.result() if step.passing is not None else ([], [])
+        except Exception:
+            results = self._one_by_one(step.fetched)
+            framed = frame_documents([r.segments for r in results])
+        for (p, d), result, fd in zip(step.wanted, results, framed, strict=False):
             try:
                 check_against_ledger(d, result, self.shards)
             except StreamIntegrityError as error:
@@ -116,23 +145,34 @@ class PassedAhead:
                 del self.held[p][_key(d)]
                 continue
             self.held[p][_key(d)] = fd
-        for p, d in wanted[len(results) :]:  # not fetched or not passed: never framed
+        for p, d in step.wanted[len(results) :]:  # not fetched or not passed: never framed
             del self.held[p][_key(d)]
 
-    def _passed(self, docs: list) -> list[PassResult]:
-        """The pass over ``docs`` in one call; if it fails, one by one up to the document that fails
-        (``halt``)."""
-        try:
-            return self.doc_pass.process(docs)
-        except Exception:
-            results: list[PassResult] = []
-            for doc in docs:
-                try:
-                    results += self.doc_pass.process([doc])
-                except Exception as error:
-                    self.halt = error
-                    break
-            return results
+    def _pass_and_frame(self, docs: list[Document]) -> tuple[list[PassResult], list[FramedDoc]]:
+        results = self.doc_pass.process(docs)
+        return results, frame_documents([r.segments for r in results])
+
+    def _one_by_one(self, docs: list[Document]) -> list[PassResult]:
+        """The pass one document at a time up to the one that fails: its error is the first in plan order (it
+        precedes any fetch failure of a later step), so it becomes ``halt``."""
+        results: list[PassResult] = []
+        for doc in docs:
+            try:
+                results += self.doc_pass.process([doc])
+            except Exception as error:
+                self.halt = error
+                break
+        return results
+
+    def _thread(self) -> ThreadPoolExecutor:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elm-data-pass")
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
     def framed(self, p: int, planned: BatchPlan) -> dict[Key, FramedDoc]:
         """Partition ``p``'s held documents, holding every one of ``planned``; else the error that stopped one

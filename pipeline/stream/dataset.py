@@ -329,6 +329,7 @@ class _BatchMaker:
         self.remote_mark = _remote_mark()  # unchanged: nothing counted since (counts only grow)
 
     def close(self) -> None:
+        self.ahead.close()  # the pass thread first: it may be passing documents of a shard closed below
         for fetcher in self.fetchers.values():
             fetcher.close()  # a stream stopped early (or failing) leaves no shard open
 
@@ -342,13 +343,33 @@ class _BatchMaker:
                 self.fetchers[p].ahead.warm()
         return self.fetchers[p]
 
-    def run(self, planned: Iterable[tuple[int, BatchPlan, Cursor]]) -> Iterator[dict[str, Any]]:
-        """The batches of ``planned``, in order; the new documents of the next ``ahead.LOOKAHEAD_TOKENS``
-        planned tokens are fetched, passed and framed together before the first of their batches is made."""
-        for run in steps(planned, ahead.LOOKAHEAD_TOKENS):
-            self.ahead.prepare(run)
-            for p, batch_plan, cursor in run:
-                yield self.make(p, batch_plan, cursor)
+    def run(self, planned: Iterable[tuple[int, BatchPlan, Cursor]]) -> Iterator[StreamBatch]:
+        """The batches of ``planned``, in order. Their documents go in steps of ``ahead.LOOKAHEAD_TOKENS``
+        planned tokens, one step in flight: step k+1 is fetched and its pass started (on the pass thread)
+        before step k's batches are laid out, so reading, layout and SentencePiece overlap. A planning
+        failure comes after the batches planned before it."""
+        runs = steps(planned, ahead.LOOKAHEAD_TOKENS)
+        previous = None
+        while True:
+            try:
+                run = next(runs)
+            except StopIteration:
+                break
+            except Exception:
+                if previous is not None:
+                    yield from self._made(*previous)
+                raise
+            current = (run, self.ahead.fetch(run))
+            if previous is not None:
+                yield from self._made(*previous)
+            previous = current
+        if previous is not None:
+            yield from self._made(*previous)
+
+    def _made(self, run: list[tuple[int, BatchPlan, Cursor]], step: ahead.Step) -> Iterator[StreamBatch]:
+        self.ahead.settle(step)
+        for p, batch_plan, cursor in run:
+            yield self.make(p, batch_plan, cursor)
 
     def make(self, p: int, planned: BatchPlan, cursor: Cursor) -> StreamBatch:
         """One stream batch (see :class:`TokenStream`) of partition ``p``."""
@@ -385,6 +406,7 @@ class _BatchMaker:
 
 
 def _remote_mark() -> tuple[int, int, int, int]:
-    """The totals of this process' remote counts: they only grow, so an unchanged mark means nothing was counted."""
+    """The totals of this process' remote counts: they only grow, so an unchanged mark means nothing was
+    counted."""
     stats = remote.STATS
     return stats.failed, stats.bytes_fetched, stats.bytes_from_cache, stats.retries.total()
