@@ -263,10 +263,12 @@ def islice_batches(walk, n: int):
 def test_the_surrogate_prefilter_agrees_with_the_regex_on_every_escape_head_and_real_lines(sample_dir):
     from elm_data.sources.readers_jsonl import _SURROGATE_ESCAPE, _surrogate_escape
 
-    heads = [b"\\u" + bytes([a, b]) for a in b"0123456789abcdefABCDEFuU\\x" for b in b"0123456789abcdefABCDEFx"]
+    hexes = b"0123456789abcdefABCDEF"
+    heads = [b"\\u" + bytes([a, b]) for a in hexes + b"uU\\x" for b in hexes + b"x"]
     lines = [b'{"text": "a' + head + b'00z"}' for head in heads] + [b"\\ud", b"\\uD8", b"", b"\\\\ud800"]
     lines += [line for path in sorted(sample_dir.rglob("*.jsonl")) for line in path.read_bytes().splitlines()]
-    assert sum(bool(_SURROGATE_ESCAPE.search(line)) for line in lines) >= 16  # the surface holds both outcomes
+    # the surface holds both outcomes
+    assert sum(bool(_SURROGATE_ESCAPE.search(line)) for line in lines) >= 16
     for line in lines:
         assert _surrogate_escape(line) == bool(_SURROGATE_ESCAPE.search(line)), line[:80]
 
@@ -278,9 +280,8 @@ def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_
     assert "remote_reads" not in next(batches)  # a local corpus: nothing counted
     remote.STATS.count(retry="http 503", fetched=10)
     counted = next(batches)["remote_reads"]
-    assert (
-        counted["retries"] == 1 and counted["bytes_fetched"] == 10 and counted["retries_by_reason"] == {"http 503": 1}
-    )
+    assert counted["retries"] == 1 and counted["bytes_fetched"] == 10
+    assert counted["retries_by_reason"] == {"http 503": 1}
     assert "remote_reads" not in next(batches)
     batches.close()
 
@@ -288,8 +289,8 @@ def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_
 def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_its_batch(
     sample_manifest, tokenizer, monkeypatch
 ):
-    """Step k+1's pass runs on the pass thread while step k's batches are laid out; a document whose pass fails
-    there still fails only the batch that needs it, after every batch before it."""
+    """Step k+1's pass runs on the pass thread while step k's batches are laid out; a document whose pass
+    fails there still fails only the batch that needs it, after every batch before it."""
     import threading
 
     from elm_data.pipeline.document_pass import DocumentPass
