@@ -22,6 +22,7 @@ import io
 import itertools
 import os
 import struct
+import sys
 import tempfile
 import threading
 import weakref
@@ -424,11 +425,13 @@ def _block_at(starts: Sequence[int], pos: int) -> int:
 
 class HeldBlocks:
     """The verified block bytes this process holds in memory, over every open view, capped at ``limit`` bytes
-    (invariant 11): when a view keeps a new block in memory and the total passes the cap, the least recently
-    loaded blocks still held are moved to anonymous temp files (their bytes were checked when loaded; nothing
-    is read from storage again, so each shard byte is still read once). A stream reader therefore holds at
-    most the cap in blocks, however large its blocks and however many partitions and sources it has open at
-    once."""
+    together with what it holds decoded in Arrow's memory pool (invariant 11): when a view keeps a new block
+    in memory and the total passes the cap, the least recently loaded blocks still held are moved to anonymous
+    temp files (their bytes were checked when loaded; nothing is read from storage again, so each shard byte
+    is still read once). A stream reader therefore holds at most the cap in blocks and decoded parquet rows,
+    however large its blocks and however many partitions and sources it has open at once, unless the decoded
+    rows alone pass it (each open parquet shard holds at most one row group's rows,
+    ``readers_parquet.DECODED_AHEAD_BYTES``)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -442,7 +445,7 @@ class HeldBlocks:
         with self._lock:
             self._order[(id(view), i)] = (weakref.ref(view), i, len(data))
             self.held += len(data)
-            while self.held > self.limit and self._order:
+            while self.held + arrow_bytes() > self.limit and self._order:
                 (_, (ref, j, size)) = self._order.popitem(last=False)
                 self.held -= size
                 owner = ref()
@@ -455,6 +458,13 @@ class HeldBlocks:
             entry = self._order.pop((id(view), i), None)
             if entry is not None:
                 self.held -= entry[2]
+
+
+def arrow_bytes() -> int:
+    """The bytes this process holds in Arrow's default memory pool (decoded parquet rows, ledger rows), 0
+    before pyarrow is imported: they count against the same reader cap as the blocks."""
+    arrow = sys.modules.get("pyarrow")
+    return arrow.total_allocated_bytes() if arrow is not None else 0
 
 
 def _spilled(data: bytes) -> BinaryIO:

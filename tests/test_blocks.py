@@ -147,6 +147,36 @@ def test_the_views_of_a_process_hold_at_most_the_reader_memory_cap_and_read_each
         blocks_module.set_reader_memory(saved)
 
 
+def test_rows_a_process_holds_decoded_in_arrow_count_against_the_same_cap(tmp_path):
+    """One budget: blocks give way to what the process holds decoded in Arrow's pool (parquet rows, ledgers)."""
+    import pyarrow as pa
+
+    from elm_data.sources import blocks as blocks_module
+
+    data = "".join(json.dumps({"text": "z" * (500 + 37 * i % 900)}) + "\n" for i in range(300)).encode()
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    _, _, blocks = index_blocks(str(path), "jsonl", block_bytes=16384)
+    saved = blocks_module.HELD.limit
+    blocks_module.set_reader_memory(pa.total_allocated_bytes() + 3 * 16384)  # what Arrow holds now, plus 3 blocks
+    decoded = pa.allocate_buffer(2 * 16384)  # decoded rows: room for one block is left
+    try:
+        views = [VerifiedView(str(path), blocks, 0, len(data)) for _ in range(3)]
+        most = 0
+        for b in blocks:
+            for v in views:
+                v.seek(b.start)
+                assert v.read(b.end - b.start) == data[b.start : b.end]
+                most = max(most, in_memory(views))
+                assert in_memory(views) + pa.total_allocated_bytes() <= blocks_module.HELD.limit + 16384
+        assert 0 < most <= 16384  # without counting Arrow's bytes: 3 blocks in memory
+        for v in views:
+            v.close()
+    finally:
+        blocks_module.set_reader_memory(saved)
+        del decoded
+
+
 def test_a_reader_opens_a_verified_view_directly_not_behind_a_network_buffer(tmp_path):
     """Each open shard of a stream reader is a view; wrapped as a remote file it cost an 8 MiB buffer per open
     shard (664 MiB of a scale-300 natural pass's peak in one process, P = 16)."""

@@ -7,10 +7,12 @@
 - :func:`dataloader_worker_init` — the ``worker_init_fn`` for torch DataLoaders (the stream's workers).
 - :func:`stop_on_sigterm` — the main process turns SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``),
   so ``finally`` blocks run and the command line reports it in one line, as for Ctrl-C.
+- :func:`return_freed_memory` — a stream reader process gives the memory it frees back to the OS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import multiprocessing
@@ -24,6 +26,8 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 WATCH_INTERVAL_S = 1.0
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 << 10
 
 
 class Terminated(KeyboardInterrupt):
@@ -114,3 +118,22 @@ def stop_on_sigterm() -> None:
     """In the main thread of the main process: SIGTERM raises :class:`Terminated` (cleanup then exit)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def return_freed_memory() -> bool:
+    """Make this process give back to the OS the large buffers it frees (a stream reader frees a verified
+    block, a decoded row group and a batch's arrays over and over): glibc serves every allocation of 128 KiB
+    or more with its own mapping, unmapped when freed (else its threshold rises to the largest block freed,
+    and freed 4 MiB blocks stay in the heap), and Arrow allocates from the system allocator (its mimalloc pool
+    keeps what it frees: ~80 MiB in a one-process pass over the scale-300 sample). Returns whether pyarrow's
+    pool is the system one now. Only the process's allocator settings change: no byte anything reads or
+    yields."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return False
+    pa.set_memory_pool(pa.system_memory_pool())
+    return pa.default_memory_pool().backend_name == "system"

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict
 
+from elm_data.core.procs import return_freed_memory
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
@@ -148,6 +149,7 @@ class TokenStream:
         reader_memory: int | None = None,
     ):
         self.reader_memory = _reader_memory(reader_memory)
+        return_freed_memory()  # before the manifest is read (and again in each reading process: batches())
         if network is not None:
             network.apply()
         self.network = NetworkSettings.current()  # applied again in each DataLoader worker
@@ -241,6 +243,7 @@ class TokenStream:
         fails or is closed early."""
         plan = self.plan()
         set_reader_memory(self.reader_memory)  # in this process (a DataLoader worker too)
+        return_freed_memory()
         maker = _BatchMaker(self, plan, numpy)
         try:
             partitions = list(partitions)
