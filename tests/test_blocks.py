@@ -148,7 +148,8 @@ def test_the_views_of_a_process_hold_at_most_the_reader_memory_cap_and_read_each
 
 
 def test_rows_a_process_holds_decoded_in_arrow_count_against_the_same_cap(tmp_path):
-    """One budget: blocks give way to what the process holds decoded in Arrow's pool (parquet rows, ledgers)."""
+    """One budget: blocks give way to what the process holds decoded in Arrow's pool (parquet rows,
+    ledgers)."""
     import pyarrow as pa
 
     from elm_data.sources import blocks as blocks_module
@@ -158,7 +159,9 @@ def test_rows_a_process_holds_decoded_in_arrow_count_against_the_same_cap(tmp_pa
     path.write_bytes(data)
     _, _, blocks = index_blocks(str(path), "jsonl", block_bytes=16384)
     saved = blocks_module.HELD.limit
-    blocks_module.set_reader_memory(pa.total_allocated_bytes() + 3 * 16384)  # what Arrow holds now, plus 3 blocks
+    blocks_module.set_reader_memory(
+        pa.total_allocated_bytes() + 3 * 16384
+    )  # what Arrow holds now, plus 3 blocks
     decoded = pa.allocate_buffer(2 * 16384)  # decoded rows: room for one block is left
     try:
         views = [VerifiedView(str(path), blocks, 0, len(data)) for _ in range(3)]

@@ -60,13 +60,16 @@ def test_an_open_parquet_reader_holds_a_few_rows_not_its_row_group(tmp_path):
 
 
 def test_an_open_reader_of_a_dictionary_encoded_row_group_holds_its_text_once_then_less(tmp_path):
-    """A row group of fewer texts than pyarrow's write batch is one dictionary page (``datasets``' 1,000-row row
-    groups of web documents are): read lazily, pyarrow holds the decoded dictionary, the page and the compressed
-    chunk for as long as the reader is open, about twice the text; decoded at once, the text once, shrinking."""
+    """A row group of fewer texts than pyarrow's write batch is one dictionary page (``datasets``' 1,000-row
+    row groups of web documents are): read lazily, pyarrow holds the decoded dictionary, the page and the
+    compressed chunk for as long as the reader is open, about twice the text; decoded at once, the text once,
+    shrinking."""
     texts = _texts(2)[:1000]
     text_bytes = sum(len(t) for t in texts)  # ~4 MB
     path = tmp_path / "dictionary.parquet"
-    pq.write_table(pa.table({"text": texts}), path, row_group_size=1000)  # pyarrow's defaults: dictionary, snappy
+    pq.write_table(
+        pa.table({"text": texts}), path, row_group_size=1000
+    )  # pyarrow's defaults: dictionary, snappy
     chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
     assert (
         chunk.has_dictionary_page
@@ -92,13 +95,17 @@ def test_an_open_jsonl_reader_holds_less_than_a_mebibyte(tmp_path):
 
 
 @pytest.mark.parametrize("ahead", [0, 16 << 20], ids=["lazily", "at once"])
-def test_a_row_group_breaking_midway_gives_its_rows_before_the_break_however_decoded(tmp_path, monkeypatch, ahead):
+def test_a_row_group_breaking_midway_gives_its_rows_before_the_break_however_decoded(
+    tmp_path, monkeypatch, ahead
+):
     from elm_data.sources import readers_parquet
 
     rng = random.Random(3)
     texts = [f"document {i} " + " ".join(rng.choices(WORDS, k=60)) for i in range(256)]
     sink = pa.BufferOutputStream()  # one row group: a dictionary page, then data pages of 16 rows each
-    pq.write_table(pa.table({"text": texts}), sink, row_group_size=256, data_page_size=64, write_batch_size=16)
+    pq.write_table(
+        pa.table({"text": texts}), sink, row_group_size=256, data_page_size=64, write_batch_size=16
+    )
     data = sink.getvalue().to_pybytes()
     chunk = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
     assert readers_parquet._mostly_dictionary(chunk, "text")  # so "at once" decodes the row group at once
@@ -130,7 +137,7 @@ def rss():
 
 paths = sys.argv[1:]
 return_freed_memory()
-for item in read_shard(paths[0], "pile", "default", select=range(1000)):  # one-time costs (imports, first use)
+for item in read_shard(paths[0], "pile", "default", select=range(1000)):  # one-time costs (first use)
     pass
 before = rss()
 readers = [iter(read_shard(p, "pile", "default", select=range(1000))) for p in paths]
@@ -145,14 +152,16 @@ print(rss() - before)
 
 def test_a_reader_process_gives_back_what_its_readers_decoded_and_freed(tmp_path):
     """Eight open parquet readers decode ~32 MB and hand every row out: a process that returns freed memory
-    (``return_freed_memory``, as each stream reader does) ends holding little of it (with Arrow's mimalloc pool
-    and glibc's defaults it kept ~46 MiB)."""
+    (``return_freed_memory``, as each stream reader does) ends holding little of it (with Arrow's mimalloc
+    pool and glibc's defaults it kept ~46 MiB)."""
     rng = random.Random(4)
     paths = []
     for k in range(8):
         texts = [" ".join(rng.choices(WORDS, k=800)) for _ in range(1000)]  # ~4 MB, one dictionary row group
         paths.append(str(tmp_path / f"train-0000{k}-of-01650.parquet"))
         pq.write_table(pa.table({"text": texts}), paths[-1], row_group_size=1000)
-    out = subprocess.run([sys.executable, "-c", READERS_SCRIPT, *paths], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", READERS_SCRIPT, *paths], capture_output=True, text=True, check=True
+    )
     kept = int(out.stdout.strip().splitlines()[-1])
     assert kept < 16 << 20, f"the process kept {kept:,} bytes of ~32 MB decoded and freed"
