@@ -41,9 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from elm_data.pipeline.counts import Counts
+from elm_data.sources.blocks import Block
 
 from .duplicates import DedupSettings, Sketcher, find_duplicates, signature_of
 from .heldout import HELDOUT
+from .ledger_blocks import block_index
 from .shard_records import ShardRecord
 
 REASON_DUPLICATE = "duplicate"
@@ -144,10 +146,6 @@ def apply_to_ledger(table: pa.Table, removed: Mapping[int, str]) -> pa.Table:
 def apply_to_record(record: ShardRecord, table: pa.Table, removed: Mapping[int, str]) -> ShardRecord:
     """The shard record after its removals: kept -> ``filtered_by_reason["duplicate"]`` (with their
     characters, tokens and segments), and its block index recomputed from the new ledger ``table``."""
-    from elm_data.sources.blocks import Block
-
-    from .ledger_blocks import block_index
-
     if not removed:
         return record
     gone = table.filter(pa.array([i in removed for i in table.column("index").to_pylist()]))

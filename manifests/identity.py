@@ -24,6 +24,7 @@ from typing import Any
 from elm_data.core.canonical_json import SORTED_UTF8
 from elm_data.core.errors import ElmDataError
 
+from .block_index import counts_digest, index_digest
 from .merkle import merkle_root
 from .shard_records import ShardRecord, totals_of
 
@@ -207,8 +208,6 @@ def block_tampering(manifest: Any, every_block: bool = False) -> list[str]:
     """Shards of an open :class:`~.manifest.Manifest` whose rows of ``blocks.parquet`` differ from the digests
     their shard records commit: the block counts of every shard (one compact array), and with ``every_block``
     every shard's whole block index too (empty when sound)."""
-    from .block_index import counts_digest
-
     counts = manifest.block_counts_or_problem()
     if isinstance(counts, str):
         return [counts]
@@ -226,6 +225,4 @@ def block_tampering(manifest: Any, every_block: bool = False) -> list[str]:
 
 def index_matches(record: ShardRecord, rows: Sequence[dict[str, Any]]) -> bool:
     """Whether a shard's block index (its rows of ``blocks.parquet``) is the one its record commits."""
-    from .block_index import index_digest
-
     return index_digest(rows) == record.blocks_sha256

@@ -36,6 +36,7 @@ from elm_data.sources.readers import fetched, read_shard, shard_format_of
 from elm_data.sources.readers_common import UnsupportedFormat
 from elm_data.sources.registry import subset_key
 
+from .dedup_filter import signature_table, signer_for
 from .heldout import HELDOUT, HeldoutSelector
 from .ledger_blocks import block_index
 from .manifest import DOCUMENT_SCHEMA
@@ -245,8 +246,6 @@ def count_shard(
     record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
     if tally.signer is None:
         return record, table, None
-    from .dedup_filter import signature_table
-
     return record, table, signature_table(tally.signatures)
 
 
@@ -265,8 +264,6 @@ def tally_shard(
         task.shard, count_pieces=corenet, heldout=task.heldout, key=subset_key(task.source, task.subset)
     )
     if document_pass.filters.dedup is not None:
-        from .dedup_filter import signer_for
-
         tally.signer = signer_for(document_pass.filters.dedup)
     pending: list[Document | Rejection] = []
 

@@ -43,6 +43,7 @@ from ..core.config import ConfigError, TrainConfig
 from ..core.flops import flops_per_token
 from ..core.hardware import device_description, mfu, peak_flops
 from ..core.loop import StepStats, Trainer, load_tokenizer, start_processes
+from ..core.runlog import code_version
 from .matrix import AXES, COLUMNS, OUTPUT_FILES, RUNS_DIR, STATUSES, Cell, Matrix, MatrixError
 
 
@@ -435,7 +436,6 @@ def mark_frontier(rows: list[dict[str, Any]]) -> None:
 def write_outputs(out_dir: Path, matrix: Matrix, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
     """``results.csv`` (COLUMNS; empty where a cell has no figure), ``results.json`` and the plots, each
     whole."""
-    from ..core.runlog import code_version
     from .efficiency_plots import plot_frontier, plot_throughput
 
     table = io.StringIO(newline="")
