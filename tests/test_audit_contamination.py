@@ -114,6 +114,7 @@ def test_planted_items_are_found_exactly_as_a_brute_force_scan(planted, tokenize
     assert report["items_too_short"] == 1 + (n > 30) * 8
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_one_worker_report(planted):
     tasks = [jsonl_task(planted["task"]), jsonl_task(planted["unrelated"])]
     manifest = Manifest(planted["manifest"])

@@ -82,6 +82,7 @@ def test_planted_duplicates_against_brute_force_jaccard(dup_corpus, threshold):
     assert not unrelated  # nothing unlike is ever paired
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_one_worker_clusters(dup_corpus):
     one, two = (audit_duplicates(Manifest(dup_corpus[0]), workers=w) for w in (1, 2))
     assert (one.docs, one.near_pairs, one.cluster_of) == (two.docs, two.near_pairs, two.cluster_of)

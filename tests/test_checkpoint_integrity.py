@@ -37,6 +37,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_trainer_state_records_the_sha256_of_every_other_file(tmp_path):
     path = _checkpoint(tmp_path)
     files = json.loads((path / ckpt.TRAINER_STATE).read_text())["files"]
@@ -306,6 +307,7 @@ print(json.dumps(out))
 
 
 @needs_small_filesystems
+@pytest.mark.slow
 def test_a_full_disk_at_any_checkpoint_file_is_one_line_naming_the_checkpoint(tmp_path):
     import sys
 

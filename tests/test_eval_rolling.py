@@ -41,6 +41,7 @@ def tiny_export(tmp_path_factory, tokenizer_path) -> tuple[OpenELM, Path]:
     return model, folder
 
 
+@pytest.mark.slow
 def test_rolling_loglikelihood_is_the_text_given_one_bos(tiny_export, tokenizer_path):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance

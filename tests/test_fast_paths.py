@@ -82,6 +82,7 @@ def _stream_cli(*args: str) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_stream_cli_with_workers_prints_the_same_sequences(sample_manifest, tokenizer_path):
     base = [str(sample_manifest), "--format", "jsonl", "--seq-len", "64", "--tokenizer", tokenizer_path]
     printed = {w: _stream_cli(*base, "--take", "12", "--batch-size", "4", "--workers", w) for w in ("0", "2")}
@@ -217,6 +218,7 @@ def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manif
 
 
 @pytest.mark.llama  # where a document first appears, as LLaMA-2 counts the sample
+@pytest.mark.slow
 def test_a_drifted_document_stops_the_stream_at_its_batch_not_before(
     llama_sample_manifest, llama_tokenizer, tmp_path
 ):

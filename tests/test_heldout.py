@@ -79,6 +79,7 @@ def test_read_is_kept_plus_heldout_plus_filtered_plus_rejected_in_every_shard(he
     assert not manifest.ledger_problems()
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_heldout_manifest(heldout_manifest, tokenizer_path, tmp_path):
     mixture = heldout_manifest.parent / "mixture.yaml"
     result = build_manifest(mixture, tmp_path / "w2", tokenizer=tokenizer_path, workers=2)
@@ -153,6 +154,7 @@ def test_a_bad_fraction_is_a_one_line_error(value):
         MixtureConfig.from_dict(raw)
 
 
+@pytest.mark.slow
 def test_no_heldout_document_is_in_any_training_span_over_a_natural_pass(heldout_manifest, tokenizer):
     """A natural pass (one epoch, natural proportions) feeds every kept document and not one held-out
     document."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import pytest
 from click.testing import CliRunner
 
 from elm_data.cli import cli
@@ -62,6 +63,7 @@ def test_croissant_says_how_many_documents_are_held_out(heldout_manifest):
     assert fields["docs_heldout"] and fields["heldout_tokens"]
 
 
+@pytest.mark.slow
 def test_the_estimate_says_its_kept_figures_include_what_the_build_holds_out(
     heldout_manifest, tokenizer_path
 ):

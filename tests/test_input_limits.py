@@ -168,6 +168,7 @@ def _one_long_line(path: Path, fmt: str, mib: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_compressed_bomb_is_indexed_and_read_in_bounded_memory(tmp_path):
     shards = [
         (fmt, _one_long_line(tmp_path / f"bomb.{fmt}", fmt, mib))
@@ -220,6 +221,7 @@ print(status("VmHWM:") - before, out)
 """
 
 
+@pytest.mark.slow
 def test_estimate_samples_bombs_in_bounded_memory(tmp_path):
     """``elm-data estimate`` reads a window of each compressed shard and whole lines of plain ones: a long
     line and a window of tiny lines stay bounded (the long line is the reader's record_too_large: no

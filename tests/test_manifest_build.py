@@ -76,6 +76,7 @@ def test_manifest_accounts_for_every_record(sample_manifest, sample_dir, tokeniz
     assert not Path(workspace_path_for(str(sample_manifest))).exists()
 
 
+@pytest.mark.slow
 def test_two_workers_give_identical_bytes_and_id(sample_dir, tokenizer_path, sample_manifest, tmp_path):
     out = tmp_path / "w2"
     result = build_manifest(sample_dir / "mixture.yaml", out, tokenizer=tokenizer_path, workers=2)
@@ -97,6 +98,7 @@ def test_id_follows_content_and_config_not_location(corpus_copy, tokenizer_path,
     assert stricter.totals["docs_kept"] < original.info["totals"]["docs_kept"]
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_reuses_committed_shards(
     sample_dir, tokenizer_path, sample_manifest, tmp_path
 ):

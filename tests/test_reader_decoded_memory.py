@@ -150,6 +150,7 @@ print(rss() - before)
 """
 
 
+@pytest.mark.slow
 def test_a_reader_process_gives_back_what_its_readers_decoded_and_freed(tmp_path):
     """Eight open parquet readers decode ~32 MB and hand every row out: a process that returns freed memory
     (``return_freed_memory``, as each stream reader does) ends holding little of it (with Arrow's mimalloc

@@ -122,6 +122,7 @@ def _at(records, step, events=("step", "receipt")):
     return next(i for i, r in enumerate(records) if r.get("event") in events and r.get("step") == step)
 
 
+@pytest.mark.slow
 def test_every_step_logs_its_chain_head_and_the_end_record_the_receipt(receipt_run, sample_manifest):
     records = read_log(receipt_run)
     heads = [r for r in records if r.get("event") in ("step", "receipt")]
@@ -397,6 +398,7 @@ def test_tokens_edited_in_a_checkpoint_before_a_resume_fail(sample_manifest, tmp
 
 # ---- run directories: a resume into a new --out, a restart, one run at a time
 # ------------------------------------
+@pytest.mark.slow
 def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample_manifest, tmp_path):
     from elm_data.trainer.core.runlog import effective_steps
 
@@ -420,6 +422,7 @@ def test_a_run_resumed_into_a_new_out_verifies_from_step_one(receipt_run, sample
     assert any("steps 1-6" in note for note in outcome.notes), outcome.notes
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_with_resume(
     receipt_run, sample_manifest, tmp_path
 ):

@@ -382,6 +382,7 @@ def test_a_block_over_16_mib_streams_in_bounded_memory_read_ahead_and_cached(
         assert stats.bytes_sent == sent
 
 
+@pytest.mark.slow
 def test_read_ahead_of_an_endless_stream_over_a_corpus_smaller_than_its_budget_stops(over_http, tokenizer):
     """Training streams epoch after epoch (``epochs=None``): once every block of a small corpus is fetched
     ahead, scheduling must stop at the first block still held, not walk the endless order (it hung a training
@@ -472,6 +473,7 @@ def s3_env(monkeypatch, s3_endpoint):
     return s3_endpoint
 
 
+@pytest.mark.slow
 def test_a_build_and_a_stream_over_s3_equal_the_local_ones(
     sample_dir, tokenizer_path, tokenizer, tmp_path, s3_env, over_http
 ):
@@ -495,6 +497,7 @@ def test_the_whole_mixture_over_s3_at_1x0_and_2x2(sample_dir, tokenizer_path, to
     assert global_batches(s3.manifest_dir, tokenizer, 2, 2) == reference
 
 
+@pytest.mark.slow
 def test_the_readmes_s3_recipe_keys_and_endpoint_from_the_environment_only(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint, over_http
 ):
@@ -520,6 +523,7 @@ def test_the_readmes_s3_recipe_keys_and_endpoint_from_the_environment_only(
     assert global_batches(s3.manifest_dir, tokenizer, 1, 0, partitions=2) == over_http.reference
 
 
+@pytest.mark.slow
 def test_a_mixtures_storage_options_reach_its_globs_and_the_estimate(
     sample_dir, tokenizer_path, tokenizer, tmp_path, monkeypatch, s3_endpoint
 ):

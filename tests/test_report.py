@@ -111,6 +111,7 @@ def test_report_of_a_log_is_one_self_contained_page_with_every_chart(tmp_path):
     assert series.data_share.tolist() == pytest.approx([0.05] * 50)
 
 
+@pytest.mark.slow
 def test_held_out_records_get_their_chart_and_an_empty_log_is_one_line(tmp_path):
     run = synthetic_log(tmp_path / "run", steps=40, heldout_every=10)
     result = write_report(run, out=tmp_path / "page")

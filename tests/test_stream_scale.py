@@ -129,6 +129,7 @@ def test_resume_switching_from_2x2_to_1x4_is_bit_exact(llama_small_blocks, llama
 
 
 # the fast tier's check of invariant 7: each shard byte read once in total, however many readers
+@pytest.mark.slow
 def test_each_shard_byte_is_read_once_from_remote_storage_at_2x2(remote, tokenizer):
     manifest_dir, log = remote
     corpus = sum(r.size_bytes for r in Manifest(manifest_dir).shards)

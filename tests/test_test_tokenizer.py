@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sentencepiece as spm
 
 from elm_data.core.known_tokenizers import LLAMA2_SHA256, known_name
@@ -65,6 +66,7 @@ def _run_llama_test(ci: bool) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_without_the_gated_model_a_llama_test_skips_saying_why_and_fails_under_ci():
     alone = _run_llama_test(ci=False)
     assert alone.returncode == 0 and "1 skipped" in alone.stdout, alone.stdout + alone.stderr

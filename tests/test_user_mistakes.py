@@ -55,6 +55,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_compress_without_its_extra_is_a_pip_hint_and_leaves_no_folder(sample_manifest, tmp_path):
     source = tmp_path / "ckpt"
     source.mkdir()
