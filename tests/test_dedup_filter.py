@@ -120,6 +120,7 @@ def test_a_deduplicated_manifest_balances_per_shard(planted, mode):
     assert len({base.manifest_id, dedup.manifest_id}) == 2
 
 
+@pytest.mark.slow
 def test_exact_dedup_at_two_workers_gives_the_same_manifest(planted, tokenizer_path, tmp_path):
     root, _, built = planted
     out = tmp_path / "two"

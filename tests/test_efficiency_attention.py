@@ -20,6 +20,7 @@ def pair() -> tuple[OpenELM, OpenELM]:
     return sdpa.eval(), eager.eval()
 
 
+@pytest.mark.slow
 def test_eager_matches_sdpa_causal_and_with_document_masks():
     sdpa, eager = pair()
     ids = torch.randint(0, 512, (2, 24))

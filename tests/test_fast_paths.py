@@ -288,6 +288,7 @@ def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_
     batches.close()
 
 
+@pytest.mark.slow
 def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_its_batch(
     sample_manifest, tokenizer, monkeypatch
 ):

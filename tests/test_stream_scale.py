@@ -190,6 +190,7 @@ def test_a_flipped_byte_stops_the_stream_before_any_document_of_its_block(
 
 
 @pytest.mark.llama  # the partitions fit LLaMA-2's counts
+@pytest.mark.slow
 def test_resume_reads_only_the_ledger_at_the_cursor(llama_small_blocks, llama_tokenizer, monkeypatch):
     """A late cursor resumes after reading the ledgers of the units it draws next, not of the past
     (counted)."""

@@ -110,6 +110,7 @@ def _fitted(held: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
     return None
 
 
+@pytest.mark.slow
 def test_weight_shares_are_those_of_the_full_fitting_and_a_hopeless_mix_fails_at_once():
     rng = np.random.default_rng(7)
     outcomes = set()
