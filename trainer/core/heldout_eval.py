@@ -36,17 +36,11 @@ from elm_data.sources.document import Document, Provenance
 
 from .hardware import autocast
 from .loss import loss_sums, split_inputs_labels
+from .runlog import HELDOUT_RECORD_FIELDS
 
-# The per-source fields of a ``heldout`` record (each ``{source/subset: value}``), besides ``step`` and
-# ``event``.
-RECORD_FIELDS = (
-    "loss_by_source",
-    "perplexity_by_source",
-    "bits_per_byte_by_source",
-    "docs_by_source",
-    "tokens_by_source",
-    "bytes_by_source",
-)
+# The per-source fields of a ``heldout`` record; their owner is the run log's module (torch-free, so
+# audit-run reads them too).
+RECORD_FIELDS = HELDOUT_RECORD_FIELDS
 
 
 class HeldoutChanged(ElmDataError, RuntimeError):

@@ -26,6 +26,17 @@ from elm_data.core.canonical_json import json_safe
 from elm_data.core.errors import ElmDataError, NotFound
 from elm_data.core.outputs import disk_full_error
 
+# The per-source fields of a ``heldout`` record (each ``{source/subset: value}``), besides ``step``,
+# ``event`` and ``eval_time_s`` (core/heldout_eval.py writes them; proof/audit.py declares them measurements).
+HELDOUT_RECORD_FIELDS = (
+    "loss_by_source",
+    "perplexity_by_source",
+    "bits_per_byte_by_source",
+    "docs_by_source",
+    "tokens_by_source",
+    "bytes_by_source",
+)
+
 LOG_FILE = "log.jsonl"
 
 

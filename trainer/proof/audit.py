@@ -20,7 +20,7 @@ from elm_data.manifests.shard_records import counts_by_subset
 from elm_data.manifests.targets import load_targets
 from elm_data.sources.registry import subset_key
 
-from ..core.runlog import effective_steps, read_log
+from ..core.runlog import HELDOUT_RECORD_FIELDS, effective_steps, read_log
 from .records import AuditError, LoggedChain, RunPlan, logged_chain, run_header, trained_manifest
 
 if TYPE_CHECKING:
@@ -258,16 +258,7 @@ STEP_FIELDS_MEASURED = (
 # are not
 # training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no such
 # record).
-HELDOUT_FIELDS_MEASURED = (
-    "step",
-    "loss_by_source",
-    "perplexity_by_source",
-    "bits_per_byte_by_source",
-    "docs_by_source",
-    "tokens_by_source",
-    "bytes_by_source",
-    "eval_time_s",
-)
+HELDOUT_FIELDS_MEASURED = ("step", *HELDOUT_RECORD_FIELDS, "eval_time_s")
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and,
 # at
 # resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
