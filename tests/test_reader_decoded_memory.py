@@ -153,8 +153,9 @@ print(rss() - before)
 @pytest.mark.slow
 def test_a_reader_process_gives_back_what_its_readers_decoded_and_freed(tmp_path):
     """Eight open parquet readers decode ~32 MB and hand every row out: a process that returns freed memory
-    (``return_freed_memory``, as each stream reader does) ends holding little of it (with Arrow's mimalloc
-    pool and glibc's defaults it kept ~46 MiB)."""
+    (``return_freed_memory``, as each stream reader does) ends holding part of it (with Arrow's mimalloc
+    pool and glibc's defaults it kept ~46 MiB; with glibc's mmap threshold at 128 KiB ~14 MiB, at 256 KiB,
+    which spares a stream reader ~200 k page faults per 10 M tokens, 17-20 MiB)."""
     rng = random.Random(4)
     paths = []
     for k in range(8):
@@ -165,4 +166,4 @@ def test_a_reader_process_gives_back_what_its_readers_decoded_and_freed(tmp_path
         [sys.executable, "-c", READERS_SCRIPT, *paths], capture_output=True, text=True, check=True
     )
     kept = int(out.stdout.strip().splitlines()[-1])
-    assert kept < 16 << 20, f"the process kept {kept:,} bytes of ~32 MB decoded and freed"
+    assert kept < 24 << 20, f"the process kept {kept:,} bytes of ~32 MB decoded and freed"
