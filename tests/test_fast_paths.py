@@ -109,6 +109,55 @@ def test_stream_cli_full_pass_with_workers_streams_the_same_pass(sample_manifest
     assert stats["2"] == stats["0"] and stats["0"]["stats"]["consumed_matches_manifest"] is True
 
 
+def test_encode_threads_change_no_byte_of_the_stream(sample_manifest, tokenizer):
+    """A step's documents encoded in one SentencePiece call split over 3 threads: the same batches as 1."""
+    one = _batches(_stream(sample_manifest, tokenizer, encode_threads=1))
+    three_stream = _stream(sample_manifest, tokenizer, encode_threads=3)
+    calls: list[int | None] = []
+    real = three_stream.tokenizer.encode_batch
+
+    def spy(texts, num_threads=None):
+        calls.append(num_threads)
+        return real(texts, num_threads)
+
+    three_stream.tokenizer.encode_batch = spy
+    three = _batches(three_stream)
+    _same(one, three)
+    assert calls and set(calls) == {3}
+
+
+def test_default_encode_threads_share_the_cores_this_process_may_use(monkeypatch):
+    from elm_data.pipeline.stream import dataset
+    from elm_data.pipeline.stream.dataset import default_encode_threads
+
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    assert [default_encode_threads(w) for w in (0, 1, 2, 3, 4, 8)] == [4, 4, 2, 1, 1, 1]
+
+
+def test_stream_cli_threads_reach_the_tokenizer_and_nonsense_is_refused(sample_manifest, tokenizer_path):
+    from click.testing import CliRunner
+
+    from elm_data.pipeline.stream import dataset
+    from elm_data.pipeline.stream.cli import stream
+
+    seen: list[int] = []
+    real = dataset.TokenStream.__init__
+
+    def spy(self, *args, **kw):
+        seen.append(kw["encode_threads"])
+        real(self, *args, **kw)
+
+    base = [str(sample_manifest), "--take", "1", "--seq-len", "64", "--tokenizer", tokenizer_path]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset.TokenStream, "__init__", spy)
+        mp.setattr(dataset, "default_encode_threads", lambda workers=0: 7 + workers)
+        for extra in (["--threads", "3"], [], ["--workers", "2"]):
+            assert CliRunner().invoke(stream, base + extra).exit_code == 0
+    assert seen == [3, 7, 9]
+    refused = CliRunner().invoke(stream, [*base, "--threads", "-1"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+
+
 def test_stream_cli_refuses_workers_that_do_not_divide_the_partitions(sample_manifest, tokenizer_path):
     from click.testing import CliRunner
 

@@ -134,6 +134,14 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
     "--partitions.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="SentencePiece threads per reading process (0: the cores this process may use, shared among the "
+    "--workers). No byte of the stream depends on it.",
+)
+@click.option(
     "--cache-dir",
     default=None,
     help="A node-local cache of verified remote blocks (by sha256): a second pass fetches nothing. Default: "
@@ -161,6 +169,7 @@ def stream(
     tokenizer,
     full_pass,
     workers,
+    threads,
     cache_dir,
     cache_max_bytes,
     readahead_bytes,
@@ -173,6 +182,7 @@ def stream(
     from elm_data.core.lazy import pyarrow_without_implicit_pandas
 
     from . import StreamLoader, TokenStream, take_sequences
+    from .dataset import default_encode_threads
     from .network import NetworkSettings
 
     pyarrow_without_implicit_pandas()  # this process uses no pandas, nor (tensors=False below) torch
@@ -196,6 +206,7 @@ def stream(
         provenance=not full_pass,
         partitions=partitions,
         network=network,
+        encode_threads=threads or default_encode_threads(workers),
     )
     # numpy arrays: without workers this process never imports torch; the same batches whatever the workers
     loader = StreamLoader(ts, num_workers=workers, tensors=False)

@@ -106,6 +106,13 @@ def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any])
     return tokenizer
 
 
+def default_encode_threads(workers: int = 0) -> int:
+    """SentencePiece threads per reading process when none are asked for: the cores this process may use
+    (its CPU affinity), shared among ``workers`` reading processes (0: this one reads), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
 class TokenStream:
     """Whole batches of a manifest's kept documents: deterministic, partitioned over ranks and workers,
     resumable.
@@ -127,6 +134,9 @@ class TokenStream:
     ``reader_memory``: the verified block bytes each reading process holds in memory at most (default
     ``ELM_DATA_READER_MEMORY`` or 128 MiB; beyond it, blocks wait in temp files:
     ``sources.blocks.HeldBlocks``). It changes no byte of the stream.
+
+    ``encode_threads``: SentencePiece threads in each reading process (this one, or each DataLoader worker);
+    a step's documents are encoded in one call split over them. It changes no byte of the stream either.
     """
 
     def __init__(
@@ -147,7 +157,11 @@ class TokenStream:
         partitions: int | None = None,
         network: NetworkSettings | None = None,
         reader_memory: int | None = None,
+        encode_threads: int = 1,
     ):
+        if encode_threads < 1:
+            raise PlanError(f"encode_threads must be at least 1, got {encode_threads}")
+        self.encode_threads = encode_threads
         self.reader_memory = _reader_memory(reader_memory)
         return_freed_memory()  # before the manifest is read (and again in each reading process: batches())
         if network is not None:
@@ -321,7 +335,9 @@ class _BatchMaker:
 
     def __init__(self, stream: TokenStream, plan: Plan, numpy: bool):
         self.stream, self.plan, self.config = stream, plan, plan.config
-        self.doc_pass = DocumentPass(stream.filters, stream.sequences, stream.tokenizer, num_threads=1)
+        self.doc_pass = DocumentPass(
+            stream.filters, stream.sequences, stream.tokenizer, num_threads=stream.encode_threads
+        )
         self.layout = LAYOUTS[plan.config.mode]
         self.span_base = span_base_of(plan)
         self.as_array = (lambda a: a) if numpy else _from_numpy

@@ -12,7 +12,7 @@ span offsets (``doc_start``/``doc_end``) are positions in that framed sequence.
 
 from __future__ import annotations
 
-import itertools
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -54,22 +54,27 @@ def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: in
 def frame_documents(
     documents: Sequence[Sequence[Sequence[int]]], bos: int = BOS_ID, eos: int = EOS_ID
 ) -> list[FramedDoc]:
-    """:func:`frame_segments` of each document's segments, with ONE array conversion for all of their tokens
-    (no intermediate list): each document's ``ids`` is a view of the one array."""
-    pieces: list[Sequence[int]] = []
-    bounds = [0]  # where each document's framed tokens start in the one array, then the end
-    all_starts = []
+    """:func:`frame_segments` of each document's segments, with ONE array for all of their tokens: each
+    document's ``ids`` is a view of it. The ids are packed as 4-byte C ints (``struct``: about twice as fast
+    as ``np.fromiter`` over Python ints; SentencePiece ids are far below 2**31) and BOS/EOS set around each
+    segment by position."""
+    lengths = [len(seg) for segments in documents for seg in segments]
+    packed = b"".join(struct.pack(f"={len(seg)}i", *seg) for segments in documents for seg in segments)
+    framed_lengths = np.array(lengths, dtype=np.int64) + 2
+    ends = np.cumsum(framed_lengths)  # where each framed segment ends in the one array
+    ids = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    content = np.ones(len(ids), dtype=bool)
+    content[ends - framed_lengths] = content[ends - 1] = False
+    ids[ends - framed_lengths], ids[ends - 1] = bos, eos
+    ids[content] = np.frombuffer(packed, dtype=np.dtype("=i4"))
+    framed: list[FramedDoc] = []
+    seg = pos = 0  # the document's first segment, and where its framed tokens start
     for segments in documents:
-        starts = [0]
-        for seg in segments:
-            pieces += ((bos,), seg, (eos,))
-            starts.append(starts[-1] + len(seg) + 2)
-        all_starts.append(np.array(starts, dtype=np.int64))
-        bounds.append(bounds[-1] + starts[-1])
-    ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=bounds[-1])
-    return [
-        FramedDoc(ids[a:b], starts) for a, b, starts in zip(bounds[:-1], bounds[1:], all_starts, strict=True)
-    ]
+        starts = np.zeros(len(segments) + 1, dtype=np.int64)
+        starts[1:] = ends[seg : seg + len(segments)] - pos
+        framed.append(FramedDoc(ids[pos : pos + int(starts[-1])], starts))
+        seg, pos = seg + len(segments), pos + int(starts[-1])
+    return framed
 
 
 class DocIdentity(TypedDict):
