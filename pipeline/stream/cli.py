@@ -183,17 +183,9 @@ def stream(
 
     from . import StreamLoader, TokenStream, take_sequences
     from .dataset import default_encode_threads
-    from .network import NetworkSettings
 
     pyarrow_without_implicit_pandas()  # this process uses no pandas, nor (tensors=False below) torch
-
-    cache = (
-        {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {})
-        if cache_dir
-        else None
-    )
-    network = NetworkSettings.from_config(None, cache, readahead_bytes)  # retries: --retries
-
+    network = _network_settings(cache_dir, cache_max_bytes, readahead_bytes)
     ts = TokenStream(
         manifest_dir,
         batch_size=batch_size,
@@ -219,6 +211,18 @@ def stream(
         else:
             _print_text(k, ids, spans, ts.tokenizer, ts.sequences.pad_id)
     _print_stats(loader.stats(), fmt == "jsonl")
+
+
+def _network_settings(cache_dir, cache_max_bytes, readahead_bytes):
+    """The network layer's settings from the stream's options (retries: ``--retries``)."""
+    from .network import NetworkSettings
+
+    cache = (
+        {"dir": cache_dir} | ({"max_bytes": cache_max_bytes} if cache_max_bytes else {})
+        if cache_dir
+        else None
+    )
+    return NetworkSettings.from_config(None, cache, readahead_bytes)
 
 
 def _full_pass(ts, loader, as_json: bool) -> None:
