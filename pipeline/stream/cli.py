@@ -5,6 +5,7 @@ It lives with the stream (it reads manifests, so it sits above ``manifests/``, n
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ def stream(
     )
     # numpy arrays: without workers this process never imports torch; the same batches whatever the workers
     loader = StreamLoader(ts, num_workers=workers, tensors=False)
+    gc.freeze()  # what start-up made (modules, manifest, plan) lives to the end: no collection walks it again
     if full_pass:
         _full_pass(ts, loader, fmt == "jsonl")
         return
@@ -232,7 +234,12 @@ def _full_pass(ts, loader, as_json: bool) -> None:
 
     total = sum(expected_natural_pass(ts.manifest.shards).values()) if ts.config.mode == "packed" else None
     with tqdm(
-        total=total, unit="tok", unit_scale=True, desc="streaming one natural pass", dynamic_ncols=True
+        total=total,
+        unit="tok",
+        unit_scale=True,
+        desc="streaming one natural pass",
+        dynamic_ncols=True,
+        mininterval=0.5,
     ) as bar:
         for _ in loader:  # the bar counts the tokens consumed so far (packed: of the pass's known total)
             bar.update(sum(loader.consumed.to_dict().values()) - bar.n)
