@@ -47,6 +47,7 @@ from .plan import (
     manifest_mode,
     manifest_weights,
 )
+from .process_readers import current_worker
 from .readahead import readahead_settings
 from .reading import DocumentFetcher, StreamIntegrityError
 from .sequences import LAYOUTS, Span, span_base_of
@@ -271,11 +272,11 @@ class TokenStream:
 
 
 class StreamReaders:
-    """One rank's batches of a stream from a position, iterated in this process or by a ``DataLoader``'s
-    workers (``torch_data.data_loader``; this module imports no torch: a stream read in one process never
-    needs it).
+    """One rank's batches of a stream from a position, iterated in this process, by a ``DataLoader``'s
+    workers (``torch_data.data_loader``) or by torch-free worker processes (``process_readers``: numpy
+    batches); this module imports no torch: a stream read without tensors never needs it.
 
-    DataLoader worker ``w`` of ``W`` reads the partitions ``plan.readers_layout(rank, world_size, W)[w]`` and
+    Worker ``w`` of ``W`` reads the partitions ``plan.readers_layout(rank, world_size, W)[w]`` and
     yields their batches in global order, ``batches_per_item`` consecutive ones per item (a list when > 1, the
     last one possibly shorter), as numpy arrays with ``numpy`` (cheaper through a worker's pipe); the caller
     puts the workers' batches back in global order by ``batch_index`` (``StreamLoader``). It keeps no
@@ -315,8 +316,11 @@ class StreamReaders:
 
 
 def _worker_info() -> Any:
-    """torch's ``get_worker_info()`` in a DataLoader worker, else None (torch not imported: no DataLoader
-    runs)."""
+    """Which worker this process is: of ``process_readers`` (numpy batches without torch), else torch's
+    ``get_worker_info()`` in a DataLoader worker, else None (torch not imported: no DataLoader runs)."""
+    mine = current_worker()
+    if mine is not None:
+        return mine
     data = sys.modules.get("torch.utils.data")
     return None if data is None else data.get_worker_info()
 

@@ -1,0 +1,121 @@
+"""Worker processes for a stream read as numpy arrays, without torch.
+
+``StreamLoader(tensors=False, num_workers=N)`` (what ``elm-data stream --workers N`` runs) needs no tensors,
+so it need not pay torch's import (~1.5 CPU-s and ~190 MiB in the main process, before the first worker
+starts) for a ``DataLoader``. It takes the DataLoader's iterable-style contract instead: worker ``w`` of ``W``
+iterates its own copy of the readers (which ask :func:`current_worker` which partitions are theirs), each
+worker at most ``prefetch`` items ahead, and the items are taken from the workers in turn (round robin,
+skipping a finished worker): the same items in the same order as the DataLoader gives.
+
+A worker's exception is raised again in the caller as itself (so a user's mistake stays one line), or as a
+``WorkerFailed`` naming it when it cannot travel; a worker that dies without a word is a ``WorkerFailed`` too,
+never a hang. Stopping early (or failing) stops every worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import queue
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+POLL_S = 0.2  # how often a caller waiting on a worker checks that it is alive
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Which worker this process is (the fields of torch's ``get_worker_info()`` the readers use)."""
+
+    id: int
+    num_workers: int
+
+
+class WorkerFailed(RuntimeError):
+    """A stream worker process died, or raised what cannot be sent back."""
+
+
+_CURRENT: WorkerInfo | None = None
+
+
+def current_worker() -> WorkerInfo | None:
+    """This process's :class:`WorkerInfo` in a worker of :func:`process_readers`, else None."""
+    return _CURRENT
+
+
+def _work(readers: Iterable[Any], info: WorkerInfo, out: Any, init: Callable[[int], None] | None) -> None:
+    global _CURRENT
+    _CURRENT = info
+    try:
+        if init is not None:
+            init(info.id)
+        for item in readers:
+            out.put(("item", item))
+        out.put(("done", None))
+    except BaseException as error:  # noqa: BLE001 - every failure goes back to the caller
+        try:
+            payload = pickle.dumps(error)
+        except Exception:  # noqa: BLE001
+            payload = pickle.dumps(WorkerFailed(f"worker {info.id}: {traceback.format_exc()}"))
+        out.put(("error", payload))
+    finally:
+        out.close()
+        out.join_thread()  # everything put is flushed before the process exits
+
+
+def process_readers(
+    readers: Iterable[Any],
+    num_workers: int,
+    prefetch: int = 2,
+    init: Callable[[int], None] | None = None,
+    context: str | None = None,
+) -> Iterator[Any]:
+    """The items of ``num_workers`` worker processes each iterating ``readers``, in turn (see the module)."""
+    ctx = multiprocessing.get_context(context)
+    outs = [ctx.Queue(maxsize=prefetch) for _ in range(num_workers)]
+    workers = [
+        ctx.Process(target=_work, args=(readers, WorkerInfo(w, num_workers), outs[w], init), daemon=True)
+        for w in range(num_workers)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        live = list(range(num_workers))
+        while live:
+            for w in list(live):
+                kind, payload = _next_message(outs[w], workers[w], w)
+                if kind == "item":
+                    yield payload
+                elif kind == "done":
+                    live.remove(w)
+                else:
+                    raise pickle.loads(payload)
+    finally:
+        _stop(workers, outs)
+
+
+def _next_message(out: Any, worker: Any, w: int) -> tuple[str, Any]:
+    while True:
+        try:
+            return out.get(timeout=POLL_S)
+        except queue.Empty:
+            if not worker.is_alive():
+                try:  # it may have said its last word as it exited
+                    return out.get(timeout=POLL_S)
+                except queue.Empty:
+                    raise WorkerFailed(
+                        f"stream worker {w} exited (code {worker.exitcode}) without finishing its batches"
+                    ) from None
+
+
+def _stop(workers: list[Any], outs: list[Any]) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+    for out in outs:
+        out.cancel_join_thread()
+        out.close()
