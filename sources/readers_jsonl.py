@@ -44,6 +44,9 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Arrays and objects nested deeper are a malformed_json rejection (Python's parser stops near 1,000 levels,
 # with an error that is no ValueError); the whole record counts as one level.
 MAX_JSON_DEPTH = 256
+# An integer orjson cannot hold (beyond 64 bits) has at least 19 digits: a line with a float and such a run
+# is parsed by ``json`` (the run may be an integer that orjson made a float).
+_WIDE_INTEGER = re.compile(rb"[0-9]{19}")
 TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep"
 
 
@@ -245,13 +248,17 @@ def fast_record(line: bytes) -> dict[str, Any] | None:
     """The line's JSON object as ``json.loads`` gives it, parsed by orjson (~3x faster, straight from the
     bytes), or None where the two could differ or the line needs a verdict: orjson refuses what is not strict
     UTF-8, a lone surrogate escape (``\\uD800``), NaN/Infinity and more than 64-bit-wide or infinite numbers
-    (the standard parser then decides); an object holding a float (a wide integer may have become one),
+    (the standard parser then decides); an object holding a float where the line holds 19 digits in a row
+    (a wide integer may have become one: its float literals are parsed as Python's ``float`` parses them),
     nesting deeper than ``MAX_JSON_DEPTH`` or anything but an object goes that way too."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or any(_float_or_depth(record)):
+    if not isinstance(record, dict):
+        return None
+    holds_float, too_deep = _float_or_depth(record)
+    if too_deep or (holds_float and _WIDE_INTEGER.search(line) is not None):
         return None
     return record
 

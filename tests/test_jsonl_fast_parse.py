@@ -8,7 +8,9 @@ rejections (reason, detail) alike, over hand-picked edge cases and thousands of 
 from __future__ import annotations
 
 import json
+import math
 import random
+import struct
 
 import pytest
 
@@ -50,13 +52,22 @@ EDGE_LINES = [
 ]
 
 
+def _float_literal(rng: random.Random) -> float:
+    """A float from a random literal: any double's bits, or a long mantissa with an extreme exponent."""
+    if rng.random() < 0.5:
+        value = struct.unpack("d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        return value if math.isfinite(value) else -0.0
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 25)))
+    return float(f"{rng.choice('-+')[:1].strip('+')}0.{digits}e{rng.randrange(-300, 300)}")
+
+
 def _random_record(rng: random.Random) -> dict:
     alphabet = 'abc xyz\u00e9\u4e2d\U0001f600\n\t"\\/\u2028'
     text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
     wide = rng.random() < 0.1
     record: dict = {"text": text, "id": rng.randrange(-(2**70), 2**70) if wide else rng.randrange(2**62)}
-    if rng.random() < 0.2:
-        record["meta"] = {"score": rng.random(), "tags": [rng.randrange(10) for _ in range(3)]}
+    if rng.random() < 0.3:
+        record["meta"] = {"score": _float_literal(rng), "tags": [rng.randrange(10) for _ in range(3)]}
     return record
 
 
@@ -102,8 +113,8 @@ def test_the_fast_parse_yields_what_the_standard_parser_yields(shard, monkeypatc
     def counting(line: bytes):
         record = real(line)
         taken.append(record is not None)
-        if record is not None:  # the fast path's object is json.loads' own
-            assert record == json.loads(line.decode("utf-8")), line[:80]
+        if record is not None:  # the fast path's object is json.loads' own (repr: -0.0, every float bit)
+            assert repr(record) == repr(json.loads(line.decode("utf-8"))), line[:80]
         return record
 
     monkeypatch.setattr(readers_jsonl, "fast_record", counting)
@@ -135,6 +146,23 @@ def test_deep_nesting_is_one_malformed_json_rejection_not_a_crash(tmp_path, dept
         assert (items[0].reason, items[0].detail) == ("malformed_json", readers_jsonl.TOO_DEEP)
 
 
+def test_float_literals_are_parsed_as_python_parses_them():
+    """The fast path keeps orjson's floats (no 19-digit run in the line): bit for bit ``float``'s, over
+    50,000 literals of random doubles and of long mantissas with extreme exponents."""
+    rng = random.Random(7)
+    for _ in range(50_000):
+        literal = (
+            repr(_float_literal(rng))
+            if rng.random() < 0.7
+            else f"{rng.randrange(10**15)}.{rng.randrange(10**6)}e{rng.randrange(-320, 300)}"
+        )
+        line = b'{"text": "t", "x": ' + literal.encode() + b"}"
+        record = readers_jsonl.fast_record(line)
+        if record is None:  # out of range: the standard parser decides
+            continue
+        assert struct.pack("d", record["x"]) == struct.pack("d", float(literal)), literal
+
+
 def test_a_wide_integer_is_never_read_as_a_float():
     """orjson turns integers beyond 64 bits into floats: such a line must take the standard path."""
     line = b'{"text": "x", "meta": {"id": 123456789012345678901234567890}}'
@@ -142,4 +170,12 @@ def test_a_wide_integer_is_never_read_as_a_float():
     assert readers_jsonl.fast_record(b'{"text": "x", "id": 18446744073709551615}') == {
         "text": "x",
         "id": 18446744073709551615,
+    }
+    # a float beside a wide integer: the standard parser, which keeps the integer exact
+    line = b'{"text": "x", "s": 0.5, "id": 123456789012345678901234567890}'
+    assert readers_jsonl.fast_record(line) is None
+    assert readers_jsonl.fast_record(b'{"text": "x", "s": 0.5, "id": 12345}') == {
+        "text": "x",
+        "s": 0.5,
+        "id": 12345,
     }
