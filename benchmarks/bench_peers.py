@@ -10,10 +10,10 @@ Shards: the ``--source`` part (default RedPajama: 12 JSONL shards, 47 MB, 10.2 M
 ``elm-data sample --scale 60 --seed 11``; ``--quick`` uses scale 6. Jobs (every one a fresh process):
 
 * ``hf``: HF ``datasets`` streaming per subset + batched SentencePiece ``map`` (``peers/hf_stream.py``);
-* ``stream``: ``elm-data stream --full-pass`` (one process; SentencePiece on every core, the CLI's default
-  ``--threads``, as HF's map uses them); ``stream-1t``: the same with ``--threads 1`` (the steady state
-  against raw SentencePiece's one thread); ``stream-2w``: with 2 worker processes (the CLI's ``--workers 2``
-  where it has it, else ``peers/elm_stream_api.py``: the Python API, 2 DataLoader workers);
+* ``stream``: ``elm-data stream --full-pass`` (one process, one SentencePiece thread); ``stream-2t``: the
+  same with ``--threads 2`` (one process on two cores, as HF's map uses them); ``stream-2w``: with 2 worker
+  processes (the CLI's ``--workers 2`` where it has it, else ``peers/elm_stream_api.py``: the Python API, 2
+  DataLoader workers);
   ``take1``: ``elm-data stream --take 1`` (start-up and the first batch); ``take0``: ``--take 0`` (start-up
   alone: subtracted from the full pass for the steady-state rate);
 * ``raw-sp``: raw SentencePiece, 1 thread, over every record's text (``peers/raw_sp.py``);
@@ -77,7 +77,7 @@ REGISTRY_TORCH = {"mosaicml-streaming"}
 REPORTED = ("sentencepiece", "tokenizers", "pyarrow", "numpy", "torch", "fsspec")
 
 GROUPS = {
-    "stream": ("hf", "stream", "stream-1t", "stream-2w", "take0", "take1", "raw-sp"),
+    "stream": ("hf", "stream", "stream-2t", "stream-2w", "take0", "take1", "raw-sp"),
     "build": ("raw-sp", "build-1", "build-2", "datatrove-1", "datatrove-2"),
     "pretok": ("stream", "take1", "build-1", "mosaic", "litdata"),
 }
@@ -86,10 +86,11 @@ EQUAL = ("<=", 0.75)  # the wall at equal cores (issue 25)
 # (name, numerator job, denominator job, field, goal as (comparison, bound) or None, what the issue asks)
 RATIOS: tuple[tuple[str, str, str, str, tuple[str, float] | None], ...] = (
     ("stream CPU / HF datasets CPU (one process)", "stream", "hf", "cpu", ("<=", 0.85)),
-    ("stream wall / HF datasets wall (one process, every core: equal cores)", "stream", "hf", "wall", EQUAL),
-    ("stream --threads 1 CPU / HF datasets CPU", "stream-1t", "hf", "cpu", ("<=", 0.85)),
-    ("stream 2 workers wall / HF datasets wall (equal cores)", "stream-2w", "hf", "wall", EQUAL),
-    ("stream 2 workers CPU / HF datasets CPU", "stream-2w", "hf", "cpu", None),
+    ("stream wall / HF datasets wall (one process, one thread)", "stream", "hf", "wall", None),
+    ("stream --threads 2 wall / HF datasets wall (equal cores, 1 process)", "stream-2t", "hf", "wall", EQUAL),
+    ("stream --threads 2 CPU / HF datasets CPU", "stream-2t", "hf", "cpu", None),
+    ("stream --workers 2 wall / HF datasets wall (equal cores)", "stream-2w", "hf", "wall", EQUAL),
+    ("stream --workers 2 CPU / HF datasets CPU", "stream-2w", "hf", "cpu", None),
     ("stream peak RSS / HF datasets peak RSS", "stream", "hf", "rss", None),
     ("stream CPU / raw SentencePiece CPU (whole process)", "stream", "raw-sp", "cpu", None),
     ("build --workers 1 CPU / raw SentencePiece CPU", "build-1", "raw-sp", "cpu", ("<=", 1.05)),
@@ -471,7 +472,7 @@ def ours_jobs(c: Corpus, out: Path, workers_flag: bool) -> dict[str, list[Job]]:
     raw = [sys.executable, str(PEER_SCRIPTS / "raw_sp.py"), "--shards", str(c.shards_json), "--tokenizer"]
     jobs = {
         "stream": [Job("stream", full, after=footprint(c.manifest))],
-        "stream-1t": [Job("stream-1t", [*full, "--threads", "1"])],
+        "stream-2t": [Job("stream-2t", [*full, "--threads", "2"])],
         "stream-2w": [
             Job("stream-2w", [*full, "--workers", "2"] if workers_flag else [*api, "--workers", "2"])
         ],
@@ -632,7 +633,7 @@ def report_ratios(samples: dict[str, list], kept_tokens: int) -> dict[str, tuple
             value = paired_ratio(samples, num, den, field)
             found[name] = (value, goal_verdict(value, goal))
             print(f"  {name:58s} {fmt_ratio(value):>7s}  {goal_verdict(value, goal)}")
-    for job in ("stream-1t", "stream"):
+    for job in ("stream",):
         if job in samples and "take0" in samples and "raw-sp" in samples:
             stream, raw = steady_rates(samples, kept_tokens, job)
             value = stream / raw if stream and raw else None

@@ -151,9 +151,9 @@ def test_stream_cli_threads_reach_the_tokenizer_and_nonsense_is_refused(sample_m
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dataset.TokenStream, "__init__", spy)
         mp.setattr(dataset, "default_encode_threads", lambda workers=0: 7 + workers)
-        for extra in (["--threads", "3"], [], ["--workers", "2"]):
+        for extra in (["--threads", "3"], [], ["--threads", "0"], ["--threads", "0", "--workers", "2"]):
             assert CliRunner().invoke(stream, base + extra).exit_code == 0
-    assert seen == [3, 7, 9]
+    assert seen == [3, 1, 7, 9]
     refused = CliRunner().invoke(stream, [*base, "--threads", "-1"])
     assert refused.exit_code == 2 and "Traceback" not in refused.output
 

@@ -137,10 +137,10 @@ def _print_stats(stats: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--threads",
     type=click.IntRange(min=0),
-    default=0,
+    default=1,
     show_default=True,
     help="SentencePiece threads per reading process (0: the cores this process may use, shared among the "
-    "--workers). No byte of the stream depends on it.",
+    "--workers): one process on N cores. No byte of the stream depends on it.",
 )
 @click.option(
     "--cache-dir",
