@@ -117,6 +117,10 @@ def build_manifest(
     """
     from .build import build_manifest as build
 
+    if runner == "local":  # this process and its forked workers use no pandas objects (issue 25)
+        from elm_data.core.lazy import pyarrow_without_implicit_pandas
+
+        pyarrow_without_implicit_pandas()
     result = build(
         mixture,
         out_dir,

@@ -13,6 +13,7 @@ committed next to its ledger; the builder merges them into ``dropped_samples.jso
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +37,6 @@ from elm_data.sources.readers import fetched, read_shard, shard_format_of
 from elm_data.sources.readers_common import UnsupportedFormat
 from elm_data.sources.registry import subset_key
 
-from .dedup_filter import signature_table, signer_for
 from .heldout import HELDOUT, HeldoutSelector
 from .ledger_blocks import block_index
 from .manifest import DOCUMENT_SCHEMA
@@ -224,6 +224,25 @@ def dropped_sample(task: ShardTask, sha256: str, item: PassResult | Rejection) -
     return f"{record['status']}:{record['reason']}", record
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a shard is counted (back on after, as it was).
+
+    The pass holds a batch of documents, their results and every kept document's token list at once; each of
+    CPython's young-generation collections, triggered by that many live containers, walks every token of every
+    list held (~0.1 CPU-s a build of 10 M tokens, ~1 % of the build). What counting allocates is freed by
+    reference counting (no cycles), so pausing changes no result and holds no memory longer; a cycle made
+    meanwhile is collected once the collector is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def count_shard(
     task: ShardTask,
     document_pass: DocumentPass,
@@ -240,12 +259,15 @@ def count_shard(
     ``dropped``: offered every filtered and rejected record, keyed ``(shard, index, ledger row)``.
     ``local_path``: the local copy of ``task.uri`` that was hashed (see ``fetched``).
     """
-    tally = tally_shard(task, document_pass, sha256, dropped, local_path, fmt)
+    with collector_paused():
+        tally = tally_shard(task, document_pass, sha256, dropped, local_path, fmt)
     record = shard_record(task, sha256, size, tally.counts, fmt)
     table = tally.table()
     record.blocks = block_index(blocks or [Block(0, size, sha256, 0, None)], table)
     if tally.signer is None:
         return record, table, None
+    from .dedup_filter import signature_table
+
     return record, table, signature_table(tally.signatures)
 
 
@@ -264,6 +286,8 @@ def tally_shard(
         task.shard, count_pieces=corenet, heldout=task.heldout, key=subset_key(task.source, task.subset)
     )
     if document_pass.filters.dedup is not None:
+        from .dedup_filter import signer_for
+
         tally.signer = signer_for(document_pass.filters.dedup)
     pending: list[Document | Rejection] = []
 
