@@ -32,6 +32,7 @@ from elm_data.core.errors import ElmDataError, InvalidValue, NotFound, OutputExi
 from elm_data.core.outputs import old_path, output_lock, recover_dir
 from elm_data.core.procs import die_with_parent
 from elm_data.core.redact import redact_text, redact_uri
+from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.dropped import DroppedSamples
 from elm_data.pipeline.tokenizer import LlamaTokenizer, resolve_tokenizer
 from elm_data.sources import remote
@@ -112,20 +113,81 @@ def plan_shards(
 _worker_state: dict[str, Any] = {}
 
 
+@dataclass
+class SharedCores:
+    """What the pool's workers know of each other (counters in shared memory), to give the cores of the
+    workers that have finished to the ones still counting.
+
+    ``queued``: work items no worker has started; ``busy``: workers counting one now.
+    """
+
+    workers: int
+    queued: Any  # multiprocessing.Value("i")
+    busy: Any  # multiprocessing.Value("i")
+
+    cores: int = 1  # the cores the pool may use: min(workers, this process' cores)
+
+    @classmethod
+    def of(cls, ctx: Any, workers: int, items: int) -> SharedCores:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cls(workers, ctx.Value("i", items), ctx.Value("i", 0), max(1, min(workers, usable)))
+
+    def threads(self) -> int:
+        """SentencePiece threads for a worker's next batch: 1 while items wait (every core has a worker);
+        once none does, the pool's cores shared among the workers still counting, so the last shards end on
+        every core instead of one."""
+        if self.queued.value > 0:
+            return 1
+        return max(1, self.cores // max(1, self.busy.value))
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        """One work item started (no longer queued) and counted by this worker."""
+        with self.queued.get_lock():
+            self.queued.value -= 1
+        with self.busy.get_lock():
+            self.busy.value += 1
+        try:
+            yield
+        finally:
+            with self.busy.get_lock():
+                self.busy.value -= 1
+
+
+class CoreSharingPass(DocumentPass):
+    """A pool worker's pass: each batch on :meth:`SharedCores.threads` SentencePiece threads (the same ids on
+    any number)."""
+
+    cores: SharedCores | None = None
+
+    def process(self, docs):
+        if self.cores is not None:
+            self.num_threads = self.cores.threads()
+        return super().process(docs)
+
+
 def _init_worker(
-    spec: PassSpec, workspace_path: str, config_hash: str, dropped_per_reason: int = 0, remote_settings=None
+    spec: PassSpec,
+    workspace_path: str,
+    config_hash: str,
+    dropped_per_reason: int = 0,
+    remote_settings=None,
+    cores: SharedCores | None = None,
 ) -> None:
     die_with_parent()  # a killed build leaves no worker still counting and committing shards
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker must not raise the CLI's Terminated
     remote.configure(**(remote_settings or {}))  # the parent's retry policy and storage options
-    _worker_state["pass"] = spec.build()
+    _worker_state["pass"] = document_pass = spec.build(CoreSharingPass)
+    document_pass.cores = cores
     _worker_state["workspace"] = BuildWorkspace(workspace_path, config_hash)
     _worker_state["dropped_per_reason"] = dropped_per_reason
 
 
 def _work(tasks: Sequence[ShardTask]) -> list[ShardOutcome]:
     state = _worker_state
-    return list(_in_turn(tasks, state["pass"], state["workspace"], state["dropped_per_reason"]))
+    cores = state["pass"].cores
+    with cores.counting() if cores is not None else contextlib.nullcontext():
+        return list(_in_turn(tasks, state["pass"], state["workspace"], state["dropped_per_reason"]))
 
 
 def _in_turn(tasks, document_pass, workspace, dropped_per_reason) -> Iterator[ShardOutcome]:
@@ -184,14 +246,15 @@ def run_local(
     ctx = mp.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])
+    groups = _groups(tasks, workers, [local_size(t.uri) for t in tasks])
+    cores = SharedCores.of(ctx, min(workers, len(tasks)), len(groups))
     pool = ProcessPoolExecutor(
-        min(workers, len(tasks)),
+        cores.workers,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason, remote.settings()),
+        initargs=(spec, workspace.path, workspace.config_hash, dropped_per_reason, remote.settings(), cores),
     )
     try:
-        groups = _groups(tasks, workers, [local_size(t.uri) for t in tasks])
         yield from _in_task_order(pool, groups, tasks)
     except BrokenProcessPool as e:
         raise WorkerDied(

@@ -63,14 +63,15 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class PassSpec:
-    """Everything a worker needs to build its own ``DocumentPass`` once (picklable, tokenizer included)."""
+    """Everything a worker needs to build its own ``DocumentPass`` once (picklable, tokenizer included); the
+    build counts ids and keeps none, so its pass returns them as arrays (``DocumentPass.ids_as_arrays``)."""
 
     filters: FilterConfig
     sequences: SequenceConfig
     tokenizer: LlamaTokenizer
 
-    def build(self) -> DocumentPass:
-        return DocumentPass(self.filters, self.sequences, self.tokenizer, num_threads=1)
+    def build(self, pass_class: type[DocumentPass] = DocumentPass) -> DocumentPass:
+        return pass_class(self.filters, self.sequences, self.tokenizer, num_threads=1, ids_as_arrays=True)
 
 
 @dataclass

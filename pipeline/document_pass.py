@@ -35,8 +35,10 @@ class PassResult:
     """The outcome for one document.
 
     ``segments``: token ids (no BOS/EOS) of the whole document (``packed``) or of each kept piece
-    (``corenet``); empty unless kept. ``piece_reasons``: in ``corenet`` mode, each piece's reason
-    (None where kept); in ``packed`` mode a one-element tuple.
+    (``corenet``); empty unless kept. Lists of ints, or numpy int32 arrays of the same ids from a pass made
+    with ``ids_as_arrays`` where SentencePiece gives them (the manifest build, which only counts them).
+    ``piece_reasons``: in ``corenet`` mode, each piece's reason (None where kept); in ``packed`` mode a
+    one-element tuple.
     """
 
     document: Document
@@ -71,11 +73,13 @@ class DocumentPass:
         sequences: SequenceConfig,
         tokenizer: LlamaTokenizer,
         num_threads: int = 1,
+        ids_as_arrays: bool = False,
     ):
         self.filters = filters
         self.sequences = sequences
         self.tokenizer = tokenizer
         self.num_threads = num_threads
+        self.ids_as_arrays = ids_as_arrays  # segments as numpy int32 arrays (the build only counts them)
         self.quality_filters = build_quality_filters(filters.quality)
         self._min_content_tokens = filters.min_tokens - (2 if filters.min_tokens_counts_bos_eos else 0)
 
@@ -116,6 +120,12 @@ class DocumentPass:
                 return reason
         return None
 
+    def _encode(self, texts: list[str]) -> list:
+        """One ``encode_batch`` call (``arrays=`` only when asked: a stand-in tokenizer may not take it)."""
+        if self.ids_as_arrays:
+            return self.tokenizer.encode_batch(texts, self.num_threads, arrays=True)
+        return self.tokenizer.encode_batch(texts, self.num_threads)
+
     def process(self, docs: Sequence[Document]) -> list[PassResult]:
         """One result per document, in order. Survivors of the cheap rules are tokenized in one batch."""
         piece_reasons: list[list[str | None]] = []
@@ -131,7 +141,7 @@ class DocumentPass:
                     slots.append((d, p))
             piece_reasons.append(reasons)
 
-        encoded = self.tokenizer.encode_batch(to_tokenize, self.num_threads) if to_tokenize else []
+        encoded = self._encode(to_tokenize) if to_tokenize else []
         if len(encoded) != len(to_tokenize):
             raise RuntimeError(f"tokenizer returned {len(encoded)} encodings for {len(to_tokenize)} texts")
         piece_ids: dict[tuple[int, int], list[int]] = {}

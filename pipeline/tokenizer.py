@@ -144,6 +144,15 @@ def _processor(proto: bytes, uri: str) -> spm.SentencePieceProcessor:
         ) from e
 
 
+def _returns_arrays(sp: spm.SentencePieceProcessor) -> bool:
+    """Whether this SentencePiece encodes a batch to numpy arrays (``return_type="numpy"``; older releases
+    refuse the keyword)."""
+    try:
+        return hasattr(sp.encode([""], return_type="numpy", num_threads=1)[0], "dtype")
+    except (TypeError, ValueError):
+        return False
+
+
 class LlamaTokenizer:
     """SentencePiece LLaMA tokenizer with its provenance (uri, sha256).
 
@@ -163,6 +172,7 @@ class LlamaTokenizer:
                 f"tokenizer at {self.uri} has sha256 {self.sha256}, but {expected_sha256} was pinned"
             )
         self.sp = _processor(proto, uri)
+        self.returns_arrays = _returns_arrays(self.sp)
         self._proto = proto
         self.num_threads = num_threads
         self.vocab_size = self.sp.vocab_size()
@@ -176,8 +186,16 @@ class LlamaTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
-        return self.sp.encode(list(texts), num_threads=num_threads or self.num_threads)
+    def encode_batch(
+        self, texts: Sequence[str], num_threads: int | None = None, arrays: bool = False
+    ) -> list[list[int]]:
+        """Each text's ids. ``arrays``: as numpy int32 arrays where this SentencePiece returns them
+        (``return_type="numpy"``: no Python int made per token, ~3 % less CPU for a caller that only counts
+        them), else as the lists it gives without."""
+        threads = num_threads or self.num_threads
+        if arrays and self.returns_arrays:
+            return self.sp.encode(list(texts), return_type="numpy", num_threads=threads)
+        return self.sp.encode(list(texts), num_threads=threads)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if i < self.vocab_size])
@@ -212,6 +230,7 @@ class LlamaTokenizer:
         self.sha256 = hashlib.sha256(self._proto).hexdigest()
         self.num_threads = state["num_threads"]
         self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        self.returns_arrays = _returns_arrays(self.sp)
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID
 

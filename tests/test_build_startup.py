@@ -130,3 +130,115 @@ def test_a_shard_is_counted_with_the_cyclic_collector_paused(
         (gc.enable if was else gc.disable)()
     assert seen == [False] and after == enabled_before  # paused while counting, then as it was
     assert record.docs_read == table.num_rows > 0
+
+
+def _sample_documents(sample_dir, limit: int = 400) -> list:
+    from elm_data.sources.document import Document
+    from elm_data.sources.readers import read_shard
+
+    docs = []
+    for task in _tasks(sample_dir):
+        docs += [d for d in read_shard(task.uri, task.source, task.subset) if isinstance(d, Document)]
+    return docs[:limit]
+
+
+def test_the_tokenizer_gives_the_same_ids_as_arrays_and_keeps_knowing_it_when_pickled(tokenizer):
+    import pickle
+
+    texts = ["", "Hello world", "ünïcödé ✓ " * 40, "x" * 5000]
+    lists = tokenizer.encode_batch(texts)
+    assert tokenizer.returns_arrays  # this machine's SentencePiece has return_type="numpy"
+    arrays = tokenizer.encode_batch(texts, arrays=True)
+    assert [a.dtype.name for a in arrays] == ["int32"] * len(texts)
+    assert [a.tolist() for a in arrays] == lists
+    assert pickle.loads(pickle.dumps(tokenizer)).returns_arrays
+
+
+def test_a_sentencepiece_without_array_output_gives_lists(tokenizer, monkeypatch):
+    import copy
+
+    old = copy.copy(tokenizer)
+    real = old.sp
+
+    class Older:  # refuses the keyword, as SentencePiece releases before return_type= do
+        def encode(self, texts, num_threads=1, **kwargs):
+            if kwargs:
+                raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
+            return real.encode(texts, num_threads=num_threads)
+
+    from elm_data.pipeline.tokenizer import _returns_arrays
+
+    assert _returns_arrays(Older()) is False
+    old.sp, old.returns_arrays = Older(), False
+    assert old.encode_batch(["Hello world"], arrays=True) == tokenizer.encode_batch(["Hello world"])
+
+
+@pytest.mark.parametrize("mode", ["packed", "corenet"])
+def test_the_pass_with_ids_as_arrays_decides_and_counts_as_with_lists(sample_dir, tokenizer, mode):
+    from elm_data.pipeline.config import FilterConfig, SequenceConfig
+    from elm_data.pipeline.document_pass import DocumentPass
+
+    filters = FilterConfig.from_dict({"min_characters": 200, "min_tokens": 64})
+    sequences = SequenceConfig.from_dict({"mode": mode, "seq_len": 256, "corenet_words_per_piece": 120})
+    docs = _sample_documents(sample_dir)
+    as_lists = DocumentPass(filters, sequences, tokenizer).process(docs)
+    as_arrays = DocumentPass(filters, sequences, tokenizer, ids_as_arrays=True).process(docs)
+    outcomes = {(r.status, r.reason) for r in as_lists}
+    assert {("kept", None)} < outcomes  # both buckets on this surface
+    for a, b in zip(as_lists, as_arrays, strict=True):
+        decided = (a.status, a.reason, a.piece_reasons, a.tokens, len(a.segments))
+        assert decided == (b.status, b.reason, b.piece_reasons, b.tokens, len(b.segments))
+        assert [list(s) for s in a.segments] == [s.tolist() for s in b.segments]
+    assert PassSpec(filters, sequences, tokenizer).build().ids_as_arrays  # the build's pass
+
+
+def _cores(workers: int, items: int, usable: int = 2):
+    import multiprocessing as mp
+
+    from elm_data.manifests.build import SharedCores
+
+    ctx = mp.get_context("spawn")  # Values only; no process starts
+    return SharedCores(workers, ctx.Value("i", items), ctx.Value("i", 0), usable)
+
+
+def test_a_worker_gets_the_cores_of_the_finished_ones_once_nothing_waits():
+    cores = _cores(workers=2, items=3)
+    with cores.counting():  # worker A takes item 1; 2 wait
+        with cores.counting():  # worker B takes item 2; 1 waits
+            assert cores.threads() == 1
+        with cores.counting():  # B takes the last one while A still counts: none waits, both busy
+            assert (cores.queued.value, cores.busy.value, cores.threads()) == (0, 2, 1)
+        assert cores.threads() == 2  # B done, nothing left: A's batches on both cores
+    assert (cores.queued.value, cores.busy.value) == (0, 0)
+    four = _cores(workers=4, items=0, usable=4)
+    with four.counting(), four.counting(), four.counting():
+        assert four.threads() == 1  # 4 cores over 3 counting workers
+    with four.counting():
+        assert four.threads() == 4
+    assert _cores(workers=8, items=0, usable=2).threads() == 2  # never more threads than usable cores
+
+
+def test_the_core_sharing_pass_sets_each_batchs_threads(sample_dir, tokenizer):
+    from elm_data.manifests.build import CoreSharingPass
+
+    mixture = MixtureConfig.load(sample_dir / "mixture.yaml")
+    document_pass = PassSpec(mixture.filters, mixture.sequences, tokenizer).build(CoreSharingPass)
+    cores = _cores(workers=2, items=1)
+    document_pass.cores = cores
+    seen = []
+    real = tokenizer.encode_batch
+
+    def spy(texts, num_threads=None, arrays=False):
+        seen.append(num_threads)
+        return real(texts, num_threads, arrays)
+
+    tokenizer_encode = document_pass.tokenizer
+    docs = _sample_documents(sample_dir, 40)
+    try:
+        tokenizer_encode.encode_batch = spy
+        document_pass.process(docs)  # an item still waits
+        with cores.counting():  # this worker took the last one; the other has finished
+            document_pass.process(docs)
+    finally:
+        del tokenizer_encode.encode_batch
+    assert seen == [1, 2]
