@@ -13,7 +13,8 @@ from pathlib import Path
 from test_code_shape import ROOT, production_files
 
 LAZY = {
-    "manifests/build.py": "apache_beam (and grpc) load only for a Beam build (_count_with_beam)",
+    "manifests/build.py": "apache_beam (and grpc) only for a Beam build, dedup_filter only for filters.dedup",
+    "manifests/shard_work.py": "dedup_filter (and the audits it imports) loads only for filters.dedup",
     "pipeline/stream/dataset.py": "torch loads only for tensors (torch_data.py), not at stream start-up",
     "pipeline/stream/loader.py": "torch loads only for tensors or DataLoader workers (torch_data.py)",
     "trainer/proof/records.py": "the plan and receipt modules (seconds to import) load only for a plan walk",
