@@ -31,6 +31,11 @@ HASH_CHUNK = 8 * 1024 * 1024  # 8 MiB
 
 Select = Callable[[int], bool]  # which record indices a reader decodes (see read_shard's ``select``)
 
+# A JSON value nested deeper is not read as one (a record: one malformed_json rejection; a JSON string a
+# dotted lookup would open: no object). Fixed, not Python's recursion limit, so no verdict depends on the
+# depth of the calling stack (the build and the stream call from different depths). The record is level 1.
+MAX_JSON_DEPTH = 256
+
 HEAD_BYTES = 64  # bytes of a file's start that :func:`detect_format` looks at
 UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -146,13 +151,28 @@ def size_of(uri: str) -> int:
         raise NotFound(f"shard not found: {uri}") from err
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest deeper than ``limit`` levels (``value`` itself is level 1;
+    walked without recursion: the value may be as deep as its text is long)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((inner, depth + 1) for inner in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _as_object(value: Any) -> Any:
-    """``value``, or the object it encodes when it is a JSON object serialized as a string."""
+    """``value``, or the object it encodes when it is a JSON object serialized as a string (nested at most
+    ``MAX_JSON_DEPTH`` levels: a deeper one is no object here, whatever the calling stack's depth)."""
     if isinstance(value, str) and value[:1] == "{":
         try:
-            return json.loads(value)
-        except ValueError:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond what this stack allows
             return value
+        return value if nested_deeper_than(parsed, MAX_JSON_DEPTH) else parsed
     return value
 
 

@@ -33,7 +33,7 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import GZIP_MAGIC, UTF8_BOM, Select, ShardContext
+from elm_data.sources.readers_common import GZIP_MAGIC, MAX_JSON_DEPTH, UTF8_BOM, Select, ShardContext
 
 # Compressed bytes read per step (and at most this much text per gzip step). A stream reader holds one chunk
 # and its split lines per open shard, one shard per source and partition: 128 KiB, not 1 MiB (issue 27).
@@ -41,13 +41,29 @@ READ_CHUNK = 128 * 1024
 _NOT_GZIP = "Not a gzipped file"  # gzip's message for bytes that start no member
 # Strict UTF-8 decoding refuses encoded surrogates, so a lone one can only come from a \uD800-\uDFFF escape.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# Arrays and objects nested deeper are a malformed_json rejection (Python's parser stops near 1,000 levels,
-# with an error that is no ValueError); the whole record counts as one level.
-MAX_JSON_DEPTH = 256
+# Arrays and objects nested deeper than MAX_JSON_DEPTH (readers_common) are a malformed_json rejection
+# (Python's parser stops near 1,000 levels, with an error that is no ValueError); the record is one level.
+# An integer literal of more digits is one too: Python's own default limit (converting one costs time
+# quadratic in its length), applied here whatever PYTHONINTMAXSTRDIGITS says, so no record crashes a reader.
+MAX_INT_DIGITS = 4300
 # An integer orjson cannot hold (beyond 64 bits) has at least 19 digits: a line with a float and such a run
 # is parsed by ``json`` (the run may be an integer that orjson made a float).
 _WIDE_INTEGER = re.compile(rb"[0-9]{19}")
 TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep"
+TOO_LONG_INTEGER = f"an integer of more than {MAX_INT_DIGITS:,} digits"
+
+
+class _IntegerTooLong(ValueError):
+    """An integer literal of more than ``MAX_INT_DIGITS`` digits (raised through ``json``'s scanner)."""
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) - literal.startswith("-") > MAX_INT_DIGITS:
+        raise _IntegerTooLong(literal[:20])
+    try:
+        return int(literal)
+    except ValueError as err:  # a lower limit set for this interpreter (PYTHONINTMAXSTRDIGITS)
+        raise _IntegerTooLong(literal[:20]) from err
 
 
 class StreamBroken(Exception):
@@ -289,7 +305,9 @@ def _parse_strictly(ctx: ShardContext, index: int, line: bytes) -> dict[str, Any
     except UnicodeDecodeError as err:
         return ctx.reject(index, REJECT_INVALID_UTF8, f"byte {err.start}: {err.reason}")
     try:
-        record = json.loads(decoded)
+        record = json.loads(decoded, parse_int=_bounded_int)
+    except _IntegerTooLong:
+        return ctx.reject(index, REJECT_MALFORMED_JSON, TOO_LONG_INTEGER)
     except ValueError as err:
         detail = "blank line" if not decoded.strip() else f"{err.msg} at column {err.colno}"
         return ctx.reject(index, REJECT_MALFORMED_JSON, detail)

@@ -1,0 +1,102 @@
+"""Records that Python's ``json`` cannot turn into objects end as one counted rejection (or, for a JSON string
+a dotted lookup opens, as no object), never as a crash of the reader, and the verdict never depends on the
+environment or on how deep the caller's stack is (the build and the stream call the reader from different
+depths). Oracle: the line read on its own in a fresh stack, and Python's own ``int``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from elm_data.sources import readers_jsonl
+from elm_data.sources.document import Document
+from elm_data.sources.readers import read_shard
+
+MAX_JSON_DEPTH = readers_jsonl.MAX_JSON_DEPTH
+
+
+def _read(path, subset: str = "c4") -> list:
+    return list(read_shard(str(path), "redpajama", subset))
+
+
+def _at_stack_depth(frames: int, fn):
+    """``fn()`` called ``frames`` Python frames below this one."""
+    return fn() if frames <= 0 else _at_stack_depth(frames - 1, fn)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"1" + b"0" * 5000, b"-" + b"7" * 4301, b"1" * 4301],
+    ids=["5001-digits", "negative-4301", "4301-digits"],
+)
+@pytest.mark.parametrize("with_float", [False, True])
+def test_an_integer_python_will_not_convert_is_one_rejection(tmp_path, literal, with_float):
+    """Python refuses to turn more than 4,300 digits into an int (a ValueError without ``msg``: the reader
+    used to crash on it with AttributeError)."""
+    extra = b', "score": 0.5' if with_float else b""
+    path = tmp_path / "c4_part-00000.jsonl"
+    path.write_bytes(b'{"text": "wide", "n": ' + literal + extra + b'}\n{"text": "after"}\n')
+    items = _read(path)
+    assert (items[0].reason, items[0].detail) == ("malformed_json", readers_jsonl.TOO_LONG_INTEGER)
+    assert isinstance(items[1], Document) and items[1].text == "after"
+
+
+def test_an_integer_of_4300_digits_is_still_kept_exactly(tmp_path):
+    literal = "9" * 4300
+    path = tmp_path / "c4_part-00000.jsonl"
+    path.write_text(f'{{"text": "wide", "n": -{literal}, "f": 0.25}}\n')
+    (doc,) = _read(path)
+    assert isinstance(doc, Document) and doc.metadata == {"n": -int(literal), "f": 0.25}
+
+
+def test_a_lower_interpreter_limit_is_a_rejection_not_a_crash(tmp_path):
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(1000)
+    try:
+        path = tmp_path / "c4_part-00000.jsonl"
+        path.write_bytes(b'{"text": "x", "n": ' + b"3" * 2000 + b'}\n{"text": "after"}\n')
+        items = _read(path)
+    finally:
+        sys.set_int_max_str_digits(previous)
+    assert items[0].reason == "malformed_json" and items[1].text == "after"
+
+
+def _arxiv_line(meta_depth: int, arxiv_id: str) -> bytes:
+    """A RedPajama arxiv record whose ``meta`` is a JSON object serialized as a string (the lookup of
+    ``meta.arxiv_id`` opens it), nested ``meta_depth`` levels deep inside."""
+    inner = "[" * (meta_depth - 1) + "]" * (meta_depth - 1)  # as text: json.dumps would recurse as deep
+    meta = f'{{"arxiv_id": "{arxiv_id}", "m": {inner}}}'
+    return json.dumps({"text": "a paper", "meta": meta}).encode()
+
+
+def _ids(path) -> list:
+    return [
+        (type(i).__name__, getattr(i.provenance, "doc_id", None) if isinstance(i, Document) else i.reason)
+        for i in _read(path, "arxiv")
+    ]
+
+
+def test_a_deep_json_string_in_a_looked_up_field_is_no_object_and_never_a_crash(tmp_path):
+    """``meta`` as a string nested 3,000 levels: json raised RecursionError in the id lookup (a crash of the
+    build and the stream); now it is no object, so the record has no native id. Within the limit the id is
+    read as before."""
+    path = tmp_path / "arxiv_deep.jsonl"
+    lines = [_arxiv_line(3000, "deep"), _arxiv_line(MAX_JSON_DEPTH, "1234.5678"), _arxiv_line(2, "9999.0001")]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    docs = _read(path, "arxiv")
+    assert all(isinstance(d, Document) for d in docs) and len(docs) == 3
+    assert docs[0].provenance.doc_id != "deep"  # derived from the record: no native id
+    assert [d.provenance.doc_id for d in docs[1:]] == ["1234.5678", "9999.0001"]
+
+
+@pytest.mark.parametrize("meta_depth", [MAX_JSON_DEPTH + 1, 300, 600])
+def test_the_lookups_verdict_does_not_depend_on_the_callers_stack(tmp_path, meta_depth):
+    """A 300-level meta string parsed at the top of the stack but not 800 frames down would give one record
+    two doc ids (build vs stream): beyond ``MAX_JSON_DEPTH`` it is no object at any depth of the stack."""
+    path = tmp_path / "arxiv_deep.jsonl"
+    path.write_bytes(_arxiv_line(meta_depth, "2401.00001") + b"\n" + _arxiv_line(3, "2401.00002") + b"\n")
+    top = _ids(path)
+    assert _at_stack_depth(800, lambda: _ids(path)) == top
+    assert top[0][1] != "2401.00001" and top[1] == ("Document", "2401.00002")
