@@ -9,7 +9,9 @@ skipping a finished worker): the same items in the same order as the DataLoader 
 
 A worker's exception is raised again in the caller as itself (so a user's mistake stays one line), or as a
 ``WorkerFailed`` naming it when it cannot travel; a worker that dies without a word is a ``WorkerFailed`` too,
-never a hang. Stopping early (or failing) stops every worker.
+never a hang. Stopping early (or failing) stops every worker: SIGTERM ends one whatever handler it inherited
+or ``init`` set; Ctrl-C is ignored in the workers (the caller is interrupted and stops them, as torch's
+workers leave it to theirs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import queue
+import signal
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +51,11 @@ def current_worker() -> WorkerInfo | None:
 def _work(readers: Iterable[Any], info: WorkerInfo, out: Any, init: Callable[[int], None] | None) -> None:
     global _CURRENT
     _CURRENT = info
+    # Ctrl-C is the caller's to handle (it stops its workers; torch's workers swallow it too): here it would
+    # print a traceback from a worker waiting for its last items to be read. terminate() must end a worker
+    # whatever SIGTERM handler it inherited (the CLI's raises, and ``init`` may be anyone's).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         if init is not None:
             init(info.id)
@@ -55,14 +63,22 @@ def _work(readers: Iterable[Any], info: WorkerInfo, out: Any, init: Callable[[in
             out.put(("item", item))
         out.put(("done", None))
     except BaseException as error:  # noqa: BLE001 - every failure goes back to the caller
-        try:
-            payload = pickle.dumps(error)
-        except Exception:  # noqa: BLE001
-            payload = pickle.dumps(WorkerFailed(f"worker {info.id}: {traceback.format_exc()}"))
-        out.put(("error", payload))
+        out.put(("error", _sendable(error, info.id)))
     finally:
         out.close()
         out.join_thread()  # everything put is flushed before the process exits
+
+
+def _sendable(error: BaseException, worker: int) -> bytes:
+    """``error`` pickled, if the caller can unpickle it too (an exception whose ``__init__`` wants other
+    arguments than its ``args`` pickles but does not unpickle), else a :class:`WorkerFailed` with its
+    traceback."""
+    try:
+        payload = pickle.dumps(error)
+        pickle.loads(payload)
+        return payload
+    except Exception:  # noqa: BLE001
+        return pickle.dumps(WorkerFailed(f"worker {worker}: {''.join(traceback.format_exception(error))}"))
 
 
 def process_readers(
@@ -116,6 +132,9 @@ def _stop(workers: list[Any], outs: list[Any]) -> None:
             worker.terminate()
     for worker in workers:
         worker.join(timeout=10)
+        if worker.is_alive():  # stuck where SIGTERM cannot reach it
+            worker.kill()
+            worker.join()
     for out in outs:
         out.cancel_join_thread()
         out.close()
