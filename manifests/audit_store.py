@@ -61,7 +61,7 @@ def stored_audits(manifest: Manifest) -> dict[str, tuple[dict[str, Any], str]]:
         try:
             data = path.read_bytes()
             report = json.loads(data)
-        except (OSError, ValueError):  # none stored, or not a report: nothing to say
+        except (OSError, ValueError, RecursionError):  # none stored, or not a report: nothing to say
             continue
         if (
             isinstance(report, dict)

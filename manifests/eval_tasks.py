@@ -83,7 +83,7 @@ def jsonl_task(path: Path) -> EvalTask:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: nested about 1,000 levels deep
                 raise TaskError(f"{path}:{number + 1}: not JSON ({err})") from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):

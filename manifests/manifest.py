@@ -108,7 +108,8 @@ def _read_manifest_info(manifest_file: Path) -> dict[str, Any]:
     """The parsed ``manifest.json``; a file that is not a JSON object is a damaged manifest."""
     try:
         info = json.loads(manifest_file.read_text())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    # JSONDecodeError and UnicodeDecodeError are both ValueErrors; RecursionError: nested ~1,000 levels deep
+    except (ValueError, RecursionError) as exc:
         raise ManifestTampered(f"{manifest_file}: damaged manifest, not valid JSON ({exc})") from None
     if not isinstance(info, dict):
         raise ManifestTampered(f"{manifest_file}: damaged manifest, expected a JSON object")

@@ -100,3 +100,49 @@ def test_the_lookups_verdict_does_not_depend_on_the_callers_stack(tmp_path, meta
     top = _ids(path)
     assert _at_stack_depth(800, lambda: _ids(path)) == top
     assert top[0][1] != "2401.00001" and top[1] == ("Document", "2401.00002")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b'{"text": "t", "m": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"text": "t", "n": ' + b"1" * 5000 + b"}"],
+    ids=["nested-5000", "integer-5000-digits"],
+)
+def test_an_eval_task_file_python_cannot_parse_is_one_line_naming_the_line(tmp_path, line):
+    """``audit contamination --tasks items.jsonl`` parses its items with ``json``: a deep line raised
+    RecursionError (a traceback, not the command's one line)."""
+    from elm_data.core.errors import ElmDataError
+    from elm_data.manifests.eval_tasks import jsonl_task
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n' + line + b"\n")
+    with pytest.raises(ElmDataError, match=r"items\.jsonl:2: not JSON"):
+        jsonl_task(path)
+
+
+def _copy(manifest, to):
+    import shutil
+
+    return shutil.copytree(manifest, to)
+
+
+def test_a_manifest_json_nested_beyond_pythons_parser_is_a_damaged_manifest(sample_manifest, tmp_path):
+    """manifest.json parsed by ``json``: a 5,000-deep file raised RecursionError (a traceback) where any other
+    unparsable file is the one-line ``ManifestTampered``."""
+    from elm_data.manifests.identity import ManifestTampered
+    from elm_data.manifests.manifest import Manifest
+
+    copy = _copy(sample_manifest, tmp_path / "m")
+    (copy / "manifest.json").write_text('{"x": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(ManifestTampered, match="not valid JSON"):
+        Manifest(copy)
+
+
+def test_a_stored_audit_nested_beyond_pythons_parser_is_no_report(sample_manifest, tmp_path):
+    from elm_data.manifests.audit_store import audit_path, stored_audits
+    from elm_data.manifests.manifest import Manifest
+
+    manifest = Manifest(_copy(sample_manifest, tmp_path / "m"))
+    path = audit_path(manifest.path, "contamination")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"manifest_id": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert stored_audits(manifest) == {}
