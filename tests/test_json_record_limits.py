@@ -146,3 +146,55 @@ def test_a_stored_audit_nested_beyond_pythons_parser_is_no_report(sample_manifes
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"manifest_id": ' + "[" * 5000 + "]" * 5000 + "}")
     assert stored_audits(manifest) == {}
+
+
+def test_a_manifest_counted_by_json_alone_keeps_its_id_and_streams_on_the_fast_parse(
+    tmp_path, tokenizer_path, tokenizer, monkeypatch
+):
+    """The tree before orjson parsed every line with ``json`` and its checks: a manifest it built (here: the
+    same build with the fast parse turned off) must be the one the fast parse builds, id for id, and must
+    stream one natural pass on the fast parse, each document checked against its ledger row. Over thousands
+    of damaged lines (plain and gzip) and arXiv ids looked up in a JSON-string ``meta``."""
+    import gzip
+
+    from test_jsonl_fast_parse import _lines
+
+    from elm_data.manifests.build import build_manifest
+    from elm_data.manifests.manifest import Manifest
+    from elm_data.pipeline.stream import StreamLoader, TokenStream
+
+    words = " ".join(f"word{i % 97}" for i in range(120))
+    kept = [
+        json.dumps({"text": f"{words} {i}", "meta": json.dumps({"arxiv_id": f"{i}.5", "s": i / 7})})
+        for i in range(40)
+    ]
+    damaged = [line for line in _lines() if b"[" * 300 not in line]  # as deep as the old tree read
+    (tmp_path / "c4").mkdir()
+    (tmp_path / "c4" / "c4-train.00000-of-01024.jsonl").write_bytes(b"\n".join(damaged) + b"\n")
+    (tmp_path / "arxiv").mkdir()
+    arxiv = [line.encode() for line in kept] + damaged[:600]
+    (tmp_path / "arxiv" / "arxiv_0.jsonl").write_bytes(b"\n".join(arxiv) + b"\n")
+    (tmp_path / "dolma").mkdir()
+    dolma = [line.replace(b'"text"', b'"id": "d", "text"', 1) for line in damaged[600:1400]]
+    (tmp_path / "dolma" / "books-0000.json.gz").write_bytes(gzip.compress(b"\n".join(dolma) + b"\n"))
+    (tmp_path / "mixture.yaml").write_text(
+        "name: fast-parse\nfilters: {min_characters: 20, min_tokens: 4}\nsources:\n"
+        "- {source: redpajama, subset: c4, shards: [c4/*.jsonl]}\n"
+        "- {source: redpajama, subset: arxiv, shards: [arxiv/*.jsonl]}\n"
+        "- {source: dolma, subset: gutenberg, shards: [dolma/*.json.gz]}\n"
+    )
+    fast = build_manifest(tmp_path / "mixture.yaml", tmp_path / "fast", tokenizer=tokenizer_path, workers=1)
+    with monkeypatch.context() as m:
+        m.setattr(readers_jsonl, "fast_record", lambda line: None)
+        strict = build_manifest(
+            tmp_path / "mixture.yaml", tmp_path / "strict", tokenizer=tokenizer_path, workers=1
+        )
+    assert strict.manifest_id == fast.manifest_id
+    records = Manifest(tmp_path / "strict").shards
+    assert sum(r.docs_kept for r in records) > 500 and sum(r.docs_rejected for r in records) > 300
+    loader = StreamLoader(
+        TokenStream(tmp_path / "strict", batch_size=4, seq_len=128, tokenizer=tokenizer), tensors=False
+    )
+    for _ in loader:
+        pass
+    assert sum(loader.consumed.to_dict().values()) > 0
