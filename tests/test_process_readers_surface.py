@@ -230,6 +230,50 @@ def test_ctrl_c_prints_no_traceback_from_a_worker():
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
+_CTRL_C_AT_BOOT = """
+import os, signal, threading, time
+from elm_data.core.procs import dataloader_worker_init
+from elm_data.pipeline.stream.process_readers import process_readers
+
+class SlowToArrive:
+    def __iter__(self):
+        yield os.getpid()
+
+    def __setstate__(self, state):  # a spawned worker unpickles its readers before it runs them
+        time.sleep(1.5)
+
+if __name__ == "__main__":
+    items = process_readers(SlowToArrive(), 2, init=dataloader_worker_init, context="spawn")
+    got = []
+    threading.Thread(target=lambda: got.append(next(items)), daemon=True).start()  # starts the workers
+    try:
+        time.sleep(0.5)  # the workers boot
+        os.killpg(0, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        time.sleep(5)
+    except KeyboardInterrupt:
+        time.sleep(2.5)  # the caller has not stopped its workers yet
+        print("interrupted", got, flush=True)
+"""
+
+
+@pytest.mark.slow  # spawned workers, and seconds of waiting
+def test_ctrl_c_while_a_spawned_worker_boots_reaches_no_worker(tmp_path):
+    """A worker ignores Ctrl-C from its start: the signal is blocked from fork/exec until its handlers are
+    set (a spawned worker booting was killed by it, and the caller got a WorkerFailed)."""
+    script = tmp_path / "ctrl_c_at_boot.py"  # a file: a spawned worker imports it to unpickle its readers
+    script.write_text(_CTRL_C_AT_BOOT)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    said, got = done.stdout.split(maxsplit=1)
+    assert said == "interrupted" and got.strip("[]\n").isdigit(), done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 _ORPHANS = """
 import os, time
 from elm_data.core.procs import dataloader_worker_init

@@ -10,8 +10,8 @@ skipping a finished worker): the same items in the same order as the DataLoader 
 A worker's exception is raised again in the caller as itself (so a user's mistake stays one line), or as a
 ``WorkerFailed`` naming it when it cannot travel; a worker that dies without a word is a ``WorkerFailed`` too,
 never a hang. Stopping early (or failing) stops every worker: SIGTERM ends one whatever handler it inherited
-or ``init`` set; Ctrl-C is ignored in the workers (the caller is interrupted and stops them, as torch's
-workers leave it to theirs).
+or ``init`` set; Ctrl-C is ignored in the workers from their start (the caller is interrupted and stops
+them, as torch's workers leave it to theirs).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 POLL_S = 0.2  # how often a caller waiting on a worker checks that it is alive
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # blocked from a worker's start until it has its handlers
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def _work(readers: Iterable[Any], info: WorkerInfo, out: Any, init: Callable[[in
     # whatever SIGTERM handler it inherited (the CLI's raises, and ``init`` may be anyone's).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a SIGTERM sent meanwhile lands now
     try:
         if init is not None:
             init(info.id)
@@ -95,9 +98,8 @@ def process_readers(
         ctx.Process(target=_work, args=(readers, WorkerInfo(w, num_workers), outs[w], init), daemon=True)
         for w in range(num_workers)
     ]
-    for worker in workers:
-        worker.start()
     try:
+        _start(workers)
         live = list(range(num_workers))
         while live:
             for w in list(live):
@@ -126,7 +128,23 @@ def _next_message(out: Any, worker: Any, w: int) -> tuple[str, Any]:
                     ) from None
 
 
+def _start(workers: list[Any]) -> None:
+    """Start the workers with SIGINT and SIGTERM blocked in this thread: a forked child inherits the mask and
+    a spawned one keeps it through exec, so neither signal reaches a worker before :func:`_work` has set its
+    handlers (a Ctrl-C while a spawned worker boots printed its traceback); here they are delivered as soon
+    as the mask is restored."""
+    masking = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if masking else None
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _stop(workers: list[Any], outs: list[Any]) -> None:
+    workers = [worker for worker in workers if worker.pid is not None]  # those started
     for worker in workers:
         if worker.is_alive():
             worker.terminate()
