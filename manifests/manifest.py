@@ -165,7 +165,13 @@ class Manifest:
         table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
         # column-wise: no dict per row
         columns = [table.column(name).to_pylist() for name in SHARD_SCHEMA.names]
-        return [ShardRecord.from_values(values) for values in zip(*columns, strict=True)]
+        try:
+            return [ShardRecord.from_values(values) for values in zip(*columns, strict=True)]
+        except (ValueError, RecursionError) as exc:  # a by-reason column that is no JSON (or ~1,000 deep)
+            problem = f"{type(exc).__name__}: {exc}"[:200]
+            raise ManifestTampered(
+                f"{self.path / SHARDS_FILE}: damaged manifest, a JSON column ({problem})"
+            ) from None
 
     @cached_property
     def _block_counts(self) -> BlockCounts | str:

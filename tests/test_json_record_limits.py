@@ -198,3 +198,26 @@ def test_a_manifest_counted_by_json_alone_keeps_its_id_and_streams_on_the_fast_p
     for _ in loader:
         pass
     assert sum(loader.consumed.to_dict().values()) > 0
+
+
+@pytest.mark.parametrize(
+    "value", ["{not json", '{"x": ' + "[" * 5000 + "]" * 5000 + "}"], ids=["bad", "deep"]
+)
+def test_a_by_reason_column_that_is_no_json_is_a_damaged_manifest(sample_manifest, tmp_path, value):
+    """shards.parquet's by-reason columns are JSON text: one that is not (or nested beyond Python's parser)
+    was an internal error with a traceback; it is the one-line ``ManifestTampered`` of every damaged file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from elm_data.manifests.identity import ManifestTampered
+    from elm_data.manifests.manifest import Manifest
+
+    copy = _copy(sample_manifest, tmp_path / "m")
+    table = pq.read_table(copy / "shards.parquet")
+    column = table.column("rejected_by_reason").to_pylist()
+    column[0] = value
+    at = table.schema.get_field_index("rejected_by_reason")
+    table = table.set_column(at, table.schema.field(at), pa.array(column, table.schema.field(at).type))
+    pq.write_table(table, copy / "shards.parquet")
+    with pytest.raises(ManifestTampered, match="shards.parquet: damaged manifest"):
+        Manifest(copy)
