@@ -18,12 +18,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -48,6 +46,9 @@ from .shard_records import ShardRecord
 from .shard_work import COUNT_METHOD, PassSpec, ShardOutcome, ShardTask, process_shard, process_shards
 from .targets import load_targets
 from .workspace import BuildWorkspace, workspace_path_for
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 RUNNERS = ("local", "beam", "beam-portable")
 
@@ -243,6 +244,9 @@ def run_local(
     if workers <= 1 or len(tasks) <= 1:
         yield from _in_turn(tasks, spec.build(), workspace, dropped_per_reason)
         return
+    from concurrent.futures import ProcessPoolExecutor  # here: a one-process build never starts a pool
+    from concurrent.futures.process import BrokenProcessPool
+
     ctx = mp.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["elm_data.manifests.shard_work"])

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.compute as pc
-
 from elm_data.core.settings import Settings, SettingsError
 
 from .kept_text import shard_documents
@@ -95,6 +93,8 @@ def heldout_rows(
     ``max_docs`` whose ledger tokens add up to at most ``max_tokens`` (a document that alone would pass the
     budget left is skipped), so the set and its order are fixed by the manifest and the two bounds. Subsets
     with none are absent. Reads only the ledgers of shards that hold held-out documents."""
+    import pyarrow.compute as pc  # here: a build imports this module and never needs it
+
     out: dict[str, list[HeldoutRow]] = {}
     budget: dict[str, int] = {}
     for record in manifest.shards:

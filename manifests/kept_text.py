@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 
-import pyarrow.compute as pc
-
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text
 from elm_data.pipeline.config import FilterConfig
@@ -50,6 +48,8 @@ class KeptDocument:
 def kept_ledger(manifest: Manifest, shard: int, status: str = "kept") -> dict[int, tuple[str, int]]:
     """``{record index: (doc_id, tokens)}`` of the shard's kept documents (checked ledger rows); ``status``:
     the documents of another ledger status that has tokens (``heldout``)."""
+    import pyarrow.compute as pc  # here: a build imports this module and never needs it
+
     table = manifest.documents(shard, ["index", "doc_id", "status", "tokens"])
     kept = table.filter(pc.equal(table["status"], status))
     return dict(

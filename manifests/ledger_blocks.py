@@ -8,7 +8,6 @@ recomputes the index of a shard whose ledger lost duplicates), so neither import
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from elm_data.pipeline.document_pass import KEPT
 from elm_data.sources.blocks import Block
@@ -26,7 +25,8 @@ def block_index(blocks: list[Block], ledger: pa.Table) -> list[dict]:
     for block, rows in zip(
         blocks, split_by_block([{"first_record": b.first_record} for b in blocks], ledger), strict=True
     ):
-        kept = rows.filter(pa.compute.equal(rows.column("status"), KEPT))
+        kept = [n for n, status in enumerate(rows.column("status").to_pylist()) if status == KEPT]
+        tokens, segments = rows.column("tokens").to_pylist(), rows.column("segments").to_pylist()
         out.append(
             {
                 "start": block.start,
@@ -34,9 +34,9 @@ def block_index(blocks: list[Block], ledger: pa.Table) -> list[dict]:
                 "sha256": block.sha256,
                 "first_record": block.first_record,
                 "records": block.records,
-                "kept_docs": kept.num_rows,
-                "kept_tokens": int(pa.compute.sum(kept.column("tokens")).as_py() or 0),
-                "kept_segments": int(pa.compute.sum(kept.column("segments")).as_py() or 0),
+                "kept_docs": len(kept),
+                "kept_tokens": sum(tokens[n] for n in kept),
+                "kept_segments": sum(segments[n] for n in kept),
                 "ledger_sha256": ledger_digest(rows),
             }
         )

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from elm_data.core.errors import ElmDataError
 from elm_data.core.redact import redact_text, redact_uri

@@ -24,8 +24,17 @@ from elm_data.sources.readers import shard_format_of
 
 # Modules a plain build (no dedup, no NFC fixing) has no use for: pandas (which pyarrow imports on its own at
 # its first list conversion, ~0.2 CPU-s), ftfy (filters.nfc_normalization only), the dedup step and the audits
-# it brings (filters.dedup only), torch.
-UNUSED = ("pandas", "ftfy", "elm_data.manifests.dedup_filter", "elm_data.manifests.duplicates", "torch")
+# it brings (filters.dedup only), pyarrow's compute functions (a cast loads them) and dataset layer
+# (pq.read_table), torch.
+UNUSED = (
+    "pandas",
+    "ftfy",
+    "elm_data.manifests.dedup_filter",
+    "elm_data.manifests.duplicates",
+    "pyarrow.compute",
+    "pyarrow.dataset",
+    "torch",
+)
 
 # every way a local build runs: in this process, in worker processes, sampling what it drops
 BUILD_ARGS = {
