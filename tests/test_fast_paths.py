@@ -116,9 +116,9 @@ def test_encode_threads_change_no_byte_of_the_stream(sample_manifest, tokenizer)
     calls: list[int | None] = []
     real = three_stream.tokenizer.encode_batch
 
-    def spy(texts, num_threads=None):
+    def spy(texts, num_threads=None, **kw):
         calls.append(num_threads)
-        return real(texts, num_threads)
+        return real(texts, num_threads, **kw)
 
     three_stream.tokenizer.encode_batch = spy
     three = _batches(three_stream)

@@ -339,8 +339,13 @@ class _BatchMaker:
 
     def __init__(self, stream: TokenStream, plan: Plan, numpy: bool):
         self.stream, self.plan, self.config = stream, plan, plan.config
+        # ids as numpy arrays where SentencePiece gives them: no Python int per token, framed without a loop
         self.doc_pass = DocumentPass(
-            stream.filters, stream.sequences, stream.tokenizer, num_threads=stream.encode_threads
+            stream.filters,
+            stream.sequences,
+            stream.tokenizer,
+            num_threads=stream.encode_threads,
+            ids_as_arrays=True,
         )
         self.layout = LAYOUTS[plan.config.mode]
         self.span_base = span_base_of(plan)
