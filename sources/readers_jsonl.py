@@ -46,9 +46,9 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # An integer literal of more digits is one too: Python's own default limit (converting one costs time
 # quadratic in its length), applied here whatever PYTHONINTMAXSTRDIGITS says, so no record crashes a reader.
 MAX_INT_DIGITS = 4300
-# An integer orjson cannot hold (beyond 64 bits) has at least 19 digits: a line with a float and such a run
-# is parsed by ``json`` (the run may be an integer that orjson made a float).
-_WIDE_INTEGER = re.compile(rb"[0-9]{19}")
+# orjson holds integers in [-2**63, 2**64) exactly and makes any other a float of magnitude >= 2**63: a record
+# with such a float is parsed by ``json`` (which keeps the integer exact).
+WIDE_FLOAT = float(2**63)
 TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep"
 TOO_LONG_INTEGER = f"an integer of more than {MAX_INT_DIGITS:,} digits"
 
@@ -243,38 +243,38 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
-def _float_or_depth(record: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether a parsed object holds a float anywhere, and whether it nests deeper than ``MAX_JSON_DEPTH``
-    (walked without recursion: the value may be as deep as the line is long)."""
-    holds_float, stack = False, [(record, 1)]
+def _wide_float_or_depth(record: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a parsed object holds a float of magnitude 2**63 or more anywhere (what orjson makes of an
+    integer beyond 64 bits; a float literal that large is left to ``json`` too), and whether it nests deeper
+    than ``MAX_JSON_DEPTH`` (walked without recursion: the value may be as deep as the line is long)."""
+    wide, stack = False, [(record, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            return holds_float, True
+            return wide, True
         items = value.values() if isinstance(value, dict) else value
         for item in items:
             if isinstance(item, float):
-                holds_float = True
+                wide = wide or abs(item) >= WIDE_FLOAT
             elif isinstance(item, (dict, list)):
                 stack.append((item, depth + 1))
-    return holds_float, False
+    return wide, False
 
 
 def fast_record(line: bytes) -> dict[str, Any] | None:
     """The line's JSON object as ``json.loads`` gives it, parsed by orjson (~3x faster, straight from the
     bytes), or None where the two could differ or the line needs a verdict: orjson refuses what is not strict
     UTF-8, a lone surrogate escape (``\\uD800``), NaN/Infinity and more than 64-bit-wide or infinite numbers
-    (the standard parser then decides); an object holding a float where the line holds 19 digits in a row
-    (a wide integer may have become one: its float literals are parsed as Python's ``float`` parses them),
-    nesting deeper than ``MAX_JSON_DEPTH`` or anything but an object goes that way too."""
+    (the standard parser then decides); an object holding a float of magnitude 2**63 or more (a wide integer
+    may have become one; smaller float literals are parsed as Python's ``float`` parses them), nesting
+    deeper than ``MAX_JSON_DEPTH`` or anything but an object goes that way too."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(record, dict):
         return None
-    holds_float, too_deep = _float_or_depth(record)
-    if too_deep or (holds_float and _WIDE_INTEGER.search(line) is not None):
+    if any(_wide_float_or_depth(record)):
         return None
     return record
 
@@ -315,7 +315,7 @@ def _parse_strictly(ctx: ShardContext, index: int, line: bytes) -> dict[str, Any
         return ctx.reject(index, REJECT_MALFORMED_JSON, TOO_DEEP)
     if not isinstance(record, dict):
         return ctx.reject(index, REJECT_MALFORMED_JSON, f"a JSON {type(record).__name__}, not an object")
-    if _float_or_depth(record)[1]:
+    if _wide_float_or_depth(record)[1]:
         return ctx.reject(index, REJECT_MALFORMED_JSON, TOO_DEEP)
     if _surrogate_escape(line) and (where := _lone_surrogate(record, "")):
         return ctx.reject(index, REJECT_INVALID_UNICODE, f"lone surrogate escape: {where}")

@@ -12,6 +12,7 @@ import string
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from elm_data.pipeline import filters
@@ -215,11 +216,13 @@ def test_frame_documents_equals_framing_each_document_on_its_own():
         for _ in range(200)
     ] + [[[]], [[], [7]]]
     framed = frame_documents(documents)
+    as_arrays = [[np.array(seg, dtype=np.int32) for seg in segments] for segments in documents]
     assert len(framed) == len(documents) and frame_documents([]) == []
-    for fd, segments in zip(framed, documents, strict=True):
+    for fd, fa, segments in zip(framed, frame_documents(as_arrays), documents, strict=True):
         alone = frame_segments(segments)
         assert fd.ids.tolist() == alone.ids.tolist() and fd.starts.tolist() == alone.starts.tolist()
-        assert fd.ids.dtype == alone.ids.dtype
+        assert fa.ids.tolist() == alone.ids.tolist() and fa.starts.tolist() == alone.starts.tolist()
+        assert fd.ids.dtype == alone.ids.dtype == fa.ids.dtype
 
 
 @pytest.mark.parametrize("mode", ["natural", "weighted"])

@@ -66,14 +66,18 @@ def frame_documents(
     content[ends - framed_lengths] = content[ends - 1] = False
     ids[ends - framed_lengths], ids[ends - 1] = bos, eos
     ids[content] = _joined(flat)
-    framed: list[FramedDoc] = []
-    seg = pos = 0  # the document's first segment, and where its framed tokens start
-    for segments in documents:
-        starts = np.zeros(len(segments) + 1, dtype=np.int64)
-        starts[1:] = ends[seg : seg + len(segments)] - pos
-        framed.append(FramedDoc(ids[pos : pos + int(starts[-1])], starts))
-        seg, pos = seg + len(segments), pos + int(starts[-1])
-    return framed
+    # each document's segment offsets, relative to its first token, behind a 0 of its own: one array
+    counts = np.array([len(segments) for segments in documents], dtype=np.int64)
+    firsts = np.cumsum(counts) - counts  # each document's first segment
+    doc_of_segment = np.repeat(np.arange(len(documents)), counts)
+    doc_pos = np.concatenate(([0], ends))[firsts]  # where each document's framed tokens start
+    starts = np.zeros(len(flat) + len(documents), dtype=np.int64)
+    starts[np.arange(len(flat)) + doc_of_segment + 1] = ends - doc_pos[doc_of_segment]
+    bounds = (firsts + np.arange(len(documents))).tolist()
+    return [
+        FramedDoc(ids[pos : pos + int(starts[b + n])], starts[b : b + n + 1])
+        for pos, b, n in zip(doc_pos.tolist(), bounds, counts.tolist(), strict=True)
+    ]
 
 
 def _joined(segments: list) -> np.ndarray:
