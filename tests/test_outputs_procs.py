@@ -102,8 +102,27 @@ if __name__ == "__main__":
 """
 
 
+_STREAM_WORKERS = """  # pipeline/stream/process_readers.py's workers
+import os, time
+from elm_data.core.procs import dataloader_worker_init
+from elm_data.pipeline.stream.process_readers import process_readers
+
+class Forever:
+    def __iter__(self):
+        yield os.getpid()
+        time.sleep(600)
+
+if __name__ == "__main__":
+    items = process_readers(Forever(), 2, init=dataloader_worker_init)
+    print(next(items), next(items), flush=True)
+    time.sleep(600)
+"""
+
+
 @pytest.mark.slow  # starts a parent and its worker processes per case
-@pytest.mark.parametrize("script", [_POOL, _LOADER], ids=["process-pool", "dataloader"])
+@pytest.mark.parametrize(
+    "script", [_POOL, _LOADER, _STREAM_WORKERS], ids=["process-pool", "dataloader", "stream-workers"]
+)
 def test_workers_die_when_their_parent_is_sigkilled(script):
     proc, workers = _start(script)
     try:

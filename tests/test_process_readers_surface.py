@@ -19,7 +19,7 @@ from itertools import islice
 
 import numpy as np
 import pytest
-from test_outputs_procs import _alive, _gone_within, _kill_survivors, _start
+from test_outputs_procs import _gone_within, _kill_survivors
 
 from elm_data.pipeline.stream import StreamLoader, TokenStream, merge_states
 from elm_data.pipeline.stream import dataset as stream_dataset
@@ -272,35 +272,6 @@ def test_ctrl_c_while_a_spawned_worker_boots_reaches_no_worker(tmp_path):
     said, got = done.stdout.split(maxsplit=1)
     assert said == "interrupted" and got.strip("[]\n").isdigit(), done.stdout
     assert "Traceback" not in done.stderr, done.stderr
-
-
-_ORPHANS = """
-import os, time
-from elm_data.core.procs import dataloader_worker_init
-from elm_data.pipeline.stream.process_readers import process_readers
-
-class Forever:
-    def __iter__(self):
-        yield os.getpid()
-        time.sleep(600)
-
-if __name__ == "__main__":
-    items = process_readers(Forever(), 2, init=dataloader_worker_init)
-    print(next(items), next(items), flush=True)
-    time.sleep(600)
-"""
-
-
-def test_workers_die_when_their_parent_is_sigkilled():
-    proc, workers = _start(_ORPHANS)
-    try:
-        assert len(workers) == 2 and all(_alive(p) for p in workers)
-        proc.kill()
-        proc.wait(timeout=30)
-        assert _gone_within(set(workers), 15) == set()
-    finally:
-        proc.kill()
-        _kill_survivors(workers)
 
 
 _SLOW_STREAM_CLI = """
