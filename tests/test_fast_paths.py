@@ -110,7 +110,7 @@ def test_stream_cli_full_pass_with_workers_streams_the_same_pass(sample_manifest
     assert stats["2"] == stats["0"] and stats["0"]["stats"]["consumed_matches_manifest"] is True
 
 
-def test_encode_threads_change_no_byte_of_the_stream(sample_manifest, tokenizer):
+def test_encode_threads_change_no_byte_of_the_stream(sample_manifest, tokenizer, monkeypatch):
     """A step's documents encoded in one SentencePiece call split over 3 threads: the same batches as 1."""
     one = _batches(_stream(sample_manifest, tokenizer, encode_threads=1))
     three_stream = _stream(sample_manifest, tokenizer, encode_threads=3)
@@ -121,7 +121,8 @@ def test_encode_threads_change_no_byte_of_the_stream(sample_manifest, tokenizer)
         calls.append(num_threads)
         return real(texts, num_threads, **kw)
 
-    three_stream.tokenizer.encode_batch = spy
+    # the session's tokenizer: the spy goes when the test ends
+    monkeypatch.setattr(three_stream.tokenizer, "encode_batch", spy)
     three = _batches(three_stream)
     _same(one, three)
     assert calls and set(calls) == {3}
