@@ -28,7 +28,7 @@ import pyarrow as pa
 from elm_data.core import __version__
 from elm_data.core.errors import ElmDataError, InvalidValue, NotFound, OutputExists
 from elm_data.core.outputs import old_path, output_lock, recover_dir
-from elm_data.core.procs import die_with_parent
+from elm_data.core.procs import die_with_parent, usable_cores
 from elm_data.core.redact import redact_text, redact_uri
 from elm_data.pipeline.document_pass import DocumentPass
 from elm_data.pipeline.dropped import DroppedSamples
@@ -130,8 +130,7 @@ class SharedCores:
 
     @classmethod
     def of(cls, ctx: Any, workers: int, items: int) -> SharedCores:
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return cls(workers, ctx.Value("i", items), ctx.Value("i", 0), max(1, min(workers, usable)))
+        return cls(workers, ctx.Value("i", items), ctx.Value("i", 0), max(1, min(workers, usable_cores())))
 
     def threads(self) -> int:
         """SentencePiece threads for a worker's next batch: 1 while items wait (every core has a worker);

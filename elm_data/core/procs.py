@@ -121,6 +121,11 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one, else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def return_freed_memory() -> bool:
     """Make this process give back to the OS the large buffers it frees (a stream reader frees a verified
     block and a decoded row group over and over), without paying a page fault for every small one: glibc

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict
 
-from elm_data.core.procs import return_freed_memory
+from elm_data.core.procs import return_freed_memory, usable_cores
 from elm_data.manifests.manifest import Manifest
 from elm_data.pipeline.config import FilterConfig, SequenceConfig
 from elm_data.pipeline.document_pass import DocumentPass
@@ -110,8 +110,7 @@ def _tokenizer_for(tokenizer: str | LlamaTokenizer | None, info: dict[str, Any])
 def default_encode_threads(workers: int = 0) -> int:
     """SentencePiece threads per reading process when none are asked for: the cores this process may use
     (its CPU affinity), shared among ``workers`` reading processes (0: this one reads), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return max(1, usable_cores() // max(1, workers))
 
 
 class TokenStream:
