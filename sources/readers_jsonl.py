@@ -33,7 +33,14 @@ from elm_data.sources.document import (
     Document,
     Rejection,
 )
-from elm_data.sources.readers_common import GZIP_MAGIC, MAX_JSON_DEPTH, UTF8_BOM, Select, ShardContext
+from elm_data.sources.readers_common import (
+    GZIP_MAGIC,
+    MAX_JSON_DEPTH,
+    UTF8_BOM,
+    Select,
+    ShardContext,
+    nested_deeper_than,
+)
 
 # Compressed bytes read per step (and at most this much text per gzip step). A stream reader holds one chunk
 # and its split lines per open shard, one shard per source and partition: 128 KiB, not 1 MiB (issue 27).
@@ -246,7 +253,8 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
 def _wide_float_or_depth(record: dict[str, Any]) -> tuple[bool, bool]:
     """Whether a parsed object holds a float of magnitude 2**63 or more anywhere (what orjson makes of an
     integer beyond 64 bits; a float literal that large is left to ``json`` too), and whether it nests deeper
-    than ``MAX_JSON_DEPTH`` (walked without recursion: the value may be as deep as the line is long)."""
+    than ``MAX_JSON_DEPTH``: :func:`~.readers_common.nested_deeper_than`'s rule, in the same one walk on the
+    hot path."""
     wide, stack = False, [(record, 1)]
     while stack:
         value, depth = stack.pop()
@@ -285,10 +293,9 @@ def parse_line(ctx: ShardContext, index: int, line: bytes) -> Document | Rejecti
         line = line[len(UTF8_BOM) :]
     record = fast_record(line)
     if record is None:
-        parsed = _parse_strictly(ctx, index, line)
-        if isinstance(parsed, Rejection):
-            return parsed
-        record = parsed
+        record = _parse_strictly(ctx, index, line)
+        if isinstance(record, Rejection):
+            return record
     field = ctx.spec.text_field
     present = field in record
     text = record.pop(field, None)
@@ -315,7 +322,7 @@ def _parse_strictly(ctx: ShardContext, index: int, line: bytes) -> dict[str, Any
         return ctx.reject(index, REJECT_MALFORMED_JSON, TOO_DEEP)
     if not isinstance(record, dict):
         return ctx.reject(index, REJECT_MALFORMED_JSON, f"a JSON {type(record).__name__}, not an object")
-    if _wide_float_or_depth(record)[1]:
+    if nested_deeper_than(record, MAX_JSON_DEPTH):
         return ctx.reject(index, REJECT_MALFORMED_JSON, TOO_DEEP)
     if _surrogate_escape(line) and (where := _lone_surrogate(record, "")):
         return ctx.reject(index, REJECT_INVALID_UNICODE, f"lone surrogate escape: {where}")
