@@ -30,8 +30,7 @@ from elm_data.sources.readers_common import Select, ShardContext
 BATCH_ROWS = 1024  # rows decoded at once by a full read (the build: every row of the shard is converted)
 # A selective read (the stream) holds one decoded batch per open shard for as long as the shard is open, and a
 # partition keeps one open shard per source: small batches bound that to SELECT_BATCH_ROWS decoded records
-# plus
-# the page being decoded, not a whole decoded row group (issue 27). (pyarrow still reads a column chunk
+# plus the page being decoded, not a whole decoded row group (issue 27). (pyarrow still reads a column chunk
 # whole.)
 SELECT_BATCH_ROWS = 64
 # ... except where the text column is mostly one dictionary page: then up to this many bytes of a row group's

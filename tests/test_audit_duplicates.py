@@ -64,8 +64,7 @@ def test_planted_duplicates_against_brute_force_jaccard(dup_corpus, threshold):
     recall = len(found & near) / len(near)
     precision = len(found & near) / len(found)
     # MinHash estimates J with a standard error of ~sqrt(J(1-J)/128) ~ 0.035 near 0.8: pairs within a margin
-    # of the
-    # threshold fall either way; outside it, none may be missed or wrongly found
+    # of the threshold fall either way; outside it, none may be missed or wrongly found
     clear, fair = _truth(docs, threshold + MARGIN)[0], _truth(docs, threshold - MARGIN)[0]
     print(
         f"threshold {threshold}: {len(near)} true pairs, recall {recall:.3f}, precision {precision:.3f}; "

@@ -18,8 +18,7 @@ from elm_data.cli import cli, run
 MISSING = "{tmp}/no-such-path"
 
 # command path -> mistakes (arguments after the command path; {tmp} is the test's empty tmp_path, {manifest}
-# the
-# sample corpus' manifest)
+# the sample corpus' manifest)
 CASES: dict[str, list[list[str]]] = {
     "audit mixture": [[MISSING], ["{tmp}", "--format", "xml"], ["{manifest}", "--plot", "{tmp}/x.txt"]],
     "audit contamination": [

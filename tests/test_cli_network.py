@@ -46,8 +46,7 @@ READS_REMOTELY = {
     "tokenizer show",
 }
 # a manifest's or a run's own files only (local folders), or nothing at all; `init --pin` asks the hub's API
-# for
-# one commit per repo, and says which cause (network, login) failed rather than retrying
+# for one commit per repo, and says which cause (network, login) failed rather than retrying
 READS_NOTHING_REMOTE = {"sample", "audit mixture", "export croissant", "report", "init"}
 
 

@@ -239,8 +239,7 @@ def test_deep_verify_rereads_and_retokenizes_sampled_steps(
     )
     assert result.exit_code == 0 and "deep steps: 6" in result.output, result.output
     # a log whose step 5 head was recomputed by a forger over other batches: the plan check and the corpus
-    # both
-    # refuse it; the corpus check alone (given a plan check that passed) names the step too
+    # both refuse it; the corpus check alone (given a plan check that passed) names the step too
     edited = _edit(
         receipt_run,
         tmp_path,

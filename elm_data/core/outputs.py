@@ -48,8 +48,7 @@ from elm_data.core.redact import redact_text
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # A write that failed with less than this free on its filesystem failed for want of space: torch.save says
-# only
-# "unexpected pos" or "file write failed" where the system said ENOSPC.
+# only "unexpected pos" or "file write failed" where the system said ENOSPC.
 LOW_SPACE_BYTES = 16 << 20
 _FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 

@@ -43,8 +43,7 @@ MIN_SECRET_CHARS = 6  # a shorter credential is not searched for in free text ("
 
 _URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>`]+")
 # The credentials redact_uri removed in this process, for redact_text: the latest SEEN_MAX (a presigned URL
-# per
-# shard brings a new signature each; older ones are forgotten so that redact_text stays cheap).
+# per shard brings a new signature each; older ones are forgotten so that redact_text stays cheap).
 SEEN_MAX = 1024
 _SEEN: dict[str, None] = {}
 _LONGEST_FIRST: list[str] = []  # _SEEN sorted by length, the longest first ("user:pass" before "pass")

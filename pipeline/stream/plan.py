@@ -424,8 +424,7 @@ def partition_shares(held: np.ndarray, weights: np.ndarray, keys: list[str]) -> 
     target = weights / weights.sum()
     shares = held * target[None, :]
     # A source held by k of P partitions has a mean share of at most k / P (each partition's shares sum to 1):
-    # when
-    # that is short of its target by more than the tolerance, no fitting converges, so none is tried (at
+    # when that is short of its target by more than the tolerance, no fitting converges, so none is tried (at
     # start-up).
     hopeless = (target - held.sum(axis=0) / len(held)).max() > SHARE_TOLERANCE
     for _ in range(0 if hopeless else 20_000):

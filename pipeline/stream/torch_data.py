@@ -42,8 +42,7 @@ def data_loader(
 ) -> DataLoader:
     """A ``DataLoader`` whose ``num_workers`` workers iterate ``readers``; items pass as they are."""
     # Each DataLoader iterator draws its workers' base seed from ``generator`` (else from torch's global RNG,
-    # one
-    # draw per iteration: a resumed run would stand one draw past the RNG state its checkpoint restored).
+    # one draw per iteration: a resumed run would stand one draw past the RNG state its checkpoint restored).
     generator = torch.Generator().manual_seed(0)  # the stream is deterministic; the workers' own RNGs unused
     return DataLoader(
         ReadersDataset(readers),

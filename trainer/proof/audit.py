@@ -223,10 +223,8 @@ def zero_token_note(key: str, share: float, consumed: int, steps: int, per_doc: 
 # ---- `audit-run --verify`: the consumption receipt recomputed from the manifest and plan alone
 # ----------------
 # Every field of a ``step`` record is either recomputed from the plan by ``--verify`` (what the run ate, and
-# every
-# count of it) or a measurement of the model and the machine that no plan can recompute (not checked; the
-# receipt
-# certifies the data, not the loss). A field the trainer adds must be put in one of the two
+# every count of it) or a measurement of the model and the machine that no plan can recompute (not checked;
+# the receipt certifies the data, not the loss). A field the trainer adds must be put in one of the two
 # (tests/test_receipt.py).
 STEP_FIELDS_VERIFIED = (
     "step",
@@ -255,13 +253,11 @@ STEP_FIELDS_MEASURED = (
     "peak_memory_bytes",
 )
 # A ``heldout`` record (core/heldout_eval.py): the model scored on the manifest's held-out documents, which
-# are not
-# training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no such
-# record).
+# are not training data: every field is a measurement of the model, outside the receipt (``--verify`` reads no
+# such record).
 HELDOUT_FIELDS_MEASURED = ("step", *HELDOUT_RECORD_FIELDS, "eval_time_s")
 # A checkpoint's trainer_state.json: checked by --verify against the plan, the manifest and the header (and,
-# at
-# resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
+# at resume, ``fingerprint`` and ``manifest_id`` are refused when they are not this run's).
 TRAINER_STATE_FIELDS_VERIFIED = (
     "step",
     "receipt",
