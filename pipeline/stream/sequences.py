@@ -38,25 +38,16 @@ class FramedDoc:
 
 
 def frame_segments(segments: Sequence[Sequence[int]], bos: int = BOS_ID, eos: int = EOS_ID) -> FramedDoc:
-    """``BOS + segment + EOS`` for every segment, concatenated (one list, one array conversion)."""
-    framed: list[int] = []
-    starts = [0]
-    for seg in segments:
-        framed.append(bos)
-        framed.extend(seg)
-        framed.append(eos)
-        starts.append(len(framed))
-    # ~20 % faster than np.array on a list of ints
-    ids = np.fromiter(framed, dtype=np.int64, count=len(framed))
-    return FramedDoc(ids, np.array(starts, dtype=np.int64))
+    """``BOS + segment + EOS`` for every segment, concatenated: one document's :func:`frame_documents`."""
+    return frame_documents([segments], bos, eos)[0]
 
 
 def frame_documents(
     documents: Sequence[Sequence[Sequence[int]]], bos: int = BOS_ID, eos: int = EOS_ID
 ) -> list[FramedDoc]:
-    """:func:`frame_segments` of each document's segments, with ONE array for all of their tokens: each
-    document's ``ids`` is a view of it; BOS/EOS are set around each segment by position. Segments may be
-    lists of ints or numpy arrays (SentencePiece's ``return_type="numpy"``)."""
+    """``BOS + segment + EOS`` for every segment of each document, with ONE int64 array for all of their
+    tokens: each document's ``ids`` is a view of it; BOS/EOS are set around each segment by position.
+    Segments may be lists of ints or numpy arrays (SentencePiece's ``return_type="numpy"``)."""
     flat = [seg for segments in documents for seg in segments]
     lengths = [len(seg) for seg in flat]
     framed_lengths = np.array(lengths, dtype=np.int64) + 2
