@@ -43,7 +43,7 @@ import click
 from elm_data.core import __version__
 from elm_data.core.commands import EXIT_CODES_HELP, user_error_message
 from elm_data.core.errors import EXIT_USER_ERROR
-from elm_data.core.procs import Terminated, stop_on_sigterm
+from elm_data.core.procs import Terminated, blas_without_thread_pool, stop_on_sigterm
 from elm_data.core.redact import redact_text
 
 # group -> {command name: (module, attribute, one-line help)}. Modules are imported only when their
@@ -158,6 +158,11 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
 }
 
 
+# the modules whose commands do no linear algebra: numpy's OpenBLAS starts there without its idle threads
+# (``procs.blas_without_thread_pool``; a command module imports numpy, so this is decided before it)
+NO_LINEAR_ALGEBRA = frozenset({"elm_data.pipeline.stream.cli", "elm_data.manifests.cli"})
+
+
 class LazyGroup(click.Group):
     """A group whose commands live in other modules, imported when a command is looked up to run."""
 
@@ -171,6 +176,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy and name not in self.commands:
             module, attr, _ = self.lazy[name]
+            if module in NO_LINEAR_ALGEBRA:
+                blas_without_thread_pool()
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
 

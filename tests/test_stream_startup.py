@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -140,3 +141,42 @@ def test_weight_shares_are_those_of_the_full_fitting_and_a_hopeless_mix_fails_at
     with pytest.raises(plan_module.PlanError, match="cannot be met with 16 partitions"):
         plan_module.partition_shares(held, weights, [f"s{i}" for i in range(13)])
     assert time.process_time() - cpu < 0.05  # the full fitting takes ~0.3 CPU-s here
+
+
+def _blas_after_looking_up(group: list[str], command: str) -> dict:
+    """In a fresh interpreter without OPENBLAS_NUM_THREADS: look ``command`` up as the command line does,
+    then import numpy; the variable's value and how many threads carry the main thread's name after (OpenBLAS'
+    threads are unnamed; pyarrow's jemalloc thread names itself)."""
+    code = (
+        "import os, json, click; from elm_data.cli import cli\n"
+        "ctx, group = click.Context(cli), cli\n"
+        f"for name in {group!r}: group = group.get_command(ctx, name)\n"
+        f"group.get_command(ctx, {command!r})\n"
+        "import numpy\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')]\n"
+        "main = open('/proc/self/comm').read()\n"
+        "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), names.count(main)]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    value, threads = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"value": value, "threads": threads}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+@pytest.mark.parametrize(
+    "group, command", [([], "stream"), (["build"], "manifest"), ([], "verify"), (["audit"], "duplicates")]
+)
+def test_commands_without_linear_algebra_start_numpy_without_blas_threads(group, command):
+    # OpenBLAS' idle threads spin ~0.1 CPU-s at start-up (issue 25): these commands never multiply matrices
+    got = _blas_after_looking_up(group, command)
+    assert got == {"value": "1", "threads": 1}, got
+
+
+def test_other_commands_and_a_users_setting_keep_their_blas_threads(monkeypatch):
+    assert _blas_after_looking_up([], "sample")["value"] is None  # not in NO_LINEAR_ALGEBRA: untouched
+    from elm_data.core import procs
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.delitem(sys.modules, "numpy")  # as if not imported yet: the user's value stays
+    assert procs.blas_without_thread_pool() and os.environ["OPENBLAS_NUM_THREADS"] == "3"

@@ -8,6 +8,8 @@
 - :func:`stop_on_sigterm` — the main process turns SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``),
   so ``finally`` blocks run and the command line reports it in one line, as for Ctrl-C.
 - :func:`return_freed_memory` — a stream reader process gives the memory it frees back to the OS.
+- :func:`blas_without_thread_pool` — a process that does no linear algebra starts numpy's OpenBLAS without
+  its pool of threads.
 """
 
 from __future__ import annotations
@@ -119,6 +121,17 @@ def stop_on_sigterm() -> None:
     """In the main thread of the main process: SIGTERM raises :class:`Terminated` (cleanup then exit)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def blas_without_thread_pool() -> bool:
+    """Start numpy's OpenBLAS with one thread in this process and the processes it starts: for commands
+    that do no linear algebra (the stream, the build, verify). At import, OpenBLAS starts a thread per core
+    that spins before it sleeps: ~0.1 CPU-s per process for nothing (issue 25). Only effective before numpy
+    is first imported (returns whether it was in time); a value the user set is kept."""
+    if "numpy" in sys.modules:
+        return False
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return True
 
 
 def usable_cores() -> int:
