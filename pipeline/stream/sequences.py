@@ -52,11 +52,7 @@ def frame_documents(
     lengths = [len(seg) for seg in flat]
     framed_lengths = np.array(lengths, dtype=np.int64) + 2
     ends = np.cumsum(framed_lengths)  # where each framed segment ends in the one array
-    ids = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
-    content = np.ones(len(ids), dtype=bool)
-    content[ends - framed_lengths] = content[ends - 1] = False
-    ids[ends - framed_lengths], ids[ends - 1] = bos, eos
-    ids[content] = _joined(flat)
+    ids = _framed_ids(flat, framed_lengths, ends, bos, eos)
     # each document's segment offsets, relative to its first token, behind a 0 of its own: one array
     counts = np.array([len(segments) for segments in documents], dtype=np.int64)
     firsts = np.cumsum(counts) - counts  # each document's first segment
@@ -71,13 +67,21 @@ def frame_documents(
     ]
 
 
-def _joined(segments: list) -> np.ndarray:
-    """Every segment's ids one after the other: numpy arrays (as the stream's pass gets them) concatenated;
-    lists packed as 4-byte C ints (``struct``: about twice as fast as ``np.fromiter`` over Python ints;
-    SentencePiece ids are far below 2**31)."""
-    if all(isinstance(seg, np.ndarray) for seg in segments):
-        return np.concatenate(segments) if segments else np.empty(0, dtype=np.int32)
-    return np.frombuffer(b"".join(struct.pack(f"={len(seg)}i", *seg) for seg in segments), dtype="=i4")
+def _framed_ids(flat: list, framed_lengths: np.ndarray, ends: np.ndarray, bos: int, eos: int) -> np.ndarray:
+    """``BOS + segment + EOS`` of every segment, one after the other, in one int64 array. Numpy arrays (as the
+    stream's pass gets them): one concatenation, cast on the way; lists: packed as 4-byte C ints (``struct``:
+    about twice as fast as ``np.fromiter`` over Python ints; SentencePiece ids are far below 2**31) and set
+    between BOS/EOS placed by position."""
+    if all(isinstance(seg, np.ndarray) for seg in flat):
+        first, last = np.array([bos], dtype=np.int64), np.array([eos], dtype=np.int64)
+        parts = [part for seg in flat for part in (first, seg, last)]
+        return np.concatenate(parts, dtype=np.int64) if parts else np.empty(0, dtype=np.int64)
+    ids = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    content = np.ones(len(ids), dtype=bool)
+    content[ends - framed_lengths] = content[ends - 1] = False
+    ids[ends - framed_lengths], ids[ends - 1] = bos, eos
+    ids[content] = np.frombuffer(b"".join(struct.pack(f"={len(seg)}i", *seg) for seg in flat), dtype="=i4")
+    return ids
 
 
 class DocIdentity(TypedDict):
