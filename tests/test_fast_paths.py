@@ -136,6 +136,7 @@ def test_default_encode_threads_share_the_cores_this_process_may_use(monkeypatch
     assert [default_encode_threads(w) for w in (0, 1, 2, 3, 4, 8)] == [4, 4, 2, 1, 1, 1]
 
 
+@pytest.mark.slow  # end to end through the CLI: ~1.5 s
 def test_stream_cli_threads_reach_the_tokenizer_and_nonsense_is_refused(sample_manifest, tokenizer_path):
     from click.testing import CliRunner
 
@@ -234,6 +235,7 @@ def test_frame_documents_equals_framing_each_document_on_its_own():
             assert got.ids.dtype == np.int64
 
 
+@pytest.mark.slow  # two whole streams of the sample per mode: ~1.5 s
 @pytest.mark.parametrize("mode", ["natural", "weighted"])
 def test_lookahead_yields_the_batches_of_the_per_batch_path(sample_manifest, tokenizer, monkeypatch, mode):
     """The default lookahead (the next 64 k planned tokens fetched and passed in one call) against one step

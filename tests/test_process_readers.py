@@ -28,6 +28,7 @@ def _seen(loader: StreamLoader) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow  # end to end, worker processes: ~1.5 s
 def test_numpy_workers_hand_out_what_one_process_hands_out(sample_manifest, tokenizer):
     ours = StreamLoader(_stream(sample_manifest, tokenizer), num_workers=2, tensors=False, batches_per_item=3)
     alone = StreamLoader(_stream(sample_manifest, tokenizer), num_workers=0, tensors=False)
@@ -54,6 +55,7 @@ print(n, "torch" in sys.modules)
 """
 
 
+@pytest.mark.slow  # end to end, worker processes: ~1.5 s
 def test_numpy_workers_never_import_torch(sample_manifest, tokenizer_path):
     out = subprocess.run(
         [sys.executable, "-c", RUN_WITHOUT_TORCH, str(sample_manifest), tokenizer_path],

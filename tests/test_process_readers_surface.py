@@ -57,6 +57,7 @@ def endless_reference(sample_manifest, tokenizer):
     return list(islice(loader, 12)), loader.consumed.to_dict()
 
 
+@pytest.mark.slow  # end to end, worker processes: ~1.7 s
 def test_two_ranks_of_two_workers_give_the_one_process_batches(sample_manifest, tokenizer):
     alone = _seen(StreamLoader(_stream(sample_manifest, tokenizer), tensors=False))
     merged = []
@@ -68,6 +69,7 @@ def test_two_ranks_of_two_workers_give_the_one_process_batches(sample_manifest, 
     assert sorted(merged) == alone and len(alone) > 8
 
 
+@pytest.mark.slow  # end to end, worker processes and signals: 2-3 s
 def test_an_endless_stream_stopped_early_with_workers_resumes_anywhere(
     sample_manifest, tokenizer, endless_reference
 ):
@@ -220,6 +222,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # end to end, worker processes and signals: 2-3 s
 def test_ctrl_c_prints_no_traceback_from_a_worker():
     """Ctrl-C reaches every process of the group: a worker waiting for its last items to be read raised
     KeyboardInterrupt out of ``join_thread`` and printed its traceback beside the caller's one line."""

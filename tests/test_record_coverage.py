@@ -211,6 +211,7 @@ def check_reads_against_table(read_by: dict[str, set[str]]) -> None:
     assert not stale, f"the table says these consumers read fields they do not: {stale}"
 
 
+@pytest.mark.slow  # every fast consumer run over the sample: ~2.5 s
 def test_the_fast_consumers_read_only_what_the_table_lists(sample_manifest, sample_dir):
     read_by = {name: reads_of(lambda f=f: f(sample_manifest)) for name, f in FAST_CONSUMERS.items()}
     assert read_by["stream"] >= {"filters.min_tokens", "filters.nfc_normalization", "seed", LEDGER}

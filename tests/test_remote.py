@@ -177,6 +177,7 @@ def over_http(sample_dir, tokenizer_path, tokenizer, tmp_path_factory):
         remote.configure(**before)
 
 
+@pytest.mark.slow  # end to end over a local HTTP server: 1.5-2 s
 def test_a_build_and_a_stream_over_a_faulty_server_equal_the_local_ones(over_http, tokenizer, tokenizer_path):
     """Three subsets, parquet and JSONL (the quick sibling of the whole mixture at 1x0 and 2x2, below)."""
     local, http, stats = over_http.local, over_http.http, over_http.stats
@@ -268,6 +269,7 @@ def test_the_cache_evicts_the_least_recently_used(tmp_path):
         CacheConfig.from_dict({"dir": "x", "size": 3})
 
 
+@pytest.mark.slow  # end to end over a local HTTP server: 1.5-2 s
 def test_read_ahead_fetches_each_block_once_and_changes_nothing(over_http, tokenizer, monkeypatch):
     http, stats, reference = over_http.http, over_http.stats, over_http.reference
     configure_readahead(0)

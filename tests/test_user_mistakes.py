@@ -118,6 +118,7 @@ def _shipped_sha(folder: Path) -> str | None:
     return hashlib.sha256(model.read_bytes()).hexdigest() if model.exists() else None
 
 
+@pytest.mark.slow  # the export CLI end to end: ~1.3 s each
 @pytest.mark.parametrize("where", ["env", "cache", "nowhere"])
 def test_export_hf_outside_a_run_resolves_the_tokenizer_as_documented(
     where, llama_tokenizer_path, empty_cache, tmp_path, monkeypatch
