@@ -128,32 +128,55 @@ class DocumentPass:
 
     def process(self, docs: Sequence[Document]) -> list[PassResult]:
         """One result per document, in order. Survivors of the cheap rules are tokenized in one batch."""
-        piece_reasons: list[list[str | None]] = []
-        to_tokenize: list[str] = []
-        slots: list[tuple[int, int]] = []  # (document, piece) of each text in to_tokenize
+        pending = self.prepare(docs)
+        return pending.finish(self.encode(pending.texts))
+
+    def prepare(self, docs: Sequence[Document]) -> PendingPass:
+        """The pass up to the tokenizer: each text's cheap rules; what survives waits in ``texts``."""
+        pending = PendingPass(self, docs)
         for d, doc in enumerate(docs):
             reasons: list[str | None] = []
             for p, text in enumerate(self._texts_of(doc)):
                 reason = self._pre_token_reason(text, doc.provenance.doc_id)
                 reasons.append(reason)
                 if reason is None:
-                    to_tokenize.append(text_for_tokenizer(text, self.filters.nfc_normalization))
-                    slots.append((d, p))
-            piece_reasons.append(reasons)
+                    pending.texts.append(text_for_tokenizer(text, self.filters.nfc_normalization))
+                    pending.slots.append((d, p))
+            pending.piece_reasons.append(reasons)
+        return pending
 
-        encoded = self._encode(to_tokenize) if to_tokenize else []
-        if len(encoded) != len(to_tokenize):
-            raise RuntimeError(f"tokenizer returned {len(encoded)} encodings for {len(to_tokenize)} texts")
+    def encode(self, texts: list[str]) -> list:
+        """One ``encode_batch`` call over ``texts`` (none for no text); it holds no GIL while it runs."""
+        encoded = self._encode(texts) if texts else []
+        if len(encoded) != len(texts):
+            raise RuntimeError(f"tokenizer returned {len(encoded)} encodings for {len(texts)} texts")
+        return encoded
+
+
+class PendingPass:
+    """A batch between :meth:`DocumentPass.prepare` and :meth:`finish`: ``texts`` to tokenize, ``slots`` (the
+    document and piece of each) and each piece's reason so far. :meth:`DocumentPass.process` is the two
+    around one :meth:`DocumentPass.encode`; the stream calls encode on another thread, so that only the
+    tokenizer (which holds no GIL) runs beside its reading."""
+
+    def __init__(self, doc_pass: DocumentPass, docs: Sequence[Document]):
+        self.doc_pass, self.docs = doc_pass, docs
+        self.texts: list[str] = []
+        self.slots: list[tuple[int, int]] = []  # (document, piece) of each text
+        self.piece_reasons: list[list[str | None]] = []
+
+    def finish(self, encoded: list) -> list[PassResult]:
+        """The results, given ``encoded`` (``texts``' ids in order): the token rule, then kept or filtered."""
         piece_ids: dict[tuple[int, int], list[int]] = {}
-        for (d, p), ids in zip(slots, encoded, strict=True):
-            if len(ids) < self._min_content_tokens:
-                piece_reasons[d][p] = REASON_MIN_TOKENS
+        min_tokens = self.doc_pass._min_content_tokens
+        for (d, p), ids in zip(self.slots, encoded, strict=True):
+            if len(ids) < min_tokens:
+                self.piece_reasons[d][p] = REASON_MIN_TOKENS
             else:
                 piece_ids[(d, p)] = ids
-
         results = []
-        for d, doc in enumerate(docs):
-            reasons = piece_reasons[d]
+        for d, doc in enumerate(self.docs):
+            reasons = self.piece_reasons[d]
             segments = [piece_ids[(d, p)] for p, reason in enumerate(reasons) if reason is None]
             if segments:
                 result = PassResult(doc, KEPT, None, segments, tuple(reasons))

@@ -355,8 +355,8 @@ def test_remote_reads_still_ride_on_the_next_batch_after_the_cheap_check(sample_
 def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_its_batch(
     sample_manifest, tokenizer, monkeypatch
 ):
-    """Step k+1's pass runs on the pass thread while step k's batches are laid out; a document whose pass
-    fails there still fails only the batch that needs it, after every batch before it."""
+    """Step k+1's tokenizer call runs on the pass thread while step k's batches are laid out; a document whose
+    pass fails there still fails only the batch that needs it, after every batch before it."""
     import threading
 
     from elm_data.pipeline.document_pass import DocumentPass
@@ -370,15 +370,23 @@ def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_it
     first_need = next(
         b["batch_index"] for b in reference if any(s["doc_id"] == late.doc_id for r in b["spans"] for s in r)
     )
-    threads, original = set(), DocumentPass.process
+    threads, holding_late = set(), []  # where encode ran; the text lists that hold the late document's text
+    prepare, encode = DocumentPass.prepare, DocumentPass.encode
 
-    def process(self, docs):
-        threads.add(threading.current_thread().name)
+    def prepare_marking(self, docs):
+        pending = prepare(self, docs)
         if any(d.provenance.doc_id == late.doc_id for d in docs):
-            raise RuntimeError(f"pass failed on {late.doc_id}")
-        return original(self, docs)
+            holding_late.append(pending.texts)
+        return pending
 
-    monkeypatch.setattr(DocumentPass, "process", process)
+    def encode_failing(self, texts):
+        threads.add(threading.current_thread().name)
+        if any(texts is held for held in holding_late):
+            raise RuntimeError(f"pass failed on {late.doc_id}")
+        return encode(self, texts)
+
+    monkeypatch.setattr(DocumentPass, "prepare", prepare_marking)
+    monkeypatch.setattr(DocumentPass, "encode", encode_failing)
     fed = []
     with pytest.raises(RuntimeError, match=f"pass failed on {late.doc_id}"):
         for batch in StreamLoader(_stream(sample_manifest, tokenizer, partitions=1)):

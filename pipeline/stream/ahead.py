@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from elm_data.pipeline.document_pass import DocumentPass, PassResult
+from elm_data.pipeline.document_pass import DocumentPass, PassResult, PendingPass
 from elm_data.sources.document import Document
 
 from .plan import BatchPlan, PlannedDoc
@@ -80,11 +80,12 @@ def check_against_ledger(doc: PlannedDoc, result: PassResult, shards) -> None:
 @dataclass
 class Step:
     """A run's documents in flight: claimed (``wanted``, in the order its batches need them), ``fetched`` (a
-    prefix of them: a fetch failure stops it) and their pass and framing (``passing``) on the pass thread."""
+    prefix of them: a fetch failure stops it) and their pass (``passing``: its tokenizer call running on the
+    pass thread, or the failure of its cheap rules)."""
 
     wanted: list[tuple[int, PlannedDoc]]
     fetched: list[Document]
-    passing: Future | None
+    passing: tuple[PendingPass, Future] | Exception | None
 
 
 class PassedAhead:
@@ -108,8 +109,9 @@ class PassedAhead:
 
     def fetch(self, run: list[Planned]) -> Step:
         """Fetch ``run``'s documents not held yet (this thread), in the order its batches need them, and start
-        their pass and framing on the pass thread (SentencePiece lets go of the GIL while it encodes, so the
-        caller reads and lays out meanwhile). Nothing is fetched once a fetch or pass failed (``halt``)."""
+        their pass: its cheap rules here, its SentencePiece call on the pass thread (which holds no GIL: the
+        caller reads and lays out meanwhile, the only Python running). Nothing is fetched once a fetch or
+        pass failed (``halt``)."""
         wanted: list[tuple[int, PlannedDoc]] = []
         fetched: list[Document] = []
         if self.halt is not None:
@@ -126,17 +128,16 @@ class PassedAhead:
             except Exception as error:  # raised by the batch that needs this document (see framed)
                 self.halt = error
                 break
-        return Step(
-            wanted, fetched, self._thread().submit(self._pass_and_frame, fetched) if fetched else None
-        )
+        return Step(wanted, fetched, self._start_pass(fetched) if fetched else None)
 
     def settle(self, step: Step) -> None:
-        """Wait for ``step``'s pass, check each result against its ledger row and hold what passes."""
+        """Wait for ``step``'s tokenizer call, finish and frame its pass, check each result against its ledger
+        row and hold what passes."""
         try:
-            results, framed = step.passing.result() if step.passing is not None else ([], [])
+            results = self._finish_pass(step.passing) if step.passing is not None else []
         except Exception:
             results = self._one_by_one(step.fetched)
-            framed = frame_documents([r.segments for r in results])
+        framed = frame_documents([r.segments for r in results])
         for (p, d), result, fd in zip(step.wanted, results, framed, strict=False):
             try:
                 check_against_ledger(d, result, self.shards)
@@ -148,9 +149,21 @@ class PassedAhead:
         for p, d in step.wanted[len(results) :]:  # not fetched or not passed: never framed
             del self.held[p][_key(d)]
 
-    def _pass_and_frame(self, docs: list[Document]) -> tuple[list[PassResult], list[FramedDoc]]:
-        results = self.doc_pass.process(docs)
-        return results, frame_documents([r.segments for r in results])
+    def _start_pass(self, docs: list[Document]) -> tuple[PendingPass, Future] | Exception:
+        """The pass's cheap rules here, its tokenizer call on the pass thread (which then holds no GIL, so
+        the only Python running is this thread's). A failure is kept for :meth:`settle`, in plan order."""
+        try:
+            pending = self.doc_pass.prepare(docs)
+        except Exception as error:
+            return error
+        return pending, self._thread().submit(self.doc_pass.encode, pending.texts)
+
+    @staticmethod
+    def _finish_pass(passing: tuple[PendingPass, Future] | Exception) -> list[PassResult]:
+        if isinstance(passing, Exception):
+            raise passing
+        pending, encoding = passing
+        return pending.finish(encoding.result())
 
     def _one_by_one(self, docs: list[Document]) -> list[PassResult]:
         """The pass one document at a time up to the one that fails: its error is the first in plan order (it
