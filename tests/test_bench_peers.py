@@ -90,6 +90,21 @@ def test_steady_state_rates_subtract_start_up():
     assert bench_peers.steady_rates(samples, 500) == (50.0, 100.0)
 
 
+def test_the_steady_state_ratio_is_taken_within_each_round():
+    # round 1: 1000 / (12 - 2) = 100 vs 2000 / (11 - 1) = 200 -> 0.5; round 2: 1000 / (6 - 1) = 200 vs
+    # 2000 / (21 - 1) = 100 -> 2.0; round 3: 1000 / (11 - 1) = 100 vs 2000 / (21 - 1) = 100 -> 1.0
+    samples = {
+        "stream": [{"cpu": 12.0}, {"cpu": 6.0}, {"cpu": 11.0}],
+        "take0": [{"cpu": 2.0}, {"cpu": 1.0}, {"cpu": 1.0}],
+        "raw-sp": [{"cpu": c, "result": {"tokens": 2000, "startup_cpu_s": 1.0}} for c in (11.0, 21.0, 21.0)],
+    }
+    assert bench_peers.steady_series(samples, 1000) == ([100.0, 200.0, 100.0], [200.0, 100.0, 100.0])
+    assert bench_peers.steady_ratio(samples, 1000) == 1.0  # the median of 0.5, 2.0, 1.0
+    assert bench_peers.steady_rates(samples, 1000) == (100.0, 100.0)
+    samples["take0"][1] = None  # a round without its start-up run drops out of the ratio
+    assert bench_peers.steady_ratio(samples, 1000) == 0.75
+
+
 @pytest.mark.parametrize(
     ("value", "goal", "verdict"),
     [
