@@ -119,7 +119,8 @@ def read_block_counts(path: Path, shards: int) -> BlockCounts | str:
         n = table.num_rows
         shard_of[at : at + n] = table.column("shard").to_numpy()
         for j, name in enumerate(COUNT_FIELDS):
-            rows[at : at + n, j] = table.column(name).fill_null(NO_RECORDS).to_numpy()
+            column = table.column(name)  # fill_null only where a null is (it loads pyarrow.compute: ~30 ms)
+            rows[at : at + n, j] = (column.fill_null(NO_RECORDS) if column.null_count else column).to_numpy()
         at += n
     if len(shard_of) and (np.any(np.diff(shard_of) < 0) or shard_of[0] < 0 or shard_of[-1] >= shards):
         return f"{path.name}: rows are not in shard order within 0..{shards - 1}"

@@ -167,7 +167,7 @@ class Manifest:
     @cached_property
     def shards(self) -> list[ShardRecord]:
         # no pandas
-        table = pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+        table = conformed(pq.ParquetFile(self.path / SHARDS_FILE).read(SHARD_SCHEMA.names), SHARD_SCHEMA)
         # column-wise: no dict per row
         columns = [table.column(name).to_pylist() for name in SHARD_SCHEMA.names]
         try:
@@ -229,7 +229,7 @@ class Manifest:
         the reader the kept records from there: ``pipeline/stream/plan.py:PlannedDoc.block_kept``)."""
         parquet = parquet or pq.ParquetFile(ledger_path(self.path, shard))
         expected = self.blocks(shard)[block]["ledger_sha256"]
-        table = parquet.read_row_group(block).cast(DOCUMENT_SCHEMA)
+        table = conformed(parquet.read_row_group(block), DOCUMENT_SCHEMA)
         if ledger_digest(table) != expected:
             raise ManifestTampered(
                 f"{ledger_path(self.path, shard)}: row group {block} does not match the ledger digest its "

@@ -33,15 +33,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import fsspec
-import tenacity
 from fsspec.implementations.local import LocalFileSystem
 
 from elm_data.core.errors import ElmDataError, InvalidValue
 from elm_data.core.redact import redact_text
 from elm_data.sources.seekable import SeekableReader
+
+if TYPE_CHECKING:  # imported where a remote read is tried: a local stream or build never needs it
+    import tenacity
 
 T = TypeVar("T")
 HTTP = ("http", "https", ("http", "https"))  # fsspec's HTTP filesystem (its open takes a known size)
@@ -331,6 +333,8 @@ def retry_after_s(exc: BaseException) -> float | None:
 
 # -- retrying ------------------------------------------------------------------------------------------
 def _wait(state: tenacity.RetryCallState) -> float:
+    import tenacity
+
     p = policy()
     backoff = tenacity.wait_random_exponential(multiplier=p.backoff_s, max=p.max_backoff_s)(state)
     exc = state.outcome.exception() if state.outcome is not None else None
@@ -344,6 +348,8 @@ def retrying(what: str, attempt: Callable[[], T], on_retry: Callable[[], None] |
     ``on_retry`` runs before each new attempt (e.g. drop a connection). When the attempts run out,
     :class:`RemoteReadFailed` names ``what`` (redacted) and the last error in one line.
     """
+
+    import tenacity
 
     def count(state: tenacity.RetryCallState) -> None:
         STATS.count(retry=transient_reason(state.outcome.exception()) or "other")

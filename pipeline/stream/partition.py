@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TypedDict
 
-import pyarrow.compute as pc
-
 from .mixing import WeightedDraws, derive_seed, permutation, proportional_draws
 from .plan import BatchPlan, Plan, PlanError, PlannedDoc, Units
 
@@ -45,6 +43,13 @@ class Cursor(TypedDict, total=False):
 
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
 
+
+
+def _kept_rows(table) -> list[tuple]:
+    """The ``LEDGER_COLUMNS`` of a ledger block's kept records, in record order (plain Python: a block holds
+    few rows, and pyarrow's compute module costs ~30 ms of start-up)."""
+    cols = table.select([*LEDGER_COLUMNS, "status"]).to_pydict()
+    return [row[:-1] for row in zip(*cols.values(), strict=True) if row[-1] == "kept"]
 
 class PartitionWalk:
     """The batches of partition ``p`` from any cursor, with the cursor after each."""
@@ -121,10 +126,9 @@ class PartitionWalk:
                     k -= in_block
                     continue
                 table = self.plan.manifest.block_documents(shard, block)
-                cols = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).to_pydict()
-                # the block's kept records, whatever document the walk starts at
-                kept = frozenset(cols["index"])
-                for row in zip(*(cols[c][k:] for c in LEDGER_COLUMNS), strict=True):
+                rows = _kept_rows(table)
+                kept = frozenset(row[0] for row in rows)  # the block's kept records, wherever the walk starts
+                for row in rows[k:]:
                     yield shard, *row, kept
                 k = 0
 
