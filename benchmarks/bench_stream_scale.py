@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import statistics
@@ -58,11 +59,12 @@ def _memory_mib(field: str) -> float:
 
 
 # -- read amplification ------------------------------------------------------------------------------------
-def _counting_fs():
-    sys.path.insert(0, str(ROOT / "tests"))
-    import counting_fs  # the test suite's counting filesystem (~70 lines); registers counting://
-
-    return counting_fs
+def _test_module(name: str):
+    """A helper module of the test suite: ``counting_fs`` (the counting filesystem: registers counting://),
+    ``synthetic_manifest`` (a synthetic manifest's sealed manifest.json)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    return importlib.import_module(name)
 
 
 def _mixture_at(corpus: Path, root: str, out: Path) -> Path:
@@ -179,7 +181,7 @@ def amplification(args) -> dict[str, Any]:
     from elm_data.pipeline.tokenizer import LlamaTokenizer
     from elm_data.sources.sample import write_sample_corpus
 
-    counting_fs = _counting_fs()
+    counting_fs = _test_module("counting_fs")
     work = args.work / f"amp-scale{args.scale:g}-b{args.block_bytes}"
     corpus = work / "corpus"
     if not (corpus / "mixture.yaml").exists():
@@ -310,7 +312,6 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
     import pyarrow.parquet as pq
 
     from elm_data.manifests.block_index import BLOCKS_FILE, write_blocks_file
-    from elm_data.manifests.identity import FORMAT_VERSION, seal
     from elm_data.manifests.manifest import (
         DOCUMENT_SCHEMA,
         DOCUMENTS_DIR,
@@ -431,24 +432,8 @@ def write_synthetic(path: Path, docs: int, docs_per_block: int, blocks_per_shard
                 blocks=blocks,
             )
         )
-    entries = [{"source": k.split("/")[0], "subset": k.split("/")[1], "weight": None} for k in SOURCES]
-    sequences = {"mode": "packed", "seq_len": SEQ_LEN}
-    tok = "0" * 64
-    pass_description = {"filters": {}, "tokenizer": {"sha256": tok}}
-    info = seal(
-        {
-            "format_version": FORMAT_VERSION,
-            "name": path.name,
-            "tokenizer": {"uri": "unused", "sha256": tok},
-            "filters": {},
-            "pass": pass_description,
-            "sequences": sequences,
-            "seed": seed,
-            "mixture": [e | {"shards": []} for e in entries],
-            "targets": None,
-        },
-        records,
-    )
+    sealed_info = _test_module("synthetic_manifest").sealed_info
+    info = sealed_info(path.name, SOURCES, records, seq_len=SEQ_LEN, seed=seed)
     pq.write_table(shards_table(records), tmp / SHARDS_FILE, compression="zstd")
     write_blocks_file(tmp / BLOCKS_FILE, [(r.shard, r.blocks) for r in records])
     (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

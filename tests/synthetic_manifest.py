@@ -111,23 +111,35 @@ def synthetic_manifest(
             )
             tables.append(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA))
             shard += 1
+    info = sealed_info(path.name, list(layout), records, mode=mode, seed=seed, weights=weights)
+    return Manifest(write_manifest_dir(path, info, records, tables))
+
+
+def sealed_info(
+    name: str,
+    keys: list[str],
+    records: list[ShardRecord],
+    *,
+    mode: str = "packed",
+    seq_len: int = 2048,
+    seed: int = 0,
+    weights: dict[str, float] | None = None,
+) -> dict:
+    """The ``manifest.json`` of a synthetic manifest over ``records`` (sources ``keys``, "source/subset";
+    a tokenizer of sha256 zeros, no filters), sealed: its id, Merkle root and totals recompute. Shared with
+    ``benchmarks/bench_stream_scale.py``, which writes its ledgers itself at scale."""
     entries = [
-        {"source": k.split("/")[0], "subset": k.split("/")[1], "weight": (weights or {}).get(k)}
-        for k in layout
+        {"source": k.split("/")[0], "subset": k.split("/")[1], "weight": (weights or {}).get(k)} for k in keys
     ]
-    sequences = {"mode": mode, "seq_len": 2048}
-    pass_description = {"filters": {}, "tokenizer": {"sha256": TOKENIZER_SHA256}}
-    name = path.name
     info = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "tokenizer": {"uri": "unused", "sha256": TOKENIZER_SHA256},
         "filters": {},
-        "pass": pass_description,
-        "sequences": sequences,
+        "pass": {"filters": {}, "tokenizer": {"sha256": TOKENIZER_SHA256}},
+        "sequences": {"mode": mode, "seq_len": seq_len},
         "seed": seed,
         "mixture": [e | {"shards": []} for e in entries],
         "targets": None,
     }
-    info = seal(info, records)
-    return Manifest(write_manifest_dir(path, info, records, tables))
+    return seal(info, records)
