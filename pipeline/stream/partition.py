@@ -44,12 +44,12 @@ class Cursor(TypedDict, total=False):
 LEDGER_COLUMNS = ["index", "doc_id", "tokens", "segments"]
 
 
-
 def _kept_rows(table) -> list[tuple]:
     """The ``LEDGER_COLUMNS`` of a ledger block's kept records, in record order (plain Python: a block holds
     few rows, and pyarrow's compute module costs ~30 ms of start-up)."""
     cols = table.select([*LEDGER_COLUMNS, "status"]).to_pydict()
     return [row[:-1] for row in zip(*cols.values(), strict=True) if row[-1] == "kept"]
+
 
 class PartitionWalk:
     """The batches of partition ``p`` from any cursor, with the cursor after each."""
