@@ -156,14 +156,15 @@ class SharedCores:
 
 class CoreSharingPass(DocumentPass):
     """A pool worker's pass: each batch on :meth:`SharedCores.threads` SentencePiece threads (the same ids on
-    any number)."""
+    any number). Set in :meth:`encode`, the one tokenizer call that ``process`` and a split pass
+    (``prepare`` / ``encode`` / ``finish``, as the stream runs it) both go through."""
 
     cores: SharedCores | None = None
 
-    def process(self, docs):
+    def encode(self, texts):
         if self.cores is not None:
             self.num_threads = self.cores.threads()
-        return super().process(docs)
+        return super().encode(texts)
 
 
 def _init_worker(

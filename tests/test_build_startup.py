@@ -248,6 +248,8 @@ def test_the_core_sharing_pass_sets_each_batchs_threads(sample_dir, tokenizer):
         document_pass.process(docs)  # an item still waits
         with cores.counting():  # this worker took the last one; the other has finished
             document_pass.process(docs)
+        cores.queued.value = 1  # an item waits again; the pass split as the stream runs it
+        document_pass.encode(document_pass.prepare(docs).texts)
     finally:
         del tokenizer_encode.encode_batch
-    assert seen == [1, 2]
+    assert seen == [1, 2, 1]
