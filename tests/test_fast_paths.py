@@ -250,6 +250,20 @@ def test_lookahead_yields_the_batches_of_the_per_batch_path(sample_manifest, tok
     _same(stepped, alone)
 
 
+def test_small_lookahead_steps_yield_the_batches_of_the_per_batch_path(
+    sample_manifest, tokenizer, monkeypatch
+):
+    """The quick sibling of the test above (slow): steps of ~2 batches over the first 24 batches, so several
+    steps are fetched, passed on the pass thread and settled one behind the other."""
+    from elm_data.pipeline.stream import ahead
+
+    stream = _stream(sample_manifest, tokenizer)
+    monkeypatch.setattr(ahead, "LOOKAHEAD_TOKENS", 256)
+    stepped = _batches(stream, 24)
+    monkeypatch.setattr(ahead, "LOOKAHEAD_TOKENS", 0)
+    _same(stepped, _batches(stream, 24))
+
+
 def test_every_kept_document_is_framed_as_bos_sentencepiece_ids_eos(sample_manifest, tokenizer):
     """Independent oracle over the whole natural pass: each kept document's tokens in the rows (joined over
     its spans) are BOS + SentencePiece's own ids for its text + EOS."""

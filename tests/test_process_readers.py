@@ -37,6 +37,22 @@ def test_numpy_workers_hand_out_what_one_process_hands_out(sample_manifest, toke
     assert ours.state_dict() == alone.state_dict() and ours.stats() == alone.stats()
 
 
+def test_numpy_workers_hand_out_the_first_batches_of_one_process(sample_manifest, tokenizer):
+    """The quick sibling of the test above (slow): the first items of two workers, as one process."""
+    from itertools import islice
+
+    def first(loader: StreamLoader, n: int = 12) -> list[tuple]:
+        batches = iter(loader)
+        seen = _seen(islice(batches, n))
+        batches.close()
+        return seen
+
+    ours = StreamLoader(_stream(sample_manifest, tokenizer), num_workers=2, tensors=False, batches_per_item=3)
+    got = first(ours)
+    assert got == first(StreamLoader(_stream(sample_manifest, tokenizer), num_workers=0, tensors=False))
+    assert len({b[1] for b in got}) > 1  # the partitions of both workers
+
+
 @pytest.mark.slow  # imports torch (the sibling above compares with one process)
 def test_numpy_workers_hand_out_what_the_dataloaders_workers_hand_out(sample_manifest, tokenizer):
     """Same batches, same order, same state after, as torch's DataLoader with the same workers."""
