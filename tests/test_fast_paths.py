@@ -223,14 +223,19 @@ def test_frame_documents_equals_framing_each_document_on_its_own():
     documents = [
         [[rng.randrange(32000) for _ in range(rng.randrange(0, 50))] for _ in range(rng.randrange(1, 4))]
         for _ in range(200)
-    ] + [[[]], [[], [7]]]
+    ] + [[[]], [[], [7]], []]  # a document without segments: a filtered one (the stream frames every result)
+    rng.shuffle(documents)
     framed = frame_documents(documents)
     as_arrays = [[np.array(seg, dtype=np.int32) for seg in segments] for segments in documents]
-    assert len(framed) == len(documents) and frame_documents([]) == []
-    for fd, fa, segments in zip(framed, frame_documents(as_arrays), documents, strict=True):
+    # lists and arrays mixed (the struct path): a stand-in tokenizer's lists beside SentencePiece's arrays
+    mixed = [[seg if k % 2 else np.array(seg, dtype=np.int32) for k, seg in enumerate(s)] for s in documents]
+    assert len(framed) == len(documents) and frame_documents([]) == [] and len(frame_documents([[]])) == 1
+    for fd, fa, fm, segments in zip(
+        framed, frame_documents(as_arrays), frame_documents(mixed), documents, strict=True
+    ):
         ids, starts = by_hand(segments)
         alone = frame_segments(segments)
-        for got in (fd, fa, alone):
+        for got in (fd, fa, fm, alone):
             assert got.ids.tolist() == ids and got.starts.tolist() == starts
             assert got.ids.dtype == np.int64
 
