@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -174,3 +175,36 @@ def test_a_worker_refuses_a_manifest_rebuilt_under_a_running_stream(sample_manif
     shutil.copytree(other, path)  # rebuilt at the same path (a valid manifest with another id)
     with pytest.raises(StreamIntegrityError, match="rebuilt while running"):
         next(iter(StreamLoader(stream, num_workers=1, multiprocessing_context="fork")))
+
+
+def test_block_counts_read_back_as_counted_with_and_without_unknown_records(tmp_path, monkeypatch):
+    """``read_block_counts`` fills a null ``records`` (an opaque block) only in the row groups that hold one
+    (it skips pyarrow's compute module otherwise): row groups with, without and all nulls, against
+    ``count_rows`` of the same block indexes."""
+    from elm_data.manifests import block_index
+
+    monkeypatch.setattr(block_index, "ROWS_PER_GROUP", 2)
+    per_shard = []
+    for shard, unknown in enumerate([(), (1,), (0, 1), (), (0,)]):
+        blocks = [
+            {
+                "start": 10 * b,
+                "end": 10 * b + 10,
+                "sha256": f"{shard}{b}",
+                "first_record": 3 * b,
+                "records": None if b in unknown else 3,
+                "kept_docs": b + shard,
+                "kept_tokens": 100 * b,
+                "kept_segments": b,
+                "ledger_sha256": f"l{shard}{b}",
+            }
+            for b in range(2)
+        ]
+        per_shard.append((shard, blocks))
+    path = tmp_path / "blocks.parquet"
+    block_index.write_blocks_file(path, per_shard)
+    assert pq.ParquetFile(path).num_row_groups == len(per_shard)
+    counts = block_index.read_block_counts(path, len(per_shard))
+    want = np.concatenate([block_index.count_rows(blocks) for _, blocks in per_shard])
+    assert counts.rows.dtype == want.dtype and (counts.rows == want).all()
+    assert (counts.column("records") == block_index.NO_RECORDS).sum() == 4
