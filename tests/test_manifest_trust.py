@@ -3,6 +3,7 @@ Croissant export; verify sees every edit; a worker refuses a manifest rebuilt un
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -208,3 +209,43 @@ def test_block_counts_read_back_as_counted_with_and_without_unknown_records(tmp_
     want = np.concatenate([block_index.count_rows(blocks) for _, blocks in per_shard])
     assert counts.rows.dtype == want.dtype and (counts.rows == want).all()
     assert (counts.column("records") == block_index.NO_RECORDS).sum() == 4
+
+
+def _rewritten(table: pa.Table, how: str) -> pa.Table:
+    """``table`` as another writer may have stored it: the same values under a schema that differs."""
+    if how == "metadata":
+        return table.replace_schema_metadata({b"writer": b"older"})
+    if how == "not nullable":  # only where no value is null
+        fields = [f.with_nullable(table.column(f.name).null_count > 0) for f in table.schema]
+        return table.cast(pa.schema(fields))
+    if how == "wider ints":
+        return table.cast(
+            pa.schema([f.with_type(pa.int64()) if f.type == pa.int32() else f for f in table.schema])
+        )
+    return table.cast(
+        pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f for f in table.schema])
+    )
+
+
+@pytest.mark.parametrize("how", ["metadata", "not nullable", "wider ints", "large strings"])
+def test_a_manifest_written_under_a_slightly_other_schema_reads_the_same(sample_manifest, tmp_path, how):
+    """The shards table and the ledger blocks are conformed to the manifest's schemas as they are read (a
+    cast only where the stored schema differs): an equal schema but for metadata or nullability, and wider
+    types, read as the original, and every block still matches its ledger digest."""
+    original = Manifest(sample_manifest)
+    path = copy_of(sample_manifest, tmp_path)
+    pq.write_table(_rewritten(pq.read_table(path / SHARDS_FILE), how), path / SHARDS_FILE)
+    shard = next(r.shard for r in original.shards if original.block_counts.count(r.shard) > 1)
+    ledger = ledger_path(path, shard)
+    parquet = pq.ParquetFile(ledger)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    rewritten = _rewritten(parquet.read(), how)
+    with pq.ParquetWriter(ledger, rewritten.schema) as writer:  # one row group per block, as built
+        for at, n in zip(itertools.accumulate([0, *sizes]), sizes, strict=False):
+            writer.write_table(rewritten.slice(at, n), row_group_size=max(1, n))
+    copy = Manifest(path)
+    assert copy.shards == original.shards
+    for block in range(original.block_counts.count(shard)):
+        got = copy.block_documents(shard, block)
+        assert got.to_pylist() == original.block_documents(shard, block).to_pylist()
+        assert got.schema.equals(original.block_documents(shard, block).schema)
