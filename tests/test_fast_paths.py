@@ -413,3 +413,38 @@ def test_the_pass_runs_on_the_pass_thread_and_its_failure_stops_the_stream_at_it
     assert len(fed) == first_need >= 200
     _same(fed, reference[:first_need])
     assert any(name.startswith("elm-data-pass") for name in threads)
+
+
+def test_a_blocks_kept_rows_are_those_pyarrow_filters_in_record_order(sample_manifest):
+    """``partition._kept_rows`` (plain Python, no pyarrow.compute at start-up) against pyarrow's own filter,
+    on every block of the sample and on statuses the sample lacks (held out, rejected, null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from elm_data.manifests.manifest import DOCUMENT_SCHEMA, Manifest
+    from elm_data.pipeline.stream.partition import LEDGER_COLUMNS, _kept_rows
+
+    def by_pyarrow(table) -> list[tuple]:
+        cols = table.filter(pc.equal(table["status"], "kept")).select(LEDGER_COLUMNS).to_pydict()
+        return list(zip(*(cols[c] for c in LEDGER_COLUMNS), strict=True))
+
+    manifest = Manifest(sample_manifest)
+    blocks = [
+        manifest.block_documents(r.shard, b)
+        for r in manifest.shards
+        for b in range(manifest.block_counts.count(r.shard))
+    ]
+    statuses = ["kept", "heldout", None, "kept", "rejected", "filtered", "kept"]
+    odd = pa.Table.from_pylist(
+        [
+            {"shard": 0, "index": i, "doc_id": f"d{i}", "status": s, "tokens": i, "segments": 1}
+            for i, s in enumerate(statuses)
+        ],
+        schema=DOCUMENT_SCHEMA,
+    )
+    kept = 0
+    for table in [*blocks, odd, odd.slice(0, 0)]:
+        assert _kept_rows(table) == by_pyarrow(table)
+        kept += len(_kept_rows(table))
+    assert [row[0] for row in _kept_rows(odd)] == [0, 3, 6]
+    assert kept == sum(r.docs_kept for r in manifest.shards) + 3
