@@ -185,3 +185,37 @@ def test_other_commands_and_a_users_setting_keep_their_blas_threads(monkeypatch)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
     monkeypatch.delitem(sys.modules, "numpy")  # as if not imported yet: the user's value stays
     assert procs.blas_without_thread_pool() and os.environ["OPENBLAS_NUM_THREADS"] == "3"
+
+
+# numpy's linear algebra (what OpenBLAS threads would speed up): the ``@`` operator and these calls
+LINEAR_ALGEBRA_CALLS = {"dot", "vdot", "matmul", "einsum", "tensordot", "inner", "outer", "linalg", "kron"}
+
+
+def linear_algebra_in(path) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.MatMult):
+            found.append(f"{path.name}:{node.lineno} @")
+        elif isinstance(node, ast.Attribute) and node.attr in LINEAR_ALGEBRA_CALLS:
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_no_module_a_no_linear_algebra_command_may_import_multiplies_matrices():
+    """``NO_LINEAR_ALGEBRA`` holds: every production module the stream and manifests command modules import,
+    at module level or lazily in a function (the import graph of test_code_shape), has no matrix product
+    and no numpy linear algebra call; the scan itself finds them where they are."""
+    import networkx as nx
+    from test_code_shape import import_graph, module_of, production_files
+
+    from elm_data.cli import NO_LINEAR_ALGEBRA
+
+    graph = import_graph()
+    reached = set(NO_LINEAR_ALGEBRA).union(*(nx.descendants(graph, m) for m in NO_LINEAR_ALGEBRA))
+    assert {"elm_data.pipeline.stream.dataset", "elm_data.manifests.build"} <= reached
+    paths = {module_of(p): p for p in production_files()}
+    found = [hit for module in sorted(reached) for hit in linear_algebra_in(paths[module])]
+    assert not found, f"linear algebra under a NO_LINEAR_ALGEBRA command: {found}"
+    assert any(hit.endswith(" @") for hit in linear_algebra_in(paths["elm_data.model.layers"]))  # it sees one
