@@ -175,7 +175,8 @@ def steady_series(
         s, t, r = (_nth(samples.get(name, []), i) for name in (job, "take0", "raw-sp"))
         stream.append(kept_tokens / (s["cpu"] - t["cpu"]) if s and t and s["cpu"] > t["cpu"] else None)
         tokens = (r or {}).get("result", {}).get("tokens")
-        raw.append(tokens / (r["cpu"] - r["result"]["startup_cpu_s"]) if tokens else None)
+        steady_cpu = r["cpu"] - r["result"]["startup_cpu_s"] if tokens else 0
+        raw.append(tokens / steady_cpu if steady_cpu > 0 else None)
     return stream, raw
 
 

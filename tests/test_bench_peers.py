@@ -103,6 +103,8 @@ def test_the_steady_state_ratio_is_taken_within_each_round():
     assert bench_peers.steady_rates(samples, 1000) == (100.0, 100.0)
     samples["take0"][1] = None  # a round without its start-up run drops out of the ratio
     assert bench_peers.steady_ratio(samples, 1000) == 0.75
+    samples["raw-sp"][0]["cpu"] = 1.0  # no CPU after its start-up: no rate, not a division by zero
+    assert bench_peers.steady_series(samples, 1000)[1] == [None, 100.0, 100.0]
 
 
 @pytest.mark.parametrize(
