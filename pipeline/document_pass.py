@@ -120,12 +120,6 @@ class DocumentPass:
                 return reason
         return None
 
-    def _encode(self, texts: list[str]) -> list:
-        """One ``encode_batch`` call (``arrays=`` only when asked: a stand-in tokenizer may not take it)."""
-        if self.ids_as_arrays:
-            return self.tokenizer.encode_batch(texts, self.num_threads, arrays=True)
-        return self.tokenizer.encode_batch(texts, self.num_threads)
-
     def process(self, docs: Sequence[Document]) -> list[PassResult]:
         """One result per document, in order. Survivors of the cheap rules are tokenized in one batch."""
         pending = self.prepare(docs)
@@ -133,7 +127,7 @@ class DocumentPass:
 
     def prepare(self, docs: Sequence[Document]) -> PendingPass:
         """The pass up to the tokenizer: each text's cheap rules; what survives waits in ``texts``."""
-        pending = PendingPass(self, docs)
+        pending = PendingPass(docs, self._min_content_tokens)
         for d, doc in enumerate(docs):
             reasons: list[str | None] = []
             for p, text in enumerate(self._texts_of(doc)):
@@ -146,8 +140,14 @@ class DocumentPass:
         return pending
 
     def encode(self, texts: list[str]) -> list:
-        """One ``encode_batch`` call over ``texts`` (none for no text); it holds no GIL while it runs."""
-        encoded = self._encode(texts) if texts else []
+        """One ``encode_batch`` call over ``texts`` (none for no text); it holds no GIL while it runs.
+        ``arrays=`` is passed only when asked: a stand-in tokenizer may not take it."""
+        if not texts:
+            encoded = []
+        elif self.ids_as_arrays:
+            encoded = self.tokenizer.encode_batch(texts, self.num_threads, arrays=True)
+        else:
+            encoded = self.tokenizer.encode_batch(texts, self.num_threads)
         if len(encoded) != len(texts):
             raise RuntimeError(f"tokenizer returned {len(encoded)} encodings for {len(texts)} texts")
         return encoded
@@ -155,12 +155,13 @@ class DocumentPass:
 
 class PendingPass:
     """A batch between :meth:`DocumentPass.prepare` and :meth:`finish`: ``texts`` to tokenize, ``slots`` (the
-    document and piece of each) and each piece's reason so far. :meth:`DocumentPass.process` is the two
+    document and piece of each), each piece's reason so far and the token rule's bound
+    (``min_content_tokens``). :meth:`DocumentPass.process` is the two
     around one :meth:`DocumentPass.encode`; the stream calls encode on another thread, so that only the
     tokenizer (which holds no GIL) runs beside its reading."""
 
-    def __init__(self, doc_pass: DocumentPass, docs: Sequence[Document]):
-        self.doc_pass, self.docs = doc_pass, docs
+    def __init__(self, docs: Sequence[Document], min_content_tokens: int):
+        self.docs, self.min_content_tokens = docs, min_content_tokens
         self.texts: list[str] = []
         self.slots: list[tuple[int, int]] = []  # (document, piece) of each text
         self.piece_reasons: list[list[str | None]] = []
@@ -168,9 +169,8 @@ class PendingPass:
     def finish(self, encoded: list) -> list[PassResult]:
         """The results, given ``encoded`` (``texts``' ids in order): the token rule, then kept or filtered."""
         piece_ids: dict[tuple[int, int], list[int]] = {}
-        min_tokens = self.doc_pass._min_content_tokens
         for (d, p), ids in zip(self.slots, encoded, strict=True):
-            if len(ids) < min_tokens:
+            if len(ids) < self.min_content_tokens:
                 self.piece_reasons[d][p] = REASON_MIN_TOKENS
             else:
                 piece_ids[(d, p)] = ids

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,6 @@ class LlamaTokenizer:
                 f"tokenizer at {self.uri} has sha256 {self.sha256}, but {expected_sha256} was pinned"
             )
         self.sp = _processor(proto, uri)
-        self.returns_arrays = _returns_arrays(self.sp)
         self._proto = proto
         self.num_threads = num_threads
         self.vocab_size = self.sp.vocab_size()
@@ -185,6 +185,11 @@ class LlamaTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
+
+    @cached_property
+    def returns_arrays(self) -> bool:
+        """Whether this processor encodes a batch to numpy arrays (asked once, at the first batch)."""
+        return _returns_arrays(self.sp)
 
     def encode_batch(
         self, texts: Sequence[str], num_threads: int | None = None, arrays: bool = False
@@ -230,7 +235,6 @@ class LlamaTokenizer:
         self.sha256 = hashlib.sha256(self._proto).hexdigest()
         self.num_threads = state["num_threads"]
         self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
-        self.returns_arrays = _returns_arrays(self.sp)
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID
 
