@@ -49,9 +49,8 @@ LOCAL_AUTO_MAP = {
 TOKENIZER_FILE = "tokenizer.model"
 # tokenizer_config.json. With tokenizer.json beside it the class is the generic fast one, which runs that file
 # as written (SentencePiece's ids exactly); transformers 5's LlamaTokenizer rebuilds its own pre-tokenizer and
-# drops
-# the dummy prefix before leading spaces. Without tokenizer.json (no `tokenizers` package) LlamaTokenizer
-# converts tokenizer.model itself.
+# drops the dummy prefix before leading spaces. Without tokenizer.json (no `tokenizers` package)
+# LlamaTokenizer converts tokenizer.model itself.
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
     "bos_token": "<s>",

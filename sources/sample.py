@@ -138,8 +138,7 @@ def _stamp(rng: random.Random, start_year: int = 2014, end_year: int = 2023) -> 
     return start + dt.timedelta(seconds=rng.randrange(span))
 
 
-# ---------------------------------------------------------------------------------------------- refinedweb /
-# pile
+# ------------------------------------------------------------------------------------------ refinedweb / pile
 def _refinedweb(rng: random.Random, n: int, shard: int, seed: int) -> tuple[str, bytes | pa.Table]:
     texts = _texts(rng, n, shard, st.web_page)
     dumps = ("CC-MAIN-2019-30", "CC-MAIN-2020-45", "CC-MAIN-2021-49", "CC-MAIN-2022-33", "CC-MAIN-2023-06")
